@@ -1,0 +1,82 @@
+// Command hushd is the hush daemon: a secrets manager that serves Docker
+// Swarm's secrets API so the docker CLI works against it unchanged.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/hush-secrets/hush/internal/daemon"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	dataDir, socket := defaultPaths()
+	fs := flag.NewFlagSet("hushd", flag.ContinueOnError)
+	fs.StringVar(&dataDir, "data-dir", dataDir, "directory for the store, keys and node state")
+	fs.StringVar(&socket, "socket", socket, "unix socket to serve the Docker API on (mode 0660)")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	advertise := fs.String("advertise-addr", "127.0.0.1", "address this manager is reachable at")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	if *version {
+		fmt.Println("hushd", daemon.Version)
+		return 0
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "hushd: bad --log-level %q\n", *logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	etcdLevel := "warn"
+	if lvl <= slog.LevelDebug {
+		etcdLevel = "info"
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	d, err := daemon.Start(ctx, daemon.Config{
+		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise,
+		EtcdLogLevel: etcdLevel, Logger: log,
+	})
+	if err != nil {
+		log.Error("hushd failed to start", "err", err)
+		return 1
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-d.Err():
+		log.Error("hushd failed", "err", err)
+		code = 1
+	}
+	d.Close()
+	return code
+}
+
+// defaultPaths gives root the system locations and other users paths in
+// their home, so `hushd` with no flags works for both.
+func defaultPaths() (dataDir, socket string) {
+	if os.Geteuid() == 0 {
+		return "/var/lib/hush", "/run/hush/hushd.sock"
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		home = "."
+	}
+	dataDir = filepath.Join(home, ".local", "share", "hush")
+	return dataDir, filepath.Join(dataDir, "hushd.sock")
+}

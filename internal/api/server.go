@@ -1,0 +1,129 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+)
+
+// maxBodyBytes caps request bodies. The largest legitimate body is a config
+// of just under 1000 KiB, base64-encoded (about 1.34 MiB) plus its spec.
+const maxBodyBytes = 2 << 20
+
+// Node describes the local node for /info.
+type Node struct {
+	ID   string
+	Addr string
+}
+
+// ClusterSource reads the cluster object.
+type ClusterSource interface {
+	Cluster(ctx context.Context) (cluster.Cluster, error)
+}
+
+// Config wires the server to the manager.
+type Config struct {
+	Secrets *objects.Manager
+	Configs *objects.Manager
+	Cluster ClusterSource
+	Node    Node
+	// Version is hushd's own version string.
+	Version string
+	// Fallback serves every request hush does not own (the engine proxy).
+	// Nil answers them with dockerd's 404.
+	Fallback http.Handler
+	Logger   *slog.Logger
+}
+
+// Server is the HTTP front of hushd.
+type Server struct {
+	Config
+	log   *slog.Logger
+	mux   *http.ServeMux
+	start time.Time
+}
+
+// New builds a Server.
+func New(c Config) *Server {
+	s := &Server{Config: c, log: c.Logger, mux: http.NewServeMux(), start: time.Now()}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("GET /_ping", s.ping)
+	s.mux.HandleFunc("HEAD /_ping", s.ping)
+	s.mux.HandleFunc("GET /version", s.version)
+	s.mux.HandleFunc("GET /info", s.info)
+
+	s.objectRoutes("/secrets", s.Secrets)
+	if s.Configs != nil {
+		s.objectRoutes("/configs", s.Configs)
+	}
+}
+
+// ServeHTTP routes hush's own API and hands everything else, untouched, to
+// the fallback.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	v, rest := splitVersion(r.URL.Path)
+	r2 := r.Clone(r.Context())
+	r2.URL.Path = rest
+	r2.URL.RawPath = ""
+	if _, pattern := s.mux.Handler(r2); pattern == "" {
+		if s.Fallback != nil {
+			s.Fallback.ServeHTTP(w, r)
+			return
+		}
+		writeJSON(w, http.StatusNotFound, errorBody{Message: "page not found"})
+		return
+	}
+	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+	if err := checkVersion(v); err != nil {
+		s.writeError(rec, r, err)
+	} else {
+		r2.Body = http.MaxBytesReader(rec, r2.Body, maxBodyBytes)
+		s.mux.ServeHTTP(rec, r2)
+	}
+	// Paths and status only: bodies and query values may carry labels, and
+	// hush never logs what a client sent.
+	s.log.Debug("api", "method", r.Method, "path", r.URL.Path, "status", rec.code, "dur", time.Since(start))
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// decodeBody decodes a JSON request body into v with dockerd's texts for
+// the common mistakes.
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return err
+		case errors.Is(err, io.EOF):
+			return errdefs.BadRequest("got EOF while reading request body")
+		}
+		return errdefs.BadRequest("%s", err.Error())
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+package api
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/api/types/system"
+)
+
+func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("API-Version", MaxAPIVersion)
+	h.Set("OSType", runtime.GOOS)
+	h.Set("Docker-Experimental", "false")
+	h.Set("Swarm", "active/manager")
+	h.Set("Cache-Control", "no-cache, no-store, must-revalidate")
+	h.Set("Pragma", "no-cache")
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	if r.Method == http.MethodHead {
+		h.Set("Content-Length", "0")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write([]byte("OK"))
+}
+
+func (s *Server) version(w http.ResponseWriter, r *http.Request) {
+	v := system.VersionResponse{
+		Platform:      system.PlatformInfo{Name: "hush"},
+		Version:       s.Version,
+		APIVersion:    MaxAPIVersion,
+		MinAPIVersion: MinAPIVersion,
+		Os:            runtime.GOOS,
+		Arch:          runtime.GOARCH,
+		GoVersion:     runtime.Version(),
+		Components: []system.ComponentVersion{{
+			Name: "hushd", Version: s.Version,
+			Details: map[string]string{"ApiVersion": MaxAPIVersion, "MinAPIVersion": MinAPIVersion},
+		}},
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// swarmInfo is the Swarm section of /info for this node.
+func (s *Server) swarmInfo(r *http.Request) swarm.Info {
+	si := swarm.Info{
+		NodeID:           s.Node.ID,
+		NodeAddr:         s.Node.Addr,
+		LocalNodeState:   swarm.LocalNodeStateActive,
+		ControlAvailable: true,
+		RemoteManagers:   []swarm.Peer{{NodeID: s.Node.ID, Addr: net.JoinHostPort(s.Node.Addr, "2377")}},
+		Nodes:            1,
+		Managers:         1,
+	}
+	if c, err := s.Cluster.Cluster(r.Context()); err == nil {
+		ci := c.Info()
+		si.Cluster = &ci
+	} else {
+		si.Error = "cluster store unavailable"
+	}
+	return si
+}
+
+func (s *Server) info(w http.ResponseWriter, r *http.Request) {
+	host, _ := os.Hostname()
+	info := system.Info{
+		ID:              s.Node.ID,
+		Name:            host,
+		ServerVersion:   s.Version,
+		OSType:          runtime.GOOS,
+		OperatingSystem: runtime.GOOS,
+		Architecture:    runtime.GOARCH,
+		NCPU:            runtime.NumCPU(),
+		Swarm:           s.swarmInfo(r),
+	}
+	writeJSON(w, http.StatusOK, info)
+}

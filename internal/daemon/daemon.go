@@ -1,0 +1,263 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/store"
+)
+
+// Version is hushd's version string.
+const Version = "0.1.0-dev"
+
+// Config is everything hushd can be told at start.
+type Config struct {
+	DataDir string
+	Socket  string
+	// AdvertiseAddr is the address other nodes would reach this one at.
+	AdvertiseAddr string
+	// EtcdLogLevel is passed to the embedded etcd's logger.
+	EtcdLogLevel string
+	Logger       *slog.Logger
+}
+
+// Daemon is a running hushd.
+type Daemon struct {
+	cfg    Config
+	log    *slog.Logger
+	lock   *os.File
+	store  *store.Store
+	http   *http.Server
+	ln     net.Listener
+	nodeID string
+	errc   chan error
+
+	closeOnce sync.Once
+}
+
+type nodeState struct {
+	NodeID string `json:"nodeID"`
+}
+
+// Start brings hushd up and returns once it serves requests.
+func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AdvertiseAddr == "" {
+		cfg.AdvertiseAddr = "127.0.0.1"
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2)}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := d.lockDataDir(); err != nil {
+		return nil, err
+	}
+	if d.nodeID, err = loadOrCreateNodeID(filepath.Join(cfg.DataDir, "node.json")); err != nil {
+		return nil, err
+	}
+	mk, created, err := keyring.FileKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key")}.LoadOrCreate()
+	if err != nil {
+		return nil, fmt.Errorf("master key: %w", err)
+	}
+	if created {
+		d.log.Info("generated cluster master key", "keyID", mk.ID)
+	}
+	kr, err := keyring.New(mk)
+	keyring.Wipe(mk.Key)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: %w", err)
+	}
+	d.store, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
+		Dir:          filepath.Join(cfg.DataDir, "etcd"),
+		Name:         d.nodeID,
+		Logger:       d.log,
+		EtcdLogLevel: cfg.EtcdLogLevel,
+	})
+	if err != nil {
+		return nil, err
+	}
+	cl, err := cluster.Bootstrap(ctx, d.store)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap cluster: %w", err)
+	}
+	d.log.Info("cluster ready", "cluster", cl.ID, "node", d.nodeID)
+
+	srv := api.New(api.Config{
+		Secrets: objects.New(objects.Secret, d.store, kr, d.log),
+		Configs: objects.New(objects.Config, d.store, kr, d.log),
+		Cluster: clusterSource{d.store},
+		Node:    api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
+		Version: Version,
+		Logger:  d.log,
+	})
+	if d.ln, err = listenUnix(cfg.Socket); err != nil {
+		return nil, err
+	}
+	d.http = &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	go func() {
+		if err := d.http.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.errc <- fmt.Errorf("api server: %w", err)
+		}
+	}()
+	go func() {
+		if err, ok := <-d.store.Err(); ok && err != nil {
+			d.errc <- fmt.Errorf("store: %w", err)
+		}
+	}()
+	d.log.Info("hushd serving", "socket", cfg.Socket, "version", Version)
+	return d, nil
+}
+
+// Err reports a fatal failure of a part of the daemon.
+func (d *Daemon) Err() <-chan error { return d.errc }
+
+// NodeID is this node's ID.
+func (d *Daemon) NodeID() string { return d.nodeID }
+
+// Close stops serving, waits up to 10 s for requests in flight, then closes
+// the store (which flushes etcd) and releases the data dir.
+func (d *Daemon) Close() {
+	d.closeOnce.Do(func() {
+		if d.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = d.http.Shutdown(ctx)
+			cancel()
+		}
+		if d.ln != nil {
+			_ = os.Remove(d.cfg.Socket)
+		}
+		if d.store != nil {
+			if err := d.store.Close(); err != nil {
+				d.log.Warn("closing store", "err", err)
+			}
+		}
+		if d.lock != nil {
+			_ = d.lock.Close()
+		}
+	})
+}
+
+type clusterSource struct{ st *store.Store }
+
+func (c clusterSource) Cluster(ctx context.Context) (cluster.Cluster, error) {
+	return cluster.Get(ctx, c.st)
+}
+
+// lockDataDir takes an exclusive lock so a second hushd on the same data dir
+// fails at once with a clear message instead of inside etcd.
+func (d *Daemon) lockDataDir() error {
+	f, err := os.OpenFile(filepath.Join(d.cfg.DataDir, "hushd.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("lock data dir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return fmt.Errorf("data dir %s is in use by another hushd", d.cfg.DataDir)
+	}
+	d.lock = f
+	return nil
+}
+
+func loadOrCreateNodeID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		var ns nodeState
+		if err := json.Unmarshal(b, &ns); err != nil || !identity.Valid(ns.NodeID) {
+			return "", fmt.Errorf("node state %s is corrupt", path)
+		}
+		return ns.NodeID, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("node state: %w", err)
+	}
+	id, err := identity.NewID()
+	if err != nil {
+		return "", err
+	}
+	b, _ = json.Marshal(nodeState{NodeID: id})
+	if err := writeFileSync(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("node state: %w", err)
+	}
+	return id, nil
+}
+
+// writeFileSync writes a file durably: temp file, fsync, rename, fsync dir.
+func writeFileSync(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}
+
+// listenUnix listens on path with mode 0660. A leftover socket from a crash
+// is replaced; a live one (another daemon answering) is not.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is in use", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	// The umask makes the socket 0660 from the moment it exists, so there is
+	// no window in which it is world-accessible.
+	old := syscall.Umask(0o117)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

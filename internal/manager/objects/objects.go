@@ -1,0 +1,426 @@
+package objects
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Kind describes one kind of blob object.
+type Kind struct {
+	// Name is the singular noun used in messages ("secret", "config").
+	Name string
+	// Table is the store table ("secrets", "configs").
+	Table string
+	// MaxSize is the exclusive upper bound of the data size.
+	MaxSize int
+}
+
+// Swarm's limits: secrets < 500 KiB, configs < 1000 KiB.
+var (
+	Secret = Kind{Name: "secret", Table: "secrets", MaxSize: 500 * 1024}
+	Config = Kind{Name: "config", Table: "configs", MaxSize: 1000 * 1024}
+)
+
+// Driver mirrors the wire Driver (name and options).
+type Driver struct {
+	Name    string            `json:",omitempty"`
+	Options map[string]string `json:",omitempty"`
+}
+
+// Spec is what a client may set on create. Data is write-only.
+type Spec struct {
+	Name       string
+	Labels     map[string]string
+	Data       []byte
+	Driver     *Driver
+	Templating *Driver
+}
+
+// Object is the client-visible state of a secret or config: never its data.
+type Object struct {
+	ID         string
+	Version    uint64
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	Name       string
+	Labels     map[string]string
+	Driver     *Driver
+	Templating *Driver
+}
+
+// record is the stored form. The data is only ever present sealed.
+type record struct {
+	ID          string            `json:"id"`
+	CreatedAt   time.Time         `json:"created"`
+	UpdatedAt   time.Time         `json:"updated"`
+	Name        string            `json:"name"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Driver      *Driver           `json:"driver,omitempty"`
+	Templating  *Driver           `json:"templating,omitempty"`
+	DataVersion int               `json:"dataVersion"`
+	Sealed      keyring.Sealed    `json:"sealed"`
+}
+
+// Sealer is the part of the keyring the manager needs.
+type Sealer interface {
+	Seal(plaintext, aad []byte) (keyring.Sealed, error)
+	Open(s keyring.Sealed, aad []byte) ([]byte, error)
+}
+
+// Manager implements the control API of one kind.
+type Manager struct {
+	kind  Kind
+	st    *store.Store
+	tbl   *store.Table
+	seal  Sealer
+	log   *slog.Logger
+	now   func() time.Time
+	newID func() (string, error)
+}
+
+// New returns a manager for kind over st, sealing with s.
+func New(kind Kind, st *store.Store, s Sealer, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{
+		kind: kind, st: st, tbl: st.Table(kind.Table), seal: s, log: log,
+		now:   func() time.Time { return time.Now().UTC() },
+		newID: identity.NewID,
+	}
+}
+
+// Kind returns the manager's kind.
+func (m *Manager) Kind() Kind { return m.kind }
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$`)
+
+// ValidateName applies Swarm's rule for object names.
+func ValidateName(name string) error {
+	if name == "" {
+		return errdefs.InvalidArgument("name must be provided")
+	}
+	if len(name) > 64 || !nameRE.MatchString(name) {
+		return errdefs.InvalidArgument("invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]")
+	}
+	return nil
+}
+
+func (m *Manager) validateSpec(s *Spec) error {
+	if err := ValidateName(s.Name); err != nil {
+		return err
+	}
+	if s.Driver != nil && s.Driver.Name != "" {
+		// hush has no secret-driver plugins. Swarm without the plugin answers
+		// the same; accepting the spec would store an object with no value.
+		return errdefs.InvalidArgument("plugin %q not found", s.Driver.Name)
+	}
+	if len(s.Data) == 0 || len(s.Data) >= m.kind.MaxSize {
+		return errdefs.InvalidArgument("%s data must be larger than 0 and less than %d bytes", m.kind.Name, m.kind.MaxSize)
+	}
+	return nil
+}
+
+// aad binds a ciphertext to its object kind, ID and data version, so a
+// sealed value copied onto another object (or version) fails to open.
+func (m *Manager) aad(id string, dataVersion int) []byte {
+	return fmt.Appendf(nil, "hush/%s/%s/v%d", m.kind.Table, id, dataVersion)
+}
+
+// Create validates spec, seals its data and stores it; it returns the ID.
+func (m *Manager) Create(ctx context.Context, s Spec) (string, error) {
+	if err := m.validateSpec(&s); err != nil {
+		return "", err
+	}
+	id, err := m.newID()
+	if err != nil {
+		return "", fmt.Errorf("%s id: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
+	}
+	sealed, err := m.seal.Seal(s.Data, m.aad(id, 1))
+	if err != nil {
+		return "", fmt.Errorf("seal %s: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
+	}
+	now := m.now()
+	rec := record{
+		ID: id, CreatedAt: now, UpdatedAt: now, Name: s.Name, Labels: s.Labels,
+		Templating: s.Templating, DataVersion: 1, Sealed: sealed,
+	}
+	val, err := json.Marshal(&rec)
+	if err != nil {
+		return "", fmt.Errorf("encode %s: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
+	}
+	if _, err := m.tbl.Create(ctx, id, s.Name, val); err != nil {
+		if errors.Is(err, store.ErrNameTaken) {
+			return "", errdefs.AlreadyExists("%s %s already exists", m.kind.Name, s.Name)
+		}
+		return "", err
+	}
+	m.log.Info(m.kind.Name+" created", "id", id, "name", s.Name)
+	return id, nil
+}
+
+func (m *Manager) decode(o store.Object) (record, error) {
+	var r record
+	if err := json.Unmarshal(o.Value, &r); err != nil {
+		return r, fmt.Errorf("decode %s %s: %w: %w", m.kind.Name, o.ID, errdefs.ErrInternal, err)
+	}
+	return r, nil
+}
+
+func toObject(r *record, modRev int64) Object {
+	labels := r.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	return Object{
+		ID: r.ID, Version: uint64(modRev), CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+		Name: r.Name, Labels: labels, Driver: r.Driver, Templating: r.Templating,
+	}
+}
+
+// get loads the record of an exact ID.
+func (m *Manager) get(ctx context.Context, id string) (record, int64, error) {
+	o, err := m.tbl.Get(ctx, id)
+	if err != nil {
+		return record{}, 0, err
+	}
+	r, err := m.decode(o)
+	return r, o.ModRev, err
+}
+
+// resolve finds the record that ref names, in dockerd's order: full ID,
+// exact (case-sensitive) name, then unique ID prefix.
+func (m *Manager) resolve(ctx context.Context, ref string) (record, int64, error) {
+	if ref == "" {
+		return record{}, 0, errdefs.NotFound("%s %s not found", m.kind.Name, ref)
+	}
+	if identity.Valid(ref) {
+		r, rev, err := m.get(ctx, ref)
+		if err == nil {
+			return r, rev, nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return record{}, 0, err
+		}
+	}
+	if id, err := m.tbl.LookupName(ctx, ref); err == nil {
+		r, rev, err := m.get(ctx, id)
+		if err == nil && r.Name == ref {
+			return r, rev, nil
+		}
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return record{}, 0, err
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return record{}, 0, err
+	}
+	objs, err := m.tbl.ListPrefix(ctx, ref)
+	if err != nil {
+		return record{}, 0, err
+	}
+	switch len(objs) {
+	case 0:
+		return record{}, 0, errdefs.NotFound("%s %s not found", m.kind.Name, ref)
+	case 1:
+		r, err := m.decode(objs[0])
+		return r, objs[0].ModRev, err
+	default:
+		return record{}, 0, errdefs.BadRequest("%s %s is ambiguous (%d matches found)", m.kind.Name, ref, len(objs))
+	}
+}
+
+// Get returns the object that ref names.
+func (m *Manager) Get(ctx context.Context, ref string) (Object, error) {
+	r, rev, err := m.resolve(ctx, ref)
+	if err != nil {
+		return Object{}, err
+	}
+	return toObject(&r, rev), nil
+}
+
+// Filters selects objects in List. Within one field values are alternatives;
+// fields combine with AND, as in Swarm.
+type Filters struct {
+	IDPrefixes   []string
+	NamePrefixes []string
+	Names        []string
+	// Labels maps a key to a required value; "" means the key must exist.
+	Labels map[string]string
+}
+
+func (f *Filters) match(o *Object) bool {
+	if len(f.Names) > 0 && !contains(f.Names, o.Name) {
+		return false
+	}
+	if len(f.NamePrefixes) > 0 && !hasAnyPrefix(o.Name, f.NamePrefixes) {
+		return false
+	}
+	if len(f.IDPrefixes) > 0 && !hasAnyPrefix(o.ID, f.IDPrefixes) {
+		return false
+	}
+	for k, v := range f.Labels {
+		got, ok := o.Labels[k]
+		if !ok || (v != "" && got != v) {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// List returns the objects that match f, ordered by ID.
+func (m *Manager) List(ctx context.Context, f Filters) ([]Object, error) {
+	prefix := ""
+	if len(f.IDPrefixes) == 1 {
+		prefix = f.IDPrefixes[0]
+	}
+	objs, err := m.tbl.ListPrefix(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Object, 0, len(objs))
+	for _, so := range objs {
+		r, err := m.decode(so)
+		if err != nil {
+			return nil, err
+		}
+		o := toObject(&r, so.ModRev)
+		if f.match(&o) {
+			out = append(out, o)
+		}
+	}
+	return out, nil
+}
+
+// Update changes the labels of the object ref names, if version is current.
+// Like Swarm, it refuses a changed name or data and ignores driver and
+// templating changes.
+func (m *Manager) Update(ctx context.Context, ref string, version uint64, s Spec) error {
+	r, _, err := m.resolve(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if s.Name != r.Name {
+		return errdefs.InvalidArgument("only updates to Labels are allowed")
+	}
+	if s.Data != nil {
+		cur, err := m.open(&r)
+		if err != nil {
+			return err
+		}
+		same := subtle.ConstantTimeCompare(cur, s.Data) == 1
+		keyring.Wipe(cur)
+		if !same {
+			return errdefs.InvalidArgument("only updates to Labels are allowed")
+		}
+	}
+	r.Labels = s.Labels
+	r.UpdatedAt = m.now()
+	val, err := json.Marshal(&r)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
+	}
+	if _, err := m.tbl.Update(ctx, r.ID, int64(version), val); err != nil {
+		switch {
+		case errors.Is(err, store.ErrStale):
+			return errdefs.Unknown("update out of sequence")
+		case errors.Is(err, store.ErrNotFound):
+			return errdefs.ControlNotFound("%s %s not found", m.kind.Name, r.ID)
+		}
+		return err
+	}
+	m.log.Info(m.kind.Name+" updated", "id", r.ID, "name", r.Name)
+	return nil
+}
+
+// Remove deletes the object ref names unless a service spec references it.
+func (m *Manager) Remove(ctx context.Context, ref string) error {
+	r, _, err := m.resolve(ctx, ref)
+	if err != nil {
+		return err
+	}
+	noRefs := clientv3.Compare(clientv3.CreateRevision(store.RefPrefix(m.kind.Table, r.ID)), "=", 0).WithPrefix()
+	err = m.tbl.Delete(ctx, r.ID, r.Name, 0, []clientv3.Cmp{noRefs})
+	switch {
+	case err == nil:
+		m.log.Info(m.kind.Name+" removed", "id", r.ID, "name", r.Name)
+		return nil
+	case errors.Is(err, store.ErrGuard):
+		return m.inUse(ctx, &r)
+	case errors.Is(err, store.ErrNotFound):
+		return errdefs.ControlNotFound("%s %s not found", m.kind.Name, r.ID)
+	}
+	return err
+}
+
+// inUse builds Swarm's in-use message from the reference markers, whose
+// values are the referring services' names.
+func (m *Manager) inUse(ctx context.Context, r *record) error {
+	resp, err := m.st.Client().Get(ctx, store.RefPrefix(m.kind.Table, r.ID), clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
+	}
+	names := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		names = append(names, string(kv.Value))
+	}
+	sort.Strings(names)
+	noun := "service"
+	if len(names) != 1 {
+		noun = "services"
+	}
+	return errdefs.InvalidArgument("%s '%s' is in use by the following %s: %s", m.kind.Name, r.Name, noun, strings.Join(names, ", "))
+}
+
+func (m *Manager) open(r *record) ([]byte, error) {
+	b, err := m.seal.Open(r.Sealed, m.aad(r.ID, r.DataVersion))
+	if err != nil {
+		// The message names the object, never its content.
+		return nil, fmt.Errorf("open %s %s: %w: %w", m.kind.Name, r.ID, errdefs.ErrInternal, err)
+	}
+	return b, nil
+}
+
+// Data returns the plaintext of the object with exact id. Callers own the
+// slice and should Wipe it when done.
+func (m *Manager) Data(ctx context.Context, id string) ([]byte, error) {
+	r, _, err := m.get(ctx, id)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, errdefs.NotFound("%s %s not found", m.kind.Name, id)
+		}
+		return nil, err
+	}
+	return m.open(&r)
+}

@@ -1,0 +1,282 @@
+package objects
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func newManager(t *testing.T, kind Kind) (*Manager, *store.Store) {
+	t.Helper()
+	st := storetest.New(t)
+	mk, err := keyring.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(kind, st, kr, nil), st
+}
+
+func TestValidateName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"db_password", true},
+		{"a", true},
+		{"A.b-c_9", true},
+		{strings.Repeat("a", 64), true},
+		{strings.Repeat("a", 65), false},
+		{"", false},
+		{"-bad", false},
+		{"bad-", false},
+		{"a b", false},
+		{"é", false},
+		{"a/b", false},
+	}
+	for _, tt := range tests {
+		err := ValidateName(tt.name)
+		if (err == nil) != tt.ok {
+			t.Errorf("ValidateName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
+		}
+		if err != nil && !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("ValidateName(%q): category %v", tt.name, err)
+		}
+	}
+}
+
+func TestCreateValidation(t *testing.T) {
+	m, _ := newManager(t, Secret)
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		spec Spec
+		want string
+	}{
+		{"empty data", Spec{Name: "a"}, "secret data must be larger than 0 and less than 512000 bytes"},
+		{"too big", Spec{Name: "a", Data: make([]byte, 512000)}, "secret data must be larger than 0 and less than 512000 bytes"},
+		{"no name", Spec{Data: []byte("x")}, "name must be provided"},
+		{"bad name", Spec{Name: "-x", Data: []byte("x")}, "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]"},
+		{"driver", Spec{Name: "a", Data: []byte("x"), Driver: &Driver{Name: "vault"}}, `plugin "vault" not found`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := m.Create(ctx, tt.spec)
+			if err == nil || err.Error() != tt.want || !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("got %v, want %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := m.Create(ctx, Spec{Name: "max", Data: make([]byte, 511999)}); err != nil {
+		t.Fatalf("511999 bytes must be accepted: %v", err)
+	}
+	objs, _ := m.List(ctx, Filters{})
+	if len(objs) != 1 {
+		t.Fatalf("refused creates must store nothing, have %d objects", len(objs))
+	}
+}
+
+func TestConfigLimit(t *testing.T) {
+	m, _ := newManager(t, Config)
+	_, err := m.Create(context.Background(), Spec{Name: "c", Data: make([]byte, 1000*1024)})
+	if err == nil || !strings.Contains(err.Error(), "config data must be larger than 0 and less than 1024000 bytes") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestResolveOrder(t *testing.T) {
+	m, _ := newManager(t, Secret)
+	ctx := context.Background()
+	ids := []string{"abc00000000000000000000001", "abd00000000000000000000002"}
+	// Deterministic IDs make prefixes testable; the names collide with the
+	// other object's ID prefix on purpose.
+	next := 0
+	m.newID = func() (string, error) { id := ids[next][:25]; next++; return id, nil }
+	id1, err := m.Create(ctx, Spec{Name: "abd", Data: []byte("1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, err := m.Create(ctx, Spec{Name: "other", Data: []byte("2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		ref    string
+		wantID string
+		errCat error
+		errMsg string
+	}{
+		{ref: id1, wantID: id1},
+		{ref: "abd", wantID: id1}, // exact name wins over the ID prefix of id2
+		{ref: "other", wantID: id2},
+		{ref: "abc", wantID: id1},
+		{ref: "ab", errCat: errdefs.ErrInvalidArgument, errMsg: "secret ab is ambiguous (2 matches found)"},
+		{ref: "ABD", errCat: errdefs.ErrNotFound, errMsg: "secret ABD not found"},
+		{ref: "zzz", errCat: errdefs.ErrNotFound, errMsg: "secret zzz not found"},
+	}
+	for _, tt := range tests {
+		o, err := m.Get(ctx, tt.ref)
+		if tt.errCat != nil {
+			if !errdefs.Is(err, tt.errCat) || err.Error() != tt.errMsg {
+				t.Errorf("Get(%q) = %v, want %q", tt.ref, err, tt.errMsg)
+			}
+			continue
+		}
+		if err != nil || o.ID != tt.wantID {
+			t.Errorf("Get(%q) = %v %v, want %s", tt.ref, o.ID, err, tt.wantID)
+		}
+	}
+}
+
+func TestUniqueNameCaseInsensitive(t *testing.T) {
+	m, _ := newManager(t, Secret)
+	ctx := context.Background()
+	if _, err := m.Create(ctx, Spec{Name: "db_password", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Create(ctx, Spec{Name: "DB_Password", Data: []byte("y")})
+	if !errdefs.Is(err, errdefs.ErrAlreadyExists) || err.Error() != "secret DB_Password already exists" {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestUpdate(t *testing.T) {
+	m, _ := newManager(t, Secret)
+	ctx := context.Background()
+	id, err := m.Create(ctx, Spec{Name: "s", Data: []byte("value"), Labels: map[string]string{"a": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _ := m.Get(ctx, id)
+	tests := []struct {
+		name    string
+		version uint64
+		spec    Spec
+		want    string
+	}{
+		{"rename", o.Version, Spec{Name: "t"}, "only updates to Labels are allowed"},
+		{"new data", o.Version, Spec{Name: "s", Data: []byte("other")}, "only updates to Labels are allowed"},
+		{"stale", o.Version - 1, Spec{Name: "s"}, "update out of sequence"},
+	}
+	for _, tt := range tests {
+		if err := m.Update(ctx, id, tt.version, tt.spec); err == nil || err.Error() != tt.want {
+			t.Errorf("%s: got %v want %q", tt.name, err, tt.want)
+		}
+	}
+	// Same data (as `docker stack deploy` re-sends it) and new labels pass;
+	// a driver change is ignored, as in Swarm.
+	err = m.Update(ctx, id, o.Version, Spec{Name: "s", Data: []byte("value"), Labels: map[string]string{"b": "2"}, Templating: &Driver{Name: "golang"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o2, _ := m.Get(ctx, id)
+	if o2.Version <= o.Version || o2.Labels["b"] != "2" || len(o2.Labels) != 1 || o2.Templating != nil || !o2.UpdatedAt.After(o.UpdatedAt) && !o2.UpdatedAt.Equal(o.UpdatedAt) {
+		t.Fatalf("after update: %+v", o2)
+	}
+	data, err := m.Data(ctx, id)
+	if err != nil || !bytes.Equal(data, []byte("value")) {
+		t.Fatalf("data after label update: %v", err)
+	}
+}
+
+func TestListFilters(t *testing.T) {
+	m, _ := newManager(t, Secret)
+	ctx := context.Background()
+	for _, s := range []Spec{
+		{Name: "app_db", Data: []byte("1"), Labels: map[string]string{"env": "prod"}},
+		{Name: "app_api", Data: []byte("2"), Labels: map[string]string{"env": "dev"}},
+		{Name: "other", Data: []byte("3")},
+	} {
+		if _, err := m.Create(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name string
+		f    Filters
+		want int
+	}{
+		{"all", Filters{}, 3},
+		{"name prefix", Filters{NamePrefixes: []string{"app_"}}, 2},
+		{"exact names", Filters{Names: []string{"app"}}, 0},
+		{"exact name", Filters{Names: []string{"other", "app_db"}}, 2},
+		{"label key", Filters{Labels: map[string]string{"env": ""}}, 2},
+		{"label value", Filters{Labels: map[string]string{"env": "prod"}}, 1},
+		{"and", Filters{NamePrefixes: []string{"app"}, Labels: map[string]string{"env": "dev"}}, 1},
+	}
+	for _, tt := range tests {
+		got, err := m.List(ctx, tt.f)
+		if err != nil || len(got) != tt.want {
+			t.Errorf("%s: got %d (%v), want %d", tt.name, len(got), err, tt.want)
+		}
+	}
+}
+
+func TestRemoveInUse(t *testing.T) {
+	m, st := newManager(t, Secret)
+	ctx := context.Background()
+	id, _ := m.Create(ctx, Spec{Name: "db_password", Data: []byte("x")})
+	put := func(owner, name string) {
+		if _, err := st.Client().Put(ctx, store.RefKey("secrets", id, owner), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("svc1", "webapp")
+	err := m.Remove(ctx, "db_password")
+	if err == nil || err.Error() != "secret 'db_password' is in use by the following service: webapp" {
+		t.Fatalf("got %v", err)
+	}
+	put("svc2", "other")
+	err = m.Remove(ctx, "db_password")
+	if err == nil || err.Error() != "secret 'db_password' is in use by the following services: other, webapp" {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := st.Client().Delete(ctx, store.RefPrefix("secrets", id), clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Remove(ctx, "db_password"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get(ctx, id); !errdefs.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("after remove: %v", err)
+	}
+}
+
+// TestSealedAtRest reads the raw stored value and checks the plaintext is not
+// in it, and that the ciphertext is bound to its object.
+func TestSealedAtRest(t *testing.T) {
+	m, st := newManager(t, Secret)
+	ctx := context.Background()
+	canary := []byte("canary-7f3a9c2e11d84b6f")
+	id, err := m.Create(ctx, Spec{Name: "c", Data: canary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, _ := m.Create(ctx, Spec{Name: "d", Data: []byte("other")})
+	raw, err := st.Table("secrets").Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw.Value, canary) {
+		t.Fatal("plaintext found in stored value")
+	}
+	r, _, _ := m.get(ctx, id)
+	if _, err := m.seal.Open(r.Sealed, m.aad(id2, 1)); !errors.Is(err, keyring.ErrDecrypt) {
+		t.Fatalf("sealed value opened under another object's AAD: %v", err)
+	}
+	got, err := m.Data(ctx, id)
+	if err != nil || !bytes.Equal(got, canary) {
+		t.Fatalf("Data: %v", err)
+	}
+}

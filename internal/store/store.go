@@ -1,0 +1,239 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Store-level errors; each wraps an errdefs category so the edge can map it.
+var (
+	ErrNotFound  = fmt.Errorf("store: object not found: %w", errdefs.ErrNotFound)
+	ErrNameTaken = fmt.Errorf("store: name taken: %w", errdefs.ErrAlreadyExists)
+	// ErrStale means the caller's expected revision is no longer current.
+	ErrStale = fmt.Errorf("store: revision mismatch: %w", errdefs.ErrConflict)
+	// ErrGuard means an extra precondition given by the caller failed.
+	ErrGuard = fmt.Errorf("store: precondition failed: %w", errdefs.ErrConflict)
+)
+
+const root = "/hush/v1/"
+
+// Object is one stored value and its etcd revisions.
+type Object struct {
+	ID        string
+	Value     []byte
+	CreateRev int64
+	ModRev    int64
+}
+
+// Store wraps an etcd client with hush's key layout.
+type Store struct {
+	cli     *clientv3.Client
+	log     *slog.Logger
+	errc    <-chan error
+	closeFn func() error
+	once    sync.Once
+	cerr    error
+}
+
+func newStore(cli *clientv3.Client, log *slog.Logger) *Store {
+	return &Store{cli: cli, log: log}
+}
+
+// Client exposes the etcd client for watches and for components (such as a
+// future multi-manager membership) that need etcd itself.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Err delivers fatal errors of an embedded member; nil for external clusters.
+func (s *Store) Err() <-chan error { return s.errc }
+
+// Close stops the client and, for an embedded member, the member itself.
+func (s *Store) Close() error {
+	s.once.Do(func() {
+		if s.closeFn != nil {
+			s.cerr = s.closeFn()
+		}
+	})
+	return s.cerr
+}
+
+// Table is the collection of one kind of object ("secrets", "services"...).
+type Table struct {
+	s    *Store
+	kind string
+}
+
+// Table returns the collection for kind.
+func (s *Store) Table(kind string) *Table { return &Table{s: s, kind: kind} }
+
+func (t *Table) objKey(id string) string { return root + t.kind + "/" + id }
+func (t *Table) prefix() string          { return root + t.kind + "/" }
+
+// NameKey is the index key for name, exposed so callers can guard on it.
+func (t *Table) NameKey(name string) string {
+	return root + "names/" + t.kind + "/" + strings.ToLower(name)
+}
+
+// RefKey is a reference marker key: "object id of kind K is used by owner".
+// Writers of owners maintain them so a delete can refuse an in-use object in
+// the same transaction that removes it.
+func RefKey(kind, id, owner string) string {
+	return root + "refs/" + kind + "/" + id + "/" + owner
+}
+
+// RefPrefix is the prefix of all reference markers of one object.
+func RefPrefix(kind, id string) string { return root + "refs/" + kind + "/" + id + "/" }
+
+// Create writes a new object and claims its name in one transaction. It
+// returns the revision of the write.
+func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra ...clientv3.Op) (int64, error) {
+	ok := append([]clientv3.Op{
+		clientv3.OpPut(t.objKey(id), string(val)),
+	}, extra...)
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0)}
+	if name != "" {
+		ok = append(ok, clientv3.OpPut(t.NameKey(name), id))
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.NameKey(name)), "=", 0))
+	}
+	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ok...).Commit()
+	if err != nil {
+		return 0, wrapEtcd(err)
+	}
+	if !resp.Succeeded {
+		return 0, ErrNameTaken
+	}
+	return resp.Header.Revision, nil
+}
+
+// Get returns the object with id.
+func (t *Table) Get(ctx context.Context, id string) (Object, error) {
+	resp, err := t.s.cli.Get(ctx, t.objKey(id))
+	if err != nil {
+		return Object{}, wrapEtcd(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Object{}, ErrNotFound
+	}
+	kv := resp.Kvs[0]
+	return Object{ID: id, Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}, nil
+}
+
+// LookupName returns the ID holding name (case-insensitive).
+func (t *Table) LookupName(ctx context.Context, name string) (string, error) {
+	resp, err := t.s.cli.Get(ctx, t.NameKey(name))
+	if err != nil {
+		return "", wrapEtcd(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", ErrNotFound
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// List returns every object of the table, ordered by ID.
+func (t *Table) List(ctx context.Context) ([]Object, error) {
+	return t.ListPrefix(ctx, "")
+}
+
+// ListPrefix returns the objects whose ID starts with idPrefix.
+func (t *Table) ListPrefix(ctx context.Context, idPrefix string) ([]Object, error) {
+	p := t.prefix()
+	resp, err := t.s.cli.Get(ctx, p+idPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, wrapEtcd(err)
+	}
+	out := make([]Object, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, Object{ID: string(kv.Key[len(p):]), Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision})
+	}
+	return out, nil
+}
+
+// Update replaces the object's value if its current revision is rev. The name
+// is unchanged; renames are not supported by any object hush stores yet.
+func (t *Table) Update(ctx context.Context, id string, rev int64, val []byte, extra ...clientv3.Op) (int64, error) {
+	return t.UpdateGuarded(ctx, id, rev, val, nil, extra...)
+}
+
+// UpdateGuarded is Update with extra preconditions; a failed guard yields
+// ErrGuard so the caller can re-read and explain which one failed.
+func (t *Table) UpdateGuarded(ctx context.Context, id string, rev int64, val []byte, guards []clientv3.Cmp, extra ...clientv3.Op) (int64, error) {
+	k := t.objKey(id)
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}, guards...)
+	ops := append([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra...)
+	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return 0, wrapEtcd(err)
+	}
+	if !resp.Succeeded {
+		return 0, t.failure(resp, len(guards) > 0)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Delete removes the object and its name claim if its revision is rev (0
+// skips that check) and every guard holds.
+func (t *Table) Delete(ctx context.Context, id, name string, rev int64, guards []clientv3.Cmp, extra ...clientv3.Op) error {
+	k := t.objKey(id)
+	var cmps []clientv3.Cmp
+	if rev != 0 {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+	} else {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), ">", 0))
+	}
+	cmps = append(cmps, guards...)
+	ops := append([]clientv3.Op{clientv3.OpDelete(k)}, extra...)
+	if name != "" {
+		ops = append(ops, clientv3.OpDelete(t.NameKey(name)))
+	}
+	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return wrapEtcd(err)
+	}
+	if !resp.Succeeded {
+		return t.failure(resp, len(guards) > 0)
+	}
+	return nil
+}
+
+// failure tells apart "gone", "changed" and "guard failed" from the Else get.
+func (t *Table) failure(resp *clientv3.TxnResponse, guarded bool) error {
+	if len(resp.Responses) == 0 {
+		return ErrNotFound
+	}
+	r := resp.Responses[0].GetResponseRange()
+	if r == nil || len(r.Kvs) == 0 {
+		return ErrNotFound
+	}
+	if guarded {
+		// The object exists; either its revision or a guard failed. Callers
+		// that guard re-read to explain; they can retry on ErrStale too.
+		return ErrGuard
+	}
+	return ErrStale
+}
+
+// Revision returns the store's current revision (a linearizable read).
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	resp, err := s.cli.Get(ctx, root+"\x00revision-probe", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, wrapEtcd(err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// wrapEtcd maps transport and server failures to Unavailable: the caller
+// cannot tell whether etcd lost quorum, is stopping, or timed out, and the
+// right client action in each case is to retry later.
+func wrapEtcd(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("store: %w: %w", errdefs.ErrUnavailable, err)
+	}
+	return fmt.Errorf("store: etcd: %w: %w", errdefs.ErrUnavailable, err)
+}
