@@ -78,4 +78,3 @@ func checkVersion(v string) error {
 	}
 	return nil
 }
-
