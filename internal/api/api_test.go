@@ -119,7 +119,7 @@ func TestBadRequests(t *testing.T) {
 	}{
 		{"malformed", "POST", "/secrets/create", `{bad`, 400, "invalid character 'b' looking for beginning of object key string"},
 		{"empty body", "POST", "/secrets/create", ``, 400, "got EOF while reading request body"},
-		{"wrong type", "POST", "/secrets/create", `{"Name":5}`, 400, "json: cannot unmarshal number into Go struct field SecretSpec.Annotations.Name of type string"},
+		{"wrong type", "POST", "/secrets/create", `{"Name":5}`, 400, "json: cannot unmarshal number into Go struct field SecretSpec.Name of type string"},
 		{"bad base64", "POST", "/secrets/create", `{"Name":"x","Data":"!!!"}`, 400, "illegal base64 data at input byte 0"},
 		{"too large", "POST", "/secrets/create", big, 413, "request body too large: the limit is 2097152 bytes"},
 		{"bad filters", "GET", "/secrets?filters=%7Bbad", "", 400, "invalid character 'b' looking for beginning of object key string"},

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -122,6 +123,13 @@ func decodeBody(r *http.Request, v any) error {
 			return err
 		case errors.Is(err, io.EOF):
 			return errdefs.BadRequest("got EOF while reading request body")
+		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Struct != "" && te.Type != nil {
+			// Newer Go spells the field's full embedded path; dockerd's
+			// clients have always seen only the leaf field name.
+			leaf := te.Field[strings.LastIndexByte(te.Field, '.')+1:]
+			return errdefs.BadRequest("json: cannot unmarshal %s into Go struct field %s.%s of type %s", te.Value, te.Struct, leaf, te.Type)
 		}
 		return errdefs.BadRequest("%s", err.Error())
 	}

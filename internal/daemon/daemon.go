@@ -46,6 +46,10 @@ type Daemon struct {
 	ln     net.Listener
 	nodeID string
 	errc   chan error
+	// stopBG ends background loops (the mirror, later the orchestrator);
+	// they stop before the store closes.
+	stopBG context.CancelFunc
+	bgDone sync.WaitGroup
 
 	closeOnce sync.Once
 }
@@ -104,9 +108,25 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	d.log.Info("cluster ready", "cluster", cl.ID, "node", d.nodeID)
 
+	secrets := objects.New(objects.Secret, d.store, kr, d.log)
+	configs := objects.New(objects.Config, d.store, kr, d.log)
+	mirror := store.NewMirror(d.store)
+	secrets.UseMirror(mirror)
+	configs.UseMirror(mirror)
+	var bg context.Context
+	bg, d.stopBG = context.WithCancel(context.Background())
+	d.bgDone.Add(1)
+	go func() {
+		defer d.bgDone.Done()
+		mirror.Run(bg)
+	}()
+	if err := mirror.WaitReady(ctx); err != nil {
+		return nil, fmt.Errorf("store mirror: %w", err)
+	}
+
 	srv := api.New(api.Config{
-		Secrets: objects.New(objects.Secret, d.store, kr, d.log),
-		Configs: objects.New(objects.Config, d.store, kr, d.log),
+		Secrets: secrets,
+		Configs: configs,
 		Cluster: clusterSource{d.store},
 		Node:    api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
 		Version: Version,
@@ -147,6 +167,10 @@ func (d *Daemon) Close() {
 		}
 		if d.ln != nil {
 			_ = os.Remove(d.cfg.Socket)
+		}
+		if d.stopBG != nil {
+			d.stopBG()
+			d.bgDone.Wait()
 		}
 		if d.store != nil {
 			if err := d.store.Close(); err != nil {

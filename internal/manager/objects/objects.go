@@ -90,6 +90,21 @@ type Manager struct {
 	log   *slog.Logger
 	now   func() time.Time
 	newID func() (string, error)
+	// mirror, when set, serves lists from memory.
+	mirror *store.Mirror
+}
+
+// UseMirror registers this kind with mir and serves lists from it. Call
+// before mir runs.
+func (m *Manager) UseMirror(mir *store.Mirror) {
+	mir.Register(m.kind.Table, func(o store.Object) (any, error) {
+		r, err := m.decode(o)
+		if err != nil {
+			return nil, err
+		}
+		return toObject(&r, o.ModRev), nil
+	})
+	m.mirror = mir
 }
 
 // New returns a manager for kind over st, sealing with s.
@@ -203,7 +218,8 @@ func (m *Manager) get(ctx context.Context, id string) (record, int64, error) {
 }
 
 // resolve finds the record that ref names, in dockerd's order: full ID,
-// exact (case-sensitive) name, then unique ID prefix.
+// name (case-insensitive, as names are unique that way), then unique ID
+// prefix.
 func (m *Manager) resolve(ctx context.Context, ref string) (record, int64, error) {
 	if ref == "" {
 		return record{}, 0, errdefs.NotFound("%s %s not found", m.kind.Name, ref)
@@ -219,7 +235,7 @@ func (m *Manager) resolve(ctx context.Context, ref string) (record, int64, error
 	}
 	if id, err := m.tbl.LookupName(ctx, ref); err == nil {
 		r, rev, err := m.get(ctx, id)
-		if err == nil && r.Name == ref {
+		if err == nil {
 			return r, rev, nil
 		}
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -263,10 +279,10 @@ type Filters struct {
 }
 
 func (f *Filters) match(o *Object) bool {
-	if len(f.Names) > 0 && !contains(f.Names, o.Name) {
+	if len(f.Names) > 0 && !containsFold(f.Names, o.Name) {
 		return false
 	}
-	if len(f.NamePrefixes) > 0 && !hasAnyPrefix(o.Name, f.NamePrefixes) {
+	if len(f.NamePrefixes) > 0 && !hasAnyPrefixFold(o.Name, f.NamePrefixes) {
 		return false
 	}
 	if len(f.IDPrefixes) > 0 && !hasAnyPrefix(o.ID, f.IDPrefixes) {
@@ -281,9 +297,19 @@ func (f *Filters) match(o *Object) bool {
 	return true
 }
 
-func contains(list []string, s string) bool {
+// Names match case-insensitively, as Swarm's name index does.
+func containsFold(list []string, s string) bool {
 	for _, x := range list {
-		if x == s {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasAnyPrefixFold(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if len(s) >= len(p) && strings.EqualFold(s[:len(p)], p) {
 			return true
 		}
 	}
@@ -301,6 +327,25 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 
 // List returns the objects that match f, ordered by ID.
 func (m *Manager) List(ctx context.Context, f Filters) ([]Object, error) {
+	if m.mirror != nil {
+		var out []Object
+		err := m.mirror.Read(ctx, m.kind.Table, func(items map[string]store.Entry) {
+			out = make([]Object, 0, len(items))
+			for _, e := range items {
+				o := e.Value.(Object)
+				if f.match(&o) {
+					out = append(out, o)
+				}
+			}
+		})
+		if err == nil {
+			sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+			return out, nil
+		}
+		if !errors.Is(err, store.ErrMirrorStale) {
+			return nil, err
+		}
+	}
 	prefix := ""
 	if len(f.IDPrefixes) == 1 {
 		prefix = f.IDPrefixes[0]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -122,7 +123,8 @@ func TestResolveOrder(t *testing.T) {
 		{ref: "other", wantID: id2},
 		{ref: "abc", wantID: id1},
 		{ref: "ab", errCat: errdefs.ErrInvalidArgument, errMsg: "secret ab is ambiguous (2 matches found)"},
-		{ref: "ABD", errCat: errdefs.ErrNotFound, errMsg: "secret ABD not found"},
+		{ref: "ABD", wantID: id1}, // names are case-insensitive, as in Swarm
+		{ref: "ABC", errCat: errdefs.ErrNotFound, errMsg: "secret ABC not found"}, // IDs are not
 		{ref: "zzz", errCat: errdefs.ErrNotFound, errMsg: "secret zzz not found"},
 	}
 	for _, tt := range tests {
@@ -191,8 +193,25 @@ func TestUpdate(t *testing.T) {
 }
 
 func TestListFilters(t *testing.T) {
-	m, _ := newManager(t, Secret)
+	for _, mirrored := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mirror=%v", mirrored), func(t *testing.T) { testListFilters(t, mirrored) })
+	}
+}
+
+func testListFilters(t *testing.T, mirrored bool) {
+	m, st := newManager(t, Secret)
 	ctx := context.Background()
+	if mirrored {
+		mir := store.NewMirror(st)
+		m.UseMirror(mir)
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { mir.Run(rctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		if err := mir.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, s := range []Spec{
 		{Name: "app_db", Data: []byte("1"), Labels: map[string]string{"env": "prod"}},
 		{Name: "app_api", Data: []byte("2"), Labels: map[string]string{"env": "dev"}},
@@ -210,6 +229,8 @@ func TestListFilters(t *testing.T) {
 		{"all", Filters{}, 3},
 		{"name prefix", Filters{NamePrefixes: []string{"app_"}}, 2},
 		{"exact names", Filters{Names: []string{"app"}}, 0},
+		{"name case", Filters{Names: []string{"APP_DB"}}, 1},
+		{"name prefix case", Filters{NamePrefixes: []string{"APP"}}, 2},
 		{"exact name", Filters{Names: []string{"other", "app_db"}}, 2},
 		{"label key", Filters{Labels: map[string]string{"env": ""}}, 2},
 		{"label value", Filters{Labels: map[string]string{"env": "prod"}}, 1},
@@ -220,6 +241,19 @@ func TestListFilters(t *testing.T) {
 		if err != nil || len(got) != tt.want {
 			t.Errorf("%s: got %d (%v), want %d", tt.name, len(got), err, tt.want)
 		}
+		for i := 1; i < len(got); i++ {
+			if got[i-1].ID >= got[i].ID {
+				t.Errorf("%s: not ordered by ID", tt.name)
+			}
+		}
+	}
+	// Read-your-writes: a remove is visible to the very next list.
+	all, _ := m.List(ctx, Filters{})
+	if err := m.Remove(ctx, all[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := m.List(ctx, Filters{}); len(got) != 2 {
+		t.Fatalf("list after remove: %d objects", len(got))
 	}
 }
 

@@ -1,0 +1,218 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Decoder turns a stored value into the form a Mirror keeps in memory.
+type Decoder func(o Object) (any, error)
+
+// Entry is one mirrored object.
+type Entry struct {
+	ID     string
+	Value  any
+	ModRev int64
+}
+
+// Mirror keeps decoded in-memory copies of some tables, fed by one watch on
+// the whole key space, so reads of many objects (lists) cost no store round
+// trip and no decoding.
+//
+// Reads are linearizable: Read first asks etcd for its current revision and
+// waits until the mirror has applied it. Watching the whole key space (not
+// just the mirrored tables) is what makes that wait finite: every write
+// anywhere advances the mirror's revision.
+type Mirror struct {
+	st     *Store
+	mu     sync.RWMutex
+	rev    int64
+	tables map[string]*mirrorTable
+	// advanced is closed and replaced each time rev moves, waking waiters.
+	advanced chan struct{}
+	// stale is set while the watch is being re-established; reads then go
+	// to etcd through the caller's fallback.
+	stale bool
+}
+
+type mirrorTable struct {
+	decode Decoder
+	items  map[string]Entry
+}
+
+// NewMirror returns a mirror over st; Register tables, then Run it.
+func NewMirror(st *Store) *Mirror {
+	return &Mirror{st: st, tables: map[string]*mirrorTable{}, advanced: make(chan struct{}), stale: true}
+}
+
+// Register mirrors the table kind, decoding values with dec.
+func (m *Mirror) Register(kind string, dec Decoder) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.tables[kind] = &mirrorTable{decode: dec, items: map[string]Entry{}}
+}
+
+// Run lists and then watches until ctx ends, re-listing after errors such as
+// a watch that fell behind compaction.
+func (m *Mirror) Run(ctx context.Context) {
+	for ctx.Err() == nil {
+		rev, err := m.load(ctx)
+		if err == nil {
+			err = m.watch(ctx, rev)
+		}
+		m.setStale()
+		if ctx.Err() != nil {
+			return
+		}
+		m.st.log.Warn("store mirror restarting", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (m *Mirror) setStale() {
+	m.mu.Lock()
+	m.stale = true
+	m.mu.Unlock()
+}
+
+// load replaces the mirror's content with a consistent snapshot.
+func (m *Mirror) load(ctx context.Context) (int64, error) {
+	resp, err := m.st.cli.Get(ctx, root, clientv3.WithPrefix())
+	if err != nil {
+		return 0, wrapEtcd(err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range m.tables {
+		t.items = map[string]Entry{}
+	}
+	for _, kv := range resp.Kvs {
+		m.applyLocked(string(kv.Key), kv.Value, kv.ModRevision, false)
+	}
+	m.stale = false
+	m.advanceLocked(resp.Header.Revision)
+	return resp.Header.Revision, nil
+}
+
+func (m *Mirror) watch(ctx context.Context, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := m.st.cli.Watch(wctx, root, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				return fmt.Errorf("watch compacted at %d: %w", resp.CompactRevision, err)
+			}
+			return err
+		}
+		m.mu.Lock()
+		for _, ev := range resp.Events {
+			m.applyLocked(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
+		}
+		m.advanceLocked(resp.Header.Revision)
+		m.mu.Unlock()
+	}
+	return errors.New("watch channel closed")
+}
+
+func (m *Mirror) applyLocked(key string, val []byte, modRev int64, deleted bool) {
+	rest, ok := strings.CutPrefix(key, root)
+	if !ok {
+		return
+	}
+	kind, id, ok := strings.Cut(rest, "/")
+	if !ok {
+		return
+	}
+	t := m.tables[kind]
+	if t == nil {
+		return
+	}
+	if deleted {
+		delete(t.items, id)
+		return
+	}
+	v, err := t.decode(Object{ID: id, Value: val, ModRev: modRev})
+	if err != nil {
+		// A value this version cannot decode stays out of the mirror; reads
+		// of it by ID still go to etcd and report the error there.
+		m.st.log.Error("store mirror: undecodable object", "kind", kind, "id", id, "err", err)
+		delete(t.items, id)
+		return
+	}
+	t.items[id] = Entry{ID: id, Value: v, ModRev: modRev}
+}
+
+func (m *Mirror) advanceLocked(rev int64) {
+	if rev > m.rev {
+		m.rev = rev
+		close(m.advanced)
+		m.advanced = make(chan struct{})
+	}
+}
+
+// ErrMirrorStale means the mirror cannot serve a consistent read right now.
+var ErrMirrorStale = fmt.Errorf("store: mirror is resynchronising: %w", errdefs.ErrUnavailable)
+
+// Read calls fn with the mirrored items of kind once the mirror has caught
+// up with every write acknowledged before Read was called. fn must not keep
+// or modify the map.
+func (m *Mirror) Read(ctx context.Context, kind string, fn func(items map[string]Entry)) error {
+	want, err := m.st.Revision(ctx)
+	if err != nil {
+		return err
+	}
+	// Bounded: the watch is in-process, so catching up takes microseconds
+	// unless the mirror is restarting.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		m.mu.RLock()
+		if m.stale {
+			m.mu.RUnlock()
+			return ErrMirrorStale
+		}
+		if m.rev >= want {
+			fn(m.tables[kind].items)
+			m.mu.RUnlock()
+			return nil
+		}
+		ch := m.advanced
+		m.mu.RUnlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("store: mirror did not reach revision %d: %w", want, errdefs.ErrUnavailable)
+		}
+	}
+}
+
+// WaitReady blocks until the first snapshot is loaded.
+func (m *Mirror) WaitReady(ctx context.Context) error {
+	for {
+		m.mu.RLock()
+		ready := !m.stale
+		ch := m.advanced
+		m.mu.RUnlock()
+		if ready {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

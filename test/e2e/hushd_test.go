@@ -1,0 +1,304 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	hushdReadyTimeout = 30 * time.Second
+	hushdStopTimeout  = 20 * time.Second
+	dockerCmdTimeout  = 60 * time.Second
+)
+
+// ---- docker CLI ----
+
+// dockerCLI runs the real docker CLI against one daemon socket, with an
+// isolated, empty DOCKER_CONFIG.
+type dockerCLI struct {
+	t         testing.TB
+	host      string // unix socket path
+	configDir string
+}
+
+func newDockerCLI(t testing.TB, sock string) *dockerCLI {
+	return &dockerCLI{t: t, host: sock, configDir: t.TempDir()}
+}
+
+// Docker runs `docker args...` and returns stdout, stderr and the exit code.
+func (c *dockerCLI) Docker(args ...string) (stdout, stderr string, code int) {
+	c.t.Helper()
+	return c.DockerStdin("", args...)
+}
+
+// DockerStdin runs `docker args...` with stdin as its standard input.
+func (c *dockerCLI) DockerStdin(stdin string, args ...string) (stdout, stderr string, code int) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), dockerCmdTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, dockerBinary(), args...)
+	env := []string{}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DOCKER_") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = append(env,
+		"DOCKER_HOST=unix://"+c.host,
+		"DOCKER_CONFIG="+c.configDir,
+		"DOCKER_CLI_HINTS=false",
+	)
+	cmd.Stdin = strings.NewReader(stdin)
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		c.t.Fatalf("docker %s: timed out after %s\nstdout: %s\nstderr: %s", strings.Join(args, " "), dockerCmdTimeout, so.String(), se.String())
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		code = 0
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		c.t.Fatalf("docker %s: %v", strings.Join(args, " "), err)
+	}
+	return so.String(), se.String(), code
+}
+
+// MustDocker runs docker and fails the test unless it exits 0; it returns stdout.
+func (c *dockerCLI) MustDocker(args ...string) string {
+	c.t.Helper()
+	return c.MustDockerStdin("", args...)
+}
+
+func (c *dockerCLI) MustDockerStdin(stdin string, args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.DockerStdin(stdin, args...)
+	if code != 0 {
+		c.t.Fatalf("docker %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// ---- hushd ----
+
+// Hushd is one hushd process under test (Nomad-style: h := startHushd(t)).
+type Hushd struct {
+	*dockerCLI
+
+	Socket  string
+	DataDir string
+	LogPath string
+
+	t        testing.TB
+	logLevel string
+	extra    []string
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+	waitErr error
+	logFile *os.File
+}
+
+type hushdOption func(*Hushd)
+
+// withDataDir starts hushd on an existing data directory.
+func withDataDir(dir string) hushdOption { return func(h *Hushd) { h.DataDir = dir } }
+
+// withLogLevel overrides --log-level (default debug).
+func withLogLevel(level string) hushdOption { return func(h *Hushd) { h.logLevel = level } }
+
+// withArgs appends extra command-line arguments.
+func withArgs(args ...string) hushdOption {
+	return func(h *Hushd) { h.extra = append(h.extra, args...) }
+}
+
+// startHushd builds nothing (TestMain did): it starts the hushd binary on a
+// fresh data dir and socket, waits until GET /_ping answers 200, and stops it
+// when the test ends.
+func startHushd(t testing.TB, opts ...hushdOption) *Hushd {
+	t.Helper()
+	requireHushd(t)
+	requireDockerCLI(t)
+
+	// unix socket paths are limited to 108 bytes: keep it short, not under t.TempDir().
+	sockDir, err := os.MkdirTemp("", "hush-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+
+	h := &Hushd{
+		t:        t,
+		Socket:   filepath.Join(sockDir, "hushd.sock"),
+		logLevel: "debug",
+	}
+	for _, o := range opts {
+		o(h)
+	}
+	if h.DataDir == "" {
+		h.DataDir = filepath.Join(t.TempDir(), "data")
+	}
+	h.LogPath = filepath.Join(t.TempDir(), "hushd.log")
+	h.dockerCLI = newDockerCLI(t, h.Socket)
+
+	t.Cleanup(func() {
+		if h.running() {
+			h.Stop()
+		}
+		if t.Failed() {
+			t.Logf("hushd log tail (%s):\n%s", h.LogPath, tailFile(h.LogPath, 80))
+		}
+	})
+	h.start()
+	return h
+}
+
+func (h *Hushd) running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.cmd == nil {
+		return false
+	}
+	select {
+	case <-h.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (h *Hushd) start() {
+	h.t.Helper()
+	if h.running() {
+		h.t.Fatal("hushd: start while already running")
+	}
+	lf, err := os.OpenFile(h.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	fmt.Fprintf(lf, "==== e2e: starting hushd at %s ====\n", time.Now().Format(time.RFC3339Nano))
+	args := append([]string{"--data-dir", h.DataDir, "--socket", h.Socket, "--log-level", h.logLevel}, h.extra...)
+	cmd := exec.Command(hushdBin, args...)
+	cmd.Stdout = lf
+	cmd.Stderr = lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		h.t.Fatalf("starting hushd: %v", err)
+	}
+	done := make(chan struct{})
+	h.mu.Lock()
+	h.cmd, h.done, h.waitErr, h.logFile = cmd, done, nil, lf
+	h.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		h.mu.Lock()
+		h.waitErr = err
+		h.mu.Unlock()
+		lf.Close()
+		close(done)
+	}()
+
+	client := unixHTTPClient(h.Socket)
+	client.Timeout = 2 * time.Second
+	deadline := time.Now().Add(hushdReadyTimeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			h.t.Fatalf("hushd exited before becoming ready (%v); log:\n%s", h.exitErr(), tailFile(h.LogPath, 80))
+		default:
+		}
+		resp, err := client.Get("http://docker/_ping")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			err = fmt.Errorf("GET /_ping: status %d", resp.StatusCode)
+		}
+		lastErr = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.Kill()
+	h.t.Fatalf("hushd not ready after %s (last: %v); log:\n%s", hushdReadyTimeout, lastErr, tailFile(h.LogPath, 80))
+}
+
+func (h *Hushd) exitErr() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.waitErr
+}
+
+// Stop sends SIGTERM and waits; hushd must exit 0.
+func (h *Hushd) Stop() {
+	h.t.Helper()
+	if !h.running() {
+		return
+	}
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.done:
+	case <-time.After(hushdStopTimeout):
+		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+		<-h.done
+		h.t.Errorf("hushd did not exit within %s of SIGTERM (killed)", hushdStopTimeout)
+		return
+	}
+	if err := h.exitErr(); err != nil {
+		h.t.Errorf("hushd: SIGTERM should give a clean exit 0, got: %v", err)
+	}
+	// Anything else in its process group must be gone too.
+	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+// Kill sends SIGKILL (to hushd's whole process group) and waits.
+func (h *Hushd) Kill() {
+	h.t.Helper()
+	if !h.running() {
+		return
+	}
+	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+	<-h.done
+}
+
+// Restart starts hushd again on the same data dir and socket (stopping it
+// first with SIGTERM if it is still running).
+func (h *Hushd) Restart() {
+	h.t.Helper()
+	h.Stop()
+	h.start()
+}
+
+// Raw sends one HTTP request to hushd's socket.
+func (h *Hushd) Raw(method, path, contentType string, body []byte) httpResult {
+	h.t.Helper()
+	return doRaw(h.t, h.Socket, method, path, contentType, body)
+}
+
+func tailFile(path string, lines int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
