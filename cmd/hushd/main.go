@@ -26,6 +26,8 @@ func run() int {
 	fs.StringVar(&socket, "socket", socket, "unix socket to serve the Docker API on (mode 0660)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	advertise := fs.String("advertise-addr", "127.0.0.1", "address this manager is reachable at")
+	engineSock := fs.String("engine", "/var/run/docker.sock", "the host's Docker Engine socket; \"\" runs secrets only")
+	secretsDir := fs.String("secrets-dir", "", "root of per-task secret tmpfs mounts (default /run/hush/<node ID>)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -50,6 +52,7 @@ func run() int {
 	d, err := daemon.Start(ctx, daemon.Config{
 		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise,
 		EtcdLogLevel: etcdLevel, Logger: log,
+		EngineSocket: *engineSock, SecretsDir: *secretsDir,
 	})
 	if err != nil {
 		log.Error("hushd failed to start", "err", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/manager/services"
 )
 
 // maxBodyBytes caps request bodies. The largest legitimate body is a config
@@ -35,13 +36,28 @@ type Config struct {
 	Secrets *objects.Manager
 	Configs *objects.Manager
 	Cluster ClusterSource
-	Node    Node
+	// Services serves services, tasks and nodes; nil leaves them unrouted.
+	Services *services.Manager
+	// Images answers whether the engine has an image (nil: unknown).
+	Images ImageChecker
+	// Logs streams container logs for service and task logs (nil: 503).
+	Logs LogSource
+	Node Node
 	// Version is hushd's own version string.
 	Version string
+	// APIVersion is the API version advertised in /_ping: the lower of
+	// hush's and the engine's, since the CLI uses it for passed-through
+	// calls too.
+	APIVersion string
 	// Fallback serves every request hush does not own (the engine proxy).
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
 	Logger   *slog.Logger
+}
+
+// ImageChecker reports whether the engine has an image.
+type ImageChecker interface {
+	HasImage(ctx context.Context, ref string) (bool, error)
 }
 
 // Server is the HTTP front of hushd.
@@ -71,6 +87,9 @@ func (s *Server) routes() {
 	s.objectRoutes("/secrets", s.Secrets)
 	if s.Configs != nil {
 		s.objectRoutes("/configs", s.Configs)
+	}
+	if s.Services != nil {
+		s.serviceRoutes()
 	}
 }
 

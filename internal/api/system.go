@@ -12,7 +12,11 @@ import (
 
 func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set("API-Version", MaxAPIVersion)
+	v := s.APIVersion
+	if v == "" {
+		v = MaxAPIVersion
+	}
+	h.Set("API-Version", v)
 	h.Set("OSType", runtime.GOOS)
 	h.Set("Docker-Experimental", "false")
 	h.Set("Swarm", "active/manager")

@@ -44,7 +44,7 @@ func validVersion(v string) bool {
 }
 
 // compareVersions compares two "X.Y" versions numerically.
-func compareVersions(a, b string) int {
+func CompareVersions(a, b string) int {
 	am, an, _ := strings.Cut(a, ".")
 	bm, bn, _ := strings.Cut(b, ".")
 	ai, _ := strconv.Atoi(am)
@@ -70,10 +70,10 @@ func checkVersion(v string) error {
 	if v == "" {
 		return nil
 	}
-	if compareVersions(v, MaxAPIVersion) > 0 {
+	if CompareVersions(v, MaxAPIVersion) > 0 {
 		return errdefs.BadRequest("client version %s is too new. Maximum supported API version is %s", v, MaxAPIVersion)
 	}
-	if compareVersions(v, MinAPIVersion) < 0 {
+	if CompareVersions(v, MinAPIVersion) < 0 {
 		return errdefs.BadRequest("client version %s is too old. Minimum supported API version is %s, please upgrade your client to a newer version", v, MinAPIVersion)
 	}
 	return nil

@@ -14,11 +14,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/agent/engine"
+	"github.com/hush-secrets/hush/internal/agent/secretfs"
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/dispatcher"
 	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/manager/orchestrator"
+	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/proxy"
 	"github.com/hush-secrets/hush/internal/store"
 )
 
@@ -33,7 +40,13 @@ type Config struct {
 	AdvertiseAddr string
 	// EtcdLogLevel is passed to the embedded etcd's logger.
 	EtcdLogLevel string
-	Logger       *slog.Logger
+	// EngineSocket is the host's Docker Engine; "" disables tasks and the
+	// pass-through.
+	EngineSocket string
+	// SecretsDir is where per-task tmpfs mounts go (default
+	// /run/hush/<node ID>).
+	SecretsDir string
+	Logger     *slog.Logger
 }
 
 // Daemon is a running hushd.
@@ -50,6 +63,8 @@ type Daemon struct {
 	// they stop before the store closes.
 	stopBG context.CancelFunc
 	bgDone sync.WaitGroup
+	proxy  *proxy.Proxy
+	engine *engine.Engine
 
 	closeOnce sync.Once
 }
@@ -113,25 +128,30 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	mirror := store.NewMirror(d.store)
 	secrets.UseMirror(mirror)
 	configs.UseMirror(mirror)
+	svcs := services.New(d.store, mirror, d.log)
+	acfg := api.Config{
+		Secrets:    secrets,
+		Configs:    configs,
+		Services:   svcs,
+		Cluster:    clusterSource{d.store},
+		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
+		Version:    Version,
+		APIVersion: api.MaxAPIVersion,
+		Logger:     d.log,
+	}
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
-	d.bgDone.Add(1)
-	go func() {
-		defer d.bgDone.Done()
-		mirror.Run(bg)
-	}()
+	d.runBG(mirror.Run, bg)
 	if err := mirror.WaitReady(ctx); err != nil {
 		return nil, fmt.Errorf("store mirror: %w", err)
 	}
-
-	srv := api.New(api.Config{
-		Secrets: secrets,
-		Configs: configs,
-		Cluster: clusterSource{d.store},
-		Node:    api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
-		Version: Version,
-		Logger:  d.log,
-	})
+	d.runBG(orchestrator.New(d.store, mirror, svcs, d.nodeID, d.log).Run, bg)
+	if cfg.EngineSocket != "" {
+		if err := d.startAgent(ctx, bg, &acfg, mirror, svcs, secrets, configs); err != nil {
+			return nil, err
+		}
+	}
+	srv := api.New(acfg)
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {
 		return nil, err
 	}
@@ -150,6 +170,55 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	return d, nil
 }
 
+func (d *Daemon) runBG(fn func(context.Context), ctx context.Context) {
+	d.bgDone.Add(1)
+	go func() {
+		defer d.bgDone.Done()
+		fn(ctx)
+	}()
+}
+
+// startAgent connects the host's engine: the pass-through for every call
+// hush does not own, and the agent that runs this node's tasks. An engine
+// that does not answer yet is not fatal: secrets keep working, tasks wait,
+// and the agent retries.
+func (d *Daemon) startAgent(ctx, bg context.Context, acfg *api.Config, mirror *store.Mirror, svcs *services.Manager, secrets, configs *objects.Manager) error {
+	d.proxy = proxy.New(d.cfg.EngineSocket, d.log)
+	acfg.Fallback = d.proxy
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	v, err := d.proxy.Ping(pctx)
+	cancel()
+	if err != nil {
+		d.log.Warn("Docker Engine not reachable; tasks will wait for it", "engine", d.cfg.EngineSocket, "err", err)
+	} else if v != "" && api.CompareVersions(v, api.MaxAPIVersion) < 0 {
+		// The CLI uses the version we advertise for every call, and calls
+		// we pass through must be ones the engine accepts.
+		acfg.APIVersion = v
+	}
+	eng, err := engine.New(d.cfg.EngineSocket, d.log)
+	if err != nil {
+		return fmt.Errorf("engine client: %w", err)
+	}
+	d.engine = eng
+	acfg.Images = eng
+	acfg.Logs = eng
+	dir := d.cfg.SecretsDir
+	if dir == "" {
+		dir = filepath.Join("/run/hush", d.nodeID)
+	}
+	fs, err := secretfs.NewManager(dir, d.log)
+	if err != nil {
+		return fmt.Errorf("secrets tmpfs: %w", err)
+	}
+	disp := dispatcher.New(svcs, secrets, configs, d.log)
+	ag := agent.New(agent.Config{
+		NodeID: d.nodeID, Tasks: svcs, Store: d.store, Mirror: mirror,
+		Data: disp, Engine: eng, SecretFS: fs, Logger: d.log,
+	})
+	d.runBG(ag.Run, bg)
+	return nil
+}
+
 // Err reports a fatal failure of a part of the daemon.
 func (d *Daemon) Err() <-chan error { return d.errc }
 
@@ -165,12 +234,19 @@ func (d *Daemon) Close() {
 			_ = d.http.Shutdown(ctx)
 			cancel()
 		}
+		if d.proxy != nil {
+			// Shutdown does not end hijacked or endless streams.
+			_ = d.proxy.Close()
+		}
 		if d.ln != nil {
 			_ = os.Remove(d.cfg.Socket)
 		}
 		if d.stopBG != nil {
 			d.stopBG()
 			d.bgDone.Wait()
+		}
+		if d.engine != nil {
+			_ = d.engine.Close()
 		}
 		if d.store != nil {
 			if err := d.store.Close(); err != nil {

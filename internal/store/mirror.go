@@ -216,3 +216,11 @@ func (m *Mirror) WaitReady(ctx context.Context) error {
 		}
 	}
 }
+
+// Changed returns a channel closed at the mirror's next advance: loops wait
+// on it (with a timer) instead of polling the store.
+func (m *Mirror) Changed() <-chan struct{} {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.advanced
+}

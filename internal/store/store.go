@@ -237,3 +237,68 @@ func wrapEtcd(err error) error {
 	}
 	return fmt.Errorf("store: etcd: %w: %w", errdefs.ErrUnavailable, err)
 }
+
+// Key is the etcd key of the object id, for guards in other tables' writes.
+func (t *Table) Key(id string) string { return t.objKey(id) }
+
+// Resolve finds the object ref names, in dockerd's order: full ID, name
+// (case-insensitive), then unique ID prefix. noun names the kind in errors
+// ("secret db is ambiguous (2 matches found)").
+func (t *Table) Resolve(ctx context.Context, noun, ref string) (Object, error) {
+	if ref == "" {
+		return Object{}, errdefs.NotFound("%s %s not found", noun, ref)
+	}
+	if o, err := t.Get(ctx, ref); err == nil {
+		return o, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return Object{}, err
+	}
+	if id, err := t.LookupName(ctx, ref); err == nil {
+		o, err := t.Get(ctx, id)
+		if err == nil {
+			return o, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return Object{}, err
+		}
+	} else if !errors.Is(err, ErrNotFound) {
+		return Object{}, err
+	}
+	objs, err := t.ListPrefix(ctx, ref)
+	if err != nil {
+		return Object{}, err
+	}
+	switch len(objs) {
+	case 0:
+		return Object{}, errdefs.NotFound("%s %s not found", noun, ref)
+	case 1:
+		return objs[0], nil
+	}
+	return Object{}, errdefs.BadRequest("%s %s is ambiguous (%d matches found)", noun, ref, len(objs))
+}
+
+// CreateGuarded is Create with extra preconditions (e.g. that referenced
+// objects exist); a failed guard yields ErrGuard, a taken name ErrNameTaken.
+func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, guards []clientv3.Cmp, extra ...clientv3.Op) (int64, error) {
+	if len(guards) == 0 {
+		return t.Create(ctx, id, name, val, extra...)
+	}
+	resp, err := t.s.cli.Txn(ctx).If(guards...).Then(clientv3.OpTxn(
+		[]clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(t.NameKey(name)), "=", 0),
+		},
+		append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(t.NameKey(name), id)}, extra...),
+		nil,
+	)).Commit()
+	if err != nil {
+		return 0, wrapEtcd(err)
+	}
+	if !resp.Succeeded {
+		return 0, ErrGuard
+	}
+	if !resp.Responses[0].GetResponseTxn().Succeeded {
+		return 0, ErrNameTaken
+	}
+	return resp.Header.Revision, nil
+}

@@ -217,46 +217,14 @@ func (m *Manager) get(ctx context.Context, id string) (record, int64, error) {
 	return r, o.ModRev, err
 }
 
-// resolve finds the record that ref names, in dockerd's order: full ID,
-// name (case-insensitive, as names are unique that way), then unique ID
-// prefix.
+// resolve finds the record that ref names (see store.Table.Resolve).
 func (m *Manager) resolve(ctx context.Context, ref string) (record, int64, error) {
-	if ref == "" {
-		return record{}, 0, errdefs.NotFound("%s %s not found", m.kind.Name, ref)
-	}
-	if identity.Valid(ref) {
-		r, rev, err := m.get(ctx, ref)
-		if err == nil {
-			return r, rev, nil
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return record{}, 0, err
-		}
-	}
-	if id, err := m.tbl.LookupName(ctx, ref); err == nil {
-		r, rev, err := m.get(ctx, id)
-		if err == nil {
-			return r, rev, nil
-		}
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return record{}, 0, err
-		}
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return record{}, 0, err
-	}
-	objs, err := m.tbl.ListPrefix(ctx, ref)
+	o, err := m.tbl.Resolve(ctx, m.kind.Name, ref)
 	if err != nil {
 		return record{}, 0, err
 	}
-	switch len(objs) {
-	case 0:
-		return record{}, 0, errdefs.NotFound("%s %s not found", m.kind.Name, ref)
-	case 1:
-		r, err := m.decode(objs[0])
-		return r, objs[0].ModRev, err
-	default:
-		return record{}, 0, errdefs.BadRequest("%s %s is ambiguous (%d matches found)", m.kind.Name, ref, len(objs))
-	}
+	r, err := m.decode(o)
+	return r, o.ModRev, err
 }
 
 // Get returns the object that ref names.

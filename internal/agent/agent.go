@@ -1,0 +1,447 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/agent/engine"
+	"github.com/hush-secrets/hush/internal/agent/secretfs"
+	"github.com/hush-secrets/hush/internal/manager/dispatcher"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// TaskLister gives a consistent view of all tasks.
+type TaskLister interface {
+	Snapshot(ctx context.Context) ([]*model.Service, []*model.Task, error)
+}
+
+// DataSource is the dispatcher as the agent sees it.
+type DataSource interface {
+	TaskData(ctx context.Context, nodeID, taskID string) ([]dispatcher.Payload, error)
+}
+
+// Agent runs this node's tasks.
+type Agent struct {
+	nodeID string
+	tasks  TaskLister
+	table  *store.Table
+	mirror *store.Mirror
+	data   DataSource
+	eng    *engine.Engine
+	fs     *secretfs.Manager
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu sync.Mutex
+	// busy holds tasks with an operation (start, stop) in flight, so a
+	// pass does not start a second one.
+	busy map[string]bool
+	// started holds tasks this process began starting; a task found half
+	// started that is not in it was interrupted by a restart.
+	started map[string]bool
+	wg      sync.WaitGroup
+}
+
+// Config wires an agent.
+type Config struct {
+	NodeID   string
+	Tasks    TaskLister
+	Store    *store.Store
+	Mirror   *store.Mirror
+	Data     DataSource
+	Engine   *engine.Engine
+	SecretFS *secretfs.Manager
+	Logger   *slog.Logger
+}
+
+// New returns an agent.
+func New(c Config) *Agent {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{
+		nodeID: c.NodeID, tasks: c.Tasks, table: c.Store.Table(model.TasksTable), mirror: c.Mirror,
+		data: c.Data, eng: c.Engine, fs: c.SecretFS, log: c.Logger,
+		now: func() time.Time { return time.Now().UTC() }, busy: map[string]bool{}, started: map[string]bool{},
+	}
+}
+
+// Run reconciles on store changes, container exits, and every second.
+func (a *Agent) Run(ctx context.Context) {
+	defer a.wg.Wait()
+	exits := make(chan struct{}, 1)
+	go a.watchExits(ctx, exits)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		changed := a.mirror.Changed()
+		if err := a.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("agent pass failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-exits:
+		case <-tick.C:
+		}
+	}
+}
+
+// watchExits turns engine "die" events into wake-ups, re-subscribing when
+// the stream breaks (for example while the engine restarts).
+func (a *Agent) watchExits(ctx context.Context, wake chan<- struct{}) {
+	for ctx.Err() == nil {
+		ch, errc := a.eng.Exits(ctx)
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-ch:
+				if !ok {
+					break loop
+				}
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			case <-errc:
+				break loop
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) claim(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.busy[id] {
+		return false
+	}
+	a.busy[id] = true
+	return true
+}
+
+func (a *Agent) release(id string) {
+	a.mu.Lock()
+	delete(a.busy, id)
+	a.mu.Unlock()
+}
+
+// spawn runs op for task id in the background unless one is in flight.
+func (a *Agent) spawn(ctx context.Context, id string, op func(context.Context)) {
+	if !a.claim(id) {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer a.release(id)
+		op(ctx)
+	}()
+}
+
+// Reconcile makes one pass.
+func (a *Agent) Reconcile(ctx context.Context) error {
+	_, all, err := a.tasks.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	ctrs, err := a.eng.ListTasks(ctx)
+	if err != nil {
+		return err
+	}
+	byTask := map[string]engine.State{}
+	for _, c := range ctrs {
+		if tid := c.Labels["com.docker.swarm.task.id"]; tid != "" && c.Labels[labelHush] == a.nodeID {
+			byTask[tid] = c
+		}
+	}
+	mine := map[string]bool{}
+	for _, t := range all {
+		if t.NodeID != a.nodeID {
+			continue
+		}
+		mine[t.ID] = true
+		t := t
+		c, hasC := byTask[t.ID]
+		switch {
+		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned:
+			a.spawn(ctx, t.ID, func(ctx context.Context) { a.start(ctx, t) })
+		case t.DesiredState == swarm.TaskStateRunning && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
+			// Interrupted mid-start by a restart: adopt a running container,
+			// or fail the task so the orchestrator replaces it.
+			a.spawn(ctx, t.ID, func(ctx context.Context) {
+				if hasC && c.Running {
+					a.adopt(ctx, t, c)
+					return
+				}
+				if hasC {
+					_ = a.eng.Remove(ctx, c.ID)
+				}
+				a.finish(ctx, t, swarm.TaskStateFailed, "interrupted", "task: start interrupted by a hushd restart", nil)
+			})
+		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateRunning:
+			if !hasC {
+				a.spawn(ctx, t.ID, func(ctx context.Context) {
+					a.finish(ctx, t, swarm.TaskStateFailed, "container vanished", "task: container was removed outside hush", nil)
+				})
+			} else if !c.Running {
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.exited(ctx, t, c) })
+			}
+		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
+			a.spawn(ctx, t.ID, func(ctx context.Context) { a.stop(ctx, t, c.ID) })
+		case t.DesiredState == swarm.TaskStateRemove && model.Terminal(t.Status.State):
+			a.spawn(ctx, t.ID, func(ctx context.Context) { a.remove(ctx, t, c.ID) })
+		case model.Terminal(t.Status.State):
+			// Secrets live no longer than the task.
+			if _, ok := a.fs.Lookup(t.ID); ok {
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.unmount(t.ID) })
+			}
+		}
+	}
+	// Containers and mounts of tasks that no longer exist.
+	for tid, c := range byTask {
+		if !mine[tid] {
+			a.spawn(ctx, tid, func(ctx context.Context) {
+				if err := a.eng.Remove(ctx, c.ID); err != nil {
+					a.log.Warn("removing orphan container", "container", c.ID, "err", err)
+				}
+				a.unmount(tid)
+			})
+		}
+	}
+	ids, err := a.fs.Tasks()
+	if err == nil {
+		for _, tid := range ids {
+			if !mine[tid] {
+				a.spawn(ctx, tid, func(ctx context.Context) { a.unmount(tid) })
+			}
+		}
+	}
+	return nil
+}
+
+// labelHush marks containers this hush node manages, so a Swarm (or another
+// hushd) on the same engine never has its containers adopted or removed.
+const labelHush = "io.hush.node.id"
+
+// setStatus writes a task's status with a revision check, re-reading and
+// retrying if the orchestrator wrote the task meanwhile.
+func (a *Agent) setStatus(ctx context.Context, t *model.Task, st swarm.TaskStatus) (*model.Task, error) {
+	cur := t
+	for attempt := 0; attempt < 5; attempt++ {
+		next := *cur
+		st.Timestamp = a.now()
+		next.Status = st
+		next.UpdatedAt = st.Timestamp
+		val, err := json.Marshal(&next)
+		if err != nil {
+			return nil, err
+		}
+		rev, err := a.table.Update(ctx, cur.ID, int64(cur.Version.Index), val)
+		if err == nil {
+			next.Version.Index = uint64(rev)
+			return &next, nil
+		}
+		if !errors.Is(err, store.ErrStale) {
+			return nil, err
+		}
+		o, err := a.table.Get(ctx, cur.ID)
+		if err != nil {
+			return nil, err
+		}
+		fresh, err := model.Decode[model.Task](o.Value)
+		if err != nil {
+			return nil, err
+		}
+		fresh.Version.Index = uint64(o.ModRev)
+		cur = fresh
+	}
+	return nil, fmt.Errorf("task %s: status write kept conflicting", t.ID)
+}
+
+func (a *Agent) wasStarted(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.started[id] || a.busy[id]
+}
+
+func (a *Agent) adopt(ctx context.Context, t *model.Task, c engine.State) {
+	if _, err := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: "started",
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: c.ID, PID: c.Pid}}); err != nil {
+		a.log.Warn("task status", "task", t.ID, "err", err)
+	}
+}
+
+func (a *Agent) start(ctx context.Context, t *model.Task) {
+	a.mu.Lock()
+	a.started[t.ID] = true
+	a.mu.Unlock()
+	log := a.log.With("task", t.ID, "service", t.ServiceName)
+	t, err := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing"})
+	if err != nil {
+		log.Warn("task status", "err", err)
+		return
+	}
+	cs := t.Spec.ContainerSpec
+	if ok, err := a.eng.HasImage(ctx, cs.Image); err != nil || !ok {
+		msg := fmt.Sprintf("No such image: %s", cs.Image)
+		if err != nil {
+			msg = err.Error()
+		}
+		a.finish(ctx, t, swarm.TaskStateRejected, "preparing", msg, nil)
+		return
+	}
+	binds, err := a.mountSecrets(ctx, t)
+	if err != nil {
+		a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
+		return
+	}
+	t, err = a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStateStarting, Message: "starting"})
+	if err != nil {
+		log.Warn("task status", "err", err)
+		return
+	}
+	id, err := a.eng.Create(ctx, a.containerSpec(t, binds))
+	if err == nil {
+		err = a.eng.Start(ctx, id)
+	}
+	if err != nil {
+		a.finish(ctx, t, swarm.TaskStateFailed, "starting", err.Error(), &swarm.ContainerStatus{ContainerID: id})
+		return
+	}
+	st, err := a.eng.Inspect(ctx, id)
+	if err != nil {
+		log.Warn("inspect after start", "err", err)
+	}
+	if _, err := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: "started",
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: id, PID: st.Pid}}); err != nil {
+		log.Warn("task status", "err", err)
+		return
+	}
+	log.Info("task running", "container", id)
+}
+
+// mountSecrets fetches the task's data and puts it on the task's tmpfs.
+func (a *Agent) mountSecrets(ctx context.Context, t *model.Task) ([]engine.Bind, error) {
+	payloads, err := a.data.TaskData(ctx, a.nodeID, t.ID)
+	if err != nil {
+		return nil, fmt.Errorf("fetching secrets: %w", err)
+	}
+	defer func() {
+		for i := range payloads {
+			clear(payloads[i].Data)
+		}
+	}()
+	if len(payloads) == 0 {
+		return nil, nil
+	}
+	files := make([]secretfs.File, 0, len(payloads))
+	for _, p := range payloads {
+		uid, err1 := strconv.Atoi(p.UID)
+		gid, err2 := strconv.Atoi(p.GID)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("%s %s: uid and gid must be numeric", p.Kind, p.Name)
+		}
+		files = append(files, secretfs.File{Target: p.Target, UID: uid, GID: gid, Mode: fsMode(p.Mode), Data: p.Data})
+	}
+	mt, err := a.fs.Mount(ctx, t.ID, files)
+	if err != nil {
+		return nil, err
+	}
+	var binds []engine.Bind
+	for _, b := range mt.Bindings() {
+		binds = append(binds, engine.Bind{HostPath: b.HostPath, ContainerPath: b.ContainerPath})
+	}
+	return binds, nil
+}
+
+func (a *Agent) containerSpec(t *model.Task, binds []engine.Bind) engine.Spec {
+	cs := t.Spec.ContainerSpec
+	labels := map[string]string{}
+	for k, v := range cs.Labels {
+		labels[k] = v
+	}
+	labels["com.docker.swarm.service.id"] = t.ServiceID
+	labels["com.docker.swarm.service.name"] = t.ServiceName
+	labels["com.docker.swarm.task"] = ""
+	labels["com.docker.swarm.task.id"] = t.ID
+	labels["com.docker.swarm.task.name"] = t.ContainerName()
+	labels["com.docker.swarm.node.id"] = t.NodeID
+	labels[labelHush] = a.nodeID
+	return engine.Spec{
+		Name: t.ContainerName(), Labels: labels, Image: cs.Image,
+		Command: cs.Command, Args: cs.Args, Env: cs.Env, Dir: cs.Dir, User: cs.User, Hostname: cs.Hostname,
+		TTY: cs.TTY, OpenStdin: cs.OpenStdin, StopSignal: cs.StopSignal, StopGracePeriod: cs.StopGracePeriod,
+		Init: cs.Init, Binds: binds, Mounts: cs.Mounts,
+	}
+}
+
+// exited records how a task's container ended.
+func (a *Agent) exited(ctx context.Context, t *model.Task, c engine.State) {
+	cst := &swarm.ContainerStatus{ContainerID: c.ID, ExitCode: c.ExitCode}
+	if c.ExitCode == 0 {
+		a.finish(ctx, t, swarm.TaskStateComplete, "finished", "", cst)
+		return
+	}
+	a.finish(ctx, t, swarm.TaskStateFailed, "started", fmt.Sprintf("task: non-zero exit (%d)", c.ExitCode), cst)
+}
+
+// finish moves a task to a final state and drops its secrets.
+func (a *Agent) finish(ctx context.Context, t *model.Task, state swarm.TaskState, msg, errText string, cst *swarm.ContainerStatus) {
+	a.unmount(t.ID)
+	if _, err := a.setStatus(ctx, t, swarm.TaskStatus{State: state, Message: msg, Err: errText, ContainerStatus: cst}); err != nil {
+		a.log.Warn("task status", "task", t.ID, "err", err)
+	}
+}
+
+// stop shuts a task's container down with its grace period.
+func (a *Agent) stop(ctx context.Context, t *model.Task, containerID string) {
+	if containerID != "" {
+		if err := a.eng.Stop(ctx, containerID, t.Spec.ContainerSpec.StopGracePeriod); err != nil {
+			a.log.Warn("stopping task container", "task", t.ID, "err", err)
+			return
+		}
+	}
+	a.finish(ctx, t, swarm.TaskStateShutdown, "shutdown", "", t.Status.ContainerStatus)
+}
+
+// remove deletes a finished task's container, mount and record.
+func (a *Agent) remove(ctx context.Context, t *model.Task, containerID string) {
+	if containerID != "" {
+		if err := a.eng.Remove(ctx, containerID); err != nil {
+			a.log.Warn("removing task container", "task", t.ID, "err", err)
+			return
+		}
+	}
+	a.unmount(t.ID)
+	a.mu.Lock()
+	delete(a.started, t.ID)
+	a.mu.Unlock()
+	if err := a.table.Delete(ctx, t.ID, "", int64(t.Version.Index), nil); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrStale) {
+		a.log.Warn("deleting task", "task", t.ID, "err", err)
+	}
+}
+
+func (a *Agent) unmount(taskID string) {
+	if err := a.fs.Unmount(taskID); err != nil {
+		a.log.Warn("unmounting task secrets", "task", taskID, "err", err)
+	}
+}
+
+func fsMode(m uint32) os.FileMode { return os.FileMode(m) & os.ModePerm }

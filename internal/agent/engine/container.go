@@ -1,0 +1,432 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+)
+
+// Bind is a host file (a secret or config) mounted into the container. It is
+// always mounted read-only with rprivate propagation.
+type Bind struct {
+	HostPath      string
+	ContainerPath string
+}
+
+// Spec is everything needed to create one task's container. It mirrors
+// Swarm's ContainerSpec after the agent resolved it for a task.
+type Spec struct {
+	// Name is the exact container name: "<service>.<slot>.<taskID>".
+	Name string
+	// Labels include com.docker.swarm.service.id, .service.name, .task.id,
+	// .task.name, .node.id and hush's own.
+	Labels map[string]string
+	// Image must already be present in the engine; it is never pulled.
+	Image string
+	// Command replaces the image's entrypoint (and then the image's CMD is
+	// not used); Args replace the image's CMD (or follow Command).
+	Command, Args []string
+	// Env is KEY=value pairs. It may hold secrets: never logged.
+	Env []string
+	// Dir is the working directory, User the user[:group], Hostname the
+	// container's hostname; empty keeps the image's (or engine's) default.
+	Dir, User, Hostname string
+	TTY, OpenStdin      bool
+	// StopSignal overrides the image's stop signal.
+	StopSignal string
+	// StopGracePeriod is the container's default stop timeout (rounded up
+	// to whole seconds); nil keeps the engine's default.
+	StopGracePeriod *time.Duration
+	// Init runs an init process as PID 1; nil keeps the engine's default.
+	Init *bool
+	// Binds are secret and config files, mounted read-only.
+	Binds []Bind
+	// Mounts are the service's other mounts (volumes, binds, tmpfs),
+	// passed to the engine as they are.
+	Mounts []mount.Mount
+	// Networks are engine network names or IDs. The container is created on
+	// the first and connected to the others before Create returns. Empty
+	// means the engine's default network.
+	Networks []string
+	// NetworkAliases are set on each network (not on the built-in bridge,
+	// host or none networks, which do not support them), e.g. the service
+	// name so that services reach each other by name.
+	NetworkAliases []string
+	// Resources are limits and reservations; nil means none.
+	Resources *container.Resources
+}
+
+// State is what the engine reports about a container.
+type State struct {
+	ID      string
+	Name    string // without the leading "/"
+	Running bool
+	// ExitCode is the last exit code (0 while running or never started).
+	ExitCode int
+	// Status is created, running, paused, restarting, removing, exited or
+	// dead.
+	Status     string
+	Err        string
+	Pid        int
+	Labels     map[string]string
+	StartedAt  time.Time // zero if never started
+	FinishedAt time.Time // zero if never finished
+}
+
+// cleanupTimeout bounds the best-effort removal of a half-created container.
+const cleanupTimeout = 15 * time.Second
+
+// Create creates the container described by s, connects it to its networks
+// and returns its ID. It does not start it. If a container named s.Name
+// exists already and carries the same task label, Create returns its ID
+// (connecting it to any of s.Networks it misses); if that container belongs
+// to another task (or none), it fails with ErrConflict. A missing image is
+// ErrImageNotFound: images are never pulled.
+func (e *Engine) Create(ctx context.Context, s Spec) (string, error) {
+	if s.Name == "" {
+		return "", errors.New("engine: create: spec has no name")
+	}
+	if s.Image == "" {
+		return "", fmt.Errorf("engine: create %s: spec has no image", s.Name)
+	}
+	for _, b := range s.Binds {
+		if b.HostPath == "" || b.ContainerPath == "" {
+			return "", fmt.Errorf("engine: create %s: bind with an empty path", s.Name)
+		}
+	}
+
+	opts := client.ContainerCreateOptions{
+		Name:       s.Name,
+		Config:     containerConfig(s),
+		HostConfig: hostConfig(s),
+	}
+	if len(s.Networks) > 0 {
+		first := s.Networks[0]
+		opts.NetworkingConfig = &network.NetworkingConfig{
+			EndpointsConfig: map[string]*network.EndpointSettings{
+				first: endpoint(first, s.NetworkAliases),
+			},
+		}
+	}
+
+	// Two rounds: a name conflict whose container vanishes before it can be
+	// inspected (it was being removed) is retried once.
+	for attempt := 0; ; attempt++ {
+		res, err := e.cli.ContainerCreate(ctx, opts)
+		if err == nil {
+			for _, w := range res.Warnings {
+				e.log.Warn("engine warning on create", "container", s.Name, "warning", w)
+			}
+			if err := e.connectNetworks(ctx, res.ID, s, nil); err != nil {
+				e.removeQuietly(ctx, res.ID, s.Name)
+				return "", err
+			}
+			e.log.Debug("container created", "container", s.Name, "id", res.ID, "image", s.Image)
+			return res.ID, nil
+		}
+		switch {
+		case cerrdefs.IsConflict(err):
+			id, xerr := e.existing(ctx, s)
+			if errors.Is(xerr, ErrNotFound) && attempt == 0 {
+				continue
+			}
+			return id, xerr
+		case cerrdefs.IsNotFound(err):
+			if ok, herr := e.HasImage(ctx, s.Image); herr == nil && !ok {
+				return "", fmt.Errorf("create %s: %w: %s", s.Name, ErrImageNotFound, s.Image)
+			}
+		}
+		return "", wrap(err, "create %s", s.Name)
+	}
+}
+
+// existing returns the ID of the container named s.Name if it belongs to the
+// same task, after connecting it to networks it misses.
+func (e *Engine) existing(ctx context.Context, s Spec) (string, error) {
+	res, err := e.cli.ContainerInspect(ctx, s.Name, client.ContainerInspectOptions{})
+	if err != nil {
+		return "", wrap(err, "create %s: inspect existing container", s.Name)
+	}
+	c := res.Container
+	if strings.TrimPrefix(c.Name, "/") != s.Name {
+		return "", fmt.Errorf("create %s: %w: name resolves to container %s named %s", s.Name, ErrConflict, c.ID, c.Name)
+	}
+	var have map[string]string
+	if c.Config != nil {
+		have = c.Config.Labels
+	}
+	want, wok := s.Labels[LabelTaskID]
+	got, gok := have[LabelTaskID]
+	if !wok || !gok || want != got {
+		return "", fmt.Errorf("create %s: %w: a container with this name exists for another task (%s=%q)", s.Name, ErrConflict, LabelTaskID, got)
+	}
+	attached := map[string]bool{}
+	if c.NetworkSettings != nil {
+		for name, ep := range c.NetworkSettings.Networks {
+			attached[name] = true
+			if ep != nil && ep.NetworkID != "" {
+				attached[ep.NetworkID] = true
+			}
+		}
+	}
+	if c.HostConfig != nil && c.HostConfig.NetworkMode != "" {
+		attached[string(c.HostConfig.NetworkMode)] = true
+	}
+	if err := e.connectNetworks(ctx, c.ID, s, attached); err != nil {
+		return "", err
+	}
+	e.log.Debug("container exists already", "container", s.Name, "id", c.ID)
+	return c.ID, nil
+}
+
+// connectNetworks connects the container to s.Networks[1:] (the first one is
+// set at create), skipping those in attached.
+func (e *Engine) connectNetworks(ctx context.Context, id string, s Spec, attached map[string]bool) error {
+	for i, n := range s.Networks {
+		if i == 0 || attached[n] {
+			continue
+		}
+		_, err := e.cli.NetworkConnect(ctx, n, client.NetworkConnectOptions{
+			Container:      id,
+			EndpointConfig: endpoint(n, s.NetworkAliases),
+		})
+		if err != nil {
+			return wrap(err, "create %s: connect to network %s", s.Name, n)
+		}
+	}
+	return nil
+}
+
+func (e *Engine) removeQuietly(ctx context.Context, id, name string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := e.Remove(ctx, id); err != nil {
+		e.log.Warn("could not remove half-created container", "container", name, "id", id, "err", err)
+	}
+}
+
+// builtinNetwork reports whether n is one of the engine's predefined network
+// modes, on which aliases are not supported.
+func builtinNetwork(n string) bool {
+	switch n {
+	case "bridge", "default", "host", "none":
+		return true
+	}
+	return strings.HasPrefix(n, "container:")
+}
+
+func endpoint(n string, aliases []string) *network.EndpointSettings {
+	ep := &network.EndpointSettings{}
+	if !builtinNetwork(n) && len(aliases) > 0 {
+		ep.Aliases = slices.Clone(aliases)
+	}
+	return ep
+}
+
+func containerConfig(s Spec) *container.Config {
+	cfg := &container.Config{
+		Image:      s.Image,
+		Hostname:   s.Hostname,
+		User:       s.User,
+		WorkingDir: s.Dir,
+		Env:        slices.Clone(s.Env),
+		Labels:     s.Labels,
+		Tty:        s.TTY,
+		OpenStdin:  s.OpenStdin,
+		StopSignal: s.StopSignal,
+	}
+	// As Swarm does: Command replaces the whole invocation (entrypoint plus
+	// Args as its arguments); Args alone replace the image's CMD.
+	if len(s.Command) > 0 {
+		cfg.Entrypoint = slices.Clone(s.Command)
+		cfg.Cmd = slices.Clone(s.Args)
+	} else if len(s.Args) > 0 {
+		cfg.Cmd = slices.Clone(s.Args)
+	}
+	if s.StopGracePeriod != nil {
+		t := graceSeconds(*s.StopGracePeriod)
+		cfg.StopTimeout = &t
+	}
+	return cfg
+}
+
+func hostConfig(s Spec) *container.HostConfig {
+	hc := &container.HostConfig{Init: s.Init}
+	if len(s.Networks) > 0 {
+		hc.NetworkMode = container.NetworkMode(s.Networks[0])
+	}
+	if s.Resources != nil {
+		hc.Resources = *s.Resources
+	}
+	for _, b := range s.Binds {
+		hc.Mounts = append(hc.Mounts, mount.Mount{
+			Type:        mount.TypeBind,
+			Source:      b.HostPath,
+			Target:      b.ContainerPath,
+			ReadOnly:    true,
+			BindOptions: &mount.BindOptions{Propagation: mount.PropagationRPrivate},
+		})
+	}
+	hc.Mounts = append(hc.Mounts, s.Mounts...)
+	return hc
+}
+
+// graceSeconds rounds d up to whole seconds (the engine's unit), at least 0.
+func graceSeconds(d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	s := math.Ceil(d.Seconds())
+	if s > math.MaxInt32 {
+		return math.MaxInt32
+	}
+	return int(s)
+}
+
+// Start starts the container. Starting a running container is not an
+// error.
+func (e *Engine) Start(ctx context.Context, id string) error {
+	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		return wrap(err, "start %s", id)
+	}
+	return nil
+}
+
+// Stop sends the container's stop signal, waits up to grace (rounded up to
+// whole seconds; nil: the container's own stop timeout, or the engine's
+// default) and then kills it. A container that is not running, or gone, is
+// not an error.
+func (e *Engine) Stop(ctx context.Context, id string, grace *time.Duration) error {
+	var opts client.ContainerStopOptions
+	if grace != nil {
+		t := graceSeconds(*grace)
+		opts.Timeout = &t
+	}
+	if _, err := e.cli.ContainerStop(ctx, id, opts); err != nil {
+		if cerrdefs.IsNotFound(err) {
+			return nil
+		}
+		return wrap(err, "stop %s", id)
+	}
+	return nil
+}
+
+// Remove removes the container, killing it if it runs, and its anonymous
+// volumes (as Swarm does; named volumes are kept). A container that is gone,
+// or already being removed, is not an error.
+func (e *Engine) Remove(ctx context.Context, id string) error {
+	_, err := e.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+	switch {
+	case err == nil, cerrdefs.IsNotFound(err):
+		return nil
+	case cerrdefs.IsConflict(err) && strings.Contains(err.Error(), "already in progress"):
+		return nil
+	}
+	return wrap(err, "remove %s", id)
+}
+
+// Inspect returns the container's state; an unknown id is ErrNotFound.
+func (e *Engine) Inspect(ctx context.Context, id string) (State, error) {
+	if id == "" {
+		return State{}, fmt.Errorf("inspect: %w: empty container id", ErrNotFound)
+	}
+	res, err := e.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return State{}, wrap(err, "inspect %s", id)
+	}
+	return toState(res.Container), nil
+}
+
+func toState(c container.InspectResponse) State {
+	st := State{ID: c.ID, Name: strings.TrimPrefix(c.Name, "/")}
+	if c.Config != nil {
+		st.Labels = c.Config.Labels
+	}
+	if s := c.State; s != nil {
+		st.Running = s.Running
+		st.ExitCode = s.ExitCode
+		st.Status = string(s.Status)
+		st.Err = s.Error
+		st.Pid = s.Pid
+		st.StartedAt = parseTime(s.StartedAt)
+		st.FinishedAt = parseTime(s.FinishedAt)
+	}
+	return st
+}
+
+// parseTime parses an engine timestamp; the engine reports "never" as
+// 0001-01-01T00:00:00Z, which becomes the zero time.
+func parseTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Year() <= 1 {
+		return time.Time{}
+	}
+	return t
+}
+
+// ListTasks returns the state of every container, running or not, labelled
+// com.docker.swarm.task.id, sorted by name. Containers without that label
+// are never listed.
+func (e *Engine) ListTasks(ctx context.Context) ([]State, error) {
+	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{
+		All:     true,
+		Filters: make(client.Filters).Add("label", LabelTaskID),
+	})
+	if err != nil {
+		return nil, wrap(err, "list task containers")
+	}
+	out := make([]State, 0, len(res.Items))
+	for _, c := range res.Items {
+		if _, ok := c.Labels[LabelTaskID]; !ok {
+			continue // never touch unlabelled containers, whatever the filter did
+		}
+		st, err := e.Inspect(ctx, c.ID)
+		if errors.Is(err, ErrNotFound) {
+			continue // removed since it was listed
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b State) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// Logs returns the container's stdout and stderr as the engine sends them:
+// multiplexed with stdcopy framing (see github.com/moby/moby/api/pkg/stdcopy),
+// or raw for a container created with TTY. tail is "" or "all" for
+// everything, else a number of lines; since is "" or a timestamp or
+// duration as docker logs --since takes. The caller closes the reader;
+// cancelling ctx also ends it.
+func (e *Engine) Logs(ctx context.Context, id string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error) {
+	if tail != "" && tail != "all" {
+		if _, err := strconv.Atoi(tail); err != nil {
+			return nil, fmt.Errorf("logs %s: invalid tail %q", id, tail)
+		}
+	}
+	rc, err := e.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{
+		ShowStdout: true,
+		ShowStderr: true,
+		Follow:     follow,
+		Tail:       tail,
+		Timestamps: timestamps,
+		Since:      since,
+	})
+	if err != nil {
+		return nil, wrap(err, "logs %s", id)
+	}
+	return rc, nil
+}

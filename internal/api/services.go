@@ -1,0 +1,306 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+func (s *Server) serviceRoutes() {
+	s.mux.HandleFunc("POST /services/create", s.serviceCreate)
+	s.mux.HandleFunc("GET /services", s.serviceList)
+	s.mux.HandleFunc("GET /services/{id}", s.serviceInspect)
+	s.mux.HandleFunc("POST /services/{id}/update", s.serviceUpdate)
+	s.mux.HandleFunc("DELETE /services/{id}", s.serviceRemove)
+	s.mux.HandleFunc("GET /services/{id}/logs", s.serviceLogs)
+	s.mux.HandleFunc("GET /tasks", s.taskList)
+	s.mux.HandleFunc("GET /tasks/{id}", s.taskInspect)
+	s.mux.HandleFunc("GET /tasks/{id}/logs", s.taskLogs)
+	s.mux.HandleFunc("GET /nodes", s.nodeList)
+	s.mux.HandleFunc("GET /nodes/{id}", s.nodeInspect)
+	s.mux.HandleFunc("POST /nodes/{id}/update", s.nodeUpdate)
+	s.mux.HandleFunc("DELETE /nodes/{id}", s.nodeRemove)
+}
+
+func (s *Server) serviceCreate(w http.ResponseWriter, r *http.Request) {
+	var spec swarm.ServiceSpec
+	if err := decodeBody(r, &spec); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := s.Services.Create(r.Context(), spec)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, swarm.ServiceCreateResponse{ID: id, Warnings: s.imageWarnings(r.Context(), &spec)})
+}
+
+// imageWarnings tells the user at create/update time what would otherwise
+// only show as a rejected task: the image is not on the engine, and hush
+// never pulls.
+func (s *Server) imageWarnings(ctx context.Context, spec *swarm.ServiceSpec) []string {
+	if s.Images == nil || spec.TaskTemplate.ContainerSpec == nil {
+		return nil
+	}
+	img := spec.TaskTemplate.ContainerSpec.Image
+	if ok, err := s.Images.HasImage(ctx, img); err == nil && !ok {
+		return []string{"image " + img + " is not present on the engine; hush does not pull images, so tasks will be rejected until it is"}
+	}
+	return nil
+}
+
+func (s *Server) serviceList(w http.ResponseWriter, r *http.Request) {
+	args, err := parseFilters(r.URL.Query().Get("filters"), "id", "name", "label", "mode")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	svcs, tasks, err := s.Services.Snapshot(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	withStatus, _ := strconv.ParseBool(r.URL.Query().Get("status"))
+	out := make([]swarm.Service, 0, len(svcs))
+	for _, svc := range svcs {
+		if !matchAny(svc.ID, args.values("id"), strings.HasPrefix) ||
+			!matchAny(svc.Spec.Name, args.values("name"), hasPrefixFold) ||
+			!matchAny(services.ModeName(&svc.Spec), args.values("mode"), func(a, b string) bool { return a == b }) ||
+			!services.MatchLabels(svc.Spec.Labels, args.values("label")) {
+			continue
+		}
+		ws := svc.Service
+		if withStatus {
+			ws.ServiceStatus = serviceStatus(svc, tasks)
+		}
+		out = append(out, ws)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func hasPrefixFold(s, p string) bool { return len(s) >= len(p) && strings.EqualFold(s[:len(p)], p) }
+
+// matchAny reports whether v matches one of the wanted values (or there
+// are none).
+func matchAny(v string, wanted []string, match func(v, w string) bool) bool {
+	if len(wanted) == 0 {
+		return true
+	}
+	for _, w := range wanted {
+		if match(v, w) {
+			return true
+		}
+	}
+	return false
+}
+
+func serviceStatus(svc *model.Service, tasks []*model.Task) *swarm.ServiceStatus {
+	st := &swarm.ServiceStatus{}
+	if svc.Spec.Mode.Replicated != nil && svc.Spec.Mode.Replicated.Replicas != nil {
+		st.DesiredTasks = *svc.Spec.Mode.Replicated.Replicas
+	}
+	for _, t := range tasks {
+		if t.ServiceID != svc.ID {
+			continue
+		}
+		if t.Status.State == swarm.TaskStateRunning {
+			st.RunningTasks++
+		}
+		if svc.Spec.Mode.Global != nil && t.DesiredState == swarm.TaskStateRunning {
+			st.DesiredTasks++
+		}
+		if t.Status.State == swarm.TaskStateComplete {
+			st.CompletedTasks++
+		}
+	}
+	return st
+}
+
+func (s *Server) serviceInspect(w http.ResponseWriter, r *http.Request) {
+	svc, err := s.Services.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ws := svc.Service
+	if ok, _ := strconv.ParseBool(r.URL.Query().Get("insertDefaults")); ok {
+		insertDefaults(&ws.Spec)
+	}
+	writeJSON(w, http.StatusOK, ws)
+}
+
+// insertDefaults fills in what Swarm reports as defaults with
+// insertDefaults=true, so `docker service inspect` and update match.
+func insertDefaults(spec *swarm.ServiceSpec) {
+	def := func() *swarm.UpdateConfig {
+		return &swarm.UpdateConfig{Parallelism: 1, FailureAction: swarm.UpdateFailureActionPause, Monitor: 5 * time.Second, Order: swarm.UpdateOrderStopFirst}
+	}
+	if spec.UpdateConfig == nil {
+		spec.UpdateConfig = def()
+	}
+	if spec.RollbackConfig == nil {
+		spec.RollbackConfig = def()
+	}
+	tt := &spec.TaskTemplate
+	if tt.RestartPolicy == nil {
+		d := 5 * time.Second
+		zero := uint64(0)
+		tt.RestartPolicy = &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionAny, Delay: &d, MaxAttempts: &zero}
+	}
+	if cs := tt.ContainerSpec; cs != nil && cs.StopGracePeriod == nil {
+		g := 10 * time.Second
+		cs.StopGracePeriod = &g
+	}
+	if spec.EndpointSpec == nil {
+		spec.EndpointSpec = &swarm.EndpointSpec{Mode: swarm.ResolutionModeVIP}
+	}
+}
+
+func (s *Server) serviceUpdate(w http.ResponseWriter, r *http.Request) {
+	version, err := strconv.ParseUint(r.URL.Query().Get("version"), 10, 64)
+	if err != nil {
+		s.writeError(w, r, errdefs.BadRequest("invalid service version"))
+		return
+	}
+	var spec swarm.ServiceSpec
+	if err := decodeBody(r, &spec); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	opt := services.UpdateOptions{Version: version, Rollback: r.URL.Query().Get("rollback") == "previous"}
+	if err := s.Services.Update(r.Context(), r.PathValue("id"), spec, opt); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, swarm.ServiceUpdateResponse{Warnings: s.imageWarnings(r.Context(), &spec)})
+}
+
+func (s *Server) serviceRemove(w http.ResponseWriter, r *http.Request) {
+	if err := s.Services.Remove(r.Context(), r.PathValue("id")); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (s *Server) taskList(w http.ResponseWriter, r *http.Request) {
+	args, err := parseFilters(r.URL.Query().Get("filters"), "id", "name", "service", "node", "label", "desired-state", "_up-to-date")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	svcs, tasks, err := s.Services.Snapshot(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	// The service filter takes IDs or names, as dockerd resolves them.
+	svcIDs := map[string]bool{}
+	hashes := map[string]string{}
+	for _, svc := range svcs {
+		hashes[svc.ID] = model.TemplateHash(&svc.Spec.TaskTemplate)
+		for _, want := range args.values("service") {
+			if svc.ID == want || strings.EqualFold(svc.Spec.Name, want) || strings.HasPrefix(svc.ID, want) {
+				svcIDs[svc.ID] = true
+			}
+		}
+	}
+	wantSvc := len(args.values("service")) > 0
+	upToDate := len(args.values("_up-to-date")) > 0
+	out := make([]swarm.Task, 0, len(tasks))
+	for _, t := range tasks {
+		if wantSvc && !svcIDs[t.ServiceID] {
+			continue
+		}
+		if upToDate && t.TemplateHash != hashes[t.ServiceID] {
+			continue
+		}
+		if !matchAny(t.ID, args.values("id"), strings.HasPrefix) ||
+			!matchAny(t.Name(), args.values("name"), hasPrefixFold) ||
+			!matchAny(t.NodeID, args.values("node"), func(v, w string) bool { return v == w || w == s.Node.ID || w == hostname() || w == "self" }) ||
+			!matchAny(string(t.DesiredState), args.values("desired-state"), func(v, w string) bool { return v == w || w == "accepted" && v == "running" }) ||
+			!services.MatchLabels(t.Labels, args.values("label")) {
+			continue
+		}
+		out = append(out, t.Task)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) taskInspect(w http.ResponseWriter, r *http.Request) {
+	t, err := s.Services.GetTask(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t.Task)
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+// node builds this node's object. hush runs one node per manager for now,
+// so the node is derived from the daemon's identity, not stored.
+func (s *Server) node(ctx context.Context) swarm.Node {
+	n := swarm.Node{ID: s.Node.ID}
+	if c, err := s.Cluster.Cluster(ctx); err == nil {
+		n.CreatedAt, n.UpdatedAt = c.CreatedAt, c.CreatedAt
+		n.Version.Index = c.Version
+	}
+	n.Spec.Labels = map[string]string{}
+	n.Spec.Role = swarm.NodeRoleManager
+	n.Spec.Availability = swarm.NodeAvailabilityActive
+	n.Description.Hostname = hostname()
+	n.Description.Platform = swarm.Platform{Architecture: runtime.GOARCH, OS: runtime.GOOS}
+	n.Description.Resources.NanoCPUs = int64(runtime.NumCPU()) * 1e9
+	n.Description.Engine.EngineVersion = s.Version
+	n.Status = swarm.NodeStatus{State: swarm.NodeStateReady, Addr: s.Node.Addr}
+	n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: s.Node.Addr + ":2377"}
+	return n
+}
+
+func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
+	if _, err := parseFilters(r.URL.Query().Get("filters"), "id", "label", "node.label", "membership", "name", "role"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, []swarm.Node{s.node(r.Context())})
+}
+
+func (s *Server) matchNode(ref string) bool {
+	return ref != "" && (strings.HasPrefix(s.Node.ID, ref) || ref == hostname() || ref == "self")
+}
+
+func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
+	if !s.matchNode(r.PathValue("id")) {
+		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.node(r.Context()))
+}
+
+func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
+	if !s.matchNode(r.PathValue("id")) {
+		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
+		return
+	}
+	s.writeError(w, r, errdefs.InvalidArgument("node updates are not supported by hush yet: the single node is always an active manager"))
+}
+
+func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, errdefs.InvalidArgument("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", r.PathValue("id")))
+}

@@ -1,0 +1,104 @@
+// Package dispatcher hands a node the secret and config data of the tasks
+// assigned to it, and nothing else: a request names a task, and the data is
+// released only if that task is assigned to the asking node, is meant to
+// run, and references the object.
+//
+// It returns plaintext to its caller (the agent) in memory only. It must
+// never log data, and never answer for a task of another node.
+package dispatcher
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// DataSource opens an object's data by exact ID.
+type DataSource interface {
+	Data(ctx context.Context, id string) ([]byte, error)
+}
+
+// TaskSource reads a task by exact ID (consistently).
+type TaskSource interface {
+	GetTask(ctx context.Context, id string) (*model.Task, error)
+}
+
+// Dispatcher releases task data to nodes.
+type Dispatcher struct {
+	tasks   TaskSource
+	secrets DataSource
+	configs DataSource
+	log     *slog.Logger
+}
+
+// New returns a dispatcher.
+func New(tasks TaskSource, secrets, configs DataSource, log *slog.Logger) *Dispatcher {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Dispatcher{tasks: tasks, secrets: secrets, configs: configs, log: log}
+}
+
+// Payload is one file's worth of data for a task.
+type Payload struct {
+	Kind string // "secret" or "config"
+	ID   string
+	Name string
+	// Target, UID, GID and Mode are the reference's file settings.
+	Target   string
+	UID, GID string
+	Mode     uint32
+	Data     []byte
+}
+
+// TaskData returns the data of every secret and config that task taskID
+// references, if the task is assigned to nodeID and should run.
+func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Payload, error) {
+	t, err := d.tasks.GetTask(ctx, taskID)
+	if err != nil {
+		return nil, err
+	}
+	if t.NodeID != nodeID {
+		d.log.Warn("refused task data to a node the task is not assigned to", "task", taskID, "node", nodeID)
+		return nil, errdefs.Unauthorized("task %s is not assigned to node %s", taskID, nodeID)
+	}
+	if t.DesiredState != swarm.TaskStateRunning {
+		return nil, errdefs.Unauthorized("task %s is not meant to run", taskID)
+	}
+	cs := t.Spec.ContainerSpec
+	if cs == nil {
+		return nil, nil
+	}
+	var out []Payload
+	fail := func(err error) ([]Payload, error) {
+		for i := range out {
+			clear(out[i].Data)
+		}
+		return nil, err
+	}
+	for _, r := range cs.Secrets {
+		if r == nil || r.File == nil {
+			continue
+		}
+		b, err := d.secrets.Data(ctx, r.SecretID)
+		if err != nil {
+			return fail(err)
+		}
+		out = append(out, Payload{Kind: "secret", ID: r.SecretID, Name: r.SecretName, Target: r.File.Name, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b})
+	}
+	for _, r := range cs.Configs {
+		if r == nil || r.File == nil {
+			continue
+		}
+		b, err := d.configs.Data(ctx, r.ConfigID)
+		if err != nil {
+			return fail(err)
+		}
+		out = append(out, Payload{Kind: "config", ID: r.ConfigID, Name: r.ConfigName, Target: r.File.Name, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b})
+	}
+	d.log.Info("task data released", "task", taskID, "node", nodeID, "files", len(out))
+	return out, nil
+}

@@ -1,0 +1,432 @@
+// Package orchestrator turns services into tasks: it keeps one running task
+// per replica slot (or per node for global services), replaces tasks by the
+// restart policy, rolls out spec changes by the update config, and prunes
+// task history.
+//
+// It only writes desired states and new tasks; the agent owns task status.
+// It never handles secret data.
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// Orchestrator reconciles services and tasks.
+type Orchestrator struct {
+	svcs   *services.Manager
+	mirror *store.Mirror
+	tasks  *store.Table
+	nodeID string
+	log    *slog.Logger
+	now    func() time.Time
+	// lastBatch is when the last update batch of a service finished; the
+	// update delay counts from it. Lost on restart, which only shortens
+	// one delay.
+	lastBatch map[string]time.Time
+}
+
+// New returns an orchestrator that schedules every task on nodeID (hush
+// runs one node per manager for now).
+func New(st *store.Store, mir *store.Mirror, svcs *services.Manager, nodeID string, log *slog.Logger) *Orchestrator {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Orchestrator{
+		svcs: svcs, mirror: mir, tasks: st.Table(model.TasksTable), nodeID: nodeID, log: log,
+		now: func() time.Time { return time.Now().UTC() }, lastBatch: map[string]time.Time{},
+	}
+}
+
+// Run reconciles on every store change, and at least every 500 ms so that
+// delays (restart, update) elapse without a write to wake it.
+func (o *Orchestrator) Run(ctx context.Context) {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		changed := o.mirror.Changed()
+		if err := o.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			o.log.Warn("orchestrator pass failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+// Reconcile makes one pass over all services.
+func (o *Orchestrator) Reconcile(ctx context.Context) error {
+	svcs, tasks, err := o.svcs.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	byService := map[string][]*model.Task{}
+	for _, t := range tasks {
+		byService[t.ServiceID] = append(byService[t.ServiceID], t)
+	}
+	var errs []error
+	live := map[string]bool{}
+	for _, s := range svcs {
+		live[s.ID] = true
+		if err := o.reconcileService(ctx, s, byService[s.ID]); err != nil {
+			errs = append(errs, fmt.Errorf("service %s: %w", s.ID, err))
+		}
+	}
+	// Tasks of removed services are handed to the agent for removal.
+	for _, t := range tasks {
+		if !live[t.ServiceID] && t.DesiredState != swarm.TaskStateRemove {
+			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateRemove))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// slotKey identifies a replica slot, or a node for global services.
+func slotKey(t *model.Task) string {
+	if t.Slot != 0 {
+		return strconv.Itoa(t.Slot)
+	}
+	return "node:" + t.NodeID
+}
+
+type slot struct {
+	key   string
+	num   int
+	tasks []*model.Task // oldest first
+}
+
+// desired returns the tasks the orchestrator wants running in the slot.
+func (s *slot) desired() []*model.Task {
+	var out []*model.Task
+	for _, t := range s.tasks {
+		if t.DesiredState == swarm.TaskStateRunning {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// busy reports whether a task of the slot is still alive (not terminal).
+func (s *slot) busy() bool {
+	for _, t := range s.tasks {
+		if !model.Terminal(t.Status.State) {
+			return true
+		}
+	}
+	return false
+}
+
+func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service, tasks []*model.Task) error {
+	spec := &svc.Spec
+	hash := model.TemplateHash(&spec.TaskTemplate)
+	slots := map[string]*slot{}
+	for _, t := range tasks {
+		k := slotKey(t)
+		if slots[k] == nil {
+			slots[k] = &slot{key: k, num: t.Slot}
+		}
+		slots[k].tasks = append(slots[k].tasks, t)
+	}
+	for _, s := range slots {
+		sort.Slice(s.tasks, func(i, j int) bool { return s.tasks[i].CreatedAt.Before(s.tasks[j].CreatedAt) })
+	}
+	// The slots the service wants.
+	want := map[string]int{}
+	if spec.Mode.Global != nil {
+		want["node:"+o.nodeID] = 0
+	} else {
+		n := 1
+		if spec.Mode.Replicated != nil && spec.Mode.Replicated.Replicas != nil {
+			n = int(*spec.Mode.Replicated.Replicas)
+		}
+		for i := 1; i <= n; i++ {
+			want[strconv.Itoa(i)] = i
+		}
+	}
+	var errs []error
+	// Scale down: slots no longer wanted are shut down.
+	for k, s := range slots {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		for _, t := range s.desired() {
+			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+		}
+	}
+	uc := updateConfig(svc)
+	inflight, outdated := 0, []*slot{}
+	updating := false
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		return want[keys[i]] < want[keys[j]] || want[keys[i]] == want[keys[j]] && keys[i] < keys[j]
+	})
+	for _, k := range keys {
+		s := slots[k]
+		if s == nil {
+			s = &slot{key: k, num: want[k]}
+			slots[k] = s
+		}
+		d := s.desired()
+		switch {
+		case len(d) == 0:
+			// Nothing wanted running: start one, once the old task is gone
+			// (stop-first), or at once (start-first, or a fresh slot).
+			if !s.busy() || uc.Order == swarm.UpdateOrderStartFirst {
+				errs = append(errs, o.createTask(ctx, svc, s))
+			}
+			if len(s.tasks) > 0 {
+				inflight++
+			}
+		default:
+			cur := d[len(d)-1]
+			if len(d) > 1 {
+				// start-first: retire the older ones once the newest runs.
+				if cur.Status.State == swarm.TaskStateRunning {
+					for _, t := range d[:len(d)-1] {
+						errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+					}
+				}
+				inflight++
+				continue
+			}
+			if model.Terminal(cur.Status.State) {
+				errs = append(errs, o.restart(ctx, svc, s, cur))
+				continue
+			}
+			if cur.TemplateHash != hash {
+				outdated = append(outdated, s)
+				updating = true
+			} else if cur.Status.State != swarm.TaskStateRunning && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
+				inflight++
+			}
+		}
+	}
+	errs = append(errs, o.rollout(ctx, svc, uc, outdated, inflight))
+	if !updating && inflight == 0 {
+		errs = append(errs, o.finishUpdate(ctx, svc))
+	}
+	for _, s := range slots {
+		errs = append(errs, o.prune(ctx, svc, s))
+	}
+	return errors.Join(errs...)
+}
+
+func updateConfig(svc *model.Service) swarm.UpdateConfig {
+	uc := swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStopFirst, FailureAction: swarm.UpdateFailureActionPause}
+	src := svc.Spec.UpdateConfig
+	if svc.UpdateStatus != nil && (svc.UpdateStatus.State == swarm.UpdateStateRollbackStarted) && svc.Spec.RollbackConfig != nil {
+		src = svc.Spec.RollbackConfig
+	}
+	if src != nil {
+		uc = *src
+		if uc.Order == "" {
+			uc.Order = swarm.UpdateOrderStopFirst
+		}
+	}
+	return uc
+}
+
+// rollout moves up to Parallelism outdated slots onto the new spec.
+func (o *Orchestrator) rollout(ctx context.Context, svc *model.Service, uc swarm.UpdateConfig, outdated []*slot, inflight int) error {
+	if len(outdated) == 0 {
+		return nil
+	}
+	if st := svc.UpdateStatus; st != nil && (st.State == swarm.UpdateStatePaused || st.State == swarm.UpdateStateRollbackPaused) {
+		return nil
+	}
+	par := int(uc.Parallelism)
+	if par == 0 {
+		par = len(outdated)
+	}
+	if inflight >= par {
+		return nil
+	}
+	if inflight == 0 {
+		if last, ok := o.lastBatch[svc.ID]; ok && o.now().Sub(last) < uc.Delay {
+			return nil
+		}
+	}
+	var errs []error
+	for _, s := range outdated[:min(par-inflight, len(outdated))] {
+		old := s.desired()[0]
+		if uc.Order == swarm.UpdateOrderStartFirst {
+			errs = append(errs, o.createTask(ctx, svc, s))
+		} else {
+			errs = append(errs, o.setDesired(ctx, old, swarm.TaskStateShutdown))
+		}
+	}
+	o.lastBatch[svc.ID] = o.now()
+	return errors.Join(errs...)
+}
+
+// finishUpdate marks a rollout complete once every slot runs the new spec.
+func (o *Orchestrator) finishUpdate(ctx context.Context, svc *model.Service) error {
+	st := svc.UpdateStatus
+	if st == nil {
+		return nil
+	}
+	now := o.now()
+	switch st.State {
+	case swarm.UpdateStateUpdating:
+		return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{State: swarm.UpdateStateCompleted, StartedAt: st.StartedAt, CompletedAt: &now, Message: "update completed"})
+	case swarm.UpdateStateRollbackStarted:
+		return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{State: swarm.UpdateStateRollbackCompleted, StartedAt: st.StartedAt, CompletedAt: &now, Message: "rollback completed"})
+	}
+	return nil
+}
+
+// restart applies the restart policy to a slot whose task ended by itself.
+func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot, dead *model.Task) error {
+	rp := svc.Spec.TaskTemplate.RestartPolicy
+	cond := swarm.RestartPolicyConditionAny
+	delay := 5 * time.Second
+	var maxAttempts uint64
+	var window time.Duration
+	if rp != nil {
+		if rp.Condition != "" {
+			cond = rp.Condition
+		}
+		if rp.Delay != nil {
+			delay = *rp.Delay
+		}
+		if rp.MaxAttempts != nil {
+			maxAttempts = *rp.MaxAttempts
+		}
+		if rp.Window != nil {
+			window = *rp.Window
+		}
+	}
+	failed := dead.Status.State != swarm.TaskStateComplete
+	if dead.TemplateHash == model.TemplateHash(&svc.Spec.TaskTemplate) && failed && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
+		if err := o.updateFailed(ctx, svc, dead); err != nil {
+			return err
+		}
+	}
+	switch {
+	case cond == swarm.RestartPolicyConditionNone:
+		return nil
+	case cond == swarm.RestartPolicyConditionOnFailure && !failed:
+		return nil
+	}
+	if maxAttempts > 0 {
+		var n uint64
+		for _, t := range s.tasks {
+			if t.DesiredState == swarm.TaskStateRunning || t.DesiredState == swarm.TaskStateShutdown && t.Status.Err != "" {
+				if window == 0 || o.now().Sub(t.CreatedAt) <= window {
+					n++
+				}
+			}
+		}
+		if n > maxAttempts {
+			return nil
+		}
+	}
+	if o.now().Sub(dead.Status.Timestamp) < delay {
+		return nil
+	}
+	if err := o.setDesired(ctx, dead, swarm.TaskStateShutdown); err != nil {
+		return err
+	}
+	return o.createTask(ctx, svc, s)
+}
+
+// updateFailed applies the update's failure action.
+func (o *Orchestrator) updateFailed(ctx context.Context, svc *model.Service, dead *model.Task) error {
+	uc := updateConfig(svc)
+	switch uc.FailureAction {
+	case swarm.UpdateFailureActionContinue:
+		return nil
+	case swarm.UpdateFailureActionRollback:
+		if svc.PreviousSpec == nil {
+			break
+		}
+		o.log.Warn("update failed, rolling back", "service", svc.Spec.Name, "task", dead.ID)
+		return o.svcs.Update(ctx, svc.ID, swarm.ServiceSpec{}, services.UpdateOptions{Version: svc.Version.Index, Rollback: true})
+	}
+	now := o.now()
+	return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
+		State: swarm.UpdateStatePaused, StartedAt: svc.UpdateStatus.StartedAt, CompletedAt: &now,
+		Message: fmt.Sprintf("update paused due to failure or early termination of task %s", dead.ID),
+	})
+}
+
+// prune keeps at most TaskHistoryRetentionLimit tasks per slot, deleting
+// the oldest finished ones; the agent removes their containers.
+func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) error {
+	limit := 5
+	var errs []error
+	for i := 0; len(s.tasks)-i > limit && i < len(s.tasks); i++ {
+		t := s.tasks[i]
+		if t.DesiredState == swarm.TaskStateRunning || !model.Terminal(t.Status.State) {
+			continue
+		}
+		if t.DesiredState != swarm.TaskStateRemove {
+			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateRemove))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *slot) error {
+	id, err := identity.NewID()
+	if err != nil {
+		return err
+	}
+	now := o.now()
+	t := model.Task{TemplateHash: model.TemplateHash(&svc.Spec.TaskTemplate), ServiceName: svc.Spec.Name}
+	t.ID = id
+	t.CreatedAt, t.UpdatedAt = now, now
+	t.Labels = map[string]string{}
+	t.Spec = svc.Spec.TaskTemplate
+	t.ServiceID = svc.ID
+	t.Slot = s.num
+	t.NodeID = o.nodeID
+	t.DesiredState = swarm.TaskStateRunning
+	t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStateAssigned, Message: "assigned"}
+	val, err := json.Marshal(&t)
+	if err != nil {
+		return err
+	}
+	if _, err := o.tasks.Create(ctx, id, "", val); err != nil {
+		return err
+	}
+	s.tasks = append(s.tasks, &t)
+	return nil
+}
+
+func (o *Orchestrator) setDesired(ctx context.Context, t *model.Task, state swarm.TaskState) error {
+	if t.DesiredState == state {
+		return nil
+	}
+	next := *t
+	next.DesiredState = state
+	next.UpdatedAt = o.now()
+	val, err := json.Marshal(&next)
+	if err != nil {
+		return err
+	}
+	_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
+	if errors.Is(err, store.ErrStale) || errors.Is(err, store.ErrNotFound) {
+		// The agent wrote status meanwhile; the next pass sees it.
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,394 @@
+package services
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Manager implements the services control API and task reads.
+type Manager struct {
+	st      *store.Store
+	svcs    *store.Table
+	tasks   *store.Table
+	secrets *store.Table
+	configs *store.Table
+	mirror  *store.Mirror
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+// New returns a services manager. mir must be running (or about to run)
+// with Register called by this constructor before it starts.
+func New(st *store.Store, mir *store.Mirror, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{
+		st: st, svcs: st.Table(model.ServicesTable), tasks: st.Table(model.TasksTable),
+		secrets: st.Table("secrets"), configs: st.Table("configs"),
+		mirror: mir, log: log, now: func() time.Time { return time.Now().UTC() },
+	}
+	mir.Register(model.ServicesTable, func(o store.Object) (any, error) { return decodeService(o) })
+	mir.Register(model.TasksTable, func(o store.Object) (any, error) { return decodeTask(o) })
+	return m
+}
+
+func decodeService(o store.Object) (*model.Service, error) {
+	s, err := model.Decode[model.Service](o.Value)
+	if err != nil {
+		return nil, err
+	}
+	s.Version.Index = uint64(o.ModRev)
+	return s, nil
+}
+
+func decodeTask(o store.Object) (*model.Task, error) {
+	t, err := model.Decode[model.Task](o.Value)
+	if err != nil {
+		return nil, err
+	}
+	t.Version.Index = uint64(o.ModRev)
+	return t, nil
+}
+
+// refs resolves the spec's secret and config references to existing
+// objects, filling in IDs given only by name, and returns the guards that
+// make the write fail if any of them disappears meanwhile.
+func (m *Manager) refs(ctx context.Context, s *swarm.ServiceSpec) ([]clientv3.Cmp, error) {
+	var guards []clientv3.Cmp
+	var missingS, missingC []string
+	cs := s.TaskTemplate.ContainerSpec
+	for _, r := range cs.Secrets {
+		id, name, ok, err := m.lookupRef(ctx, m.secrets, r.SecretID, r.SecretName)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			missingS = append(missingS, firstNonEmpty(r.SecretName, r.SecretID))
+			continue
+		}
+		r.SecretID, r.SecretName = id, name
+		guards = append(guards, clientv3.Compare(clientv3.CreateRevision(m.secrets.Key(id)), ">", 0))
+	}
+	for _, r := range cs.Configs {
+		id, name, ok, err := m.lookupRef(ctx, m.configs, r.ConfigID, r.ConfigName)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			missingC = append(missingC, firstNonEmpty(r.ConfigName, r.ConfigID))
+			continue
+		}
+		r.ConfigID, r.ConfigName = id, name
+		guards = append(guards, clientv3.Compare(clientv3.CreateRevision(m.configs.Key(id)), ">", 0))
+	}
+	if len(missingS) > 0 {
+		return nil, notFoundList("secret", missingS)
+	}
+	if len(missingC) > 0 {
+		return nil, notFoundList("config", missingC)
+	}
+	return guards, nil
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// lookupRef finds a referenced object by ID, or by name when no ID is given.
+func (m *Manager) lookupRef(ctx context.Context, tbl *store.Table, id, name string) (string, string, bool, error) {
+	if id == "" {
+		var err error
+		id, err = tbl.LookupName(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return "", "", false, nil
+		}
+		if err != nil {
+			return "", "", false, err
+		}
+	}
+	o, err := tbl.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, err
+	}
+	var rec struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(o.Value, &rec); err != nil {
+		return "", "", false, fmt.Errorf("decode reference: %w: %w", errdefs.ErrInternal, err)
+	}
+	return id, rec.Name, true, nil
+}
+
+// refOps writes one in-use marker per distinct referenced object; the
+// marker's value is the service name, which the remove error quotes.
+func refOps(serviceID, serviceName string, s *swarm.ServiceSpec) []clientv3.Op {
+	var ops []clientv3.Op
+	seen := map[string]bool{}
+	for _, r := range s.TaskTemplate.ContainerSpec.Secrets {
+		k := store.RefKey("secrets", r.SecretID, serviceID)
+		if !seen[k] {
+			seen[k] = true
+			ops = append(ops, clientv3.OpPut(k, serviceName))
+		}
+	}
+	for _, r := range s.TaskTemplate.ContainerSpec.Configs {
+		k := store.RefKey("configs", r.ConfigID, serviceID)
+		if !seen[k] {
+			seen[k] = true
+			ops = append(ops, clientv3.OpPut(k, serviceName))
+		}
+	}
+	return ops
+}
+
+func dropRefOps(serviceID string, s *swarm.ServiceSpec) []clientv3.Op {
+	var ops []clientv3.Op
+	if s == nil || s.TaskTemplate.ContainerSpec == nil {
+		return nil
+	}
+	for _, r := range s.TaskTemplate.ContainerSpec.Secrets {
+		ops = append(ops, clientv3.OpDelete(store.RefKey("secrets", r.SecretID, serviceID)))
+	}
+	for _, r := range s.TaskTemplate.ContainerSpec.Configs {
+		ops = append(ops, clientv3.OpDelete(store.RefKey("configs", r.ConfigID, serviceID)))
+	}
+	return ops
+}
+
+// refDiffOps moves the in-use markers from old's references to new's; a
+// key may appear only once in an etcd transaction.
+func refDiffOps(serviceID, serviceName string, old, new *swarm.ServiceSpec) []clientv3.Op {
+	keep := map[string]bool{}
+	ops := refOps(serviceID, serviceName, new)
+	for _, op := range ops {
+		keep[string(op.KeyBytes())] = true
+	}
+	for _, op := range dropRefOps(serviceID, old) {
+		k := string(op.KeyBytes())
+		if !keep[k] {
+			keep[k] = true
+			ops = append(ops, op)
+		}
+	}
+	return ops
+}
+
+// Create validates and stores a new service; the orchestrator makes its
+// tasks.
+func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, error) {
+	if err := validateSpec(&spec); err != nil {
+		return "", err
+	}
+	guards, err := m.refs(ctx, &spec)
+	if err != nil {
+		return "", err
+	}
+	id, err := identity.NewID()
+	if err != nil {
+		return "", err
+	}
+	now := m.now()
+	svc := model.Service{SpecVersion: 1}
+	svc.ID = id
+	svc.CreatedAt, svc.UpdatedAt = now, now
+	svc.Spec = spec
+	svc.Endpoint = swarm.Endpoint{Spec: endpointSpec(&spec)}
+	val, err := json.Marshal(&svc)
+	if err != nil {
+		return "", err
+	}
+	_, err = m.svcs.CreateGuarded(ctx, id, spec.Name, val, guards, refOps(id, spec.Name, &spec)...)
+	switch {
+	case errors.Is(err, store.ErrNameTaken):
+		return "", errdefs.AlreadyExists("name conflicts with an existing object: service %s already exists", spec.Name)
+	case errors.Is(err, store.ErrGuard):
+		return "", errdefs.InvalidArgument("a referenced secret or config was removed while the service was being created; try again")
+	case err != nil:
+		return "", err
+	}
+	m.log.Info("service created", "id", id, "name", spec.Name)
+	return id, nil
+}
+
+func endpointSpec(s *swarm.ServiceSpec) swarm.EndpointSpec {
+	if s.EndpointSpec != nil {
+		return *s.EndpointSpec
+	}
+	return swarm.EndpointSpec{}
+}
+
+// Get resolves ref (ID, name, or unique ID prefix) to a service.
+func (m *Manager) Get(ctx context.Context, ref string) (*model.Service, error) {
+	o, err := m.svcs.Resolve(ctx, "service", ref)
+	if err != nil {
+		return nil, err
+	}
+	return decodeService(o)
+}
+
+// UpdateOptions are the query parameters of a service update.
+type UpdateOptions struct {
+	Version  uint64
+	Rollback bool
+}
+
+// Update replaces the spec of the service ref names. With Rollback, the
+// previous spec is restored and the given spec ignored, as dockerd does.
+func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec, opt UpdateOptions) error {
+	cur, err := m.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	next := *cur
+	if opt.Rollback {
+		if cur.PreviousSpec == nil {
+			return errdefs.InvalidArgument("service %s does not have a previous spec", cur.ID)
+		}
+		spec = *cur.PreviousSpec
+	}
+	if spec.Name != cur.Spec.Name {
+		return errdefs.InvalidArgument("renaming services is not supported")
+	}
+	if err := validateSpec(&spec); err != nil {
+		return err
+	}
+	guards, err := m.refs(ctx, &spec)
+	if err != nil {
+		return err
+	}
+	prev := cur.Spec
+	next.PreviousSpec = &prev
+	next.PreviousSpecVersion = cur.SpecVersion
+	next.Spec = spec
+	next.SpecVersion = cur.SpecVersion + 1
+	next.UpdatedAt = m.now()
+	next.Endpoint = swarm.Endpoint{Spec: endpointSpec(&spec)}
+	startedAt := next.UpdatedAt
+	state := swarm.UpdateStateUpdating
+	msg := "update in progress"
+	if opt.Rollback {
+		state, msg = swarm.UpdateStateRollbackStarted, "manually requested rollback"
+	}
+	next.UpdateStatus = &swarm.UpdateStatus{State: state, StartedAt: &startedAt, Message: msg}
+	val, err := json.Marshal(&next)
+	if err != nil {
+		return err
+	}
+	ops := refDiffOps(cur.ID, spec.Name, &cur.Spec, &spec)
+	_, err = m.svcs.UpdateGuarded(ctx, cur.ID, int64(opt.Version), val, guards, ops...)
+	switch {
+	case errors.Is(err, store.ErrGuard) || errors.Is(err, store.ErrStale):
+		// Either the version is stale or a referenced object vanished; the
+		// version is by far the common case, and both mean "read again".
+		if latest, gerr := m.svcs.Get(ctx, cur.ID); gerr == nil && uint64(latest.ModRev) != opt.Version {
+			return errdefs.Unknown("update out of sequence")
+		}
+		return errdefs.InvalidArgument("a referenced secret or config was removed during the update; try again")
+	case errors.Is(err, store.ErrNotFound):
+		return errdefs.NotFound("service %s not found", ref)
+	case err != nil:
+		return err
+	}
+	m.log.Info("service updated", "id", cur.ID, "name", spec.Name, "rollback", opt.Rollback)
+	return nil
+}
+
+// SetUpdateStatus records rollout progress (written by the orchestrator).
+func (m *Manager) SetUpdateStatus(ctx context.Context, svc *model.Service, st *swarm.UpdateStatus) error {
+	next := *svc
+	next.UpdateStatus = st
+	val, err := json.Marshal(&next)
+	if err != nil {
+		return err
+	}
+	_, err = m.svcs.Update(ctx, svc.ID, int64(svc.Version.Index), val)
+	return err
+}
+
+// Remove deletes the service ref names and its in-use markers; the
+// orchestrator then shuts its tasks down.
+func (m *Manager) Remove(ctx context.Context, ref string) error {
+	cur, err := m.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	err = m.svcs.Delete(ctx, cur.ID, cur.Spec.Name, 0, nil, dropRefOps(cur.ID, &cur.Spec)...)
+	if errors.Is(err, store.ErrNotFound) {
+		return errdefs.NotFound("service %s not found", ref)
+	}
+	if err == nil {
+		m.log.Info("service removed", "id", cur.ID, "name", cur.Spec.Name)
+	}
+	return err
+}
+
+// Snapshot returns all services and tasks, consistently (linearizable).
+func (m *Manager) Snapshot(ctx context.Context) ([]*model.Service, []*model.Task, error) {
+	var svcs []*model.Service
+	var tasks []*model.Task
+	err := m.mirror.Read(ctx, model.ServicesTable, func(items map[string]store.Entry) {
+		for _, e := range items {
+			svcs = append(svcs, e.Value.(*model.Service))
+		}
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	err = m.mirror.Read(ctx, model.TasksTable, func(items map[string]store.Entry) {
+		for _, e := range items {
+			tasks = append(tasks, e.Value.(*model.Task))
+		}
+	})
+	sort.Slice(svcs, func(i, j int) bool { return svcs[i].ID < svcs[j].ID })
+	sort.Slice(tasks, func(i, j int) bool { return tasks[i].ID < tasks[j].ID })
+	return svcs, tasks, err
+}
+
+// GetTask resolves a task by ID or unique ID prefix.
+func (m *Manager) GetTask(ctx context.Context, ref string) (*model.Task, error) {
+	o, err := m.tasks.Resolve(ctx, "task", ref)
+	if err != nil {
+		return nil, err
+	}
+	return decodeTask(o)
+}
+
+// ModeName is "replicated" or "global", as the mode filter names them.
+func ModeName(s *swarm.ServiceSpec) string {
+	if s.Mode.Global != nil {
+		return "global"
+	}
+	return "replicated"
+}
+
+// MatchLabels reports whether labels satisfy "k" / "k=v" filters.
+func MatchLabels(labels map[string]string, filters []string) bool {
+	for _, f := range filters {
+		k, v, hasV := strings.Cut(f, "=")
+		got, ok := labels[k]
+		if !ok || hasV && got != v {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,95 @@
+// Package model holds the stored forms of services and tasks, shared by the
+// manager (which writes specs and desired states) and the agent (which
+// writes task status).
+//
+// Records embed the Docker API's wire types so that what is stored is what
+// is served, minus nothing: services and tasks carry no secret data, only
+// references to secrets by ID.
+package model
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// Store tables.
+const (
+	ServicesTable = "services"
+	TasksTable    = "tasks"
+)
+
+// Service is a stored service.
+type Service struct {
+	swarm.Service
+	// SpecVersion counts spec changes (not status writes); a task made from
+	// an older SpecVersion is not up to date.
+	SpecVersion uint64 `json:"specVersion"`
+	// PreviousSpecVersion is the SpecVersion PreviousSpec had.
+	PreviousSpecVersion uint64 `json:"previousSpecVersion,omitempty"`
+}
+
+// Task is a stored task.
+type Task struct {
+	swarm.Task
+	// TemplateHash identifies the task template the task was made from; a
+	// task whose hash differs from its service's template is outdated
+	// (replica count, labels and update settings do not make it so).
+	TemplateHash string `json:"templateHash"`
+	// ServiceName is kept for container naming after the service is gone.
+	ServiceName string `json:"serviceName"`
+}
+
+// Decode parses a stored record.
+func Decode[T any](b []byte) (*T, error) {
+	v := new(T)
+	if err := json.Unmarshal(b, v); err != nil {
+		return nil, fmt.Errorf("decode: %w: %w", errdefs.ErrInternal, err)
+	}
+	return v, nil
+}
+
+// Name is a task's name as Swarm forms it: <service>.<slot> for replicated
+// tasks and <service>.<node> for global ones.
+func (t *Task) Name() string {
+	if t.Slot != 0 {
+		return fmt.Sprintf("%s.%d", t.ServiceName, t.Slot)
+	}
+	return t.ServiceName + "." + t.NodeID
+}
+
+// ContainerName is <task name>.<task ID>, as Swarm names task containers.
+func (t *Task) ContainerName() string { return t.Name() + "." + t.ID }
+
+// Terminal reports whether a task state is final.
+func Terminal(s swarm.TaskState) bool {
+	switch s {
+	case swarm.TaskStateComplete, swarm.TaskStateShutdown, swarm.TaskStateFailed,
+		swarm.TaskStateRejected, swarm.TaskStateRemove, swarm.TaskStateOrphaned:
+		return true
+	}
+	return false
+}
+
+// stateOrder ranks states as Swarm orders them.
+var stateOrder = map[swarm.TaskState]int{
+	swarm.TaskStateNew: 0, swarm.TaskStateAllocated: 1, swarm.TaskStatePending: 2,
+	swarm.TaskStateAssigned: 3, swarm.TaskStateAccepted: 4, swarm.TaskStatePreparing: 5,
+	swarm.TaskStateReady: 6, swarm.TaskStateStarting: 7, swarm.TaskStateRunning: 8,
+	swarm.TaskStateComplete: 9, swarm.TaskStateShutdown: 10, swarm.TaskStateFailed: 11,
+	swarm.TaskStateRejected: 12, swarm.TaskStateRemove: 13, swarm.TaskStateOrphaned: 14,
+}
+
+// Before reports whether state a comes before b.
+func Before(a, b swarm.TaskState) bool { return stateOrder[a] < stateOrder[b] }
+
+// TemplateHash hashes a task template for up-to-date checks.
+func TemplateHash(t *swarm.TaskSpec) string {
+	b, _ := json.Marshal(t)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
