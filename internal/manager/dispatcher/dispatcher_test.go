@@ -1,0 +1,77 @@
+package dispatcher
+
+import (
+	"context"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+type tasks map[string]*model.Task
+
+func (ts tasks) GetTask(_ context.Context, id string) (*model.Task, error) {
+	if t, ok := ts[id]; ok {
+		return t, nil
+	}
+	return nil, errdefs.NotFound("task %s not found", id)
+}
+
+// data records which IDs were opened.
+type data struct{ opened []string }
+
+func (d *data) Data(_ context.Context, id string) ([]byte, error) {
+	d.opened = append(d.opened, id)
+	return []byte("value-of-" + id), nil
+}
+
+func task(id, node string, desired swarm.TaskState, secretIDs ...string) *model.Task {
+	t := &model.Task{}
+	t.ID, t.NodeID, t.DesiredState = id, node, desired
+	cs := &swarm.ContainerSpec{Image: "x"}
+	for _, s := range secretIDs {
+		cs.Secrets = append(cs.Secrets, &swarm.SecretReference{SecretID: s, SecretName: s, File: &swarm.SecretReferenceFileTarget{Name: s, UID: "0", GID: "0", Mode: 0o444}})
+	}
+	t.Spec.ContainerSpec = cs
+	return t
+}
+
+func TestTaskDataAuthorization(t *testing.T) {
+	ts := tasks{
+		"t1": task("t1", "n1", swarm.TaskStateRunning, "s1", "s2"),
+		"t2": task("t2", "n2", swarm.TaskStateRunning, "s3"),
+		"t3": task("t3", "n1", swarm.TaskStateShutdown, "s1"),
+	}
+	tests := []struct {
+		name, node, task string
+		wantErr          error
+		wantOpened       []string
+	}{
+		{"own running task", "n1", "t1", nil, []string{"s1", "s2"}},
+		{"another node's task", "n1", "t2", errdefs.ErrUnauthorized, nil},
+		{"task not meant to run", "n1", "t3", errdefs.ErrUnauthorized, nil},
+		{"unknown task", "n1", "nope", errdefs.ErrNotFound, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &data{}
+			disp := New(ts, d, d, nil)
+			out, err := disp.TaskData(context.Background(), tt.node, tt.task)
+			if tt.wantErr != nil {
+				if !errdefs.Is(err, tt.wantErr) || len(d.opened) != 0 {
+					t.Fatalf("got %v, opened %v", err, d.opened)
+				}
+				return
+			}
+			if err != nil || len(out) != len(tt.wantOpened) {
+				t.Fatalf("got %d payloads, %v", len(out), err)
+			}
+			for i, id := range tt.wantOpened {
+				if d.opened[i] != id || out[i].ID != id || string(out[i].Data) != "value-of-"+id {
+					t.Fatalf("payload %d: %+v", i, out[i].ID)
+				}
+			}
+		})
+	}
+}

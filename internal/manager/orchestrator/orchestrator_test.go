@@ -1,0 +1,222 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+type fixture struct {
+	t    *testing.T
+	ctx  context.Context
+	st   *store.Store
+	svcs *services.Manager
+	o    *Orchestrator
+	now  time.Time
+}
+
+func newFixture(t *testing.T) *fixture {
+	ctx, cancel := context.WithCancel(context.Background())
+	st := storetest.New(t)
+	mir := store.NewMirror(st)
+	svcs := services.New(st, mir, nil)
+	done := make(chan struct{})
+	go func() { mir.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := mir.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, ctx: context.Background(), st: st, svcs: svcs, now: time.Now().UTC()}
+	f.o = New(st, mir, svcs, "node1", nil)
+	f.o.now = func() time.Time { return f.now }
+	return f
+}
+
+func (f *fixture) pass() {
+	f.t.Helper()
+	if err := f.o.Reconcile(f.ctx); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) tasks() []*model.Task {
+	f.t.Helper()
+	_, ts, err := f.svcs.Snapshot(f.ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return ts
+}
+
+// agent plays the node: tasks meant to run become running, tasks meant to
+// stop become shut down.
+func (f *fixture) agent() {
+	f.t.Helper()
+	for _, t := range f.tasks() {
+		next := *t
+		switch {
+		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned:
+			next.Status.State = swarm.TaskStateRunning
+		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
+			next.Status.State = swarm.TaskStateShutdown
+		default:
+			continue
+		}
+		next.Status.Timestamp = f.now
+		val, _ := json.Marshal(&next)
+		if _, err := f.st.Table(model.TasksTable).Update(f.ctx, t.ID, int64(t.Version.Index), val); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
+func count(ts []*model.Task, desired, state swarm.TaskState) int {
+	n := 0
+	for _, t := range ts {
+		if (desired == "" || t.DesiredState == desired) && (state == "" || t.Status.State == state) {
+			n++
+		}
+	}
+	return n
+}
+
+func replicated(name string, n uint64) swarm.ServiceSpec {
+	var s swarm.ServiceSpec
+	s.Name = name
+	s.TaskTemplate.ContainerSpec = &swarm.ContainerSpec{Image: "img:1"}
+	s.Mode.Replicated = &swarm.ReplicatedService{Replicas: &n}
+	return s
+}
+
+func TestReplicasScaleAndRemove(t *testing.T) {
+	f := newFixture(t)
+	id, err := f.svcs.Create(f.ctx, replicated("web", 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	f.pass() // a second pass must not create more
+	ts := f.tasks()
+	if len(ts) != 3 || count(ts, swarm.TaskStateRunning, "") != 3 {
+		t.Fatalf("want 3 tasks, have %d", len(ts))
+	}
+	slots := map[int]bool{}
+	for _, tk := range ts {
+		slots[tk.Slot] = true
+		if tk.NodeID != "node1" || tk.Name() != "web."+itoa(tk.Slot) {
+			t.Fatalf("task %+v", tk.Task)
+		}
+	}
+	if len(slots) != 3 {
+		t.Fatalf("slots %v", slots)
+	}
+	f.agent()
+	// Scale down to 1: slots 2 and 3 are shut down, slot 1 untouched.
+	svc, _ := f.svcs.Get(f.ctx, id)
+	next := svc.Spec
+	one := uint64(1)
+	next.Mode.Replicated = &swarm.ReplicatedService{Replicas: &one}
+	if err := f.svcs.Update(f.ctx, id, next, services.UpdateOptions{Version: svc.Version.Index}); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	ts = f.tasks()
+	if got := count(ts, swarm.TaskStateRunning, swarm.TaskStateRunning); got != 1 {
+		t.Fatalf("after scale down: %d running-desired tasks", got)
+	}
+	if len(ts) != 3 {
+		t.Fatalf("scaling must not create tasks (have %d)", len(ts))
+	}
+	// Removing the service hands every task to the agent for removal.
+	if err := f.svcs.Remove(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	if got := count(f.tasks(), swarm.TaskStateRemove, ""); got != 3 {
+		t.Fatalf("after service rm: %d tasks marked remove", got)
+	}
+}
+
+func itoa(i int) string { return string(rune('0' + i)) }
+
+func TestRollingUpdateStopFirst(t *testing.T) {
+	f := newFixture(t)
+	s := replicated("web", 2)
+	s.UpdateConfig = &swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStopFirst}
+	id, _ := f.svcs.Create(f.ctx, s)
+	f.pass()
+	f.agent()
+	svc, _ := f.svcs.Get(f.ctx, id)
+	next := svc.Spec
+	cs := *next.TaskTemplate.ContainerSpec
+	cs.Image = "img:2"
+	next.TaskTemplate.ContainerSpec = &cs
+	if err := f.svcs.Update(f.ctx, id, next, services.UpdateOptions{Version: svc.Version.Index}); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	ts := f.tasks()
+	if got := count(ts, swarm.TaskStateShutdown, ""); got != 1 {
+		t.Fatalf("parallelism 1: %d tasks shutting down", got)
+	}
+	if len(ts) != 2 {
+		t.Fatalf("stop-first must not start the new task before the old is down: %d tasks", len(ts))
+	}
+	for i := 0; i < 6; i++ {
+		f.agent()
+		f.now = f.now.Add(time.Second)
+		f.pass()
+	}
+	ts = f.tasks()
+	running := 0
+	for _, tk := range ts {
+		if tk.DesiredState == swarm.TaskStateRunning {
+			running++
+			if tk.Spec.ContainerSpec.Image != "img:2" {
+				t.Fatalf("task still on the old image after the rollout")
+			}
+		}
+	}
+	if running != 2 {
+		t.Fatalf("%d tasks meant to run after the rollout", running)
+	}
+	svc, _ = f.svcs.Get(f.ctx, id)
+	if svc.UpdateStatus == nil || svc.UpdateStatus.State != swarm.UpdateStateCompleted {
+		t.Fatalf("update status %+v", svc.UpdateStatus)
+	}
+}
+
+func TestRestartPolicyDelay(t *testing.T) {
+	f := newFixture(t)
+	s := replicated("web", 1)
+	d := 5 * time.Second
+	s.TaskTemplate.RestartPolicy = &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionOnFailure, Delay: &d}
+	_, _ = f.svcs.Create(f.ctx, s)
+	f.pass()
+	f.agent()
+	// The container dies.
+	tk := f.tasks()[0]
+	next := *tk
+	next.Status = swarm.TaskStatus{State: swarm.TaskStateFailed, Timestamp: f.now, Err: "task: non-zero exit (1)"}
+	val, _ := json.Marshal(&next)
+	if _, err := f.st.Table(model.TasksTable).Update(f.ctx, tk.ID, int64(tk.Version.Index), val); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	if len(f.tasks()) != 1 {
+		t.Fatal("restarted before the delay elapsed")
+	}
+	f.now = f.now.Add(6 * time.Second)
+	f.pass()
+	ts := f.tasks()
+	if len(ts) != 2 || count(ts, swarm.TaskStateRunning, swarm.TaskStateAssigned) != 1 {
+		t.Fatalf("after the delay: %d tasks", len(ts))
+	}
+}
