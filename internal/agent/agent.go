@@ -163,6 +163,16 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 	}
 	ctrs, err := a.eng.ListTasks(ctx)
 	if err != nil {
+		// Without an engine nothing can start; say so on the tasks that
+		// wait, so `docker service ps` shows why.
+		for _, t := range all {
+			if t.NodeID == a.nodeID && t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned {
+				if _, serr := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePending, Message: "waiting for the Docker Engine",
+					Err: "the Docker Engine is not reachable; the task starts when it answers"}); serr != nil {
+					a.log.Warn("task status", "task", t.ID, "err", serr)
+				}
+			}
+		}
 		return err
 	}
 	byTask := map[string]engine.State{}
@@ -180,7 +190,7 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		t := t
 		c, hasC := byTask[t.ID]
 		switch {
-		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned:
+		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.start(ctx, t) })
 		case t.DesiredState == swarm.TaskStateRunning && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
 			// Interrupted mid-start by a restart: adopt a running container,

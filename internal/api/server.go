@@ -42,6 +42,8 @@ type Config struct {
 	Images ImageChecker
 	// Logs streams container logs for service and task logs (nil: 503).
 	Logs LogSource
+	// Engine gives the host engine's /info and /version (nil: hush's own).
+	Engine EngineInfo
 	Node Node
 	// Version is hushd's own version string.
 	Version string

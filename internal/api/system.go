@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"os"
@@ -33,6 +34,17 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) version(w http.ResponseWriter, r *http.Request) {
+	hush := system.ComponentVersion{
+		Name: "hushd", Version: s.Version,
+		Details: map[string]string{"ApiVersion": MaxAPIVersion, "MinAPIVersion": MinAPIVersion},
+	}
+	if s.Engine != nil {
+		if ev, err := s.Engine.Version(r.Context()); err == nil {
+			ev.Components = append(ev.Components, hush)
+			writeJSON(w, http.StatusOK, ev)
+			return
+		}
+	}
 	v := system.VersionResponse{
 		Platform:      system.PlatformInfo{Name: "hush"},
 		Version:       s.Version,
@@ -69,17 +81,35 @@ func (s *Server) swarmInfo(r *http.Request) swarm.Info {
 	return si
 }
 
+// EngineInfo fetches the host engine's /info and /version answers.
+type EngineInfo interface {
+	Info(ctx context.Context) (system.Info, error)
+	Version(ctx context.Context) (system.VersionResponse, error)
+}
+
+// info is the engine's /info with hush's swarm section: `docker info` then
+// describes the host's containers and images and hush's cluster.
 func (s *Server) info(w http.ResponseWriter, r *http.Request) {
-	host, _ := os.Hostname()
-	info := system.Info{
-		ID:              s.Node.ID,
-		Name:            host,
-		ServerVersion:   s.Version,
-		OSType:          runtime.GOOS,
-		OperatingSystem: runtime.GOOS,
-		Architecture:    runtime.GOARCH,
-		NCPU:            runtime.NumCPU(),
-		Swarm:           s.swarmInfo(r),
+	var info system.Info
+	if s.Engine != nil {
+		if ei, err := s.Engine.Info(r.Context()); err == nil {
+			info = ei
+		} else {
+			s.log.Debug("engine info unavailable", "err", err)
+		}
 	}
+	if info.ID == "" {
+		host, _ := os.Hostname()
+		info = system.Info{
+			ID:              s.Node.ID,
+			Name:            host,
+			ServerVersion:   s.Version,
+			OSType:          runtime.GOOS,
+			OperatingSystem: runtime.GOOS,
+			Architecture:    runtime.GOARCH,
+			NCPU:            runtime.NumCPU(),
+		}
+	}
+	info.Swarm = s.swarmInfo(r)
 	writeJSON(w, http.StatusOK, info)
 }

@@ -202,6 +202,7 @@ func (d *Daemon) startAgent(ctx, bg context.Context, acfg *api.Config, mirror *s
 	d.engine = eng
 	acfg.Images = eng
 	acfg.Logs = eng
+	acfg.Engine = eng
 	dir := d.cfg.SecretsDir
 	if dir == "" {
 		dir = filepath.Join("/run/hush", d.nodeID)

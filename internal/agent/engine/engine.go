@@ -42,8 +42,9 @@ var (
 // Engine runs task containers on one Docker Engine. It is safe for
 // concurrent use.
 type Engine struct {
-	cli *client.Client
-	log *slog.Logger
+	cli    *client.Client
+	log    *slog.Logger
+	socket string
 }
 
 // New returns an Engine talking to the engine at socket: a path to a Unix
@@ -73,7 +74,7 @@ func New(socket string, log *slog.Logger) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: client for %s: %w", host, err)
 	}
-	return &Engine{cli: cli, log: log.With("component", "engine")}, nil
+	return &Engine{cli: cli, log: log.With("component", "engine"), socket: host}, nil
 }
 
 // Close releases the client's idle connections.
