@@ -44,7 +44,7 @@ type Config struct {
 	Logs LogSource
 	// Engine gives the host engine's /info and /version (nil: hush's own).
 	Engine EngineInfo
-	Node Node
+	Node   Node
 	// Version is hushd's own version string.
 	Version string
 	// APIVersion is the API version advertised in /_ping: the lower of
