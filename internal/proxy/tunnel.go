@@ -96,13 +96,16 @@ func (p *Proxy) serveHijack(w http.ResponseWriter, r *http.Request) {
 
 	// As sent, Connection and Upgrade included: they are for the engine.
 	out := outgoing(context.Background(), r)
-	if err := out.Write(ec); err != nil {
-		abort(err)
-		return
-	}
+	// The engine may answer, and close, before it has read the whole
+	// request (a container that exits at once): a failed write is only
+	// fatal if no answer can be read either.
+	werr := out.Write(ec)
 	br := bufio.NewReader(ec)
 	resp, err := http.ReadResponse(br, out)
 	if err != nil {
+		if werr != nil {
+			err = werr
+		}
 		abort(err)
 		return
 	}
