@@ -28,6 +28,7 @@ func run() int {
 	advertise := fs.String("advertise-addr", "127.0.0.1", "address this manager is reachable at")
 	engineSock := fs.String("engine", "/var/run/docker.sock", "the host's Docker Engine socket; \"\" runs secrets only")
 	secretsDir := fs.String("secrets-dir", "", "root of per-task secret tmpfs mounts (default /run/hush/<node ID>)")
+	noInit := fs.Bool("no-init", false, "start without a cluster; `docker swarm init` creates one")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -52,7 +53,7 @@ func run() int {
 	d, err := daemon.Start(ctx, daemon.Config{
 		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise,
 		EtcdLogLevel: etcdLevel, Logger: log,
-		EngineSocket: *engineSock, SecretsDir: *secretsDir,
+		EngineSocket: *engineSock, SecretsDir: *secretsDir, NoInit: *noInit,
 	})
 	if err != nil {
 		log.Error("hushd failed to start", "err", err)

@@ -29,15 +29,15 @@ func (c stClusterSource) Cluster(ctx context.Context) (cluster.Cluster, error) {
 func newTestServer(t testing.TB) *Server {
 	t.Helper()
 	st := storetest.New(t)
-	if _, err := cluster.Bootstrap(context.Background(), st); err != nil {
-		t.Fatal(err)
-	}
 	mk, err := keyring.GenerateMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	kr, err := keyring.New(mk)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.Init(context.Background(), st, kr, cluster.DefaultSpec()); err != nil {
 		t.Fatal(err)
 	}
 	return New(Config{

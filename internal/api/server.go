@@ -36,6 +36,8 @@ type Config struct {
 	Secrets *objects.Manager
 	Configs *objects.Manager
 	Cluster ClusterSource
+	// Swarm is the cluster lifecycle; nil means always active (tests).
+	Swarm SwarmController
 	// Services serves services, tasks and nodes; nil leaves them unrouted.
 	Services *services.Manager
 	// Images answers whether the engine has an image (nil: unknown).
@@ -93,6 +95,9 @@ func (s *Server) routes() {
 	if s.Services != nil {
 		s.serviceRoutes()
 	}
+	if s.Swarm != nil {
+		s.swarmRoutes()
+	}
 }
 
 // ServeHTTP routes hush's own API and hands everything else, untouched, to
@@ -114,6 +119,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 	if err := checkVersion(v); err != nil {
 		s.writeError(rec, r, err)
+	} else if err := s.checkState(rest); err != nil {
+		s.writeError(rec, r, err)
 	} else {
 		r2.Body = http.MaxBytesReader(rec, r2.Body, maxBodyBytes)
 		s.mux.ServeHTTP(rec, r2)
@@ -121,6 +128,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Paths and status only: bodies and query values may carry labels, and
 	// hush never logs what a client sent.
 	s.log.Debug("api", "method", r.Method, "path", r.URL.Path, "status", rec.code, "dur", time.Since(start))
+}
+
+// checkState refuses swarm calls while the node is locked or not in a
+// cluster, with Swarm's texts.
+func (s *Server) checkState(path string) error {
+	if s.Swarm == nil || lifecycleExempt(path) {
+		return nil
+	}
+	return s.Swarm.CheckServing()
 }
 
 type statusRecorder struct {

@@ -20,7 +20,7 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 	h.Set("API-Version", v)
 	h.Set("OSType", runtime.GOOS)
 	h.Set("Docker-Experimental", "false")
-	h.Set("Swarm", "active/manager")
+	h.Set("Swarm", s.swarmHeader())
 	h.Set("Cache-Control", "no-cache, no-store, must-revalidate")
 	h.Set("Pragma", "no-cache")
 	h.Set("Content-Type", "text/plain; charset=utf-8")
@@ -61,8 +61,30 @@ func (s *Server) version(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, v)
 }
 
+func (s *Server) state() swarm.LocalNodeState {
+	if s.Swarm == nil {
+		return swarm.LocalNodeStateActive
+	}
+	return s.Swarm.State()
+}
+
+// swarmHeader is /_ping's Swarm header: "active/manager" tells the CLI to
+// show the manager commands.
+func (s *Server) swarmHeader() string {
+	if st := s.state(); st != swarm.LocalNodeStateActive {
+		return string(st)
+	}
+	return "active/manager"
+}
+
 // swarmInfo is the Swarm section of /info for this node.
 func (s *Server) swarmInfo(r *http.Request) swarm.Info {
+	switch st := s.state(); st {
+	case swarm.LocalNodeStateInactive:
+		return swarm.Info{LocalNodeState: st}
+	case swarm.LocalNodeStateLocked:
+		return swarm.Info{LocalNodeState: st, NodeID: s.Node.ID, NodeAddr: s.Node.Addr}
+	}
 	si := swarm.Info{
 		NodeID:           s.Node.ID,
 		NodeAddr:         s.Node.Addr,

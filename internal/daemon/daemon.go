@@ -14,19 +14,17 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hush-secrets/hush/internal/agent"
 	"github.com/hush-secrets/hush/internal/agent/engine"
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
-	"github.com/hush-secrets/hush/internal/manager/dispatcher"
 	"github.com/hush-secrets/hush/internal/manager/objects"
-	"github.com/hush-secrets/hush/internal/manager/orchestrator"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/proxy"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // Version is hushd's version string.
@@ -40,6 +38,8 @@ type Config struct {
 	AdvertiseAddr string
 	// EtcdLogLevel is passed to the embedded etcd's logger.
 	EtcdLogLevel string
+	// NoInit starts without a cluster; `docker swarm init` creates one.
+	NoInit bool
 	// EngineSocket is the host's Docker Engine; "" disables tasks and the
 	// pass-through.
 	EngineSocket string
@@ -65,6 +65,28 @@ type Daemon struct {
 	bgDone sync.WaitGroup
 	proxy  *proxy.Proxy
 	engine *engine.Engine
+	fs     *secretfs.Manager
+
+	mirror  *store.Mirror
+	secrets *objects.Manager
+	configs *objects.Manager
+	svcs    *services.Manager
+
+	// keys holds the keyring while the cluster is active; it is empty when
+	// locked or not initialised.
+	keys      keyring.Holder
+	plainKey  keyring.FileKeyStore
+	lockedKey keyring.LockedKeyStore
+
+	// mu serialises lifecycle changes (init, unlock, update, leave).
+	mu    sync.Mutex
+	state swarm.LocalNodeState
+	// mk is the loaded master key, kept to re-wrap it on autolock changes.
+	mk keyring.MasterKey
+	// runStop ends the orchestrator and agent of the active cluster.
+	runStop context.CancelFunc
+	runDone sync.WaitGroup
+	unlock  unlockLimiter
 
 	closeOnce sync.Once
 }
@@ -73,7 +95,9 @@ type nodeState struct {
 	NodeID string `json:"nodeID"`
 }
 
-// Start brings hushd up and returns once it serves requests.
+// Start brings hushd up and returns once it serves requests. A hushd whose
+// master key is locked (autolock) serves, but only `docker swarm unlock`
+// and the calls that describe its state, until it is unlocked.
 func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -81,7 +105,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.AdvertiseAddr == "" {
 		cfg.AdvertiseAddr = "127.0.0.1"
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2)}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -96,18 +120,8 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if d.nodeID, err = loadOrCreateNodeID(filepath.Join(cfg.DataDir, "node.json")); err != nil {
 		return nil, err
 	}
-	mk, created, err := keyring.FileKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key")}.LoadOrCreate()
-	if err != nil {
-		return nil, fmt.Errorf("master key: %w", err)
-	}
-	if created {
-		d.log.Info("generated cluster master key", "keyID", mk.ID)
-	}
-	kr, err := keyring.New(mk)
-	keyring.Wipe(mk.Key)
-	if err != nil {
-		return nil, fmt.Errorf("keyring: %w", err)
-	}
+	d.plainKey = keyring.FileKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key")}
+	d.lockedKey = keyring.LockedKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key.locked")}
 	d.store, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
 		Dir:          filepath.Join(cfg.DataDir, "etcd"),
 		Name:         d.nodeID,
@@ -117,23 +131,19 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cl, err := cluster.Bootstrap(ctx, d.store)
-	if err != nil {
-		return nil, fmt.Errorf("bootstrap cluster: %w", err)
-	}
-	d.log.Info("cluster ready", "cluster", cl.ID, "node", d.nodeID)
 
-	secrets := objects.New(objects.Secret, d.store, kr, d.log)
-	configs := objects.New(objects.Config, d.store, kr, d.log)
-	mirror := store.NewMirror(d.store)
-	secrets.UseMirror(mirror)
-	configs.UseMirror(mirror)
-	svcs := services.New(d.store, mirror, d.log)
+	d.secrets = objects.New(objects.Secret, d.store, &d.keys, d.log)
+	d.configs = objects.New(objects.Config, d.store, &d.keys, d.log)
+	d.mirror = store.NewMirror(d.store)
+	d.secrets.UseMirror(d.mirror)
+	d.configs.UseMirror(d.mirror)
+	d.svcs = services.New(d.store, d.mirror, d.log)
 	acfg := api.Config{
-		Secrets:    secrets,
-		Configs:    configs,
-		Services:   svcs,
+		Secrets:    d.secrets,
+		Configs:    d.configs,
+		Services:   d.svcs,
 		Cluster:    clusterSource{d.store},
+		Swarm:      d,
 		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,
@@ -141,15 +151,17 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
-	d.runBG(mirror.Run, bg)
-	if err := mirror.WaitReady(ctx); err != nil {
+	d.runBG(d.mirror.Run, bg)
+	if err := d.mirror.WaitReady(ctx); err != nil {
 		return nil, fmt.Errorf("store mirror: %w", err)
 	}
-	d.runBG(orchestrator.New(d.store, mirror, svcs, d.nodeID, d.log).Run, bg)
 	if cfg.EngineSocket != "" {
-		if err := d.startAgent(ctx, bg, &acfg, mirror, svcs, secrets, configs); err != nil {
+		if err := d.connectEngine(ctx, &acfg); err != nil {
 			return nil, err
 		}
+	}
+	if err := d.resume(ctx); err != nil {
+		return nil, err
 	}
 	srv := api.New(acfg)
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {
@@ -166,7 +178,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			d.errc <- fmt.Errorf("store: %w", err)
 		}
 	}()
-	d.log.Info("hushd serving", "socket", cfg.Socket, "version", Version)
+	d.log.Info("hushd serving", "socket", cfg.Socket, "version", Version, "state", d.State())
 	return d, nil
 }
 
@@ -178,11 +190,11 @@ func (d *Daemon) runBG(fn func(context.Context), ctx context.Context) {
 	}()
 }
 
-// startAgent connects the host's engine: the pass-through for every call
-// hush does not own, and the agent that runs this node's tasks. An engine
-// that does not answer yet is not fatal: secrets keep working, tasks wait,
-// and the agent retries.
-func (d *Daemon) startAgent(ctx, bg context.Context, acfg *api.Config, mirror *store.Mirror, svcs *services.Manager, secrets, configs *objects.Manager) error {
+// connectEngine connects the host's engine: the pass-through for every
+// call hush does not own, and what the agent needs to run this node's tasks
+// once the cluster is active. An engine that does not answer yet is not
+// fatal: secrets keep working, tasks wait as pending, and the agent retries.
+func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	d.proxy = proxy.New(d.cfg.EngineSocket, d.log)
 	acfg.Fallback = d.proxy
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -207,16 +219,9 @@ func (d *Daemon) startAgent(ctx, bg context.Context, acfg *api.Config, mirror *s
 	if dir == "" {
 		dir = filepath.Join("/run/hush", d.nodeID)
 	}
-	fs, err := secretfs.NewManager(dir, d.log)
-	if err != nil {
+	if d.fs, err = secretfs.NewManager(dir, d.log); err != nil {
 		return fmt.Errorf("secrets tmpfs: %w", err)
 	}
-	disp := dispatcher.New(svcs, secrets, configs, d.log)
-	ag := agent.New(agent.Config{
-		NodeID: d.nodeID, Tasks: svcs, Store: d.store, Mirror: mirror,
-		Data: disp, Engine: eng, SecretFS: fs, Logger: d.log,
-	})
-	d.runBG(ag.Run, bg)
 	return nil
 }
 
@@ -242,6 +247,7 @@ func (d *Daemon) Close() {
 		if d.ln != nil {
 			_ = os.Remove(d.cfg.Socket)
 		}
+		d.stopRuntime()
 		if d.stopBG != nil {
 			d.stopBG()
 			d.bgDone.Wait()

@@ -1,19 +1,32 @@
-// Package cluster keeps the cluster object: its ID, creation time and spec
-// (the settings `docker swarm init/update` manage).
+// Package cluster keeps the cluster object: its ID, spec (the settings
+// `docker swarm init/update` manage), root CA, join tokens and, when
+// autolock is on, the unlock key.
 //
-// It holds no key material; the encryption settings in the spec only say
-// whether autolock is on.
+// Key material in the object is sealed by the keyring (the CA key, the
+// unlock key); join tokens are stored as issued because Swarm shows them to
+// managers on request, and they are compared in constant time.
 package cluster
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -23,12 +36,23 @@ const (
 	key   = "default"
 )
 
+// Sealer is the keyring as the cluster object needs it.
+type Sealer interface {
+	Seal(plaintext, aad []byte) (keyring.Sealed, error)
+	Open(s keyring.Sealed, aad []byte) ([]byte, error)
+}
+
 // Cluster is the stored cluster object.
 type Cluster struct {
-	ID        string     `json:"id"`
-	CreatedAt time.Time  `json:"created"`
-	UpdatedAt time.Time  `json:"updated"`
-	Spec      swarm.Spec `json:"spec"`
+	ID         string           `json:"id"`
+	CreatedAt  time.Time        `json:"created"`
+	UpdatedAt  time.Time        `json:"updated"`
+	Spec       swarm.Spec       `json:"spec"`
+	JoinTokens swarm.JoinTokens `json:"joinTokens"`
+	// CACert is the root CA certificate (PEM); its key is sealed.
+	CACert string          `json:"caCert"`
+	CAKey  keyring.Sealed  `json:"caKey"`
+	Unlock *keyring.Sealed `json:"unlockKey,omitempty"`
 	// Version is the store revision of the last write (not stored).
 	Version uint64 `json:"-"`
 }
@@ -51,29 +75,46 @@ func DefaultSpec() swarm.Spec {
 	return s
 }
 
-// Bootstrap returns the cluster object, creating it on first start.
-func Bootstrap(ctx context.Context, st *store.Store) (Cluster, error) {
-	c, err := Get(ctx, st)
-	if err == nil {
-		return c, nil
+// Exists reports whether a cluster has been initialised in st.
+func Exists(ctx context.Context, st *store.Store) (bool, error) {
+	_, err := st.Table(table).Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
 	}
-	if !errors.Is(err, store.ErrNotFound) {
-		return Cluster{}, err
-	}
+	return err == nil, err
+}
+
+// Init creates the cluster object: a fresh ID, a root CA (ECDSA P-256, 20
+// years, as Swarm's), and join tokens bound to the CA's digest.
+func Init(ctx context.Context, st *store.Store, s Sealer, spec swarm.Spec) (Cluster, error) {
 	id, err := identity.NewID()
 	if err != nil {
 		return Cluster{}, err
 	}
+	certPEM, keyDER, err := newRootCA(time.Now())
+	if err != nil {
+		return Cluster{}, err
+	}
+	sealedKey, err := s.Seal(keyDER, []byte("hush/cluster/ca-key"))
+	keyring.Wipe(keyDER)
+	if err != nil {
+		return Cluster{}, err
+	}
 	now := time.Now().UTC()
-	c = Cluster{ID: id, CreatedAt: now, UpdatedAt: now, Spec: DefaultSpec()}
+	c := Cluster{ID: id, CreatedAt: now, UpdatedAt: now, Spec: spec, CACert: certPEM, CAKey: sealedKey}
+	if c.JoinTokens.Worker, err = newJoinToken(certPEM); err != nil {
+		return Cluster{}, err
+	}
+	if c.JoinTokens.Manager, err = newJoinToken(certPEM); err != nil {
+		return Cluster{}, err
+	}
 	val, err := json.Marshal(&c)
 	if err != nil {
 		return Cluster{}, err
 	}
 	if _, err := st.Table(table).Create(ctx, key, "", val); err != nil {
 		if errors.Is(err, store.ErrNameTaken) {
-			// Another manager bootstrapped first; use its cluster.
-			return Get(ctx, st)
+			return Cluster{}, errdefs.Unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.")
 		}
 		return Cluster{}, err
 	}
@@ -94,13 +135,144 @@ func Get(ctx context.Context, st *store.Store) (Cluster, error) {
 	return c, nil
 }
 
+// Put writes c if its Version is still current.
+func Put(ctx context.Context, st *store.Store, c *Cluster) error {
+	c.UpdatedAt = time.Now().UTC()
+	val, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	_, err = st.Table(table).Update(ctx, key, int64(c.Version), val)
+	if errors.Is(err, store.ErrStale) {
+		return errdefs.Unknown("update out of sequence")
+	}
+	return err
+}
+
+// Remove deletes the cluster object (swarm leave --force).
+func Remove(ctx context.Context, st *store.Store) error {
+	err := st.Table(table).Delete(ctx, key, "", 0, nil)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// SetUnlockKey seals and records the unlock key ("" clears it).
+func (c *Cluster) SetUnlockKey(s Sealer, unlockKey string) error {
+	if unlockKey == "" {
+		c.Unlock = nil
+		return nil
+	}
+	sealed, err := s.Seal([]byte(unlockKey), []byte("hush/cluster/unlock-key/"+c.ID))
+	if err != nil {
+		return err
+	}
+	c.Unlock = &sealed
+	return nil
+}
+
+// UnlockKey opens the recorded unlock key ("" when autolock is off).
+func (c *Cluster) UnlockKey(s Sealer) (string, error) {
+	if c.Unlock == nil {
+		return "", nil
+	}
+	b, err := s.Open(*c.Unlock, []byte("hush/cluster/unlock-key/"+c.ID))
+	if err != nil {
+		return "", fmt.Errorf("open unlock key: %w: %w", errdefs.ErrInternal, err)
+	}
+	return string(b), nil
+}
+
+// RotateToken replaces the worker or manager join token.
+func (c *Cluster) RotateToken(role string) error {
+	t, err := newJoinToken(c.CACert)
+	if err != nil {
+		return err
+	}
+	if role == "manager" {
+		c.JoinTokens.Manager = t
+	} else {
+		c.JoinTokens.Worker = t
+	}
+	return nil
+}
+
+// ValidateJoinToken returns the role a token admits ("worker", "manager"),
+// comparing in constant time so a token cannot be guessed byte by byte.
+func (c *Cluster) ValidateJoinToken(token string) (string, bool) {
+	w := subtle.ConstantTimeCompare([]byte(token), []byte(c.JoinTokens.Worker)) == 1
+	m := subtle.ConstantTimeCompare([]byte(token), []byte(c.JoinTokens.Manager)) == 1
+	switch {
+	case m:
+		return "manager", true
+	case w:
+		return "worker", true
+	}
+	return "", false
+}
+
 // Info is the wire form of the cluster.
 func (c *Cluster) Info() swarm.ClusterInfo {
-	return swarm.ClusterInfo{
+	ci := swarm.ClusterInfo{
 		ID:           c.ID,
 		Meta:         swarm.Meta{Version: swarm.Version{Index: c.Version}, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt},
 		Spec:         c.Spec,
 		SubnetSize:   24,
 		DataPathPort: 4789,
 	}
+	if blk, _ := pem.Decode([]byte(c.CACert)); blk != nil {
+		if cert, err := x509.ParseCertificate(blk.Bytes); err == nil {
+			ci.TLSInfo = swarm.TLSInfo{TrustRoot: c.CACert, CertIssuerSubject: cert.RawSubject, CertIssuerPublicKey: cert.RawSubjectPublicKeyInfo}
+		}
+	}
+	return ci
+}
+
+// newRootCA makes a self-signed ECDSA P-256 root like Swarm's ("swarm-ca",
+// 20 years) and returns its PEM and its private key (DER).
+func newRootCA(now time.Time) (string, []byte, error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return "", nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "swarm-ca"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(20 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		return "", nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return "", nil, err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyDER, nil
+}
+
+// newJoinToken builds SWMTKN-1-<CA digest, base36, 50 chars>-<secret, 25
+// chars>: the digest lets a joining node pin the CA, the secret admits it.
+func newJoinToken(caPEM string) (string, error) {
+	blk, _ := pem.Decode([]byte(caPEM))
+	if blk == nil {
+		return "", errors.New("cluster: CA certificate is not PEM")
+	}
+	sum := sha256.Sum256(blk.Bytes)
+	digest := new(big.Int).SetBytes(sum[:]).Text(36)
+	digest = strings.Repeat("0", 50-len(digest)) + digest
+	secret, err := identity.NewID()
+	if err != nil {
+		return "", err
+	}
+	return "SWMTKN-1-" + digest + "-" + secret, nil
 }

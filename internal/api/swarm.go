@@ -1,0 +1,137 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// SwarmUpdateFlags are the rotations POST /swarm/update may ask for.
+type SwarmUpdateFlags struct {
+	RotateWorkerToken, RotateManagerToken, RotateManagerUnlockKey bool
+}
+
+// SwarmController is the node's cluster lifecycle: init, lock state,
+// autolock and leave.
+type SwarmController interface {
+	State() swarm.LocalNodeState
+	// CheckServing returns the error to answer swarm calls with while the
+	// node is locked or not in a cluster, or nil.
+	CheckServing() error
+	Init(ctx context.Context, req swarm.InitRequest) (string, error)
+	Inspect(ctx context.Context) (swarm.Swarm, error)
+	Update(ctx context.Context, version uint64, spec swarm.Spec, f SwarmUpdateFlags) error
+	UnlockKey(ctx context.Context) (string, error)
+	Unlock(ctx context.Context, key string) error
+	Leave(ctx context.Context, force bool) error
+}
+
+func (s *Server) swarmRoutes() {
+	s.mux.HandleFunc("GET /swarm", s.swarmInspect)
+	s.mux.HandleFunc("POST /swarm/init", s.swarmInit)
+	s.mux.HandleFunc("POST /swarm/join", s.swarmJoin)
+	s.mux.HandleFunc("POST /swarm/leave", s.swarmLeave)
+	s.mux.HandleFunc("POST /swarm/update", s.swarmUpdate)
+	s.mux.HandleFunc("GET /swarm/unlockkey", s.swarmUnlockKey)
+	s.mux.HandleFunc("POST /swarm/unlock", s.swarmUnlock)
+}
+
+// lifecycleExempt lists the calls that work whatever the node's state: the
+// ones that describe it and the ones that change it.
+func lifecycleExempt(path string) bool {
+	switch path {
+	case "/_ping", "/version", "/info", "/swarm", "/swarm/init", "/swarm/join", "/swarm/leave",
+		"/swarm/update", "/swarm/unlockkey", "/swarm/unlock":
+		return true
+	}
+	return false
+}
+
+func (s *Server) swarmInspect(w http.ResponseWriter, r *http.Request) {
+	sw, err := s.Swarm.Inspect(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sw)
+}
+
+func (s *Server) swarmInit(w http.ResponseWriter, r *http.Request) {
+	var req swarm.InitRequest
+	if err := decodeBody(r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := s.Swarm.Init(r.Context(), req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, id)
+}
+
+func (s *Server) swarmJoin(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, errdefs.Unavailable("joining a swarm is not supported by hush yet: each hushd is its own manager"))
+}
+
+func (s *Server) swarmLeave(w http.ResponseWriter, r *http.Request) {
+	force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
+	if err := s.Swarm.Leave(r.Context(), force); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (s *Server) swarmUpdate(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	version, err := strconv.ParseUint(q.Get("version"), 10, 64)
+	if err != nil {
+		s.writeError(w, r, errdefs.BadRequest("invalid swarm version '%s': %v", q.Get("version"), err))
+		return
+	}
+	var spec swarm.Spec
+	if err := decodeBody(r, &spec); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	flag := func(k string) bool { b, _ := strconv.ParseBool(q.Get(k)); return b }
+	f := SwarmUpdateFlags{
+		RotateWorkerToken:      flag("rotateWorkerToken"),
+		RotateManagerToken:     flag("rotateManagerToken"),
+		RotateManagerUnlockKey: flag("rotateManagerUnlockKey"),
+	}
+	if err := s.Swarm.Update(r.Context(), version, spec, f); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (s *Server) swarmUnlockKey(w http.ResponseWriter, r *http.Request) {
+	key, err := s.Swarm.UnlockKey(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	// The key is shown to a manager's operator on request, as in Swarm;
+	// it never goes to a log (the access log has no bodies).
+	writeJSON(w, http.StatusOK, swarm.UnlockKeyResponse{UnlockKey: key})
+}
+
+func (s *Server) swarmUnlock(w http.ResponseWriter, r *http.Request) {
+	var req swarm.UnlockRequest
+	if err := decodeBody(r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.Swarm.Unlock(r.Context(), strings.TrimSpace(req.UnlockKey)); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}

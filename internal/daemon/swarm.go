@@ -1,0 +1,450 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/dispatcher"
+	"github.com/hush-secrets/hush/internal/manager/orchestrator"
+	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Swarm's texts for the states in which a call cannot be served.
+const (
+	msgLocked   = `Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.`
+	msgInactive = `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`
+	msgJoined   = `This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.`
+)
+
+// nextKey is where a rotated locked key is written before it is committed:
+// a crash between writing it and recording the new unlock key leaves both
+// files, and unlock tries both (see Unlock).
+func (d *Daemon) nextKey() keyring.LockedKeyStore {
+	return keyring.LockedKeyStore{Path: d.lockedKey.Path + ".next"}
+}
+
+// State is the node's swarm state.
+func (d *Daemon) State() swarm.LocalNodeState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state
+}
+
+// CheckServing reports why swarm calls cannot be served now, if they can't.
+func (d *Daemon) CheckServing() error {
+	switch d.State() {
+	case swarm.LocalNodeStateLocked:
+		return errdefs.Unavailable("%s", msgLocked)
+	case swarm.LocalNodeStateInactive:
+		return errdefs.Unavailable("%s", msgInactive)
+	}
+	return nil
+}
+
+// resume decides the start-up state from the store and the key files, and
+// completes an autolock change that a crash interrupted.
+func (d *Daemon) resume(ctx context.Context) error {
+	exists, err := cluster.Exists(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		// Key files without a cluster: an init that crashed, or a leave
+		// that did not finish. Neither protects anything.
+		_ = d.lockedKey.Remove()
+		_ = d.nextKey().Remove()
+		if d.cfg.NoInit {
+			d.log.Info("no cluster: waiting for docker swarm init")
+			return nil
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, err := d.initLocked(ctx, swarm.InitRequest{})
+		return err
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	if d.plainKey.Exists() && (d.lockedKey.Exists() || d.nextKey().Exists()) {
+		if c.Spec.EncryptionConfig.AutoLockManagers {
+			if err := d.plainKey.Remove(); err != nil {
+				return err
+			}
+		} else {
+			_ = d.lockedKey.Remove()
+			_ = d.nextKey().Remove()
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.plainKey.Exists():
+		mk, err := d.plainKey.Load()
+		if err != nil {
+			return fmt.Errorf("master key: %w", err)
+		}
+		return d.activateLocked(mk)
+	case d.lockedKey.Exists() || d.nextKey().Exists():
+		d.state = swarm.LocalNodeStateLocked
+		d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
+		return nil
+	}
+	return fmt.Errorf("cluster %s exists but its master key is missing from %s", c.ID, d.plainKey.Path)
+}
+
+// activateLocked loads the master key and starts the cluster's runtime.
+func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
+	kr, err := keyring.New(mk)
+	if err != nil {
+		return fmt.Errorf("keyring: %w", err)
+	}
+	d.keys.Set(kr)
+	d.mk = mk
+	d.state = swarm.LocalNodeStateActive
+	var ctx context.Context
+	ctx, d.runStop = context.WithCancel(context.Background())
+	run := func(fn func(context.Context)) {
+		d.runDone.Add(1)
+		go func() {
+			defer d.runDone.Done()
+			fn(ctx)
+		}()
+	}
+	run(orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log).Run)
+	if d.engine != nil {
+		disp := dispatcher.New(d.svcs, d.secrets, d.configs, d.log)
+		run(agent.New(agent.Config{
+			NodeID: d.nodeID, Tasks: d.svcs, Store: d.store, Mirror: d.mirror,
+			Data: disp, Engine: d.engine, SecretFS: d.fs, Logger: d.log,
+		}).Run)
+	}
+	d.log.Info("cluster active", "node", d.nodeID, "keyID", mk.ID)
+	return nil
+}
+
+// stopRuntime stops the orchestrator and agent; running task containers
+// and their secret mounts stay as they are.
+func (d *Daemon) stopRuntime() {
+	if d.runStop != nil {
+		d.runStop()
+		d.runDone.Wait()
+		d.runStop = nil
+	}
+}
+
+// Init creates a cluster on a hushd started with --no-init (or after a
+// leave).
+func (d *Daemon) Init(ctx context.Context, req swarm.InitRequest) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.initLocked(ctx, req)
+}
+
+func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest) (string, error) {
+	if d.state != swarm.LocalNodeStateInactive {
+		return "", errdefs.Unavailable("%s", msgJoined)
+	}
+	var mk keyring.MasterKey
+	var err error
+	if d.plainKey.Exists() {
+		mk, err = d.plainKey.Load()
+	} else {
+		mk, err = keyring.GenerateMasterKey()
+		if err == nil {
+			err = d.plainKey.Store(mk)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("master key: %w", err)
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		return "", err
+	}
+	spec := cluster.DefaultSpec()
+	if req.Spec.Name != "" {
+		spec.Name = req.Spec.Name
+	}
+	if req.Spec.Labels != nil {
+		spec.Labels = req.Spec.Labels
+	}
+	c, err := cluster.Init(ctx, d.store, kr, spec)
+	if err != nil {
+		return "", err
+	}
+	if err := d.activateLocked(mk); err != nil {
+		return "", err
+	}
+	if req.AutoLockManagers {
+		if err := d.setAutolockLocked(ctx, &c, true, false); err != nil {
+			return "", err
+		}
+	}
+	d.log.Info("swarm initialised", "cluster", c.ID, "autolock", req.AutoLockManagers)
+	return d.nodeID, nil
+}
+
+// Inspect returns the cluster with its join tokens (managers only).
+func (d *Daemon) Inspect(ctx context.Context) (swarm.Swarm, error) {
+	if err := d.CheckServing(); err != nil {
+		return swarm.Swarm{}, err
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return swarm.Swarm{}, err
+	}
+	return swarm.Swarm{ClusterInfo: c.Info(), JoinTokens: c.JoinTokens}, nil
+}
+
+// Update applies a new cluster spec and the requested rotations.
+func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f api.SwarmUpdateFlags) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state != swarm.LocalNodeStateActive {
+		return d.CheckServingLocked()
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	if c.Version != version {
+		return errdefs.Unknown("update out of sequence")
+	}
+	was := c.Spec.EncryptionConfig.AutoLockManagers
+	want := spec.EncryptionConfig.AutoLockManagers
+	if spec.Name == "" {
+		spec.Name = c.Spec.Name
+	}
+	if spec.Labels == nil {
+		spec.Labels = map[string]string{}
+	}
+	spec.EncryptionConfig.AutoLockManagers = was
+	c.Spec = spec
+	if f.RotateWorkerToken {
+		if err := c.RotateToken("worker"); err != nil {
+			return err
+		}
+	}
+	if f.RotateManagerToken {
+		if err := c.RotateToken("manager"); err != nil {
+			return err
+		}
+	}
+	switch {
+	case want != was:
+		return d.setAutolockLocked(ctx, &c, want, false)
+	case want && f.RotateManagerUnlockKey:
+		return d.setAutolockLocked(ctx, &c, true, true)
+	}
+	return cluster.Put(ctx, d.store, &c)
+}
+
+// CheckServingLocked is CheckServing for callers holding d.mu.
+func (d *Daemon) CheckServingLocked() error {
+	switch d.state {
+	case swarm.LocalNodeStateLocked:
+		return errdefs.Unavailable("%s", msgLocked)
+	case swarm.LocalNodeStateInactive:
+		return errdefs.Unavailable("%s", msgInactive)
+	}
+	return nil
+}
+
+// setAutolockLocked turns autolock on (with a fresh unlock key), off, or
+// rotates its key, and writes c. The key files change around the store
+// write so that a crash at any point leaves a key that opens: the new file
+// is written before the record that describes it, and the old one removed
+// after.
+func (d *Daemon) setAutolockLocked(ctx context.Context, c *cluster.Cluster, on, rotate bool) error {
+	if !on {
+		if !d.plainKey.Exists() {
+			if err := d.plainKey.Store(d.mk); err != nil {
+				return err
+			}
+		}
+		c.Spec.EncryptionConfig.AutoLockManagers = false
+		_ = c.SetUnlockKey(&d.keys, "")
+		if err := cluster.Put(ctx, d.store, c); err != nil {
+			return err
+		}
+		_ = d.nextKey().Remove()
+		return d.lockedKey.Remove()
+	}
+	key, err := keyring.GenerateUnlockKey()
+	if err != nil {
+		return err
+	}
+	target := d.lockedKey
+	if rotate {
+		target = d.nextKey()
+	}
+	if err := target.Store(d.mk, key); err != nil {
+		return err
+	}
+	c.Spec.EncryptionConfig.AutoLockManagers = true
+	if err := c.SetUnlockKey(&d.keys, key); err != nil {
+		return err
+	}
+	if err := cluster.Put(ctx, d.store, c); err != nil {
+		_ = target.Remove()
+		return err
+	}
+	if rotate {
+		if err := os.Rename(target.Path, d.lockedKey.Path); err != nil {
+			return fmt.Errorf("install rotated key: %w", err)
+		}
+		d.log.Info("unlock key rotated")
+		return nil
+	}
+	d.log.Info("autolock enabled")
+	return d.plainKey.Remove()
+}
+
+// UnlockKey returns the current unlock key ("" when autolock is off).
+func (d *Daemon) UnlockKey(ctx context.Context) (string, error) {
+	if err := d.CheckServing(); err != nil {
+		return "", err
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return "", err
+	}
+	return c.UnlockKey(&d.keys)
+}
+
+// Unlock opens the locked master key with key and activates the cluster.
+func (d *Daemon) Unlock(ctx context.Context, key string) error {
+	if wait := d.unlock.wait(); wait > 0 {
+		return errdefs.Unavailable("too many failed unlock attempts: try again in %s", wait.Round(time.Second))
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state != swarm.LocalNodeStateLocked {
+		return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "swarm is not locked"}
+	}
+	var mk keyring.MasterKey
+	var err error
+	for _, ks := range []keyring.LockedKeyStore{d.lockedKey, d.nextKey()} {
+		if !ks.Exists() {
+			continue
+		}
+		if mk, err = ks.Load(key); err == nil {
+			if ks.Path != d.lockedKey.Path {
+				// A rotation was interrupted after its record was written.
+				if rerr := os.Rename(ks.Path, d.lockedKey.Path); rerr != nil {
+					return rerr
+				}
+			}
+			break
+		}
+	}
+	if err != nil || mk.Key == nil {
+		d.unlock.failed()
+		d.log.Warn("failed unlock attempt")
+		if errors.Is(err, keyring.ErrBadUnlockKey) || err == nil {
+			return errdefs.Unauthorized("swarm could not be unlocked: invalid key provided")
+		}
+		return err
+	}
+	d.unlock.reset()
+	_ = d.nextKey().Remove()
+	d.log.Info("unlocked")
+	return d.activateLocked(mk)
+}
+
+// Leave removes this node from the cluster. As the only manager it erases
+// the cluster, so Swarm's rule applies: only with force.
+func (d *Daemon) Leave(ctx context.Context, force bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state == swarm.LocalNodeStateInactive {
+		return errdefs.Unavailable("This node is not part of a swarm")
+	}
+	if !force {
+		return errdefs.Unavailable("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ")
+	}
+	d.stopRuntime()
+	if d.engine != nil {
+		d.removeTaskContainers(ctx)
+	}
+	if _, err := d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix()); err != nil {
+		return fmt.Errorf("erase cluster state: %w", err)
+	}
+	d.keys.Set(nil)
+	keyring.Wipe(d.mk.Key)
+	d.mk = keyring.MasterKey{}
+	_ = d.plainKey.Remove()
+	_ = d.lockedKey.Remove()
+	_ = d.nextKey().Remove()
+	d.state = swarm.LocalNodeStateInactive
+	d.log.Info("left the swarm; cluster state erased")
+	return nil
+}
+
+// removeTaskContainers removes this node's task containers and mounts.
+func (d *Daemon) removeTaskContainers(ctx context.Context) {
+	ctrs, err := d.engine.ListTasks(ctx)
+	if err != nil {
+		d.log.Warn("listing task containers", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, c := range ctrs {
+		if c.Labels["io.hush.node.id"] != d.nodeID {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = d.engine.Remove(ctx, c.ID)
+		}()
+	}
+	wg.Wait()
+	if ids, err := d.fs.Tasks(); err == nil {
+		for _, id := range ids {
+			_ = d.fs.Unmount(id)
+		}
+	}
+}
+
+// unlockLimiter slows down guessing: after three failures, each further
+// attempt must wait twice as long as the last, up to five minutes.
+type unlockLimiter struct {
+	mu       sync.Mutex
+	failures int
+	next     time.Time
+}
+
+func (l *unlockLimiter) wait() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return time.Until(l.next)
+}
+
+func (l *unlockLimiter) failed() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failures++
+	if l.failures >= 3 {
+		d := time.Second << min(l.failures-3, 8)
+		l.next = time.Now().Add(min(d, 5*time.Minute))
+	}
+}
+
+func (l *unlockLimiter) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failures = 0
+	l.next = time.Time{}
+}

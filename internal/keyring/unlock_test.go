@@ -1,0 +1,79 @@
+package keyring
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestUnlockKeyFormat(t *testing.T) {
+	k, err := GenerateUnlockKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(k, "SWMKEY-1-") || len(k) != len("SWMKEY-1-")+43 {
+		t.Fatalf("unlock key %q has the wrong shape", k)
+	}
+	for _, bad := range []string{"", "SWMKEY-1-", "SWMKEY-2-" + k[9:], k[:len(k)-1], k + "A", "nope"} {
+		if _, err := parseUnlockKey(bad); !errors.Is(err, ErrBadUnlockKey) {
+			t.Errorf("parse(%q) = %v", bad, err)
+		}
+	}
+}
+
+func TestLockedKeyStore(t *testing.T) {
+	dir := t.TempDir()
+	ls := LockedKeyStore{Path: filepath.Join(dir, "keys", "master.key.locked")}
+	mk, _ := GenerateMasterKey()
+	k1, _ := GenerateUnlockKey()
+	if err := ls.Store(mk, k1); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(ls.Path)
+	if bytes.Contains(raw, mk.Key) || bytes.Contains(raw, []byte(hex.EncodeToString(mk.Key))) || bytes.Contains(raw, []byte(k1)) {
+		t.Fatal("locked file holds the master key or the unlock key in plaintext")
+	}
+	got, err := ls.Load(k1)
+	if err != nil || !bytes.Equal(got.Key, mk.Key) || got.ID != mk.ID {
+		t.Fatalf("load with the right key: %v", err)
+	}
+	k2, _ := GenerateUnlockKey()
+	if _, err := ls.Load(k2); !errors.Is(err, ErrBadUnlockKey) || strings.Contains(err.Error(), k2) {
+		t.Fatalf("wrong key: %v", err)
+	}
+	// Rotation: re-wrap under k2; k1 stops working.
+	if err := ls.Store(mk, k2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ls.Load(k1); !errors.Is(err, ErrBadUnlockKey) {
+		t.Fatalf("old key after rotation: %v", err)
+	}
+	if got, err := ls.Load(k2); err != nil || !bytes.Equal(got.Key, mk.Key) {
+		t.Fatalf("new key after rotation: %v", err)
+	}
+	if err := ls.Remove(); err != nil || ls.Exists() {
+		t.Fatalf("remove: %v", err)
+	}
+}
+
+func TestFileKeyStoreStoreRemove(t *testing.T) {
+	fs := FileKeyStore{Path: filepath.Join(t.TempDir(), "master.key")}
+	mk, _ := GenerateMasterKey()
+	if err := fs.Store(mk); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Store(mk); err == nil {
+		t.Fatal("second Store must fail")
+	}
+	got, err := fs.Load()
+	if err != nil || !bytes.Equal(got.Key, mk.Key) {
+		t.Fatalf("load: %v", err)
+	}
+	if err := fs.Remove(); err != nil || fs.Exists() {
+		t.Fatalf("remove: %v", err)
+	}
+}

@@ -1,0 +1,76 @@
+package cluster
+
+import (
+	"context"
+	"regexp"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/store/storetest"
+)
+
+var tokenRE = regexp.MustCompile(`^SWMTKN-1-[0-9a-z]{50}-[0-9a-z]{25}$`)
+
+func newCluster(t *testing.T) (Cluster, *keyring.Keyring) {
+	t.Helper()
+	mk, _ := keyring.GenerateMasterKey()
+	kr, _ := keyring.New(mk)
+	c, err := Init(context.Background(), storetest.New(t), kr, DefaultSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, kr
+}
+
+func TestJoinTokens(t *testing.T) {
+	c, _ := newCluster(t)
+	w, m := c.JoinTokens.Worker, c.JoinTokens.Manager
+	for _, tok := range []string{w, m} {
+		if !tokenRE.MatchString(tok) {
+			t.Fatalf("token %q is not in Swarm's format", tok)
+		}
+	}
+	// Both tokens pin the same CA digest.
+	if w[:59] != m[:59] || w == m {
+		t.Fatal("worker and manager tokens must share the CA digest and differ in secret")
+	}
+	if role, ok := c.ValidateJoinToken(w); !ok || role != "worker" {
+		t.Fatalf("worker token: %s %v", role, ok)
+	}
+	if role, ok := c.ValidateJoinToken(m); !ok || role != "manager" {
+		t.Fatalf("manager token: %s %v", role, ok)
+	}
+	if err := c.RotateToken("worker"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.ValidateJoinToken(w); ok {
+		t.Fatal("old worker token still validates after rotation")
+	}
+	if role, ok := c.ValidateJoinToken(c.JoinTokens.Worker); !ok || role != "worker" {
+		t.Fatal("new worker token does not validate")
+	}
+	if _, ok := c.ValidateJoinToken(m); !ok {
+		t.Fatal("rotating the worker token must not change the manager token")
+	}
+	if _, ok := c.ValidateJoinToken(""); ok {
+		t.Fatal("empty token validates")
+	}
+}
+
+func TestUnlockKeySealed(t *testing.T) {
+	c, kr := newCluster(t)
+	if k, err := c.UnlockKey(kr); err != nil || k != "" {
+		t.Fatalf("no unlock key yet: %q %v", k, err)
+	}
+	key, _ := keyring.GenerateUnlockKey()
+	if err := c.SetUnlockKey(kr, key); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.UnlockKey(kr); err != nil || got != key {
+		t.Fatalf("round trip: %v", err)
+	}
+	info := c.Info()
+	if info.TLSInfo.TrustRoot == "" || len(info.TLSInfo.CertIssuerPublicKey) == 0 {
+		t.Fatal("TLSInfo missing")
+	}
+}

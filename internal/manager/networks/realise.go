@@ -1,0 +1,249 @@
+package networks
+
+import (
+	"context"
+	"errors"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/types/network"
+)
+
+// Engine is what the manager needs of the host engine's networks.
+type Engine interface {
+	// ListNetworks returns the engine networks carrying every one of labels.
+	ListNetworks(ctx context.Context, labels map[string]string) ([]EngineNetwork, error)
+	// CreateNetwork creates a local bridge network and returns its ID.
+	CreateNetwork(ctx context.Context, s EngineSpec) (string, error)
+	// RemoveNetwork removes a network; a missing one is not an error.
+	RemoveNetwork(ctx context.Context, id string) error
+	// InspectNetwork returns the engine's view of a network.
+	InspectNetwork(ctx context.Context, id string) (network.Inspect, error)
+}
+
+// EngineNetwork is an engine network as ListNetworks reports it.
+type EngineNetwork struct {
+	ID     string
+	Name   string
+	Labels map[string]string
+}
+
+// EngineSpec is the bridge network that realises a hush network.
+type EngineSpec struct {
+	Name       string
+	Labels     map[string]string
+	Internal   bool
+	EnableIPv6 bool
+	// IPAM is the hush network's IPAM when it gave subnets; nil lets the
+	// engine pick from its own pools.
+	IPAM *network.IPAM
+}
+
+// Errors an Engine reports; others are the engine refusing the request.
+var (
+	ErrEngineUnavailable = errors.New("engine: unavailable")
+	// ErrEngineConflict: the name is taken (engines since API 1.44 refuse
+	// duplicate network names).
+	ErrEngineConflict = errors.New("engine: network name taken")
+	// ErrEngineInUse: the network still has endpoints (task containers that
+	// are being stopped); removal is retried by the reconciler.
+	ErrEngineInUse = errors.New("engine: network has active endpoints")
+)
+
+func (m *Manager) realisedLabels(id string) map[string]string {
+	return map[string]string{LabelNetworkID: id, LabelNodeID: m.nodeID}
+}
+
+// realise returns the ID of the engine network realising n, creating it if
+// there is none.
+func (m *Manager) realise(ctx context.Context, n *network.Network) (string, error) {
+	m.realiseMu.Lock()
+	defer m.realiseMu.Unlock()
+	have, err := m.eng.ListNetworks(ctx, m.realisedLabels(n.ID))
+	if err != nil {
+		return "", err
+	}
+	if len(have) > 0 {
+		sort.Slice(have, func(i, j int) bool { return have[i].ID < have[j].ID })
+		return have[0].ID, nil
+	}
+	labels := maps.Clone(n.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	maps.Copy(labels, m.realisedLabels(n.ID))
+	s := EngineSpec{Name: n.Name, Labels: labels, Internal: n.Internal, EnableIPv6: n.EnableIPv6}
+	if len(n.IPAM.Config) > 0 {
+		s.IPAM = &network.IPAM{Driver: "default", Config: slices.Clone(n.IPAM.Config)}
+	}
+	id, err := m.eng.CreateNetwork(ctx, s)
+	if errors.Is(err, ErrEngineConflict) {
+		// A local network (or another hushd's) has the name on an engine
+		// that refuses duplicates: keep the name recognisable.
+		s.Name = n.Name + "-" + n.ID[:12]
+		id, err = m.eng.CreateNetwork(ctx, s)
+	}
+	if err != nil {
+		m.noteFailure(n.ID, err)
+		return "", err
+	}
+	m.clearFailure(n.ID)
+	m.log.Info("network realised on the engine", "id", n.ID, "name", n.Name, "engine_network", id)
+	return id, nil
+}
+
+// Realise returns the ID of the engine network that realises the network
+// ref names, creating it if need be.
+func (m *Manager) Realise(ctx context.Context, ref string) (string, error) {
+	if m.eng == nil {
+		return "", errdefs.Unavailable("networks: no Docker Engine to realise networks on")
+	}
+	n, err := m.resolve(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	return m.realise(ctx, n)
+}
+
+// unrealise removes the engine networks of hush network id, best effort.
+func (m *Manager) unrealise(ctx context.Context, id string) bool {
+	have, err := m.eng.ListNetworks(ctx, m.realisedLabels(id))
+	if err != nil {
+		return false
+	}
+	done := true
+	for _, en := range have {
+		if err := m.eng.RemoveNetwork(ctx, en.ID); err != nil {
+			done = false
+			if !errors.Is(err, ErrEngineInUse) {
+				m.log.Warn("removing engine network", "id", id, "engine_network", en.ID, "err", err)
+			}
+			continue
+		}
+		m.log.Info("engine network removed", "id", id, "engine_network", en.ID)
+	}
+	return done
+}
+
+func (m *Manager) noteFailure(id string, err error) {
+	m.failedMu.Lock()
+	defer m.failedMu.Unlock()
+	if m.failed[id] != err.Error() {
+		m.failed[id] = err.Error()
+		m.log.Warn("cannot realise network on the engine", "id", id, "err", err)
+	}
+}
+
+func (m *Manager) clearFailure(id string) {
+	m.failedMu.Lock()
+	delete(m.failed, id)
+	m.failedMu.Unlock()
+}
+
+// Reconcile makes the engine match the store once: every network is
+// realised and every engine network of this node whose hush network is gone
+// is removed. It reports whether work is left (a removal that must wait for
+// containers to go, a realisation that failed).
+func (m *Manager) Reconcile(ctx context.Context) (pending bool, err error) {
+	if m.eng == nil {
+		return false, nil
+	}
+	// The engine first, the store second: an engine network listed here
+	// was created after its hush network was stored, so that network is in
+	// the read below unless it has really been removed.
+	have, err := m.eng.ListNetworks(ctx, map[string]string{LabelNodeID: m.nodeID})
+	if err != nil {
+		return true, err
+	}
+	all, err := m.all(ctx)
+	if err != nil {
+		return true, err
+	}
+	want := make(map[string]*network.Network, len(all))
+	for _, n := range all {
+		want[n.ID] = n
+	}
+	realised := map[string]bool{}
+	for _, en := range have {
+		hid := en.Labels[LabelNetworkID]
+		if hid == "" || en.Labels[LabelNodeID] != m.nodeID {
+			continue
+		}
+		if _, ok := want[hid]; ok {
+			realised[hid] = true
+			continue
+		}
+		if err := m.eng.RemoveNetwork(ctx, en.ID); err != nil {
+			pending = true
+			if !errors.Is(err, ErrEngineInUse) {
+				m.log.Warn("removing engine network of a removed network", "id", hid, "engine_network", en.ID, "err", err)
+			}
+			continue
+		}
+		m.log.Info("engine network removed", "id", hid, "engine_network", en.ID)
+	}
+	for _, n := range all {
+		if realised[n.ID] {
+			continue
+		}
+		if _, err := m.realise(ctx, n); err != nil {
+			pending = true
+		}
+	}
+	return pending, nil
+}
+
+// Run reconciles when networks change, every 2 s while work is pending
+// (engine networks whose containers are still stopping) and every 30 s in
+// any case (an engine network removed behind hush's back comes back).
+func (m *Manager) Run(ctx context.Context) {
+	if m.eng == nil {
+		return
+	}
+	const (
+		retry  = 2 * time.Second
+		resync = 30 * time.Second
+	)
+	var last string
+	pending := true
+	lastFull := time.Time{}
+	tick := time.NewTicker(retry)
+	defer tick.Stop()
+	for {
+		changed := m.mirror.Changed()
+		ids, err := m.idSet(ctx)
+		if err == nil && (pending || ids != last || time.Since(lastFull) >= resync) {
+			var rerr error
+			pending, rerr = m.Reconcile(ctx)
+			if rerr != nil && ctx.Err() == nil {
+				m.log.Debug("network reconcile", "err", rerr)
+			}
+			last, lastFull = ids, time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+// idSet fingerprints the set of networks, so that store changes that are
+// not about networks (task status writes) cost no engine call.
+func (m *Manager) idSet(ctx context.Context) (string, error) {
+	all, err := m.all(ctx)
+	if err != nil {
+		return "", err
+	}
+	ids := make([]string, 0, len(all))
+	for _, n := range all {
+		ids = append(ids, n.ID)
+	}
+	sort.Strings(ids)
+	return strings.Join(ids, ","), nil
+}
