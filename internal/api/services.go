@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/swarm"
@@ -253,24 +254,23 @@ func hostname() string {
 	return h
 }
 
-// node builds this node's object. hush runs one node per manager for now,
-// so the node is derived from the daemon's identity, not stored.
-func (s *Server) node(ctx context.Context) swarm.Node {
-	n := swarm.Node{ID: s.Node.ID}
-	if c, err := s.Cluster.Cluster(ctx); err == nil {
-		n.CreatedAt, n.UpdatedAt = c.CreatedAt, c.CreatedAt
-		n.Version.Index = c.Version
+// node builds this node's object: the stored spec (labels, availability)
+// and a live description.
+func (s *Server) node(ctx context.Context) (swarm.Node, error) {
+	stored, err := nodes.Get(ctx, s.Services.Store(), s.Node.ID)
+	if err != nil {
+		return swarm.Node{}, err
 	}
-	n.Spec.Labels = map[string]string{}
-	n.Spec.Role = swarm.NodeRoleManager
-	n.Spec.Availability = swarm.NodeAvailabilityActive
+	n := swarm.Node{ID: s.Node.ID, Spec: stored.Spec}
+	n.Version.Index = stored.Version
+	n.CreatedAt, n.UpdatedAt = stored.CreatedAt, stored.UpdatedAt
 	n.Description.Hostname = hostname()
 	n.Description.Platform = swarm.Platform{Architecture: runtime.GOARCH, OS: runtime.GOOS}
 	n.Description.Resources.NanoCPUs = int64(runtime.NumCPU()) * 1e9
 	n.Description.Engine.EngineVersion = s.Version
 	n.Status = swarm.NodeStatus{State: swarm.NodeStateReady, Addr: s.Node.Addr}
 	n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: s.Node.Addr + ":2377"}
-	return n
+	return n, nil
 }
 
 func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
@@ -278,7 +278,12 @@ func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, []swarm.Node{s.node(r.Context())})
+	n, err := s.node(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, []swarm.Node{n})
 }
 
 func (s *Server) matchNode(ref string) bool {
@@ -290,7 +295,12 @@ func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.node(r.Context()))
+	n, err := s.node(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, n)
 }
 
 func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
@@ -298,7 +308,21 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
-	s.writeError(w, r, errdefs.InvalidArgument("node updates are not supported by hush yet: the single node is always an active manager"))
+	version, err := strconv.ParseUint(r.URL.Query().Get("version"), 10, 64)
+	if err != nil {
+		s.writeError(w, r, errdefs.BadRequest("invalid node version"))
+		return
+	}
+	var spec swarm.NodeSpec
+	if err := decodeBody(r, &spec); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := nodes.Update(r.Context(), s.Services.Store(), s.Node.ID, version, spec); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 }
 
 func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {

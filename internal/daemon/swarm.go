@@ -14,6 +14,7 @@ import (
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/dispatcher"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/orchestrator"
 	"github.com/moby/moby/api/types/swarm"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -108,6 +109,9 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	kr, err := keyring.New(mk)
 	if err != nil {
 		return fmt.Errorf("keyring: %w", err)
+	}
+	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
+		return fmt.Errorf("node object: %w", err)
 	}
 	d.keys.Set(kr)
 	d.mk = mk

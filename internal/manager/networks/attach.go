@@ -11,8 +11,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// LocalNetworks tells whether a name or ID is one of the engine's own
-// (local) networks, for Swarm's "cannot be used with services" text.
+// LocalNetworks is implemented by Engines that can tell whether a name or ID
+// is one of the engine's own (local) networks, for Swarm's "cannot be used
+// with services" text.
 type LocalNetworks interface {
 	IsLocalNetwork(ctx context.Context, ref string) bool
 }
@@ -22,9 +23,10 @@ type LocalNetworks interface {
 // ID, so that a spec naming its networks and one giving their IDs are the
 // same spec (a re-deployed stack restarts nothing). It returns guards that
 // make the service write fail if one of the networks is removed meanwhile.
-// local may be nil; with it, a target that names an engine network gets
-// Swarm's "cannot be used with services" answer instead of "not found".
-func (m *Manager) ResolveAttachments(ctx context.Context, spec *swarm.ServiceSpec, local LocalNetworks) ([]clientv3.Cmp, error) {
+// A target that names one of the engine's own networks gets Swarm's "cannot
+// be used with services" answer, any other unknown one "not found".
+func (m *Manager) ResolveAttachments(ctx context.Context, spec *swarm.ServiceSpec) ([]clientv3.Cmp, error) {
+	local, _ := m.eng.(LocalNetworks)
 	nets := spec.TaskTemplate.Networks
 	var guards []clientv3.Cmp
 	seen := map[string]bool{}

@@ -102,3 +102,13 @@ func (e *EngineClient) InspectNetwork(ctx context.Context, id string) (network.I
 	}
 	return res.Network, nil
 }
+
+// IsLocalNetwork reports whether ref names one of the engine's own local
+// networks (not one realising a hush network).
+func (e *EngineClient) IsLocalNetwork(ctx context.Context, ref string) bool {
+	res, err := e.cli.NetworkInspect(ctx, ref, client.NetworkInspectOptions{})
+	if err != nil {
+		return false
+	}
+	return res.Network.Scope != ScopeSwarm && res.Network.Labels[LabelNetworkID] == ""
+}

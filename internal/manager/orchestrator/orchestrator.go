@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
@@ -32,6 +33,9 @@ type Orchestrator struct {
 	nodeID string
 	log    *slog.Logger
 	now    func() time.Time
+	// availability of the (single) node: drain stops its tasks, pause and
+	// drain place no new ones.
+	availability swarm.NodeAvailability
 	// lastBatch is when the last update batch of a service finished; the
 	// update delay counts from it. Lost on restart, which only shortens
 	// one delay.
@@ -75,6 +79,10 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	node, err := nodes.Get(ctx, o.svcs.Store(), o.nodeID)
+	if err == nil {
+		o.availability = node.Spec.Availability
+	}
 	byService := map[string][]*model.Task{}
 	for _, t := range tasks {
 		byService[t.ServiceID] = append(byService[t.ServiceID], t)
@@ -87,8 +95,13 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("service %s: %w", s.ID, err))
 		}
 	}
-	// Tasks of removed services are handed to the agent for removal.
+	// Tasks of removed services are handed to the agent for removal; a
+	// drained node stops all of its tasks.
 	for _, t := range tasks {
+		if o.availability == swarm.NodeAvailabilityDrain && t.DesiredState == swarm.TaskStateRunning {
+			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+			continue
+		}
 		if !live[t.ServiceID] && t.DesiredState != swarm.TaskStateRemove {
 			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateRemove))
 		}
@@ -386,6 +399,9 @@ func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) e
 }
 
 func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *slot) error {
+	if o.availability == swarm.NodeAvailabilityDrain || o.availability == swarm.NodeAvailabilityPause {
+		return nil
+	}
 	id, err := identity.NewID()
 	if err != nil {
 		return err

@@ -237,6 +237,10 @@ func endpointSpec(s *swarm.ServiceSpec) swarm.EndpointSpec {
 	return swarm.EndpointSpec{}
 }
 
+// Store is the store the manager writes to (for the node objects, which
+// share the services API's routes).
+func (m *Manager) Store() *store.Store { return m.st }
+
 // Get resolves ref (ID, name, or unique ID prefix) to a service.
 func (m *Manager) Get(ctx context.Context, ref string) (*model.Service, error) {
 	o, err := m.svcs.Resolve(ctx, "service", ref)
