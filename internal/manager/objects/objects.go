@@ -229,6 +229,20 @@ func (m *Manager) resolve(ctx context.Context, ref string) (record, int64, error
 
 // Get returns the object that ref names.
 func (m *Manager) Get(ctx context.Context, ref string) (Object, error) {
+	// A full ID is served from the mirror, already decoded; names and
+	// prefixes go through the store's index.
+	if m.mirror != nil && identity.Valid(ref) {
+		var o Object
+		found := false
+		err := m.mirror.Read(ctx, m.kind.Table, func(items map[string]store.Entry) {
+			if e, ok := items[ref]; ok {
+				o, found = e.Value.(Object), true
+			}
+		})
+		if err == nil && found {
+			return o, nil
+		}
+	}
 	r, rev, err := m.resolve(ctx, ref)
 	if err != nil {
 		return Object{}, err
