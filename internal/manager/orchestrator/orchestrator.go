@@ -233,13 +233,35 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		}
 	}
 	errs = append(errs, o.rollout(ctx, svc, uc, outdated, inflight))
-	if !updating && inflight == 0 {
+	// Like Swarm, an update is complete only once the last new task has run
+	// for the monitor period; clients (the docker CLI) wait for both.
+	if !updating && inflight == 0 && o.now().Sub(lastStart(slots)) >= monitorOf(uc) {
 		errs = append(errs, o.finishUpdate(ctx, svc))
 	}
 	for _, s := range slots {
 		errs = append(errs, o.prune(ctx, svc, s))
 	}
 	return errors.Join(errs...)
+}
+
+// lastStart is when the most recently started task meant to run began.
+func lastStart(slots map[string]*slot) time.Time {
+	var last time.Time
+	for _, s := range slots {
+		for _, t := range s.desired() {
+			if t.Status.State == swarm.TaskStateRunning && t.Status.Timestamp.After(last) {
+				last = t.Status.Timestamp
+			}
+		}
+	}
+	return last
+}
+
+func monitorOf(uc swarm.UpdateConfig) time.Duration {
+	if uc.Monitor == 0 {
+		return 5 * time.Second
+	}
+	return uc.Monitor
 }
 
 func updateConfig(svc *model.Service) swarm.UpdateConfig {

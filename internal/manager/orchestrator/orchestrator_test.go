@@ -169,7 +169,7 @@ func TestRollingUpdateStopFirst(t *testing.T) {
 	if len(ts) != 2 {
 		t.Fatalf("stop-first must not start the new task before the old is down: %d tasks", len(ts))
 	}
-	for i := 0; i < 6; i++ {
+	for i := 0; i < 12; i++ {
 		f.agent()
 		f.now = f.now.Add(time.Second)
 		f.pass()
