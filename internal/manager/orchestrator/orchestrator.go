@@ -172,13 +172,14 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		}
 	}
 	var errs []error
-	// Scale down: slots no longer wanted are shut down.
+	// Scale down: slots no longer wanted go away with their history, as in
+	// Swarm (the agent stops the containers, then deletes the tasks).
 	for k, s := range slots {
 		if _, ok := want[k]; ok {
 			continue
 		}
-		for _, t := range s.desired() {
-			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+		for _, t := range s.tasks {
+			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateRemove))
 		}
 	}
 	uc := updateConfig(svc)

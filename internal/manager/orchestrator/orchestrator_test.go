@@ -131,6 +131,9 @@ func TestReplicasScaleAndRemove(t *testing.T) {
 	if got := count(ts, swarm.TaskStateRunning, swarm.TaskStateRunning); got != 1 {
 		t.Fatalf("after scale down: %d running-desired tasks", got)
 	}
+	if got := count(ts, swarm.TaskStateRemove, ""); got != 2 {
+		t.Fatalf("after scale down: %d tasks to remove, want 2", got)
+	}
 	if len(ts) != 3 {
 		t.Fatalf("scaling must not create tasks (have %d)", len(ts))
 	}

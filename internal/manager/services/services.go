@@ -287,13 +287,18 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	next.SpecVersion = cur.SpecVersion + 1
 	next.UpdatedAt = m.now()
 	next.Endpoint = swarm.Endpoint{Spec: endpointSpec(&spec)}
+	// As in Swarm, a rollout status describes only a change of the task
+	// template: scaling or relabelling starts no update, and clears the
+	// status of an earlier one.
 	startedAt := next.UpdatedAt
-	state := swarm.UpdateStateUpdating
-	msg := "update in progress"
-	if opt.Rollback {
-		state, msg = swarm.UpdateStateRollbackStarted, "manually requested rollback"
+	switch {
+	case opt.Rollback:
+		next.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateRollbackStarted, StartedAt: &startedAt, Message: "manually requested rollback"}
+	case model.TemplateHash(&spec.TaskTemplate) != model.TemplateHash(&cur.Spec.TaskTemplate):
+		next.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateUpdating, StartedAt: &startedAt, Message: "update in progress"}
+	default:
+		next.UpdateStatus = nil
 	}
-	next.UpdateStatus = &swarm.UpdateStatus{State: state, StartedAt: &startedAt, Message: msg}
 	val, err := json.Marshal(&next)
 	if err != nil {
 		return err

@@ -23,6 +23,13 @@ func validateSpec(s *swarm.ServiceSpec) error {
 	if cs.Image == "" {
 		return errdefs.InvalidArgument("ContainerSpec: image reference must be provided")
 	}
+	// Swarm stores these defaults; clients that compare specs expect them.
+	if cs.Isolation == "" {
+		cs.Isolation = "default"
+	}
+	if s.TaskTemplate.Runtime == "" {
+		s.TaskTemplate.Runtime = swarm.RuntimeContainer
+	}
 	switch {
 	case s.Mode.Replicated != nil && s.Mode.Global != nil:
 		return errdefs.InvalidArgument("service mode: only one of replicated and global may be set")
