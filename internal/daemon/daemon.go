@@ -255,6 +255,11 @@ func (d *Daemon) Close() {
 		if d.engine != nil {
 			_ = d.engine.Close()
 		}
+		if d.fs != nil {
+			// Only succeeds when no task mount is left, which is the point:
+			// mounts of running containers must outlive hushd.
+			_ = os.Remove(d.fs.Root())
+		}
 		if d.store != nil {
 			if err := d.store.Close(); err != nil {
 				d.log.Warn("closing store", "err", err)
