@@ -24,6 +24,12 @@ type TaskLister interface {
 	Snapshot(ctx context.Context) ([]*model.Service, []*model.Task, error)
 }
 
+// NetworkAttacher gives the engine networks and DNS aliases of a task's
+// network attachments (networks.Manager implements it).
+type NetworkAttacher interface {
+	EngineAttachments(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (ids, aliases []string, err error)
+}
+
 // DataSource is the dispatcher as the agent sees it.
 type DataSource interface {
 	TaskData(ctx context.Context, nodeID, taskID string) ([]dispatcher.Payload, error)
@@ -36,6 +42,7 @@ type Agent struct {
 	table  *store.Table
 	mirror *store.Mirror
 	data   DataSource
+	nets   NetworkAttacher
 	eng    *engine.Engine
 	fs     *secretfs.Manager
 	log    *slog.Logger
@@ -53,12 +60,15 @@ type Agent struct {
 
 // Config wires an agent.
 type Config struct {
-	NodeID   string
-	Tasks    TaskLister
-	Store    *store.Store
-	Mirror   *store.Mirror
-	Data     DataSource
-	Engine   *engine.Engine
+	NodeID string
+	Tasks  TaskLister
+	Store  *store.Store
+	Mirror *store.Mirror
+	Data   DataSource
+	Engine *engine.Engine
+	// Networks resolves task network attachments; nil: tasks with
+	// networks are rejected.
+	Networks NetworkAttacher
 	SecretFS *secretfs.Manager
 	Logger   *slog.Logger
 }
@@ -70,7 +80,7 @@ func New(c Config) *Agent {
 	}
 	return &Agent{
 		nodeID: c.NodeID, tasks: c.Tasks, table: c.Store.Table(model.TasksTable), mirror: c.Mirror,
-		data: c.Data, eng: c.Engine, fs: c.SecretFS, log: c.Logger,
+		data: c.Data, nets: c.Networks, eng: c.Engine, fs: c.SecretFS, log: c.Logger,
 		now: func() time.Time { return time.Now().UTC() }, busy: map[string]bool{}, started: map[string]bool{},
 	}
 }
@@ -322,12 +332,24 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
 		return
 	}
+	spec := a.containerSpec(t, binds)
+	if len(t.Spec.Networks) > 0 {
+		if a.nets == nil {
+			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", "networks are not available on this node", nil)
+			return
+		}
+		spec.Networks, spec.NetworkAliases, err = a.nets.EngineAttachments(ctx, t.Spec.Networks, t.ServiceName)
+		if err != nil {
+			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
+			return
+		}
+	}
 	t, err = a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStateStarting, Message: "starting"})
 	if err != nil {
 		log.Warn("task status", "err", err)
 		return
 	}
-	id, err := a.eng.Create(ctx, a.containerSpec(t, binds))
+	id, err := a.eng.Create(ctx, spec)
 	if err == nil {
 		err = a.eng.Start(ctx, id)
 	}

@@ -62,6 +62,10 @@ func (h *networkHandlers) create(w http.ResponseWriter, r *http.Request) {
 		h.s.writeError(w, r, err)
 		return
 	}
+	if err := networks.Validate(&req.CreateRequest); err != nil {
+		h.s.writeError(w, r, err)
+		return
+	}
 	if req.CheckDuplicate == nil || *req.CheckDuplicate {
 		if h.engineHasName(r, req.Name) {
 			h.s.writeError(w, r, &errdefs.Error{Category: errdefs.ErrAlreadyExists, Msg: "network with name " + req.Name + " already exists"})
@@ -242,9 +246,17 @@ func (h *networkHandlers) find(w http.ResponseWriter, r *http.Request, ref, meth
 				Labels map[string]string
 			}
 			_ = json.Unmarshal(probe.body.Bytes(), &en)
-			if id := en.Labels[networks.LabelNetworkID]; id != "" && method != http.MethodGet {
-				return nil, &errdefs.Error{Category: errdefs.ErrForbidden,
-					Msg: "network " + ref + " realises hush network " + id + " on the engine; use that network instead"}
+			// An engine network realising a hush network (as a task
+			// container's inspect names it) stands for that network, but
+			// is hush's alone to remove.
+			if id := en.Labels[networks.LabelNetworkID]; id != "" {
+				if method == http.MethodDelete {
+					return nil, &errdefs.Error{Category: errdefs.ErrForbidden,
+						Msg: "network " + ref + " realises hush network " + id + " on the engine; remove that network instead"}
+				}
+				if n, err := h.m.Resolve(r.Context(), id); err == nil {
+					return n, nil
+				}
 			}
 		case probe.code != http.StatusNotFound && probe.code != 0:
 			if _, err := h.m.Resolve(r.Context(), ref); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
 )
@@ -40,6 +41,9 @@ type Config struct {
 	Swarm SwarmController
 	// Services serves services, tasks and nodes; nil leaves them unrouted.
 	Services *services.Manager
+	// Networks serves swarm-scoped networks (local ones pass through to
+	// the engine); nil leaves every network call to the fallback.
+	Networks *networks.Manager
 	// Images answers whether the engine has an image (nil: unknown).
 	Images ImageChecker
 	// Logs streams container logs for service and task logs (nil: 503).
@@ -94,6 +98,9 @@ func (s *Server) routes() {
 	}
 	if s.Services != nil {
 		s.serviceRoutes()
+	}
+	if s.Networks != nil {
+		s.networkRoutes(s.Networks)
 	}
 	if s.Swarm != nil {
 		s.swarmRoutes()

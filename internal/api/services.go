@@ -209,8 +209,12 @@ func (s *Server) taskList(w http.ResponseWriter, r *http.Request) {
 	// The service filter takes IDs or names, as dockerd resolves them.
 	svcIDs := map[string]bool{}
 	hashes := map[string]string{}
+	// As Swarm: a task's label filter matches its service's labels
+	// (`docker stack ps` lists tasks by the stack namespace label).
+	svcLabels := map[string]map[string]string{}
 	for _, svc := range svcs {
 		hashes[svc.ID] = model.TemplateHash(&svc.Spec.TaskTemplate)
+		svcLabels[svc.ID] = svc.Spec.Labels
 		for _, want := range args.values("service") {
 			if svc.ID == want || strings.EqualFold(svc.Spec.Name, want) || strings.HasPrefix(svc.ID, want) {
 				svcIDs[svc.ID] = true
@@ -231,7 +235,7 @@ func (s *Server) taskList(w http.ResponseWriter, r *http.Request) {
 			!matchAny(t.Name(), args.values("name"), hasPrefixFold) ||
 			!matchAny(t.NodeID, args.values("node"), func(v, w string) bool { return v == w || w == s.Node.ID || w == hostname() || w == "self" }) ||
 			!matchAny(string(t.DesiredState), args.values("desired-state"), func(v, w string) bool { return v == w || w == "accepted" && v == "running" }) ||
-			!services.MatchLabels(t.Labels, args.values("label")) {
+			!services.MatchLabels(svcLabels[t.ServiceID], args.values("label")) {
 			continue
 		}
 		out = append(out, t.Task)

@@ -48,7 +48,9 @@ func lifecycleExempt(path string) bool {
 		"/swarm/update", "/swarm/unlockkey", "/swarm/unlock":
 		return true
 	}
-	return false
+	// Local networks work in any state; the network handlers check the
+	// state themselves for swarm-scoped ones.
+	return path == "/networks" || strings.HasPrefix(path, "/networks/")
 }
 
 func (s *Server) swarmInspect(w http.ResponseWriter, r *http.Request) {

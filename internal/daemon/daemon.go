@@ -20,6 +20,7 @@ import (
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/proxy"
@@ -71,6 +72,9 @@ type Daemon struct {
 	secrets *objects.Manager
 	configs *objects.Manager
 	svcs    *services.Manager
+	nets    *networks.Manager
+	// netEngine realises swarm networks on the engine (nil without one).
+	netEngine *networks.EngineClient
 
 	// keys holds the keyring while the cluster is active; it is empty when
 	// locked or not initialised.
@@ -138,10 +142,20 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
 	d.svcs = services.New(d.store, d.mirror, d.log)
+	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log}
+	if cfg.EngineSocket != "" {
+		if d.netEngine, err = networks.NewEngineClient(cfg.EngineSocket); err != nil {
+			return nil, err
+		}
+		ncfg.Engine = d.netEngine
+	}
+	d.nets = networks.New(ncfg)
+	d.svcs.UseNetworks(d.nets)
 	acfg := api.Config{
 		Secrets:    d.secrets,
 		Configs:    d.configs,
 		Services:   d.svcs,
+		Networks:   d.nets,
 		Cluster:    clusterSource{d.store},
 		Swarm:      d,
 		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
@@ -155,6 +169,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.mirror.WaitReady(ctx); err != nil {
 		return nil, fmt.Errorf("store mirror: %w", err)
 	}
+	// Realises networks, and removes the engine networks of removed ones
+	// (also after a leave erased them all).
+	d.runBG(d.nets.Run, bg)
 	if cfg.EngineSocket != "" {
 		if err := d.connectEngine(ctx, &acfg); err != nil {
 			return nil, err
@@ -254,6 +271,9 @@ func (d *Daemon) Close() {
 		}
 		if d.engine != nil {
 			_ = d.engine.Close()
+		}
+		if d.netEngine != nil {
+			_ = d.netEngine.Close()
 		}
 		if d.fs != nil {
 			// Only succeeds when no task mount is left, which is the point:

@@ -10,6 +10,7 @@ package dispatcher
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -97,7 +98,14 @@ func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Pay
 		if err != nil {
 			return fail(err)
 		}
-		out = append(out, Payload{Kind: "config", ID: r.ConfigID, Name: r.ConfigName, Target: r.File.Name, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b})
+		// Swarm mounts a relative config target under "/" (secrets go
+		// under /run/secrets); the CLI sends the short syntax's target
+		// relative ("app_conf" → /app_conf).
+		target := r.File.Name
+		if !strings.HasPrefix(target, "/") {
+			target = "/" + target
+		}
+		out = append(out, Payload{Kind: "config", ID: r.ConfigID, Name: r.ConfigName, Target: target, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b})
 	}
 	d.log.Info("task data released", "task", taskID, "node", nodeID, "files", len(out))
 	return out, nil

@@ -105,9 +105,9 @@ func nonControl(cat error, format string, args ...any) error {
 	return &errdefs.Error{Category: cat, Msg: fmt.Sprintf(format, args...)}
 }
 
-// validate applies dockerd's and swarmkit's checks, in their order and with
-// their texts.
-func validate(req *network.CreateRequest) error {
+// Validate applies dockerd's and swarmkit's checks to a create request, in
+// their order and with their texts (Create applies them too).
+func Validate(req *network.CreateRequest) error {
 	switch req.Name {
 	case "":
 		return errdefs.BadRequest("invalid name: ")
@@ -147,7 +147,7 @@ func validate(req *network.CreateRequest) error {
 // overlaps one of its own) undoes the create and the error is returned; an
 // engine that does not answer leaves it to be realised later.
 func (m *Manager) Create(ctx context.Context, req network.CreateRequest) (string, error) {
-	if err := validate(&req); err != nil {
+	if err := Validate(&req); err != nil {
 		return "", err
 	}
 	id, err := m.newID()
@@ -313,6 +313,17 @@ func (m *Manager) Inspect(ctx context.Context, ref string) (network.Inspect, err
 	}
 	if len(out.IPAM.Config) == 0 {
 		out.IPAM.Config = ei.IPAM.Config
+	} else {
+		// Gateways the engine picked for the given subnets, as Swarm shows
+		// the ones it allocated.
+		for i := range out.IPAM.Config {
+			c := &out.IPAM.Config[i]
+			for _, ec := range ei.IPAM.Config {
+				if !c.Gateway.IsValid() && ec.Subnet == c.Subnet {
+					c.Gateway = ec.Gateway
+				}
+			}
+		}
 	}
 	return out, nil
 }
@@ -379,7 +390,8 @@ func (m *Manager) all(ctx context.Context) ([]*network.Network, error) {
 
 // referenced returns the IDs of networks some service spec references.
 func (m *Manager) referenced(ctx context.Context) (map[string]bool, error) {
-	p := store.RefPrefix(Table, "")
+	// RefPrefix(kind, id) ends in "<id>/": with no ID, drop one slash.
+	p := strings.TrimSuffix(store.RefPrefix(Table, ""), "/")
 	resp, err := m.st.Client().Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, fmt.Errorf("network references: %w: %w", errdefs.ErrUnavailable, err)

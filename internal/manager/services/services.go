@@ -12,6 +12,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
@@ -26,8 +27,10 @@ type Manager struct {
 	secrets *store.Table
 	configs *store.Table
 	mirror  *store.Mirror
-	log     *slog.Logger
-	now     func() time.Time
+	// nets resolves and guards network attachments; nil refuses them.
+	nets *networks.Manager
+	log  *slog.Logger
+	now  func() time.Time
 }
 
 // New returns a services manager. mir must be running (or about to run)
@@ -44,6 +47,21 @@ func New(st *store.Store, mir *store.Mirror, log *slog.Logger) *Manager {
 	mir.Register(model.ServicesTable, func(o store.Object) (any, error) { return decodeService(o) })
 	mir.Register(model.TasksTable, func(o store.Object) (any, error) { return decodeTask(o) })
 	return m
+}
+
+// UseNetworks lets service specs attach to the networks n manages.
+func (m *Manager) UseNetworks(n *networks.Manager) { m.nets = n }
+
+// netRefs resolves the spec's network attachments to network IDs in place
+// and returns the guards that fail the write if one of them is removed.
+func (m *Manager) netRefs(ctx context.Context, s *swarm.ServiceSpec) ([]clientv3.Cmp, error) {
+	if len(s.TaskTemplate.Networks) == 0 {
+		return nil, nil
+	}
+	if m.nets == nil {
+		return nil, errdefs.InvalidArgument("networks are not supported by this hushd")
+	}
+	return m.nets.ResolveAttachments(ctx, s)
 }
 
 func decodeService(o store.Object) (*model.Service, error) {
@@ -203,6 +221,11 @@ func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, e
 	if err != nil {
 		return "", err
 	}
+	netGuards, err := m.netRefs(ctx, &spec)
+	if err != nil {
+		return "", err
+	}
+	guards = append(guards, netGuards...)
 	id, err := identity.NewID()
 	if err != nil {
 		return "", err
@@ -217,12 +240,13 @@ func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, e
 	if err != nil {
 		return "", err
 	}
-	_, err = m.svcs.CreateGuarded(ctx, id, spec.Name, val, guards, refOps(id, spec.Name, &spec)...)
+	ops := append(refOps(id, spec.Name, &spec), networks.RefOps(id, &spec)...)
+	_, err = m.svcs.CreateGuarded(ctx, id, spec.Name, val, guards, ops...)
 	switch {
 	case errors.Is(err, store.ErrNameTaken):
 		return "", errdefs.AlreadyExists("name conflicts with an existing object: service %s already exists", spec.Name)
 	case errors.Is(err, store.ErrGuard):
-		return "", errdefs.InvalidArgument("a referenced secret or config was removed while the service was being created; try again")
+		return "", errdefs.InvalidArgument("a referenced secret, config or network was removed while the service was being created; try again")
 	case err != nil:
 		return "", err
 	}
@@ -280,6 +304,11 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	if err != nil {
 		return err
 	}
+	netGuards, err := m.netRefs(ctx, &spec)
+	if err != nil {
+		return err
+	}
+	guards = append(guards, netGuards...)
 	prev := cur.Spec
 	next.PreviousSpec = &prev
 	next.PreviousSpecVersion = cur.SpecVersion
@@ -303,7 +332,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	if err != nil {
 		return err
 	}
-	ops := refDiffOps(cur.ID, spec.Name, &cur.Spec, &spec)
+	ops := append(refDiffOps(cur.ID, spec.Name, &cur.Spec, &spec), networks.RefDiffOps(cur.ID, &cur.Spec, &spec)...)
 	_, err = m.svcs.UpdateGuarded(ctx, cur.ID, int64(opt.Version), val, guards, ops...)
 	switch {
 	case errors.Is(err, store.ErrGuard) || errors.Is(err, store.ErrStale):
@@ -312,7 +341,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 		if latest, gerr := m.svcs.Get(ctx, cur.ID); gerr == nil && uint64(latest.ModRev) != opt.Version {
 			return errdefs.Unknown("update out of sequence")
 		}
-		return errdefs.InvalidArgument("a referenced secret or config was removed during the update; try again")
+		return errdefs.InvalidArgument("a referenced secret, config or network was removed during the update; try again")
 	case errors.Is(err, store.ErrNotFound):
 		return errdefs.NotFound("service %s not found", ref)
 	case err != nil:
@@ -341,7 +370,8 @@ func (m *Manager) Remove(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	err = m.svcs.Delete(ctx, cur.ID, cur.Spec.Name, 0, nil, dropRefOps(cur.ID, &cur.Spec)...)
+	ops := append(dropRefOps(cur.ID, &cur.Spec), networks.DropRefOps(cur.ID, &cur.Spec)...)
+	err = m.svcs.Delete(ctx, cur.ID, cur.Spec.Name, 0, nil, ops...)
 	if errors.Is(err, store.ErrNotFound) {
 		return errdefs.NotFound("service %s not found", ref)
 	}
