@@ -194,6 +194,19 @@ secrets:
 		t.Fatalf("network rm in use: exit %d %s", code, errOut)
 	}
 
+	// Re-deploying with a changed secret file fails with Swarm's text and
+	// changes nothing (versioned rotation is a later issue).
+	if err := os.WriteFile(filepath.Join(dir, "db_password.txt"), []byte("another-password"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = h.Docker("stack", "deploy", "-c", filepath.Join(dir, "docker-compose.yml"), "app")
+	if code == 0 || !strings.Contains(errOut, "rpc error: code = InvalidArgument desc = only updates to Labels are allowed") {
+		t.Fatalf("re-deploy with a changed secret: exit %d %s", code, errOut)
+	}
+	if got := h.MustDocker("exec", cs[0], "cat", "/run/secrets/db_password"); got != "mysecretpassword" {
+		t.Fatalf("secret after the refused re-deploy: %q", got)
+	}
+
 	stackRemove(t, h, "app")
 	if out := h.MustDocker("stack", "ls"); strings.Contains(out, "app") {
 		t.Fatalf("stack ls after rm:\n%s", out)
