@@ -59,7 +59,10 @@ func (h objectHandlers) toWire(o *objects.Object) any {
 	meta := swarm.Meta{Version: swarm.Version{Index: o.Version}, CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt}
 	ann := swarm.Annotations{Name: o.Name, Labels: o.Labels}
 	if h.m.Kind() == objects.Config {
-		return swarm.Config{ID: o.ID, Meta: meta, Spec: swarm.ConfigSpec{Annotations: ann, Templating: toWireDriver(o.Templating)}}
+		// Configs are not secret: Swarm returns their data, and clients
+		// (`docker config inspect`) read it back. Stored sealed all the same.
+		data, _ := h.m.Reveal(o)
+		return swarm.Config{ID: o.ID, Meta: meta, Spec: swarm.ConfigSpec{Annotations: ann, Data: data, Templating: toWireDriver(o.Templating)}}
 	}
 	return swarm.Secret{ID: o.ID, Meta: meta, Spec: swarm.SecretSpec{Annotations: ann, Driver: toWireDriver(o.Driver), Templating: toWireDriver(o.Templating)}}
 }

@@ -27,12 +27,15 @@ type Kind struct {
 	Table string
 	// MaxSize is the exclusive upper bound of the data size.
 	MaxSize int
+	// Readable kinds return their data to API clients (configs, as in
+	// Swarm); secret data never leaves except to the dispatcher.
+	Readable bool
 }
 
 // Swarm's limits: secrets < 500 KiB, configs < 1000 KiB.
 var (
 	Secret = Kind{Name: "secret", Table: "secrets", MaxSize: 500 * 1024}
-	Config = Kind{Name: "config", Table: "configs", MaxSize: 1000 * 1024}
+	Config = Kind{Name: "config", Table: "configs", MaxSize: 1000 * 1024, Readable: true}
 )
 
 // Driver mirrors the wire Driver (name and options).
@@ -60,6 +63,10 @@ type Object struct {
 	Labels     map[string]string
 	Driver     *Driver
 	Templating *Driver
+
+	// sealed lets Reveal open a readable kind's data without a store read.
+	sealed      keyring.Sealed
+	dataVersion int
 }
 
 // record is the stored form. The data is only ever present sealed.
@@ -204,6 +211,7 @@ func toObject(r *record, modRev int64) Object {
 	return Object{
 		ID: r.ID, Version: uint64(modRev), CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
 		Name: r.Name, Labels: labels, Driver: r.Driver, Templating: r.Templating,
+		sealed: r.Sealed, dataVersion: r.DataVersion,
 	}
 }
 
@@ -435,6 +443,19 @@ func (m *Manager) open(r *record) ([]byte, error) {
 	if err != nil {
 		// The message names the object, never its content.
 		return nil, fmt.Errorf("open %s %s: %w: %w", m.kind.Name, r.ID, errdefs.ErrInternal, err)
+	}
+	return b, nil
+}
+
+// Reveal returns the data of an object of a readable kind (configs) for an
+// API response; for secrets it refuses, whatever the caller.
+func (m *Manager) Reveal(o *Object) ([]byte, error) {
+	if !m.kind.Readable {
+		return nil, fmt.Errorf("%s data is never returned: %w", m.kind.Name, errdefs.ErrForbidden)
+	}
+	b, err := m.seal.Open(o.sealed, m.aad(o.ID, o.dataVersion))
+	if err != nil {
+		return nil, fmt.Errorf("open %s %s: %w: %w", m.kind.Name, o.ID, errdefs.ErrInternal, err)
 	}
 	return b, nil
 }

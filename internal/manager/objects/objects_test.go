@@ -353,3 +353,19 @@ func TestMirroredGetReadsYourWrites(t *testing.T) {
 		t.Fatalf("read after remove: %v", err)
 	}
 }
+
+func TestRevealOnlyReadableKinds(t *testing.T) {
+	ctx := context.Background()
+	sm, _ := newManager(t, Secret)
+	id, _ := sm.Create(ctx, Spec{Name: "s", Data: []byte("secret")})
+	o, _ := sm.Get(ctx, id)
+	if b, err := sm.Reveal(&o); err == nil || b != nil || !errdefs.Is(err, errdefs.ErrForbidden) {
+		t.Fatalf("secret revealed: %v", err)
+	}
+	cm, _ := newManager(t, Config)
+	id, _ = cm.Create(ctx, Spec{Name: "c", Data: []byte("conf")})
+	o, _ = cm.Get(ctx, id)
+	if b, err := cm.Reveal(&o); err != nil || string(b) != "conf" {
+		t.Fatalf("config reveal: %q %v", b, err)
+	}
+}
