@@ -85,7 +85,7 @@ func New(c Config) *Agent {
 	}
 }
 
-// Run reconciles on store changes, container exits, and every second.
+// Run reconciles on task changes, container exits, and every second.
 func (a *Agent) Run(ctx context.Context) {
 	defer a.wg.Wait()
 	exits := make(chan struct{}, 1)
@@ -93,7 +93,7 @@ func (a *Agent) Run(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		changed := a.mirror.Changed()
+		changed := a.mirror.TableChanged(model.TasksTable)
 		if err := a.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("agent pass failed", "err", err)
 		}

@@ -41,6 +41,9 @@ type Mirror struct {
 	// stale is set while the watch is being re-established; reads then go
 	// to etcd through the caller's fallback.
 	stale bool
+	// tableChanged holds, per table (mirrored or not), a channel closed at
+	// the next write to it, so loops wake only for what they watch.
+	tableChanged map[string][]*waiter
 }
 
 type mirrorTable struct {
@@ -50,7 +53,7 @@ type mirrorTable struct {
 
 // NewMirror returns a mirror over st; Register tables, then Run it.
 func NewMirror(st *Store) *Mirror {
-	return &Mirror{st: st, tables: map[string]*mirrorTable{}, advanced: make(chan struct{}), stale: true}
+	return &Mirror{st: st, tables: map[string]*mirrorTable{}, advanced: make(chan struct{}), stale: true, tableChanged: map[string][]*waiter{}}
 }
 
 // Register mirrors the table kind, decoding values with dec.
@@ -98,6 +101,7 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 	for _, t := range m.tables {
 		t.items = map[string]Entry{}
 	}
+	m.wakeLocked("")
 	for _, kv := range resp.Kvs {
 		m.applyLocked(string(kv.Key), kv.Value, kv.ModRevision, false)
 	}
@@ -136,6 +140,7 @@ func (m *Mirror) applyLocked(key string, val []byte, modRev int64, deleted bool)
 	if !ok {
 		return
 	}
+	m.wakeLocked(kind)
 	t := m.tables[kind]
 	if t == nil {
 		return
@@ -214,6 +219,47 @@ func (m *Mirror) WaitReady(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// TableChanged returns a channel closed at the next write to any of kinds
+// (after a resynchronisation too, since writes may have been missed).
+func (m *Mirror) TableChanged(kinds ...string) <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w := &waiter{ch: make(chan struct{})}
+	for _, k := range kinds {
+		// Drop waiters already woken through another table, so a table
+		// that is never written does not collect them.
+		live := m.tableChanged[k][:0]
+		for _, o := range m.tableChanged[k] {
+			if !o.fired {
+				live = append(live, o)
+			}
+		}
+		m.tableChanged[k] = append(live, w)
+	}
+	return w.ch
+}
+
+type waiter struct {
+	ch    chan struct{}
+	fired bool
+}
+
+// wakeLocked fires the waiters of kind ("" fires all).
+func (m *Mirror) wakeLocked(kind string) {
+	for k, ws := range m.tableChanged {
+		if kind != "" && k != kind {
+			continue
+		}
+		for _, w := range ws {
+			if !w.fired {
+				w.fired = true
+				close(w.ch)
+			}
+		}
+		delete(m.tableChanged, k)
 	}
 }
 

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
@@ -97,5 +98,34 @@ func TestMirrorRecoversFromCompaction(t *testing.T) {
 	}
 	if got := snapshot(t, m, "a"); got["z"] != "after" || len(got) != 6 {
 		t.Fatalf("after compaction: %v", got)
+	}
+}
+
+func TestMirrorTableChanged(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	m := runMirror(t, st, "a")
+	chA := m.TableChanged("a")
+	chAB := m.TableChanged("a", "b")
+	if _, err := st.Table("b").Create(ctx, "x", "x", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-chAB:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a write to b did not wake a waiter on a or b")
+	}
+	select {
+	case <-chA:
+		t.Fatal("a write to b woke a waiter on a")
+	default:
+	}
+	if _, err := st.Table("a").Create(ctx, "y", "y", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-chA:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a write to a did not wake its waiter")
 	}
 }

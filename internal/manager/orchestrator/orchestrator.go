@@ -54,13 +54,14 @@ func New(st *store.Store, mir *store.Mirror, svcs *services.Manager, nodeID stri
 	}
 }
 
-// Run reconciles on every store change, and at least every 500 ms so that
+// Run reconciles on every change to services, tasks or nodes, and at least
+// every 500 ms so that
 // delays (restart, update) elapse without a write to wake it.
 func (o *Orchestrator) Run(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		changed := o.mirror.Changed()
+		changed := o.mirror.TableChanged(model.ServicesTable, model.TasksTable, "nodes")
 		if err := o.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			o.log.Warn("orchestrator pass failed", "err", err)
 		}
