@@ -12,9 +12,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hush-secrets/hush/internal/testutil"
 
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
@@ -37,23 +38,8 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes (slog handlers).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects log output from many goroutines.
+type syncBuffer = testutil.SyncBuffer
 
 func testLogger(w io.Writer) *slog.Logger {
 	if w == nil {
