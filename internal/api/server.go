@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -154,6 +155,16 @@ type statusRecorder struct {
 func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
 	r.ResponseWriter.WriteHeader(code)
+}
+
+// decodeUpdate reads an update call: the `version` query parameter (dockerd's
+// "invalid <noun> version" when missing or malformed) and the JSON body.
+func decodeUpdate(r *http.Request, noun string, v any) (uint64, error) {
+	version, err := strconv.ParseUint(r.URL.Query().Get("version"), 10, 64)
+	if err != nil {
+		return 0, errdefs.BadRequest("invalid %s version", noun)
+	}
+	return version, decodeBody(r, v)
 }
 
 // decodeBody decodes a JSON request body into v with dockerd's texts for

@@ -169,13 +169,9 @@ func insertDefaults(spec *swarm.ServiceSpec) {
 }
 
 func (s *Server) serviceUpdate(w http.ResponseWriter, r *http.Request) {
-	version, err := strconv.ParseUint(r.URL.Query().Get("version"), 10, 64)
-	if err != nil {
-		s.writeError(w, r, errdefs.BadRequest("invalid service version"))
-		return
-	}
 	var spec swarm.ServiceSpec
-	if err := decodeBody(r, &spec); err != nil {
+	version, err := decodeUpdate(r, "service", &spec)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -312,13 +308,9 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
-	version, err := strconv.ParseUint(r.URL.Query().Get("version"), 10, 64)
-	if err != nil {
-		s.writeError(w, r, errdefs.BadRequest("invalid node version"))
-		return
-	}
 	var spec swarm.NodeSpec
-	if err := decodeBody(r, &spec); err != nil {
+	version, err := decodeUpdate(r, "node", &spec)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
