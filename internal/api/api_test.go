@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -244,4 +245,40 @@ func FuzzCreate(f *testing.F) {
 			t.Fatalf("response echoes data")
 		}
 	})
+}
+
+// TestListCacheFollowsWrites checks the encoded-object cache never serves an
+// old version: label updates and removals show in the next list.
+func TestListCacheFollowsWrites(t *testing.T) {
+	s := newTestServer(t)
+	code, body := do(t, s, "POST", "/secrets/create", `{"Name":"c1","Data":"eA==","Labels":{"v":"1"}}`)
+	if code != 201 {
+		t.Fatal(body)
+	}
+	list := func() []swarm.Secret {
+		t.Helper()
+		code, body := do(t, s, "GET", "/secrets", "")
+		var out []swarm.Secret
+		if code != 200 || json.Unmarshal([]byte(body), &out) != nil {
+			t.Fatalf("list: %d %s", code, body)
+		}
+		return out
+	}
+	first := list()
+	if len(first) != 1 || first[0].Spec.Labels["v"] != "1" {
+		t.Fatalf("first list %+v", first)
+	}
+	path := "/secrets/c1/update?version=" + strconv.FormatUint(first[0].Version.Index, 10)
+	if code, body := do(t, s, "POST", path, `{"Name":"c1","Labels":{"v":"2"}}`); code != 200 {
+		t.Fatal(body)
+	}
+	if got := list(); len(got) != 1 || got[0].Spec.Labels["v"] != "2" || got[0].Version.Index == first[0].Version.Index {
+		t.Fatalf("after update %+v", got)
+	}
+	if code, body := do(t, s, "DELETE", "/secrets/c1", ""); code != 204 {
+		t.Fatal(body)
+	}
+	if got := list(); len(got) != 0 {
+		t.Fatalf("after remove %+v", got)
+	}
 }

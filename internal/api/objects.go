@@ -1,8 +1,11 @@
 package api
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
@@ -12,7 +15,7 @@ import (
 
 // objectRoutes registers create/list/inspect/update/remove for a blob kind.
 func (s *Server) objectRoutes(base string, m *objects.Manager) {
-	h := objectHandlers{s: s, m: m}
+	h := objectHandlers{s: s, m: m, cache: &wireCache{m: map[string]wireEntry{}}}
 	s.mux.HandleFunc("POST "+base+"/create", h.create)
 	s.mux.HandleFunc("GET "+base, h.list)
 	s.mux.HandleFunc("GET "+base+"/{id}", h.inspect)
@@ -21,8 +24,46 @@ func (s *Server) objectRoutes(base string, m *objects.Manager) {
 }
 
 type objectHandlers struct {
-	s *Server
-	m *objects.Manager
+	s     *Server
+	m     *objects.Manager
+	cache *wireCache
+}
+
+// wireCache keeps each object's encoded JSON by ID and version: a list of
+// 10,000 secrets is then a concatenation, not 10,000 encodings. Versions
+// change on every write, so an entry is never served stale.
+type wireCache struct {
+	mu sync.Mutex
+	m  map[string]wireEntry
+}
+
+type wireEntry struct {
+	version uint64
+	b       []byte
+}
+
+func (c *wireCache) get(id string, version uint64) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[id]
+	return e.b, ok && e.version == version
+}
+
+func (c *wireCache) put(id string, version uint64, b []byte) {
+	c.mu.Lock()
+	c.m[id] = wireEntry{version: version, b: b}
+	c.mu.Unlock()
+}
+
+// retain drops entries of objects that no longer exist.
+func (c *wireCache) retain(ids map[string]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.m {
+		if !ids[id] {
+			delete(c.m, id)
+		}
+	}
 }
 
 // decodeSpec reads a SecretSpec or ConfigSpec, by kind, so decoding errors
@@ -100,11 +141,34 @@ func (h objectHandlers) list(w http.ResponseWriter, r *http.Request) {
 		h.s.writeError(w, r, err)
 		return
 	}
-	out := make([]any, 0, len(objs))
+	var buf bytes.Buffer
+	buf.WriteByte('[')
 	for i := range objs {
-		out = append(out, h.toWire(&objs[i]))
+		o := &objs[i]
+		b, ok := h.cache.get(o.ID, o.Version)
+		if !ok {
+			if b, err = json.Marshal(h.toWire(o)); err != nil {
+				h.s.writeError(w, r, err)
+				return
+			}
+			h.cache.put(o.ID, o.Version, b)
+		}
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(b)
 	}
-	writeJSON(w, http.StatusOK, out)
+	buf.WriteString("]\n")
+	if len(args) == 0 {
+		seen := make(map[string]bool, len(objs))
+		for i := range objs {
+			seen[objs[i].ID] = true
+		}
+		h.cache.retain(seen)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(buf.Bytes())
 }
 
 func (h objectHandlers) inspect(w http.ResponseWriter, r *http.Request) {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hush-secrets/hush/internal/agent/engine/enginetest"
 )
 
 const (
@@ -163,6 +166,14 @@ func startHushd(t testing.TB, opts ...hushdOption) *Hushd {
 		if t.Failed() {
 			t.Logf("hushd log tail (%s):\n%s", h.LogPath, tailFile(h.LogPath, 80))
 		}
+		// Task containers and their mounts outlive hushd by design; a test
+		// must not leave them running on the shared engine.
+		if b, err := os.ReadFile(filepath.Join(h.DataDir, "node.json")); err == nil {
+			var ns struct{ NodeID string }
+			if json.Unmarshal(b, &ns) == nil && ns.NodeID != "" {
+				purgeNode(t, ns.NodeID)
+			}
+		}
 	})
 	h.start()
 	return h
@@ -301,4 +312,26 @@ func tailFile(path string, lines int) string {
 		ls = ls[len(ls)-lines:]
 	}
 	return strings.Join(ls, "\n")
+}
+
+// purgeNode force-removes every container labelled with hushd node's ID and
+// unmounts any tmpfs left under /run/hush/<node>.
+func purgeNode(t testing.TB, node string) {
+	t.Helper()
+	eng := newDockerCLI(t, enginetest.Socket)
+	out, _, _ := eng.Docker("ps", "-aq", "--no-trunc", "--filter", "label="+hushNodeLabel+"="+node)
+	if ids := strings.Fields(out); len(ids) > 0 {
+		t.Logf("cleanup: force-removing %d container(s) left with %s=%s", len(ids), hushNodeLabel, node)
+		eng.Docker(append([]string{"rm", "-f", "-v"}, ids...)...)
+	}
+	root := filepath.Join("/run/hush", node)
+	mps := mountsUnder(t, root)
+	for i := len(mps) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(mps[i], syscall.MNT_DETACH); err != nil {
+			t.Logf("cleanup: unmount %s: %v", mps[i], err)
+		}
+	}
+	if len(mountsUnder(t, root)) == 0 {
+		_ = os.RemoveAll(root)
+	}
 }

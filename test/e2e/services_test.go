@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -102,22 +101,7 @@ func startSvcHushd(t *testing.T) *svcHushd {
 func (s *svcHushd) mountRoot() string { return filepath.Join("/run/hush", s.node) }
 
 // purge removes what a failed test may have left on the host.
-func (s *svcHushd) purge() {
-	if ids := s.allContainers(); len(ids) > 0 {
-		s.t.Logf("cleanup: force-removing %d container(s) left with %s=%s", len(ids), hushNodeLabel, s.node)
-		s.engine.Docker(append([]string{"rm", "-f", "-v"}, ids...)...)
-	}
-	mps := mountsUnder(s.t, s.mountRoot())
-	for i := len(mps) - 1; i >= 0; i-- {
-		s.t.Logf("cleanup: unmounting leftover %s", mps[i])
-		if err := syscall.Unmount(mps[i], syscall.MNT_DETACH); err != nil {
-			s.t.Logf("cleanup: unmount %s: %v", mps[i], err)
-		}
-	}
-	if len(mountsUnder(s.t, s.mountRoot())) == 0 {
-		_ = os.RemoveAll(s.mountRoot())
-	}
-}
+func (s *svcHushd) purge() { purgeNode(s.t, s.node) }
 
 // allContainers lists every container (any state) with this hushd's node label.
 func (s *svcHushd) allContainers() []string {
