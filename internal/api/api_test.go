@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -280,5 +282,36 @@ func TestListCacheFollowsWrites(t *testing.T) {
 	}
 	if got := list(); len(got) != 0 {
 		t.Fatalf("after remove %+v", got)
+	}
+}
+
+// TestOversizedBodyPlainClient: a plain net/http client sending a body over
+// the cap, on a unix socket as the docker CLI does, gets the 413 answer, not
+// a broken pipe (hush drains the rest before answering).
+func TestOversizedBodyPlainClient(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: newTestServer(t)}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	big := `{"Name":"big","Data":"` + strings.Repeat("A", 3<<20) + `"}`
+	for i := 0; i < 20; i++ {
+		resp, err := client.Post("http://docker/v1.41/secrets/create", "application/json", strings.NewReader(big))
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("attempt %d: status %d", i, resp.StatusCode)
+		}
 	}
 }

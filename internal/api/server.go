@@ -130,8 +130,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if err := s.checkState(rest); err != nil {
 		s.writeError(rec, r, err)
 	} else {
-		r2.Body = http.MaxBytesReader(rec, r2.Body, maxBodyBytes)
+		body := &cappedBody{rc: r2.Body, left: maxBodyBytes}
+		r2.Body = body
 		s.mux.ServeHTTP(rec, r2)
+		if body.hit {
+			// Read what the client is still sending (bounded) before the
+			// answer goes out, so it sees the 413 rather than a reset.
+			_, _ = io.CopyN(io.Discard, body.rc, maxDrainBytes)
+		}
 	}
 	// Paths and status only: bodies and query values may carry labels, and
 	// hush never logs what a client sent.
@@ -156,6 +162,40 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
 	r.ResponseWriter.WriteHeader(code)
 }
+
+// maxDrainBytes bounds how much of an oversized body is read and dropped.
+const maxDrainBytes = 64 << 20
+
+// cappedBody fails reads past its limit with http.MaxBytesError, like
+// http.MaxBytesReader, but without marking the connection for closing: the
+// rest of the body is drained instead (see ServeHTTP).
+type cappedBody struct {
+	rc   io.ReadCloser
+	left int64
+	hit  bool
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// Probe for one more byte: only a body that really goes on is
+		// too large.
+		var one [1]byte
+		n, err := b.rc.Read(one[:])
+		if n == 0 {
+			return 0, err
+		}
+		b.hit = true
+		return 0, &http.MaxBytesError{Limit: maxBodyBytes}
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *cappedBody) Close() error { return b.rc.Close() }
 
 // decodeUpdate reads an update call: the `version` query parameter (dockerd's
 // "invalid <noun> version" when missing or malformed) and the JSON body.
