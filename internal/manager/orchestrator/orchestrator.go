@@ -13,11 +13,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/manager/constraint"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
@@ -36,6 +39,8 @@ type Orchestrator struct {
 	// availability of the (single) node: drain stops its tasks, pause and
 	// drain place no new ones.
 	availability swarm.NodeAvailability
+	// node is the node as placement constraints see it.
+	node constraint.Node
 	// lastBatch is when the last update batch of a service finished; the
 	// update delay counts from it. Lost on restart, which only shortens
 	// one delay.
@@ -80,9 +85,12 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	node, err := nodes.Get(ctx, o.svcs.Store(), o.nodeID)
-	if err == nil {
-		o.availability = node.Spec.Availability
+	if n, err := nodes.Get(ctx, o.svcs.Store(), o.nodeID); err == nil {
+		o.availability = n.Spec.Availability
+		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(n.Spec.Role),
+			OS: runtime.GOOS, Arch: runtime.GOARCH, Labels: n.Spec.Labels}
+	} else {
+		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(swarm.NodeRoleManager), OS: runtime.GOOS, Arch: runtime.GOARCH}
 	}
 	byService := map[string][]*model.Task{}
 	for _, t := range tasks {
@@ -98,10 +106,29 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	}
 	// Tasks of removed services are handed to the agent for removal; a
 	// drained node stops all of its tasks.
+	byID := map[string]*model.Service{}
+	for _, s := range svcs {
+		byID[s.ID] = s
+	}
 	for _, t := range tasks {
-		if o.availability == swarm.NodeAvailabilityDrain && t.DesiredState == swarm.TaskStateRunning {
-			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+		if t.NodeID == "" && t.DesiredState != swarm.TaskStateRunning {
+			// No agent owns an unplaced task: retire it here.
+			errs = append(errs, o.retireUnplaced(ctx, t))
 			continue
+		}
+		if svc := byID[t.ServiceID]; svc != nil && t.DesiredState == swarm.TaskStateRunning {
+			why := o.unschedulable(svc)
+			switch {
+			case t.NodeID == "" && why == "":
+				// The node became usable: place the waiting task.
+				errs = append(errs, o.assign(ctx, t))
+				continue
+			case t.NodeID != "" && why != "" && !model.Terminal(t.Status.State):
+				// Drained, or its constraints no longer hold: stop it; the
+				// slot gets a pending task instead.
+				errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+				continue
+			}
 		}
 		if !live[t.ServiceID] && t.DesiredState != swarm.TaskStateRemove {
 			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateRemove))
@@ -422,8 +449,32 @@ func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) e
 	return errors.Join(errs...)
 }
 
-func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *slot) error {
+// unschedulable says why svc's tasks cannot be placed on the node ("" if
+// they can), in Swarm's words.
+func (o *Orchestrator) unschedulable(svc *model.Service) string {
 	if o.availability == swarm.NodeAvailabilityDrain || o.availability == swarm.NodeAvailabilityPause {
+		return "no suitable node (1 node not available for new tasks)"
+	}
+	if p := svc.Spec.TaskTemplate.Placement; p != nil && len(p.Constraints) > 0 {
+		cs, err := constraint.Parse(p.Constraints)
+		if err != nil || !constraint.Match(cs, o.node) {
+			return "no suitable node (scheduling constraints not satisfied on 1 node)"
+		}
+	}
+	return ""
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+// createTask adds a task to slot s. A task that cannot be placed waits,
+// unassigned and pending with the reason, as in Swarm; global services
+// simply have no task on a node they cannot use.
+func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *slot) error {
+	why := o.unschedulable(svc)
+	if why != "" && svc.Spec.Mode.Global != nil {
 		return nil
 	}
 	id, err := identity.NewID()
@@ -441,6 +492,10 @@ func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *sl
 	t.NodeID = o.nodeID
 	t.DesiredState = swarm.TaskStateRunning
 	t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStateAssigned, Message: "assigned"}
+	if why != "" {
+		t.NodeID = ""
+		t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStatePending, Message: "pending task scheduling", Err: why}
+	}
 	val, err := json.Marshal(&t)
 	if err != nil {
 		return err
@@ -450,6 +505,45 @@ func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *sl
 	}
 	s.tasks = append(s.tasks, &t)
 	return nil
+}
+
+// retireUnplaced ends a task that was never placed: shut down, or deleted
+// once it is to be removed.
+func (o *Orchestrator) retireUnplaced(ctx context.Context, t *model.Task) error {
+	var err error
+	if t.DesiredState == swarm.TaskStateRemove {
+		err = o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), nil)
+	} else if !model.Terminal(t.Status.State) {
+		next := *t
+		next.UpdatedAt = o.now()
+		next.Status = swarm.TaskStatus{Timestamp: next.UpdatedAt, State: swarm.TaskStateShutdown, Message: "shutdown"}
+		val, merr := json.Marshal(&next)
+		if merr != nil {
+			return merr
+		}
+		_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
+	}
+	if errors.Is(err, store.ErrStale) || errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// assign places a pending task on this node.
+func (o *Orchestrator) assign(ctx context.Context, t *model.Task) error {
+	next := *t
+	next.NodeID = o.nodeID
+	next.UpdatedAt = o.now()
+	next.Status = swarm.TaskStatus{Timestamp: next.UpdatedAt, State: swarm.TaskStateAssigned, Message: "assigned"}
+	val, err := json.Marshal(&next)
+	if err != nil {
+		return err
+	}
+	_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
+	if errors.Is(err, store.ErrStale) || errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
 }
 
 func (o *Orchestrator) setDesired(ctx context.Context, t *model.Task, state swarm.TaskState) error {

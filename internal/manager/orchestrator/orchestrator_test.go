@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
@@ -221,5 +222,67 @@ func TestRestartPolicyDelay(t *testing.T) {
 	ts := f.tasks()
 	if len(ts) != 2 || count(ts, swarm.TaskStateRunning, swarm.TaskStateAssigned) != 1 {
 		t.Fatalf("after the delay: %d tasks", len(ts))
+	}
+}
+
+func TestPlacementConstraints(t *testing.T) {
+	f := newFixture(t)
+	if _, err := nodes.Ensure(f.ctx, f.st, "node1"); err != nil {
+		t.Fatal(err)
+	}
+	s := replicated("web", 1)
+	s.TaskTemplate.Placement = &swarm.Placement{Constraints: []string{"node.labels.zone == a"}}
+	id, err := f.svcs.Create(f.ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	ts := f.tasks()
+	if len(ts) != 1 || ts[0].NodeID != "" || ts[0].Status.State != swarm.TaskStatePending ||
+		ts[0].Status.Err != "no suitable node (scheduling constraints not satisfied on 1 node)" {
+		t.Fatalf("unplaceable task: %+v", ts[0].Task)
+	}
+	// Labelling the node places it.
+	n, _ := nodes.Get(f.ctx, f.st, "node1")
+	spec := n.Spec
+	spec.Labels = map[string]string{"zone": "a"}
+	if err := nodes.Update(f.ctx, f.st, "node1", n.Version, spec); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	ts = f.tasks()
+	if len(ts) != 1 || ts[0].NodeID != "node1" || ts[0].Status.State != swarm.TaskStateAssigned {
+		t.Fatalf("after labelling: %+v", ts[0].Task)
+	}
+	f.agent()
+	// Removing the label stops it; the slot waits again.
+	n, _ = nodes.Get(f.ctx, f.st, "node1")
+	spec = n.Spec
+	spec.Labels = map[string]string{}
+	if err := nodes.Update(f.ctx, f.st, "node1", n.Version, spec); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		f.pass()
+		f.agent()
+	}
+	ts = f.tasks()
+	if got := count(ts, swarm.TaskStateRunning, swarm.TaskStatePending); got != 1 {
+		t.Fatalf("after unlabelling: %d pending tasks", got)
+	}
+	if got := count(ts, swarm.TaskStateShutdown, swarm.TaskStateShutdown); got != 1 {
+		t.Fatalf("after unlabelling: %d shut down tasks", got)
+	}
+	// Removing the service deletes the unplaced task without an agent.
+	if err := f.svcs.Remove(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		f.pass()
+	}
+	for _, tk := range f.tasks() {
+		if tk.NodeID == "" {
+			t.Fatalf("unplaced task left after service rm: %+v", tk.Task)
+		}
 	}
 }

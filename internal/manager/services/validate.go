@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/constraint"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -44,6 +45,11 @@ func validateSpec(s *swarm.ServiceSpec) error {
 	}
 	if s.Labels == nil {
 		s.Labels = map[string]string{}
+	}
+	if p := s.TaskTemplate.Placement; p != nil {
+		if _, err := constraint.Parse(p.Constraints); err != nil {
+			return err
+		}
 	}
 	targets := map[string]string{}
 	for _, r := range cs.Secrets {
