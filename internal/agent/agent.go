@@ -420,7 +420,7 @@ func (a *Agent) containerSpec(t *model.Task, binds []engine.Bind) engine.Spec {
 		Name: t.ContainerName(), Labels: labels, Image: cs.Image,
 		Command: cs.Command, Args: cs.Args, Env: cs.Env, Dir: cs.Dir, User: cs.User, Hostname: cs.Hostname,
 		TTY: cs.TTY, OpenStdin: cs.OpenStdin, StopSignal: cs.StopSignal, StopGracePeriod: cs.StopGracePeriod,
-		Init: cs.Init, Binds: binds, Mounts: cs.Mounts,
+		Init: cs.Init, Binds: binds, Mounts: cs.Mounts, Ports: publishes(t.Ports),
 	}
 }
 
@@ -477,3 +477,17 @@ func (a *Agent) unmount(taskID string) {
 }
 
 func fsMode(m uint32) os.FileMode { return os.FileMode(m) & os.ModePerm }
+
+// publishes turns a service's published ports into host bindings. On one
+// host, Swarm's ingress and host modes both come down to the engine binding
+// the port; with replicas > 1 a fixed published port fits only one task.
+func publishes(ports []swarm.PortConfig) []engine.Publish {
+	var out []engine.Publish
+	for _, p := range ports {
+		if p.TargetPort == 0 || p.TargetPort > 65535 || p.PublishedPort > 65535 {
+			continue
+		}
+		out = append(out, engine.Publish{Target: uint16(p.TargetPort), Published: uint16(p.PublishedPort), Protocol: string(p.Protocol)})
+	}
+	return out
+}

@@ -209,7 +209,7 @@ func (s *Server) taskList(w http.ResponseWriter, r *http.Request) {
 	// (`docker stack ps` lists tasks by the stack namespace label).
 	svcLabels := map[string]map[string]string{}
 	for _, svc := range svcs {
-		hashes[svc.ID] = model.TemplateHash(&svc.Spec.TaskTemplate)
+		hashes[svc.ID] = model.TemplateHash(&svc.Spec)
 		svcLabels[svc.ID] = svc.Spec.Labels
 		for _, want := range args.values("service") {
 			if svc.ID == want || strings.EqualFold(svc.Spec.Name, want) || strings.HasPrefix(svc.ID, want) {

@@ -42,6 +42,9 @@ type Task struct {
 	TemplateHash string `json:"templateHash"`
 	// ServiceName is kept for container naming after the service is gone.
 	ServiceName string `json:"serviceName"`
+	// Ports are the service's published ports when the task was made; the
+	// task's container binds them on the host.
+	Ports []swarm.PortConfig `json:"ports,omitempty"`
 }
 
 // Decode parses a stored record.
@@ -87,9 +90,18 @@ var stateOrder = map[swarm.TaskState]int{
 // Before reports whether state a comes before b.
 func Before(a, b swarm.TaskState) bool { return stateOrder[a] < stateOrder[b] }
 
-// TemplateHash hashes a task template for up-to-date checks.
-func TemplateHash(t *swarm.TaskSpec) string {
-	b, _ := json.Marshal(t)
+// TemplateHash hashes what a service's tasks are made from for up-to-date
+// checks: the task template and the published ports (which the task's
+// container binds on the host).
+func TemplateHash(s *swarm.ServiceSpec) string {
+	var ports []swarm.PortConfig
+	if s.EndpointSpec != nil {
+		ports = s.EndpointSpec.Ports
+	}
+	b, _ := json.Marshal(struct {
+		T *swarm.TaskSpec
+		P []swarm.PortConfig `json:",omitempty"`
+	}{&s.TaskTemplate, ports})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }

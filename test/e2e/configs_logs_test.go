@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,5 +97,37 @@ func TestServiceLogsInspectNodes(t *testing.T) {
 	h.MustDocker("node", "update", "--label-add", "zone=a", "self")
 	if got := h.MustDocker("node", "inspect", "--format", "{{.Spec.Labels.zone}} {{.Spec.Role}}", "self"); strings.TrimSpace(got) != "a manager" {
 		t.Fatalf("node inspect: %q", got)
+	}
+}
+
+// TestServicePublishedPort: `-p published:target` binds the port on the
+// host, as a single-node Swarm's routing mesh would expose it.
+func TestServicePublishedPort(t *testing.T) {
+	img := enginetest.BusyboxImage(t)
+	h := startHushd(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	svc := "websvc"
+	t.Cleanup(func() { h.Docker("service", "rm", svc) })
+	h.MustDocker("service", "create", "-d", "--name", svc, "-p", fmt.Sprintf("%d:80", port), "--stop-grace-period", "1s", img,
+		"sh", "-c", `while :; do printf 'HTTP/1.0 200 OK\r\n\r\nhello-from-hush' | nc -l -p 80; done`)
+	var body string
+	eventually(t, 30*time.Second, "the published port to answer", func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return strings.Contains(body, "hello-from-hush")
+	})
+	got := h.MustDocker("service", "inspect", "--format", "{{range .Endpoint.Ports}}{{.PublishedPort}}:{{.TargetPort}}{{end}}", svc)
+	if strings.TrimSpace(got) != fmt.Sprintf("%d:80", port) {
+		t.Fatalf("endpoint ports %q", got)
 	}
 }

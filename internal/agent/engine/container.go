@@ -66,6 +66,8 @@ type Spec struct {
 	NetworkAliases []string
 	// Resources are limits and reservations; nil means none.
 	Resources *container.Resources
+	// Ports are bound on the host (a service's published ports).
+	Ports []Publish
 }
 
 // State is what the engine reports about a container.
@@ -259,7 +261,29 @@ func containerConfig(s Spec) *container.Config {
 		t := graceSeconds(*s.StopGracePeriod)
 		cfg.StopTimeout = &t
 	}
+	for _, p := range s.Ports {
+		if cfg.ExposedPorts == nil {
+			cfg.ExposedPorts = network.PortSet{}
+		}
+		cfg.ExposedPorts[p.containerPort()] = struct{}{}
+	}
 	return cfg
+}
+
+// Publish is a port the container binds on the host: Published 0 lets the
+// engine choose one.
+type Publish struct {
+	Target, Published uint16
+	Protocol          string // "tcp" (default), "udp", "sctp"
+}
+
+func (p Publish) containerPort() network.Port {
+	proto := network.IPProtocol(p.Protocol)
+	if proto == "" {
+		proto = network.TCP
+	}
+	port, _ := network.PortFrom(p.Target, proto)
+	return port
 }
 
 func hostConfig(s Spec) *container.HostConfig {
@@ -280,6 +304,16 @@ func hostConfig(s Spec) *container.HostConfig {
 		})
 	}
 	hc.Mounts = append(hc.Mounts, s.Mounts...)
+	for _, p := range s.Ports {
+		if hc.PortBindings == nil {
+			hc.PortBindings = network.PortMap{}
+		}
+		b := network.PortBinding{}
+		if p.Published != 0 {
+			b.HostPort = strconv.Itoa(int(p.Published))
+		}
+		hc.PortBindings[p.containerPort()] = append(hc.PortBindings[p.containerPort()], b)
+	}
 	return hc
 }
 

@@ -174,7 +174,7 @@ func (s *slot) busy() bool {
 
 func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service, tasks []*model.Task) error {
 	spec := &svc.Spec
-	hash := model.TemplateHash(&spec.TaskTemplate)
+	hash := model.TemplateHash(spec)
 	slots := map[string]*slot{}
 	for _, t := range tasks {
 		k := slotKey(t)
@@ -379,7 +379,7 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 		}
 	}
 	failed := dead.Status.State != swarm.TaskStateComplete
-	if dead.TemplateHash == model.TemplateHash(&svc.Spec.TaskTemplate) && failed && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
+	if dead.TemplateHash == model.TemplateHash(&svc.Spec) && failed && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
 		if err := o.updateFailed(ctx, svc, dead); err != nil {
 			return err
 		}
@@ -482,11 +482,14 @@ func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *sl
 		return err
 	}
 	now := o.now()
-	t := model.Task{TemplateHash: model.TemplateHash(&svc.Spec.TaskTemplate), ServiceName: svc.Spec.Name}
+	t := model.Task{TemplateHash: model.TemplateHash(&svc.Spec), ServiceName: svc.Spec.Name}
 	t.ID = id
 	t.CreatedAt, t.UpdatedAt = now, now
 	t.Labels = map[string]string{}
 	t.Spec = svc.Spec.TaskTemplate
+	if svc.Spec.EndpointSpec != nil {
+		t.Ports = svc.Spec.EndpointSpec.Ports
+	}
 	t.ServiceID = svc.ID
 	t.Slot = s.num
 	t.NodeID = o.nodeID

@@ -235,7 +235,7 @@ func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, e
 	svc.ID = id
 	svc.CreatedAt, svc.UpdatedAt = now, now
 	svc.Spec = spec
-	svc.Endpoint = swarm.Endpoint{Spec: endpointSpec(&spec)}
+	svc.Endpoint = endpoint(&spec)
 	val, err := json.Marshal(&svc)
 	if err != nil {
 		return "", err
@@ -254,11 +254,13 @@ func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, e
 	return id, nil
 }
 
-func endpointSpec(s *swarm.ServiceSpec) swarm.EndpointSpec {
-	if s.EndpointSpec != nil {
-		return *s.EndpointSpec
+// endpoint is the service's endpoint as clients see it: its spec and the
+// ports its tasks publish on the host.
+func endpoint(s *swarm.ServiceSpec) swarm.Endpoint {
+	if s.EndpointSpec == nil {
+		return swarm.Endpoint{}
 	}
-	return swarm.EndpointSpec{}
+	return swarm.Endpoint{Spec: *s.EndpointSpec, Ports: s.EndpointSpec.Ports}
 }
 
 // Store is the store the manager writes to (for the node objects, which
@@ -315,7 +317,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	next.Spec = spec
 	next.SpecVersion = cur.SpecVersion + 1
 	next.UpdatedAt = m.now()
-	next.Endpoint = swarm.Endpoint{Spec: endpointSpec(&spec)}
+	next.Endpoint = endpoint(&spec)
 	// As in Swarm, a rollout status describes only a change of the task
 	// template: scaling or relabelling starts no update, and clears the
 	// status of an earlier one.
@@ -323,7 +325,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	switch {
 	case opt.Rollback:
 		next.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateRollbackStarted, StartedAt: &startedAt, Message: "manually requested rollback"}
-	case model.TemplateHash(&spec.TaskTemplate) != model.TemplateHash(&cur.Spec.TaskTemplate):
+	case model.TemplateHash(&spec) != model.TemplateHash(&cur.Spec):
 		next.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateUpdating, StartedAt: &startedAt, Message: "update in progress"}
 	default:
 		next.UpdateStatus = nil

@@ -1,6 +1,7 @@
 package services
 
 import (
+	"fmt"
 	"os"
 	"path"
 	"sort"
@@ -45,6 +46,9 @@ func validateSpec(s *swarm.ServiceSpec) error {
 	}
 	if s.Labels == nil {
 		s.Labels = map[string]string{}
+	}
+	if err := checkPorts(s.EndpointSpec); err != nil {
+		return err
 	}
 	if p := s.TaskTemplate.Placement; p != nil {
 		if _, err := constraint.Parse(p.Constraints); err != nil {
@@ -129,4 +133,32 @@ func notFoundList(kind string, missing []string) error {
 		return errdefs.InvalidArgument("%s not found: %s", kind, missing[0])
 	}
 	return errdefs.InvalidArgument("%s(s) not found: %s", kind, strings.Join(missing, ", "))
+}
+
+// checkPorts refuses published ports that cannot be bound: out of range,
+// an unknown protocol, or the same host port twice.
+func checkPorts(e *swarm.EndpointSpec) error {
+	if e == nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, p := range e.Ports {
+		switch p.Protocol {
+		case "", "tcp", "udp", "sctp":
+		default:
+			return errdefs.InvalidArgument("invalid protocol %q for port %d: must be tcp, udp or sctp", p.Protocol, p.TargetPort)
+		}
+		if p.TargetPort == 0 || p.TargetPort > 65535 || p.PublishedPort > 65535 {
+			return errdefs.InvalidArgument("invalid port: target %d, published %d (1-65535)", p.TargetPort, p.PublishedPort)
+		}
+		if p.PublishedPort == 0 {
+			continue
+		}
+		k := fmt.Sprintf("%d/%s", p.PublishedPort, p.Protocol)
+		if seen[k] {
+			return errdefs.InvalidArgument("duplicate published ports provided")
+		}
+		seen[k] = true
+	}
+	return nil
 }
