@@ -176,11 +176,12 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		// Without an engine nothing can start; say so on the tasks that
 		// wait, so `docker service ps` shows why.
 		for _, t := range all {
-			if t.NodeID == a.nodeID && t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned {
+			if t.NodeID == a.nodeID && t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned && a.claim(t.ID) {
 				if _, serr := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePending, Message: "waiting for the Docker Engine",
 					Err: "the Docker Engine is not reachable; the task starts when it answers"}); serr != nil {
 					a.log.Warn("task status", "task", t.ID, "err", serr)
 				}
+				a.release(t.ID)
 			}
 		}
 		return err
@@ -312,6 +313,14 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	a.mu.Lock()
 	a.started[t.ID] = true
 	a.mu.Unlock()
+	// Once this start returns, a task still short of a final or running
+	// state (a status write failed) is treated as interrupted: adopted or
+	// failed by the next pass, never left half started.
+	defer func() {
+		a.mu.Lock()
+		delete(a.started, t.ID)
+		a.mu.Unlock()
+	}()
 	log := a.log.With("task", t.ID, "service", t.ServiceName)
 	t, err := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing"})
 	if err != nil {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"os"
@@ -150,6 +151,8 @@ func (d *Daemon) stopRuntime() {
 // Init creates a cluster on a hushd started with --no-init (or after a
 // leave).
 func (d *Daemon) Init(ctx context.Context, req swarm.InitRequest) (string, error) {
+	// A lifecycle change must not stop half-way because a client left.
+	ctx = context.WithoutCancel(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.initLocked(ctx, req)
@@ -213,6 +216,8 @@ func (d *Daemon) Inspect(ctx context.Context) (swarm.Swarm, error) {
 
 // Update applies a new cluster spec and the requested rotations.
 func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f api.SwarmUpdateFlags) error {
+	// A lifecycle change must not stop half-way because a client left.
+	ctx = context.WithoutCancel(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state != swarm.LocalNodeStateActive {
@@ -272,14 +277,20 @@ func (d *Daemon) CheckServingLocked() error {
 // after.
 func (d *Daemon) setAutolockLocked(ctx context.Context, c *cluster.Cluster, on, rotate bool) error {
 	if !on {
+		created := false
 		if !d.plainKey.Exists() {
 			if err := d.plainKey.Store(d.mk); err != nil {
 				return err
 			}
+			created = true
 		}
 		c.Spec.EncryptionConfig.AutoLockManagers = false
 		_ = c.SetUnlockKey(&d.keys, "")
 		if err := cluster.Put(ctx, d.store, c); err != nil {
+			// Autolock is still on: the plaintext key must not stay.
+			if created {
+				_ = d.plainKey.Remove()
+			}
 			return err
 		}
 		_ = d.nextKey().Remove()
@@ -329,11 +340,13 @@ func (d *Daemon) UnlockKey(ctx context.Context) (string, error) {
 
 // Unlock opens the locked master key with key and activates the cluster.
 func (d *Daemon) Unlock(ctx context.Context, key string) error {
+	ctx = context.WithoutCancel(ctx)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// Checked under the lock, so parallel attempts cannot all pass it.
 	if wait := d.unlock.wait(); wait > 0 {
 		return errdefs.Unavailable("too many failed unlock attempts: try again in %s", wait.Round(time.Second))
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.state != swarm.LocalNodeStateLocked {
 		return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "swarm is not locked"}
 	}
@@ -362,14 +375,45 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 		return err
 	}
 	d.unlock.reset()
-	_ = d.nextKey().Remove()
+	if err := d.settleLockedKey(ctx, mk, key); err != nil {
+		return err
+	}
 	d.log.Info("unlocked")
 	return d.activateLocked(mk)
+}
+
+// settleLockedKey makes the locked key file open with the unlock key the
+// cluster record holds (the one `docker swarm unlock-key` shows). They can
+// differ after a rotation interrupted between recording the new key and
+// installing its file: the operator unlocked with the old key, and the file
+// must follow the record before the old key is the only one that works.
+func (d *Daemon) settleLockedKey(ctx context.Context, mk keyring.MasterKey, used string) error {
+	kr, err := keyring.New(mk)
+	if err != nil {
+		return err
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	recorded, err := c.UnlockKey(kr)
+	if err != nil {
+		return err
+	}
+	if recorded != "" && subtle.ConstantTimeCompare([]byte(recorded), []byte(used)) != 1 {
+		if err := d.lockedKey.Store(mk, recorded); err != nil {
+			return fmt.Errorf("re-wrap master key under the recorded unlock key: %w", err)
+		}
+		d.log.Warn("finished an interrupted unlock-key rotation: the key `docker swarm unlock-key` shows is now the one that unlocks")
+	}
+	return d.nextKey().Remove()
 }
 
 // Leave removes this node from the cluster. As the only manager it erases
 // the cluster, so Swarm's rule applies: only with force.
 func (d *Daemon) Leave(ctx context.Context, force bool) error {
+	// A lifecycle change must not stop half-way because a client left.
+	ctx = context.WithoutCancel(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state == swarm.LocalNodeStateInactive {
@@ -383,6 +427,11 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 		d.removeTaskContainers(ctx)
 	}
 	if _, err := d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix()); err != nil {
+		// Still in the cluster: run it again rather than stay active with
+		// nothing reconciling.
+		if aerr := d.activateLocked(d.mk); aerr != nil {
+			d.log.Error("restarting after a failed leave", "err", aerr)
+		}
 		return fmt.Errorf("erase cluster state: %w", err)
 	}
 	d.keys.Set(nil)

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/moby/moby/api/types/swarm"
@@ -42,6 +43,12 @@ type Task struct {
 	TemplateHash string `json:"templateHash"`
 	// ServiceName is kept for container naming after the service is gone.
 	ServiceName string `json:"serviceName"`
+	// CreateIndex is the store revision that created the task: it orders
+	// tasks made within one clock tick (not stored).
+	CreateIndex int64 `json:"-"`
+	// Restarts are the times this task's slot lineage was restarted by the
+	// restart policy, for max-attempts and window (bounded).
+	Restarts []time.Time `json:"restarts,omitempty"`
 	// Ports are the service's published ports when the task was made; the
 	// task's container binds them on the host.
 	Ports []swarm.PortConfig `json:"ports,omitempty"`

@@ -103,7 +103,7 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 	}
 	m.wakeLocked("")
 	for _, kv := range resp.Kvs {
-		m.applyLocked(string(kv.Key), kv.Value, kv.ModRevision, false)
+		m.applyLocked(string(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, false)
 	}
 	m.stale = false
 	m.advanceLocked(resp.Header.Revision)
@@ -123,7 +123,7 @@ func (m *Mirror) watch(ctx context.Context, rev int64) error {
 		}
 		m.mu.Lock()
 		for _, ev := range resp.Events {
-			m.applyLocked(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
+			m.applyLocked(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.CreateRevision, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
 		}
 		m.advanceLocked(resp.Header.Revision)
 		m.mu.Unlock()
@@ -131,7 +131,7 @@ func (m *Mirror) watch(ctx context.Context, rev int64) error {
 	return errors.New("watch channel closed")
 }
 
-func (m *Mirror) applyLocked(key string, val []byte, modRev int64, deleted bool) {
+func (m *Mirror) applyLocked(key string, val []byte, createRev, modRev int64, deleted bool) {
 	rest, ok := strings.CutPrefix(key, root)
 	if !ok {
 		return
@@ -149,7 +149,7 @@ func (m *Mirror) applyLocked(key string, val []byte, modRev int64, deleted bool)
 		delete(t.items, id)
 		return
 	}
-	v, err := t.decode(Object{ID: id, Value: val, ModRev: modRev})
+	v, err := t.decode(Object{ID: id, Value: val, CreateRev: createRev, ModRev: modRev})
 	if err != nil {
 		// A value this version cannot decode stays out of the mirror; reads
 		// of it by ID still go to etcd and report the error there.

@@ -137,6 +137,15 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// olderTask orders tasks by creation: time, then store revision for tasks
+// made within one clock tick.
+func olderTask(a, b *model.Task) bool {
+	if !a.CreatedAt.Equal(b.CreatedAt) {
+		return a.CreatedAt.Before(b.CreatedAt)
+	}
+	return a.CreateIndex < b.CreateIndex
+}
+
 // slotKey identifies a replica slot, or a node for global services.
 func slotKey(t *model.Task) string {
 	if t.Slot != 0 {
@@ -184,7 +193,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		slots[k].tasks = append(slots[k].tasks, t)
 	}
 	for _, s := range slots {
-		sort.Slice(s.tasks, func(i, j int) bool { return s.tasks[i].CreatedAt.Before(s.tasks[j].CreatedAt) })
+		sort.Slice(s.tasks, func(i, j int) bool { return olderTask(s.tasks[i], s.tasks[j]) })
 	}
 	// The slots the service wants.
 	want := map[string]int{}
@@ -240,6 +249,13 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		default:
 			cur := d[len(d)-1]
 			if len(d) > 1 {
+				if model.Terminal(cur.Status.State) {
+					// start-first and the new task died: the restart policy
+					// and the update's failure action apply to it.
+					errs = append(errs, o.restart(ctx, svc, s, cur))
+					inflight++
+					continue
+				}
 				// start-first: retire the older ones once the newest runs.
 				if cur.Status.State == swarm.TaskStateRunning {
 					for _, t := range d[:len(d)-1] {
@@ -390,18 +406,11 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 	case cond == swarm.RestartPolicyConditionOnFailure && !failed:
 		return nil
 	}
-	if maxAttempts > 0 {
-		var n uint64
-		for _, t := range s.tasks {
-			if t.DesiredState == swarm.TaskStateRunning || t.DesiredState == swarm.TaskStateShutdown && t.Status.Err != "" {
-				if window == 0 || o.now().Sub(t.CreatedAt) <= window {
-					n++
-				}
-			}
-		}
-		if n > maxAttempts {
-			return nil
-		}
+	// Restarts are counted on the task lineage itself (each replacement
+	// carries its predecessors' restart times), since the task history in
+	// the store is pruned to a few tasks per slot.
+	if maxAttempts > 0 && uint64(restartsWithin(dead.Restarts, window, o.now())) >= maxAttempts {
+		return nil
 	}
 	if o.now().Sub(dead.Status.Timestamp) < delay {
 		return nil
@@ -409,7 +418,30 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 	if err := o.setDesired(ctx, dead, swarm.TaskStateShutdown); err != nil {
 		return err
 	}
-	return o.createTask(ctx, svc, s)
+	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(dead.Restarts), o.now()))
+}
+
+// restartsWithin counts restarts in the window (all of them when 0).
+func restartsWithin(times []time.Time, window time.Duration, now time.Time) int {
+	if window == 0 {
+		return len(times)
+	}
+	n := 0
+	for _, t := range times {
+		if now.Sub(t) <= window {
+			n++
+		}
+	}
+	return n
+}
+
+// trimRestarts bounds the history a task carries.
+func trimRestarts(times []time.Time) []time.Time {
+	const keep = 64
+	if len(times) > keep {
+		return append([]time.Time(nil), times[len(times)-keep:]...)
+	}
+	return times
 }
 
 // updateFailed applies the update's failure action.
@@ -473,6 +505,12 @@ func hostname() string {
 // unassigned and pending with the reason, as in Swarm; global services
 // simply have no task on a node they cannot use.
 func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *slot) error {
+	return o.createTaskAfter(ctx, svc, s, nil)
+}
+
+// createTaskAfter is createTask for a replacement that inherits the restart
+// history of the task it replaces.
+func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, s *slot, restarts []time.Time) error {
 	why := o.unschedulable(svc)
 	if why != "" && svc.Spec.Mode.Global != nil {
 		return nil
@@ -491,6 +529,7 @@ func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *sl
 		t.Ports = svc.Spec.EndpointSpec.Ports
 	}
 	t.ServiceID = svc.ID
+	t.Restarts = restarts
 	t.Slot = s.num
 	t.NodeID = o.nodeID
 	t.DesiredState = swarm.TaskStateRunning

@@ -79,6 +79,7 @@ func decodeTask(o store.Object) (*model.Task, error) {
 		return nil, err
 	}
 	t.Version.Index = uint64(o.ModRev)
+	t.CreateIndex = o.CreateRev
 	return t, nil
 }
 
@@ -368,19 +369,26 @@ func (m *Manager) SetUpdateStatus(ctx context.Context, svc *model.Service, st *s
 // Remove deletes the service ref names and its in-use markers; the
 // orchestrator then shuts its tasks down.
 func (m *Manager) Remove(ctx context.Context, ref string) error {
-	cur, err := m.Get(ctx, ref)
-	if err != nil {
+	// The markers to drop come from the spec read, so the delete must be of
+	// that very revision: an update in between may have added a reference
+	// whose marker would otherwise outlive the service. Retry on a race.
+	for attempt := 0; ; attempt++ {
+		cur, err := m.Get(ctx, ref)
+		if err != nil {
+			return err
+		}
+		ops := append(dropRefOps(cur.ID, &cur.Spec), networks.DropRefOps(cur.ID, &cur.Spec)...)
+		err = m.svcs.Delete(ctx, cur.ID, cur.Spec.Name, int64(cur.Version.Index), nil, ops...)
+		switch {
+		case errors.Is(err, store.ErrStale) && attempt < 10:
+			continue
+		case errors.Is(err, store.ErrNotFound):
+			return errdefs.NotFound("service %s not found", ref)
+		case err == nil:
+			m.log.Info("service removed", "id", cur.ID, "name", cur.Spec.Name)
+		}
 		return err
 	}
-	ops := append(dropRefOps(cur.ID, &cur.Spec), networks.DropRefOps(cur.ID, &cur.Spec)...)
-	err = m.svcs.Delete(ctx, cur.ID, cur.Spec.Name, 0, nil, ops...)
-	if errors.Is(err, store.ErrNotFound) {
-		return errdefs.NotFound("service %s not found", ref)
-	}
-	if err == nil {
-		m.log.Info("service removed", "id", cur.ID, "name", cur.Spec.Name)
-	}
-	return err
 }
 
 // Snapshot returns all services and tasks, consistently (linearizable).
