@@ -50,7 +50,7 @@ func (f *fixture) nodeAgent() {
 	}
 }
 
-// R1: a pending (unplaceable) task whose service is then updated is asked to
+// Regression: a pending (unplaceable) task whose service is then updated is asked to
 // shut down, but no agent ever acts on an unassigned task: the slot stays busy.
 func TestUpdateOfPendingTaskProceeds(t *testing.T) {
 	f := newFixture(t)
@@ -81,7 +81,7 @@ func TestUpdateOfPendingTaskProceeds(t *testing.T) {
 	}
 }
 
-// R2: start-first update whose new task fails: nothing restarts it and the
+// Regression: start-first update whose new task fails: nothing restarts it and the
 // failure action never fires.
 func TestStartFirstFailureAppliesFailureAction(t *testing.T) {
 	f := newFixture(t)
@@ -118,7 +118,7 @@ func TestStartFirstFailureAppliesFailureAction(t *testing.T) {
 	}
 }
 
-// R3: restart-max-attempts >= 5 is never reached because pruned history is
+// Regression: restart-max-attempts >= 5 is never reached because pruned history is
 // what the count is taken from.
 func TestMaxAttemptsHonoured(t *testing.T) {
 	for _, maxA := range []int{2, 4, 5, 6} {
