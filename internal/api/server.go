@@ -51,6 +51,10 @@ type Config struct {
 	Logs LogSource
 	// Engine gives the host engine's /info and /version (nil: hush's own).
 	Engine EngineInfo
+	// EngineVersion and MemoryBytes describe this node's engine in /nodes
+	// (read once at start; "" and 0 when unknown).
+	EngineVersion string
+	MemoryBytes   int64
 	Node   Node
 	// Version is hushd's own version string.
 	Version string

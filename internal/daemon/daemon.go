@@ -232,6 +232,11 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	acfg.Images = eng
 	acfg.Logs = eng
 	acfg.Engine = eng
+	ictx, icancel := context.WithTimeout(ctx, 3*time.Second)
+	if info, err := eng.Info(ictx); err == nil {
+		acfg.EngineVersion, acfg.MemoryBytes = info.ServerVersion, info.MemTotal
+	}
+	icancel()
 	dir := d.cfg.SecretsDir
 	if dir == "" {
 		dir = filepath.Join("/run/hush", d.nodeID)
