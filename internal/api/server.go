@@ -55,7 +55,7 @@ type Config struct {
 	// (read once at start; "" and 0 when unknown).
 	EngineVersion string
 	MemoryBytes   int64
-	Node   Node
+	Node          Node
 	// Version is hushd's own version string.
 	Version string
 	// APIVersion is the API version advertised in /_ping: the lower of
