@@ -201,7 +201,7 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		t := t
 		c, hasC := byTask[t.ID]
 		switch {
-		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending):
+		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.start(ctx, t) })
 		case t.DesiredState == swarm.TaskStateRunning && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
 			// Interrupted mid-start by a restart: adopt a running container,
@@ -224,6 +224,8 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			} else if !c.Running {
 				a.spawn(ctx, t.ID, func(ctx context.Context) { a.exited(ctx, t, c) })
 			}
+		case t.DesiredState == swarm.TaskStateReady:
+			// A restart waiting out its delay: nothing to do yet.
 		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.stop(ctx, t, c.ID) })
 		case t.DesiredState == swarm.TaskStateRemove && model.Terminal(t.Status.State):

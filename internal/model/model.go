@@ -46,6 +46,9 @@ type Task struct {
 	// CreateIndex is the store revision that created the task: it orders
 	// tasks made within one clock tick (not stored).
 	CreateIndex int64 `json:"-"`
+	// NotBefore delays the start of a restarted task (restart delay); the
+	// task waits with desired state "ready" until then, as in Swarm.
+	NotBefore time.Time `json:"notBefore,omitempty"`
 	// Restarts are the times this task's slot lineage was restarted by the
 	// restart policy, for max-attempts and window (bounded).
 	Restarts []time.Time `json:"restarts,omitempty"`

@@ -111,7 +111,7 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 		byID[s.ID] = s
 	}
 	for _, t := range tasks {
-		if t.NodeID == "" && t.DesiredState != swarm.TaskStateRunning {
+		if t.NodeID == "" && !wanted(t) {
 			// No agent owns an unplaced task: retire it here.
 			errs = append(errs, o.retireUnplaced(ctx, t))
 			continue
@@ -164,11 +164,17 @@ type slot struct {
 func (s *slot) desired() []*model.Task {
 	var out []*model.Task
 	for _, t := range s.tasks {
-		if t.DesiredState == swarm.TaskStateRunning {
+		if wanted(t) {
 			out = append(out, t)
 		}
 	}
 	return out
+}
+
+// wanted reports whether the orchestrator wants t to run: now, or (desired
+// state "ready") once its restart delay is over.
+func wanted(t *model.Task) bool {
+	return t.DesiredState == swarm.TaskStateRunning || t.DesiredState == swarm.TaskStateReady
 }
 
 // busy reports whether a task of the slot is still alive (not terminal).
@@ -248,6 +254,13 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 			}
 		default:
 			cur := d[len(d)-1]
+			if cur.DesiredState == swarm.TaskStateReady {
+				// A restart waiting out its delay.
+				if !o.now().Before(cur.NotBefore) {
+					errs = append(errs, o.setDesired(ctx, cur, swarm.TaskStateRunning))
+				}
+				continue
+			}
 			if len(d) > 1 {
 				if model.Terminal(cur.Status.State) {
 					// start-first and the new task died: the restart policy
@@ -412,13 +425,12 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 	if maxAttempts > 0 && uint64(restartsWithin(dead.Restarts, window, o.now())) >= maxAttempts {
 		return nil
 	}
-	if o.now().Sub(dead.Status.Timestamp) < delay {
-		return nil
-	}
+	// As in Swarm, the replacement exists at once and waits out the delay
+	// with desired state "ready".
 	if err := o.setDesired(ctx, dead, swarm.TaskStateShutdown); err != nil {
 		return err
 	}
-	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(dead.Restarts), o.now()))
+	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(dead.Restarts), o.now()), dead.Status.Timestamp.Add(delay))
 }
 
 // restartsWithin counts restarts in the window (all of them when 0).
@@ -505,12 +517,12 @@ func hostname() string {
 // unassigned and pending with the reason, as in Swarm; global services
 // simply have no task on a node they cannot use.
 func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *slot) error {
-	return o.createTaskAfter(ctx, svc, s, nil)
+	return o.createTaskAfter(ctx, svc, s, nil, time.Time{})
 }
 
 // createTaskAfter is createTask for a replacement that inherits the restart
 // history of the task it replaces.
-func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, s *slot, restarts []time.Time) error {
+func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, s *slot, restarts []time.Time, notBefore time.Time) error {
 	why := o.unschedulable(svc)
 	if why != "" && svc.Spec.Mode.Global != nil {
 		return nil
@@ -534,6 +546,10 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 	t.NodeID = o.nodeID
 	t.DesiredState = swarm.TaskStateRunning
 	t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStateAssigned, Message: "assigned"}
+	if now.Before(notBefore) {
+		t.DesiredState, t.NotBefore = swarm.TaskStateReady, notBefore
+		t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStateReady, Message: "restart delayed"}
+	}
 	if why != "" {
 		t.NodeID = ""
 		t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStatePending, Message: "pending task scheduling", Err: why}

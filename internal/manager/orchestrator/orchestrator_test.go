@@ -63,7 +63,7 @@ func (f *fixture) agent() {
 	for _, t := range f.tasks() {
 		next := *t
 		switch {
-		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned:
+		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStateReady):
 			next.Status.State = swarm.TaskStateRunning
 		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
 			next.Status.State = swarm.TaskStateShutdown
@@ -214,13 +214,20 @@ func TestRestartPolicyDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.pass()
-	if len(f.tasks()) != 1 {
-		t.Fatal("restarted before the delay elapsed")
-	}
-	f.now = f.now.Add(6 * time.Second)
-	f.pass()
+	// As in Swarm: the replacement exists at once, waiting as "ready".
 	ts := f.tasks()
-	if len(ts) != 2 || count(ts, swarm.TaskStateRunning, swarm.TaskStateAssigned) != 1 {
+	if len(ts) != 2 || count(ts, swarm.TaskStateReady, swarm.TaskStateReady) != 1 || count(ts, swarm.TaskStateShutdown, swarm.TaskStateFailed) != 1 {
+		t.Fatalf("right after the failure: %d tasks", len(ts))
+	}
+	f.now = f.now.Add(3 * time.Second)
+	f.pass()
+	if count(f.tasks(), swarm.TaskStateRunning, "") != 0 {
+		t.Fatal("started before the delay elapsed")
+	}
+	f.now = f.now.Add(3 * time.Second)
+	f.pass()
+	ts = f.tasks()
+	if len(ts) != 2 || count(ts, swarm.TaskStateRunning, swarm.TaskStateReady) != 1 {
 		t.Fatalf("after the delay: %d tasks", len(ts))
 	}
 }

@@ -37,7 +37,7 @@ func (f *fixture) nodeAgent() {
 		}
 		next := *t
 		switch {
-		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned:
+		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStateReady):
 			next.Status.State = swarm.TaskStateRunning
 		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
 			next.Status.State = swarm.TaskStateShutdown
