@@ -67,6 +67,8 @@ type Daemon struct {
 	proxy  *proxy.Proxy
 	engine *engine.Engine
 	fs     *secretfs.Manager
+	// engineLabels are the engine's labels, for engine.labels constraints.
+	engineLabels []string
 
 	mirror  *store.Mirror
 	secrets *objects.Manager
@@ -235,6 +237,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	ictx, icancel := context.WithTimeout(ctx, 3*time.Second)
 	if info, err := eng.Info(ictx); err == nil {
 		acfg.EngineVersion, acfg.MemoryBytes = info.ServerVersion, info.MemTotal
+		d.engineLabels = info.Labels
 	}
 	icancel()
 	dir := d.cfg.SecretsDir

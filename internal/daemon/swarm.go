@@ -126,7 +126,9 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 			fn(ctx)
 		}()
 	}
-	run(orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log).Run)
+	orch := orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log)
+	orch.SetEngineLabels(d.engineLabels)
+	run(orch.Run)
 	if d.engine != nil {
 		disp := dispatcher.New(d.svcs, d.secrets, d.configs, d.log)
 		run(agent.New(agent.Config{

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/identity"
@@ -40,7 +41,8 @@ type Orchestrator struct {
 	// drain place no new ones.
 	availability swarm.NodeAvailability
 	// node is the node as placement constraints see it.
-	node constraint.Node
+	node         constraint.Node
+	engineLabels map[string]string
 	// lastBatch is when the last update batch of a service finished; the
 	// update delay counts from it. Lost on restart, which only shortens
 	// one delay.
@@ -59,9 +61,19 @@ func New(st *store.Store, mir *store.Mirror, svcs *services.Manager, nodeID stri
 	}
 }
 
+// SetEngineLabels gives the node's engine labels ("k=v"), which
+// `engine.labels.*` placement constraints match. Call before Run.
+func (o *Orchestrator) SetEngineLabels(labels []string) {
+	o.engineLabels = map[string]string{}
+	for _, l := range labels {
+		k, v, _ := strings.Cut(l, "=")
+		o.engineLabels[k] = v
+	}
+}
+
 // Run reconciles on every change to services, tasks or nodes, and at least
-// every 500 ms so that
-// delays (restart, update) elapse without a write to wake it.
+// every 500 ms so that delays (restart, update) elapse without a write to
+// wake it.
 func (o *Orchestrator) Run(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
@@ -88,9 +100,9 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	if n, err := nodes.Get(ctx, o.svcs.Store(), o.nodeID); err == nil {
 		o.availability = n.Spec.Availability
 		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(n.Spec.Role),
-			OS: runtime.GOOS, Arch: runtime.GOARCH, Labels: n.Spec.Labels}
+			OS: runtime.GOOS, Arch: runtime.GOARCH, Labels: n.Spec.Labels, EngineLabels: o.engineLabels}
 	} else {
-		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(swarm.NodeRoleManager), OS: runtime.GOOS, Arch: runtime.GOARCH}
+		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(swarm.NodeRoleManager), OS: runtime.GOOS, Arch: runtime.GOARCH, EngineLabels: o.engineLabels}
 	}
 	byService := map[string][]*model.Task{}
 	for _, t := range tasks {

@@ -293,3 +293,32 @@ func TestPlacementConstraints(t *testing.T) {
 		}
 	}
 }
+
+func TestEngineLabelConstraint(t *testing.T) {
+	f := newFixture(t)
+	f.o.SetEngineLabels([]string{"storage=ssd", "tier"})
+	s := replicated("db", 1)
+	s.TaskTemplate.Placement = &swarm.Placement{Constraints: []string{"engine.labels.storage == ssd"}}
+	if _, err := f.svcs.Create(f.ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	if ts := f.tasks(); len(ts) != 1 || ts[0].NodeID != "node1" {
+		t.Fatalf("engine label constraint not met: %+v", ts)
+	}
+	s2 := replicated("db2", 1)
+	s2.TaskTemplate.Placement = &swarm.Placement{Constraints: []string{"engine.labels.storage == hdd"}}
+	if _, err := f.svcs.Create(f.ctx, s2); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	pending := 0
+	for _, tk := range f.tasks() {
+		if tk.ServiceName == "db2" && tk.NodeID == "" && tk.Status.State == swarm.TaskStatePending {
+			pending++
+		}
+	}
+	if pending != 1 {
+		t.Fatalf("unsatisfied engine label: %d pending tasks", pending)
+	}
+}
