@@ -580,56 +580,49 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 // retireUnplaced ends a task that was never placed: shut down, or deleted
 // once it is to be removed.
 func (o *Orchestrator) retireUnplaced(ctx context.Context, t *model.Task) error {
-	var err error
 	if t.DesiredState == swarm.TaskStateRemove {
-		err = o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), nil)
-	} else if !model.Terminal(t.Status.State) {
-		next := *t
-		next.UpdatedAt = o.now()
-		next.Status = swarm.TaskStatus{Timestamp: next.UpdatedAt, State: swarm.TaskStateShutdown, Message: "shutdown"}
-		val, merr := json.Marshal(&next)
-		if merr != nil {
-			return merr
-		}
-		_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
+		return ignoreRace(o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), nil))
 	}
-	if errors.Is(err, store.ErrStale) || errors.Is(err, store.ErrNotFound) {
+	if model.Terminal(t.Status.State) {
 		return nil
 	}
-	return err
+	return o.writeTask(ctx, t, func(n *model.Task) {
+		n.Status = swarm.TaskStatus{Timestamp: n.UpdatedAt, State: swarm.TaskStateShutdown, Message: "shutdown"}
+	})
 }
 
 // assign places a pending task on this node.
 func (o *Orchestrator) assign(ctx context.Context, t *model.Task) error {
-	next := *t
-	next.NodeID = o.nodeID
-	next.UpdatedAt = o.now()
-	next.Status = swarm.TaskStatus{Timestamp: next.UpdatedAt, State: swarm.TaskStateAssigned, Message: "assigned"}
-	val, err := json.Marshal(&next)
-	if err != nil {
-		return err
-	}
-	_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
-	if errors.Is(err, store.ErrStale) || errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	return err
+	return o.writeTask(ctx, t, func(n *model.Task) {
+		n.NodeID = o.nodeID
+		n.Status = swarm.TaskStatus{Timestamp: n.UpdatedAt, State: swarm.TaskStateAssigned, Message: "assigned"}
+	})
 }
 
 func (o *Orchestrator) setDesired(ctx context.Context, t *model.Task, state swarm.TaskState) error {
 	if t.DesiredState == state {
 		return nil
 	}
+	return o.writeTask(ctx, t, func(n *model.Task) { n.DesiredState = state })
+}
+
+// writeTask writes a changed copy of t if t is still current. Losing the
+// race to the agent (or to a removal) is not an error: the next pass sees
+// the newer task and decides again.
+func (o *Orchestrator) writeTask(ctx context.Context, t *model.Task, change func(*model.Task)) error {
 	next := *t
-	next.DesiredState = state
 	next.UpdatedAt = o.now()
+	change(&next)
 	val, err := json.Marshal(&next)
 	if err != nil {
 		return err
 	}
 	_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
+	return ignoreRace(err)
+}
+
+func ignoreRace(err error) error {
 	if errors.Is(err, store.ErrStale) || errors.Is(err, store.ErrNotFound) {
-		// The agent wrote status meanwhile; the next pass sees it.
 		return nil
 	}
 	return err
