@@ -204,18 +204,10 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.start(ctx, t) })
 		case t.DesiredState == swarm.TaskStateRunning && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
-			// Interrupted mid-start by a restart: adopt a running container,
-			// or fail the task so the orchestrator replaces it.
-			a.spawn(ctx, t.ID, func(ctx context.Context) {
-				if hasC && c.Running {
-					a.adopt(ctx, t, c)
-					return
-				}
-				if hasC {
-					_ = a.eng.Remove(ctx, c.ID)
-				}
-				a.finish(ctx, t, swarm.TaskStateFailed, "interrupted", "task: start interrupted by a hushd restart", nil)
-			})
+			// Interrupted mid-start (a restart, or a status write that
+			// failed): adopt a running container, or fail the task so the
+			// orchestrator replaces it.
+			a.spawn(ctx, t.ID, func(ctx context.Context) { a.recoverStart(ctx, t) })
 		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateRunning:
 			if !hasC {
 				a.spawn(ctx, t.ID, func(ctx context.Context) {
@@ -302,6 +294,40 @@ func (a *Agent) wasStarted(id string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.started[id] || a.busy[id]
+}
+
+// recoverStart finishes a task found half started. This pass's snapshot
+// may predate a start that has just completed, so it decides on a fresh
+// read of the task and of the engine's containers, never on the snapshot.
+func (a *Agent) recoverStart(ctx context.Context, stale *model.Task) {
+	o, err := a.table.Get(ctx, stale.ID)
+	if err != nil {
+		return
+	}
+	t, err := model.Decode[model.Task](o.Value)
+	if err != nil {
+		return
+	}
+	t.Version.Index = uint64(o.ModRev)
+	if t.DesiredState != swarm.TaskStateRunning || !model.Before(t.Status.State, swarm.TaskStateRunning) ||
+		t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady {
+		return
+	}
+	ctrs, err := a.eng.ListTasks(ctx)
+	if err != nil {
+		return
+	}
+	for _, c := range ctrs {
+		if c.Labels["com.docker.swarm.task.id"] != t.ID || c.Labels[labelHush] != a.nodeID {
+			continue
+		}
+		if c.Running {
+			a.adopt(ctx, t, c)
+			return
+		}
+		_ = a.eng.Remove(ctx, c.ID)
+	}
+	a.finish(ctx, t, swarm.TaskStateFailed, "interrupted", "task: start interrupted before the container ran", nil)
 }
 
 func (a *Agent) adopt(ctx context.Context, t *model.Task, c engine.State) {
@@ -437,6 +463,7 @@ func (a *Agent) containerSpec(t *model.Task, binds []engine.Bind) engine.Spec {
 
 // exited records how a task's container ended.
 func (a *Agent) exited(ctx context.Context, t *model.Task, c engine.State) {
+	a.log.Info("task container exited", "task", t.ID, "service", t.ServiceName, "exitCode", c.ExitCode, "status", c.Status, "error", c.Err)
 	cst := &swarm.ContainerStatus{ContainerID: c.ID, ExitCode: c.ExitCode}
 	if c.ExitCode == 0 {
 		a.finish(ctx, t, swarm.TaskStateComplete, "finished", "", cst)

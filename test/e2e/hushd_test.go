@@ -164,7 +164,7 @@ func startHushd(t testing.TB, opts ...hushdOption) *Hushd {
 			h.Stop()
 		}
 		if t.Failed() {
-			t.Logf("hushd log tail (%s):\n%s", h.LogPath, tailFile(h.LogPath, 80))
+			t.Logf("hushd log tail (%s):\n%s", h.LogPath, tailFile(h.LogPath, 250))
 		}
 		// Task containers and their mounts outlive hushd by design; a test
 		// must not leave them running on the shared engine.
@@ -232,7 +232,7 @@ func (h *Hushd) start() {
 	for time.Now().Before(deadline) {
 		select {
 		case <-done:
-			h.t.Fatalf("hushd exited before becoming ready (%v); log:\n%s", h.exitErr(), tailFile(h.LogPath, 80))
+			h.t.Fatalf("hushd exited before becoming ready (%v); log:\n%s", h.exitErr(), tailFile(h.LogPath, 250))
 		default:
 		}
 		resp, err := client.Get("http://docker/_ping")
@@ -247,7 +247,7 @@ func (h *Hushd) start() {
 		time.Sleep(50 * time.Millisecond)
 	}
 	h.Kill()
-	h.t.Fatalf("hushd not ready after %s (last: %v); log:\n%s", hushdReadyTimeout, lastErr, tailFile(h.LogPath, 80))
+	h.t.Fatalf("hushd not ready after %s (last: %v); log:\n%s", hushdReadyTimeout, lastErr, tailFile(h.LogPath, 250))
 }
 
 func (h *Hushd) exitErr() error {

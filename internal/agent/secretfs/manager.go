@@ -458,24 +458,30 @@ func (m *Manager) Unmount(taskID string) error {
 	if err := m.unmountLocked(taskID); err != nil {
 		return err
 	}
-	m.log.Info("secretfs: unmounted", "task", taskID)
 	return nil
 }
 
 func (m *Manager) unmountLocked(taskID string) error {
 	dir := m.dir(taskID)
 	// Loop in case mounts are stacked on dir.
-	for range 8 {
+	for i := range 8 {
 		st, err := m.state(dir)
 		if err != nil {
 			return err
 		}
 		switch st {
 		case stateAbsent:
+			if i > 0 {
+				// Only an unmount that did something is worth a line.
+				m.log.Info("secretfs: unmounted", "task", taskID)
+			}
 			return nil
 		case stateDir:
 			if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("secretfs: %w", err)
+			}
+			if i > 0 {
+				m.log.Info("secretfs: unmounted", "task", taskID)
 			}
 			return nil
 		}
