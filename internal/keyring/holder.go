@@ -16,9 +16,6 @@ type Holder struct{ p atomic.Pointer[Keyring] }
 // Set loads k (nil unloads).
 func (h *Holder) Set(k *Keyring) { h.p.Store(k) }
 
-// Loaded reports whether a keyring is loaded.
-func (h *Holder) Loaded() bool { return h.p.Load() != nil }
-
 // Seal seals with the loaded keyring.
 func (h *Holder) Seal(plaintext, aad []byte) (Sealed, error) {
 	k := h.p.Load()

@@ -119,12 +119,6 @@ type Hushd struct {
 
 type hushdOption func(*Hushd)
 
-// withDataDir starts hushd on an existing data directory.
-func withDataDir(dir string) hushdOption { return func(h *Hushd) { h.DataDir = dir } }
-
-// withLogLevel overrides --log-level (default debug).
-func withLogLevel(level string) hushdOption { return func(h *Hushd) { h.logLevel = level } }
-
 // withArgs appends extra command-line arguments.
 func withArgs(args ...string) hushdOption {
 	return func(h *Hushd) { h.extra = append(h.extra, args...) }

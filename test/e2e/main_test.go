@@ -50,8 +50,6 @@ func e2eTarget() string {
 	}
 }
 
-func inCI() bool { return os.Getenv("CI") == "true" }
-
 // skipOrFatal skips the test locally, but fails it under CI=true: CI must
 // never silently skip.
 func skipOrFatal(t testing.TB, format string, args ...any) {

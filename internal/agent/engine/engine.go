@@ -65,10 +65,8 @@ func New(socket string, log *slog.Logger) (*Engine, error) {
 	}
 	cli, err := client.New(
 		client.WithHost(host),
-		// Negotiation is the default in this client (the option is kept for
-		// clarity and is a no-op); never pin a version: the engine may be
-		// older than the client.
-		client.WithAPIVersionNegotiation(),
+		// No WithVersion: the client negotiates down to the engine's API
+		// version by default, and the engine may be older than the client.
 		client.WithUserAgent("hush-agent"),
 	)
 	if err != nil {

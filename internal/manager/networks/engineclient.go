@@ -24,7 +24,7 @@ func NewEngineClient(socket string) (*EngineClient, error) {
 	if !strings.Contains(host, "://") {
 		host = "unix://" + host
 	}
-	cli, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation(), client.WithUserAgent("hush-networks"))
+	cli, err := client.New(client.WithHost(host), client.WithUserAgent("hush-networks"))
 	if err != nil {
 		return nil, fmt.Errorf("networks: engine client for %s: %w", host, err)
 	}

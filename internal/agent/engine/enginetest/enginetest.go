@@ -115,7 +115,7 @@ func BusyboxImage(t testing.TB) string {
 }
 
 func newClient() (*client.Client, error) {
-	return client.New(client.WithHost("unix://"+Socket), client.WithAPIVersionNegotiation())
+	return client.New(client.WithHost("unix://" + Socket))
 }
 
 func ensureBusybox() (missing bool, _ error) {
