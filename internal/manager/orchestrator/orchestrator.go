@@ -43,6 +43,9 @@ type Orchestrator struct {
 	// node is the node as placement constraints see it.
 	node         constraint.Node
 	engineLabels map[string]string
+	// why memoises unschedulable per service within one pass: constraints
+	// are parsed once per pass, not once per task.
+	why map[string]string
 	// lastBatch is when the last update batch of a service finished; the
 	// update delay counts from it. Lost on restart, which only shortens
 	// one delay.
@@ -97,6 +100,7 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	o.why = map[string]string{}
 	if n, err := nodes.Get(ctx, o.svcs.Store(), o.nodeID); err == nil {
 		o.availability = n.Spec.Availability
 		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(n.Spec.Role),
@@ -508,6 +512,17 @@ func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) e
 // unschedulable says why svc's tasks cannot be placed on the node ("" if
 // they can), in Swarm's words.
 func (o *Orchestrator) unschedulable(svc *model.Service) string {
+	if w, ok := o.why[svc.ID]; ok {
+		return w
+	}
+	w := o.placementProblem(svc)
+	if o.why != nil {
+		o.why[svc.ID] = w
+	}
+	return w
+}
+
+func (o *Orchestrator) placementProblem(svc *model.Service) string {
 	if o.availability == swarm.NodeAvailabilityDrain || o.availability == swarm.NodeAvailabilityPause {
 		return "no suitable node (1 node not available for new tasks)"
 	}

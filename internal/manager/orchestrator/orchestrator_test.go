@@ -56,25 +56,31 @@ func (f *fixture) tasks() []*model.Task {
 	return ts
 }
 
-// agent plays the node: tasks meant to run become running, tasks meant to
-// stop become shut down.
+// agent plays the node's agent: of the tasks assigned to node1, those meant
+// to run become running, those meant to stop become shut down.
 func (f *fixture) agent() {
 	f.t.Helper()
 	for _, t := range f.tasks() {
-		next := *t
-		switch {
-		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStateReady):
-			next.Status.State = swarm.TaskStateRunning
-		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
-			next.Status.State = swarm.TaskStateShutdown
-		default:
+		if t.NodeID != "node1" {
 			continue
 		}
-		next.Status.Timestamp = f.now
-		val, _ := json.Marshal(&next)
-		if _, err := f.st.Table(model.TasksTable).Update(f.ctx, t.ID, int64(t.Version.Index), val); err != nil {
-			f.t.Fatal(err)
+		switch {
+		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStateReady):
+			f.setState(t, swarm.TaskStateRunning, "")
+		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
+			f.setState(t, swarm.TaskStateShutdown, "")
 		}
+	}
+}
+
+// setState writes a task status as the agent would.
+func (f *fixture) setState(tk *model.Task, st swarm.TaskState, errText string) {
+	f.t.Helper()
+	next := *tk
+	next.Status = swarm.TaskStatus{State: st, Timestamp: f.now, Err: errText}
+	val, _ := json.Marshal(&next)
+	if _, err := f.st.Table(model.TasksTable).Update(f.ctx, tk.ID, int64(tk.Version.Index), val); err != nil {
+		f.t.Fatal(err)
 	}
 }
 

@@ -1,7 +1,6 @@
 package orchestrator
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -10,15 +9,6 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
-func (f *fixture) setState(tk *model.Task, st swarm.TaskState, errText string) {
-	next := *tk
-	next.Status = swarm.TaskStatus{State: st, Timestamp: f.now, Err: errText}
-	val, _ := json.Marshal(&next)
-	if _, err := f.st.Table(model.TasksTable).Update(f.ctx, tk.ID, int64(tk.Version.Index), val); err != nil {
-		f.t.Fatal(err)
-	}
-}
-
 // fullAgent: like agent() plus deleting tasks marked for removal.
 func (f *fixture) fullAgent() {
 	f.agent()
@@ -26,27 +16,6 @@ func (f *fixture) fullAgent() {
 		if t.DesiredState == swarm.TaskStateRemove && model.Terminal(t.Status.State) {
 			_ = f.st.Table(model.TasksTable).Delete(f.ctx, t.ID, "", 0, nil)
 		}
-	}
-}
-
-// nodeAgent plays the real agent, which only acts on tasks assigned to it.
-func (f *fixture) nodeAgent() {
-	for _, t := range f.tasks() {
-		if t.NodeID != "node1" {
-			continue
-		}
-		next := *t
-		switch {
-		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStateReady):
-			next.Status.State = swarm.TaskStateRunning
-		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
-			next.Status.State = swarm.TaskStateShutdown
-		default:
-			continue
-		}
-		next.Status.Timestamp = f.now
-		val, _ := json.Marshal(&next)
-		_, _ = f.st.Table(model.TasksTable).Update(f.ctx, t.ID, int64(t.Version.Index), val)
 	}
 }
 
@@ -68,7 +37,7 @@ func TestUpdateOfPendingTaskProceeds(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 20; i++ {
-		f.nodeAgent()
+		f.agent()
 		f.now = f.now.Add(time.Second)
 		f.pass()
 	}
