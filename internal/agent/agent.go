@@ -364,6 +364,10 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		a.finish(ctx, t, swarm.TaskStateRejected, "preparing", msg, nil)
 		return
 	}
+	if msg := a.engineRefusal(ctx, t); msg != "" {
+		a.finish(ctx, t, swarm.TaskStateRejected, "preparing", msg, nil)
+		return
+	}
 	binds, err := a.mountSecrets(ctx, t)
 	if err != nil {
 		a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
@@ -453,12 +457,14 @@ func (a *Agent) containerSpec(t *model.Task, binds []engine.Bind) engine.Spec {
 	labels["com.docker.swarm.task.name"] = t.ContainerName()
 	labels["com.docker.swarm.node.id"] = t.NodeID
 	labels[labelHush] = a.nodeID
-	return engine.Spec{
+	spec := engine.Spec{
 		Name: t.ContainerName(), Labels: labels, Image: cs.Image,
 		Command: cs.Command, Args: cs.Args, Env: cs.Env, Dir: cs.Dir, User: cs.User, Hostname: cs.Hostname,
-		TTY: cs.TTY, OpenStdin: cs.OpenStdin, StopSignal: cs.StopSignal, StopGracePeriod: cs.StopGracePeriod,
-		Init: cs.Init, Binds: binds, Mounts: cs.Mounts, Ports: publishes(t.Ports),
+		TTY: cs.TTY, OpenStdin: cs.OpenStdin, StopSignal: cs.StopSignal,
+		Init: cs.Init, Binds: binds, Ports: publishes(t.Ports),
 	}
+	applyTaskSpec(&spec, t.Spec)
+	return spec
 }
 
 // exited records how a task's container ended.
@@ -480,7 +486,9 @@ func (a *Agent) finish(ctx context.Context, t *model.Task, state swarm.TaskState
 	}
 }
 
-// stop shuts a task's container down with its grace period.
+// stop shuts a task's container down with its grace period (Swarm applies
+// StopGracePeriod here, at stop time, and does not store it on the
+// container; nil lets the engine use its default of 10 s).
 func (a *Agent) stop(ctx context.Context, t *model.Task, containerID string) {
 	if containerID != "" {
 		if err := a.eng.Stop(ctx, containerID, t.Spec.ContainerSpec.StopGracePeriod); err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,13 +46,39 @@ type Spec struct {
 	// container's hostname; empty keeps the image's (or engine's) default.
 	Dir, User, Hostname string
 	TTY, OpenStdin      bool
-	// StopSignal overrides the image's stop signal.
+	// StopSignal overrides the image's stop signal. The grace period is not
+	// stored on the container (Swarm does not either): the caller passes it
+	// to Stop.
 	StopSignal string
-	// StopGracePeriod is the container's default stop timeout (rounded up
-	// to whole seconds); nil keeps the engine's default.
-	StopGracePeriod *time.Duration
 	// Init runs an init process as PID 1; nil keeps the engine's default.
 	Init *bool
+	// Groups are supplementary groups (names or GIDs) of the container's
+	// process.
+	Groups []string
+	// ReadOnly mounts the root filesystem read-only.
+	ReadOnly bool
+	// Healthcheck replaces the image's health check; nil keeps it.
+	Healthcheck *container.HealthConfig
+	// ExtraHosts are /etc/hosts entries in the engine's "name:IP" form.
+	ExtraHosts []string
+	// DNS, DNSSearch and DNSOptions go to the container's resolv.conf.
+	DNS                   []netip.Addr
+	DNSSearch, DNSOptions []string
+	// SecurityOpt are engine security options (no-new-privileges=true,
+	// seccomp=..., apparmor=unconfined, label=...).
+	SecurityOpt []string
+	// Sysctls are namespaced kernel parameters.
+	Sysctls map[string]string
+	// CapAdd and CapDrop change the default capability set.
+	CapAdd, CapDrop []string
+	// Isolation is the engine's isolation technology ("" or "default" on
+	// Linux).
+	Isolation container.Isolation
+	// OomScoreAdj is the container's OOM killer preference.
+	OomScoreAdj int
+	// LogConfig selects the container's log driver; nil keeps the engine's
+	// default driver.
+	LogConfig *container.LogConfig
 	// Binds are secret and config files, mounted read-only.
 	Binds []Bind
 	// Mounts are the service's other mounts (volumes, binds, tmpfs),
@@ -64,7 +92,8 @@ type Spec struct {
 	// host or none networks, which do not support them), e.g. the service
 	// name so that services reach each other by name.
 	NetworkAliases []string
-	// Resources are limits and reservations; nil means none.
+	// Resources are limits (cgroup limits, pids, ulimits); nil means none.
+	// Swarm's reservations are for scheduling only and never set here.
 	Resources *container.Resources
 	// Ports are bound on the host (a service's published ports).
 	Ports []Publish
@@ -249,6 +278,11 @@ func containerConfig(s Spec) *container.Config {
 		OpenStdin:  s.OpenStdin,
 		StopSignal: s.StopSignal,
 	}
+	if s.Healthcheck != nil {
+		hc := *s.Healthcheck
+		hc.Test = slices.Clone(hc.Test)
+		cfg.Healthcheck = &hc
+	}
 	// As Swarm does: Command replaces the whole invocation (entrypoint plus
 	// Args as its arguments); Args alone replace the image's CMD.
 	if len(s.Command) > 0 {
@@ -256,10 +290,6 @@ func containerConfig(s Spec) *container.Config {
 		cfg.Cmd = slices.Clone(s.Args)
 	} else if len(s.Args) > 0 {
 		cfg.Cmd = slices.Clone(s.Args)
-	}
-	if s.StopGracePeriod != nil {
-		t := graceSeconds(*s.StopGracePeriod)
-		cfg.StopTimeout = &t
 	}
 	for _, p := range s.Ports {
 		if cfg.ExposedPorts == nil {
@@ -287,7 +317,24 @@ func (p Publish) containerPort() network.Port {
 }
 
 func hostConfig(s Spec) *container.HostConfig {
-	hc := &container.HostConfig{Init: s.Init}
+	hc := &container.HostConfig{
+		Init:           s.Init,
+		GroupAdd:       slices.Clone(s.Groups),
+		ReadonlyRootfs: s.ReadOnly,
+		ExtraHosts:     slices.Clone(s.ExtraHosts),
+		DNS:            slices.Clone(s.DNS),
+		DNSSearch:      slices.Clone(s.DNSSearch),
+		DNSOptions:     slices.Clone(s.DNSOptions),
+		SecurityOpt:    slices.Clone(s.SecurityOpt),
+		Sysctls:        maps.Clone(s.Sysctls),
+		CapAdd:         slices.Clone(s.CapAdd),
+		CapDrop:        slices.Clone(s.CapDrop),
+		Isolation:      s.Isolation,
+		OomScoreAdj:    s.OomScoreAdj,
+	}
+	if s.LogConfig != nil {
+		hc.LogConfig = container.LogConfig{Type: s.LogConfig.Type, Config: maps.Clone(s.LogConfig.Config)}
+	}
 	if len(s.Networks) > 0 {
 		hc.NetworkMode = container.NetworkMode(s.Networks[0])
 	}

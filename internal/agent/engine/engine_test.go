@@ -233,8 +233,6 @@ func TestSecretBindEnvLabelsLogs(t *testing.T) {
 	s.Hostname = "hush-task-host"
 	no := false
 	s.Init = &no
-	grace := 2 * time.Second
-	s.StopGracePeriod = &grace
 
 	id := create(t, e, s)
 	start(t, e, id)
@@ -279,8 +277,9 @@ func TestSecretBindEnvLabelsLogs(t *testing.T) {
 	if !found {
 		t.Errorf("no mount at /run/secrets/x in %+v", raw.Container.Mounts)
 	}
-	if c := raw.Container.Config; c.StopTimeout == nil || *c.StopTimeout != 2 {
-		t.Errorf("StopTimeout = %v, want 2", c.StopTimeout)
+	// As on Swarm, the grace period is applied by Stop, not stored.
+	if c := raw.Container.Config; c.StopTimeout != nil {
+		t.Errorf("StopTimeout = %v, want none", *c.StopTimeout)
 	}
 	if hc := raw.Container.HostConfig; hc.Init == nil || *hc.Init {
 		t.Errorf("Init = %v, want false", hc.Init)
@@ -410,15 +409,14 @@ func TestStop(t *testing.T) {
 	t.Run("ignoresTERM", func(t *testing.T) {
 		t.Parallel()
 		// PID 1 without a handler ignores TERM: the engine kills it after
-		// the spec's 1s grace period (Stop with nil grace).
+		// the 1s grace period given to Stop.
 		s := taskSpec(img, "noterm", "sh", "-c", `echo ready; while :; do sleep 0.1; done`)
 		grace := time.Second
-		s.StopGracePeriod = &grace
 		id := create(t, e, s)
 		start(t, e, id)
 		waitLogs(t, e, id, "ready")
 		t0 := time.Now()
-		if err := e.Stop(t.Context(), id, nil); err != nil {
+		if err := e.Stop(t.Context(), id, &grace); err != nil {
 			t.Fatal(err)
 		}
 		took := time.Since(t0)

@@ -25,6 +25,9 @@ func validateSpec(s *swarm.ServiceSpec) error {
 	if cs.Image == "" {
 		return errdefs.InvalidArgument("ContainerSpec: image reference must be provided")
 	}
+	if err := checkHonoured(s); err != nil {
+		return err
+	}
 	// Swarm stores these defaults; clients that compare specs expect them.
 	if cs.Isolation == "" {
 		cs.Isolation = "default"
@@ -71,9 +74,6 @@ func validateSpec(s *swarm.ServiceSpec) error {
 	for _, r := range cs.Configs {
 		if r == nil || r.ConfigID == "" && r.ConfigName == "" {
 			return errdefs.InvalidArgument("malformed config reference")
-		}
-		if r.Runtime != nil {
-			continue
 		}
 		if r.File == nil {
 			r.File = &swarm.ConfigReferenceFileTarget{Name: "/" + r.ConfigName}
