@@ -50,9 +50,13 @@ func TestCheckHonouredRefuses(t *testing.T) {
 			`ContainerSpec.Isolation: "process" is not supported by hush (Linux containers have only the default isolation)`},
 		{"plugin runtime", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) { s.TaskTemplate.Runtime = swarm.RuntimePlugin }),
 			`TaskTemplate.Runtime: "plugin" is not supported by hush (only "container")`},
-		{"attachment runtime", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) { s.TaskTemplate.Runtime = swarm.RuntimeNetworkAttachment }),
+		{"attachment runtime", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.TaskTemplate.Runtime = swarm.RuntimeNetworkAttachment
+		}),
 			`TaskTemplate.Runtime: "attachment" is not supported by hush (only "container")`},
-		{"plugin spec", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) { s.TaskTemplate.PluginSpec = &swarm.RuntimeSpec{Name: "p"} }),
+		{"plugin spec", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.TaskTemplate.PluginSpec = &swarm.RuntimeSpec{Name: "p"}
+		}),
 			"TaskTemplate.PluginSpec: plugin services are not supported by hush"},
 		{"attachment spec", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
 			s.TaskTemplate.NetworkAttachmentSpec = &swarm.NetworkAttachmentSpec{ContainerID: "c"}
@@ -60,9 +64,13 @@ func TestCheckHonouredRefuses(t *testing.T) {
 		{"network driver opts", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
 			s.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: "n", DriverOpts: map[string]string{"k": "v"}}}
 		}), "TaskTemplate.Networks[0].DriverOpts: network driver options are not supported by hush (its networks are engine bridge networks)"},
-		{"max failure ratio", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) { s.UpdateConfig = &swarm.UpdateConfig{MaxFailureRatio: 0.5} }),
+		{"max failure ratio", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.UpdateConfig = &swarm.UpdateConfig{MaxFailureRatio: 0.5}
+		}),
 			"UpdateConfig.MaxFailureRatio: not supported by hush yet (the failure action applies at the first failed task)"},
-		{"rollback max failure ratio", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) { s.RollbackConfig = &swarm.UpdateConfig{MaxFailureRatio: 1} }),
+		{"rollback max failure ratio", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.RollbackConfig = &swarm.UpdateConfig{MaxFailureRatio: 1}
+		}),
 			"RollbackConfig.MaxFailureRatio: not supported by hush yet (the failure action applies at the first failed task)"},
 		{"restart condition", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
 			s.TaskTemplate.RestartPolicy = &swarm.RestartPolicy{Condition: "sometimes"}
