@@ -351,10 +351,10 @@ func hostConfig(s Spec) *container.HostConfig {
 		})
 	}
 	hc.Mounts = append(hc.Mounts, s.Mounts...)
+	// Swarm's executor always sends a port map, empty or not (docker
+	// inspect shows {} rather than null).
+	hc.PortBindings = network.PortMap{}
 	for _, p := range s.Ports {
-		if hc.PortBindings == nil {
-			hc.PortBindings = network.PortMap{}
-		}
 		b := network.PortBinding{}
 		if p.Published != 0 {
 			b.HostPort = strconv.Itoa(int(p.Published))

@@ -89,7 +89,7 @@ func TestSpecToEngine(t *testing.T) {
 			if tt.cfg != nil {
 				tt.cfg(wantCfg)
 			}
-			wantHost := &container.HostConfig{}
+			wantHost := &container.HostConfig{PortBindings: network.PortMap{}}
 			if tt.host != nil {
 				tt.host(wantHost)
 			}
