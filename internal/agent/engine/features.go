@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"strings"
+
+	"github.com/moby/moby/client"
 )
 
 // Features is what this node's engine can apply to a container. A task
@@ -23,13 +25,20 @@ func (e *Engine) Features(ctx context.Context) (Features, error) {
 	if err != nil {
 		return Features{}, err
 	}
-	info, err := e.Info(ctx)
+	res, err := e.cli.Info(ctx, client.InfoOptions{})
 	if err != nil {
-		return Features{}, err
+		return Features{}, wrap(err, "info")
 	}
-	f := Features{APIVersion: v}
-	for _, opt := range info.SecurityOptions {
-		// Entries look like "name=seccomp,profile=default".
+	f := securityFeatures(res.Info.SecurityOptions)
+	f.APIVersion = v
+	return f, nil
+}
+
+// securityFeatures reads docker info's SecurityOptions, entries such as
+// "name=seccomp,profile=default" or "name=apparmor".
+func securityFeatures(opts []string) Features {
+	var f Features
+	for _, opt := range opts {
 		for _, kv := range strings.Split(opt, ",") {
 			switch kv {
 			case "name=apparmor":
@@ -41,5 +50,5 @@ func (e *Engine) Features(ctx context.Context) (Features, error) {
 			}
 		}
 	}
-	return f, nil
+	return f
 }
