@@ -1,6 +1,7 @@
 package services
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -238,4 +239,26 @@ func TestRefusedAtCreateAndUpdate(t *testing.T) {
 		t.Fatalf("a refused update changed the service: version %d -> %d, privileges %+v",
 			before.Version.Index, after.Version.Index, after.Spec.TaskTemplate.ContainerSpec.Privileges)
 	}
+}
+
+// FuzzValidateSpec: any decodable spec is accepted or refused with an
+// InvalidArgument error, never a panic or another kind of error.
+func FuzzValidateSpec(f *testing.F) {
+	for _, seed := range []string{
+		`{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"img"}}}`,
+		`{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"img","Hosts":["10.1.2.3 a b"],"Mounts":[{"Type":"tmpfs","Target":"/t","TmpfsOptions":{"SizeBytes":1}}]}}}`,
+		`{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"img","Privileges":{"Seccomp":{"Mode":"custom","Profile":"e30="}}},"Resources":{"Limits":{"MemoryBytes":4194304},"SwapBytes":-1}}}`,
+		`{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"img","Healthcheck":{"Test":["CMD"],"Interval":-1}},"Runtime":"plugin"}}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var s swarm.ServiceSpec
+		if json.Unmarshal(data, &s) != nil {
+			return
+		}
+		if err := validateSpec(&s); err != nil && !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+			t.Fatalf("validateSpec: %v is not InvalidArgument", err)
+		}
+	})
 }
