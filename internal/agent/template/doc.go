@@ -1,0 +1,28 @@
+// Package template renders templated secrets and configs (Templating driver
+// "golang") for one task, with the context Swarm's executor gives them:
+// .Service.ID/.Name/.Labels, .Task.ID/.Name/.Slot,
+// .Node.ID/.Hostname/.Platform.OS/.Platform.Architecture, and the functions
+// env (the task's ContainerSpec.Env), secret and config (the raw data of
+// another secret or config the same task references, by its target) and
+// join (first argument the separator).
+//
+// A template is written by whoever may create secrets, but it is executed
+// inside hushd, so everything it can make hushd do is bounded: the output
+// (Request.Limit), the work (a step budget charged for every node executed
+// inside loops and template calls, and for the bytes functions produce),
+// the size of any intermediate string built by print, printf, println,
+// html, js, urlquery and join (refused before it is built), and recursion
+// between {{define}}d templates (refused). Context cancellation is checked
+// at every step.
+//
+// Secret hygiene: the output is built in a buffer whose old backing arrays
+// are wiped as it grows and which is wiped on failure; the template text
+// and the data functions return are read in place (never copied into Go
+// strings that could not be wiped), and the parse tree's text is wiped when
+// rendering ends. What this package cannot reach: text/template prints
+// every value through fmt, whose pooled scratch buffers keep a copy of what
+// they last printed until they are reused, and strings built by functions
+// (join, printf, slice results are views) are left to the garbage
+// collector. For a sensitive payload, errors carry only a line and column
+// and a fixed reason, never text of the template, which is the secret.
+package template
