@@ -101,6 +101,8 @@ type Request struct {
 	Limit int
 	// Sensitive: the template is a secret, so errors must not quote it.
 	Sensitive bool
+	// MaxSteps is the work budget; 0 means the package's MaxSteps.
+	MaxSteps int
 }
 
 // Error is a failed rendering. Its text follows text/template's for a
@@ -119,7 +121,10 @@ func (e *Error) Unwrap() error { return e.cause }
 // Render executes r.Text with r.Context and returns the output, which the
 // caller owns and should wipe after use.
 func Render(ctx context.Context, r Request) ([]byte, error) {
-	st := &state{ctx: ctx, left: MaxSteps, limit: max(r.Limit, 0), env: r.Env, refs: r.Refs}
+	if r.MaxSteps <= 0 {
+		r.MaxSteps = MaxSteps
+	}
+	st := &state{ctx: ctx, left: int64(r.MaxSteps), limit: max(r.Limit, 0), env: r.Env, refs: r.Refs}
 	tmpl := ttemplate.New(topName).Option("missingkey=error").Funcs(st.funcs())
 	if _, err := tmpl.Parse(view(r.Text)); err != nil {
 		return nil, r.fail(err, ErrSyntax)
@@ -187,7 +192,7 @@ func (r *Request) fail(err error, generic error) *Error {
 	case ErrTooLarge:
 		reason = fmt.Sprintf("the rendered output would exceed %d bytes", r.Limit)
 	case ErrTooComplex:
-		reason = fmt.Sprintf("the template needs more than %d steps", MaxSteps)
+		reason = fmt.Sprintf("the template needs more than %d steps", r.MaxSteps)
 	case context.Canceled, context.DeadlineExceeded:
 		reason = "rendering interrupted: " + cause.Error()
 	}

@@ -35,6 +35,9 @@ func request(text string) Request {
 	return Request{
 		Text: []byte(text), Context: testContext(), Refs: testRefs(), Limit: 1 << 16,
 		Env: []string{"FOO=bar", "EQ=a=b", "NOVALUE", "FOO=second", "EMPTY="},
+		// Small, so budget tests are quick under the race detector;
+		// TestRenderDefaultBudget covers the default.
+		MaxSteps: 5000,
 	}
 }
 
@@ -147,8 +150,8 @@ func TestRenderErrors(t *testing.T) {
 			`template: expansion: template "expansion" calls itself, directly or through others: recursive template`,
 			"template: expansion: a template calls itself (recursion is not supported)"},
 		{"endless range", "{{range 1000000000}}{{end}}", ErrTooComplex,
-			"template: expansion:1:8: the template needs more than 200000 steps",
-			"template: expansion:1:8: the template needs more than 200000 steps"},
+			"template: expansion:1:8: the template needs more than 5000 steps",
+			"template: expansion:1:8: the template needs more than 5000 steps"},
 		{"nested ranges over labels", strings.Repeat("{{range $.Service.Labels}}", 20) + strings.Repeat("{{end}}", 20), ErrTooComplex,
 			"", ""},
 		{"exponential template calls", expTemplates(30), ErrTooComplex, "", ""},
@@ -228,6 +231,21 @@ func TestRenderSensitiveErrorsNeverQuoteTheTemplate(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), mark) || !sensitiveMsg.MatchString(err.Error()) {
 			t.Fatalf("Render(%q) of a secret: error %v", text, err)
 		}
+	}
+}
+
+func TestRenderDefaultBudget(t *testing.T) {
+	r := request("{{range 1000000000}}{{end}}")
+	r.MaxSteps = 0
+	_, err := Render(context.Background(), r)
+	if !errors.Is(err, ErrTooComplex) || err.Error() != "template: expansion:1:8: the template needs more than 200000 steps" {
+		t.Fatalf("got %v", err)
+	}
+	// Within the budget: a range of 1000 over a small body.
+	r = request("{{range 1000}}{{.}}{{end}}")
+	r.MaxSteps = 0
+	if out, err := Render(context.Background(), r); err != nil || len(out) != 2890 {
+		t.Fatalf("%d bytes, %v", len(out), err)
 	}
 }
 
