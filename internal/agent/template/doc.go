@@ -23,6 +23,8 @@
 // every value through fmt, whose pooled scratch buffers keep a copy of what
 // they last printed until they are reused, and strings built by functions
 // (join, printf, slice results are views) are left to the garbage
-// collector. For a sensitive payload, errors carry only a line and column
-// and a fixed reason, never text of the template, which is the secret.
+// collector. For a sensitive payload (a secret, or a config whose template
+// read a secret before it failed), errors carry only a line and column and
+// a fixed reason, never text of the template or values derived from a
+// secret.
 package template

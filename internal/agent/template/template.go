@@ -127,11 +127,11 @@ func Render(ctx context.Context, r Request) ([]byte, error) {
 	st := &state{ctx: ctx, left: int64(r.MaxSteps), limit: max(r.Limit, 0), env: r.Env, refs: r.Refs}
 	tmpl := ttemplate.New(topName).Option("missingkey=error").Funcs(st.funcs())
 	if _, err := tmpl.Parse(view(r.Text)); err != nil {
-		return nil, r.fail(err, ErrSyntax)
+		return nil, r.fail(err, ErrSyntax, r.Sensitive)
 	}
 	defer wipeTrees(tmpl)
 	if err := checkTrees(tmpl); err != nil {
-		return nil, r.fail(err, ErrSyntax)
+		return nil, r.fail(err, ErrSyntax, r.Sensitive)
 	}
 	for _, t := range tmpl.Templates() {
 		if t.Tree == nil || t.Root == nil {
@@ -147,7 +147,10 @@ func Render(ctx context.Context, r Request) ([]byte, error) {
 	out := &buffer{max: st.limit}
 	if err := tmpl.Execute(out, r.Context); err != nil {
 		out.wipe()
-		return nil, r.fail(err, ErrExec)
+		// Once a template has read a secret, values derived from it may
+		// appear in text/template's messages (a computed target, an
+		// index): Swarm too treats such a config as sensitive.
+		return nil, r.fail(err, ErrExec, r.Sensitive || st.readSecret)
 	}
 	if out.b == nil {
 		out.b = []byte{}
@@ -171,7 +174,7 @@ var rePos = regexp.MustCompile(`^template: .*?:(\d+)(?::(\d+))?: `)
 // fail turns an error from parsing, checking or executing into an Error.
 // Nothing of err is kept but its text (non-sensitive) or its position
 // (sensitive): err may hold views of the template.
-func (r *Request) fail(err error, generic error) *Error {
+func (r *Request) fail(err error, generic error, sensitive bool) *Error {
 	cause := generic
 	for _, s := range []error{ErrTooLarge, ErrTooComplex, ErrRecursion, ErrNotReferenced, context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, s) {
@@ -199,7 +202,7 @@ func (r *Request) fail(err error, generic error) *Error {
 	switch {
 	case reason != "":
 		return &Error{msg: "template: " + pos + ": " + reason, cause: cause}
-	case !r.Sensitive:
+	case !sensitive:
 		return &Error{msg: text, cause: cause}
 	}
 	switch cause {
@@ -222,6 +225,8 @@ type state struct {
 	limit int
 	env   []string
 	refs  Refs
+	// readSecret: the template has read a secret's data.
+	readSecret bool
 }
 
 func (s *state) charge(units int64) error {
@@ -280,7 +285,9 @@ func (s *state) envFunc(key string) (string, error) {
 }
 
 func (s *state) secretFunc(target string) (string, error) {
-	return s.ref("secret", target, s.refsSecret)
+	v, err := s.ref("secret", target, s.refsSecret)
+	s.readSecret = s.readSecret || err == nil
+	return v, err
 }
 
 func (s *state) configFunc(target string) (string, error) {

@@ -249,6 +249,25 @@ func TestRenderDefaultBudget(t *testing.T) {
 	}
 }
 
+// TestRenderConfigThatReadASecretIsSensitive: a config's errors are
+// public, unless the template has read a secret before failing, since the
+// message may then hold values computed from it.
+func TestRenderConfigThatReadASecretIsSensitive(t *testing.T) {
+	tests := []struct {
+		text, want string
+	}{
+		{`{{config (secret "db_pass")}}`, "template: expansion:1:2: the template reads a secret or config target the task does not reference"},
+		{`{{index "ab" (index (secret "db_pass") 0)}}`, "template: expansion:1:2: execution failed (details withheld: they would quote the secret)"},
+		{`{{config "nosuch"}}{{secret "db_pass"}}`, `template: expansion:1:2: executing "expansion" at <config "nosuch">: error calling config: config target nosuch not found`},
+	}
+	for _, tt := range tests {
+		_, err := Render(context.Background(), request(tt.text))
+		if err == nil || err.Error() != tt.want || strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "115") {
+			t.Errorf("Render(%q):\n got %v\nwant %s", tt.text, err, tt.want)
+		}
+	}
+}
+
 func TestRenderOutputLimitIsExact(t *testing.T) {
 	text := "{{range 10}}0123456789{{end}}"
 	for _, tt := range []struct {
