@@ -17,13 +17,14 @@
 //
 // Secret hygiene: the output is built in a buffer whose old backing arrays
 // are wiped as it grows and which is wiped on failure; the template text
-// and the data functions return are read in place (never copied into Go
-// strings that could not be wiped), and the parse tree's text is wiped when
-// rendering ends. What this package cannot reach: text/template prints
-// every value through fmt, whose pooled scratch buffers keep a copy of what
-// they last printed until they are reused, and strings built by functions
-// (join, printf, slice results are views) are left to the garbage
-// collector. For a sensitive payload (a secret, or a config whose template
+// and the data the secret and config functions return are read in place
+// (Go strings viewing the caller's slices, so the caller's wipe reaches
+// them), and the parse tree's literal text is wiped when rendering ends.
+// What this package cannot reach: text/template prints every value through
+// fmt, whose pooled scratch buffers keep a copy of what they last printed
+// until they are reused; quoted strings with escapes, the text of a
+// template that fails to parse, and strings built by functions (join,
+// printf) are copies left to the garbage collector. For a sensitive payload (a secret, or a config whose template
 // read a secret before it failed), errors carry only a line and column and
 // a fixed reason, never text of the template or values derived from a
 // secret.
