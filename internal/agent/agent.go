@@ -410,7 +410,8 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	log.Info("task running", "container", id)
 }
 
-// mountSecrets fetches the task's data and puts it on the task's tmpfs.
+// mountSecrets fetches the task's data, renders the templated ones, and
+// puts it on the task's tmpfs.
 func (a *Agent) mountSecrets(ctx context.Context, t *model.Task) ([]engine.Bind, error) {
 	payloads, err := a.data.TaskData(ctx, a.nodeID, t.ID)
 	if err != nil {
@@ -423,6 +424,11 @@ func (a *Agent) mountSecrets(ctx context.Context, t *model.Task) ([]engine.Bind,
 	}()
 	if len(payloads) == 0 {
 		return nil, nil
+	}
+	// Templated objects are rendered for this task in memory; only the
+	// rendering reaches the tmpfs (and is wiped by the defer above).
+	if err := a.renderPayloads(ctx, t, payloads); err != nil {
+		return nil, err
 	}
 	files := make([]secretfs.File, 0, len(payloads))
 	for _, p := range payloads {

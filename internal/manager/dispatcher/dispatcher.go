@@ -17,9 +17,10 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
-// DataSource opens an object's data by exact ID.
+// DataSource opens an object's data by exact ID, with the name of its
+// templating driver ("" when it is not templated).
 type DataSource interface {
-	Data(ctx context.Context, id string) ([]byte, error)
+	Content(ctx context.Context, id string) (data []byte, templating string, err error)
 }
 
 // TaskSource reads a task by exact ID (consistently).
@@ -53,6 +54,10 @@ type Payload struct {
 	UID, GID string
 	Mode     uint32
 	Data     []byte
+	// Templating is the object's templating driver ("" for none): the
+	// agent renders Data for the task before it mounts it, as Swarm's
+	// executor does, so the raw template is what travels here.
+	Templating string
 }
 
 // TaskData returns the data of every secret and config that task taskID
@@ -84,17 +89,17 @@ func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Pay
 		if r == nil || r.File == nil {
 			continue
 		}
-		b, err := d.secrets.Data(ctx, r.SecretID)
+		b, tmpl, err := d.secrets.Content(ctx, r.SecretID)
 		if err != nil {
 			return fail(err)
 		}
-		out = append(out, Payload{Kind: "secret", ID: r.SecretID, Name: r.SecretName, Target: r.File.Name, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b})
+		out = append(out, Payload{Kind: "secret", ID: r.SecretID, Name: r.SecretName, Target: r.File.Name, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b, Templating: tmpl})
 	}
 	for _, r := range cs.Configs {
 		if r == nil || r.File == nil {
 			continue
 		}
-		b, err := d.configs.Data(ctx, r.ConfigID)
+		b, tmpl, err := d.configs.Content(ctx, r.ConfigID)
 		if err != nil {
 			return fail(err)
 		}
@@ -105,7 +110,7 @@ func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Pay
 		if !strings.HasPrefix(target, "/") {
 			target = "/" + target
 		}
-		out = append(out, Payload{Kind: "config", ID: r.ConfigID, Name: r.ConfigName, Target: target, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b})
+		out = append(out, Payload{Kind: "config", ID: r.ConfigID, Name: r.ConfigName, Target: target, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b, Templating: tmpl})
 	}
 	d.log.Info("task data released", "task", taskID, "node", nodeID, "files", len(out))
 	return out, nil

@@ -18,12 +18,19 @@ func (ts tasks) GetTask(_ context.Context, id string) (*model.Task, error) {
 	return nil, errdefs.NotFound("task %s not found", id)
 }
 
-// data records which IDs were opened.
-type data struct{ opened []string }
+// data records which IDs were opened; IDs in templated are templated.
+type data struct {
+	opened    []string
+	templated map[string]bool
+}
 
-func (d *data) Data(_ context.Context, id string) ([]byte, error) {
+func (d *data) Content(_ context.Context, id string) ([]byte, string, error) {
 	d.opened = append(d.opened, id)
-	return []byte("value-of-" + id), nil
+	drv := ""
+	if d.templated[id] {
+		drv = "golang"
+	}
+	return []byte("value-of-" + id), drv, nil
 }
 
 func task(id, node string, desired swarm.TaskState, secretIDs ...string) *model.Task {
@@ -73,5 +80,28 @@ func TestTaskDataAuthorization(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTaskDataCarriesTemplating: the agent is told which payloads to render
+// (the raw template travels), for secrets and configs alike.
+func TestTaskDataCarriesTemplating(t *testing.T) {
+	tk := task("t1", "n1", swarm.TaskStateRunning, "s1", "s2")
+	tk.Spec.ContainerSpec.Configs = []*swarm.ConfigReference{
+		{ConfigID: "c1", ConfigName: "c1", File: &swarm.ConfigReferenceFileTarget{Name: "app.conf", UID: "0", GID: "0", Mode: 0o444}},
+	}
+	d := &data{templated: map[string]bool{"s2": true, "c1": true}}
+	out, err := New(tasks{"t1": tk}, d, d, nil).TaskData(context.Background(), "n1", "t1")
+	if err != nil || len(out) != 3 {
+		t.Fatalf("got %d payloads, %v", len(out), err)
+	}
+	want := []struct{ kind, id, target, templating string }{
+		{"secret", "s1", "s1", ""}, {"secret", "s2", "s2", "golang"}, {"config", "c1", "/app.conf", "golang"},
+	}
+	for i, w := range want {
+		p := out[i]
+		if p.Kind != w.kind || p.ID != w.id || p.Target != w.target || p.Templating != w.templating || string(p.Data) != "value-of-"+w.id {
+			t.Errorf("payload %d: %s %s %s templating %q", i, p.Kind, p.ID, p.Target, p.Templating)
+		}
 	}
 }

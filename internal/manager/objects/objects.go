@@ -151,8 +151,31 @@ func (m *Manager) validateSpec(s *Spec) error {
 		// the same; accepting the spec would store an object with no value.
 		return errdefs.InvalidArgument("plugin %q not found", s.Driver.Name)
 	}
+	if err := validateTemplating(s.Templating); err != nil {
+		return err
+	}
 	if len(s.Data) == 0 || len(s.Data) >= m.kind.MaxSize {
 		return errdefs.InvalidArgument("%s data must be larger than 0 and less than %d bytes", m.kind.Name, m.kind.MaxSize)
+	}
+	return nil
+}
+
+// TemplateDriver is the one templating driver hush renders (as Swarm's
+// executor does).
+const TemplateDriver = "golang"
+
+// validateTemplating refuses at create what no task could be given: Swarm
+// stores any driver name and then fails every task that mounts the object
+// ("unrecognized template type"); hush says so when the object is made.
+func validateTemplating(d *Driver) error {
+	if d == nil {
+		return nil
+	}
+	if d.Name != TemplateDriver {
+		return errdefs.InvalidArgument("templating driver %q is not supported: hush renders only the %q driver (Templating.Name)", d.Name, TemplateDriver)
+	}
+	if len(d.Options) > 0 {
+		return errdefs.InvalidArgument("templating driver %q takes no options (Templating.Options)", d.Name)
 	}
 	return nil
 }
@@ -458,6 +481,28 @@ func (m *Manager) Reveal(o *Object) ([]byte, error) {
 		return nil, fmt.Errorf("open %s %s: %w: %w", m.kind.Name, o.ID, errdefs.ErrInternal, err)
 	}
 	return b, nil
+}
+
+// Content returns the plaintext of the object with exact id and the name of
+// its templating driver ("" when it is not templated), for the dispatcher.
+// Callers own the slice and should Wipe it when done.
+func (m *Manager) Content(ctx context.Context, id string) ([]byte, string, error) {
+	r, _, err := m.get(ctx, id)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, "", errdefs.NotFound("%s %s not found", m.kind.Name, id)
+		}
+		return nil, "", err
+	}
+	b, err := m.open(&r)
+	if err != nil {
+		return nil, "", err
+	}
+	templating := ""
+	if r.Templating != nil {
+		templating = r.Templating.Name
+	}
+	return b, templating, nil
 }
 
 // Data returns the plaintext of the object with exact id. Callers own the

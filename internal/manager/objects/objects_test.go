@@ -70,6 +70,14 @@ func TestCreateValidation(t *testing.T) {
 		{"no name", Spec{Data: []byte("x")}, "name must be provided"},
 		{"bad name", Spec{Name: "-x", Data: []byte("x")}, "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]"},
 		{"driver", Spec{Name: "a", Data: []byte("x"), Driver: &Driver{Name: "vault"}}, `plugin "vault" not found`},
+		{"templating driver", Spec{Name: "a", Data: []byte("x"), Templating: &Driver{Name: "jinja"}},
+			`templating driver "jinja" is not supported: hush renders only the "golang" driver (Templating.Name)`},
+		{"templating driver without a name", Spec{Name: "a", Data: []byte("x"), Templating: &Driver{}},
+			`templating driver "" is not supported: hush renders only the "golang" driver (Templating.Name)`},
+		{"templating driver name is case-sensitive", Spec{Name: "a", Data: []byte("x"), Templating: &Driver{Name: "Golang"}},
+			`templating driver "Golang" is not supported: hush renders only the "golang" driver (Templating.Name)`},
+		{"templating options", Spec{Name: "a", Data: []byte("x"), Templating: &Driver{Name: "golang", Options: map[string]string{"k": "v"}}},
+			`templating driver "golang" takes no options (Templating.Options)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -85,6 +93,38 @@ func TestCreateValidation(t *testing.T) {
 	objs, _ := m.List(ctx, Filters{})
 	if len(objs) != 1 {
 		t.Fatalf("refused creates must store nothing, have %d objects", len(objs))
+	}
+}
+
+// TestContentCarriesTemplating: the dispatcher learns which objects to
+// render; a refused templating stores nothing.
+func TestContentCarriesTemplating(t *testing.T) {
+	ctx := context.Background()
+	for _, kind := range []Kind{Secret, Config} {
+		m, _ := newManager(t, kind)
+		plain, err := m.Create(ctx, Spec{Name: "plain", Data: []byte("p")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl, err := m.Create(ctx, Spec{Name: "tmpl", Data: []byte("{{.Task.ID}}"), Templating: &Driver{Name: "golang"}})
+		if err != nil {
+			t.Fatalf("%s: golang templating refused: %v", kind.Name, err)
+		}
+		for _, tt := range []struct{ id, data, templating string }{{plain, "p", ""}, {tmpl, "{{.Task.ID}}", "golang"}} {
+			b, drv, err := m.Content(ctx, tt.id)
+			if err != nil || string(b) != tt.data || drv != tt.templating {
+				t.Fatalf("%s Content(%s) = %q, %q, %v", kind.Name, tt.id, b, drv, err)
+			}
+		}
+		if _, _, err := m.Content(ctx, "nosuch"); !errdefs.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("Content of a missing object: %v", err)
+		}
+		if _, err := m.Create(ctx, Spec{Name: "bad", Data: []byte("x"), Templating: &Driver{Name: "x"}}); err == nil {
+			t.Fatal("unknown templating driver accepted")
+		}
+		if objs, err := m.List(ctx, Filters{Names: []string{"bad"}}); err != nil || len(objs) != 0 {
+			t.Fatalf("a refused object was stored: %v %v", objs, err)
+		}
 	}
 }
 
