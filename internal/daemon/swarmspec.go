@@ -92,12 +92,13 @@ func (d *Daemon) settle(c *cluster.Cluster) {
 		d.log.Warn("raft settings of the cluster cannot be applied to etcd; it keeps its defaults", "err", err)
 		want = store.Tuning{}
 	}
-	if d.loadTuning() != want {
-		b, _ := json.Marshal(want)
-		if err := writeFileSync(d.tuningPath(), b, 0o600); err != nil {
-			d.log.Warn("saving raft settings for the next start", "err", err)
-			return
-		}
+	if d.loadTuning() == want {
+		return
+	}
+	b, _ := json.Marshal(want)
+	if err := writeFileSync(d.tuningPath(), b, 0o600); err != nil {
+		d.log.Warn("saving raft settings for the next start", "err", err)
+		return
 	}
 	if want != d.spec.running {
 		d.log.Info("raft settings changed: etcd applies them when hushd next starts", "snapshotCount", want.SnapshotCount,

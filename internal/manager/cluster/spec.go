@@ -232,13 +232,13 @@ func ValidateInit(req *swarm.InitRequest, hostAddr string) (Network, error) {
 			if !p.IsValid() {
 				return n, errdefs.BadRequest(msgBadBasePool, p, "invalid CIDR address")
 			}
-			if size < uint32(p.Bits()) {
-				return n, errdefs.BadRequest(msgSubnetSizeTooSmall, p.String(), size)
-			}
 			if !p.Addr().Unmap().Is4() {
 				// hush's networks are the engine's IPv4 bridges; it cannot
 				// take their subnets from an IPv6 pool.
 				return n, errdefs.BadRequest("DefaultAddrPool %s: IPv6 default address pools are not supported by hush", p)
+			}
+			if size < uint32(p.Bits()) {
+				return n, errdefs.BadRequest(msgSubnetSizeTooSmall, p.String(), size)
 			}
 		}
 		n.DefaultAddrPool = append([]netip.Prefix(nil), req.DefaultAddrPool...)
