@@ -207,7 +207,9 @@ func TestSpecRefusalsChangeNothing(t *testing.T) {
 		func(s *swarm.Spec) { s.CAConfig.NodeCertExpiry = time.Minute },
 		func(s *swarm.Spec) { s.Name = "other" },
 		func(s *swarm.Spec) { s.Dispatcher.HeartbeatPeriod = -1 },
-		func(s *swarm.Spec) { s.CAConfig.SigningCACert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n" },
+		func(s *swarm.Spec) {
+			s.CAConfig.SigningCACert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+		},
 	} {
 		s := c.Spec
 		s.Orchestration.TaskHistoryRetentionLimit = specPtr(int64(9))
