@@ -318,13 +318,18 @@ func TestSpecCARotationKeyNeverReturned(t *testing.T) {
 		_, b := specHTTP(t, d, "GET", path, nil)
 		assertNoKeyIn(t, "GET "+path, b, forms)
 	}
-	// A refused update answers without echoing the key.
-	spec.CAConfig.SigningCACert = string(certPEM)
-	_, b := specHTTP(t, d, "POST", fmt.Sprintf("/swarm/update?version=%d", got.Version.Index), spec)
+	// A refused update (the key with another certificate) answers without
+	// echoing the key.
+	otherCert, _ := specCA(t)
+	spec.CAConfig.SigningCACert = string(otherCert)
+	code, b := specHTTP(t, d, "POST", fmt.Sprintf("/swarm/update?version=%d", got.Version.Index), spec)
+	if code != http.StatusBadRequest || !strings.Contains(string(b), "certificate key mismatch") {
+		t.Fatalf("mismatched key: %d %s", code, b)
+	}
 	assertNoKeyIn(t, "a refused update's answer", b, forms)
 
 	// --rotate alone: ForceRotate+1 makes a new root.
-	code, body = specHTTP(t, d, "GET", "/swarm", nil)
+	_, body = specHTTP(t, d, "GET", "/swarm", nil)
 	_ = json.Unmarshal(body, &got)
 	spec = got.Spec
 	spec.CAConfig.ForceRotate++

@@ -198,7 +198,7 @@ func specTokenDigest(certPEM []byte) string {
 func specKeyForms(keyPEM []byte) map[string][]byte {
 	blk, _ := pem.Decode(keyPEM)
 	k, _ := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	scalar := k.(*ecdsa.PrivateKey).D.FillBytes(make([]byte, 32))
+	scalar, _ := k.(*ecdsa.PrivateKey).Bytes()
 	return map[string][]byte{
 		"PEM":            keyPEM,
 		"DER":            blk.Bytes,

@@ -27,8 +27,6 @@ const (
 	DefaultNodeCertExpiry = 90 * 24 * time.Hour
 	// MaxAddrPools bounds the default address pools one init may give.
 	MaxAddrPools = 64
-	// defaultListenAddr is dockerd's default for the swarm listener.
-	defaultListenAddr = "0.0.0.0:2377"
 )
 
 // Texts dockerd and swarmkit answer bad cluster settings with.
