@@ -272,6 +272,7 @@ func (s *Server) node(ctx context.Context) (swarm.Node, error) {
 		n.Description.Engine.EngineVersion = s.EngineVersion
 	}
 	n.Description.Resources.MemoryBytes = s.MemoryBytes
+	n.Description.TLSInfo = s.nodeTLSInfo(ctx)
 	n.Status = swarm.NodeStatus{State: swarm.NodeStateReady, Addr: s.Node.Addr}
 	n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: s.Node.Addr + ":2377"}
 	return n, nil

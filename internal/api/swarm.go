@@ -7,12 +7,16 @@ import (
 	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/moby/moby/api/types/swarm"
 )
 
-// SwarmUpdateFlags are the rotations POST /swarm/update may ask for.
+// SwarmUpdateFlags are the rotations POST /swarm/update may ask for, and
+// the spec's CA signing key, taken out of the spec so that it stays bytes
+// that can be wiped (see swarmbody.go); the callee must not keep it.
 type SwarmUpdateFlags struct {
 	RotateWorkerToken, RotateManagerToken, RotateManagerUnlockKey bool
+	SigningCAKey                                                  []byte
 }
 
 // SwarmController is the node's cluster lifecycle: init, lock state,
@@ -22,7 +26,10 @@ type SwarmController interface {
 	// CheckServing returns the error to answer swarm calls with while the
 	// node is locked or not in a cluster, or nil.
 	CheckServing() error
-	Init(ctx context.Context, req swarm.InitRequest) (string, error)
+	// InitWithKey is `docker swarm init`; caKey is the PEM key of
+	// req.Spec.CAConfig.SigningCACert (req.Spec's own key field is empty),
+	// which the callee must not keep.
+	InitWithKey(ctx context.Context, req swarm.InitRequest, caKey []byte) (string, error)
 	Inspect(ctx context.Context) (swarm.Swarm, error)
 	Update(ctx context.Context, version uint64, spec swarm.Spec, f SwarmUpdateFlags) error
 	UnlockKey(ctx context.Context) (string, error)
@@ -63,12 +70,13 @@ func (s *Server) swarmInspect(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) swarmInit(w http.ResponseWriter, r *http.Request) {
-	var req swarm.InitRequest
-	if err := decodeBody(r, &req); err != nil {
+	req, key, err := decodeInit(r)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	id, err := s.Swarm.Init(r.Context(), req)
+	id, err := s.Swarm.InitWithKey(r.Context(), req, key)
+	keyring.Wipe(key)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -96,16 +104,18 @@ func (s *Server) swarmUpdate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errdefs.BadRequest("invalid swarm version '%s': %v", q.Get("version"), err))
 		return
 	}
-	var spec swarm.Spec
-	if err := decodeBody(r, &spec); err != nil {
+	spec, key, err := decodeSpec(r)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	defer keyring.Wipe(key)
 	flag := func(k string) bool { b, _ := strconv.ParseBool(q.Get(k)); return b }
 	f := SwarmUpdateFlags{
 		RotateWorkerToken:      flag("rotateWorkerToken"),
 		RotateManagerToken:     flag("rotateManagerToken"),
 		RotateManagerUnlockKey: flag("rotateManagerUnlockKey"),
+		SigningCAKey:           key,
 	}
 	if err := s.Swarm.Update(r.Context(), version, spec, f); err != nil {
 		s.writeError(w, r, err)
@@ -136,4 +146,19 @@ func (s *Server) swarmUnlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// nodeTLSInfo is the node's view of the root CA. hush issues the node no
+// certificate of its own yet, so the node trusts and is "issued by" the
+// cluster's root CA, which is what `docker swarm ca --rotate` waits to see
+// on every node after a rotation.
+func (s *Server) nodeTLSInfo(ctx context.Context) swarm.TLSInfo {
+	if s.Cluster == nil {
+		return swarm.TLSInfo{}
+	}
+	c, err := s.Cluster.Cluster(ctx)
+	if err != nil {
+		return swarm.TLSInfo{}
+	}
+	return c.Info().TLSInfo
 }

@@ -93,6 +93,8 @@ type Daemon struct {
 	runStop context.CancelFunc
 	runDone sync.WaitGroup
 	unlock  unlockLimiter
+	// spec is the cluster settings applied outside the cluster record.
+	spec specState
 
 	closeOnce sync.Once
 }
@@ -128,11 +130,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	d.plainKey = keyring.FileKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key")}
 	d.lockedKey = keyring.LockedKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key.locked")}
+	d.spec.running = d.loadTuning()
 	d.store, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
 		Dir:          filepath.Join(cfg.DataDir, "etcd"),
 		Name:         d.nodeID,
 		Logger:       d.log,
 		EtcdLogLevel: cfg.EtcdLogLevel,
+		Tuning:       d.spec.running,
 	})
 	if err != nil {
 		return nil, err
@@ -144,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
 	d.svcs = services.New(d.store, d.mirror, d.log)
-	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log}
+	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log, AddrPools: d.addrPools}
 	if cfg.EngineSocket != "" {
 		if d.netEngine, err = networks.NewEngineClient(cfg.EngineSocket); err != nil {
 			return nil, err

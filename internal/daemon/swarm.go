@@ -71,13 +71,15 @@ func (d *Daemon) resume(ctx context.Context) error {
 		}
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		_, err := d.initLocked(ctx, swarm.InitRequest{})
+		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
 	c, err := cluster.Get(ctx, d.store)
 	if err != nil {
 		return err
 	}
+	d.scrubPlainSigningKey(ctx, &c)
+	d.settle(&c)
 	if d.plainKey.Exists() && (d.lockedKey.Exists() || d.nextKey().Exists()) {
 		if c.Spec.EncryptionConfig.AutoLockManagers {
 			if err := d.plainKey.Remove(); err != nil {
@@ -128,6 +130,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	}
 	orch := orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log)
 	orch.SetEngineLabels(d.engineLabels)
+	orch.SetSettings(d.orchestratorSettings)
 	run(orch.Run)
 	if d.engine != nil {
 		disp := dispatcher.New(d.svcs, d.secrets, d.configs, d.log)
@@ -151,21 +154,40 @@ func (d *Daemon) stopRuntime() {
 }
 
 // Init creates a cluster on a hushd started with --no-init (or after a
-// leave).
+// leave); a CA signing key is taken from req.Spec.
 func (d *Daemon) Init(ctx context.Context, req swarm.InitRequest) (string, error) {
-	// A lifecycle change must not stop half-way because a client left.
-	ctx = context.WithoutCancel(ctx)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.initLocked(ctx, req)
+	return d.InitWithKey(ctx, req, []byte(req.Spec.CAConfig.SigningCAKey))
 }
 
-func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest) (string, error) {
+// InitWithKey is Init with the CA signing key (PEM) apart from the spec,
+// as bytes the caller wipes.
+func (d *Daemon) InitWithKey(ctx context.Context, req swarm.InitRequest, caKey []byte) (string, error) {
+	// A lifecycle change must not stop half-way because a client left.
+	ctx = context.WithoutCancel(ctx)
+	req.Spec.CAConfig.SigningCAKey = ""
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.initLocked(ctx, req, caKey)
+}
+
+func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []byte) (string, error) {
 	if d.state != swarm.LocalNodeStateInactive {
+		if req.ForceNewCluster && d.state == swarm.LocalNodeStateActive {
+			return d.forceNewClusterLocked(ctx, req, caKey)
+		}
 		return "", errdefs.Unavailable("%s", msgJoined)
 	}
+	netw, err := cluster.ValidateInit(&req, d.cfg.AdvertiseAddr)
+	if err != nil {
+		return "", err
+	}
+	spec := cluster.MergeSpec(cluster.DefaultSpec(), req.Spec)
+	autolock := req.AutoLockManagers || req.Spec.EncryptionConfig.AutoLockManagers
+	spec.EncryptionConfig.AutoLockManagers = false
+	if err := cluster.ValidateSpec(&spec); err != nil {
+		return "", initSpecError(err)
+	}
 	var mk keyring.MasterKey
-	var err error
 	if d.plainKey.Exists() {
 		mk, err = d.plainKey.Load()
 	} else {
@@ -181,26 +203,68 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest) (string,
 	if err != nil {
 		return "", err
 	}
-	spec := cluster.DefaultSpec()
-	if req.Spec.Name != "" {
-		spec.Name = req.Spec.Name
-	}
-	if req.Spec.Labels != nil {
-		spec.Labels = req.Spec.Labels
-	}
-	c, err := cluster.Init(ctx, d.store, kr, spec)
+	c, err := cluster.Create(ctx, d.store, kr, cluster.Params{Spec: spec, SigningCAKey: caKey, Network: netw})
 	if err != nil {
-		return "", err
+		return "", initSpecError(err)
+	}
+	if req.Availability != swarm.NodeAvailabilityActive {
+		if err := d.setAvailability(ctx, req.Availability); err != nil {
+			return "", err
+		}
 	}
 	if err := d.activateLocked(mk); err != nil {
 		return "", err
 	}
-	if req.AutoLockManagers {
+	if autolock {
 		if err := d.setAutolockLocked(ctx, &c, true, false); err != nil {
 			return "", err
 		}
 	}
-	d.log.Info("swarm initialised", "cluster", c.ID, "autolock", req.AutoLockManagers)
+	d.settle(&c)
+	d.noteNoEffect(nil, &c)
+	d.log.Info("swarm initialised", "cluster", c.ID, "autolock", autolock)
+	return d.nodeID, nil
+}
+
+// forceNewClusterLocked is `docker swarm init --force-new-cluster` on an
+// active node. hush's cluster always has this one manager, so there is no
+// membership to shrink: as in Swarm, the cluster and its state stay, and
+// the request's set spec fields (and autolock, when asked) are applied.
+// The network settings of the first init stay too, as in Swarm.
+func (d *Daemon) forceNewClusterLocked(ctx context.Context, req swarm.InitRequest, caKey []byte) (string, error) {
+	if _, err := cluster.ValidateInit(&req, d.cfg.AdvertiseAddr); err != nil {
+		return "", err
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return "", err
+	}
+	before := c
+	spec := cluster.MergeSpec(c.Spec, req.Spec)
+	spec.EncryptionConfig.AutoLockManagers = c.Spec.EncryptionConfig.AutoLockManagers
+	if err := cluster.ValidateSpec(&spec); err != nil {
+		return "", initSpecError(err)
+	}
+	if _, err := c.ApplyCAConfig(&d.keys, spec.CAConfig, caKey, time.Now()); err != nil {
+		return "", initSpecError(err)
+	}
+	c.Spec = spec
+	if req.AutoLockManagers && !c.Spec.EncryptionConfig.AutoLockManagers {
+		err = d.setAutolockLocked(ctx, &c, true, false)
+	} else {
+		err = cluster.Put(ctx, d.store, &c)
+	}
+	if err != nil {
+		return "", err
+	}
+	if req.Availability != swarm.NodeAvailabilityActive {
+		if err := d.setAvailability(ctx, req.Availability); err != nil {
+			return "", err
+		}
+	}
+	d.settle(&c)
+	d.noteNoEffect(&before, &c)
+	d.log.Info("swarm re-initialised with --force-new-cluster", "cluster", c.ID)
 	return d.nodeID, nil
 }
 
@@ -216,10 +280,19 @@ func (d *Daemon) Inspect(ctx context.Context) (swarm.Swarm, error) {
 	return swarm.Swarm{ClusterInfo: c.Info(), JoinTokens: c.JoinTokens}, nil
 }
 
-// Update applies a new cluster spec and the requested rotations.
+// Update applies a new cluster spec and the requested rotations, as
+// swarmkit does: the spec is checked, the CA rotated if it asks for that
+// (f.SigningCAKey with Spec.CAConfig.SigningCACert, or a changed
+// ForceRotate), then the whole spec replaces the stored one.
 func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f api.SwarmUpdateFlags) error {
 	// A lifecycle change must not stop half-way because a client left.
 	ctx = context.WithoutCancel(ctx)
+	key := f.SigningCAKey
+	if key == nil && spec.CAConfig.SigningCAKey != "" {
+		key = []byte(spec.CAConfig.SigningCAKey)
+		defer keyring.Wipe(key)
+	}
+	spec.CAConfig.SigningCAKey = ""
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state != swarm.LocalNodeStateActive {
@@ -232,14 +305,16 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 	if c.Version != version {
 		return errdefs.Unknown("update out of sequence")
 	}
+	if err := cluster.ValidateSpec(&spec); err != nil {
+		return err
+	}
+	before := c
+	rotated, err := c.ApplyCAConfig(&d.keys, spec.CAConfig, key, time.Now())
+	if err != nil {
+		return err
+	}
 	was := c.Spec.EncryptionConfig.AutoLockManagers
 	want := spec.EncryptionConfig.AutoLockManagers
-	if spec.Name == "" {
-		spec.Name = c.Spec.Name
-	}
-	if spec.Labels == nil {
-		spec.Labels = map[string]string{}
-	}
 	spec.EncryptionConfig.AutoLockManagers = was
 	c.Spec = spec
 	if f.RotateWorkerToken {
@@ -254,11 +329,21 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 	}
 	switch {
 	case want != was:
-		return d.setAutolockLocked(ctx, &c, want, false)
+		err = d.setAutolockLocked(ctx, &c, want, false)
 	case want && f.RotateManagerUnlockKey:
-		return d.setAutolockLocked(ctx, &c, true, true)
+		err = d.setAutolockLocked(ctx, &c, true, true)
+	default:
+		err = cluster.Put(ctx, d.store, &c)
 	}
-	return cluster.Put(ctx, d.store, &c)
+	if err != nil {
+		return err
+	}
+	if rotated {
+		d.log.Info("root CA rotated", "forceRotate", c.LastForcedRotation)
+	}
+	d.settle(&c)
+	d.noteNoEffect(&before, &c)
+	return nil
 }
 
 // CheckServingLocked is CheckServing for callers holding d.mu.
@@ -442,6 +527,8 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	_ = d.plainKey.Remove()
 	_ = d.lockedKey.Remove()
 	_ = d.nextKey().Remove()
+	_ = os.Remove(d.tuningPath())
+	d.spec.orch.Store(nil)
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm; cluster state erased")
 	return nil

@@ -28,6 +28,35 @@ type EmbeddedConfig struct {
 	EtcdLogLevel string
 	// StartTimeout bounds how long Open waits for the member to be ready.
 	StartTimeout time.Duration
+	// Tuning is the cluster spec's raft settings; zero fields keep etcd's
+	// defaults.
+	Tuning Tuning
+}
+
+// Tuning is the part of etcd's raft configuration a cluster spec sets
+// (see cluster.EtcdTuningFor). etcd reads it at start only.
+type Tuning struct {
+	SnapshotCount          uint64        `json:"snapshotCount,omitempty"`
+	MaxSnapFiles           uint          `json:"maxSnapFiles,omitempty"`
+	SnapshotCatchUpEntries uint64        `json:"snapshotCatchUpEntries,omitempty"`
+	Heartbeat              time.Duration `json:"heartbeat,omitempty"`
+	ElectionTimeout        time.Duration `json:"electionTimeout,omitempty"`
+}
+
+func (t Tuning) apply(cfg *embed.Config) {
+	if t.SnapshotCount != 0 {
+		cfg.SnapshotCount = t.SnapshotCount
+	}
+	if t.MaxSnapFiles != 0 {
+		cfg.MaxSnapFiles = t.MaxSnapFiles
+	}
+	if t.SnapshotCatchUpEntries != 0 {
+		cfg.SnapshotCatchUpEntries = t.SnapshotCatchUpEntries
+	}
+	if t.Heartbeat != 0 && t.ElectionTimeout != 0 {
+		cfg.TickMs = uint(t.Heartbeat / time.Millisecond)
+		cfg.ElectionMs = uint(t.ElectionTimeout / time.Millisecond)
+	}
 }
 
 // OpenEmbedded starts an embedded etcd member and returns a Store that talks
@@ -79,6 +108,7 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		return nil, fmt.Errorf("store: etcd logger: %w", err)
 	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zl)
+	c.Tuning.apply(cfg)
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

@@ -53,6 +53,11 @@ type Cluster struct {
 	CACert string          `json:"caCert"`
 	CAKey  keyring.Sealed  `json:"caKey"`
 	Unlock *keyring.Sealed `json:"unlockKey,omitempty"`
+	// LastForcedRotation is the Spec.CAConfig.ForceRotate of the last
+	// root CA rotation: a spec whose counter differs asks for another.
+	LastForcedRotation uint64 `json:"lastForcedRotation,omitempty"`
+	// Network is what init said of addresses and address pools.
+	Network Network `json:"network"`
 	// Version is the store revision of the last write (not stored).
 	Version uint64 `json:"-"`
 }
@@ -84,30 +89,51 @@ func Exists(ctx context.Context, st *store.Store) (bool, error) {
 	return err == nil, err
 }
 
-// Init creates the cluster object: a fresh ID, a root CA (ECDSA P-256, 20
-// years, as Swarm's), and join tokens bound to the CA's digest.
+// Init creates the cluster object with spec and no init-time settings.
 func Init(ctx context.Context, st *store.Store, s Sealer, spec swarm.Spec) (Cluster, error) {
+	return Create(ctx, st, s, Params{Spec: spec})
+}
+
+// Params are what a new cluster is made with.
+type Params struct {
+	// Spec is the validated spec (see MergeInitSpec and ValidateSpec).
+	// With Spec.CAConfig.SigningCACert and SigningCAKey, the given CA is
+	// the root CA.
+	Spec swarm.Spec
+	// SigningCAKey is the PEM key of Spec.CAConfig.SigningCACert, as bytes
+	// the caller wipes; Spec.CAConfig.SigningCAKey is not read.
+	SigningCAKey []byte
+	Network      Network
+}
+
+// Create creates the cluster object: a fresh ID, a root CA (ECDSA P-256,
+// 20 years, as Swarm's, unless p gives one), and join tokens bound to the
+// CA's digest. The spec is stored without the signing certificate and
+// key: the key is kept only sealed.
+func Create(ctx context.Context, st *store.Store, s Sealer, p Params) (Cluster, error) {
 	id, err := identity.NewID()
 	if err != nil {
 		return Cluster{}, err
 	}
-	certPEM, keyDER, err := newRootCA(time.Now())
+	now := time.Now().UTC()
+	certPEM, keyDER, err := newRootCA(now)
 	if err != nil {
 		return Cluster{}, err
 	}
-	sealedKey, err := s.Seal(keyDER, []byte("hush/cluster/ca-key"))
+	c := Cluster{ID: id, CreatedAt: now, UpdatedAt: now, Spec: p.Spec, Network: p.Network}
+	err = c.installRoot(s, certPEM, keyDER)
 	keyring.Wipe(keyDER)
 	if err != nil {
 		return Cluster{}, err
 	}
-	now := time.Now().UTC()
-	c := Cluster{ID: id, CreatedAt: now, UpdatedAt: now, Spec: spec, CACert: certPEM, CAKey: sealedKey}
-	if c.JoinTokens.Worker, err = newJoinToken(certPEM); err != nil {
-		return Cluster{}, err
+	ca := p.Spec.CAConfig
+	c.LastForcedRotation = ca.ForceRotate
+	if ca.SigningCACert != "" || len(p.SigningCAKey) > 0 {
+		if _, err := c.ApplyCAConfig(s, ca, p.SigningCAKey, now); err != nil {
+			return Cluster{}, err
+		}
 	}
-	if c.JoinTokens.Manager, err = newJoinToken(certPEM); err != nil {
-		return Cluster{}, err
-	}
+	c.Spec.CAConfig.SigningCACert, c.Spec.CAConfig.SigningCAKey = "", ""
 	val, err := json.Marshal(&c)
 	if err != nil {
 		return Cluster{}, err
@@ -138,6 +164,8 @@ func Get(ctx context.Context, st *store.Store) (Cluster, error) {
 // Put writes c if its Version is still current.
 func Put(ctx context.Context, st *store.Store, c *Cluster) error {
 	c.UpdatedAt = time.Now().UTC()
+	// The signing key lives only sealed in CAKey (see ApplyCAConfig).
+	c.Spec.CAConfig.SigningCACert, c.Spec.CAConfig.SigningCAKey = "", ""
 	val, err := json.Marshal(c)
 	if err != nil {
 		return err
@@ -212,14 +240,24 @@ func (c *Cluster) ValidateJoinToken(token string) (string, bool) {
 	return "", false
 }
 
-// Info is the wire form of the cluster.
+// Info is the wire form of the cluster. As in Swarm, the spec's signing
+// CA certificate and key are never shown (hush does not store them in the
+// spec; they are cleared here too, whatever an older record holds).
 func (c *Cluster) Info() swarm.ClusterInfo {
 	ci := swarm.ClusterInfo{
-		ID:           c.ID,
-		Meta:         swarm.Meta{Version: swarm.Version{Index: c.Version}, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt},
-		Spec:         c.Spec,
-		SubnetSize:   24,
-		DataPathPort: 4789,
+		ID:              c.ID,
+		Meta:            swarm.Meta{Version: swarm.Version{Index: c.Version}, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt},
+		Spec:            c.Spec,
+		DefaultAddrPool: c.Network.DefaultAddrPool,
+		SubnetSize:      c.Network.SubnetSize,
+		DataPathPort:    c.Network.DataPathPort,
+	}
+	ci.Spec.CAConfig.SigningCACert, ci.Spec.CAConfig.SigningCAKey = "", ""
+	if ci.SubnetSize == 0 {
+		ci.SubnetSize = DefaultSubnetSize
+	}
+	if ci.DataPathPort == 0 {
+		ci.DataPathPort = DefaultDataPathPort
 	}
 	if blk, _ := pem.Decode([]byte(c.CACert)); blk != nil {
 		if cert, err := x509.ParseCertificate(blk.Bytes); err == nil {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 )
 
@@ -74,3 +75,5 @@ func TestUnlockKeySealed(t *testing.T) {
 		t.Fatal("TLSInfo missing")
 	}
 }
+
+func newStore(t *testing.T) *store.Store { return storetest.New(t) }

@@ -46,6 +46,9 @@ type Config struct {
 	// NodeID labels the engine networks this node realises.
 	NodeID string
 	Logger *slog.Logger
+	// AddrPools gives subnets to networks created without any (nil: the
+	// engine picks them).
+	AddrPools AddrPools
 }
 
 // Manager implements the networks control API and their realisation on the
@@ -67,6 +70,7 @@ type Manager struct {
 	// an engine that keeps refusing does not flood the log.
 	failedMu sync.Mutex
 	failed   map[string]string
+	pools    poolAllocator
 }
 
 // New returns a networks manager and registers its table with c.Mirror.
@@ -77,7 +81,7 @@ func New(c Config) *Manager {
 	m := &Manager{
 		st: c.Store, tbl: c.Store.Table(Table), mirror: c.Mirror, eng: c.Engine, nodeID: c.NodeID,
 		log: c.Logger.With("component", "networks"), now: func() time.Time { return time.Now().UTC() },
-		newID: identity.NewID, failed: map[string]string{},
+		newID: identity.NewID, failed: map[string]string{}, pools: poolAllocator{source: c.AddrPools},
 	}
 	c.Mirror.Register(Table, func(o store.Object) (any, error) { return decode(o) })
 	return m
@@ -167,6 +171,11 @@ func (m *Manager) Create(ctx context.Context, req network.CreateRequest) (string
 	if n.IPAM.Driver == "" {
 		n.IPAM.Driver = "default"
 	}
+	release, err := m.assignSubnet(ctx, &n)
+	if err != nil {
+		return "", err
+	}
+	defer release()
 	val, err := json.Marshal(&n)
 	if err != nil {
 		return "", fmt.Errorf("encode network: %w: %w", errdefs.ErrInternal, err)

@@ -50,6 +50,7 @@ type Orchestrator struct {
 	// update delay counts from it. Lost on restart, which only shortens
 	// one delay.
 	lastBatch map[string]time.Time
+	settings  func() Settings
 }
 
 // New returns an orchestrator that schedules every task on nodeID (hush
@@ -495,7 +496,10 @@ func (o *Orchestrator) updateFailed(ctx context.Context, svc *model.Service, dea
 // prune keeps at most TaskHistoryRetentionLimit tasks per slot, deleting
 // the oldest finished ones; the agent removes their containers.
 func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) error {
-	limit := 5
+	limit := o.historyLimit()
+	if limit < 0 {
+		return nil
+	}
 	var errs []error
 	for i := 0; len(s.tasks)-i > limit && i < len(s.tasks); i++ {
 		t := s.tasks[i]
@@ -564,6 +568,9 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 	t.CreatedAt, t.UpdatedAt = now, now
 	t.Labels = map[string]string{}
 	t.Spec = svc.Spec.TaskTemplate
+	if t.Spec.LogDriver == nil {
+		t.Spec.LogDriver = o.current().LogDriver
+	}
 	if svc.Spec.EndpointSpec != nil {
 		t.Ports = svc.Spec.EndpointSpec.Ports
 	}
