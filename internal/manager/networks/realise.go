@@ -23,6 +23,8 @@ type Engine interface {
 	RemoveNetwork(ctx context.Context, id string) error
 	// InspectNetwork returns the engine's view of a network.
 	InspectNetwork(ctx context.Context, id string) (network.Inspect, error)
+	// NetworksNamed returns the engine networks named exactly name.
+	NetworksNamed(ctx context.Context, name string) ([]EngineNetwork, error)
 }
 
 // EngineNetwork is an engine network as ListNetworks reports it.
@@ -80,11 +82,24 @@ func (m *Manager) realise(ctx context.Context, n *network.Network) (string, erro
 	if len(n.IPAM.Config) > 0 {
 		s.IPAM = &network.IPAM{Driver: "default", Config: slices.Clone(n.IPAM.Config)}
 	}
+	// A network of the same name that is not this one's (a user's, another
+	// hushd's, one an earlier hushd on this engine left) is never touched:
+	// this one gets a name of its own. Older engines (API < 1.44) would
+	// accept the duplicate, and a duplicate name makes the user's network
+	// ambiguous to every command that names it. Containers attach by ID, so
+	// the engine name matters only to people reading `docker network ls`.
+	taken, err := m.eng.NetworksNamed(ctx, n.Name)
+	if err != nil {
+		m.noteFailure(n.ID, err)
+		return "", err
+	}
+	if len(taken) > 0 {
+		s.Name = suffixedName(n)
+	}
 	id, err := m.eng.CreateNetwork(ctx, s)
-	if errors.Is(err, ErrEngineConflict) {
-		// A local network (or another hushd's) has the name on an engine
-		// that refuses duplicates: keep the name recognisable.
-		s.Name = n.Name + "-" + n.ID[:12]
+	if errors.Is(err, ErrEngineConflict) && s.Name == n.Name {
+		// Taken between the check and the create.
+		s.Name = suffixedName(n)
 		id, err = m.eng.CreateNetwork(ctx, s)
 	}
 	if err != nil {
@@ -95,6 +110,10 @@ func (m *Manager) realise(ctx context.Context, n *network.Network) (string, erro
 	m.log.Info("network realised on the engine", "id", n.ID, "name", n.Name, "engine_network", id)
 	return id, nil
 }
+
+// suffixedName is the engine name of a hush network whose own name is taken
+// on the engine: recognisable, and unique by the network's ID.
+func suffixedName(n *network.Network) string { return n.Name + "-" + n.ID[:12] }
 
 // Realise returns the ID of the engine network that realises the network
 // ref names, creating it if need be.
