@@ -150,6 +150,8 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
 	d.svcs = services.New(d.store, d.mirror, d.log)
+	// Registry credentials (--with-registry-auth) are sealed like secrets.
+	d.svcs.UseSealer(&d.keys)
 	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log}
 	if cfg.Engine != nil {
 		if d.engineCli, err = enginehost.NewClient(*cfg.Engine); err != nil {

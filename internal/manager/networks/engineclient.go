@@ -116,3 +116,6 @@ func (e *EngineClient) IsLocalNetwork(ctx context.Context, ref string) bool {
 	}
 	return res.Network.Scope != ScopeSwarm && res.Network.Labels[LabelNetworkID] == ""
 }
+
+// EngineClient never names its network after one that is not its own.
+var _ NamedNetworks = (*EngineClient)(nil)

@@ -23,6 +23,12 @@ type Engine interface {
 	RemoveNetwork(ctx context.Context, id string) error
 	// InspectNetwork returns the engine's view of a network.
 	InspectNetwork(ctx context.Context, id string) (network.Inspect, error)
+}
+
+// NamedNetworks is implemented by Engines that can list networks by name,
+// so that hush never gives its engine network the name of one that is not
+// its own (EngineClient does).
+type NamedNetworks interface {
 	// NetworksNamed returns the engine networks named exactly name.
 	NetworksNamed(ctx context.Context, name string) ([]EngineNetwork, error)
 }
@@ -88,13 +94,15 @@ func (m *Manager) realise(ctx context.Context, n *network.Network) (string, erro
 	// accept the duplicate, and a duplicate name makes the user's network
 	// ambiguous to every command that names it. Containers attach by ID, so
 	// the engine name matters only to people reading `docker network ls`.
-	taken, err := m.eng.NetworksNamed(ctx, n.Name)
-	if err != nil {
-		m.noteFailure(n.ID, err)
-		return "", err
-	}
-	if len(taken) > 0 {
-		s.Name = suffixedName(n)
+	if named, ok := m.eng.(NamedNetworks); ok {
+		taken, err := named.NetworksNamed(ctx, n.Name)
+		if err != nil {
+			m.noteFailure(n.ID, err)
+			return "", err
+		}
+		if len(taken) > 0 {
+			s.Name = suffixedName(n)
+		}
 	}
 	id, err := m.eng.CreateNetwork(ctx, s)
 	if errors.Is(err, ErrEngineConflict) && s.Name == n.Name {
