@@ -454,7 +454,13 @@ func (a *Agent) pullImage(ctx context.Context, t *model.Task, log *slog.Logger) 
 		log.Info("image pull abandoned: the task is no longer wanted", "image", img)
 		return pctx.Err()
 	}
-	log.Warn("pulling image failed; using the engine's copy if it has one", "image", img, "err", err)
+	if ok, herr := a.eng.HasImage(ctx, img); herr == nil && ok {
+		// Routine for images built or loaded on this host, whose registry
+		// (often docker.io) is not reachable or never had them.
+		log.Info("pulling image failed; running the engine's copy", "image", img, "err", err)
+		return nil
+	}
+	log.Warn("pulling image failed", "image", img, "err", err)
 	return nil
 }
 

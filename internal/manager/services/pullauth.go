@@ -54,7 +54,9 @@ func checkRegistryAuth(b []byte) error {
 // authAAD binds sealed credentials to their service, so that a value copied
 // onto another service fails to open. The spec and previous-spec slots
 // share it: a rollback swaps them.
-func authAAD(serviceID string) []byte { return fmt.Appendf(nil, "hush/services/%s/registry-auth", serviceID) }
+func authAAD(serviceID string) []byte {
+	return fmt.Appendf(nil, "hush/services/%s/registry-auth", serviceID)
+}
 
 func (m *Manager) sealAuth(serviceID string, auth []byte) (*keyring.Sealed, error) {
 	if len(auth) == 0 {
