@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/hush-secrets/hush/internal/daemon"
+	"github.com/hush-secrets/hush/internal/enginehost"
 )
 
 func main() {
@@ -26,7 +27,7 @@ func run() int {
 	fs.StringVar(&socket, "socket", socket, "unix socket to serve the Docker API on (mode 0660)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	advertise := fs.String("advertise-addr", "127.0.0.1", "address this manager is reachable at")
-	engineSock := fs.String("engine", "/var/run/docker.sock", "the host's Docker Engine socket; \"\" runs secrets only")
+	engineFlag := fs.String("engine", enginehost.DefaultPath, "the host's Docker Engine: a unix socket path or unix:// URL; \"\" runs secrets only")
 	secretsDir := fs.String("secrets-dir", "", "root of per-task secret tmpfs mounts (default /run/hush/<node ID>)")
 	noInit := fs.Bool("no-init", false, "start without a cluster; `docker swarm init` creates one")
 	version := fs.Bool("version", false, "print the version and exit")
@@ -36,6 +37,15 @@ func run() int {
 	if *version {
 		fmt.Println("hushd", daemon.Version)
 		return 0
+	}
+	var eng *enginehost.Host
+	if *engineFlag != "" {
+		h, err := enginehost.Parse(*engineFlag)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hushd: bad --engine %q: %v\n", *engineFlag, err)
+			return 2
+		}
+		eng = &h
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -53,7 +63,7 @@ func run() int {
 	d, err := daemon.Start(ctx, daemon.Config{
 		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise,
 		EtcdLogLevel: etcdLevel, Logger: log,
-		EngineSocket: *engineSock, SecretsDir: *secretsDir, NoInit: *noInit,
+		Engine: eng, SecretsDir: *secretsDir, NoInit: *noInit,
 	})
 	if err != nil {
 		log.Error("hushd failed to start", "err", err)

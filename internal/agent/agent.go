@@ -30,6 +30,13 @@ type NetworkAttacher interface {
 	EngineAttachments(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (ids, aliases []string, err error)
 }
 
+// PullAuth gives the registry credentials (the X-Registry-Auth value) a
+// service was given with --with-registry-auth, nil when none; the agent
+// holds them only for the pull and wipes them after.
+type PullAuth interface {
+	RegistryAuth(ctx context.Context, serviceID string) ([]byte, error)
+}
+
 // DataSource is the dispatcher as the agent sees it.
 type DataSource interface {
 	TaskData(ctx context.Context, nodeID, taskID string) ([]dispatcher.Payload, error)
@@ -43,6 +50,7 @@ type Agent struct {
 	mirror *store.Mirror
 	data   DataSource
 	nets   NetworkAttacher
+	auth   PullAuth
 	eng    *engine.Engine
 	fs     *secretfs.Manager
 	log    *slog.Logger
@@ -70,6 +78,8 @@ type Config struct {
 	// networks are rejected.
 	Networks NetworkAttacher
 	SecretFS *secretfs.Manager
+	// PullAuth gives services' registry credentials; nil pulls without.
+	PullAuth PullAuth
 	Logger   *slog.Logger
 }
 
@@ -80,7 +90,7 @@ func New(c Config) *Agent {
 	}
 	return &Agent{
 		nodeID: c.NodeID, tasks: c.Tasks, table: c.Store.Table(model.TasksTable), mirror: c.Mirror,
-		data: c.Data, nets: c.Networks, eng: c.Engine, fs: c.SecretFS, log: c.Logger,
+		data: c.Data, nets: c.Networks, auth: c.PullAuth, eng: c.Engine, fs: c.SecretFS, log: c.Logger,
 		now: func() time.Time { return time.Now().UTC() }, busy: map[string]bool{}, started: map[string]bool{},
 	}
 }
@@ -356,6 +366,11 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		return
 	}
 	cs := t.Spec.ContainerSpec
+	if err := a.pullImage(ctx, t, log); err != nil {
+		// No longer wanted (or the agent stops): the next pass stops the
+		// task, which never ran.
+		return
+	}
 	if ok, err := a.eng.HasImage(ctx, cs.Image); err != nil || !ok {
 		msg := fmt.Sprintf("No such image: %s", cs.Image)
 		if err != nil {
@@ -408,6 +423,77 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		return
 	}
 	log.Info("task running", "container", id)
+}
+
+// pullImage has the engine pull the task's image, as a Swarm worker does
+// while the task is preparing: every time (a mutable tag is brought up to
+// date), with the service's registry credentials. A failed pull is only
+// logged: if the engine has the image the task runs from it (a registry that
+// is down does not stop a node from running what it has), and if not the
+// caller rejects the task with the engine's "No such image", as Swarm does;
+// the restart policy then retries it with a new task. It returns an error
+// only when the pull was cut short because the task is no longer wanted or
+// the agent stops.
+func (a *Agent) pullImage(ctx context.Context, t *model.Task, log *slog.Logger) error {
+	img := t.Spec.ContainerSpec.Image
+	var auth []byte
+	if a.auth != nil {
+		var err error
+		if auth, err = a.auth.RegistryAuth(ctx, t.ServiceID); err != nil {
+			// As Swarm with credentials it cannot decode: pull without.
+			log.Warn("registry credentials of the service unavailable; pulling without", "err", err)
+			auth = nil
+		}
+	}
+	pctx, cancel := a.whileWanted(ctx, t.ID)
+	defer cancel()
+	// The client takes the header value as a string: that copy cannot be
+	// wiped, the bytes can.
+	err := a.eng.Pull(pctx, img, string(auth))
+	clear(auth)
+	switch {
+	case err == nil:
+		return nil
+	case pctx.Err() != nil:
+		log.Info("image pull abandoned: the task is no longer wanted", "image", img)
+		return pctx.Err()
+	}
+	if ok, herr := a.eng.HasImage(ctx, img); herr == nil && ok {
+		// Routine for images built or loaded on this host, whose registry
+		// (often docker.io) is not reachable or never had them.
+		log.Info("pulling image failed; running the engine's copy", "image", img, "err", err)
+		return nil
+	}
+	log.Warn("pulling image failed", "image", img, "err", err)
+	return nil
+}
+
+// whileWanted returns a context that ends when ctx does or when task id
+// stops being wanted running (its service was removed, scaled down or
+// updated), so that a long pull does not hold a task that is going away.
+func (a *Agent) whileWanted(ctx context.Context, id string) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancel(ctx)
+	go func() {
+		for wctx.Err() == nil {
+			changed := a.mirror.TableChanged(model.TasksTable)
+			o, err := a.table.Get(wctx, id)
+			if errors.Is(err, store.ErrNotFound) {
+				cancel()
+				return
+			}
+			if err == nil {
+				if cur, derr := model.Decode[model.Task](o.Value); derr == nil && cur.DesiredState != swarm.TaskStateRunning {
+					cancel()
+					return
+				}
+			}
+			select {
+			case <-wctx.Done():
+			case <-changed:
+			}
+		}
+	}()
+	return wctx, cancel
 }
 
 // mountSecrets fetches the task's data, renders the templated ones, and

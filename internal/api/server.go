@@ -45,8 +45,6 @@ type Config struct {
 	// Networks serves swarm-scoped networks (local ones pass through to
 	// the engine); nil leaves every network call to the fallback.
 	Networks *networks.Manager
-	// Images answers whether the engine has an image (nil: unknown).
-	Images ImageChecker
 	// Logs streams container logs for service and task logs (nil: 503).
 	Logs LogSource
 	// Engine gives the host engine's /info and /version (nil: hush's own).
@@ -66,11 +64,6 @@ type Config struct {
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
 	Logger   *slog.Logger
-}
-
-// ImageChecker reports whether the engine has an image.
-type ImageChecker interface {
-	HasImage(ctx context.Context, ref string) (bool, error)
 }
 
 // Server is the HTTP front of hushd.

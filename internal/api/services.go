@@ -14,6 +14,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -39,26 +40,27 @@ func (s *Server) serviceCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	id, err := s.Services.Create(r.Context(), spec)
+	auth := registryAuth(r)
+	defer clear(auth)
+	id, err := s.Services.CreateWith(r.Context(), spec, services.CreateOptions{RegistryAuth: auth})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, swarm.ServiceCreateResponse{ID: id, Warnings: s.imageWarnings(r.Context(), &spec)})
+	// No warnings: the node pulls the image as Swarm's does (the CLI warns
+	// by itself when it could not pin the image's digest).
+	writeJSON(w, http.StatusCreated, swarm.ServiceCreateResponse{ID: id})
 }
 
-// imageWarnings tells the user at create/update time what would otherwise
-// only show as a rejected task: the image is not on the engine, and hush
-// never pulls.
-func (s *Server) imageWarnings(ctx context.Context, spec *swarm.ServiceSpec) []string {
-	if s.Images == nil || spec.TaskTemplate.ContainerSpec == nil {
+// registryAuth is the X-Registry-Auth header the CLI sends with
+// `--with-registry-auth` (the registry credentials for the pulls of the
+// service's image), as bytes the caller wipes.
+func registryAuth(r *http.Request) []byte {
+	v := r.Header.Get(registry.AuthHeader)
+	if v == "" {
 		return nil
 	}
-	img := spec.TaskTemplate.ContainerSpec.Image
-	if ok, err := s.Images.HasImage(ctx, img); err == nil && !ok {
-		return []string{"image " + img + " is not present on the engine; hush does not pull images, so tasks will be rejected until it is"}
-	}
-	return nil
+	return []byte(v)
 }
 
 func (s *Server) serviceList(w http.ResponseWriter, r *http.Request) {
@@ -175,12 +177,17 @@ func (s *Server) serviceUpdate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	opt := services.UpdateOptions{Version: version, Rollback: r.URL.Query().Get("rollback") == "previous"}
+	auth := registryAuth(r)
+	defer clear(auth)
+	opt := services.UpdateOptions{
+		Version: version, Rollback: r.URL.Query().Get("rollback") == "previous",
+		RegistryAuth: auth, RegistryAuthFrom: swarm.RegistryAuthSource(r.URL.Query().Get("registryAuthFrom")),
+	}
 	if err := s.Services.Update(r.Context(), r.PathValue("id"), spec, opt); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, swarm.ServiceUpdateResponse{Warnings: s.imageWarnings(r.Context(), &spec)})
+	writeJSON(w, http.StatusOK, swarm.ServiceUpdateResponse{})
 }
 
 func (s *Server) serviceRemove(w http.ResponseWriter, r *http.Request) {

@@ -17,6 +17,7 @@ import (
 	"github.com/hush-secrets/hush/internal/agent/engine"
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
 	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/enginehost"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
@@ -26,6 +27,7 @@ import (
 	"github.com/hush-secrets/hush/internal/proxy"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
 )
 
 // Version is hushd's version string.
@@ -41,9 +43,9 @@ type Config struct {
 	EtcdLogLevel string
 	// NoInit starts without a cluster; `docker swarm init` creates one.
 	NoInit bool
-	// EngineSocket is the host's Docker Engine; "" disables tasks and the
-	// pass-through.
-	EngineSocket string
+	// Engine is the host's Docker Engine (parsed once, from --engine); nil
+	// disables tasks and the pass-through.
+	Engine *enginehost.Host
 	// SecretsDir is where per-task tmpfs mounts go (default
 	// /run/hush/<node ID>).
 	SecretsDir string
@@ -77,6 +79,10 @@ type Daemon struct {
 	nets    *networks.Manager
 	// netEngine realises swarm networks on the engine (nil without one).
 	netEngine *networks.EngineClient
+	// engineCli is the one engine client the agent's engine, the networks
+	// manager and the engine reads share; the pass-through shares its
+	// dialer (nil without an engine).
+	engineCli *client.Client
 
 	// keys holds the keyring while the cluster is active; it is empty when
 	// locked or not initialised.
@@ -148,11 +154,14 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
 	d.svcs = services.New(d.store, d.mirror, d.log)
+	// Registry credentials (--with-registry-auth) are sealed like secrets.
+	d.svcs.UseSealer(&d.keys)
 	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log, AddrPools: d.addrPools}
-	if cfg.EngineSocket != "" {
-		if d.netEngine, err = networks.NewEngineClient(cfg.EngineSocket); err != nil {
+	if cfg.Engine != nil {
+		if d.engineCli, err = enginehost.NewClient(*cfg.Engine); err != nil {
 			return nil, err
 		}
+		d.netEngine = networks.NewEngineClient(d.engineCli)
 		ncfg.Engine = d.netEngine
 	}
 	d.nets = networks.New(ncfg)
@@ -178,7 +187,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	// Realises networks, and removes the engine networks of removed ones
 	// (also after a leave erased them all).
 	d.runBG(d.nets.Run, bg)
-	if cfg.EngineSocket != "" {
+	if cfg.Engine != nil {
 		if err := d.connectEngine(ctx, &acfg); err != nil {
 			return nil, err
 		}
@@ -218,24 +227,21 @@ func (d *Daemon) runBG(fn func(context.Context), ctx context.Context) {
 // once the cluster is active. An engine that does not answer yet is not
 // fatal: secrets keep working, tasks wait as pending, and the agent retries.
 func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
-	d.proxy = proxy.New(d.cfg.EngineSocket, d.log)
+	host := *d.cfg.Engine
+	d.proxy = proxy.New(host, host.Path, d.log)
 	acfg.Fallback = d.proxy
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	v, err := d.proxy.Ping(pctx)
 	cancel()
 	if err != nil {
-		d.log.Warn("Docker Engine not reachable; tasks will wait for it", "engine", d.cfg.EngineSocket, "err", err)
+		d.log.Warn("Docker Engine not reachable; tasks will wait for it", "engine", host.String(), "err", err)
 	} else if v != "" && api.CompareVersions(v, api.MaxAPIVersion) < 0 {
 		// The CLI uses the version we advertise for every call, and calls
 		// we pass through must be ones the engine accepts.
 		acfg.APIVersion = v
 	}
-	eng, err := engine.New(d.cfg.EngineSocket, d.log)
-	if err != nil {
-		return fmt.Errorf("engine client: %w", err)
-	}
+	eng := engine.New(d.engineCli, d.log)
 	d.engine = eng
-	acfg.Images = eng
 	acfg.Logs = eng
 	acfg.Engine = eng
 	ictx, icancel := context.WithTimeout(ctx, 3*time.Second)
@@ -281,11 +287,8 @@ func (d *Daemon) Close() {
 			d.stopBG()
 			d.bgDone.Wait()
 		}
-		if d.engine != nil {
-			_ = d.engine.Close()
-		}
-		if d.netEngine != nil {
-			_ = d.netEngine.Close()
+		if d.engineCli != nil {
+			_ = d.engineCli.Close()
 		}
 		if d.fs != nil {
 			// Only succeeds when no task mount is left, which is the point:

@@ -136,7 +136,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		disp := dispatcher.New(d.svcs, d.secrets, d.configs, d.log)
 		run(agent.New(agent.Config{
 			NodeID: d.nodeID, Tasks: d.svcs, Store: d.store, Mirror: d.mirror,
-			Data: disp, Engine: d.engine, SecretFS: d.fs, Networks: d.nets, Logger: d.log,
+			Data: disp, Engine: d.engine, SecretFS: d.fs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
 		}).Run)
 	}
 	d.log.Info("cluster active", "node", d.nodeID, "keyID", mk.ID)

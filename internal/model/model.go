@@ -4,7 +4,8 @@
 //
 // Records embed the Docker API's wire types so that what is stored is what
 // is served, minus nothing: services and tasks carry no secret data, only
-// references to secrets by ID.
+// references to secrets by ID (and a service's registry credentials,
+// sealed, which are never served).
 package model
 
 import (
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -32,6 +34,13 @@ type Service struct {
 	SpecVersion uint64 `json:"specVersion"`
 	// PreviousSpecVersion is the SpecVersion PreviousSpec had.
 	PreviousSpecVersion uint64 `json:"previousSpecVersion,omitempty"`
+	// PullAuth is the X-Registry-Auth value (registry credentials) the
+	// spec came with (`--with-registry-auth`), sealed by the keyring as
+	// secret data is; PreviousPullAuth is PreviousSpec's. Swarm keeps them
+	// in the task spec's PullOptions, which its API never shows; neither is
+	// served here (the API answers with the embedded swarm.Service).
+	PullAuth         *keyring.Sealed `json:"pullAuth,omitempty"`
+	PreviousPullAuth *keyring.Sealed `json:"previousPullAuth,omitempty"`
 }
 
 // Task is a stored task.

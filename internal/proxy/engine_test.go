@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/enginehost"
 	"github.com/hush-secrets/hush/internal/testutil"
 )
 
@@ -125,7 +126,7 @@ func TestRealEngine(t *testing.T) {
 	if os.Getenv("HUSH_PROXY_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	p := New(engineSocket, log)
+	p := New(enginehost.Host{Path: engineSocket}, engineSocket, log)
 	t.Cleanup(func() { _ = p.Close() })
 	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	apiVersion, err := p.Ping(pctx)

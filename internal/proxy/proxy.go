@@ -20,13 +20,21 @@ import (
 // socket when the client sent no Host of its own.
 const engineHost = "docker"
 
+// Engine is how the proxy reaches the engine: the daemon's one engine
+// dialer (enginehost.Host), shared with its engine client.
+type Engine interface {
+	// DialContext connects to the engine, whatever network and address.
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
 // Proxy forwards Docker Engine API requests to the engine's unix socket.
 // It is safe for concurrent use.
 type Proxy struct {
+	// socket names the engine in messages.
 	socket    string
+	engine    Engine
 	log       *slog.Logger
 	transport *http.Transport
-	dialer    net.Dialer
 
 	// base is cancelled by Close; every request and tunnel in flight is
 	// tied to it.
@@ -34,13 +42,13 @@ type Proxy struct {
 	cancel context.CancelFunc
 }
 
-// New returns a Proxy for the engine listening on the unix socket at
-// engineSocket (e.g. /var/run/docker.sock). A nil log discards.
-func New(engineSocket string, log *slog.Logger) *Proxy {
+// New returns a Proxy for the engine that engine dials; name (its socket
+// path) is what messages call it. A nil log discards.
+func New(engine Engine, name string, log *slog.Logger) *Proxy {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Proxy{socket: engineSocket, log: log}
+	p := &Proxy{socket: name, engine: engine, log: log}
 	p.base, p.cancel = context.WithCancel(context.Background())
 	p.transport = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -74,7 +82,7 @@ func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
 func (p *Proxy) dial(ctx context.Context) (net.Conn, error) {
-	c, err := p.dialer.DialContext(ctx, "unix", p.socket)
+	c, err := p.engine.DialContext(ctx, "unix", p.socket)
 	if err != nil {
 		return nil, &dialError{err}
 	}

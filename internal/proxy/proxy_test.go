@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/enginehost"
 	"github.com/hush-secrets/hush/internal/testutil"
 )
 
@@ -64,7 +65,7 @@ func newRig(t testing.TB, engine http.Handler) *rig {
 		r.engine = filepath.Join(shortDir(t), "missing.sock")
 	}
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r.p = New(r.engine, log)
+	r.p = New(enginehost.Host{Path: r.engine}, r.engine, log)
 	t.Cleanup(func() { _ = r.p.Close() })
 	r.proxy = serveUnix(t, r.p)
 	r.client = unixClient(r.proxy)
@@ -535,7 +536,7 @@ func TestEngineRefuses(t *testing.T) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
-	p := New(sock, nil)
+	p := New(enginehost.Host{Path: sock}, sock, nil)
 	defer p.Close()
 	front := serveUnix(t, p)
 	resp, err := unixClient(front).Get("http://docker/v1.41/info")

@@ -35,7 +35,7 @@ type Spec struct {
 	// Labels include com.docker.swarm.service.id, .service.name, .task.id,
 	// .task.name, .node.id and hush's own.
 	Labels map[string]string
-	// Image must already be present in the engine; it is never pulled.
+	// Image must already be present in the engine (see Pull).
 	Image string
 	// Command replaces the image's entrypoint (and then the image's CMD is
 	// not used); Args replace the image's CMD (or follow Command).
@@ -84,7 +84,8 @@ type Spec struct {
 	// Mounts are the service's other mounts (volumes, binds, tmpfs),
 	// passed to the engine as they are.
 	Mounts []mount.Mount
-	// Networks are engine network names or IDs. The container is created on
+	// Networks are engine network IDs (names work, but an engine before API
+	// 1.44 may hold two networks of one name). The container is created on
 	// the first and connected to the others before Create returns. Empty
 	// means the engine's default network.
 	Networks []string
@@ -124,7 +125,7 @@ const cleanupTimeout = 15 * time.Second
 // exists already and carries the same task label, Create returns its ID
 // (connecting it to any of s.Networks it misses); if that container belongs
 // to another task (or none), it fails with ErrConflict. A missing image is
-// ErrImageNotFound: images are never pulled.
+// ErrImageNotFound: Create never pulls.
 func (e *Engine) Create(ctx context.Context, s Spec) (string, error) {
 	if s.Name == "" {
 		return "", errors.New("engine: create: spec has no name")
@@ -260,8 +261,15 @@ func builtinNetwork(n string) bool {
 
 func endpoint(n string, aliases []string) *network.EndpointSettings {
 	ep := &network.EndpointSettings{}
-	if !builtinNetwork(n) && len(aliases) > 0 {
-		ep.Aliases = slices.Clone(aliases)
+	if !builtinNetwork(n) {
+		// The engine resolves an endpoint by NetworkID when it is set, and
+		// by the network's name otherwise, even when the caller gave an ID:
+		// with two networks of one name (engines before API 1.44 allow
+		// that) the name is ambiguous and the start fails.
+		ep.NetworkID = n
+		if len(aliases) > 0 {
+			ep.Aliases = slices.Clone(aliases)
+		}
 	}
 	return ep
 }

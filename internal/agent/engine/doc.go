@@ -2,8 +2,8 @@
 // Engine: it runs the container of one task, the way a Docker Swarm worker's
 // container executor does, and nothing more.
 //
-// An Engine wraps the official client (github.com/moby/moby/client) on the
-// engine's Unix socket. The client negotiates its API version down to the
+// An Engine wraps the official client (github.com/moby/moby/client) that
+// hushd builds once for the engine's Unix socket (package enginehost). The client negotiates its API version down to the
 // engine's on the first request (hush targets Docker 20.10, API 1.41), so
 // every call below works against older engines too.
 //
@@ -33,10 +33,11 @@
 //     contents (or anything read from) the files it bind-mounts: env
 //     variables can hold secrets, and the bound files are secrets. Logs and
 //     errors name containers, images and paths only.
-//   - Pull an image. Create uses only images already present in the engine
-//     (the engine API never pulls on create, and this package never calls the
-//     pull endpoint); a missing image is ErrImageNotFound and it is up to the
-//     operator to load it.
+//   - Pull an image the caller did not ask for: Create uses only images
+//     already present in the engine (the engine API never pulls on create);
+//     the agent calls Pull first, as a Swarm worker does, with the service's
+//     registry credentials, which this package never logs nor puts into an
+//     error.
 //   - Touch a container without the com.docker.swarm.task.id label except
 //     through an ID or name the caller passes explicitly: listing and event
 //     subscriptions filter on that label, so containers that hush did not

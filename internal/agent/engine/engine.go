@@ -6,14 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 )
-
-// DefaultSocket is the engine socket used when New is given "".
-const DefaultSocket = "/var/run/docker.sock"
 
 // Labels that Docker Swarm puts on a task's container; hush sets the same
 // ones so that tools that know Swarm recognise its containers.
@@ -29,8 +25,8 @@ var (
 	// ErrNotFound: the engine has no such container.
 	ErrNotFound = errors.New("engine: not found")
 	// ErrImageNotFound: Create was given an image the engine does not have
-	// (images are never pulled).
-	ErrImageNotFound = errors.New("engine: image not found (images are never pulled)")
+	// (Pull it first).
+	ErrImageNotFound = errors.New("engine: image not found")
 	// ErrUnavailable: the engine could not be reached, or its event stream
 	// broke.
 	ErrUnavailable = errors.New("engine: unavailable")
@@ -42,41 +38,19 @@ var (
 // Engine runs task containers on one Docker Engine. It is safe for
 // concurrent use.
 type Engine struct {
-	cli    *client.Client
-	log    *slog.Logger
-	socket string
+	cli *client.Client
+	log *slog.Logger
 }
 
-// New returns an Engine talking to the engine at socket: a path to a Unix
-// socket ("" means DefaultSocket) or a Docker host URL ("unix://...",
-// "tcp://..."). It does not connect; use Ping to check the engine answers.
-// The client negotiates the API version down to the engine's on its first
-// request. log may be nil.
-func New(socket string, log *slog.Logger) (*Engine, error) {
-	if socket == "" {
-		socket = DefaultSocket
-	}
-	host := socket
-	if !strings.Contains(host, "://") {
-		host = "unix://" + host
-	}
+// New returns an Engine using cli, the daemon's one engine client (see
+// package enginehost), which it shares with the other parts of hushd. It
+// does not connect; use Ping to check the engine answers. log may be nil.
+func New(cli *client.Client, log *slog.Logger) *Engine {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cli, err := client.New(
-		client.WithHost(host),
-		// No WithVersion: the client negotiates down to the engine's API
-		// version by default, and the engine may be older than the client.
-		client.WithUserAgent("hush-agent"),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("engine: client for %s: %w", host, err)
-	}
-	return &Engine{cli: cli, log: log.With("component", "engine"), socket: host}, nil
+	return &Engine{cli: cli, log: log.With("component", "engine")}
 }
-
-// Close releases the client's idle connections.
-func (e *Engine) Close() error { return e.cli.Close() }
 
 // Ping checks that the engine answers and returns the API version the
 // client negotiated with it (the lower of the engine's and the client's).

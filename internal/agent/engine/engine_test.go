@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/enginehost"
 	"github.com/hush-secrets/hush/internal/testutil"
 
 	"github.com/moby/moby/api/pkg/stdcopy"
@@ -55,11 +56,12 @@ func testLogger(w io.Writer) *slog.Logger {
 func newEngine(t *testing.T, logTo io.Writer) (*Engine, string) {
 	t.Helper()
 	img := enginetest.BusyboxImage(t)
-	e, err := New("", testLogger(logTo))
+	cli, err := enginehost.NewClient(enginehost.Host{Path: enginetest.Socket})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.Close() })
+	t.Cleanup(func() { _ = cli.Close() })
+	e := New(cli, testLogger(logTo))
 	return e, img
 }
 
@@ -186,11 +188,12 @@ func TestPingNegotiatesDown(t *testing.T) {
 
 func TestUnavailable(t *testing.T) {
 	t.Parallel()
-	e, err := New(filepath.Join(t.TempDir(), "no-engine.sock"), nil)
+	cli, err := enginehost.NewClient(enginehost.Host{Path: filepath.Join(t.TempDir(), "no-engine.sock")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	defer cli.Close()
+	e := New(cli, nil)
 	if _, err := e.Ping(t.Context()); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Ping on a missing socket: %v, want ErrUnavailable", err)
 	}

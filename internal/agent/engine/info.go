@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/system"
@@ -25,18 +24,13 @@ func (e *Engine) Version(ctx context.Context) (system.VersionResponse, error) {
 	return v, e.getJSON(ctx, "/version", &v)
 }
 
-// getJSON reads an unversioned engine endpoint over the engine socket; these
-// two answers are passed on nearly verbatim, so the raw JSON is simplest.
+// getJSON reads an unversioned engine endpoint through the shared client's
+// dialer; these two answers are passed on nearly verbatim, so the raw JSON
+// is simplest.
 func (e *Engine) getJSON(ctx context.Context, path string, v any) error {
-	sock, ok := strings.CutPrefix(e.socket, "unix://")
-	if !ok {
-		return fmt.Errorf("engine %s: only unix sockets are supported here: %w", path, ErrUnavailable)
-	}
+	dial := e.cli.Dialer()
 	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
 	}}
 	defer c.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://engine"+path, nil)

@@ -5,10 +5,13 @@
 // A hush network is a store object with Swarm's rules and texts (DNS-label
 // names, unique case-insensitively; refused while a service spec references
 // it). Because hush runs every task on the one host engine, a network is
-// realised there as an engine bridge network of the same name, labelled
-// io.hush.network.id=<ID> and io.hush.node.id=<node>, which task containers
-// join with their service's name (and the spec's aliases) as DNS aliases, so
-// the services of a stack reach each other by name as they do on Swarm.
+// realised there as an engine bridge network of the same name (or, when an
+// engine network that is not its own has that name, <name>-<ID prefix>),
+// labelled io.hush.network.id=<ID> and io.hush.node.id=<node>, which task
+// containers join, by the engine network's ID, with their service's name
+// (and the spec's aliases) as DNS aliases, so the services of a stack reach
+// each other by name as they do on Swarm. Only a network carrying both
+// labels is ever adopted.
 //
 // Services reference networks by ID in their specs; ResolveAttachments turns
 // names into IDs at service create/update and RefOps/DropRefOps/RefDiffOps

@@ -12,27 +12,15 @@ import (
 	"github.com/moby/moby/client"
 )
 
-// EngineClient is the Engine of a Docker Engine reached over its socket.
+// EngineClient is the Engine of a Docker Engine, through the daemon's one
+// engine client.
 type EngineClient struct {
 	cli *client.Client
 }
 
-// NewEngineClient returns an Engine for the engine at socket (a unix socket
-// path or a Docker host URL). It does not connect.
-func NewEngineClient(socket string) (*EngineClient, error) {
-	host := socket
-	if !strings.Contains(host, "://") {
-		host = "unix://" + host
-	}
-	cli, err := client.New(client.WithHost(host), client.WithUserAgent("hush-networks"))
-	if err != nil {
-		return nil, fmt.Errorf("networks: engine client for %s: %w", host, err)
-	}
-	return &EngineClient{cli: cli}, nil
-}
-
-// Close releases idle connections.
-func (e *EngineClient) Close() error { return e.cli.Close() }
+// NewEngineClient returns an Engine using cli, which it shares with the
+// rest of hushd (the daemon closes it).
+func NewEngineClient(cli *client.Client) *EngineClient { return &EngineClient{cli: cli} }
 
 func classify(err error, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
@@ -64,6 +52,22 @@ func (e *EngineClient) ListNetworks(ctx context.Context, labels map[string]strin
 			ok = ok && n.Labels[k] == v // whatever the filter did
 		}
 		if ok {
+			out = append(out, EngineNetwork{ID: n.ID, Name: n.Name, Labels: n.Labels})
+		}
+	}
+	return out, nil
+}
+
+// NetworksNamed lists the engine networks named exactly name, whoever made
+// them (the engine's name filter also matches substrings).
+func (e *EngineClient) NetworksNamed(ctx context.Context, name string) ([]EngineNetwork, error) {
+	res, err := e.cli.NetworkList(ctx, client.NetworkListOptions{Filters: make(client.Filters).Add("name", name)})
+	if err != nil {
+		return nil, classify(err, "list engine networks named %s", name)
+	}
+	var out []EngineNetwork
+	for _, n := range res.Items {
+		if n.Name == name {
 			out = append(out, EngineNetwork{ID: n.ID, Name: n.Name, Labels: n.Labels})
 		}
 	}
@@ -112,3 +116,6 @@ func (e *EngineClient) IsLocalNetwork(ctx context.Context, ref string) bool {
 	}
 	return res.Network.Scope != ScopeSwarm && res.Network.Labels[LabelNetworkID] == ""
 }
+
+// EngineClient never names its network after one that is not its own.
+var _ NamedNetworks = (*EngineClient)(nil)

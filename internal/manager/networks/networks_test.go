@@ -98,6 +98,18 @@ func (f *fakeEngine) InspectNetwork(_ context.Context, id string) (network.Inspe
 	}}}, nil
 }
 
+func (f *fakeEngine) NetworksNamed(_ context.Context, name string) ([]EngineNetwork, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []EngineNetwork
+	for id, s := range f.nets {
+		if s.Name == name {
+			out = append(out, EngineNetwork{ID: id, Name: s.Name, Labels: maps.Clone(s.Labels)})
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeEngine) IsLocalNetwork(_ context.Context, ref string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -328,6 +340,75 @@ func TestRealiseNameConflictFallback(t *testing.T) {
 	got := e.eng.byHush(id)
 	if len(got) != 1 || got[0].Name != "web-"+id[:12] {
 		t.Fatalf("want a suffixed engine name, have %+v", got)
+	}
+}
+
+// TestRealiseBesideForeignSameName: on an engine that accepts duplicate
+// names (API < 1.44, as Docker 20.10), a network of the stack's name that
+// is not this hush network's (a user's, another hushd's, one left by an
+// earlier hushd of another node ID) is never adopted, renamed or removed,
+// and hush's own gets a name of its own, so no name is ever ambiguous.
+func TestRealiseBesideForeignSameName(t *testing.T) {
+	foreign := []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"user's bridge", map[string]string{}},
+		{"earlier hushd", map[string]string{LabelNetworkID: "oldnetworkid", LabelNodeID: "oldnode"}},
+		{"another hushd, same network ID", nil}, // labels filled in below
+	}
+	for _, f := range foreign {
+		t.Run(f.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			ctx := context.Background()
+			id := e.mustCreate(t, overlay("app_default"))
+			// Forget the realisation made at create: the foreign network
+			// must be there first.
+			for eid := range e.eng.nets {
+				_ = e.eng.RemoveNetwork(ctx, eid)
+			}
+			labels := f.labels
+			if labels == nil {
+				labels = map[string]string{LabelNetworkID: id, LabelNodeID: "othernode"}
+			}
+			fid, err := e.eng.CreateNetwork(ctx, EngineSpec{Name: "app_default", Labels: labels})
+			if err != nil {
+				t.Fatal(err)
+			}
+			eid, err := e.m.Realise(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if eid == fid {
+				t.Fatal("the foreign network was adopted")
+			}
+			mine, err := e.eng.InspectNetwork(ctx, eid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mine.Name != "app_default-"+id[:12] || mine.Labels[LabelNetworkID] != id || mine.Labels[LabelNodeID] != "node1" {
+				t.Fatalf("hush's engine network: name %q labels %v", mine.Name, mine.Labels)
+			}
+			// Attachments give the ID, never a name.
+			ids, _, err := e.m.EngineAttachments(ctx, []swarm.NetworkAttachmentConfig{{Target: id}}, "web")
+			if err != nil || len(ids) != 1 || ids[0] != eid {
+				t.Fatalf("EngineAttachments = %v, %v; want [%s]", ids, err, eid)
+			}
+			// Removing the hush network removes only hush's engine network.
+			if err := e.m.Remove(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.m.Reconcile(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got, err := e.eng.NetworksNamed(ctx, "app_default")
+			if err != nil || len(got) != 1 || got[0].ID != fid || !maps.Equal(got[0].Labels, labels) {
+				t.Fatalf("foreign network after remove: %+v, %v", got, err)
+			}
+			if _, err := e.eng.InspectNetwork(ctx, eid); err == nil {
+				t.Fatal("hush's engine network outlived its network")
+			}
+		})
 	}
 }
 

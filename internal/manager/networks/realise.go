@@ -25,6 +25,14 @@ type Engine interface {
 	InspectNetwork(ctx context.Context, id string) (network.Inspect, error)
 }
 
+// NamedNetworks is implemented by Engines that can list networks by name,
+// so that hush never gives its engine network the name of one that is not
+// its own (EngineClient does).
+type NamedNetworks interface {
+	// NetworksNamed returns the engine networks named exactly name.
+	NetworksNamed(ctx context.Context, name string) ([]EngineNetwork, error)
+}
+
 // EngineNetwork is an engine network as ListNetworks reports it.
 type EngineNetwork struct {
 	ID     string
@@ -80,11 +88,26 @@ func (m *Manager) realise(ctx context.Context, n *network.Network) (string, erro
 	if len(n.IPAM.Config) > 0 {
 		s.IPAM = &network.IPAM{Driver: "default", Config: slices.Clone(n.IPAM.Config)}
 	}
+	// A network of the same name that is not this one's (a user's, another
+	// hushd's, one an earlier hushd on this engine left) is never touched:
+	// this one gets a name of its own. Older engines (API < 1.44) would
+	// accept the duplicate, and a duplicate name makes the user's network
+	// ambiguous to every command that names it. Containers attach by ID, so
+	// the engine name matters only to people reading `docker network ls`.
+	if named, ok := m.eng.(NamedNetworks); ok {
+		taken, err := named.NetworksNamed(ctx, n.Name)
+		if err != nil {
+			m.noteFailure(n.ID, err)
+			return "", err
+		}
+		if len(taken) > 0 {
+			s.Name = suffixedName(n)
+		}
+	}
 	id, err := m.eng.CreateNetwork(ctx, s)
-	if errors.Is(err, ErrEngineConflict) {
-		// A local network (or another hushd's) has the name on an engine
-		// that refuses duplicates: keep the name recognisable.
-		s.Name = n.Name + "-" + n.ID[:12]
+	if errors.Is(err, ErrEngineConflict) && s.Name == n.Name {
+		// Taken between the check and the create.
+		s.Name = suffixedName(n)
 		id, err = m.eng.CreateNetwork(ctx, s)
 	}
 	if err != nil {
@@ -95,6 +118,10 @@ func (m *Manager) realise(ctx context.Context, n *network.Network) (string, erro
 	m.log.Info("network realised on the engine", "id", n.ID, "name", n.Name, "engine_network", id)
 	return id, nil
 }
+
+// suffixedName is the engine name of a hush network whose own name is taken
+// on the engine: recognisable, and unique by the network's ID.
+func suffixedName(n *network.Network) string { return n.Name + "-" + n.ID[:12] }
 
 // Realise returns the ID of the engine network that realises the network
 // ref names, creating it if need be.

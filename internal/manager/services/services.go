@@ -29,6 +29,8 @@ type Manager struct {
 	mirror  *store.Mirror
 	// nets resolves and guards network attachments; nil refuses them.
 	nets *networks.Manager
+	// seal keeps registry credentials; nil refuses them.
+	seal Sealer
 	log  *slog.Logger
 	now  func() time.Time
 }
@@ -215,8 +217,18 @@ func refDiffOps(serviceID, serviceName string, old, new *swarm.ServiceSpec) []cl
 // Create validates and stores a new service; the orchestrator makes its
 // tasks.
 func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, error) {
+	return m.CreateWith(ctx, spec, CreateOptions{})
+}
+
+// CreateWith is Create with the registry credentials the client sent.
+func (m *Manager) CreateWith(ctx context.Context, spec swarm.ServiceSpec, opt CreateOptions) (string, error) {
 	if err := validateSpec(&spec); err != nil {
 		return "", err
+	}
+	if len(opt.RegistryAuth) > 0 {
+		if err := checkRegistryAuth(opt.RegistryAuth); err != nil {
+			return "", err
+		}
 	}
 	guards, err := m.refs(ctx, &spec)
 	if err != nil {
@@ -237,6 +249,9 @@ func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, e
 	svc.CreatedAt, svc.UpdatedAt = now, now
 	svc.Spec = spec
 	svc.Endpoint = endpoint(&spec)
+	if svc.PullAuth, err = m.sealAuth(id, opt.RegistryAuth); err != nil {
+		return "", err
+	}
 	val, err := json.Marshal(&svc)
 	if err != nil {
 		return "", err
@@ -281,6 +296,11 @@ func (m *Manager) Get(ctx context.Context, ref string) (*model.Service, error) {
 type UpdateOptions struct {
 	Version  uint64
 	Rollback bool
+	// RegistryAuth is the X-Registry-Auth header's value, if sent (the
+	// caller wipes it); RegistryAuthFrom says whose credentials to keep
+	// when it is not: "spec" (the default) or "previous-spec".
+	RegistryAuth     []byte
+	RegistryAuthFrom swarm.RegistryAuthSource
 }
 
 // Update replaces the spec of the service ref names. With Rollback, the
@@ -303,6 +323,10 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	if err := validateSpec(&spec); err != nil {
 		return err
 	}
+	auth, err := m.nextAuth(cur, opt)
+	if err != nil {
+		return err
+	}
 	guards, err := m.refs(ctx, &spec)
 	if err != nil {
 		return err
@@ -315,6 +339,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	prev := cur.Spec
 	next.PreviousSpec = &prev
 	next.PreviousSpecVersion = cur.SpecVersion
+	next.PullAuth, next.PreviousPullAuth = auth, cur.PullAuth
 	next.Spec = spec
 	next.SpecVersion = cur.SpecVersion + 1
 	next.UpdatedAt = m.now()
