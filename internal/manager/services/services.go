@@ -237,6 +237,9 @@ func (m *Manager) Create(ctx context.Context, spec swarm.ServiceSpec) (string, e
 	svc.CreatedAt, svc.UpdatedAt = now, now
 	svc.Spec = spec
 	svc.Endpoint = endpoint(&spec)
+	if IsJob(&spec) {
+		svc.JobStatus = &swarm.JobStatus{LastExecution: now}
+	}
 	val, err := json.Marshal(&svc)
 	if err != nil {
 		return "", err
@@ -303,6 +306,9 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	if err := validateSpec(&spec); err != nil {
 		return err
 	}
+	if err := checkModeChange(&cur.Spec, &spec); err != nil {
+		return err
+	}
 	guards, err := m.refs(ctx, &spec)
 	if err != nil {
 		return err
@@ -330,6 +336,11 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 		next.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateUpdating, StartedAt: &startedAt, Message: "update in progress"}
 	default:
 		next.UpdateStatus = nil
+	}
+	if IsJob(&spec) {
+		// A job has no rollout: the update runs it again.
+		next.UpdateStatus = nil
+		next.JobStatus = nextJobStatus(cur.JobStatus, next.UpdatedAt)
 	}
 	val, err := json.Marshal(&next)
 	if err != nil {
@@ -422,10 +433,16 @@ func (m *Manager) GetTask(ctx context.Context, ref string) (*model.Task, error) 
 	return decodeTask(o)
 }
 
-// ModeName is "replicated" or "global", as the mode filter names them.
+// ModeName is the mode as the mode filter names it: "replicated",
+// "global", "replicated-job" or "global-job".
 func ModeName(s *swarm.ServiceSpec) string {
-	if s.Mode.Global != nil {
+	switch {
+	case s.Mode.Global != nil:
 		return "global"
+	case s.Mode.ReplicatedJob != nil:
+		return "replicated-job"
+	case s.Mode.GlobalJob != nil:
+		return "global-job"
 	}
 	return "replicated"
 }
