@@ -30,12 +30,13 @@ import (
 
 // Orchestrator reconciles services and tasks.
 type Orchestrator struct {
-	svcs         *services.Manager
-	mirror       *store.Mirror
-	tasks        *store.Table
-	nodeID       string
-	log          *slog.Logger
-	now          func() time.Time
+	svcs   *services.Manager
+	mirror *store.Mirror
+	tasks  *store.Table
+	nodeID string
+	log    *slog.Logger
+	now    func() time.Time
+	// engineLabels are this node's engine labels.
 	engineLabels map[string]string
 	// nanoCPUs and memoryBytes are what this node offers to reservations.
 	nanoCPUs, memoryBytes int64
