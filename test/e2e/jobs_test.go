@@ -98,7 +98,9 @@ func psRows(s string) string {
 func (d *jobSide) run() string {
 	t := d.t
 	rj, gj, mx, mem, blk := d.name("rj"), d.name("gj"), d.name("max"), d.name("mem"), d.name("blk")
-	ps := func(svc string) { d.record(psRows, "service", "ps", "--no-trunc", "--format", "{{.Name}}|{{.DesiredState}}|{{.CurrentState}}|{{.Error}}", svc) }
+	ps := func(svc string) {
+		d.record(psRows, "service", "ps", "--no-trunc", "--format", "{{.Name}}|{{.DesiredState}}|{{.CurrentState}}|{{.Error}}", svc)
+	}
 	ls := func(svc string) {
 		d.record(nil, "service", "ls", "--filter", "name="+svc, "--format", "{{.Name}} {{.Mode}} {{.Replicas}}")
 	}
