@@ -201,7 +201,7 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		t := t
 		c, hasC := byTask[t.ID]
 		switch {
-		case model.Unscheduled(t):
+		case model.Unscheduled(t) && model.Runs(t.DesiredState):
 			// Named for this node but waiting for room on it (a global
 			// task short of resources): the orchestrator assigns it.
 		case model.Runs(t.DesiredState) && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady):

@@ -574,3 +574,45 @@ func (f *fixture) nodes(ns ...testNode) {
 		return out, nil
 	}
 }
+
+// A global task waiting for room on its node is not the node's to start,
+// but it is stopped like any other when the node is drained or the
+// service removed.
+func TestGlobalWaitingTaskRetired(t *testing.T) {
+	f := newFixture(t)
+	f.nodes(testNode{id: "node1"})
+	g := swarm.ServiceSpec{}
+	g.Name = "g"
+	g.TaskTemplate.ContainerSpec = &swarm.ContainerSpec{Image: "img:1"}
+	g.Mode.Global = &swarm.GlobalService{}
+	g.TaskTemplate.Resources = &swarm.ResourceRequirements{Reservations: &swarm.Resources{MemoryBytes: 64 << 30}}
+	id, err := f.svcs.Create(f.ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.step(0)
+	f.step(0)
+	ts := f.tasks()
+	if len(ts) != 1 || !model.Unscheduled(ts[0]) || ts[0].NodeID != "node1" {
+		t.Fatalf("want one task waiting on node1, have %d", len(ts))
+	}
+	f.testNodes[0].avail = swarm.NodeAvailabilityDrain
+	f.step(0)
+	f.step(0)
+	ts = f.tasks()
+	if len(ts) != 1 || ts[0].DesiredState != swarm.TaskStateShutdown || ts[0].Status.State != swarm.TaskStateShutdown {
+		t.Fatalf("draining should shut the waiting task down: %d tasks, %s/%s", len(ts), ts[0].DesiredState, ts[0].Status.State)
+	}
+	f.testNodes[0].avail = swarm.NodeAvailabilityActive
+	f.step(0)
+	if err := f.svcs.Remove(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	f.step(0)
+	f.step(0)
+	for _, tk := range f.tasks() {
+		if tk.DesiredState != swarm.TaskStateRemove || !model.Terminal(tk.Status.State) {
+			t.Fatalf("after service rm every task should be removed and down: %s/%s", tk.DesiredState, tk.Status.State)
+		}
+	}
+}

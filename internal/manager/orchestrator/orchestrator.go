@@ -135,7 +135,7 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 				// Waiting for a node: place it if one can take it now.
 				errs = append(errs, o.placePending(ctx, svc, t))
 				continue
-			case model.Unscheduled(t):
+			case model.Unscheduled(t) && o.mayStay(svc, t.NodeID):
 				// A global task waiting for room on its node.
 				errs = append(errs, o.placeOnNode(ctx, svc, t))
 				continue

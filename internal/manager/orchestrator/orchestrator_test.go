@@ -65,7 +65,7 @@ func (f *fixture) tasks() []*model.Task {
 func (f *fixture) agent() {
 	f.t.Helper()
 	for _, t := range f.tasks() {
-		if t.NodeID == "" || model.Unscheduled(t) {
+		if t.NodeID == "" || model.Unscheduled(t) && model.Runs(t.DesiredState) {
 			continue
 		}
 		switch {
