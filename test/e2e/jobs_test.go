@@ -65,23 +65,28 @@ func (d *jobSide) waitReplicas(svc, want string) {
 }
 
 // waitStates waits until `docker service ps` shows exactly these current
-// states (first word, sorted).
+// states (first word, sorted), and every pending task says why (Swarm's
+// scheduler adds the reason a moment after the task appears).
 func (d *jobSide) waitStates(svc string, want ...string) {
 	d.t.Helper()
 	sort.Strings(want)
 	w := strings.Join(want, " ")
-	var got string
 	waitFor(d.t, jobTimeout, fmt.Sprintf("service ps of %s to show %q", svc, w), func() bool {
-		out, _, _ := d.cli.Docker("service", "ps", "--format", "{{.CurrentState}}", svc)
+		out, _, _ := d.cli.Docker("service", "ps", "--no-trunc", "--format", "{{.CurrentState}}|{{.Error}}", svc)
 		var st []string
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-			if f := strings.Fields(l); len(f) > 0 {
-				st = append(st, f[0])
+			state, errText, _ := strings.Cut(l, "|")
+			f := strings.Fields(state)
+			if len(f) == 0 {
+				continue
 			}
+			if f[0] == "Pending" && errText == "" {
+				return false
+			}
+			st = append(st, f[0])
 		}
 		sort.Strings(st)
-		got = strings.Join(st, " ")
-		return got == w
+		return strings.Join(st, " ") == w
 	})
 }
 
@@ -163,7 +168,15 @@ func (d *jobSide) run() string {
 	d.waitStates(mem, "Pending")
 	ls(mem)
 	ps(mem)
-	d.record(nil, "service", "rm", rj, gj, blk, mx, mem)
+	// A global task short of memory waits on its node, with the bare reason.
+	gmem := d.name("gmem")
+	if _, _, code := d.cli.Docker(append([]string{"service", "create", "-d", "--name", gmem, "--mode", "global", "--reserve-memory", "100g", d.img}, taskLoop...)...); code != 0 {
+		t.Fatalf("service create %s failed", gmem)
+	}
+	d.waitStates(gmem, "Pending")
+	ls(gmem)
+	ps(gmem)
+	d.record(nil, "service", "rm", rj, gj, blk, mx, mem, gmem)
 	return d.n.norm(d.out.String())
 }
 
@@ -182,7 +195,7 @@ func TestJobsVsSwarm(t *testing.T) {
 		d := &jobSide{t: t, cli: sw, img: enginetest.BusyboxImage(t), prefix: "sched" + suffix,
 			n: &normaliser{suffix: suffix, literals: map[string]string{}}}
 		t.Cleanup(func() {
-			for _, s := range []string{"rj", "gj", "max", "mem", "blk"} {
+			for _, s := range []string{"rj", "gj", "max", "mem", "blk", "gmem"} {
 				sw.Docker("service", "rm", d.name(s))
 			}
 			deadline := time.Now().Add(20 * time.Second)
