@@ -186,7 +186,7 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		// Without an engine nothing can start; say so on the tasks that
 		// wait, so `docker service ps` shows why.
 		for _, t := range all {
-			if t.NodeID == a.nodeID && t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateAssigned && a.claim(t.ID) {
+			if t.NodeID == a.nodeID && model.Runs(t.DesiredState) && t.Status.State == swarm.TaskStateAssigned && a.claim(t.ID) {
 				if _, serr := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePending, Message: "waiting for the Docker Engine",
 					Err: "the Docker Engine is not reachable; the task starts when it answers"}); serr != nil {
 					a.log.Warn("task status", "task", t.ID, "err", serr)
@@ -211,14 +211,17 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		t := t
 		c, hasC := byTask[t.ID]
 		switch {
-		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady):
+		case model.Unscheduled(t) && model.Runs(t.DesiredState):
+			// Named for this node but waiting for room on it (a global
+			// task short of resources): the orchestrator assigns it.
+		case model.Runs(t.DesiredState) && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.start(ctx, t) })
-		case t.DesiredState == swarm.TaskStateRunning && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
+		case model.Runs(t.DesiredState) && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
 			// Interrupted mid-start (a restart, or a status write that
 			// failed): adopt a running container, or fail the task so the
 			// orchestrator replaces it.
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.recoverStart(ctx, t) })
-		case t.DesiredState == swarm.TaskStateRunning && t.Status.State == swarm.TaskStateRunning:
+		case model.Runs(t.DesiredState) && t.Status.State == swarm.TaskStateRunning:
 			if !hasC {
 				a.spawn(ctx, t.ID, func(ctx context.Context) {
 					a.finish(ctx, t, swarm.TaskStateFailed, "container vanished", "task: container was removed outside hush", nil)
@@ -228,7 +231,7 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			}
 		case t.DesiredState == swarm.TaskStateReady:
 			// A restart waiting out its delay: nothing to do yet.
-		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
+		case !model.Runs(t.DesiredState) && !model.Terminal(t.Status.State):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.stop(ctx, t, c.ID) })
 		case t.DesiredState == swarm.TaskStateRemove && model.Terminal(t.Status.State):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.remove(ctx, t, c.ID) })
@@ -319,7 +322,7 @@ func (a *Agent) recoverStart(ctx context.Context, stale *model.Task) {
 		return
 	}
 	t.Version.Index = uint64(o.ModRev)
-	if t.DesiredState != swarm.TaskStateRunning || !model.Before(t.Status.State, swarm.TaskStateRunning) ||
+	if !model.Runs(t.DesiredState) || !model.Before(t.Status.State, swarm.TaskStateRunning) ||
 		t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady {
 		return
 	}

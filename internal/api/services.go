@@ -108,23 +108,41 @@ func matchAny(v string, wanted []string, match func(v, w string) bool) bool {
 	return false
 }
 
+// serviceStatus counts a service's tasks as Swarm does for ?status=true:
+// running tasks; desired tasks (the replicas, a replicated job's
+// MaxConcurrent, or per node the global tasks meant to run); and for a
+// job, only tasks of its current iteration, and those completed.
 func serviceStatus(svc *model.Service, tasks []*model.Task) *swarm.ServiceStatus {
 	st := &swarm.ServiceStatus{}
-	if svc.Spec.Mode.Replicated != nil && svc.Spec.Mode.Replicated.Replicas != nil {
-		st.DesiredTasks = *svc.Spec.Mode.Replicated.Replicas
+	mode := &svc.Spec.Mode
+	global := mode.Global != nil || mode.GlobalJob != nil
+	switch {
+	case mode.Replicated != nil && mode.Replicated.Replicas != nil:
+		st.DesiredTasks = *mode.Replicated.Replicas
+	case mode.ReplicatedJob != nil && mode.ReplicatedJob.MaxConcurrent != nil:
+		st.DesiredTasks = *mode.ReplicatedJob.MaxConcurrent
 	}
+	job := svc.JobStatus
 	for _, t := range tasks {
 		if t.ServiceID != svc.ID {
 			continue
 		}
+		if job != nil {
+			if t.JobIteration == nil || t.JobIteration.Index != job.JobIteration.Index {
+				continue
+			}
+			if t.Status.State == swarm.TaskStateComplete {
+				st.CompletedTasks++
+			}
+		}
 		if t.Status.State == swarm.TaskStateRunning {
 			st.RunningTasks++
 		}
-		if svc.Spec.Mode.Global != nil && t.DesiredState == swarm.TaskStateRunning {
+		if global && t.DesiredState == swarm.TaskStateRunning {
 			st.DesiredTasks++
 		}
-		if t.Status.State == swarm.TaskStateComplete {
-			st.CompletedTasks++
+		if global && t.DesiredState == swarm.TaskStateComplete && t.Status.State != swarm.TaskStateComplete {
+			st.DesiredTasks++
 		}
 	}
 	return st

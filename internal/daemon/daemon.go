@@ -71,6 +71,8 @@ type Daemon struct {
 	fs     *secretfs.Manager
 	// engineLabels are the engine's labels, for engine.labels constraints.
 	engineLabels []string
+	// engineMemory is the engine's memory, for resource reservations.
+	engineMemory int64
 
 	mirror  *store.Mirror
 	secrets *objects.Manager
@@ -248,6 +250,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	if info, err := eng.Info(ictx); err == nil {
 		acfg.EngineVersion, acfg.MemoryBytes = info.ServerVersion, info.MemTotal
 		d.engineLabels = info.Labels
+		d.engineMemory = info.MemTotal
 	}
 	icancel()
 	dir := d.cfg.SecretsDir

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -131,6 +132,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	orch := orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log)
 	orch.SetEngineLabels(d.engineLabels)
 	orch.SetSettings(d.orchestratorSettings)
+	// The node's resources as `docker node inspect` reports them.
+	orch.SetResources(int64(runtime.NumCPU())*1e9, d.engineMemory)
 	run(orch.Run)
 	if d.engine != nil {
 		disp := dispatcher.New(d.svcs, d.secrets, d.configs, d.log)

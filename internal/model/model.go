@@ -97,6 +97,22 @@ func Terminal(s swarm.TaskState) bool {
 	return false
 }
 
+// Runs reports whether a desired state asks the node to run the task:
+// "running" for services, "complete" for jobs (run until it exits).
+func Runs(desired swarm.TaskState) bool {
+	return desired == swarm.TaskStateRunning || desired == swarm.TaskStateComplete
+}
+
+// MsgPendingScheduling is the status message of a task waiting for a node
+// that can take it. Such a task may already name its node (a global task
+// waiting for resources there), but it is not the node's to start yet.
+const MsgPendingScheduling = "pending task scheduling"
+
+// Unscheduled reports whether t waits for placement.
+func Unscheduled(t *Task) bool {
+	return t.Status.State == swarm.TaskStatePending && t.Status.Message == MsgPendingScheduling
+}
+
 // stateOrder ranks states as Swarm orders them.
 var stateOrder = map[swarm.TaskState]int{
 	swarm.TaskStateNew: 0, swarm.TaskStateAllocated: 1, swarm.TaskStatePending: 2,

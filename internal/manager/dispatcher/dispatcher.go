@@ -14,7 +14,6 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
-	"github.com/moby/moby/api/types/swarm"
 )
 
 // DataSource opens an object's data by exact ID, with the name of its
@@ -71,7 +70,7 @@ func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Pay
 		d.log.Warn("refused task data to a node the task is not assigned to", "task", taskID, "node", nodeID)
 		return nil, errdefs.Unauthorized("task %s is not assigned to node %s", taskID, nodeID)
 	}
-	if t.DesiredState != swarm.TaskStateRunning {
+	if !model.Runs(t.DesiredState) {
 		return nil, errdefs.Unauthorized("task %s is not meant to run", taskID)
 	}
 	cs := t.Spec.ContainerSpec

@@ -1,7 +1,9 @@
 // Package orchestrator turns services into tasks: it keeps one running task
-// per replica slot (or per node for global services), replaces tasks by the
-// restart policy, rolls out spec changes by the update config, and prunes
-// task history.
+// per replica slot (or per node for global services), runs jobs to their
+// completions, places tasks on nodes (constraints, spread preferences,
+// replicas per node, resource reservations), replaces tasks by the restart
+// policy, rolls out spec changes by the update config, and prunes task
+// history.
 //
 // It only writes desired states and new tasks; the agent owns task status.
 // It never handles secret data.
@@ -14,15 +16,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/identity"
-	"github.com/hush-secrets/hush/internal/manager/constraint"
-	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
@@ -37,15 +36,18 @@ type Orchestrator struct {
 	nodeID string
 	log    *slog.Logger
 	now    func() time.Time
-	// availability of the (single) node: drain stops its tasks, pause and
-	// drain place no new ones.
-	availability swarm.NodeAvailability
-	// node is the node as placement constraints see it.
-	node         constraint.Node
+	// engineLabels are this node's engine labels.
 	engineLabels map[string]string
-	// why memoises unschedulable per service within one pass: constraints
-	// are parsed once per pass, not once per task.
-	why map[string]string
+	// nanoCPUs and memoryBytes are what this node offers to reservations.
+	nanoCPUs, memoryBytes int64
+	// listNodes lists the nodes tasks may be placed on (nil: this node).
+	listNodes func(context.Context) ([]*schedNode, error)
+	// nodes (by ID in byNode) are the nodes of the current pass, charged
+	// with the tasks placed on them; parsed memoises each service's
+	// placement within the pass.
+	nodes  []*schedNode
+	byNode map[string]*schedNode
+	parsed map[string]parsedPlacement
 	// lastBatch is when the last update batch of a service finished; the
 	// update delay counts from it. Lost on restart, which only shortens
 	// one delay.
@@ -53,8 +55,8 @@ type Orchestrator struct {
 	settings  func() Settings
 }
 
-// New returns an orchestrator that schedules every task on nodeID (hush
-// runs one node per manager for now).
+// New returns an orchestrator for the manager's node nodeID (hush runs one
+// node per manager for now).
 func New(st *store.Store, mir *store.Mirror, svcs *services.Manager, nodeID string, log *slog.Logger) *Orchestrator {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -101,13 +103,8 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	o.why = map[string]string{}
-	if n, err := nodes.Get(ctx, o.svcs.Store(), o.nodeID); err == nil {
-		o.availability = n.Spec.Availability
-		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(n.Spec.Role),
-			OS: runtime.GOOS, Arch: runtime.GOARCH, Labels: n.Spec.Labels, EngineLabels: o.engineLabels}
-	} else {
-		o.node = constraint.Node{ID: o.nodeID, Hostname: hostname(), Role: string(swarm.NodeRoleManager), OS: runtime.GOOS, Arch: runtime.GOARCH, EngineLabels: o.engineLabels}
+	if err := o.loadNodes(ctx, tasks); err != nil {
+		return err
 	}
 	byService := map[string][]*model.Task{}
 	for _, t := range tasks {
@@ -133,14 +130,17 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 			errs = append(errs, o.retireUnplaced(ctx, t))
 			continue
 		}
-		if svc := byID[t.ServiceID]; svc != nil && t.DesiredState == swarm.TaskStateRunning {
-			why := o.unschedulable(svc)
+		if svc := byID[t.ServiceID]; svc != nil && model.Runs(t.DesiredState) {
 			switch {
-			case t.NodeID == "" && why == "":
-				// The node became usable: place the waiting task.
-				errs = append(errs, o.assign(ctx, t))
+			case t.NodeID == "":
+				// Waiting for a node: place it if one can take it now.
+				errs = append(errs, o.placePending(ctx, svc, t))
 				continue
-			case t.NodeID != "" && why != "" && !model.Terminal(t.Status.State):
+			case model.Unscheduled(t) && o.mayStay(svc, t.NodeID):
+				// A global task waiting for room on its node.
+				errs = append(errs, o.placeOnNode(ctx, svc, t))
+				continue
+			case !model.Terminal(t.Status.State) && !o.mayStay(svc, t.NodeID):
 				// Drained, or its constraints no longer hold: stop it; the
 				// slot gets a pending task instead.
 				errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
@@ -188,10 +188,11 @@ func (s *slot) desired() []*model.Task {
 	return out
 }
 
-// wanted reports whether the orchestrator wants t to run: now, or (desired
-// state "ready") once its restart delay is over.
+// wanted reports whether the orchestrator wants t to run: now (a job's
+// task: until it completes), or (desired state "ready") once its restart
+// delay is over.
 func wanted(t *model.Task) bool {
-	return t.DesiredState == swarm.TaskStateRunning || t.DesiredState == swarm.TaskStateReady
+	return model.Runs(t.DesiredState) || t.DesiredState == swarm.TaskStateReady
 }
 
 // busy reports whether a task of the slot is still alive (not terminal).
@@ -206,6 +207,9 @@ func (s *slot) busy() bool {
 
 func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service, tasks []*model.Task) error {
 	spec := &svc.Spec
+	if services.IsJob(spec) {
+		return o.reconcileJob(ctx, svc, tasks)
+	}
 	hash := model.TemplateHash(spec)
 	slots := map[string]*slot{}
 	for _, t := range tasks {
@@ -221,7 +225,11 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 	// The slots the service wants.
 	want := map[string]int{}
 	if spec.Mode.Global != nil {
-		want["node:"+o.nodeID] = 0
+		// One slot per node; a node that cannot take the service gets no
+		// task (createTask), and its old tasks stay as history.
+		for _, n := range o.nodes {
+			want["node:"+n.node.ID] = 0
+		}
 	} else {
 		n := 1
 		if spec.Mode.Replicated != nil && spec.Mode.Replicated.Replicas != nil {
@@ -405,25 +413,7 @@ func (o *Orchestrator) finishUpdate(ctx context.Context, svc *model.Service) err
 
 // restart applies the restart policy to a slot whose task ended by itself.
 func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot, dead *model.Task) error {
-	rp := svc.Spec.TaskTemplate.RestartPolicy
-	cond := swarm.RestartPolicyConditionAny
-	delay := 5 * time.Second
-	var maxAttempts uint64
-	var window time.Duration
-	if rp != nil {
-		if rp.Condition != "" {
-			cond = rp.Condition
-		}
-		if rp.Delay != nil {
-			delay = *rp.Delay
-		}
-		if rp.MaxAttempts != nil {
-			maxAttempts = *rp.MaxAttempts
-		}
-		if rp.Window != nil {
-			window = *rp.Window
-		}
-	}
+	rp := restartPolicyOf(svc)
 	failed := dead.Status.State != swarm.TaskStateComplete
 	if dead.TemplateHash == model.TemplateHash(&svc.Spec) && failed && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
 		if err := o.updateFailed(ctx, svc, dead); err != nil {
@@ -431,15 +421,15 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 		}
 	}
 	switch {
-	case cond == swarm.RestartPolicyConditionNone:
+	case rp.cond == swarm.RestartPolicyConditionNone:
 		return nil
-	case cond == swarm.RestartPolicyConditionOnFailure && !failed:
+	case rp.cond == swarm.RestartPolicyConditionOnFailure && !failed:
 		return nil
 	}
 	// Restarts are counted on the task lineage itself (each replacement
 	// carries its predecessors' restart times), since the task history in
 	// the store is pruned to a few tasks per slot.
-	if maxAttempts > 0 && uint64(restartsWithin(dead.Restarts, window, o.now())) >= maxAttempts {
+	if rp.exhausted(dead, o.now()) {
 		return nil
 	}
 	// As in Swarm, the replacement exists at once and waits out the delay
@@ -447,7 +437,39 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 	if err := o.setDesired(ctx, dead, swarm.TaskStateShutdown); err != nil {
 		return err
 	}
-	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(dead.Restarts), o.now()), dead.Status.Timestamp.Add(delay))
+	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(dead.Restarts), o.now()), dead.Status.Timestamp.Add(rp.delay))
+}
+
+// restartPolicy is a service's restart policy with Swarm's defaults.
+type restartPolicy struct {
+	cond        swarm.RestartPolicyCondition
+	delay       time.Duration
+	maxAttempts uint64
+	window      time.Duration
+}
+
+func restartPolicyOf(svc *model.Service) restartPolicy {
+	p := restartPolicy{cond: swarm.RestartPolicyConditionAny, delay: 5 * time.Second}
+	if rp := svc.Spec.TaskTemplate.RestartPolicy; rp != nil {
+		if rp.Condition != "" {
+			p.cond = rp.Condition
+		}
+		if rp.Delay != nil {
+			p.delay = *rp.Delay
+		}
+		if rp.MaxAttempts != nil {
+			p.maxAttempts = *rp.MaxAttempts
+		}
+		if rp.Window != nil {
+			p.window = *rp.Window
+		}
+	}
+	return p
+}
+
+// exhausted reports whether dead's lineage has used up its restarts.
+func (p restartPolicy) exhausted(dead *model.Task, now time.Time) bool {
+	return p.maxAttempts > 0 && uint64(restartsWithin(dead.Restarts, p.window, now)) >= p.maxAttempts
 }
 
 // restartsWithin counts restarts in the window (all of them when 0).
@@ -513,32 +535,6 @@ func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) e
 	return errors.Join(errs...)
 }
 
-// unschedulable says why svc's tasks cannot be placed on the node ("" if
-// they can), in Swarm's words.
-func (o *Orchestrator) unschedulable(svc *model.Service) string {
-	if w, ok := o.why[svc.ID]; ok {
-		return w
-	}
-	w := o.placementProblem(svc)
-	if o.why != nil {
-		o.why[svc.ID] = w
-	}
-	return w
-}
-
-func (o *Orchestrator) placementProblem(svc *model.Service) string {
-	if o.availability == swarm.NodeAvailabilityDrain || o.availability == swarm.NodeAvailabilityPause {
-		return "no suitable node (1 node not available for new tasks)"
-	}
-	if p := svc.Spec.TaskTemplate.Placement; p != nil && len(p.Constraints) > 0 {
-		cs, err := constraint.Parse(p.Constraints)
-		if err != nil || !constraint.Match(cs, o.node) {
-			return "no suitable node (scheduling constraints not satisfied on 1 node)"
-		}
-	}
-	return ""
-}
-
 func hostname() string {
 	h, _ := os.Hostname()
 	return h
@@ -546,7 +542,8 @@ func hostname() string {
 
 // createTask adds a task to slot s. A task that cannot be placed waits,
 // unassigned and pending with the reason, as in Swarm; global services
-// simply have no task on a node they cannot use.
+// simply have no task on a node they cannot use, and wait on their node
+// for the resources or room they lack there.
 func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *slot) error {
 	return o.createTaskAfter(ctx, svc, s, nil, time.Time{})
 }
@@ -554,9 +551,19 @@ func (o *Orchestrator) createTask(ctx context.Context, svc *model.Service, s *sl
 // createTaskAfter is createTask for a replacement that inherits the restart
 // history of the task it replaces.
 func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, s *slot, restarts []time.Time, notBefore time.Time) error {
-	why := o.unschedulable(svc)
-	if why != "" && svc.Spec.Mode.Global != nil {
-		return nil
+	var node *schedNode
+	var why string
+	if id, ok := strings.CutPrefix(s.key, "node:"); ok {
+		node = o.byNode[id]
+		if node == nil || !o.eligible(svc, node) {
+			return nil
+		}
+		if f := o.check(svc, node); f >= 0 {
+			// Swarm words this without "no suitable node (...)".
+			why = explain(f, 1)
+		}
+	} else {
+		node, why = o.pick(svc)
 	}
 	id, err := identity.NewID()
 	if err != nil {
@@ -577,16 +584,21 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 	t.ServiceID = svc.ID
 	t.Restarts = restarts
 	t.Slot = s.num
-	t.NodeID = o.nodeID
+	t.NodeID = node.nodeID()
 	t.DesiredState = swarm.TaskStateRunning
+	if services.IsJob(&svc.Spec) {
+		// A job's task runs until it completes, in the job's iteration.
+		t.DesiredState = swarm.TaskStateComplete
+		t.JobIteration = &swarm.Version{Index: jobIteration(svc)}
+	}
 	t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStateAssigned, Message: "assigned"}
 	if now.Before(notBefore) {
 		t.DesiredState, t.NotBefore = swarm.TaskStateReady, notBefore
 		t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStateReady, Message: "restart delayed"}
 	}
 	if why != "" {
-		t.NodeID = ""
-		t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStatePending, Message: "pending task scheduling", Err: why}
+		// A replicated task has no node yet; a global one waits on its own.
+		t.Status = swarm.TaskStatus{Timestamp: now, State: swarm.TaskStatePending, Message: model.MsgPendingScheduling, Err: why}
 	}
 	val, err := json.Marshal(&t)
 	if err != nil {
@@ -596,6 +608,7 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 		return err
 	}
 	s.tasks = append(s.tasks, &t)
+	o.charge(&t)
 	return nil
 }
 
@@ -613,12 +626,51 @@ func (o *Orchestrator) retireUnplaced(ctx context.Context, t *model.Task) error 
 	})
 }
 
-// assign places a pending task on this node.
-func (o *Orchestrator) assign(ctx context.Context, t *model.Task) error {
+// placePending places a task that waits for a node, or records a new
+// reason when why it waits has changed.
+func (o *Orchestrator) placePending(ctx context.Context, svc *model.Service, t *model.Task) error {
+	node, why := o.pick(svc)
+	if node == nil {
+		return o.setWaiting(ctx, t, why)
+	}
+	return o.assign(ctx, t, node)
+}
+
+// placeOnNode assigns a global task waiting for room on its own node once
+// the node has it.
+func (o *Orchestrator) placeOnNode(ctx context.Context, svc *model.Service, t *model.Task) error {
+	node := o.byNode[t.NodeID]
+	if node == nil {
+		return nil
+	}
+	if f := o.check(svc, node); f >= 0 {
+		return o.setWaiting(ctx, t, explain(f, 1))
+	}
+	return o.assign(ctx, t, node)
+}
+
+// setWaiting records why a pending task still waits, if that changed.
+func (o *Orchestrator) setWaiting(ctx context.Context, t *model.Task, why string) error {
+	if t.Status.Err == why {
+		return nil
+	}
 	return o.writeTask(ctx, t, func(n *model.Task) {
-		n.NodeID = o.nodeID
-		n.Status = swarm.TaskStatus{Timestamp: n.UpdatedAt, State: swarm.TaskStateAssigned, Message: "assigned"}
+		n.Status = swarm.TaskStatus{Timestamp: n.UpdatedAt, State: swarm.TaskStatePending, Message: model.MsgPendingScheduling, Err: why}
 	})
+}
+
+// assign places a pending task on node.
+func (o *Orchestrator) assign(ctx context.Context, t *model.Task, node *schedNode) error {
+	var placed *model.Task
+	err := o.writeTask(ctx, t, func(n *model.Task) {
+		n.NodeID = node.node.ID
+		n.Status = swarm.TaskStatus{Timestamp: n.UpdatedAt, State: swarm.TaskStateAssigned, Message: "assigned"}
+		placed = n
+	})
+	if err == nil && placed != nil {
+		o.charge(placed)
+	}
+	return err
 }
 
 func (o *Orchestrator) setDesired(ctx context.Context, t *model.Task, state swarm.TaskState) error {

@@ -21,6 +21,8 @@ type fixture struct {
 	svcs *services.Manager
 	o    *Orchestrator
 	now  time.Time
+	// testNodes, when set (nodes()), are the nodes the orchestrator sees.
+	testNodes []*testNode
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -56,18 +58,20 @@ func (f *fixture) tasks() []*model.Task {
 	return ts
 }
 
-// agent plays the node's agent: of the tasks assigned to node1, those meant
-// to run become running, those meant to stop become shut down.
+// agent plays the nodes' agents: of the tasks assigned to a node, those
+// meant to run (or, for jobs, to complete) become running, those meant to
+// stop become shut down. A task still waiting for room on its node is left
+// alone, as the real agent leaves it.
 func (f *fixture) agent() {
 	f.t.Helper()
 	for _, t := range f.tasks() {
-		if t.NodeID != "node1" {
+		if t.NodeID == "" || model.Unscheduled(t) && model.Runs(t.DesiredState) {
 			continue
 		}
 		switch {
-		case t.DesiredState == swarm.TaskStateRunning && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStateReady):
+		case model.Runs(t.DesiredState) && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStateReady):
 			f.setState(t, swarm.TaskStateRunning, "")
-		case t.DesiredState != swarm.TaskStateRunning && !model.Terminal(t.Status.State):
+		case !model.Runs(t.DesiredState) && t.DesiredState != swarm.TaskStateReady && !model.Terminal(t.Status.State):
 			f.setState(t, swarm.TaskStateShutdown, "")
 		}
 	}

@@ -252,6 +252,9 @@ func (m *Manager) CreateWith(ctx context.Context, spec swarm.ServiceSpec, opt Cr
 	if svc.PullAuth, err = m.sealAuth(id, opt.RegistryAuth); err != nil {
 		return "", err
 	}
+	if IsJob(&spec) {
+		svc.JobStatus = &swarm.JobStatus{LastExecution: now}
+	}
 	val, err := json.Marshal(&svc)
 	if err != nil {
 		return "", err
@@ -327,6 +330,9 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	if err != nil {
 		return err
 	}
+	if err := checkModeChange(&cur.Spec, &spec); err != nil {
+		return err
+	}
 	guards, err := m.refs(ctx, &spec)
 	if err != nil {
 		return err
@@ -355,6 +361,11 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 		next.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateUpdating, StartedAt: &startedAt, Message: "update in progress"}
 	default:
 		next.UpdateStatus = nil
+	}
+	if IsJob(&spec) {
+		// A job has no rollout: the update runs it again.
+		next.UpdateStatus = nil
+		next.JobStatus = nextJobStatus(cur.JobStatus, next.UpdatedAt)
 	}
 	val, err := json.Marshal(&next)
 	if err != nil {
@@ -447,10 +458,16 @@ func (m *Manager) GetTask(ctx context.Context, ref string) (*model.Task, error) 
 	return decodeTask(o)
 }
 
-// ModeName is "replicated" or "global", as the mode filter names them.
+// ModeName is the mode as the mode filter names it: "replicated",
+// "global", "replicated-job" or "global-job".
 func ModeName(s *swarm.ServiceSpec) string {
-	if s.Mode.Global != nil {
+	switch {
+	case s.Mode.Global != nil:
 		return "global"
+	case s.Mode.ReplicatedJob != nil:
+		return "replicated-job"
+	case s.Mode.GlobalJob != nil:
+		return "global-job"
 	}
 	return "replicated"
 }

@@ -35,17 +35,8 @@ func validateSpec(s *swarm.ServiceSpec) error {
 	if s.TaskTemplate.Runtime == "" {
 		s.TaskTemplate.Runtime = swarm.RuntimeContainer
 	}
-	switch {
-	case s.Mode.Replicated != nil && s.Mode.Global != nil:
-		return errdefs.InvalidArgument("service mode: only one of replicated and global may be set")
-	case s.Mode.ReplicatedJob != nil || s.Mode.GlobalJob != nil:
-		return errdefs.InvalidArgument("service mode: jobs are not supported by hush yet")
-	case s.Mode.Replicated == nil && s.Mode.Global == nil:
-		one := uint64(1)
-		s.Mode.Replicated = &swarm.ReplicatedService{Replicas: &one}
-	case s.Mode.Replicated != nil && s.Mode.Replicated.Replicas == nil:
-		one := uint64(1)
-		s.Mode.Replicated.Replicas = &one
+	if err := validateMode(s); err != nil {
+		return err
 	}
 	if s.Labels == nil {
 		s.Labels = map[string]string{}
@@ -57,6 +48,9 @@ func validateSpec(s *swarm.ServiceSpec) error {
 		if _, err := constraint.Parse(p.Constraints); err != nil {
 			return err
 		}
+	}
+	if err := checkPlacement(&s.TaskTemplate); err != nil {
+		return err
 	}
 	targets := map[string]string{}
 	for _, r := range cs.Secrets {
