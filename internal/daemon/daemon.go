@@ -93,6 +93,8 @@ type Daemon struct {
 	runStop context.CancelFunc
 	runDone sync.WaitGroup
 	unlock  unlockLimiter
+	// fail is set only by tests (failpoints.go).
+	fail failpoints
 
 	closeOnce sync.Once
 }
