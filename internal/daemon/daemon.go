@@ -103,6 +103,8 @@ type Daemon struct {
 	unlock  unlockLimiter
 	// spec is the cluster settings applied outside the cluster record.
 	spec specState
+	// fail is set only by tests (failpoints.go).
+	fail failpoints
 
 	closeOnce sync.Once
 }

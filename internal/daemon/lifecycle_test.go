@@ -2,118 +2,289 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/api"
-	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/moby/moby/api/types/swarm"
-	"time"
 )
 
+// start runs a daemon without an engine on dir; it is closed when the test
+// ends (Close is idempotent, so tests that restart close it first).
 func start(t *testing.T, dir string) *Daemon {
 	t.Helper()
-	d, err := Start(context.Background(), Config{DataDir: dir, Socket: filepath.Join(dir, "s.sock"), SecretsDir: filepath.Join(dir, "run")})
+	return startWith(t, Config{DataDir: dir})
+}
+
+func startWith(t *testing.T, cfg Config) *Daemon {
+	t.Helper()
+	cfg.Socket = filepath.Join(cfg.DataDir, "s.sock")
+	cfg.SecretsDir = filepath.Join(cfg.DataDir, "run")
+	d, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(d.Close)
 	return d
 }
 
-// A rotation that crashed after cluster.Put and before the rename.
-func TestUnlockAfterInterruptedRotationFollowsRecordedKey(t *testing.T) {
+func getCluster(t *testing.T, d *Daemon) cluster.Cluster {
+	t.Helper()
+	c, err := cluster.Get(context.Background(), d.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// enableAutolock turns autolock on and returns the unlock key.
+func enableAutolock(t *testing.T, d *Daemon) string {
+	t.Helper()
 	ctx := context.Background()
-	dir := t.TempDir()
-	d := start(t, dir)
-	c, _ := cluster.Get(ctx, d.store)
+	c := getCluster(t, d)
 	spec := c.Spec
 	spec.EncryptionConfig.AutoLockManagers = true
 	if err := d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
 		t.Fatal(err)
 	}
-	k1, _ := d.UnlockKey(ctx)
-	// Emulate setAutolockLocked(rotate=true) up to and including cluster.Put.
-	d.mu.Lock()
-	c, _ = cluster.Get(ctx, d.store)
-	k2, _ := keyring.GenerateUnlockKey()
-	if err := d.nextKey().Store(d.mk, k2); err != nil {
+	k, err := d.UnlockKey(ctx)
+	if err != nil || k == "" {
+		t.Fatalf("unlock key after enabling autolock: %q, %v", k, err)
+	}
+	return k
+}
+
+// checkKeyFiles asserts that the key files on disk match what the cluster
+// record says: with autolock, only the locked key (never the plaintext
+// one); without, only the plaintext key.
+func checkKeyFiles(t *testing.T, d *Daemon, wantAutolock bool) {
+	t.Helper()
+	if got := getCluster(t, d).Spec.EncryptionConfig.AutoLockManagers; got != wantAutolock {
+		t.Errorf("cluster record: AutoLockManagers = %v, want %v", got, wantAutolock)
+	}
+	if got := d.plainKey.Exists(); got == wantAutolock {
+		t.Errorf("plaintext master key on disk: %v with autolock %v", got, wantAutolock)
+	}
+	if got := d.lockedKey.Exists(); got != wantAutolock {
+		t.Errorf("locked master key on disk: %v with autolock %v", got, wantAutolock)
+	}
+	if d.nextKey().Exists() {
+		t.Errorf("a rotated key file (%s) is left behind", d.nextKey().Path)
+	}
+}
+
+// A rotation that fails after the new unlock key is recorded and before its
+// key file is installed (as a crash there would): the operator, who never
+// saw the new key, unlocks with the old one, and from then on the key
+// `docker swarm unlock-key` shows is the one that unlocks.
+func TestUnlockAfterInterruptedRotationFollowsRecordedKey(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	d := start(t, dir)
+	k1 := enableAutolock(t, d)
+
+	// Make the install step (a rename onto the locked key's path) fail:
+	// put a directory where the locked key file is, keeping the file aside.
+	locked := d.lockedKey.Path
+	saved := locked + ".saved"
+	if err := os.Rename(locked, saved); err != nil {
 		t.Fatal(err)
 	}
-	_ = c.SetUnlockKey(&d.keys, k2)
-	if err := cluster.Put(ctx, d.store, &c); err != nil {
+	if err := os.Mkdir(locked, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	d.mu.Unlock()
-	d.Close() // crash before os.Rename
+	c := getCluster(t, d)
+	if err := d.Update(ctx, c.Version, c.Spec, api.SwarmUpdateFlags{RotateManagerUnlockKey: true}); err == nil {
+		t.Fatal("the rotation succeeded although its key file could not be installed")
+	}
+	k2, err := d.UnlockKey(ctx)
+	if err != nil || k2 == "" || k2 == k1 {
+		t.Fatalf("after the interrupted rotation the record should hold a new key: %v (same as the old: %v)", err, k2 == k1)
+	}
+	d.Close()
+	// What a crash at that point leaves: the old key file in place and the
+	// new one beside it.
+	if err := os.Remove(locked); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(saved, locked); err != nil {
+		t.Fatal(err)
+	}
 
 	d = start(t, dir)
-	// The operator never saw k2 (the rotate call failed), so uses k1.
+	if !d.nextKey().Exists() {
+		t.Fatalf("the interrupted rotation left no %s: the test does not reach the state it is about", d.nextKey().Path)
+	}
+	if st := d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("state after restart: %s, want locked", st)
+	}
+	// The rotate call failed, so the operator uses the old key.
 	if err := d.Unlock(ctx, k1); err != nil {
+		t.Fatalf("unlock with the key from before the failed rotation: %v", err)
+	}
+	shown, err := d.UnlockKey(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
-	shown, _ := d.UnlockKey(ctx)
-	t.Logf("unlock-key now shows k2: %v", shown == k2)
+	if shown != k2 {
+		t.Errorf("docker swarm unlock-key shows a key other than the recorded one (old key: %v)", shown == k1)
+	}
+	checkKeyFiles(t, d, true)
 	d.Close()
 
 	d = start(t, dir)
-	defer d.Close()
 	if err := d.Unlock(ctx, shown); err != nil {
 		t.Fatalf("the key `docker swarm unlock-key` shows no longer unlocks: %v", err)
 	}
 }
 
-// Client disconnects while `docker swarm update --autolock=false` runs.
+// Disabling autolock writes the plaintext master key before the store
+// records the change; whatever happens to the call, the key files on disk
+// must match the record, so the plaintext key never sits beside a cluster
+// that says it is locked.
 func TestDisableAutolockCancelledKeepsNoPlainKey(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	d := start(t, dir)
-	defer d.Close()
-	c, _ := cluster.Get(ctx, d.store)
-	spec := c.Spec
-	spec.EncryptionConfig.AutoLockManagers = true
-	if err := d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
-		t.Fatal(err)
-	}
-	if d.plainKey.Exists() {
-		t.Fatal("plain key present with autolock on")
-	}
-	c, _ = cluster.Get(ctx, d.store)
-	rctx, cancel := context.WithCancel(ctx)
-	go func() {
-		for !d.plainKey.Exists() {
-		}
-		cancel()
-	}()
-	spec.EncryptionConfig.AutoLockManagers = false
-	err := d.Update(rctx, c.Version, spec, api.SwarmUpdateFlags{})
-	c, _ = cluster.Get(ctx, d.store)
-	t.Logf("update err: %v; autolock in record: %v; plaintext master.key on disk: %v",
-		err, c.Spec.EncryptionConfig.AutoLockManagers, d.plainKey.Exists())
-	if err != nil && c.Spec.EncryptionConfig.AutoLockManagers && d.plainKey.Exists() {
-		t.Fatal("autolock is on but the master key sits in plaintext on disk")
+	injected := errors.New("injected store failure")
+	for _, tc := range []struct {
+		name string
+		// cancel: the client has gone before the call is served.
+		cancel bool
+		// fail: the store write of the change fails.
+		fail         bool
+		wantErr      error
+		wantAutolock bool
+	}{
+		// A lifecycle change finishes even when its client has left.
+		{name: "client gone", cancel: true, wantAutolock: false},
+		// A failed write leaves autolock on, and no plaintext key.
+		{name: "store write fails", fail: true, wantErr: injected, wantAutolock: true},
+		{name: "client gone and store write fails", cancel: true, fail: true, wantErr: injected, wantAutolock: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			d := start(t, dir)
+			k1 := enableAutolock(t, d)
+			checkKeyFiles(t, d, true)
+
+			if tc.fail {
+				d.fail = failpoints{fpAutolockOffPut: func() error { return injected }}
+			}
+			rctx, cancel := context.WithCancel(context.Background())
+			if tc.cancel {
+				cancel()
+			}
+			defer cancel()
+			c := getCluster(t, d)
+			spec := c.Spec
+			spec.EncryptionConfig.AutoLockManagers = false
+			err := d.Update(rctx, c.Version, spec, api.SwarmUpdateFlags{})
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Update(autolock off): err %v, want %v", err, tc.wantErr)
+			}
+			checkKeyFiles(t, d, tc.wantAutolock)
+
+			// And the node comes back as the record says: locked (opened
+			// by the key it had) or not.
+			d.Close()
+			d = start(t, dir)
+			if tc.wantAutolock {
+				if st := d.State(); st != swarm.LocalNodeStateLocked {
+					t.Fatalf("state after restart: %s, want locked", st)
+				}
+				if err := d.Unlock(context.Background(), k1); err != nil {
+					t.Fatalf("unlock after the failed disable: %v", err)
+				}
+			} else if st := d.State(); st != swarm.LocalNodeStateActive {
+				t.Fatalf("state after restart: %s, want active", st)
+			}
+			checkKeyFiles(t, d, tc.wantAutolock)
+		})
 	}
 }
 
-// `docker swarm leave --force` interrupted (Ctrl-C, or an etcd error).
+// `docker swarm leave --force` whose erase of the cluster state fails (an
+// etcd error): the node is still in the cluster, so its orchestrator must
+// run again, and a later leave must still work.
 func TestFailedLeaveKeepsRuntime(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	d := start(t, dir)
-	defer d.Close()
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	err := d.Leave(cctx, true)
-	t.Logf("leave err: %v; state: %s; runtime running: %v", err, d.State(), d.runStop != nil)
+	d := start(t, t.TempDir())
+	injected := errors.New("injected etcd failure")
+	d.fail = failpoints{fpLeaveErase: func() error { return injected }}
+
+	if err := d.Leave(ctx, true); !errors.Is(err, injected) {
+		t.Fatalf("leave with a failing erase: err %v, want the injected failure", err)
+	}
+	if st := d.State(); st != swarm.LocalNodeStateActive {
+		t.Fatalf("state after the failed leave: %s, want active", st)
+	}
+	if _, err := d.keys.Seal([]byte("x"), []byte("failed-leave-test")); err != nil {
+		t.Fatalf("keyring after the failed leave: %v", err)
+	}
+	// The orchestrator runs: a new service gets its task.
 	var spec swarm.ServiceSpec
 	spec.Name = "web"
 	spec.TaskTemplate.ContainerSpec = &swarm.ContainerSpec{Image: "busybox"}
 	if _, err := d.svcs.Create(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
-	_, tasks, _ := d.svcs.Snapshot(ctx)
-	if d.State() == swarm.LocalNodeStateActive && len(tasks) == 0 {
-		t.Fatal("node reports active but no orchestrator runs: services never get tasks")
+	waitTasks(t, d, 1)
+
+	d.fail = nil
+	if err := d.Leave(ctx, true); err != nil {
+		t.Fatalf("leave after the failed one: %v", err)
+	}
+	if st := d.State(); st != swarm.LocalNodeStateInactive {
+		t.Fatalf("state after leave: %s, want inactive", st)
+	}
+}
+
+// waitTasks waits until the store holds n tasks. Generous: it is a wait for
+// the orchestrator's next pass, not a measure of its speed.
+func waitTasks(t *testing.T, d *Daemon, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, tasks, err := d.svcs.Snapshot(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(tasks) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the orchestrator made %d tasks in 30 s, want %d: it does not run", len(tasks), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Init and leave finish even when the client that asked has gone: a
+// lifecycle change stopped half-way leaves key files and state that do not
+// match.
+func TestLifecycleCallsFinishWithoutClient(t *testing.T) {
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	d := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	if st := d.State(); st != swarm.LocalNodeStateInactive {
+		t.Fatalf("state with --no-init: %s", st)
+	}
+	if _, err := d.Init(gone, swarm.InitRequest{}); err != nil {
+		t.Fatalf("init with the client gone: %v", err)
+	}
+	if st := d.State(); st != swarm.LocalNodeStateActive {
+		t.Fatalf("state after init: %s, want active", st)
+	}
+	checkKeyFiles(t, d, false)
+	if err := d.Leave(gone, true); err != nil {
+		t.Fatalf("leave with the client gone: %v", err)
+	}
+	if st := d.State(); st != swarm.LocalNodeStateInactive {
+		t.Fatalf("state after leave: %s, want inactive", st)
+	}
+	if d.plainKey.Exists() || d.lockedKey.Exists() {
+		t.Errorf("key files left after leave (plain %v, locked %v)", d.plainKey.Exists(), d.lockedKey.Exists())
 	}
 }

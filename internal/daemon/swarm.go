@@ -376,7 +376,11 @@ func (d *Daemon) setAutolockLocked(ctx context.Context, c *cluster.Cluster, on, 
 		}
 		c.Spec.EncryptionConfig.AutoLockManagers = false
 		_ = c.SetUnlockKey(&d.keys, "")
-		if err := cluster.Put(ctx, d.store, c); err != nil {
+		err := d.injected(fpAutolockOffPut)
+		if err == nil {
+			err = cluster.Put(ctx, d.store, c)
+		}
+		if err != nil {
 			// Autolock is still on: the plaintext key must not stay.
 			if created {
 				_ = d.plainKey.Remove()
@@ -516,7 +520,11 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	if d.engine != nil {
 		d.removeTaskContainers(ctx)
 	}
-	if _, err := d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix()); err != nil {
+	err := d.injected(fpLeaveErase)
+	if err == nil {
+		_, err = d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix())
+	}
+	if err != nil {
 		// Still in the cluster: run it again rather than stay active with
 		// nothing reconciling.
 		if aerr := d.activateLocked(d.mk); aerr != nil {

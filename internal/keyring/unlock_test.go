@@ -33,7 +33,10 @@ func TestLockedKeyStore(t *testing.T) {
 	if err := ls.Store(mk, k1); err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := os.ReadFile(ls.Path)
+	raw, err := os.ReadFile(ls.Path)
+	if err != nil || len(raw) == 0 {
+		t.Fatalf("locked key file: %d bytes, %v", len(raw), err)
+	}
 	if bytes.Contains(raw, mk.Key) || bytes.Contains(raw, []byte(hex.EncodeToString(mk.Key))) || bytes.Contains(raw, []byte(k1)) {
 		t.Fatal("locked file holds the master key or the unlock key in plaintext")
 	}

@@ -209,9 +209,7 @@ func TestRealEngine(t *testing.T) {
 	})
 	t.Run("exec -it and run -it", func(t *testing.T) {
 		script, err := exec.LookPath("script")
-		if err != nil {
-			t.Skip("script(1) not installed: no pty to drive docker -it")
-		}
+		need(t, err == nil, "script(1) not installed (apt-get install bsdutils): no pty to drive docker -it")
 		for _, args := range []string{
 			"exec -it " + x + " sh -c 'tty -s && echo tty-ok'",
 			"run --rm -it " + testImage + " sh -c 'tty -s && echo tty-ok'",

@@ -53,7 +53,10 @@ func TestAutolockCLI(t *testing.T) {
 	img := enginetest.BusyboxImage(t)
 	h := startHushd(t)
 	mkHex := masterKeyHex(t, h.DataDir)
-	mkRaw, _ := hex.DecodeString(mkHex)
+	mkRaw, err := hex.DecodeString(mkHex)
+	if err != nil || len(mkRaw) == 0 {
+		t.Fatalf("master key file: not hex (%v)", err)
+	}
 	h.MustDockerStdin("locked-canary", "secret", "create", "alpha", "-")
 	svc := "lockedsvc"
 	t.Cleanup(func() { h.Docker("service", "rm", svc) })
@@ -85,7 +88,10 @@ func TestAutolockCLI(t *testing.T) {
 	}
 	h.Stop()
 	scanDir(t, h.DataDir, needles)
-	logb, _ := os.ReadFile(h.LogPath)
+	logb, err := os.ReadFile(h.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for name, n := range needles {
 		if bytes.Contains(logb, n) {
 			t.Errorf("%s found in the hushd log", name)
@@ -172,7 +178,10 @@ func TestSwarmInitLeave(t *testing.T) {
 	if st := strings.TrimSpace(h.MustDocker("info", "--format", "{{.Swarm.LocalNodeState}}")); st != "inactive" {
 		t.Fatalf("state after leave: %q", st)
 	}
-	entries, _ := os.ReadDir(filepath.Join(h.DataDir, "keys"))
+	entries, err := os.ReadDir(filepath.Join(h.DataDir, "keys"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), "master.key") {
 			t.Fatalf("key file %s left after leave", e.Name())

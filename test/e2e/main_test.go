@@ -138,7 +138,7 @@ func requireDockerCLI(t testing.TB) {
 func requireHushd(t testing.TB) {
 	t.Helper()
 	if e2eTarget() == targetSwarmOnly {
-		t.Skip("HUSH_E2E_TARGET=swarm-only: hushd side not run")
+		skipOrFatal(t, "HUSH_E2E_TARGET=swarm-only: hushd side not run")
 	}
 	if hushdBuildErr != nil {
 		t.Fatal(hushdBuildErr)
@@ -197,7 +197,7 @@ func requireSwarm(t testing.TB) {
 		if *update {
 			t.Fatal("-update needs live Swarm, but HUSH_E2E_TARGET=hushd-only")
 		}
-		t.Skip("HUSH_E2E_TARGET=hushd-only: live Swarm side not run (hushd is still compared with the golden files)")
+		skipOrFatal(t, "HUSH_E2E_TARGET=hushd-only: live Swarm side not run (hushd is still compared with the golden files)")
 	}
 	requireDockerCLI(t)
 	if ok, why := swarmUsable(); !ok {

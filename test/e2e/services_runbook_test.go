@@ -63,7 +63,9 @@ func TestServicesRunbookCLI(t *testing.T) {
 	img := enginetest.BusyboxImage(t)
 	h := startHushd(t)
 	svc := "webapp"
-	h.MustDocker("tag", img, "nginx:latest")
+	// The runbook's nginx:latest, as the suite's own tag (see suiteTag): the
+	// host engine's nginx:latest, if any, is not the test's to replace.
+	nginx := suiteTag(t, newDockerCLI(t, enginetest.Socket), img, "nginx")
 	h.MustDockerStdin("mysecretpassword", "secret", "create", "db_password", "-")
 	keyFile := t.TempDir() + "/api_key.txt"
 	if err := os.WriteFile(keyFile, []byte("apikey-123"), 0o600); err != nil {
@@ -73,7 +75,7 @@ func TestServicesRunbookCLI(t *testing.T) {
 	t.Cleanup(func() { h.Docker("service", "rm", svc) })
 
 	// Attached create: the CLI polls tasks until converged.
-	out, errOut, code := h.Docker(append([]string{"service", "create", "--name", svc, "--secret", "db_password", "--stop-grace-period", "1s", "nginx:latest"}, serviceCmd...)...)
+	out, errOut, code := h.Docker(append([]string{"service", "create", "--name", svc, "--secret", "db_password", "--stop-grace-period", "1s", nginx}, serviceCmd...)...)
 	if code != 0 || !strings.Contains(out+errOut, "converged") {
 		t.Fatalf("service create: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -142,8 +144,8 @@ func TestServicesSurviveKill9(t *testing.T) {
 
 	h.Kill()
 	h.Restart()
-	// Give the agent a few passes; nothing should change.
-	time.Sleep(3 * time.Second)
+	// Once the restarted agent has acted, nothing of svc may have changed.
+	agentPassed(t, h, img)
 	after := hushContainers(t, h, svc)
 	if strings.Join(after, ",") != before {
 		t.Fatalf("containers changed across kill -9: before %s, after %v", before, after)

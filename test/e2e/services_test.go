@@ -237,14 +237,16 @@ func lastLine(s string) string {
 func svcArgs(args ...string) []string { return append(args, taskLoop...) }
 
 // TestServiceRunbook follows the services runbook verbatim against hushd,
-// with two adaptations for a shared engine without a registry: nginx:latest
-// is the busybox test image (tagged on the engine), so the service gets a
-// command that stays up; and the task container is found with hushd's node
-// label added to `docker ps -q --filter name=webapp` (Swarm's or another
-// hushd's webapp containers may share the engine).
+// with three adaptations for a shared engine without a registry: the
+// runbook's nginx:latest is the busybox test image under the suite's own
+// tag hush-e2e/…/nginx:latest (see suiteTag: the engine's real nginx:latest
+// is not the test's to replace); so the service gets a command that stays
+// up; and the task container is found with hushd's node label added to
+// `docker ps -q --filter name=webapp` (Swarm's or another hushd's webapp
+// containers may share the engine).
 func TestServiceRunbook(t *testing.T) {
 	h := startSvcHushd(t)
-	h.engine.MustDocker("tag", h.img, "nginx:latest")
+	nginx := suiteTag(t, h.engine, h.img, "nginx")
 
 	h.MustDockerStdin("mysecretpassword", "secret", "create", "db_password", "-")
 	apiFile := filepath.Join(t.TempDir(), "api_key.txt")
@@ -255,7 +257,7 @@ func TestServiceRunbook(t *testing.T) {
 
 	// Attached: the CLI follows the tasks until converged, then waits the
 	// 5 s monitor period.
-	out, errOut, code := h.Docker(svcArgs("service", "create", "--name", "webapp", "--secret", "db_password", "nginx:latest")...)
+	out, errOut, code := h.Docker(svcArgs("service", "create", "--name", "webapp", "--secret", "db_password", nginx)...)
 	if code != 0 {
 		t.Fatalf("docker service create (attached): exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
@@ -583,9 +585,9 @@ func TestServiceHushdKill9(t *testing.T) {
 	}
 	h.Restart()
 
-	// Give the agent a few passes (it reconciles every second): nothing
-	// may be started, stopped or duplicated.
-	time.Sleep(3 * time.Second)
+	// Once the restarted orchestrator and agent have acted, nothing may
+	// have been started, stopped or duplicated.
+	agentPassed(t, h.Hushd, h.img)
 	if got := h.containers("k9svc"); !slices.Equal(got, before) {
 		t.Errorf("running containers after kill -9 and restart: %v, want the same %v", got, before)
 	}

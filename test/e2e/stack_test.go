@@ -59,15 +59,21 @@ func stackCleanup(t *testing.T, h *Hushd, stack string) {
 	})
 }
 
-// stackImage makes tag an image whose default command keeps running and
-// stops at once on SIGTERM, so a compose file without a command works.
-func stackImage(t *testing.T, h *Hushd, tag string) {
+// stackImage makes an image whose default command keeps running and stops
+// at once on SIGTERM, so a compose file without a command works. It stands
+// in for the runbook's image name:latest under the suite's own tag (see
+// suiteTag), returned, and removed when the test ends.
+func stackImage(t *testing.T, h *Hushd, name string) string {
 	t.Helper()
 	img := enginetest.BusyboxImage(t)
-	name := "hush-stack-img-" + randHex(t, 4)
-	h.MustDocker("create", "--name", name, img)
-	defer h.Docker("rm", "-f", name)
-	h.MustDocker("commit", "--change", `CMD ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]`, name, tag)
+	eng := stackEngine(t)
+	ref := suiteRef(t, eng, name)
+	ctr := "hush-stack-img-" + randHex(t, 4)
+	h.MustDocker("create", "--name", ctr, img)
+	defer h.Docker("rm", "-f", ctr)
+	h.MustDocker("commit", "--change", `CMD ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]`, ctr, ref)
+	t.Cleanup(func() { removeSuiteTag(t, eng, ref) })
+	return ref
 }
 
 // stackWrite writes files into a fresh directory and returns it.
@@ -134,10 +140,12 @@ func stackRemove(t *testing.T, h *Hushd, stack string) {
 func TestStackRunbookCompose(t *testing.T) {
 	h := startHushd(t)
 	requireSwarmNetworks(t, h)
-	stackImage(t, h, "mysql:latest")
+	// The runbook's compose file verbatim, but for the image: mysql:latest
+	// is the suite's own tag (see stackImage), not the engine's mysql.
+	mysql := stackImage(t, h, "mysql")
 	dir := stackWrite(t, map[string]string{
 		"db_password.txt": "mysecretpassword",
-		"docker-compose.yml": `version: '3.8'
+		"docker-compose.yml": strings.ReplaceAll(`version: '3.8'
 services:
   db:
     image: mysql:latest
@@ -146,7 +154,7 @@ services:
 secrets:
   db_password:
     file: ./db_password.txt
-`,
+`, "mysql:latest", mysql),
 	})
 	stackCleanup(t, h, "app")
 
@@ -221,10 +229,10 @@ func TestStackServicesReachEachOther(t *testing.T) {
 	h := startHushd(t)
 	requireSwarmNetworks(t, h)
 	img := enginetest.BusyboxImage(t)
-	h.MustDocker("tag", img, "stackbox:latest")
+	stackbox := suiteTag(t, stackEngine(t), img, "stackbox")
 	dir := stackWrite(t, map[string]string{
 		"app.conf": "listen=8080\n",
-		"docker-compose.yml": `version: '3.8'
+		"docker-compose.yml": strings.ReplaceAll(`version: '3.8'
 services:
   web:
     image: stackbox:latest
@@ -261,7 +269,7 @@ secrets:
 configs:
   app_conf:
     file: ./app.conf
-`,
+`, "stackbox:latest", stackbox),
 	})
 	compose := filepath.Join(dir, "docker-compose.yml")
 	stackCleanup(t, h, "big")
@@ -333,7 +341,15 @@ configs:
 	if !strings.Contains(out, "Updating service big_web") || strings.Contains(out, "Creating") {
 		t.Fatalf("re-deploy output:\n%s", out)
 	}
-	time.Sleep(3 * time.Second) // long enough for a rolling restart to show
+	// An unchanged task template starts no rollout (Swarm clears the
+	// status), and once hushd has acted on the re-deploy no task was
+	// replaced.
+	for _, svc := range []string{"big_web", "big_worker"} {
+		if us := h.MustDocker("service", "inspect", "--format", "{{json .UpdateStatus}}", svc); us != "null\n" {
+			t.Errorf("UpdateStatus of %s after an unchanged re-deploy: %s, want null", svc, us)
+		}
+	}
+	agentPassed(t, h, img)
 	if after := tasks(); !slices.Equal(after, before) {
 		t.Fatalf("re-deploy replaced tasks: %v → %v", before, after)
 	}
@@ -373,7 +389,15 @@ func TestStackNetworkErrors(t *testing.T) {
 		}
 	}
 	id := strings.TrimSpace(h.MustDocker("network", "create", "-d", "overlay", "--attachable", "--label", "k=v", "neterr_net"))
-	t.Cleanup(func() { h.Docker("network", "rm", "neterr_net") })
+	// Cleanups remove by what this test made, and only while it exists:
+	// a name hushd no longer knows goes to the engine, where a network of
+	// that name is someone else's.
+	netRemoved, localRemoved := false, false
+	t.Cleanup(func() {
+		if !netRemoved {
+			h.Docker("network", "rm", id)
+		}
+	})
 	_, errOut, code = h.Docker("network", "create", "-d", "overlay", "neterr_net")
 	if code == 0 || !strings.Contains(errOut, "network with name neterr_net already exists") {
 		t.Fatalf("duplicate: exit %d %s", code, errOut)
@@ -386,13 +410,19 @@ func TestStackNetworkErrors(t *testing.T) {
 	}
 	// Local networks still pass through to the engine.
 	local := "neterr-local-" + randHex(t, 3)
-	h.MustDocker("network", "create", local)
-	t.Cleanup(func() { h.Docker("network", "rm", local) })
+	localID := strings.TrimSpace(h.MustDocker("network", "create", local))
+	t.Cleanup(func() {
+		if !localRemoved {
+			stackEngine(t).Docker("network", "rm", localID)
+		}
+	})
 	if got := h.MustDocker("network", "inspect", "--format", "{{.Scope}} {{.Driver}}", local); strings.TrimSpace(got) != "local bridge" {
 		t.Fatalf("local inspect: %q", got)
 	}
 	h.MustDocker("network", "rm", local)
+	localRemoved = true
 	h.MustDocker("network", "rm", "neterr_net")
+	netRemoved = true
 	eventually(t, 15*time.Second, "engine network removed", func() bool {
 		out := stackEngine(t).MustDocker("network", "ls", "-q", "--filter", "label=io.hush.network.id="+id)
 		return strings.TrimSpace(out) == ""

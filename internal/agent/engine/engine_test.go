@@ -401,11 +401,11 @@ func TestStop(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("stop took %v, exit %d", took, st.ExitCode)
+		// Exit 0 is the proof that TERM reached the trap: a container
+		// killed at the end of the grace period exits 137. (No bound on
+		// the time taken: a loaded machine may be slow.)
 		if st.Running || st.ExitCode != 0 {
 			t.Fatalf("after Stop: %+v, want exit 0 from the TERM trap", st)
-		}
-		if took > 3*time.Second {
-			t.Fatalf("Stop took %v with a 1s grace and a TERM trap", took)
 		}
 	})
 
@@ -431,8 +431,10 @@ func TestStop(t *testing.T) {
 		if st.Running || st.ExitCode != 137 {
 			t.Fatalf("after Stop: %+v, want killed (137)", st)
 		}
-		if took < 900*time.Millisecond || took > 6*time.Second {
-			t.Fatalf("Stop took %v, want about the 1s grace period", took)
+		// At least the spec's 1s grace, and short of the engine's 10s
+		// default (which a Stop that ignored the spec would wait).
+		if took < 900*time.Millisecond || took >= 9*time.Second {
+			t.Fatalf("Stop took %v, want the 1s grace period (not the 10s default)", took)
 		}
 	})
 }

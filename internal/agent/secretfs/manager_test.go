@@ -655,8 +655,8 @@ func TestNoPlaintextOutsideTmpfs(t *testing.T) {
 		!strings.Contains(err.Error(), "refusing to write secrets") {
 		t.Errorf("fill into a plain directory: error = %v", err)
 	}
-	if names, _ := readDirNames(plain); len(names) != 0 {
-		t.Errorf("fill wrote %v into a plain directory", names)
+	if names, err := readDirNames(plain); err != nil || len(names) != 0 {
+		t.Errorf("fill wrote %v into a plain directory (%v)", names, err)
 	}
 	// So is a read-only tmpfs.
 	if err := unix.Mount("tmpfs", plain, "tmpfs", mountFlags|unix.MS_RDONLY, "size=65536"); err != nil {

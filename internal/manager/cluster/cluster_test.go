@@ -63,7 +63,10 @@ func TestUnlockKeySealed(t *testing.T) {
 	if k, err := c.UnlockKey(kr); err != nil || k != "" {
 		t.Fatalf("no unlock key yet: %q %v", k, err)
 	}
-	key, _ := keyring.GenerateUnlockKey()
+	key, err := keyring.GenerateUnlockKey()
+	if err != nil || key == "" {
+		t.Fatalf("GenerateUnlockKey: %q, %v", key, err)
+	}
 	if err := c.SetUnlockKey(kr, key); err != nil {
 		t.Fatal(err)
 	}

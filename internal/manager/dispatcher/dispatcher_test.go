@@ -71,8 +71,8 @@ func TestTaskDataAuthorization(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || len(out) != len(tt.wantOpened) {
-				t.Fatalf("got %d payloads, %v", len(out), err)
+			if err != nil || len(out) != len(tt.wantOpened) || len(d.opened) != len(tt.wantOpened) {
+				t.Fatalf("got %d payloads, opened %v, err %v; want %v", len(out), d.opened, err, tt.wantOpened)
 			}
 			for i, id := range tt.wantOpened {
 				if d.opened[i] != id || out[i].ID != id || string(out[i].Data) != "value-of-"+id {

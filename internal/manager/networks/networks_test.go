@@ -500,11 +500,11 @@ func TestResolve(t *testing.T) {
 	if _, err := e.m.Resolve(ctx, "front"); err == nil || err.Error() != "network front not found" || !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("resolve by other case: %v", err)
 	}
-	if _, ok, _ := e.m.LookupExact(ctx, "front"); ok {
-		t.Fatal("LookupExact matched another case")
+	if _, ok, err := e.m.LookupExact(ctx, "front"); ok || err != nil {
+		t.Fatalf("LookupExact of another case: matched %v, err %v", ok, err)
 	}
-	if _, ok, _ := e.m.LookupExact(ctx, id[:5]); ok {
-		t.Fatal("LookupExact matched a prefix")
+	if _, ok, err := e.m.LookupExact(ctx, id[:5]); ok || err != nil {
+		t.Fatalf("LookupExact of a prefix: matched %v, err %v", ok, err)
 	}
 	// Ambiguous prefixes: force two IDs with a common prefix.
 	e.m.newID = func() (string, error) { return "zzzz" + strings.Repeat("a", 21), nil }
@@ -618,8 +618,8 @@ func TestRemoveInUse(t *testing.T) {
 	if len(e.eng.byHush(id)) != 1 {
 		t.Fatal("engine network removed while in use")
 	}
-	if pending, _ := e.m.Reconcile(ctx); !pending {
-		t.Fatal("reconcile: want pending while the engine network is in use")
+	if pending, err := e.m.Reconcile(ctx); !pending || err != nil {
+		t.Fatalf("reconcile: want pending (and no error) while the engine network is in use, got %v, %v", pending, err)
 	}
 	e.eng.mu.Lock()
 	delete(e.eng.inUse, eid)
@@ -653,7 +653,10 @@ func TestReconcile(t *testing.T) {
 		t.Fatalf("reconcile: pending %v, err %v", pending, err)
 	}
 	var names []string
-	all, _ := e.eng.ListNetworks(ctx, nil)
+	all, err := e.eng.ListNetworks(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range all {
 		names = append(names, n.Name)
 	}

@@ -90,8 +90,8 @@ func TestCreateValidation(t *testing.T) {
 	if _, err := m.Create(ctx, Spec{Name: "max", Data: make([]byte, 511999)}); err != nil {
 		t.Fatalf("511999 bytes must be accepted: %v", err)
 	}
-	objs, _ := m.List(ctx, Filters{})
-	if len(objs) != 1 {
+	objs, err := m.List(ctx, Filters{})
+	if err != nil || len(objs) != 1 {
 		t.Fatalf("refused creates must store nothing, have %d objects", len(objs))
 	}
 }
@@ -200,7 +200,10 @@ func TestUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, _ := m.Get(ctx, id)
+	o, err := m.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		version uint64
@@ -222,7 +225,10 @@ func TestUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o2, _ := m.Get(ctx, id)
+	o2, err := m.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if o2.Version <= o.Version || o2.Labels["b"] != "2" || len(o2.Labels) != 1 || o2.Templating != nil || !o2.UpdatedAt.After(o.UpdatedAt) && !o2.UpdatedAt.Equal(o.UpdatedAt) {
 		t.Fatalf("after update: %+v", o2)
 	}
@@ -288,26 +294,32 @@ func testListFilters(t *testing.T, mirrored bool) {
 		}
 	}
 	// Read-your-writes: a remove is visible to the very next list.
-	all, _ := m.List(ctx, Filters{})
+	all, err := m.List(ctx, Filters{})
+	if err != nil || len(all) != 3 {
+		t.Fatalf("list before remove: %d objects, %v", len(all), err)
+	}
 	if err := m.Remove(ctx, all[0].ID); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := m.List(ctx, Filters{}); len(got) != 2 {
-		t.Fatalf("list after remove: %d objects", len(got))
+	if got, err := m.List(ctx, Filters{}); err != nil || len(got) != 2 {
+		t.Fatalf("list after remove: %d objects, %v", len(got), err)
 	}
 }
 
 func TestRemoveInUse(t *testing.T) {
 	m, st := newManager(t, Secret)
 	ctx := context.Background()
-	id, _ := m.Create(ctx, Spec{Name: "db_password", Data: []byte("x")})
+	id, err := m.Create(ctx, Spec{Name: "db_password", Data: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	put := func(owner, name string) {
 		if _, err := st.Client().Put(ctx, store.RefKey("secrets", id, owner), name); err != nil {
 			t.Fatal(err)
 		}
 	}
 	put("svc1", "webapp")
-	err := m.Remove(ctx, "db_password")
+	err = m.Remove(ctx, "db_password")
 	if err == nil || err.Error() != "secret 'db_password' is in use by the following service: webapp" {
 		t.Fatalf("got %v", err)
 	}
@@ -337,7 +349,10 @@ func TestSealedAtRest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id2, _ := m.Create(ctx, Spec{Name: "d", Data: []byte("other")})
+	id2, err := m.Create(ctx, Spec{Name: "d", Data: []byte("other")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	raw, err := st.Table("secrets").Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
@@ -345,8 +360,15 @@ func TestSealedAtRest(t *testing.T) {
 	if bytes.Contains(raw.Value, canary) {
 		t.Fatal("plaintext found in stored value")
 	}
-	r, _, _ := m.get(ctx, id)
-	if _, err := m.seal.Open(r.Sealed, m.aad(id2, 1)); !errors.Is(err, keyring.ErrDecrypt) {
+	r, _, err := m.get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It opens under its own AAD, and only there.
+	if b, err := m.seal.Open(r.Sealed, m.aad(id, r.DataVersion)); err != nil || !bytes.Equal(b, canary) {
+		t.Fatalf("sealed value does not open under its own AAD: %v", err)
+	}
+	if _, err := m.seal.Open(r.Sealed, m.aad(id2, r.DataVersion)); !errors.Is(err, keyring.ErrDecrypt) {
 		t.Fatalf("sealed value opened under another object's AAD: %v", err)
 	}
 	got, err := m.Data(ctx, id)
@@ -397,14 +419,24 @@ func TestMirroredGetReadsYourWrites(t *testing.T) {
 func TestRevealOnlyReadableKinds(t *testing.T) {
 	ctx := context.Background()
 	sm, _ := newManager(t, Secret)
-	id, _ := sm.Create(ctx, Spec{Name: "s", Data: []byte("secret")})
-	o, _ := sm.Get(ctx, id)
+	id, err := sm.Create(ctx, Spec{Name: "s", Data: []byte("secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := sm.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if b, err := sm.Reveal(&o); err == nil || b != nil || !errdefs.Is(err, errdefs.ErrForbidden) {
 		t.Fatalf("secret revealed: %v", err)
 	}
 	cm, _ := newManager(t, Config)
-	id, _ = cm.Create(ctx, Spec{Name: "c", Data: []byte("conf")})
-	o, _ = cm.Get(ctx, id)
+	if id, err = cm.Create(ctx, Spec{Name: "c", Data: []byte("conf")}); err != nil {
+		t.Fatal(err)
+	}
+	if o, err = cm.Get(ctx, id); err != nil {
+		t.Fatal(err)
+	}
 	if b, err := cm.Reveal(&o); err != nil || string(b) != "conf" {
 		t.Fatalf("config reveal: %q %v", b, err)
 	}

@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
@@ -49,6 +50,26 @@ func (f *fixture) pass() {
 	}
 }
 
+// mustCreate creates a service and returns its ID.
+func (f *fixture) mustCreate(spec swarm.ServiceSpec) string {
+	f.t.Helper()
+	id, err := f.svcs.Create(f.ctx, spec)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return id
+}
+
+// mustGet reads a service.
+func (f *fixture) mustGet(id string) *model.Service {
+	f.t.Helper()
+	svc, err := f.svcs.Get(f.ctx, id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return svc
+}
+
 func (f *fixture) tasks() []*model.Task {
 	f.t.Helper()
 	_, ts, err := f.svcs.Snapshot(f.ctx)
@@ -82,7 +103,10 @@ func (f *fixture) setState(tk *model.Task, st swarm.TaskState, errText string) {
 	f.t.Helper()
 	next := *tk
 	next.Status = swarm.TaskStatus{State: st, Timestamp: f.now, Err: errText}
-	val, _ := json.Marshal(&next)
+	val, err := json.Marshal(&next)
+	if err != nil {
+		f.t.Fatal(err)
+	}
 	if _, err := f.st.Table(model.TasksTable).Update(f.ctx, tk.ID, int64(tk.Version.Index), val); err != nil {
 		f.t.Fatal(err)
 	}
@@ -130,7 +154,7 @@ func TestReplicasScaleAndRemove(t *testing.T) {
 	}
 	f.agent()
 	// Scale down to 1: slots 2 and 3 are shut down, slot 1 untouched.
-	svc, _ := f.svcs.Get(f.ctx, id)
+	svc := f.mustGet(id)
 	next := svc.Spec
 	one := uint64(1)
 	next.Mode.Replicated = &swarm.ReplicatedService{Replicas: &one}
@@ -158,16 +182,16 @@ func TestReplicasScaleAndRemove(t *testing.T) {
 	}
 }
 
-func itoa(i int) string { return string(rune('0' + i)) }
+func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestRollingUpdateStopFirst(t *testing.T) {
 	f := newFixture(t)
 	s := replicated("web", 2)
 	s.UpdateConfig = &swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStopFirst}
-	id, _ := f.svcs.Create(f.ctx, s)
+	id := f.mustCreate(s)
 	f.pass()
 	f.agent()
-	svc, _ := f.svcs.Get(f.ctx, id)
+	svc := f.mustGet(id)
 	next := svc.Spec
 	cs := *next.TaskTemplate.ContainerSpec
 	cs.Image = "img:2"
@@ -201,7 +225,7 @@ func TestRollingUpdateStopFirst(t *testing.T) {
 	if running != 2 {
 		t.Fatalf("%d tasks meant to run after the rollout", running)
 	}
-	svc, _ = f.svcs.Get(f.ctx, id)
+	svc = f.mustGet(id)
 	if svc.UpdateStatus == nil || svc.UpdateStatus.State != swarm.UpdateStateCompleted {
 		t.Fatalf("update status %+v", svc.UpdateStatus)
 	}
@@ -212,17 +236,15 @@ func TestRestartPolicyDelay(t *testing.T) {
 	s := replicated("web", 1)
 	d := 5 * time.Second
 	s.TaskTemplate.RestartPolicy = &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionOnFailure, Delay: &d}
-	_, _ = f.svcs.Create(f.ctx, s)
+	f.mustCreate(s)
 	f.pass()
 	f.agent()
 	// The container dies.
-	tk := f.tasks()[0]
-	next := *tk
-	next.Status = swarm.TaskStatus{State: swarm.TaskStateFailed, Timestamp: f.now, Err: "task: non-zero exit (1)"}
-	val, _ := json.Marshal(&next)
-	if _, err := f.st.Table(model.TasksTable).Update(f.ctx, tk.ID, int64(tk.Version.Index), val); err != nil {
-		t.Fatal(err)
+	ts0 := f.tasks()
+	if len(ts0) != 1 || ts0[0].Status.State != swarm.TaskStateRunning {
+		t.Fatalf("before the failure: want one running task, have %d", len(ts0))
 	}
+	f.setState(ts0[0], swarm.TaskStateFailed, "task: non-zero exit (1)")
 	f.pass()
 	// As in Swarm: the replacement exists at once, waiting as "ready".
 	ts := f.tasks()
@@ -260,7 +282,10 @@ func TestPlacementConstraints(t *testing.T) {
 		t.Fatalf("unplaceable task: %+v", ts[0].Task)
 	}
 	// Labelling the node places it.
-	n, _ := nodes.Get(f.ctx, f.st, "node1")
+	n, err := nodes.Get(f.ctx, f.st, "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	spec := n.Spec
 	spec.Labels = map[string]string{"zone": "a"}
 	if err := nodes.Update(f.ctx, f.st, "node1", n.Version, spec); err != nil {
@@ -273,7 +298,9 @@ func TestPlacementConstraints(t *testing.T) {
 	}
 	f.agent()
 	// Removing the label stops it; the slot waits again.
-	n, _ = nodes.Get(f.ctx, f.st, "node1")
+	if n, err = nodes.Get(f.ctx, f.st, "node1"); err != nil {
+		t.Fatal(err)
+	}
 	spec = n.Spec
 	spec.Labels = map[string]string{}
 	if err := nodes.Update(f.ctx, f.st, "node1", n.Version, spec); err != nil {

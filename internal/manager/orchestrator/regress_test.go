@@ -1,6 +1,8 @@
 package orchestrator
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,12 +27,9 @@ func TestUpdateOfPendingTaskProceeds(t *testing.T) {
 	f := newFixture(t)
 	s := replicated("web", 1)
 	s.TaskTemplate.Placement = &swarm.Placement{Constraints: []string{"node.labels.zone==nowhere"}}
-	id, err := f.svcs.Create(f.ctx, s)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := f.mustCreate(s)
 	f.pass()
-	svc, _ := f.svcs.Get(f.ctx, id)
+	svc := f.mustGet(id)
 	next := svc.Spec
 	next.TaskTemplate.Placement = nil // fix the constraint
 	if err := f.svcs.Update(f.ctx, id, next, services.UpdateOptions{Version: svc.Version.Index}); err != nil {
@@ -56,10 +55,14 @@ func TestStartFirstFailureAppliesFailureAction(t *testing.T) {
 	f := newFixture(t)
 	s := replicated("web", 1)
 	s.UpdateConfig = &swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStartFirst, FailureAction: swarm.UpdateFailureActionPause}
-	id, _ := f.svcs.Create(f.ctx, s)
+	id := f.mustCreate(s)
 	f.pass()
 	f.agent()
-	svc, _ := f.svcs.Get(f.ctx, id)
+	old := f.tasks()
+	if len(old) != 1 || old[0].Status.State != swarm.TaskStateRunning {
+		t.Fatalf("before the update: want one running task, have %d", len(old))
+	}
+	svc := f.mustGet(id)
 	next := svc.Spec
 	cs := *next.TaskTemplate.ContainerSpec
 	cs.Image = "img:bad"
@@ -67,23 +70,51 @@ func TestStartFirstFailureAppliesFailureAction(t *testing.T) {
 	if err := f.svcs.Update(f.ctx, id, next, services.UpdateOptions{Version: svc.Version.Index}); err != nil {
 		t.Fatal(err)
 	}
-	f.pass() // creates the new task
+	f.pass() // creates the new task beside the old one
+	var bad *model.Task
 	for _, tk := range f.tasks() {
 		if tk.Spec.ContainerSpec.Image == "img:bad" {
-			f.setState(tk, swarm.TaskStateRejected, "No such image: img:bad")
+			if bad != nil {
+				t.Fatalf("start-first made more than one new task at once")
+			}
+			bad = tk
 		}
 	}
+	if bad == nil {
+		t.Fatal("start-first update made no new task")
+	}
+	f.setState(bad, swarm.TaskStateRejected, "No such image: img:bad")
 	for i := 0; i < 30; i++ {
 		f.now = f.now.Add(time.Second)
 		f.pass()
 	}
-	svc, _ = f.svcs.Get(f.ctx, id)
-	for _, tk := range f.tasks() {
-		t.Logf("task %s img=%s desired=%s state=%s", tk.ID, tk.Spec.ContainerSpec.Image, tk.DesiredState, tk.Status.State)
+
+	svc = f.mustGet(id)
+	if svc.UpdateStatus == nil {
+		t.Fatal("UpdateStatus is nil after a failed update: want paused")
 	}
-	t.Logf("update status: %+v", svc.UpdateStatus)
-	if svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
-		t.Fatalf("update stuck in 'updating' forever; failure action never applied")
+	if svc.UpdateStatus.State != swarm.UpdateStatePaused || !strings.Contains(svc.UpdateStatus.Message, bad.ID) {
+		t.Errorf("update status after the new task failed: %s %q, want paused naming task %s", svc.UpdateStatus.State, svc.UpdateStatus.Message, bad.ID)
+	}
+	// The restart policy applies to the failed task too: it is shut down
+	// and replaced; the old task keeps running meanwhile (start-first).
+	var replacements int
+	for _, tk := range f.tasks() {
+		switch {
+		case tk.ID == bad.ID:
+			if tk.DesiredState != swarm.TaskStateShutdown {
+				t.Errorf("the failed task is still desired %s", tk.DesiredState)
+			}
+		case tk.ID == old[0].ID:
+			if tk.DesiredState != swarm.TaskStateRunning {
+				t.Errorf("the old task is desired %s after the new one failed; start-first keeps it running", tk.DesiredState)
+			}
+		case tk.Spec.ContainerSpec.Image == "img:bad":
+			replacements++
+		}
+	}
+	if replacements != 1 {
+		t.Errorf("the failed task was replaced %d times, want once (the rollout is paused)", replacements)
 	}
 }
 
@@ -91,13 +122,13 @@ func TestStartFirstFailureAppliesFailureAction(t *testing.T) {
 // what the count is taken from.
 func TestMaxAttemptsHonoured(t *testing.T) {
 	for _, maxA := range []int{2, 4, 5, 6} {
-		t.Run(itoa(maxA), func(t *testing.T) {
+		t.Run(strconv.Itoa(maxA), func(t *testing.T) {
 			f := newFixture(t)
 			s := replicated("web", 1)
 			d := time.Duration(0)
 			max := uint64(maxA)
 			s.TaskTemplate.RestartPolicy = &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionOnFailure, Delay: &d, MaxAttempts: &max}
-			_, _ = f.svcs.Create(f.ctx, s)
+			f.mustCreate(s)
 			f.pass()
 			created := 0
 			seen := map[string]bool{}
@@ -115,9 +146,9 @@ func TestMaxAttemptsHonoured(t *testing.T) {
 				f.now = f.now.Add(time.Second)
 				f.pass()
 			}
-			t.Logf("tasks created: %d (max attempts %d => want at most %d)", created, max, max+1)
-			if created > int(max)+1 {
-				t.Fatalf("restart policy max attempts not honoured: %d tasks", created)
+			// The first task and one per restart allowed.
+			if created != maxA+1 {
+				t.Fatalf("restart policy max attempts %d: %d tasks created, want %d", maxA, created, maxA+1)
 			}
 		})
 	}
