@@ -20,6 +20,7 @@ import (
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/events"
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
@@ -168,6 +169,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
 	d.runBG(d.mirror.Run, bg)
+	// hush's own `docker events`, derived from the store's watch. A node
+	// without a spec name is named by its hostname, as in Swarm; the only
+	// node is this machine.
+	evs := events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
+	acfg.Events = evs
+	d.runBG(evs.Run, bg)
 	if err := d.mirror.WaitReady(ctx); err != nil {
 		return nil, fmt.Errorf("store mirror: %w", err)
 	}
@@ -216,6 +223,7 @@ func (d *Daemon) runBG(fn func(context.Context), ctx context.Context) {
 func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	d.proxy = proxy.New(d.cfg.EngineSocket, d.log)
 	acfg.Fallback = d.proxy
+	acfg.EngineEvents = d.proxy
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	v, err := d.proxy.Ping(pctx)
 	cancel()

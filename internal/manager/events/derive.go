@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/networks"
@@ -40,7 +41,9 @@ type view struct {
 	// changed nothing a client could see, so it is no event.
 	sum [sha256.Size]byte
 
-	// Services.
+	// Services. specSum digests the spec alone, to tell a spec change from
+	// a status write.
+	specSum     [sha256.Size]byte
 	image       string
 	replicated  bool
 	replicas    uint64
@@ -80,6 +83,11 @@ func decode(table, id string, val []byte, hostname func(string) string) (view, e
 			return bad(err)
 		}
 		v.name = s.Spec.Name
+		spec, err := json.Marshal(&s.Spec)
+		if err != nil {
+			return bad(err)
+		}
+		v.specSum = sha256.Sum256(spec)
 		if cs := s.Spec.TaskTemplate.ContainerSpec; cs != nil {
 			v.image = cs.Image
 		}
@@ -114,14 +122,20 @@ func decode(table, id string, val []byte, hostname func(string) string) (view, e
 	return v, nil
 }
 
-// derive turns a change of the object id of table from old to cur (nil: absent) into
-// Swarm's event, without its time. ok is false when nothing changed.
-func derive(table, id string, old, cur *view) (m events.Message, ok bool) {
+// derive turns a change of the object id of table from old to cur (nil:
+// absent) into Swarm's events, without their time; none when nothing
+// changed.
+//
+// A service update that changes the spec and starts a rollout is one write
+// in hush but two in Swarm (the spec, then the updater's status), so it
+// becomes Swarm's two events: the spec's changes first, the update state
+// second.
+func derive(table, id string, old, cur *view) []events.Message {
 	typ, watched := tables[table]
 	if !watched || (old == nil && cur == nil) {
-		return events.Message{}, false
+		return nil
 	}
-	m = events.Message{Type: typ, Scope: Scope, Actor: events.Actor{ID: id}}
+	m := events.Message{Type: typ, Scope: Scope, Actor: events.Actor{ID: id}}
 	switch {
 	case old == nil:
 		m.Action = events.ActionCreate
@@ -131,13 +145,36 @@ func derive(table, id string, old, cur *view) (m events.Message, ok bool) {
 		m.Actor.Attributes = map[string]string{"name": old.name}
 	default:
 		if old.sum == cur.sum {
-			return events.Message{}, false
+			return nil
 		}
 		m.Action = events.ActionUpdate
 		m.Actor.Attributes = map[string]string{"name": cur.name}
 		changes(typ, old, cur, m.Actor.Attributes)
+		if typ == events.ServiceEventType && old.specSum != cur.specSum && updateChanged(old, cur) {
+			spec := m
+			spec.Actor.Attributes = map[string]string{"name": cur.name}
+			for k, v := range m.Actor.Attributes {
+				if !strings.HasPrefix(k, "updatestate.") {
+					spec.Actor.Attributes[k] = v
+				}
+			}
+			status := m
+			status.Actor.Attributes = map[string]string{"name": cur.name}
+			for k, v := range m.Actor.Attributes {
+				if strings.HasPrefix(k, "updatestate.") {
+					status.Actor.Attributes[k] = v
+				}
+			}
+			return []events.Message{spec, status}
+		}
 	}
-	return m, true
+	return []events.Message{m}
+}
+
+// updateChanged reports whether Swarm would report the update state of a
+// service update from old to cur.
+func updateChanged(old, cur *view) bool {
+	return cur.hasUpdate && (!old.hasUpdate || old.updateState != cur.updateState)
 }
 
 // changes adds the old/new attribute pairs Swarm puts on an update event.
@@ -155,10 +192,10 @@ func changes(typ events.Type, old, cur *view, attrs map[string]string) {
 		}
 		// Swarm reports the update state only when the new object has one:
 		// its first appearance alone, a change as a pair.
-		if cur.hasUpdate {
+		if updateChanged(old, cur) {
 			if !old.hasUpdate {
 				attrs["updatestate.new"] = cur.updateState
-			} else if old.updateState != cur.updateState {
+			} else {
 				pair("updatestate", old.updateState, cur.updateState)
 			}
 		}

@@ -203,13 +203,11 @@ func (s *Source) deleteLocked(table, id string) {
 }
 
 func (s *Source) emit(table, id string, old, cur *view) {
-	m, ok := derive(table, id, old, cur)
-	if !ok {
-		return
+	for _, m := range derive(table, id, old, cur) {
+		t := s.now().UTC()
+		m.Time, m.TimeNano = t.Unix(), t.UnixNano()
+		s.hub.publish(m)
 	}
-	t := s.now().UTC()
-	m.Time, m.TimeNano = t.Unix(), t.UnixNano()
-	s.hub.publish(m)
 }
 
 func (s *Source) advanceLocked(rev int64) {

@@ -165,7 +165,9 @@ func TestSourceFromManagers(t *testing.T) {
 		cs.Image = "busybox:2"
 		s.TaskTemplate.ContainerSpec = &cs
 	})
-	expect("service", "update", svcID, "image.new=busybox:2, image.old=busybox:1, name=web, updatestate.new=updating")
+	// One write in hush, two events as in Swarm: the spec, then the rollout.
+	expect("service", "update", svcID, "image.new=busybox:2, image.old=busybox:1, name=web")
+	expect("service", "update", svcID, "name=web, updatestate.new=updating")
 	cur, err := svcs.Get(ctx, svcID)
 	if err != nil {
 		t.Fatal(err)
