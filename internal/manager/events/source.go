@@ -141,6 +141,15 @@ func (s *Source) watch(ctx context.Context, rev int64) error {
 		if err := resp.Err(); err != nil {
 			return err
 		}
+		// A revision that deletes the cluster object is `swarm leave`
+		// erasing all state: Swarm reports no removal then (the cluster
+		// is gone, not its objects one by one), so neither does hush.
+		erased := map[int64]bool{}
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypeDelete && strings.HasPrefix(string(ev.Kv.Key), s.root+clusterTable+"/") {
+				erased[ev.Kv.ModRevision] = true
+			}
+		}
 		s.mu.Lock()
 		for _, ev := range resp.Events {
 			table, id, ok := s.split(string(ev.Kv.Key))
@@ -148,6 +157,10 @@ func (s *Source) watch(ctx context.Context, rev int64) error {
 				continue
 			}
 			if ev.Type == clientv3.EventTypeDelete {
+				if erased[ev.Kv.ModRevision] {
+					delete(s.known[table], id)
+					continue
+				}
 				s.deleteLocked(table, id)
 			} else {
 				s.putLocked(table, id, ev.Kv.Value)
@@ -217,6 +230,10 @@ func (s *Source) advanceLocked(rev int64) {
 		s.advanced = make(chan struct{})
 	}
 }
+
+// clusterTable is the store table of internal/manager/cluster (unexported
+// there).
+const clusterTable = "cluster"
 
 // waitTimeout bounds how long a history request waits for the watch: it
 // is in-process, so catching up takes microseconds unless it is restarting.

@@ -19,6 +19,7 @@ import (
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // waitEvent bounds how long a test waits for an event that the watch
@@ -313,5 +314,44 @@ func TestReloadReportsMissedChanges(t *testing.T) {
 	case m := <-sub.C:
 		t.Fatalf("unexpected event %s", line(m))
 	default:
+	}
+}
+
+// TestLeaveEraseIsNoEvent: `swarm leave --force` deletes the whole key
+// space at once; Swarm reports no removals then, and the watch goes on.
+func TestLeaveEraseIsNoEvent(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	src := runSource(t, st, Config{})
+	_, sub, err := src.Subscribe(ctx, Filter{}, time.Time{}, time.Time{}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := st.Table("cluster").Create(ctx, "default", "", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Table("secrets").Create(ctx, "s1", "s1", []byte(`{"name":"s1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(t, sub); m.Action != "create" || m.Actor.ID != "s1" {
+		t.Fatalf("got %s", line(m))
+	}
+	// The same delete as daemon.Leave.
+	if _, err := st.Client().Delete(ctx, strings.TrimSuffix(st.Table("secrets").Key(""), "secrets/"), clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Table("secrets").Create(ctx, "s2", "s2", []byte(`{"name":"s2"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(t, sub); m.Action != "create" || m.Actor.ID != "s2" {
+		t.Fatalf("after the erase, got %s; want only the new secret's create", line(m))
+	}
+	// An ordinary delete is still a removal.
+	if err := st.Table("secrets").Delete(ctx, "s2", "s2", 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(t, sub); m.Action != "remove" || m.Actor.ID != "s2" {
+		t.Fatalf("got %s", line(m))
 	}
 }
