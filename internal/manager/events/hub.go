@@ -144,6 +144,15 @@ func (h *hub) subscribe(f Filter, since, until time.Time, history, live bool) ([
 	return past, s
 }
 
+// closeAll ends every subscription.
+func (h *hub) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		h.removeLocked(s)
+	}
+}
+
 // subscribers counts the live subscriptions (for tests).
 func (h *hub) subscribers() int {
 	h.mu.Lock()

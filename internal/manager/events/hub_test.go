@@ -140,3 +140,21 @@ func TestCloseIdempotent(t *testing.T) {
 	}
 	h.publish(ev(0, "secret")) // must not panic on a closed channel
 }
+
+func TestCloseAll(t *testing.T) {
+	h := newHub(10, 3)
+	_, a := h.subscribe(Filter{}, time.Time{}, time.Time{}, false, true)
+	_, b := h.subscribe(Filter{}, time.Time{}, time.Time{}, false, true)
+	h.closeAll()
+	for _, s := range []*Subscription{a, b} {
+		if _, ok := <-s.C; ok || s.Dropped() {
+			t.Fatal("subscription still live after closeAll")
+		}
+	}
+	_, c := h.subscribe(Filter{}, time.Time{}, time.Time{}, false, true)
+	defer c.Close()
+	h.publish(ev(0, "secret"))
+	if m := <-c.C; m.Actor.ID != "id000" {
+		t.Fatalf("a later subscription got %s", m.Actor.ID)
+	}
+}

@@ -77,6 +77,7 @@ func New(c Config) *Source {
 // reports what changed meanwhile as events, so a restart of the watch loses
 // no create or remove (updates in between fold into one).
 func (s *Source) Run(ctx context.Context) {
+	defer s.CloseSubscriptions()
 	for ctx.Err() == nil {
 		rev, err := s.load(ctx)
 		if err == nil {
@@ -93,6 +94,11 @@ func (s *Source) Run(ctx context.Context) {
 		}
 	}
 }
+
+// CloseSubscriptions ends every live subscription, so the streams that
+// read them end (at shutdown: they would otherwise hold it up). Later
+// subscriptions work as before.
+func (s *Source) CloseSubscriptions() { s.hub.closeAll() }
 
 // load reads every watched table in one transaction (one revision) and
 // compares it with what is known.
