@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	hushevents "github.com/hush-secrets/hush/internal/manager/events"
-	"github.com/hush-secrets/hush/internal/proxy"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 )
@@ -62,6 +62,31 @@ func (e *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// unixStreamer is an EngineStreamer over a unix socket, as internal/proxy
+// provides one (its own tests cover Open); an unreachable engine is
+// Unavailable, as there.
+type unixStreamer struct{ tr *http.Transport }
+
+func newUnixStreamer(sock string) *unixStreamer {
+	return &unixStreamer{tr: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+}
+
+func (u *unixStreamer) Open(ctx context.Context, method, pathQuery string, h http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://docker"+pathQuery, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header = h.Clone()
+	resp, err := u.tr.RoundTrip(req)
+	if err != nil {
+		return nil, errdefs.Unavailable("the Docker Engine is not reachable: %v", err)
+	}
+	return resp, nil
+}
+
 type eventsRig struct {
 	st     *store.Store
 	src    *hushevents.Source
@@ -77,6 +102,10 @@ func newEventsRig(t *testing.T, withEngine bool) *eventsRig {
 	done := make(chan struct{})
 	go func() { src.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
+	// Writes before the first load are its snapshot, not events.
+	if err := src.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
 	rig := &eventsRig{st: st, src: src}
 	cfg := Config{Events: src}
 	if withEngine {
@@ -94,9 +123,9 @@ func newEventsRig(t *testing.T, withEngine bool) *eventsRig {
 		esrv := &http.Server{Handler: rig.engine, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = esrv.Serve(ln) }()
 		t.Cleanup(func() { _ = esrv.Close() })
-		p := proxy.New(sock, nil)
-		t.Cleanup(func() { _ = p.Close() })
-		cfg.EngineEvents, cfg.Fallback = p, p
+		eng := newUnixStreamer(sock)
+		t.Cleanup(eng.tr.CloseIdleConnections)
+		cfg.EngineEvents = eng
 	}
 	srv := httptest.NewServer(New(cfg))
 	t.Cleanup(srv.Close)
@@ -148,6 +177,38 @@ func readAll(t *testing.T, resp *http.Response) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// lineReader returns a function that reads the stream's next line,
+// failing the test when none comes within a bound (a missing event must
+// fail, not hang) or the stream ends.
+func lineReader(t *testing.T, resp *http.Response) func() string {
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() {
+		resp.Body.Close()
+		for range lines {
+		}
+	})
+	return func() string {
+		t.Helper()
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			return summary(t, l)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no line within 10s")
+		}
+		return ""
+	}
 }
 
 func get(t *testing.T, rawURL string) *http.Response {
@@ -214,14 +275,8 @@ func TestEventsLive(t *testing.T) {
 	if eq.Get("since") != "" || eq.Get("until") != "" || eq.Get("filters") != `{"type":{"secret":true,"container":true}}` {
 		t.Fatalf("engine asked %v", eq)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	nextLine := func() string {
-		t.Helper()
-		if !sc.Scan() {
-			t.Fatalf("stream ended: %v", sc.Err())
-		}
-		return summary(t, sc.Text())
-	}
+	t.Cleanup(cancel)
+	nextLine := lineReader(t, resp)
 	// Each line arrives on its own, flushed, while the stream stays open.
 	r.engine.live <- engineLine("c1", time.Now())
 	if got := nextLine(); got != "container start c1 local" {
@@ -267,15 +322,10 @@ func TestEventsSinceThenLive(t *testing.T) {
 		!lSince.Equal(hUntil.Add(time.Nanosecond)) {
 		t.Fatalf("engine asked %v then %v", first, second)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	var got []string
-	for len(got) < 2 && sc.Scan() {
-		got = append(got, summary(t, sc.Text()))
-	}
+	nextLine := lineReader(t, resp)
+	got := []string{nextLine(), nextLine()}
 	r.createSecret(t, "new")
-	if sc.Scan() {
-		got = append(got, summary(t, sc.Text()))
-	}
+	got = append(got, nextLine())
 	want := []string{"container start c-old local", "secret create old swarm", "secret create new swarm"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -296,9 +346,7 @@ func TestEventsWithoutEngine(t *testing.T) {
 
 func TestEventsEngineDown(t *testing.T) {
 	r := newEventsRig(t, false)
-	p := proxy.New(filepath.Join(t.TempDir(), "missing.sock"), nil)
-	defer p.Close()
-	srv := httptest.NewServer(New(Config{Events: r.src, EngineEvents: p}))
+	srv := httptest.NewServer(New(Config{Events: r.src, EngineEvents: newUnixStreamer(filepath.Join(t.TempDir(), "missing.sock"))}))
 	defer srv.Close()
 	resp := get(t, srv.URL+"/events")
 	defer resp.Body.Close()

@@ -175,6 +175,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	evs := events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
 	acfg.Events = evs
 	d.runBG(evs.Run, bg)
+	// Objects written before its first load are its snapshot, not events:
+	// load before serving, so that no client write is missed.
+	if err := evs.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
 	if err := d.mirror.WaitReady(ctx); err != nil {
 		return nil, fmt.Errorf("store mirror: %w", err)
 	}
