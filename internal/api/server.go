@@ -60,6 +60,11 @@ type Config struct {
 	// hush's and the engine's, since the CLI uses it for passed-through
 	// calls too.
 	APIVersion string
+	// Events is hush's own event stream, merged into the engine's on GET
+	// /events (nil: /events goes to the fallback); EngineEvents opens the
+	// engine's (nil: hush's events alone).
+	Events       EventSource
+	EngineEvents EngineStreamer
 	// Fallback serves every request hush does not own (the engine proxy).
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
@@ -102,6 +107,9 @@ func (s *Server) routes() {
 	}
 	if s.Swarm != nil {
 		s.swarmRoutes()
+	}
+	if s.Events != nil {
+		s.mux.HandleFunc("GET /events", s.events)
 	}
 }
 

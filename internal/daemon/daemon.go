@@ -21,6 +21,7 @@ import (
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/events"
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
@@ -185,6 +186,17 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
 	d.runBG(d.mirror.Run, bg)
+	// hush's own `docker events`, derived from the store's watch. A node
+	// without a spec name is named by its hostname, as in Swarm; the only
+	// node is this machine.
+	evs := events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
+	acfg.Events = evs
+	d.runBG(evs.Run, bg)
+	// Objects written before its first load are its snapshot, not events:
+	// load before serving, so that no client write is missed.
+	if err := evs.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
 	if err := d.mirror.WaitReady(ctx); err != nil {
 		return nil, fmt.Errorf("store mirror: %w", err)
 	}
@@ -204,6 +216,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.http = &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	// An open `docker events` would otherwise hold Shutdown for its whole
+	// grace period.
+	d.http.RegisterOnShutdown(evs.CloseSubscriptions)
 	go func() {
 		if err := d.http.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.errc <- fmt.Errorf("api server: %w", err)
@@ -234,6 +249,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	host := *d.cfg.Engine
 	d.proxy = proxy.New(host, host.Path, d.log)
 	acfg.Fallback = d.proxy
+	acfg.EngineEvents = d.proxy
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	v, err := d.proxy.Ping(pctx)
 	cancel()
