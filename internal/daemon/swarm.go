@@ -230,7 +230,7 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 		return err
 	}
 	if c.Version != version {
-		return errdefs.Unknown("update out of sequence")
+		return errdefs.OutOfSequence()
 	}
 	was := c.Spec.EncryptionConfig.AutoLockManagers
 	want := spec.EncryptionConfig.AutoLockManagers

@@ -86,7 +86,7 @@ func Update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	val, _ := json.Marshal(&n)
 	_, err = st.Table(table).Update(ctx, id, int64(version), val)
 	if errors.Is(err, store.ErrStale) {
-		return errdefs.Unknown("update out of sequence")
+		return errdefs.OutOfSequence()
 	}
 	return err
 }

@@ -342,7 +342,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 		// Either the version is stale or a referenced object vanished; the
 		// version is by far the common case, and both mean "read again".
 		if latest, gerr := m.svcs.Get(ctx, cur.ID); gerr == nil && uint64(latest.ModRev) != opt.Version {
-			return errdefs.Unknown("update out of sequence")
+			return errdefs.OutOfSequence()
 		}
 		return errdefs.InvalidArgument("a referenced secret, config or network was removed during the update; try again")
 	case errors.Is(err, store.ErrNotFound):
