@@ -18,6 +18,8 @@ func grpcCode(err error) string {
 	case errors.Is(err, errdefs.ErrOutOfSequence):
 		// Swarm's code for it; the status is still a conflict's.
 		return "Unknown"
+	case errors.Is(err, errdefs.ErrFailedPrecondition):
+		return "FailedPrecondition"
 	case errors.Is(err, errdefs.ErrInvalidArgument):
 		return "InvalidArgument"
 	case errors.Is(err, errdefs.ErrNotFound):

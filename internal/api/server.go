@@ -55,6 +55,9 @@ type Config struct {
 	// (read once at start; "" and 0 when unknown).
 	EngineVersion string
 	MemoryBytes   int64
+	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
+	// in the node's description and matched by `node ls --filter label=`.
+	EngineLabels []string
 	Node          Node
 	// Version is hushd's own version string.
 	Version string

@@ -272,13 +272,15 @@ func (s *Server) node(ctx context.Context) (swarm.Node, error) {
 		n.Description.Engine.EngineVersion = s.EngineVersion
 	}
 	n.Description.Resources.MemoryBytes = s.MemoryBytes
+	n.Description.Engine.Labels = engineLabels(s.EngineLabels)
 	n.Status = swarm.NodeStatus{State: swarm.NodeStateReady, Addr: s.Node.Addr}
 	n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: s.Node.Addr + ":2377"}
 	return n, nil
 }
 
 func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
-	if _, err := parseFilters(r.URL.Query().Get("filters"), "id", "label", "node.label", "membership", "name", "role"); err != nil {
+	f, err := parseNodeFilter(r.URL.Query().Get("filters"))
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -287,11 +289,17 @@ func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, []swarm.Node{n})
+	out := []swarm.Node{}
+	if f.Match(&n) {
+		out = append(out, n)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
+// matchNode resolves a node reference as Swarm does: ID, hostname, or ID
+// prefix ("self" is the CLI's to resolve).
 func (s *Server) matchNode(ref string) bool {
-	return ref != "" && (strings.HasPrefix(s.Node.ID, ref) || ref == hostname() || ref == "self")
+	return ref != "" && (strings.HasPrefix(s.Node.ID, ref) || ref == hostname())
 }
 
 func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
@@ -326,5 +334,5 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, errdefs.InvalidArgument("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", r.PathValue("id")))
+	s.writeError(w, r, s.removeNode(r.PathValue("id")))
 }

@@ -238,6 +238,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	if info, err := eng.Info(ictx); err == nil {
 		acfg.EngineVersion, acfg.MemoryBytes = info.ServerVersion, info.MemTotal
 		d.engineLabels = info.Labels
+		acfg.EngineLabels = info.Labels
 	}
 	icancel()
 	dir := d.cfg.SecretsDir

@@ -22,6 +22,9 @@ var (
 	// client's conflict, so it wraps ErrConflict, but Swarm reports it with
 	// gRPC code Unknown and clients match on that text.
 	ErrOutOfSequence = fmt.Errorf("update out of sequence: %w", ErrConflict)
+	// ErrFailedPrecondition is a request refused because of the object's
+	// state; dockerd answers swarmkit's FailedPrecondition with 400.
+	ErrFailedPrecondition = fmt.Errorf("failed precondition: %w", ErrInvalidArgument)
 )
 
 // Error is a categorised error with a client-facing message.
@@ -91,6 +94,12 @@ func Unknown(format string, args ...any) error {
 // CLI users know, with a conflict's status (HTTP 409).
 func OutOfSequence() error {
 	return &Error{Category: ErrOutOfSequence, Msg: "update out of sequence", Control: true}
+}
+
+// FailedPrecondition is a control-API refusal because of an object's state,
+// such as removing a manager (HTTP 400, gRPC code FailedPrecondition).
+func FailedPrecondition(format string, args ...any) error {
+	return newf(ErrFailedPrecondition, true, format, args...)
 }
 
 // NoSpace is a write refused because the cluster store is at its quota
