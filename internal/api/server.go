@@ -58,7 +58,7 @@ type Config struct {
 	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
 	// in the node's description and matched by `node ls --filter label=`.
 	EngineLabels []string
-	Node          Node
+	Node         Node
 	// Version is hushd's own version string.
 	Version string
 	// APIVersion is the API version advertised in /_ping: the lower of

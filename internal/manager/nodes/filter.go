@@ -20,7 +20,7 @@ type Filter struct {
 	// value matches any value of the key.
 	EngineLabels map[string]string
 	NodeLabels   map[string]string
-	Roles []swarm.NodeRole
+	Roles        []swarm.NodeRole
 	// Memberships are "accepted" or "pending". The API's node object does
 	// not carry a membership; every node hush knows is accepted (there is
 	// no join approval), so only "accepted" matches.
