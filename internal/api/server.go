@@ -55,10 +55,7 @@ type Config struct {
 	// (read once at start; "" and 0 when unknown).
 	EngineVersion string
 	MemoryBytes   int64
-	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
-	// in the node's description and matched by `node ls --filter label=`.
-	EngineLabels []string
-	Node         Node
+	Node          Node
 	// Version is hushd's own version string.
 	Version string
 	// APIVersion is the API version advertised in /_ping: the lower of
@@ -69,6 +66,10 @@ type Config struct {
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
 	Logger   *slog.Logger
+
+	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
+	// in the node's description and matched by `node ls --filter label=`.
+	EngineLabels []string
 }
 
 // ImageChecker reports whether the engine has an image.
