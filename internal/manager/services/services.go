@@ -44,7 +44,7 @@ func New(st *store.Store, mir *store.Mirror, log *slog.Logger) *Manager {
 		secrets: st.Table("secrets"), configs: st.Table("configs"),
 		mirror: mir, log: log, now: func() time.Time { return time.Now().UTC() },
 	}
-	mir.Register(model.ServicesTable, func(o store.Object) (any, error) { return decodeService(o) })
+	mir.Register(model.ServicesTable, func(o store.Object) (any, error) { return m.decodeLoaded(o) })
 	mir.Register(model.TasksTable, func(o store.Object) (any, error) { return decodeTask(o) })
 	return m
 }
