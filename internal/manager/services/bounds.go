@@ -166,4 +166,3 @@ func clampReplicas(s *swarm.ServiceSpec) bool {
 	}
 	return clamped
 }
-
