@@ -122,7 +122,6 @@ func TestNodeRemoveAndInspect(t *testing.T) {
 	}{
 		{"DELETE", "foobar01", 404, "node foobar01 not found"},
 		{"DELETE", "foobar01?force=1", 404, "node foobar01 not found"},
-		{"DELETE", "self", 404, "node self not found"},
 		{"DELETE", "HLDV", 404, "node HLDV not found"},
 		{"DELETE", "hldv", 400, manager},
 		{"DELETE", testNodeID + "?force=1", 400, manager},

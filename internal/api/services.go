@@ -296,10 +296,8 @@ func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// matchNode resolves a node reference as Swarm does: ID, hostname, or ID
-// prefix ("self" is the CLI's to resolve).
 func (s *Server) matchNode(ref string) bool {
-	return ref != "" && (strings.HasPrefix(s.Node.ID, ref) || ref == hostname())
+	return ref != "" && (strings.HasPrefix(s.Node.ID, ref) || ref == hostname() || ref == "self")
 }
 
 func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
