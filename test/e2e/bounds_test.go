@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -230,5 +231,53 @@ func TestBoundsLogGarbage(t *testing.T) {
 	// lengths (4 GiB per header) or buffering the output would take.
 	if after-before > 256<<20 {
 		t.Fatalf("hushd's resident memory grew from %d to %d bytes relaying logs", before, after)
+	}
+}
+
+// TestBoundsStaleVersion409: a stale ?version= is the client's conflict:
+// 409 with the text Swarm's CLI users see (Swarm itself answers 500), for
+// every kind of object that takes a version.
+func TestBoundsStaleVersion409(t *testing.T) {
+	s := startSvcHushd(t)
+	sfx := runSuffix(t)
+	s.MustDockerStdin("x", "secret", "create", "bnd_sec_"+sfx, "-")
+	s.MustDockerStdin("x", "config", "create", "bnd_cfg_"+sfx, "-")
+	s.MustDocker(append([]string{"service", "create", "-d", "--name", "bnd_svc_" + sfx, "--replicas", "0"}, svcArgs(s.img)...)...)
+	self := strings.TrimSpace(s.MustDocker("info", "--format", "{{.Swarm.NodeID}}"))
+	const want = `{"message":"rpc error: code = Unknown desc = update out of sequence"}`
+	for _, c := range []struct{ kind, ref, inspect, spec string }{
+		{"secrets", "bnd_sec_" + sfx, "secret", "{{json .Spec}}"},
+		{"configs", "bnd_cfg_" + sfx, "config", "{{json .Spec}}"},
+		{"services", "bnd_svc_" + sfx, "service", "{{json .Spec}}"},
+		{"nodes", self, "node", "{{json .Spec}}"},
+		{"swarm", "", "", ""},
+	} {
+		var version, spec string
+		if c.kind == "swarm" {
+			res := s.Raw("GET", "/v1.41/swarm", "", nil)
+			var sw struct {
+				Version struct{ Index uint64 }
+				Spec    json.RawMessage
+			}
+			if err := json.Unmarshal(res.Body, &sw); err != nil {
+				t.Fatalf("GET /swarm: %v %s", err, res.Body)
+			}
+			version, spec = strconv.FormatUint(sw.Version.Index, 10), string(sw.Spec)
+		} else {
+			version = strings.TrimSpace(s.MustDocker(c.inspect, "inspect", "--format", "{{.Version.Index}}", c.ref))
+			spec = strings.TrimSpace(s.MustDocker(c.inspect, "inspect", "--format", c.spec, c.ref))
+		}
+		n, err := strconv.ParseUint(version, 10, 64)
+		if err != nil {
+			t.Fatalf("%s version %q", c.kind, version)
+		}
+		path := "/v1.41/" + c.kind + "/" + c.ref + "/update?version=" + strconv.FormatUint(n-1, 10)
+		if c.kind == "swarm" {
+			path = "/v1.41/swarm/update?version=" + strconv.FormatUint(n-1, 10)
+		}
+		res := s.Raw("POST", path, "application/json", []byte(spec))
+		if res.Status != 409 || strings.TrimSpace(string(res.Body)) != want {
+			t.Errorf("%s: stale update answered %d %s, want 409 %s", c.kind, res.Status, res.Body, want)
+		}
 	}
 }
