@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
@@ -108,11 +109,18 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	cli := v3client.New(e.Server)
 	s := newStore(cli, c.Logger)
 	s.errc = e.Err()
-	s.quota = newQuota(c.QuotaBytes, func() backend { return e.Server.Backend() }, uint64(e.Server.MemberID()))
+	s.quota = newQuota(c.QuotaBytes, func() backend { return e.Server.Backend() }, func() bool {
+		for _, a := range e.Server.Alarms() {
+			if a.Alarm == etcdserverpb.AlarmType_NOSPACE {
+				return true
+			}
+		}
+		return false
+	}, uint64(e.Server.MemberID()), c.Logger)
 	// A store left full (by a write burst or an older hushd) gets its room
 	// back now if deletes or old revisions freed some; otherwise writes
 	// are refused with the quota's text and deletes still work.
-	if s.quota.alarmed(ctx, cli) {
+	if s.quota.alarmRaised() {
 		c.Logger.Warn("store quota alarm raised: reclaiming space", "quota", c.QuotaBytes)
 		s.quota.reclaim(ctx, cli)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -35,8 +36,11 @@ type quota struct {
 	soft   int64 // writes are refused when the data in use would pass this
 	margin int64 // and when the file would come closer than this to limit
 	// be is etcd's backend (fetched per use: etcd may replace it).
-	be       func() backend
-	memberID uint64
+	be func() backend
+	// alarmRaised reports etcd's NOSPACE alarm (a local read).
+	alarmRaised func() bool
+	memberID    uint64
+	log         *slog.Logger
 
 	// kick asks the background reclaimer for a pass (buffered: a burst of
 	// deletes coalesces into one).
@@ -57,10 +61,10 @@ type backend interface {
 	ForceCommit()
 }
 
-func newQuota(limit int64, be func() backend, memberID uint64) *quota {
+func newQuota(limit int64, be func() backend, alarmRaised func() bool, memberID uint64, log *slog.Logger) *quota {
 	headroom := max(limit/10, 1<<20)
 	return &quota{limit: limit, soft: limit - headroom, margin: headroom / 2, be: be,
-		memberID: memberID, kick: make(chan struct{}, 1)}
+		alarmRaised: alarmRaised, memberID: memberID, log: log, kick: make(chan struct{}, 1)}
 }
 
 // sizes reports the backend file's size and the bytes in use in it.
@@ -91,7 +95,7 @@ func (q *quota) check(ctx context.Context, cli *clientv3.Client, cost int) error
 	q.mu.Lock()
 	pressure := q.pressure
 	q.mu.Unlock()
-	if ok, _ := fits(); ok && !pressure {
+	if ok, _ := fits(); ok && !pressure && !q.alarmRaised() {
 		return nil
 	}
 	q.reclaim(ctx, cli)
@@ -149,15 +153,20 @@ func (q *quota) reclaim(ctx context.Context, cli *clientv3.Client) {
 	}
 	if rev := resp.Header.Revision; rev != q.compacted {
 		if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+			q.log.Warn("store quota: compaction failed", "err", err)
 			return
 		}
 		q.compacted = rev
-		// Sizes are updated when the backend commits its batch.
-		q.be().ForceCommit()
 	}
-	alarmed := q.alarmed(ctx, cli)
+	// Sizes are updated when the backend commits its batch, and pages a
+	// commit frees count as free only after the next one: commit twice so
+	// that what follows sees what the compaction or deletes freed.
+	q.be().ForceCommit()
+	q.be().ForceCommit()
+	alarmed := q.alarmRaised()
 	if file, inUse := q.sizes(); (alarmed || file+q.margin >= q.limit) && file-inUse >= q.margin {
 		if err := q.be().Defrag(); err != nil {
+			q.log.Warn("store quota: defragment failed", "err", err)
 			return
 		}
 	}
@@ -165,23 +174,12 @@ func (q *quota) reclaim(ctx context.Context, cli *clientv3.Client) {
 	fits := inUse <= q.soft && file+q.margin < q.limit
 	if fits && alarmed {
 		if _, err := cli.AlarmDisarm(ctx, &clientv3.AlarmMember{MemberID: q.memberID, Alarm: pb.AlarmType_NOSPACE}); err != nil {
+			q.log.Warn("store quota: disarming the NOSPACE alarm failed", "err", err)
 			return
 		}
+		q.log.Info("store quota: space reclaimed, writes accepted again", "in_use", inUse, "file", file)
 	}
 	q.pressure = !fits
-}
-
-func (q *quota) alarmed(ctx context.Context, cli *clientv3.Client) bool {
-	resp, err := cli.AlarmList(ctx)
-	if err != nil {
-		return false
-	}
-	for _, a := range resp.Alarms {
-		if a.Alarm == pb.AlarmType_NOSPACE {
-			return true
-		}
-	}
-	return false
 }
 
 // isNoSpace reports whether etcd refused a write for its quota.
