@@ -1,9 +1,12 @@
 package nodes
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -82,5 +85,34 @@ func TestParseFilterRefusals(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(FilterKeys, ","), "node.label") {
 		t.Fatal("node.label must be an accepted key")
+	}
+}
+
+func TestUpdateBoundsLabels(t *testing.T) {
+	ctx := t.Context()
+	st := storetest.New(t)
+	n, err := Ensure(ctx, st, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := n.Spec
+	spec.Labels = map[string]string{}
+	for i := range MaxLabels + 1 {
+		spec.Labels[strconv.Itoa(i)] = ""
+	}
+	err = Update(ctx, st, "n1", n.Version, spec)
+	if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "1025 entries exceed hush's limit of 1024") {
+		t.Fatalf("too many labels: %v", err)
+	}
+	if after, err := Get(ctx, st, "n1"); err != nil || after.Version != n.Version {
+		t.Fatalf("node changed: %v", err)
+	}
+	// A stale version is Swarm's out-of-sequence, a conflict.
+	spec.Labels = map[string]string{"zone": "a"}
+	if err := Update(ctx, st, "n1", n.Version, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := Update(ctx, st, "n1", n.Version, spec); !errdefs.Is(err, errdefs.ErrOutOfSequence) || !errdefs.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("stale update: %v", err)
 	}
 }
