@@ -266,13 +266,13 @@ func (s *Server) node(ctx context.Context) (swarm.Node, error) {
 	n.CreatedAt, n.UpdatedAt = stored.CreatedAt, stored.UpdatedAt
 	n.Description.Hostname = hostname()
 	n.Description.Platform = swarm.Platform{Architecture: runtime.GOARCH, OS: runtime.GOOS}
+	n.Description.Engine.Labels = engineLabels(s.EngineLabels)
 	n.Description.Resources.NanoCPUs = int64(runtime.NumCPU()) * 1e9
 	n.Description.Engine.EngineVersion = s.Version
 	if s.EngineVersion != "" {
 		n.Description.Engine.EngineVersion = s.EngineVersion
 	}
 	n.Description.Resources.MemoryBytes = s.MemoryBytes
-	n.Description.Engine.Labels = engineLabels(s.EngineLabels)
 	n.Status = swarm.NodeStatus{State: swarm.NodeStateReady, Addr: s.Node.Addr}
 	n.ManagerStatus = &swarm.ManagerStatus{Leader: true, Reachability: swarm.ReachabilityReachable, Addr: s.Node.Addr + ":2377"}
 	return n, nil

@@ -27,11 +27,11 @@ type EmbeddedConfig struct {
 	Logger *slog.Logger
 	// EtcdLogLevel is etcd's zap level: "debug", "info", "warn" or "error".
 	EtcdLogLevel string
-	// StartTimeout bounds how long Open waits for the member to be ready.
-	StartTimeout time.Duration
 	// QuotaBytes is etcd's backend quota (0: DefaultQuotaBytes). hush
 	// refuses writes somewhat below it (see quota.go).
 	QuotaBytes int64
+	// StartTimeout bounds how long Open waits for the member to be ready.
+	StartTimeout time.Duration
 }
 
 // OpenEmbedded starts an embedded etcd member and returns a Store that talks
