@@ -46,6 +46,11 @@ type quota struct {
 	// deletes coalesces into one).
 	kick chan struct{}
 
+	// acct guards the accounting of admitted writes (see admit).
+	acct                sync.Mutex
+	seenFile, seenInUse int64
+	pending             int64
+
 	mu        sync.Mutex // serialises reclaim
 	pressure  bool       // a write was refused or the alarm seen: reclaim after deletes
 	compacted int64      // the revision the last reclaim compacted to
@@ -88,18 +93,14 @@ func (q *quota) check(ctx context.Context, cli *clientv3.Client, cost int) error
 	if q == nil {
 		return nil
 	}
-	fits := func() (bool, int64) {
-		file, inUse := q.sizes()
-		return inUse+int64(cost) <= q.soft && file+int64(cost)+q.margin < q.limit, inUse
-	}
 	q.mu.Lock()
 	pressure := q.pressure
 	q.mu.Unlock()
-	if ok, _ := fits(); ok && !pressure && !q.alarmRaised() {
+	if ok, _ := q.admit(cost); ok && !pressure && !q.alarmRaised() {
 		return nil
 	}
 	q.reclaim(ctx, cli)
-	ok, inUse := fits()
+	ok, inUse := q.admit(cost)
 	if !ok {
 		q.mu.Lock()
 		q.pressure = true
@@ -107,6 +108,25 @@ func (q *quota) check(ctx context.Context, cli *clientv3.Client, cost int) error
 		return q.errFull(inUse)
 	}
 	return nil
+}
+
+// admit reports whether a write of cost bytes fits, and counts it if so.
+// The backend's sizes change only when it commits a batch (every 100 ms),
+// so the writes admitted since the sizes last changed are counted too: a
+// burst must not run past the quota on stale numbers.
+func (q *quota) admit(cost int) (bool, int64) {
+	q.acct.Lock()
+	defer q.acct.Unlock()
+	file, inUse := q.sizes()
+	if file != q.seenFile || inUse != q.seenInUse {
+		q.seenFile, q.seenInUse, q.pending = file, inUse, 0
+	}
+	need := q.pending + int64(cost)
+	if inUse+need > q.soft || file+need+q.margin >= q.limit {
+		return false, inUse + q.pending
+	}
+	q.pending = need
+	return true, inUse
 }
 
 // afterDelete asks for the space a delete freed to be reclaimed when the
@@ -164,7 +184,7 @@ func (q *quota) reclaim(ctx context.Context, cli *clientv3.Client) {
 	q.be().ForceCommit()
 	q.be().ForceCommit()
 	alarmed := q.alarmRaised()
-	if file, inUse := q.sizes(); (alarmed || file+q.margin >= q.limit) && file-inUse >= q.margin {
+	if file, inUse := q.sizes(); (alarmed || file+2*q.margin >= q.limit) && file-inUse >= q.margin {
 		if err := q.be().Defrag(); err != nil {
 			q.log.Warn("store quota: defragment failed", "err", err)
 			return
