@@ -237,8 +237,8 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	ictx, icancel := context.WithTimeout(ctx, 3*time.Second)
 	if info, err := eng.Info(ictx); err == nil {
 		acfg.EngineVersion, acfg.MemoryBytes = info.ServerVersion, info.MemTotal
-		d.engineLabels = info.Labels
 		acfg.EngineLabels = info.Labels
+		d.engineLabels = info.Labels
 	}
 	icancel()
 	dir := d.cfg.SecretsDir
