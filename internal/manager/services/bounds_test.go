@@ -15,7 +15,7 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
-func u64(v uint64) *uint64 { return &v }
+func boundN(v uint64) *uint64 { return &v }
 
 func TestCheckBounds(t *testing.T) {
 	with := func(f func(s *swarm.ServiceSpec)) swarm.ServiceSpec {
@@ -43,19 +43,19 @@ func TestCheckBounds(t *testing.T) {
 		want string // substring of the error; "" = within bounds
 	}{
 		{"replicas at the bound", with(func(s *swarm.ServiceSpec) {
-			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(MaxReplicas)}
+			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(MaxReplicas)}
 		}), ""},
 		{"a billion replicas", with(func(s *swarm.ServiceSpec) {
-			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(1e9)}
+			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(1e9)}
 		}), "invalid replica count 1000000000: hush runs at most 10000 replicas per service"},
 		{"max uint64 replicas", with(func(s *swarm.ServiceSpec) {
-			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(^uint64(0))}
+			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(^uint64(0))}
 		}), "hush runs at most 10000 replicas"},
 		{"job completions", with(func(s *swarm.ServiceSpec) {
-			s.Mode.ReplicatedJob = &swarm.ReplicatedJob{TotalCompletions: u64(MaxReplicas + 1)}
+			s.Mode.ReplicatedJob = &swarm.ReplicatedJob{TotalCompletions: boundN(MaxReplicas + 1)}
 		}), "invalid job TotalCompletions 10001"},
 		{"job concurrency", with(func(s *swarm.ServiceSpec) {
-			s.Mode.ReplicatedJob = &swarm.ReplicatedJob{MaxConcurrent: u64(1 << 40)}
+			s.Mode.ReplicatedJob = &swarm.ReplicatedJob{MaxConcurrent: boundN(1 << 40)}
 		}), "invalid job MaxConcurrent"},
 		{"env at the bound", with(func(s *swarm.ServiceSpec) {
 			s.TaskTemplate.ContainerSpec.Env = many(MaxEnv, func(i int) string { return fmt.Sprint("E", i, "=x") })
@@ -89,7 +89,7 @@ func TestCheckBounds(t *testing.T) {
 		}), "more than hush's limit of 524288 bytes"},
 		{"replicas times template", with(func(s *swarm.ServiceSpec) {
 			s.TaskTemplate.ContainerSpec.Env = []string{"BIG=" + strings.Repeat("x", 100<<10)}
-			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(1000)}
+			s.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(1000)}
 		}), "exceed hush's limit of 67108864 bytes of tasks per service"},
 	}
 	for _, tt := range tests {
@@ -113,7 +113,7 @@ func TestCheckBounds(t *testing.T) {
 func TestOverBoundNotStored(t *testing.T) {
 	m, _, ctx := newManagers(t)
 	s := spec("bnd")
-	s.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(1e9)}
+	s.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(1e9)}
 	if _, err := m.Create(ctx, s); err == nil {
 		t.Fatal("create accepted a billion replicas")
 	}
@@ -130,7 +130,7 @@ func TestOverBoundNotStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	next := cur.Spec
-	next.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(MaxReplicas + 1)}
+	next.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(MaxReplicas + 1)}
 	if err := m.Update(ctx, id, next, UpdateOptions{Version: cur.Version.Index}); err == nil {
 		t.Fatal("update accepted too many replicas")
 	}
@@ -153,7 +153,7 @@ func TestStoredOverBoundClamped(t *testing.T) {
 	svc.ID = id
 	svc.CreatedAt, svc.UpdatedAt = time.Now(), time.Now()
 	svc.Spec = spec("bndold")
-	svc.Spec.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(1e9)}
+	svc.Spec.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(1e9)}
 	val, _ := json.Marshal(&svc)
 	if _, err := m.st.Table(model.ServicesTable).Create(ctx, id, "bndold", val); err != nil {
 		t.Fatal(err)
@@ -170,7 +170,7 @@ func TestStoredOverBoundClamped(t *testing.T) {
 		t.Fatalf("inspect must show the stored spec: %v", err)
 	}
 	next := stored.Spec
-	next.Mode.Replicated = &swarm.ReplicatedService{Replicas: u64(2)}
+	next.Mode.Replicated = &swarm.ReplicatedService{Replicas: boundN(2)}
 	if err := m.Update(ctx, id, next, UpdateOptions{Version: stored.Version.Index}); err != nil {
 		t.Fatal(err)
 	}
