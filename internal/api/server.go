@@ -69,6 +69,10 @@ type Config struct {
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
 	Logger   *slog.Logger
+
+	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
+	// in the node's description and matched by `node ls --filter label=`.
+	EngineLabels []string
 }
 
 // Server is the HTTP front of hushd.

@@ -267,6 +267,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	ictx, icancel := context.WithTimeout(ctx, 3*time.Second)
 	if info, err := eng.Info(ictx); err == nil {
 		acfg.EngineVersion, acfg.MemoryBytes = info.ServerVersion, info.MemTotal
+		acfg.EngineLabels = info.Labels
 		d.engineLabels = info.Labels
 		d.engineMemory = info.MemTotal
 	}

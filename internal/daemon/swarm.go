@@ -306,7 +306,7 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 		return err
 	}
 	if c.Version != version {
-		return errdefs.Unknown("update out of sequence")
+		return errdefs.OutOfSequence()
 	}
 	if err := cluster.ValidateSpec(&spec); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
@@ -26,6 +27,9 @@ type EmbeddedConfig struct {
 	Logger *slog.Logger
 	// EtcdLogLevel is etcd's zap level: "debug", "info", "warn" or "error".
 	EtcdLogLevel string
+	// QuotaBytes is etcd's backend quota (0: DefaultQuotaBytes). hush
+	// refuses writes somewhat below it (see quota.go).
+	QuotaBytes int64
 	// StartTimeout bounds how long Open waits for the member to be ready.
 	StartTimeout time.Duration
 	// Tuning is the cluster spec's raft settings; zero fields keep etcd's
@@ -95,6 +99,10 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	// backend's growth without surprising a slow watcher.
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
 	cfg.AutoCompactionRetention = "1h"
+	if c.QuotaBytes <= 0 {
+		c.QuotaBytes = DefaultQuotaBytes
+	}
+	cfg.QuotaBackendBytes = c.QuotaBytes
 	lvl, err := zapcore.ParseLevel(orDefault(c.EtcdLogLevel, "warn"))
 	if err != nil {
 		return nil, fmt.Errorf("store: etcd log level: %w", err)
@@ -131,7 +139,27 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	cli := v3client.New(e.Server)
 	s := newStore(cli, c.Logger)
 	s.errc = e.Err()
+	s.quota = newQuota(c.QuotaBytes, func() backend { return e.Server.Backend() }, func() bool {
+		for _, a := range e.Server.Alarms() {
+			if a.Alarm == etcdserverpb.AlarmType_NOSPACE {
+				return true
+			}
+		}
+		return false
+	}, uint64(e.Server.MemberID()), c.Logger)
+	// A store left full (by a write burst or an older hushd) gets its room
+	// back now if deletes or old revisions freed some; otherwise writes
+	// are refused with the quota's text and deletes still work.
+	if s.quota.alarmRaised() {
+		c.Logger.Warn("store quota alarm raised: reclaiming space", "quota", c.QuotaBytes)
+		s.quota.reclaim(ctx, cli)
+	}
+	qctx, qcancel := context.WithCancel(context.Background())
+	qdone := make(chan struct{})
+	go func() { defer close(qdone); s.quota.run(qctx, cli) }()
 	s.closeFn = func() error {
+		qcancel()
+		<-qdone
 		// Close the client before the server, as etcd's embed examples do,
 		// so no request is in flight while the server shuts down.
 		err := cli.Close()

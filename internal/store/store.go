@@ -40,6 +40,8 @@ type Store struct {
 	closeFn func() error
 	once    sync.Once
 	cerr    error
+	// quota refuses writes before etcd is full (nil: no check).
+	quota *quota
 }
 
 func newStore(cli *clientv3.Client, log *slog.Logger) *Store {
@@ -101,9 +103,12 @@ func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra .
 		ok = append(ok, clientv3.OpPut(t.NameKey(name), id))
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.NameKey(name)), "=", 0))
 	}
+	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ok)); err != nil {
+		return 0, err
+	}
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ok...).Commit()
 	if err != nil {
-		return 0, wrapEtcd(err)
+		return 0, t.s.writeErr(err)
 	}
 	if !resp.Succeeded {
 		return 0, ErrNameTaken
@@ -167,9 +172,12 @@ func (t *Table) UpdateGuarded(ctx context.Context, id string, rev int64, val []b
 	k := t.objKey(id)
 	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}, guards...)
 	ops := append([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra...)
+	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
+		return 0, err
+	}
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
 	if err != nil {
-		return 0, wrapEtcd(err)
+		return 0, t.s.writeErr(err)
 	}
 	if !resp.Succeeded {
 		return 0, t.failure(resp, len(guards) > 0)
@@ -194,11 +202,12 @@ func (t *Table) Delete(ctx context.Context, id, name string, rev int64, guards [
 	}
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
 	if err != nil {
-		return wrapEtcd(err)
+		return t.s.writeErr(err)
 	}
 	if !resp.Succeeded {
 		return t.failure(resp, len(guards) > 0)
 	}
+	t.s.quota.afterDelete()
 	return nil
 }
 
@@ -236,6 +245,33 @@ func wrapEtcd(err error) error {
 		return fmt.Errorf("store: %w: %w", errdefs.ErrUnavailable, err)
 	}
 	return fmt.Errorf("store: etcd: %w: %w", errdefs.ErrUnavailable, err)
+}
+
+// writeErr maps a failed write: etcd's NOSPACE is the store being full
+// (the client can free space), not a transient failure to retry.
+func (s *Store) writeErr(err error) error {
+	if !isNoSpace(err) {
+		return wrapEtcd(err)
+	}
+	if s.quota == nil {
+		return fmt.Errorf("%w: %w", ErrNoSpace, errdefs.NoSpace("the cluster store is full: remove unused secrets, configs, services or networks to free space"))
+	}
+	s.quota.mu.Lock()
+	s.quota.pressure = true
+	s.quota.mu.Unlock()
+	_, inUse := s.quota.sizes()
+	return s.quota.errFull(inUse)
+}
+
+// opsCost estimates what ops add to the store (keys and values put).
+func opsCost(ops []clientv3.Op) int {
+	n := 0
+	for _, op := range ops {
+		if op.IsPut() {
+			n += len(op.KeyBytes()) + len(op.ValueBytes()) + 256
+		}
+	}
+	return n
 }
 
 // Key is the etcd key of the object id, for guards in other tables' writes.
@@ -283,16 +319,20 @@ func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, 
 	if len(guards) == 0 {
 		return t.Create(ctx, id, name, val, extra...)
 	}
+	ops := append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(t.NameKey(name), id)}, extra...)
+	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
+		return 0, err
+	}
 	resp, err := t.s.cli.Txn(ctx).If(guards...).Then(clientv3.OpTxn(
 		[]clientv3.Cmp{
 			clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(t.NameKey(name)), "=", 0),
 		},
-		append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(t.NameKey(name), id)}, extra...),
+		ops,
 		nil,
 	)).Commit()
 	if err != nil {
-		return 0, wrapEtcd(err)
+		return 0, t.s.writeErr(err)
 	}
 	if !resp.Succeeded {
 		return 0, ErrGuard

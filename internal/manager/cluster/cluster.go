@@ -172,7 +172,7 @@ func Put(ctx context.Context, st *store.Store, c *Cluster) error {
 	}
 	_, err = st.Table(table).Update(ctx, key, int64(c.Version), val)
 	if errors.Is(err, store.ErrStale) {
-		return errdefs.Unknown("update out of sequence")
+		return errdefs.OutOfSequence()
 	}
 	return err
 }

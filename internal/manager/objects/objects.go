@@ -412,7 +412,7 @@ func (m *Manager) Update(ctx context.Context, ref string, version uint64, s Spec
 	if _, err := m.tbl.Update(ctx, r.ID, int64(version), val); err != nil {
 		switch {
 		case errors.Is(err, store.ErrStale):
-			return errdefs.Unknown("update out of sequence")
+			return errdefs.OutOfSequence()
 		case errors.Is(err, store.ErrNotFound):
 			return errdefs.ControlNotFound("%s %s not found", m.kind.Name, r.ID)
 		}
