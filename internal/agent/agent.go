@@ -485,7 +485,7 @@ func (a *Agent) whileWanted(ctx context.Context, id string) (context.Context, co
 				return
 			}
 			if err == nil {
-				if cur, derr := model.Decode[model.Task](o.Value); derr == nil && cur.DesiredState != swarm.TaskStateRunning {
+				if cur, derr := model.Decode[model.Task](o.Value); derr == nil && !model.Runs(cur.DesiredState) {
 					cancel()
 					return
 				}

@@ -271,7 +271,7 @@ func TestLifecycleCallsFinishWithoutClient(t *testing.T) {
 	if st := d.State(); st != swarm.LocalNodeStateInactive {
 		t.Fatalf("state with --no-init: %s", st)
 	}
-	if _, err := d.Init(gone, swarm.InitRequest{}); err != nil {
+	if _, err := d.Init(gone, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}); err != nil {
 		t.Fatalf("init with the client gone: %v", err)
 	}
 	if st := d.State(); st != swarm.LocalNodeStateActive {
