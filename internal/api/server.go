@@ -66,6 +66,8 @@ type Config struct {
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
 	Logger   *slog.Logger
+	// Backup takes encrypted backups (POST /hush/v1/backup); nil leaves it unrouted.
+	Backup BackupSource
 }
 
 // ImageChecker reports whether the engine has an image.
@@ -110,6 +112,7 @@ func (s *Server) routes() {
 	if s.Swarm != nil {
 		s.swarmRoutes()
 	}
+	s.backupRoutes()
 }
 
 // ServeHTTP routes hush's own API and hands everything else, untouched, to
