@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/hush-secrets/hush/internal/backup"
 	"github.com/hush-secrets/hush/internal/errdefs"
 )
 
@@ -19,7 +20,7 @@ type BackupSource interface {
 }
 
 // MaxBackupKeyBytes bounds the key file contents a client may send.
-const MaxBackupKeyBytes = 64 << 10
+const MaxBackupKeyBytes = backup.MaxKeyBytes
 
 // BackupErrorTrailer carries the error of a backup that failed after its
 // first bytes were sent (the status is 200 by then). A client must treat a
