@@ -16,17 +16,17 @@ import (
 	"golang.org/x/crypto/argon2"
 )
 
-// Errors a reader reports. Each wraps errdefs.ErrInvalidArgument: the file
+// Errors a reader reports. Each is in errdefs.ErrInvalidArgument: the file
 // given is what is wrong, not the system.
 var (
 	// ErrWrongKey means the key file does not open this backup.
-	ErrWrongKey = fmt.Errorf("the key file does not open this backup (wrong key file): %w", errdefs.ErrInvalidArgument)
+	ErrWrongKey error = &errdefs.Error{Category: errdefs.ErrInvalidArgument, Msg: "the key file does not open this backup (wrong key file)"}
 	// ErrDamaged means the file was changed, truncated or reordered, or is
 	// not a hush backup at all.
-	ErrDamaged = fmt.Errorf("backup file is damaged: %w", errdefs.ErrInvalidArgument)
+	ErrDamaged error = &errdefs.Error{Category: errdefs.ErrInvalidArgument, Msg: "backup file is damaged"}
 	// ErrWeakParams means the header asks for less work than the reader's
 	// limits demand (or for more memory or time than they allow).
-	ErrWeakParams = fmt.Errorf("backup file's key derivation parameters are outside the allowed range: %w", errdefs.ErrInvalidArgument)
+	ErrWeakParams error = &errdefs.Error{Category: errdefs.ErrInvalidArgument, Msg: "backup file's key derivation parameters are outside the allowed range"}
 )
 
 const (
