@@ -69,6 +69,8 @@ type Config struct {
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
 	Logger   *slog.Logger
+	// Backup takes encrypted backups (POST /hush/v1/backup); nil leaves it unrouted.
+	Backup BackupSource
 
 	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
 	// in the node's description and matched by `node ls --filter label=`.
@@ -115,6 +117,7 @@ func (s *Server) routes() {
 	if s.Events != nil {
 		s.mux.HandleFunc("GET /events", s.events)
 	}
+	s.backupRoutes()
 }
 
 // ServeHTTP routes hush's own API and hands everything else, untouched, to

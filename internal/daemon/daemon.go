@@ -182,6 +182,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,
 		Logger:     d.log,
+		Backup:     newBackups(d),
 	}
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())

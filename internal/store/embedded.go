@@ -86,7 +86,7 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = c.Name
 	cfg.Dir = filepath.Clean(c.Dir)
-	peer, _ := url.Parse("http://127.0.0.1:2380")
+	peer, _ := url.Parse(embeddedPeerURL)
 	cfg.ListenPeerUrls = nil
 	cfg.ListenClientUrls = nil
 	cfg.ListenClientHttpUrls = nil
