@@ -2,7 +2,6 @@ package objects
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,9 +63,11 @@ type Object struct {
 	Driver     *Driver
 	Templating *Driver
 
+	// DataVersion is the number of the current version of the data.
+	DataVersion int
+
 	// sealed lets Reveal open a readable kind's data without a store read.
-	sealed      keyring.Sealed
-	dataVersion int
+	sealed keyring.Sealed
 }
 
 // record is the stored form. The data is only ever present sealed.
@@ -79,7 +80,37 @@ type record struct {
 	Driver      *Driver           `json:"driver,omitempty"`
 	Templating  *Driver           `json:"templating,omitempty"`
 	DataVersion int               `json:"dataVersion"`
-	Sealed      keyring.Sealed    `json:"sealed"`
+	// Sealed is the data of records written before versions existed
+	// (version 1); decode moves it into Versions.
+	Sealed   keyring.Sealed `json:"sealed,omitzero"`
+	Versions []version      `json:"versions,omitempty"`
+}
+
+// version is one stored value of an object, sealed under its own data key
+// (keyring.Seal makes a fresh DEK per call) with AAD naming kind, ID and
+// version number.
+type version struct {
+	N       int       `json:"n"`
+	Created time.Time `json:"created"`
+	// Fingerprint is a keyed HMAC of the value (see fingerprint.go).
+	Fingerprint string `json:"fp,omitempty"`
+	// Sealed is nil once the version is destroyed: no copy of its wrapped
+	// data key is left in the record, so it can never be opened again.
+	Sealed *keyring.Sealed `json:"sealed,omitempty"`
+}
+
+// current returns the version the record's DataVersion names.
+func (r *record) current() *version {
+	return r.find(r.DataVersion)
+}
+
+func (r *record) find(n int) *version {
+	for i := range r.Versions {
+		if r.Versions[i].N == n {
+			return &r.Versions[i]
+		}
+	}
+	return nil
 }
 
 // Sealer is the part of the keyring the manager needs.
@@ -99,6 +130,8 @@ type Manager struct {
 	newID func() (string, error)
 	// mirror, when set, serves lists from memory.
 	mirror *store.Mirror
+	// rot holds what versions need: holders, retention, fingerprint key.
+	rot rotation
 }
 
 // UseMirror registers this kind with mir and serves lists from it. Call
@@ -195,14 +228,17 @@ func (m *Manager) Create(ctx context.Context, s Spec) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s id: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
 	}
-	sealed, err := m.seal.Seal(s.Data, m.aad(id, 1))
-	if err != nil {
-		return "", fmt.Errorf("seal %s: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
+	if err := validateKeep(s.Labels); err != nil {
+		return "", err
 	}
 	now := m.now()
+	v, err := m.newVersion(ctx, id, 1, s.Data, now)
+	if err != nil {
+		return "", err
+	}
 	rec := record{
 		ID: id, CreatedAt: now, UpdatedAt: now, Name: s.Name, Labels: s.Labels,
-		Templating: s.Templating, DataVersion: 1, Sealed: sealed,
+		Templating: s.Templating, DataVersion: 1, Versions: []version{v},
 	}
 	val, err := json.Marshal(&rec)
 	if err != nil {
@@ -223,6 +259,15 @@ func (m *Manager) decode(o store.Object) (record, error) {
 	if err := json.Unmarshal(o.Value, &r); err != nil {
 		return r, fmt.Errorf("decode %s %s: %w: %w", m.kind.Name, o.ID, errdefs.ErrInternal, err)
 	}
+	if len(r.Versions) == 0 {
+		// Written before versions: its one value is version DataVersion.
+		if r.DataVersion == 0 {
+			r.DataVersion = 1
+		}
+		sealed := r.Sealed
+		r.Versions = []version{{N: r.DataVersion, Created: r.CreatedAt, Sealed: &sealed}}
+	}
+	r.Sealed = keyring.Sealed{}
 	return r, nil
 }
 
@@ -231,11 +276,15 @@ func toObject(r *record, modRev int64) Object {
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	return Object{
+	o := Object{
 		ID: r.ID, Version: uint64(modRev), CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
 		Name: r.Name, Labels: labels, Driver: r.Driver, Templating: r.Templating,
-		sealed: r.Sealed, dataVersion: r.DataVersion,
+		DataVersion: r.DataVersion,
 	}
+	if v := r.current(); v != nil && v.Sealed != nil {
+		o.sealed = *v.Sealed
+	}
+	return o
 }
 
 // get loads the record of an exact ID.
@@ -382,8 +431,10 @@ func (m *Manager) List(ctx context.Context, f Filters) ([]Object, error) {
 }
 
 // Update changes the labels of the object ref names, if version is current.
-// Like Swarm, it refuses a changed name or data and ignores driver and
-// templating changes.
+// Unlike Swarm, changed data is accepted: it becomes a new version (the
+// docker CLI's `stack deploy` with a changed file sends it), in the same
+// transaction as the labels. Unchanged data makes no version. Driver and
+// templating changes are ignored, as in Swarm.
 func (m *Manager) Update(ctx context.Context, ref string, version uint64, s Spec) error {
 	r, _, err := m.resolve(ctx, ref)
 	if err != nil {
@@ -392,24 +443,39 @@ func (m *Manager) Update(ctx context.Context, ref string, version uint64, s Spec
 	if s.Name != r.Name {
 		return errdefs.InvalidArgument("only updates to Labels are allowed")
 	}
-	if s.Data != nil {
-		cur, err := m.open(&r)
-		if err != nil {
-			return err
-		}
-		same := subtle.ConstantTimeCompare(cur, s.Data) == 1
-		keyring.Wipe(cur)
-		if !same {
-			return errdefs.InvalidArgument("only updates to Labels are allowed")
-		}
+	if err := validateKeep(s.Labels); err != nil {
+		return err
+	}
+	if s.Data != nil && (len(s.Data) == 0 || len(s.Data) >= m.kind.MaxSize) {
+		return errdefs.InvalidArgument("%s data must be larger than 0 and less than %d bytes", m.kind.Name, m.kind.MaxSize)
 	}
 	r.Labels = s.Labels
-	r.UpdatedAt = m.now()
-	val, err := json.Marshal(&r)
+	now := m.now()
+	r.UpdatedAt = now
+	added := false
+	if s.Data != nil {
+		if added, err = m.addVersion(ctx, &r, s.Data, now); err != nil {
+			return err
+		}
+	}
+	if err := m.write(ctx, &r, int64(version)); err != nil {
+		return err
+	}
+	if added {
+		m.log.Info(m.kind.Name+" rotated", "id", r.ID, "name", r.Name, "dataVersion", r.DataVersion)
+	} else {
+		m.log.Info(m.kind.Name+" updated", "id", r.ID, "name", r.Name)
+	}
+	return nil
+}
+
+// write stores r if the object is still at revision rev.
+func (m *Manager) write(ctx context.Context, r *record, rev int64) error {
+	val, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
 	}
-	if _, err := m.tbl.Update(ctx, r.ID, int64(version), val); err != nil {
+	if _, err := m.tbl.Update(ctx, r.ID, rev, val); err != nil {
 		switch {
 		case errors.Is(err, store.ErrStale):
 			return errdefs.OutOfSequence()
@@ -418,7 +484,6 @@ func (m *Manager) Update(ctx context.Context, ref string, version uint64, s Spec
 		}
 		return err
 	}
-	m.log.Info(m.kind.Name+" updated", "id", r.ID, "name", r.Name)
 	return nil
 }
 
@@ -462,7 +527,16 @@ func (m *Manager) inUse(ctx context.Context, r *record) error {
 }
 
 func (m *Manager) open(r *record) ([]byte, error) {
-	b, err := m.seal.Open(r.Sealed, m.aad(r.ID, r.DataVersion))
+	return m.openVersion(r, r.DataVersion)
+}
+
+// openVersion opens version n of r; a destroyed or pruned version is gone.
+func (m *Manager) openVersion(r *record, n int) ([]byte, error) {
+	v := r.find(n)
+	if v == nil || v.Sealed == nil {
+		return nil, errdefs.NotFound("%s %s has no version %d (destroyed or not kept)", m.kind.Name, r.ID, n)
+	}
+	b, err := m.seal.Open(*v.Sealed, m.aad(r.ID, n))
 	if err != nil {
 		// The message names the object, never its content.
 		return nil, fmt.Errorf("open %s %s: %w: %w", m.kind.Name, r.ID, errdefs.ErrInternal, err)
@@ -476,7 +550,7 @@ func (m *Manager) Reveal(o *Object) ([]byte, error) {
 	if !m.kind.Readable {
 		return nil, fmt.Errorf("%s data is never returned: %w", m.kind.Name, errdefs.ErrForbidden)
 	}
-	b, err := m.seal.Open(o.sealed, m.aad(o.ID, o.dataVersion))
+	b, err := m.seal.Open(o.sealed, m.aad(o.ID, o.DataVersion))
 	if err != nil {
 		return nil, fmt.Errorf("open %s %s: %w: %w", m.kind.Name, o.ID, errdefs.ErrInternal, err)
 	}
@@ -487,6 +561,12 @@ func (m *Manager) Reveal(o *Object) ([]byte, error) {
 // its templating driver ("" when it is not templated), for the dispatcher.
 // Callers own the slice and should Wipe it when done.
 func (m *Manager) Content(ctx context.Context, id string) ([]byte, string, error) {
+	return m.ContentVersion(ctx, id, 0)
+}
+
+// ContentVersion is Content of version n (0: the current version): a task
+// is given the version it holds, not whatever is current.
+func (m *Manager) ContentVersion(ctx context.Context, id string, n int) ([]byte, string, error) {
 	r, _, err := m.get(ctx, id)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -494,7 +574,10 @@ func (m *Manager) Content(ctx context.Context, id string) ([]byte, string, error
 		}
 		return nil, "", err
 	}
-	b, err := m.open(&r)
+	if n == 0 {
+		n = r.DataVersion
+	}
+	b, err := m.openVersion(&r, n)
 	if err != nil {
 		return nil, "", err
 	}

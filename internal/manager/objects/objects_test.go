@@ -211,7 +211,8 @@ func TestUpdate(t *testing.T) {
 		want    string
 	}{
 		{"rename", o.Version, Spec{Name: "t"}, "only updates to Labels are allowed"},
-		{"new data", o.Version, Spec{Name: "s", Data: []byte("other")}, "only updates to Labels are allowed"},
+		{"empty data", o.Version, Spec{Name: "s", Data: []byte{}}, "secret data must be larger than 0 and less than 512000 bytes"},
+		{"bad keep label", o.Version, Spec{Name: "s", Labels: map[string]string{KeepLabel: "0"}}, `label io.hush.versions.keep must be a number of versions from 1 to 100, not "0"`},
 		{"stale", o.Version - 1, Spec{Name: "s"}, "update out of sequence"},
 	}
 	for _, tt := range tests {
@@ -365,10 +366,17 @@ func TestSealedAtRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	// It opens under its own AAD, and only there.
-	if b, err := m.seal.Open(r.Sealed, m.aad(id, r.DataVersion)); err != nil || !bytes.Equal(b, canary) {
+	cur := r.current()
+	if cur == nil || cur.Sealed == nil {
+		t.Fatalf("no current version: %+v", r.Versions)
+	}
+	if b, err := m.seal.Open(*cur.Sealed, m.aad(id, r.DataVersion)); err != nil || !bytes.Equal(b, canary) {
 		t.Fatalf("sealed value does not open under its own AAD: %v", err)
 	}
-	if _, err := m.seal.Open(r.Sealed, m.aad(id2, r.DataVersion)); !errors.Is(err, keyring.ErrDecrypt) {
+	if _, err := m.seal.Open(*cur.Sealed, m.aad(id, r.DataVersion+1)); !errors.Is(err, keyring.ErrDecrypt) {
+		t.Fatalf("sealed value opened under another version's AAD: %v", err)
+	}
+	if _, err := m.seal.Open(*cur.Sealed, m.aad(id2, r.DataVersion)); !errors.Is(err, keyring.ErrDecrypt) {
 		t.Fatalf("sealed value opened under another object's AAD: %v", err)
 	}
 	got, err := m.Data(ctx, id)
