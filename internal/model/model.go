@@ -64,6 +64,22 @@ type Task struct {
 	// Ports are the service's published ports when the task was made; the
 	// task's container binds them on the host.
 	Ports []swarm.PortConfig `json:"ports,omitempty"`
+	// DataVersions are the versions of the task's secrets and configs it
+	// holds, keyed by DataKey: the dispatcher hands it those and no other,
+	// and a rotation makes the task outdated.
+	DataVersions map[string]int `json:"dataVersions,omitempty"`
+}
+
+// DataKey names an object of a kind ("secret", "config") in DataVersions.
+func DataKey(kind, id string) string { return kind + "/" + id }
+
+// HeldVersion is the version of object id of kind that t holds. Tasks made
+// before versions existed hold version 1, the only one there was.
+func (t *Task) HeldVersion(kind, id string) int {
+	if n, ok := t.DataVersions[DataKey(kind, id)]; ok && n > 0 {
+		return n
+	}
+	return 1
 }
 
 // Decode parses a stored record.

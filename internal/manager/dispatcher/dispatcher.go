@@ -16,10 +16,10 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 )
 
-// DataSource opens an object's data by exact ID, with the name of its
-// templating driver ("" when it is not templated).
+// DataSource opens version n of an object's data by exact ID, with the
+// name of its templating driver ("" when it is not templated).
 type DataSource interface {
-	Content(ctx context.Context, id string) (data []byte, templating string, err error)
+	ContentVersion(ctx context.Context, id string, n int) (data []byte, templating string, err error)
 }
 
 // TaskSource reads a task by exact ID (consistently).
@@ -88,7 +88,9 @@ func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Pay
 		if r == nil || r.File == nil {
 			continue
 		}
-		b, tmpl, err := d.secrets.Content(ctx, r.SecretID)
+		// The version the task holds, not the current one: a task made
+		// before a rotation keeps its value until it is rolled.
+		b, tmpl, err := d.secrets.ContentVersion(ctx, r.SecretID, t.HeldVersion("secret", r.SecretID))
 		if err != nil {
 			return fail(err)
 		}
@@ -98,7 +100,7 @@ func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Pay
 		if r == nil || r.File == nil {
 			continue
 		}
-		b, tmpl, err := d.configs.Content(ctx, r.ConfigID)
+		b, tmpl, err := d.configs.ContentVersion(ctx, r.ConfigID, t.HeldVersion("config", r.ConfigID))
 		if err != nil {
 			return fail(err)
 		}

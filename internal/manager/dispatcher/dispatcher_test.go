@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -24,11 +25,14 @@ type data struct {
 	templated map[string]bool
 }
 
-func (d *data) Content(_ context.Context, id string) ([]byte, string, error) {
+func (d *data) ContentVersion(_ context.Context, id string, n int) ([]byte, string, error) {
 	d.opened = append(d.opened, id)
 	drv := ""
 	if d.templated[id] {
 		drv = "golang"
+	}
+	if n != 1 {
+		return fmt.Appendf(nil, "value-of-%s-v%d", id, n), drv, nil
 	}
 	return []byte("value-of-" + id), drv, nil
 }
@@ -102,6 +106,26 @@ func TestTaskDataCarriesTemplating(t *testing.T) {
 		p := out[i]
 		if p.Kind != w.kind || p.ID != w.id || p.Target != w.target || p.Templating != w.templating || string(p.Data) != "value-of-"+w.id {
 			t.Errorf("payload %d: %s %s %s templating %q", i, p.Kind, p.ID, p.Target, p.Templating)
+		}
+	}
+}
+
+// TestTaskDataHeldVersion: a task is given the version it holds (tasks
+// made before versions hold version 1), whatever is current.
+func TestTaskDataHeldVersion(t *testing.T) {
+	tk := task("t1", "n1", swarm.TaskStateRunning, "s1", "s2")
+	tk.Spec.ContainerSpec.Configs = []*swarm.ConfigReference{
+		{ConfigID: "c1", ConfigName: "c1", File: &swarm.ConfigReferenceFileTarget{Name: "c", UID: "0", GID: "0", Mode: 0o444}},
+	}
+	tk.DataVersions = map[string]int{model.DataKey("secret", "s1"): 3, model.DataKey("config", "c1"): 7, model.DataKey("secret", "c1"): 9}
+	d := &data{}
+	out, err := New(tasks{"t1": tk}, d, d, nil).TaskData(context.Background(), "n1", "t1")
+	if err != nil || len(out) != 3 {
+		t.Fatalf("got %d payloads, %v", len(out), err)
+	}
+	for i, want := range []string{"value-of-s1-v3", "value-of-s2", "value-of-c1-v7"} {
+		if string(out[i].Data) != want {
+			t.Errorf("payload %d: got %q want %q", i, out[i].Data, want)
 		}
 	}
 }

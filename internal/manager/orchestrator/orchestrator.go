@@ -53,6 +53,10 @@ type Orchestrator struct {
 	// one delay.
 	lastBatch map[string]time.Time
 	settings  func() Settings
+	// dataVersions reads the current secret and config versions; curData
+	// holds them for the pass (keyed by model.DataKey).
+	dataVersions DataVersions
+	curData      map[string]int
 }
 
 // New returns an orchestrator for the manager's node nodeID (hush runs one
@@ -84,7 +88,7 @@ func (o *Orchestrator) Run(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		changed := o.mirror.TableChanged(model.ServicesTable, model.TasksTable, "nodes")
+		changed := o.mirror.TableChanged(model.ServicesTable, model.TasksTable, "nodes", "secrets", "configs")
 		if err := o.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			o.log.Warn("orchestrator pass failed", "err", err)
 		}
@@ -104,6 +108,9 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 		return err
 	}
 	if err := o.loadNodes(ctx, tasks); err != nil {
+		return err
+	}
+	if err := o.loadDataVersions(ctx); err != nil {
 		return err
 	}
 	byService := map[string][]*model.Task{}
@@ -252,7 +259,8 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 	}
 	uc := updateConfig(svc)
 	inflight, outdated := 0, []*slot{}
-	updating := false
+	updating, specChanged := false, false
+	rotated := ""
 	keys := make([]string, 0, len(want))
 	for k := range want {
 		keys = append(keys, k)
@@ -307,13 +315,22 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 				errs = append(errs, o.restart(ctx, svc, s, cur))
 				continue
 			}
-			if cur.TemplateHash != hash {
+			why, stale := o.dataOutdated(svc, cur)
+			if cur.TemplateHash != hash || stale {
 				outdated = append(outdated, s)
 				updating = true
+				if cur.TemplateHash != hash {
+					specChanged = true
+				} else if rotated == "" {
+					rotated = why
+				}
 			} else if cur.Status.State != swarm.TaskStateRunning && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
 				inflight++
 			}
 		}
+	}
+	if updating && !specChanged {
+		errs = append(errs, o.startRotation(ctx, svc, rotated))
 	}
 	errs = append(errs, o.rollout(ctx, svc, uc, outdated, inflight))
 	// Like Swarm, an update is complete only once the last new task has run
@@ -502,6 +519,11 @@ func (o *Orchestrator) updateFailed(ctx context.Context, svc *model.Service, dea
 	case swarm.UpdateFailureActionContinue:
 		return nil
 	case swarm.UpdateFailureActionRollback:
+		if isRotation(svc.UpdateStatus) {
+			// The spec did not change, so the previous spec is no way
+			// back: the rollout pauses (see rotation.go).
+			break
+		}
 		if svc.PreviousSpec == nil {
 			break
 		}
@@ -582,6 +604,7 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 		t.Ports = svc.Spec.EndpointSpec.Ports
 	}
 	t.ServiceID = svc.ID
+	t.DataVersions = o.wantVersions(svc)
 	t.Restarts = restarts
 	t.Slot = s.num
 	t.NodeID = node.nodeID()

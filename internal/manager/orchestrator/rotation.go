@@ -1,0 +1,114 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// DataVersions returns the current version of every secret and of every
+// config, by object ID.
+type DataVersions func(ctx context.Context) (secrets, configs map[string]int, err error)
+
+// SetDataVersions makes the orchestrator record in each new task the
+// versions of its secrets and configs, and roll the tasks of a service
+// whose secrets or configs were rotated (restart mode): such tasks are
+// outdated though the service's spec did not change. Call before Run.
+func (o *Orchestrator) SetDataVersions(fn DataVersions) { o.dataVersions = fn }
+
+func (o *Orchestrator) loadDataVersions(ctx context.Context) error {
+	o.curData = nil
+	if o.dataVersions == nil {
+		return nil
+	}
+	secrets, configs, err := o.dataVersions(ctx)
+	if err != nil {
+		return fmt.Errorf("data versions: %w", err)
+	}
+	o.curData = make(map[string]int, len(secrets)+len(configs))
+	for id, n := range secrets {
+		o.curData[model.DataKey("secret", id)] = n
+	}
+	for id, n := range configs {
+		o.curData[model.DataKey("config", id)] = n
+	}
+	return nil
+}
+
+// dataRef is one secret or config a service's tasks mount.
+type dataRef struct{ kind, id, name string }
+
+func refsOf(svc *model.Service) []dataRef {
+	cs := svc.Spec.TaskTemplate.ContainerSpec
+	if cs == nil {
+		return nil
+	}
+	var out []dataRef
+	for _, r := range cs.Secrets {
+		if r != nil && r.SecretID != "" {
+			out = append(out, dataRef{"secret", r.SecretID, r.SecretName})
+		}
+	}
+	for _, r := range cs.Configs {
+		if r != nil && r.ConfigID != "" {
+			out = append(out, dataRef{"config", r.ConfigID, r.ConfigName})
+		}
+	}
+	return out
+}
+
+// wantVersions are the versions a new task of svc is given: the current
+// ones, all read in the same pass, so a task never holds a mixed set.
+func (o *Orchestrator) wantVersions(svc *model.Service) map[string]int {
+	var out map[string]int
+	for _, r := range refsOf(svc) {
+		if n, ok := o.curData[model.DataKey(r.kind, r.id)]; ok {
+			if out == nil {
+				out = map[string]int{}
+			}
+			out[model.DataKey(r.kind, r.id)] = n
+		}
+	}
+	return out
+}
+
+// dataOutdated reports whether t holds an older version of one of its
+// service's secrets or configs than the current one, and which.
+func (o *Orchestrator) dataOutdated(svc *model.Service, t *model.Task) (string, bool) {
+	for _, r := range refsOf(svc) {
+		n, ok := o.curData[model.DataKey(r.kind, r.id)]
+		if ok && t.HeldVersion(r.kind, r.id) != n {
+			return fmt.Sprintf("%s %s version %d", r.kind, r.name, n), true
+		}
+	}
+	return "", false
+}
+
+// rotationMessage starts the UpdateStatus message of a rollout that a
+// rotation (not a spec change) started.
+const rotationMessage = "rotation in progress: "
+
+func isRotation(st *swarm.UpdateStatus) bool {
+	return st != nil && strings.HasPrefix(st.Message, rotationMessage)
+}
+
+// startRotation shows a rotation's rollout in the service's UpdateStatus,
+// unless an update is already under way (it then carries the rotation) or
+// paused (it stays paused, as a paused update does in Swarm).
+func (o *Orchestrator) startRotation(ctx context.Context, svc *model.Service, what string) error {
+	if st := svc.UpdateStatus; st != nil {
+		switch st.State {
+		case swarm.UpdateStateUpdating, swarm.UpdateStateRollbackStarted,
+			swarm.UpdateStatePaused, swarm.UpdateStateRollbackPaused:
+			return nil
+		}
+	}
+	now := o.now()
+	o.log.Info("rolling out a rotation", "service", svc.Spec.Name, "what", what)
+	return ignoreRace(o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
+		State: swarm.UpdateStateUpdating, StartedAt: &now, Message: rotationMessage + what,
+	}))
+}

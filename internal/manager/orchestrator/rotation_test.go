@@ -1,0 +1,126 @@
+package orchestrator
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// withSecrets gives the fixture a secrets manager the orchestrator reads
+// current versions from.
+func (f *fixture) withSecrets() *objects.Manager {
+	f.t.Helper()
+	mk, err := keyring.GenerateMasterKey()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	m := objects.New(objects.Secret, f.st, kr, nil)
+	f.o.SetDataVersions(func(ctx context.Context) (map[string]int, map[string]int, error) {
+		s, err := m.CurrentVersions(ctx)
+		return s, nil, err
+	})
+	return m
+}
+
+func withSecret(s swarm.ServiceSpec, id, name string) swarm.ServiceSpec {
+	s.TaskTemplate.ContainerSpec.Secrets = append(s.TaskTemplate.ContainerSpec.Secrets, &swarm.SecretReference{
+		SecretID: id, SecretName: name, File: &swarm.SecretReferenceFileTarget{Name: name, UID: "0", GID: "0", Mode: 0o444},
+	})
+	return s
+}
+
+// TestRotationRollsTasks: a rotation makes the tasks of every service that
+// references the secret outdated; they are rolled per each service's
+// update config (parallelism 1 here: one slot at a time), the spec is
+// unchanged, UpdateStatus shows the rollout, and every new task holds the
+// new version. A service that does not reference the secret is untouched.
+func TestRotationRollsTasks(t *testing.T) {
+	f := newFixture(t)
+	sm := f.withSecrets()
+	sid, err := sm.Create(f.ctx, objects.Spec{Name: "pw", Data: []byte("one")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := withSecret(replicated("a", 3), sid, "pw")
+	a.UpdateConfig = &swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStopFirst}
+	aID := f.mustCreate(a)
+	b := withSecret(replicated("b", 2), sid, "pw")
+	b.UpdateConfig = &swarm.UpdateConfig{Parallelism: 2, Order: swarm.UpdateOrderStartFirst}
+	bID := f.mustCreate(b)
+	cID := f.mustCreate(replicated("c", 1))
+	f.pass()
+	f.agent()
+	f.pass()
+	before := map[string]bool{}
+	for _, tk := range f.tasks() {
+		before[tk.ID] = true
+		if tk.ServiceID != cID && tk.HeldVersion("secret", sid) != 1 {
+			t.Fatalf("task %s holds version %d", tk.ID, tk.HeldVersion("secret", sid))
+		}
+	}
+	specA := f.mustGet(aID).SpecVersion
+	if _, _, err := sm.Rotate(f.ctx, sid, 0, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	svc := f.mustGet(aID)
+	if svc.UpdateStatus == nil || svc.UpdateStatus.State != swarm.UpdateStateUpdating || !strings.Contains(svc.UpdateStatus.Message, "secret pw version 2") {
+		t.Fatalf("update status during rotation: %+v", svc.UpdateStatus)
+	}
+	if svc.SpecVersion != specA {
+		t.Fatalf("rotation changed the spec version %d → %d", specA, svc.SpecVersion)
+	}
+	maxDown := 0
+	for i := 0; i < 40; i++ {
+		ts := f.tasks()
+		down := 0
+		for _, tk := range ts {
+			if tk.ServiceID == aID && tk.DesiredState == swarm.TaskStateShutdown && !model.Terminal(tk.Status.State) {
+				down++
+			}
+		}
+		maxDown = max(maxDown, down)
+		f.agent()
+		f.now = f.now.Add(time.Second)
+		f.pass()
+	}
+	if maxDown != 1 {
+		t.Errorf("parallelism 1: up to %d tasks of a stopping at once", maxDown)
+	}
+	restarted := map[string]int{}
+	for _, tk := range f.tasks() {
+		if !model.Runs(tk.DesiredState) {
+			continue
+		}
+		switch {
+		case tk.ServiceID == cID:
+			if !before[tk.ID] {
+				t.Errorf("service c, which does not use the secret, was restarted")
+			}
+		case before[tk.ID]:
+			t.Errorf("task %s of %s was not rolled", tk.ID, tk.ServiceName)
+		case tk.HeldVersion("secret", sid) != 2:
+			t.Errorf("new task %s holds version %d", tk.ID, tk.HeldVersion("secret", sid))
+		default:
+			restarted[tk.ServiceID]++
+		}
+	}
+	if restarted[aID] != 3 || restarted[bID] != 2 {
+		t.Errorf("rolled tasks: a %d, b %d", restarted[aID], restarted[bID])
+	}
+	for _, id := range []string{aID, bID} {
+		if st := f.mustGet(id).UpdateStatus; st == nil || st.State != swarm.UpdateStateCompleted {
+			t.Errorf("service %s after the rollout: %+v", id, st)
+		}
+	}
+}
