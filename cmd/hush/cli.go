@@ -230,6 +230,6 @@ func rootCommand() *command {
 		name: "hush",
 		help: `hush is the command-line client of hushd, the secrets manager that serves
 Docker Swarm's API: it runs what the docker CLI has no command for.`,
-		subs: []*command{backupCommand(), keyCommand()},
+		subs: []*command{backupCommand(), keyCommand(), secretCommand(), configCommand()},
 	}
 }

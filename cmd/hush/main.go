@@ -31,6 +31,8 @@ const (
 // env is everything run takes from the process, so tests give their own.
 type env struct {
 	stdout, stderr io.Writer
+	// stdin is read by commands given "-" for a file (nil: empty).
+	stdin io.Reader
 	getenv         func(string) string
 	home           string
 	euid           int
@@ -39,7 +41,7 @@ type env struct {
 func main() {
 	home, _ := os.UserHomeDir()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args, &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, home: home, euid: os.Geteuid()})
+	code := run(ctx, os.Args, &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, home: home, euid: os.Geteuid()})
 	stop()
 	os.Exit(code)
 }

@@ -118,6 +118,8 @@ func (s *Server) routes() {
 		s.mux.HandleFunc("GET /events", s.events)
 	}
 	s.backupRoutes()
+	s.rotationRoutes("secrets", s.Secrets)
+	s.rotationRoutes("configs", s.Configs)
 }
 
 // ServeHTTP routes hush's own API and hands everything else, untouched, to

@@ -159,6 +159,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
 	d.svcs = services.New(d.store, d.mirror, d.log)
+	// Retention and destroy never take a version a task holds.
+	d.secrets.UseHolders(d.svcs.Holders)
+	d.configs.UseHolders(d.svcs.Holders)
 	// Registry credentials (--with-registry-auth) are sealed like secrets.
 	d.svcs.UseSealer(&d.keys)
 	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log, AddrPools: d.addrPools}

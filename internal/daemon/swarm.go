@@ -132,6 +132,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	orch := orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log)
 	orch.SetEngineLabels(d.engineLabels)
 	orch.SetSettings(d.orchestratorSettings)
+	orch.SetDataVersions(d.dataVersions)
 	// The node's resources as `docker node inspect` reports them.
 	orch.SetResources(int64(runtime.NumCPU())*1e9, d.engineMemory)
 	run(orch.Run)

@@ -31,6 +31,9 @@ func validateSpec(s *swarm.ServiceSpec) error {
 	if err := checkHonoured(s); err != nil {
 		return err
 	}
+	if err := checkRotateMode(s); err != nil {
+		return err
+	}
 	// Swarm stores these defaults; clients that compare specs expect them.
 	if cs.Isolation == "" {
 		cs.Isolation = "default"
