@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Rotation end to end: `hush secret rotate/versions/rollback/destroy`
+// against hushd running tasks on the host engine, with the real docker CLI
+// looking at the result.
+
+// hush runs the hush CLI against s's hushd.
+func (s *svcHushd) hush(args ...string) (string, string, int) {
+	s.t.Helper()
+	return runBin(s.t, []string{"DOCKER_HOST=unix://" + s.Socket, "DOCKER_CONFIG=" + s.configDir}, hushCLI(s.t), args...)
+}
+
+func (s *svcHushd) mustHush(args ...string) string {
+	s.t.Helper()
+	out, errOut, code := s.hush(args...)
+	if code != 0 {
+		s.t.Fatalf("hush %s: exit %d\n%s\n%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// valueFile writes v to a fresh file and returns its path.
+func valueFile(t *testing.T, v string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "value")
+	if err := os.WriteFile(p, []byte(v), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// reads reports whether ctr's file holds exactly want.
+func (s *svcHushd) reads(ctr, file, want string) bool {
+	out, _, code := s.Docker("exec", ctr, "cat", file)
+	return code == 0 && out == want
+}
+
+// TestRotationRestart: two services use one secret; `hush secret rotate
+// --wait` returns once every replica of both has been restarted once onto
+// the new version and reads the new value; the services' specs are
+// unchanged; `hush secret versions` lists both versions and their holders
+// (also as the docker CLI plugin); rollback and destroy follow.
+func TestRotationRestart(t *testing.T) {
+	h := startSvcHushd(t)
+	h.MustDockerStdin("one", "secret", "create", "rotpw", "-")
+	for _, svc := range []string{"rota", "rotb"} {
+		h.MustDocker(svcArgs("service", "create", "-d", "--name", svc, "--replicas", "2", "--secret", "rotpw",
+			"--update-parallelism", "1", "--update-delay", "0s", "--update-monitor", "1s", h.img)...)
+	}
+	before := map[string][]string{}
+	for _, svc := range []string{"rota", "rotb"} {
+		before[svc] = h.waitTasks(svc, 2, "reading one", func(c string) bool { return h.reads(c, "/run/secrets/rotpw", "one") })
+	}
+	specBefore := h.MustDocker("service", "inspect", "--format", "{{json .Spec}}", "rota")
+	secBefore := h.MustDocker("secret", "inspect", "--format", "{{.ID}} {{.Spec.Name}} {{.Version.Index}}", "rotpw")
+
+	out := h.mustHush("secret", "rotate", "--wait", "rotpw", valueFile(t, "two"))
+	if !strings.Contains(out, "version 2 is current") || !strings.Contains(out, "rollout of version 2 done") {
+		t.Fatalf("hush secret rotate --wait:\n%s", out)
+	}
+	for _, svc := range []string{"rota", "rotb"} {
+		now := h.containers(svc)
+		if len(now) != 2 {
+			t.Fatalf("%s: %d containers after the rollout", svc, len(now))
+		}
+		for _, c := range now {
+			if slices.Contains(before[svc], c) {
+				t.Errorf("%s: container %s was not restarted", svc, c[:12])
+			}
+			if !h.reads(c, "/run/secrets/rotpw", "two") {
+				t.Errorf("%s: container %s does not read the new value", svc, c[:12])
+			}
+		}
+		// Each slot restarted once: one shut-down and one running task per slot.
+		ps := h.MustDocker("service", "ps", "--format", "{{.Name}} {{.DesiredState}}", svc)
+		for _, slot := range []string{svc + ".1", svc + ".2"} {
+			if n := strings.Count(ps, slot+" Running"); n != 1 {
+				t.Errorf("%s: %d running tasks\n%s", slot, n, ps)
+			}
+			if n := strings.Count(ps, slot+" Shutdown"); n != 1 {
+				t.Errorf("%s: %d shut-down tasks, want 1 (one restart)\n%s", slot, n, ps)
+			}
+		}
+	}
+	if got := h.MustDocker("service", "inspect", "--format", "{{json .Spec}}", "rota"); got != specBefore {
+		t.Errorf("rotation changed the service spec:\n%s\n%s", specBefore, got)
+	}
+	if us := h.MustDocker("service", "inspect", "--format", "{{.UpdateStatus.State}} {{.UpdateStatus.Message}}", "rota"); !strings.HasPrefix(us, "completed") {
+		t.Errorf("UpdateStatus after the rollout: %s", us)
+	}
+	secAfter := h.MustDocker("secret", "inspect", "--format", "{{.ID}} {{.Spec.Name}} {{.Version.Index}}", "rotpw")
+	if f0, f1 := strings.Fields(secBefore), strings.Fields(secAfter); f0[0] != f1[0] || f0[1] != f1[1] || f0[2] == f1[2] {
+		t.Errorf("secret inspect before/after: %q / %q (ID and name stay, Version.Index moves)", secBefore, secAfter)
+	}
+
+	vs := h.mustHush("secret", "versions", "rotpw")
+	lines := strings.Split(strings.TrimSpace(vs), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "VERSION") || !strings.Contains(lines[0], "FINGERPRINT") || !strings.Contains(lines[0], "HELD BY") {
+		t.Fatalf("hush secret versions:\n%s", vs)
+	}
+	if !strings.HasPrefix(lines[2], "2 *") || strings.Count(lines[2], "rota.") != 2 || strings.Count(lines[2], "rotb.") != 2 {
+		t.Errorf("version 2 row does not list the four holders:\n%s", vs)
+	}
+	if f := h.mustHush("secret", "versions", "--format", "{{.Version}}:{{.Current}}", "rotpw"); f != "1:false\n2 *:true\n" {
+		t.Errorf("--format: %q", f)
+	}
+
+	// The docker CLI plugin form.
+	pdir := filepath.Join(h.configDir, "cli-plugins")
+	if err := os.MkdirAll(pdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(hushCLI(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pdir, "docker-hush"), bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.MustDocker("hush", "secret", "versions", "rotpw"); got != vs {
+		t.Errorf("docker hush secret versions:\n%s\nwant\n%s", got, vs)
+	}
+
+	// Rollback: the value of version 1 becomes current as version 3.
+	out = h.mustHush("secret", "rollback", "--wait", "rotpw")
+	if !strings.Contains(out, "version 3 is current") {
+		t.Fatalf("hush secret rollback:\n%s", out)
+	}
+	for _, svc := range []string{"rota", "rotb"} {
+		h.waitTasks(svc, 2, "reading one again", func(c string) bool { return h.reads(c, "/run/secrets/rotpw", "one") })
+	}
+
+	// Destroy: the current version is refused; an old one is erased for
+	// good, and rolling back to it fails.
+	if _, errOut, code := h.hush("secret", "destroy", "--version", "3", "rotpw"); code == 0 || !strings.Contains(errOut, "current version") {
+		t.Errorf("destroy of the current version: exit %d %s", code, errOut)
+	}
+	h.mustHush("secret", "destroy", "--version", "2", "rotpw")
+	if _, errOut, code := h.hush("secret", "rollback", "--to", "2", "rotpw"); code == 0 || !strings.Contains(errOut, "no version 2") {
+		t.Errorf("rollback to a destroyed version: exit %d %s", code, errOut)
+	}
+	if vs := h.mustHush("secret", "versions", "--format", "{{.Version}} {{.Fingerprint}}", "rotpw"); !strings.Contains(vs, "2 (destroyed)") {
+		t.Errorf("versions after destroy:\n%s", vs)
+	}
+	// Stale revision: out of sequence.
+	if r := h.Raw("POST", "/hush/v1/secrets/rotpw/rotate?version=1", "application/json", []byte(`{"Data":"dGhyZWU="}`)); r.Status != 409 || !strings.Contains(string(r.Body), "update out of sequence") {
+		t.Errorf("stale rotate: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestRotationDockerUpdate: a raw POST /secrets/{id}/update carrying new
+// Data (what `docker stack deploy` sends for a changed file) makes a new
+// version and rolls the service; unchanged data makes none.
+func TestRotationDockerUpdate(t *testing.T) {
+	h := startSvcHushd(t)
+	id := strings.TrimSpace(h.MustDockerStdin("old", "secret", "create", "rotraw", "-"))
+	h.MustDocker(svcArgs("service", "create", "-d", "--name", "rotraw", "--secret", "rotraw", "--update-monitor", "1s", h.img)...)
+	old := h.waitTasks("rotraw", 1, "reading old", func(c string) bool { return h.reads(c, "/run/secrets/rotraw", "old") })
+	ver := func() string {
+		return strings.TrimSpace(h.MustDocker("secret", "inspect", "--format", "{{.Version.Index}}", id))
+	}
+	v := ver()
+	if r := h.Raw("POST", "/secrets/"+id+"/update?version="+v, "application/json", []byte(`{"Name":"rotraw","Data":"b2xk"}`)); r.Status != 200 {
+		t.Fatalf("update with unchanged data: %d %s", r.Status, r.Body)
+	}
+	if vs := h.mustHush("secret", "versions", "--format", "{{.Version}}", "rotraw"); vs != "1 *\n" {
+		t.Fatalf("unchanged data made a version:\n%s", vs)
+	}
+	v = ver()
+	if r := h.Raw("POST", "/secrets/"+id+"/update?version="+v, "application/json", []byte(`{"Name":"rotraw","Data":"bmV3"}`)); r.Status != 200 {
+		t.Fatalf("update with new data: %d %s", r.Status, r.Body)
+	}
+	if r := h.Raw("POST", "/secrets/"+id+"/update?version="+v, "application/json", []byte(`{"Name":"rotraw","Data":"bmV3ZXI="}`)); r.Status != 409 {
+		t.Fatalf("update at a stale version: %d %s", r.Status, r.Body)
+	}
+	cs := h.waitTasks("rotraw", 1, "reading new", func(c string) bool { return h.reads(c, "/run/secrets/rotraw", "new") })
+	if cs[0] == old[0] {
+		t.Fatalf("restart mode: the container was not replaced")
+	}
+}
+
+// TestRotationKillMidRollout: hushd is killed (SIGKILL) while a rotation
+// of two secrets rolls out slowly; after the restart the rollout
+// completes, and every container reads both new values (no task holds a
+// mixed set).
+func TestRotationKillMidRollout(t *testing.T) {
+	h := startSvcHushd(t)
+	h.MustDockerStdin("a1", "secret", "create", "rotka", "-")
+	h.MustDockerStdin("b1", "secret", "create", "rotkb", "-")
+	h.MustDocker(svcArgs("service", "create", "-d", "--name", "rotkill", "--replicas", "3", "--secret", "rotka", "--secret", "rotkb",
+		"--update-parallelism", "1", "--update-delay", "2s", "--update-monitor", "1s", h.img)...)
+	h.waitTasks("rotkill", 3, "up", func(c string) bool { return h.reads(c, "/run/secrets/rotkb", "b1") })
+	h.mustHush("secret", "rotate", "rotka", valueFile(t, "a2"))
+	h.mustHush("secret", "rotate", "rotkb", valueFile(t, "b2"))
+	// Wait until the rollout has started (one container replaced) but not
+	// finished, then kill hushd.
+	waitFor(t, 60*time.Second, "the rollout to start", func() bool {
+		n := 0
+		for _, c := range h.containers("rotkill") {
+			if h.reads(c, "/run/secrets/rotkb", "b2") {
+				n++
+			}
+		}
+		return n >= 1
+	})
+	h.Kill()
+	h.Restart()
+	h.waitTasks("rotkill", 3, "on both new values", func(c string) bool {
+		return h.reads(c, "/run/secrets/rotka", "a2") && h.reads(c, "/run/secrets/rotkb", "b2")
+	})
+	waitFor(t, 60*time.Second, "the rollout to complete", func() bool {
+		us, _, _ := h.Docker("service", "inspect", "--format", "{{.UpdateStatus.State}}", "rotkill")
+		return strings.TrimSpace(us) == "completed"
+	})
+	for _, c := range h.containers("rotkill") {
+		a, b := h.reads(c, "/run/secrets/rotka", "a2"), h.reads(c, "/run/secrets/rotkb", "b2")
+		if !a || !b {
+			t.Errorf("container %s holds a mixed set: rotka new %v, rotkb new %v", c[:12], a, b)
+		}
+	}
+}
+
+// TestRotationModeLabel: io.hush.rotate takes only the modes hush carries
+// out; anything else is refused naming the label.
+func TestRotationModeLabel(t *testing.T) {
+	h := startSvcHushd(t)
+	for _, mode := range []string{"reload", "signal:SIGHUP", "sometimes"} {
+		_, errOut, code := h.Docker(svcArgs("service", "create", "-d", "--name", "rotmode", "--label", "io.hush.rotate="+mode, h.img)...)
+		if code == 0 || !strings.Contains(errOut, "io.hush.rotate") {
+			t.Errorf("io.hush.rotate=%s: exit %d %s", mode, code, errOut)
+		}
+	}
+	h.MustDocker(svcArgs("service", "create", "-d", "--name", "rotmode", "--label", "io.hush.rotate=restart", h.img)...)
+}
