@@ -32,10 +32,10 @@ const (
 type env struct {
 	stdout, stderr io.Writer
 	// stdin is read by commands given "-" for a file (nil: empty).
-	stdin io.Reader
-	getenv         func(string) string
-	home           string
-	euid           int
+	stdin  io.Reader
+	getenv func(string) string
+	home   string
+	euid   int
 }
 
 func main() {

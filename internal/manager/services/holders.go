@@ -66,4 +66,3 @@ func checkRotateMode(s *swarm.ServiceSpec) error {
 	}
 	return errdefs.InvalidArgument("label %s: unknown rotation mode %q (want restart, reload or signal:SIGNAME)", RotateLabel, v)
 }
-
