@@ -2,6 +2,7 @@ package secretfs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -165,5 +166,73 @@ func TestSwapRefusesNames(t *testing.T) {
 	}
 	if err := swapIn(dfd, 1, []TreeFile{{Name: "a", Mode: 0o444, Data: []byte("1")}, {Name: "a", Mode: 0o444, Data: []byte("2")}}); err == nil {
 		t.Error("a name given twice was accepted")
+	}
+}
+
+// TestMountTreeSwap: a tree mount is one binding at /run/secrets, read-only
+// but for the swap, and Swap replaces every file's value; the mount is
+// found again (Lookup) after the swap, as after a hushd restart.
+func TestMountTreeSwap(t *testing.T) {
+	m := newTestManager(t)
+	ctx := context.Background()
+	u, g := uidgid()
+	files := func(a, b string) []File {
+		return []File{
+			{Target: "a", UID: u, GID: g, Mode: 0o440, Data: []byte(a)},
+			{Target: "/run/secrets/b", UID: u, GID: g, Mode: 0o444, Data: []byte(b)},
+		}
+	}
+	if ok, why := Swappable([]File{{Target: "/etc/app.key"}}); ok || why == "" {
+		t.Fatalf("an absolute target outside /run/secrets is swappable: %q", why)
+	}
+	if ok, _ := Swappable([]File{{Target: "a/b"}}); ok {
+		t.Fatal("a nested target is swappable")
+	}
+	mt, err := m.MountTree(ctx, "task1", files("a1", "b1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := mt.Bindings()
+	if len(bs) != 1 || bs[0].ContainerPath != SecretsDir {
+		t.Fatalf("bindings %+v", bs)
+	}
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(bs[0].HostPath, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if read("a") != "a1" || read("b") != "b1" {
+		t.Fatal("first generation")
+	}
+	if err := os.WriteFile(filepath.Join(bs[0].HostPath, "c"), []byte("x"), 0o644); err == nil {
+		t.Fatal("the tree mount is writable")
+	}
+	if err := m.Swap(ctx, "task1", files("a2-longer", "b2")); err != nil {
+		t.Fatal(err)
+	}
+	if read("a") != "a2-longer" || read("b") != "b2" {
+		t.Fatal("after the swap")
+	}
+	if err := os.WriteFile(filepath.Join(bs[0].HostPath, "c"), []byte("x"), 0o644); err == nil {
+		t.Fatal("the tree mount is writable after a swap")
+	}
+	if fi, err := os.Stat(filepath.Join(bs[0].HostPath, "a")); err != nil || fi.Mode().Perm() != 0o440 {
+		t.Fatalf("mode after swap: %v %v", fi, err)
+	}
+	if mt2, ok := m.Lookup("task1"); !ok || !mt2.tree {
+		t.Fatal("tree mount not found again after the swap")
+	}
+	if _, err := m.Mount(ctx, "task2", files("x", "y")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Swap(ctx, "task2", files("x2", "y2")); err == nil {
+		t.Fatal("a per-file mount was swapped")
+	}
+	for _, id := range []string{"task1", "task2"} {
+		if err := m.Unmount(id); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -50,6 +50,9 @@ type Mount struct {
 	taskID  string
 	dir     string
 	entries []entry
+	// tree mounts serve every file from one directory bound at
+	// /run/secrets, swapped atomically on reload (tree.go).
+	tree bool
 }
 
 // TaskID returns the task the mount belongs to.
@@ -61,6 +64,9 @@ func (mt *Mount) Path() string { return mt.dir }
 // Bindings returns, in the order the files were given to Mount, the bind
 // mounts to add to the task's container, each read-only.
 func (mt *Mount) Bindings() []Binding {
+	if mt.tree {
+		return []Binding{{HostPath: filepath.Join(mt.dir, treeDir), ContainerPath: SecretsDir}}
+	}
 	b := make([]Binding, len(mt.entries))
 	for i, e := range mt.entries {
 		b[i] = Binding{HostPath: filepath.Join(mt.dir, e.Name), ContainerPath: e.Target}
@@ -71,6 +77,9 @@ func (mt *Mount) Bindings() []Binding {
 type manifest struct {
 	Version int     `json:"version"`
 	Files   []entry `json:"files"`
+	// Tree marks a swappable mount (tree.go); Gen is its generation.
+	Tree bool `json:"tree,omitempty"`
+	Gen  int  `json:"gen,omitempty"`
 }
 
 // NewManager returns a Manager keeping its mounts under root, an absolute
@@ -406,6 +415,9 @@ func (m *Manager) open(taskID string) (*Mount, error) {
 	}
 	if man.Version != manifestVersion {
 		return nil, fmt.Errorf("manifest version %d, want %d", man.Version, manifestVersion)
+	}
+	if man.Tree {
+		return openTree(taskID, dir, dfd, &man)
 	}
 	for i, e := range man.Files {
 		if e.Name != fileName(i) {
