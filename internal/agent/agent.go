@@ -228,6 +228,8 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 				})
 			} else if !c.Running {
 				a.spawn(ctx, t.ID, func(ctx context.Context) { a.exited(ctx, t, c) })
+			} else if ok, _ := t.ReloadsInPlace(); ok && !model.SameVersions(t.DataVersions, t.LoadedVersions) {
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.reload(ctx, t, c) })
 			}
 		case t.DesiredState == swarm.TaskStateReady:
 			// A restart waiting out its delay: nothing to do yet.
@@ -271,11 +273,20 @@ const labelHush = "io.hush.node.id"
 // setStatus writes a task's status with a revision check, re-reading and
 // retrying if the orchestrator wrote the task meanwhile.
 func (a *Agent) setStatus(ctx context.Context, t *model.Task, st swarm.TaskStatus) (*model.Task, error) {
+	return a.setStatusWith(ctx, t, st, nil)
+}
+
+// setStatusWith is setStatus that also applies change (nil: none) to the
+// task it writes, on every retry.
+func (a *Agent) setStatusWith(ctx context.Context, t *model.Task, st swarm.TaskStatus, change func(*model.Task)) (*model.Task, error) {
 	cur := t
 	for attempt := 0; attempt < 5; attempt++ {
 		next := *cur
 		st.Timestamp = a.now()
 		next.Status = st
+		if change != nil {
+			change(&next)
+		}
 		next.UpdatedAt = st.Timestamp
 		val, err := json.Marshal(&next)
 		if err != nil {
@@ -420,8 +431,14 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	if err != nil {
 		log.Warn("inspect after start", "err", err)
 	}
-	if _, err := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: "started",
-		ContainerStatus: &swarm.ContainerStatus{ContainerID: id, PID: st.Pid}}); err != nil {
+	msg := "started"
+	if ok, why := t.ReloadsInPlace(); !ok && t.Reloads() {
+		// Said where `docker service ps --no-trunc` and inspect show it.
+		msg = fmt.Sprintf("started; %s=%s: %s, so a rotation restarts this task", model.RotateLabel, t.RotateMode, why)
+	}
+	loaded := t.DataVersions
+	if _, err := a.setStatusWith(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: msg,
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: id, PID: st.Pid}}, func(n *model.Task) { n.LoadedVersions = loaded }); err != nil {
 		log.Warn("task status", "err", err)
 		return
 	}
@@ -502,33 +519,17 @@ func (a *Agent) whileWanted(ctx context.Context, id string) (context.Context, co
 // mountSecrets fetches the task's data, renders the templated ones, and
 // puts it on the task's tmpfs.
 func (a *Agent) mountSecrets(ctx context.Context, t *model.Task) ([]engine.Bind, error) {
-	payloads, err := a.data.TaskData(ctx, a.nodeID, t.ID)
-	if err != nil {
-		return nil, fmt.Errorf("fetching secrets: %w", err)
-	}
-	defer func() {
-		for i := range payloads {
-			clear(payloads[i].Data)
-		}
-	}()
-	if len(payloads) == 0 {
-		return nil, nil
-	}
-	// Templated objects are rendered for this task in memory; only the
-	// rendering reaches the tmpfs (and is wiped by the defer above).
-	if err := a.renderPayloads(ctx, t, payloads); err != nil {
+	files, wipe, err := a.taskFiles(ctx, t)
+	defer wipe()
+	if err != nil || len(files) == 0 {
 		return nil, err
 	}
-	files := make([]secretfs.File, 0, len(payloads))
-	for _, p := range payloads {
-		uid, err1 := strconv.Atoi(p.UID)
-		gid, err2 := strconv.Atoi(p.GID)
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("%s %s: uid and gid must be numeric", p.Kind, p.Name)
-		}
-		files = append(files, secretfs.File{Target: p.Target, UID: uid, GID: gid, Mode: fsMode(p.Mode), Data: p.Data})
+	var mt *secretfs.Mount
+	if ok, _ := t.ReloadsInPlace(); ok {
+		mt, err = a.fs.MountTree(ctx, t.ID, files)
+	} else {
+		mt, err = a.fs.Mount(ctx, t.ID, files)
 	}
-	mt, err := a.fs.Mount(ctx, t.ID, files)
 	if err != nil {
 		return nil, err
 	}
@@ -537,6 +538,38 @@ func (a *Agent) mountSecrets(ctx context.Context, t *model.Task) ([]engine.Bind,
 		binds = append(binds, engine.Bind{HostPath: b.HostPath, ContainerPath: b.ContainerPath})
 	}
 	return binds, nil
+}
+
+// taskFiles fetches the task's data (the versions it holds) and renders
+// the templated ones; wipe clears the plaintext and must always be called.
+func (a *Agent) taskFiles(ctx context.Context, t *model.Task) ([]secretfs.File, func(), error) {
+	payloads, err := a.data.TaskData(ctx, a.nodeID, t.ID)
+	wipe := func() {
+		for i := range payloads {
+			clear(payloads[i].Data)
+		}
+	}
+	if err != nil {
+		return nil, wipe, fmt.Errorf("fetching secrets: %w", err)
+	}
+	if len(payloads) == 0 {
+		return nil, wipe, nil
+	}
+	// Templated objects are rendered for this task in memory; only the
+	// rendering reaches the tmpfs (and is wiped with the rest).
+	if err := a.renderPayloads(ctx, t, payloads); err != nil {
+		return nil, wipe, err
+	}
+	files := make([]secretfs.File, 0, len(payloads))
+	for _, p := range payloads {
+		uid, err1 := strconv.Atoi(p.UID)
+		gid, err2 := strconv.Atoi(p.GID)
+		if err1 != nil || err2 != nil {
+			return nil, wipe, fmt.Errorf("%s %s: uid and gid must be numeric", p.Kind, p.Name)
+		}
+		files = append(files, secretfs.File{Target: p.Target, UID: uid, GID: gid, Mode: fsMode(p.Mode), Data: p.Data})
+	}
+	return files, wipe, nil
 }
 
 func (a *Agent) containerSpec(t *model.Task, binds []engine.Bind) engine.Spec {

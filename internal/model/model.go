@@ -68,6 +68,12 @@ type Task struct {
 	// holds, keyed by DataKey: the dispatcher hands it those and no other,
 	// and a rotation makes the task outdated.
 	DataVersions map[string]int `json:"dataVersions,omitempty"`
+	// LoadedVersions are the versions the task's container has (written
+	// by the agent at start and after each reload); in reload mode they
+	// trail DataVersions until the swap is done.
+	LoadedVersions map[string]int `json:"loadedVersions,omitempty"`
+	// RotateMode is the service's io.hush.rotate when the task was made.
+	RotateMode string `json:"rotateMode,omitempty"`
 }
 
 // DataKey names an object of a kind ("secret", "config") in DataVersions.

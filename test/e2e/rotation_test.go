@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -229,15 +230,91 @@ func TestRotationKillMidRollout(t *testing.T) {
 	}
 }
 
-// TestRotationModeLabel: io.hush.rotate takes only the modes hush carries
-// out; anything else is refused naming the label.
+// TestRotationModeLabel: io.hush.rotate takes restart, reload and
+// signal:SIGNAME; anything else is refused naming the label.
 func TestRotationModeLabel(t *testing.T) {
 	h := startSvcHushd(t)
-	for _, mode := range []string{"reload", "signal:SIGHUP", "sometimes"} {
+	for _, mode := range []string{"sometimes", "signal:SIGFOO", "signal:"} {
 		_, errOut, code := h.Docker(svcArgs("service", "create", "-d", "--name", "rotmode", "--label", "io.hush.rotate="+mode, h.img)...)
 		if code == 0 || !strings.Contains(errOut, "io.hush.rotate") {
 			t.Errorf("io.hush.rotate=%s: exit %d %s", mode, code, errOut)
 		}
 	}
-	h.MustDocker(svcArgs("service", "create", "-d", "--name", "rotmode", "--label", "io.hush.rotate=restart", h.img)...)
+	for i, mode := range []string{"restart", "reload", "signal:SIGHUP"} {
+		h.MustDocker(svcArgs("service", "create", "-d", "--name", "rotmode"+strconv.Itoa(i), "--label", "io.hush.rotate="+mode, h.img)...)
+	}
+}
+
+// readerLoop is a task command that reads /run/secrets/<name> in a loop and
+// records any value other than the whole old or whole new one in /tmp/bad
+// (an empty read is a cat that found no file, not a torn one).
+func readerLoop(name, old, new string) []string {
+	return []string{"sh", "-c", `trap "exit 0" TERM; while :; do v=$(cat /run/secrets/` + name + ` 2>/dev/null); case "$v" in ` + old + `|` + new + `|"") ;; *) echo "$v" >> /tmp/bad;; esac; done`}
+}
+
+// TestRotationReload: a reload-mode service's containers see the new value
+// without a restart (same container IDs), and a reader looping inside each
+// container during the swap only ever sees the whole old or the whole new
+// value. A task with a config (an absolute file target) is restarted
+// instead, and its status message says why.
+func TestRotationReload(t *testing.T) {
+	h := startSvcHushd(t)
+	old, new := strings.Repeat("o", 3000), strings.Repeat("n", 5000)
+	h.MustDockerStdin(old, "secret", "create", "rotrl", "-")
+	args := append([]string{"service", "create", "-d", "--name", "rotrl", "--replicas", "2", "--secret", "rotrl",
+		"--label", "io.hush.rotate=reload", "--update-monitor", "1s", h.img}, readerLoop("rotrl", old, new)...)
+	h.MustDocker(args...)
+	h.MustDockerStdin("c1", "config", "create", "rotrlc", "-")
+	h.MustDocker(svcArgs("service", "create", "-d", "--name", "rotrlc", "--secret", "rotrl", "--config", "rotrlc",
+		"--label", "io.hush.rotate=reload", "--update-monitor", "1s", h.img)...)
+	before := h.waitTasks("rotrl", 2, "reading the old value", func(c string) bool { return h.reads(c, "/run/secrets/rotrl", old) })
+	beforeC := h.waitTasks("rotrlc", 1, "reading the old value", func(c string) bool { return h.reads(c, "/run/secrets/rotrl", old) })
+	tid := strings.TrimSpace(h.MustDocker("service", "ps", "-q", "rotrlc"))
+	if msg := h.MustDocker("inspect", "--format", "{{.Status.Message}}", tid); !strings.Contains(msg, "cannot be swapped atomically") {
+		t.Errorf("status message of a reload task with a config: %q", msg)
+	}
+	out := h.mustHush("secret", "rotate", "--wait", "rotrl", valueFile(t, new))
+	if !strings.Contains(out, "rollout of version 2 done") {
+		t.Fatalf("rotate --wait:\n%s", out)
+	}
+	now := h.containers("rotrl")
+	if !slices.Equal(now, before) {
+		t.Fatalf("reload mode restarted containers: %v → %v", before, now)
+	}
+	for _, c := range now {
+		if !h.reads(c, "/run/secrets/rotrl", new) {
+			t.Errorf("container %s does not read the new value", c[:12])
+		}
+		if bad, _, code := h.Docker("exec", c, "cat", "/tmp/bad"); code == 0 {
+			t.Errorf("container %s's reader saw a torn or mixed value: %d bytes", c[:12], len(bad))
+		}
+		if ro, _, _ := h.Docker("exec", c, "sh", "-c", "touch /run/secrets/x 2>&1 || echo refused"); !strings.Contains(ro, "refused") {
+			t.Errorf("/run/secrets writable in container %s: %q", c[:12], ro)
+		}
+	}
+	// The task with a config was restarted onto the new version.
+	nowC := h.waitTasks("rotrlc", 1, "reading the new value", func(c string) bool { return h.reads(c, "/run/secrets/rotrl", new) })
+	if nowC[0] == beforeC[0] {
+		t.Errorf("the reload task with a config was not restarted")
+	}
+	// Every task holds version 2; none holds version 1.
+	vs := h.mustHush("secret", "versions", "--format", "{{.Version}}|{{.HeldBy}}", "rotrl")
+	if !strings.HasPrefix(vs, "1|-\n2 *|") || strings.Count(vs, "rotrl.") != 2 {
+		t.Errorf("versions after the reload:\n%s", vs)
+	}
+}
+
+// TestRotationSignal: signal:SIGHUP reloads the files, then signals the
+// container's main process, whose trap finds the new value already there.
+func TestRotationSignal(t *testing.T) {
+	h := startSvcHushd(t)
+	h.MustDockerStdin("before", "secret", "create", "rotsg", "-")
+	h.MustDocker("service", "create", "-d", "--name", "rotsg", "--secret", "rotsg", "--label", "io.hush.rotate=signal:SIGHUP",
+		"--update-monitor", "1s", h.img, "sh", "-c", `trap "cat /run/secrets/rotsg > /tmp/got" HUP; trap "exit 0" TERM; while :; do sleep 0.2; done`)
+	before := h.waitTasks("rotsg", 1, "up", func(c string) bool { return h.reads(c, "/run/secrets/rotsg", "before") })
+	h.mustHush("secret", "rotate", "--wait", "rotsg", valueFile(t, "after"))
+	waitFor(t, 30*time.Second, "the trap to record the value", func() bool { return h.reads(before[0], "/tmp/got", "after") })
+	if now := h.containers("rotsg"); !slices.Equal(now, before) {
+		t.Fatalf("signal mode restarted the container")
+	}
 }

@@ -259,7 +259,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 	}
 	uc := updateConfig(svc)
 	inflight, outdated := 0, []*slot{}
-	updating, specChanged := false, false
+	updating, specChanged, reloading := false, false, false
 	rotated := ""
 	keys := make([]string, 0, len(want))
 	for k := range want {
@@ -316,6 +316,26 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 				continue
 			}
 			why, stale := o.dataOutdated(svc, cur)
+			if inPlace, _ := cur.ReloadsInPlace(); inPlace && cur.TemplateHash == hash {
+				// reload / signal: the task takes the new versions where it
+				// runs; the agent swaps them in (rotation.go).
+				if stale {
+					reloading = true
+					if rotated == "" {
+						rotated = why
+					}
+					if cur.Status.State == swarm.TaskStateRunning {
+						errs = append(errs, o.requestReload(ctx, svc, cur))
+					}
+					inflight++
+					continue
+				}
+				if !model.SameVersions(cur.DataVersions, cur.LoadedVersions) && cur.Status.State == swarm.TaskStateRunning {
+					reloading = true
+					inflight++
+					continue
+				}
+			}
 			if cur.TemplateHash != hash || stale {
 				outdated = append(outdated, s)
 				updating = true
@@ -329,13 +349,13 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 			}
 		}
 	}
-	if updating && !specChanged {
+	if (updating || reloading) && !specChanged && rotated != "" {
 		errs = append(errs, o.startRotation(ctx, svc, rotated))
 	}
 	errs = append(errs, o.rollout(ctx, svc, uc, outdated, inflight))
 	// Like Swarm, an update is complete only once the last new task has run
 	// for the monitor period; clients (the docker CLI) wait for both.
-	if !updating && inflight == 0 && o.now().Sub(lastStart(slots)) >= monitorOf(uc) {
+	if !updating && !reloading && inflight == 0 && o.now().Sub(lastStart(slots)) >= monitorOf(uc) {
 		errs = append(errs, o.finishUpdate(ctx, svc))
 	}
 	for _, s := range slots {
@@ -605,6 +625,7 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 	}
 	t.ServiceID = svc.ID
 	t.DataVersions = o.wantVersions(svc)
+	t.RotateMode = svc.Spec.Labels[model.RotateLabel]
 	t.Restarts = restarts
 	t.Slot = s.num
 	t.NodeID = node.nodeID()

@@ -112,3 +112,11 @@ func (o *Orchestrator) startRotation(ctx context.Context, svc *model.Service, wh
 		State: swarm.UpdateStateUpdating, StartedAt: &now, Message: rotationMessage + what,
 	}))
 }
+
+// requestReload gives a running task of a reload-mode service the current
+// versions; the agent sees them differ from what the container has, swaps
+// them in and records them as loaded.
+func (o *Orchestrator) requestReload(ctx context.Context, svc *model.Service, t *model.Task) error {
+	want := o.wantVersions(svc)
+	return o.writeTask(ctx, t, func(n *model.Task) { n.DataVersions = want })
+}

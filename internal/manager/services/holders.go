@@ -2,7 +2,6 @@ package services
 
 import (
 	"context"
-	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -23,8 +22,15 @@ func (m *Manager) Holders(ctx context.Context, kind, id string) (map[int][]strin
 		if model.Terminal(t.Status.State) || !references(t, kind, id) {
 			continue
 		}
+		// During a reload the container still has the loaded version
+		// while the task already holds the new one: both are held.
 		n := t.HeldVersion(kind, id)
 		out[n] = append(out[n], t.ID)
+		if t.LoadedVersions != nil {
+			if l := t.LoadedVersions[model.DataKey(kind, id)]; l > 0 && l != n {
+				out[l] = append(out[l], t.ID)
+			}
+		}
 	}
 	return out, nil
 }
@@ -50,19 +56,15 @@ func references(t *model.Task, kind, id string) bool {
 	return false
 }
 
-// RotateLabel is the service label that chooses how a rotation of the
-// service's secrets and configs reaches its tasks.
-const RotateLabel = "io.hush.rotate"
-
-// checkRotateMode refuses a rotation mode hush does not carry out, naming
-// the label.
+// checkRotateMode refuses a rotation mode hush does not know, naming the
+// label.
 func checkRotateMode(s *swarm.ServiceSpec) error {
-	v, ok := s.Labels[RotateLabel]
-	if !ok || v == "restart" {
+	v, ok := s.Labels[model.RotateLabel]
+	if !ok {
 		return nil
 	}
-	if v == "reload" || strings.HasPrefix(v, "signal:") {
-		return errdefs.InvalidArgument("label %s=%s: only the restart mode is available in this version of hush", RotateLabel, v)
+	if err := model.CheckRotateMode(v); err != nil {
+		return errdefs.InvalidArgument("label %s: %v", model.RotateLabel, err)
 	}
-	return errdefs.InvalidArgument("label %s: unknown rotation mode %q (want restart, reload or signal:SIGNAME)", RotateLabel, v)
+	return nil
 }
