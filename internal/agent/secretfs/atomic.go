@@ -23,8 +23,7 @@ import (
 // file being written, and never a mix of the two values in one file. An
 // open descriptor keeps reading its generation after the swap.
 //
-// Not wired into Mount yet: the agent still binds files one by one and
-// rotations restart tasks (see docs/DESIGN.md).
+// MountTree and Swap (tree.go) use it for tasks in the reload rotation mode.
 
 const (
 	dataLink    = "..data"
