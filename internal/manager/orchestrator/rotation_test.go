@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +123,56 @@ func TestRotationRollsTasks(t *testing.T) {
 		if st := f.mustGet(id).UpdateStatus; st == nil || st.State != swarm.UpdateStateCompleted {
 			t.Errorf("service %s after the rollout: %+v", id, st)
 		}
+	}
+}
+
+// TestRotationReloadInPlace: in reload mode the running tasks are given the
+// new versions where they run (none is stopped); the rollout completes
+// only once the agent has loaded them.
+func TestRotationReloadInPlace(t *testing.T) {
+	f := newFixture(t)
+	sm := f.withSecrets()
+	sid, err := sm.Create(f.ctx, objects.Spec{Name: "pw", Data: []byte("one")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := withSecret(replicated("r", 2), sid, "pw")
+	s.Labels = map[string]string{model.RotateLabel: model.RotateReload}
+	id := f.mustCreate(s)
+	f.pass()
+	f.agent()
+	f.pass()
+	if _, _, err := sm.Rotate(f.ctx, sid, 0, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	f.pass()
+	ts := f.tasks()
+	if len(ts) != 2 {
+		t.Fatalf("%d tasks after a reload rotation, want the same 2", len(ts))
+	}
+	for _, tk := range ts {
+		if tk.DesiredState != swarm.TaskStateRunning || tk.HeldVersion("secret", sid) != 2 || tk.RotateMode != model.RotateReload {
+			t.Fatalf("task %s: desired %s, holds %d, mode %q", tk.ID, tk.DesiredState, tk.HeldVersion("secret", sid), tk.RotateMode)
+		}
+	}
+	// Not loaded yet: the rollout is still in progress however long it waits.
+	f.now = f.now.Add(time.Minute)
+	f.pass()
+	if st := f.mustGet(id).UpdateStatus; st == nil || st.State != swarm.UpdateStateUpdating {
+		t.Fatalf("before the agent loaded the versions: %+v", st)
+	}
+	for _, tk := range f.tasks() {
+		next := *tk
+		next.LoadedVersions = tk.DataVersions
+		next.Status.Timestamp = f.now
+		val, _ := json.Marshal(&next)
+		if _, err := f.st.Table(model.TasksTable).Update(f.ctx, tk.ID, int64(tk.Version.Index), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.now = f.now.Add(10 * time.Second)
+	f.pass()
+	if st := f.mustGet(id).UpdateStatus; st == nil || st.State != swarm.UpdateStateCompleted {
+		t.Fatalf("after the agent loaded the versions: %+v", st)
 	}
 }
