@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -209,6 +210,17 @@ func TestMountTreeSwap(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bs[0].HostPath, "c"), []byte("x"), 0o644); err == nil {
 		t.Fatal("the tree mount is writable")
 	}
+	// A reader holding the old file open for a moment: the swap waits for
+	// it before the tmpfs goes read-only again (the kernel refuses while a
+	// removed file is open).
+	held, err := os.Open(filepath.Join(bs[0].HostPath, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		held.Close()
+	}()
 	if err := m.Swap(ctx, "task1", files("a2-longer", "b2")); err != nil {
 		t.Fatal(err)
 	}

@@ -3,10 +3,12 @@ package secretfs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -205,7 +207,7 @@ func (m *Manager) Swap(ctx context.Context, taskID string, files []File) error {
 		return fmt.Errorf("secretfs: task %s: remount read-write: %w", taskID, err)
 	}
 	werr := writeTree(dir, m.root, tfs, entries, false)
-	if err := unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, ""); err != nil {
+	if err := remountReadOnly(ctx, dir); err != nil {
 		return fmt.Errorf("secretfs: task %s: remount read-only: %w", taskID, err)
 	}
 	if werr != nil {
@@ -240,3 +242,28 @@ func openTree(taskID, dir string, dfd int, man *manifest) (*Mount, error) {
 	}
 	return &Mount{taskID: taskID, dir: dir, entries: man.Files, tree: true}, nil
 }
+
+// remountReadOnly makes the tmpfs at dir read-only again after a swap. The
+// kernel refuses (EBUSY) while a removed file of the old generation is
+// still open, as a reader in the container may hold it for a moment: retry
+// until readBusyWait has passed. A reader that keeps the old file open
+// longer fails the reload (and the task is restarted), rather than leave
+// the tmpfs writable.
+func remountReadOnly(ctx context.Context, dir string) error {
+	deadline := time.Now().Add(readBusyWait)
+	for {
+		err := unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, "")
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// readBusyWait bounds how long a swap waits for readers of the old
+// generation to close it.
+const readBusyWait = 5 * time.Second
