@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -177,6 +178,10 @@ func TestRotationDockerUpdate(t *testing.T) {
 		t.Fatalf("unchanged data made a version:\n%s", vs)
 	}
 	v = ver()
+	// (the unchanged-data update above is an event of its own, before this)
+	time.Sleep(50 * time.Millisecond)
+	t0 := time.Now()
+	since := fmt.Sprintf("%d.%09d", t0.Unix(), t0.Nanosecond())
 	if r := h.Raw("POST", "/secrets/"+id+"/update?version="+v, "application/json", []byte(`{"Name":"rotraw","Data":"bmV3"}`)); r.Status != 200 {
 		t.Fatalf("update with new data: %d %s", r.Status, r.Body)
 	}
@@ -186,6 +191,13 @@ func TestRotationDockerUpdate(t *testing.T) {
 	cs := h.waitTasks("rotraw", 1, "reading new", func(c string) bool { return h.reads(c, "/run/secrets/rotraw", "new") })
 	if cs[0] == old[0] {
 		t.Fatalf("restart mode: the container was not replaced")
+	}
+	// The new version is one `secret update` event.
+	until := strconv.FormatInt(time.Now().Add(time.Second).Unix(), 10)
+	time.Sleep(1100 * time.Millisecond) // until must have passed for a finite answer
+	evs := h.MustDocker("events", "--since", since, "--until", until, "--filter", "type=secret", "--format", "{{.Action}} {{.Actor.ID}}")
+	if n := strings.Count(evs, "update "+id); n != 1 {
+		t.Errorf("secret update events for the rotation: %d\n%s", n, evs)
 	}
 }
 
