@@ -162,6 +162,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	// Retention and destroy never take a version a task holds.
 	d.secrets.UseHolders(d.svcs.Holders)
 	d.configs.UseHolders(d.svcs.Holders)
+	// The cluster spec's label io.hush.versions.keep (see settle).
+	keep := func() int { return int(d.spec.keep.Load()) }
+	d.secrets.UseKeep(keep)
+	d.configs.UseKeep(keep)
 	// Registry credentials (--with-registry-auth) are sealed like secrets.
 	d.svcs.UseSealer(&d.keys)
 	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log, AddrPools: d.addrPools}

@@ -32,6 +32,8 @@ type specState struct {
 	orch atomic.Pointer[orchestrator.Settings]
 	// running is the raft tuning etcd was started with.
 	running store.Tuning
+	// keep is the cluster's default retention of versions (0: hush's).
+	keep atomic.Int64
 }
 
 // tuningPath is where the raft tuning for the next start is kept.
@@ -85,6 +87,8 @@ func (d *Daemon) settle(c *cluster.Cluster) {
 		s.HistoryLimit = *l
 	}
 	d.spec.orch.Store(&s)
+	keep, _ := cluster.VersionsKeep(&c.Spec)
+	d.spec.keep.Store(int64(keep))
 	want, err := cluster.EtcdTuningFor(c.Spec.Raft)
 	if err != nil {
 		// Only a record written before these checks existed can hold such

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -192,6 +193,35 @@ func TestRotationDockerUpdate(t *testing.T) {
 	if cs[0] == old[0] {
 		t.Fatalf("restart mode: the container was not replaced")
 	}
+	// Retention: the cluster spec's label io.hush.versions.keep (set through
+	// the raw swarm update API) keeps 2 versions; a bad value is refused.
+	sw := h.Raw("GET", "/swarm", "", nil)
+	var swarmObj struct {
+		Version struct{ Index uint64 }
+		Spec    map[string]any
+	}
+	if sw.Status != 200 || json.Unmarshal(sw.Body, &swarmObj) != nil {
+		t.Fatalf("GET /swarm: %d %s", sw.Status, sw.Body)
+	}
+	for _, tt := range []struct {
+		keep string
+		code int
+	}{{"zero", 400}, {"2", 200}} {
+		swarmObj.Spec["Labels"] = map[string]string{"io.hush.versions.keep": tt.keep}
+		body, _ := json.Marshal(swarmObj.Spec)
+		r := h.Raw("POST", "/swarm/update?version="+strconv.FormatUint(swarmObj.Version.Index, 10), "application/json", body)
+		if r.Status != tt.code || tt.code == 400 && !strings.Contains(string(r.Body), "io.hush.versions.keep") {
+			t.Fatalf("swarm update with keep=%s: %d %s", tt.keep, r.Status, r.Body)
+		}
+	}
+	h.MustDockerStdin("k1", "secret", "create", "rotkeep", "-")
+	for _, v := range []string{"k2", "k3", "k4"} {
+		h.mustHush("secret", "rotate", "rotkeep", valueFile(t, v))
+	}
+	if vs := h.mustHush("secret", "versions", "--format", "{{.Version}}", "rotkeep"); vs != "3\n4 *\n" {
+		t.Errorf("versions kept under the cluster's keep=2:\n%s", vs)
+	}
+
 	// The new version is one `secret update` event.
 	until := strconv.FormatInt(time.Now().Add(time.Second).Unix(), 10)
 	time.Sleep(1100 * time.Millisecond) // until must have passed for a finite answer

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -78,8 +79,29 @@ func ValidateSpec(s *swarm.Spec) error {
 	if s.Labels == nil {
 		s.Labels = map[string]string{}
 	}
+	if _, err := VersionsKeep(s); err != nil {
+		return err
+	}
 	_, err := EtcdTuningFor(s.Raft)
 	return err
+}
+
+// VersionsKeepLabel on the cluster spec sets how many versions of each
+// secret and config are kept when the object's own label does not say.
+const VersionsKeepLabel = "io.hush.versions.keep"
+
+// VersionsKeep reads VersionsKeepLabel from s: 0 when absent (the default
+// applies), an error naming the label when it is not 1 to 100.
+func VersionsKeep(s *swarm.Spec) (int, error) {
+	v, ok := s.Labels[VersionsKeepLabel]
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 100 {
+		return 0, errdefs.InvalidArgument("label %s must be a number of versions from 1 to 100, not %q", VersionsKeepLabel, v)
+	}
+	return n, nil
 }
 
 // MergeSpec lays the set (non-zero) fields of req over base, as dockerd
