@@ -64,7 +64,17 @@ func swapIn(dfd int, gen int, files []TreeFile) error {
 		seen[f.Name] = true
 	}
 	gdir := genPrefix + strconv.Itoa(gen)
-	if err := unix.Mkdirat(dfd, gdir, 0o755); err != nil {
+	if err := unix.Mkdirat(dfd, gdir, 0o755); errors.Is(err, unix.EEXIST) {
+		// Left by a swap cut short before its rename: never current, so
+		// no reader has it; start it afresh.
+		if rerr := removeGen(dfd, gdir); rerr != nil {
+			return rerr
+		}
+		err = unix.Mkdirat(dfd, gdir, 0o755)
+		if err != nil {
+			return fmt.Errorf("secretfs: mkdir %s: %w", gdir, err)
+		}
+	} else if err != nil {
 		return fmt.Errorf("secretfs: mkdir %s: %w", gdir, err)
 	}
 	gfd, err := unix.Openat(dfd, gdir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)

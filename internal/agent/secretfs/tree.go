@@ -194,6 +194,13 @@ func (m *Manager) Swap(ctx context.Context, taskID string, files []File) error {
 		return err
 	}
 	defer m.unlock()
+	dir := m.dir(taskID)
+	if st, err := m.state(dir); err != nil || st != stateMounted {
+		return fmt.Errorf("secretfs: task %s has no mount to swap", taskID)
+	}
+	// A swap cut short (hushd killed) can leave the tmpfs writable: make it
+	// read-only again before checking it as any mount is checked.
+	_ = unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, "")
 	mt, err := m.open(taskID)
 	if err != nil {
 		return fmt.Errorf("secretfs: task %s: %w", taskID, err)
@@ -201,7 +208,6 @@ func (m *Manager) Swap(ctx context.Context, taskID string, files []File) error {
 	if !mt.tree {
 		return fmt.Errorf("secretfs: task %s: its files are bound one by one and cannot be swapped", taskID)
 	}
-	dir := m.dir(taskID)
 	opts := fmt.Sprintf("size=%d,nr_inodes=%d", treeSize(entries), 3*len(files)+16)
 	if err := unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|mountFlags, opts); err != nil {
 		return fmt.Errorf("secretfs: task %s: remount read-write: %w", taskID, err)
