@@ -244,6 +244,11 @@ func TestRotationKillMidRollout(t *testing.T) {
 	h.waitTasks("rotkill", 3, "up", func(c string) bool { return h.reads(c, "/run/secrets/rotkb", "b1") })
 	h.mustHush("secret", "rotate", "rotka", valueFile(t, "a2"))
 	h.mustHush("secret", "rotate", "rotkb", valueFile(t, "b2"))
+	// Version 1 is still held by the tasks not rolled yet (the rollout takes
+	// at least two update delays): destroy refuses it.
+	if _, errOut, code := h.hush("secret", "destroy", "--version", "1", "rotka"); code == 0 || !strings.Contains(errOut, "held by") {
+		t.Errorf("destroy of a version running tasks hold: exit %d %s", code, errOut)
+	}
 	// Wait until the rollout has started (one container replaced) but not
 	// finished, then kill hushd.
 	waitFor(t, 60*time.Second, "the rollout to start", func() bool {
