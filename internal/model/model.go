@@ -41,6 +41,17 @@ type Service struct {
 	// served here (the API answers with the embedded swarm.Service).
 	PullAuth         *keyring.Sealed `json:"pullAuth,omitempty"`
 	PreviousPullAuth *keyring.Sealed `json:"previousPullAuth,omitempty"`
+	// RotationPins hold the service's tasks on an earlier version of a
+	// secret or config (keyed by DataKey) after a rotation's rollout failed
+	// with failure action rollback; a pin lapses once the object is rotated
+	// again (its current version is no longer Against).
+	RotationPins map[string]Pin `json:"rotationPins,omitempty"`
+}
+
+// Pin is one RotationPins entry: Version is used while Against is current.
+type Pin struct {
+	Version int `json:"version"`
+	Against int `json:"against"`
 }
 
 // Task is a stored task.

@@ -540,8 +540,11 @@ func (o *Orchestrator) updateFailed(ctx context.Context, svc *model.Service, dea
 		return nil
 	case swarm.UpdateFailureActionRollback:
 		if isRotation(svc.UpdateStatus) {
-			// The spec did not change, so the previous spec is no way
-			// back: the rollout pauses (see rotation.go).
+			// The spec did not change: the way back is the previous
+			// versions (rotation.go); with none, the rollout pauses.
+			if ok, err := o.rollBackRotation(ctx, svc, dead); ok || err != nil {
+				return err
+			}
 			break
 		}
 		if svc.PreviousSpec == nil {

@@ -65,7 +65,7 @@ func refsOf(svc *model.Service) []dataRef {
 func (o *Orchestrator) wantVersions(svc *model.Service) map[string]int {
 	var out map[string]int
 	for _, r := range refsOf(svc) {
-		if n, ok := o.curData[model.DataKey(r.kind, r.id)]; ok {
+		if n, ok := o.wantVersion(svc, model.DataKey(r.kind, r.id)); ok {
 			if out == nil {
 				out = map[string]int{}
 			}
@@ -75,11 +75,25 @@ func (o *Orchestrator) wantVersions(svc *model.Service) map[string]int {
 	return out
 }
 
+// wantVersion is the version of object key the tasks of svc should hold:
+// the current one, unless a rolled-back rotation pinned the service to an
+// earlier one and the object has not been rotated since.
+func (o *Orchestrator) wantVersion(svc *model.Service, key string) (int, bool) {
+	n, ok := o.curData[key]
+	if !ok {
+		return 0, false
+	}
+	if p, pinned := svc.RotationPins[key]; pinned && p.Against == n && p.Version > 0 {
+		return p.Version, true
+	}
+	return n, true
+}
+
 // dataOutdated reports whether t holds an older version of one of its
 // service's secrets or configs than the current one, and which.
 func (o *Orchestrator) dataOutdated(svc *model.Service, t *model.Task) (string, bool) {
 	for _, r := range refsOf(svc) {
-		n, ok := o.curData[model.DataKey(r.kind, r.id)]
+		n, ok := o.wantVersion(svc, model.DataKey(r.kind, r.id))
 		if ok && t.HeldVersion(r.kind, r.id) != n {
 			return fmt.Sprintf("%s %s version %d", r.kind, r.name, n), true
 		}
@@ -119,4 +133,55 @@ func (o *Orchestrator) startRotation(ctx context.Context, svc *model.Service, wh
 func (o *Orchestrator) requestReload(ctx context.Context, svc *model.Service, t *model.Task) error {
 	want := o.wantVersions(svc)
 	return o.writeTask(ctx, t, func(n *model.Task) { n.DataVersions = want })
+}
+
+// rollBackRotation is a rotation's failure action rollback: the service is
+// pinned to the versions its tasks held before the rollout (the spec did
+// not change, so there is no previous spec to go back to), and its tasks
+// are rolled back onto them by the rollback config. It reports false when
+// there is nothing to go back to (the caller pauses instead).
+func (o *Orchestrator) rollBackRotation(ctx context.Context, svc *model.Service, dead *model.Task) (bool, error) {
+	_, tasks, err := o.svcs.Snapshot(ctx)
+	if err != nil {
+		return false, err
+	}
+	pins := map[string]model.Pin{}
+	for k, p := range svc.RotationPins {
+		pins[k] = p
+	}
+	for _, r := range refsOf(svc) {
+		key := model.DataKey(r.kind, r.id)
+		cur, ok := o.curData[key]
+		if !ok || dead.HeldVersion(r.kind, r.id) != cur {
+			continue
+		}
+		prev := 0
+		for _, t := range tasks {
+			if t.ServiceID == svc.ID && t.ID != dead.ID {
+				if v := t.HeldVersion(r.kind, r.id); v < cur && v > prev {
+					prev = v
+				}
+			}
+		}
+		if prev > 0 {
+			pins[key] = model.Pin{Version: prev, Against: cur}
+		}
+	}
+	if len(pins) == len(svc.RotationPins) {
+		return false, nil
+	}
+	now := o.now()
+	next := *svc
+	next.RotationPins = pins
+	o.log.Warn("rotation rollout failed, rolling back to the previous versions", "service", svc.Spec.Name, "task", dead.ID)
+	err = o.svcs.SetUpdateStatus(ctx, &next, &swarm.UpdateStatus{
+		State: swarm.UpdateStateRollbackStarted, StartedAt: &now,
+		Message: fmt.Sprintf("rotation rolled back: task %s failed on the new version", dead.ID),
+	})
+	if err != nil {
+		return false, err
+	}
+	// The replacement made in this pass already gets the pinned versions.
+	svc.RotationPins = pins
+	return true, nil
 }

@@ -176,3 +176,66 @@ func TestRotationReloadInPlace(t *testing.T) {
 		t.Fatalf("after the agent loaded the versions: %+v", st)
 	}
 }
+
+// TestRotationFailureRollback: a task failing on the new version, with
+// failure action rollback, puts the service's tasks back on the previous
+// version (the spec is unchanged, so that is the way back); the pin lapses
+// at the next rotation.
+func TestRotationFailureRollback(t *testing.T) {
+	f := newFixture(t)
+	sm := f.withSecrets()
+	sid, err := sm.Create(f.ctx, objects.Spec{Name: "pw", Data: []byte("one")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := withSecret(replicated("fr", 2), sid, "pw")
+	s.UpdateConfig = &swarm.UpdateConfig{Parallelism: 1, FailureAction: swarm.UpdateFailureActionRollback}
+	id := f.mustCreate(s)
+	f.pass()
+	f.agent()
+	f.pass()
+	if _, _, err := sm.Rotate(f.ctx, sid, 0, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	failed := false
+	for i := 0; i < 30; i++ {
+		f.pass()
+		for _, tk := range f.tasks() {
+			if !failed && tk.HeldVersion("secret", sid) == 2 && tk.Status.State == swarm.TaskStateAssigned {
+				f.setState(tk, swarm.TaskStateFailed, "bad password")
+				failed = true
+			}
+		}
+		f.agent()
+		f.now = f.now.Add(time.Second)
+	}
+	if !failed {
+		t.Fatal("no task was made on the new version")
+	}
+	svc := f.mustGet(id)
+	if svc.UpdateStatus == nil || svc.UpdateStatus.State != swarm.UpdateStateRollbackCompleted {
+		t.Fatalf("update status: %+v", svc.UpdateStatus)
+	}
+	if p := svc.RotationPins[model.DataKey("secret", sid)]; p.Version != 1 || p.Against != 2 {
+		t.Fatalf("pin %+v", p)
+	}
+	for _, tk := range f.tasks() {
+		if model.Runs(tk.DesiredState) && tk.HeldVersion("secret", sid) != 1 {
+			t.Errorf("task %s holds version %d after the rollback", tk.ID, tk.HeldVersion("secret", sid))
+		}
+	}
+	// A new rotation is rolled out again: the pin was for version 2 only.
+	if _, _, err := sm.Rotate(f.ctx, sid, 0, []byte("three")); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 30; i++ {
+		f.pass()
+		f.agent()
+		f.now = f.now.Add(time.Second)
+	}
+	for _, tk := range f.tasks() {
+		if model.Runs(tk.DesiredState) && tk.HeldVersion("secret", sid) != 3 {
+			t.Errorf("task %s holds version %d after the next rotation", tk.ID, tk.HeldVersion("secret", sid))
+		}
+	}
+}
