@@ -222,6 +222,14 @@ func TestRotationDockerUpdate(t *testing.T) {
 		t.Errorf("versions kept under the cluster's keep=2:\n%s", vs)
 	}
 
+	// Configs too: `hush config rotate`, and `docker config inspect` shows
+	// the current version's data.
+	h.MustDockerStdin("c1", "config", "create", "rotcfg", "-")
+	h.mustHush("config", "rotate", "rotcfg", valueFile(t, "c2"))
+	if got := h.MustDocker("config", "inspect", "--format", "{{printf \"%s\" .Spec.Data}}", "rotcfg"); strings.TrimSpace(got) != "c2" {
+		t.Errorf("config data after rotate: %q", got)
+	}
+
 	// The new version is one `secret update` event.
 	until := strconv.FormatInt(time.Now().Add(time.Second).Unix(), 10)
 	time.Sleep(1100 * time.Millisecond) // until must have passed for a finite answer
