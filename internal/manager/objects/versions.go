@@ -198,7 +198,42 @@ func (m *Manager) addVersion(ctx context.Context, r *record, data []byte, now ti
 		return false, err
 	}
 	m.retain(r, held)
+	if err := m.fit(r, held); err != nil {
+		return false, err
+	}
 	return true, nil
+}
+
+// maxRecordBytes bounds one object's stored record, all versions included:
+// one store write must stay under etcd's request limit (1.5 MiB), and the
+// largest single version (a config just under 1000 KiB, base64 in JSON)
+// takes about 1.33 MiB.
+const maxRecordBytes = 1400 << 10
+
+// fit drops the oldest versions no task holds until the record fits in
+// maxRecordBytes, so large values keep fewer versions than the retention
+// asks; if held versions alone do not fit, the rotation is refused.
+func (m *Manager) fit(r *record, held map[int][]string) error {
+	for {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w: %w", m.kind.Name, errdefs.ErrInternal, err)
+		}
+		if len(b) <= maxRecordBytes {
+			return nil
+		}
+		drop := -1
+		for i, v := range r.Versions {
+			if v.N != r.DataVersion && len(held[v.N]) == 0 && v.Sealed != nil {
+				drop = i
+				break
+			}
+		}
+		if drop < 0 {
+			return errdefs.NoSpace("%s %s: the new version does not fit next to the versions running tasks still hold (%d bytes, at most %d): wait for the rollout, or destroy unused versions", m.kind.Name, r.Name, len(b), maxRecordBytes)
+		}
+		r.Versions = append(r.Versions[:drop], r.Versions[drop+1:]...)
+	}
 }
 
 // retain drops the oldest versions beyond the object's retention, never the

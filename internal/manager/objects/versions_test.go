@@ -282,3 +282,28 @@ func TestLegacyRecord(t *testing.T) {
 		t.Fatalf("legacy rotate: %d", n)
 	}
 }
+
+// TestLargeValuesFit: versions of large values are dropped (oldest unheld
+// first) so the record stays within one store write; when held versions
+// alone do not fit, the rotation is refused and nothing changes.
+func TestLargeValuesFit(t *testing.T) {
+	m, _ := newManager(t, Config)
+	ctx := context.Background()
+	held := map[int][]string{}
+	m.UseHolders(func(context.Context, string, string) (map[int][]string, error) { return held, nil })
+	big := func(c byte) string { return strings.Repeat(string(c), 600<<10) }
+	id := mustCreate(t, m, "big", big('a'), nil)
+	mustRotate(t, m, id, big('b'))
+	mustRotate(t, m, id, big('c'))
+	_, vs, err := m.Versions(ctx, id)
+	if err != nil || len(vs) != 1 || vs[0].Version != 3 {
+		t.Fatalf("versions of a large value: %+v %v", vs, err)
+	}
+	held = map[int][]string{3: {"task"}}
+	if _, _, err := m.Rotate(ctx, id, 0, []byte(big('d'))); !errors.Is(err, errdefs.ErrNoSpace) {
+		t.Fatalf("rotation that cannot fit: %v", err)
+	}
+	if got := content(t, m, id, 0); got != big('c') {
+		t.Fatal("a refused rotation changed the value")
+	}
+}
