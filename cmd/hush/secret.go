@@ -47,7 +47,7 @@ type versionEntry struct {
 }
 
 type serviceRollout struct {
-	ID, Name, UpdateState string
+	ID, Name, UpdateState, UpdateMessage string
 }
 
 type versionsResponse struct {
@@ -180,12 +180,33 @@ func waitRollout(ctx context.Context, c *cli, cl *client, k objectKind, name str
 			fmt.Fprintf(c.env.stdout, "rollout of version %d done\n", n)
 			return nil
 		}
+		if s := stuck(&vr); s != nil {
+			return fmt.Errorf("the rollout of version %d stopped: service %s is %s (see docker service inspect %s)", n, s.Name, s.UpdateState, s.Name)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("interrupted while waiting for the rollout: %w", ctx.Err())
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// stuck returns a service whose rollout will not go on by itself: paused
+// by a failure, or rolled back (the tasks went back to older versions).
+func stuck(vr *versionsResponse) *serviceRollout {
+	for i, s := range vr.Services {
+		switch s.UpdateState {
+		case "paused", "rollback_paused":
+			return &vr.Services[i]
+		case "rollback_started", "rollback_completed":
+			// Only a rollback of this rotation; one left by an earlier
+			// `docker service rollback` is superseded by the rotation.
+			if strings.HasPrefix(s.UpdateMessage, "rotation rolled back") {
+				return &vr.Services[i]
+			}
+		}
+	}
+	return nil
 }
 
 func rolledOut(vr *versionsResponse) bool {

@@ -21,7 +21,7 @@ func TestRotationContracts(t *testing.T) {
 	srv := api.VersionsResponse{ID: "id1", Name: "pw", Version: swarm.Version{Index: 9}, DataVersion: 2,
 		Versions: []api.VersionEntry{{Version: 2, CreatedAt: at, Fingerprint: "ab", Current: true,
 			HeldBy: []api.Holder{{Task: "t", TaskName: "web.1", Service: "web", ContainerID: "c", State: "running", DesiredState: "running"}}}},
-		Services: []api.ServiceRollout{{ID: "s", Name: "web", UpdateState: "updating"}}}
+		Services: []api.ServiceRollout{{ID: "s", Name: "web", UpdateState: "updating", UpdateMessage: "m"}}}
 	b, _ := json.Marshal(srv)
 	var cli versionsResponse
 	if err := json.Unmarshal(b, &cli); err != nil {
@@ -30,7 +30,7 @@ func TestRotationContracts(t *testing.T) {
 	want := versionsResponse{ID: "id1", Name: "pw", DataVersion: 2,
 		Versions: []versionEntry{{Version: 2, CreatedAt: at, Fingerprint: "ab", Current: true,
 			HeldBy: []holder{{Task: "t", TaskName: "web.1", Service: "web", ContainerID: "c", State: "running", DesiredState: "running"}}}},
-		Services: []serviceRollout{{ID: "s", Name: "web", UpdateState: "updating"}}}
+		Services: []serviceRollout{{ID: "s", Name: "web", UpdateState: "updating", UpdateMessage: "m"}}}
 	if !reflect.DeepEqual(cli, want) {
 		t.Errorf("versions response decodes as %+v", cli)
 	}
@@ -127,5 +127,34 @@ func TestRotateCalls(t *testing.T) {
 	want := []string{"POST /hush/v1/secrets/pw/rotate", "POST /hush/v1/configs/cf/rollback", "POST /hush/v1/secrets/pw/rollback", "DELETE /hush/v1/secrets/pw/versions/1"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("calls %v, want %v", got, want)
+	}
+}
+
+func TestRolloutState(t *testing.T) {
+	cur := func(state, msg string, holders ...holder) *versionsResponse {
+		return &versionsResponse{DataVersion: 2,
+			Versions: []versionEntry{{Version: 1}, {Version: 2, Current: true, HeldBy: holders}},
+			Services: []serviceRollout{{Name: "web", UpdateState: state, UpdateMessage: msg}}}
+	}
+	running := holder{Task: "t", State: "running", DesiredState: "running"}
+	for _, tt := range []struct {
+		name       string
+		vr         *versionsResponse
+		done, stop bool
+	}{
+		{"done", cur("completed", "update completed", running), true, false},
+		{"updating", cur("updating", "rotation in progress: secret pw version 2", running), false, false},
+		{"starting", cur("completed", "", holder{Task: "t", State: "starting", DesiredState: "running"}), false, false},
+		{"old holder", &versionsResponse{DataVersion: 2, Versions: []versionEntry{{Version: 1, HeldBy: []holder{running}}, {Version: 2, Current: true}}}, false, false},
+		{"paused", cur("paused", "update paused", running), true, true},
+		{"rotation rolled back", cur("rollback_completed", "rotation rolled back: task t failed", running), true, true},
+		{"earlier service rollback", cur("rollback_completed", "rollback completed", running), true, false},
+	} {
+		if got := rolledOut(tt.vr); got != tt.done {
+			t.Errorf("%s: rolledOut %v", tt.name, got)
+		}
+		if got := stuck(tt.vr) != nil; got != tt.stop {
+			t.Errorf("%s: stuck %v", tt.name, got)
+		}
 	}
 }

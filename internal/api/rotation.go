@@ -48,8 +48,9 @@ type Holder struct {
 // ServiceRollout is a service that mounts the object, with the state of
 // its rollout ("" when it never had one).
 type ServiceRollout struct {
-	ID, Name    string
-	UpdateState swarm.UpdateState `json:",omitempty"`
+	ID, Name      string
+	UpdateState   swarm.UpdateState `json:",omitempty"`
+	UpdateMessage string            `json:",omitempty"`
 }
 
 // VersionEntry is one version in a VersionsResponse.
@@ -203,7 +204,7 @@ func (h rotationHandlers) versions(w http.ResponseWriter, r *http.Request) {
 			if mounts(&svc.Spec, h.m.Kind(), o.ID) {
 				ro := ServiceRollout{ID: svc.ID, Name: svc.Spec.Name}
 				if svc.UpdateStatus != nil {
-					ro.UpdateState = svc.UpdateStatus.State
+					ro.UpdateState, ro.UpdateMessage = svc.UpdateStatus.State, svc.UpdateStatus.Message
 				}
 				services = append(services, ro)
 			}
