@@ -57,6 +57,11 @@ type Orchestrator struct {
 	// holds them for the pass (keyed by model.DataKey).
 	dataVersions DataVersions
 	curData      map[string]int
+	// rotationSeen is when a pass first saw a service's rotation (see
+	// startRotation); lost on restart, which only delays a status write.
+	rotationSeen map[string]time.Time
+	// rolledBack is the service a rotation rollback wrote in this pass.
+	rolledBack string
 }
 
 // New returns an orchestrator for the manager's node nodeID (hush runs one
@@ -113,6 +118,7 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	if err := o.loadDataVersions(ctx); err != nil {
 		return err
 	}
+	o.rolledBack = ""
 	byService := map[string][]*model.Task{}
 	for _, t := range tasks {
 		byService[t.ServiceID] = append(byService[t.ServiceID], t)
@@ -332,6 +338,9 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 				}
 				if !model.SameVersions(cur.DataVersions, cur.LoadedVersions) && cur.Status.State == swarm.TaskStateRunning {
 					reloading = true
+					if rotated == "" {
+						rotated = "reload of new versions"
+					}
 					inflight++
 					continue
 				}
@@ -349,13 +358,22 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 			}
 		}
 	}
+	if !updating && !reloading {
+		delete(o.rotationSeen, svc.ID)
+	}
 	if (updating || reloading) && !specChanged && rotated != "" {
-		errs = append(errs, o.startRotation(ctx, svc, rotated))
+		started, err := o.startRotation(ctx, svc, rotated)
+		errs = append(errs, err)
+		if !started {
+			// A restart rollout begins once its status is shown, so that
+			// a failure is the update's (failure action) from the start.
+			outdated = nil
+		}
 	}
 	errs = append(errs, o.rollout(ctx, svc, uc, outdated, inflight))
 	// Like Swarm, an update is complete only once the last new task has run
 	// for the monitor period; clients (the docker CLI) wait for both.
-	if !updating && !reloading && inflight == 0 && o.now().Sub(lastStart(slots)) >= monitorOf(uc) {
+	if !updating && !reloading && inflight == 0 && o.rolledBack != svc.ID && o.now().Sub(lastStart(slots)) >= monitorOf(uc) {
 		errs = append(errs, o.finishUpdate(ctx, svc))
 	}
 	for _, s := range slots {

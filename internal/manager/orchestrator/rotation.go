@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/swarm"
@@ -101,6 +102,9 @@ func (o *Orchestrator) dataOutdated(svc *model.Service, t *model.Task) (string, 
 	return "", false
 }
 
+// rotationStatusDelay is how long startRotation holds back its status write.
+const rotationStatusDelay = 2 * time.Second
+
 // rotationMessage starts the UpdateStatus message of a rollout that a
 // rotation (not a spec change) started.
 const rotationMessage = "rotation in progress: "
@@ -111,20 +115,42 @@ func isRotation(st *swarm.UpdateStatus) bool {
 
 // startRotation shows a rotation's rollout in the service's UpdateStatus,
 // unless an update is already under way (it then carries the rotation) or
-// paused (it stays paused, as a paused update does in Swarm).
-func (o *Orchestrator) startRotation(ctx context.Context, svc *model.Service, what string) error {
+// paused (it stays paused, as a paused update does in Swarm). It reports
+// whether the restart rollout may proceed in this pass: once the status
+// written says so.
+func (o *Orchestrator) startRotation(ctx context.Context, svc *model.Service, what string) (bool, error) {
 	if st := svc.UpdateStatus; st != nil {
 		switch st.State {
-		case swarm.UpdateStateUpdating, swarm.UpdateStateRollbackStarted,
-			swarm.UpdateStatePaused, swarm.UpdateStateRollbackPaused:
-			return nil
+		case swarm.UpdateStateUpdating, swarm.UpdateStateRollbackStarted:
+			return true, nil
+		case swarm.UpdateStatePaused, swarm.UpdateStateRollbackPaused:
+			// Stays paused, as a paused update does in Swarm.
+			return false, nil
 		}
 	}
+	// The first write to the service is held back a moment: `docker stack
+	// deploy` updates a secret, lists the services, then updates each at
+	// the version it listed, and a status write in between would make that
+	// update "out of sequence". The rollout itself does not wait.
 	now := o.now()
+	if o.rotationSeen == nil {
+		o.rotationSeen = map[string]time.Time{}
+	}
+	first, ok := o.rotationSeen[svc.ID]
+	if !ok {
+		o.rotationSeen[svc.ID] = now
+		return false, nil
+	}
+	if now.Sub(first) < rotationStatusDelay {
+		return false, nil
+	}
+	delete(o.rotationSeen, svc.ID)
 	o.log.Info("rolling out a rotation", "service", svc.Spec.Name, "what", what)
-	return ignoreRace(o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
+	err := o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
 		State: swarm.UpdateStateUpdating, StartedAt: &now, Message: rotationMessage + what,
-	}))
+	})
+	// The rollout starts on the next pass, from the service as written.
+	return false, ignoreRace(err)
 }
 
 // requestReload gives a running task of a reload-mode service the current
@@ -181,7 +207,10 @@ func (o *Orchestrator) rollBackRotation(ctx context.Context, svc *model.Service,
 	if err != nil {
 		return false, err
 	}
-	// The replacement made in this pass already gets the pinned versions.
+	// The replacement made in this pass already gets the pinned versions;
+	// the service is not written again in this pass (it is stale now).
 	svc.RotationPins = pins
+	svc.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateRollbackStarted, StartedAt: &now}
+	o.rolledBack = svc.ID
 	return true, nil
 }

@@ -13,6 +13,16 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
+// settle runs passes, the clock advancing a second each, past the delay
+// before a rotation's status is written.
+func (f *fixture) settle() {
+	f.t.Helper()
+	for i := 0; i < 4; i++ {
+		f.pass()
+		f.now = f.now.Add(time.Second)
+	}
+}
+
 // withSecrets gives the fixture a secrets manager the orchestrator reads
 // current versions from.
 func (f *fixture) withSecrets() *objects.Manager {
@@ -74,6 +84,12 @@ func TestRotationRollsTasks(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.pass()
+	f.now = f.now.Add(time.Second)
+	f.pass()
+	if n := count(f.tasks(), swarm.TaskStateShutdown, ""); n != 0 || f.mustGet(aID).UpdateStatus != nil {
+		t.Fatalf("%d tasks stopped before the rollout's status was written", n)
+	}
+	f.settle()
 	svc := f.mustGet(aID)
 	if svc.UpdateStatus == nil || svc.UpdateStatus.State != swarm.UpdateStateUpdating || !strings.Contains(svc.UpdateStatus.Message, "secret pw version 2") {
 		t.Fatalf("update status during rotation: %+v", svc.UpdateStatus)
@@ -145,7 +161,7 @@ func TestRotationReloadInPlace(t *testing.T) {
 	if _, _, err := sm.Rotate(f.ctx, sid, 0, []byte("two")); err != nil {
 		t.Fatal(err)
 	}
-	f.pass()
+	f.settle()
 	ts := f.tasks()
 	if len(ts) != 2 {
 		t.Fatalf("%d tasks after a reload rotation, want the same 2", len(ts))
