@@ -160,6 +160,9 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (to flush).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
 // maxDrainBytes bounds how much of an oversized body is read and dropped.
 const maxDrainBytes = 64 << 20
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -97,6 +98,9 @@ type Daemon struct {
 	state swarm.LocalNodeState
 	// mk is the loaded master key, kept to re-wrap it on autolock changes.
 	mk keyring.MasterKey
+	// pendingKey says which unlock key is owed to an operator (autolock.go),
+	// for /info, which must not wait for mu.
+	pendingKey atomic.Int32
 	// runStop ends the orchestrator and agent of the active cluster.
 	runStop context.CancelFunc
 	runDone sync.WaitGroup
