@@ -318,3 +318,14 @@ func (d *Daemon) UnlockKeyDelivered(ctx context.Context, key string) error {
 	d.notePendingLocked()
 	return nil
 }
+
+// noteKeyMemory says once if key memory could not be mlocked (EPERM, or
+// ENOMEM under RLIMIT_MEMLOCK): keys still work, in pages that may be
+// swapped.
+func (d *Daemon) noteKeyMemory() {
+	if err := keyring.MemoryLockError(); err != nil {
+		d.memWarn.Do(func() {
+			d.log.Warn("key memory is not locked: keys may be written to swap; raise RLIMIT_MEMLOCK (ulimit -l) or run as root", "err", err)
+		})
+	}
+}

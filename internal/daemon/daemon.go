@@ -101,6 +101,8 @@ type Daemon struct {
 	// pendingKey says which unlock key is owed to an operator (autolock.go),
 	// for /info, which must not wait for mu.
 	pendingKey atomic.Int32
+	// memWarn logs, once, that key memory could not be locked.
+	memWarn sync.Once
 	// runStop ends the orchestrator and agent of the active cluster.
 	runStop context.CancelFunc
 	runDone sync.WaitGroup

@@ -137,6 +137,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	}
 	d.keys.Set(kr)
 	d.mk = mk
+	d.noteKeyMemory()
 	d.state = swarm.LocalNodeStateActive
 	var ctx context.Context
 	ctx, d.runStop = context.WithCancel(context.Background())
