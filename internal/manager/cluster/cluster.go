@@ -209,6 +209,7 @@ func (c *Cluster) UnlockKey(s Sealer) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("open unlock key: %w: %w", errdefs.ErrInternal, err)
 	}
+	defer keyring.Wipe(b) // the string is a copy; strings cannot be wiped
 	return string(b), nil
 }
 
