@@ -109,6 +109,7 @@ func (s *Server) routes() {
 	}
 	if s.Swarm != nil {
 		s.swarmRoutes()
+		s.keyRoutes()
 	}
 }
 

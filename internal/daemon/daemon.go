@@ -63,7 +63,13 @@ type Daemon struct {
 	// stopBG ends background loops (the mirror, later the orchestrator);
 	// they stop before the store closes.
 	stopBG context.CancelFunc
+	bg     context.Context
 	bgDone sync.WaitGroup
+	// mirrorOnce starts the mirror when the store can first be opened
+	// (not while locked: it decodes every value).
+	mirrorOnce sync.Once
+	// rot serialises master-key rotations (rotate.go).
+	rot rotation
 	proxy  *proxy.Proxy
 	engine *engine.Engine
 	fs     *secretfs.Manager
@@ -133,6 +139,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Name:         d.nodeID,
 		Logger:       d.log,
 		EtcdLogLevel: cfg.EtcdLogLevel,
+		Keys:         &d.keys,
 	})
 	if err != nil {
 		return nil, err
@@ -140,6 +147,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 
 	d.secrets = objects.New(objects.Secret, d.store, &d.keys, d.log)
 	d.configs = objects.New(objects.Config, d.store, &d.keys, d.log)
+	d.registerInnerSeals()
 	d.mirror = store.NewMirror(d.store)
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
@@ -167,10 +175,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
-	d.runBG(d.mirror.Run, bg)
-	if err := d.mirror.WaitReady(ctx); err != nil {
-		return nil, fmt.Errorf("store mirror: %w", err)
-	}
+	d.bg = bg
 	// Realises networks, and removes the engine networks of removed ones
 	// (also after a leave erased them all).
 	d.runBG(d.nets.Run, bg)
@@ -181,6 +186,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	if err := d.resume(ctx); err != nil {
 		return nil, err
+	}
+	if d.State() == swarm.LocalNodeStateInactive {
+		// Nothing sealed to decode yet; activation starts it otherwise.
+		if err := d.startMirror(ctx); err != nil {
+			return nil, err
+		}
 	}
 	srv := api.New(acfg)
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {

@@ -65,6 +65,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		// that did not finish. Neither protects anything.
 		_ = d.lockedKey.Remove()
 		_ = d.nextKey().Remove()
+		d.removeRotationFiles()
 		if d.cfg.NoInit {
 			d.log.Info("no cluster: waiting for docker swarm init")
 			return nil
@@ -74,11 +75,11 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{})
 		return err
 	}
-	c, err := cluster.Get(ctx, d.store)
-	if err != nil {
-		return err
-	}
 	if d.plainKey.Exists() && (d.lockedKey.Exists() || d.nextKey().Exists()) {
+		c, err := d.peekCluster(ctx)
+		if err != nil {
+			return err
+		}
 		if c.Spec.EncryptionConfig.AutoLockManagers {
 			if err := d.plainKey.Remove(); err != nil {
 				return err
@@ -102,7 +103,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
 		return nil
 	}
-	return fmt.Errorf("cluster %s exists but its master key is missing from %s", c.ID, d.plainKey.Path)
+	return fmt.Errorf("a cluster exists but its master key is missing from %s", d.plainKey.Path)
 }
 
 // activateLocked loads the master key and starts the cluster's runtime.
@@ -110,6 +111,9 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	kr, err := keyring.New(mk)
 	if err != nil {
 		return fmt.Errorf("keyring: %w", err)
+	}
+	if mk, err = d.unsealStore(context.Background(), kr, mk); err != nil {
+		return err
 	}
 	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
 		return fmt.Errorf("node object: %w", err)
@@ -188,8 +192,10 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest) (string,
 	if req.Spec.Labels != nil {
 		spec.Labels = req.Spec.Labels
 	}
+	d.keys.Set(kr) // the store seals the cluster object with it
 	c, err := cluster.Init(ctx, d.store, kr, spec)
 	if err != nil {
+		d.keys.Set(nil)
 		return "", err
 	}
 	if err := d.activateLocked(mk); err != nil {
@@ -377,7 +383,11 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 		return err
 	}
 	d.unlock.reset()
+	if err := d.preopenStore(ctx, mk); err != nil {
+		return err
+	}
 	if err := d.settleLockedKey(ctx, mk, key); err != nil {
+		d.keys.Set(nil)
 		return err
 	}
 	d.log.Info("unlocked")
@@ -442,6 +452,7 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	_ = d.plainKey.Remove()
 	_ = d.lockedKey.Remove()
 	_ = d.nextKey().Remove()
+	d.removeRotationFiles()
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm; cluster state erased")
 	return nil

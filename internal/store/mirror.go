@@ -13,7 +13,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Decoder turns a stored value into the form a Mirror keeps in memory.
+// Decoder turns a stored value (opened) into the form a Mirror keeps in
+// memory. It must not keep o.Value, which is wiped after the call.
 type Decoder func(o Object) (any, error)
 
 // Entry is one mirrored object.
@@ -149,15 +150,22 @@ func (m *Mirror) applyLocked(key string, val []byte, createRev, modRev int64, de
 		delete(t.items, id)
 		return
 	}
-	v, err := t.decode(Object{ID: id, Value: val, CreateRev: createRev, ModRev: modRev})
-	if err != nil {
-		// A value this version cannot decode stays out of the mirror; reads
-		// of it by ID still go to etcd and report the error there.
-		m.st.log.Error("store mirror: undecodable object", "kind", kind, "id", id, "err", err)
-		delete(t.items, id)
-		return
+	pt, err := m.st.open(key, val)
+	if err == nil {
+		var v any
+		v, err = t.decode(Object{ID: id, Value: pt, CreateRev: createRev, ModRev: modRev})
+		// Decoders copy what they keep: the opened bytes (a service's
+		// environment, say) do not outlive the call.
+		clear(pt)
+		if err == nil {
+			t.items[id] = Entry{ID: id, Value: v, ModRev: modRev}
+			return
+		}
 	}
-	t.items[id] = Entry{ID: id, Value: v, ModRev: modRev}
+	// A value this version cannot open or decode stays out of the mirror;
+	// reads of it by ID still go to etcd and report the error there.
+	m.st.log.Error("store mirror: undecodable object", "kind", kind, "id", id, "err", err)
+	delete(t.items, id)
 }
 
 func (m *Mirror) advanceLocked(rev int64) {

@@ -302,7 +302,7 @@ func TestRemoveInUse(t *testing.T) {
 	ctx := context.Background()
 	id, _ := m.Create(ctx, Spec{Name: "db_password", Data: []byte("x")})
 	put := func(owner, name string) {
-		if _, err := st.Client().Put(ctx, store.RefKey("secrets", id, owner), name); err != nil {
+		if err := st.Put(ctx, store.RefKey("secrets", id, owner), []byte(name)); err != nil {
 			t.Fatal(err)
 		}
 	}
