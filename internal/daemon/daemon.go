@@ -69,7 +69,7 @@ type Daemon struct {
 	// (not while locked: it decodes every value).
 	mirrorOnce sync.Once
 	// rot serialises master-key rotations (rotate.go).
-	rot rotation
+	rot    rotation
 	proxy  *proxy.Proxy
 	engine *engine.Engine
 	fs     *secretfs.Manager
