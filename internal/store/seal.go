@@ -98,6 +98,12 @@ func (s *Store) open(key string, val []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return OpenWith(kr, key, val)
+}
+
+// OpenWith opens a value stored under key with kr, outside any store (a
+// backup, a test proving what an old key opens).
+func OpenWith(kr *keyring.Keyring, key string, val []byte) ([]byte, error) {
 	sv, err := envelope(val)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", key, err)
