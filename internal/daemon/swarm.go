@@ -400,10 +400,9 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 // installing its file: the operator unlocked with the old key, and the file
 // must follow the record before the old key is the only one that works.
 func (d *Daemon) settleLockedKey(ctx context.Context, mk keyring.MasterKey, used string) error {
-	kr, err := keyring.New(mk)
-	if err != nil {
-		return err
-	}
+	// The store's keyring (preopenStore): it also holds the key of an
+	// interrupted master-key rotation, which may wrap the recorded key.
+	kr := d.keys.Keyring()
 	c, err := cluster.Get(ctx, d.store)
 	if err != nil {
 		return err
