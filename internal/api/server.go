@@ -113,6 +113,7 @@ func (s *Server) routes() {
 	}
 	if s.Swarm != nil {
 		s.swarmRoutes()
+		s.keyRoutes()
 	}
 	if s.Events != nil {
 		s.mux.HandleFunc("GET /events", s.events)

@@ -66,7 +66,13 @@ type Daemon struct {
 	// stopBG ends background loops (the mirror, later the orchestrator);
 	// they stop before the store closes.
 	stopBG context.CancelFunc
+	bg     context.Context
 	bgDone sync.WaitGroup
+	// mirrorOnce starts the mirror when the store can first be opened
+	// (not while locked: it decodes every value).
+	mirrorOnce sync.Once
+	// rot serialises master-key rotations (rotate.go).
+	rot    rotation
 	proxy  *proxy.Proxy
 	engine *engine.Engine
 	fs     *secretfs.Manager
@@ -75,7 +81,10 @@ type Daemon struct {
 	// engineMemory is the engine's memory, for resource reservations.
 	engineMemory int64
 
-	mirror  *store.Mirror
+	mirror *store.Mirror
+	// events derives hush's `docker events` from the store; it runs with
+	// the mirror.
+	events  *events.Source
 	secrets *objects.Manager
 	configs *objects.Manager
 	svcs    *services.Manager
@@ -148,6 +157,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Logger:       d.log,
 		EtcdLogLevel: cfg.EtcdLogLevel,
 		Tuning:       d.spec.running,
+		Keys:         &d.keys,
 	})
 	if err != nil {
 		return nil, err
@@ -155,6 +165,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 
 	d.secrets = objects.New(objects.Secret, d.store, &d.keys, d.log)
 	d.configs = objects.New(objects.Config, d.store, &d.keys, d.log)
+	d.registerInnerSeals()
 	d.mirror = store.NewMirror(d.store)
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
@@ -186,21 +197,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
-	d.runBG(d.mirror.Run, bg)
-	// hush's own `docker events`, derived from the store's watch. A node
-	// without a spec name is named by its hostname, as in Swarm; the only
-	// node is this machine.
-	evs := events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
-	acfg.Events = evs
-	d.runBG(evs.Run, bg)
-	// Objects written before its first load are its snapshot, not events:
-	// load before serving, so that no client write is missed.
-	if err := evs.Wait(ctx); err != nil {
-		return nil, fmt.Errorf("events: %w", err)
-	}
-	if err := d.mirror.WaitReady(ctx); err != nil {
-		return nil, fmt.Errorf("store mirror: %w", err)
-	}
+	d.bg = bg
+	// hush's own `docker events`, derived from the store's watch. It opens
+	// sealed values, so it runs from the first activation, with the mirror
+	// (startMirror). A node without a spec name is named by its hostname,
+	// as in Swarm; the only node is this machine.
+	d.events = events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
+	acfg.Events = d.events
 	// Realises networks, and removes the engine networks of removed ones
 	// (also after a leave erased them all).
 	d.runBG(d.nets.Run, bg)
@@ -212,6 +215,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.resume(ctx); err != nil {
 		return nil, err
 	}
+	if d.State() == swarm.LocalNodeStateInactive {
+		// Nothing sealed to decode yet; activation starts it otherwise.
+		if err := d.startMirror(ctx); err != nil {
+			return nil, err
+		}
+	}
 	srv := api.New(acfg)
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {
 		return nil, err
@@ -219,7 +228,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.http = &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	// An open `docker events` would otherwise hold Shutdown for its whole
 	// grace period.
-	d.http.RegisterOnShutdown(evs.CloseSubscriptions)
+	d.http.RegisterOnShutdown(d.events.CloseSubscriptions)
 	go func() {
 		if err := d.http.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.errc <- fmt.Errorf("api server: %w", err)

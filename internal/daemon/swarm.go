@@ -66,6 +66,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		// that did not finish. Neither protects anything.
 		_ = d.lockedKey.Remove()
 		_ = d.nextKey().Remove()
+		d.removeRotationFiles()
 		if d.cfg.NoInit {
 			d.log.Info("no cluster: waiting for docker swarm init")
 			return nil
@@ -75,13 +76,11 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
-	c, err := cluster.Get(ctx, d.store)
-	if err != nil {
-		return err
-	}
-	d.scrubPlainSigningKey(ctx, &c)
-	d.settle(&c)
 	if d.plainKey.Exists() && (d.lockedKey.Exists() || d.nextKey().Exists()) {
+		c, err := d.peekCluster(ctx)
+		if err != nil {
+			return err
+		}
 		if c.Spec.EncryptionConfig.AutoLockManagers {
 			if err := d.plainKey.Remove(); err != nil {
 				return err
@@ -105,7 +104,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
 		return nil
 	}
-	return fmt.Errorf("cluster %s exists but its master key is missing from %s", c.ID, d.plainKey.Path)
+	return fmt.Errorf("a cluster exists but its master key is missing from %s", d.plainKey.Path)
 }
 
 // activateLocked loads the master key and starts the cluster's runtime.
@@ -114,6 +113,17 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if err != nil {
 		return fmt.Errorf("keyring: %w", err)
 	}
+	if mk, err = d.unsealStore(context.Background(), kr, mk); err != nil {
+		return err
+	}
+	// The cluster record is sealed: its settings are read once the store
+	// opens.
+	c, err := cluster.Get(context.Background(), d.store)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	d.scrubPlainSigningKey(context.Background(), &c)
+	d.settle(&c)
 	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
 		return fmt.Errorf("node object: %w", err)
 	}
@@ -206,8 +216,10 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	if err != nil {
 		return "", err
 	}
+	d.keys.Set(kr) // the store seals the cluster object with it
 	c, err := cluster.Create(ctx, d.store, kr, cluster.Params{Spec: spec, SigningCAKey: caKey, Network: netw})
 	if err != nil {
+		d.keys.Set(nil)
 		return "", initSpecError(err)
 	}
 	if req.Availability != swarm.NodeAvailabilityActive {
@@ -469,7 +481,11 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 		return err
 	}
 	d.unlock.reset()
+	if err := d.preopenStore(ctx, mk); err != nil {
+		return err
+	}
 	if err := d.settleLockedKey(ctx, mk, key); err != nil {
+		d.keys.Set(nil)
 		return err
 	}
 	d.log.Info("unlocked")
@@ -482,10 +498,9 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 // installing its file: the operator unlocked with the old key, and the file
 // must follow the record before the old key is the only one that works.
 func (d *Daemon) settleLockedKey(ctx context.Context, mk keyring.MasterKey, used string) error {
-	kr, err := keyring.New(mk)
-	if err != nil {
-		return err
-	}
+	// The store's keyring (preopenStore): it also holds the key of an
+	// interrupted master-key rotation, which may wrap the recorded key.
+	kr := d.keys.Keyring()
 	c, err := cluster.Get(ctx, d.store)
 	if err != nil {
 		return err
@@ -540,6 +555,7 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	_ = d.nextKey().Remove()
 	_ = os.Remove(d.tuningPath())
 	d.spec.orch.Store(nil)
+	d.removeRotationFiles()
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm; cluster state erased")
 	return nil
