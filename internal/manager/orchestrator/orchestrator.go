@@ -522,6 +522,11 @@ func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) e
 	if limit < 0 {
 		return nil
 	}
+	if limit < 1 && services.IsJob(&svc.Spec) {
+		// A job slot's newest task is its record: completed (never run
+		// again) or given up (never retried). Swarm never prunes job tasks.
+		limit = 1
+	}
 	var errs []error
 	for i := 0; len(s.tasks)-i > limit && i < len(s.tasks); i++ {
 		t := s.tasks[i]
