@@ -69,4 +69,3 @@ func TestPlacementPlatformsGlobal(t *testing.T) {
 		}
 	}
 }
-
