@@ -21,8 +21,15 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "restore" {
+		return runRestore(os.Args[2:], os.Stdout, os.Stderr)
+	}
 	dataDir, socket := defaultPaths()
 	fs := flag.NewFlagSet("hushd", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: hushd [options]          run the daemon\n       hushd restore --help     restore a backup into a new data dir (offline)\n\nOptions:\n")
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&dataDir, "data-dir", dataDir, "directory for the store, keys and node state")
 	fs.StringVar(&socket, "socket", socket, "unix socket to serve the Docker API on (mode 0660)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")

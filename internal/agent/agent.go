@@ -392,6 +392,14 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		return
 	}
 	spec := a.containerSpec(t, binds)
+	if specTemplated(&spec) {
+		host, _ := os.Hostname()
+		tc := templateContext(t, a.serviceLabels(ctx, t.ServiceID), host)
+		if err := expandSpec(ctx, &spec, tc); err != nil {
+			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
+			return
+		}
+	}
 	if len(t.Spec.Networks) > 0 {
 		if a.nets == nil {
 			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", "networks are not available on this node", nil)
@@ -485,7 +493,7 @@ func (a *Agent) whileWanted(ctx context.Context, id string) (context.Context, co
 				return
 			}
 			if err == nil {
-				if cur, derr := model.Decode[model.Task](o.Value); derr == nil && cur.DesiredState != swarm.TaskStateRunning {
+				if cur, derr := model.Decode[model.Task](o.Value); derr == nil && !model.Runs(cur.DesiredState) {
 					cancel()
 					return
 				}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/objects"
@@ -159,31 +157,6 @@ func TestNoDataInResponses(t *testing.T) {
 		_, body := do(t, s, "GET", p, "")
 		if strings.Contains(body, "Y2FuYXJ5LXZhbHVl") || strings.Contains(body, "canary-value") || strings.Contains(body, `"Data"`) {
 			t.Fatalf("%s leaks data: %s", p, body)
-		}
-	}
-}
-
-func TestErrorTable(t *testing.T) {
-	tests := []struct {
-		err  error
-		code int
-		msg  string
-	}{
-		{errdefs.InvalidArgument("bad %s", "x"), 400, "rpc error: code = InvalidArgument desc = bad x"},
-		{errdefs.AlreadyExists("dup"), 409, "rpc error: code = AlreadyExists desc = dup"},
-		{errdefs.NotFound("secret a not found"), 404, "secret a not found"},
-		{errdefs.Unknown("update out of sequence"), 500, "rpc error: code = Unknown desc = update out of sequence"},
-		{errdefs.Unauthorized("nope"), 401, "nope"},
-		{errdefs.Unavailable("locked"), 503, "locked"},
-		{errors.New("boom"), 500, "boom"},
-		{errors.Join(errdefs.ErrInternal, errors.New("/path/secret")), 500, "internal error: see the hushd log"},
-	}
-	for _, tt := range tests {
-		if c := statusOf(tt.err); c != tt.code {
-			t.Errorf("%v: status %d want %d", tt.err, c, tt.code)
-		}
-		if m := message(tt.err); m != tt.msg {
-			t.Errorf("%v: message %q want %q", tt.err, m, tt.msg)
 		}
 	}
 }

@@ -14,10 +14,26 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 )
 
-// LogSource streams a container's logs as the engine frames them.
+// LogSource streams a container's logs as the engine sends them:
+// multiplexed frames, or raw bytes for a container created with a TTY.
 type LogSource interface {
 	Logs(ctx context.Context, id string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error)
 }
+
+// maxPiece bounds what the log relay holds of one line: the workload
+// controls the bytes, and a frame header may claim up to 4 GiB. Longer
+// lines go out as several pieces, each with its own context, as Swarm sends
+// a long line as partial messages.
+const maxPiece = 16 << 10
+
+// maxTimestamp bounds the engine timestamp kept for continuation pieces.
+const maxTimestamp = 64
+
+// Media types of a log stream (as dockerd names them).
+const (
+	mediaMultiplexed = "application/vnd.docker.multiplexed-stream"
+	mediaRaw         = "application/vnd.docker.raw-stream"
+)
 
 func (s *Server) serviceLogs(w http.ResponseWriter, r *http.Request) {
 	svc, err := s.Services.Get(r.Context(), r.PathValue("id"))
@@ -36,7 +52,8 @@ func (s *Server) serviceLogs(w http.ResponseWriter, r *http.Request) {
 			mine = append(mine, t)
 		}
 	}
-	s.streamLogs(w, r, mine)
+	cs := svc.Spec.TaskTemplate.ContainerSpec
+	s.streamLogs(w, r, mine, cs != nil && cs.TTY)
 }
 
 func (s *Server) taskLogs(w http.ResponseWriter, r *http.Request) {
@@ -45,13 +62,18 @@ func (s *Server) taskLogs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.streamLogs(w, r, []*model.Task{t})
+	s.streamLogs(w, r, []*model.Task{t}, taskTTY(t))
 }
 
-// streamLogs merges the tasks' container logs into one multiplexed stream.
-// Every line is prefixed with the task context the docker CLI expects
-// (node, service and task IDs) so `docker service logs` can name the task.
-func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*model.Task) {
+func taskTTY(t *model.Task) bool {
+	return t.Spec.ContainerSpec != nil && t.Spec.ContainerSpec.TTY
+}
+
+// streamLogs merges the tasks' container logs into one stream. As in Swarm,
+// a TTY service's logs are a raw stream (the CLI prints them only with
+// --raw) and others are multiplexed; with details, every line carries the
+// task context the docker CLI needs to name the task.
+func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*model.Task, tty bool) {
 	if s.Logs == nil {
 		s.writeError(w, r, errdefs.Unavailable("logs need the Docker Engine, which is not reachable"))
 		return
@@ -59,13 +81,18 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 	q := r.URL.Query()
 	follow, _ := strconv.ParseBool(q.Get("follow"))
 	ts, _ := strconv.ParseBool(q.Get("timestamps"))
+	details, _ := strconv.ParseBool(q.Get("details"))
 	wantOut, _ := strconv.ParseBool(q.Get("stdout"))
 	wantErr, _ := strconv.ParseBool(q.Get("stderr"))
 	if !wantOut && !wantErr {
 		s.writeError(w, r, errdefs.BadRequest("Bad parameters: you must choose at least one stream"))
 		return
 	}
-	w.Header().Set("Content-Type", "application/vnd.docker.multiplexed-stream")
+	if tty {
+		w.Header().Set("Content-Type", mediaRaw)
+	} else {
+		w.Header().Set("Content-Type", mediaMultiplexed)
+	}
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
 	if flusher != nil {
@@ -81,35 +108,55 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		if err != nil {
 			continue
 		}
-		prefix := []byte("com.docker.swarm.node.id=" + t.NodeID + ",com.docker.swarm.service.id=" + t.ServiceID + ",com.docker.swarm.task.id=" + t.ID + " ")
+		var prefix []byte
+		if details {
+			prefix = []byte("com.docker.swarm.node.id=" + t.NodeID + ",com.docker.swarm.service.id=" + t.ServiceID + ",com.docker.swarm.task.id=" + t.ID + " ")
+		}
+		out := &logWriter{w: w, mux: !tty, ts: ts, prefix: prefix}
+		emit := func(stream byte, piece []byte, cont bool) error {
+			if stream == 2 && !wantErr || stream != 2 && !wantOut {
+				return nil
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err := out.write(stream, piece, cont); err != nil {
+				return err
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+			return nil
+		}
+		read := readFrames
+		if taskTTY(t) {
+			// A TTY container's output is not framed: parsing it as
+			// frames would read its bytes as lengths.
+			read = readRaw
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer rc.Close()
-			_ = relayFrames(rc, func(stream byte, line []byte) error {
-				if stream == 1 && !wantOut || stream == 2 && !wantErr {
-					return nil
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				if err := writeFrame(w, stream, ts, prefix, line); err != nil {
-					return err
-				}
-				if flusher != nil {
-					flusher.Flush()
-				}
-				return nil
-			})
+			_ = read(rc, emit)
 		}()
 	}
 	wg.Wait()
 }
 
-// relayFrames reads an engine log stream (8-byte headers: stream, 0, 0, 0,
-// big-endian length) and calls fn per line.
-func relayFrames(rd io.Reader, fn func(stream byte, line []byte) error) error {
-	br := bufio.NewReader(rd)
+// pieceFunc receives one piece of a line: at most maxPiece bytes, ending
+// with its newline if it has one; cont marks a piece that continues the
+// previous piece of the same stream. The slice is only valid during the call.
+type pieceFunc func(stream byte, piece []byte, cont bool) error
+
+// readFrames reads an engine log stream of multiplexed frames (8-byte
+// header: stream, 0, 0, 0, big-endian length) and passes on their lines.
+// Payloads are read in bounded pieces, so memory stays bounded whatever
+// length a header claims.
+func readFrames(rd io.Reader, fn pieceFunc) error {
+	br := bufio.NewReaderSize(rd, maxPiece)
+	buf := make([]byte, maxPiece)
 	var hdr [8]byte
+	cont := map[byte]bool{}
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -117,48 +164,103 @@ func relayFrames(rd io.Reader, fn func(stream byte, line []byte) error) error {
 			}
 			return err
 		}
-		n := binary.BigEndian.Uint32(hdr[4:])
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return err
+		// Only stdout and stderr exist in a log stream; anything else is
+		// passed on as stdout rather than as a stream the client rejects.
+		stream := byte(1)
+		if hdr[0] == 2 {
+			stream = 2
 		}
-		for len(buf) > 0 {
-			i := len(buf)
-			for j, c := range buf {
-				if c == '\n' {
-					i = j + 1
-					break
+		for left := int64(binary.BigEndian.Uint32(hdr[4:])); left > 0; {
+			n := min(left, maxPiece)
+			if _, err := io.ReadFull(br, buf[:n]); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
 				}
-			}
-			if err := fn(hdr[0], buf[:i]); err != nil {
 				return err
 			}
-			buf = buf[i:]
+			left -= n
+			for chunk := buf[:n]; len(chunk) > 0; {
+				i := len(chunk)
+				for j, c := range chunk {
+					if c == '\n' {
+						i = j + 1
+						break
+					}
+				}
+				if err := fn(stream, chunk[:i], cont[stream]); err != nil {
+					return err
+				}
+				cont[stream] = chunk[i-1] != '\n'
+				chunk = chunk[i:]
+			}
 		}
 	}
 }
 
-// writeFrame writes one multiplexed frame; with timestamps the engine's
-// timestamp stays first, and the context goes after it, where the CLI
-// looks for it.
-func writeFrame(w io.Writer, stream byte, ts bool, prefix, line []byte) error {
-	var body []byte
-	if ts {
-		if i := indexByte(line, ' '); i >= 0 {
-			body = append(append(append(body, line[:i+1]...), prefix...), line[i+1:]...)
-		} else {
-			body = append(append(body, prefix...), line...)
+// readRaw reads a TTY container's log stream (raw bytes, all stdout) and
+// passes on its lines in bounded pieces.
+func readRaw(rd io.Reader, fn pieceFunc) error {
+	br := bufio.NewReaderSize(rd, maxPiece)
+	cont := false
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			if ferr := fn(1, line, cont); ferr != nil {
+				return ferr
+			}
+			cont = line[len(line)-1] != '\n'
 		}
-	} else {
-		body = append(append(body, prefix...), line...)
+		switch {
+		case err == nil, errors.Is(err, bufio.ErrBufferFull):
+		case errors.Is(err, io.EOF):
+			return nil
+		default:
+			return err
+		}
 	}
-	var hdr [8]byte
-	hdr[0] = stream
-	binary.BigEndian.PutUint32(hdr[4:], uint32(len(body)))
-	if _, err := w.Write(hdr[:]); err != nil {
-		return err
+}
+
+// logWriter writes pieces to the client: framed (mux) or raw, with the
+// task context after the engine's timestamp, where the CLI looks for it.
+type logWriter struct {
+	w      io.Writer
+	mux    bool
+	ts     bool
+	prefix []byte
+	// lastTS is the timestamp of the line being continued, per stream, so
+	// that every piece has the "timestamp context message" form.
+	lastTS map[byte][]byte
+	body   []byte
+}
+
+func (lw *logWriter) write(stream byte, piece []byte, cont bool) error {
+	body := lw.body[:0]
+	switch {
+	case lw.ts && !cont:
+		i := indexByte(piece, ' ')
+		if i < 0 || i > maxTimestamp {
+			i = -1
+		}
+		if lw.lastTS == nil {
+			lw.lastTS = map[byte][]byte{}
+		}
+		lw.lastTS[stream] = append(lw.lastTS[stream][:0], piece[:i+1]...)
+		body = append(append(append(body, piece[:i+1]...), lw.prefix...), piece[i+1:]...)
+	case lw.ts:
+		body = append(append(append(body, lw.lastTS[stream]...), lw.prefix...), piece...)
+	default:
+		body = append(append(body, lw.prefix...), piece...)
 	}
-	_, err := w.Write(body)
+	lw.body = body
+	if lw.mux {
+		var hdr [8]byte
+		hdr[0] = stream
+		binary.BigEndian.PutUint32(hdr[4:], uint32(len(body)))
+		if _, err := lw.w.Write(hdr[:]); err != nil {
+			return err
+		}
+	}
+	_, err := lw.w.Write(body)
 	return err
 }
 

@@ -60,10 +60,21 @@ type Config struct {
 	// hush's and the engine's, since the CLI uses it for passed-through
 	// calls too.
 	APIVersion string
+	// Events is hush's own event stream, merged into the engine's on GET
+	// /events (nil: /events goes to the fallback); EngineEvents opens the
+	// engine's (nil: hush's events alone).
+	Events       EventSource
+	EngineEvents EngineStreamer
 	// Fallback serves every request hush does not own (the engine proxy).
 	// Nil answers them with dockerd's 404.
 	Fallback http.Handler
 	Logger   *slog.Logger
+	// Backup takes encrypted backups (POST /hush/v1/backup); nil leaves it unrouted.
+	Backup BackupSource
+
+	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
+	// in the node's description and matched by `node ls --filter label=`.
+	EngineLabels []string
 }
 
 // Server is the HTTP front of hushd.
@@ -102,7 +113,12 @@ func (s *Server) routes() {
 	}
 	if s.Swarm != nil {
 		s.swarmRoutes()
+		s.keyRoutes()
 	}
+	if s.Events != nil {
+		s.mux.HandleFunc("GET /events", s.events)
+	}
+	s.backupRoutes()
 }
 
 // ServeHTTP routes hush's own API and hands everything else, untouched, to

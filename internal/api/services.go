@@ -291,6 +291,7 @@ func (s *Server) node(ctx context.Context) (swarm.Node, error) {
 	n.CreatedAt, n.UpdatedAt = stored.CreatedAt, stored.UpdatedAt
 	n.Description.Hostname = hostname()
 	n.Description.Platform = swarm.Platform{Architecture: runtime.GOARCH, OS: runtime.GOOS}
+	n.Description.Engine.Labels = engineLabels(s.EngineLabels)
 	n.Description.Resources.NanoCPUs = int64(runtime.NumCPU()) * 1e9
 	n.Description.Engine.EngineVersion = s.Version
 	if s.EngineVersion != "" {
@@ -304,7 +305,8 @@ func (s *Server) node(ctx context.Context) (swarm.Node, error) {
 }
 
 func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
-	if _, err := parseFilters(r.URL.Query().Get("filters"), "id", "label", "node.label", "membership", "name", "role"); err != nil {
+	f, err := parseNodeFilter(r.URL.Query().Get("filters"))
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -313,7 +315,11 @@ func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, []swarm.Node{n})
+	out := []swarm.Node{}
+	if f.Match(&n) {
+		out = append(out, n)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) matchNode(ref string) bool {
@@ -352,5 +358,5 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, errdefs.InvalidArgument("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", r.PathValue("id")))
+	s.writeError(w, r, s.removeNode(r.PathValue("id")))
 }

@@ -89,11 +89,16 @@ func (d *Daemon) notePendingLocked() {
 //     there is one (the plaintext key then goes: a disable that did not
 //     reach the record), the plaintext key if not (enable pending).
 func (d *Daemon) settleKeysLocked(ctx context.Context, mk keyring.MasterKey, used string) (acked bool, err error) {
-	kr, err := keyring.New(mk)
-	if err != nil {
-		return false, err
+	// The cluster record is sealed: it is read with the store's keyring,
+	// which also holds the key of an interrupted master-key rotation (that
+	// may wrap the recorded unlock key). At start it is loaded here.
+	kr := d.keys.Keyring()
+	if kr == nil {
+		if err := d.preopenStore(ctx, mk); err != nil {
+			return false, err
+		}
+		kr = d.keys.Keyring()
 	}
-	defer kr.Destroy()
 	c, err := cluster.Get(ctx, d.store)
 	if err != nil {
 		return false, err

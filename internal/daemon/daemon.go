@@ -22,6 +22,7 @@ import (
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/events"
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
@@ -66,7 +67,13 @@ type Daemon struct {
 	// stopBG ends background loops (the mirror, later the orchestrator);
 	// they stop before the store closes.
 	stopBG context.CancelFunc
+	bg     context.Context
 	bgDone sync.WaitGroup
+	// mirrorOnce starts the mirror when the store can first be opened
+	// (not while locked: it decodes every value).
+	mirrorOnce sync.Once
+	// rot serialises master-key rotations (rotate.go).
+	rot    rotation
 	proxy  *proxy.Proxy
 	engine *engine.Engine
 	fs     *secretfs.Manager
@@ -75,7 +82,10 @@ type Daemon struct {
 	// engineMemory is the engine's memory, for resource reservations.
 	engineMemory int64
 
-	mirror  *store.Mirror
+	mirror *store.Mirror
+	// events derives hush's `docker events` from the store; it runs with
+	// the mirror.
+	events  *events.Source
 	secrets *objects.Manager
 	configs *objects.Manager
 	svcs    *services.Manager
@@ -153,6 +163,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Logger:       d.log,
 		EtcdLogLevel: cfg.EtcdLogLevel,
 		Tuning:       d.spec.running,
+		Keys:         &d.keys,
 	})
 	if err != nil {
 		return nil, err
@@ -160,6 +171,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 
 	d.secrets = objects.New(objects.Secret, d.store, &d.keys, d.log)
 	d.configs = objects.New(objects.Config, d.store, &d.keys, d.log)
+	d.registerInnerSeals()
 	d.mirror = store.NewMirror(d.store)
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
@@ -187,13 +199,17 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,
 		Logger:     d.log,
+		Backup:     newBackups(d),
 	}
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
-	d.runBG(d.mirror.Run, bg)
-	if err := d.mirror.WaitReady(ctx); err != nil {
-		return nil, fmt.Errorf("store mirror: %w", err)
-	}
+	d.bg = bg
+	// hush's own `docker events`, derived from the store's watch. It opens
+	// sealed values, so it runs from the first activation, with the mirror
+	// (startMirror). A node without a spec name is named by its hostname,
+	// as in Swarm; the only node is this machine.
+	d.events = events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
+	acfg.Events = d.events
 	// Realises networks, and removes the engine networks of removed ones
 	// (also after a leave erased them all).
 	d.runBG(d.nets.Run, bg)
@@ -205,11 +221,20 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.resume(ctx); err != nil {
 		return nil, err
 	}
+	if d.State() == swarm.LocalNodeStateInactive {
+		// Nothing sealed to decode yet; activation starts it otherwise.
+		if err := d.startMirror(ctx); err != nil {
+			return nil, err
+		}
+	}
 	srv := api.New(acfg)
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {
 		return nil, err
 	}
 	d.http = &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	// An open `docker events` would otherwise hold Shutdown for its whole
+	// grace period.
+	d.http.RegisterOnShutdown(d.events.CloseSubscriptions)
 	go func() {
 		if err := d.http.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.errc <- fmt.Errorf("api server: %w", err)
@@ -240,6 +265,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	host := *d.cfg.Engine
 	d.proxy = proxy.New(host, host.Path, d.log)
 	acfg.Fallback = d.proxy
+	acfg.EngineEvents = d.proxy
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	v, err := d.proxy.Ping(pctx)
 	cancel()
@@ -257,6 +283,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	ictx, icancel := context.WithTimeout(ctx, 3*time.Second)
 	if info, err := eng.Info(ictx); err == nil {
 		acfg.EngineVersion, acfg.MemoryBytes = info.ServerVersion, info.MemTotal
+		acfg.EngineLabels = info.Labels
 		d.engineLabels = info.Labels
 		d.engineMemory = info.MemTotal
 	}

@@ -74,6 +74,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		// that did not finish. Neither protects anything.
 		_ = d.lockedKey.Remove()
 		_ = d.nextKey().Remove()
+		d.removeRotationFiles()
 		if d.cfg.NoInit {
 			d.log.Info("no cluster: waiting for docker swarm init")
 			return nil
@@ -83,12 +84,6 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
-	c, err := cluster.Get(ctx, d.store)
-	if err != nil {
-		return err
-	}
-	d.scrubPlainSigningKey(ctx, &c)
-	d.settle(&c)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
@@ -101,10 +96,13 @@ func (d *Daemon) resume(ctx context.Context) error {
 		// change half-way); this may end in the locked state.
 		acked, err := d.settleKeysLocked(ctx, mk, "")
 		if err != nil {
+			d.keys.Set(nil)
 			mk.Destroy()
 			return fmt.Errorf("key files: %w", err)
 		}
 		if acked {
+			// Locked: nothing may open the store until an unlock.
+			d.keys.Set(nil)
 			mk.Destroy()
 			d.state = swarm.LocalNodeStateLocked
 			d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
@@ -123,7 +121,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
 		return nil
 	}
-	return fmt.Errorf("cluster %s exists but its master key is missing from %s", c.ID, d.plainKey.Path)
+	return fmt.Errorf("a cluster exists but its master key is missing from %s", d.plainKey.Path)
 }
 
 // activateLocked loads the master key and starts the cluster's runtime.
@@ -132,6 +130,17 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if err != nil {
 		return fmt.Errorf("keyring: %w", err)
 	}
+	if mk, err = d.unsealStore(context.Background(), kr, mk); err != nil {
+		return err
+	}
+	// The cluster record is sealed: its settings are read once the store
+	// opens.
+	c, err := cluster.Get(context.Background(), d.store)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	d.scrubPlainSigningKey(context.Background(), &c)
+	d.settle(&c)
 	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
 		return fmt.Errorf("node object: %w", err)
 	}
@@ -226,8 +235,10 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 		return "", err
 	}
 	defer kr.Destroy()
+	d.keys.Set(kr) // the store seals the cluster object with it
 	c, err := cluster.Create(ctx, d.store, kr, cluster.Params{Spec: spec, SigningCAKey: caKey, Network: netw})
 	if err != nil {
+		d.keys.Set(nil)
 		return "", initSpecError(err)
 	}
 	if req.Availability != swarm.NodeAvailabilityActive {
@@ -326,7 +337,7 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 		return err
 	}
 	if c.Version != version {
-		return errdefs.Unknown("update out of sequence")
+		return errdefs.OutOfSequence()
 	}
 	if err := cluster.ValidateSpec(&spec); err != nil {
 		return err
@@ -442,7 +453,12 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 		return err
 	}
 	d.unlock.reset()
+	if err := d.preopenStore(ctx, mk); err != nil {
+		mk.Destroy()
+		return err
+	}
 	if _, err := d.settleKeysLocked(ctx, mk, key); err != nil {
+		d.keys.Set(nil)
 		mk.Destroy()
 		return fmt.Errorf("key files: %w", err)
 	}
@@ -494,6 +510,7 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	_ = d.nextKey().Remove()
 	_ = os.Remove(d.tuningPath())
 	d.spec.orch.Store(nil)
+	d.removeRotationFiles()
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm; cluster state erased")
 	return nil

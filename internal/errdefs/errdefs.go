@@ -15,6 +15,16 @@ var (
 	ErrUnauthorized    = errors.New("unauthorized")
 	ErrForbidden       = errors.New("forbidden")
 	ErrInternal        = errors.New("internal")
+	// ErrNoSpace means the cluster store is at its quota: the client may
+	// free space (remove objects) and retry; waiting alone does not help.
+	ErrNoSpace = errors.New("insufficient storage")
+	// ErrOutOfSequence is a write against a stale version. It is the
+	// client's conflict, so it wraps ErrConflict, but Swarm reports it with
+	// gRPC code Unknown and clients match on that text.
+	ErrOutOfSequence = fmt.Errorf("update out of sequence: %w", ErrConflict)
+	// ErrFailedPrecondition is a request refused because of the object's
+	// state; dockerd answers swarmkit's FailedPrecondition with 400.
+	ErrFailedPrecondition = fmt.Errorf("failed precondition: %w", ErrInvalidArgument)
 )
 
 // Error is a categorised error with a client-facing message.
@@ -78,6 +88,24 @@ func Unauthorized(format string, args ...any) error {
 // such as "update out of sequence".
 func Unknown(format string, args ...any) error {
 	return newf(ErrInternal, true, format, args...)
+}
+
+// OutOfSequence is Swarm's answer to a stale ?version=: the text Swarm's
+// CLI users know, with a conflict's status (HTTP 409).
+func OutOfSequence() error {
+	return &Error{Category: ErrOutOfSequence, Msg: "update out of sequence", Control: true}
+}
+
+// FailedPrecondition is a control-API refusal because of an object's state,
+// such as removing a manager (HTTP 400, gRPC code FailedPrecondition).
+func FailedPrecondition(format string, args ...any) error {
+	return newf(ErrFailedPrecondition, true, format, args...)
+}
+
+// NoSpace is a write refused because the cluster store is at its quota
+// (HTTP 507); the message must name the limit.
+func NoSpace(format string, args ...any) error {
+	return newf(ErrNoSpace, false, format, args...)
 }
 
 // Is reports whether err belongs to category cat.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
@@ -26,8 +27,13 @@ type EmbeddedConfig struct {
 	Logger *slog.Logger
 	// EtcdLogLevel is etcd's zap level: "debug", "info", "warn" or "error".
 	EtcdLogLevel string
+	// QuotaBytes is etcd's backend quota (0: DefaultQuotaBytes). hush
+	// refuses writes somewhat below it (see quota.go).
+	QuotaBytes int64
 	// StartTimeout bounds how long Open waits for the member to be ready.
 	StartTimeout time.Duration
+	// Keys seals and opens every value (required).
+	Keys Keys
 	// Tuning is the cluster spec's raft settings; zero fields keep etcd's
 	// defaults.
 	Tuning Tuning
@@ -59,6 +65,14 @@ func (t Tuning) apply(cfg *embed.Config) {
 	}
 }
 
+// MaxRequestBytes is the embedded member's request limit. The largest
+// record is a config of just under 1000 KiB: its data sealed and base64'd
+// inside the record (about 1.34 MiB), plus labels, the whole sealed again in
+// binary form (about 100 bytes more, no second base64). API bodies are
+// capped at 2 MiB, so no record exceeds 2 MiB by more than its envelope;
+// etcd's default (1.5 MiB) would refuse a config with large labels.
+const MaxRequestBytes = 3 << 20
+
 // OpenEmbedded starts an embedded etcd member and returns a Store that talks
 // to it in-process, without sockets.
 //
@@ -68,6 +82,9 @@ func (t Tuning) apply(cfg *embed.Config) {
 func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	if c.Dir == "" || c.Name == "" {
 		return nil, errors.New("store: embedded etcd needs a directory and a name")
+	}
+	if c.Keys == nil {
+		return nil, errors.New("store: embedded etcd needs the keyring holder that seals its values")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -82,7 +99,7 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = c.Name
 	cfg.Dir = filepath.Clean(c.Dir)
-	peer, _ := url.Parse("http://127.0.0.1:2380")
+	peer, _ := url.Parse(embeddedPeerURL)
 	cfg.ListenPeerUrls = nil
 	cfg.ListenClientUrls = nil
 	cfg.ListenClientHttpUrls = nil
@@ -95,6 +112,11 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	// backend's growth without surprising a slow watcher.
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
 	cfg.AutoCompactionRetention = "1h"
+	cfg.MaxRequestBytes = MaxRequestBytes
+	if c.QuotaBytes <= 0 {
+		c.QuotaBytes = DefaultQuotaBytes
+	}
+	cfg.QuotaBackendBytes = c.QuotaBytes
 	lvl, err := zapcore.ParseLevel(orDefault(c.EtcdLogLevel, "warn"))
 	if err != nil {
 		return nil, fmt.Errorf("store: etcd log level: %w", err)
@@ -129,9 +151,32 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		return nil, ctx.Err()
 	}
 	cli := v3client.New(e.Server)
-	s := newStore(cli, c.Logger)
+	s := newStore(cli, c.Logger, c.Keys)
 	s.errc = e.Err()
+	// The in-process client's Defragment needs an auth layer the
+	// in-process server lacks; the backend itself can.
+	s.defrag = func() error { return e.Server.Backend().Defrag() }
+	s.quota = newQuota(c.QuotaBytes, func() backend { return e.Server.Backend() }, func() bool {
+		for _, a := range e.Server.Alarms() {
+			if a.Alarm == etcdserverpb.AlarmType_NOSPACE {
+				return true
+			}
+		}
+		return false
+	}, uint64(e.Server.MemberID()), c.Logger)
+	// A store left full (by a write burst or an older hushd) gets its room
+	// back now if deletes or old revisions freed some; otherwise writes
+	// are refused with the quota's text and deletes still work.
+	if s.quota.alarmRaised() {
+		c.Logger.Warn("store quota alarm raised: reclaiming space", "quota", c.QuotaBytes)
+		s.quota.reclaim(ctx, cli)
+	}
+	qctx, qcancel := context.WithCancel(context.Background())
+	qdone := make(chan struct{})
+	go func() { defer close(qdone); s.quota.run(qctx, cli) }()
 	s.closeFn = func() error {
+		qcancel()
+		<-qdone
 		// Close the client before the server, as etcd's embed examples do,
 		// so no request is in flight while the server shuts down.
 		err := cli.Close()

@@ -523,9 +523,7 @@ func TestPullsForeignNetwork(t *testing.T) {
 	requireSwarmNetworks(t, h)
 	eng := stackEngine(t)
 	sfx := runSuffix(t)
-	img := "pulls-stack-img:" + sfx
-	stackImage(t, h, img)
-	t.Cleanup(func() { eng.Docker("rmi", img) })
+	img := stackImage(t, h, "pulls-stack-img-"+sfx)
 	compose := "version: \"3.8\"\nservices:\n  web:\n    image: " + img + "\n"
 	dir := stackWrite(t, map[string]string{"stack.yml": compose})
 	file := filepath.Join(dir, "stack.yml")

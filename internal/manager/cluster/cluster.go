@@ -82,11 +82,8 @@ func DefaultSpec() swarm.Spec {
 
 // Exists reports whether a cluster has been initialised in st.
 func Exists(ctx context.Context, st *store.Store) (bool, error) {
-	_, err := st.Table(table).Get(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		return false, nil
-	}
-	return err == nil, err
+	// Only the key's presence: this is asked before the cluster is unlocked.
+	return st.Table(table).Exists(ctx, key)
 }
 
 // Init creates the cluster object with spec and no init-time settings.
@@ -172,7 +169,7 @@ func Put(ctx context.Context, st *store.Store, c *Cluster) error {
 	}
 	_, err = st.Table(table).Update(ctx, key, int64(c.Version), val)
 	if errors.Is(err, store.ErrStale) {
-		return errdefs.Unknown("update out of sequence")
+		return errdefs.OutOfSequence()
 	}
 	return err
 }

@@ -3,6 +3,7 @@
 package constraint
 
 import (
+	"regexp"
 	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -37,15 +38,29 @@ func Parse(exprs []string) ([]Constraint, error) {
 		default:
 			return nil, errdefs.InvalidArgument("constraint expected one operator from ==, !=")
 		}
-		c.Key = strings.ToLower(strings.TrimSpace(key))
-		c.Value = strings.TrimSpace(val)
-		if !knownKey(c.Key) || c.Value == "" {
+		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
+		// Swarm's character sets: without them a key or value holding an
+		// operator would parse differently once printed back.
+		if !keyChars.MatchString(key) {
+			return nil, errdefs.InvalidArgument("key '%s' is invalid", key)
+		}
+		if !valueChars.MatchString(val) {
+			return nil, errdefs.InvalidArgument("value '%s' is invalid", val)
+		}
+		c.Key = strings.ToLower(key)
+		c.Value = val
+		if !knownKey(c.Key) {
 			return nil, errdefs.InvalidArgument("invalid constraint: %s", e)
 		}
 		out = append(out, c)
 	}
 	return out, nil
 }
+
+var (
+	keyChars   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]+$`)
+	valueChars = regexp.MustCompile(`^[A-Za-z0-9:_.*()?+\[\]\\^$|/\s-]+$`)
+)
 
 func knownKey(k string) bool {
 	switch k {

@@ -21,7 +21,11 @@ func TestParseAndMatch(t *testing.T) {
 		{[]string{"node.role = manager"}, "constraint expected one operator from ==, !=", false},
 		{[]string{"node.color == red"}, "invalid constraint: node.color == red", false},
 		{[]string{"node.labels. == x"}, "invalid constraint: node.labels. == x", false},
-		{[]string{"node.role == "}, "invalid constraint: node.role == ", false},
+		// Swarm's texts for characters outside its sets.
+		{[]string{"node.role == "}, "value '' is invalid", false},
+		{[]string{"node.labels.a= == b"}, "key 'node.labels.a=' is invalid", false},
+		{[]string{"node.labels.a===b"}, "value '=b' is invalid", false},
+		{[]string{"node.id==a!=b"}, "value 'a!=b' is invalid", false},
 	}
 	for _, tt := range tests {
 		cs, err := Parse(tt.exprs)

@@ -16,6 +16,10 @@ import (
 
 const table = "nodes"
 
+// MaxLabels bounds a node's labels, as a service's (they are read into
+// every placement decision).
+const MaxLabels = 1024
+
 // Node is a stored node.
 type Node struct {
 	ID        string         `json:"id"`
@@ -81,12 +85,15 @@ func Update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	if spec.Labels == nil {
 		spec.Labels = map[string]string{}
 	}
+	if len(spec.Labels) > MaxLabels {
+		return errdefs.InvalidArgument("Labels: %d entries exceed hush's limit of %d", len(spec.Labels), MaxLabels)
+	}
 	n.Spec = spec
 	n.UpdatedAt = time.Now().UTC()
 	val, _ := json.Marshal(&n)
 	_, err = st.Table(table).Update(ctx, id, int64(version), val)
 	if errors.Is(err, store.ErrStale) {
-		return errdefs.Unknown("update out of sequence")
+		return errdefs.OutOfSequence()
 	}
 	return err
 }

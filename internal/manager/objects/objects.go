@@ -412,7 +412,7 @@ func (m *Manager) Update(ctx context.Context, ref string, version uint64, s Spec
 	if _, err := m.tbl.Update(ctx, r.ID, int64(version), val); err != nil {
 		switch {
 		case errors.Is(err, store.ErrStale):
-			return errdefs.Unknown("update out of sequence")
+			return errdefs.OutOfSequence()
 		case errors.Is(err, store.ErrNotFound):
 			return errdefs.ControlNotFound("%s %s not found", m.kind.Name, r.ID)
 		}
@@ -445,13 +445,9 @@ func (m *Manager) Remove(ctx context.Context, ref string) error {
 // inUse builds Swarm's in-use message from the reference markers, whose
 // values are the referring services' names.
 func (m *Manager) inUse(ctx context.Context, r *record) error {
-	resp, err := m.st.Client().Get(ctx, store.RefPrefix(m.kind.Table, r.ID), clientv3.WithPrefix())
+	names, err := m.st.RefValues(ctx, m.kind.Table, r.ID, 0)
 	if err != nil {
-		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
-	}
-	names := make([]string, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		names = append(names, string(kv.Value))
+		return err
 	}
 	sort.Strings(names)
 	noun := "service"

@@ -46,7 +46,7 @@ func New(st *store.Store, mir *store.Mirror, log *slog.Logger) *Manager {
 		secrets: st.Table("secrets"), configs: st.Table("configs"),
 		mirror: mir, log: log, now: func() time.Time { return time.Now().UTC() },
 	}
-	mir.Register(model.ServicesTable, func(o store.Object) (any, error) { return decodeService(o) })
+	mir.Register(model.ServicesTable, func(o store.Object) (any, error) { return m.decodeLoaded(o) })
 	mir.Register(model.TasksTable, func(o store.Object) (any, error) { return decodeTask(o) })
 	return m
 }
@@ -378,7 +378,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 		// Either the version is stale or a referenced object vanished; the
 		// version is by far the common case, and both mean "read again".
 		if latest, gerr := m.svcs.Get(ctx, cur.ID); gerr == nil && uint64(latest.ModRev) != opt.Version {
-			return errdefs.Unknown("update out of sequence")
+			return errdefs.OutOfSequence()
 		}
 		return errdefs.InvalidArgument("a referenced secret, config or network was removed during the update; try again")
 	case errors.Is(err, store.ErrNotFound):

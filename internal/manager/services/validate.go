@@ -15,6 +15,9 @@ import (
 
 // validateSpec checks a service spec and fills in defaults in place.
 func validateSpec(s *swarm.ServiceSpec) error {
+	if err := checkBounds(s); err != nil {
+		return err
+	}
 	if err := objects.ValidateName(s.Name); err != nil {
 		return err
 	}

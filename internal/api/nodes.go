@@ -1,0 +1,43 @@
+package api
+
+import (
+	"strings"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+)
+
+// parseNodeFilter reads `GET /nodes?filters=` with Swarm's keys and texts.
+// Swarm answers an unknown role or membership with 500; it is the client's
+// mistake, so hush answers 400 with the same text.
+func parseNodeFilter(raw string) (nodes.Filter, error) {
+	args, err := parseFilters(raw, nodes.FilterKeys...)
+	if err != nil {
+		return nodes.Filter{}, err
+	}
+	return nodes.ParseFilter(args.values)
+}
+
+// removeNode answers `docker node rm`: an unknown node is a 404 before any
+// other check, as in Swarm; hush's only node is the manager, which Swarm
+// refuses to remove while it is a raft member (its text names the full ID).
+func (s *Server) removeNode(ref string) error {
+	if !s.matchNode(ref) {
+		return errdefs.NotFound("node %s not found", ref)
+	}
+	return errdefs.FailedPrecondition("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", s.Node.ID)
+}
+
+// engineLabels turns the engine's "k=v" labels into the map a node's
+// description carries (nil when there are none, as Swarm shows null).
+func engineLabels(kvs []string) map[string]string {
+	if len(kvs) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}

@@ -1,0 +1,141 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strconv"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+const testNodeID = "hldv7awwf7nu8ad508zi92dz2"
+
+func newNodeServer(t *testing.T) *Server {
+	t.Helper()
+	st := storetest.New(t)
+	mir := store.NewMirror(st)
+	svcs := services.New(st, mir, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { mir.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := mir.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodes.Ensure(ctx, st, testNodeID); err != nil {
+		t.Fatal(err)
+	}
+	return New(Config{Services: svcs, Node: Node{ID: testNodeID, Addr: "127.0.0.1"}, Version: "test",
+		EngineLabels: []string{"storage=ssd"}})
+}
+
+func nodeIDs(t *testing.T, body string) []string {
+	t.Helper()
+	var ns []swarm.Node
+	if err := json.Unmarshal([]byte(body), &ns); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	ids := []string{}
+	for _, n := range ns {
+		ids = append(ids, n.ID)
+	}
+	return ids
+}
+
+func TestNodeListFilters(t *testing.T) {
+	s := newNodeServer(t)
+	tests := []struct {
+		filters string
+		code    int
+		match   bool
+		msg     string
+	}{
+		{``, 200, true, ""},
+		{`{"role":{"worker":true}}`, 200, false, ""},
+		{`{"role":{"manager":true}}`, 200, true, ""},
+		{`{"membership":{"accepted":true}}`, 200, true, ""},
+		{`{"membership":{"pending":true}}`, 200, false, ""},
+		{`{"label":{"storage=ssd":true}}`, 200, true, ""},
+		{`{"label":{"zone":true}}`, 200, false, ""},
+		{`{"node.label":{"storage":true}}`, 200, false, ""},
+		{`{"id":{"hldv":true}}`, 200, true, ""},
+		{`{"id":{"zzz":true}}`, 200, false, ""},
+		{`{"foo":{"x":true}}`, 400, false, "Invalid filter 'foo'"},
+		{`{"role":{"bogus":true}}`, 400, false, "Invalid role filter: 'bogus'"},
+		{`{"membership":{"bogus":true}}`, 400, false, "Invalid membership filter: 'bogus'"},
+	}
+	for _, tt := range tests {
+		rec := serve(s, "GET", "/v1.41/nodes?filters="+url.QueryEscape(tt.filters), "")
+		if rec.Code != tt.code {
+			t.Errorf("%s: status %d, want %d: %s", tt.filters, rec.Code, tt.code, rec.Body)
+			continue
+		}
+		if tt.code != 200 {
+			if m := msgOf(t, rec.Body.String()); m != tt.msg {
+				t.Errorf("%s: message %q, want %q", tt.filters, m, tt.msg)
+			}
+			continue
+		}
+		if ids := nodeIDs(t, rec.Body.String()); len(ids) == 1 != tt.match {
+			t.Errorf("%s: got %v, want match=%v", tt.filters, ids, tt.match)
+		}
+	}
+	// node.label follows `docker node update --label-add`.
+	n := serve(s, "GET", "/nodes/"+testNodeID, "")
+	var node swarm.Node
+	if err := json.Unmarshal(n.Body.Bytes(), &node); err != nil {
+		t.Fatal(err)
+	}
+	if node.Description.Engine.Labels["storage"] != "ssd" {
+		t.Fatalf("engine labels %v", node.Description.Engine.Labels)
+	}
+	node.Spec.Labels = map[string]string{"zone": "a"}
+	spec, _ := json.Marshal(node.Spec)
+	if rec := serve(s, "POST", "/nodes/"+testNodeID+"/update?version="+strconv.FormatUint(node.Version.Index, 10), string(spec)); rec.Code != 200 {
+		t.Fatalf("update: %d %s", rec.Code, rec.Body)
+	}
+	rec := serve(s, "GET", "/nodes?filters="+url.QueryEscape(`{"node.label":{"zone=a":true}}`), "")
+	if ids := nodeIDs(t, rec.Body.String()); len(ids) != 1 {
+		t.Fatalf("node.label=zone=a after update: %v", ids)
+	}
+	// The old version is now stale: a conflict, with Swarm's text.
+	rec = serve(s, "POST", "/nodes/"+testNodeID+"/update?version="+strconv.FormatUint(node.Version.Index, 10), string(spec))
+	if rec.Code != http.StatusConflict || msgOf(t, rec.Body.String()) != "rpc error: code = Unknown desc = update out of sequence" {
+		t.Fatalf("stale node update: %d %s", rec.Code, rec.Body)
+	}
+}
+
+func TestNodeRemoveAndInspect(t *testing.T) {
+	s := newNodeServer(t)
+	manager := "rpc error: code = FailedPrecondition desc = node " + testNodeID + " is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+	tests := []struct {
+		method, ref string
+		code        int
+		msg         string
+	}{
+		{"DELETE", "foobar01", 404, "node foobar01 not found"},
+		{"DELETE", "foobar01?force=1", 404, "node foobar01 not found"},
+		{"DELETE", "HLDV", 404, "node HLDV not found"},
+		{"DELETE", "hldv", 400, manager},
+		{"DELETE", testNodeID + "?force=1", 400, manager},
+		{"GET", "foobar01", 404, "node foobar01 not found"},
+		{"GET", "hldv", 200, ""},
+	}
+	for _, tt := range tests {
+		rec := serve(s, tt.method, "/v1.41/nodes/"+tt.ref, "")
+		if rec.Code != tt.code {
+			t.Errorf("%s %s: %d %s, want %d", tt.method, tt.ref, rec.Code, rec.Body, tt.code)
+			continue
+		}
+		if tt.msg != "" && msgOf(t, rec.Body.String()) != tt.msg {
+			t.Errorf("%s %s: %q, want %q", tt.method, tt.ref, msgOf(t, rec.Body.String()), tt.msg)
+		}
+	}
+}

@@ -1,0 +1,296 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/events"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Config wires a Source.
+type Config struct {
+	Store *store.Store
+	// Hostname names a node whose spec has no name (Swarm uses the node's
+	// hostname); nil leaves such a node's name empty.
+	Hostname func(nodeID string) string
+	// History is how many events are kept for --since/--until
+	// (DefaultHistory when 0); Buffer how far a subscriber may fall
+	// behind before it is dropped (DefaultBuffer when 0).
+	History, Buffer int
+	Logger          *slog.Logger
+	// Now stamps events (time.Now when nil).
+	Now func() time.Time
+}
+
+// Source derives events from the store's watch and serves them.
+type Source struct {
+	st       *store.Store
+	cli      *clientv3.Client
+	root     string
+	hostname func(string) string
+	log      *slog.Logger
+	now      func() time.Time
+	hub      *hub
+
+	mu sync.Mutex
+	// known is the last view of every object of the watched tables, by
+	// table and ID: what an update is compared with and what a remove
+	// names. Its size is the number of stored objects.
+	known map[string]map[string]view
+	// rev is the store revision applied; advanced is closed and replaced
+	// each time it moves. loaded is set after the first snapshot.
+	rev      int64
+	advanced chan struct{}
+	loaded   bool
+}
+
+// New returns a Source over c.Store; Run it.
+func New(c Config) *Source {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	st := c.Store
+	// The key root is the part of a table key before the table's name.
+	root := strings.TrimSuffix(st.Table(objects.Secret.Table).Key(""), objects.Secret.Table+"/")
+	s := &Source{
+		st: st, cli: st.Client(), root: root, hostname: c.Hostname, log: c.Logger.With("component", "events"),
+		now: c.Now, hub: newHub(c.History, c.Buffer), known: map[string]map[string]view{},
+		advanced: make(chan struct{}),
+	}
+	s.hub.onDrop = func() { s.log.Warn("events: a subscriber fell behind and was dropped") }
+	return s
+}
+
+// Run loads the watched tables and then follows the store until ctx ends.
+// After a broken watch (compaction, a lost leader) it loads again and
+// reports what changed meanwhile as events, so a restart of the watch loses
+// no create or remove (updates in between fold into one).
+func (s *Source) Run(ctx context.Context) {
+	defer s.CloseSubscriptions()
+	for ctx.Err() == nil {
+		rev, err := s.load(ctx)
+		if err == nil {
+			err = s.watch(ctx, rev)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("events: store watch restarting", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// CloseSubscriptions ends every live subscription, so the streams that
+// read them end (at shutdown: they would otherwise hold it up). Later
+// subscriptions work as before.
+func (s *Source) CloseSubscriptions() { s.hub.closeAll() }
+
+// load reads every watched table in one transaction (one revision) and
+// compares it with what is known.
+func (s *Source) load(ctx context.Context) (int64, error) {
+	kinds := make([]string, 0, len(tables))
+	ops := make([]clientv3.Op, 0, len(tables))
+	for t := range tables {
+		kinds = append(kinds, t)
+		ops = append(ops, clientv3.OpGet(s.root+t+"/", clientv3.WithPrefix()))
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("events: load: %w: %w", errdefs.ErrUnavailable, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range resp.Responses {
+		table := kinds[i]
+		seen := map[string]bool{}
+		for _, kv := range r.GetResponseRange().GetKvs() {
+			id := strings.TrimPrefix(string(kv.Key), s.root+table+"/")
+			if strings.Contains(id, "/") {
+				continue
+			}
+			seen[id] = true
+			s.putLocked(table, id, string(kv.Key), kv.Value)
+		}
+		for id := range s.known[table] {
+			if !seen[id] {
+				s.deleteLocked(table, id)
+			}
+		}
+	}
+	s.loaded = true
+	s.advanceLocked(resp.Header.Revision)
+	return resp.Header.Revision, nil
+}
+
+func (s *Source) watch(ctx context.Context, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	// The whole key space, not only the watched tables: every write then
+	// advances rev, which is what lets Wait end.
+	wch := s.cli.Watch(wctx, s.root, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		// A revision that deletes the cluster object is `swarm leave`
+		// erasing all state: Swarm reports no removal then (the cluster
+		// is gone, not its objects one by one), so neither does hush.
+		erased := map[int64]bool{}
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypeDelete && strings.HasPrefix(string(ev.Kv.Key), s.root+clusterTable+"/") {
+				erased[ev.Kv.ModRevision] = true
+			}
+		}
+		s.mu.Lock()
+		for _, ev := range resp.Events {
+			table, id, ok := s.split(string(ev.Kv.Key))
+			if !ok {
+				continue
+			}
+			if ev.Type == clientv3.EventTypeDelete {
+				if erased[ev.Kv.ModRevision] {
+					delete(s.known[table], id)
+					continue
+				}
+				s.deleteLocked(table, id)
+			} else {
+				s.putLocked(table, id, string(ev.Kv.Key), ev.Kv.Value)
+			}
+		}
+		s.advanceLocked(resp.Header.Revision)
+		s.mu.Unlock()
+	}
+	return errors.New("events: watch channel closed")
+}
+
+// split returns the watched table and object ID of key.
+func (s *Source) split(key string) (table, id string, ok bool) {
+	rest, ok := strings.CutPrefix(key, s.root)
+	if !ok {
+		return "", "", false
+	}
+	table, id, ok = strings.Cut(rest, "/")
+	if _, watched := tables[table]; !ok || !watched || id == "" || strings.Contains(id, "/") {
+		return "", "", false
+	}
+	return table, id, true
+}
+
+// putLocked records the stored (sealed) value of key. The opened bytes
+// live only for the decode: a view keeps names and attributes, never a
+// secret's or config's data.
+func (s *Source) putLocked(table, id, key string, sealed []byte) {
+	val, err := s.st.OpenValue(key, sealed)
+	if err != nil {
+		s.log.Error("events: unreadable object", "table", table, "id", id, "err", err)
+		return
+	}
+	cur, err := decode(table, id, val, s.hostname)
+	clear(val)
+	if err != nil {
+		// What cannot be read cannot be named; the next readable write of
+		// the object is compared with its last readable form.
+		s.log.Error("events: undecodable object", "table", table, "id", id, "err", err)
+		return
+	}
+	var old *view
+	if v, ok := s.known[table][id]; ok {
+		old = &v
+	}
+	if s.known[table] == nil {
+		s.known[table] = map[string]view{}
+	}
+	s.known[table][id] = cur
+	if s.loaded {
+		s.emit(table, id, old, &cur)
+	}
+}
+
+func (s *Source) deleteLocked(table, id string) {
+	v, ok := s.known[table][id]
+	if !ok {
+		return
+	}
+	delete(s.known[table], id)
+	s.emit(table, id, &v, nil)
+}
+
+func (s *Source) emit(table, id string, old, cur *view) {
+	for _, m := range derive(table, id, old, cur) {
+		t := s.now().UTC()
+		m.Time, m.TimeNano = t.Unix(), t.UnixNano()
+		s.hub.publish(m)
+	}
+}
+
+func (s *Source) advanceLocked(rev int64) {
+	if rev > s.rev {
+		s.rev = rev
+		close(s.advanced)
+		s.advanced = make(chan struct{})
+	}
+}
+
+// clusterTable is the store table of internal/manager/cluster (unexported
+// there).
+const clusterTable = "cluster"
+
+// waitTimeout bounds how long a history request waits for the watch: it
+// is in-process, so catching up takes microseconds unless it is restarting.
+const waitTimeout = 5 * time.Second
+
+// Wait returns once every write acknowledged before it was called has
+// become an event, so a history read right after a write includes it.
+func (s *Source) Wait(ctx context.Context) error {
+	resp, err := s.cli.Get(ctx, s.root+"\x00events-probe", clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("events: store revision: %w: %w", errdefs.ErrUnavailable, err)
+	}
+	want := resp.Header.Revision
+	ctx, cancel := context.WithTimeout(ctx, waitTimeout)
+	defer cancel()
+	for {
+		s.mu.Lock()
+		ok, ch := s.loaded && s.rev >= want, s.advanced
+		s.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return errdefs.Unavailable("hush: the event history is resynchronising with the store, try again")
+		}
+	}
+}
+
+// Subscribe returns the recorded events f includes whose time lies in
+// [since, until] (when either is given, as dockerd serves history only
+// then), oldest first, and when live is true a subscription to every later
+// event f includes. The caller closes the subscription.
+func (s *Source) Subscribe(ctx context.Context, f Filter, since, until time.Time, live bool) ([]events.Message, *Subscription, error) {
+	history := !since.IsZero() || !until.IsZero()
+	if history {
+		if err := s.Wait(ctx); err != nil {
+			return nil, nil, err
+		}
+	}
+	past, sub := s.hub.subscribe(f, since, until, history, live)
+	return past, sub, nil
+}
