@@ -166,18 +166,32 @@ func (d *Daemon) settleKeysLocked(ctx context.Context, mk keyring.MasterKey, use
 // interrupted it (and then, harmlessly, after a disable that stopped
 // before its record was written: the two leave the same files).
 func (d *Daemon) finishEnableLocked(ctx context.Context) error {
-	// MASTER-KEY ROTATION GOES HERE (issue 8 item 4, not built yet).
-	// Swarmkit rotates its data key on the unlocked→locked transition, so
-	// any earlier copy of master.key stops opening anything. The rotation
-	// belongs exactly here: the unlock key has been acknowledged (a
-	// rotation before that would have to re-wrap under a key that may
-	// never be fetched), and the plaintext master key file still exists
-	// (so a crash during the rotation comes back unlocked with a key that
-	// opens what is not re-wrapped yet). It must, before returning, leave
-	// master.key.locked wrapping the NEW master key under the same unlock
-	// key, and be resumable: this function runs again after a crash at
-	// any later point, until the plaintext key file is gone.
-	_ = ctx
+	// The master key is rotated here, as swarmkit rotates its data key on
+	// the unlocked→locked transition, so that any earlier copy of
+	// master.key opens nothing. Here exactly: the unlock key has been
+	// acknowledged (a rotation before that would wrap under a key that may
+	// never be fetched), and the plaintext key file still exists (a crash
+	// during the rotation comes back unlocked, and the store's own
+	// rotation record finishes it at that start). RotateMasterLocked
+	// leaves master.key.locked wrapping the new key under the recorded
+	// unlock key and replaces master.key, which is removed below.
+	//
+	// At start-up recovery (a crash after the key was acknowledged and
+	// before this ran) the runtime is not up yet and the store cannot be
+	// re-wrapped online: the transition then completes without a rotation
+	// and says so; `hush key rotate` after the unlock does it.
+	if d.state == swarm.LocalNodeStateActive {
+		if err := d.injected(fpEnableRotate); err != nil {
+			return err
+		}
+		r, err := d.RotateMasterLocked(ctx, "")
+		if err != nil {
+			return fmt.Errorf("rotating the master key as autolock is enabled: %w", err)
+		}
+		d.log.Info("master key rotated as autolock was enabled", "key", r.KeyID, "rewrapped", r.Rewrapped)
+	} else {
+		d.log.Warn("autolock was enabled by a run that stopped before rotating the master key: run `hush key rotate` once unlocked")
+	}
 	if err := d.injected(fpEnableRemovePlain); err != nil {
 		return err
 	}

@@ -92,7 +92,7 @@ var keyChanges = []keyChange{
 	{
 		name:   "enable",
 		call:   []step{setAutolock(true), fetchKey}, // docker swarm update --autolock=true
-		points: []string{fpEnableWriteNext, fpEnablePut, fpAckInstall, fpEnableRemovePlain},
+		points: []string{fpEnableWriteNext, fpEnablePut, fpAckInstall, fpEnableRotate, fpEnableRemovePlain},
 		wantOn: true,
 	},
 	{
@@ -113,7 +113,7 @@ var keyChanges = []keyChange{
 		name:   "rotate while enabling is pending",
 		setup:  []step{setAutolock(true)},
 		call:   []step{rotateUnlockKey, fetchKey},
-		points: []string{fpRotateWriteNext, fpRotatePut, fpAckInstall, fpEnableRemovePlain},
+		points: []string{fpRotateWriteNext, fpRotatePut, fpAckInstall, fpEnableRotate, fpEnableRemovePlain},
 		wantOn: true,
 	},
 	{
@@ -494,5 +494,35 @@ func TestStartRemovesTempKeyFiles(t *testing.T) {
 	}
 	if d.State() != swarm.LocalNodeStateActive {
 		t.Fatalf("state %s", d.State())
+	}
+}
+
+// Enabling autolock rotates the master key once the unlock key has been
+// handed out (swarmkit rotates its data key on the unlocked→locked
+// transition): afterwards nothing in the store is wrapped by the key an
+// earlier copy of master.key holds, and the secret still opens.
+func TestEnableAutolockRotatesMasterKey(t *testing.T) {
+	ctx := context.Background()
+	d := start(t, t.TempDir())
+	id, err := d.secrets.Create(ctx, objects.Spec{Name: "s", Data: []byte("v")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := d.mk.ID
+	if n, err := d.store.Referencing(ctx, before); err != nil || n == 0 {
+		t.Fatalf("records under the first master key: %d, %v; want some", n, err)
+	}
+	enableAutolock(t, d)
+	if d.mk.ID == before {
+		t.Fatalf("master key %s unchanged after enabling autolock", before)
+	}
+	if n, err := d.store.Referencing(ctx, before); err != nil || n != 0 {
+		t.Fatalf("records still under the old master key after enabling autolock: %d, %v", n, err)
+	}
+	if d.plainKey.Exists() {
+		t.Fatal("plaintext master key left after the unlock key was delivered")
+	}
+	if data, err := d.secrets.Data(ctx, id); err != nil || string(data) != "v" {
+		t.Fatalf("secret after the rotation: %q %v", data, err)
 	}
 }

@@ -20,8 +20,9 @@ const (
 	fpRotatePut       = "rotate-put"
 	// Handing out a pending unlock key (GET /swarm/unlockkey delivered):
 	// the pending file becomes the locked key, then, after enabling, the
-	// plaintext key file goes.
+	// master key is rotated and the plaintext key file goes.
 	fpAckInstall        = "ack-install"
+	fpEnableRotate      = "enable-rotate"
 	fpEnableRemovePlain = "enable-remove-plain"
 	// Disabling autolock: the plaintext key, the record, then the locked
 	// key files.
