@@ -132,3 +132,66 @@ func TestStatusRecorderInterfaces(t *testing.T) {
 		t.Fatalf("hijacked answer: %v", resp.Header)
 	}
 }
+
+// countingLogs is a LogSource that records whether the engine was asked.
+type countingLogs struct{ calls *int }
+
+func (c countingLogs) Logs(context.Context, string, bool, string, bool, string) (io.ReadCloser, error) {
+	*c.calls++
+	return io.NopCloser(strings.NewReader("")), nil
+}
+
+// TestLogsParamsRefused: a tail or since the logs cannot honour is refused
+// with Swarm's text before anything is streamed (hush answered 200 with
+// no lines, as if the workload had printed nothing), and the engine is not
+// asked.
+func TestLogsParamsRefused(t *testing.T) {
+	_, svcs := newServicesServer(t)
+	calls := 0
+	srv := New(Config{Services: svcs, Node: Node{ID: "node1"}, Version: "test", Logs: countingLogs{&calls}})
+	task := model.Task{}
+	task.ID, task.ServiceID, task.NodeID = "task1", "svc1", "node1"
+	task.Status.ContainerStatus = &swarm.ContainerStatus{ContainerID: "c1"}
+	b, _ := json.Marshal(&task)
+	if _, err := svcs.Store().Table(model.TasksTable).Create(context.Background(), task.ID, "", b); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		query string
+		code  int
+		msg   string
+	}{
+		{"tail=foo", 400, `tail value must be a positive integer or "all"`},
+		{"tail=1.5", 400, `tail value must be a positive integer or "all"`},
+		{"tail=-1", 400, "negative tail values not supported"},
+		{"since=2020-01-01", 400, `could not parse since timestamp: strconv.ParseInt: parsing "2020-01-01": invalid syntax`},
+		{"since=1.x", 400, `could not parse since timestamp: strconv.ParseInt: parsing "x": invalid syntax`},
+		{"tail=0", 200, ""},
+		{"tail=all", 200, ""},
+		{"tail=", 200, ""},
+		{"since=1.5", 200, ""},
+		{"since=-3", 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			calls = 0
+			req := httptest.NewRequest(http.MethodGet, "/v1.41/tasks/task1/logs?stdout=1&"+tt.query, nil)
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, req)
+			if rec.Code != tt.code {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.code, rec.Body)
+			}
+			if tt.code != 200 {
+				var e errorBody
+				if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Message != tt.msg {
+					t.Fatalf("body %s, want message %q", rec.Body, tt.msg)
+				}
+				if calls != 0 {
+					t.Fatal("the engine was asked for logs after a refusal")
+				}
+			} else if calls != 1 {
+				t.Fatalf("engine asked %d times", calls)
+			}
+		})
+	}
+}
