@@ -50,11 +50,33 @@ func specGetSwarm(t *testing.T, sock string) swarm.Swarm {
 	return sw
 }
 
-// specSetOnSwarm applies specFlags to the reference Swarm with `docker
-// swarm update`, returns its `docker info` and spec, and puts its previous
-// spec back (at once, and again in Cleanup should the test stop first).
-func specSetOnSwarm(t *testing.T) (string, swarm.Spec) {
+// specGolden holds Swarm's answer to specFlags: its `docker info` cluster
+// settings lines, then its spec as JSON (labels and autolock, which the
+// comparison leaves aside, cleared).
+const specGolden = "swarmspec_ref"
+
+// specRefOnSwarm returns Swarm's `docker info` settings lines and spec for
+// specFlags. They come from testdata/swarm/swarmspec_ref.golden: setting
+// them live would change the shared Swarm's cluster settings for every
+// other user of the engine while the test runs (a history limit of 3
+// prunes their services' task history, which no restore brings back).
+// Only -update sets them on the reference Swarm, for a moment, and puts
+// its previous spec back (at once, and again in Cleanup should the test
+// stop first).
+func specRefOnSwarm(t *testing.T) ([]string, swarm.Spec) {
 	t.Helper()
+	if !*update {
+		want, ok := readGolden(t, specGolden)
+		if !ok {
+			t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(specGolden))
+		}
+		lines := strings.Split(strings.TrimSpace(want), "\n")
+		var spec swarm.Spec
+		if len(lines) < 2 || json.Unmarshal([]byte(lines[len(lines)-1]), &spec) != nil {
+			t.Fatalf("golden file %s: want settings lines, then the spec as JSON", goldenPath(specGolden))
+		}
+		return lines[:len(lines)-1], spec
+	}
 	requireSwarm(t)
 	ref := swarmCLI(t)
 	prev := specGetSwarm(t, swarmSocket()).Spec
@@ -77,7 +99,11 @@ func specSetOnSwarm(t *testing.T) (string, swarm.Spec) {
 	info := ref.MustDocker("info")
 	spec := specGetSwarm(t, swarmSocket()).Spec
 	restore()
-	return info, spec
+	spec.Labels, spec.EncryptionConfig = nil, swarm.EncryptionConfig{}
+	lines := specInfoLines(info)
+	b, _ := json.Marshal(spec)
+	writeGolden(t, specGolden, strings.Join(lines, "\n")+"\n"+string(b)+"\n")
+	return lines, spec
 }
 
 // TestSpecInitOptions: `docker swarm init` with every cluster option on a
@@ -112,8 +138,8 @@ func TestSpecInitOptions(t *testing.T) {
 	}
 
 	// The same values on the reference, set with `docker swarm update`.
-	refInfo, refSpec := specSetOnSwarm(t)
-	if a, b := specInfoLines(info), specInfoLines(refInfo); len(a) < 9 || strings.Join(a, "\n") != strings.Join(b, "\n") {
+	refLines, refSpec := specRefOnSwarm(t)
+	if a, b := specInfoLines(info), refLines; len(a) < 9 || strings.Join(a, "\n") != strings.Join(b, "\n") {
 		t.Errorf("docker info differs:\nhushd:\n%s\nswarm:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
 	}
 	mine := got.Spec
