@@ -163,24 +163,38 @@ func TestSpecInitOptions(t *testing.T) {
 }
 
 // TestSpecUpdateRefusals: bad settings are refused with Swarm's text and
-// change nothing, on both systems.
+// change nothing. Swarm's answers are recorded (-update runs them on the
+// reference): were one accepted there, the shared Swarm's settings would
+// change with nothing to put them back.
 func TestSpecUpdateRefusals(t *testing.T) {
 	h := startHushd(t)
-	requireSwarm(t)
-	ref := swarmCLI(t)
-	for _, args := range [][]string{
+	const golden = "swarmspec_update_refusals"
+	refusals := [][]string{
 		{"swarm", "update", "--cert-expiry", "30m"},
 		{"swarm", "update", "--dispatcher-heartbeat", "-1s"},
-	} {
-		before := specGetSwarm(t, h.Socket).Version.Index
-		_, hErr, hCode := h.Docker(args...)
-		_, sErr, sCode := ref.Docker(args...)
-		if hCode == 0 || hCode != sCode || strings.TrimSpace(hErr) != strings.TrimSpace(sErr) {
-			t.Errorf("%v:\nhushd (%d): %s\nswarm (%d): %s", args, hCode, hErr, sCode, sErr)
+	}
+	side := func(cli *dockerCLI, sock string) string {
+		var b strings.Builder
+		for _, args := range refusals {
+			before := specGetSwarm(t, sock).Version.Index
+			_, e, code := cli.Docker(args...)
+			fmt.Fprintf(&b, "$ docker %s\nexit %d\n%s\n", strings.Join(args, " "), code, strings.TrimSpace(e))
+			if specGetSwarm(t, sock).Version.Index != before {
+				t.Errorf("%v: a refused update changed the cluster on %s", args, sock)
+			}
 		}
-		if specGetSwarm(t, h.Socket).Version.Index != before {
-			t.Errorf("%v: a refused update changed the cluster", args)
-		}
+		return b.String()
+	}
+	if *update {
+		requireSwarm(t)
+		writeGolden(t, golden, side(swarmCLI(t), swarmSocket()))
+	}
+	want, ok := readGolden(t, golden)
+	if !ok {
+		t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(golden))
+	}
+	if got := side(h.dockerCLI, h.Socket); got != want || strings.Contains(got, "exit 0") {
+		t.Errorf("refusals differ from Swarm's %s (- Swarm, + hushd):\n%s", goldenPath(golden), lineDiff(want, got))
 	}
 }
 
