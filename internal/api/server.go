@@ -176,7 +176,17 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
-// Unwrap lets http.ResponseController reach the connection (to flush).
+// Flush passes on to the connection: streaming handlers (logs -f, events)
+// assert http.Flusher, and without it their lines sit in the server's
+// buffer until it fills.
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection (Hijack,
+// deadlines) through the recorder.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // maxDrainBytes bounds how much of an oversized body is read and dropped.
