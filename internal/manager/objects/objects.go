@@ -449,17 +449,41 @@ func (m *Manager) inUse(ctx context.Context, r *record) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
-	names := make([]string, 0, len(resp.Kvs))
+	prefix := store.RefPrefix(m.kind.Table, r.ID)
+	var names, containers []string
 	for _, kv := range resp.Kvs {
-		names = append(names, string(kv.Value))
+		if strings.HasPrefix(strings.TrimPrefix(string(kv.Key), prefix), containerRefPrefix) {
+			containers = append(containers, string(kv.Value))
+		} else {
+			names = append(names, string(kv.Value))
+		}
 	}
-	sort.Strings(names)
-	noun := "service"
-	if len(names) != 1 {
-		noun = "services"
+	var parts []string
+	for _, p := range []struct {
+		noun string
+		list []string
+	}{{"service", names}, {"container", containers}} {
+		if len(p.list) == 0 {
+			continue
+		}
+		sort.Strings(p.list)
+		noun := p.noun
+		if len(p.list) != 1 {
+			noun += "s"
+		}
+		parts = append(parts, "the following "+noun+": "+strings.Join(p.list, ", "))
 	}
-	return errdefs.InvalidArgument("%s '%s' is in use by the following %s: %s", m.kind.Name, r.Name, noun, strings.Join(names, ", "))
+	return errdefs.InvalidArgument("%s '%s' is in use by %s", m.kind.Name, r.Name, strings.Join(parts, "; and by "))
 }
+
+// containerRefPrefix starts the owner part of the in-use markers that
+// standalone containers' grants write (see internal/manager/standalone),
+// so the in-use text can say container where Swarm says service.
+const containerRefPrefix = "container/"
+
+// ContainerRefOwner is the owner, in store.RefKey, of a standalone
+// container's grant.
+func ContainerRefOwner(grantID string) string { return containerRefPrefix + grantID }
 
 func (m *Manager) open(r *record) ([]byte, error) {
 	b, err := m.seal.Open(r.Sealed, m.aad(r.ID, r.DataVersion))

@@ -1,0 +1,135 @@
+package standalone
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/client"
+)
+
+// Engine is what the reconciler reads from the Docker Engine.
+type Engine interface {
+	// Containers lists every container, running or not, that carries a
+	// label of hush's namespace.
+	Containers(ctx context.Context) ([]Container, error)
+	// Destroyed streams the IDs of containers the engine removes, from the
+	// time of the call; the error channel reports a broken stream.
+	Destroyed(ctx context.Context) (<-chan string, <-chan error)
+}
+
+// Run reconciles once, then follows the engine's destroy events (die is
+// not followed: a stopped container keeps its files), reconciling again
+// whenever the event stream had to be re-opened, until ctx ends.
+func (m *Manager) Run(ctx context.Context, eng Engine) {
+	for ctx.Err() == nil {
+		// Subscribe first, so a removal during the reconcile is not missed.
+		sctx, cancel := context.WithCancel(ctx)
+		ids, errc := eng.Destroyed(sctx)
+		if cs, err := eng.Containers(ctx); err != nil {
+			m.log.Warn("standalone: listing containers", "err", err)
+		} else if err := m.Reconcile(ctx, cs); err != nil {
+			m.log.Warn("standalone: reconcile", "err", err)
+		}
+		m.follow(ctx, ids, errc)
+		cancel()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (m *Manager) follow(ctx context.Context, ids <-chan string, errc <-chan error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-errc:
+			if ctx.Err() == nil {
+				m.log.Warn("standalone: engine event stream broke", "err", err)
+			}
+			return
+		case id, ok := <-ids:
+			if !ok {
+				return
+			}
+			if err := m.Released(ctx, id); err != nil {
+				m.log.Warn("standalone: releasing a removed container's secrets", "container", id, "err", err)
+			}
+		}
+	}
+}
+
+// EngineClient reads the reconciler's view from a Docker Engine client.
+type EngineClient struct{ Cli *client.Client }
+
+// Containers lists containers carrying hush's labels.
+func (e EngineClient) Containers(ctx context.Context) ([]Container, error) {
+	res, err := e.Cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []Container
+	for _, c := range res.Items {
+		if !HasLabels(c.Labels) {
+			continue
+		}
+		x := Container{ID: c.ID}
+		if len(c.Names) > 0 {
+			x.Name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		for _, mp := range c.Mounts {
+			x.Sources = append(x.Sources, mp.Source)
+		}
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+// Destroyed streams the IDs of destroyed containers.
+func (e EngineClient) Destroyed(ctx context.Context) (<-chan string, <-chan error) {
+	sub := e.Cli.Events(ctx, client.EventsListOptions{
+		Filters: make(client.Filters).
+			Add("type", string(events.ContainerEventType)).
+			Add("event", string(events.ActionDestroy)),
+	})
+	out := make(chan string, 16)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case err := <-sub.Err:
+				if err == nil {
+					err = fmt.Errorf("event stream closed")
+				}
+				errc <- err
+				return
+			case msg := <-sub.Messages:
+				if msg.Action != events.ActionDestroy || msg.Actor.ID == "" || !HasLabels(msg.Actor.Attributes) {
+					continue
+				}
+				select {
+				case out <- msg.Actor.ID:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, errc
+}
+
+// Name returns the container's name.
+func (e EngineClient) Name(ctx context.Context, id string) (string, error) {
+	res, err := e.Cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimPrefix(res.Container.Name, "/"), nil
+}
