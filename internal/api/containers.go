@@ -14,8 +14,8 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/services"
-	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/manager/standalone"
+	"github.com/hush-secrets/hush/internal/model"
 )
 
 // ContainerGrants gives secrets and configs to standalone containers

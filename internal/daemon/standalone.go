@@ -20,7 +20,7 @@ func (d *Daemon) startStandalone(acfg *api.Config, tasksDir string) error {
 	}
 	eng := standalone.EngineClient{Cli: d.engineCli}
 	d.standalone = standalone.New(standalone.Config{
-		Store: d.store, Secrets: d.secrets, Configs: d.configs, FS: d.cfs,
+		Store: d.store, Secrets: d.secrets, Configs: d.configs, FS: standalone.SecretFS{Manager: d.cfs},
 		Names: eng.Name, Logger: d.log,
 	})
 	acfg.Containers = d.standalone

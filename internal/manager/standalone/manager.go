@@ -19,14 +19,38 @@ import (
 	"github.com/hush-secrets/hush/internal/store"
 )
 
-// FS is the part of secretfs.Manager grants need: one tmpfs per grant.
+// FS is what grants need of secretfs: one tmpfs per grant, named by the
+// grant's ID (see SecretFS).
 type FS interface {
-	Mount(ctx context.Context, id string, files []secretfs.File) (*secretfs.Mount, error)
-	Lookup(id string) (*secretfs.Mount, bool)
+	Mount(ctx context.Context, id string, files []secretfs.File) ([]secretfs.Binding, error)
+	// Mounted reports whether id's tmpfs exists and is complete.
+	Mounted(id string) bool
 	Unmount(id string) error
-	Tasks() ([]string, error)
+	// IDs lists the IDs that have a directory under Root.
+	IDs() ([]string, error)
 	Root() string
 }
+
+// SecretFS adapts a secretfs.Manager to FS.
+type SecretFS struct{ *secretfs.Manager }
+
+// Mount mounts id's tmpfs and returns its bind mounts.
+func (s SecretFS) Mount(ctx context.Context, id string, files []secretfs.File) ([]secretfs.Binding, error) {
+	mt, err := s.Manager.Mount(ctx, id, files)
+	if err != nil {
+		return nil, err
+	}
+	return mt.Bindings(), nil
+}
+
+// Mounted reports whether id's tmpfs is complete.
+func (s SecretFS) Mounted(id string) bool {
+	_, ok := s.Lookup(id)
+	return ok
+}
+
+// IDs lists the mount directories.
+func (s SecretFS) IDs() ([]string, error) { return s.Tasks() }
 
 // Objects resolves and opens one kind of object (objects.Manager).
 type Objects interface {
@@ -112,14 +136,14 @@ func (m *Manager) Prepare(ctx context.Context, req Request, name string) (_ *Pre
 	if err := m.grants.create(ctx, g); err != nil {
 		return nil, err
 	}
-	mt, err := m.mount(ctx, g)
+	binds, err := m.mount(ctx, g)
 	if err != nil {
 		if rerr := m.grants.remove(context.WithoutCancel(ctx), g); rerr != nil {
 			m.log.Warn("standalone: removing the grant of a failed mount", "grant", g.ID, "err", rerr)
 		}
 		return nil, err
 	}
-	return &Prepared{GrantID: g.ID, Bindings: mt.Bindings()}, nil
+	return &Prepared{GrantID: g.ID, Bindings: binds}, nil
 }
 
 func (m *Manager) resolve(ctx context.Context, objs Objects, noun string, refs []Ref) ([]Item, error) {
@@ -143,7 +167,7 @@ func (m *Manager) resolve(ctx context.Context, objs Objects, noun string, refs [
 }
 
 // mount materialises g's files, or returns its existing complete mount.
-func (m *Manager) mount(ctx context.Context, g *Grant) (*secretfs.Mount, error) {
+func (m *Manager) mount(ctx context.Context, g *Grant) ([]secretfs.Binding, error) {
 	files := make([]secretfs.File, 0, len(g.Secrets)+len(g.Configs))
 	defer func() {
 		for _, f := range files {
@@ -162,11 +186,11 @@ func (m *Manager) mount(ctx context.Context, g *Grant) (*secretfs.Mount, error) 
 			files = append(files, secretfs.File{Target: it.Target, UID: it.UID, GID: it.GID, Mode: it.Mode, Data: data})
 		}
 	}
-	mt, err := m.fs.Mount(ctx, g.ID, files)
+	binds, err := m.fs.Mount(ctx, g.ID, files)
 	if err != nil {
 		return nil, fmt.Errorf("container secrets tmpfs: %w: %w", errdefs.ErrInternal, err)
 	}
-	return mt, nil
+	return binds, nil
 }
 
 // Commit records the container the engine created for a prepared grant.
@@ -310,7 +334,7 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container) error {
 				errs = append(errs, err)
 			}
 		}
-		if _, ok := m.fs.Lookup(g.ID); !ok {
+		if !m.fs.Mounted(g.ID) {
 			if _, err := m.mount(ctx, g); err != nil {
 				errs = append(errs, fmt.Errorf("re-provision container %s: %w", c.ID, err))
 				continue
@@ -318,7 +342,7 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container) error {
 			m.log.Info("standalone: re-provisioned a container's secrets", "container", c.ID, "name", g.Name)
 		}
 	}
-	ids, err := m.fs.Tasks()
+	ids, err := m.fs.IDs()
 	if err != nil {
 		errs = append(errs, err)
 	}
