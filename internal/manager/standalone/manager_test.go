@@ -26,7 +26,9 @@ type fakeFS struct {
 	failing bool
 }
 
-func newFakeFS() *fakeFS { return &fakeFS{mounts: map[string][]secretfs.File{}, dirs: map[string]bool{}} }
+func newFakeFS() *fakeFS {
+	return &fakeFS{mounts: map[string][]secretfs.File{}, dirs: map[string]bool{}}
+}
 
 func (f *fakeFS) Root() string { return "/fake/root" }
 
