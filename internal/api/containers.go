@@ -108,13 +108,44 @@ func createLabels(raw []byte) (map[string]json.RawMessage, map[string]string, bo
 	if err := json.Unmarshal(raw, &top); err != nil || top == nil {
 		return nil, nil, false
 	}
+	// The engine matches field names case-insensitively, and with several
+	// spellings each is applied in turn: so look at every one.
 	var labels map[string]string
-	if l, ok := top["Labels"]; ok {
-		if err := json.Unmarshal(l, &labels); err != nil {
+	for k, l := range top {
+		if !strings.EqualFold(k, "Labels") {
+			continue
+		}
+		var m map[string]string
+		if err := json.Unmarshal(l, &m); err != nil {
 			return nil, nil, false
+		}
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		for lk, lv := range m {
+			labels[lk] = lv
 		}
 	}
 	return top, labels, true
+}
+
+// field returns the one value of top spelled name in any case, refusing a
+// request that spells it twice (which one the engine uses is its order).
+func field(top map[string]json.RawMessage, where, name string) (string, json.RawMessage, error) {
+	key, n := name, 0
+	var val json.RawMessage
+	for k, v := range top {
+		if strings.EqualFold(k, name) {
+			key, val, n = k, v, n+1
+		}
+	}
+	if n > 1 {
+		return "", nil, errdefs.BadRequest("%s%s is given %d times (in different cases)", where, name, n)
+	}
+	if n == 1 && bytes.Equal(bytes.TrimSpace(val), []byte("null")) {
+		val = nil
+	}
+	return key, val, nil
 }
 
 // grantCreate checks the labels, prepares the grant and returns the body
@@ -124,14 +155,25 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	if err != nil {
 		return nil, "", err
 	}
+	if err := checkLabelSpellings(top); err != nil {
+		return nil, "", err
+	}
+	hcKey, h, err := field(top, "", "HostConfig")
+	if err != nil {
+		return nil, "", err
+	}
 	hc := map[string]json.RawMessage{}
-	if h, ok := top["HostConfig"]; ok && !bytes.Equal(bytes.TrimSpace(h), []byte("null")) {
+	if h != nil {
 		if err := json.Unmarshal(h, &hc); err != nil || hc == nil {
 			return nil, "", errdefs.BadRequest("HostConfig: not a JSON object")
 		}
 	}
+	mKey, m, err := field(hc, "HostConfig.", "Mounts")
+	if err != nil {
+		return nil, "", err
+	}
 	var mounts []json.RawMessage
-	if m, ok := hc["Mounts"]; ok && !bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
+	if m != nil {
 		if err := json.Unmarshal(m, &mounts); err != nil {
 			return nil, "", errdefs.BadRequest("HostConfig.Mounts: not a JSON array")
 		}
@@ -164,8 +206,8 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 		}{"bind", b.HostPath, b.ContainerPath, true})
 		mounts = append(mounts, m)
 	}
-	if hc["Mounts"], err = json.Marshal(mounts); err == nil {
-		if top["HostConfig"], err = json.Marshal(hc); err == nil {
+	if hc[mKey], err = json.Marshal(mounts); err == nil {
+		if top[hcKey], err = json.Marshal(hc); err == nil {
 			var body []byte
 			if body, err = json.Marshal(top); err == nil {
 				return body, p.GrantID, nil
@@ -174,6 +216,13 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	}
 	s.Containers.Abort(context.WithoutCancel(r.Context()), p.GrantID)
 	return nil, "", fmt.Errorf("encode create request: %w: %w", errdefs.ErrInternal, err)
+}
+
+// checkLabelSpellings refuses Labels spelled twice: the engine would keep
+// only one of them, and hush could not tell which its checks must follow.
+func checkLabelSpellings(top map[string]json.RawMessage) error {
+	_, _, err := field(top, "", "Labels")
+	return err
 }
 
 func nounOf(req standalone.Request, ref standalone.Ref) string {
@@ -198,7 +247,15 @@ func containerTargets(hc map[string]json.RawMessage, mounts []json.RawMessage) (
 			taken[path.Clean(mt.Target)] = "a mount (HostConfig.Mounts)"
 		}
 	}
-	if b, ok := hc["Binds"]; ok {
+	_, b, err := field(hc, "HostConfig.", "Binds")
+	if err != nil {
+		return nil, err
+	}
+	_, t, err := field(hc, "HostConfig.", "Tmpfs")
+	if err != nil {
+		return nil, err
+	}
+	if b != nil {
 		var binds []string
 		if json.Unmarshal(b, &binds) == nil {
 			for _, bd := range binds {
@@ -209,7 +266,7 @@ func containerTargets(hc map[string]json.RawMessage, mounts []json.RawMessage) (
 			}
 		}
 	}
-	if t, ok := hc["Tmpfs"]; ok {
+	if t != nil {
 		var tm map[string]string
 		if json.Unmarshal(t, &tm) == nil {
 			for p := range tm {
