@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/standalone"
 )
 
@@ -268,4 +269,42 @@ func FuzzContainerCreate(f *testing.F) {
 			}
 		}
 	})
+}
+
+type holdersGrants struct {
+	fakeGrants
+	asked []string
+}
+
+func (h *holdersGrants) Holders(_ context.Context, table, id string) ([]standalone.Holder, error) {
+	h.asked = append(h.asked, table+"/"+id)
+	return []standalone.Holder{{Kind: "container", ID: "c1", Name: "app", Version: 1}}, nil
+}
+
+func TestHoldersRoute(t *testing.T) {
+	base := newTestServer(t)
+	g := &holdersGrants{}
+	cfg := base.Config
+	cfg.Containers = g
+	s := New(cfg)
+	id, err := cfg.Secrets.Create(context.Background(), objects.Spec{Name: "db", Data: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := do(t, s, "GET", "/hush/v1/secrets/db/holders", "")
+	if code != 200 || len(g.asked) != 1 || g.asked[0] != "secrets/"+id {
+		t.Fatalf("%d %s (asked %v)", code, body, g.asked)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal([]byte(body), &got); err != nil || len(got) != 1 {
+		t.Fatalf("body %s", body)
+	}
+	for _, k := range []string{"Kind", "ID", "Name", "Service", "Version", "Since"} {
+		if _, ok := got[0][k]; !ok {
+			t.Errorf("holder lacks %s: %s", k, body)
+		}
+	}
+	if code, body := do(t, s, "GET", "/hush/v1/secrets/nope/holders", ""); code != 404 {
+		t.Fatalf("unknown secret: %d %s", code, body)
+	}
 }

@@ -262,8 +262,3 @@ func checkTargets(req *Request) error {
 	}
 	return nil
 }
-
-// files turns refs into secretfs files (without data).
-func (r Ref) file() secretfs.File {
-	return secretfs.File{Target: r.Target, UID: r.UID, GID: r.GID, Mode: r.Mode}
-}

@@ -361,7 +361,7 @@ type Holder struct {
 	Kind    string // "container" or "task"
 	ID      string
 	Name    string
-	Service string `json:",omitempty"`
+	Service string // the task's service; "" for a container
 	// Version is the object's data version delivered.
 	Version int
 	Since   time.Time
