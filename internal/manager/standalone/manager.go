@@ -83,6 +83,12 @@ type Manager struct {
 	// never removes a grant whose container is being created.
 	mu      sync.Mutex
 	pending map[string]bool
+	// epoch counts container listings (BeginList); committed holds the
+	// epoch at which each grant was committed, so a reconcile ignores
+	// grants committed after its listing began (their container may be
+	// missing from the list).
+	epoch     uint64
+	committed map[string]uint64
 }
 
 // New returns a Manager.
@@ -93,7 +99,7 @@ func New(c Config) *Manager {
 	}
 	return &Manager{
 		grants: grants{st: c.Store, tbl: c.Store.Table(Table)}, secrets: c.Secrets, configs: c.Configs,
-		fs: c.FS, names: c.Names, log: log, now: func() time.Time { return time.Now().UTC() }, pending: map[string]bool{},
+		fs: c.FS, names: c.Names, log: log, now: func() time.Time { return time.Now().UTC() }, pending: map[string]bool{}, committed: map[string]uint64{},
 	}
 }
 
@@ -198,6 +204,7 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 	defer func() {
 		m.mu.Lock()
 		delete(m.pending, grantID)
+		m.committed[grantID] = m.epoch
 		m.mu.Unlock()
 	}()
 	g, err := m.get(ctx, grantID)
@@ -292,14 +299,29 @@ func (m *Manager) grantOf(c Container) string {
 	return ""
 }
 
+// BeginList is called before the engine's containers are listed for
+// Reconcile, and its result passed to it.
+func (m *Manager) BeginList() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.epoch++
+	return m.epoch
+}
+
 // Reconcile brings grants and mounts in line with the engine's containers
 // (those carrying hush's labels): a grant whose container is gone is
 // released, a live container's missing tmpfs is made again (after a
 // reboot), and mounts without a grant are removed. Grants being prepared
-// are left alone.
-func (m *Manager) Reconcile(ctx context.Context, containers []Container) error {
+// are left alone, and so are those committed since listed (BeginList)
+// began.
+func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for id, e := range m.committed {
+		if e < listed {
+			delete(m.committed, id)
+		}
+	}
 	all, err := m.grants.list(ctx)
 	if err != nil {
 		return err
@@ -314,7 +336,7 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container) error {
 	have := map[string]bool{}
 	for _, g := range all {
 		have[g.ID] = true
-		if m.pending[g.ID] {
+		if _, recent := m.committed[g.ID]; recent || m.pending[g.ID] {
 			continue
 		}
 		c, ok := live[g.ID]

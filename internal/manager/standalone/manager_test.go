@@ -324,15 +324,19 @@ func TestReconcile(t *testing.T) {
 	fx.m.mu.Unlock()
 
 	src := func(id string) []string { return []string{"/var/lib/x", "/fake/root/" + id + "/0"} }
+	listed := fx.m.BeginList()
+	// Committed after the listing began: its container may be missing
+	// from the list, so it must be left alone.
+	racing := prep("racing", "c5")
 	err := fx.m.Reconcile(ctx, []Container{
 		{ID: "c1", Name: "survivor", Sources: src(survivor)},
 		{ID: "c3", Name: "late", Sources: src(uncommitted)},
 		{ID: "c4", Name: "stranger", Sources: []string{"/elsewhere/" + gone + "/0"}},
-	})
+	}, listed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fx.fs.ids(t), sorted(survivor, uncommitted, pending); !slices.Equal(got, want) {
+	if got, want := fx.fs.ids(t), sorted(survivor, uncommitted, pending, racing); !slices.Equal(got, want) {
 		t.Fatalf("mounts after reconcile %v, want %v", got, want)
 	}
 	if string(fx.fs.mounts[survivor][0].Data) != "value" {
@@ -354,6 +358,16 @@ func TestReconcile(t *testing.T) {
 	}
 	if byID[pending] == nil {
 		t.Fatal("a grant being prepared was removed")
+	}
+	if byID[racing] == nil {
+		t.Fatal("a grant committed during the listing was removed")
+	}
+	// The next reconcile, with a listing that started after, releases it.
+	if err := fx.m.Reconcile(ctx, nil, fx.m.BeginList()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fx.fs.ids(t), sorted(pending); !slices.Equal(got, want) {
+		t.Fatalf("mounts after the second reconcile %v, want %v", got, want)
 	}
 }
 

@@ -28,9 +28,10 @@ func (m *Manager) Run(ctx context.Context, eng Engine) {
 		// Subscribe first, so a removal during the reconcile is not missed.
 		sctx, cancel := context.WithCancel(ctx)
 		ids, errc := eng.Destroyed(sctx)
+		listed := m.BeginList()
 		if cs, err := eng.Containers(ctx); err != nil {
 			m.log.Warn("standalone: listing containers", "err", err)
-		} else if err := m.Reconcile(ctx, cs); err != nil {
+		} else if err := m.Reconcile(ctx, cs, listed); err != nil {
 			m.log.Warn("standalone: reconcile", "err", err)
 		}
 		m.follow(ctx, ids, errc)
