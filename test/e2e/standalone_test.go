@@ -162,6 +162,14 @@ func TestSaRunLabels(t *testing.T) {
 		t.Fatalf("holders: %d %s", res.Status, res.Body)
 	}
 
+	// A rename is followed: the in-use text names the container as it is now.
+	h.MustDocker("rename", app, app+"-renamed")
+	eventually(t, 30*time.Second, "the in-use text naming the renamed container", func() bool {
+		_, errOut, _ := h.Docker("secret", "rm", "sa_db")
+		return strings.Contains(errOut, "in use by the following container: "+app+"-renamed")
+	})
+	h.MustDocker("rename", app+"-renamed", app)
+
 	h.MustDocker("restart", "-t", "1", app)
 	check("after docker restart")
 	h.MustDocker("stop", "-t", "1", app)

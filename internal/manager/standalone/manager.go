@@ -278,6 +278,24 @@ func (m *Manager) Released(ctx context.Context, containerID string) error {
 	return nil
 }
 
+// Renamed records a container's new name, which `secret rm` quotes.
+func (m *Manager) Renamed(ctx context.Context, containerID, name string) error {
+	if name == "" {
+		return nil
+	}
+	all, err := m.grants.list(ctx)
+	if err != nil {
+		return err
+	}
+	for _, g := range all {
+		if g.ContainerID == containerID && g.Name != name {
+			g.Name = name
+			return m.grants.update(ctx, g)
+		}
+	}
+	return nil
+}
+
 // Container is an engine container that carries hush's labels.
 type Container struct {
 	ID   string

@@ -378,7 +378,7 @@ func sorted(s ...string) []string { sort.Strings(s); return s }
 type fakeEngine struct {
 	mu         sync.Mutex
 	containers []Container
-	events     chan string
+	events     chan Event
 	subscribed chan struct{}
 }
 
@@ -388,7 +388,7 @@ func (e *fakeEngine) Containers(context.Context) ([]Container, error) {
 	return slices.Clone(e.containers), nil
 }
 
-func (e *fakeEngine) Destroyed(ctx context.Context) (<-chan string, <-chan error) {
+func (e *fakeEngine) Events(ctx context.Context) (<-chan Event, <-chan error) {
 	select {
 	case e.subscribed <- struct{}{}:
 	default:
@@ -411,17 +411,21 @@ func TestRunFollowsDestroy(t *testing.T) {
 	}
 	eng := &fakeEngine{
 		containers: []Container{{ID: "c1", Sources: []string{"/fake/root/" + p1.GrantID + "/0"}}, {ID: "c2", Sources: []string{"/fake/root/" + p2.GrantID + "/0"}}},
-		events:     make(chan string), subscribed: make(chan struct{}, 1),
+		events:     make(chan Event), subscribed: make(chan struct{}, 1),
 	}
 	done := make(chan struct{})
 	go func() { fx.m.Run(ctx, eng); close(done) }()
 	<-eng.subscribed
-	eng.events <- "c2"
+	eng.events <- Event{ContainerID: "c2"}
+	eng.events <- Event{ContainerID: "c1", Renamed: true, Name: "renamed"}
 	// An unbuffered send returns once Run took it; the next one once the
-	// first was handled.
-	eng.events <- "unrelated"
+	// one before was handled.
+	eng.events <- Event{ContainerID: "unrelated"}
 	cancel()
 	<-done
+	if err := fx.secrets.Remove(context.Background(), "db"); err == nil || !strings.HasSuffix(err.Error(), "container: renamed") {
+		t.Fatalf("after a rename: %v", err)
+	}
 	if got := fx.fs.ids(t); !slices.Equal(got, []string{p1.GrantID}) {
 		t.Fatalf("mounts %v, want only %s", got, p1.GrantID)
 	}

@@ -15,19 +15,29 @@ type Engine interface {
 	// Containers lists every container, running or not, that carries a
 	// label of hush's namespace.
 	Containers(ctx context.Context) ([]Container, error)
-	// Destroyed streams the IDs of containers the engine removes, from the
-	// time of the call; the error channel reports a broken stream.
-	Destroyed(ctx context.Context) (<-chan string, <-chan error)
+	// Events streams the removals and renames of containers carrying
+	// hush's labels, from the time of the call; the error channel reports
+	// a broken stream.
+	Events(ctx context.Context) (<-chan Event, <-chan error)
+}
+
+// Event is a container's removal (Name empty) or rename (Name is the new
+// name).
+type Event struct {
+	ContainerID string
+	Renamed     bool
+	Name        string
 }
 
 // Run reconciles once, then follows the engine's destroy events (die is
-// not followed: a stopped container keeps its files), reconciling again
+// not followed: a stopped container keeps its files) and renames (the
+// name `secret rm` quotes), reconciling again
 // whenever the event stream had to be re-opened, until ctx ends.
 func (m *Manager) Run(ctx context.Context, eng Engine) {
 	for ctx.Err() == nil {
 		// Subscribe first, so a removal during the reconcile is not missed.
 		sctx, cancel := context.WithCancel(ctx)
-		ids, errc := eng.Destroyed(sctx)
+		ids, errc := eng.Events(sctx)
 		listed := m.BeginList()
 		if cs, err := eng.Containers(ctx); err != nil {
 			m.log.Warn("standalone: listing containers", "err", err)
@@ -43,7 +53,7 @@ func (m *Manager) Run(ctx context.Context, eng Engine) {
 	}
 }
 
-func (m *Manager) follow(ctx context.Context, ids <-chan string, errc <-chan error) {
+func (m *Manager) follow(ctx context.Context, evs <-chan Event, errc <-chan error) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -53,12 +63,16 @@ func (m *Manager) follow(ctx context.Context, ids <-chan string, errc <-chan err
 				m.log.Warn("standalone: engine event stream broke", "err", err)
 			}
 			return
-		case id, ok := <-ids:
+		case ev, ok := <-evs:
 			if !ok {
 				return
 			}
-			if err := m.Released(ctx, id); err != nil {
-				m.log.Warn("standalone: releasing a removed container's secrets", "container", id, "err", err)
+			if ev.Renamed {
+				if err := m.Renamed(ctx, ev.ContainerID, ev.Name); err != nil {
+					m.log.Warn("standalone: recording a container's new name", "container", ev.ContainerID, "err", err)
+				}
+			} else if err := m.Released(ctx, ev.ContainerID); err != nil {
+				m.log.Warn("standalone: releasing a removed container's secrets", "container", ev.ContainerID, "err", err)
 			}
 		}
 	}
@@ -90,14 +104,14 @@ func (e EngineClient) Containers(ctx context.Context) ([]Container, error) {
 	return out, nil
 }
 
-// Destroyed streams the IDs of destroyed containers.
-func (e EngineClient) Destroyed(ctx context.Context) (<-chan string, <-chan error) {
+// Events streams destroy and rename events of hush-labelled containers.
+func (e EngineClient) Events(ctx context.Context) (<-chan Event, <-chan error) {
 	sub := e.Cli.Events(ctx, client.EventsListOptions{
 		Filters: make(client.Filters).
 			Add("type", string(events.ContainerEventType)).
-			Add("event", string(events.ActionDestroy)),
+			Add("event", string(events.ActionDestroy), string(events.ActionRename)),
 	})
-	out := make(chan string, 16)
+	out := make(chan Event, 16)
 	errc := make(chan error, 1)
 	go func() {
 		defer close(out)
@@ -112,11 +126,19 @@ func (e EngineClient) Destroyed(ctx context.Context) (<-chan string, <-chan erro
 				errc <- err
 				return
 			case msg := <-sub.Messages:
-				if msg.Action != events.ActionDestroy || msg.Actor.ID == "" || !HasLabels(msg.Actor.Attributes) {
+				if msg.Actor.ID == "" || !HasLabels(msg.Actor.Attributes) {
+					continue
+				}
+				ev := Event{ContainerID: msg.Actor.ID}
+				switch msg.Action {
+				case events.ActionDestroy:
+				case events.ActionRename:
+					ev.Renamed, ev.Name = true, strings.TrimPrefix(msg.Actor.Attributes["name"], "/")
+				default:
 					continue
 				}
 				select {
-				case out <- msg.Actor.ID:
+				case out <- ev:
 				case <-ctx.Done():
 					return
 				}
