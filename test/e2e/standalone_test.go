@@ -387,3 +387,53 @@ services:
 	eventually(t, 30*time.Second, "no container tmpfs left after down", func() bool { return len(s.mounts()) == 0 })
 	h.MustDocker("secret", "rm", "sa_compose", "sa_compose2")
 }
+
+// TestSaAutolock: while hushd is locked a labelled create answers 503 with
+// Swarm's locked text (an unlabelled one still passes through), and a
+// container whose tmpfs vanished meanwhile (a reboot) gets it back at
+// unlock, before it is started again.
+func TestSaAutolock(t *testing.T) {
+	s := startSa(t)
+	h := s.h
+	h.MustDockerStdin("locked-value", "secret", "create", "sa_l", "-")
+	app := s.pfx + "-locked"
+	s.run(app, "io.hush.secrets=sa_l")
+	mp := s.grantMount(app)
+	out := h.MustDocker("swarm", "update", "--autolock=true")
+	key := strings.TrimSpace(h.MustDocker("swarm", "unlock-key", "-q"))
+	if !strings.Contains(out, key) {
+		t.Fatalf("unlock key %q not printed at enable", key)
+	}
+
+	h.Kill()
+	s.eng.MustDocker("stop", "-t", "1", app)
+	if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(mp); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	if st := strings.TrimSpace(h.MustDocker("info", "--format", "{{.Swarm.LocalNodeState}}")); st != "locked" {
+		t.Fatalf("state after restart: %q", st)
+	}
+	other := s.pfx + "-waits"
+	_, errOut, code := h.Docker("run", "-d", "--name", other, "--label", "io.hush.secrets=sa_l", s.img, "true")
+	if code == 0 || !strings.Contains(errOut, `Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.`) {
+		t.Fatalf("labelled run while locked: exit %d %q", code, errOut)
+	}
+	s.noContainer(other)
+	if got := h.MustDocker("run", "--rm", "--name", s.pfx+"-plain", "--label", "app=x", s.img, "echo", "plain"); strings.TrimSpace(got) != "plain" {
+		t.Fatalf("unlabelled run while locked: %q", got)
+	}
+	if slices.Contains(s.mounts(), mp) {
+		t.Fatal("the tmpfs was made while locked")
+	}
+
+	h.MustDockerStdin(key+"\n", "swarm", "unlock")
+	eventually(t, 30*time.Second, "the tmpfs re-provisioned at unlock", func() bool { return slices.Contains(s.mounts(), mp) })
+	h.MustDocker("start", app)
+	if got := h.MustDocker("exec", app, "cat", "/run/secrets/sa_l"); got != "locked-value" {
+		t.Fatalf("after unlock the container reads %q", got)
+	}
+}
