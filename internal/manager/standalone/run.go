@@ -34,24 +34,34 @@ type Event struct {
 // name `secret rm` quotes), reconciling again
 // whenever the event stream had to be re-opened, until ctx ends.
 func (m *Manager) Run(ctx context.Context, eng Engine) {
+	// An engine that is away is retried with a growing delay, so that a
+	// long outage is not a log line a second.
+	delay := time.Second
 	for ctx.Err() == nil {
 		// Subscribe first, so a removal during the reconcile is not missed.
 		sctx, cancel := context.WithCancel(ctx)
 		ids, errc := eng.Events(sctx)
 		listed := m.BeginList()
 		if cs, err := eng.Containers(ctx); err != nil {
-			m.log.Warn("standalone: listing containers", "err", err)
-		} else if err := m.Reconcile(ctx, cs, listed); err != nil {
-			m.log.Warn("standalone: reconcile", "err", err)
+			m.log.Warn("standalone: listing containers", "err", err, "retry", delay)
+		} else {
+			delay = time.Second
+			if err := m.Reconcile(ctx, cs, listed); err != nil {
+				m.log.Warn("standalone: reconcile", "err", err)
+			}
 		}
 		m.follow(ctx, ids, errc)
 		cancel()
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-time.After(delay):
 		}
+		delay = min(2*delay, maxRetryDelay)
 	}
 }
+
+// maxRetryDelay caps the wait before re-opening the engine's events.
+const maxRetryDelay = 30 * time.Second
 
 func (m *Manager) follow(ctx context.Context, evs <-chan Event, errc <-chan error) {
 	for {
