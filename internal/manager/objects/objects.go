@@ -449,20 +449,30 @@ func (m *Manager) inUse(ctx context.Context, r *record) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
-	prefix := store.RefPrefix(m.kind.Table, r.ID)
-	var names, containers []string
+	names := make([]string, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		if strings.HasPrefix(strings.TrimPrefix(string(kv.Key), prefix), containerRefPrefix) {
-			containers = append(containers, string(kv.Value))
+		names = append(names, string(kv.Value))
+	}
+	sort.Strings(names)
+	return inUseError(m.kind.Name, r.Name, names)
+}
+
+// inUseError is Swarm's in-use text. Markers of standalone containers
+// (ContainerRefValue) are listed as containers where Swarm says service.
+func inUseError(kind, name string, values []string) error {
+	var services, containers []string
+	for _, v := range values {
+		if c, ok := strings.CutPrefix(v, containerRefValuePrefix); ok {
+			containers = append(containers, c)
 		} else {
-			names = append(names, string(kv.Value))
+			services = append(services, v)
 		}
 	}
 	var parts []string
 	for _, p := range []struct {
 		noun string
 		list []string
-	}{{"service", names}, {"container", containers}} {
+	}{{"service", services}, {"container", containers}} {
 		if len(p.list) == 0 {
 			continue
 		}
@@ -473,17 +483,21 @@ func (m *Manager) inUse(ctx context.Context, r *record) error {
 		}
 		parts = append(parts, "the following "+noun+": "+strings.Join(p.list, ", "))
 	}
-	return errdefs.InvalidArgument("%s '%s' is in use by %s", m.kind.Name, r.Name, strings.Join(parts, "; and by "))
+	return errdefs.InvalidArgument("%s '%s' is in use by %s", kind, name, strings.Join(parts, "; and by "))
 }
 
-// containerRefPrefix starts the owner part of the in-use markers that
-// standalone containers' grants write (see internal/manager/standalone),
-// so the in-use text can say container where Swarm says service.
-const containerRefPrefix = "container/"
+// containerRefValuePrefix starts the value of the in-use markers that
+// standalone containers' grants write (internal/manager/standalone). No
+// service name starts with a NUL byte.
+const containerRefValuePrefix = "\x00container:"
 
 // ContainerRefOwner is the owner, in store.RefKey, of a standalone
 // container's grant.
-func ContainerRefOwner(grantID string) string { return containerRefPrefix + grantID }
+func ContainerRefOwner(grantID string) string { return "container/" + grantID }
+
+// ContainerRefValue is the value of a standalone container's in-use
+// marker: its name, marked as a container's.
+func ContainerRefValue(containerName string) string { return containerRefValuePrefix + containerName }
 
 func (m *Manager) open(r *record) ([]byte, error) {
 	b, err := m.seal.Open(r.Sealed, m.aad(r.ID, r.DataVersion))

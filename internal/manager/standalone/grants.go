@@ -62,7 +62,7 @@ func (g *Grant) markerOps(put bool) []clientv3.Op {
 			}
 			seen[k] = true
 			if put {
-				ops = append(ops, clientv3.OpPut(k, g.Name))
+				ops = append(ops, clientv3.OpPut(k, objects.ContainerRefValue(g.Name)))
 			} else {
 				ops = append(ops, clientv3.OpDelete(k))
 			}
