@@ -71,6 +71,9 @@ type Config struct {
 	Logger   *slog.Logger
 	// Backup takes encrypted backups (POST /hush/v1/backup); nil leaves it unrouted.
 	Backup BackupSource
+	// Containers gives secrets to containers created with io.hush.*
+	// labels (nil: POST /containers/create passes through untouched).
+	Containers ContainerGrants
 
 	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
 	// in the node's description and matched by `node ls --filter label=`.
@@ -119,6 +122,7 @@ func (s *Server) routes() {
 		s.mux.HandleFunc("GET /events", s.events)
 	}
 	s.backupRoutes()
+	s.containerRoutes()
 }
 
 // ServeHTTP routes hush's own API and hands everything else, untouched, to
@@ -129,6 +133,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = rest
 	r2.URL.RawPath = ""
+	if s.Containers != nil && isContainerCreate(r, rest) {
+		s.containerCreate(w, r, v)
+		return
+	}
 	if _, pattern := s.mux.Handler(r2); pattern == "" {
 		if s.Fallback != nil {
 			s.Fallback.ServeHTTP(w, r)

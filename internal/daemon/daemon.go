@@ -26,6 +26,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/manager/standalone"
 	"github.com/hush-secrets/hush/internal/proxy"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
@@ -77,6 +78,10 @@ type Daemon struct {
 	proxy  *proxy.Proxy
 	engine *engine.Engine
 	fs     *secretfs.Manager
+	// standalone gives secrets to containers created with io.hush.*
+	// labels; their tmpfs live under their own root, cfs.
+	standalone *standalone.Manager
+	cfs        *secretfs.Manager
 	// engineLabels are the engine's labels, for engine.labels constraints.
 	engineLabels []string
 	// engineMemory is the engine's memory, for resource reservations.
@@ -295,7 +300,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	if d.fs, err = secretfs.NewManager(dir, d.log); err != nil {
 		return fmt.Errorf("secrets tmpfs: %w", err)
 	}
-	return nil
+	return d.startStandalone(acfg, dir)
 }
 
 // Err reports a fatal failure of a part of the daemon.
@@ -327,6 +332,9 @@ func (d *Daemon) Close() {
 		}
 		if d.engineCli != nil {
 			_ = d.engineCli.Close()
+		}
+		if d.cfs != nil {
+			_ = os.Remove(d.cfs.Root())
 		}
 		if d.fs != nil {
 			// Only succeeds when no task mount is left, which is the point:

@@ -170,6 +170,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 			Data: disp, Engine: d.engine, SecretFS: d.fs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
 		}).Run)
 	}
+	d.runStandalone(run)
 	d.log.Info("cluster active", "node", d.nodeID, "keyID", mk.ID)
 	return nil
 }

@@ -1,0 +1,310 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/manager/standalone"
+)
+
+// fakeGrants records what the handler asked of the grants.
+type fakeGrants struct {
+	prepared  []standalone.Request
+	names     []string
+	committed map[string]string // grant -> container
+	aborted   []string
+	err       error
+}
+
+func (f *fakeGrants) Prepare(_ context.Context, req standalone.Request, name string) (*standalone.Prepared, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	f.prepared = append(f.prepared, req)
+	f.names = append(f.names, name)
+	var b []standalone.Binding
+	for i, r := range append(req.Secrets, req.Configs...) {
+		b = append(b, standalone.Binding{HostPath: "/run/hush/x.containers/g1/" + string(rune('0'+i)), ContainerPath: r.Target})
+	}
+	return &standalone.Prepared{GrantID: "g1", Bindings: b}, nil
+}
+
+func (f *fakeGrants) Commit(_ context.Context, grant, cid, _ string) error {
+	if f.committed == nil {
+		f.committed = map[string]string{}
+	}
+	f.committed[grant] = cid
+	return nil
+}
+
+func (f *fakeGrants) Abort(_ context.Context, grant string) { f.aborted = append(f.aborted, grant) }
+
+func (f *fakeGrants) Holders(context.Context, string, string) ([]standalone.Holder, error) {
+	return nil, nil
+}
+
+// fakeEngineCreate records the bodies it gets and answers as the engine.
+type fakeEngineCreate struct {
+	bodies [][]byte
+	paths  []string
+	code   int
+}
+
+func (e *fakeEngineCreate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	e.bodies = append(e.bodies, b)
+	e.paths = append(e.paths, r.URL.RequestURI())
+	if e.code != 0 && e.code != http.StatusCreated {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(e.code)
+		_, _ = w.Write([]byte(`{"message":"No such image: x"}`))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write([]byte(`{"Id":"c0ffee","Warnings":[]}`))
+}
+
+type stateSwarm struct {
+	SwarmController
+	err error
+}
+
+func (s stateSwarm) CheckServing() error { return s.err }
+
+func newCreateServer(g *fakeGrants, eng *fakeEngineCreate, serving error) *Server {
+	return New(Config{Containers: g, Fallback: eng, Swarm: stateSwarm{err: serving}})
+}
+
+func post(s *Server, path string, body []byte) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestContainerCreatePassThrough(t *testing.T) {
+	bodies := []string{
+		`{"Image":"busybox","Labels":{"app":"x"},"HostConfig":{"Binds":["/a:/b"]},"Unknown": [1, 2 ,3]}`,
+		`{"Image":"busybox"  ,  "Env":["A=1"]}`,
+		`not json at all`,
+		`{"Labels":"not a map","Image":"x"}`,
+		``,
+		`{"Image":"busybox","Labels":{"com.example.io.hush.secrets":"db"}}`,
+	}
+	for _, b := range bodies {
+		g := &fakeGrants{}
+		eng := &fakeEngineCreate{}
+		// Even a locked hushd passes these on: they are not hush's.
+		s := newCreateServer(g, eng, errdefs.Unavailable("locked"))
+		rec := post(s, "/v1.41/containers/create?name=web", []byte(b))
+		if rec.Code != http.StatusCreated {
+			t.Fatalf("%q: status %d %s", b, rec.Code, rec.Body)
+		}
+		if len(eng.bodies) != 1 || !bytes.Equal(eng.bodies[0], []byte(b)) {
+			t.Fatalf("%q: the engine got %q, want it byte for byte", b, eng.bodies)
+		}
+		if eng.paths[0] != "/v1.41/containers/create?name=web" {
+			t.Fatalf("path %q", eng.paths[0])
+		}
+		if len(g.prepared) != 0 {
+			t.Fatalf("%q: a grant was prepared", b)
+		}
+	}
+}
+
+func TestContainerCreateRewrite(t *testing.T) {
+	g := &fakeGrants{}
+	eng := &fakeEngineCreate{}
+	s := newCreateServer(g, eng, nil)
+	body := `{"Image":"busybox","FutureField":{"x":[1]},"Labels":{"io.hush.secrets":"db","io.hush.secret.api":"target=/etc/api,uid=7,mode=0400","keep":"me"},` +
+		`"HostConfig":{"Mounts":[{"Type":"volume","Source":"v","Target":"/data"}],"Memory":5,"NewHostField":true}}`
+	rec := post(s, "/v1.44/containers/create?name=app", []byte(body))
+	if rec.Code != http.StatusCreated || !strings.Contains(rec.Body.String(), "c0ffee") {
+		t.Fatalf("status %d %s", rec.Code, rec.Body)
+	}
+	if len(g.prepared) != 1 || g.names[0] != "app" || g.committed["g1"] != "c0ffee" || len(g.aborted) != 0 {
+		t.Fatalf("grants: %+v", g)
+	}
+	var sent, orig map[string]any
+	if err := json.Unmarshal(eng.bodies[0], &sent); err != nil {
+		t.Fatal(err)
+	}
+	_ = json.Unmarshal([]byte(body), &orig)
+	// Everything but HostConfig.Mounts is as the client sent it.
+	hc := sent["HostConfig"].(map[string]any)
+	mounts := hc["Mounts"].([]any)
+	delete(hc, "Mounts")
+	ohc := orig["HostConfig"].(map[string]any)
+	delete(ohc, "Mounts")
+	a, _ := json.Marshal(sent)
+	b, _ := json.Marshal(orig)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("fields changed:\n got %s\nwant %s", a, b)
+	}
+	want := `[{"Source":"v","Target":"/data","Type":"volume"},` +
+		`{"ReadOnly":true,"Source":"/run/hush/x.containers/g1/0","Target":"/run/secrets/db","Type":"bind"},` +
+		`{"ReadOnly":true,"Source":"/run/hush/x.containers/g1/1","Target":"/etc/api","Type":"bind"}]`
+	if got, _ := json.Marshal(mounts); string(got) != want {
+		t.Fatalf("mounts\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestContainerCreateRefusals(t *testing.T) {
+	tests := []struct {
+		name    string
+		body    string
+		grants  error
+		serving error
+		code    int
+		msg     string
+	}{
+		{name: "unknown label", body: `{"Labels":{"io.hush.foo":"1"}}`, code: 400, msg: `unknown label "io.hush.foo"`},
+		{name: "unknown option", body: `{"Labels":{"io.hush.secret.db":"moed=0400"}}`, code: 400, msg: `label io.hush.secret.db: unknown option "moed" (target, uid, gid, mode)`},
+		{name: "both forms", body: `{"Labels":{"io.hush.secrets":"db","io.hush.secret.db":""}}`, code: 400, msg: "named both"},
+		{name: "bad target", body: `{"Labels":{"io.hush.secret.db":"target=../x"}}`, code: 400, msg: `must not contain ".."`},
+		{name: "target over a client mount", body: `{"Labels":{"io.hush.secrets":"db"},"HostConfig":{"Mounts":[{"Type":"tmpfs","Target":"/run/secrets/db"}]}}`, code: 400, msg: "already used by a mount"},
+		{name: "target over a bind", body: `{"Labels":{"io.hush.secret.db":"target=/etc/k"},"HostConfig":{"Binds":["/h:/etc/k:ro"]}}`, code: 400, msg: "already used by a bind"},
+		{name: "unknown secret", body: `{"Labels":{"io.hush.secrets":"db"}}`, grants: errdefs.InvalidArgument("secret not found: db"), code: 400, msg: "secret not found: db"},
+		{name: "locked", body: `{"Labels":{"io.hush.secrets":"db"}}`, serving: errdefs.Unavailable("locked text"), code: 503, msg: "locked text"},
+		{name: "bad HostConfig", body: `{"Labels":{"io.hush.secrets":"db"},"HostConfig":[1]}`, code: 400, msg: "HostConfig"},
+		{name: "labels spelled twice", body: `{"Labels":{"io.hush.secrets":"db"},"labels":{"a":"b"}}`, code: 400, msg: "Labels is given 2 times"},
+		{name: "lower-case labels are the engine's Labels", body: `{"labels":{"io.hush.bad":"1"}}`, code: 400, msg: `unknown label "io.hush.bad"`},
+		{name: "too new", body: `{"Labels":{"io.hush.secrets":"db"}}`, code: 400, msg: "too new"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &fakeGrants{err: tt.grants}
+			eng := &fakeEngineCreate{}
+			s := newCreateServer(g, eng, tt.serving)
+			path := "/v1.41/containers/create"
+			if tt.name == "too new" {
+				path = "/v9.99/containers/create"
+			}
+			rec := post(s, path, []byte(tt.body))
+			if rec.Code != tt.code {
+				t.Fatalf("status %d (%s), want %d", rec.Code, rec.Body, tt.code)
+			}
+			if msg := msgOf(t, rec.Body.String()); !strings.Contains(msg, tt.msg) || strings.HasPrefix(msg, "rpc error") {
+				t.Fatalf("message %q, want it to contain %q (no rpc prefix)", msg, tt.msg)
+			}
+			if len(eng.bodies) != 0 {
+				t.Fatal("the engine was asked to create the container")
+			}
+			if tt.grants == nil && len(g.prepared) != 0 {
+				t.Fatal("a grant was prepared")
+			}
+		})
+	}
+}
+
+func TestContainerCreateEngineRefuses(t *testing.T) {
+	g := &fakeGrants{}
+	eng := &fakeEngineCreate{code: http.StatusNotFound}
+	s := newCreateServer(g, eng, nil)
+	rec := post(s, "/containers/create", []byte(`{"Image":"x","Labels":{"io.hush.secrets":"db"}}`))
+	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "No such image") {
+		t.Fatalf("the engine's answer was not passed on: %d %s", rec.Code, rec.Body)
+	}
+	if len(g.aborted) != 1 || g.aborted[0] != "g1" || len(g.committed) != 0 {
+		t.Fatalf("grant not undone: %+v", g)
+	}
+}
+
+func TestContainerCreateBodyBound(t *testing.T) {
+	g := &fakeGrants{}
+	eng := &fakeEngineCreate{}
+	s := newCreateServer(g, eng, nil)
+	big := append([]byte(`{"Labels":{"io.hush.secrets":"db"},"Env":["A=`), bytes.Repeat([]byte("x"), maxCreateBodyBytes)...)
+	rec := post(s, "/containers/create", append(big, `"]}`...))
+	if rec.Code != http.StatusRequestEntityTooLarge || len(eng.bodies) != 0 || len(g.prepared) != 0 {
+		t.Fatalf("status %d, engine calls %d, grants %d", rec.Code, len(eng.bodies), len(g.prepared))
+	}
+}
+
+// FuzzContainerCreate: whatever the body, a request without hush's labels
+// reaches the engine unchanged, and one with them is either refused with
+// nothing sent or sent with the client's fields intact.
+func FuzzContainerCreate(f *testing.F) {
+	f.Add([]byte(`{"Image":"x","Labels":{"io.hush.secrets":"db"}}`))
+	f.Add([]byte(`{"Image":"x","Labels":{"a":"b"}}`))
+	f.Add([]byte(`{"Labels":{"io.hush.secret.a":"target=/x"},"HostConfig":{"Mounts":null}}`))
+	f.Add([]byte(`{"Labels":{"io.hush.configs":"c"},"HostConfig":{"Mounts":[{"Target":"/c"}]}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		g := &fakeGrants{}
+		eng := &fakeEngineCreate{}
+		s := newCreateServer(g, eng, nil)
+		rec := post(s, "/containers/create", body)
+		_, labels, ok := createLabels(body)
+		if !ok || !standalone.HasLabels(labels) {
+			if len(eng.bodies) != 1 || !bytes.Equal(eng.bodies[0], body) {
+				t.Fatalf("pass-through changed %q into %q", body, eng.bodies)
+			}
+			return
+		}
+		if rec.Code != http.StatusCreated {
+			if len(eng.bodies) != 0 {
+				t.Fatalf("refused (%d) yet sent to the engine", rec.Code)
+			}
+			return
+		}
+		var sent map[string]json.RawMessage
+		if err := json.Unmarshal(eng.bodies[0], &sent); err != nil {
+			t.Fatalf("sent body is not JSON: %v", err)
+		}
+		var orig map[string]json.RawMessage
+		_ = json.Unmarshal(body, &orig)
+		for k := range orig {
+			if _, ok := sent[k]; !ok {
+				t.Fatalf("field %q dropped", k)
+			}
+		}
+	})
+}
+
+type holdersGrants struct {
+	fakeGrants
+	asked []string
+}
+
+func (h *holdersGrants) Holders(_ context.Context, table, id string) ([]standalone.Holder, error) {
+	h.asked = append(h.asked, table+"/"+id)
+	return []standalone.Holder{{Kind: "container", ID: "c1", Name: "app", Version: 1}}, nil
+}
+
+func TestHoldersRoute(t *testing.T) {
+	base := newTestServer(t)
+	g := &holdersGrants{}
+	cfg := base.Config
+	cfg.Containers = g
+	s := New(cfg)
+	id, err := cfg.Secrets.Create(context.Background(), objects.Spec{Name: "db", Data: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := do(t, s, "GET", "/hush/v1/secrets/db/holders", "")
+	if code != 200 || len(g.asked) != 1 || g.asked[0] != "secrets/"+id {
+		t.Fatalf("%d %s (asked %v)", code, body, g.asked)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal([]byte(body), &got); err != nil || len(got) != 1 {
+		t.Fatalf("body %s", body)
+	}
+	for _, k := range []string{"Kind", "ID", "Name", "Service", "Version", "Since"} {
+		if _, ok := got[0][k]; !ok {
+			t.Errorf("holder lacks %s: %s", k, body)
+		}
+	}
+	if code, body := do(t, s, "GET", "/hush/v1/secrets/nope/holders", ""); code != 404 {
+		t.Fatalf("unknown secret: %d %s", code, body)
+	}
+}
