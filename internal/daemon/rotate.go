@@ -416,4 +416,3 @@ func (d *Daemon) loadRotatingKey(kr *keyring.Keyring, mk keyring.MasterKey) {
 		kr.Rotate(next)
 	}
 }
-
