@@ -3,7 +3,10 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -232,5 +235,58 @@ func TestLifecycleCallsFinishWithoutClient(t *testing.T) {
 	}
 	if d.plainKey.Exists() || d.lockedKey.Exists() {
 		t.Errorf("key files left after leave (plain %v, locked %v)", d.plainKey.Exists(), d.lockedKey.Exists())
+	}
+}
+
+// The API socket is 0660 and made without touching the process's umask:
+// a directory another goroutine makes meanwhile keeps its own mode.
+func TestSocketModeWithoutUmask(t *testing.T) {
+	dir := t.TempDir()
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		// Directories made while the socket is being made (as etcd or a
+		// restore does in the same process).
+		var bad error
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- bad
+				return
+			default:
+			}
+			p := filepath.Join(dir, "d", strconv.Itoa(i))
+			if err := os.MkdirAll(p, 0o700); err != nil {
+				bad = err
+				continue
+			}
+			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm() != 0o700 && bad == nil {
+				bad = fmt.Errorf("directory made while the socket was made has mode %v", fi.Mode().Perm())
+			}
+		}
+	}()
+	for i := 0; i < 50; i++ {
+		path := filepath.Join(dir, "s"+strconv.Itoa(i)+".sock")
+		ln, err := listenUnix(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != 0o660 || fi.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("socket %v %v, want a 0660 socket", fi, err)
+		}
+		if err := ln.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("socket left after close: %v", err)
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".s*")); len(m) != 0 {
+		t.Fatalf("temporary socket directories left: %v", m)
 	}
 }
