@@ -36,9 +36,29 @@ const maxCreateBodyBytes = 4 << 20
 // until the grant names the container ({"Id":..., "Warnings":[...]}).
 const maxCreateAnswerBytes = 1 << 20
 
-// isContainerCreate tells the one pass-through call hush looks into.
-func isContainerCreate(r *http.Request, rest string) bool {
-	return r.Method == http.MethodPost && rest == "/containers/create"
+// isContainerCreate tells the one pass-through call hush looks into, as
+// the engine's router matches it: its version prefix is /v[0-9.]+ (so
+// /v1.41.0/ is a version to it), wider than the X.Y splitVersion takes.
+// It returns the version segment ("" when there is none).
+func isContainerCreate(r *http.Request) (string, bool) {
+	if r.Method != http.MethodPost {
+		return "", false
+	}
+	p := r.URL.Path
+	if p == "/containers/create" {
+		return "", true
+	}
+	v, ok := strings.CutSuffix(p, "/containers/create")
+	if !ok || !strings.HasPrefix(v, "/v") || len(v) < 3 {
+		return "", false
+	}
+	v = v[2:]
+	for _, c := range v {
+		if c != '.' && (c < '0' || c > '9') {
+			return "", false
+		}
+	}
+	return v, true
 }
 
 // containerCreate serves POST /containers/create. A request without an
@@ -57,9 +77,19 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 		s.writeError(w, r, &http.MaxBytesError{Limit: maxCreateBodyBytes})
 		return
 	}
-	top, labels, ok := createLabels(raw)
+	top, labels, trailing, ok := createLabels(raw)
 	if !ok || !standalone.HasLabels(labels) {
 		s.forward(w, r, raw)
+		return
+	}
+	if trailing {
+		// The engine reads the first JSON value and (before API 1.44's
+		// daemons) ignores the rest: refuse rather than guess.
+		s.writeError(w, r, errdefs.BadRequest("invalid JSON: unexpected content after the create request's object"))
+		return
+	}
+	if version != "" && !validVersion(version) {
+		s.writeError(w, r, errdefs.BadRequest("API version %q in the path is not of the form X.Y", version))
 		return
 	}
 	if err := checkVersion(version); err != nil {
@@ -102,12 +132,16 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 
 // createLabels decodes the create body's top level (kept raw, so that
 // every field is forwarded as sent) and its Labels. ok is false when the
-// body is not what hush can read: the engine then answers it.
-func createLabels(raw []byte) (map[string]json.RawMessage, map[string]string, bool) {
+// body is not what hush can read: the engine then answers it. Like the
+// engine, it reads the first JSON value only; trailing tells that more
+// than white space follows it.
+func createLabels(raw []byte) (_ map[string]json.RawMessage, _ map[string]string, trailing, ok bool) {
 	var top map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &top); err != nil || top == nil {
-		return nil, nil, false
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&top); err != nil || top == nil {
+		return nil, nil, false, false
 	}
+	trailing = len(bytes.TrimSpace(raw[dec.InputOffset():])) > 0
 	// The engine matches field names case-insensitively, and with several
 	// spellings each is applied in turn: so look at every one.
 	var labels map[string]string
@@ -117,7 +151,7 @@ func createLabels(raw []byte) (map[string]json.RawMessage, map[string]string, bo
 		}
 		var m map[string]string
 		if err := json.Unmarshal(l, &m); err != nil {
-			return nil, nil, false
+			return nil, nil, false, false
 		}
 		if labels == nil {
 			labels = map[string]string{}
@@ -126,7 +160,7 @@ func createLabels(raw []byte) (map[string]json.RawMessage, map[string]string, bo
 			labels[lk] = lv
 		}
 	}
-	return top, labels, true
+	return top, labels, trailing, true
 }
 
 // field returns the one value of top spelled name in any case, refusing a

@@ -244,7 +244,7 @@ func FuzzContainerCreate(f *testing.F) {
 		eng := &fakeEngineCreate{}
 		s := newCreateServer(g, eng, nil)
 		rec := post(s, "/containers/create", body)
-		_, labels, ok := createLabels(body)
+		_, labels, _, ok := createLabels(body)
 		if !ok || !standalone.HasLabels(labels) {
 			if len(eng.bodies) != 1 || !bytes.Equal(eng.bodies[0], body) {
 				t.Fatalf("pass-through changed %q into %q", body, eng.bodies)
@@ -306,5 +306,34 @@ func TestHoldersRoute(t *testing.T) {
 	}
 	if code, body := do(t, s, "GET", "/hush/v1/secrets/nope/holders", ""); code != 404 {
 		t.Fatalf("unknown secret: %d %s", code, body)
+	}
+}
+
+// TestContainerCreateNotBypassed: the engine accepts version prefixes hush
+// does not parse as X.Y (/v1.41.0/, its router takes /v[0-9.]+) and a body
+// with data after its JSON object (its decoder reads the first value): a
+// labelled create sent either way must still be hush's, never reach the
+// engine untouched (a container with hush's labels and no secrets).
+func TestContainerCreateNotBypassed(t *testing.T) {
+	labelled := `{"Image":"x","Labels":{"io.hush.secrets":"db"}}`
+	tests := []struct{ name, path, body string }{
+		{"three-part version", "/v1.41.0/containers/create", labelled},
+		{"trailing dot version", "/v1.41./containers/create", labelled},
+		{"data after the object", "/v1.41/containers/create", labelled + ` trailing`},
+		{"second object after it", "/v1.41/containers/create", labelled + `{"Labels":{}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &fakeGrants{}
+			eng := &fakeEngineCreate{}
+			s := newCreateServer(g, eng, nil)
+			rec := post(s, tt.path, []byte(tt.body))
+			if len(eng.bodies) == 1 && bytes.Equal(eng.bodies[0], []byte(tt.body)) {
+				t.Fatalf("labelled create reached the engine untouched (status %d)", rec.Code)
+			}
+			if rec.Code == http.StatusCreated && len(g.prepared) != 1 {
+				t.Fatalf("created without a grant: %+v", g)
+			}
+		})
 	}
 }
