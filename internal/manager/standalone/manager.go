@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -304,17 +305,22 @@ type Container struct {
 	Sources []string
 }
 
-// grantOf returns the grant ID a container's bind mounts point into.
-func (m *Manager) grantOf(c Container) string {
+// grantsOf returns the grant IDs a container's bind mounts point into.
+// Only hush's own bind names one for a container hush created, but a
+// client may add binds of its own into the root (anyone on the socket may
+// read there, the access-control gap): so this tells only which grant a
+// container created while hushd was down may be the one of.
+func (m *Manager) grantsOf(c Container) []string {
 	root := filepath.Clean(m.fs.Root()) + "/"
+	var ids []string
 	for _, s := range c.Sources {
 		if rest, ok := strings.CutPrefix(filepath.Clean(s), root); ok {
-			if id, _, _ := strings.Cut(rest, "/"); identity.Valid(id) {
-				return id
+			if id, _, _ := strings.Cut(rest, "/"); identity.Valid(id) && !slices.Contains(ids, id) {
+				ids = append(ids, id)
 			}
 		}
 	}
-	return ""
+	return ids
 }
 
 // BeginList is called before the engine's containers are listed for
@@ -344,10 +350,40 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed 
 	if err != nil {
 		return err
 	}
-	live := map[string]Container{} // grant ID -> container
+	// A committed grant is its container's by ID: a container whose binds
+	// also reach into another's grant directory must not take that grant
+	// over (its removal would then tear down the other's tmpfs). Only a
+	// grant hushd could not commit (it died before the engine answered)
+	// is matched by the bind sources, to a container no grant holds.
+	byID := map[string]Container{}
 	for _, c := range containers {
-		if id := m.grantOf(c); id != "" {
-			live[id] = c
+		byID[c.ID] = c
+	}
+	claimed := map[string]bool{} // container IDs that hold a grant
+	for _, g := range all {
+		if _, ok := byID[g.ContainerID]; ok {
+			claimed[g.ContainerID] = true
+		}
+	}
+	live := map[string]Container{} // grant ID -> container
+	uncommitted := map[string]bool{}
+	for _, g := range all {
+		if g.ContainerID == "" {
+			uncommitted[g.ID] = true
+		} else if c, ok := byID[g.ContainerID]; ok {
+			live[g.ID] = c
+		}
+	}
+	for _, c := range containers {
+		if claimed[c.ID] {
+			continue
+		}
+		for _, id := range m.grantsOf(c) {
+			if _, taken := live[id]; uncommitted[id] && !taken {
+				live[id] = c
+				claimed[c.ID] = true
+				break
+			}
 		}
 	}
 	var errs []error
@@ -364,7 +400,7 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed 
 			}
 			continue
 		}
-		if g.ContainerID != c.ID || (c.Name != "" && g.Name != c.Name) {
+		if g.ContainerID == "" || (c.Name != "" && g.Name != c.Name) {
 			// Created while hushd went down before Commit.
 			g.ContainerID = c.ID
 			if c.Name != "" {

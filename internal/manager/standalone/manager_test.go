@@ -430,3 +430,72 @@ func TestRunFollowsDestroy(t *testing.T) {
 		t.Fatalf("mounts %v, want only %s", got, p1.GrantID)
 	}
 }
+
+// TestReconcileNoHijack: a container (labelled, so listed) whose own binds
+// also reach into another container's grant directory, as anyone on the
+// socket may write, must not take that grant over: the victim keeps its
+// grant and tmpfs, and the intruder keeps its own.
+func TestReconcileNoHijack(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t)
+	fx.secret(t, "db", "value")
+	prep := func(name, cid string) string {
+		p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fx.m.Commit(ctx, p.GrantID, cid, name); err != nil {
+			t.Fatal(err)
+		}
+		return p.GrantID
+	}
+	victim := prep("victim", "c1")
+	intruder := prep("intruder", "c2")
+	for _, order := range [][]string{{victim, intruder}, {intruder, victim}} {
+		err := fx.m.Reconcile(ctx, []Container{
+			{ID: "c1", Name: "victim", Sources: []string{"/fake/root/" + victim + "/0"}},
+			// The intruder's list of mounts names the victim's first.
+			{ID: "c2", Name: "intruder", Sources: []string{"/fake/root/" + order[0] + "/0", "/fake/root/" + order[1] + "/0"}},
+			// An unlabelled-looking stray with only the victim's dir.
+			{ID: "c3", Name: "stray", Sources: []string{"/fake/root/" + victim + "/0"}},
+		}, fx.m.BeginList())
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, err := fx.m.grants.list(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byID := map[string]*Grant{}
+		for _, g := range all {
+			byID[g.ID] = g
+		}
+		if g := byID[victim]; g == nil || g.ContainerID != "c1" || g.Name != "victim" {
+			t.Fatalf("victim's grant taken over: %+v", g)
+		}
+		if g := byID[intruder]; g == nil || g.ContainerID != "c2" {
+			t.Fatalf("intruder's own grant lost: %+v", g)
+		}
+		if got, want := fx.fs.ids(t), sorted(victim, intruder); !slices.Equal(got, want) {
+			t.Fatalf("mounts %v, want %v", got, want)
+		}
+	}
+	// The victim removed while hushd was down: a container still binding
+	// its directory does not adopt its grant, which is released.
+	if err := fx.m.Reconcile(ctx, []Container{
+		{ID: "c2", Name: "intruder", Sources: []string{"/fake/root/" + victim + "/0", "/fake/root/" + intruder + "/0"}},
+		{ID: "c3", Name: "stray", Sources: []string{"/fake/root/" + victim + "/0"}},
+	}, fx.m.BeginList()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fx.fs.ids(t), sorted(intruder); !slices.Equal(got, want) {
+		t.Fatalf("mounts after the victim's removal %v, want %v", got, want)
+	}
+	// Removing the intruder releases its grant.
+	if err := fx.m.Released(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := fx.fs.ids(t); len(got) != 0 {
+		t.Fatalf("mounts after the intruder's removal %v, want none", got)
+	}
+}
