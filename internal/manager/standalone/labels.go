@@ -210,7 +210,14 @@ func parseOptions(kl kindLabels, label, name, v string) (Ref, error) {
 				r.GID = int(id)
 			}
 		case "mode":
-			m, err := strconv.ParseUint(val, 8, 32)
+			// docker's --secret reads a mode with strconv's base 0 (0400 and
+			// 0o400 octal, 400 decimal, i.e. 0620): a bare number of more
+			// than one digit reads one way there and the other to most
+			// people, so it is refused rather than guessed.
+			if len(val) > 1 && val[0] != '0' {
+				return Ref{}, errdefs.InvalidArgument("label %s: mode %q is ambiguous (docker's --secret reads it as decimal): write it in octal with a leading 0, e.g. 0400", label, truncate(val))
+			}
+			m, err := strconv.ParseUint(val, 0, 32)
 			if err != nil || m > 0o777 {
 				return Ref{}, errdefs.InvalidArgument("label %s: invalid mode %q: octal permission bits, e.g. 0400", label, truncate(val))
 			}
