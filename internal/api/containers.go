@@ -108,7 +108,10 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 		return
 	}
 	rec := &captureWriter{header: http.Header{}, code: http.StatusOK}
-	s.forward(rec, r, body)
+	// Seen through even if the client hangs up: the engine may create the
+	// container anyway, and a grant undone under it leaves a container
+	// that can never start.
+	s.forward(rec, r.WithContext(context.WithoutCancel(r.Context())), body)
 	if rec.code == http.StatusCreated && !rec.over {
 		var ans struct {
 			ID string `json:"Id"`

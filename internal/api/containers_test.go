@@ -337,3 +337,41 @@ func TestContainerCreateNotBypassed(t *testing.T) {
 		})
 	}
 }
+
+// leavingClientEngine is an engine during whose create the client goes
+// away; like the proxy, it drops the call when its request's context ends.
+type leavingClientEngine struct {
+	cancel  context.CancelFunc
+	created bool
+}
+
+func (e *leavingClientEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.ReadAll(r.Body)
+	e.cancel()
+	if r.Context().Err() != nil {
+		return // the proxy's answer to a client gone: nothing
+	}
+	e.created = true
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write([]byte(`{"Id":"c0ffee","Warnings":[]}`))
+}
+
+// TestContainerCreateClientLeaves: a client that hangs up while the engine
+// creates (a compose timeout) must not cut the engine's call short: hush
+// would undo a grant whose container the engine may still have made (a
+// container that can never start), so the create is seen through and
+// recorded.
+func TestContainerCreateClientLeaves(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g := &fakeGrants{}
+	eng := &leavingClientEngine{cancel: cancel}
+	s := New(Config{Containers: g, Fallback: eng, Swarm: stateSwarm{}})
+	req := httptest.NewRequest(http.MethodPost, "/v1.41/containers/create?name=app",
+		strings.NewReader(`{"Image":"x","Labels":{"io.hush.secrets":"db"}}`)).WithContext(ctx)
+	req.Header.Set("Content-Type", "application/json")
+	s.ServeHTTP(httptest.NewRecorder(), req)
+	if !eng.created || g.committed["g1"] != "c0ffee" || len(g.aborted) != 0 {
+		t.Fatalf("engine created %v; grants %+v", eng.created, g)
+	}
+}
