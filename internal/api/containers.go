@@ -88,6 +88,10 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 		s.writeError(w, r, errdefs.BadRequest("invalid JSON: unexpected content after the create request's object"))
 		return
 	}
+	if k := repeatedKey(raw); k != "" {
+		s.writeError(w, r, errdefs.BadRequest("%s is given twice", k))
+		return
+	}
 	if version != "" && !validVersion(version) {
 		s.writeError(w, r, errdefs.BadRequest("API version %q in the path is not of the form X.Y", version))
 		return
@@ -139,21 +143,23 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 // engine, it reads the first JSON value only; trailing tells that more
 // than white space follows it.
 func createLabels(raw []byte) (_ map[string]json.RawMessage, _ map[string]string, trailing, ok bool) {
-	var top map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&top); err != nil || top == nil {
+	keys, vals, end, err := objectPairs(raw)
+	if err != nil {
 		return nil, nil, false, false
 	}
-	trailing = len(bytes.TrimSpace(raw[dec.InputOffset():])) > 0
-	// The engine matches field names case-insensitively, and with several
-	// spellings each is applied in turn: so look at every one.
+	trailing = len(bytes.TrimSpace(raw[end:])) > 0
+	top := make(map[string]json.RawMessage, len(keys))
+	// The engine matches field names case-insensitively, and decodes a
+	// field given several times (in any spelling) into the same map, each
+	// in turn: so Labels are the merge of every copy.
 	var labels map[string]string
-	for k, l := range top {
+	for i, k := range keys {
+		top[k] = vals[i]
 		if !strings.EqualFold(k, "Labels") {
 			continue
 		}
 		var m map[string]string
-		if err := json.Unmarshal(l, &m); err != nil {
+		if err := json.Unmarshal(vals[i], &m); err != nil {
 			return nil, nil, false, false
 		}
 		if labels == nil {
@@ -164,6 +170,51 @@ func createLabels(raw []byte) (_ map[string]json.RawMessage, _ map[string]string
 		}
 	}
 	return top, labels, trailing, true
+}
+
+// objectPairs reads the members of the JSON object raw starts with, in
+// order and repeats included (a map keeps only the last of a repeated
+// key, while the engine's decoder merges repeated objects into one), and
+// the offset where the object ends.
+func objectPairs(raw []byte) (keys []string, vals []json.RawMessage, end int, err error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, nil, 0, errors.New("not a JSON object")
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		k, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, nil, 0, err
+		}
+		keys, vals = append(keys, k), append(vals, v)
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, nil, 0, err
+	}
+	return keys, vals, int(dec.InputOffset()), nil
+}
+
+// repeatedKey returns a member name the JSON object raw gives more than
+// once in the same spelling ("" if none): hush cannot forward both, and
+// the engine would merge them.
+func repeatedKey(raw []byte) string {
+	keys, _, _, err := objectPairs(raw)
+	if err != nil {
+		return ""
+	}
+	seen := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if seen[k] {
+			return k
+		}
+		seen[k] = true
+	}
+	return ""
 }
 
 // field returns the one value of top spelled name in any case, refusing a
@@ -203,6 +254,9 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	if h != nil {
 		if err := json.Unmarshal(h, &hc); err != nil || hc == nil {
 			return nil, "", errdefs.BadRequest("HostConfig: not a JSON object")
+		}
+		if k := repeatedKey(h); k != "" {
+			return nil, "", errdefs.BadRequest("HostConfig.%s is given twice", k)
 		}
 	}
 	mKey, m, err := field(hc, "HostConfig.", "Mounts")

@@ -375,3 +375,35 @@ func TestContainerCreateClientLeaves(t *testing.T) {
 		t.Fatalf("engine created %v; grants %+v", eng.created, g)
 	}
 }
+
+// TestContainerCreateRepeatedKeys: a key given twice in the same spelling
+// is invisible to a map, yet the engine's decoder merges repeated objects
+// (Labels, HostConfig): hush must neither miss labels that way nor drop
+// the first copy's fields from what it forwards.
+func TestContainerCreateRepeatedKeys(t *testing.T) {
+	tests := []struct{ name, body string }{
+		{"labels hidden in a first copy", `{"Image":"x","Labels":{"io.hush.secrets":"db"},"Labels":{"a":"b"}}`},
+		{"host config given twice", `{"Image":"x","Labels":{"io.hush.secrets":"db"},"HostConfig":{"Memory":5},"HostConfig":{"CpuShares":2}}`},
+		{"mounts given twice", `{"Image":"x","Labels":{"io.hush.secrets":"db"},"HostConfig":{"Mounts":[{"Type":"tmpfs","Target":"/run/secrets/db"}],"Mounts":[]}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &fakeGrants{}
+			eng := &fakeEngineCreate{}
+			s := newCreateServer(g, eng, nil)
+			rec := post(s, "/v1.41/containers/create", []byte(tt.body))
+			if rec.Code != http.StatusBadRequest || !strings.Contains(msgOf(t, rec.Body.String()), "given twice") {
+				t.Fatalf("status %d %s, want a 400 naming the repeated field", rec.Code, rec.Body)
+			}
+			if len(eng.bodies) != 0 || len(g.prepared) != 0 {
+				t.Fatalf("sent to the engine %q, grants %+v", eng.bodies, g)
+			}
+		})
+	}
+	// Unlabelled, a repeated key is the engine's business: byte for byte.
+	g, eng := &fakeGrants{}, &fakeEngineCreate{}
+	body := `{"Image":"x","Labels":{"a":"b"},"Labels":{"c":"d"}}`
+	if rec := post(newCreateServer(g, eng, nil), "/containers/create", []byte(body)); rec.Code != http.StatusCreated || string(eng.bodies[0]) != body {
+		t.Fatalf("unlabelled: %d, sent %q", rec.Code, eng.bodies)
+	}
+}
