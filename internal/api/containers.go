@@ -116,16 +116,21 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 	// container anyway, and a grant undone under it leaves a container
 	// that can never start.
 	s.forward(rec, r.WithContext(context.WithoutCancel(r.Context())), body)
-	if rec.code == http.StatusCreated && !rec.over {
+	if rec.code == http.StatusCreated {
 		var ans struct {
 			ID string `json:"Id"`
 		}
-		if err := json.Unmarshal(rec.buf.Bytes(), &ans); err == nil && ans.ID != "" {
-			// Recorded before the client hears of the container, so its
-			// first start, and its removal, find the grant complete.
-			if err := s.Containers.Commit(context.WithoutCancel(r.Context()), grant, ans.ID, r.URL.Query().Get("name")); err != nil {
-				s.log.Warn("standalone: recording a container's grant", "container", ans.ID, "err", err)
-			}
+		if rec.over || json.Unmarshal(rec.buf.Bytes(), &ans) != nil || ans.ID == "" {
+			// The container exists but its ID is unknown: recorded without
+			// it, so the reconciler matches it by its binds (a pending grant
+			// is never reconciled, an undone one breaks the container).
+			s.log.Warn("standalone: the engine's create answer has no readable container ID", "grant", grant)
+			ans.ID = ""
+		}
+		// Recorded before the client hears of the container, so its
+		// first start, and its removal, find the grant complete.
+		if err := s.Containers.Commit(context.WithoutCancel(r.Context()), grant, ans.ID, r.URL.Query().Get("name")); err != nil {
+			s.log.Warn("standalone: recording a container's grant", "container", ans.ID, "err", err)
 		}
 	} else {
 		s.Containers.Abort(context.WithoutCancel(r.Context()), grant)

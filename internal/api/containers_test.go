@@ -407,3 +407,27 @@ func TestContainerCreateRepeatedKeys(t *testing.T) {
 		t.Fatalf("unlabelled: %d, sent %q", rec.Code, eng.bodies)
 	}
 }
+
+// oddEngine answers a create with 201 and a body hush cannot read.
+type oddEngine struct{ body string }
+
+func (e oddEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.ReadAll(r.Body)
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write([]byte(e.body))
+}
+
+// TestContainerCreateOddAnswer: the engine said it created the container
+// but hush cannot read its ID: the grant must be neither left pending
+// forever (no reconcile would touch it) nor undone under a live
+// container; it is recorded without an ID, for the reconciler to match.
+func TestContainerCreateOddAnswer(t *testing.T) {
+	for _, body := range []string{`not json`, `{"Warnings":[]}`} {
+		g := &fakeGrants{}
+		s := New(Config{Containers: g, Fallback: oddEngine{body}, Swarm: stateSwarm{}})
+		post(s, "/containers/create", []byte(`{"Image":"x","Labels":{"io.hush.secrets":"db"}}`))
+		if cid, ok := g.committed["g1"]; !ok || cid != "" || len(g.aborted) != 0 {
+			t.Fatalf("%s: grants %+v", body, g)
+		}
+	}
+}

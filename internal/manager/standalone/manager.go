@@ -213,7 +213,7 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 		return err
 	}
 	g.ContainerID = containerID
-	if name == "" && m.names != nil {
+	if name == "" && m.names != nil && containerID != "" {
 		if n, err := m.names(ctx, containerID); err == nil {
 			name = n
 		}
