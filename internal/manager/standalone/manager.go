@@ -273,7 +273,15 @@ func (m *Manager) Released(ctx context.Context, containerID string) error {
 	}
 	for _, g := range all {
 		if g.ContainerID == containerID {
-			return m.release(ctx, g)
+			if err := m.release(ctx, g); err != nil {
+				return err
+			}
+			// Gone, so no reconcile needs to know it was recent: without
+			// this, committed grows with every create until one runs.
+			m.mu.Lock()
+			delete(m.committed, g.ID)
+			m.mu.Unlock()
+			return nil
 		}
 	}
 	return nil

@@ -499,3 +499,36 @@ func TestReconcileNoHijack(t *testing.T) {
 		t.Fatalf("mounts after the intruder's removal %v, want none", got)
 	}
 }
+
+// TestCommittedBounded: what a reconcile needs to know of recent commits
+// must not grow with every create and rm a client makes between two
+// reconciles (the stream may stay up for months).
+func TestCommittedBounded(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t)
+	fx.secret(t, "db", "value")
+	for i := range 20 {
+		p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cid := "c" + string(rune('a'+i))
+		if err := fx.m.Commit(ctx, p.GrantID, cid, "c"); err != nil {
+			t.Fatal(err)
+		}
+		if err := fx.m.Released(ctx, cid); err != nil {
+			t.Fatal(err)
+		}
+		a, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.m.Abort(ctx, a.GrantID)
+	}
+	fx.m.mu.Lock()
+	n, pend := len(fx.m.committed), len(fx.m.pending)
+	fx.m.mu.Unlock()
+	if n != 0 || pend != 0 {
+		t.Fatalf("after 20 creates and removals: %d commits and %d pending remembered", n, pend)
+	}
+}
