@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/manager/standalone"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/container"
 )
 
 // ContainerGrants gives secrets and configs to standalone containers
@@ -255,6 +257,15 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	if err != nil {
 		return nil, "", err
 	}
+	if h == nil {
+		// The engine then reads HostConfig's fields from the top level,
+		// and stops once hush adds a HostConfig for its mounts.
+		for k := range top {
+			if isHostField(k) {
+				return nil, "", errdefs.BadRequest("%s at the top level of a create is the engine's deprecated form, which the HostConfig hush adds for the secrets' mounts would override: send it in HostConfig", k)
+			}
+		}
+	}
 	hc := map[string]json.RawMessage{}
 	if h != nil {
 		if err := json.Unmarshal(h, &hc); err != nil || hc == nil {
@@ -313,6 +324,45 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	s.Containers.Abort(context.WithoutCancel(r.Context()), p.GrantID)
 	return nil, "", fmt.Errorf("encode create request: %w: %w", errdefs.ErrInternal, err)
 }
+
+// hostFields are the JSON names (lower case) of HostConfig's fields that
+// the engine's create body also reads at its top level (those not also
+// a container Config field, which Go's decoder would then ignore).
+var hostFields = func() map[string]bool {
+	names := func(t reflect.Type) map[string]bool {
+		out := map[string]bool{}
+		var walk func(reflect.Type)
+		walk = func(t reflect.Type) {
+			for i := range t.NumField() {
+				f := t.Field(i)
+				if f.Anonymous && f.Type.Kind() == reflect.Struct {
+					walk(f.Type)
+					continue
+				}
+				if !f.IsExported() {
+					continue
+				}
+				n, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+				if n == "-" {
+					continue
+				}
+				if n == "" {
+					n = f.Name
+				}
+				out[strings.ToLower(n)] = true
+			}
+		}
+		walk(t)
+		return out
+	}
+	hc, cfg := names(reflect.TypeFor[container.HostConfig]()), names(reflect.TypeFor[container.Config]())
+	for n := range cfg {
+		delete(hc, n)
+	}
+	return hc
+}()
+
+func isHostField(k string) bool { return hostFields[strings.ToLower(k)] }
 
 // checkLabelSpellings refuses Labels spelled twice: the engine would keep
 // only one of them, and hush could not tell which its checks must follow.

@@ -431,3 +431,29 @@ func TestContainerCreateOddAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestContainerCreateTopLevelHostFields: without a HostConfig member the
+// engine reads host fields (Binds, Privileged...) from the top level, and
+// ignores them once a HostConfig is there, which hush adds for its
+// mounts: such a labelled create is refused naming the field, not
+// created with those fields silently dropped.
+func TestContainerCreateTopLevelHostFields(t *testing.T) {
+	for _, body := range []string{
+		`{"Image":"x","Labels":{"io.hush.secrets":"db"},"Binds":["/h:/data"]}`,
+		`{"Image":"x","Labels":{"io.hush.secrets":"db"},"privileged":true,"HostConfig":null}`,
+		`{"Image":"x","Labels":{"io.hush.secrets":"db"},"Memory":5}`,
+	} {
+		g, eng := &fakeGrants{}, &fakeEngineCreate{}
+		rec := post(newCreateServer(g, eng, nil), "/containers/create", []byte(body))
+		if rec.Code != http.StatusBadRequest || !strings.Contains(msgOf(t, rec.Body.String()), "HostConfig") || len(eng.bodies) != 0 || len(g.prepared) != 0 {
+			t.Fatalf("%s: %d %s (engine calls %d)", body, rec.Code, rec.Body, len(eng.bodies))
+		}
+	}
+	// With a HostConfig the engine takes it and ignores top-level copies
+	// (but for a few resources it merges): unchanged by hush.
+	g, eng := &fakeGrants{}, &fakeEngineCreate{}
+	body := `{"Image":"x","Labels":{"io.hush.secrets":"db"},"Memory":5,"HostConfig":{"Privileged":true}}`
+	if rec := post(newCreateServer(g, eng, nil), "/containers/create", []byte(body)); rec.Code != http.StatusCreated || !strings.Contains(string(eng.bodies[0]), `"Memory":5`) {
+		t.Fatalf("%d %s; sent %q", rec.Code, rec.Body, eng.bodies)
+	}
+}
