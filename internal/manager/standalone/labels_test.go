@@ -152,3 +152,26 @@ func FuzzParseLabels(f *testing.F) {
 		}
 	})
 }
+
+// TestParseLabelsErrorsBounded: a refusal quotes what is at fault, but
+// never a client's megabyte of it (error texts end up in logs and
+// terminals).
+func TestParseLabelsErrorsBounded(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	for _, labels := range []map[string]string{
+		{"io.hush.bogus" + big: ""},
+		{LabelSecrets: big + "!"},
+		{LabelSecretPrefix + big + "!": ""},
+		{LabelSecretPrefix + "db": "target=/" + big},
+		{LabelSecrets: "db", LabelSecretPrefix + big: ""},
+	} {
+		_, err := ParseLabels(labels)
+		if err == nil || len(err.Error()) > 1024 {
+			n := 0
+			if err != nil {
+				n = len(err.Error())
+			}
+			t.Fatalf("error of %d bytes: %.200v", n, err)
+		}
+	}
+}
