@@ -66,7 +66,8 @@ type Config struct {
 	Configs Objects
 	FS      FS
 	// Names finds the name the engine gave a container created without
-	// one (nil: the grant keeps its ID as the name).
+	// one (nil: the grant keeps its ID as the name); an ErrNotFound from
+	// it tells Commit the container is already gone.
 	Names  func(ctx context.Context, containerID string) (string, error)
 	Logger *slog.Logger
 }
@@ -213,15 +214,27 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 		return err
 	}
 	g.ContainerID = containerID
-	if name == "" && m.names != nil && containerID != "" {
-		if n, err := m.names(ctx, containerID); err == nil {
-			name = n
-		}
-	}
 	if name != "" {
 		g.Name = strings.TrimPrefix(name, "/")
 	}
-	return m.grants.update(ctx, g)
+	if err := m.grants.update(ctx, g); err != nil {
+		return err
+	}
+	if m.names == nil || containerID == "" {
+		return nil
+	}
+	// Asked after the grant names the container: a removal before this
+	// (its destroy event found no grant to release) shows here, one after
+	// finds the grant.
+	n, err := m.names(ctx, containerID)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		return m.release(ctx, g)
+	case err == nil && name == "" && n != "" && n != g.Name:
+		g.Name = n
+		return m.grants.update(ctx, g)
+	}
+	return nil
 }
 
 // Abort undoes a prepared grant whose container the engine did not create.

@@ -3,6 +3,7 @@ package standalone
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path"
 	"slices"
 	"sort"
@@ -530,5 +531,42 @@ func TestCommittedBounded(t *testing.T) {
 	fx.m.mu.Unlock()
 	if n != 0 || pend != 0 {
 		t.Fatalf("after 20 creates and removals: %d commits and %d pending remembered", n, pend)
+	}
+}
+
+// TestCommitContainerAlreadyGone: the container was removed (by name,
+// from another client) after the engine created it but before its grant
+// was recorded: its destroy event found no grant to release, so Commit
+// must see the container is gone and release the grant itself, not keep
+// a tmpfs and an in-use marker for a container that no longer exists.
+func TestCommitContainerAlreadyGone(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t)
+	fx.secret(t, "db", "value")
+	fx.m.names = func(_ context.Context, id string) (string, error) {
+		if id == "gone" {
+			return "", fmt.Errorf("no such container: %w", errdefs.ErrNotFound)
+		}
+		return "engine_named", nil
+	}
+	p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.m.Released(ctx, "gone"); err != nil { // the event, before Commit
+		t.Fatal(err)
+	}
+	if err := fx.m.Commit(ctx, p.GrantID, "gone", "app"); err != nil {
+		t.Fatal(err)
+	}
+	all, err := fx.m.grants.list(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 0 || len(fx.fs.ids(t)) != 0 {
+		t.Fatalf("grants %d, mounts %v left for a removed container", len(all), fx.fs.ids(t))
+	}
+	if err := fx.secrets.Remove(ctx, "db"); err != nil {
+		t.Fatalf("secret rm: %v", err)
 	}
 }
