@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/manager/standalone"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/moby/moby/api/types/container"
 )
 
 // ContainerGrants gives secrets and configs to standalone containers
@@ -36,9 +38,29 @@ const maxCreateBodyBytes = 4 << 20
 // until the grant names the container ({"Id":..., "Warnings":[...]}).
 const maxCreateAnswerBytes = 1 << 20
 
-// isContainerCreate tells the one pass-through call hush looks into.
-func isContainerCreate(r *http.Request, rest string) bool {
-	return r.Method == http.MethodPost && rest == "/containers/create"
+// isContainerCreate tells the one pass-through call hush looks into, as
+// the engine's router matches it: its version prefix is /v[0-9.]+ (so
+// /v1.41.0/ is a version to it), wider than the X.Y splitVersion takes.
+// It returns the version segment ("" when there is none).
+func isContainerCreate(r *http.Request) (string, bool) {
+	if r.Method != http.MethodPost {
+		return "", false
+	}
+	p := r.URL.Path
+	if p == "/containers/create" {
+		return "", true
+	}
+	v, ok := strings.CutSuffix(p, "/containers/create")
+	if !ok || !strings.HasPrefix(v, "/v") || len(v) < 3 {
+		return "", false
+	}
+	v = v[2:]
+	for _, c := range v {
+		if c != '.' && (c < '0' || c > '9') {
+			return "", false
+		}
+	}
+	return v, true
 }
 
 // containerCreate serves POST /containers/create. A request without an
@@ -57,9 +79,23 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 		s.writeError(w, r, &http.MaxBytesError{Limit: maxCreateBodyBytes})
 		return
 	}
-	top, labels, ok := createLabels(raw)
+	top, labels, trailing, ok := createLabels(raw)
 	if !ok || !standalone.HasLabels(labels) {
 		s.forward(w, r, raw)
+		return
+	}
+	if trailing {
+		// The engine reads the first JSON value and (before API 1.44's
+		// daemons) ignores the rest: refuse rather than guess.
+		s.writeError(w, r, errdefs.BadRequest("invalid JSON: unexpected content after the create request's object"))
+		return
+	}
+	if k := repeatedKey(raw); k != "" {
+		s.writeError(w, r, errdefs.BadRequest("%s is given twice", k))
+		return
+	}
+	if version != "" && !validVersion(version) {
+		s.writeError(w, r, errdefs.BadRequest("API version %q in the path is not of the form X.Y", version))
 		return
 	}
 	if err := checkVersion(version); err != nil {
@@ -78,17 +114,25 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 		return
 	}
 	rec := &captureWriter{header: http.Header{}, code: http.StatusOK}
-	s.forward(rec, r, body)
-	if rec.code == http.StatusCreated && !rec.over {
+	// Seen through even if the client hangs up: the engine may create the
+	// container anyway, and a grant undone under it leaves a container
+	// that can never start.
+	s.forward(rec, r.WithContext(context.WithoutCancel(r.Context())), body)
+	if rec.code == http.StatusCreated {
 		var ans struct {
 			ID string `json:"Id"`
 		}
-		if err := json.Unmarshal(rec.buf.Bytes(), &ans); err == nil && ans.ID != "" {
-			// Recorded before the client hears of the container, so its
-			// first start, and its removal, find the grant complete.
-			if err := s.Containers.Commit(context.WithoutCancel(r.Context()), grant, ans.ID, r.URL.Query().Get("name")); err != nil {
-				s.log.Warn("standalone: recording a container's grant", "container", ans.ID, "err", err)
-			}
+		if rec.over || json.Unmarshal(rec.buf.Bytes(), &ans) != nil || ans.ID == "" {
+			// The container exists but its ID is unknown: recorded without
+			// it, so the reconciler matches it by its binds (a pending grant
+			// is never reconciled, an undone one breaks the container).
+			s.log.Warn("standalone: the engine's create answer has no readable container ID", "grant", grant)
+			ans.ID = ""
+		}
+		// Recorded before the client hears of the container, so its
+		// first start, and its removal, find the grant complete.
+		if err := s.Containers.Commit(context.WithoutCancel(r.Context()), grant, ans.ID, r.URL.Query().Get("name")); err != nil {
+			s.log.Warn("standalone: recording a container's grant", "container", ans.ID, "err", err)
 		}
 	} else {
 		s.Containers.Abort(context.WithoutCancel(r.Context()), grant)
@@ -102,22 +146,28 @@ func (s *Server) containerCreate(w http.ResponseWriter, r *http.Request, version
 
 // createLabels decodes the create body's top level (kept raw, so that
 // every field is forwarded as sent) and its Labels. ok is false when the
-// body is not what hush can read: the engine then answers it.
-func createLabels(raw []byte) (map[string]json.RawMessage, map[string]string, bool) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &top); err != nil || top == nil {
-		return nil, nil, false
+// body is not what hush can read: the engine then answers it. Like the
+// engine, it reads the first JSON value only; trailing tells that more
+// than white space follows it.
+func createLabels(raw []byte) (_ map[string]json.RawMessage, _ map[string]string, trailing, ok bool) {
+	keys, vals, end, err := objectPairs(raw)
+	if err != nil {
+		return nil, nil, false, false
 	}
-	// The engine matches field names case-insensitively, and with several
-	// spellings each is applied in turn: so look at every one.
+	trailing = len(bytes.TrimSpace(raw[end:])) > 0
+	top := make(map[string]json.RawMessage, len(keys))
+	// The engine matches field names case-insensitively, and decodes a
+	// field given several times (in any spelling) into the same map, each
+	// in turn: so Labels are the merge of every copy.
 	var labels map[string]string
-	for k, l := range top {
+	for i, k := range keys {
+		top[k] = vals[i]
 		if !strings.EqualFold(k, "Labels") {
 			continue
 		}
 		var m map[string]string
-		if err := json.Unmarshal(l, &m); err != nil {
-			return nil, nil, false
+		if err := json.Unmarshal(vals[i], &m); err != nil {
+			return nil, nil, false, false
 		}
 		if labels == nil {
 			labels = map[string]string{}
@@ -126,7 +176,52 @@ func createLabels(raw []byte) (map[string]json.RawMessage, map[string]string, bo
 			labels[lk] = lv
 		}
 	}
-	return top, labels, true
+	return top, labels, trailing, true
+}
+
+// objectPairs reads the members of the JSON object raw starts with, in
+// order and repeats included (a map keeps only the last of a repeated
+// key, while the engine's decoder merges repeated objects into one), and
+// the offset where the object ends.
+func objectPairs(raw []byte) (keys []string, vals []json.RawMessage, end int, err error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, nil, 0, errors.New("not a JSON object")
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		k, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, nil, 0, err
+		}
+		keys, vals = append(keys, k), append(vals, v)
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, nil, 0, err
+	}
+	return keys, vals, int(dec.InputOffset()), nil
+}
+
+// repeatedKey returns a member name the JSON object raw gives more than
+// once in the same spelling ("" if none): hush cannot forward both, and
+// the engine would merge them.
+func repeatedKey(raw []byte) string {
+	keys, _, _, err := objectPairs(raw)
+	if err != nil {
+		return ""
+	}
+	seen := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if seen[k] {
+			return k
+		}
+		seen[k] = true
+	}
+	return ""
 }
 
 // field returns the one value of top spelled name in any case, refusing a
@@ -162,10 +257,22 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	if err != nil {
 		return nil, "", err
 	}
+	if h == nil {
+		// The engine then reads HostConfig's fields from the top level,
+		// and stops once hush adds a HostConfig for its mounts.
+		for k := range top {
+			if isHostField(k) {
+				return nil, "", errdefs.BadRequest("%s at the top level of a create is the engine's deprecated form, which the HostConfig hush adds for the secrets' mounts would override: send it in HostConfig", k)
+			}
+		}
+	}
 	hc := map[string]json.RawMessage{}
 	if h != nil {
 		if err := json.Unmarshal(h, &hc); err != nil || hc == nil {
 			return nil, "", errdefs.BadRequest("HostConfig: not a JSON object")
+		}
+		if k := repeatedKey(h); k != "" {
+			return nil, "", errdefs.BadRequest("HostConfig.%s is given twice", k)
 		}
 	}
 	mKey, m, err := field(hc, "HostConfig.", "Mounts")
@@ -217,6 +324,45 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	s.Containers.Abort(context.WithoutCancel(r.Context()), p.GrantID)
 	return nil, "", fmt.Errorf("encode create request: %w: %w", errdefs.ErrInternal, err)
 }
+
+// hostFields are the JSON names (lower case) of HostConfig's fields that
+// the engine's create body also reads at its top level (those not also
+// a container Config field, which Go's decoder would then ignore).
+var hostFields = func() map[string]bool {
+	names := func(t reflect.Type) map[string]bool {
+		out := map[string]bool{}
+		var walk func(reflect.Type)
+		walk = func(t reflect.Type) {
+			for i := range t.NumField() {
+				f := t.Field(i)
+				if f.Anonymous && f.Type.Kind() == reflect.Struct {
+					walk(f.Type)
+					continue
+				}
+				if !f.IsExported() {
+					continue
+				}
+				n, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+				if n == "-" {
+					continue
+				}
+				if n == "" {
+					n = f.Name
+				}
+				out[strings.ToLower(n)] = true
+			}
+		}
+		walk(t)
+		return out
+	}
+	hc, cfg := names(reflect.TypeFor[container.HostConfig]()), names(reflect.TypeFor[container.Config]())
+	for n := range cfg {
+		delete(hc, n)
+	}
+	return hc
+}()
+
+func isHostField(k string) bool { return hostFields[strings.ToLower(k)] }
 
 // checkLabelSpellings refuses Labels spelled twice: the engine would keep
 // only one of them, and hush could not tell which its checks must follow.

@@ -244,7 +244,7 @@ func FuzzContainerCreate(f *testing.F) {
 		eng := &fakeEngineCreate{}
 		s := newCreateServer(g, eng, nil)
 		rec := post(s, "/containers/create", body)
-		_, labels, ok := createLabels(body)
+		_, labels, _, ok := createLabels(body)
 		if !ok || !standalone.HasLabels(labels) {
 			if len(eng.bodies) != 1 || !bytes.Equal(eng.bodies[0], body) {
 				t.Fatalf("pass-through changed %q into %q", body, eng.bodies)
@@ -306,5 +306,154 @@ func TestHoldersRoute(t *testing.T) {
 	}
 	if code, body := do(t, s, "GET", "/hush/v1/secrets/nope/holders", ""); code != 404 {
 		t.Fatalf("unknown secret: %d %s", code, body)
+	}
+}
+
+// TestContainerCreateNotBypassed: the engine accepts version prefixes hush
+// does not parse as X.Y (/v1.41.0/, its router takes /v[0-9.]+) and a body
+// with data after its JSON object (its decoder reads the first value): a
+// labelled create sent either way must still be hush's, never reach the
+// engine untouched (a container with hush's labels and no secrets).
+func TestContainerCreateNotBypassed(t *testing.T) {
+	labelled := `{"Image":"x","Labels":{"io.hush.secrets":"db"}}`
+	tests := []struct{ name, path, body string }{
+		{"three-part version", "/v1.41.0/containers/create", labelled},
+		{"trailing dot version", "/v1.41./containers/create", labelled},
+		{"data after the object", "/v1.41/containers/create", labelled + ` trailing`},
+		{"second object after it", "/v1.41/containers/create", labelled + `{"Labels":{}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &fakeGrants{}
+			eng := &fakeEngineCreate{}
+			s := newCreateServer(g, eng, nil)
+			rec := post(s, tt.path, []byte(tt.body))
+			if len(eng.bodies) == 1 && bytes.Equal(eng.bodies[0], []byte(tt.body)) {
+				t.Fatalf("labelled create reached the engine untouched (status %d)", rec.Code)
+			}
+			if rec.Code == http.StatusCreated && len(g.prepared) != 1 {
+				t.Fatalf("created without a grant: %+v", g)
+			}
+		})
+	}
+}
+
+// leavingClientEngine is an engine during whose create the client goes
+// away; like the proxy, it drops the call when its request's context ends.
+type leavingClientEngine struct {
+	cancel  context.CancelFunc
+	created bool
+}
+
+func (e *leavingClientEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.ReadAll(r.Body)
+	e.cancel()
+	if r.Context().Err() != nil {
+		return // the proxy's answer to a client gone: nothing
+	}
+	e.created = true
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write([]byte(`{"Id":"c0ffee","Warnings":[]}`))
+}
+
+// TestContainerCreateClientLeaves: a client that hangs up while the engine
+// creates (a compose timeout) must not cut the engine's call short: hush
+// would undo a grant whose container the engine may still have made (a
+// container that can never start), so the create is seen through and
+// recorded.
+func TestContainerCreateClientLeaves(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g := &fakeGrants{}
+	eng := &leavingClientEngine{cancel: cancel}
+	s := New(Config{Containers: g, Fallback: eng, Swarm: stateSwarm{}})
+	req := httptest.NewRequest(http.MethodPost, "/v1.41/containers/create?name=app",
+		strings.NewReader(`{"Image":"x","Labels":{"io.hush.secrets":"db"}}`)).WithContext(ctx)
+	req.Header.Set("Content-Type", "application/json")
+	s.ServeHTTP(httptest.NewRecorder(), req)
+	if !eng.created || g.committed["g1"] != "c0ffee" || len(g.aborted) != 0 {
+		t.Fatalf("engine created %v; grants %+v", eng.created, g)
+	}
+}
+
+// TestContainerCreateRepeatedKeys: a key given twice in the same spelling
+// is invisible to a map, yet the engine's decoder merges repeated objects
+// (Labels, HostConfig): hush must neither miss labels that way nor drop
+// the first copy's fields from what it forwards.
+func TestContainerCreateRepeatedKeys(t *testing.T) {
+	tests := []struct{ name, body string }{
+		{"labels hidden in a first copy", `{"Image":"x","Labels":{"io.hush.secrets":"db"},"Labels":{"a":"b"}}`},
+		{"host config given twice", `{"Image":"x","Labels":{"io.hush.secrets":"db"},"HostConfig":{"Memory":5},"HostConfig":{"CpuShares":2}}`},
+		{"mounts given twice", `{"Image":"x","Labels":{"io.hush.secrets":"db"},"HostConfig":{"Mounts":[{"Type":"tmpfs","Target":"/run/secrets/db"}],"Mounts":[]}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &fakeGrants{}
+			eng := &fakeEngineCreate{}
+			s := newCreateServer(g, eng, nil)
+			rec := post(s, "/v1.41/containers/create", []byte(tt.body))
+			if rec.Code != http.StatusBadRequest || !strings.Contains(msgOf(t, rec.Body.String()), "given twice") {
+				t.Fatalf("status %d %s, want a 400 naming the repeated field", rec.Code, rec.Body)
+			}
+			if len(eng.bodies) != 0 || len(g.prepared) != 0 {
+				t.Fatalf("sent to the engine %q, grants %+v", eng.bodies, g)
+			}
+		})
+	}
+	// Unlabelled, a repeated key is the engine's business: byte for byte.
+	g, eng := &fakeGrants{}, &fakeEngineCreate{}
+	body := `{"Image":"x","Labels":{"a":"b"},"Labels":{"c":"d"}}`
+	if rec := post(newCreateServer(g, eng, nil), "/containers/create", []byte(body)); rec.Code != http.StatusCreated || string(eng.bodies[0]) != body {
+		t.Fatalf("unlabelled: %d, sent %q", rec.Code, eng.bodies)
+	}
+}
+
+// oddEngine answers a create with 201 and a body hush cannot read.
+type oddEngine struct{ body string }
+
+func (e oddEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.ReadAll(r.Body)
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write([]byte(e.body))
+}
+
+// TestContainerCreateOddAnswer: the engine said it created the container
+// but hush cannot read its ID: the grant must be neither left pending
+// forever (no reconcile would touch it) nor undone under a live
+// container; it is recorded without an ID, for the reconciler to match.
+func TestContainerCreateOddAnswer(t *testing.T) {
+	for _, body := range []string{`not json`, `{"Warnings":[]}`} {
+		g := &fakeGrants{}
+		s := New(Config{Containers: g, Fallback: oddEngine{body}, Swarm: stateSwarm{}})
+		post(s, "/containers/create", []byte(`{"Image":"x","Labels":{"io.hush.secrets":"db"}}`))
+		if cid, ok := g.committed["g1"]; !ok || cid != "" || len(g.aborted) != 0 {
+			t.Fatalf("%s: grants %+v", body, g)
+		}
+	}
+}
+
+// TestContainerCreateTopLevelHostFields: without a HostConfig member the
+// engine reads host fields (Binds, Privileged...) from the top level, and
+// ignores them once a HostConfig is there, which hush adds for its
+// mounts: such a labelled create is refused naming the field, not
+// created with those fields silently dropped.
+func TestContainerCreateTopLevelHostFields(t *testing.T) {
+	for _, body := range []string{
+		`{"Image":"x","Labels":{"io.hush.secrets":"db"},"Binds":["/h:/data"]}`,
+		`{"Image":"x","Labels":{"io.hush.secrets":"db"},"privileged":true,"HostConfig":null}`,
+		`{"Image":"x","Labels":{"io.hush.secrets":"db"},"Memory":5}`,
+	} {
+		g, eng := &fakeGrants{}, &fakeEngineCreate{}
+		rec := post(newCreateServer(g, eng, nil), "/containers/create", []byte(body))
+		if rec.Code != http.StatusBadRequest || !strings.Contains(msgOf(t, rec.Body.String()), "HostConfig") || len(eng.bodies) != 0 || len(g.prepared) != 0 {
+			t.Fatalf("%s: %d %s (engine calls %d)", body, rec.Code, rec.Body, len(eng.bodies))
+		}
+	}
+	// With a HostConfig the engine takes it and ignores top-level copies
+	// (but for a few resources it merges): unchanged by hush.
+	g, eng := &fakeGrants{}, &fakeEngineCreate{}
+	body := `{"Image":"x","Labels":{"io.hush.secrets":"db"},"Memory":5,"HostConfig":{"Privileged":true}}`
+	if rec := post(newCreateServer(g, eng, nil), "/containers/create", []byte(body)); rec.Code != http.StatusCreated || !strings.Contains(string(eng.bodies[0]), `"Memory":5`) {
+		t.Fatalf("%d %s; sent %q", rec.Code, rec.Body, eng.bodies)
 	}
 }

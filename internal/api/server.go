@@ -133,8 +133,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = rest
 	r2.URL.RawPath = ""
-	if s.Containers != nil && isContainerCreate(r, rest) {
-		s.containerCreate(w, r, v)
+	if cv, ok := isContainerCreate(r); ok && s.Containers != nil {
+		s.containerCreate(w, r, cv)
 		return
 	}
 	if _, pattern := s.mux.Handler(r2); pattern == "" {

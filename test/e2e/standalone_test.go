@@ -437,3 +437,56 @@ func TestSaAutolock(t *testing.T) {
 		t.Fatalf("after unlock the container reads %q", got)
 	}
 }
+
+// TestSaVolumesFrom: a labelled container that also takes another's
+// mounts (--volumes-from, compose's volumes_from), so that its binds reach
+// into the other's tmpfs too, must keep its own grant at a reconcile and
+// not take the other's over (the engine lists mounts in random order:
+// the borrower lost its own tmpfs at one restart of hushd in two).
+func TestSaVolumesFrom(t *testing.T) {
+	s := startSa(t)
+	h := s.h
+	h.MustDockerStdin("owner-value", "secret", "create", "sa_vf_a", "-")
+	h.MustDockerStdin("borrower-value", "secret", "create", "sa_vf_b", "-")
+	a, b := s.pfx+"-owner", s.pfx+"-borrower"
+	s.run(a, "io.hush.secrets=sa_vf_a")
+	h.MustDocker("run", "-d", "--name", b, "--label", "io.hush.secrets=sa_vf_b", "--volumes-from", a, s.img, "sleep", "600")
+	ma := s.grantMount(a)
+	var mb string
+	for _, m := range s.mounts() {
+		if m != ma {
+			mb = m
+		}
+	}
+
+	// A reconcile (hushd restarted), seen through to its end: its last
+	// step removes a directory no grant names.
+	h.Kill()
+	orphan := filepath.Join(s.root(), "zz"+randHex(t, 8))
+	if err := os.Mkdir(orphan, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	eventually(t, 30*time.Second, "the reconcile done", func() bool { _, err := os.Stat(orphan); return os.IsNotExist(err) })
+	if got := s.mounts(); !slices.Contains(got, ma) || !slices.Contains(got, mb) {
+		t.Fatalf("after the reconcile the mounts are %v, want both %s and %s", got, ma, mb)
+	}
+	h.MustDocker("restart", "-t", "1", b)
+	if got := h.MustDocker("exec", b, "cat", "/run/secrets/sa_vf_b"); got != "borrower-value" {
+		t.Fatalf("borrower reads %q after the reconcile", got)
+	}
+
+	h.MustDocker("rm", "-f", b)
+	s.run(s.pfx+"-marker", "io.hush.secrets=sa_vf_b") // a create after the removal was followed
+	eventually(t, 30*time.Second, "the borrower's tmpfs gone", func() bool { return len(s.mounts()) == 2 })
+	if !slices.Contains(s.mounts(), ma) {
+		t.Fatalf("the owner's tmpfs %s went with the borrower: %v", ma, s.mounts())
+	}
+	h.MustDocker("restart", "-t", "1", a)
+	if got := h.MustDocker("exec", a, "cat", "/run/secrets/sa_vf_a"); got != "owner-value" {
+		t.Fatalf("owner reads %q after the borrower's removal", got)
+	}
+	if _, errOut, code := h.Docker("secret", "rm", "sa_vf_a"); code == 0 || !strings.Contains(errOut, "in use by the following container: "+a) {
+		t.Fatalf("secret rm: exit %d %q", code, errOut)
+	}
+}

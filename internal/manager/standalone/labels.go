@@ -91,7 +91,7 @@ func ParseLabels(labels map[string]string) (Request, error) {
 			strings.HasPrefix(k, LabelSecretPrefix), strings.HasPrefix(k, LabelConfigPrefix):
 		default:
 			return Request{}, errdefs.InvalidArgument("unknown label %q: hush knows %s, %s<name>, %s and %s<name>",
-				k, LabelSecrets, LabelSecretPrefix, LabelConfigs, LabelConfigPrefix)
+				truncate(k), LabelSecrets, LabelSecretPrefix, LabelConfigs, LabelConfigPrefix)
 		}
 	}
 	var err error
@@ -123,7 +123,7 @@ func parseKind(kl kindLabels, labels map[string]string, keys []string) ([]Ref, e
 				return nil, err
 			}
 			if _, dup := seen[n]; dup {
-				return nil, errdefs.InvalidArgument("label %s: %s %q is named twice", kl.list, kl.noun, n)
+				return nil, errdefs.InvalidArgument("label %s: %s %q is named twice", kl.list, kl.noun, truncate(n))
 			}
 			seen[n] = kl.list
 			if len(seen) > MaxRefs {
@@ -141,7 +141,7 @@ func parseKind(kl kindLabels, labels map[string]string, keys []string) ([]Ref, e
 			return nil, err
 		}
 		if _, dup := seen[n]; dup {
-			return nil, errdefs.InvalidArgument("%s %q is named both by label %s and by label %s: use one", kl.noun, n, kl.list, k)
+			return nil, errdefs.InvalidArgument("%s %q is named both by label %s and by label %s: use one", kl.noun, truncate(n), kl.list, truncate(k))
 		}
 		seen[n] = k
 		r, err := parseOptions(kl, k, n, labels[k])
@@ -155,13 +155,17 @@ func parseKind(kl kindLabels, labels map[string]string, keys []string) ([]Ref, e
 
 func checkName(kl kindLabels, label, n string) error {
 	if n == "" {
-		return errdefs.InvalidArgument("label %s: empty %s name", label, kl.noun)
+		return errdefs.InvalidArgument("label %s: empty %s name", truncate(label), kl.noun)
 	}
 	if err := objects.ValidateName(n); err != nil {
-		return errdefs.InvalidArgument("label %s: invalid %s name %q", label, kl.noun, n)
+		return errdefs.InvalidArgument("label %s: invalid %s name %q", truncate(label), kl.noun, truncate(n))
 	}
 	return nil
 }
+
+// maxTargetBytes bounds a target before secretfs checks it (its own,
+// lower, bound applies after).
+const maxTargetBytes = 4096
 
 // maxID is the largest uid or gid a file can have ((uid_t)-1 is "unchanged").
 const maxID = 1<<32 - 2
@@ -190,6 +194,10 @@ func parseOptions(kl kindLabels, label, name, v string) (Ref, error) {
 			if val == "" {
 				return Ref{}, errdefs.InvalidArgument("label %s: empty target", label)
 			}
+			if len(val) > maxTargetBytes {
+				// Refused here: ResolveTarget's error quotes it whole.
+				return Ref{}, errdefs.InvalidArgument("label %s: target %q is longer than %d bytes", label, truncate(val), maxTargetBytes)
+			}
 			t, err := secretfs.ResolveTarget(val)
 			if err != nil {
 				return Ref{}, errdefs.InvalidArgument("label %s: %s", label, err.Error())
@@ -210,7 +218,14 @@ func parseOptions(kl kindLabels, label, name, v string) (Ref, error) {
 				r.GID = int(id)
 			}
 		case "mode":
-			m, err := strconv.ParseUint(val, 8, 32)
+			// docker's --secret reads a mode with strconv's base 0 (0400 and
+			// 0o400 octal, 400 decimal, i.e. 0620): a bare number of more
+			// than one digit reads one way there and the other to most
+			// people, so it is refused rather than guessed.
+			if len(val) > 1 && val[0] != '0' {
+				return Ref{}, errdefs.InvalidArgument("label %s: mode %q is ambiguous (docker's --secret reads it as decimal): write it in octal with a leading 0, e.g. 0400", label, truncate(val))
+			}
+			m, err := strconv.ParseUint(val, 0, 32)
 			if err != nil || m > 0o777 {
 				return Ref{}, errdefs.InvalidArgument("label %s: invalid mode %q: octal permission bits, e.g. 0400", label, truncate(val))
 			}

@@ -30,8 +30,15 @@ func TestParseLabels(t *testing.T) {
 			secrets: []Ref{{Name: "db", Target: "/run/secrets/app/key", Mode: 0o444}}},
 		{name: "long form empty is defaults", labels: map[string]string{"io.hush.secret.db": ""},
 			secrets: []Ref{{Name: "db", Target: "/run/secrets/db", Mode: 0o444}}},
-		{name: "mode without leading zero", labels: map[string]string{"io.hush.secret.db": "mode=440"},
+		// docker's --secret reads mode with strconv base 0: 440 is decimal
+		// there (0670), octal to a reader; hush refuses rather than pick.
+		{name: "mode without leading zero", labels: map[string]string{"io.hush.secret.db": "mode=440"}, err: `mode "440" is ambiguous`},
+		{name: "mode 0o form", labels: map[string]string{"io.hush.secret.db": "mode=0o440"},
 			secrets: []Ref{{Name: "db", Target: "/run/secrets/db", Mode: 0o440}}},
+		{name: "mode one digit", labels: map[string]string{"io.hush.secret.db": "mode=4"},
+			secrets: []Ref{{Name: "db", Target: "/run/secrets/db", Mode: 0o4}}},
+		{name: "mode zero", labels: map[string]string{"io.hush.secret.db": "mode=0"},
+			secrets: []Ref{{Name: "db", Target: "/run/secrets/db", Mode: 0}}},
 		{name: "configs", labels: map[string]string{LabelConfigs: "nginx.conf", "io.hush.config.app": "target=etc/app.ini,uid=5"},
 			configs: []Ref{
 				{Name: "nginx.conf", Target: "/nginx.conf", Mode: 0o444},
@@ -59,7 +66,7 @@ func TestParseLabels(t *testing.T) {
 		{name: "bad uid", labels: map[string]string{"io.hush.secret.db": "uid=-1"}, err: `invalid uid "-1"`},
 		{name: "uid too large", labels: map[string]string{"io.hush.secret.db": "uid=4294967295"}, err: `invalid uid`},
 		{name: "bad mode", labels: map[string]string{"io.hush.secret.db": "mode=0999"}, err: `invalid mode "0999"`},
-		{name: "mode with setuid", labels: map[string]string{"io.hush.secret.db": "mode=4755"}, err: `invalid mode "4755"`},
+		{name: "mode with setuid", labels: map[string]string{"io.hush.secret.db": "mode=04755"}, err: `invalid mode "04755"`},
 		{name: "same target", labels: map[string]string{"io.hush.secret.a": "target=/x", "io.hush.config.b": "target=/x"}, err: `secret "a" and config "b" have the same target /x`},
 		{name: "same target short and long", labels: map[string]string{LabelSecrets: "a", "io.hush.secret.b": "target=a"}, err: "have the same target /run/secrets/a"},
 		{name: "nested target", labels: map[string]string{"io.hush.secret.a": "target=/x", "io.hush.secret.b": "target=/x/y"}, err: "one is inside the other"},
@@ -144,4 +151,27 @@ func FuzzParseLabels(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestParseLabelsErrorsBounded: a refusal quotes what is at fault, but
+// never a client's megabyte of it (error texts end up in logs and
+// terminals).
+func TestParseLabelsErrorsBounded(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	for _, labels := range []map[string]string{
+		{"io.hush.bogus" + big: ""},
+		{LabelSecrets: big + "!"},
+		{LabelSecretPrefix + big + "!": ""},
+		{LabelSecretPrefix + "db": "target=/" + big},
+		{LabelSecrets: "db", LabelSecretPrefix + big: ""},
+	} {
+		_, err := ParseLabels(labels)
+		if err == nil || len(err.Error()) > 1024 {
+			n := 0
+			if err != nil {
+				n = len(err.Error())
+			}
+			t.Fatalf("error of %d bytes: %.200v", n, err)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,7 +66,8 @@ type Config struct {
 	Configs Objects
 	FS      FS
 	// Names finds the name the engine gave a container created without
-	// one (nil: the grant keeps its ID as the name).
+	// one (nil: the grant keeps its ID as the name); an ErrNotFound from
+	// it tells Commit the container is already gone.
 	Names  func(ctx context.Context, containerID string) (string, error)
 	Logger *slog.Logger
 }
@@ -212,15 +214,27 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 		return err
 	}
 	g.ContainerID = containerID
-	if name == "" && m.names != nil {
-		if n, err := m.names(ctx, containerID); err == nil {
-			name = n
-		}
-	}
 	if name != "" {
 		g.Name = strings.TrimPrefix(name, "/")
 	}
-	return m.grants.update(ctx, g)
+	if err := m.grants.update(ctx, g); err != nil {
+		return err
+	}
+	if m.names == nil || containerID == "" {
+		return nil
+	}
+	// Asked after the grant names the container: a removal before this
+	// (its destroy event found no grant to release) shows here, one after
+	// finds the grant.
+	n, err := m.names(ctx, containerID)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		return m.release(ctx, g)
+	case err == nil && name == "" && n != "" && n != g.Name:
+		g.Name = n
+		return m.grants.update(ctx, g)
+	}
+	return nil
 }
 
 // Abort undoes a prepared grant whose container the engine did not create.
@@ -272,7 +286,15 @@ func (m *Manager) Released(ctx context.Context, containerID string) error {
 	}
 	for _, g := range all {
 		if g.ContainerID == containerID {
-			return m.release(ctx, g)
+			if err := m.release(ctx, g); err != nil {
+				return err
+			}
+			// Gone, so no reconcile needs to know it was recent: without
+			// this, committed grows with every create until one runs.
+			m.mu.Lock()
+			delete(m.committed, g.ID)
+			m.mu.Unlock()
+			return nil
 		}
 	}
 	return nil
@@ -304,17 +326,22 @@ type Container struct {
 	Sources []string
 }
 
-// grantOf returns the grant ID a container's bind mounts point into.
-func (m *Manager) grantOf(c Container) string {
+// grantsOf returns the grant IDs a container's bind mounts point into.
+// Only hush's own bind names one for a container hush created, but a
+// client may add binds of its own into the root (anyone on the socket may
+// read there, the access-control gap): so this tells only which grant a
+// container created while hushd was down may be the one of.
+func (m *Manager) grantsOf(c Container) []string {
 	root := filepath.Clean(m.fs.Root()) + "/"
+	var ids []string
 	for _, s := range c.Sources {
 		if rest, ok := strings.CutPrefix(filepath.Clean(s), root); ok {
-			if id, _, _ := strings.Cut(rest, "/"); identity.Valid(id) {
-				return id
+			if id, _, _ := strings.Cut(rest, "/"); identity.Valid(id) && !slices.Contains(ids, id) {
+				ids = append(ids, id)
 			}
 		}
 	}
-	return ""
+	return ids
 }
 
 // BeginList is called before the engine's containers are listed for
@@ -344,10 +371,40 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed 
 	if err != nil {
 		return err
 	}
-	live := map[string]Container{} // grant ID -> container
+	// A committed grant is its container's by ID: a container whose binds
+	// also reach into another's grant directory must not take that grant
+	// over (its removal would then tear down the other's tmpfs). Only a
+	// grant hushd could not commit (it died before the engine answered)
+	// is matched by the bind sources, to a container no grant holds.
+	byID := map[string]Container{}
 	for _, c := range containers {
-		if id := m.grantOf(c); id != "" {
-			live[id] = c
+		byID[c.ID] = c
+	}
+	claimed := map[string]bool{} // container IDs that hold a grant
+	for _, g := range all {
+		if _, ok := byID[g.ContainerID]; ok {
+			claimed[g.ContainerID] = true
+		}
+	}
+	live := map[string]Container{} // grant ID -> container
+	uncommitted := map[string]bool{}
+	for _, g := range all {
+		if g.ContainerID == "" {
+			uncommitted[g.ID] = true
+		} else if c, ok := byID[g.ContainerID]; ok {
+			live[g.ID] = c
+		}
+	}
+	for _, c := range containers {
+		if claimed[c.ID] {
+			continue
+		}
+		for _, id := range m.grantsOf(c) {
+			if _, taken := live[id]; uncommitted[id] && !taken {
+				live[id] = c
+				claimed[c.ID] = true
+				break
+			}
 		}
 	}
 	var errs []error
@@ -364,7 +421,7 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed 
 			}
 			continue
 		}
-		if g.ContainerID != c.ID || (c.Name != "" && g.Name != c.Name) {
+		if g.ContainerID == "" || (c.Name != "" && g.Name != c.Name) {
 			// Created while hushd went down before Commit.
 			g.ContainerID = c.ID
 			if c.Name != "" {

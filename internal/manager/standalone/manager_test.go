@@ -3,6 +3,7 @@ package standalone
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path"
 	"slices"
 	"sort"
@@ -428,5 +429,144 @@ func TestRunFollowsDestroy(t *testing.T) {
 	}
 	if got := fx.fs.ids(t); !slices.Equal(got, []string{p1.GrantID}) {
 		t.Fatalf("mounts %v, want only %s", got, p1.GrantID)
+	}
+}
+
+// TestReconcileNoHijack: a container (labelled, so listed) whose own binds
+// also reach into another container's grant directory, as anyone on the
+// socket may write, must not take that grant over: the victim keeps its
+// grant and tmpfs, and the intruder keeps its own.
+func TestReconcileNoHijack(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t)
+	fx.secret(t, "db", "value")
+	prep := func(name, cid string) string {
+		p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fx.m.Commit(ctx, p.GrantID, cid, name); err != nil {
+			t.Fatal(err)
+		}
+		return p.GrantID
+	}
+	victim := prep("victim", "c1")
+	intruder := prep("intruder", "c2")
+	for _, order := range [][]string{{victim, intruder}, {intruder, victim}} {
+		err := fx.m.Reconcile(ctx, []Container{
+			{ID: "c1", Name: "victim", Sources: []string{"/fake/root/" + victim + "/0"}},
+			// The intruder's list of mounts names the victim's first.
+			{ID: "c2", Name: "intruder", Sources: []string{"/fake/root/" + order[0] + "/0", "/fake/root/" + order[1] + "/0"}},
+			// An unlabelled-looking stray with only the victim's dir.
+			{ID: "c3", Name: "stray", Sources: []string{"/fake/root/" + victim + "/0"}},
+		}, fx.m.BeginList())
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, err := fx.m.grants.list(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byID := map[string]*Grant{}
+		for _, g := range all {
+			byID[g.ID] = g
+		}
+		if g := byID[victim]; g == nil || g.ContainerID != "c1" || g.Name != "victim" {
+			t.Fatalf("victim's grant taken over: %+v", g)
+		}
+		if g := byID[intruder]; g == nil || g.ContainerID != "c2" {
+			t.Fatalf("intruder's own grant lost: %+v", g)
+		}
+		if got, want := fx.fs.ids(t), sorted(victim, intruder); !slices.Equal(got, want) {
+			t.Fatalf("mounts %v, want %v", got, want)
+		}
+	}
+	// The victim removed while hushd was down: a container still binding
+	// its directory does not adopt its grant, which is released.
+	if err := fx.m.Reconcile(ctx, []Container{
+		{ID: "c2", Name: "intruder", Sources: []string{"/fake/root/" + victim + "/0", "/fake/root/" + intruder + "/0"}},
+		{ID: "c3", Name: "stray", Sources: []string{"/fake/root/" + victim + "/0"}},
+	}, fx.m.BeginList()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fx.fs.ids(t), sorted(intruder); !slices.Equal(got, want) {
+		t.Fatalf("mounts after the victim's removal %v, want %v", got, want)
+	}
+	// Removing the intruder releases its grant.
+	if err := fx.m.Released(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := fx.fs.ids(t); len(got) != 0 {
+		t.Fatalf("mounts after the intruder's removal %v, want none", got)
+	}
+}
+
+// TestCommittedBounded: what a reconcile needs to know of recent commits
+// must not grow with every create and rm a client makes between two
+// reconciles (the stream may stay up for months).
+func TestCommittedBounded(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t)
+	fx.secret(t, "db", "value")
+	for i := range 20 {
+		p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cid := "c" + string(rune('a'+i))
+		if err := fx.m.Commit(ctx, p.GrantID, cid, "c"); err != nil {
+			t.Fatal(err)
+		}
+		if err := fx.m.Released(ctx, cid); err != nil {
+			t.Fatal(err)
+		}
+		a, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.m.Abort(ctx, a.GrantID)
+	}
+	fx.m.mu.Lock()
+	n, pend := len(fx.m.committed), len(fx.m.pending)
+	fx.m.mu.Unlock()
+	if n != 0 || pend != 0 {
+		t.Fatalf("after 20 creates and removals: %d commits and %d pending remembered", n, pend)
+	}
+}
+
+// TestCommitContainerAlreadyGone: the container was removed (by name,
+// from another client) after the engine created it but before its grant
+// was recorded: its destroy event found no grant to release, so Commit
+// must see the container is gone and release the grant itself, not keep
+// a tmpfs and an in-use marker for a container that no longer exists.
+func TestCommitContainerAlreadyGone(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t)
+	fx.secret(t, "db", "value")
+	fx.m.names = func(_ context.Context, id string) (string, error) {
+		if id == "gone" {
+			return "", fmt.Errorf("no such container: %w", errdefs.ErrNotFound)
+		}
+		return "engine_named", nil
+	}
+	p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.m.Released(ctx, "gone"); err != nil { // the event, before Commit
+		t.Fatal(err)
+	}
+	if err := fx.m.Commit(ctx, p.GrantID, "gone", "app"); err != nil {
+		t.Fatal(err)
+	}
+	all, err := fx.m.grants.list(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 0 || len(fx.fs.ids(t)) != 0 {
+		t.Fatalf("grants %d, mounts %v left for a removed container", len(all), fx.fs.ids(t))
+	}
+	if err := fx.secrets.Remove(ctx, "db"); err != nil {
+		t.Fatalf("secret rm: %v", err)
 	}
 }

@@ -6,8 +6,11 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/client"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
 )
 
 // Engine is what the reconciler reads from the Docker Engine.
@@ -161,6 +164,9 @@ func (e EngineClient) Events(ctx context.Context) (<-chan Event, <-chan error) {
 // Name returns the container's name.
 func (e EngineClient) Name(ctx context.Context, id string) (string, error) {
 	res, err := e.Cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if cerrdefs.IsNotFound(err) {
+		return "", fmt.Errorf("container %s: %w: %w", id, errdefs.ErrNotFound, err)
+	}
 	if err != nil {
 		return "", err
 	}
