@@ -7,8 +7,16 @@ import (
 	"net/http"
 )
 
-// The wire contract of POST /hush/v1/key/rotate.
-const keyRotatePath = "/hush/v1/key/rotate"
+// The wire contracts of POST /hush/v1/key/rotate and GET /hush/v1/key.
+const (
+	keyRotatePath = "/hush/v1/key/rotate"
+	keyShowPath   = "/hush/v1/key"
+)
+
+type keyShowResponse struct {
+	KeyID    string
+	Autolock bool
+}
 
 type keyRotateResponse struct {
 	KeyID     string
@@ -21,7 +29,7 @@ func keyCommand() *command {
 		summary: "Manage the cluster's master key",
 		help: `
 Manage the master key: the key that wraps every data key of the store.`,
-		subs: []*command{keyRotateCommand()},
+		subs: []*command{keyShowCommand(), keyRotateCommand()},
 	}
 }
 
@@ -63,6 +71,45 @@ with their own key file: they restore the store as it was then.`,
 					return nil
 				}
 				fmt.Fprintf(c.env.stdout, "Master key rotated: the new key is %s; %d data keys re-wrapped under it.\n", out.KeyID, out.Rewrapped)
+				return nil
+			}
+		},
+	}
+}
+
+func keyShowCommand() *command {
+	return &command{
+		name:    "show",
+		summary: "Show the current master key's ID and whether autolock wraps it",
+		args:    "[--quiet]",
+		help: `
+Show which master key wraps the store's data keys now (its ID, never the key)
+and whether autolock keeps it wrapped by the unlock key.`,
+		short: map[string]string{"quiet": "q"},
+		setup: func(fs *flag.FlagSet) runFunc {
+			var quiet bool
+			fs.BoolVar(&quiet, "quiet", false, "print only the key's ID")
+			fs.BoolVar(&quiet, "q", false, "print only the key's ID")
+			return func(ctx context.Context, c *cli, args []string) error {
+				if len(args) != 0 {
+					return usagef("key show takes no arguments, got %q", args[0])
+				}
+				cl, err := c.client()
+				if err != nil {
+					return err
+				}
+				var out keyShowResponse
+				if err := cl.call(ctx, http.MethodGet, keyShowPath, nil, &out); err != nil {
+					return err
+				}
+				if out.KeyID == "" {
+					return fmt.Errorf("GET %s: hushd's answer has no KeyID", keyShowPath)
+				}
+				if quiet {
+					fmt.Fprintln(c.env.stdout, out.KeyID)
+					return nil
+				}
+				fmt.Fprintf(c.env.stdout, "Master key %s (autolock %s)\n", out.KeyID, map[bool]string{true: "on", false: "off"}[out.Autolock])
 				return nil
 			}
 		},

@@ -295,6 +295,40 @@ func TestKeyRotateAnswers(t *testing.T) {
 	}
 }
 
+func TestKeyShowAnswers(t *testing.T) {
+	cases := []struct {
+		name    string
+		args    []string
+		status  int
+		body    string
+		code    int
+		want    string
+		wantOut string
+	}{
+		{"autolock on", nil, 200, `{"KeyID":"abc123","Autolock":true}`, 0, "", "Master key abc123 (autolock on)\n"},
+		{"autolock off", nil, 200, `{"KeyID":"abc123","Autolock":false}`, 0, "", "Master key abc123 (autolock off)\n"},
+		{"quiet", []string{"-q"}, 200, `{"KeyID":"abc123","Autolock":false}`, 0, "", "abc123\n"},
+		{"locked", nil, 503, `{"message":"Swarm is encrypted and needs to be unlocked before it can be used."}`, 1, "hush: Swarm is encrypted", ""},
+		{"no key ID", nil, 200, `{}`, 1, "no KeyID", ""},
+		{"extra argument", []string{"x"}, 200, `{}`, exitUsage, "takes no arguments", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			host := fakeHushd(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodGet || r.URL.Path != keyShowPath {
+					t.Errorf("request %s %s", r.Method, r.URL.Path)
+				}
+				w.WriteHeader(c.status)
+				io.WriteString(w, c.body)
+			}))
+			r := runHush(t, map[string]string{"DOCKER_HOST": host}, append([]string{"key", "show"}, c.args...)...)
+			if r.code != c.code || !strings.Contains(r.stderr, c.want) || r.stdout != c.wantOut {
+				t.Fatalf("exit %d stdout %q stderr %q; want exit %d, stderr with %q, stdout %q", r.code, r.stdout, r.stderr, c.code, c.want, c.wantOut)
+			}
+		})
+	}
+}
+
 // backupHandler speaks POST /hush/v1/backup as hushd does; cut, if set,
 // ends the stream after that many bytes, with trailer as its error.
 func backupHandler(t *testing.T, cut int, trailer string) http.Handler {

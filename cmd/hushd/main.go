@@ -37,6 +37,7 @@ func run() int {
 	engineFlag := fs.String("engine", enginehost.DefaultPath, "the host's Docker Engine: a unix socket path or unix:// URL; \"\" runs secrets only")
 	secretsDir := fs.String("secrets-dir", "", "root of per-task secret tmpfs mounts (default /run/hush/<node ID>)")
 	noInit := fs.Bool("no-init", false, "start without a cluster; `docker swarm init` creates one")
+	allowCore := fs.Bool("allow-core-dumps", false, "leave the process dumpable and its core size limit as it is (key material can then end up in core dumps)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -60,6 +61,15 @@ func run() int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if !*allowCore {
+		// Before any key is loaded.
+		if err := protectMemory(); err != nil {
+			log.Error("hushd failed to start", "err", err)
+			return 1
+		}
+	} else {
+		log.Warn("core dumps allowed (--allow-core-dumps): a dump of hushd can hold key material")
+	}
 	etcdLevel := "warn"
 	if lvl <= slog.LevelDebug {
 		etcdLevel = "info"

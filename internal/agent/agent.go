@@ -403,6 +403,14 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		return
 	}
 	spec := a.containerSpec(t, binds)
+	if specTemplated(&spec) {
+		host, _ := os.Hostname()
+		tc := templateContext(t, a.serviceLabels(ctx, t.ServiceID), host)
+		if err := expandSpec(ctx, &spec, tc); err != nil {
+			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
+			return
+		}
+	}
 	if len(t.Spec.Networks) > 0 {
 		if a.nets == nil {
 			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", "networks are not available on this node", nil)

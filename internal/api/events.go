@@ -319,12 +319,9 @@ func (e *eventStream) mergeByTime(engine io.Reader, past []events.Message) error
 	return nil
 }
 
-// flusherOf finds the connection's flusher under the server's status
-// recorder (which does not forward Flush).
+// flusherOf returns the connection's Flush, or a no-op for a writer that
+// has none.
 func flusherOf(w http.ResponseWriter) func() {
-	if sr, ok := w.(*statusRecorder); ok {
-		w = sr.ResponseWriter
-	}
 	if f, ok := w.(http.Flusher); ok {
 		return f.Flush
 	}

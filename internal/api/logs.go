@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -88,6 +89,10 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		s.writeError(w, r, errdefs.BadRequest("Bad parameters: you must choose at least one stream"))
 		return
 	}
+	if err := checkLogsParams(q.Get("tail"), q.Get("since")); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if tty {
 		w.Header().Set("Content-Type", mediaRaw)
 	} else {
@@ -141,6 +146,33 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		}()
 	}
 	wg.Wait()
+}
+
+// checkLogsParams refuses a tail or since the engine would refuse for
+// each container, in Swarm's order and with its texts (Swarm answers 500;
+// it is the client's error, so hush answers 400). Checked here, before the
+// 200 goes out: an engine refusal per container could only be dropped.
+func checkLogsParams(tail, since string) error {
+	if tail != "" && tail != "all" {
+		n, err := strconv.Atoi(tail)
+		if err != nil {
+			return errdefs.BadRequest(`tail value must be a positive integer or "all"`)
+		}
+		if n < 0 {
+			return errdefs.BadRequest("negative tail values not supported")
+		}
+	}
+	if since != "" {
+		sec, frac, hasFrac := strings.Cut(since, ".")
+		_, err := strconv.ParseInt(sec, 10, 64)
+		if err == nil && hasFrac {
+			_, err = strconv.ParseInt(frac, 10, 64)
+		}
+		if err != nil {
+			return errdefs.BadRequest("could not parse since timestamp: %s", err.Error())
+		}
+	}
+	return nil
 }
 
 // pieceFunc receives one piece of a line: at most maxPiece bytes, ending

@@ -71,6 +71,9 @@ type Config struct {
 	Logger   *slog.Logger
 	// Backup takes encrypted backups (POST /hush/v1/backup); nil leaves it unrouted.
 	Backup BackupSource
+	// Containers gives secrets to containers created with io.hush.*
+	// labels (nil: POST /containers/create passes through untouched).
+	Containers ContainerGrants
 
 	// EngineLabels are the engine's labels ("k=v", dockerd --label), shown
 	// in the node's description and matched by `node ls --filter label=`.
@@ -113,6 +116,7 @@ func (s *Server) routes() {
 	}
 	if s.Swarm != nil {
 		s.swarmRoutes()
+		s.keyRoutes()
 	}
 	if s.Events != nil {
 		s.mux.HandleFunc("GET /events", s.events)
@@ -120,6 +124,7 @@ func (s *Server) routes() {
 	s.backupRoutes()
 	s.rotationRoutes("secrets", s.Secrets)
 	s.rotationRoutes("configs", s.Configs)
+	s.containerRoutes()
 }
 
 // ServeHTTP routes hush's own API and hands everything else, untouched, to
@@ -130,6 +135,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = rest
 	r2.URL.RawPath = ""
+	if cv, ok := isContainerCreate(r); ok && s.Containers != nil {
+		s.containerCreate(w, r, cv)
+		return
+	}
 	if _, pattern := s.mux.Handler(r2); pattern == "" {
 		if s.Fallback != nil {
 			s.Fallback.ServeHTTP(w, r)
@@ -176,6 +185,19 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
 	r.ResponseWriter.WriteHeader(code)
 }
+
+// Flush passes on to the connection: streaming handlers (logs -f, events)
+// assert http.Flusher, and without it their lines sit in the server's
+// buffer until it fills.
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection (Hijack,
+// deadlines) through the recorder.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // maxDrainBytes bounds how much of an oversized body is read and dropped.
 const maxDrainBytes = 64 << 20

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -33,6 +34,13 @@ type SwarmController interface {
 	Inspect(ctx context.Context) (swarm.Swarm, error)
 	Update(ctx context.Context, version uint64, spec swarm.Spec, f SwarmUpdateFlags) error
 	UnlockKey(ctx context.Context) (string, error)
+	// UnlockKeyDelivered is told that a client received key from
+	// UnlockKey in full, so that a new unlock key is relied on only once
+	// it can have reached an operator.
+	UnlockKeyDelivered(ctx context.Context, key string) error
+	// Warnings are lines for /info's Warnings (e.g. an unlock key that was
+	// never fetched).
+	Warnings() []string
 	Unlock(ctx context.Context, key string) error
 	Leave(ctx context.Context, force bool) error
 }
@@ -134,7 +142,27 @@ func (s *Server) swarmUnlockKey(w http.ResponseWriter, r *http.Request) {
 	}
 	// The key is shown to a manager's operator on request, as in Swarm;
 	// it never goes to a log (the access log has no bodies).
-	writeJSON(w, http.StatusOK, swarm.UnlockKeyResponse{UnlockKey: key})
+	body, err := json.Marshal(swarm.UnlockKeyResponse{UnlockKey: key})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body = append(body, '\n')
+	defer keyring.Wipe(body)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if _, err := w.Write(body); err != nil {
+		return
+	}
+	// Only an answer that left in full counts as the key reaching its
+	// operator (a new key is relied on only from then).
+	if err := http.NewResponseController(w).Flush(); err != nil {
+		return
+	}
+	if err := s.Swarm.UnlockKeyDelivered(r.Context(), key); err != nil {
+		s.log.Warn("recording that the unlock key was fetched", "err", err)
+	}
 }
 
 func (s *Server) swarmUnlock(w http.ResponseWriter, r *http.Request) {

@@ -133,5 +133,8 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	info.Swarm = s.swarmInfo(r)
+	if s.Swarm != nil {
+		info.Warnings = append(info.Warnings, s.Swarm.Warnings()...)
+	}
 	writeJSON(w, http.StatusOK, info)
 }

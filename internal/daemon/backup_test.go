@@ -141,6 +141,11 @@ func TestBackupRestoreAutolock(t *testing.T) {
 	if err != nil || k1 == "" {
 		t.Fatalf("unlock key: %v", err)
 	}
+	// As the API does once the key has reached the client: until then the
+	// node keeps its plaintext key (and so would its backup).
+	if err := d.UnlockKeyDelivered(ctx, k1); err != nil {
+		t.Fatal(err)
+	}
 	file := takeBackup(t, d, backupKey)
 	// A rotation after the backup does not change which key opens it.
 	c, _ = cluster.Get(ctx, d.store)
@@ -148,6 +153,9 @@ func TestBackupRestoreAutolock(t *testing.T) {
 		t.Fatal(err)
 	}
 	k2, _ := d.UnlockKey(ctx)
+	if err := d.UnlockKeyDelivered(ctx, k2); err != nil {
+		t.Fatal(err)
+	}
 	d.Close()
 
 	dir := filepath.Join(t.TempDir(), "restored")

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/manager/standalone"
 	"github.com/hush-secrets/hush/internal/proxy"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
@@ -66,16 +69,29 @@ type Daemon struct {
 	// stopBG ends background loops (the mirror, later the orchestrator);
 	// they stop before the store closes.
 	stopBG context.CancelFunc
+	bg     context.Context
 	bgDone sync.WaitGroup
+	// mirrorOnce starts the mirror when the store can first be opened
+	// (not while locked: it decodes every value).
+	mirrorOnce sync.Once
+	// rot serialises master-key rotations (rotate.go).
+	rot    rotation
 	proxy  *proxy.Proxy
 	engine *engine.Engine
 	fs     *secretfs.Manager
+	// standalone gives secrets to containers created with io.hush.*
+	// labels; their tmpfs live under their own root, cfs.
+	standalone *standalone.Manager
+	cfs        *secretfs.Manager
 	// engineLabels are the engine's labels, for engine.labels constraints.
 	engineLabels []string
 	// engineMemory is the engine's memory, for resource reservations.
 	engineMemory int64
 
-	mirror  *store.Mirror
+	mirror *store.Mirror
+	// events derives hush's `docker events` from the store; it runs with
+	// the mirror.
+	events  *events.Source
 	secrets *objects.Manager
 	configs *objects.Manager
 	svcs    *services.Manager
@@ -98,6 +114,11 @@ type Daemon struct {
 	state swarm.LocalNodeState
 	// mk is the loaded master key, kept to re-wrap it on autolock changes.
 	mk keyring.MasterKey
+	// pendingKey says which unlock key is owed to an operator (autolock.go),
+	// for /info, which must not wait for mu.
+	pendingKey atomic.Int32
+	// memWarn logs, once, that key memory could not be locked.
+	memWarn sync.Once
 	// runStop ends the orchestrator and agent of the active cluster.
 	runStop context.CancelFunc
 	runDone sync.WaitGroup
@@ -148,6 +169,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Logger:       d.log,
 		EtcdLogLevel: cfg.EtcdLogLevel,
 		Tuning:       d.spec.running,
+		Keys:         &d.keys,
 	})
 	if err != nil {
 		return nil, err
@@ -155,6 +177,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 
 	d.secrets = objects.New(objects.Secret, d.store, &d.keys, d.log)
 	d.configs = objects.New(objects.Config, d.store, &d.keys, d.log)
+	d.registerInnerSeals()
 	d.mirror = store.NewMirror(d.store)
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
@@ -193,21 +216,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	var bg context.Context
 	bg, d.stopBG = context.WithCancel(context.Background())
-	d.runBG(d.mirror.Run, bg)
-	// hush's own `docker events`, derived from the store's watch. A node
-	// without a spec name is named by its hostname, as in Swarm; the only
-	// node is this machine.
-	evs := events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
-	acfg.Events = evs
-	d.runBG(evs.Run, bg)
-	// Objects written before its first load are its snapshot, not events:
-	// load before serving, so that no client write is missed.
-	if err := evs.Wait(ctx); err != nil {
-		return nil, fmt.Errorf("events: %w", err)
-	}
-	if err := d.mirror.WaitReady(ctx); err != nil {
-		return nil, fmt.Errorf("store mirror: %w", err)
-	}
+	d.bg = bg
+	// hush's own `docker events`, derived from the store's watch. It opens
+	// sealed values, so it runs from the first activation, with the mirror
+	// (startMirror). A node without a spec name is named by its hostname,
+	// as in Swarm; the only node is this machine.
+	d.events = events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
+	acfg.Events = d.events
 	// Realises networks, and removes the engine networks of removed ones
 	// (also after a leave erased them all).
 	d.runBG(d.nets.Run, bg)
@@ -219,6 +234,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.resume(ctx); err != nil {
 		return nil, err
 	}
+	if d.State() == swarm.LocalNodeStateInactive {
+		// Nothing sealed to decode yet; activation starts it otherwise.
+		if err := d.startMirror(ctx); err != nil {
+			return nil, err
+		}
+	}
 	srv := api.New(acfg)
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {
 		return nil, err
@@ -226,7 +247,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.http = &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	// An open `docker events` would otherwise hold Shutdown for its whole
 	// grace period.
-	d.http.RegisterOnShutdown(evs.CloseSubscriptions)
+	d.http.RegisterOnShutdown(d.events.CloseSubscriptions)
 	go func() {
 		if err := d.http.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.errc <- fmt.Errorf("api server: %w", err)
@@ -287,7 +308,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	if d.fs, err = secretfs.NewManager(dir, d.log); err != nil {
 		return fmt.Errorf("secrets tmpfs: %w", err)
 	}
-	return nil
+	return d.startStandalone(acfg, dir)
 }
 
 // Err reports a fatal failure of a part of the daemon.
@@ -319,6 +340,9 @@ func (d *Daemon) Close() {
 		}
 		if d.engineCli != nil {
 			_ = d.engineCli.Close()
+		}
+		if d.cfs != nil {
+			_ = os.Remove(d.cfs.Root())
 		}
 		if d.fs != nil {
 			// Only succeeds when no task mount is left, which is the point:
@@ -424,17 +448,45 @@ func listenUnix(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
-	// The umask makes the socket 0660 from the moment it exists, so there is
-	// no window in which it is world-accessible.
-	old := syscall.Umask(0o117)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	// The socket is made in a fresh 0700 directory beside its path, given
+	// mode 0660 there, and renamed into place: it is never reachable with
+	// a wider mode. (A umask would do it too, but the umask is the
+	// process's: a directory made by another goroutine meanwhile would get
+	// the socket's mode.)
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".s")
+	if err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	tp := filepath.Join(tmp, "s")
+	ln, err := net.Listen("unix", tp)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o660); err != nil {
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	if err := os.Chmod(tp, 0o660); err != nil {
 		ln.Close()
 		return nil, err
 	}
-	return ln, nil
+	if err := os.Rename(tp, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	return &socketListener{UnixListener: ul, path: path}, nil
+}
+
+// socketListener removes its socket file when closed, as a listener that
+// made the file at its own path does.
+type socketListener struct {
+	*net.UnixListener
+	path string
+}
+
+func (l *socketListener) Close() error {
+	err := l.UnixListener.Close()
+	if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
+		err = rerr
+	}
+	return err
 }

@@ -1,16 +1,35 @@
 package daemon
 
 // failpoints make a lifecycle step fail on purpose, so that tests can check
-// what hushd leaves behind when a step that only a store failure reaches
-// goes wrong (lifecycle_test.go). Only tests set them: in a running hushd
-// the map is nil and every point passes.
+// what hushd leaves behind when a step goes wrong, or stops dead there as a
+// kill -9 would (lifecycle_test.go, autolock_test.go). Only tests set them:
+// in a running hushd the map is nil and every point passes.
 type failpoints map[string]func() error
 
-// The points, named for the step that fails there.
+// The points, named for the write that has not happened yet when the point
+// fires: a failure or a crash there leaves every earlier write of the
+// sequence done and this one and the later ones not. See docs/DESIGN.md,
+// "Key changes and crashes", for the sequences.
 const (
-	// fpAutolockOffPut: recording "autolock off" in the store fails after
-	// the plaintext master key has been written.
-	fpAutolockOffPut = "autolock-off-put"
+	// Enabling autolock (POST /swarm/update with autolock on, or init
+	// with --autolock): the pending locked key, then the record.
+	fpEnableWriteNext = "enable-write-next"
+	fpEnablePut       = "enable-put"
+	// Rotating the unlock key: the pending locked key, then the record.
+	fpRotateWriteNext = "rotate-write-next"
+	fpRotatePut       = "rotate-put"
+	// Handing out a pending unlock key (GET /swarm/unlockkey delivered):
+	// the pending file becomes the locked key, then, after enabling, the
+	// master key is rotated and the plaintext key file goes.
+	fpAckInstall        = "ack-install"
+	fpEnableRotate      = "enable-rotate"
+	fpEnableRemovePlain = "enable-remove-plain"
+	// Disabling autolock: the plaintext key, the record, then the locked
+	// key files.
+	fpDisableWritePlain   = "disable-write-plain"
+	fpDisablePut          = "disable-put"
+	fpDisableRemoveNext   = "disable-remove-next"
+	fpDisableRemoveLocked = "disable-remove-locked"
 	// fpLeaveErase: erasing the cluster state on leave fails after the
 	// runtime has been stopped.
 	fpLeaveErase = "leave-erase"

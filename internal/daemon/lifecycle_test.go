@@ -3,8 +3,10 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -41,7 +43,8 @@ func getCluster(t *testing.T, d *Daemon) cluster.Cluster {
 	return c
 }
 
-// enableAutolock turns autolock on and returns the unlock key.
+// enableAutolock turns autolock on and returns the unlock key, fetched as
+// `docker swarm update --autolock=true` does.
 func enableAutolock(t *testing.T, d *Daemon) string {
 	t.Helper()
 	ctx := context.Background()
@@ -51,9 +54,20 @@ func enableAutolock(t *testing.T, d *Daemon) string {
 	if err := d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
 		t.Fatal(err)
 	}
+	return fetchUnlockKey(t, d)
+}
+
+// fetchUnlockKey is GET /swarm/unlockkey answered in full: it returns the
+// key and tells the daemon it was delivered, as the API handler does.
+func fetchUnlockKey(t *testing.T, d *Daemon) string {
+	t.Helper()
+	ctx := context.Background()
 	k, err := d.UnlockKey(ctx)
 	if err != nil || k == "" {
-		t.Fatalf("unlock key after enabling autolock: %q, %v", k, err)
+		t.Fatalf("unlock key: %q, %v", k, err)
+	}
+	if err := d.UnlockKeyDelivered(ctx, k); err != nil {
+		t.Fatalf("recording the unlock key's delivery: %v", err)
 	}
 	return k
 }
@@ -74,71 +88,6 @@ func checkKeyFiles(t *testing.T, d *Daemon, wantAutolock bool) {
 	}
 	if d.nextKey().Exists() {
 		t.Errorf("a rotated key file (%s) is left behind", d.nextKey().Path)
-	}
-}
-
-// A rotation that fails after the new unlock key is recorded and before its
-// key file is installed (as a crash there would): the operator, who never
-// saw the new key, unlocks with the old one, and from then on the key
-// `docker swarm unlock-key` shows is the one that unlocks.
-func TestUnlockAfterInterruptedRotationFollowsRecordedKey(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	d := start(t, dir)
-	k1 := enableAutolock(t, d)
-
-	// Make the install step (a rename onto the locked key's path) fail:
-	// put a directory where the locked key file is, keeping the file aside.
-	locked := d.lockedKey.Path
-	saved := locked + ".saved"
-	if err := os.Rename(locked, saved); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(locked, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	c := getCluster(t, d)
-	if err := d.Update(ctx, c.Version, c.Spec, api.SwarmUpdateFlags{RotateManagerUnlockKey: true}); err == nil {
-		t.Fatal("the rotation succeeded although its key file could not be installed")
-	}
-	k2, err := d.UnlockKey(ctx)
-	if err != nil || k2 == "" || k2 == k1 {
-		t.Fatalf("after the interrupted rotation the record should hold a new key: %v (same as the old: %v)", err, k2 == k1)
-	}
-	d.Close()
-	// What a crash at that point leaves: the old key file in place and the
-	// new one beside it.
-	if err := os.Remove(locked); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(saved, locked); err != nil {
-		t.Fatal(err)
-	}
-
-	d = start(t, dir)
-	if !d.nextKey().Exists() {
-		t.Fatalf("the interrupted rotation left no %s: the test does not reach the state it is about", d.nextKey().Path)
-	}
-	if st := d.State(); st != swarm.LocalNodeStateLocked {
-		t.Fatalf("state after restart: %s, want locked", st)
-	}
-	// The rotate call failed, so the operator uses the old key.
-	if err := d.Unlock(ctx, k1); err != nil {
-		t.Fatalf("unlock with the key from before the failed rotation: %v", err)
-	}
-	shown, err := d.UnlockKey(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if shown != k2 {
-		t.Errorf("docker swarm unlock-key shows a key other than the recorded one (old key: %v)", shown == k1)
-	}
-	checkKeyFiles(t, d, true)
-	d.Close()
-
-	d = start(t, dir)
-	if err := d.Unlock(ctx, shown); err != nil {
-		t.Fatalf("the key `docker swarm unlock-key` shows no longer unlocks: %v", err)
 	}
 }
 
@@ -170,7 +119,7 @@ func TestDisableAutolockCancelledKeepsNoPlainKey(t *testing.T) {
 			checkKeyFiles(t, d, true)
 
 			if tc.fail {
-				d.fail = failpoints{fpAutolockOffPut: func() error { return injected }}
+				d.fail = failpoints{fpDisablePut: func() error { return injected }}
 			}
 			rctx, cancel := context.WithCancel(context.Background())
 			if tc.cancel {
@@ -286,5 +235,58 @@ func TestLifecycleCallsFinishWithoutClient(t *testing.T) {
 	}
 	if d.plainKey.Exists() || d.lockedKey.Exists() {
 		t.Errorf("key files left after leave (plain %v, locked %v)", d.plainKey.Exists(), d.lockedKey.Exists())
+	}
+}
+
+// The API socket is 0660 and made without touching the process's umask:
+// a directory another goroutine makes meanwhile keeps its own mode.
+func TestSocketModeWithoutUmask(t *testing.T) {
+	dir := t.TempDir()
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		// Directories made while the socket is being made (as etcd or a
+		// restore does in the same process).
+		var bad error
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- bad
+				return
+			default:
+			}
+			p := filepath.Join(dir, "d", strconv.Itoa(i))
+			if err := os.MkdirAll(p, 0o700); err != nil {
+				bad = err
+				continue
+			}
+			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm() != 0o700 && bad == nil {
+				bad = fmt.Errorf("directory made while the socket was made has mode %v", fi.Mode().Perm())
+			}
+		}
+	}()
+	for i := 0; i < 50; i++ {
+		path := filepath.Join(dir, "s"+strconv.Itoa(i)+".sock")
+		ln, err := listenUnix(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != 0o660 || fi.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("socket %v %v, want a 0660 socket", fi, err)
+		}
+		if err := ln.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("socket left after close: %v", err)
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".s*")); len(m) != 0 {
+		t.Fatalf("temporary socket directories left: %v", m)
 	}
 }

@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
@@ -57,6 +57,14 @@ func (d *Daemon) CheckServing() error {
 // resume decides the start-up state from the store and the key files, and
 // completes an autolock change that a crash interrupted.
 func (d *Daemon) resume(ctx context.Context) error {
+	// A crash inside a key-file write leaves its temp file, which may hold
+	// the plaintext key.
+	keysDir := filepath.Dir(d.plainKey.Path)
+	if n, err := keyring.RemoveTempFiles(keysDir); err != nil {
+		return fmt.Errorf("key files: %w", err)
+	} else if n > 0 {
+		d.log.Warn("removed temporary key files an interrupted write left", "dir", keysDir, "files", n)
+	}
 	exists, err := cluster.Exists(ctx, d.store)
 	if err != nil {
 		return err
@@ -66,6 +74,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		// that did not finish. Neither protects anything.
 		_ = d.lockedKey.Remove()
 		_ = d.nextKey().Remove()
+		d.removeRotationFiles()
 		if d.cfg.NoInit {
 			d.log.Info("no cluster: waiting for docker swarm init")
 			return nil
@@ -75,22 +84,6 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
-	c, err := cluster.Get(ctx, d.store)
-	if err != nil {
-		return err
-	}
-	d.scrubPlainSigningKey(ctx, &c)
-	d.settle(&c)
-	if d.plainKey.Exists() && (d.lockedKey.Exists() || d.nextKey().Exists()) {
-		if c.Spec.EncryptionConfig.AutoLockManagers {
-			if err := d.plainKey.Remove(); err != nil {
-				return err
-			}
-		} else {
-			_ = d.lockedKey.Remove()
-			_ = d.nextKey().Remove()
-		}
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
@@ -99,13 +92,36 @@ func (d *Daemon) resume(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("master key: %w", err)
 		}
-		return d.activateLocked(mk)
+		// The files follow the record (a crash may have stopped a key
+		// change half-way); this may end in the locked state.
+		acked, err := d.settleKeysLocked(ctx, mk, "")
+		if err != nil {
+			d.keys.Set(nil)
+			mk.Destroy()
+			return fmt.Errorf("key files: %w", err)
+		}
+		if acked {
+			// Locked: nothing may open the store until an unlock.
+			d.keys.Set(nil)
+			mk.Destroy()
+			d.state = swarm.LocalNodeStateLocked
+			d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
+			return nil
+		}
+		if err := d.activateLocked(mk); err != nil {
+			return err
+		}
+		d.notePendingLocked()
+		if w := d.Warnings(); len(w) > 0 {
+			d.log.Warn("autolock is on but its unlock key has not been fetched: run `docker swarm unlock-key` and keep the key")
+		}
+		return nil
 	case d.lockedKey.Exists() || d.nextKey().Exists():
 		d.state = swarm.LocalNodeStateLocked
 		d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
 		return nil
 	}
-	return fmt.Errorf("cluster %s exists but its master key is missing from %s", c.ID, d.plainKey.Path)
+	return fmt.Errorf("a cluster exists but its master key is missing from %s", d.plainKey.Path)
 }
 
 // activateLocked loads the master key and starts the cluster's runtime.
@@ -114,11 +130,23 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if err != nil {
 		return fmt.Errorf("keyring: %w", err)
 	}
+	if mk, err = d.unsealStore(context.Background(), kr, mk); err != nil {
+		return err
+	}
+	// The cluster record is sealed: its settings are read once the store
+	// opens.
+	c, err := cluster.Get(context.Background(), d.store)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	d.scrubPlainSigningKey(context.Background(), &c)
+	d.settle(&c)
 	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
 		return fmt.Errorf("node object: %w", err)
 	}
 	d.keys.Set(kr)
 	d.mk = mk
+	d.noteKeyMemory()
 	d.state = swarm.LocalNodeStateActive
 	var ctx context.Context
 	ctx, d.runStop = context.WithCancel(context.Background())
@@ -143,6 +171,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 			Data: disp, Engine: d.engine, SecretFS: d.fs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
 		}).Run)
 	}
+	d.runStandalone(run)
 	d.log.Info("cluster active", "node", d.nodeID, "keyID", mk.ID)
 	return nil
 }
@@ -207,8 +236,11 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	if err != nil {
 		return "", err
 	}
+	defer kr.Destroy()
+	d.keys.Set(kr) // the store seals the cluster object with it
 	c, err := cluster.Create(ctx, d.store, kr, cluster.Params{Spec: spec, SigningCAKey: caKey, Network: netw})
 	if err != nil {
+		d.keys.Set(nil)
 		return "", initSpecError(err)
 	}
 	if req.Availability != swarm.NodeAvailabilityActive {
@@ -362,63 +394,20 @@ func (d *Daemon) CheckServingLocked() error {
 }
 
 // setAutolockLocked turns autolock on (with a fresh unlock key), off, or
-// rotates its key, and writes c. The key files change around the store
-// write so that a crash at any point leaves a key that opens: the new file
-// is written before the record that describes it, and the old one removed
-// after.
+// rotates its key, and writes c, in the crash-safe order of autolock.go.
+// A failed change leaves the files as the record says, as a restart would.
 func (d *Daemon) setAutolockLocked(ctx context.Context, c *cluster.Cluster, on, rotate bool) error {
-	if !on {
-		created := false
-		if !d.plainKey.Exists() {
-			if err := d.plainKey.Store(d.mk); err != nil {
-				return err
-			}
-			created = true
-		}
-		c.Spec.EncryptionConfig.AutoLockManagers = false
-		_ = c.SetUnlockKey(&d.keys, "")
-		err := d.injected(fpAutolockOffPut)
-		if err == nil {
-			err = cluster.Put(ctx, d.store, c)
-		}
-		if err != nil {
-			// Autolock is still on: the plaintext key must not stay.
-			if created {
-				_ = d.plainKey.Remove()
-			}
-			return err
-		}
-		_ = d.nextKey().Remove()
-		return d.lockedKey.Remove()
+	var err error
+	if on {
+		err = d.enableOrRotateLocked(ctx, c, rotate)
+	} else {
+		err = d.disableLocked(ctx, c)
 	}
-	key, err := keyring.GenerateUnlockKey()
 	if err != nil {
-		return err
+		return d.recoverKeysLocked(ctx, err)
 	}
-	target := d.lockedKey
-	if rotate {
-		target = d.nextKey()
-	}
-	if err := target.Store(d.mk, key); err != nil {
-		return err
-	}
-	c.Spec.EncryptionConfig.AutoLockManagers = true
-	if err := c.SetUnlockKey(&d.keys, key); err != nil {
-		return err
-	}
-	if err := cluster.Put(ctx, d.store, c); err != nil {
-		_ = target.Remove()
-		return err
-	}
-	if rotate {
-		if err := os.Rename(target.Path, d.lockedKey.Path); err != nil {
-			return fmt.Errorf("install rotated key: %w", err)
-		}
-		d.log.Info("unlock key rotated")
-		return nil
-	}
-	d.log.Info("autolock enabled")
-	return d.plainKey.Remove()
+	d.notePendingLocked()
+	return nil
 }
 
 // UnlockKey returns the current unlock key ("" when autolock is off).
@@ -445,6 +434,8 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 	if d.state != swarm.LocalNodeStateLocked {
 		return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "swarm is not locked"}
 	}
+	// The locked key opens with a key that reached an operator; the
+	// pending one with a rotated key that may not have yet: either works.
 	var mk keyring.MasterKey
 	var err error
 	for _, ks := range []keyring.LockedKeyStore{d.lockedKey, d.nextKey()} {
@@ -452,12 +443,6 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 			continue
 		}
 		if mk, err = ks.Load(key); err == nil {
-			if ks.Path != d.lockedKey.Path {
-				// A rotation was interrupted after its record was written.
-				if rerr := os.Rename(ks.Path, d.lockedKey.Path); rerr != nil {
-					return rerr
-				}
-			}
 			break
 		}
 	}
@@ -470,38 +455,21 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 		return err
 	}
 	d.unlock.reset()
-	if err := d.settleLockedKey(ctx, mk, key); err != nil {
+	if err := d.preopenStore(ctx, mk); err != nil {
+		mk.Destroy()
 		return err
+	}
+	if _, err := d.settleKeysLocked(ctx, mk, key); err != nil {
+		d.keys.Set(nil)
+		mk.Destroy()
+		return fmt.Errorf("key files: %w", err)
 	}
 	d.log.Info("unlocked")
-	return d.activateLocked(mk)
-}
-
-// settleLockedKey makes the locked key file open with the unlock key the
-// cluster record holds (the one `docker swarm unlock-key` shows). They can
-// differ after a rotation interrupted between recording the new key and
-// installing its file: the operator unlocked with the old key, and the file
-// must follow the record before the old key is the only one that works.
-func (d *Daemon) settleLockedKey(ctx context.Context, mk keyring.MasterKey, used string) error {
-	kr, err := keyring.New(mk)
-	if err != nil {
+	if err := d.activateLocked(mk); err != nil {
 		return err
 	}
-	c, err := cluster.Get(ctx, d.store)
-	if err != nil {
-		return err
-	}
-	recorded, err := c.UnlockKey(kr)
-	if err != nil {
-		return err
-	}
-	if recorded != "" && subtle.ConstantTimeCompare([]byte(recorded), []byte(used)) != 1 {
-		if err := d.lockedKey.Store(mk, recorded); err != nil {
-			return fmt.Errorf("re-wrap master key under the recorded unlock key: %w", err)
-		}
-		d.log.Warn("finished an interrupted unlock-key rotation: the key `docker swarm unlock-key` shows is now the one that unlocks")
-	}
-	return d.nextKey().Remove()
+	d.notePendingLocked()
+	return nil
 }
 
 // Leave removes this node from the cluster. As the only manager it erases
@@ -533,14 +501,18 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 		}
 		return fmt.Errorf("erase cluster state: %w", err)
 	}
-	d.keys.Set(nil)
-	keyring.Wipe(d.mk.Key)
+	if kr := d.keys.Swap(nil); kr != nil {
+		kr.Destroy()
+	}
+	d.mk.Destroy()
 	d.mk = keyring.MasterKey{}
+	d.pendingKey.Store(pendingNone)
 	_ = d.plainKey.Remove()
 	_ = d.lockedKey.Remove()
 	_ = d.nextKey().Remove()
 	_ = os.Remove(d.tuningPath())
 	d.spec.orch.Store(nil)
+	d.removeRotationFiles()
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm; cluster state erased")
 	return nil

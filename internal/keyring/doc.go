@@ -20,9 +20,13 @@
 //   - put plaintext, DEKs or master key bytes in an error message (errors
 //     reach clients and logs verbatim);
 //   - log anything at all;
-//   - write plaintext or an unwrapped DEK to disk (the only file it writes is
-//     the master key file of FileKeyStore, with mode 0600);
+//   - write plaintext or an unwrapped DEK to disk (the only plaintext file it
+//     writes is the master key file of FileKeyStore, with mode 0600; the
+//     temp files of an interrupted write are wiped by RemoveTempFiles);
 //   - panic on malformed or hostile input: Open treats every stored field as
 //     attacker-controlled;
-//   - keep global mutable state: all keys live in a Keyring value.
+//   - keep global mutable state: all keys live in a Keyring value. The one
+//     exception is the pool of locked pages key bytes are allocated from
+//     (lockedmem.go): mlocked memory is a per-process budget, as the heap
+//     it stands in for is, and the pool holds memory, not behaviour.
 package keyring

@@ -16,6 +16,9 @@ type Holder struct{ p atomic.Pointer[Keyring] }
 // Set loads k (nil unloads).
 func (h *Holder) Set(k *Keyring) { h.p.Store(k) }
 
+// Swap loads k (nil unloads) and returns the keyring it replaces.
+func (h *Holder) Swap(k *Keyring) *Keyring { return h.p.Swap(k) }
+
 // Seal seals with the loaded keyring.
 func (h *Holder) Seal(plaintext, aad []byte) (Sealed, error) {
 	k := h.p.Load()

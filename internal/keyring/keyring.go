@@ -129,9 +129,9 @@ func (k *Keyring) Seal(plaintext, aad []byte) (Sealed, error) {
 		return Sealed{}, err
 	}
 
-	var buf [keySize + 2*nonceSize]byte
-	defer Wipe(buf[:])
-	if _, err := rand.Read(buf[:]); err != nil {
+	buf := NewLocked(keySize + 2*nonceSize) // the DEK, in locked memory
+	defer Free(buf)
+	if _, err := rand.Read(buf); err != nil {
 		return Sealed{}, fmt.Errorf("keyring: reading random bytes: %w", err)
 	}
 	dek := buf[:keySize]
@@ -187,11 +187,11 @@ func (k *Keyring) Open(s Sealed, aad []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: malformed sealed value", ErrDecrypt)
 	}
 
-	dek, err := kk.aead.Open(make([]byte, 0, keySize), s.WrappedKey[:nonceSize], s.WrappedKey[nonceSize:], wrapAAD(s.KeyID, aad))
-	if err != nil {
+	dek := NewLocked(keySize) // opened in place: the capacity fits
+	defer Free(dek)
+	if _, err := kk.aead.Open(dek[:0], s.WrappedKey[:nonceSize], s.WrappedKey[nonceSize:], wrapAAD(s.KeyID, aad)); err != nil {
 		return nil, fmt.Errorf("%w: wrapped key rejected", ErrDecrypt)
 	}
-	defer Wipe(dek)
 
 	dataAEAD, err := newGCM(dek)
 	if err != nil {
@@ -240,7 +240,9 @@ func newKEK(m MasterKey) (*kek, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kek{raw: append([]byte(nil), m.Key...), aead: aead}, nil
+	raw := NewLocked(len(m.Key))
+	copy(raw, m.Key)
+	return &kek{raw: raw, aead: aead}, nil
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {

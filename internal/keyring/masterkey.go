@@ -63,14 +63,22 @@ func validID(id string) bool {
 // 16-hex-character ID.
 func GenerateMasterKey() (MasterKey, error) {
 	var idb [8]byte
-	key := make([]byte, keySize)
 	if _, err := rand.Read(idb[:]); err != nil {
 		return MasterKey{}, fmt.Errorf("keyring: reading random bytes: %w", err)
 	}
+	key := NewLocked(keySize)
 	if _, err := rand.Read(key); err != nil {
+		Free(key)
 		return MasterKey{}, fmt.Errorf("keyring: reading random bytes: %w", err)
 	}
 	return MasterKey{ID: hex.EncodeToString(idb[:]), Key: key}, nil
+}
+
+// Destroy wipes the key bytes and returns their locked memory; m must not
+// be used afterwards (its Key is nil).
+func (m *MasterKey) Destroy() {
+	Free(m.Key)
+	m.Key = nil
 }
 
 // FileKeyStore keeps one master key in a file readable only by its owner.
@@ -119,13 +127,13 @@ func (f FileKeyStore) LoadOrCreate() (key MasterKey, created bool, err error) {
 	}
 	won, err := createKeyFile(path, key)
 	if err != nil {
-		Wipe(key.Key)
+		key.Destroy()
 		return MasterKey{}, false, err
 	}
 	if !won {
 		// Another process created the file first; its key is the one that
 		// will be used from now on, so adopt it rather than ours.
-		Wipe(key.Key)
+		key.Destroy()
 		key, err = loadKeyFile(path)
 		if err != nil {
 			return MasterKey{}, false, err
@@ -168,12 +176,14 @@ func loadKeyFile(path string) (MasterKey, error) {
 		return MasterKey{}, fmt.Errorf("keyring: master key file %s has mode %04o; want no group/other access (0600)", path, perm)
 	}
 
-	buf, err := io.ReadAll(io.LimitReader(file, int64(fileSize)+1))
-	defer Wipe(buf)
-	if err != nil {
+	// The hex key is read into locked memory too: it is the key.
+	buf := NewLocked(fileSize + 1)
+	defer Free(buf)
+	n, err := io.ReadFull(file, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return MasterKey{}, fmt.Errorf("keyring: reading master key file: %w", err)
 	}
-	key, ok := parseKeyFile(buf)
+	key, ok := parseKeyFile(buf[:n])
 	if !ok {
 		return MasterKey{}, fmt.Errorf("keyring: master key file %s is malformed or truncated (want %d bytes, %q format)", path, fileSize, fileMagic+"<id>:<key>")
 	}
@@ -198,13 +208,14 @@ func parseKeyFile(buf []byte) (MasterKey, bool) {
 	if rest[fileIDLen] != ':' || !isLowerHex(id) || !isLowerHex(hexKey) {
 		return MasterKey{}, false
 	}
-	key := make([]byte, keySize)
+	key := NewLocked(keySize)
 	if _, err := hex.Decode(key, hexKey); err != nil {
+		Free(key)
 		return MasterKey{}, false
 	}
 	m := MasterKey{ID: string(id), Key: key}
 	if m.Validate() != nil {
-		Wipe(key)
+		Free(key)
 		return MasterKey{}, false
 	}
 	return m, true
@@ -240,7 +251,14 @@ func createKeyFile(path string, key MasterKey) (won bool, err error) {
 		return false, fmt.Errorf("keyring: creating master key file: %w", err)
 	}
 	tmpName := tmp.Name()
+	linked := false
 	defer func() {
+		// Until the link, the temp file is the only name of its bytes:
+		// overwrite them before unlinking. After it, they are the key
+		// file's, and only the temp name goes.
+		if !linked {
+			wipeFile(tmpName)
+		}
 		tmp.Close()
 		os.Remove(tmpName)
 	}()
@@ -248,14 +266,14 @@ func createKeyFile(path string, key MasterKey) (won bool, err error) {
 		return false, fmt.Errorf("keyring: creating master key file: %w", err)
 	}
 
-	buf := make([]byte, 0, fileSize)
+	buf := NewLocked(fileSize)[:0]
 	buf = append(buf, fileMagic...)
 	buf = append(buf, key.ID...)
 	buf = append(buf, ':')
 	buf = hex.AppendEncode(buf, key.Key)
 	buf = append(buf, '\n')
 	_, err = tmp.Write(buf)
-	Wipe(buf)
+	Free(buf)
 	if err != nil {
 		return false, fmt.Errorf("keyring: writing master key file: %w", err)
 	}
@@ -272,6 +290,7 @@ func createKeyFile(path string, key MasterKey) (won bool, err error) {
 		}
 		return false, fmt.Errorf("keyring: installing master key file: %w", err)
 	}
+	linked = true
 	// Remove the temp name before syncing so one directory sync makes both
 	// the new entry and the removal durable.
 	if err := os.Remove(tmpName); err != nil {

@@ -1,7 +1,6 @@
 package keyring
 
 import (
-	"bytes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/rand"
@@ -13,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // Autolock keeps the master key on disk only wrapped by a key derived from
@@ -40,13 +40,17 @@ func GenerateUnlockKey() (string, error) {
 	return unlockKeyPrefix + base64.RawStdEncoding.EncodeToString(b[:]), nil
 }
 
+// parseUnlockKey returns the key's 32 bytes in locked memory (Free them).
 func parseUnlockKey(s string) ([]byte, error) {
 	rest, ok := strings.CutPrefix(strings.TrimSpace(s), unlockKeyPrefix)
-	if !ok {
+	if !ok || len(rest) != base64.RawStdEncoding.EncodedLen(32) {
 		return nil, ErrBadUnlockKey
 	}
-	b, err := base64.RawStdEncoding.DecodeString(rest)
-	if err != nil || len(b) != 32 {
+	src := []byte(rest)
+	defer Wipe(src)
+	b := NewLocked(32)
+	if n, err := base64.RawStdEncoding.Decode(b, src); err != nil || n != 32 {
+		Free(b)
 		return nil, ErrBadUnlockKey
 	}
 	return b, nil
@@ -57,7 +61,10 @@ func unlockAEAD(unlockKey string, salt []byte) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer Wipe(raw)
+	defer Free(raw)
+	// hkdf returns the derived key on the heap; it lives only until the
+	// AES key schedule is built from it (which is on the heap too, see
+	// docs/DESIGN.md "Key material in memory").
 	k, err := hkdf.Key(sha256.New, raw, salt, unlockInfo, keySize)
 	if err != nil {
 		return nil, fmt.Errorf("keyring: deriving unlock key: %w", err)
@@ -114,23 +121,48 @@ func (l LockedKeyStore) Load(unlockKey string) (MasterKey, error) {
 	salt, err1 := base64.RawStdEncoding.DecodeString(parts[2])
 	nonce, err2 := base64.RawStdEncoding.DecodeString(parts[3])
 	ct, err3 := base64.RawStdEncoding.DecodeString(parts[4])
-	if err1 != nil || err2 != nil || err3 != nil || len(nonce) != 12 {
+	if err1 != nil || err2 != nil || err3 != nil || len(nonce) != 12 || len(ct) != keySize+tagSize {
 		return MasterKey{}, errors.New("keyring: locked key file is corrupt")
 	}
 	aead, err := unlockAEAD(unlockKey, salt)
 	if err != nil {
 		return MasterKey{}, err
 	}
-	pt, err := aead.Open(nil, nonce, ct, []byte(lockedMagic+":"+parts[1]))
+	// Opened in place into locked memory: the capacity fits the key.
+	buf := NewLocked(keySize)
+	pt, err := aead.Open(buf[:0], nonce, ct, []byte(lockedMagic+":"+parts[1]))
 	if err != nil {
+		Free(buf)
 		return MasterKey{}, ErrBadUnlockKey
 	}
 	mk := MasterKey{ID: parts[1], Key: pt}
 	if err := mk.Validate(); err != nil {
-		Wipe(pt)
+		Free(buf)
 		return MasterKey{}, errors.New("keyring: locked key file holds an invalid key")
 	}
 	return mk, nil
+}
+
+// Opens reports whether unlockKey opens the locked key file.
+func (l LockedKeyStore) Opens(unlockKey string) bool {
+	mk, err := l.Load(unlockKey)
+	if err != nil {
+		return false
+	}
+	mk.Destroy()
+	return true
+}
+
+// MoveTo renames the locked key file to dst's path, replacing dst's file
+// atomically, and makes the change durable. Both must be in one directory.
+func (l LockedKeyStore) MoveTo(dst LockedKeyStore) error {
+	if filepath.Dir(l.Path) != filepath.Dir(dst.Path) {
+		return errors.New("keyring: locked key files must share a directory")
+	}
+	if err := os.Rename(l.Path, dst.Path); err != nil {
+		return fmt.Errorf("keyring: installing locked key: %w", err)
+	}
+	return syncDir(filepath.Dir(dst.Path))
 }
 
 // Remove deletes the locked key file.
@@ -162,14 +194,69 @@ func (f FileKeyStore) Exists() bool {
 // journaling or copy-on-write file system the overwrite is best effort;
 // what it guarantees is that the live file no longer holds the key.
 func (f FileKeyStore) Remove() error {
-	if fh, err := os.OpenFile(f.Path, os.O_WRONLY, 0); err == nil {
-		if st, err := fh.Stat(); err == nil {
-			_, _ = fh.WriteAt(bytes.Repeat([]byte{0}, int(st.Size())), 0)
-			_ = fh.Sync()
-		}
-		fh.Close()
-	}
+	overwrite(f.Path, true)
 	return removeSynced(f.Path)
+}
+
+// wipeFile overwrites the bytes of the temp file at path before it is
+// unlinked, unless the file has another name: a temp file that was
+// already linked into place (a crash between link and unlink) holds the
+// installed key file's bytes, which must stay.
+func wipeFile(path string) { overwrite(path, false) }
+
+// overwrite zeroes the regular file at path and syncs it, best effort;
+// shared says whether a file with other hard links is overwritten too.
+func overwrite(path string, shared bool) {
+	fh, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer fh.Close()
+	fi, err := fh.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 && !shared {
+		return
+	}
+	// Key files are a few hundred bytes; anything bigger under a key
+	// file's name is not ours to spend time on.
+	if fi.Size() > 1<<20 {
+		return
+	}
+	_, _ = fh.WriteAt(make([]byte, fi.Size()), 0)
+	_ = fh.Sync()
+}
+
+// RemoveTempFiles removes the temporary files an interrupted key-file
+// write left in dir (a crash between creating and renaming or linking
+// one), overwriting each first unless it is another name of an installed
+// key file. It returns how many it removed. A missing dir is not an error.
+func RemoveTempFiles(dir string) (int, error) {
+	matches, err := filepath.Glob(filepath.Join(dir, tempPattern))
+	if err != nil {
+		return 0, fmt.Errorf("keyring: listing temp key files: %w", err)
+	}
+	n := 0
+	for _, m := range matches {
+		fi, err := os.Lstat(m)
+		if err != nil {
+			continue
+		}
+		if fi.Mode().IsRegular() {
+			wipeFile(m)
+		}
+		if err := os.Remove(m); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return n, fmt.Errorf("keyring: removing temp key file %s: %w", filepath.Base(m), err)
+		}
+		n++
+	}
+	if n > 0 {
+		if err := syncDir(dir); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func removeSynced(path string) error {
@@ -190,7 +277,13 @@ func replaceFileSync(path string, b []byte) error {
 		return err
 	}
 	name := tmp.Name()
-	defer os.Remove(name)
+	renamed := false
+	defer func() {
+		if !renamed {
+			wipeFile(name)
+			os.Remove(name)
+		}
+	}()
 	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()
 		return err
@@ -205,5 +298,6 @@ func replaceFileSync(path string, b []byte) error {
 	if err := os.Rename(name, path); err != nil {
 		return err
 	}
+	renamed = true
 	return syncDir(dir)
 }

@@ -80,3 +80,77 @@ func TestFileKeyStoreStoreRemove(t *testing.T) {
 		t.Fatalf("remove: %v", err)
 	}
 }
+
+func TestPendingLockedKeyMoveTo(t *testing.T) {
+	dir := t.TempDir()
+	cur := LockedKeyStore{Path: filepath.Join(dir, "master.key.locked")}
+	next := LockedKeyStore{Path: cur.Path + ".next"}
+	mk, _ := GenerateMasterKey()
+	k1, _ := GenerateUnlockKey()
+	k2, _ := GenerateUnlockKey()
+	if err := cur.Store(mk, k1); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Store(mk, k2); err != nil {
+		t.Fatal(err)
+	}
+	if !cur.Opens(k1) || cur.Opens(k2) || !next.Opens(k2) || next.Opens(k1) {
+		t.Fatal("Opens does not tell the keys apart")
+	}
+	if err := next.MoveTo(cur); err != nil {
+		t.Fatal(err)
+	}
+	if next.Exists() || !cur.Opens(k2) || cur.Opens(k1) {
+		t.Fatal("after MoveTo the locked key should open with the new key only")
+	}
+	other := LockedKeyStore{Path: filepath.Join(t.TempDir(), "x")}
+	if err := cur.MoveTo(other); err == nil {
+		t.Fatal("MoveTo across directories must be refused (not atomic)")
+	}
+}
+
+func TestRemoveTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	if n, err := RemoveTempFiles(filepath.Join(dir, "absent")); n != 0 || err != nil {
+		t.Fatalf("missing dir: %d, %v", n, err)
+	}
+	ks := FileKeyStore{Path: filepath.Join(dir, "master.key")}
+	mk, _ := GenerateMasterKey()
+	if err := ks.Store(mk); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(ks.Path)
+	orphan := filepath.Join(dir, ".hush-master-key-1.tmp")
+	if err := os.WriteFile(orphan, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fh, err := os.Open(orphan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	if err := os.Link(ks.Path, filepath.Join(dir, ".hush-master-key-2.tmp")); err != nil {
+		t.Fatal(err)
+	}
+	unrelated := filepath.Join(dir, "notes.tmp")
+	if err := os.WriteFile(unrelated, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n, err := RemoveTempFiles(dir)
+	if err != nil || n != 2 {
+		t.Fatalf("RemoveTempFiles: %d, %v; want 2 removed", n, err)
+	}
+	buf := make([]byte, len(want))
+	if _, err := fh.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(buf, mk.Key) || bytes.Contains(buf, []byte(hex.EncodeToString(mk.Key))) {
+		t.Fatal("orphaned temp key file not overwritten before unlinking")
+	}
+	if got, _ := os.ReadFile(ks.Path); !bytes.Equal(got, want) {
+		t.Fatal("the installed key file was overwritten through its temp link")
+	}
+	if _, err := os.Stat(unrelated); err != nil {
+		t.Fatal("a file not matching the temp pattern was removed")
+	}
+}

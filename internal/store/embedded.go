@@ -32,6 +32,8 @@ type EmbeddedConfig struct {
 	QuotaBytes int64
 	// StartTimeout bounds how long Open waits for the member to be ready.
 	StartTimeout time.Duration
+	// Keys seals and opens every value (required).
+	Keys Keys
 	// Tuning is the cluster spec's raft settings; zero fields keep etcd's
 	// defaults.
 	Tuning Tuning
@@ -63,6 +65,14 @@ func (t Tuning) apply(cfg *embed.Config) {
 	}
 }
 
+// MaxRequestBytes is the embedded member's request limit. The largest
+// record is a config of just under 1000 KiB: its data sealed and base64'd
+// inside the record (about 1.34 MiB), plus labels, the whole sealed again in
+// binary form (about 100 bytes more, no second base64). API bodies are
+// capped at 2 MiB, so no record exceeds 2 MiB by more than its envelope;
+// etcd's default (1.5 MiB) would refuse a config with large labels.
+const MaxRequestBytes = 3 << 20
+
 // OpenEmbedded starts an embedded etcd member and returns a Store that talks
 // to it in-process, without sockets.
 //
@@ -72,6 +82,9 @@ func (t Tuning) apply(cfg *embed.Config) {
 func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	if c.Dir == "" || c.Name == "" {
 		return nil, errors.New("store: embedded etcd needs a directory and a name")
+	}
+	if c.Keys == nil {
+		return nil, errors.New("store: embedded etcd needs the keyring holder that seals its values")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -99,6 +112,7 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	// backend's growth without surprising a slow watcher.
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
 	cfg.AutoCompactionRetention = "1h"
+	cfg.MaxRequestBytes = MaxRequestBytes
 	if c.QuotaBytes <= 0 {
 		c.QuotaBytes = DefaultQuotaBytes
 	}
@@ -137,8 +151,11 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		return nil, ctx.Err()
 	}
 	cli := v3client.New(e.Server)
-	s := newStore(cli, c.Logger)
+	s := newStore(cli, c.Logger, c.Keys)
 	s.errc = e.Err()
+	// The in-process client's Defragment needs an auth layer the
+	// in-process server lacks; the backend itself can.
+	s.defrag = func() error { return e.Server.Backend().Defrag() }
 	s.quota = newQuota(c.QuotaBytes, func() backend { return e.Server.Backend() }, func() bool {
 		for _, a := range e.Server.Alarms() {
 			if a.Alarm == etcdserverpb.AlarmType_NOSPACE {

@@ -13,7 +13,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Decoder turns a stored value into the form a Mirror keeps in memory.
+// Decoder turns a stored value (opened) into the form a Mirror keeps in
+// memory. It must not keep o.Value, which is wiped after the call.
 type Decoder func(o Object) (any, error)
 
 // Entry is one mirrored object.
@@ -96,14 +97,20 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, wrapEtcd(err)
 	}
+	changes := make([]change, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		if c, ok := m.decodeKV(string(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, false); ok && c.t != nil {
+			changes = append(changes, c)
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, t := range m.tables {
 		t.items = map[string]Entry{}
 	}
 	m.wakeLocked("")
-	for _, kv := range resp.Kvs {
-		m.applyLocked(string(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, false)
+	for _, c := range changes {
+		m.applyLocked(c)
 	}
 	m.stale = false
 	m.advanceLocked(resp.Header.Revision)
@@ -121,9 +128,15 @@ func (m *Mirror) watch(ctx context.Context, rev int64) error {
 			}
 			return err
 		}
-		m.mu.Lock()
+		changes := make([]change, 0, len(resp.Events))
 		for _, ev := range resp.Events {
-			m.applyLocked(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.CreateRevision, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
+			if c, ok := m.decodeKV(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.CreateRevision, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete); ok {
+				changes = append(changes, c)
+			}
+		}
+		m.mu.Lock()
+		for _, c := range changes {
+			m.applyLocked(c)
 		}
 		m.advanceLocked(resp.Header.Revision)
 		m.mu.Unlock()
@@ -131,33 +144,61 @@ func (m *Mirror) watch(ctx context.Context, rev int64) error {
 	return errors.New("watch channel closed")
 }
 
-func (m *Mirror) applyLocked(key string, val []byte, createRev, modRev int64, deleted bool) {
+// change is one stored key's new state, opened and decoded before the
+// mirror's lock is taken, so that reads never wait for cryptography or JSON.
+type change struct {
+	kind, id string
+	t        *mirrorTable // nil: not mirrored
+	deleted  bool
+	entry    Entry
+	err      error // the value could not be opened or decoded
+}
+
+func (m *Mirror) decodeKV(key string, val []byte, createRev, modRev int64, deleted bool) (change, bool) {
 	rest, ok := strings.CutPrefix(key, root)
 	if !ok {
-		return
+		return change{}, false
 	}
 	kind, id, ok := strings.Cut(rest, "/")
 	if !ok {
-		return
+		return change{}, false
 	}
-	m.wakeLocked(kind)
+	m.mu.RLock()
 	t := m.tables[kind]
-	if t == nil {
+	m.mu.RUnlock()
+	c := change{kind: kind, id: id, t: t, deleted: deleted}
+	if t == nil || deleted {
+		return c, true
+	}
+	pt, err := m.st.open(key, val)
+	if err == nil {
+		var v any
+		v, err = t.decode(Object{ID: id, Value: pt, CreateRev: createRev, ModRev: modRev})
+		// Decoders copy what they keep: the opened bytes (a service's
+		// environment, say) do not outlive the call.
+		clear(pt)
+		c.entry = Entry{ID: id, Value: v, ModRev: modRev}
+	}
+	c.err = err
+	return c, true
+}
+
+func (m *Mirror) applyLocked(c change) {
+	m.wakeLocked(c.kind)
+	if c.t == nil {
 		return
 	}
-	if deleted {
-		delete(t.items, id)
-		return
+	switch {
+	case c.deleted:
+		delete(c.t.items, c.id)
+	case c.err != nil:
+		// A value this version cannot open or decode stays out of the
+		// mirror; reads of it by ID still go to etcd and report the error.
+		m.st.log.Error("store mirror: undecodable object", "kind", c.kind, "id", c.id, "err", c.err)
+		delete(c.t.items, c.id)
+	default:
+		c.t.items[c.id] = c.entry
 	}
-	v, err := t.decode(Object{ID: id, Value: val, CreateRev: createRev, ModRev: modRev})
-	if err != nil {
-		// A value this version cannot decode stays out of the mirror; reads
-		// of it by ID still go to etcd and report the error there.
-		m.st.log.Error("store mirror: undecodable object", "kind", kind, "id", id, "err", err)
-		delete(t.items, id)
-		return
-	}
-	t.items[id] = Entry{ID: id, Value: v, ModRev: modRev}
 }
 
 func (m *Mirror) advanceLocked(rev int64) {

@@ -15,7 +15,7 @@ const testQuota = 64 << 20
 
 func openQuota(t *testing.T, dir string) *store.Store {
 	t.Helper()
-	s, err := store.OpenEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir, Name: "n1", EtcdLogLevel: "error", QuotaBytes: testQuota})
+	s, err := store.OpenEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir, Name: "n1", EtcdLogLevel: "error", QuotaBytes: testQuota, Keys: packageKeys()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestQuotaAlarmDeletesWork(t *testing.T) {
 	var ids []string
 	for i := range 1000 {
 		id := fmt.Sprint("id", i)
-		if _, err := s.Client().Put(ctx, tb.Key(id), string(value)); err != nil {
+		if err := s.Put(ctx, tb.Key(id), value); err != nil {
 			break
 		}
 		ids = append(ids, id)

@@ -6,14 +6,32 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
 )
 
+// packageKeys seals every store these tests open, so that a store reopened
+// (after a restart, or restored from a snapshot) opens with the same keys.
+var packageKeys = sync.OnceValue(func() *keyring.Holder {
+	mk, err := keyring.GenerateMasterKey()
+	if err != nil {
+		panic(err) // test setup only
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		panic(err)
+	}
+	var h keyring.Holder
+	h.Set(kr)
+	return &h
+})
+
 func openAt(t *testing.T, dir, name string) *store.Store {
 	t.Helper()
-	s, err := store.OpenEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir, Name: name})
+	s, err := store.OpenEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir, Name: name, Keys: packageKeys()})
 	if err != nil {
 		t.Fatal(err)
 	}

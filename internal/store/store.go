@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -36,6 +35,13 @@ type Object struct {
 type Store struct {
 	cli     *clientv3.Client
 	log     *slog.Logger
+	keys    Keys
+	idx     indexCache
+	innerMu sync.Mutex
+	inner   map[string]InnerFunc
+	// defrag rewrites etcd's backend file without its free pages (nil for
+	// an external cluster).
+	defrag  func() error
 	errc    <-chan error
 	closeFn func() error
 	once    sync.Once
@@ -44,8 +50,8 @@ type Store struct {
 	quota *quota
 }
 
-func newStore(cli *clientv3.Client, log *slog.Logger) *Store {
-	return &Store{cli: cli, log: log}
+func newStore(cli *clientv3.Client, log *slog.Logger, keys Keys) *Store {
+	return &Store{cli: cli, log: log, keys: keys, inner: map[string]InnerFunc{}}
 }
 
 // Client exposes the etcd client for watches and for components (such as a
@@ -77,9 +83,14 @@ func (s *Store) Table(kind string) *Table { return &Table{s: s, kind: kind} }
 func (t *Table) objKey(id string) string { return root + t.kind + "/" + id }
 func (t *Table) prefix() string          { return root + t.kind + "/" }
 
-// NameKey is the index key for name, exposed so callers can guard on it.
-func (t *Table) NameKey(name string) string {
-	return root + "names/" + t.kind + "/" + strings.ToLower(name)
+// NameKey is the index key for name (see seal.go), exposed so callers can
+// guard on it.
+func (t *Table) NameKey(ctx context.Context, name string) (string, error) {
+	key, err := t.s.indexKey(ctx)
+	if err != nil {
+		return "", err
+	}
+	return root + "names/" + t.kind + "/" + nameHash(key, t.kind, name), nil
 }
 
 // RefKey is a reference marker key: "object id of kind K is used by owner".
@@ -92,6 +103,25 @@ func RefKey(kind, id, owner string) string {
 // RefPrefix is the prefix of all reference markers of one object.
 func RefPrefix(kind, id string) string { return root + "refs/" + kind + "/" + id + "/" }
 
+// RefValues returns the opened values of the reference markers of one
+// object (what their writers put there, e.g. the owner's name), in key
+// order, at most limit of them (0: all).
+func (s *Store) RefValues(ctx context.Context, kind, id string, limit int64) ([]string, error) {
+	resp, err := s.cli.Get(ctx, RefPrefix(kind, id), clientv3.WithPrefix(), clientv3.WithLimit(limit))
+	if err != nil {
+		return nil, wrapEtcd(err)
+	}
+	out := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		v, err := s.open(string(kv.Key), kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, string(v))
+	}
+	return out, nil
+}
+
 // Create writes a new object and claims its name in one transaction. It
 // returns the revision of the write.
 func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra ...clientv3.Op) (int64, error) {
@@ -100,8 +130,16 @@ func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra .
 	}, extra...)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0)}
 	if name != "" {
-		ok = append(ok, clientv3.OpPut(t.NameKey(name), id))
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.NameKey(name)), "=", 0))
+		nk, err := t.NameKey(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		ok = append(ok, clientv3.OpPut(nk, id))
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(nk), "=", 0))
+	}
+	ok, err := t.s.sealOps(ok)
+	if err != nil {
+		return 0, err
 	}
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ok)); err != nil {
 		return 0, err
@@ -126,19 +164,41 @@ func (t *Table) Get(ctx context.Context, id string) (Object, error) {
 		return Object{}, ErrNotFound
 	}
 	kv := resp.Kvs[0]
-	return Object{ID: id, Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}, nil
+	v, err := t.s.open(t.objKey(id), kv.Value)
+	if err != nil {
+		return Object{}, err
+	}
+	return Object{ID: id, Value: v, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision}, nil
+}
+
+// Exists reports whether the object id exists, without opening it: what
+// can be told while the cluster is locked.
+func (t *Table) Exists(ctx context.Context, id string) (bool, error) {
+	resp, err := t.s.cli.Get(ctx, t.objKey(id), clientv3.WithCountOnly())
+	if err != nil {
+		return false, wrapEtcd(err)
+	}
+	return resp.Count > 0, nil
 }
 
 // LookupName returns the ID holding name (case-insensitive).
 func (t *Table) LookupName(ctx context.Context, name string) (string, error) {
-	resp, err := t.s.cli.Get(ctx, t.NameKey(name))
+	nk, err := t.NameKey(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	resp, err := t.s.cli.Get(ctx, nk)
 	if err != nil {
 		return "", wrapEtcd(err)
 	}
 	if len(resp.Kvs) == 0 {
 		return "", ErrNotFound
 	}
-	return string(resp.Kvs[0].Value), nil
+	id, err := t.s.open(nk, resp.Kvs[0].Value)
+	if err != nil {
+		return "", err
+	}
+	return string(id), nil
 }
 
 // List returns every object of the table, ordered by ID.
@@ -155,7 +215,11 @@ func (t *Table) ListPrefix(ctx context.Context, idPrefix string) ([]Object, erro
 	}
 	out := make([]Object, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out = append(out, Object{ID: string(kv.Key[len(p):]), Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision})
+		v, err := t.s.open(string(kv.Key), kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Object{ID: string(kv.Key[len(p):]), Value: v, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision})
 	}
 	return out, nil
 }
@@ -171,7 +235,10 @@ func (t *Table) Update(ctx context.Context, id string, rev int64, val []byte, ex
 func (t *Table) UpdateGuarded(ctx context.Context, id string, rev int64, val []byte, guards []clientv3.Cmp, extra ...clientv3.Op) (int64, error) {
 	k := t.objKey(id)
 	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}, guards...)
-	ops := append([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra...)
+	ops, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra...))
+	if err != nil {
+		return 0, err
+	}
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
 		return 0, err
 	}
@@ -198,7 +265,15 @@ func (t *Table) Delete(ctx context.Context, id, name string, rev int64, guards [
 	cmps = append(cmps, guards...)
 	ops := append([]clientv3.Op{clientv3.OpDelete(k)}, extra...)
 	if name != "" {
-		ops = append(ops, clientv3.OpDelete(t.NameKey(name)))
+		nk, err := t.NameKey(ctx, name)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpDelete(nk))
+	}
+	ops, err := t.s.sealOps(ops)
+	if err != nil {
+		return err
 	}
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
 	if err != nil {
@@ -319,14 +394,21 @@ func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, 
 	if len(guards) == 0 {
 		return t.Create(ctx, id, name, val, extra...)
 	}
-	ops := append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(t.NameKey(name), id)}, extra...)
+	nk, err := t.NameKey(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	ops, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(nk, id)}, extra...))
+	if err != nil {
+		return 0, err
+	}
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
 		return 0, err
 	}
 	resp, err := t.s.cli.Txn(ctx).If(guards...).Then(clientv3.OpTxn(
 		[]clientv3.Cmp{
 			clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(t.NameKey(name)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(nk), "=", 0),
 		},
 		ops,
 		nil,

@@ -77,8 +77,9 @@ func TestTableLifecycle(t *testing.T) {
 func TestReopenKeepsData(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
+	keys := storetest.NewKeys(t)
 	open := func() *store.Store {
-		s, err := store.OpenEmbedded(ctx, store.EmbeddedConfig{Dir: dir, Name: "n1", EtcdLogLevel: "error"})
+		s, err := store.OpenEmbedded(ctx, store.EmbeddedConfig{Dir: dir, Name: "n1", EtcdLogLevel: "error", Keys: keys})
 		if err != nil {
 			t.Fatal(err)
 		}

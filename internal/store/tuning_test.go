@@ -1,6 +1,7 @@
 package store
 
 import (
+	"github.com/hush-secrets/hush/internal/keyring"
 	"testing"
 	"time"
 
@@ -23,7 +24,17 @@ func TestTuningApply(t *testing.T) {
 // etcd starts with a tuning it accepts (the cluster package refuses the
 // tick values it would not).
 func TestOpenWithTuning(t *testing.T) {
-	s, err := OpenEmbedded(t.Context(), EmbeddedConfig{Dir: t.TempDir(), Name: "tuned", EtcdLogLevel: "error",
+	mk, err := keyring.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys keyring.Holder
+	keys.Set(kr)
+	s, err := OpenEmbedded(t.Context(), EmbeddedConfig{Dir: t.TempDir(), Name: "tuned", EtcdLogLevel: "error", Keys: &keys,
 		Tuning: Tuning{SnapshotCount: 5000, MaxSnapFiles: 3, SnapshotCatchUpEntries: 500, Heartbeat: 100 * time.Millisecond, ElectionTimeout: time.Second}})
 	if err != nil {
 		t.Fatal(err)

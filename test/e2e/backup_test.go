@@ -356,3 +356,43 @@ func TestHushDockerPlugin(t *testing.T) {
 		t.Fatalf("restoring the backup taken through the plugin: %s", errOut)
 	}
 }
+
+// TestHushKeyRotateCLI: `hush key rotate` through the CLI rotates the
+// master key online; the new key is the one `hush key show` names, and
+// what was stored before opens after a restart (a config's data is
+// returned by inspect, so it shows the value came through).
+func TestHushKeyRotateCLI(t *testing.T) {
+	requireDockerCLI(t)
+	requireHushd(t)
+	h := startHushd(t)
+	env := []string{"DOCKER_HOST=unix://" + h.Socket, "DOCKER_CONFIG=" + t.TempDir()}
+	h.MustDockerStdin("rotate-me-value", "config", "create", "keyrot_conf", "-")
+	show := func() string {
+		t.Helper()
+		out, errOut, code := runBin(t, env, hushCLI(t), "key", "show", "-q")
+		if code != 0 || strings.TrimSpace(out) == "" {
+			t.Fatalf("hush key show: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	before := show()
+	out, errOut, code := runBin(t, env, hushCLI(t), "key", "rotate")
+	if code != 0 || !strings.Contains(out, "Master key rotated: the new key is ") {
+		t.Fatalf("hush key rotate: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	after := show()
+	if after == before || !strings.Contains(out, after) {
+		t.Fatalf("key before %s, after %s; rotate said %q", before, after, out)
+	}
+	if _, _, code := runBin(t, env, hushCLI(t), "key", "rotate", "extra"); code != 2 {
+		t.Fatalf("hush key rotate with an argument: exit %d, want 2 (usage)", code)
+	}
+	h.Restart()
+	if got := show(); got != after {
+		t.Fatalf("key after restart %s, want %s", got, after)
+	}
+	data := strings.TrimSpace(h.MustDocker("config", "inspect", "--format", "{{printf \"%s\" .Spec.Data}}", "keyrot_conf"))
+	if data != "rotate-me-value" {
+		t.Fatalf("config data after rotation and restart: %q", data)
+	}
+}

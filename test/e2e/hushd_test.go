@@ -318,14 +318,16 @@ func purgeNode(t testing.TB, node string) {
 		t.Logf("cleanup: force-removing %d container(s) left with %s=%s", len(ids), hushNodeLabel, node)
 		eng.Docker(append([]string{"rm", "-f", "-v"}, ids...)...)
 	}
-	root := filepath.Join("/run/hush", node)
-	mps := mountsUnder(t, root)
-	for i := len(mps) - 1; i >= 0; i-- {
-		if err := syscall.Unmount(mps[i], syscall.MNT_DETACH); err != nil {
-			t.Logf("cleanup: unmount %s: %v", mps[i], err)
+	// The tasks' root, and the standalone containers' sibling root.
+	for _, root := range []string{filepath.Join("/run/hush", node), filepath.Join("/run/hush", node+".containers")} {
+		mps := mountsUnder(t, root)
+		for i := len(mps) - 1; i >= 0; i-- {
+			if err := syscall.Unmount(mps[i], syscall.MNT_DETACH); err != nil {
+				t.Logf("cleanup: unmount %s: %v", mps[i], err)
+			}
 		}
-	}
-	if len(mountsUnder(t, root)) == 0 {
-		_ = os.RemoveAll(root)
+		if len(mountsUnder(t, root)) == 0 {
+			_ = os.RemoveAll(root)
+		}
 	}
 }

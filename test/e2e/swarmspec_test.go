@@ -50,11 +50,33 @@ func specGetSwarm(t *testing.T, sock string) swarm.Swarm {
 	return sw
 }
 
-// specSetOnSwarm applies specFlags to the reference Swarm with `docker
-// swarm update`, returns its `docker info` and spec, and puts its previous
-// spec back (at once, and again in Cleanup should the test stop first).
-func specSetOnSwarm(t *testing.T) (string, swarm.Spec) {
+// specGolden holds Swarm's answer to specFlags: its `docker info` cluster
+// settings lines, then its spec as JSON (labels and autolock, which the
+// comparison leaves aside, cleared).
+const specGolden = "swarmspec_ref"
+
+// specRefOnSwarm returns Swarm's `docker info` settings lines and spec for
+// specFlags. They come from testdata/swarm/swarmspec_ref.golden: setting
+// them live would change the shared Swarm's cluster settings for every
+// other user of the engine while the test runs (a history limit of 3
+// prunes their services' task history, which no restore brings back).
+// Only -update sets them on the reference Swarm, for a moment, and puts
+// its previous spec back (at once, and again in Cleanup should the test
+// stop first).
+func specRefOnSwarm(t *testing.T) ([]string, swarm.Spec) {
 	t.Helper()
+	if !*update {
+		want, ok := readGolden(t, specGolden)
+		if !ok {
+			t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(specGolden))
+		}
+		lines := strings.Split(strings.TrimSpace(want), "\n")
+		var spec swarm.Spec
+		if len(lines) < 2 || json.Unmarshal([]byte(lines[len(lines)-1]), &spec) != nil {
+			t.Fatalf("golden file %s: want settings lines, then the spec as JSON", goldenPath(specGolden))
+		}
+		return lines[:len(lines)-1], spec
+	}
 	requireSwarm(t)
 	ref := swarmCLI(t)
 	prev := specGetSwarm(t, swarmSocket()).Spec
@@ -77,7 +99,11 @@ func specSetOnSwarm(t *testing.T) (string, swarm.Spec) {
 	info := ref.MustDocker("info")
 	spec := specGetSwarm(t, swarmSocket()).Spec
 	restore()
-	return info, spec
+	spec.Labels, spec.EncryptionConfig = nil, swarm.EncryptionConfig{}
+	lines := specInfoLines(info)
+	b, _ := json.Marshal(spec)
+	writeGolden(t, specGolden, strings.Join(lines, "\n")+"\n"+string(b)+"\n")
+	return lines, spec
 }
 
 // TestSpecInitOptions: `docker swarm init` with every cluster option on a
@@ -112,8 +138,8 @@ func TestSpecInitOptions(t *testing.T) {
 	}
 
 	// The same values on the reference, set with `docker swarm update`.
-	refInfo, refSpec := specSetOnSwarm(t)
-	if a, b := specInfoLines(info), specInfoLines(refInfo); len(a) < 9 || strings.Join(a, "\n") != strings.Join(b, "\n") {
+	refLines, refSpec := specRefOnSwarm(t)
+	if a, b := specInfoLines(info), refLines; len(a) < 9 || strings.Join(a, "\n") != strings.Join(b, "\n") {
 		t.Errorf("docker info differs:\nhushd:\n%s\nswarm:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
 	}
 	mine := got.Spec
@@ -137,24 +163,38 @@ func TestSpecInitOptions(t *testing.T) {
 }
 
 // TestSpecUpdateRefusals: bad settings are refused with Swarm's text and
-// change nothing, on both systems.
+// change nothing. Swarm's answers are recorded (-update runs them on the
+// reference): were one accepted there, the shared Swarm's settings would
+// change with nothing to put them back.
 func TestSpecUpdateRefusals(t *testing.T) {
 	h := startHushd(t)
-	requireSwarm(t)
-	ref := swarmCLI(t)
-	for _, args := range [][]string{
+	const golden = "swarmspec_update_refusals"
+	refusals := [][]string{
 		{"swarm", "update", "--cert-expiry", "30m"},
 		{"swarm", "update", "--dispatcher-heartbeat", "-1s"},
-	} {
-		before := specGetSwarm(t, h.Socket).Version.Index
-		_, hErr, hCode := h.Docker(args...)
-		_, sErr, sCode := ref.Docker(args...)
-		if hCode == 0 || hCode != sCode || strings.TrimSpace(hErr) != strings.TrimSpace(sErr) {
-			t.Errorf("%v:\nhushd (%d): %s\nswarm (%d): %s", args, hCode, hErr, sCode, sErr)
+	}
+	side := func(cli *dockerCLI, sock string) string {
+		var b strings.Builder
+		for _, args := range refusals {
+			before := specGetSwarm(t, sock).Version.Index
+			_, e, code := cli.Docker(args...)
+			fmt.Fprintf(&b, "$ docker %s\nexit %d\n%s\n", strings.Join(args, " "), code, strings.TrimSpace(e))
+			if specGetSwarm(t, sock).Version.Index != before {
+				t.Errorf("%v: a refused update changed the cluster on %s", args, sock)
+			}
 		}
-		if specGetSwarm(t, h.Socket).Version.Index != before {
-			t.Errorf("%v: a refused update changed the cluster", args)
-		}
+		return b.String()
+	}
+	if *update {
+		requireSwarm(t)
+		writeGolden(t, golden, side(swarmCLI(t), swarmSocket()))
+	}
+	want, ok := readGolden(t, golden)
+	if !ok {
+		t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(golden))
+	}
+	if got := side(h.dockerCLI, h.Socket); got != want || strings.Contains(got, "exit 0") {
+		t.Errorf("refusals differ from Swarm's %s (- Swarm, + hushd):\n%s", goldenPath(golden), lineDiff(want, got))
 	}
 }
 
@@ -246,18 +286,32 @@ func TestSpecSwarmCA(t *testing.T) {
 		{"swarm", "ca", "--rotate", "-d", "--ca-cert", specWrite(t, dir, "soon.pem", soonCert), "--ca-key", specWrite(t, dir, "soon-key.pem", soonKey)},
 		{"swarm", "ca", "--rotate", "-d", "--ca-cert", certFile},
 	}
-	requireSwarm(t)
-	ref := swarmCLI(t)
-	refRoot := specGetSwarm(t, swarmSocket()).TLSInfo.TrustRoot
-	for _, args := range refusals {
-		_, hErr, hCode := h.Docker(args...)
-		_, sErr, sCode := ref.Docker(args...)
-		if hCode == 0 || hCode != sCode || strings.TrimSpace(hErr) != strings.TrimSpace(sErr) {
-			t.Errorf("%v:\nhushd (%d): %s\nswarm (%d): %s", args[3:], hCode, hErr, sCode, sErr)
+	// Swarm's answers are recorded (-update runs them on the reference):
+	// were one accepted, the shared Swarm's root CA and join tokens would
+	// change under every other user of the engine.
+	const caGolden = "swarmspec_ca_refusals"
+	side := func(cli *dockerCLI) string {
+		var b strings.Builder
+		for i, args := range refusals {
+			_, e, code := cli.Docker(args...)
+			fmt.Fprintf(&b, "refusal %d: exit %d\n%s\n", i, code, strings.TrimSpace(e))
+		}
+		return b.String()
+	}
+	if *update {
+		requireSwarm(t)
+		refRoot := specGetSwarm(t, swarmSocket()).TLSInfo.TrustRoot
+		writeGolden(t, caGolden, side(swarmCLI(t)))
+		if specGetSwarm(t, swarmSocket()).TLSInfo.TrustRoot != refRoot {
+			t.Fatal("a refused rotation changed the reference Swarm's CA")
 		}
 	}
-	if specGetSwarm(t, swarmSocket()).TLSInfo.TrustRoot != refRoot {
-		t.Fatal("a refused rotation changed the reference Swarm's CA")
+	want, ok := readGolden(t, caGolden)
+	if !ok {
+		t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(caGolden))
+	}
+	if got := side(h.dockerCLI); got != want || strings.Contains(got, "exit 0") {
+		t.Errorf("CA refusals differ from Swarm's %s (- Swarm, + hushd):\n%s", goldenPath(caGolden), lineDiff(want, got))
 	}
 	if specGetSwarm(t, h.Socket).TLSInfo.TrustRoot != root1 {
 		t.Fatal("a refused rotation changed hushd's CA")

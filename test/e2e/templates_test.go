@@ -74,6 +74,8 @@ func (s *tmplSide) run() string {
 	svc := s.name("svc")
 	s.cli.MustDocker(append([]string{"service", "create", "-d", "--name", svc, "--replicas", "2", "--stop-grace-period", "1s",
 		"--label", "tmpl.k=labv", "--label", "tmpl.z=zz", "--env", "TMPL_FOO=bar", "--env", "TMPL_EQ=a=b",
+		// Swarm also expands templates in Hostname, Env values and mounts.
+		"--hostname", "h{{.Task.Slot}}", "--env", "TMPL_SLOT=s{{.Task.Slot}}",
 		"--secret", "source=" + s.name("other") + ",target=other",
 		"--secret", "source=" + s.name("sec") + ",target=rendered",
 		"--config", "source=" + s.name("plain") + ",target=/plain.conf",
@@ -100,8 +102,9 @@ func (s *tmplSide) run() string {
 		sec := s.cli.MustDocker("exec", c, "cat", "/run/secrets/rendered")
 		cfg := s.cli.MustDocker("exec", c, "cat", "/rendered.conf")
 		perm := s.cli.MustDocker("exec", c, "stat", "-c", "%a %u %g %n", "/run/secrets/rendered", "/rendered.conf")
+		expanded := s.cli.MustDocker("exec", c, "sh", "-c", `echo "hostname=$(hostname) TMPL_SLOT=$TMPL_SLOT"`)
 		repl = append(repl, f[0], "<TASK-ID-"+slot+">")
-		tasks = append(tasks, task{slot: slot, out: fmt.Sprintf("== task %s\n-- /run/secrets/rendered\n%s\n-- /rendered.conf\n%s-- stat\n%s", slot, sec, cfg, perm)})
+		tasks = append(tasks, task{slot: slot, out: fmt.Sprintf("== task %s\n-- /run/secrets/rendered\n%s\n-- /rendered.conf\n%s-- stat\n%s-- expanded spec\n%s", slot, sec, cfg, perm, expanded)})
 	}
 	sort.Slice(tasks, func(i, j int) bool { return tasks[i].slot < tasks[j].slot })
 	var b strings.Builder

@@ -86,6 +86,13 @@ type manifest struct {
 // path, which it creates (mode 0700) if needed. An existing root must be a
 // directory owned by the current user; its mode is tightened to 0700.
 func NewManager(root string, log *slog.Logger) (*Manager, error) {
+	return newManager(root, log, noswapSupported)
+}
+
+// msgNoNoswap is said once, at start or at the first mount.
+const msgNoNoswap = "secretfs: the kernel does not support tmpfs noswap (Linux 6.4+): secret files may be written to swap if swap is enabled"
+
+func newManager(root string, log *slog.Logger, probe func() (bool, error)) (*Manager, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -112,7 +119,40 @@ func NewManager(root string, log *slog.Logger) (*Manager, error) {
 		}
 		log.Warn("secretfs: tightened root permissions to 0700", "root", root, "was", fmt.Sprintf("%#o", st.Mode&0o7777))
 	}
-	return &Manager{root: root, log: log, sem: make(chan struct{}, 1)}, nil
+	m := &Manager{root: root, log: log, sem: make(chan struct{}, 1)}
+	// Said at start rather than at the first task's mount, which may be
+	// long after; when the probe cannot tell (no privilege for fsopen),
+	// the first mount finds out and says it then.
+	if ok, err := probe(); err == nil && !ok {
+		m.noNoswap.Store(true)
+		log.Warn(msgNoNoswap)
+	} else if err != nil {
+		log.Debug("secretfs: could not ask the kernel about tmpfs noswap; the first mount will", "err", err)
+	}
+	return m, nil
+}
+
+// noswapSupported asks the kernel whether tmpfs takes noswap without
+// mounting anything: a filesystem context is opened, the option set, and
+// the context closed. A kernel without fsopen (before 5.2) predates
+// noswap too.
+func noswapSupported() (bool, error) {
+	fd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if errors.Is(err, unix.ENOSYS) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("fsopen tmpfs: %w", err)
+	}
+	defer unix.Close(fd)
+	switch err := unix.FsconfigSetFlag(fd, "noswap"); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.EINVAL):
+		return false, nil
+	default:
+		return false, fmt.Errorf("fsconfig noswap: %w", err)
+	}
 }
 
 // Root returns the directory the task mounts are under.
@@ -250,7 +290,7 @@ func (m *Manager) mountTmpfs(dir string, size int64, inodes int) error {
 			return fmt.Errorf("secretfs: mount tmpfs at %s: %w", dir, err)
 		}
 		m.noNoswap.Store(true)
-		m.log.Warn("secretfs: the kernel does not support tmpfs noswap; secrets may be written to swap if swap is enabled")
+		m.log.Warn(msgNoNoswap)
 		return nil
 	}
 	if err := unix.Mount("tmpfs", dir, "tmpfs", mountFlags, opts); err != nil {

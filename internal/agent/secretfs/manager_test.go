@@ -757,3 +757,52 @@ func TestConcurrentMounts(t *testing.T) {
 		t.Errorf("Tasks() = %v, %v; want [same1]", ids, err)
 	}
 }
+
+// A kernel without tmpfs noswap is reported once, when the manager starts,
+// not at the first task's mount; a kernel with it says nothing.
+func TestNoswapReportedAtStart(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		supported bool
+		probeErr  error
+		wantWarn  bool
+	}{
+		{name: "supported", supported: true},
+		{name: "unsupported", wantWarn: true},
+		{name: "probe cannot tell", probeErr: errors.New("fsopen: operation not permitted")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			log := slog.New(slog.NewTextHandler(logs, nil))
+			m, err := newManager(filepath.Join(t.TempDir(), "tasks"), log, func() (bool, error) { return tc.supported, tc.probeErr })
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := strings.Count(logs.String(), "does not support tmpfs noswap")
+			if tc.wantWarn && n != 1 || !tc.wantWarn && n != 0 {
+				t.Fatalf("%d warnings about noswap at start, want warn=%v:\n%s", n, tc.wantWarn, logs.String())
+			}
+			if m.noNoswap.Load() != tc.wantWarn {
+				t.Fatalf("noNoswap %v", m.noNoswap.Load())
+			}
+		})
+	}
+}
+
+// The probe agrees with what this kernel does (6.4 and later take noswap).
+func TestNoswapProbe(t *testing.T) {
+	requireMount(t)
+	ok, err := noswapSupported()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &major, &minor)
+	if want := major > 6 || major == 6 && minor >= 4; ok != want {
+		t.Fatalf("probe says noswap %v on kernel %d.%d", ok, major, minor)
+	}
+}

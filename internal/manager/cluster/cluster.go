@@ -82,11 +82,8 @@ func DefaultSpec() swarm.Spec {
 
 // Exists reports whether a cluster has been initialised in st.
 func Exists(ctx context.Context, st *store.Store) (bool, error) {
-	_, err := st.Table(table).Get(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		return false, nil
-	}
-	return err == nil, err
+	// Only the key's presence: this is asked before the cluster is unlocked.
+	return st.Table(table).Exists(ctx, key)
 }
 
 // Init creates the cluster object with spec and no init-time settings.
@@ -209,6 +206,7 @@ func (c *Cluster) UnlockKey(s Sealer) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("open unlock key: %w: %w", errdefs.ErrInternal, err)
 	}
+	defer keyring.Wipe(b) // the string is a copy; strings cannot be wiped
 	return string(b), nil
 }
 

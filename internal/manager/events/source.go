@@ -33,6 +33,7 @@ type Config struct {
 
 // Source derives events from the store's watch and serves them.
 type Source struct {
+	st       *store.Store
 	cli      *clientv3.Client
 	root     string
 	hostname func(string) string
@@ -64,7 +65,7 @@ func New(c Config) *Source {
 	// The key root is the part of a table key before the table's name.
 	root := strings.TrimSuffix(st.Table(objects.Secret.Table).Key(""), objects.Secret.Table+"/")
 	s := &Source{
-		cli: st.Client(), root: root, hostname: c.Hostname, log: c.Logger.With("component", "events"),
+		st: st, cli: st.Client(), root: root, hostname: c.Hostname, log: c.Logger.With("component", "events"),
 		now: c.Now, hub: newHub(c.History, c.Buffer), known: map[string]map[string]view{},
 		advanced: make(chan struct{}),
 	}
@@ -124,7 +125,7 @@ func (s *Source) load(ctx context.Context) (int64, error) {
 				continue
 			}
 			seen[id] = true
-			s.putLocked(table, id, kv.Value)
+			s.putLocked(table, id, string(kv.Key), kv.Value)
 		}
 		for id := range s.known[table] {
 			if !seen[id] {
@@ -169,7 +170,7 @@ func (s *Source) watch(ctx context.Context, rev int64) error {
 				}
 				s.deleteLocked(table, id)
 			} else {
-				s.putLocked(table, id, ev.Kv.Value)
+				s.putLocked(table, id, string(ev.Kv.Key), ev.Kv.Value)
 			}
 		}
 		s.advanceLocked(resp.Header.Revision)
@@ -191,8 +192,17 @@ func (s *Source) split(key string) (table, id string, ok bool) {
 	return table, id, true
 }
 
-func (s *Source) putLocked(table, id string, val []byte) {
+// putLocked records the stored (sealed) value of key. The opened bytes
+// live only for the decode: a view keeps names and attributes, never a
+// secret's or config's data.
+func (s *Source) putLocked(table, id, key string, sealed []byte) {
+	val, err := s.st.OpenValue(key, sealed)
+	if err != nil {
+		s.log.Error("events: unreadable object", "table", table, "id", id, "err", err)
+		return
+	}
 	cur, err := decode(table, id, val, s.hostname)
+	clear(val)
 	if err != nil {
 		// What cannot be read cannot be named; the next readable write of
 		// the object is compared with its last readable form.

@@ -510,21 +510,55 @@ func (m *Manager) Remove(ctx context.Context, ref string) error {
 // inUse builds Swarm's in-use message from the reference markers, whose
 // values are the referring services' names.
 func (m *Manager) inUse(ctx context.Context, r *record) error {
-	resp, err := m.st.Client().Get(ctx, store.RefPrefix(m.kind.Table, r.ID), clientv3.WithPrefix())
+	names, err := m.st.RefValues(ctx, m.kind.Table, r.ID, 0)
 	if err != nil {
-		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
-	}
-	names := make([]string, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		names = append(names, string(kv.Value))
+		return err
 	}
 	sort.Strings(names)
-	noun := "service"
-	if len(names) != 1 {
-		noun = "services"
-	}
-	return errdefs.InvalidArgument("%s '%s' is in use by the following %s: %s", m.kind.Name, r.Name, noun, strings.Join(names, ", "))
+	return inUseError(m.kind.Name, r.Name, names)
 }
+
+// inUseError is Swarm's in-use text. Markers of standalone containers
+// (ContainerRefValue) are listed as containers where Swarm says service.
+func inUseError(kind, name string, values []string) error {
+	var services, containers []string
+	for _, v := range values {
+		if c, ok := strings.CutPrefix(v, containerRefValuePrefix); ok {
+			containers = append(containers, c)
+		} else {
+			services = append(services, v)
+		}
+	}
+	var parts []string
+	for _, p := range []struct {
+		noun string
+		list []string
+	}{{"service", services}, {"container", containers}} {
+		if len(p.list) == 0 {
+			continue
+		}
+		sort.Strings(p.list)
+		noun := p.noun
+		if len(p.list) != 1 {
+			noun += "s"
+		}
+		parts = append(parts, "the following "+noun+": "+strings.Join(p.list, ", "))
+	}
+	return errdefs.InvalidArgument("%s '%s' is in use by %s", kind, name, strings.Join(parts, "; and by "))
+}
+
+// containerRefValuePrefix starts the value of the in-use markers that
+// standalone containers' grants write (internal/manager/standalone). No
+// service name starts with a NUL byte.
+const containerRefValuePrefix = "\x00container:"
+
+// ContainerRefOwner is the owner, in store.RefKey, of a standalone
+// container's grant.
+func ContainerRefOwner(grantID string) string { return "container/" + grantID }
+
+// ContainerRefValue is the value of a standalone container's in-use
+// marker: its name, marked as a container's.
+func ContainerRefValue(containerName string) string { return containerRefValuePrefix + containerName }
 
 func (m *Manager) open(r *record) ([]byte, error) {
 	return m.openVersion(r, r.DataVersion)

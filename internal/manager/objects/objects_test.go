@@ -315,7 +315,7 @@ func TestRemoveInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	put := func(owner, name string) {
-		if _, err := st.Client().Put(ctx, store.RefKey("secrets", id, owner), name); err != nil {
+		if err := st.Put(ctx, store.RefKey("secrets", id, owner), []byte(name)); err != nil {
 			t.Fatal(err)
 		}
 	}

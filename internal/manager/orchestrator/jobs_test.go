@@ -551,6 +551,9 @@ type testNode struct {
 	id     string
 	avail  swarm.NodeAvailability
 	labels map[string]string
+	// arch is the node's architecture as its engine reports it ("amd64"
+	// when empty).
+	arch string
 }
 
 // nodes makes the orchestrator see these nodes instead of its own one;
@@ -566,8 +569,12 @@ func (f *fixture) nodes(ns ...testNode) {
 	f.o.listNodes = func(context.Context) ([]*schedNode, error) {
 		var out []*schedNode
 		for _, n := range f.testNodes {
+			arch := n.arch
+			if arch == "" {
+				arch = "amd64"
+			}
 			out = append(out, &schedNode{
-				node:  constraint.Node{ID: n.id, Hostname: n.id, Role: "manager", OS: "linux", Arch: "amd64", Labels: n.labels},
+				node:  constraint.Node{ID: n.id, Hostname: n.id, Role: "manager", OS: "linux", Arch: arch, Labels: n.labels},
 				avail: n.avail, nanoCPUs: 4e9, memoryBytes: 8 << 30,
 			})
 		}

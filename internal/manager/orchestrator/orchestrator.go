@@ -264,6 +264,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		}
 	}
 	uc := updateConfig(svc)
+	ro := &rolloutPass{overRatio: failuresOverRatio(svc, uc, slots, want, hash)}
 	inflight, outdated := 0, []*slot{}
 	updating, specChanged, reloading := false, false, false
 	rotated := ""
@@ -304,7 +305,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 				if model.Terminal(cur.Status.State) {
 					// start-first and the new task died: the restart policy
 					// and the update's failure action apply to it.
-					errs = append(errs, o.restart(ctx, svc, s, cur))
+					errs = append(errs, o.restart(ctx, svc, s, cur, ro))
 					inflight++
 					continue
 				}
@@ -318,7 +319,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 				continue
 			}
 			if model.Terminal(cur.Status.State) {
-				errs = append(errs, o.restart(ctx, svc, s, cur))
+				errs = append(errs, o.restart(ctx, svc, s, cur, ro))
 				continue
 			}
 			why, stale := o.dataOutdated(svc, cur)
@@ -373,7 +374,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 	errs = append(errs, o.rollout(ctx, svc, uc, outdated, inflight))
 	// Like Swarm, an update is complete only once the last new task has run
 	// for the monitor period; clients (the docker CLI) wait for both.
-	if !updating && !reloading && inflight == 0 && o.rolledBack != svc.ID && o.now().Sub(lastStart(slots)) >= monitorOf(uc) {
+	if !updating && !reloading && inflight == 0 && !ro.statusSet && o.rolledBack != svc.ID && o.now().Sub(lastStart(slots)) >= monitorOf(uc) {
 		errs = append(errs, o.finishUpdate(ctx, svc))
 	}
 	for _, s := range slots {
@@ -402,10 +403,14 @@ func monitorOf(uc swarm.UpdateConfig) time.Duration {
 	return uc.Monitor
 }
 
+// updateConfig is the config of the rollout in progress: the rollback
+// config while rolling back, else the update config, each with Swarm's
+// defaults when the spec has none (a rollback does not borrow the update
+// config).
 func updateConfig(svc *model.Service) swarm.UpdateConfig {
 	uc := swarm.UpdateConfig{Parallelism: 1, Order: swarm.UpdateOrderStopFirst, FailureAction: swarm.UpdateFailureActionPause}
 	src := svc.Spec.UpdateConfig
-	if svc.UpdateStatus != nil && (svc.UpdateStatus.State == swarm.UpdateStateRollbackStarted) && svc.Spec.RollbackConfig != nil {
+	if rollingBack(svc) {
 		src = svc.Spec.RollbackConfig
 	}
 	if src != nil {
@@ -466,14 +471,76 @@ func (o *Orchestrator) finishUpdate(ctx context.Context, svc *model.Service) err
 	return nil
 }
 
+func rollingBack(svc *model.Service) bool {
+	return svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateRollbackStarted
+}
+
+// rollingOut reports whether an update or a rollback is in progress.
+func rollingOut(svc *model.Service) bool {
+	return svc.UpdateStatus != nil && (svc.UpdateStatus.State == swarm.UpdateStateUpdating || rollingBack(svc))
+}
+
+// failuresOverRatio reports whether the rollout in progress has more
+// failed slots than its MaxFailureRatio allows, counted as Swarm's updater
+// counts them: slots whose task made by this rollout (the current
+// template, created since it started) failed, over the slots it updates
+// (those, and those still running the old template). A slot counts once
+// however often its replacements fail.
+func failuresOverRatio(svc *model.Service, uc swarm.UpdateConfig, slots map[string]*slot, want map[string]int, hash string) bool {
+	if !rollingOut(svc) || svc.UpdateStatus.StartedAt == nil {
+		return false
+	}
+	started := *svc.UpdateStatus.StartedAt
+	failed, dirty := 0, 0
+	for k := range want {
+		s := slots[k]
+		if s == nil {
+			continue
+		}
+		isDirty, isFailed := false, false
+		for _, t := range s.tasks {
+			switch {
+			case t.TemplateHash != hash:
+				isDirty = isDirty || wanted(t) && !model.Terminal(t.Status.State)
+			case !t.CreatedAt.Before(started):
+				isDirty = true
+				isFailed = isFailed || failedState(t.Status.State)
+			}
+		}
+		if isDirty {
+			dirty++
+		}
+		if isFailed {
+			failed++
+		}
+	}
+	if dirty == 0 {
+		return failed > 0
+	}
+	return float64(failed)/float64(dirty) > float64(uc.MaxFailureRatio)
+}
+
+// rolloutPass is what one pass over a service knows of its rollout.
+type rolloutPass struct {
+	// overRatio: the rollout's failures exceed its MaxFailureRatio.
+	overRatio bool
+	// statusSet: the pass applied the failure action, which wrote the
+	// service; its copy in hand is stale.
+	statusSet bool
+}
+
 // restart applies the restart policy to a slot whose task ended by itself.
-func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot, dead *model.Task) error {
+// During a rollout, a failed task of the new template counts against the
+// rollout's MaxFailureRatio, and the failure action applies once the
+// failures exceed it.
+func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot, dead *model.Task, ro *rolloutPass) error {
 	rp := restartPolicyOf(svc)
 	failed := dead.Status.State != swarm.TaskStateComplete
-	if dead.TemplateHash == model.TemplateHash(&svc.Spec) && failed && svc.UpdateStatus != nil && svc.UpdateStatus.State == swarm.UpdateStateUpdating {
+	if dead.TemplateHash == model.TemplateHash(&svc.Spec) && failed && rollingOut(svc) && ro.overRatio && !ro.statusSet {
 		if err := o.updateFailed(ctx, svc, dead); err != nil {
 			return err
 		}
+		ro.statusSet = updateConfig(svc).FailureAction != swarm.UpdateFailureActionContinue
 	}
 	switch {
 	case rp.cond == swarm.RestartPolicyConditionNone:
@@ -550,28 +617,33 @@ func trimRestarts(times []time.Time) []time.Time {
 	return times
 }
 
-// updateFailed applies the update's failure action.
+// updateFailed applies the rollout's failure action. A rollback is never
+// rolled back: its action "rollback" pauses it, as in Swarm.
 func (o *Orchestrator) updateFailed(ctx context.Context, svc *model.Service, dead *model.Task) error {
 	uc := updateConfig(svc)
-	switch uc.FailureAction {
-	case swarm.UpdateFailureActionContinue:
+	now := o.now()
+	switch {
+	case uc.FailureAction == swarm.UpdateFailureActionContinue:
 		return nil
-	case swarm.UpdateFailureActionRollback:
-		if isRotation(svc.UpdateStatus) {
-			// The spec did not change: the way back is the previous
-			// versions (rotation.go); with none, the rollout pauses.
-			if ok, err := o.rollBackRotation(ctx, svc, dead); ok || err != nil {
-				return err
-			}
-			break
+	case rollingBack(svc):
+		o.log.Warn("rollback failed, pausing it", "service", svc.Spec.Name, "task", dead.ID)
+		return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
+			State: swarm.UpdateStateRollbackPaused, StartedAt: svc.UpdateStatus.StartedAt, CompletedAt: &now,
+			Message: fmt.Sprintf("rollback paused due to failure or early termination of task %s", dead.ID),
+		})
+	case uc.FailureAction == swarm.UpdateFailureActionRollback && isRotation(svc.UpdateStatus):
+		// The spec did not change: the way back is the previous versions
+		// (rotation.go); with none, the rollout pauses.
+		if ok, err := o.rollBackRotation(ctx, svc, dead); ok || err != nil {
+			return err
 		}
+	case uc.FailureAction == swarm.UpdateFailureActionRollback:
 		if svc.PreviousSpec == nil {
 			break
 		}
 		o.log.Warn("update failed, rolling back", "service", svc.Spec.Name, "task", dead.ID)
 		return o.svcs.Update(ctx, svc.ID, swarm.ServiceSpec{}, services.UpdateOptions{Version: svc.Version.Index, Rollback: true})
 	}
-	now := o.now()
 	return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
 		State: swarm.UpdateStatePaused, StartedAt: svc.UpdateStatus.StartedAt, CompletedAt: &now,
 		Message: fmt.Sprintf("update paused due to failure or early termination of task %s", dead.ID),
@@ -584,6 +656,11 @@ func (o *Orchestrator) prune(ctx context.Context, svc *model.Service, s *slot) e
 	limit := o.historyLimit()
 	if limit < 0 {
 		return nil
+	}
+	if limit < 1 && services.IsJob(&svc.Spec) {
+		// A job slot's newest task is its record: completed (never run
+		// again) or given up (never retried). Swarm never prunes job tasks.
+		limit = 1
 	}
 	var errs []error
 	for i := 0; len(s.tasks)-i > limit && i < len(s.tasks); i++ {

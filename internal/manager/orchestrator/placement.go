@@ -41,6 +41,7 @@ const (
 	filterReady = iota
 	filterResources
 	filterConstraints
+	filterPlatform
 	filterMaxReplicas
 	numFilters
 )
@@ -60,6 +61,8 @@ func explain(f, nodes int) string {
 		return plural("insufficient resources on 1 node", "insufficient resources on %d nodes")
 	case filterConstraints:
 		return plural("scheduling constraints not satisfied on 1 node", "scheduling constraints not satisfied on %d nodes")
+	case filterPlatform:
+		return plural("unsupported platform on 1 node", "unsupported platform on %d nodes")
 	default:
 		return "max replicas per node limit exceed"
 	}
@@ -170,10 +173,42 @@ func (o *Orchestrator) check(svc *model.Service, n *schedNode) int {
 	if p := o.placementOf(svc); p.bad || !constraint.Match(p.constraints, n.node) {
 		return filterConstraints
 	}
+	if pl := svc.Spec.TaskTemplate.Placement; pl != nil && !platformOK(pl.Platforms, n.node) {
+		return filterPlatform
+	}
 	if pl := svc.Spec.TaskTemplate.Placement; pl != nil && pl.MaxReplicas > 0 && uint64(n.byService[svc.ID]) >= pl.MaxReplicas {
 		return filterMaxReplicas
 	}
 	return -1
+}
+
+// platformOK reports whether a node's platform is one of those a task
+// supports (Placement.Platforms, which the docker CLI fills from the
+// image's manifest list): any when none are given, and an empty
+// architecture or OS matches any, as in Swarm's platform filter.
+func platformOK(platforms []swarm.Platform, n constraint.Node) bool {
+	if len(platforms) == 0 {
+		return true
+	}
+	arch := normalArch(n.Arch)
+	for _, p := range platforms {
+		if (p.Architecture == "" || normalArch(p.Architecture) == arch) && (p.OS == "" || p.OS == n.OS) {
+			return true
+		}
+	}
+	return false
+}
+
+// normalArch names an architecture as Go does: engines report uname's
+// x86_64 and aarch64, image indexes amd64 and arm64.
+func normalArch(a string) string {
+	switch a {
+	case "x86_64":
+		return "amd64"
+	case "aarch64":
+		return "arm64"
+	}
+	return a
 }
 
 // eligible reports whether svc may run on n at all (a global service's
@@ -212,7 +247,7 @@ func (o *Orchestrator) explainAll(svc *model.Service, ns []*schedNode) string {
 			counts[f]++
 		}
 	}
-	order := []int{filterReady, filterResources, filterConstraints, filterMaxReplicas}
+	order := []int{filterReady, filterResources, filterConstraints, filterPlatform, filterMaxReplicas}
 	sort.SliceStable(order, func(i, j int) bool { return counts[order[i]] > counts[order[j]] })
 	var parts []string
 	for _, f := range order {

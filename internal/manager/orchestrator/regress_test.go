@@ -62,6 +62,9 @@ func TestStartFirstFailureAppliesFailureAction(t *testing.T) {
 	if len(old) != 1 || old[0].Status.State != swarm.TaskStateRunning {
 		t.Fatalf("before the update: want one running task, have %d", len(old))
 	}
+	// The fake clock must not lag the services manager's real one, which
+	// stamps the update's start: the rollout's tasks are those made since.
+	f.now = f.now.Add(time.Second)
 	svc := f.mustGet(id)
 	next := svc.Spec
 	cs := *next.TaskTemplate.ContainerSpec

@@ -52,12 +52,41 @@ func checkHonoured(s *swarm.ServiceSpec) error {
 		name string
 		c    *swarm.UpdateConfig
 	}{{"UpdateConfig", s.UpdateConfig}, {"RollbackConfig", s.RollbackConfig}} {
-		if uc.c != nil && uc.c.MaxFailureRatio != 0 {
-			return errdefs.InvalidArgument("%s.MaxFailureRatio: not supported by hush yet (the failure action applies at the first failed task)", uc.name)
+		if err := checkUpdateConfig(uc.name, uc.c); err != nil {
+			return err
 		}
 	}
 	if cs := tt.ContainerSpec; cs != nil {
 		return checkContainerSpec(cs)
+	}
+	return nil
+}
+
+// checkUpdateConfig applies dockerd's and Swarm's checks of an update or
+// rollback config, with their texts after the field's name: an unknown
+// action or order would otherwise run as the default.
+func checkUpdateConfig(name string, uc *swarm.UpdateConfig) error {
+	if uc == nil {
+		return nil
+	}
+	switch uc.FailureAction {
+	case "", swarm.UpdateFailureActionPause, swarm.UpdateFailureActionContinue, swarm.UpdateFailureActionRollback:
+	default:
+		return errdefs.InvalidArgument("%s.FailureAction: unrecognized update failure action %s", name, uc.FailureAction)
+	}
+	switch uc.Order {
+	case "", swarm.UpdateOrderStopFirst, swarm.UpdateOrderStartFirst:
+	default:
+		return errdefs.InvalidArgument("%s.Order: unrecognized update order %s", name, uc.Order)
+	}
+	if uc.Delay < 0 {
+		return errdefs.InvalidArgument("%s.Delay: TaskSpec: update-delay cannot be negative", name)
+	}
+	if uc.Monitor < 0 {
+		return errdefs.InvalidArgument("%s.Monitor: TaskSpec: update-monitor cannot be negative", name)
+	}
+	if uc.MaxFailureRatio < 0 || uc.MaxFailureRatio > 1 {
+		return errdefs.InvalidArgument("%s.MaxFailureRatio: TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1", name)
 	}
 	return nil
 }

@@ -65,14 +65,26 @@ func TestCheckHonouredRefuses(t *testing.T) {
 		{"network driver opts", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
 			s.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: "n", DriverOpts: map[string]string{"k": "v"}}}
 		}), "TaskTemplate.Networks[0].DriverOpts: network driver options are not supported by hush (its networks are engine bridge networks)"},
-		{"max failure ratio", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
-			s.UpdateConfig = &swarm.UpdateConfig{MaxFailureRatio: 0.5}
+		{"max failure ratio above 1", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.UpdateConfig = &swarm.UpdateConfig{MaxFailureRatio: 1.5}
 		}),
-			"UpdateConfig.MaxFailureRatio: not supported by hush yet (the failure action applies at the first failed task)"},
-		{"rollback max failure ratio", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
-			s.RollbackConfig = &swarm.UpdateConfig{MaxFailureRatio: 1}
+			"UpdateConfig.MaxFailureRatio: TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1"},
+		{"rollback max failure ratio negative", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.RollbackConfig = &swarm.UpdateConfig{MaxFailureRatio: -0.1}
 		}),
-			"RollbackConfig.MaxFailureRatio: not supported by hush yet (the failure action applies at the first failed task)"},
+			"RollbackConfig.MaxFailureRatio: TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1"},
+		{"failure action", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.UpdateConfig = &swarm.UpdateConfig{FailureAction: "explode"}
+		}), "UpdateConfig.FailureAction: unrecognized update failure action explode"},
+		{"update order", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.RollbackConfig = &swarm.UpdateConfig{Order: "sideways"}
+		}), "RollbackConfig.Order: unrecognized update order sideways"},
+		{"negative delay", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.UpdateConfig = &swarm.UpdateConfig{Delay: -time.Second}
+		}), "UpdateConfig.Delay: TaskSpec: update-delay cannot be negative"},
+		{"negative monitor", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
+			s.UpdateConfig = &swarm.UpdateConfig{Monitor: -time.Second}
+		}), "UpdateConfig.Monitor: TaskSpec: update-monitor cannot be negative"},
 		{"restart condition", edit(func(s *swarm.ServiceSpec, _ *swarm.ContainerSpec) {
 			s.TaskTemplate.RestartPolicy = &swarm.RestartPolicy{Condition: "sometimes"}
 		}), `TaskTemplate.RestartPolicy.Condition: invalid RestartCondition: "sometimes"`},
@@ -199,7 +211,9 @@ func TestCheckHonouredAccepts(t *testing.T) {
 		s.TaskTemplate.LogDriver = &swarm.Driver{Name: "json-file", Options: map[string]string{"max-size": "1m"}}
 		s.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: "n", Aliases: []string{"a"}}}
 		s.TaskTemplate.Runtime = swarm.RuntimeContainer
-		s.UpdateConfig = &swarm.UpdateConfig{Parallelism: 1, FailureAction: swarm.UpdateFailureActionPause}
+		s.UpdateConfig = &swarm.UpdateConfig{Parallelism: 1, FailureAction: swarm.UpdateFailureActionPause, MaxFailureRatio: 0.25,
+			Delay: time.Second, Monitor: 5 * time.Second, Order: swarm.UpdateOrderStartFirst}
+		s.RollbackConfig = &swarm.UpdateConfig{Parallelism: 1, FailureAction: swarm.UpdateFailureActionContinue, MaxFailureRatio: 1, Order: swarm.UpdateOrderStopFirst}
 		s.EndpointSpec = &swarm.EndpointSpec{Mode: swarm.ResolutionModeVIP}
 	})
 	if err := validateSpec(&full); err != nil {

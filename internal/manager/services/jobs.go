@@ -75,29 +75,21 @@ func nextJobStatus(cur *swarm.JobStatus, now time.Time) *swarm.JobStatus {
 	return next
 }
 
-// checkPlacement checks the scheduling fields the orchestrator acts on
-// besides constraints: spread preferences and resource reservations.
-// Swarm ignores a preference it cannot spread over; hush refuses it by
-// name instead of accepting and ignoring it.
+// checkPlacement checks the spread preferences, which the orchestrator
+// acts on besides constraints (resource reservations are checked with the
+// limits, in checkResources). Swarm ignores a preference it cannot spread
+// over; hush refuses it by name instead of accepting and ignoring it.
 func checkPlacement(tt *swarm.TaskSpec) error {
-	if p := tt.Placement; p != nil {
-		for _, pref := range p.Preferences {
-			if pref.Spread == nil {
-				return errdefs.InvalidArgument("Placement.Preferences: only spread preferences are supported")
-			}
-			if !SpreadLabel(pref.Spread.SpreadDescriptor) {
-				return errdefs.InvalidArgument("Placement.Preferences: cannot spread over %q: hush spreads only over node.labels.* and engine.labels.*", pref.Spread.SpreadDescriptor)
-			}
-		}
+	p := tt.Placement
+	if p == nil {
+		return nil
 	}
-	if r := tt.Resources; r != nil && r.Reservations != nil {
-		// Swarm's own bounds, with its texts.
-		res := r.Reservations
-		if res.NanoCPUs != 0 && res.NanoCPUs < 1e6 {
-			return errdefs.InvalidArgument("invalid cpu value %g: Must be at least %g", float64(res.NanoCPUs)/1e9, 1e6/1e9)
+	for _, pref := range p.Preferences {
+		if pref.Spread == nil {
+			return errdefs.InvalidArgument("Placement.Preferences: only spread preferences are supported")
 		}
-		if res.MemoryBytes != 0 && res.MemoryBytes < 4*1024*1024 {
-			return errdefs.InvalidArgument("invalid memory value %d: Must be at least 4MiB", res.MemoryBytes)
+		if !SpreadLabel(pref.Spread.SpreadDescriptor) {
+			return errdefs.InvalidArgument("Placement.Preferences: cannot spread over %q: hush spreads only over node.labels.* and engine.labels.*", pref.Spread.SpreadDescriptor)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package services
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -126,4 +127,44 @@ func (m *Manager) RegistryAuth(ctx context.Context, id string) ([]byte, error) {
 		return nil, fmt.Errorf("open registry credentials of service %s: %w: %w", id, errdefs.ErrInternal, err)
 	}
 	return b, nil
+}
+
+// RewrapAuth re-wraps the registry credentials sealed inside one stored
+// service record (a store.InnerFunc, for master-key rotation). The record
+// is edited as raw JSON, so fields this function does not know survive.
+func RewrapAuth(id string, plain []byte, rewrap func(keyring.Sealed, []byte) (keyring.Sealed, error)) ([]byte, int, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(plain, &raw); err != nil {
+		return nil, 0, fmt.Errorf("decode service %s: %w: %w", id, errdefs.ErrInternal, err)
+	}
+	n := 0
+	for _, field := range []string{"pullAuth", "previousPullAuth"} {
+		b, ok := raw[field]
+		if !ok || string(b) == "null" {
+			continue
+		}
+		var s keyring.Sealed
+		if err := json.Unmarshal(b, &s); err != nil {
+			return nil, 0, fmt.Errorf("decode service %s %s: %w: %w", id, field, errdefs.ErrInternal, err)
+		}
+		ns, err := rewrap(s, authAAD(id))
+		if err != nil {
+			return nil, 0, fmt.Errorf("re-wrap service %s %s: %w", id, field, err)
+		}
+		if ns.KeyID == s.KeyID {
+			continue
+		}
+		if raw[field], err = json.Marshal(ns); err != nil {
+			return nil, 0, err
+		}
+		n++
+	}
+	if n == 0 {
+		return nil, 0, nil
+	}
+	out, err := json.Marshal(raw)
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, n, nil
 }

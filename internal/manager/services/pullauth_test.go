@@ -218,3 +218,64 @@ func FuzzCheckRegistryAuth(f *testing.F) {
 		}
 	})
 }
+
+// A master-key rotation re-wraps both sealed credentials of a service
+// record, keeps every other field, and the results open under the new key
+// only with the service's own binding.
+func TestRewrapAuth(t *testing.T) {
+	old, err := keyring.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.New(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := kr.Seal([]byte(`{"username":"u","password":"p1"}`), authAAD("svc1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev, err := kr.Seal([]byte(`{"username":"u","password":"p0"}`), authAAD("svc1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := json.Marshal(map[string]any{"ID": "svc1", "unknownField": 7, "pullAuth": cur, "previousPullAuth": prev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := keyring.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr.Rotate(next)
+	out, n, err := RewrapAuth("svc1", rec, kr.Rewrap)
+	if err != nil || n != 2 {
+		t.Fatalf("RewrapAuth: n=%d err=%v, want 2 re-wrapped", n, err)
+	}
+	var got struct {
+		Unknown  int             `json:"unknownField"`
+		PullAuth *keyring.Sealed `json:"pullAuth"`
+		Prev     *keyring.Sealed `json:"previousPullAuth"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Unknown != 7 || got.PullAuth == nil || got.Prev == nil {
+		t.Fatalf("record after re-wrap lost fields: %s", out)
+	}
+	for name, s := range map[string]*keyring.Sealed{"pullAuth": got.PullAuth, "previousPullAuth": got.Prev} {
+		if s.KeyID != next.ID {
+			t.Errorf("%s sealed under %q, want the new key %q", name, s.KeyID, next.ID)
+		}
+		if _, err := kr.Open(*s, authAAD("svc1")); err != nil {
+			t.Errorf("%s does not open after re-wrap: %v", name, err)
+		}
+		if _, err := kr.Open(*s, authAAD("svc2")); err == nil {
+			t.Errorf("%s opens under another service's binding", name)
+		}
+	}
+	// A second pass finds nothing left under an old key.
+	if _, n, err := RewrapAuth("svc1", out, kr.Rewrap); err != nil || n != 0 {
+		t.Fatalf("second RewrapAuth: n=%d err=%v, want 0", n, err)
+	}
+}

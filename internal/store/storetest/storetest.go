@@ -5,17 +5,41 @@ import (
 	"context"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
 )
 
-// New starts an embedded single-member etcd in a temp dir and closes it when
-// the test ends.
+// New starts an embedded single-member etcd in a temp dir, sealing under a
+// fresh master key, and closes it when the test ends.
 func New(t testing.TB) *store.Store {
 	t.Helper()
+	return NewIn(t, t.TempDir(), NewKeys(t))
+}
+
+// NewKeys returns a holder loaded with a fresh master key.
+func NewKeys(t testing.TB) *keyring.Holder {
+	t.Helper()
+	mk, err := keyring.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h keyring.Holder
+	h.Set(kr)
+	return &h
+}
+
+// NewIn starts the store in dir, sealing with keys.
+func NewIn(t testing.TB, dir string, keys store.Keys) *store.Store {
+	t.Helper()
 	s, err := store.OpenEmbedded(context.Background(), store.EmbeddedConfig{
-		Dir:          t.TempDir(),
+		Dir:          dir,
 		Name:         "test",
 		EtcdLogLevel: "error",
+		Keys:         keys,
 	})
 	if err != nil {
 		t.Fatalf("open embedded store: %v", err)

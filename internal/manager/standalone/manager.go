@@ -1,0 +1,491 @@
+package standalone
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/agent/secretfs"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/store"
+)
+
+// FS is what grants need of secretfs: one tmpfs per grant, named by the
+// grant's ID (see SecretFS).
+type FS interface {
+	Mount(ctx context.Context, id string, files []secretfs.File) ([]secretfs.Binding, error)
+	// Mounted reports whether id's tmpfs exists and is complete.
+	Mounted(id string) bool
+	Unmount(id string) error
+	// IDs lists the IDs that have a directory under Root.
+	IDs() ([]string, error)
+	Root() string
+}
+
+// SecretFS adapts a secretfs.Manager to FS.
+type SecretFS struct{ *secretfs.Manager }
+
+// Mount mounts id's tmpfs and returns its bind mounts.
+func (s SecretFS) Mount(ctx context.Context, id string, files []secretfs.File) ([]secretfs.Binding, error) {
+	mt, err := s.Manager.Mount(ctx, id, files)
+	if err != nil {
+		return nil, err
+	}
+	return mt.Bindings(), nil
+}
+
+// Mounted reports whether id's tmpfs is complete.
+func (s SecretFS) Mounted(id string) bool {
+	_, ok := s.Lookup(id)
+	return ok
+}
+
+// IDs lists the mount directories.
+func (s SecretFS) IDs() ([]string, error) { return s.Tasks() }
+
+// Objects resolves and opens one kind of object (objects.Manager).
+type Objects interface {
+	Get(ctx context.Context, ref string) (objects.Object, error)
+	Content(ctx context.Context, id string) ([]byte, string, error)
+}
+
+// Config wires a Manager.
+type Config struct {
+	Store   *store.Store
+	Secrets Objects
+	Configs Objects
+	FS      FS
+	// Names finds the name the engine gave a container created without
+	// one (nil: the grant keeps its ID as the name); an ErrNotFound from
+	// it tells Commit the container is already gone.
+	Names  func(ctx context.Context, containerID string) (string, error)
+	Logger *slog.Logger
+}
+
+// Manager keeps the grants of standalone containers and their tmpfs.
+type Manager struct {
+	grants  grants
+	secrets Objects
+	configs Objects
+	fs      FS
+	names   func(ctx context.Context, containerID string) (string, error)
+	log     *slog.Logger
+	now     func() time.Time
+	// mu serialises grant changes with reconciliation, so a reconcile
+	// never removes a grant whose container is being created.
+	mu      sync.Mutex
+	pending map[string]bool
+	// epoch counts container listings (BeginList); committed holds the
+	// epoch at which each grant was committed, so a reconcile ignores
+	// grants committed after its listing began (their container may be
+	// missing from the list).
+	epoch     uint64
+	committed map[string]uint64
+}
+
+// New returns a Manager.
+func New(c Config) *Manager {
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{
+		grants: grants{st: c.Store, tbl: c.Store.Table(Table)}, secrets: c.Secrets, configs: c.Configs,
+		fs: c.FS, names: c.Names, log: log, now: func() time.Time { return time.Now().UTC() }, pending: map[string]bool{}, committed: map[string]uint64{},
+	}
+}
+
+// Binding is one read-only bind mount to add to the container.
+type Binding = secretfs.Binding
+
+// Prepared is a grant made for a container the engine has yet to create.
+type Prepared struct {
+	GrantID  string
+	Bindings []Binding
+}
+
+// Prepare checks req's references, records a grant for the container to be
+// named name ("" if the engine is to choose) and mounts its tmpfs. On
+// error nothing is left behind.
+func (m *Manager) Prepare(ctx context.Context, req Request, name string) (_ *Prepared, err error) {
+	g := &Grant{Name: name, Since: m.now()}
+	if g.ID, err = identity.NewID(); err != nil {
+		return nil, fmt.Errorf("grant id: %w: %w", errdefs.ErrInternal, err)
+	}
+	if g.Name == "" {
+		g.Name = g.ID
+	}
+	if g.Secrets, err = m.resolve(ctx, m.secrets, "secret", req.Secrets); err != nil {
+		return nil, err
+	}
+	if g.Configs, err = m.resolve(ctx, m.configs, "config", req.Configs); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.pending[g.ID] = true
+	m.mu.Unlock()
+	defer func() {
+		if err != nil {
+			m.mu.Lock()
+			delete(m.pending, g.ID)
+			m.mu.Unlock()
+		}
+	}()
+	if err := m.grants.create(ctx, g); err != nil {
+		return nil, err
+	}
+	binds, err := m.mount(ctx, g)
+	if err != nil {
+		if rerr := m.grants.remove(context.WithoutCancel(ctx), g); rerr != nil {
+			m.log.Warn("standalone: removing the grant of a failed mount", "grant", g.ID, "err", rerr)
+		}
+		return nil, err
+	}
+	return &Prepared{GrantID: g.ID, Bindings: binds}, nil
+}
+
+func (m *Manager) resolve(ctx context.Context, objs Objects, noun string, refs []Ref) ([]Item, error) {
+	items := make([]Item, 0, len(refs))
+	for _, r := range refs {
+		o, err := objs.Get(ctx, r.Name)
+		if err != nil || (o.Name != r.Name && o.ID != r.Name) {
+			if err == nil || errors.Is(err, errdefs.ErrNotFound) {
+				// 400, not 404: the docker CLI reads a 404 from create as a
+				// missing image and pulls.
+				return nil, errdefs.InvalidArgument("%s not found: %s", noun, r.Name)
+			}
+			return nil, err
+		}
+		if o.Templating != nil {
+			return nil, errdefs.InvalidArgument("%s %s is templated: templates are rendered for service tasks only, not for containers", noun, r.Name)
+		}
+		items = append(items, Item{ID: o.ID, Name: o.Name, Target: r.Target, UID: r.UID, GID: r.GID, Mode: r.Mode, Version: 1})
+	}
+	return items, nil
+}
+
+// mount materialises g's files, or returns its existing complete mount.
+func (m *Manager) mount(ctx context.Context, g *Grant) ([]secretfs.Binding, error) {
+	files := make([]secretfs.File, 0, len(g.Secrets)+len(g.Configs))
+	defer func() {
+		for _, f := range files {
+			keyring.Wipe(f.Data)
+		}
+	}()
+	for _, set := range []struct {
+		objs  Objects
+		items []Item
+	}{{m.secrets, g.Secrets}, {m.configs, g.Configs}} {
+		for _, it := range set.items {
+			data, _, err := set.objs.Content(ctx, it.ID)
+			if err != nil {
+				return nil, err
+			}
+			files = append(files, secretfs.File{Target: it.Target, UID: it.UID, GID: it.GID, Mode: it.Mode, Data: data})
+		}
+	}
+	binds, err := m.fs.Mount(ctx, g.ID, files)
+	if err != nil {
+		return nil, fmt.Errorf("container secrets tmpfs: %w: %w", errdefs.ErrInternal, err)
+	}
+	return binds, nil
+}
+
+// Commit records the container the engine created for a prepared grant.
+func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string) error {
+	defer func() {
+		m.mu.Lock()
+		delete(m.pending, grantID)
+		m.committed[grantID] = m.epoch
+		m.mu.Unlock()
+	}()
+	g, err := m.get(ctx, grantID)
+	if err != nil {
+		return err
+	}
+	g.ContainerID = containerID
+	if name != "" {
+		g.Name = strings.TrimPrefix(name, "/")
+	}
+	if err := m.grants.update(ctx, g); err != nil {
+		return err
+	}
+	if m.names == nil || containerID == "" {
+		return nil
+	}
+	// Asked after the grant names the container: a removal before this
+	// (its destroy event found no grant to release) shows here, one after
+	// finds the grant.
+	n, err := m.names(ctx, containerID)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		return m.release(ctx, g)
+	case err == nil && name == "" && n != "" && n != g.Name:
+		g.Name = n
+		return m.grants.update(ctx, g)
+	}
+	return nil
+}
+
+// Abort undoes a prepared grant whose container the engine did not create.
+func (m *Manager) Abort(ctx context.Context, grantID string) {
+	defer func() {
+		m.mu.Lock()
+		delete(m.pending, grantID)
+		m.mu.Unlock()
+	}()
+	g, err := m.get(ctx, grantID)
+	if err == nil {
+		err = m.release(ctx, g)
+	}
+	if err != nil {
+		m.log.Warn("standalone: undoing a grant", "grant", grantID, "err", err)
+	}
+}
+
+func (m *Manager) get(ctx context.Context, id string) (*Grant, error) {
+	o, err := m.grants.tbl.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	g := new(Grant)
+	if err := json.Unmarshal(o.Value, g); err != nil {
+		return nil, fmt.Errorf("decode grant %s: %w: %w", id, errdefs.ErrInternal, err)
+	}
+	g.rev = o.ModRev
+	return g, nil
+}
+
+// release unmounts g's tmpfs, then drops the grant and its markers.
+func (m *Manager) release(ctx context.Context, g *Grant) error {
+	if err := m.fs.Unmount(g.ID); err != nil {
+		return err
+	}
+	if err := m.grants.remove(ctx, g); err != nil {
+		return err
+	}
+	m.log.Info("standalone: container's secrets released", "container", g.ContainerID, "name", g.Name)
+	return nil
+}
+
+// Released handles the engine's destroy event of a container.
+func (m *Manager) Released(ctx context.Context, containerID string) error {
+	all, err := m.grants.list(ctx)
+	if err != nil {
+		return err
+	}
+	for _, g := range all {
+		if g.ContainerID == containerID {
+			if err := m.release(ctx, g); err != nil {
+				return err
+			}
+			// Gone, so no reconcile needs to know it was recent: without
+			// this, committed grows with every create until one runs.
+			m.mu.Lock()
+			delete(m.committed, g.ID)
+			m.mu.Unlock()
+			return nil
+		}
+	}
+	return nil
+}
+
+// Renamed records a container's new name, which `secret rm` quotes.
+func (m *Manager) Renamed(ctx context.Context, containerID, name string) error {
+	if name == "" {
+		return nil
+	}
+	all, err := m.grants.list(ctx)
+	if err != nil {
+		return err
+	}
+	for _, g := range all {
+		if g.ContainerID == containerID && g.Name != name {
+			g.Name = name
+			return m.grants.update(ctx, g)
+		}
+	}
+	return nil
+}
+
+// Container is an engine container that carries hush's labels.
+type Container struct {
+	ID   string
+	Name string
+	// Sources are the host paths of its bind mounts.
+	Sources []string
+}
+
+// grantsOf returns the grant IDs a container's bind mounts point into.
+// Only hush's own bind names one for a container hush created, but a
+// client may add binds of its own into the root (anyone on the socket may
+// read there, the access-control gap): so this tells only which grant a
+// container created while hushd was down may be the one of.
+func (m *Manager) grantsOf(c Container) []string {
+	root := filepath.Clean(m.fs.Root()) + "/"
+	var ids []string
+	for _, s := range c.Sources {
+		if rest, ok := strings.CutPrefix(filepath.Clean(s), root); ok {
+			if id, _, _ := strings.Cut(rest, "/"); identity.Valid(id) && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+// BeginList is called before the engine's containers are listed for
+// Reconcile, and its result passed to it.
+func (m *Manager) BeginList() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.epoch++
+	return m.epoch
+}
+
+// Reconcile brings grants and mounts in line with the engine's containers
+// (those carrying hush's labels): a grant whose container is gone is
+// released, a live container's missing tmpfs is made again (after a
+// reboot), and mounts without a grant are removed. Grants being prepared
+// are left alone, and so are those committed since listed (BeginList)
+// began.
+func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, e := range m.committed {
+		if e < listed {
+			delete(m.committed, id)
+		}
+	}
+	all, err := m.grants.list(ctx)
+	if err != nil {
+		return err
+	}
+	// A committed grant is its container's by ID: a container whose binds
+	// also reach into another's grant directory must not take that grant
+	// over (its removal would then tear down the other's tmpfs). Only a
+	// grant hushd could not commit (it died before the engine answered)
+	// is matched by the bind sources, to a container no grant holds.
+	byID := map[string]Container{}
+	for _, c := range containers {
+		byID[c.ID] = c
+	}
+	claimed := map[string]bool{} // container IDs that hold a grant
+	for _, g := range all {
+		if _, ok := byID[g.ContainerID]; ok {
+			claimed[g.ContainerID] = true
+		}
+	}
+	live := map[string]Container{} // grant ID -> container
+	uncommitted := map[string]bool{}
+	for _, g := range all {
+		if g.ContainerID == "" {
+			uncommitted[g.ID] = true
+		} else if c, ok := byID[g.ContainerID]; ok {
+			live[g.ID] = c
+		}
+	}
+	for _, c := range containers {
+		if claimed[c.ID] {
+			continue
+		}
+		for _, id := range m.grantsOf(c) {
+			if _, taken := live[id]; uncommitted[id] && !taken {
+				live[id] = c
+				claimed[c.ID] = true
+				break
+			}
+		}
+	}
+	var errs []error
+	have := map[string]bool{}
+	for _, g := range all {
+		have[g.ID] = true
+		if _, recent := m.committed[g.ID]; recent || m.pending[g.ID] {
+			continue
+		}
+		c, ok := live[g.ID]
+		if !ok {
+			if err := m.release(ctx, g); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if g.ContainerID == "" || (c.Name != "" && g.Name != c.Name) {
+			// Created while hushd went down before Commit.
+			g.ContainerID = c.ID
+			if c.Name != "" {
+				g.Name = c.Name
+			}
+			if err := m.grants.update(ctx, g); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if !m.fs.Mounted(g.ID) {
+			if _, err := m.mount(ctx, g); err != nil {
+				errs = append(errs, fmt.Errorf("re-provision container %s: %w", c.ID, err))
+				continue
+			}
+			m.log.Info("standalone: re-provisioned a container's secrets", "container", c.ID, "name", g.Name)
+		}
+	}
+	ids, err := m.fs.IDs()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, id := range ids {
+		if !have[id] && !m.pending[id] {
+			if err := m.fs.Unmount(id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Holder is one container or task that holds an object.
+type Holder struct {
+	Kind    string // "container" or "task"
+	ID      string
+	Name    string
+	Service string // the task's service; "" for a container
+	// Version is the object's data version delivered.
+	Version int
+	Since   time.Time
+}
+
+// Holders lists the containers holding the secret (table "secrets") or
+// config with the exact id.
+func (m *Manager) Holders(ctx context.Context, table, id string) ([]Holder, error) {
+	all, err := m.grants.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []Holder{}
+	for _, g := range all {
+		if g.ContainerID == "" {
+			continue
+		}
+		items := g.Secrets
+		if table == objects.Config.Table {
+			items = g.Configs
+		}
+		for _, it := range items {
+			if it.ID == id {
+				out = append(out, Holder{Kind: "container", ID: g.ContainerID, Name: g.Name, Version: it.Version, Since: g.Since})
+				break
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,248 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Keys gives the store the keyring it seals with: nil while the cluster is
+// locked (or has none), when every read and write fails with ErrLocked.
+// keyring.Holder is one.
+type Keys interface {
+	Keyring() *keyring.Keyring
+}
+
+// ErrLocked means the store has no keyring to seal or open values with.
+var ErrLocked = fmt.Errorf("store: the cluster is locked: %w", errdefs.ErrUnavailable)
+
+// ErrNotSealed means a stored value is not in sealed form: a record of an
+// earlier hush that Migrate has not reached, or one written around the
+// store. It is never opened as it is: unsealed bytes are unauthenticated.
+var ErrNotSealed = fmt.Errorf("store: value is not sealed: %w", errdefs.ErrInternal)
+
+// Every value is stored as sealMagic followed by the keyring's binary form
+// of the sealed value. No value an earlier hush wrote begins with 0xff (they
+// are JSON documents, IDs and names), which is what tells the two apart
+// during a migration.
+const sealMagic = "\xffhs"
+
+// aadLabel scopes the store's associated data: each value is bound to its
+// full key, so a sealed value copied to another key (another object, table
+// or index entry) fails to open.
+const aadLabel = "hush/store/v1\x00"
+
+func valueAAD(key string) []byte {
+	b := make([]byte, 0, len(aadLabel)+len(key))
+	return append(append(b, aadLabel...), key...)
+}
+
+func isSealed(v []byte) bool { return bytes.HasPrefix(v, []byte(sealMagic)) }
+
+func (s *Store) keyring() (*keyring.Keyring, error) {
+	kr := s.keys.Keyring()
+	if kr == nil {
+		return nil, ErrLocked
+	}
+	return kr, nil
+}
+
+// seal returns the stored form of val under key.
+func (s *Store) seal(key string, val []byte) (string, error) {
+	kr, err := s.keyring()
+	if err != nil {
+		return "", err
+	}
+	sv, err := kr.Seal(val, valueAAD(key))
+	if err != nil {
+		return "", fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
+	}
+	return encodeSealed(sv)
+}
+
+func encodeSealed(sv keyring.Sealed) (string, error) {
+	b := make([]byte, 0, len(sealMagic)+sv.BinarySize())
+	b, err := sv.AppendBinary(append(b, sealMagic...))
+	if err != nil {
+		return "", fmt.Errorf("store: %w: %w", errdefs.ErrInternal, err)
+	}
+	return string(b), nil
+}
+
+// envelope parses a stored value without opening it.
+func envelope(val []byte) (keyring.Sealed, error) {
+	if !isSealed(val) {
+		return keyring.Sealed{}, ErrNotSealed
+	}
+	sv, err := keyring.ParseBinary(val[len(sealMagic):])
+	if err != nil {
+		return keyring.Sealed{}, fmt.Errorf("store: %w: %w", errdefs.ErrInternal, err)
+	}
+	return sv, nil
+}
+
+// open authenticates and decrypts the value stored under key. The error
+// names the key, which holds IDs and index hashes only.
+func (s *Store) open(key string, val []byte) ([]byte, error) {
+	kr, err := s.keyring()
+	if err != nil {
+		return nil, err
+	}
+	return OpenWith(kr, key, val)
+}
+
+// OpenWith opens a value stored under key with kr, outside any store (a
+// backup, a test proving what an old key opens).
+func OpenWith(kr *keyring.Keyring, key string, val []byte) ([]byte, error) {
+	sv, err := envelope(val)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	pt, err := kr.Open(sv, valueAAD(key))
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w: %w", key, errdefs.ErrInternal, err)
+	}
+	return pt, nil
+}
+
+// OpenValue opens a value read from etcd directly (a component that keeps
+// its own watch). key is the full etcd key.
+func (s *Store) OpenValue(key string, val []byte) ([]byte, error) { return s.open(key, val) }
+
+// sealOps seals the value of every put in ops, so that callers' extra
+// operations (reference markers) are sealed like the object itself.
+func (s *Store) sealOps(ops []clientv3.Op) ([]clientv3.Op, error) {
+	out := make([]clientv3.Op, len(ops))
+	for i, op := range ops {
+		switch {
+		case op.IsPut():
+			k := string(op.KeyBytes())
+			v, err := s.seal(k, op.ValueBytes())
+			if err != nil {
+				return nil, err
+			}
+			out[i] = clientv3.OpPut(k, v)
+		case op.IsTxn():
+			// Nested transactions would have to be rebuilt op by op; no
+			// caller needs them, and an unsealed put must not slip through.
+			return nil, fmt.Errorf("store: nested transactions are not supported: %w", errdefs.ErrInternal)
+		default:
+			out[i] = op
+		}
+	}
+	return out, nil
+}
+
+// Put seals val under key (a full key under the store's root) and writes
+// it unconditionally: for markers and tests, never for objects, which go
+// through a Table.
+func (s *Store) Put(ctx context.Context, key string, val []byte) error {
+	if !strings.HasPrefix(key, root) {
+		return fmt.Errorf("store: key outside the store's root: %w", errdefs.ErrInternal)
+	}
+	v, err := s.seal(key, val)
+	if err != nil {
+		return err
+	}
+	if _, err := s.cli.Put(ctx, key, v); err != nil {
+		return wrapEtcd(err)
+	}
+	return nil
+}
+
+// The name index: names must be unique per table (case-insensitively) and
+// found in one read, but the store's keys are in the clear. So the index
+// key of a name is an HMAC-SHA256 of the table and the case-folded name,
+// under an index key of its own. That key is stored sealed like any value
+// (its data key wrapped by the master key), so a master-key rotation
+// re-wraps it and the index never changes.
+const (
+	metaPrefix  = root + "meta/"
+	indexKeyKey = metaPrefix + "index-key"
+	indexKeyLen = 32
+)
+
+// indexCache keeps the opened index key for one keyring: a new keyring
+// (a new cluster after a leave) means a new store content and index key.
+type indexCache struct {
+	mu  sync.Mutex
+	kr  *keyring.Keyring
+	key []byte
+}
+
+func (s *Store) indexKey(ctx context.Context) ([]byte, error) {
+	kr, err := s.keyring()
+	if err != nil {
+		return nil, err
+	}
+	c := &s.idx
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.kr == kr && c.key != nil {
+		return c.key, nil
+	}
+	key, err := s.loadIndexKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	keyring.Wipe(c.key)
+	c.kr, c.key = kr, key
+	return key, nil
+}
+
+// loadIndexKey reads the index key, creating it if the store has none.
+func (s *Store) loadIndexKey(ctx context.Context) ([]byte, error) {
+	for range 3 {
+		resp, err := s.cli.Get(ctx, indexKeyKey)
+		if err != nil {
+			return nil, wrapEtcd(err)
+		}
+		if len(resp.Kvs) == 1 {
+			key, err := s.open(indexKeyKey, resp.Kvs[0].Value)
+			if err != nil {
+				return nil, err
+			}
+			if len(key) != indexKeyLen {
+				keyring.Wipe(key)
+				return nil, fmt.Errorf("store: index key has the wrong size: %w", errdefs.ErrInternal)
+			}
+			return key, nil
+		}
+		fresh := make([]byte, indexKeyLen)
+		if _, err := rand.Read(fresh); err != nil {
+			return nil, fmt.Errorf("store: index key: %w: %w", errdefs.ErrInternal, err)
+		}
+		v, err := s.seal(indexKeyKey, fresh)
+		keyring.Wipe(fresh)
+		if err != nil {
+			return nil, err
+		}
+		// Two writers racing to create it: one wins, both read it back.
+		if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(indexKeyKey), "=", 0)).
+			Then(clientv3.OpPut(indexKeyKey, v)).Commit(); err != nil {
+			// A full store refuses it as it refuses any write: with the
+			// quota's error, which tells the operator what to do.
+			return nil, s.writeErr(err)
+		}
+	}
+	return nil, fmt.Errorf("store: index key could not be created: %w", errdefs.ErrUnavailable)
+}
+
+// nameHash is the index entry of name in kind.
+func nameHash(key []byte, kind, name string) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(kind))
+	m.Write([]byte{0})
+	m.Write([]byte(strings.ToLower(name)))
+	return hex.EncodeToString(m.Sum(nil))
+}
