@@ -303,6 +303,7 @@ func TestRewrapEveryKey(t *testing.T) {
 	st := storetest.NewIn(t, t.TempDir(), keys)
 	m := objects.New(objects.Secret, st, keys, nil)
 	st.RegisterInner(objects.Secret.Table, m.RewrapData)
+	st.RegisterInner(objects.FingerprintTable, objects.RewrapFingerprintKey)
 	const n = 70
 	ids := make([]string, n)
 	for i := range n {
@@ -336,10 +337,10 @@ func TestRewrapEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Each secret: its record, its data inside, its index entry; plus the
-	// index key, the fingerprint key's record (its inner key is not
-	// registered here) and the format marker (if written: not here).
-	if total := got + rest; total != 3*n+2 {
-		t.Fatalf("re-wrapped %d keys, want %d", total, 3*n+2)
+	// index key, the fingerprint key (its record and its key inside) and
+	// the format marker (if written: not here).
+	if total := got + rest; total != 3*n+3 {
+		t.Fatalf("re-wrapped %d keys, want %d", total, 3*n+3)
 	}
 	if left, err := st.Referencing(ctx, oldID); err != nil || left != 0 {
 		t.Fatalf("after the re-wrap %d values need the old key (%v)", left, err)
