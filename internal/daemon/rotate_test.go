@@ -282,3 +282,62 @@ func TestKeyInfo(t *testing.T) {
 		t.Fatal("the rotating key is not kept with the other key files")
 	}
 }
+
+// An autolock key change made while an on-demand master-key rotation is
+// re-wrapping the store (the lifecycle lock is free then) must not leave a
+// key file wrapping a master key the rotation retires, nor install the new
+// master key under an unlock key no one has fetched: whether or not the
+// operator then fetches the new unlock key, a restart opens every secret
+// with a key the operator holds.
+func TestAutolockChangeDuringRotation(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		change  step
+		fetch   bool
+		refused bool
+	}{
+		{name: "rotate-unlock-key-unfetched", change: rotateUnlockKey, refused: true},
+		{name: "rotate-unlock-key-fetched", change: rotateUnlockKey, fetch: true, refused: true},
+		{name: "disable", change: setAutolock(false)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			d := start(t, dir)
+			f := newFixture(t, d, 60)
+			op := &operator{keys: []string{enableAutolock(t, d)}}
+			old := copyKey(t, d)
+			var changeErr error
+			ran := false
+			d.rot.fail = func(step string, batch int) error {
+				if step == stepBatch && batch == 1 {
+					ran = true
+					changeErr = tc.change(ctx, d, op)
+				}
+				return nil
+			}
+			if _, err := d.RotateMaster(ctx); err != nil {
+				t.Fatalf("rotation: %v", err)
+			}
+			if !ran {
+				t.Fatal("the hook did not run between batches")
+			}
+			if tc.refused != errdefs.Is(changeErr, errdefs.ErrUnavailable) {
+				t.Fatalf("the change during the rotation: %v (want refused: %v)", changeErr, tc.refused)
+			}
+			if changeErr == nil && tc.fetch {
+				if err := fetchKey(ctx, d, op); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d.Close()
+			d = restart(t, dir, op)
+			defer d.Close()
+			if d.State() != swarm.LocalNodeStateActive {
+				t.Fatalf("state %s after restart", d.State())
+			}
+			f.check(t, d, old)
+			checkCoherent(t, d, op)
+		})
+	}
+}
