@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -340,4 +341,56 @@ func TestAutolockChangeDuringRotation(t *testing.T) {
 			checkCoherent(t, d, op)
 		})
 	}
+}
+
+// A writer that sealed a value inside its record before a rotation began
+// (the manager seals secret data, then writes the record) and commits only
+// after the rotation retired that key would store a value nothing can open
+// any more: the store refuses it, retryably, and the writer seals again.
+func TestRotateMasterRefusesALateWriteUnderTheRetiredKey(t *testing.T) {
+	ctx := context.Background()
+	d := start(t, t.TempDir())
+	f := newFixture(t, d, 3)
+	old := copyKey(t, d)
+	var inner keyring.Sealed
+	var sealErr error
+	d.rot.fail = func(step string, batch int) error {
+		if step == stepKeyWritten {
+			// Still under the old key: the keyring rotates after this step.
+			inner, sealErr = d.keys.Keyring().Seal([]byte("late value"), []byte("late/aad"))
+		}
+		return nil
+	}
+	if _, err := d.RotateMaster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sealErr != nil || inner.KeyID != old.ID {
+		t.Fatalf("inner seal: %v under %s, want under %s", sealErr, inner.KeyID, old.ID)
+	}
+	rec, err := json.Marshal(struct {
+		Sealed keyring.Sealed `json:"sealed"`
+	}{inner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.store.Put(ctx, "/hush/v1/late/x", rec)
+	if err == nil {
+		_, oerr := d.keys.Keyring().Open(inner, []byte("late/aad"))
+		t.Fatalf("a record holding a value sealed under the retired key was written (it opens: %v)", oerr)
+	}
+	if !errdefs.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("late write: %v, want unavailable (retry)", err)
+	}
+	// Writes sealed under the new key go through.
+	f.secrets[mustCreate(t, d, "after-rotation", "new")] = "new"
+	f.check(t, d, old)
+}
+
+func mustCreate(t *testing.T, d *Daemon, name, data string) string {
+	t.Helper()
+	id, err := d.secrets.Create(context.Background(), objects.Spec{Name: name, Data: []byte(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
