@@ -332,3 +332,53 @@ func TestRestoreIntoMountPoint(t *testing.T) {
 		t.Fatalf("restored secret: %q %v", data, err)
 	}
 }
+
+// A backup taken while a master-key rotation re-wraps the store holds
+// records under both keys and the rotating key file: the restored node
+// opens every secret (with the unlock key of the backup's time under
+// autolock) and finishes the rotation.
+func TestBackupDuringRotation(t *testing.T) {
+	for _, autolock := range []bool{false, true} {
+		t.Run(fmt.Sprintf("autolock=%v", autolock), func(t *testing.T) {
+			ctx := context.Background()
+			d := start(t, t.TempDir())
+			f := newFixture(t, d, 60)
+			var unlock string
+			if autolock {
+				unlock = enableAutolock(t, d)
+			}
+			old := copyKey(t, d)
+			var file []byte
+			d.rot.fail = func(step string, batch int) error {
+				if step == stepBatch && batch == 1 {
+					var buf bytes.Buffer
+					if err := newBackups(d).Backup(ctx, backupKey, &buf); err != nil {
+						return err
+					}
+					file = buf.Bytes()
+				}
+				return nil
+			}
+			if _, err := d.RotateMaster(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if file == nil {
+				t.Fatal("no backup was taken during the rotation")
+			}
+			d.Close()
+			dir := filepath.Join(t.TempDir(), "restored")
+			if _, err := Restore(ctx, RestoreConfig{DataDir: dir, Backup: writeTemp(t, file), Key: backupKey}); err != nil {
+				t.Fatal(err)
+			}
+			d = start(t, dir)
+			defer d.Close()
+			if autolock {
+				if err := d.Unlock(ctx, unlock); err != nil {
+					t.Fatalf("unlock of the restored node: %v", err)
+				}
+			}
+			f.dir = dir
+			f.check(t, d, old)
+		})
+	}
+}
