@@ -288,7 +288,8 @@ func (d *Daemon) installFilesLocked(ctx context.Context, kr *keyring.Keyring, ol
 	if err := kr.Forget(old.ID); err != nil {
 		return err
 	}
-	keyring.Wipe(old.Key)
+	// Nothing else holds the old key's bytes (d.mk is next now).
+	keyring.Free(old.Key)
 	return d.rotatingKey().Remove()
 }
 

@@ -35,7 +35,8 @@ func (k *Keyring) Forget(id string) error {
 		return errors.New("keyring: the current master key cannot be forgotten")
 	}
 	if kk := k.keys[id]; kk != nil {
-		Wipe(kk.raw)
+		Free(kk.raw)
+		kk.raw = nil
 		delete(k.keys, id)
 	}
 	return nil
