@@ -12,10 +12,19 @@ func TestCheckInner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, err := keyring.New(held)
+	retired, err := keyring.GenerateMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}
+	kr, err := keyring.New(retired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr.Rotate(held)
+	if err := kr.Forget(retired.ID); err != nil {
+		t.Fatal(err)
+	}
+	const unknown = "0123456789abcdef"
 	for _, tc := range []struct {
 		name string
 		val  string
@@ -23,9 +32,11 @@ func TestCheckInner(t *testing.T) {
 	}{
 		{"no sealed value", `{"name":"x"}`, true},
 		{"held key", `{"sealed":{"kid":"` + held.ID + `"}}`, true},
-		{"retired key", `{"sealed":{"kid":"0123456789abcdef"}}`, false},
-		{"held then retired", `{"a":{"kid":"` + held.ID + `"},"b":{"kid":"0123456789abcdef"}}`, false},
-		{"escaped in a user string", `{"label":"\"kid\":\"0123456789abcdef\""}`, true},
+		{"retired key", `{"sealed":{"kid":"` + retired.ID + `"}}`, false},
+		{"held then retired", `{"a":{"kid":"` + held.ID + `"},"b":{"kid":"` + retired.ID + `"}}`, false},
+		// Never held (another keyring's): not this check's business.
+		{"unknown key", `{"sealed":{"kid":"` + unknown + `"}}`, true},
+		{"escaped in a user string", `{"label":"\"kid\":\"` + retired.ID + `\""}`, true},
 		{"unterminated", `{"kid":"0123`, true},
 		{"not JSON", "svc-id", true},
 	} {

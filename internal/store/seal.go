@@ -68,7 +68,7 @@ var ErrRetiredKey = fmt.Errorf("store: a value inside the record is sealed under
 var kidField = []byte(`"kid":"`)
 
 // checkInner refuses val if a sealed value inside it names a master key
-// that kr does not hold.
+// that kr held and has retired (Keyring.Forget).
 func checkInner(kr *keyring.Keyring, val []byte) error {
 	for rest := val; ; {
 		i := bytes.Index(rest, kidField)
@@ -80,7 +80,7 @@ func checkInner(kr *keyring.Keyring, val []byte) error {
 		if j < 0 {
 			return nil
 		}
-		if !kr.Holds(string(rest[:j])) {
+		if kr.Retired(string(rest[:j])) {
 			return ErrRetiredKey
 		}
 		rest = rest[j:]
