@@ -438,19 +438,3 @@ func (d *Daemon) loadRotatingKey(kr *keyring.Keyring, mk keyring.MasterKey) {
 		kr.Rotate(next)
 	}
 }
-
-// peekCluster reads the cluster object with the plain master key, for a
-// start that must know whether autolock is on before deciding which key
-// file to keep; the keyring is unloaded again afterwards.
-func (d *Daemon) peekCluster(ctx context.Context) (cluster.Cluster, error) {
-	mk, err := d.plainKey.Load()
-	if err != nil {
-		return cluster.Cluster{}, fmt.Errorf("master key: %w", err)
-	}
-	defer keyring.Wipe(mk.Key)
-	if err := d.preopenStore(ctx, mk); err != nil {
-		return cluster.Cluster{}, err
-	}
-	defer d.keys.Set(nil)
-	return cluster.Get(ctx, d.store)
-}
