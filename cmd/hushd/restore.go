@@ -68,6 +68,12 @@ func runRestore(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hushd restore: bad --log-level %q\n", *logLevel)
 		return 2
 	}
+	// The restore holds the backup key, the master key and the snapshot's
+	// sealed store in memory: kept out of core dumps as the daemon's are.
+	if err := protectMemory(); err != nil {
+		fmt.Fprintf(stderr, "hushd restore: %v\n", err)
+		return 1
+	}
 	key, err := backup.ReadKeyFile(*keyFile)
 	if err != nil {
 		fmt.Fprintf(stderr, "hushd restore: %v\n", err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/moby/moby/api/types/swarm"
@@ -218,6 +219,14 @@ func (d *Daemon) recoverKeysLocked(ctx context.Context, cause error) error {
 // autolock on, or rotating its key (rotate). The key stays pending until a
 // client has fetched it (UnlockKeyDelivered).
 func (d *Daemon) enableOrRotateLocked(ctx context.Context, c *cluster.Cluster, rotate bool) error {
+	// A master-key rotation between its first step and its install (the
+	// lifecycle lock is free while it re-wraps the store, and a failed one
+	// leaves its file until it is resumed) would wrap the retiring key in
+	// the pending file and install the new one under the pending unlock
+	// key, which no one may ever fetch: refuse until it is done.
+	if _, err := d.rotatingKey().ID(); !errors.Is(err, keyring.ErrNoNextKey) {
+		return errdefs.Unavailable("a master-key rotation is not finished: wait for it, or run `hush key rotate` to complete it, then retry")
+	}
 	fpWrite, fpPut := fpEnableWriteNext, fpEnablePut
 	if rotate {
 		fpWrite, fpPut = fpRotateWriteNext, fpRotatePut

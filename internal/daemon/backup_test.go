@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/api"
@@ -284,4 +285,100 @@ func TestBackupRefusedWhenBusyOrLocked(t *testing.T) {
 	d.mu.Lock()
 	d.state = swarm.LocalNodeStateActive
 	d.mu.Unlock()
+}
+
+// A data dir that is a mount point of its own (a volume, a partition: the
+// usual production layout) cannot be renamed over; restore must still
+// fill it, and leave it as it was when it refuses.
+func TestRestoreIntoMountPoint(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	ctx := context.Background()
+	d := start(t, t.TempDir())
+	id, err := d.secrets.Create(ctx, objects.Spec{Name: "mounted", Data: []byte("on a volume")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := takeBackup(t, d, backupKey)
+	d.Close()
+
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+
+	flipped := bytes.Clone(file)
+	flipped[len(flipped)-40] ^= 1
+	before := tree(t, dir)
+	if _, err := Restore(ctx, RestoreConfig{DataDir: dir, Backup: writeTemp(t, flipped), Key: backupKey}); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("a damaged backup into a mount point: %v", err)
+	}
+	if after := tree(t, dir); after != before {
+		t.Fatalf("the refused restore changed the mount point:\n%s\n%s", before, after)
+	}
+
+	if _, err := Restore(ctx, RestoreConfig{DataDir: dir, Backup: writeTemp(t, file), Key: backupKey}); err != nil {
+		t.Fatalf("restore into a mount point: %v", err)
+	}
+	d = start(t, dir)
+	defer d.Close()
+	data, err := d.secrets.Data(ctx, id)
+	if err != nil || string(data) != "on a volume" {
+		t.Fatalf("restored secret: %q %v", data, err)
+	}
+}
+
+// A backup taken while a master-key rotation re-wraps the store holds
+// records under both keys and the rotating key file: the restored node
+// opens every secret (with the unlock key of the backup's time under
+// autolock) and finishes the rotation.
+func TestBackupDuringRotation(t *testing.T) {
+	for _, autolock := range []bool{false, true} {
+		t.Run(fmt.Sprintf("autolock=%v", autolock), func(t *testing.T) {
+			ctx := context.Background()
+			d := start(t, t.TempDir())
+			f := newFixture(t, d, 60)
+			var unlock string
+			if autolock {
+				unlock = enableAutolock(t, d)
+			}
+			old := copyKey(t, d)
+			var file []byte
+			d.rot.fail = func(step string, batch int) error {
+				if step == stepBatch && batch == 1 {
+					var buf bytes.Buffer
+					if err := newBackups(d).Backup(ctx, backupKey, &buf); err != nil {
+						return err
+					}
+					file = buf.Bytes()
+				}
+				return nil
+			}
+			if _, err := d.RotateMaster(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if file == nil {
+				t.Fatal("no backup was taken during the rotation")
+			}
+			d.Close()
+			dir := filepath.Join(t.TempDir(), "restored")
+			if _, err := Restore(ctx, RestoreConfig{DataDir: dir, Backup: writeTemp(t, file), Key: backupKey}); err != nil {
+				t.Fatal(err)
+			}
+			d = start(t, dir)
+			defer d.Close()
+			if autolock {
+				if err := d.Unlock(ctx, unlock); err != nil {
+					t.Fatalf("unlock of the restored node: %v", err)
+				}
+			}
+			f.dir = dir
+			f.check(t, d, old)
+		})
+	}
 }

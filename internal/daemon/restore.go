@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -83,7 +84,18 @@ func Restore(ctx context.Context, c RestoreConfig) (RestoreResult, error) {
 		return RestoreResult{}, err
 	}
 
-	staging, err := os.MkdirTemp(parent, ".hush-restore-*")
+	// A data dir that is a mount point of its own (a volume, a partition)
+	// cannot be renamed over: the staging directory then goes inside it,
+	// and its entries are moved up at the end.
+	mounted, err := isMountPoint(dir, parent)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	stageIn := parent
+	if mounted {
+		stageIn = dir
+	}
+	staging, err := os.MkdirTemp(stageIn, ".hush-restore-*")
 	if err != nil {
 		return RestoreResult{}, fmt.Errorf("restore: staging directory: %w", err)
 	}
@@ -129,8 +141,15 @@ func Restore(ctx context.Context, c RestoreConfig) (RestoreResult, error) {
 	}
 	// Checked again: a hushd may have started on the directory meanwhile.
 	// The rename itself also fails on a directory that is not empty.
-	if err := checkRestoreTarget(dir); err != nil {
+	if err := checkRestoreTargetBut(dir, filepath.Base(staging)); err != nil {
 		return RestoreResult{}, err
+	}
+	if mounted {
+		if err := moveUp(staging, dir); err != nil {
+			return RestoreResult{}, err
+		}
+		done = true
+		return res, nil
 	}
 	// rename(2) replaces an empty directory; os.Rename refuses to.
 	if err := syscall.Rename(staging, dir); err != nil {
@@ -170,7 +189,44 @@ func checkManifest(m *backup.Manifest) error {
 
 // checkRestoreTarget refuses a data dir that a hushd holds or that has
 // anything in it. Only reads: the directory is not changed.
-func checkRestoreTarget(dir string) error {
+func checkRestoreTarget(dir string) error { return checkRestoreTargetBut(dir, "") }
+
+// isMountPoint reports whether dir exists and is on another file system
+// than its parent (rename(2) cannot replace it).
+func isMountPoint(dir, parent string) (bool, error) {
+	var ds, ps syscall.Stat_t
+	if err := syscall.Lstat(dir, &ds); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("restore: data dir: %w", err)
+	}
+	if err := syscall.Stat(parent, &ps); err != nil {
+		return false, fmt.Errorf("restore: %w", err)
+	}
+	return ds.Dev != ps.Dev, nil
+}
+
+// moveUp moves the entries of staging (inside dir) into dir, the store
+// first and the node identity last, then removes staging. Each move is a
+// rename on one file system; a crash among them leaves a partial data dir,
+// which hushd must not be started on: empty it and restore again.
+func moveUp(staging, dir string) error {
+	for _, name := range []string{"etcd", "keys", "node.json"} {
+		if err := os.Rename(filepath.Join(staging, name), filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("restore: moving the restored data into %s: %w", dir, err)
+		}
+	}
+	if err := os.Remove(staging); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	return syncDir(dir)
+}
+
+func checkRestoreTargetBut(dir, ignore string) error {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -196,7 +252,8 @@ func checkRestoreTarget(dir string) error {
 		return fmt.Errorf("restore: data dir: %w", err)
 	}
 	defer d.Close()
-	names, err := d.Readdirnames(1)
+	names, err := d.Readdirnames(2)
+	names = slices.DeleteFunc(names, func(n string) bool { return ignore != "" && n == ignore })
 	if len(names) > 0 {
 		return conflict("data dir %s is not empty: restore writes only into an empty or absent directory", dir)
 	}

@@ -210,8 +210,37 @@ func (d *Daemon) rewrapStore(ctx context.Context, oldID string) (int, error) {
 	return total, fmt.Errorf("master key rotation: values still need the old master key after re-wrapping (a record kind whose inner sealed values are not registered with store.RegisterInner?); the old key is kept: %w", errdefs.ErrInternal)
 }
 
-// installMasterLocked is steps 3 and 4.
+// installMasterLocked is steps 3 and 4. They run while no store write is
+// between its seal and its commit (store.Exclusive), after a last check
+// that nothing needs the old key: a writer that sealed a value under the
+// old key before the rotation began and commits only now is either seen
+// by that check (the rotation then stops, and its retry re-wraps it) or
+// refused once the old key is gone (store.ErrRetiredKey), never stored
+// unopenable.
 func (d *Daemon) installMasterLocked(ctx context.Context, kr *keyring.Keyring, old, next keyring.MasterKey, unlockKey string) error {
+	if err := d.store.Exclusive(func() error {
+		left, err := d.store.Referencing(ctx, old.ID)
+		if err != nil {
+			return fmt.Errorf("master key rotation: %w", err)
+		}
+		if left > 0 {
+			return fmt.Errorf("master key rotation: %d values were written under the old key meanwhile; the old key is kept, retry the rotation: %w", left, errdefs.ErrUnavailable)
+		}
+		return d.installFilesLocked(ctx, kr, old, next, unlockKey)
+	}); err != nil {
+		return err
+	}
+	// Old revisions still hold values wrapped by the old key.
+	if err := d.store.CompactAll(ctx); err != nil {
+		d.log.Warn("master key rotation: compacting the store", "err", err)
+	}
+	d.log.Info("master key rotated", "keyID", next.ID)
+	return nil
+}
+
+// installFilesLocked installs next in the key files, destroys the old key
+// and forgets it.
+func (d *Daemon) installFilesLocked(ctx context.Context, kr *keyring.Keyring, old, next keyring.MasterKey, unlockKey string) error {
 	if d.lockedKey.Exists() {
 		if unlockKey == "" {
 			c, err := cluster.Get(ctx, d.store)
@@ -259,16 +288,9 @@ func (d *Daemon) installMasterLocked(ctx context.Context, kr *keyring.Keyring, o
 	if err := kr.Forget(old.ID); err != nil {
 		return err
 	}
-	keyring.Wipe(old.Key)
-	if err := d.rotatingKey().Remove(); err != nil {
-		return err
-	}
-	// Old revisions still hold values wrapped by the old key.
-	if err := d.store.CompactAll(ctx); err != nil {
-		d.log.Warn("master key rotation: compacting the store", "err", err)
-	}
-	d.log.Info("master key rotated", "keyID", next.ID)
-	return nil
+	// Nothing else holds the old key's bytes (d.mk is next now).
+	keyring.Free(old.Key)
+	return d.rotatingKey().Remove()
 }
 
 // finishRotation completes a rotation a crash interrupted, at activation

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -281,4 +282,115 @@ func TestKeyInfo(t *testing.T) {
 	if !strings.HasPrefix(d.rotatingKey().Path, filepath.Join(d.cfg.DataDir, "keys")) {
 		t.Fatal("the rotating key is not kept with the other key files")
 	}
+}
+
+// An autolock key change made while an on-demand master-key rotation is
+// re-wrapping the store (the lifecycle lock is free then) must not leave a
+// key file wrapping a master key the rotation retires, nor install the new
+// master key under an unlock key no one has fetched: whether or not the
+// operator then fetches the new unlock key, a restart opens every secret
+// with a key the operator holds.
+func TestAutolockChangeDuringRotation(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		change  step
+		fetch   bool
+		refused bool
+	}{
+		{name: "rotate-unlock-key-unfetched", change: rotateUnlockKey, refused: true},
+		{name: "rotate-unlock-key-fetched", change: rotateUnlockKey, fetch: true, refused: true},
+		{name: "disable", change: setAutolock(false)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			d := start(t, dir)
+			f := newFixture(t, d, 60)
+			op := &operator{keys: []string{enableAutolock(t, d)}}
+			old := copyKey(t, d)
+			var changeErr error
+			ran := false
+			d.rot.fail = func(step string, batch int) error {
+				if step == stepBatch && batch == 1 {
+					ran = true
+					changeErr = tc.change(ctx, d, op)
+				}
+				return nil
+			}
+			if _, err := d.RotateMaster(ctx); err != nil {
+				t.Fatalf("rotation: %v", err)
+			}
+			if !ran {
+				t.Fatal("the hook did not run between batches")
+			}
+			if tc.refused != errdefs.Is(changeErr, errdefs.ErrUnavailable) {
+				t.Fatalf("the change during the rotation: %v (want refused: %v)", changeErr, tc.refused)
+			}
+			if changeErr == nil && tc.fetch {
+				if err := fetchKey(ctx, d, op); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d.Close()
+			d = restart(t, dir, op)
+			defer d.Close()
+			if d.State() != swarm.LocalNodeStateActive {
+				t.Fatalf("state %s after restart", d.State())
+			}
+			f.check(t, d, old)
+			checkCoherent(t, d, op)
+		})
+	}
+}
+
+// A writer that sealed a value inside its record before a rotation began
+// (the manager seals secret data, then writes the record) and commits only
+// after the rotation retired that key would store a value nothing can open
+// any more: the store refuses it, retryably, and the writer seals again.
+func TestRotateMasterRefusesALateWriteUnderTheRetiredKey(t *testing.T) {
+	ctx := context.Background()
+	d := start(t, t.TempDir())
+	f := newFixture(t, d, 3)
+	old := copyKey(t, d)
+	var inner keyring.Sealed
+	var sealErr error
+	d.rot.fail = func(step string, batch int) error {
+		if step == stepKeyWritten {
+			// Still under the old key: the keyring rotates after this step.
+			inner, sealErr = d.keys.Keyring().Seal([]byte("late value"), []byte("late/aad"))
+		}
+		return nil
+	}
+	if _, err := d.RotateMaster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sealErr != nil || inner.KeyID != old.ID {
+		t.Fatalf("inner seal: %v under %s, want under %s", sealErr, inner.KeyID, old.ID)
+	}
+	rec, err := json.Marshal(struct {
+		Sealed keyring.Sealed `json:"sealed"`
+	}{inner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.store.Put(ctx, "/hush/v1/late/x", rec)
+	if err == nil {
+		_, oerr := d.keys.Keyring().Open(inner, []byte("late/aad"))
+		t.Fatalf("a record holding a value sealed under the retired key was written (it opens: %v)", oerr)
+	}
+	if !errdefs.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("late write: %v, want unavailable (retry)", err)
+	}
+	// Writes sealed under the new key go through.
+	f.secrets[mustCreate(t, d, "after-rotation", "new")] = "new"
+	f.check(t, d, old)
+}
+
+func mustCreate(t *testing.T, d *Daemon, name, data string) string {
+	t.Helper()
+	id, err := d.secrets.Create(context.Background(), objects.Spec{Name: name, Data: []byte(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

@@ -67,6 +67,8 @@ type Keyring struct {
 	// requested rotation (often prompted by a suspected compromise) would be
 	// worse than refusing to seal, so Seal fails until a good Rotate.
 	rotateErr error
+	// retired holds the IDs of the master keys Forget dropped.
+	retired map[string]bool
 }
 
 // New returns a Keyring that seals under master. The key bytes are copied,

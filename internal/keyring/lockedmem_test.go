@@ -172,3 +172,46 @@ func BenchmarkSealOpen(b *testing.B) {
 		}
 	}
 }
+
+func usedSlots() int {
+	memPool.mu.Lock()
+	defer memPool.mu.Unlock()
+	n := 0
+	for _, pg := range memPool.pages {
+		n += pg.used
+	}
+	return n
+}
+
+// Forget returns the forgotten key's locked memory: each master-key
+// rotation forgets one key, and a long-running hushd must not fill its
+// RLIMIT_MEMLOCK with wiped slots.
+func TestForgetFreesKeyMemory(t *testing.T) {
+	mk, err := GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := New(mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kr.Destroy()
+	prev := mk.ID
+	mk.Destroy()
+	before := usedSlots()
+	for range 100 {
+		next, err := GenerateMasterKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kr.Rotate(next)
+		if err := kr.Forget(prev); err != nil {
+			t.Fatal(err)
+		}
+		prev = next.ID
+		next.Destroy()
+	}
+	if after := usedSlots(); after != before {
+		t.Fatalf("%d locked slots in use after 100 rotations, %d before", after, before)
+	}
+}

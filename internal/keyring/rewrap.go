@@ -35,10 +35,26 @@ func (k *Keyring) Forget(id string) error {
 		return errors.New("keyring: the current master key cannot be forgotten")
 	}
 	if kk := k.keys[id]; kk != nil {
-		Wipe(kk.raw)
+		Free(kk.raw)
+		kk.raw = nil
 		delete(k.keys, id)
+		if k.retired == nil {
+			k.retired = map[string]bool{}
+		}
+		k.retired[id] = true
 	}
 	return nil
+}
+
+// Retired reports whether the master key id was held and then forgotten:
+// a value sealed under it, written now, could never be opened.
+func (k *Keyring) Retired(id string) bool {
+	if k == nil {
+		return false
+	}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.retired[id]
 }
 
 // Rewrap returns s with its data key wrapped under the current master key

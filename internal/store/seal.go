@@ -57,10 +57,44 @@ func (s *Store) keyring() (*keyring.Keyring, error) {
 	return kr, nil
 }
 
-// seal returns the stored form of val under key.
+// ErrRetiredKey means a value holds a value sealed under a master key the
+// keyring no longer holds: its writer sealed it before a master-key
+// rotation and commits after the rotation retired that key. Written, it
+// could never be opened; the writer should read and seal again.
+var ErrRetiredKey = fmt.Errorf("store: a value inside the record is sealed under a retired master key (a master-key rotation finished meanwhile): retry: %w", errdefs.ErrUnavailable)
+
+// kidField is how a keyring.Sealed names its master key in JSON; a JSON
+// string inside a value cannot hold it unescaped.
+var kidField = []byte(`"kid":"`)
+
+// checkInner refuses val if a sealed value inside it names a master key
+// that kr held and has retired (Keyring.Forget).
+func checkInner(kr *keyring.Keyring, val []byte) error {
+	for rest := val; ; {
+		i := bytes.Index(rest, kidField)
+		if i < 0 {
+			return nil
+		}
+		rest = rest[i+len(kidField):]
+		j := bytes.IndexByte(rest, '"')
+		if j < 0 {
+			return nil
+		}
+		if kr.Retired(string(rest[:j])) {
+			return ErrRetiredKey
+		}
+		rest = rest[j:]
+	}
+}
+
+// seal returns the stored form of val under key. The caller holds s.gate
+// for reading until the value is committed (see Exclusive).
 func (s *Store) seal(key string, val []byte) (string, error) {
 	kr, err := s.keyring()
 	if err != nil {
+		return "", err
+	}
+	if err := checkInner(kr, val); err != nil {
 		return "", err
 	}
 	sv, err := kr.Seal(val, valueAAD(key))
@@ -119,9 +153,30 @@ func OpenWith(kr *keyring.Keyring, key string, val []byte) ([]byte, error) {
 // its own watch). key is the full etcd key.
 func (s *Store) OpenValue(key string, val []byte) ([]byte, error) { return s.open(key, val) }
 
+// Exclusive runs fn while no write is between its seal and its commit: a
+// master-key rotation checks that nothing needs the old key and retires it
+// inside fn, so a write sealed before fn commits before the check sees the
+// store, and one sealed after it is checked against the keyring without
+// the old key (checkInner).
+func (s *Store) Exclusive(fn func() error) error {
+	s.gate.Lock()
+	defer s.gate.Unlock()
+	return fn()
+}
+
 // sealOps seals the value of every put in ops, so that callers' extra
-// operations (reference markers) are sealed like the object itself.
-func (s *Store) sealOps(ops []clientv3.Op) ([]clientv3.Op, error) {
+// operations (reference markers) are sealed like the object itself. It
+// takes s.gate for reading: the caller calls release once the write is
+// committed or abandoned (on error too).
+func (s *Store) sealOps(ops []clientv3.Op) (_ []clientv3.Op, release func(), err error) {
+	s.gate.RLock()
+	release = s.gate.RUnlock
+	defer func() {
+		if err != nil {
+			release()
+			release = func() {}
+		}
+	}()
 	out := make([]clientv3.Op, len(ops))
 	for i, op := range ops {
 		switch {
@@ -129,18 +184,18 @@ func (s *Store) sealOps(ops []clientv3.Op) ([]clientv3.Op, error) {
 			k := string(op.KeyBytes())
 			v, err := s.seal(k, op.ValueBytes())
 			if err != nil {
-				return nil, err
+				return nil, release, err
 			}
 			out[i] = clientv3.OpPut(k, v)
 		case op.IsTxn():
 			// Nested transactions would have to be rebuilt op by op; no
 			// caller needs them, and an unsealed put must not slip through.
-			return nil, fmt.Errorf("store: nested transactions are not supported: %w", errdefs.ErrInternal)
+			return nil, release, fmt.Errorf("store: nested transactions are not supported: %w", errdefs.ErrInternal)
 		default:
 			out[i] = op
 		}
 	}
-	return out, nil
+	return out, release, nil
 }
 
 // Put seals val under key (a full key under the store's root) and writes
@@ -150,6 +205,8 @@ func (s *Store) Put(ctx context.Context, key string, val []byte) error {
 	if !strings.HasPrefix(key, root) {
 		return fmt.Errorf("store: key outside the store's root: %w", errdefs.ErrInternal)
 	}
+	s.gate.RLock()
+	defer s.gate.RUnlock()
 	v, err := s.seal(key, val)
 	if err != nil {
 		return err
@@ -222,14 +279,18 @@ func (s *Store) loadIndexKey(ctx context.Context) ([]byte, error) {
 		if _, err := rand.Read(fresh); err != nil {
 			return nil, fmt.Errorf("store: index key: %w: %w", errdefs.ErrInternal, err)
 		}
+		s.gate.RLock()
 		v, err := s.seal(indexKeyKey, fresh)
 		keyring.Wipe(fresh)
 		if err != nil {
+			s.gate.RUnlock()
 			return nil, err
 		}
 		// Two writers racing to create it: one wins, both read it back.
-		if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(indexKeyKey), "=", 0)).
-			Then(clientv3.OpPut(indexKeyKey, v)).Commit(); err != nil {
+		_, err = s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(indexKeyKey), "=", 0)).
+			Then(clientv3.OpPut(indexKeyKey, v)).Commit()
+		s.gate.RUnlock()
+		if err != nil {
 			// A full store refuses it as it refuses any write: with the
 			// quota's error, which tells the operator what to do.
 			return nil, s.writeErr(err)

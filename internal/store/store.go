@@ -39,6 +39,9 @@ type Store struct {
 	idx     indexCache
 	innerMu sync.Mutex
 	inner   map[string]InnerFunc
+	// gate is held for reading by each write from its seal to its commit,
+	// and for writing by Exclusive.
+	gate sync.RWMutex
 	// defrag rewrites etcd's backend file without its free pages (nil for
 	// an external cluster).
 	defrag  func() error
@@ -137,10 +140,11 @@ func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra .
 		ok = append(ok, clientv3.OpPut(nk, id))
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(nk), "=", 0))
 	}
-	ok, err := t.s.sealOps(ok)
+	ok, release, err := t.s.sealOps(ok)
 	if err != nil {
 		return 0, err
 	}
+	defer release()
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ok)); err != nil {
 		return 0, err
 	}
@@ -235,10 +239,11 @@ func (t *Table) Update(ctx context.Context, id string, rev int64, val []byte, ex
 func (t *Table) UpdateGuarded(ctx context.Context, id string, rev int64, val []byte, guards []clientv3.Cmp, extra ...clientv3.Op) (int64, error) {
 	k := t.objKey(id)
 	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}, guards...)
-	ops, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra...))
+	ops, release, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra...))
 	if err != nil {
 		return 0, err
 	}
+	defer release()
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
 		return 0, err
 	}
@@ -271,10 +276,11 @@ func (t *Table) Delete(ctx context.Context, id, name string, rev int64, guards [
 		}
 		ops = append(ops, clientv3.OpDelete(nk))
 	}
-	ops, err := t.s.sealOps(ops)
+	ops, release, err := t.s.sealOps(ops)
 	if err != nil {
 		return err
 	}
+	defer release()
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
 	if err != nil {
 		return t.s.writeErr(err)
@@ -398,10 +404,11 @@ func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, 
 	if err != nil {
 		return 0, err
 	}
-	ops, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(nk, id)}, extra...))
+	ops, release, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(nk, id)}, extra...))
 	if err != nil {
 		return 0, err
 	}
+	defer release()
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
 		return 0, err
 	}
