@@ -318,6 +318,14 @@ func purgeNode(t testing.TB, node string) {
 		t.Logf("cleanup: force-removing %d container(s) left with %s=%s", len(ids), hushNodeLabel, node)
 		eng.Docker(append([]string{"rm", "-f", "-v"}, ids...)...)
 	}
+	// The engine bridge networks that realised this hushd's swarm networks
+	// (a hushd killed or stopped with its networks still defined leaves
+	// them): only those labelled with this node's ID.
+	out, _, _ = eng.Docker("network", "ls", "-q", "--no-trunc", "--filter", "label=io.hush.node.id="+node)
+	if ids := strings.Fields(out); len(ids) > 0 {
+		t.Logf("cleanup: removing %d network(s) left with io.hush.node.id=%s", len(ids), node)
+		eng.Docker(append([]string{"network", "rm"}, ids...)...)
+	}
 	// The tasks' root, and the standalone containers' sibling root.
 	for _, root := range []string{filepath.Join("/run/hush", node), filepath.Join("/run/hush", node+".containers")} {
 		mps := mountsUnder(t, root)
