@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -239,6 +241,71 @@ func TestUpdate(t *testing.T) {
 	}
 }
 
+// useMirror serves m's reads from a running mirror of st.
+func useMirror(t *testing.T, m *Manager, st *store.Store) {
+	t.Helper()
+	mir := store.NewMirror(st)
+	m.UseMirror(mir)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { mir.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := mir.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestVersionsOf: the orchestrator's version lookup answers exactly the IDs
+// asked for that exist, at their current version, from the mirror and from
+// the store alike; and a list stays ordered by ID.
+func TestVersionsOf(t *testing.T) {
+	for _, mirrored := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mirror=%v", mirrored), func(t *testing.T) {
+			m, st := newManager(t, Secret)
+			ctx := context.Background()
+			if mirrored {
+				useMirror(t, m, st)
+			}
+			var ids []string
+			for i := range 5 {
+				id, err := m.Create(ctx, Spec{Name: fmt.Sprintf("s%d", i), Data: []byte{byte('a' + i)}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, id)
+			}
+			o, err := m.Get(ctx, ids[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := m.Rotate(ctx, ids[1], o.Version, []byte("rotated")); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Remove(ctx, ids[4]); err != nil {
+				t.Fatal(err)
+			}
+			got, err := m.VersionsOf(ctx, []string{ids[0], ids[1], ids[4], "nosuchid0000000000000000a"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]int{ids[0]: 1, ids[1]: 2}
+			if !maps.Equal(got, want) {
+				t.Fatalf("VersionsOf = %v, want %v", got, want)
+			}
+			if got, err := m.VersionsOf(ctx, nil); err != nil || len(got) != 0 {
+				t.Fatalf("VersionsOf(nil) = %v, %v", got, err)
+			}
+			all, err := m.List(ctx, Filters{})
+			if err != nil || len(all) != 4 {
+				t.Fatalf("List = %d objects, %v", len(all), err)
+			}
+			if !slices.IsSortedFunc(all, func(a, b Object) int { return strings.Compare(a.ID, b.ID) }) {
+				t.Fatal("List is not ordered by ID")
+			}
+		})
+	}
+}
+
 func TestListFilters(t *testing.T) {
 	for _, mirrored := range []bool{false, true} {
 		t.Run(fmt.Sprintf("mirror=%v", mirrored), func(t *testing.T) { testListFilters(t, mirrored) })
@@ -249,15 +316,7 @@ func testListFilters(t *testing.T, mirrored bool) {
 	m, st := newManager(t, Secret)
 	ctx := context.Background()
 	if mirrored {
-		mir := store.NewMirror(st)
-		m.UseMirror(mir)
-		rctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { mir.Run(rctx); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
-		if err := mir.WaitReady(ctx); err != nil {
-			t.Fatal(err)
-		}
+		useMirror(t, m, st)
 	}
 	for _, s := range []Spec{
 		{Name: "app_db", Data: []byte("1"), Labels: map[string]string{"env": "prod"}},
@@ -389,15 +448,8 @@ func TestSealedAtRest(t *testing.T) {
 // value older than the last acknowledged write.
 func TestMirroredGetReadsYourWrites(t *testing.T) {
 	m, st := newManager(t, Secret)
-	ctx, cancel := context.WithCancel(context.Background())
-	mir := store.NewMirror(st)
-	m.UseMirror(mir)
-	done := make(chan struct{})
-	go func() { mir.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := mir.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := context.Background()
+	useMirror(t, m, st)
 	id, err := m.Create(ctx, Spec{Name: "s", Data: []byte("v")})
 	if err != nil {
 		t.Fatal(err)

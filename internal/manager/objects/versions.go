@@ -402,16 +402,39 @@ func (m *Manager) Versions(ctx context.Context, ref string) (Object, []VersionIn
 	return toObject(&r, rev), out, nil
 }
 
-// CurrentVersions maps every object's ID to its current version number, for
-// the orchestrator's up-to-date checks.
-func (m *Manager) CurrentVersions(ctx context.Context) (map[string]int, error) {
-	objs, err := m.List(ctx, Filters{})
-	if err != nil {
-		return nil, err
+// VersionsOf maps each of ids that exists to its current version number,
+// for the orchestrator's up-to-date checks. It looks up only the objects
+// asked for: the orchestrator passes the ones its services mount, and a
+// pass that listed every object made each create cost O(objects).
+func (m *Manager) VersionsOf(ctx context.Context, ids []string) (map[string]int, error) {
+	out := make(map[string]int, len(ids))
+	if len(ids) == 0 {
+		return out, nil
 	}
-	out := make(map[string]int, len(objs))
-	for i := range objs {
-		out[objs[i].ID] = objs[i].DataVersion
+	if m.mirror != nil {
+		err := m.mirror.Read(ctx, m.kind.Table, func(items map[string]store.Entry) {
+			for _, id := range ids {
+				if e, ok := items[id]; ok {
+					out[id] = e.Value.(Object).DataVersion
+				}
+			}
+		})
+		if err == nil {
+			return out, nil
+		}
+		if !errors.Is(err, store.ErrMirrorStale) {
+			return nil, err
+		}
+	}
+	for _, id := range ids {
+		r, _, err := m.get(ctx, id)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[id] = r.DataVersion
 	}
 	return out, nil
 }

@@ -115,7 +115,7 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 	if err := o.loadNodes(ctx, tasks); err != nil {
 		return err
 	}
-	if err := o.loadDataVersions(ctx); err != nil {
+	if err := o.loadDataVersions(ctx, svcs); err != nil {
 		return err
 	}
 	o.rolledBack = ""

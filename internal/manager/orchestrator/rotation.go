@@ -10,9 +10,10 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
-// DataVersions returns the current version of every secret and of every
-// config, by object ID.
-type DataVersions func(ctx context.Context) (secrets, configs map[string]int, err error)
+// DataVersions returns the current version of each of the secrets and
+// configs named (by object ID); an ID missing from the answer no longer
+// exists.
+type DataVersions func(ctx context.Context, secretIDs, configIDs []string) (secrets, configs map[string]int, err error)
 
 // SetDataVersions makes the orchestrator record in each new task the
 // versions of its secrets and configs, and roll the tasks of a service
@@ -20,12 +21,30 @@ type DataVersions func(ctx context.Context) (secrets, configs map[string]int, er
 // outdated though the service's spec did not change. Call before Run.
 func (o *Orchestrator) SetDataVersions(fn DataVersions) { o.dataVersions = fn }
 
-func (o *Orchestrator) loadDataVersions(ctx context.Context) error {
+// loadDataVersions reads the current versions of what svcs mount, and only
+// that: every version the orchestrator consults is one of a service's refs.
+func (o *Orchestrator) loadDataVersions(ctx context.Context, svcs []*model.Service) error {
 	o.curData = nil
 	if o.dataVersions == nil {
 		return nil
 	}
-	secrets, configs, err := o.dataVersions(ctx)
+	var sids, cids []string
+	seen := map[string]bool{}
+	for _, svc := range svcs {
+		for _, r := range refsOf(svc) {
+			k := model.DataKey(r.kind, r.id)
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if r.kind == "secret" {
+				sids = append(sids, r.id)
+			} else {
+				cids = append(cids, r.id)
+			}
+		}
+	}
+	secrets, configs, err := o.dataVersions(ctx, sids, cids)
 	if err != nil {
 		return fmt.Errorf("data versions: %w", err)
 	}

@@ -36,8 +36,8 @@ func (f *fixture) withSecrets() *objects.Manager {
 		f.t.Fatal(err)
 	}
 	m := objects.New(objects.Secret, f.st, kr, nil)
-	f.o.SetDataVersions(func(ctx context.Context) (map[string]int, map[string]int, error) {
-		s, err := m.CurrentVersions(ctx)
+	f.o.SetDataVersions(func(ctx context.Context, sids, _ []string) (map[string]int, map[string]int, error) {
+		s, err := m.VersionsOf(ctx, sids)
 		return s, nil, err
 	})
 	return m
