@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/manager/standalone"
 	"github.com/hush-secrets/hush/internal/model"
@@ -530,7 +531,11 @@ func taskHolders(ctx context.Context, svcs *services.Manager, table, id string) 
 		if t.Slot == 0 {
 			name = fmt.Sprintf("%s.%s.%s", t.ServiceName, t.NodeID, t.ID)
 		}
-		out = append(out, standalone.Holder{Kind: "task", ID: t.ID, Name: name, Service: t.ServiceName, Version: 1, Since: t.CreatedAt})
+		kind := objects.Secret.Name
+		if table == objects.Config.Table {
+			kind = objects.Config.Name
+		}
+		out = append(out, standalone.Holder{Kind: "task", ID: t.ID, Name: name, Service: t.ServiceName, Version: t.HeldVersion(kind, id), Since: t.CreatedAt})
 	}
 	return out, nil
 }
