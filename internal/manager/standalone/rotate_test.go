@@ -40,8 +40,10 @@ func (c *fakeControl) call(s string) error {
 	return c.failing
 }
 
-func (c *fakeControl) Kill(_ context.Context, id, sig string) error { return c.call("kill " + id + " " + sig) }
-func (c *fakeControl) Restart(_ context.Context, id string) error  { return c.call("restart " + id) }
+func (c *fakeControl) Kill(_ context.Context, id, sig string) error {
+	return c.call("kill " + id + " " + sig)
+}
+func (c *fakeControl) Restart(_ context.Context, id string) error { return c.call("restart " + id) }
 
 func (c *fakeControl) log() []string {
 	c.mu.Lock()
