@@ -47,6 +47,10 @@ type Request struct {
 	// Rotate is the label io.hush.rotate as given ("": the default, reload
 	// when every target can be swapped, restart otherwise).
 	Rotate string
+	// BindEach binds each file on its own even when all could be served
+	// from one directory at /run/secrets (the client mounts something of
+	// its own there); a rotation then restarts the container.
+	BindEach bool
 }
 
 // Swappable reports whether every target is a file directly under

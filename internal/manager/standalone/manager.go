@@ -159,6 +159,7 @@ func (m *Manager) Prepare(ctx context.Context, req Request, name string) (_ *Pre
 	// that a rotation swaps under the running container; others are bound
 	// one by one, and a rotation restarts the container.
 	g.Tree, _ = req.Swappable()
+	g.Tree = g.Tree && !req.BindEach
 	if g.ID, err = identity.NewID(); err != nil {
 		return nil, fmt.Errorf("grant id: %w: %w", errdefs.ErrInternal, err)
 	}
