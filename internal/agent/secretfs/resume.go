@@ -78,7 +78,13 @@ func (m *Manager) readManifest(id string) (*manifest, int, error) {
 // whole again and the container's bind, which is never replaced, serves
 // files. A mount that is not a tree is refused.
 func (m *Manager) Resume(ctx context.Context, id string, files []File) error {
-	if err := checkTaskID(id); err != nil {
+	return m.swapTree(ctx, id, files, true)
+}
+
+// swapTree is Swap, and with resume Resume: a tree whose manifest lags
+// its current generation is then swapped too.
+func (m *Manager) swapTree(ctx context.Context, taskID string, files []File, resume bool) error {
+	if err := checkTaskID(taskID); err != nil {
 		return err
 	}
 	tfs, entries, err := treeFiles(files)
@@ -89,29 +95,49 @@ func (m *Manager) Resume(ctx context.Context, id string, files []File) error {
 		return err
 	}
 	defer m.unlock()
-	dir := m.dir(id)
+	dir := m.dir(taskID)
 	if st, err := m.state(dir); err != nil || st != stateMounted {
-		return fmt.Errorf("secretfs: %s has no mount to swap", id)
+		return fmt.Errorf("secretfs: task %s has no mount to swap", taskID)
 	}
-	man, dfd, err := m.readManifest(id)
-	if err != nil {
-		return fmt.Errorf("secretfs: %s: %w", id, err)
+	// A swap cut short (hushd killed) can leave the tmpfs writable: make it
+	// read-only again before checking it as any mount is checked.
+	_ = unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, "")
+	tree := false
+	if resume {
+		man, dfd, err := m.readManifest(taskID)
+		if err != nil {
+			return fmt.Errorf("secretfs: task %s: %w", taskID, err)
+		}
+		unix.Close(dfd)
+		tree = man.Tree
+	} else {
+		mt, err := m.open(taskID)
+		if err != nil {
+			return fmt.Errorf("secretfs: task %s: %w", taskID, err)
+		}
+		tree = mt.tree
 	}
-	unix.Close(dfd)
-	if !man.Tree {
-		return fmt.Errorf("secretfs: %s: its files are bound one by one and cannot be swapped", id)
+	if !tree {
+		return fmt.Errorf("secretfs: task %s: its files are bound one by one and cannot be swapped", taskID)
 	}
-	opts := fmt.Sprintf("size=%d,nr_inodes=%d", treeSize(entries), 3*len(files)+16)
+	return m.rewriteTree(ctx, taskID, tfs, entries)
+}
+
+// rewriteTree writes tfs as the next generation of id's tree mount, its
+// tmpfs writable only meanwhile (Swap, Resume). The caller holds the lock.
+func (m *Manager) rewriteTree(ctx context.Context, id string, tfs []TreeFile, entries []entry) error {
+	dir := m.dir(id)
+	opts := fmt.Sprintf("size=%d,nr_inodes=%d", treeSize(entries), 3*len(tfs)+16)
 	if err := unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|mountFlags, opts); err != nil {
-		return fmt.Errorf("secretfs: %s: remount read-write: %w", id, err)
+		return fmt.Errorf("secretfs: task %s: remount read-write: %w", id, err)
 	}
 	werr := writeTree(dir, m.root, tfs, entries, false)
 	if err := remountReadOnly(ctx, dir); err != nil {
-		return fmt.Errorf("secretfs: %s: remount read-only: %w", id, err)
+		return fmt.Errorf("secretfs: task %s: remount read-only: %w", id, err)
 	}
 	if werr != nil {
-		return fmt.Errorf("secretfs: %s: swap: %w", id, werr)
+		return fmt.Errorf("secretfs: task %s: swap: %w", id, werr)
 	}
-	m.log.Info("secretfs: swapped", "mount", id, "files", len(entries))
+	m.log.Info("secretfs: swapped", "task", id, "files", len(entries))
 	return nil
 }
