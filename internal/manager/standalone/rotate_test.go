@@ -289,3 +289,35 @@ func TestRotationRetentionAndReprovision(t *testing.T) {
 		t.Fatalf("a removed container counted as %d failures", n)
 	}
 }
+
+// A config at its default target (/<name>) cannot be swapped: its
+// rotation replaces the tmpfs and restarts the container; the held
+// version is reported under the config kind, not the secret one.
+func TestRotationConfig(t *testing.T) {
+	ctx := context.Background()
+	rf := newRotFixture(t)
+	id, err := rf.configs.Create(ctx, objects.Spec{Name: "app.ini", Data: []byte("k=1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := rf.run(t, map[string]string{LabelConfigs: "app.ini"}, "c1")
+	rf.ctl.grant, rf.ctl.target = grant, "/app.ini"
+	if h, _ := rf.m.HeldVersions(ctx, objects.Config.Name, id); len(h[1]) != 1 {
+		t.Fatalf("config versions held: %v", h)
+	}
+	if h, _ := rf.m.HeldVersions(ctx, objects.Secret.Name, id); len(h) != 0 {
+		t.Fatalf("the config's ID read as a secret's: %v", h)
+	}
+	if _, changed, err := rf.configs.Rotate(ctx, "app.ini", 0, []byte("k=2")); err != nil || !changed {
+		t.Fatal(changed, err)
+	}
+	if n := rf.m.Sync(ctx); n != 0 {
+		t.Fatalf("%d failed", n)
+	}
+	if got := strings.Join(rf.ctl.log(), "; "); got != "restart c1 saw=k=2" {
+		t.Fatalf("engine calls %q", got)
+	}
+	if h, _ := rf.m.HeldVersions(ctx, objects.Config.Name, id); len(h[2]) != 1 || len(h[1]) != 0 {
+		t.Fatalf("config versions held after the delivery: %v", h)
+	}
+}
