@@ -32,7 +32,9 @@ type rotateResponse struct {
 	Changed     bool
 }
 
+// holder is a task or, Kind "container", a standalone container.
 type holder struct {
+	Kind, ContainerName                  string
 	Task, TaskName, Service, ContainerID string
 	State, DesiredState                  string
 }
@@ -311,13 +313,15 @@ const defaultVersionsFormat = "table {{.Version}}\t{{.Created}}\t{{.Fingerprint}
 func versionsCommand(k objectKind) *command {
 	return &command{
 		name:    "versions",
-		summary: "List the versions of a " + k.noun + " and the tasks holding each",
+		summary: "List the versions of a " + k.noun + " and the tasks and containers holding each",
 		args:    "[--format FORMAT] NAME",
 		help: fmt.Sprintf(`
 List the versions of the %[1]s NAME, oldest first: when each was made, its
 fingerprint (an HMAC of the value under a key of hushd's own, so equal
 values show equal fingerprints and nothing about the value leaks), and the
-tasks (with their containers) that hold it. The current version is marked *.
+tasks (with their containers) and the standalone containers ('docker run'
+and compose with io.hush.* labels, shown as "container NAME (ID)") that hold
+it. The current version is marked *.
 
 --format takes a Go template as the docker CLI's does: "table TEMPLATE"
 prints a header, "json" one JSON object a line. Fields: .Version .Created
@@ -355,6 +359,9 @@ func rowOf(v *versionEntry) versionRow {
 		n := h.TaskName
 		if n == "" {
 			n = h.Task
+		}
+		if h.Kind == "container" {
+			n = "container " + h.ContainerName
 		}
 		if h.ContainerID != "" {
 			n += " (" + h.ContainerID[:min(12, len(h.ContainerID))] + ")"

@@ -20,7 +20,8 @@ func TestRotationContracts(t *testing.T) {
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	srv := api.VersionsResponse{ID: "id1", Name: "pw", Version: swarm.Version{Index: 9}, DataVersion: 2,
 		Versions: []api.VersionEntry{{Version: 2, CreatedAt: at, Fingerprint: "ab", Current: true,
-			HeldBy: []api.Holder{{Task: "t", TaskName: "web.1", Service: "web", ContainerID: "c", State: "running", DesiredState: "running"}}}},
+			HeldBy: []api.Holder{{Task: "t", TaskName: "web.1", Service: "web", ContainerID: "c", State: "running", DesiredState: "running"},
+				{Kind: "container", ContainerName: "app", ContainerID: "d"}}}},
 		Services: []api.ServiceRollout{{ID: "s", Name: "web", UpdateState: "updating", UpdateMessage: "m"}}}
 	b, _ := json.Marshal(srv)
 	var cli versionsResponse
@@ -29,7 +30,8 @@ func TestRotationContracts(t *testing.T) {
 	}
 	want := versionsResponse{ID: "id1", Name: "pw", DataVersion: 2,
 		Versions: []versionEntry{{Version: 2, CreatedAt: at, Fingerprint: "ab", Current: true,
-			HeldBy: []holder{{Task: "t", TaskName: "web.1", Service: "web", ContainerID: "c", State: "running", DesiredState: "running"}}}},
+			HeldBy: []holder{{Task: "t", TaskName: "web.1", Service: "web", ContainerID: "c", State: "running", DesiredState: "running"},
+				{Kind: "container", ContainerName: "app", ContainerID: "d"}}}},
 		Services: []serviceRollout{{ID: "s", Name: "web", UpdateState: "updating", UpdateMessage: "m"}}}
 	if !reflect.DeepEqual(cli, want) {
 		t.Errorf("versions response decodes as %+v", cli)
@@ -51,17 +53,18 @@ func TestPrintVersions(t *testing.T) {
 	vr := &versionsResponse{Versions: []versionEntry{
 		{Version: 1, CreatedAt: time.Unix(0, 0), Fingerprint: "", Destroyed: true},
 		{Version: 2, CreatedAt: time.Unix(0, 0), Fingerprint: "f2", Current: true, HeldBy: []holder{
-			{Task: "t1", TaskName: "web.1", ContainerID: "0123456789abcdef"}, {Task: "t2"}}},
+			{Task: "t1", TaskName: "web.1", ContainerID: "0123456789abcdef"}, {Task: "t2"},
+			{Kind: "container", ContainerName: "app", ContainerID: "fedcba9876543210"}}},
 	}}
 	tests := []struct {
 		format  string
 		want    []string // substrings, in order
 		wantErr bool
 	}{
-		{"", []string{"VERSION", "CREATED", "FINGERPRINT", "HELD BY", "\n1 ", "(destroyed)", "-", "\n2 *", "f2", "web.1 (0123456789ab), t2"}, false},
+		{"", []string{"VERSION", "CREATED", "FINGERPRINT", "HELD BY", "\n1 ", "(destroyed)", "-", "\n2 *", "f2", "web.1 (0123456789ab), t2, container app (fedcba987654)"}, false},
 		{"{{.Version}}:{{.Fingerprint}}", []string{"1:(destroyed)\n2 *:f2\n"}, false},
 		{"table {{.Version}}\t{{.HeldBy}}", []string{"VERSION", "HELD BY", "2 *", "web.1"}, false},
-		{"json", []string{`"Version":"1"`, `"Destroyed":true`, `"Current":true`}, false},
+		{"json", []string{`"Version":"1"`, `"Destroyed":true`, `"Current":true`, `"Kind":"container","ContainerName":"app"`}, false},
 		{"{{.Nope}}", nil, true},
 		{"{{", nil, true},
 	}

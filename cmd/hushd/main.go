@@ -81,6 +81,8 @@ func run() int {
 		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise,
 		EtcdLogLevel: etcdLevel, Logger: log,
 		Engine: eng, SecretsDir: *secretsDir, NoInit: *noInit,
+		// End-to-end crash tests only: see daemon.Config.Failpoints.
+		Failpoints: os.Getenv("HUSH_TEST_FAILPOINTS"),
 	})
 	if err != nil {
 		log.Error("hushd failed to start", "err", err)

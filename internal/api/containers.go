@@ -10,10 +10,13 @@ import (
 	"net/http"
 	"path"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/hush-secrets/hush/internal/agent/secretfs"
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/manager/standalone"
 	"github.com/hush-secrets/hush/internal/model"
@@ -299,6 +302,9 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	if req.Empty() {
 		return nil, "", errdefs.BadRequest("io.hush.* labels name no secret or config")
 	}
+	if err := sharedSecretsDir(&req, taken); err != nil {
+		return nil, "", err
+	}
 	name := r.URL.Query().Get("name")
 	p, err := s.Containers.Prepare(r.Context(), req, strings.TrimPrefix(name, "/"))
 	if err != nil {
@@ -323,6 +329,30 @@ func (s *Server) grantCreate(r *http.Request, top map[string]json.RawMessage, la
 	}
 	s.Containers.Abort(context.WithoutCancel(r.Context()), p.GrantID)
 	return nil, "", fmt.Errorf("encode create request: %w: %w", errdefs.ErrInternal, err)
+}
+
+// sharedSecretsDir makes the files be bound one by one when the client
+// mounts something of its own at or under /run/secrets, which the one
+// swappable directory would take whole (or hide); reload and signal:,
+// which need that directory, are then refused by name.
+func sharedSecretsDir(req *standalone.Request, taken map[string]string) error {
+	targets := make([]string, 0, len(taken))
+	for t := range taken {
+		targets = append(targets, t)
+	}
+	sort.Strings(targets)
+	for _, t := range targets {
+		what := taken[t]
+		if t != secretfs.SecretsDir && !strings.HasPrefix(t, secretfs.SecretsDir+"/") {
+			continue
+		}
+		if req.Rotate != "" && req.Rotate != model.RotateRestart {
+			return errdefs.BadRequest("label %s=%s: %s at %s shares %s, which a reloaded container's secrets take whole: use %s=%s or mount elsewhere",
+				standalone.LabelRotate, req.Rotate, what, t, secretfs.SecretsDir, standalone.LabelRotate, model.RotateRestart)
+		}
+		req.BindEach = true
+	}
+	return nil
 }
 
 // hostFields are the JSON names (lower case) of HostConfig's fields that
@@ -530,7 +560,11 @@ func taskHolders(ctx context.Context, svcs *services.Manager, table, id string) 
 		if t.Slot == 0 {
 			name = fmt.Sprintf("%s.%s.%s", t.ServiceName, t.NodeID, t.ID)
 		}
-		out = append(out, standalone.Holder{Kind: "task", ID: t.ID, Name: name, Service: t.ServiceName, Version: 1, Since: t.CreatedAt})
+		kind := objects.Secret.Name
+		if table == objects.Config.Table {
+			kind = objects.Config.Name
+		}
+		out = append(out, standalone.Holder{Kind: "task", ID: t.ID, Name: name, Service: t.ServiceName, Version: t.HeldVersion(kind, id), Since: t.CreatedAt})
 	}
 	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -455,5 +456,41 @@ func TestContainerCreateTopLevelHostFields(t *testing.T) {
 	body := `{"Image":"x","Labels":{"io.hush.secrets":"db"},"Memory":5,"HostConfig":{"Privileged":true}}`
 	if rec := post(newCreateServer(g, eng, nil), "/containers/create", []byte(body)); rec.Code != http.StatusCreated || !strings.Contains(string(eng.bodies[0]), `"Memory":5`) {
 		t.Fatalf("%d %s; sent %q", rec.Code, rec.Body, eng.bodies)
+	}
+}
+
+// The client's own mounts at or under /run/secrets would be taken whole
+// (or hidden) by the one swappable directory: the files are bound one by
+// one instead, and reload or signal:, which need it, are refused by name.
+func TestSharedSecretsDir(t *testing.T) {
+	tests := []struct {
+		name     string
+		rotate   string
+		taken    map[string]string
+		bindEach bool
+		err      string
+	}{
+		{name: "nothing there", taken: map[string]string{"/data": "a bind"}},
+		{name: "a mount under /run/secrets", taken: map[string]string{"/run/secrets/own": "a bind"}, bindEach: true},
+		{name: "a volume at /run/secrets, restart", rotate: "restart", taken: map[string]string{"/run/secrets": "a mount"}, bindEach: true},
+		{name: "a look-alike path", taken: map[string]string{"/run/secretsx": "a bind"}},
+		{name: "reload refused", rotate: "reload", taken: map[string]string{"/run/secrets/own": "a bind (HostConfig.Binds)"},
+			err: "label io.hush.rotate=reload: a bind (HostConfig.Binds) at /run/secrets/own shares /run/secrets"},
+		{name: "signal refused", rotate: "signal:SIGHUP", taken: map[string]string{"/run/secrets": "a tmpfs"}, err: "label io.hush.rotate=signal:SIGHUP"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := standalone.Request{Secrets: []standalone.Ref{{Name: "db", Target: "/run/secrets/db"}}, Rotate: tt.rotate}
+			err := sharedSecretsDir(&req, tt.taken)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+					t.Fatalf("got %v, want an invalid argument with %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || req.BindEach != tt.bindEach {
+				t.Fatalf("got %v, BindEach %v; want %v", err, req.BindEach, tt.bindEach)
+			}
+		})
 	}
 }

@@ -33,12 +33,16 @@ type RotateResponse struct {
 	Changed     bool
 }
 
-// Holder is a task that holds a version.
+// Holder is a task or a standalone container that holds a version.
 type Holder struct {
-	Task        string
-	TaskName    string `json:",omitempty"`
-	Service     string `json:",omitempty"`
-	ContainerID string `json:",omitempty"`
+	// Kind is "container" for a standalone container ("" for a task).
+	Kind string `json:",omitempty"`
+	// ContainerName names a standalone container.
+	ContainerName string `json:",omitempty"`
+	Task          string `json:",omitempty"`
+	TaskName      string `json:",omitempty"`
+	Service       string `json:",omitempty"`
+	ContainerID   string `json:",omitempty"`
 	// State and DesiredState are the task's, so a client can tell when a
 	// rollout is done (`hush secret rotate --wait`).
 	State        swarm.TaskState `json:",omitempty"`
@@ -223,6 +227,10 @@ func (h rotationHandlers) versions(w http.ResponseWriter, r *http.Request) {
 	for _, v := range vs {
 		e := VersionEntry{Version: v.Version, CreatedAt: v.Created, Fingerprint: v.Fingerprint, Current: v.Current, Destroyed: v.Destroyed, HeldBy: []Holder{}}
 		for _, id := range v.HeldBy {
+			if cid, name, ok := objects.ParseContainerHolder(id); ok {
+				e.HeldBy = append(e.HeldBy, Holder{Kind: "container", ContainerID: cid, ContainerName: name})
+				continue
+			}
 			hd, ok := holders[id]
 			if !ok {
 				hd = Holder{Task: id}

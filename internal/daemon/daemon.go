@@ -54,6 +54,11 @@ type Config struct {
 	// /run/hush/<node ID>).
 	SecretsDir string
 	Logger     *slog.Logger
+	// Failpoints, for end-to-end crash tests only (hushd reads it from
+	// HUSH_TEST_FAILPOINTS), is a comma-separated list of point=hang: a
+	// goroutine reaching the point logs it and stops there for good, so
+	// the test can kill -9 hushd at that step (see failpoints.go).
+	Failpoints string
 }
 
 // Daemon is a running hushd.
@@ -146,6 +151,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		cfg.AdvertiseAddr = "127.0.0.1"
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive}
+	if d.fail, err = hangingFailpoints(cfg.Failpoints, d.log); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -182,9 +190,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.secrets.UseMirror(d.mirror)
 	d.configs.UseMirror(d.mirror)
 	d.svcs = services.New(d.store, d.mirror, d.log)
-	// Retention and destroy never take a version a task holds.
-	d.secrets.UseHolders(d.svcs.Holders)
-	d.configs.UseHolders(d.svcs.Holders)
+	// Retention and destroy never take a version a task or a standalone
+	// container holds.
+	d.secrets.UseHolders(d.holders)
+	d.configs.UseHolders(d.holders)
 	// The cluster spec's label io.hush.versions.keep (see settle).
 	keep := func() int { return int(d.spec.keep.Load()) }
 	d.secrets.UseKeep(keep)

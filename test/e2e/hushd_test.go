@@ -109,6 +109,9 @@ type Hushd struct {
 	t        testing.TB
 	logLevel string
 	extra    []string
+	// env is added to hushd's environment at each start (e.g.
+	// HUSH_TEST_FAILPOINTS); a test may change it between restarts.
+	env []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -122,6 +125,11 @@ type hushdOption func(*Hushd)
 // withArgs appends extra command-line arguments.
 func withArgs(args ...string) hushdOption {
 	return func(h *Hushd) { h.extra = append(h.extra, args...) }
+}
+
+// withEnv adds variables to hushd's environment.
+func withEnv(kv ...string) hushdOption {
+	return func(h *Hushd) { h.env = append(h.env, kv...) }
 }
 
 // startHushd builds nothing (TestMain did): it starts the hushd binary on a
@@ -201,6 +209,9 @@ func (h *Hushd) start() {
 	cmd := exec.Command(hushdBin, args...)
 	cmd.Stdout = lf
 	cmd.Stderr = lf
+	if len(h.env) > 0 {
+		cmd.Env = append(os.Environ(), h.env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		lf.Close()

@@ -29,10 +29,10 @@ type saSide struct {
 	pfx  string
 }
 
-func startSa(t *testing.T) *saSide {
+func startSa(t *testing.T, opts ...hushdOption) *saSide {
 	t.Helper()
 	img := enginetest.BusyboxImage(t)
-	h := startHushd(t)
+	h := startHushd(t, opts...)
 	s := &saSide{t: t, h: h, eng: newDockerCLI(t, enginetest.Socket), img: img, node: nodeID(t, h), pfx: "sa" + randHex(t, 4)}
 	t.Cleanup(s.cleanup)
 	return s

@@ -183,44 +183,7 @@ func writeTree(dir, root string, tfs []TreeFile, entries []entry, fresh bool) er
 // writable /run/secrets. A second tmpfs per generation would avoid the
 // remount but could not be swapped into the container's existing bind.
 func (m *Manager) Swap(ctx context.Context, taskID string, files []File) error {
-	if err := checkTaskID(taskID); err != nil {
-		return err
-	}
-	tfs, entries, err := treeFiles(files)
-	if err != nil {
-		return err
-	}
-	if err := m.lock(ctx); err != nil {
-		return err
-	}
-	defer m.unlock()
-	dir := m.dir(taskID)
-	if st, err := m.state(dir); err != nil || st != stateMounted {
-		return fmt.Errorf("secretfs: task %s has no mount to swap", taskID)
-	}
-	// A swap cut short (hushd killed) can leave the tmpfs writable: make it
-	// read-only again before checking it as any mount is checked.
-	_ = unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, "")
-	mt, err := m.open(taskID)
-	if err != nil {
-		return fmt.Errorf("secretfs: task %s: %w", taskID, err)
-	}
-	if !mt.tree {
-		return fmt.Errorf("secretfs: task %s: its files are bound one by one and cannot be swapped", taskID)
-	}
-	opts := fmt.Sprintf("size=%d,nr_inodes=%d", treeSize(entries), 3*len(files)+16)
-	if err := unix.Mount("tmpfs", dir, "", unix.MS_REMOUNT|mountFlags, opts); err != nil {
-		return fmt.Errorf("secretfs: task %s: remount read-write: %w", taskID, err)
-	}
-	werr := writeTree(dir, m.root, tfs, entries, false)
-	if err := remountReadOnly(ctx, dir); err != nil {
-		return fmt.Errorf("secretfs: task %s: remount read-only: %w", taskID, err)
-	}
-	if werr != nil {
-		return fmt.Errorf("secretfs: task %s: swap: %w", taskID, werr)
-	}
-	m.log.Info("secretfs: swapped", "task", taskID, "files", len(entries))
-	return nil
+	return m.swapTree(ctx, taskID, files, false)
 }
 
 // openTree checks a tree mount against its manifest.

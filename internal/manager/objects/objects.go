@@ -567,6 +567,26 @@ func ContainerRefOwner(grantID string) string { return "container/" + grantID }
 // marker: its name, marked as a container's.
 func ContainerRefValue(containerName string) string { return containerRefValuePrefix + containerName }
 
+// containerHolderPrefix marks, among the holders of a version (Holders),
+// a standalone container rather than a task.
+const containerHolderPrefix = "container:"
+
+// ContainerHolder names a standalone container among the holders of a
+// version: task IDs never contain a colon, container IDs and names never.
+func ContainerHolder(containerID, name string) string {
+	return containerHolderPrefix + containerID + ":" + name
+}
+
+// ParseContainerHolder reads a ContainerHolder; ok is false for a task.
+func ParseContainerHolder(h string) (containerID, name string, ok bool) {
+	rest, ok := strings.CutPrefix(h, containerHolderPrefix)
+	if !ok {
+		return "", "", false
+	}
+	containerID, name, ok = strings.Cut(rest, ":")
+	return containerID, name, ok
+}
+
 func (m *Manager) open(r *record) ([]byte, error) {
 	return m.openVersion(r, r.DataVersion)
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -356,8 +357,8 @@ func (m *Manager) Destroy(ctx context.Context, ref string, rev uint64, n int) er
 	if err != nil {
 		return err
 	}
-	if ts := held[n]; len(ts) > 0 {
-		return errdefs.FailedPrecondition("version %d of %s %s is held by %d running task(s): %s", n, m.kind.Name, r.Name, len(ts), ts[0])
+	if err := heldError(held[n], n, m.kind.Name, r.Name); err != nil {
+		return err
 	}
 	v.Sealed = nil
 	r.UpdatedAt = m.now()
@@ -368,6 +369,33 @@ func (m *Manager) Destroy(ctx context.Context, ref string, rev uint64, n int) er
 	return nil
 }
 
+// heldError refuses to destroy version n while tasks or standalone
+// containers hold it, naming the first of each.
+func heldError(holders []string, n int, kind, name string) error {
+	var tasks, containers []string
+	for _, h := range holders {
+		if id, cname, ok := ParseContainerHolder(h); ok {
+			if cname == "" {
+				cname = id
+			}
+			containers = append(containers, cname)
+		} else {
+			tasks = append(tasks, h)
+		}
+	}
+	var by []string
+	if len(tasks) > 0 {
+		by = append(by, fmt.Sprintf("%d running task(s): %s", len(tasks), tasks[0]))
+	}
+	if len(containers) > 0 {
+		by = append(by, fmt.Sprintf("%d container(s): %s", len(containers), containers[0]))
+	}
+	if len(by) == 0 {
+		return nil
+	}
+	return errdefs.FailedPrecondition("version %d of %s %s is held by %s", n, kind, name, strings.Join(by, " and "))
+}
+
 // VersionInfo describes one version for `hush secret versions`.
 type VersionInfo struct {
 	Version     int
@@ -375,7 +403,8 @@ type VersionInfo struct {
 	Fingerprint string
 	Current     bool
 	Destroyed   bool
-	// HeldBy are the IDs of the tasks that hold this version.
+	// HeldBy are the IDs of the tasks that hold this version, and the
+	// standalone containers (ContainerHolder).
 	HeldBy []string
 }
 

@@ -19,6 +19,15 @@
 // `Mounts` of type bind, so a container whose tmpfs is missing fails to
 // start instead of seeing an empty directory.
 //
+// Rotations reach the containers (rotate.go): Sync brings every grant
+// behind the current versions onto them, by swapping the files under the
+// running container (io.hush.rotate reload, the default when every file
+// is directly under /run/secrets, served then from one swappable
+// directory), then signalling it (signal:) or restarting it through the
+// engine (restart, the default for other targets), and records the new
+// versions only once the files hold them. Retention and destroy never take
+// a version a grant records (HeldVersions).
+//
 // What this package must never do: put a value anywhere but the tmpfs
 // (grants hold IDs, names, targets, owners and modes), or log or return one.
 package standalone

@@ -27,8 +27,10 @@ type Item struct {
 	UID    int         `json:"uid"`
 	GID    int         `json:"gid"`
 	Mode   os.FileMode `json:"mode"`
-	// Version is the object's data version delivered (1 until secrets
-	// have versions).
+	// Version is the object's data version in the container's files:
+	// written only once the files hold it, so a rotation cut short is
+	// done again and the version recorded is never one the container
+	// does not have.
 	Version int `json:"version"`
 }
 
@@ -42,6 +44,12 @@ type Grant struct {
 	Since       time.Time `json:"since"`
 	Secrets     []Item    `json:"secrets,omitempty"`
 	Configs     []Item    `json:"configs,omitempty"`
+	// Rotate is the container's io.hush.rotate ("": the default).
+	Rotate string `json:"rotate,omitempty"`
+	// Tree is set when the files are served from one directory bound at
+	// /run/secrets, which a rotation swaps; grants made before rotations
+	// reached containers, and those with other targets, bind each file.
+	Tree bool `json:"tree,omitempty"`
 
 	rev int64
 }

@@ -1,6 +1,8 @@
 package standalone
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path"
 	"sort"
@@ -10,6 +12,7 @@ import (
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/model"
 )
 
 // The labels a container asks for secrets and configs with.
@@ -19,6 +22,9 @@ const (
 	LabelSecretPrefix = "io.hush.secret."
 	LabelConfigs      = "io.hush.configs"
 	LabelConfigPrefix = "io.hush.config."
+	// LabelRotate chooses how a rotation reaches the container, with the
+	// values services take (model.RotateLabel); see Request.Rotate.
+	LabelRotate = model.RotateLabel
 )
 
 // MaxRefs bounds how many secrets and configs one container may ask for.
@@ -38,6 +44,30 @@ type Ref struct {
 type Request struct {
 	Secrets []Ref
 	Configs []Ref
+	// Rotate is the label io.hush.rotate as given ("": the default, reload
+	// when every target can be swapped, restart otherwise).
+	Rotate string
+	// BindEach binds each file on its own even when all could be served
+	// from one directory at /run/secrets (the client mounts something of
+	// its own there); a rotation then restarts the container.
+	BindEach bool
+}
+
+// Swappable reports whether every target is a file directly under
+// /run/secrets, so that the files can be served from one directory and
+// swapped under the running container; otherwise it says why not.
+func (r *Request) Swappable() (bool, string) {
+	for _, set := range []struct {
+		noun string
+		refs []Ref
+	}{{"secret", r.Secrets}, {"config", r.Configs}} {
+		for _, ref := range set.refs {
+			if ok, _ := secretfs.Swappable([]secretfs.File{{Target: ref.Target}}); !ok {
+				return false, fmt.Sprintf("%s %s has the target %s, not a file directly under %s", set.noun, ref.Name, ref.Target, secretfs.SecretsDir)
+			}
+		}
+	}
+	return true, ""
 }
 
 // Empty reports whether nothing was asked for.
@@ -87,11 +117,11 @@ func ParseLabels(labels map[string]string) (Request, error) {
 	sort.Strings(keys)
 	for _, k := range keys {
 		switch {
-		case k == LabelSecrets, k == LabelConfigs,
+		case k == LabelSecrets, k == LabelConfigs, k == LabelRotate,
 			strings.HasPrefix(k, LabelSecretPrefix), strings.HasPrefix(k, LabelConfigPrefix):
 		default:
-			return Request{}, errdefs.InvalidArgument("unknown label %q: hush knows %s, %s<name>, %s and %s<name>",
-				truncate(k), LabelSecrets, LabelSecretPrefix, LabelConfigs, LabelConfigPrefix)
+			return Request{}, errdefs.InvalidArgument("unknown label %q: hush knows %s, %s<name>, %s, %s<name> and %s",
+				truncate(k), LabelSecrets, LabelSecretPrefix, LabelConfigs, LabelConfigPrefix, LabelRotate)
 		}
 	}
 	var err error
@@ -107,7 +137,38 @@ func ParseLabels(labels map[string]string) (Request, error) {
 	if err := checkTargets(&req); err != nil {
 		return Request{}, err
 	}
+	if err := checkRotate(&req, labels); err != nil {
+		return Request{}, err
+	}
 	return req, nil
+}
+
+// checkRotate reads io.hush.rotate. reload and signal: swap the files
+// under the running container, which only a directory of files directly
+// under /run/secrets allows: asked of other targets, they are refused
+// rather than turned into restarts the user did not ask for.
+func checkRotate(req *Request, labels map[string]string) error {
+	v, ok := labels[LabelRotate]
+	if !ok {
+		return nil
+	}
+	if err := model.CheckRotateMode(v); err != nil || v == "" {
+		if err == nil {
+			err = errors.New("empty rotation mode (want restart, reload or signal:SIGNAME)")
+		}
+		return errdefs.InvalidArgument("label %s: %v", LabelRotate, err)
+	}
+	if req.Empty() {
+		return errdefs.InvalidArgument("label %s: the container asks for no secret or config", LabelRotate)
+	}
+	if v != model.RotateRestart {
+		if ok, why := req.Swappable(); !ok {
+			return errdefs.InvalidArgument("label %s=%s: %s, which cannot be swapped under a running container: use %s=%s, or targets directly under %s",
+				LabelRotate, truncate(v), why, LabelRotate, model.RotateRestart, secretfs.SecretsDir)
+		}
+	}
+	req.Rotate = v
+	return nil
 }
 
 func parseKind(kl kindLabels, labels map[string]string, keys []string) ([]Ref, error) {

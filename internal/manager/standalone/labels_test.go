@@ -1,6 +1,7 @@
 package standalone
 
 import (
+	"errors"
 	"os"
 	"reflect"
 	"strconv"
@@ -173,5 +174,43 @@ func TestParseLabelsErrorsBounded(t *testing.T) {
 			}
 			t.Fatalf("error of %d bytes: %.200v", n, err)
 		}
+	}
+}
+
+func TestParseRotateLabel(t *testing.T) {
+	tests := []struct {
+		name   string
+		labels map[string]string
+		want   string
+		err    string // substring; "" means success
+	}{
+		{name: "absent is the default", labels: map[string]string{LabelSecrets: "db"}},
+		{name: "reload", labels: map[string]string{LabelSecrets: "db", LabelRotate: "reload"}, want: "reload"},
+		{name: "signal", labels: map[string]string{LabelSecrets: "db", LabelRotate: "signal:SIGHUP"}, want: "signal:SIGHUP"},
+		{name: "restart with any target", labels: map[string]string{LabelSecretPrefix + "db": "target=/etc/db", LabelConfigs: "c", LabelRotate: "restart"}, want: "restart"},
+		{name: "unknown mode", labels: map[string]string{LabelSecrets: "db", LabelRotate: "hup"}, err: `label io.hush.rotate: unknown rotation mode "hup"`},
+		{name: "unknown signal", labels: map[string]string{LabelSecrets: "db", LabelRotate: "signal:SIGKILL"}, err: `label io.hush.rotate: unknown signal "SIGKILL"`},
+		{name: "empty", labels: map[string]string{LabelSecrets: "db", LabelRotate: ""}, err: "label io.hush.rotate: empty rotation mode"},
+		{name: "nothing to rotate", labels: map[string]string{LabelRotate: "reload"}, err: "label io.hush.rotate: the container asks for no secret or config"},
+		{name: "reload of an absolute target", labels: map[string]string{LabelSecretPrefix + "db": "target=/etc/db", LabelRotate: "reload"},
+			err: "label io.hush.rotate=reload: secret db has the target /etc/db, not a file directly under /run/secrets"},
+		{name: "signal with a config at /", labels: map[string]string{LabelSecrets: "db", LabelConfigs: "c", LabelRotate: "signal:SIGHUP"},
+			err: "config c has the target /c"},
+		{name: "reload of a nested target", labels: map[string]string{LabelSecretPrefix + "db": "target=a/b", LabelRotate: "reload"},
+			err: "secret db has the target /run/secrets/a/b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := ParseLabels(tt.labels)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+					t.Fatalf("got %v, want an invalid argument with %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || req.Rotate != tt.want {
+				t.Fatalf("got %q, %v; want %q", req.Rotate, err, tt.want)
+			}
+		})
 	}
 }

@@ -23,8 +23,15 @@ import (
 // FS is what grants need of secretfs: one tmpfs per grant, named by the
 // grant's ID (see SecretFS).
 type FS interface {
-	Mount(ctx context.Context, id string, files []secretfs.File) ([]secretfs.Binding, error)
-	// Mounted reports whether id's tmpfs exists and is complete.
+	// Mount makes id's tmpfs; tree serves every file from one directory
+	// bound at /run/secrets, which Swap can replace under a running
+	// container (all targets must be directly under /run/secrets).
+	Mount(ctx context.Context, id string, files []secretfs.File, tree bool) ([]secretfs.Binding, error)
+	// Swap replaces the files of id's tree mount atomically for readers,
+	// also one a crash left mid-swap.
+	Swap(ctx context.Context, id string, files []secretfs.File) error
+	// Mounted reports whether id's tmpfs exists and is complete, or is a
+	// tree mount (which Swap makes whole again).
 	Mounted(id string) bool
 	Unmount(id string) error
 	// IDs lists the IDs that have a directory under Root.
@@ -36,18 +43,29 @@ type FS interface {
 type SecretFS struct{ *secretfs.Manager }
 
 // Mount mounts id's tmpfs and returns its bind mounts.
-func (s SecretFS) Mount(ctx context.Context, id string, files []secretfs.File) ([]secretfs.Binding, error) {
-	mt, err := s.Manager.Mount(ctx, id, files)
+func (s SecretFS) Mount(ctx context.Context, id string, files []secretfs.File, tree bool) ([]secretfs.Binding, error) {
+	mount := s.Manager.Mount
+	if tree {
+		mount = s.MountTree
+	}
+	mt, err := mount(ctx, id, files)
 	if err != nil {
 		return nil, err
 	}
 	return mt.Bindings(), nil
 }
 
-// Mounted reports whether id's tmpfs is complete.
+// Swap swaps id's tree mount (secretfs.Manager.Resume).
+func (s SecretFS) Swap(ctx context.Context, id string, files []secretfs.File) error {
+	return s.Resume(ctx, id, files)
+}
+
+// Mounted reports whether id's tmpfs is complete or a tree mount.
 func (s SecretFS) Mounted(id string) bool {
-	_, ok := s.Lookup(id)
-	return ok
+	if _, ok := s.Lookup(id); ok {
+		return true
+	}
+	return s.TreeMounted(id)
 }
 
 // IDs lists the mount directories.
@@ -56,7 +74,9 @@ func (s SecretFS) IDs() ([]string, error) { return s.Tasks() }
 // Objects resolves and opens one kind of object (objects.Manager).
 type Objects interface {
 	Get(ctx context.Context, ref string) (objects.Object, error)
-	Content(ctx context.Context, id string) ([]byte, string, error)
+	// ContentVersion opens version n of the object with exact id: a
+	// container is given the version its grant records.
+	ContentVersion(ctx context.Context, id string, n int) ([]byte, string, error)
 }
 
 // Config wires a Manager.
@@ -68,8 +88,17 @@ type Config struct {
 	// Names finds the name the engine gave a container created without
 	// one (nil: the grant keeps its ID as the name); an ErrNotFound from
 	// it tells Commit the container is already gone.
-	Names  func(ctx context.Context, containerID string) (string, error)
-	Logger *slog.Logger
+	Names func(ctx context.Context, containerID string) (string, error)
+	// Control reloads, signals and restarts containers when a rotation
+	// reaches them (nil: rotations are not delivered).
+	Control Control
+	// Changed returns a channel closed at the next write to the secrets
+	// or configs tables (nil: Sync runs only at each reconcile and retry).
+	Changed func() <-chan struct{}
+	// Failpoint, set by tests only, is called at the named points of a
+	// delivery (see rotate.go); an error it returns fails the delivery.
+	Failpoint func(point string) error
+	Logger    *slog.Logger
 }
 
 // Manager keeps the grants of standalone containers and their tmpfs.
@@ -79,6 +108,9 @@ type Manager struct {
 	configs Objects
 	fs      FS
 	names   func(ctx context.Context, containerID string) (string, error)
+	control Control
+	changed func() <-chan struct{}
+	fail    func(point string) error
 	log     *slog.Logger
 	now     func() time.Time
 	// mu serialises grant changes with reconciliation, so a reconcile
@@ -91,6 +123,10 @@ type Manager struct {
 	// missing from the list).
 	epoch     uint64
 	committed map[string]uint64
+	// syncMu serialises deliveries of rotations (Sync); kick wakes their
+	// loop.
+	syncMu sync.Mutex
+	kick   chan struct{}
 }
 
 // New returns a Manager.
@@ -101,7 +137,7 @@ func New(c Config) *Manager {
 	}
 	return &Manager{
 		grants: grants{st: c.Store, tbl: c.Store.Table(Table)}, secrets: c.Secrets, configs: c.Configs,
-		fs: c.FS, names: c.Names, log: log, now: func() time.Time { return time.Now().UTC() }, pending: map[string]bool{}, committed: map[string]uint64{},
+		fs: c.FS, names: c.Names, control: c.Control, changed: c.Changed, fail: c.Failpoint, log: log, now: func() time.Time { return time.Now().UTC() }, pending: map[string]bool{}, committed: map[string]uint64{}, kick: make(chan struct{}, 1),
 	}
 }
 
@@ -118,7 +154,12 @@ type Prepared struct {
 // named name ("" if the engine is to choose) and mounts its tmpfs. On
 // error nothing is left behind.
 func (m *Manager) Prepare(ctx context.Context, req Request, name string) (_ *Prepared, err error) {
-	g := &Grant{Name: name, Since: m.now()}
+	g := &Grant{Name: name, Since: m.now(), Rotate: req.Rotate}
+	// Files directly under /run/secrets are served from one directory
+	// that a rotation swaps under the running container; others are bound
+	// one by one, and a rotation restarts the container.
+	g.Tree, _ = req.Swappable()
+	g.Tree = g.Tree && !req.BindEach
 	if g.ID, err = identity.NewID(); err != nil {
 		return nil, fmt.Errorf("grant id: %w: %w", errdefs.ErrInternal, err)
 	}
@@ -169,32 +210,51 @@ func (m *Manager) resolve(ctx context.Context, objs Objects, noun string, refs [
 		if o.Templating != nil {
 			return nil, errdefs.InvalidArgument("%s %s is templated: templates are rendered for service tasks only, not for containers", noun, r.Name)
 		}
-		items = append(items, Item{ID: o.ID, Name: o.Name, Target: r.Target, UID: r.UID, GID: r.GID, Mode: r.Mode, Version: 1})
+		items = append(items, Item{ID: o.ID, Name: o.Name, Target: r.Target, UID: r.UID, GID: r.GID, Mode: r.Mode, Version: max(o.DataVersion, 1)})
 	}
 	return items, nil
 }
 
-// mount materialises g's files, or returns its existing complete mount.
-func (m *Manager) mount(ctx context.Context, g *Grant) ([]secretfs.Binding, error) {
+// files opens g's files at the versions want gives each item (nil: the
+// versions g records); the caller wipes them.
+func (m *Manager) files(ctx context.Context, g *Grant, want func(kind string, it Item) int) ([]secretfs.File, error) {
 	files := make([]secretfs.File, 0, len(g.Secrets)+len(g.Configs))
-	defer func() {
-		for _, f := range files {
-			keyring.Wipe(f.Data)
-		}
-	}()
 	for _, set := range []struct {
+		kind  string
 		objs  Objects
 		items []Item
-	}{{m.secrets, g.Secrets}, {m.configs, g.Configs}} {
+	}{{objects.Secret.Table, m.secrets, g.Secrets}, {objects.Config.Table, m.configs, g.Configs}} {
 		for _, it := range set.items {
-			data, _, err := set.objs.Content(ctx, it.ID)
+			n := it.Version
+			if want != nil {
+				n = want(set.kind, it)
+			}
+			data, _, err := set.objs.ContentVersion(ctx, it.ID, n)
 			if err != nil {
+				wipeFiles(files)
 				return nil, err
 			}
 			files = append(files, secretfs.File{Target: it.Target, UID: it.UID, GID: it.GID, Mode: it.Mode, Data: data})
 		}
 	}
-	binds, err := m.fs.Mount(ctx, g.ID, files)
+	return files, nil
+}
+
+func wipeFiles(files []secretfs.File) {
+	for _, f := range files {
+		keyring.Wipe(f.Data)
+	}
+}
+
+// mount materialises g's files at the versions it records, or returns its
+// existing complete mount.
+func (m *Manager) mount(ctx context.Context, g *Grant) ([]secretfs.Binding, error) {
+	files, err := m.files(ctx, g, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer wipeFiles(files)
+	binds, err := m.fs.Mount(ctx, g.ID, files, g.Tree)
 	if err != nil {
 		return nil, fmt.Errorf("container secrets tmpfs: %w: %w", errdefs.ErrInternal, err)
 	}
@@ -208,6 +268,8 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 		delete(m.pending, grantID)
 		m.committed[grantID] = m.epoch
 		m.mu.Unlock()
+		// A rotation since Prepare read the versions must reach it too.
+		m.poke()
 	}()
 	g, err := m.get(ctx, grantID)
 	if err != nil {

@@ -23,30 +23,78 @@ import (
 type fakeFS struct {
 	mu      sync.Mutex
 	mounts  map[string][]secretfs.File
+	trees   map[string]bool // mounts served from one swappable directory
 	dirs    map[string]bool // directories without a complete mount
 	failing bool
+	// swaps and remounts count the rotations delivered per mount.
+	swaps, remounts map[string]int
 }
 
 func newFakeFS() *fakeFS {
-	return &fakeFS{mounts: map[string][]secretfs.File{}, dirs: map[string]bool{}}
+	return &fakeFS{mounts: map[string][]secretfs.File{}, trees: map[string]bool{}, dirs: map[string]bool{},
+		swaps: map[string]int{}, remounts: map[string]int{}}
+}
+
+func cloneFiles(files []secretfs.File) []secretfs.File {
+	cp := make([]secretfs.File, len(files))
+	for i, x := range files {
+		cp[i] = x
+		cp[i].Data = slices.Clone(x.Data)
+	}
+	return cp
+}
+
+func (f *fakeFS) Swap(_ context.Context, id string, files []secretfs.File) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failing {
+		return errors.New("swap refused")
+	}
+	if _, ok := f.mounts[id]; !ok || !f.trees[id] {
+		return errors.New("no tree mount to swap")
+	}
+	f.mounts[id] = cloneFiles(files)
+	f.swaps[id]++
+	return nil
+}
+
+// data returns what a container of mount id reads at target.
+func (f *fakeFS) data(id, target string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, x := range f.mounts[id] {
+		if x.Target == target {
+			return string(x.Data)
+		}
+	}
+	return "<none>"
 }
 
 func (f *fakeFS) Root() string { return "/fake/root" }
 
-func (f *fakeFS) Mount(_ context.Context, id string, files []secretfs.File) ([]secretfs.Binding, error) {
+func (f *fakeFS) Mount(_ context.Context, id string, files []secretfs.File, tree bool) ([]secretfs.Binding, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {
 		return nil, errors.New("tmpfs refused")
 	}
-	cp := make([]secretfs.File, len(files))
-	var b []secretfs.Binding
-	for i, x := range files {
-		cp[i] = x
-		cp[i].Data = slices.Clone(x.Data)
-		b = append(b, secretfs.Binding{HostPath: path.Join(f.Root(), id, string(rune('0'+i))), ContainerPath: x.Target})
+	if _, ok := f.mounts[id]; ok {
+		return nil, errors.New("already mounted")
 	}
-	f.mounts[id] = cp
+	var b []secretfs.Binding
+	if tree {
+		if ok, why := secretfs.Swappable(files); !ok {
+			return nil, errors.New(why)
+		}
+		b = []secretfs.Binding{{HostPath: path.Join(f.Root(), id, "s"), ContainerPath: secretfs.SecretsDir}}
+	} else {
+		for i, x := range files {
+			b = append(b, secretfs.Binding{HostPath: path.Join(f.Root(), id, string(rune('0'+i))), ContainerPath: x.Target})
+		}
+	}
+	f.mounts[id] = cloneFiles(files)
+	f.trees[id] = tree
+	f.remounts[id]++
 	delete(f.dirs, id)
 	return b, nil
 }
@@ -62,6 +110,7 @@ func (f *fakeFS) Unmount(id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.mounts, id)
+	delete(f.trees, id)
 	delete(f.dirs, id)
 	return nil
 }

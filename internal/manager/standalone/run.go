@@ -40,6 +40,12 @@ func (m *Manager) Run(ctx context.Context, eng Engine) {
 	// An engine that is away is retried with a growing delay, so that a
 	// long outage is not a log line a second.
 	delay := time.Second
+	rotDone := make(chan struct{})
+	go func() {
+		defer close(rotDone)
+		m.rotations(ctx)
+	}()
+	defer func() { <-rotDone }()
 	for ctx.Err() == nil {
 		// Subscribe first, so a removal during the reconcile is not missed.
 		sctx, cancel := context.WithCancel(ctx)
@@ -52,6 +58,9 @@ func (m *Manager) Run(ctx context.Context, eng Engine) {
 			if err := m.Reconcile(ctx, cs, listed); err != nil {
 				m.log.Warn("standalone: reconcile", "err", err)
 			}
+			// Rotations made while hushd was down, or cut short by a
+			// crash, are delivered once the tmpfs are back.
+			m.poke()
 		}
 		m.follow(ctx, ids, errc)
 		cancel()
@@ -171,4 +180,28 @@ func (e EngineClient) Name(ctx context.Context, id string) (string, error) {
 		return "", err
 	}
 	return strings.TrimPrefix(res.Container.Name, "/"), nil
+}
+
+// Running reports whether the container is running.
+func (e EngineClient) Running(ctx context.Context, id string) (bool, error) {
+	res, err := e.Cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if cerrdefs.IsNotFound(err) {
+		return false, fmt.Errorf("container %s: %w: %w", id, errdefs.ErrNotFound, err)
+	}
+	if err != nil {
+		return false, err
+	}
+	return res.Container.State != nil && res.Container.State.Running, nil
+}
+
+// Kill sends the container a signal.
+func (e EngineClient) Kill(ctx context.Context, id, signal string) error {
+	_, err := e.Cli.ContainerKill(ctx, id, client.ContainerKillOptions{Signal: signal})
+	return err
+}
+
+// Restart restarts the container with its own stop timeout.
+func (e EngineClient) Restart(ctx context.Context, id string) error {
+	_, err := e.Cli.ContainerRestart(ctx, id, client.ContainerRestartOptions{})
+	return err
 }

@@ -1,0 +1,323 @@
+package standalone
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+)
+
+// fakeControl is the engine for deliveries: it records calls and, at each
+// signal or restart, what the container's files held then.
+type fakeControl struct {
+	mu      sync.Mutex
+	fs      *fakeFS
+	stopped map[string]bool
+	gone    map[string]bool
+	failing error
+	calls   []string // "kill c1 SIGHUP saw=<data>", "restart c1 saw=<data>"
+	grant   string   // the mount whose data calls record
+	target  string
+}
+
+func (c *fakeControl) Running(_ context.Context, id string) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone[id] {
+		return false, errdefs.NotFound("no such container %s", id)
+	}
+	return !c.stopped[id], nil
+}
+
+func (c *fakeControl) call(s string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, s+" saw="+c.fs.data(c.grant, c.target))
+	return c.failing
+}
+
+func (c *fakeControl) Kill(_ context.Context, id, sig string) error {
+	return c.call("kill " + id + " " + sig)
+}
+func (c *fakeControl) Restart(_ context.Context, id string) error { return c.call("restart " + id) }
+
+func (c *fakeControl) log() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.calls...)
+}
+
+// rotFixture is a fixture whose manager delivers rotations, with a
+// failpoint tests can set, and whose secrets know the containers' holds.
+type rotFixture struct {
+	*fixture
+	ctl  *fakeControl
+	fail func(point string) error
+}
+
+func newRotFixture(t *testing.T) *rotFixture {
+	t.Helper()
+	fx := newFixture(t)
+	rf := &rotFixture{fixture: fx, ctl: &fakeControl{fs: fx.fs, stopped: map[string]bool{}, gone: map[string]bool{}}}
+	fx.m.control = rf.ctl
+	fx.m.fail = func(p string) error {
+		if rf.fail != nil {
+			return rf.fail(p)
+		}
+		return nil
+	}
+	fx.secrets.UseHolders(fx.m.HeldVersions)
+	fx.configs.UseHolders(fx.m.HeldVersions)
+	return rf
+}
+
+// run prepares and commits a container with labels, as `docker run` does.
+func (rf *rotFixture) run(t *testing.T, labels map[string]string, containerID string) string {
+	t.Helper()
+	ctx := context.Background()
+	p, err := rf.m.Prepare(ctx, mustParse(t, labels), containerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rf.m.Commit(ctx, p.GrantID, containerID, containerID); err != nil {
+		t.Fatal(err)
+	}
+	return p.GrantID
+}
+
+func (rf *rotFixture) rotate(t *testing.T, name, data string) {
+	t.Helper()
+	if _, changed, err := rf.secrets.Rotate(context.Background(), name, 0, []byte(data)); err != nil || !changed {
+		t.Fatalf("rotate %s: changed %v, %v", name, changed, err)
+	}
+}
+
+// version is what the grant of containerID records for its one secret.
+func (rf *rotFixture) version(t *testing.T, secretID, containerID string) int {
+	t.Helper()
+	hs, err := rf.m.Holders(context.Background(), objects.Secret.Table, secretID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		if h.ID == containerID {
+			return h.Version
+		}
+	}
+	t.Fatalf("container %s holds no version of %s: %+v", containerID, secretID, hs)
+	return 0
+}
+
+func TestRotationModes(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name      string
+		labels    map[string]string
+		target    string
+		stopped   bool
+		wantTree  bool
+		wantCalls []string
+	}{
+		{name: "default reload swaps, no restart", labels: map[string]string{LabelSecrets: "db"},
+			target: "/run/secrets/db", wantTree: true},
+		{name: "signal after the swap", labels: map[string]string{LabelSecrets: "db", LabelRotate: "signal:SIGHUP"},
+			target: "/run/secrets/db", wantTree: true, wantCalls: []string{"kill c1 SIGHUP saw=v2"}},
+		{name: "signal skipped when stopped", labels: map[string]string{LabelSecrets: "db", LabelRotate: "signal:SIGHUP"},
+			target: "/run/secrets/db", stopped: true, wantTree: true},
+		{name: "restart after the swap", labels: map[string]string{LabelSecrets: "db", LabelRotate: "restart"},
+			target: "/run/secrets/db", wantTree: true, wantCalls: []string{"restart c1 saw=v2"}},
+		{name: "absolute target: new tmpfs, restart", labels: map[string]string{LabelSecretPrefix + "db": "target=/etc/db"},
+			target: "/etc/db", wantCalls: []string{"restart c1 saw=v2"}},
+		{name: "absolute target, stopped: new tmpfs only", labels: map[string]string{LabelSecretPrefix + "db": "target=/etc/db"},
+			target: "/etc/db", stopped: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rf := newRotFixture(t)
+			id := rf.secret(t, "db", "v1")
+			grant := rf.run(t, tt.labels, "c1")
+			rf.ctl.grant, rf.ctl.target, rf.ctl.stopped["c1"] = grant, tt.target, tt.stopped
+			if rf.fs.trees[grant] != tt.wantTree {
+				t.Fatalf("tree mount %v, want %v", rf.fs.trees[grant], tt.wantTree)
+			}
+			if n := rf.m.Sync(ctx); n != 0 || rf.fs.swaps[grant] != 0 || rf.fs.remounts[grant] != 1 {
+				t.Fatalf("sync with nothing rotated: %d failed, %d swaps, %d mounts", n, rf.fs.swaps[grant], rf.fs.remounts[grant])
+			}
+			rf.rotate(t, "db", "v2")
+			if got := rf.version(t, id, "c1"); got != 1 {
+				t.Fatalf("recorded before delivery: version %d", got)
+			}
+			if n := rf.m.Sync(ctx); n != 0 {
+				t.Fatalf("%d deliveries failed", n)
+			}
+			if got := rf.fs.data(grant, tt.target); got != "v2" {
+				t.Fatalf("container reads %q", got)
+			}
+			if tt.wantTree && (rf.fs.swaps[grant] != 1 || rf.fs.remounts[grant] != 1) {
+				t.Fatalf("tree: %d swaps, %d mounts; want one swap, no new mount", rf.fs.swaps[grant], rf.fs.remounts[grant])
+			}
+			if !tt.wantTree && rf.fs.remounts[grant] != 2 {
+				t.Fatalf("per-file: %d mounts, want a new one", rf.fs.remounts[grant])
+			}
+			if got := strings.Join(rf.ctl.log(), "; "); got != strings.Join(tt.wantCalls, "; ") {
+				t.Fatalf("engine calls %q, want %q", got, tt.wantCalls)
+			}
+			if got := rf.version(t, id, "c1"); got != 2 {
+				t.Fatalf("recorded version %d after delivery", got)
+			}
+			// Done: a further sync changes nothing.
+			rf.m.Sync(ctx)
+			if len(rf.ctl.log()) != len(tt.wantCalls) || rf.fs.swaps[grant] > 1 {
+				t.Fatalf("a second sync delivered again: %v, %d swaps", rf.ctl.log(), rf.fs.swaps[grant])
+			}
+		})
+	}
+}
+
+// Nothing that fails records the new version: the grant keeps the one the
+// container has, and a later sync delivers and records it.
+func TestRotationFailuresKeepVersion(t *testing.T) {
+	ctx := context.Background()
+	injected := errors.New("injected")
+	tests := []struct {
+		name   string
+		labels map[string]string
+		break_ func(rf *rotFixture)
+		fix    func(rf *rotFixture)
+	}{
+		{name: "crash before the record", labels: map[string]string{LabelSecrets: "db"},
+			break_: func(rf *rotFixture) {
+				rf.fail = func(p string) error {
+					if p == FpRecord {
+						return injected
+					}
+					return nil
+				}
+			},
+			fix: func(rf *rotFixture) { rf.fail = nil }},
+		{name: "swap fails", labels: map[string]string{LabelSecrets: "db"},
+			break_: func(rf *rotFixture) { rf.fs.failing = true }, fix: func(rf *rotFixture) { rf.fs.failing = false }},
+		{name: "signal fails", labels: map[string]string{LabelSecrets: "db", LabelRotate: "signal:SIGUSR1"},
+			break_: func(rf *rotFixture) { rf.ctl.failing = injected }, fix: func(rf *rotFixture) { rf.ctl.failing = nil }},
+		{name: "restart fails", labels: map[string]string{LabelSecretPrefix + "db": "target=/etc/db"},
+			break_: func(rf *rotFixture) { rf.ctl.failing = injected }, fix: func(rf *rotFixture) { rf.ctl.failing = nil }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rf := newRotFixture(t)
+			id := rf.secret(t, "db", "v1")
+			rf.run(t, tt.labels, "c1")
+			rf.rotate(t, "db", "v2")
+			tt.break_(rf)
+			if n := rf.m.Sync(ctx); n != 1 {
+				t.Fatalf("%d failed deliveries, want 1", n)
+			}
+			if got := rf.version(t, id, "c1"); got != 1 {
+				t.Fatalf("a failed delivery recorded version %d", got)
+			}
+			// Version 1 is still held: destroy refuses, naming the container.
+			err := rf.secrets.Destroy(ctx, "db", 0, 1)
+			if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "held by 1 container(s): c1") {
+				t.Fatalf("destroy of the held version: %v", err)
+			}
+			tt.fix(rf)
+			if n := rf.m.Sync(ctx); n != 0 {
+				t.Fatalf("retry: %d failed", n)
+			}
+			if got := rf.version(t, id, "c1"); got != 2 {
+				t.Fatalf("after the retry the grant records %d", got)
+			}
+			if err := rf.secrets.Destroy(ctx, "db", 0, 1); err != nil {
+				t.Fatalf("destroy once the container moved on: %v", err)
+			}
+		})
+	}
+}
+
+// Retention keeps a version a container holds however many rotations
+// pass, and re-provisioning (after a reboot) gives the container the
+// version its grant records, which a sync then brings forward.
+func TestRotationRetentionAndReprovision(t *testing.T) {
+	ctx := context.Background()
+	rf := newRotFixture(t)
+	id, err := rf.secrets.Create(ctx, objects.Spec{Name: "db", Data: []byte("v1"), Labels: map[string]string{objects.KeepLabel: "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := rf.run(t, map[string]string{LabelSecrets: "db"}, "c1")
+	rf.rotate(t, "db", "v2")
+	rf.rotate(t, "db", "v3")
+	_, vs, err := rf.secrets.Versions(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []int
+	for _, v := range vs {
+		kept = append(kept, v.Version)
+		if v.Version == 1 && (len(v.HeldBy) != 1 || !strings.HasPrefix(v.HeldBy[0], "container:c1:")) {
+			t.Fatalf("version 1 held by %v", v.HeldBy)
+		}
+	}
+	if len(kept) != 2 || kept[0] != 1 || kept[1] != 3 {
+		t.Fatalf("kept versions %v, want [1 3] (1 held, 3 current)", kept)
+	}
+
+	// A reboot: the tmpfs is gone; the reconcile makes it again with the
+	// recorded version, then the sync delivers the current one.
+	if err := rf.fs.Unmount(grant); err != nil {
+		t.Fatal(err)
+	}
+	listed := rf.m.BeginList()
+	if err := rf.m.Reconcile(ctx, []Container{{ID: "c1", Name: "c1"}}, listed+1); err != nil {
+		t.Fatal(err)
+	}
+	if got := rf.fs.data(grant, "/run/secrets/db"); got != "v1" {
+		t.Fatalf("re-provisioned %q, want the recorded v1", got)
+	}
+	rf.m.Sync(ctx)
+	if got := rf.fs.data(grant, "/run/secrets/db"); got != "v3" || rf.version(t, id, "c1") != 3 {
+		t.Fatalf("after sync: %q, version %d", got, rf.version(t, id, "c1"))
+	}
+	// A container removed before its delivery is skipped, not failed.
+	rf.rotate(t, "db", "v4")
+	rf.ctl.gone["c1"] = true
+	if n := rf.m.Sync(ctx); n != 0 {
+		t.Fatalf("a removed container counted as %d failures", n)
+	}
+}
+
+// A config at its default target (/<name>) cannot be swapped: its
+// rotation replaces the tmpfs and restarts the container; the held
+// version is reported under the config kind, not the secret one.
+func TestRotationConfig(t *testing.T) {
+	ctx := context.Background()
+	rf := newRotFixture(t)
+	id, err := rf.configs.Create(ctx, objects.Spec{Name: "app.ini", Data: []byte("k=1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := rf.run(t, map[string]string{LabelConfigs: "app.ini"}, "c1")
+	rf.ctl.grant, rf.ctl.target = grant, "/app.ini"
+	if h, _ := rf.m.HeldVersions(ctx, objects.Config.Name, id); len(h[1]) != 1 {
+		t.Fatalf("config versions held: %v", h)
+	}
+	if h, _ := rf.m.HeldVersions(ctx, objects.Secret.Name, id); len(h) != 0 {
+		t.Fatalf("the config's ID read as a secret's: %v", h)
+	}
+	if _, changed, err := rf.configs.Rotate(ctx, "app.ini", 0, []byte("k=2")); err != nil || !changed {
+		t.Fatal(changed, err)
+	}
+	if n := rf.m.Sync(ctx); n != 0 {
+		t.Fatalf("%d failed", n)
+	}
+	if got := strings.Join(rf.ctl.log(), "; "); got != "restart c1 saw=k=2" {
+		t.Fatalf("engine calls %q", got)
+	}
+	if h, _ := rf.m.HeldVersions(ctx, objects.Config.Name, id); len(h[2]) != 1 || len(h[1]) != 0 {
+		t.Fatalf("config versions held after the delivery: %v", h)
+	}
+}
