@@ -57,6 +57,9 @@ type Orchestrator struct {
 	// holds them for the pass (keyed by model.DataKey).
 	dataVersions DataVersions
 	curData      map[string]int
+	// lastMounts says whether the last pass saw a service mounting a
+	// secret or config; mountsData whether the current wait watches them.
+	lastMounts, mountsData bool
 	// rotationSeen is when a pass first saw a service's rotation (see
 	// startRotation); lost on restart, which only delays a status write.
 	rotationSeen map[string]time.Time
@@ -93,10 +96,23 @@ func (o *Orchestrator) Run(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		changed := o.mirror.TableChanged(model.ServicesTable, model.TasksTable, "nodes", "secrets", "configs")
+		// Secrets and configs wake it only while a service mounts one: a
+		// rotation is all it looks for there, and without this every
+		// secret create cost a pass.
+		tables := []string{model.ServicesTable, model.TasksTable, "nodes"}
+		if o.mountsData {
+			tables = append(tables, "secrets", "configs")
+		}
+		changed := o.mirror.TableChanged(tables...)
 		if err := o.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			o.log.Warn("orchestrator pass failed", "err", err)
 		}
+		if !o.mountsData && o.lastMounts {
+			// The pass found the first mount: watch data from now on.
+			o.mountsData = true
+			continue
+		}
+		o.mountsData = o.lastMounts
 		select {
 		case <-ctx.Done():
 			return

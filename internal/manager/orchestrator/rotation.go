@@ -44,6 +44,7 @@ func (o *Orchestrator) loadDataVersions(ctx context.Context, svcs []*model.Servi
 			}
 		}
 	}
+	o.lastMounts = len(sids)+len(cids) > 0
 	secrets, configs, err := o.dataVersions(ctx, sids, cids)
 	if err != nil {
 		return fmt.Errorf("data versions: %w", err)
