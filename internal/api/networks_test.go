@@ -131,13 +131,7 @@ func newNetworkServer(t *testing.T) (*Server, *fakeDockerd, *netEngine) {
 	mir := store.NewMirror(st)
 	eng := &netEngine{nets: map[string]networks.EngineSpec{}}
 	m := networks.New(networks.Config{Store: st, Mirror: mir, Engine: eng, NodeID: "node1"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { mir.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := mir.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	storetest.RunMirror(t, mir)
 	fd := &fakeDockerd{}
 	s := New(Config{Fallback: fd, Node: Node{ID: "node1"}, Version: "test"})
 	s.networkRoutes(m)

@@ -22,14 +22,8 @@ func newNodeServer(t *testing.T) *Server {
 	st := storetest.New(t)
 	mir := store.NewMirror(st)
 	svcs := services.New(st, mir, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { mir.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := mir.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nodes.Ensure(ctx, st, testNodeID); err != nil {
+	storetest.RunMirror(t, mir)
+	if _, err := nodes.Ensure(context.Background(), st, testNodeID); err != nil {
 		t.Fatal(err)
 	}
 	return New(Config{Services: svcs, Node: Node{ID: testNodeID, Addr: "127.0.0.1"}, Version: "test",

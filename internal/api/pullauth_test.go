@@ -34,13 +34,7 @@ func newServicesServer(t *testing.T) (*Server, *services.Manager) {
 	mir := store.NewMirror(st)
 	svcs := services.New(st, mir, nil)
 	svcs.UseSealer(kr)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { mir.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := mir.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	storetest.RunMirror(t, mir)
 	return New(Config{Services: svcs, Cluster: stClusterSource{st}, Node: Node{ID: "node1", Addr: "127.0.0.1"}, Version: "test"}), svcs
 }
 

@@ -157,13 +157,7 @@ func newEnv(t *testing.T, withEngine bool) *env {
 		cfg.Engine = e.eng
 	}
 	e.m = New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { mir.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := mir.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	storetest.RunMirror(t, mir)
 	return e
 }
 

@@ -244,15 +244,7 @@ func TestUpdate(t *testing.T) {
 // useMirror serves m's reads from a running mirror of st.
 func useMirror(t *testing.T, m *Manager, st *store.Store) {
 	t.Helper()
-	mir := store.NewMirror(st)
-	m.UseMirror(mir)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { mir.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := mir.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	m.UseMirror(storetest.RunMirror(t, store.NewMirror(st)))
 }
 
 // TestVersionsOf: the orchestrator's version lookup answers exactly the IDs

@@ -47,3 +47,16 @@ func NewIn(t testing.TB, dir string, keys store.Keys) *store.Store {
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
+
+// RunMirror runs mir until the test ends and waits for its first snapshot.
+func RunMirror(t testing.TB, mir *store.Mirror) *store.Mirror {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { mir.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := mir.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return mir
+}
