@@ -12,7 +12,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -21,12 +20,12 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -212,7 +211,7 @@ func (c *Cluster) UnlockKey(s Sealer) (string, error) {
 
 // RotateToken replaces the worker or manager join token.
 func (c *Cluster) RotateToken(role string) error {
-	t, err := newJoinToken(c.CACert)
+	t, err := pki.NewToken([]byte(c.CACert))
 	if err != nil {
 		return err
 	}
@@ -294,21 +293,4 @@ func newRootCA(now time.Time) (string, []byte, error) {
 		return "", nil, err
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyDER, nil
-}
-
-// newJoinToken builds SWMTKN-1-<CA digest, base36, 50 chars>-<secret, 25
-// chars>: the digest lets a joining node pin the CA, the secret admits it.
-func newJoinToken(caPEM string) (string, error) {
-	blk, _ := pem.Decode([]byte(caPEM))
-	if blk == nil {
-		return "", errors.New("cluster: CA certificate is not PEM")
-	}
-	sum := sha256.Sum256(blk.Bytes)
-	digest := new(big.Int).SetBytes(sum[:]).Text(36)
-	digest = strings.Repeat("0", 50-len(digest)) + digest
-	secret, err := identity.NewID()
-	if err != nil {
-		return "", err
-	}
-	return "SWMTKN-1-" + digest + "-" + secret, nil
 }
