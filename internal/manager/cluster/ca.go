@@ -24,14 +24,14 @@ const minRootValidity = 365 * 24 * time.Hour
 
 // swarmkit's texts for a refused CA configuration.
 const (
-	msgKeyWithoutCert   = "if a signing CA key is provided, the signing CA cert must also be provided"
-	msgNeedsExternalCA  = "there must be at least one valid, reachable external CA corresponding to the desired CA certificate"
-	msgMultipleCerts    = "the desired CA certificate cannot contain multiple certificates"
-	msgExpiresTooSoon   = "CA certificate expires too soon"
-	msgIdenticalKey     = "Cannot update to a cert with an identical key"
-	msgMalformedKey     = `malformed private key: {"code":2002,"message":"Failed to decode private key"}`
-	msgBadRootCerts     = pki.MsgBadRootCerts
-	msgKeyMismatch      = "certificate key mismatch"
+	msgKeyWithoutCert  = "if a signing CA key is provided, the signing CA cert must also be provided"
+	msgNeedsExternalCA = "there must be at least one valid, reachable external CA corresponding to the desired CA certificate"
+	msgMultipleCerts   = "the desired CA certificate cannot contain multiple certificates"
+	msgExpiresTooSoon  = "CA certificate expires too soon"
+	msgIdenticalKey    = "Cannot update to a cert with an identical key"
+	msgMalformedKey    = `malformed private key: {"code":2002,"message":"Failed to decode private key"}`
+	msgBadRootCerts    = pki.MsgBadRootCerts
+	msgKeyMismatch     = "certificate key mismatch"
 )
 
 // ApplyCAConfig carries out what a spec's CAConfig asks of the root CA, as
