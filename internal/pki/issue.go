@@ -82,7 +82,7 @@ func NewCA(root *x509.Certificate, signer crypto.Signer, crossSigned *x509.Certi
 		return nil, err
 	}
 	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(root.PublicKey) {
-		return nil, errdefs.InvalidArgument("certificate key mismatch")
+		return nil, errdefs.InvalidArgument(MsgKeyMismatch)
 	}
 	ca := &CA{root: root, signer: signer, rand: rand.Reader}
 	if crossSigned != nil {

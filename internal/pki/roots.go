@@ -4,9 +4,12 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"math/big"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -19,6 +22,7 @@ const (
 	MsgUnsupportedRSA   = "unsupported RSA key parameters"
 	MsgUnsupportedECDSA = "unsupported ECDSA key parameters"
 	MsgUnsupportedKey   = "unknown or unsupported certificate public key algorithm"
+	MsgKeyMismatch      = "certificate key mismatch"
 )
 
 // ParseRootBundle checks every certificate of certPEM as swarmkit checks a
@@ -75,4 +79,39 @@ func CheckKey(pub crypto.PublicKey) error {
 		return errdefs.InvalidArgument(MsgUnsupportedKey)
 	}
 	return nil
+}
+
+// RootCN is the subject of the roots hush makes, as Swarm's.
+const RootCN = "swarm-ca"
+
+// NewRootCA makes a self-signed ECDSA P-256 root like Swarm's ("swarm-ca",
+// 20 years, backdated an hour) and returns its PEM and its private key as
+// SEC 1 DER, which the caller seals and wipes.
+func NewRootCA(now time.Time) ([]byte, []byte, error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: RootCN},
+		NotBefore:             now.Add(-Backdate),
+		NotAfter:              now.Add(20 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyDER, nil
 }

@@ -163,7 +163,7 @@ func TLSCertificate(chainPEM []byte, key crypto.Signer) (*tls.Certificate, error
 		return nil, errdefs.InvalidArgument("malformed node certificate")
 	}
 	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
-		return nil, errdefs.InvalidArgument("certificate key mismatch")
+		return nil, errdefs.InvalidArgument(MsgKeyMismatch)
 	}
 	c.Leaf, c.PrivateKey = leaf, key
 	return &c, nil

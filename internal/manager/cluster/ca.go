@@ -31,7 +31,7 @@ const (
 	msgIdenticalKey    = "Cannot update to a cert with an identical key"
 	msgMalformedKey    = `malformed private key: {"code":2002,"message":"Failed to decode private key"}`
 	msgBadRootCerts    = pki.MsgBadRootCerts
-	msgKeyMismatch     = "certificate key mismatch"
+	msgKeyMismatch     = pki.MsgKeyMismatch
 )
 
 // ApplyCAConfig carries out what a spec's CAConfig asks of the root CA, as

@@ -9,17 +9,12 @@ package cluster
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/subtle"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -264,33 +259,8 @@ func (c *Cluster) Info() swarm.ClusterInfo {
 	return ci
 }
 
-// newRootCA makes a self-signed ECDSA P-256 root like Swarm's ("swarm-ca",
-// 20 years) and returns its PEM and its private key (DER).
+// newRootCA makes a root CA like Swarm's (see pki.NewRootCA).
 func newRootCA(now time.Time) (string, []byte, error) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return "", nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "swarm-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(20 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		return "", nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		return "", nil, err
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyDER, nil
+	certPEM, keyDER, err := pki.NewRootCA(now)
+	return string(certPEM), keyDER, err
 }
