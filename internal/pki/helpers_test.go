@@ -109,3 +109,7 @@ func selfSignedCA(t *testing.T, key crypto.Signer, nb, na time.Time) *x509.Certi
 	}
 	return c
 }
+
+func pkixName(cn, ou, o string) pkix.Name {
+	return pkix.Name{CommonName: cn, OrganizationalUnit: []string{ou}, Organization: []string{o}}
+}

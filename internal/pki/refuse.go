@@ -65,7 +65,9 @@ func (r *Refusals) Check(nodeID string, leaf *x509.Certificate) error {
 	if _, ok := r.removed[nodeID]; ok {
 		return errdefs.Unauthorized("node %s was removed from the cluster", nodeID)
 	}
-	if leaf.NotBefore.Add(Backdate).Before(r.issuedBefore) {
+	// Certificates record time to the second; a certificate of the cut-off's
+	// own second is let in (one signed by a dropped root fails its chain).
+	if leaf.NotBefore.Add(Backdate).Before(r.issuedBefore.Truncate(time.Second)) {
 		return errdefs.Unauthorized("node %s's certificate was issued under a rotated root CA", nodeID)
 	}
 	return nil
