@@ -24,9 +24,6 @@ const (
 	tokenLen        = len(tokenPrefix) + digestLen + 1 + secretLen
 	maxBundleSize   = 64 << 10
 	msgInvalidToken = "invalid join token"
-	// MsgTokenRefused is Swarm's answer to a token whose secret is wrong
-	// or rotated (the manager's side; the text is part of the contract).
-	MsgTokenRefused = "A valid join token is necessary to join this cluster"
 	msgCAMismatch   = "remote CA does not match fingerprint. Expected: %s"
 )
 
