@@ -75,7 +75,10 @@ func (p TLSParams) ServerConfig() (*tls.Config, error) {
 // certificate shown, and the server verified under the current roots as a
 // manager of this cluster. As in Swarm the server name checked is the
 // manager role (a DNS name of every manager certificate), not the address
-// dialled: which managers exist is the cluster's to say, not DNS's.
+// dialled: which managers exist is the cluster's to say, not DNS's. The
+// roots are read when the config is built (crypto/tls has no per-dial
+// hook for them), so build one per dial; the certificate is read per
+// handshake.
 func (p TLSParams) ClientConfig() (*tls.Config, error) {
 	if err := p.check(); err != nil {
 		return nil, err
