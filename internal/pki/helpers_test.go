@@ -22,7 +22,7 @@ type testCA struct {
 	key *ecdsa.PrivateKey
 }
 
-func newTestCA(t *testing.T, now time.Time) testCA {
+func newTestCA(t testing.TB, now time.Time) testCA {
 	t.Helper()
 	certPEM, keyDER, err := NewRootCA(now)
 	if err != nil {
@@ -43,7 +43,7 @@ func newTestCA(t *testing.T, now time.Time) testCA {
 	return testCA{CA: ca, pem: certPEM, key: key}
 }
 
-func newID(t *testing.T) string {
+func newID(t testing.TB) string {
 	t.Helper()
 	id, err := identity.NewID()
 	if err != nil {
@@ -59,7 +59,7 @@ type node struct {
 	cert *tls.Certificate
 }
 
-func issueNode(t *testing.T, ca *CA, cluster string, role Role, expiry time.Duration, now time.Time) node {
+func issueNode(t testing.TB, ca *CA, cluster string, role Role, expiry time.Duration, now time.Time) node {
 	t.Helper()
 	key, err := NewNodeKey()
 	if err != nil {

@@ -49,7 +49,7 @@ func handshake(t *testing.T, srv, cli TLSParams) result {
 	return handshakeConfigs(t, scfg, ccfg)
 }
 
-func handshakeConfigs(t *testing.T, scfg, ccfg *tls.Config) result {
+func handshakeConfigs(t testing.TB, scfg, ccfg *tls.Config) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
