@@ -3,9 +3,6 @@ package cluster
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -14,6 +11,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -26,18 +24,14 @@ const minRootValidity = 365 * 24 * time.Hour
 
 // swarmkit's texts for a refused CA configuration.
 const (
-	msgKeyWithoutCert   = "if a signing CA key is provided, the signing CA cert must also be provided"
-	msgNeedsExternalCA  = "there must be at least one valid, reachable external CA corresponding to the desired CA certificate"
-	msgMultipleCerts    = "the desired CA certificate cannot contain multiple certificates"
-	msgExpiresTooSoon   = "CA certificate expires too soon"
-	msgIdenticalKey     = "Cannot update to a cert with an identical key"
-	msgMalformedKey     = `malformed private key: {"code":2002,"message":"Failed to decode private key"}`
-	msgBadRootCerts     = `invalid root certificates: {"code":1003,"message":"Failed to parse certificate"}`
-	msgNoRootCerts      = "no valid root CA certificates found"
-	msgKeyMismatch      = "certificate key mismatch"
-	msgUnsupportedRSA   = "unsupported RSA key parameters"
-	msgUnsupportedECDSA = "unsupported ECDSA key parameters"
-	msgUnsupportedKey   = "unknown or unsupported certificate public key algorithm"
+	msgKeyWithoutCert  = "if a signing CA key is provided, the signing CA cert must also be provided"
+	msgNeedsExternalCA = "there must be at least one valid, reachable external CA corresponding to the desired CA certificate"
+	msgMultipleCerts   = "the desired CA certificate cannot contain multiple certificates"
+	msgExpiresTooSoon  = "CA certificate expires too soon"
+	msgIdenticalKey    = "Cannot update to a cert with an identical key"
+	msgMalformedKey    = `malformed private key: {"code":2002,"message":"Failed to decode private key"}`
+	msgBadRootCerts    = pki.MsgBadRootCerts
+	msgKeyMismatch     = pki.MsgKeyMismatch
 )
 
 // ApplyCAConfig carries out what a spec's CAConfig asks of the root CA, as
@@ -122,11 +116,11 @@ func (c *Cluster) installRoot(s Sealer, certPEM string, keyDER []byte) error {
 	if err != nil {
 		return err
 	}
-	worker, err := newJoinToken(certPEM)
+	worker, err := pki.NewToken([]byte(certPEM))
 	if err != nil {
 		return err
 	}
-	manager, err := newJoinToken(certPEM)
+	manager, err := pki.NewToken([]byte(certPEM))
 	if err != nil {
 		return err
 	}
@@ -190,37 +184,12 @@ func countPEM(b []byte) int {
 	}
 }
 
-// parseRootCert checks every certificate of certPEM as swarmkit checks a
-// root CA bundle (each self-signed, valid now, with a supported signature)
-// and returns the first, which signs.
+// parseRootCert checks certPEM as a root CA bundle and returns its first
+// certificate, which signs.
 func parseRootCert(certPEM []byte, now time.Time) (*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for rest := certPEM; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		cert, err := x509.ParseCertificate(blk.Bytes)
-		if blk.Type != "CERTIFICATE" || err != nil {
-			return nil, errdefs.InvalidArgument(msgBadRootCerts)
-		}
-		certs = append(certs, cert)
-	}
-	if len(certs) == 0 {
-		return nil, errdefs.InvalidArgument(msgNoRootCerts)
-	}
-	for _, cert := range certs {
-		switch cert.SignatureAlgorithm {
-		case x509.SHA256WithRSA, x509.SHA384WithRSA, x509.SHA512WithRSA,
-			x509.ECDSAWithSHA256, x509.ECDSAWithSHA384, x509.ECDSAWithSHA512:
-		default:
-			return nil, errdefs.InvalidArgument("unsupported signature algorithm: %s", cert.SignatureAlgorithm)
-		}
-		self := x509.NewCertPool()
-		self.AddCert(cert)
-		if _, err := cert.Verify(x509.VerifyOptions{Roots: self, CurrentTime: now}); err != nil {
-			return nil, errdefs.InvalidArgument("error while validating Root CA Certificate: %v", err)
-		}
+	certs, err := pki.ParseRootBundle(certPEM, now)
+	if err != nil {
+		return nil, err
 	}
 	return certs[0], nil
 }
@@ -251,25 +220,11 @@ func parseSigningKey(keyPEM []byte) (crypto.Signer, error) {
 // certKeyMatch is swarmkit's check that the key is the certificate's, of a
 // kind and size it signs with.
 func certKeyMatch(cert *x509.Certificate, pub crypto.PublicKey) error {
-	switch cp := cert.PublicKey.(type) {
-	case *rsa.PublicKey:
-		if cp.N.BitLen() < 2048 || cp.E == 1 {
-			return errdefs.InvalidArgument(msgUnsupportedRSA)
-		}
-		if k, ok := pub.(*rsa.PublicKey); ok && cp.Equal(k) {
-			return nil
-		}
-	case *ecdsa.PublicKey:
-		switch cp.Curve {
-		case elliptic.P256(), elliptic.P384(), elliptic.P521():
-		default:
-			return errdefs.InvalidArgument(msgUnsupportedECDSA)
-		}
-		if k, ok := pub.(*ecdsa.PublicKey); ok && cp.Equal(k) {
-			return nil
-		}
-	default:
-		return errdefs.InvalidArgument(msgUnsupportedKey)
+	if err := pki.CheckKey(cert.PublicKey); err != nil {
+		return err
+	}
+	if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(cert.PublicKey) {
+		return nil
 	}
 	return errdefs.InvalidArgument(msgKeyMismatch)
 }

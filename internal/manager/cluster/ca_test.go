@@ -58,11 +58,12 @@ func validCA(t *testing.T) ([]byte, []byte) {
 	return testCA(t, ecKey(t), "spec-test-ca", now.Add(-time.Hour), now.Add(10*365*24*time.Hour))
 }
 
-// digestOf is the CA digest a join token carries (base36 SHA-256 of the DER).
+// digestOf is the CA digest a join token carries: base36 SHA-256 of the
+// PEM bundle as served, as Swarm's (its token matches `docker swarm ca |
+// sha256sum`).
 func digestOf(t *testing.T, certPEM string) string {
 	t.Helper()
-	blk, _ := pem.Decode([]byte(certPEM))
-	sum := sha256.Sum256(blk.Bytes)
+	sum := sha256.Sum256([]byte(certPEM))
 	d := new(big.Int).SetBytes(sum[:]).Text(36)
 	return strings.Repeat("0", 50-len(d)) + d
 }

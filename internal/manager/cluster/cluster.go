@@ -9,24 +9,18 @@ package cluster
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -212,7 +206,7 @@ func (c *Cluster) UnlockKey(s Sealer) (string, error) {
 
 // RotateToken replaces the worker or manager join token.
 func (c *Cluster) RotateToken(role string) error {
-	t, err := newJoinToken(c.CACert)
+	t, err := pki.NewToken([]byte(c.CACert))
 	if err != nil {
 		return err
 	}
@@ -265,50 +259,8 @@ func (c *Cluster) Info() swarm.ClusterInfo {
 	return ci
 }
 
-// newRootCA makes a self-signed ECDSA P-256 root like Swarm's ("swarm-ca",
-// 20 years) and returns its PEM and its private key (DER).
+// newRootCA makes a root CA like Swarm's (see pki.NewRootCA).
 func newRootCA(now time.Time) (string, []byte, error) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return "", nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "swarm-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(20 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		return "", nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		return "", nil, err
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyDER, nil
-}
-
-// newJoinToken builds SWMTKN-1-<CA digest, base36, 50 chars>-<secret, 25
-// chars>: the digest lets a joining node pin the CA, the secret admits it.
-func newJoinToken(caPEM string) (string, error) {
-	blk, _ := pem.Decode([]byte(caPEM))
-	if blk == nil {
-		return "", errors.New("cluster: CA certificate is not PEM")
-	}
-	sum := sha256.Sum256(blk.Bytes)
-	digest := new(big.Int).SetBytes(sum[:]).Text(36)
-	digest = strings.Repeat("0", 50-len(digest)) + digest
-	secret, err := identity.NewID()
-	if err != nil {
-		return "", err
-	}
-	return "SWMTKN-1-" + digest + "-" + secret, nil
+	certPEM, keyDER, err := pki.NewRootCA(now)
+	return string(certPEM), keyDER, err
 }

@@ -7,9 +7,9 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -23,9 +23,9 @@ const (
 	// DefaultDataPathPort is VXLAN's port, Swarm's data path default.
 	DefaultDataPathPort = 4789
 	// MinNodeCertExpiry is swarmkit's lower bound on node certificates.
-	MinNodeCertExpiry = time.Hour
+	MinNodeCertExpiry = pki.MinNodeCertExpiry
 	// DefaultNodeCertExpiry is swarmkit's default node certificate life.
-	DefaultNodeCertExpiry = 90 * 24 * time.Hour
+	DefaultNodeCertExpiry = pki.DefaultNodeCertExpiry
 	// MaxAddrPools bounds the default address pools one init may give.
 	MaxAddrPools = 64
 )
