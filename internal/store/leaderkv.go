@@ -67,9 +67,9 @@ func (k leaderKV) Txn(ctx context.Context) clientv3.Txn {
 // failedTxn is a transaction that fails on Commit with errNoLeaderHere.
 type failedTxn struct{}
 
-func (t failedTxn) If(...clientv3.Cmp) clientv3.Txn   { return t }
-func (t failedTxn) Then(...clientv3.Op) clientv3.Txn  { return t }
-func (t failedTxn) Else(...clientv3.Op) clientv3.Txn  { return t }
+func (t failedTxn) If(...clientv3.Cmp) clientv3.Txn      { return t }
+func (t failedTxn) Then(...clientv3.Op) clientv3.Txn     { return t }
+func (t failedTxn) Else(...clientv3.Op) clientv3.Txn     { return t }
 func (failedTxn) Commit() (*clientv3.TxnResponse, error) { return nil, errNoLeaderHere }
 
 // noLeaderErrs are etcd's answers when a request could not get through
