@@ -75,6 +75,10 @@ type MemberTLS struct {
 	Name string
 }
 
+var tlsFileNames = []string{"hush-cert", "hush-key", "hush-ca"}
+
+func (t MemberTLS) contents() [][]byte { return [][]byte{t.CertPEM, t.KeyPEM, t.CAPEM} }
+
 // DefaultClusterTuning is the raft timing a member of a cluster uses when
 // the cluster spec sets none: a loaded 2-core manager can stall for a few
 // hundred milliseconds, and etcd's defaults (100 ms / 1 s) turn such a stall
@@ -83,6 +87,25 @@ var DefaultClusterTuning = Tuning{Heartbeat: 250 * time.Millisecond, ElectionTim
 
 // memfds holds the in-memory files behind etcd's TLS file paths.
 type memfds []*os.File
+
+// replace swaps the content of every file for the matching new one,
+// each atomically (dup3 onto the same descriptor number, so the path etcd
+// reads stays valid). A handshake between two swaps may read a new
+// certificate with the old key and fail; raft redials.
+func (m memfds) replace(names []string, contents [][]byte) error {
+	for i, b := range contents {
+		f, _, err := memFile(names[i], b)
+		if err != nil {
+			return err
+		}
+		err = unix.Dup3(int(f.Fd()), int(m[i].Fd()), unix.O_CLOEXEC)
+		_ = f.Close()
+		if err != nil {
+			return fmt.Errorf("store: replace %s: %w", names[i], err)
+		}
+	}
+	return nil
+}
 
 func (m memfds) close() {
 	for _, f := range m {
@@ -146,8 +169,8 @@ func (m *MemberConfig) configure(cfg *embed.Config, name string) (memfds, error)
 	}
 	var files memfds
 	paths := make([]string, 3)
-	for i, b := range [][]byte{m.TLS.CertPEM, m.TLS.KeyPEM, m.TLS.CAPEM} {
-		f, p, err := memFile([]string{"hush-cert", "hush-key", "hush-ca"}[i], b)
+	for i, b := range m.TLS.contents() {
+		f, p, err := memFile(tlsFileNames[i], b)
 		if err != nil {
 			files.close()
 			return nil, err

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -300,6 +301,40 @@ func TestManagersCluster(t *testing.T) {
 			}
 		}
 		readAll(n3)
+	})
+
+	step("renew TLS", func(t *testing.T) {
+		renewed := c.ca.issue(t, pki.RoleManager)
+		other := c.ca.issue(t, pki.RoleManager)
+		mismatched := store.MemberTLS{CertPEM: renewed.CertPEM, KeyPEM: other.KeyPEM, CAPEM: renewed.CAPEM}
+		if err := n2.s.Members().RenewTLS(mismatched); err == nil {
+			t.Fatal("certificate with another key accepted")
+		}
+		if b, err := store.MemberTLSFileForTest(n2.s, 0); err != nil || !bytes.Equal(b, n2.cfg.TLS.CertPEM) {
+			t.Fatalf("refused renewal changed the certificate: %v", err)
+		}
+		if err := n2.s.Members().RenewTLS(renewed); err != nil {
+			t.Fatal(err)
+		}
+		for i, want := range [][]byte{renewed.CertPEM, renewed.KeyPEM, renewed.CAPEM} {
+			if b, err := store.MemberTLSFileForTest(n2.s, i); err != nil || !bytes.Equal(b, want) {
+				t.Fatalf("file %d after renewal: %v", i, err)
+			}
+		}
+		n2.cfg.TLS = renewed
+		// New handshakes (the probes, and etcd's) use the renewed pair.
+		list, err := n2.s.Members().List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range list {
+			if !m.Reachable {
+				t.Fatalf("unreachable after renewal: %+v", m)
+			}
+		}
+		if err := write(n2, "after-renewal"); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	step("election with fencing", func(t *testing.T) {

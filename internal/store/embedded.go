@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -167,7 +168,9 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	if c.Member != nil {
 		s.hasLeader = func() bool { return e.Server.Leader() != 0 }
 		cli.KV = leaderKV{KV: cli.KV, hasLeader: s.hasLeader}
-		s.members = &Members{s: s, srv: e.Server, tls: c.Member.TLS}
+		t := c.Member.TLS
+		s.members = &Members{s: s, srv: e.Server, files: files,
+			tls: MemberTLS{CertPEM: slices.Clone(t.CertPEM), KeyPEM: slices.Clone(t.KeyPEM), CAPEM: slices.Clone(t.CAPEM), Name: t.Name}}
 	}
 	// The in-process client's Defragment needs an auth layer the
 	// in-process server lacks; the backend itself can.
@@ -213,6 +216,11 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		err := cli.Close()
 		e.Close()
 		files.close()
+		if s.members != nil {
+			s.members.mu.Lock()
+			clear(s.members.tls.KeyPEM)
+			s.members.mu.Unlock()
+		}
 		// The in-process client reports its own cancellation as an error.
 		if errors.Is(err, context.Canceled) {
 			err = nil

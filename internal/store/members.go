@@ -36,9 +36,11 @@ type Member struct {
 // Members changes the cluster's membership. Every change goes through
 // raft, so it needs a quorum like any write.
 type Members struct {
-	s   *Store
-	srv *etcdserver.EtcdServer
-	tls MemberTLS
+	s     *Store
+	srv   *etcdserver.EtcdServer
+	mu    sync.Mutex
+	tls   MemberTLS
+	files memfds
 	// probeTimeout bounds each reachability probe.
 	probeTimeout time.Duration
 	// promoteBackoff is the first wait between promotion attempts.
@@ -133,6 +135,8 @@ func (m *Members) timeout() time.Duration {
 // clientTLS is the probe's client configuration, built from the same
 // material etcd's peer transport uses, with the same checks.
 func (m *Members) clientTLS() (*tls.Config, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	cert, err := tls.X509KeyPair(m.tls.CertPEM, m.tls.KeyPEM)
 	if err != nil {
 		return nil, err
@@ -147,6 +151,28 @@ func (m *Members) clientTLS() (*tls.Config, error) {
 		RootCAs:      pool,
 		ServerName:   orDefault(m.tls.Name, "swarm-manager"),
 	}, nil
+}
+
+// RenewTLS makes the member use new TLS material (a renewed certificate,
+// a rotated CA bundle) from its next handshake on; established peer
+// connections keep theirs. The material is checked first: a certificate
+// that does not match its key changes nothing.
+func (m *Members) RenewTLS(t MemberTLS) error {
+	if _, err := tls.X509KeyPair(t.CertPEM, t.KeyPEM); err != nil {
+		return fmt.Errorf("store: renewed member certificate: %w", err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(t.CAPEM) {
+		return errors.New("store: renewed member CA bundle holds no certificate")
+	}
+	t = MemberTLS{CertPEM: slices.Clone(t.CertPEM), KeyPEM: slices.Clone(t.KeyPEM), CAPEM: slices.Clone(t.CAPEM), Name: m.tls.Name}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.files.replace(tlsFileNames, t.contents()); err != nil {
+		return err
+	}
+	clear(m.tls.KeyPEM)
+	m.tls = t
+	return nil
 }
 
 // AddLearner adds the member that will listen on peerURL as a learner and
