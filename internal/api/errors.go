@@ -81,6 +81,9 @@ func message(err error) (msg string, ok bool) {
 		return fmt.Sprintf("request body too large: the limit is %d bytes", mbe.Limit), true
 	}
 	switch code := statusOf(err); {
+	case errors.Is(err, errdefs.ErrNoLeader):
+		// dockerd's own error, not a control-API one: no rpc prefix.
+		return errdefs.NoLeaderMessage, true
 	case code == http.StatusServiceUnavailable:
 		return "rpc error: code = Unavailable desc = the cluster store is unavailable, try again", true
 	case code >= 500:

@@ -34,6 +34,10 @@ func TestErrorTable(t *testing.T) {
 		{errdefs.NoSpace("store full: limit 10 bytes"), 507, "store full: limit 10 bytes"},
 		{fmt.Errorf("store: etcd: %w: %w", errdefs.ErrUnavailable, errors.New("/var/lib/hush/member")), 503, "rpc error: code = Unavailable desc = the cluster store is unavailable, try again"},
 		{store.ErrNotFound, 404, store.ErrNotFound.Error()},
+		// No quorum: dockerd's own text (no rpc prefix), whatever etcd said.
+		{fmt.Errorf("store: etcd: %w: %w", errdefs.ErrNoLeader, errors.New("etcdserver: request timed out")), 503, "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online."},
+		{fmt.Errorf("create: %w", store.ErrNoLeader), 503, errdefs.NoLeaderMessage},
+		{errdefs.FailedPrecondition("can't remove member from the raft: this would result in a loss of quorum"), 400, "rpc error: code = FailedPrecondition desc = can't remove member from the raft: this would result in a loss of quorum"},
 		{errors.New("open /var/lib/hush/key: permission denied"), 500, opaque},
 		{errors.Join(errdefs.ErrInternal, errors.New("/path/secret")), 500, opaque},
 		{fmt.Errorf("decode: %w: %w", errdefs.ErrInternal, errors.New("json: bad")), 500, opaque},

@@ -25,7 +25,14 @@ var (
 	// ErrFailedPrecondition is a request refused because of the object's
 	// state; dockerd answers swarmkit's FailedPrecondition with 400.
 	ErrFailedPrecondition = fmt.Errorf("failed precondition: %w", ErrInvalidArgument)
+	// ErrNoLeader means the managers have no quorum: nothing can be
+	// written until more than half of them are back. It is unavailable
+	// (503) and the edge answers with Swarm's own text (NoLeaderMessage).
+	ErrNoLeader = fmt.Errorf("no leader: %w", ErrUnavailable)
 )
+
+// NoLeaderMessage is what dockerd answers when the swarm has no leader.
+const NoLeaderMessage = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online."
 
 // Error is a categorised error with a client-facing message.
 //

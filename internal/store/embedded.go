@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -35,8 +36,11 @@ type EmbeddedConfig struct {
 	// Keys seals and opens every value (required).
 	Keys Keys
 	// Tuning is the cluster spec's raft settings; zero fields keep etcd's
-	// defaults.
+	// defaults (DefaultClusterTuning's timing for a cluster member).
 	Tuning Tuning
+	// Member makes this member one of a cluster of managers; nil keeps a
+	// lone member without sockets.
+	Member *MemberConfig
 }
 
 // Tuning is the part of etcd's raft configuration a cluster spec sets
@@ -130,29 +134,44 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		return nil, fmt.Errorf("store: etcd logger: %w", err)
 	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zl)
+	var files memfds
+	if c.Member != nil {
+		if c.Tuning.Heartbeat == 0 || c.Tuning.ElectionTimeout == 0 {
+			c.Tuning.Heartbeat, c.Tuning.ElectionTimeout = DefaultClusterTuning.Heartbeat, DefaultClusterTuning.ElectionTimeout
+		}
+		if files, err = c.Member.configure(cfg, c.Name); err != nil {
+			return nil, err
+		}
+	}
 	c.Tuning.apply(cfg)
 
-	e, err := embed.StartEtcd(cfg)
+	e, err := startEtcd(ctx, cfg, c.StartTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("store: start etcd: %w", err)
+		files.close()
+		return nil, err
 	}
-	timer := time.NewTimer(c.StartTimeout)
-	defer timer.Stop()
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("store: etcd failed while starting: %w", err)
-	case <-timer.C:
-		e.Close()
-		return nil, errors.New("store: etcd did not become ready in time")
-	case <-ctx.Done():
-		e.Close()
-		return nil, ctx.Err()
+	ready := e.Server.ReadyNotify()
+	// A lone member is its own quorum: it is ready within the start
+	// timeout or broken. A cluster member needs a quorum to be ready, and
+	// the others may be down (a whole-cluster restart): Open returns at
+	// once and the caller watches Ready, serving "no leader" meanwhile.
+	if c.Member == nil {
+		if err := waitReady(ctx, e, c.StartTimeout); err != nil {
+			e.Close()
+			return nil, err
+		}
 	}
 	cli := v3client.New(e.Server)
 	s := newStore(cli, c.Logger, c.Keys)
 	s.errc = e.Err()
+	s.ready = ready
+	if c.Member != nil {
+		s.hasLeader = func() bool { return e.Server.Leader() != 0 }
+		cli.KV = leaderKV{KV: cli.KV, hasLeader: s.hasLeader}
+		t := c.Member.TLS
+		s.members = &Members{s: s, srv: e.Server, files: files,
+			tls: MemberTLS{CertPEM: slices.Clone(t.CertPEM), KeyPEM: slices.Clone(t.KeyPEM), CAPEM: slices.Clone(t.CAPEM), Name: t.Name}}
+	}
 	// The in-process client's Defragment needs an auth layer the
 	// in-process server lacks; the backend itself can.
 	s.defrag = func() error { return e.Server.Backend().Defrag() }
@@ -167,13 +186,28 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	// A store left full (by a write burst or an older hushd) gets its room
 	// back now if deletes or old revisions freed some; otherwise writes
 	// are refused with the quota's text and deletes still work.
-	if s.quota.alarmRaised() {
+	if c.Member == nil && s.quota.alarmRaised() {
 		c.Logger.Warn("store quota alarm raised: reclaiming space", "quota", c.QuotaBytes)
 		s.quota.reclaim(ctx, cli)
 	}
 	qctx, qcancel := context.WithCancel(context.Background())
 	qdone := make(chan struct{})
-	go func() { defer close(qdone); s.quota.run(qctx, cli) }()
+	go func() {
+		defer close(qdone)
+		if c.Member != nil {
+			// Reclaiming writes: it waits for a quorum, off Open's path.
+			select {
+			case <-ready:
+			case <-qctx.Done():
+				return
+			}
+			if s.quota.alarmRaised() {
+				c.Logger.Warn("store quota alarm raised: reclaiming space", "quota", c.QuotaBytes)
+				s.quota.reclaim(qctx, cli)
+			}
+		}
+		s.quota.run(qctx, cli)
+	}()
 	s.closeFn = func() error {
 		qcancel()
 		<-qdone
@@ -181,6 +215,12 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		// so no request is in flight while the server shuts down.
 		err := cli.Close()
 		e.Close()
+		files.close()
+		if s.members != nil {
+			s.members.mu.Lock()
+			clear(s.members.tls.KeyPEM)
+			s.members.mu.Unlock()
+		}
 		// The in-process client reports its own cancellation as an error.
 		if errors.Is(err, context.Canceled) {
 			err = nil
@@ -189,6 +229,56 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	}
 	c.Logger.Info("embedded etcd ready", "dir", cfg.Dir, "member", e.Server.MemberID().String())
 	return s, nil
+}
+
+// startEtcd starts the member, bounded by timeout: etcd's own start only
+// opens the backend and the listeners, which need no other member.
+func startEtcd(ctx context.Context, cfg *embed.Config, timeout time.Duration) (*embed.Etcd, error) {
+	type result struct {
+		e   *embed.Etcd
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		e, err := embed.StartEtcd(cfg)
+		done <- result{e, err}
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, fmt.Errorf("store: start etcd: %w", r.err)
+		}
+		return r.e, nil
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	// Abandoned: close whatever the start yields once it returns.
+	go func() {
+		if r := <-done; r.e != nil {
+			r.e.Close()
+		}
+	}()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return nil, errors.New("store: etcd did not start in time")
+}
+
+func waitReady(ctx context.Context, e *embed.Etcd, timeout time.Duration) error {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("store: etcd failed while starting: %w", err)
+	case <-timer.C:
+		return errors.New("store: etcd did not become ready in time")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func orDefault(s, d string) string {

@@ -19,6 +19,9 @@ var (
 	ErrStale = fmt.Errorf("store: revision mismatch: %w", errdefs.ErrConflict)
 	// ErrGuard means an extra precondition given by the caller failed.
 	ErrGuard = fmt.Errorf("store: precondition failed: %w", errdefs.ErrConflict)
+	// ErrNoLeader means the cluster has no quorum (or this member has not
+	// reached it yet): nothing was written; retry once managers are back.
+	ErrNoLeader = fmt.Errorf("store: %w", errdefs.ErrNoLeader)
 )
 
 const root = "/hush/v1/"
@@ -51,6 +54,12 @@ type Store struct {
 	cerr    error
 	// quota refuses writes before etcd is full (nil: no check).
 	quota *quota
+	// ready is closed once the member has joined a quorum (nil: ready).
+	ready <-chan struct{}
+	// hasLeader reports whether the member knows a leader (nil: always).
+	hasLeader func() bool
+	// members manages the cluster (nil for a lone member).
+	members *Members
 }
 
 func newStore(cli *clientv3.Client, log *slog.Logger, keys Keys) *Store {
@@ -60,6 +69,27 @@ func newStore(cli *clientv3.Client, log *slog.Logger, keys Keys) *Store {
 // Client exposes the etcd client for watches and for components (such as a
 // future multi-manager membership) that need etcd itself.
 func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Ready is closed once the store can serve: at once for a lone member or
+// an external cluster, when a quorum is reached for a cluster member. Until
+// then, and whenever HasLeader is false later, requests fail with
+// ErrNoLeader; the daemon serves Swarm's no-leader text meanwhile.
+func (s *Store) Ready() <-chan struct{} {
+	if s.ready == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return s.ready
+}
+
+// HasLeader reports whether this member currently knows a cluster leader
+// (always true for a lone member).
+func (s *Store) HasLeader() bool { return s.hasLeader == nil || s.hasLeader() }
+
+// Members manages the cluster this member belongs to; nil unless the store
+// was opened with EmbeddedConfig.Member.
+func (s *Store) Members() *Members { return s.members }
 
 // Err delivers fatal errors of an embedded member; nil for external clusters.
 func (s *Store) Err() <-chan error { return s.errc }
@@ -322,6 +352,9 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 // cannot tell whether etcd lost quorum, is stopping, or timed out, and the
 // right client action in each case is to retry later.
 func wrapEtcd(err error) error {
+	if isNoLeader(err) {
+		return fmt.Errorf("store: etcd: %w: %w", errdefs.ErrNoLeader, err)
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("store: %w: %w", errdefs.ErrUnavailable, err)
 	}

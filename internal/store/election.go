@@ -1,0 +1,106 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Leadership is won by Campaign: while it lasts, this process is the one
+// that may act for name (e.g. the orchestrator). It ends when its lease
+// expires (the process stalled or lost the quorum for longer than the
+// TTL), when Resign is called, or when the store closes.
+//
+// Done closing is advice, not a guarantee: a process paused past its TTL
+// still believes it leads until it looks. Every write that must only come
+// from the leader carries Guard, so a deposed leader's write fails with
+// ErrGuard instead of racing its successor.
+type Leadership struct {
+	s        *Store
+	session  *concurrency.Session
+	election *concurrency.Election
+	key      string
+	rev      int64
+}
+
+// electionRoot holds the election keys, outside every table.
+const electionRoot = root + "elections/"
+
+// Campaign blocks until this process leads name, or ctx ends. ttl is how
+// long a leader that stops renewing (crashed, partitioned) keeps the
+// leadership before another campaigner takes over (etcd rounds it to whole
+// seconds, at least 1). value is published for the others (e.g. the node
+// ID) and returned by Leader.
+func (s *Store) Campaign(ctx context.Context, name, value string, ttl time.Duration) (*Leadership, error) {
+	secs := max(int((ttl+time.Second-1)/time.Second), 1)
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(secs), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return nil, fmt.Errorf("store: election session: %w", wrapEtcd(err))
+	}
+	el := concurrency.NewElection(sess, electionRoot+name)
+	if err := el.Campaign(ctx, value); err != nil {
+		_ = sess.Close()
+		return nil, fmt.Errorf("store: campaign %s: %w", name, wrapEtcd(err))
+	}
+	return &Leadership{s: s, session: sess, election: el, key: el.Key(), rev: el.Rev()}, nil
+}
+
+// Leader returns the value published by the current leader of name.
+func (s *Store) Leader(ctx context.Context, name string) (string, error) {
+	resp, err := s.cli.Get(ctx, electionRoot+name+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return "", wrapEtcd(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", errdefs.NotFound("no leader for %s", name)
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// Fence is the revision at which this leadership began: strictly greater
+// than every earlier leader's, so it orders leaders.
+func (l *Leadership) Fence() int64 { return l.rev }
+
+// Done is closed when the leadership's lease is gone (expired, revoked or
+// the store closed).
+func (l *Leadership) Done() <-chan struct{} { return l.session.Done() }
+
+// Guard is the precondition that makes a write a leader's write: the
+// leader key still exists with the revision it was created at. Pass it in
+// a Table method's guards; it fails once the leadership ended, even if
+// this process has not noticed yet.
+func (l *Leadership) Guard() clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)
+}
+
+// Check confirms, with a linearizable read, that the leadership still
+// holds: for a leader about to act on something it read.
+func (l *Leadership) Check(ctx context.Context) error {
+	resp, err := l.s.cli.Txn(ctx).If(l.Guard()).Commit()
+	if err != nil {
+		return wrapEtcd(err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("store: leadership lost: %w", ErrGuard)
+	}
+	return nil
+}
+
+// Resign gives the leadership up at once (the next campaigner need not
+// wait for the TTL) and ends the session.
+func (l *Leadership) Resign(ctx context.Context) error {
+	err := l.election.Resign(ctx)
+	cerr := l.session.Close()
+	if err != nil {
+		return wrapEtcd(err)
+	}
+	if cerr != nil && !errors.Is(cerr, context.Canceled) {
+		return wrapEtcd(cerr)
+	}
+	return nil
+}
