@@ -26,6 +26,9 @@ type Agent struct {
 	now    func() time.Time
 	// retry is the wait before a broken session is opened again.
 	retry time.Duration
+	// dataWait bounds how long a start or reload waits for data versions
+	// not delivered yet.
+	dataWait time.Duration
 
 	mu   sync.Mutex
 	sess Session
@@ -55,7 +58,7 @@ func New(c Config) *Agent {
 	}
 	return &Agent{
 		nodeID: c.NodeID, conn: c.Dispatcher, x: c.Executor, view: newView(c.NodeID), log: c.Logger,
-		now: func() time.Time { return time.Now().UTC() }, retry: time.Second,
+		now: func() time.Time { return time.Now().UTC() }, retry: time.Second, dataWait: dataWait,
 		busy: map[string]bool{}, started: map[string]bool{},
 	}
 }
@@ -535,7 +538,7 @@ func (a *Agent) taskFiles(ctx context.Context, t *model.Task) ([]secretfs.File, 
 	if len(refs) == 0 {
 		return nil, wipe, nil
 	}
-	deadline := time.NewTimer(dataWait)
+	deadline := time.NewTimer(a.dataWait)
 	defer deadline.Stop()
 	for {
 		changed := a.view.Changed()
