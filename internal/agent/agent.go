@@ -358,14 +358,16 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	// Once this start returns, a task still short of a final or running
 	// state (a status report failed) is treated as interrupted: adopted
 	// or failed by the next pass, never left half started.
+	id := t.ID
 	defer func() {
 		a.mu.Lock()
-		delete(a.started, t.ID)
+		delete(a.started, id)
 		a.mu.Unlock()
 	}()
 	log := a.log.With("task", t.ID, "service", t.ServiceName)
 	t, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing"}, nil)
 	if err != nil {
+		// t is nil here.
 		log.Warn("task status", "err", err)
 		return
 	}
@@ -413,15 +415,15 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		log.Warn("task status", "err", err)
 		return
 	}
-	id, err := a.x.Create(ctx, spec)
+	cid, err := a.x.Create(ctx, spec)
 	if err == nil {
-		err = a.x.Start(ctx, id)
+		err = a.x.Start(ctx, cid)
 	}
 	if err != nil {
-		a.finish(ctx, t, swarm.TaskStateFailed, "starting", err.Error(), &swarm.ContainerStatus{ContainerID: id})
+		a.finish(ctx, t, swarm.TaskStateFailed, "starting", err.Error(), &swarm.ContainerStatus{ContainerID: cid})
 		return
 	}
-	st, err := a.x.Inspect(ctx, id)
+	st, err := a.x.Inspect(ctx, cid)
 	if err != nil {
 		log.Warn("inspect after start", "err", err)
 	}
@@ -435,11 +437,11 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		loaded = map[string]int{} // recorded as none, not left as it was
 	}
 	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: msg,
-		ContainerStatus: &swarm.ContainerStatus{ContainerID: id, PID: st.Pid}}, loaded); err != nil {
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: cid, PID: st.Pid}}, loaded); err != nil {
 		log.Warn("task status", "err", err)
 		return
 	}
-	log.Info("task running", "container", id)
+	log.Info("task running", "container", cid)
 }
 
 // pullImage has the engine pull the task's image, as a Swarm worker does

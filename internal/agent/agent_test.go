@@ -25,6 +25,8 @@ type fakeSession struct {
 	reports []model.StatusReport
 	removed []string
 	authFor []string
+	// refuse makes reports on these tasks fail.
+	refuse map[string]bool
 }
 
 func newFakeSession() *fakeSession { return &fakeSession{tasks: map[string]*model.Task{}} }
@@ -59,6 +61,9 @@ func (f *fakeSession) ReportStatus(_ context.Context, r model.StatusReport) (*mo
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reports = append(f.reports, r)
+	if f.refuse[r.TaskID] {
+		return nil, errdefs.FailedPrecondition("refused")
+	}
 	t, ok := f.tasks[r.TaskID]
 	if !ok {
 		return nil, errdefs.NotFound("task %s", r.TaskID)
@@ -570,5 +575,21 @@ func TestViewKeepsNewerAndWipes(t *testing.T) {
 	v.apply(model.Assignments{Full: true})
 	if string(buf2) == "more-bytes" {
 		t.Fatal("a full set did not wipe what it dropped")
+	}
+}
+
+// TestRefusedReport: a start whose first report the dispatcher refuses
+// stops there, leaves nothing behind, and is tried again by the next pass.
+func TestRefusedReport(t *testing.T) {
+	r := newRig()
+	r.sess.refuse = map[string]bool{"t1": true}
+	r.send(model.Assignments{Full: true, Tasks: assign(newTask("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateReady))})
+	r.pass(t)
+	r.pass(t)
+	if got := r.sess.states("t1"); !slices.Equal(got, []swarm.TaskState{swarm.TaskStatePreparing, swarm.TaskStatePreparing}) || len(r.x.created) != 0 {
+		t.Fatalf("reports %v, created %d", got, len(r.x.created))
+	}
+	if r.a.wasStarted("t1") {
+		t.Fatal("the task is still marked as being started")
 	}
 }

@@ -335,9 +335,10 @@ func (s *Session) Task(ctx context.Context, id string) (*model.Task, error) {
 }
 
 // reportable are the states a node reports; the others are the managers'.
+// Ready is the orchestrator's, on a restarted task waiting out its delay.
 var reportable = map[swarm.TaskState]bool{
 	swarm.TaskStateAssigned: true, swarm.TaskStateAccepted: true, swarm.TaskStatePreparing: true,
-	swarm.TaskStateReady: true, swarm.TaskStateStarting: true, swarm.TaskStateRunning: true,
+	swarm.TaskStateStarting: true, swarm.TaskStateRunning: true,
 	swarm.TaskStateComplete: true, swarm.TaskStateShutdown: true, swarm.TaskStateFailed: true,
 	swarm.TaskStateRejected: true,
 }
@@ -355,6 +356,11 @@ func checkTransition(cur, next swarm.TaskState) (bool, error) {
 			return false, nil
 		}
 		return false, errdefs.FailedPrecondition("task state %s is final; %s refused", cur, next)
+	}
+	if cur == swarm.TaskStateReady {
+		// Set by the orchestrator on a task no node has started (a
+		// restart waiting out its delay): it stands where assigned does.
+		cur = swarm.TaskStateAssigned
 	}
 	if model.Before(next, cur) {
 		return false, errdefs.FailedPrecondition("task state cannot go back from %s to %s", cur, next)

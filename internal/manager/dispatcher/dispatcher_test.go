@@ -345,6 +345,10 @@ func TestReportStatus(t *testing.T) {
 	}{
 		{"forward", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
 			model.StatusReport{State: swarm.TaskStatePreparing}, nil, swarm.TaskStatePreparing},
+		{"start of a restarted task", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateReady, "s1"),
+			model.StatusReport{State: swarm.TaskStatePreparing}, nil, swarm.TaskStatePreparing},
+		{"ready is the orchestrator's", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
+			model.StatusReport{State: swarm.TaskStateReady}, errdefs.ErrInvalidArgument, swarm.TaskStateAssigned},
 		{"same state (reload)", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1"),
 			model.StatusReport{State: swarm.TaskStateRunning, Loaded: loaded(1)}, nil, swarm.TaskStateRunning},
 		{"another node's task", task("t", "n2", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
