@@ -593,3 +593,81 @@ func TestRefusedReport(t *testing.T) {
 		t.Fatal("the task is still marked as being started")
 	}
 }
+
+// scriptedSession plays its messages, then breaks (err) or blocks.
+type scriptedSession struct {
+	*fakeSession
+	msgs []model.Assignments
+	err  error
+}
+
+func (s *scriptedSession) Next(ctx context.Context) (model.Assignments, error) {
+	if len(s.msgs) > 0 {
+		m := s.msgs[0]
+		s.msgs = s.msgs[1:]
+		return m, nil
+	}
+	if s.err != nil {
+		return model.Assignments{}, s.err
+	}
+	<-ctx.Done()
+	return model.Assignments{}, ctx.Err()
+}
+
+type connector struct {
+	mu       sync.Mutex
+	sessions []Session
+	opened   int
+}
+
+func (c *connector) Open(context.Context) (Session, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.opened >= len(c.sessions) {
+		return nil, fmt.Errorf("no more sessions")
+	}
+	c.opened++
+	return c.sessions[c.opened-1], nil
+}
+
+// TestSessionReopens: a broken session is opened again, and the new
+// session's full set replaces what the agent held: a task it no longer
+// lists is an orphan, and data versions it does not send are wiped.
+func TestSessionReopens(t *testing.T) {
+	x := newFakeExec()
+	x.ctrs["c1"] = engine.State{ID: "c1", Running: true, Labels: map[string]string{labelHush: "n1", "com.docker.swarm.task.id": "t1"}}
+	fs := newFakeSession()
+	it := item("s1", 1, "value")
+	buf := it.Data
+	first := &scriptedSession{fakeSession: fs, err: fmt.Errorf("connection reset"), msgs: []model.Assignments{
+		{Full: true, Tasks: assign(fs.put(newTask("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1"))), Data: []model.DataItem{it}},
+	}}
+	second := &scriptedSession{fakeSession: fs, msgs: []model.Assignments{{Full: true}}}
+	c := &connector{sessions: []Session{first, second}}
+	a := New(Config{NodeID: "n1", Dispatcher: c, Executor: x})
+	a.retry = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Run(ctx)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		x.mu.Lock()
+		removed := slices.Contains(x.removed, "c1")
+		x.mu.Unlock()
+		if removed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the orphan of the first session's task was not removed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if c.opened != 2 || string(buf) == "value" {
+		t.Fatalf("opened %d sessions, data %q", c.opened, buf)
+	}
+}
