@@ -2,10 +2,9 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"strconv"
 	"sync"
@@ -13,50 +12,26 @@ import (
 
 	"github.com/hush-secrets/hush/internal/agent/engine"
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
-	"github.com/hush-secrets/hush/internal/manager/dispatcher"
 	"github.com/hush-secrets/hush/internal/model"
-	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
-
-// TaskLister gives a consistent view of all tasks.
-type TaskLister interface {
-	Snapshot(ctx context.Context) ([]*model.Service, []*model.Task, error)
-}
-
-// NetworkAttacher gives the engine networks and DNS aliases of a task's
-// network attachments (networks.Manager implements it).
-type NetworkAttacher interface {
-	EngineAttachments(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (ids, aliases []string, err error)
-}
-
-// PullAuth gives the registry credentials (the X-Registry-Auth value) a
-// service was given with --with-registry-auth, nil when none; the agent
-// holds them only for the pull and wipes them after.
-type PullAuth interface {
-	RegistryAuth(ctx context.Context, serviceID string) ([]byte, error)
-}
-
-// DataSource is the dispatcher as the agent sees it.
-type DataSource interface {
-	TaskData(ctx context.Context, nodeID, taskID string) ([]dispatcher.Payload, error)
-}
 
 // Agent runs this node's tasks.
 type Agent struct {
 	nodeID string
-	tasks  TaskLister
-	table  *store.Table
-	mirror *store.Mirror
-	data   DataSource
-	nets   NetworkAttacher
-	auth   PullAuth
-	eng    *engine.Engine
-	fs     *secretfs.Manager
+	conn   Connector
+	x      Executor
+	view   *view
 	log    *slog.Logger
 	now    func() time.Time
+	// retry is the wait before a broken session is opened again.
+	retry time.Duration
+	// dataWait bounds how long a start or reload waits for data versions
+	// not delivered yet.
+	dataWait time.Duration
 
-	mu sync.Mutex
+	mu   sync.Mutex
+	sess Session
 	// busy holds tasks with an operation (start, stop) in flight, so a
 	// pass does not start a second one.
 	busy map[string]bool
@@ -69,18 +44,11 @@ type Agent struct {
 // Config wires an agent.
 type Config struct {
 	NodeID string
-	Tasks  TaskLister
-	Store  *store.Store
-	Mirror *store.Mirror
-	Data   DataSource
-	Engine *engine.Engine
-	// Networks resolves task network attachments; nil: tasks with
-	// networks are rejected.
-	Networks NetworkAttacher
-	SecretFS *secretfs.Manager
-	// PullAuth gives services' registry credentials; nil pulls without.
-	PullAuth PullAuth
-	Logger   *slog.Logger
+	// Dispatcher opens this node's sessions: the agent's only channel to
+	// the managers.
+	Dispatcher Connector
+	Executor   Executor
+	Logger     *slog.Logger
 }
 
 // New returns an agent.
@@ -89,21 +57,29 @@ func New(c Config) *Agent {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Agent{
-		nodeID: c.NodeID, tasks: c.Tasks, table: c.Store.Table(model.TasksTable), mirror: c.Mirror,
-		data: c.Data, nets: c.Networks, auth: c.PullAuth, eng: c.Engine, fs: c.SecretFS, log: c.Logger,
-		now: func() time.Time { return time.Now().UTC() }, busy: map[string]bool{}, started: map[string]bool{},
+		nodeID: c.NodeID, conn: c.Dispatcher, x: c.Executor, view: newView(c.NodeID), log: c.Logger,
+		now: func() time.Time { return time.Now().UTC() }, retry: time.Second, dataWait: dataWait,
+		busy: map[string]bool{}, started: map[string]bool{},
 	}
 }
 
-// Run reconciles on task changes, container exits, and every second.
+// Run follows this node's assignments and reconciles on their changes,
+// container exits, and every second.
 func (a *Agent) Run(ctx context.Context) {
+	// Last: no data version outlives the agent in memory.
+	defer a.view.wipe()
 	defer a.wg.Wait()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.follow(ctx)
+	}()
 	exits := make(chan struct{}, 1)
 	go a.watchExits(ctx, exits)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		changed := a.mirror.TableChanged(model.TasksTable)
+		changed := a.view.Changed()
 		if err := a.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("agent pass failed", "err", err)
 		}
@@ -117,11 +93,46 @@ func (a *Agent) Run(ctx context.Context) {
 	}
 }
 
-// watchExits turns engine "die" events into wake-ups, re-subscribing when
-// the stream breaks (for example while the engine restarts).
+// follow keeps a session open and applies its messages to the view; a
+// broken session is opened again, and its full set replaces the view.
+func (a *Agent) follow(ctx context.Context) {
+	for ctx.Err() == nil {
+		s, err := a.conn.Open(ctx)
+		if err == nil {
+			a.mu.Lock()
+			a.sess = s
+			a.mu.Unlock()
+			for {
+				var m model.Assignments
+				if m, err = s.Next(ctx); err != nil {
+					break
+				}
+				a.view.apply(m)
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("dispatcher session broke; opening another", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(a.retry):
+		}
+	}
+}
+
+// session is the current session (nil before the first one opens).
+func (a *Agent) session() Session {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sess
+}
+
+// watchExits turns container exits into wake-ups, re-subscribing when the
+// stream breaks (for example while the engine restarts).
 func (a *Agent) watchExits(ctx context.Context, wake chan<- struct{}) {
 	for ctx.Err() == nil {
-		ch, errc := a.eng.Exits(ctx)
+		ch, errc := a.x.Exits(ctx)
 	loop:
 		for {
 			select {
@@ -175,20 +186,26 @@ func (a *Agent) spawn(ctx context.Context, id string, op func(context.Context)) 
 	}()
 }
 
+// msgWaitEngine is the status message of a task waiting for the engine.
+const msgWaitEngine = "waiting for the Docker Engine"
+
 // Reconcile makes one pass.
 func (a *Agent) Reconcile(ctx context.Context) error {
-	_, all, err := a.tasks.Snapshot(ctx)
-	if err != nil {
-		return err
+	assigned, synced := a.view.snapshot()
+	if !synced {
+		// Until a full set arrives the agent cannot tell its tasks from
+		// orphans: it touches nothing.
+		return nil
 	}
-	ctrs, err := a.eng.ListTasks(ctx)
+	ctrs, err := a.x.Containers(ctx)
 	if err != nil {
 		// Without an engine nothing can start; say so on the tasks that
 		// wait, so `docker service ps` shows why.
-		for _, t := range all {
-			if t.NodeID == a.nodeID && model.Runs(t.DesiredState) && t.Status.State == swarm.TaskStateAssigned && a.claim(t.ID) {
-				if _, serr := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePending, Message: "waiting for the Docker Engine",
-					Err: "the Docker Engine is not reachable; the task starts when it answers"}); serr != nil {
+		for _, at := range assigned {
+			t := at.Task
+			if model.Runs(t.DesiredState) && t.Status.State == swarm.TaskStateAssigned && t.Status.Message != msgWaitEngine && a.claim(t.ID) {
+				if _, serr := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateAssigned, Message: msgWaitEngine,
+					Err: "the Docker Engine is not reachable; the task starts when it answers"}, nil); serr != nil {
 					a.log.Warn("task status", "task", t.ID, "err", serr)
 				}
 				a.release(t.ID)
@@ -202,13 +219,15 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			byTask[tid] = c
 		}
 	}
+	mounts, merr := a.x.SecretMounts()
+	mounted := map[string]bool{}
+	for _, id := range mounts {
+		mounted[id] = true
+	}
 	mine := map[string]bool{}
-	for _, t := range all {
-		if t.NodeID != a.nodeID {
-			continue
-		}
+	for _, at := range assigned {
+		t := at.Task
 		mine[t.ID] = true
-		t := t
 		c, hasC := byTask[t.ID]
 		switch {
 		case model.Unscheduled(t) && model.Runs(t.DesiredState):
@@ -217,7 +236,7 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		case model.Runs(t.DesiredState) && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.start(ctx, t) })
 		case model.Runs(t.DesiredState) && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
-			// Interrupted mid-start (a restart, or a status write that
+			// Interrupted mid-start (a restart, or a status report that
 			// failed): adopt a running container, or fail the task so the
 			// orchestrator replaces it.
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.recoverStart(ctx, t) })
@@ -239,25 +258,24 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.remove(ctx, t, c.ID) })
 		case model.Terminal(t.Status.State):
 			// Secrets live no longer than the task.
-			if _, ok := a.fs.Lookup(t.ID); ok {
+			if mounted[t.ID] {
 				a.spawn(ctx, t.ID, func(ctx context.Context) { a.unmount(t.ID) })
 			}
 		}
 	}
-	// Containers and mounts of tasks that no longer exist.
+	// Containers and mounts of tasks no longer assigned to this node.
 	for tid, c := range byTask {
 		if !mine[tid] {
 			a.spawn(ctx, tid, func(ctx context.Context) {
-				if err := a.eng.Remove(ctx, c.ID); err != nil {
+				if err := a.x.Remove(ctx, c.ID); err != nil {
 					a.log.Warn("removing orphan container", "container", c.ID, "err", err)
 				}
 				a.unmount(tid)
 			})
 		}
 	}
-	ids, err := a.fs.Tasks()
-	if err == nil {
-		for _, tid := range ids {
+	if merr == nil {
+		for _, tid := range mounts {
 			if !mine[tid] {
 				a.spawn(ctx, tid, func(ctx context.Context) { a.unmount(tid) })
 			}
@@ -270,48 +288,21 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 // hushd) on the same engine never has its containers adopted or removed.
 const labelHush = "io.hush.node.id"
 
-// setStatus writes a task's status with a revision check, re-reading and
-// retrying if the orchestrator wrote the task meanwhile.
-func (a *Agent) setStatus(ctx context.Context, t *model.Task, st swarm.TaskStatus) (*model.Task, error) {
-	return a.setStatusWith(ctx, t, st, nil)
-}
-
-// setStatusWith is setStatus that also applies change (nil: none) to the
-// task it writes, on every retry.
-func (a *Agent) setStatusWith(ctx context.Context, t *model.Task, st swarm.TaskStatus, change func(*model.Task)) (*model.Task, error) {
-	cur := t
-	for attempt := 0; attempt < 5; attempt++ {
-		next := *cur
-		st.Timestamp = a.now()
-		next.Status = st
-		if change != nil {
-			change(&next)
-		}
-		next.UpdatedAt = st.Timestamp
-		val, err := json.Marshal(&next)
-		if err != nil {
-			return nil, err
-		}
-		rev, err := a.table.Update(ctx, cur.ID, int64(cur.Version.Index), val)
-		if err == nil {
-			next.Version.Index = uint64(rev)
-			return &next, nil
-		}
-		if !errors.Is(err, store.ErrStale) {
-			return nil, err
-		}
-		o, err := a.table.Get(ctx, cur.ID)
-		if err != nil {
-			return nil, err
-		}
-		fresh, err := model.Decode[model.Task](o.Value)
-		if err != nil {
-			return nil, err
-		}
-		fresh.Version.Index = uint64(o.ModRev)
-		cur = fresh
+// report sends a task's status (and, when loaded is not nil, the versions
+// its container now holds) to the dispatcher, which checks and writes it;
+// it returns the task as stored.
+func (a *Agent) report(ctx context.Context, t *model.Task, st swarm.TaskStatus, loaded map[string]int) (*model.Task, error) {
+	s := a.session()
+	if s == nil {
+		return nil, fmt.Errorf("task %s: no dispatcher session", t.ID)
 	}
-	return nil, fmt.Errorf("task %s: status write kept conflicting", t.ID)
+	n, err := s.ReportStatus(ctx, model.StatusReport{TaskID: t.ID, State: st.State, Message: st.Message, Err: st.Err,
+		Container: st.ContainerStatus, At: a.now(), Loaded: loaded})
+	if err != nil {
+		return nil, err
+	}
+	a.view.noted(n)
+	return n, nil
 }
 
 func (a *Agent) wasStarted(id string) bool {
@@ -320,24 +311,23 @@ func (a *Agent) wasStarted(id string) bool {
 	return a.started[id] || a.busy[id]
 }
 
-// recoverStart finishes a task found half started. This pass's snapshot
-// may predate a start that has just completed, so it decides on a fresh
-// read of the task and of the engine's containers, never on the snapshot.
+// recoverStart finishes a task found half started. This pass's view may
+// predate a start that has just completed, so it decides on a fresh read
+// of the task and of the engine's containers, never on the view.
 func (a *Agent) recoverStart(ctx context.Context, stale *model.Task) {
-	o, err := a.table.Get(ctx, stale.ID)
+	s := a.session()
+	if s == nil {
+		return
+	}
+	t, err := s.Task(ctx, stale.ID)
 	if err != nil {
 		return
 	}
-	t, err := model.Decode[model.Task](o.Value)
-	if err != nil {
-		return
-	}
-	t.Version.Index = uint64(o.ModRev)
 	if !model.Runs(t.DesiredState) || !model.Before(t.Status.State, swarm.TaskStateRunning) ||
 		t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady {
 		return
 	}
-	ctrs, err := a.eng.ListTasks(ctx)
+	ctrs, err := a.x.Containers(ctx)
 	if err != nil {
 		return
 	}
@@ -349,14 +339,14 @@ func (a *Agent) recoverStart(ctx context.Context, stale *model.Task) {
 			a.adopt(ctx, t, c)
 			return
 		}
-		_ = a.eng.Remove(ctx, c.ID)
+		_ = a.x.Remove(ctx, c.ID)
 	}
 	a.finish(ctx, t, swarm.TaskStateFailed, "interrupted", "task: start interrupted before the container ran", nil)
 }
 
 func (a *Agent) adopt(ctx context.Context, t *model.Task, c engine.State) {
-	if _, err := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: "started",
-		ContainerStatus: &swarm.ContainerStatus{ContainerID: c.ID, PID: c.Pid}}); err != nil {
+	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: "started",
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: c.ID, PID: c.Pid}}, nil); err != nil {
 		a.log.Warn("task status", "task", t.ID, "err", err)
 	}
 }
@@ -366,16 +356,18 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	a.started[t.ID] = true
 	a.mu.Unlock()
 	// Once this start returns, a task still short of a final or running
-	// state (a status write failed) is treated as interrupted: adopted or
-	// failed by the next pass, never left half started.
+	// state (a status report failed) is treated as interrupted: adopted
+	// or failed by the next pass, never left half started.
+	id := t.ID
 	defer func() {
 		a.mu.Lock()
-		delete(a.started, t.ID)
+		delete(a.started, id)
 		a.mu.Unlock()
 	}()
 	log := a.log.With("task", t.ID, "service", t.ServiceName)
-	t, err := a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing"})
+	t, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing"}, nil)
 	if err != nil {
+		// t is nil here.
 		log.Warn("task status", "err", err)
 		return
 	}
@@ -385,7 +377,7 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		// task, which never ran.
 		return
 	}
-	if ok, err := a.eng.HasImage(ctx, cs.Image); err != nil || !ok {
+	if ok, err := a.x.HasImage(ctx, cs.Image); err != nil || !ok {
 		msg := fmt.Sprintf("No such image: %s", cs.Image)
 		if err != nil {
 			msg = err.Error()
@@ -405,37 +397,33 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	spec := a.containerSpec(t, binds)
 	if specTemplated(&spec) {
 		host, _ := os.Hostname()
-		tc := templateContext(t, a.serviceLabels(ctx, t.ServiceID), host)
+		tc := templateContext(t, a.serviceLabels(t.ID), host)
 		if err := expandSpec(ctx, &spec, tc); err != nil {
 			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
 			return
 		}
 	}
 	if len(t.Spec.Networks) > 0 {
-		if a.nets == nil {
-			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", "networks are not available on this node", nil)
-			return
-		}
-		spec.Networks, spec.NetworkAliases, err = a.nets.EngineAttachments(ctx, t.Spec.Networks, t.ServiceName)
+		spec.Networks, spec.NetworkAliases, err = a.session().Attachments(ctx, t.ID)
 		if err != nil {
 			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
 			return
 		}
 	}
-	t, err = a.setStatus(ctx, t, swarm.TaskStatus{State: swarm.TaskStateStarting, Message: "starting"})
+	t, err = a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateStarting, Message: "starting"}, nil)
 	if err != nil {
 		log.Warn("task status", "err", err)
 		return
 	}
-	id, err := a.eng.Create(ctx, spec)
+	cid, err := a.x.Create(ctx, spec)
 	if err == nil {
-		err = a.eng.Start(ctx, id)
+		err = a.x.Start(ctx, cid)
 	}
 	if err != nil {
-		a.finish(ctx, t, swarm.TaskStateFailed, "starting", err.Error(), &swarm.ContainerStatus{ContainerID: id})
+		a.finish(ctx, t, swarm.TaskStateFailed, "starting", err.Error(), &swarm.ContainerStatus{ContainerID: cid})
 		return
 	}
-	st, err := a.eng.Inspect(ctx, id)
+	st, err := a.x.Inspect(ctx, cid)
 	if err != nil {
 		log.Warn("inspect after start", "err", err)
 	}
@@ -444,13 +432,16 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 		// Said where `docker service ps --no-trunc` and inspect show it.
 		msg = fmt.Sprintf("started; %s=%s: %s, so a rotation restarts this task", model.RotateLabel, t.RotateMode, why)
 	}
-	loaded := t.DataVersions
-	if _, err := a.setStatusWith(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: msg,
-		ContainerStatus: &swarm.ContainerStatus{ContainerID: id, PID: st.Pid}}, func(n *model.Task) { n.LoadedVersions = loaded }); err != nil {
+	loaded := maps.Clone(t.DataVersions)
+	if loaded == nil {
+		loaded = map[string]int{} // recorded as none, not left as it was
+	}
+	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: msg,
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: cid, PID: st.Pid}}, loaded); err != nil {
 		log.Warn("task status", "err", err)
 		return
 	}
-	log.Info("task running", "container", id)
+	log.Info("task running", "container", cid)
 }
 
 // pullImage has the engine pull the task's image, as a Swarm worker does
@@ -464,20 +455,17 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 // the agent stops.
 func (a *Agent) pullImage(ctx context.Context, t *model.Task, log *slog.Logger) error {
 	img := t.Spec.ContainerSpec.Image
-	var auth []byte
-	if a.auth != nil {
-		var err error
-		if auth, err = a.auth.RegistryAuth(ctx, t.ServiceID); err != nil {
-			// As Swarm with credentials it cannot decode: pull without.
-			log.Warn("registry credentials of the service unavailable; pulling without", "err", err)
-			auth = nil
-		}
+	auth, err := a.session().RegistryAuth(ctx, t.ID)
+	if err != nil {
+		// As Swarm with credentials it cannot decode: pull without.
+		log.Warn("registry credentials of the service unavailable; pulling without", "err", err)
+		auth = nil
 	}
 	pctx, cancel := a.whileWanted(ctx, t.ID)
 	defer cancel()
 	// The client takes the header value as a string: that copy cannot be
 	// wiped, the bytes can.
-	err := a.eng.Pull(pctx, img, string(auth))
+	err = a.x.Pull(pctx, img, string(auth))
 	clear(auth)
 	switch {
 	case err == nil:
@@ -486,7 +474,7 @@ func (a *Agent) pullImage(ctx context.Context, t *model.Task, log *slog.Logger) 
 		log.Info("image pull abandoned: the task is no longer wanted", "image", img)
 		return pctx.Err()
 	}
-	if ok, herr := a.eng.HasImage(ctx, img); herr == nil && ok {
+	if ok, herr := a.x.HasImage(ctx, img); herr == nil && ok {
 		// Routine for images built or loaded on this host, whose registry
 		// (often docker.io) is not reachable or never had them.
 		log.Info("pulling image failed; running the engine's copy", "image", img, "err", err)
@@ -503,17 +491,10 @@ func (a *Agent) whileWanted(ctx context.Context, id string) (context.Context, co
 	wctx, cancel := context.WithCancel(ctx)
 	go func() {
 		for wctx.Err() == nil {
-			changed := a.mirror.TableChanged(model.TasksTable)
-			o, err := a.table.Get(wctx, id)
-			if errors.Is(err, store.ErrNotFound) {
+			changed := a.view.Changed()
+			if at, ok := a.view.task(id); !ok || !model.Runs(at.Task.DesiredState) {
 				cancel()
 				return
-			}
-			if err == nil {
-				if cur, derr := model.Decode[model.Task](o.Value); derr == nil && !model.Runs(cur.DesiredState) {
-					cancel()
-					return
-				}
 			}
 			select {
 			case <-wctx.Done():
@@ -524,44 +505,70 @@ func (a *Agent) whileWanted(ctx context.Context, id string) (context.Context, co
 	return wctx, cancel
 }
 
-// mountSecrets fetches the task's data, renders the templated ones, and
-// puts it on the task's tmpfs.
+// mountSecrets puts the task's data, rendered, on its tmpfs.
 func (a *Agent) mountSecrets(ctx context.Context, t *model.Task) ([]engine.Bind, error) {
 	files, wipe, err := a.taskFiles(ctx, t)
 	defer wipe()
 	if err != nil || len(files) == 0 {
 		return nil, err
 	}
-	var mt *secretfs.Mount
-	if ok, _ := t.ReloadsInPlace(); ok {
-		mt, err = a.fs.MountTree(ctx, t.ID, files)
-	} else {
-		mt, err = a.fs.Mount(ctx, t.ID, files)
-	}
-	if err != nil {
-		return nil, err
-	}
-	var binds []engine.Bind
-	for _, b := range mt.Bindings() {
-		binds = append(binds, engine.Bind{HostPath: b.HostPath, ContainerPath: b.ContainerPath})
-	}
-	return binds, nil
+	tree, _ := t.ReloadsInPlace()
+	return a.x.MountSecrets(ctx, t.ID, files, tree)
 }
 
-// taskFiles fetches the task's data (the versions it holds) and renders
+// dataWait bounds how long a task waits for data versions the dispatcher
+// has not delivered yet (a rotation's versions travel with the task
+// change, but the agent's own report may have shown it the change first).
+const dataWait = 10 * time.Second
+
+// taskFiles gathers the task's data (the versions it holds) and renders
 // the templated ones; wipe clears the plaintext and must always be called.
+// Only a task this node was assigned, and that should run, gets data, and
+// only of the objects it references.
 func (a *Agent) taskFiles(ctx context.Context, t *model.Task) ([]secretfs.File, func(), error) {
-	payloads, err := a.data.TaskData(ctx, a.nodeID, t.ID)
+	var payloads []payload
 	wipe := func() {
 		for i := range payloads {
 			clear(payloads[i].Data)
 		}
 	}
-	if err != nil {
-		return nil, wipe, fmt.Errorf("fetching secrets: %w", err)
+	at, ok := a.view.task(t.ID)
+	if !ok || at.Task.NodeID != a.nodeID || t.NodeID != a.nodeID || !model.Runs(at.Task.DesiredState) {
+		return nil, wipe, fmt.Errorf("fetching secrets: task %s is not assigned to this node to run", t.ID)
 	}
-	if len(payloads) == 0 {
+	refs := fileRefs(t)
+	if len(refs) == 0 {
 		return nil, wipe, nil
+	}
+	deadline := time.NewTimer(a.dataWait)
+	defer deadline.Stop()
+	for {
+		changed := a.view.Changed()
+		var missing *fileRef
+		payloads = payloads[:0]
+		for i, r := range refs {
+			it, ok := a.view.copyData(model.DataRef{Kind: r.kind, ID: r.id, Version: t.HeldVersion(r.kind, r.id)})
+			if !ok {
+				missing = &refs[i]
+				break
+			}
+			p := r.payload
+			p.Data, p.Templating = it.Data, it.Templating
+			payloads = append(payloads, p)
+		}
+		if missing == nil {
+			break
+		}
+		wipe()
+		select {
+		case <-changed:
+			continue
+		case <-ctx.Done():
+			return nil, wipe, ctx.Err()
+		case <-deadline.C:
+		}
+		return nil, wipe, fmt.Errorf("fetching secrets: %s %s version %d was not delivered to this node",
+			missing.kind, missing.Name, t.HeldVersion(missing.kind, missing.id))
 	}
 	// Templated objects are rendered for this task in memory; only the
 	// rendering reaches the tmpfs (and is wiped with the rest).
@@ -580,11 +587,65 @@ func (a *Agent) taskFiles(ctx context.Context, t *model.Task) ([]secretfs.File, 
 	return files, wipe, nil
 }
 
+// payload is one file's worth of data for a task.
+type payload struct {
+	Kind string // "secret" or "config"
+	ID   string
+	Name string
+	// Target, UID, GID and Mode are the reference's file settings.
+	Target   string
+	UID, GID string
+	Mode     uint32
+	Data     []byte
+	// Templating is the object's templating driver ("" for none).
+	Templating string
+}
+
+// fileRef is a reference of a task to an object it mounts as a file.
+type fileRef struct {
+	kind, id string
+	payload
+}
+
+// fileRefs lists t's file references, secrets then configs, in spec order.
+func fileRefs(t *model.Task) []fileRef {
+	cs := t.Spec.ContainerSpec
+	if cs == nil {
+		return nil
+	}
+	var out []fileRef
+	for _, r := range cs.Secrets {
+		if r == nil || r.File == nil {
+			continue
+		}
+		out = append(out, fileRef{kind: "secret", id: r.SecretID, payload: payload{Kind: "secret", ID: r.SecretID, Name: r.SecretName,
+			Target: r.File.Name, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode)}})
+	}
+	for _, r := range cs.Configs {
+		if r == nil || r.File == nil {
+			continue
+		}
+		out = append(out, fileRef{kind: "config", id: r.ConfigID, payload: payload{Kind: "config", ID: r.ConfigID, Name: r.ConfigName,
+			Target: configTarget(r.File.Name), UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode)}})
+	}
+	return out
+}
+
+// configTarget is where a config file goes: Swarm mounts a relative config
+// target under "/" (secrets go under /run/secrets); the CLI sends the short
+// syntax's target relative ("app_conf" → /app_conf).
+func configTarget(name string) string {
+	if len(name) > 0 && name[0] == '/' {
+		return name
+	}
+	return "/" + name
+}
+
 func (a *Agent) containerSpec(t *model.Task, binds []engine.Bind) engine.Spec {
 	cs := t.Spec.ContainerSpec
-	labels := map[string]string{}
-	for k, v := range cs.Labels {
-		labels[k] = v
+	labels := maps.Clone(cs.Labels)
+	if labels == nil {
+		labels = map[string]string{}
 	}
 	labels["com.docker.swarm.service.id"] = t.ServiceID
 	labels["com.docker.swarm.service.name"] = t.ServiceName
@@ -617,7 +678,7 @@ func (a *Agent) exited(ctx context.Context, t *model.Task, c engine.State) {
 // finish moves a task to a final state and drops its secrets.
 func (a *Agent) finish(ctx context.Context, t *model.Task, state swarm.TaskState, msg, errText string, cst *swarm.ContainerStatus) {
 	a.unmount(t.ID)
-	if _, err := a.setStatus(ctx, t, swarm.TaskStatus{State: state, Message: msg, Err: errText, ContainerStatus: cst}); err != nil {
+	if _, err := a.report(ctx, t, swarm.TaskStatus{State: state, Message: msg, Err: errText, ContainerStatus: cst}, nil); err != nil {
 		a.log.Warn("task status", "task", t.ID, "err", err)
 	}
 }
@@ -627,7 +688,7 @@ func (a *Agent) finish(ctx context.Context, t *model.Task, state swarm.TaskState
 // container; nil lets the engine use its default of 10 s).
 func (a *Agent) stop(ctx context.Context, t *model.Task, containerID string) {
 	if containerID != "" {
-		if err := a.eng.Stop(ctx, containerID, t.Spec.ContainerSpec.StopGracePeriod); err != nil {
+		if err := a.x.Stop(ctx, containerID, t.Spec.ContainerSpec.StopGracePeriod); err != nil {
 			a.log.Warn("stopping task container", "task", t.ID, "err", err)
 			return
 		}
@@ -635,10 +696,11 @@ func (a *Agent) stop(ctx context.Context, t *model.Task, containerID string) {
 	a.finish(ctx, t, swarm.TaskStateShutdown, "shutdown", "", t.Status.ContainerStatus)
 }
 
-// remove deletes a finished task's container, mount and record.
+// remove deletes a finished task's container and mount, then has the
+// dispatcher delete its record.
 func (a *Agent) remove(ctx context.Context, t *model.Task, containerID string) {
 	if containerID != "" {
-		if err := a.eng.Remove(ctx, containerID); err != nil {
+		if err := a.x.Remove(ctx, containerID); err != nil {
 			a.log.Warn("removing task container", "task", t.ID, "err", err)
 			return
 		}
@@ -647,13 +709,15 @@ func (a *Agent) remove(ctx context.Context, t *model.Task, containerID string) {
 	a.mu.Lock()
 	delete(a.started, t.ID)
 	a.mu.Unlock()
-	if err := a.table.Delete(ctx, t.ID, "", int64(t.Version.Index), nil); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrStale) {
-		a.log.Warn("deleting task", "task", t.ID, "err", err)
+	if s := a.session(); s != nil {
+		if err := s.RemoveTask(ctx, t.ID); err != nil {
+			a.log.Warn("deleting task", "task", t.ID, "err", err)
+		}
 	}
 }
 
 func (a *Agent) unmount(taskID string) {
-	if err := a.fs.Unmount(taskID); err != nil {
+	if err := a.x.UnmountSecrets(taskID); err != nil {
 		a.log.Warn("unmounting task secrets", "task", taskID, "err", err)
 	}
 }

@@ -22,14 +22,14 @@ func (a *Agent) reload(ctx context.Context, t *model.Task, c engine.State) {
 	err := a.swap(ctx, t)
 	if err == nil {
 		if sig := t.ReloadSignal(); sig != "" {
-			if kerr := a.eng.Kill(ctx, c.ID, sig); kerr != nil {
+			if kerr := a.x.Kill(ctx, c.ID, sig); kerr != nil {
 				err = fmt.Errorf("signalling the container: %w", kerr)
 			}
 		}
 	}
 	if err != nil {
 		log.Warn("reload failed; stopping the task", "err", err)
-		if serr := a.eng.Stop(ctx, c.ID, t.Spec.ContainerSpec.StopGracePeriod); serr != nil {
+		if serr := a.x.Stop(ctx, c.ID, t.Spec.ContainerSpec.StopGracePeriod); serr != nil {
 			log.Warn("stopping task container", "err", serr)
 		}
 		a.finish(ctx, t, swarm.TaskStateFailed, "reload failed", "task: reload failed: "+err.Error(), t.Status.ContainerStatus)
@@ -39,8 +39,7 @@ func (a *Agent) reload(ctx context.Context, t *model.Task, c engine.State) {
 	if sig := t.ReloadSignal(); sig != "" {
 		msg = "reloaded, " + sig + " sent"
 	}
-	if _, err := a.setStatusWith(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: msg, ContainerStatus: t.Status.ContainerStatus},
-		func(n *model.Task) { n.LoadedVersions = want }); err != nil {
+	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: msg, ContainerStatus: t.Status.ContainerStatus}, want); err != nil {
 		log.Warn("task status", "err", err)
 		return
 	}
@@ -53,5 +52,5 @@ func (a *Agent) swap(ctx context.Context, t *model.Task) error {
 	if err != nil {
 		return err
 	}
-	return a.fs.Swap(ctx, t.ID, files)
+	return a.x.SwapSecrets(ctx, t.ID, files)
 }

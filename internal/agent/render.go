@@ -8,8 +8,6 @@ import (
 	"strconv"
 
 	"github.com/hush-secrets/hush/internal/agent/template"
-	"github.com/hush-secrets/hush/internal/manager/dispatcher"
-	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -20,7 +18,7 @@ import (
 // data of the others (Swarm's secret and config functions read the
 // unrendered objects). On failure nothing is replaced and everything
 // rendered so far is wiped; the error names the object, never its data.
-func (a *Agent) renderPayloads(ctx context.Context, t *model.Task, payloads []dispatcher.Payload) error {
+func (a *Agent) renderPayloads(ctx context.Context, t *model.Task, payloads []payload) error {
 	templated := false
 	for _, p := range payloads {
 		templated = templated || p.Templating != ""
@@ -29,7 +27,7 @@ func (a *Agent) renderPayloads(ctx context.Context, t *model.Task, payloads []di
 		return nil
 	}
 	host, _ := os.Hostname()
-	tc := templateContext(t, a.serviceLabels(ctx, t.ServiceID), host)
+	tc := templateContext(t, a.serviceLabels(t.ID), host)
 	refs := taskRefs{spec: t.Spec.ContainerSpec, payloads: payloads}
 	rendered := make([][]byte, len(payloads))
 	wipe := func() {
@@ -68,9 +66,9 @@ func (a *Agent) renderPayloads(ctx context.Context, t *model.Task, payloads []di
 // renderLimit is the largest rendering of a kind: what the kind may store.
 func renderLimit(kind string) int {
 	if kind == "config" {
-		return objects.Config.MaxSize - 1
+		return model.MaxConfigData - 1
 	}
-	return objects.Secret.MaxSize - 1
+	return model.MaxSecretData - 1
 }
 
 func envOf(t *model.Task) []string {
@@ -80,19 +78,11 @@ func envOf(t *model.Task) []string {
 	return t.Spec.ContainerSpec.Env
 }
 
-// serviceLabels reads the labels of the task's service; nil when it is gone
-// (the task is then being stopped).
-func (a *Agent) serviceLabels(ctx context.Context, serviceID string) map[string]string {
-	svcs, _, err := a.tasks.Snapshot(ctx)
-	if err != nil {
-		return nil
-	}
-	for _, s := range svcs {
-		if s.ID == serviceID {
-			return s.Spec.Labels
-		}
-	}
-	return nil
+// serviceLabels are the labels of task id's service, as the dispatcher
+// sent them with the task.
+func (a *Agent) serviceLabels(taskID string) map[string]string {
+	at, _ := a.view.task(taskID)
+	return at.ServiceLabels
 }
 
 // templateContext is Swarm's template context for task t on this node.
@@ -114,7 +104,7 @@ func templateContext(t *model.Task, serviceLabels map[string]string, hostname st
 // reference gives (the first reference with that target wins).
 type taskRefs struct {
 	spec     *swarm.ContainerSpec
-	payloads []dispatcher.Payload
+	payloads []payload
 }
 
 func (r taskRefs) Secret(target string) ([]byte, bool) {

@@ -7,16 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hush-secrets/hush/internal/manager/dispatcher"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/swarm"
 )
-
-type snapshot struct{ svcs []*model.Service }
-
-func (s snapshot) Snapshot(context.Context) ([]*model.Service, []*model.Task, error) {
-	return s.svcs, nil, nil
-}
 
 func renderTask(slot int) *model.Task {
 	t := &model.Task{ServiceName: "web"}
@@ -37,14 +30,13 @@ func renderTask(slot int) *model.Task {
 }
 
 func renderAgent() *Agent {
-	svc := &model.Service{}
-	svc.ID = "svc1"
-	svc.Spec.Labels = map[string]string{"k": "v"}
-	return &Agent{tasks: snapshot{svcs: []*model.Service{svc}}}
+	a := &Agent{view: newView("node1")}
+	a.view.apply(model.Assignments{Full: true, Tasks: []model.AssignedTask{{Task: renderTask(1), ServiceLabels: map[string]string{"k": "v"}}}})
+	return a
 }
 
-func payloads(tmplSecret, tmplConfig string) []dispatcher.Payload {
-	return []dispatcher.Payload{
+func payloads(tmplSecret, tmplConfig string) []payload {
+	return []payload{
 		{Kind: "secret", ID: "s-plain", Target: "plain", Data: []byte("plain-value")},
 		{Kind: "secret", ID: "s-tmpl", Target: "/run/t", Data: []byte(tmplSecret), Templating: "golang"},
 		{Kind: "secret", ID: "s-other", Target: "plain", Data: []byte("other-value")},
@@ -154,7 +146,7 @@ func TestRenderPayloadsFailure(t *testing.T) {
 }
 
 func TestRenderPayloadsNothingTemplated(t *testing.T) {
-	ps := []dispatcher.Payload{{Kind: "secret", ID: "s", Data: []byte("{{.Task.ID}}")}}
+	ps := []payload{{Kind: "secret", ID: "s", Data: []byte("{{.Task.ID}}")}}
 	// No service lookup, no change: a nil task lister would panic if used.
 	if err := (&Agent{}).renderPayloads(context.Background(), renderTask(1), ps); err != nil || string(ps[0].Data) != "{{.Task.ID}}" {
 		t.Fatalf("%q, %v", ps[0].Data, err)

@@ -201,7 +201,7 @@ func engineRefusal(ts swarm.TaskSpec, f engine.Features) string {
 // engineRefusal asks this node's engine what it supports and says why the
 // task cannot run here, or "" when it can.
 func (a *Agent) engineRefusal(ctx context.Context, t *model.Task) string {
-	f, err := a.eng.Features(ctx)
+	f, err := a.x.Features(ctx)
 	if err != nil {
 		return fmt.Sprintf("reading the engine's features: %v", err)
 	}

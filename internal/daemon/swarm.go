@@ -18,6 +18,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/dispatcher"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/orchestrator"
+	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/swarm"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -165,10 +166,13 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	orch.SetResources(int64(runtime.NumCPU())*1e9, d.engineMemory)
 	run(orch.Run)
 	if d.engine != nil {
-		disp := dispatcher.New(d.svcs, d.secrets, d.configs, d.log)
+		disp := dispatcher.New(dispatcher.Config{
+			Tasks: d.svcs, Changes: d.mirror, Table: d.store.Table(model.TasksTable),
+			Secrets: d.secrets, Configs: d.configs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
+		})
 		run(agent.New(agent.Config{
-			NodeID: d.nodeID, Tasks: d.svcs, Store: d.store, Mirror: d.mirror,
-			Data: disp, Engine: d.engine, SecretFS: d.fs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
+			NodeID: d.nodeID, Dispatcher: localDispatcher{disp: disp, nodeID: d.nodeID},
+			Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
 		}).Run)
 	}
 	d.runStandalone(run)
@@ -573,4 +577,19 @@ func (l *unlockLimiter) reset() {
 	defer l.mu.Unlock()
 	l.failures = 0
 	l.next = time.Time{}
+}
+
+// localDispatcher opens this node's own sessions in-process. A remote
+// node's transport will take the node ID from its certificate instead.
+type localDispatcher struct {
+	disp   *dispatcher.Dispatcher
+	nodeID string
+}
+
+func (l localDispatcher) Open(ctx context.Context) (agent.Session, error) {
+	s, err := l.disp.Open(ctx, l.nodeID)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }

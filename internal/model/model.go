@@ -1,6 +1,7 @@
 // Package model holds the stored forms of services and tasks, shared by the
-// manager (which writes specs and desired states) and the agent (which
-// writes task status).
+// manager (which writes specs and desired states) and the agent (whose
+// task status reports the dispatcher writes), and the messages a node and
+// the dispatcher exchange (assignment.go).
 //
 // Records embed the Docker API's wire types so that what is stored is what
 // is served, minus nothing: services and tasks carry no secret data, only

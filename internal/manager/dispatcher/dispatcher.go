@@ -1,19 +1,35 @@
-// Package dispatcher hands a node the secret and config data of the tasks
-// assigned to it, and nothing else: a request names a task, and the data is
-// released only if that task is assigned to the asking node, is meant to
-// run, and references the object.
+// Package dispatcher is a node's only channel to the managers: it streams
+// a node its assignments (its tasks and the secret and config data they
+// hold), takes its task status reports and writes them to the store, and
+// answers what else the node's agent needs of the cluster (network
+// attachments, registry credentials for a pull) for its own tasks.
 //
-// It returns plaintext to its caller (the agent) in memory only. It must
-// never log data, and never answer for a task of another node.
+// A node is known by the identity its session was opened with (the
+// transport will take it from the node's TLS certificate); nothing a node
+// sends names a node, and every call is checked against the task's
+// assignment in the store: a node sees and changes only its own tasks,
+// receives data only for tasks that should run, only the versions they
+// hold, and a task's state only moves forward.
+//
+// It hands plaintext to its caller in memory only. It must never log data,
+// and never answer for a task of another node.
 package dispatcher
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
-	"strings"
+	"maps"
+	"sync"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // DataSource opens version n of an object's data by exact ID, with the
@@ -22,97 +38,466 @@ type DataSource interface {
 	ContentVersion(ctx context.Context, id string, n int) (data []byte, templating string, err error)
 }
 
-// TaskSource reads a task by exact ID (consistently).
+// TaskSource gives a consistent (linearizable) view of services and tasks.
 type TaskSource interface {
-	GetTask(ctx context.Context, id string) (*model.Task, error)
+	Snapshot(ctx context.Context) ([]*model.Service, []*model.Task, error)
 }
 
-// Dispatcher releases task data to nodes.
+// Changes wakes sessions when tables change (the store mirror).
+type Changes interface {
+	TableChanged(kinds ...string) <-chan struct{}
+}
+
+// TaskTable reads and writes task records (the store's tasks table).
+type TaskTable interface {
+	Get(ctx context.Context, id string) (store.Object, error)
+	Update(ctx context.Context, id string, rev int64, val []byte, extra ...clientv3.Op) (int64, error)
+	Delete(ctx context.Context, id, name string, rev int64, guards []clientv3.Cmp, extra ...clientv3.Op) error
+}
+
+// NetworkAttacher gives the engine networks and DNS aliases of a task's
+// network attachments (networks.Manager implements it).
+type NetworkAttacher interface {
+	EngineAttachments(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (ids, aliases []string, err error)
+}
+
+// PullAuth gives the registry credentials a service was given with
+// --with-registry-auth (nil when none); the caller wipes them.
+type PullAuth interface {
+	RegistryAuth(ctx context.Context, serviceID string) ([]byte, error)
+}
+
+// Config wires a dispatcher.
+type Config struct {
+	Tasks   TaskSource
+	Changes Changes
+	Table   TaskTable
+	Secrets DataSource
+	Configs DataSource
+	// Networks resolves attachments; nil: tasks with networks are refused.
+	Networks NetworkAttacher
+	// PullAuth gives registry credentials; nil: pulls go without.
+	PullAuth PullAuth
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Dispatcher serves node sessions.
 type Dispatcher struct {
-	tasks   TaskSource
-	secrets DataSource
-	configs DataSource
-	log     *slog.Logger
+	c   Config
+	log *slog.Logger
 }
 
 // New returns a dispatcher.
-func New(tasks TaskSource, secrets, configs DataSource, log *slog.Logger) *Dispatcher {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+func New(c Config) *Dispatcher {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Dispatcher{tasks: tasks, secrets: secrets, configs: configs, log: log}
+	if c.Now == nil {
+		c.Now = func() time.Time { return time.Now().UTC() }
+	}
+	return &Dispatcher{c: c, log: c.Logger}
 }
 
-// Payload is one file's worth of data for a task.
-type Payload struct {
-	Kind string // "secret" or "config"
-	ID   string
-	Name string
-	// Target, UID, GID and Mode are the reference's file settings.
-	Target   string
-	UID, GID string
-	Mode     uint32
-	Data     []byte
-	// Templating is the object's templating driver ("" for none): the
-	// agent renders Data for the task before it mounts it, as Swarm's
-	// executor does, so the raw template is what travels here.
-	Templating string
+// Open starts a session for node nodeID. The caller vouches for the
+// identity (the transport takes it from the node's certificate); every
+// call of the session acts for that node only.
+func (d *Dispatcher) Open(_ context.Context, nodeID string) (*Session, error) {
+	if nodeID == "" {
+		return nil, errdefs.Unauthorized("a session needs a node identity")
+	}
+	return &Session{d: d, node: nodeID, log: d.log.With("node", nodeID)}, nil
 }
 
-// TaskData returns the data of every secret and config that task taskID
-// references, if the task is assigned to nodeID and should run.
-func (d *Dispatcher) TaskData(ctx context.Context, nodeID, taskID string) ([]Payload, error) {
-	t, err := d.tasks.GetTask(ctx, taskID)
+// Session is one node's session. Next is called by one goroutine at a
+// time; the other calls may run concurrently.
+type Session struct {
+	d    *Dispatcher
+	node string
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	started bool
+	// sentTasks and sentLabels are what the node was last sent of each
+	// task; sentData the versions it holds.
+	sentTasks  map[string]uint64
+	sentLabels map[string]map[string]string
+	sentData   map[model.DataRef]bool
+}
+
+// NodeID is the session's node.
+func (s *Session) NodeID() string { return s.node }
+
+// Next returns the node's next assignments message: the full set on the
+// first call, then, blocking until something changes, increments. The
+// caller owns (and wipes) the data in the message.
+func (s *Session) Next(ctx context.Context) (model.Assignments, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		// Taken before the read, so a change during it is not missed.
+		changed := s.d.c.Changes.TableChanged(model.TasksTable, model.ServicesTable)
+		m, err := s.diff(ctx)
+		if err != nil {
+			return model.Assignments{}, err
+		}
+		if m.Full || len(m.Tasks)+len(m.RemovedTasks)+len(m.Data)+len(m.RemovedData) > 0 {
+			return m, nil
+		}
+		select {
+		case <-ctx.Done():
+			return model.Assignments{}, ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// assigned reports whether the node is given t: tasks placed on it, not
+// those that name it while they wait for room there (the orchestrator
+// assigns them).
+func (s *Session) assigned(t *model.Task) bool {
+	return t.NodeID == s.node && !model.Unscheduled(t) && !model.Before(t.Status.State, swarm.TaskStatePending)
+}
+
+// needsData reports whether t should hold its data on the node: while it
+// should run and has not ended.
+func needsData(t *model.Task) bool {
+	return model.Runs(t.DesiredState) && !model.Terminal(t.Status.State)
+}
+
+// refs lists the versions of the objects t mounts as files.
+func refs(t *model.Task) []model.DataRef {
+	cs := t.Spec.ContainerSpec
+	if cs == nil {
+		return nil
+	}
+	var out []model.DataRef
+	for _, r := range cs.Secrets {
+		if r != nil && r.File != nil {
+			out = append(out, model.DataRef{Kind: "secret", ID: r.SecretID, Version: t.HeldVersion("secret", r.SecretID)})
+		}
+	}
+	for _, r := range cs.Configs {
+		if r != nil && r.File != nil {
+			out = append(out, model.DataRef{Kind: "config", ID: r.ConfigID, Version: t.HeldVersion("config", r.ConfigID)})
+		}
+	}
+	return out
+}
+
+func (s *Session) diff(ctx context.Context) (model.Assignments, error) {
+	svcs, all, err := s.d.c.Tasks.Snapshot(ctx)
+	if err != nil {
+		return model.Assignments{}, err
+	}
+	labels := map[string]map[string]string{}
+	for _, sv := range svcs {
+		labels[sv.ID] = sv.Spec.Labels
+	}
+	var m model.Assignments
+	full := !s.started
+	if full {
+		m.Full = true
+		s.sentTasks, s.sentLabels, s.sentData = map[string]uint64{}, map[string]map[string]string{}, map[model.DataRef]bool{}
+	}
+	mine := map[string]bool{}
+	want := map[model.DataRef]bool{}
+	names := map[model.DataRef]string{}
+	for _, t := range all {
+		if !s.assigned(t) {
+			continue
+		}
+		mine[t.ID] = true
+		if needsData(t) {
+			for _, r := range refs(t) {
+				want[r] = true
+				names[r] = refName(t, r)
+			}
+		}
+		l := labels[t.ServiceID]
+		if v, ok := s.sentTasks[t.ID]; ok && v == t.Version.Index && maps.Equal(s.sentLabels[t.ID], l) {
+			continue
+		}
+		c, err := clone(t)
+		if err != nil {
+			return model.Assignments{}, err
+		}
+		m.Tasks = append(m.Tasks, model.AssignedTask{Task: c, ServiceLabels: maps.Clone(l)})
+	}
+	for id := range s.sentTasks {
+		if !mine[id] {
+			m.RemovedTasks = append(m.RemovedTasks, id)
+		}
+	}
+	for r := range want {
+		if s.sentData[r] {
+			continue
+		}
+		src := s.d.c.Secrets
+		if r.Kind == "config" {
+			src = s.d.c.Configs
+		}
+		b, tmpl, err := src.ContentVersion(ctx, r.ID, r.Version)
+		if err != nil {
+			if ctx.Err() != nil {
+				m.Wipe()
+				return model.Assignments{}, ctx.Err()
+			}
+			// Not sent: the agent refuses to start the task without it,
+			// and it is tried again at the next change.
+			s.log.Warn("task data unavailable", "kind", r.Kind, "id", r.ID, "version", r.Version, "err", err)
+			delete(want, r)
+			continue
+		}
+		m.Data = append(m.Data, model.DataItem{DataRef: r, Name: names[r], Templating: tmpl, Data: b})
+	}
+	for r := range s.sentData {
+		if !want[r] {
+			m.RemovedData = append(m.RemovedData, r)
+		}
+	}
+	// Committed only now: nothing above is half recorded on an error.
+	s.started = true
+	for _, id := range m.RemovedTasks {
+		delete(s.sentTasks, id)
+		delete(s.sentLabels, id)
+	}
+	for _, at := range m.Tasks {
+		s.sentTasks[at.Task.ID] = at.Task.Version.Index
+		s.sentLabels[at.Task.ID] = at.ServiceLabels
+	}
+	for _, r := range m.RemovedData {
+		delete(s.sentData, r)
+	}
+	for _, it := range m.Data {
+		s.sentData[it.DataRef] = true
+	}
+	if len(m.Data) > 0 {
+		s.log.Info("task data released", "versions", len(m.Data))
+	}
+	return m, nil
+}
+
+func refName(t *model.Task, r model.DataRef) string {
+	cs := t.Spec.ContainerSpec
+	for _, x := range cs.Secrets {
+		if r.Kind == "secret" && x != nil && x.SecretID == r.ID {
+			return x.SecretName
+		}
+	}
+	for _, x := range cs.Configs {
+		if r.Kind == "config" && x != nil && x.ConfigID == r.ID {
+			return x.ConfigName
+		}
+	}
+	return ""
+}
+
+// clone copies a task as it would cross the wire, so the node never holds
+// the mirror's own record.
+func clone(t *model.Task) (*model.Task, error) {
+	b, err := json.Marshal(t)
 	if err != nil {
 		return nil, err
 	}
-	if t.NodeID != nodeID {
-		d.log.Warn("refused task data to a node the task is not assigned to", "task", taskID, "node", nodeID)
-		return nil, errdefs.Unauthorized("task %s is not assigned to node %s", taskID, nodeID)
+	c, err := model.Decode[model.Task](b)
+	if err != nil {
+		return nil, err
+	}
+	c.Version = t.Version
+	return c, nil
+}
+
+// own reads task id afresh and checks that it is the node's.
+func (s *Session) own(ctx context.Context, id string) (*model.Task, error) {
+	o, err := s.d.c.Table.Get(ctx, id)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, errdefs.NotFound("task %s not found", id)
+		}
+		return nil, err
+	}
+	t, err := model.Decode[model.Task](o.Value)
+	if err != nil {
+		return nil, err
+	}
+	t.Version.Index = uint64(o.ModRev)
+	if t.NodeID != s.node {
+		s.log.Warn("refused a node a task it is not assigned", "task", id)
+		return nil, errdefs.Unauthorized("task %s is not assigned to node %s", id, s.node)
+	}
+	return t, nil
+}
+
+// Task reads one of the node's tasks afresh (the stream may lag).
+func (s *Session) Task(ctx context.Context, id string) (*model.Task, error) {
+	return s.own(ctx, id)
+}
+
+// reportable are the states a node reports; the others are the managers'.
+// Ready is the orchestrator's, on a restarted task waiting out its delay.
+var reportable = map[swarm.TaskState]bool{
+	swarm.TaskStateAssigned: true, swarm.TaskStateAccepted: true, swarm.TaskStatePreparing: true,
+	swarm.TaskStateStarting: true, swarm.TaskStateRunning: true,
+	swarm.TaskStateComplete: true, swarm.TaskStateShutdown: true, swarm.TaskStateFailed: true,
+	swarm.TaskStateRejected: true,
+}
+
+// checkTransition enforces Swarm's task state machine on a node's report:
+// states only move forward (a report in the same state updates its
+// message, or the versions a reload loaded), and a final state is final.
+// It reports false for a repeat of the final state, which changes nothing.
+func checkTransition(cur, next swarm.TaskState) (bool, error) {
+	if !reportable[next] {
+		return false, errdefs.InvalidArgument("a node cannot report task state %q", next)
+	}
+	if model.Terminal(cur) {
+		if cur == next {
+			return false, nil
+		}
+		return false, errdefs.FailedPrecondition("task state %s is final; %s refused", cur, next)
+	}
+	if cur == swarm.TaskStateReady {
+		// Set by the orchestrator on a task no node has started (a
+		// restart waiting out its delay): it stands where assigned does.
+		cur = swarm.TaskStateAssigned
+	}
+	if model.Before(next, cur) {
+		return false, errdefs.FailedPrecondition("task state cannot go back from %s to %s", cur, next)
+	}
+	return true, nil
+}
+
+// checkLoaded bounds the versions a node says a task loaded: only objects
+// the task references, versions it was given (up to the one it holds, or
+// the one it had loaded: a rollback pin can lower what it holds).
+func checkLoaded(t *model.Task, loaded map[string]int) error {
+	allowed := map[string]int{}
+	if cs := t.Spec.ContainerSpec; cs != nil {
+		for _, r := range cs.Secrets {
+			if r != nil {
+				k := model.DataKey("secret", r.SecretID)
+				allowed[k] = max(t.HeldVersion("secret", r.SecretID), t.LoadedVersions[k])
+			}
+		}
+		for _, r := range cs.Configs {
+			if r != nil {
+				k := model.DataKey("config", r.ConfigID)
+				allowed[k] = max(t.HeldVersion("config", r.ConfigID), t.LoadedVersions[k])
+			}
+		}
+	}
+	for k, v := range loaded {
+		top, ok := allowed[k]
+		if !ok {
+			return errdefs.InvalidArgument("task %s does not reference %s", t.ID, k)
+		}
+		if v < 1 || v > top {
+			return errdefs.InvalidArgument("task %s was never given version %d of %s", t.ID, v, k)
+		}
+	}
+	return nil
+}
+
+// maxAttempts bounds the retries of a status write racing the
+// orchestrator's writes to the same task.
+const maxAttempts = 5
+
+// ReportStatus records a node's report on one of its tasks and returns the
+// task as stored.
+func (s *Session) ReportStatus(ctx context.Context, r model.StatusReport) (*model.Task, error) {
+	for range maxAttempts {
+		t, err := s.own(ctx, r.TaskID)
+		if err != nil {
+			return nil, err
+		}
+		write, err := checkTransition(t.Status.State, r.State)
+		if err != nil {
+			return nil, fmt.Errorf("task %s: %w", t.ID, err)
+		}
+		if !write {
+			return t, nil
+		}
+		if err := checkLoaded(t, r.Loaded); err != nil {
+			return nil, err
+		}
+		now := s.d.c.Now()
+		at := r.At
+		if at.IsZero() || at.After(now) {
+			at = now
+		}
+		next := *t
+		next.Status = swarm.TaskStatus{Timestamp: at, State: r.State, Message: r.Message, Err: r.Err, ContainerStatus: r.Container}
+		if r.Loaded != nil {
+			next.LoadedVersions = maps.Clone(r.Loaded)
+		}
+		next.UpdatedAt = now
+		val, err := json.Marshal(&next)
+		if err != nil {
+			return nil, err
+		}
+		rev, err := s.d.c.Table.Update(ctx, t.ID, int64(t.Version.Index), val)
+		if err == nil {
+			next.Version.Index = uint64(rev)
+			return &next, nil
+		}
+		if !errors.Is(err, store.ErrStale) {
+			return nil, err
+		}
+	}
+	return nil, errdefs.Unavailable("task %s: status write kept conflicting", r.TaskID)
+}
+
+// RemoveTask deletes a task record once the node has removed what it ran
+// (its container and mount): only a task of the node, desired removed,
+// in a final state.
+func (s *Session) RemoveTask(ctx context.Context, id string) error {
+	t, err := s.own(ctx, id)
+	if errdefs.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if t.DesiredState != swarm.TaskStateRemove || !model.Terminal(t.Status.State) {
+		return errdefs.FailedPrecondition("task %s is not to be removed", id)
+	}
+	err = s.d.c.Table.Delete(ctx, id, "", int64(t.Version.Index), nil)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// Attachments resolves the network attachments of one of the node's tasks
+// into engine networks and DNS aliases.
+func (s *Session) Attachments(ctx context.Context, taskID string) (ids, aliases []string, err error) {
+	t, err := s.own(ctx, taskID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(t.Spec.Networks) == 0 {
+		return nil, nil, nil
+	}
+	if s.d.c.Networks == nil {
+		return nil, nil, errdefs.Unavailable("networks are not available on this node")
+	}
+	return s.d.c.Networks.EngineAttachments(ctx, t.Spec.Networks, t.ServiceName)
+}
+
+// RegistryAuth returns the registry credentials for pulling the image of
+// one of the node's tasks that should run (nil when the service has none);
+// the caller wipes them.
+func (s *Session) RegistryAuth(ctx context.Context, taskID string) ([]byte, error) {
+	t, err := s.own(ctx, taskID)
+	if err != nil {
+		return nil, err
 	}
 	if !model.Runs(t.DesiredState) {
 		return nil, errdefs.Unauthorized("task %s is not meant to run", taskID)
 	}
-	cs := t.Spec.ContainerSpec
-	if cs == nil {
+	if s.d.c.PullAuth == nil {
 		return nil, nil
 	}
-	var out []Payload
-	fail := func(err error) ([]Payload, error) {
-		for i := range out {
-			clear(out[i].Data)
-		}
-		return nil, err
-	}
-	for _, r := range cs.Secrets {
-		if r == nil || r.File == nil {
-			continue
-		}
-		// The version the task holds, not the current one: a task made
-		// before a rotation keeps its value until it is rolled.
-		b, tmpl, err := d.secrets.ContentVersion(ctx, r.SecretID, t.HeldVersion("secret", r.SecretID))
-		if err != nil {
-			return fail(err)
-		}
-		out = append(out, Payload{Kind: "secret", ID: r.SecretID, Name: r.SecretName, Target: r.File.Name, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b, Templating: tmpl})
-	}
-	for _, r := range cs.Configs {
-		if r == nil || r.File == nil {
-			continue
-		}
-		b, tmpl, err := d.configs.ContentVersion(ctx, r.ConfigID, t.HeldVersion("config", r.ConfigID))
-		if err != nil {
-			return fail(err)
-		}
-		// Swarm mounts a relative config target under "/" (secrets go
-		// under /run/secrets); the CLI sends the short syntax's target
-		// relative ("app_conf" → /app_conf).
-		target := r.File.Name
-		if !strings.HasPrefix(target, "/") {
-			target = "/" + target
-		}
-		out = append(out, Payload{Kind: "config", ID: r.ConfigID, Name: r.ConfigName, Target: target, UID: r.File.UID, GID: r.File.GID, Mode: uint32(r.File.Mode), Data: b, Templating: tmpl})
-	}
-	d.log.Info("task data released", "task", taskID, "node", nodeID, "files", len(out))
-	return out, nil
+	return s.d.c.PullAuth.RegistryAuth(ctx, t.ServiceID)
 }

@@ -2,130 +2,552 @@ package dispatcher
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
+	"sort"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-type tasks map[string]*model.Task
-
-func (ts tasks) GetTask(_ context.Context, id string) (*model.Task, error) {
-	if t, ok := ts[id]; ok {
-		return t, nil
-	}
-	return nil, errdefs.NotFound("task %s not found", id)
+// memStore is the tasks table, its snapshot and change notifications in
+// memory, with the store's revision checks.
+type memStore struct {
+	mu      sync.Mutex
+	rev     int64
+	tasks   map[string]store.Object
+	svcs    []*model.Service
+	waiters []chan struct{}
+	// beforeUpdate runs before each Update (to race a write in).
+	beforeUpdate func()
 }
 
-// data records which IDs were opened; IDs in templated are templated.
+func newMemStore() *memStore { return &memStore{tasks: map[string]store.Object{}} }
+
+func (m *memStore) put(t *testing.T, tk *model.Task) {
+	t.Helper()
+	b, err := json.Marshal(tk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.rev++
+	m.tasks[tk.ID] = store.Object{ID: tk.ID, Value: b, ModRev: m.rev}
+	m.wakeLocked()
+	m.mu.Unlock()
+}
+
+func (m *memStore) get(t *testing.T, id string) *model.Task {
+	t.Helper()
+	o, err := m.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := model.Decode[model.Task](o.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tk
+}
+
+func (m *memStore) del(id string) {
+	m.mu.Lock()
+	m.rev++
+	delete(m.tasks, id)
+	m.wakeLocked()
+	m.mu.Unlock()
+}
+
+func (m *memStore) wakeLocked() {
+	for _, w := range m.waiters {
+		close(w)
+	}
+	m.waiters = nil
+}
+
+func (m *memStore) TableChanged(...string) <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w := make(chan struct{})
+	m.waiters = append(m.waiters, w)
+	return w
+}
+
+func (m *memStore) Snapshot(context.Context) ([]*model.Service, []*model.Task, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*model.Task
+	for _, o := range m.tasks {
+		t, err := model.Decode[model.Task](o.Value)
+		if err != nil {
+			return nil, nil, err
+		}
+		t.Version.Index = uint64(o.ModRev)
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return m.svcs, out, nil
+}
+
+func (m *memStore) Get(_ context.Context, id string) (store.Object, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.tasks[id]
+	if !ok {
+		return store.Object{}, store.ErrNotFound
+	}
+	return o, nil
+}
+
+func (m *memStore) Update(_ context.Context, id string, rev int64, val []byte, _ ...clientv3.Op) (int64, error) {
+	if f := m.beforeUpdate; f != nil {
+		f()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.tasks[id]
+	if !ok {
+		return 0, store.ErrNotFound
+	}
+	if o.ModRev != rev {
+		return 0, store.ErrStale
+	}
+	m.rev++
+	m.tasks[id] = store.Object{ID: id, Value: val, ModRev: m.rev}
+	m.wakeLocked()
+	return m.rev, nil
+}
+
+func (m *memStore) Delete(_ context.Context, id, _ string, rev int64, _ []clientv3.Cmp, _ ...clientv3.Op) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.tasks[id]
+	if !ok {
+		return store.ErrNotFound
+	}
+	if o.ModRev != rev {
+		return store.ErrStale
+	}
+	m.rev++
+	delete(m.tasks, id)
+	m.wakeLocked()
+	return nil
+}
+
+// data serves "value-of-<id>-v<n>" and records what was opened.
 type data struct {
+	mu        sync.Mutex
 	opened    []string
 	templated map[string]bool
 }
 
 func (d *data) ContentVersion(_ context.Context, id string, n int) ([]byte, string, error) {
-	d.opened = append(d.opened, id)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.opened = append(d.opened, fmt.Sprintf("%s@%d", id, n))
 	drv := ""
 	if d.templated[id] {
 		drv = "golang"
 	}
-	if n != 1 {
-		return fmt.Appendf(nil, "value-of-%s-v%d", id, n), drv, nil
-	}
-	return []byte("value-of-" + id), drv, nil
+	return fmt.Appendf(nil, "value-of-%s-v%d", id, n), drv, nil
 }
 
-func task(id, node string, desired swarm.TaskState, secretIDs ...string) *model.Task {
-	t := &model.Task{}
-	t.ID, t.NodeID, t.DesiredState = id, node, desired
+func task(id, node string, desired, state swarm.TaskState, secretIDs ...string) *model.Task {
+	t := &model.Task{ServiceName: "svc"}
+	t.ID, t.NodeID, t.DesiredState, t.Status.State, t.ServiceID = id, node, desired, state, "svc1"
 	cs := &swarm.ContainerSpec{Image: "x"}
 	for _, s := range secretIDs {
-		cs.Secrets = append(cs.Secrets, &swarm.SecretReference{SecretID: s, SecretName: s, File: &swarm.SecretReferenceFileTarget{Name: s, UID: "0", GID: "0", Mode: 0o444}})
+		cs.Secrets = append(cs.Secrets, &swarm.SecretReference{SecretID: s, SecretName: "name-" + s, File: &swarm.SecretReferenceFileTarget{Name: s, UID: "0", GID: "0", Mode: 0o444}})
 	}
 	t.Spec.ContainerSpec = cs
 	return t
 }
 
-func TestTaskDataAuthorization(t *testing.T) {
-	ts := tasks{
-		"t1": task("t1", "n1", swarm.TaskStateRunning, "s1", "s2"),
-		"t2": task("t2", "n2", swarm.TaskStateRunning, "s3"),
-		"t3": task("t3", "n1", swarm.TaskStateShutdown, "s1"),
+func newDispatcher(m *memStore, d *data) *Dispatcher {
+	return New(Config{Tasks: m, Changes: m, Table: m, Secrets: d, Configs: d})
+}
+
+func open(t *testing.T, d *Dispatcher, node string) *Session {
+	t.Helper()
+	s, err := d.Open(context.Background(), node)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return s
+}
+
+func next(t *testing.T, s *Session) model.Assignments {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, err := s.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func taskIDs(m model.Assignments) []string {
+	var ids []string
+	for _, at := range m.Tasks {
+		ids = append(ids, at.Task.ID)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func refStrings(rs []model.DataRef) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, fmt.Sprintf("%s/%s@%d", r.Kind, r.ID, r.Version))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func itemStrings(its []model.DataItem) []string {
+	var out []string
+	for _, it := range its {
+		out = append(out, fmt.Sprintf("%s/%s@%d=%s", it.Kind, it.ID, it.Version, it.Data))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func same(a, b []string) bool { return slices.Equal(a, b) }
+
+// TestAssignmentsFullThenIncrements: a node is sent its own tasks (not
+// another node's, not those waiting for room on it) and the versions its
+// tasks that should run hold, once each, then only what changed; a version
+// is removed when the last task holding it ends, and nothing is sent when
+// nothing of the node changed.
+func TestAssignmentsFullThenIncrements(t *testing.T) {
+	m := newMemStore()
+	d := &data{}
+	t1 := task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1", "s2")
+	t1.DataVersions = map[string]int{model.DataKey("secret", "s2"): 3}
+	m.put(t, t1)
+	m.put(t, task("t2", "n2", swarm.TaskStateRunning, swarm.TaskStateRunning, "s3"))
+	m.put(t, task("t3", "n1", swarm.TaskStateShutdown, swarm.TaskStateRunning, "s4"))
+	m.put(t, task("t5", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"))
+	waiting := task("t4", "n1", swarm.TaskStateRunning, swarm.TaskStatePending, "s5")
+	waiting.Status.Message = model.MsgPendingScheduling
+	m.put(t, waiting)
+	s := open(t, newDispatcher(m, d), "n1")
+
+	full := next(t, s)
+	if !full.Full || !same(taskIDs(full), []string{"t1", "t3", "t5"}) ||
+		!same(itemStrings(full.Data), []string{"secret/s1@1=value-of-s1-v1", "secret/s2@3=value-of-s2-v3"}) {
+		t.Fatalf("full set: %v %v full=%v", taskIDs(full), itemStrings(full.Data), full.Full)
+	}
+	if len(d.opened) != 2 {
+		t.Fatalf("opened %v: s1 once for two tasks, s2; never s3 (n2), s4 (not to run), s5 (unscheduled)", d.opened)
+	}
+
+	// A rotation of s2 reaches t1: the new version comes, the old goes.
+	t1.DataVersions = map[string]int{model.DataKey("secret", "s2"): 4}
+	m.put(t, t1)
+	inc := next(t, s)
+	if inc.Full || !same(taskIDs(inc), []string{"t1"}) || !same(itemStrings(inc.Data), []string{"secret/s2@4=value-of-s2-v4"}) ||
+		!same(refStrings(inc.RemovedData), []string{"secret/s2@3"}) || len(inc.RemovedTasks) != 0 {
+		t.Fatalf("rotation increment: %+v", inc)
+	}
+
+	// Another node's change sends nothing; t1's deletion removes it, and
+	// s2 (only t1 held it), but not s1 (t5 holds it).
+	m.put(t, task("t2", "n2", swarm.TaskStateShutdown, swarm.TaskStateRunning, "s3"))
+	m.del("t1")
+	inc = next(t, s)
+	if len(inc.Tasks) != 0 || !same(inc.RemovedTasks, []string{"t1"}) || len(inc.Data) != 0 ||
+		!same(refStrings(inc.RemovedData), []string{"secret/s2@4"}) {
+		t.Fatalf("removal increment: %+v", inc)
+	}
+
+	// t5 ends: its data goes, the task stays (it is still the node's).
+	t5 := m.get(t, "t5")
+	t5.Status.State = swarm.TaskStateFailed
+	m.put(t, t5)
+	inc = next(t, s)
+	if !same(taskIDs(inc), []string{"t5"}) || !same(refStrings(inc.RemovedData), []string{"secret/s1@1"}) {
+		t.Fatalf("end increment: %+v", inc)
+	}
+
+	// A new session starts from a full set again.
+	s2 := open(t, newDispatcher(m, d), "n1")
+	if f := next(t, s2); !f.Full || !same(taskIDs(f), []string{"t3", "t5"}) || len(f.Data) != 0 {
+		t.Fatalf("second session: %+v", f)
+	}
+}
+
+// TestNextWaitsForChange: with nothing new, Next blocks until the context
+// ends.
+func TestNextWaitsForChange(t *testing.T) {
+	m := newMemStore()
+	m.put(t, task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning))
+	s := open(t, newDispatcher(m, &data{}), "n1")
+	next(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.Next(ctx); err != context.DeadlineExceeded {
+		t.Fatalf("got %v, want the deadline", err)
+	}
+}
+
+// TestServiceLabelsTravel: a task carries its service's labels, and a
+// label change is sent.
+func TestServiceLabelsTravel(t *testing.T) {
+	m := newMemStore()
+	svc := &model.Service{}
+	svc.ID = "svc1"
+	svc.Spec.Labels = map[string]string{"a": "1"}
+	m.svcs = []*model.Service{svc}
+	m.put(t, task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning))
+	s := open(t, newDispatcher(m, &data{}), "n1")
+	if f := next(t, s); len(f.Tasks) != 1 || f.Tasks[0].ServiceLabels["a"] != "1" {
+		t.Fatalf("full: %+v", f)
+	}
+	svc2 := &model.Service{}
+	svc2.ID = "svc1"
+	svc2.Spec.Labels = map[string]string{"a": "2"}
+	m.mu.Lock()
+	m.svcs = []*model.Service{svc2}
+	m.wakeLocked()
+	m.mu.Unlock()
+	if inc := next(t, s); len(inc.Tasks) != 1 || inc.Tasks[0].ServiceLabels["a"] != "2" {
+		t.Fatalf("increment: %+v", inc)
+	}
+}
+
+func TestOpenNeedsIdentity(t *testing.T) {
+	if _, err := newDispatcher(newMemStore(), &data{}).Open(context.Background(), ""); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestReportStatus: a node's reports are written only for its own tasks,
+// only forward along the task state machine, with versions it was given.
+func TestReportStatus(t *testing.T) {
+	loaded := func(n int) map[string]int { return map[string]int{model.DataKey("secret", "s1"): n} }
 	tests := []struct {
-		name, node, task string
-		wantErr          error
-		wantOpened       []string
+		name    string
+		task    *model.Task
+		report  model.StatusReport
+		wantErr error
+		// wantState is the stored state after the report.
+		wantState swarm.TaskState
 	}{
-		{"own running task", "n1", "t1", nil, []string{"s1", "s2"}},
-		{"another node's task", "n1", "t2", errdefs.ErrUnauthorized, nil},
-		{"task not meant to run", "n1", "t3", errdefs.ErrUnauthorized, nil},
-		{"unknown task", "n1", "nope", errdefs.ErrNotFound, nil},
+		{"forward", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
+			model.StatusReport{State: swarm.TaskStatePreparing}, nil, swarm.TaskStatePreparing},
+		{"start of a restarted task", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateReady, "s1"),
+			model.StatusReport{State: swarm.TaskStatePreparing}, nil, swarm.TaskStatePreparing},
+		{"ready is the orchestrator's", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
+			model.StatusReport{State: swarm.TaskStateReady}, errdefs.ErrInvalidArgument, swarm.TaskStateAssigned},
+		{"same state (reload)", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1"),
+			model.StatusReport{State: swarm.TaskStateRunning, Loaded: loaded(1)}, nil, swarm.TaskStateRunning},
+		{"another node's task", task("t", "n2", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
+			model.StatusReport{State: swarm.TaskStatePreparing}, errdefs.ErrUnauthorized, swarm.TaskStateAssigned},
+		{"backwards", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1"),
+			model.StatusReport{State: swarm.TaskStateStarting}, errdefs.ErrFailedPrecondition, swarm.TaskStateRunning},
+		{"out of a final state", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateFailed, "s1"),
+			model.StatusReport{State: swarm.TaskStateRejected}, errdefs.ErrFailedPrecondition, swarm.TaskStateFailed},
+		{"a manager's state", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
+			model.StatusReport{State: swarm.TaskStateOrphaned}, errdefs.ErrInvalidArgument, swarm.TaskStateAssigned},
+		{"repeat of the final state", task("t", "n1", swarm.TaskStateShutdown, swarm.TaskStateShutdown, "s1"),
+			model.StatusReport{State: swarm.TaskStateShutdown, Message: "again"}, nil, swarm.TaskStateShutdown},
+		{"loaded an unreferenced object", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateStarting, "s1"),
+			model.StatusReport{State: swarm.TaskStateRunning, Loaded: map[string]int{model.DataKey("secret", "s9"): 1}}, errdefs.ErrInvalidArgument, swarm.TaskStateStarting},
+		{"loaded a version never given", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateStarting, "s1"),
+			model.StatusReport{State: swarm.TaskStateRunning, Loaded: loaded(2)}, errdefs.ErrInvalidArgument, swarm.TaskStateStarting},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := &data{}
-			disp := New(ts, d, d, nil)
-			out, err := disp.TaskData(context.Background(), tt.node, tt.task)
+			m := newMemStore()
+			m.put(t, tt.task)
+			s := open(t, newDispatcher(m, &data{}), "n1")
+			tt.report.TaskID = "t"
+			got, err := s.ReportStatus(context.Background(), tt.report)
 			if tt.wantErr != nil {
-				if !errdefs.Is(err, tt.wantErr) || len(d.opened) != 0 {
-					t.Fatalf("got %v, opened %v", err, d.opened)
+				if !errdefs.Is(err, tt.wantErr) {
+					t.Fatalf("got %v, want %v", err, tt.wantErr)
 				}
-				return
+			} else if err != nil || got.Status.State != tt.wantState {
+				t.Fatalf("got %v %v", got, err)
 			}
-			if err != nil || len(out) != len(tt.wantOpened) || len(d.opened) != len(tt.wantOpened) {
-				t.Fatalf("got %d payloads, opened %v, err %v; want %v", len(out), d.opened, err, tt.wantOpened)
-			}
-			for i, id := range tt.wantOpened {
-				if d.opened[i] != id || out[i].ID != id || string(out[i].Data) != "value-of-"+id {
-					t.Fatalf("payload %d: %+v", i, out[i].ID)
-				}
+			if st := m.get(t, "t").Status.State; st != tt.wantState {
+				t.Fatalf("stored state %s, want %s", st, tt.wantState)
 			}
 		})
 	}
 }
 
-// TestTaskDataCarriesTemplating: the agent is told which payloads to render
-// (the raw template travels), for secrets and configs alike.
-func TestTaskDataCarriesTemplating(t *testing.T) {
-	tk := task("t1", "n1", swarm.TaskStateRunning, "s1", "s2")
-	tk.Spec.ContainerSpec.Configs = []*swarm.ConfigReference{
-		{ConfigID: "c1", ConfigName: "c1", File: &swarm.ConfigReferenceFileTarget{Name: "app.conf", UID: "0", GID: "0", Mode: 0o444}},
+// TestReportStatusRacesOrchestrator: a status write that loses a race
+// with the orchestrator's write is re-applied on the fresh record, keeping
+// the orchestrator's change; one that a change makes invalid is refused.
+func TestReportStatusRacesOrchestrator(t *testing.T) {
+	m := newMemStore()
+	tk := task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1")
+	m.put(t, tk)
+	s := open(t, newDispatcher(m, &data{}), "n1")
+	raced := false
+	m.beforeUpdate = func() {
+		if !raced {
+			raced = true
+			tk.DesiredState = swarm.TaskStateShutdown
+			m.put(t, tk)
+		}
 	}
-	d := &data{templated: map[string]bool{"s2": true, "c1": true}}
-	out, err := New(tasks{"t1": tk}, d, d, nil).TaskData(context.Background(), "n1", "t1")
-	if err != nil || len(out) != 3 {
-		t.Fatalf("got %d payloads, %v", len(out), err)
+	got, err := s.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStateFailed, Err: "exit 1"})
+	if err != nil || got.Status.State != swarm.TaskStateFailed {
+		t.Fatalf("got %v %v", got, err)
 	}
-	want := []struct{ kind, id, target, templating string }{
-		{"secret", "s1", "s1", ""}, {"secret", "s2", "s2", "golang"}, {"config", "c1", "/app.conf", "golang"},
+	if st := m.get(t, "t"); st.DesiredState != swarm.TaskStateShutdown || st.Status.State != swarm.TaskStateFailed || st.Status.Err != "exit 1" {
+		t.Fatalf("stored %s/%s %q", st.DesiredState, st.Status.State, st.Status.Err)
 	}
-	for i, w := range want {
-		p := out[i]
-		if p.Kind != w.kind || p.ID != w.id || p.Target != w.target || p.Templating != w.templating || string(p.Data) != "value-of-"+w.id {
-			t.Errorf("payload %d: %s %s %s templating %q", i, p.Kind, p.ID, p.Target, p.Templating)
+
+	// The task moves to another node between the read and the write.
+	m2 := newMemStore()
+	tk2 := task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning)
+	m2.put(t, tk2)
+	s2 := open(t, newDispatcher(m2, &data{}), "n1")
+	raced = false
+	m2.beforeUpdate = func() {
+		if !raced {
+			raced = true
+			tk2.NodeID = "n2"
+			m2.put(t, tk2)
+		}
+	}
+	if _, err := s2.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStateFailed}); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("got %v after the task moved", err)
+	}
+}
+
+// TestReportStatusClock: a node's timestamp is kept unless it lies in the
+// dispatcher's future.
+func TestReportStatusClock(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tc := range []struct {
+		at, want time.Time
+	}{{now.Add(-time.Second), now.Add(-time.Second)}, {now.Add(time.Hour), now}, {time.Time{}, now}} {
+		m := newMemStore()
+		m.put(t, task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned))
+		d := New(Config{Tasks: m, Changes: m, Table: m, Secrets: &data{}, Configs: &data{}, Now: func() time.Time { return now }})
+		got, err := open(t, d, "n1").ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStatePreparing, At: tc.at})
+		if err != nil || !got.Status.Timestamp.Equal(tc.want) {
+			t.Fatalf("at %v: got %v %v", tc.at, got.Status.Timestamp, err)
 		}
 	}
 }
 
-// TestTaskDataHeldVersion: a task is given the version it holds (tasks
-// made before versions hold version 1), whatever is current.
-func TestTaskDataHeldVersion(t *testing.T) {
-	tk := task("t1", "n1", swarm.TaskStateRunning, "s1", "s2")
+// TestRemoveTask: only the node's own task, desired removed and ended.
+func TestRemoveTask(t *testing.T) {
+	tests := []struct {
+		name     string
+		task     *model.Task
+		wantErr  error
+		wantGone bool
+	}{
+		{"ended and desired removed", task("t", "n1", swarm.TaskStateRemove, swarm.TaskStateShutdown), nil, true},
+		{"still running", task("t", "n1", swarm.TaskStateRemove, swarm.TaskStateRunning), errdefs.ErrFailedPrecondition, false},
+		{"not desired removed", task("t", "n1", swarm.TaskStateShutdown, swarm.TaskStateShutdown), errdefs.ErrFailedPrecondition, false},
+		{"another node's", task("t", "n2", swarm.TaskStateRemove, swarm.TaskStateShutdown), errdefs.ErrUnauthorized, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMemStore()
+			m.put(t, tt.task)
+			err := open(t, newDispatcher(m, &data{}), "n1").RemoveTask(context.Background(), "t")
+			if (tt.wantErr == nil && err != nil) || (tt.wantErr != nil && !errdefs.Is(err, tt.wantErr)) {
+				t.Fatalf("got %v, want %v", err, tt.wantErr)
+			}
+			if _, gerr := m.Get(context.Background(), "t"); errdefs.Is(gerr, errdefs.ErrNotFound) != tt.wantGone {
+				t.Fatalf("gone: %v, want %v", gerr, tt.wantGone)
+			}
+		})
+	}
+}
+
+type auth struct{ asked []string }
+
+func (a *auth) RegistryAuth(_ context.Context, id string) ([]byte, error) {
+	a.asked = append(a.asked, id)
+	return []byte("creds-" + id), nil
+}
+
+type nets struct{ asked int }
+
+func (n *nets) EngineAttachments(_ context.Context, cfg []swarm.NetworkAttachmentConfig, _ string) ([]string, []string, error) {
+	n.asked++
+	return []string{cfg[0].Target}, nil, nil
+}
+
+// TestOwnTaskOnly: registry credentials, network attachments and fresh
+// reads are given for the node's own tasks only (credentials only while the
+// task should run).
+func TestOwnTaskOnly(t *testing.T) {
+	m := newMemStore()
+	mine := task("mine", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned)
+	mine.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "net1"}}
+	m.put(t, mine)
+	theirs := task("theirs", "n2", swarm.TaskStateRunning, swarm.TaskStateAssigned)
+	theirs.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "net2"}}
+	m.put(t, theirs)
+	m.put(t, task("stopped", "n1", swarm.TaskStateShutdown, swarm.TaskStateRunning))
+	a, n := &auth{}, &nets{}
+	s := open(t, New(Config{Tasks: m, Changes: m, Table: m, Secrets: &data{}, Configs: &data{}, PullAuth: a, Networks: n}), "n1")
+	ctx := context.Background()
+	if b, err := s.RegistryAuth(ctx, "mine"); err != nil || string(b) != "creds-svc1" {
+		t.Fatalf("own: %q %v", b, err)
+	}
+	if _, err := s.RegistryAuth(ctx, "theirs"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("theirs: %v", err)
+	}
+	if _, err := s.RegistryAuth(ctx, "stopped"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("stopped: %v", err)
+	}
+	if len(a.asked) != 1 {
+		t.Fatalf("credentials read %d times", len(a.asked))
+	}
+	if ids, _, err := s.Attachments(ctx, "mine"); err != nil || !same(ids, []string{"net1"}) {
+		t.Fatalf("own attachments: %v %v", ids, err)
+	}
+	if _, _, err := s.Attachments(ctx, "theirs"); !errdefs.Is(err, errdefs.ErrUnauthorized) || n.asked != 1 {
+		t.Fatalf("their attachments: %v (asked %d)", err, n.asked)
+	}
+	if _, err := s.Task(ctx, "theirs"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("their task: %v", err)
+	}
+	if _, err := s.Task(ctx, "nope"); !errdefs.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("unknown task: %v", err)
+	}
+}
+
+// TestTemplatingAndConfigs: configs travel like secrets, each with its
+// templating driver and the version the task holds.
+func TestTemplatingAndConfigs(t *testing.T) {
+	m := newMemStore()
+	tk := task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1")
 	tk.Spec.ContainerSpec.Configs = []*swarm.ConfigReference{
-		{ConfigID: "c1", ConfigName: "c1", File: &swarm.ConfigReferenceFileTarget{Name: "c", UID: "0", GID: "0", Mode: 0o444}},
+		{ConfigID: "c1", ConfigName: "c1", File: &swarm.ConfigReferenceFileTarget{Name: "app.conf", UID: "0", GID: "0", Mode: 0o444}},
+		{ConfigID: "c2", ConfigName: "cred", Runtime: &swarm.ConfigReferenceRuntimeTarget{}},
 	}
-	tk.DataVersions = map[string]int{model.DataKey("secret", "s1"): 3, model.DataKey("config", "c1"): 7, model.DataKey("secret", "c1"): 9}
-	d := &data{}
-	out, err := New(tasks{"t1": tk}, d, d, nil).TaskData(context.Background(), "n1", "t1")
-	if err != nil || len(out) != 3 {
-		t.Fatalf("got %d payloads, %v", len(out), err)
+	tk.DataVersions = map[string]int{model.DataKey("config", "c1"): 7}
+	m.put(t, tk)
+	d := &data{templated: map[string]bool{"c1": true}}
+	f := next(t, open(t, newDispatcher(m, d), "n1"))
+	if !same(itemStrings(f.Data), []string{"config/c1@7=value-of-c1-v7", "secret/s1@1=value-of-s1-v1"}) {
+		t.Fatalf("data: %v", itemStrings(f.Data))
 	}
-	for i, want := range []string{"value-of-s1-v3", "value-of-s2", "value-of-c1-v7"} {
-		if string(out[i].Data) != want {
-			t.Errorf("payload %d: got %q want %q", i, out[i].Data, want)
+	for _, it := range f.Data {
+		if want := map[string]string{"c1": "golang", "s1": ""}[it.ID]; it.Templating != want {
+			t.Errorf("%s templating %q", it.ID, it.Templating)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -34,8 +35,8 @@ type Kind struct {
 
 // Swarm's limits: secrets < 500 KiB, configs < 1000 KiB.
 var (
-	Secret = Kind{Name: "secret", Table: "secrets", MaxSize: 500 * 1024}
-	Config = Kind{Name: "config", Table: "configs", MaxSize: 1000 * 1024, Readable: true}
+	Secret = Kind{Name: "secret", Table: "secrets", MaxSize: model.MaxSecretData}
+	Config = Kind{Name: "config", Table: "configs", MaxSize: model.MaxConfigData, Readable: true}
 )
 
 // Driver mirrors the wire Driver (name and options).
