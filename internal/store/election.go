@@ -38,10 +38,10 @@ const electionRoot = root + "elections/"
 // ID) and returned by Leader.
 func (s *Store) Campaign(ctx context.Context, name, value string, ttl time.Duration) (*Leadership, error) {
 	secs := max(int((ttl+time.Second-1)/time.Second), 1)
-	// The lease is granted under ctx, and at once refused without a
-	// leader as every write is: the session's own grant would run under
-	// its long-lived context and wait out etcd's request timeout.
-	if !s.HasLeader() {
+	// The lease is granted under ctx, and refused without a leader as
+	// every write is: the session's own grant would run under its
+	// long-lived context and wait out etcd's request timeout.
+	if s.awaitLeader != nil && !s.awaitLeader(ctx) {
 		return nil, fmt.Errorf("store: election session: %w: %w", ErrNoLeader, errNoLeaderHere)
 	}
 	lease, err := s.cli.Grant(ctx, int64(secs))
