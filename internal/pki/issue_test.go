@@ -279,18 +279,7 @@ func TestCrossSignKeepsNewRootLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mk := func(tmpl *x509.Certificate) *x509.Certificate {
-		t.Helper()
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, newKey.Public(), newKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	mk := func(tmpl *x509.Certificate) *x509.Certificate { return selfSigned(t, newKey, tmpl) }
 	limited := mk(&x509.Certificate{
 		SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: RootCN},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),

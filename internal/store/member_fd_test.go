@@ -43,12 +43,13 @@ func listening(t *testing.T) map[string]string {
 			var inode, state, addr string
 			switch {
 			case strings.HasSuffix(tab.file, "unix") && len(fl) >= 7:
-				// Num RefCount Protocol Flags Type St Inode [Path]
-				state, inode = fl[5], fl[6]
-				if fl[3] != "00010000" { // __SO_ACCEPTCON: a listener
+				// Num RefCount Protocol Flags Type St Inode [Path]; a
+				// listener has __SO_ACCEPTCON in its flags.
+				inode = fl[6]
+				if fl[3] != "00010000" {
 					continue
 				}
-				state = "01"
+				state = tab.stateListen
 				addr = strings.Join(fl[7:], " ")
 			case len(fl) >= 10:
 				addr, state, inode = fl[1], fl[3], fl[9]
