@@ -95,10 +95,15 @@ func csrWith(t *testing.T, key crypto.Signer, tmpl *x509.CertificateRequest) []b
 // selfSignedCA makes a root for key valid from nb to na.
 func selfSignedCA(t *testing.T, key crypto.Signer, nb, na time.Time) *x509.Certificate {
 	t.Helper()
-	tmpl := &x509.Certificate{
+	return selfSigned(t, key, &x509.Certificate{
 		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: RootCN}, NotBefore: nb, NotAfter: na,
 		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
+	})
+}
+
+// selfSigned signs tmpl with key, as its own issuer.
+func selfSigned(t *testing.T, key crypto.Signer, tmpl *x509.Certificate) *x509.Certificate {
+	t.Helper()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatal(err)

@@ -209,24 +209,57 @@ func ParseCSR(csrPEM []byte) (crypto.PublicKey, error) {
 // intermediate with every certificate, so a node that still trusts only
 // the old root verifies new certificates (leaf -> intermediate -> old
 // root) while nodes that have the new root verify them directly. It is
-// valid as long as the old root.
+// valid while both roots are.
+//
+// The intermediate grants the new key no more than the new root does: it
+// carries the new root's path length, key usages and name constraints
+// (an imported root limited to signing leaves stays so when reached
+// through the old root), and a certificate that is no CA is refused.
 func CrossSign(old *CA, newRoot *x509.Certificate, now time.Time) (*x509.Certificate, error) {
+	if !newRoot.IsCA || !newRoot.BasicConstraintsValid {
+		return nil, errdefs.InvalidArgument("the certificate to cross-sign is not a CA")
+	}
+	if newRoot.KeyUsage != 0 && newRoot.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, errdefs.InvalidArgument("the certificate to cross-sign may not sign certificates")
+	}
 	serial, err := rand.Int(old.rand, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		RawSubject:            newRoot.RawSubject,
-		SubjectKeyId:          newRoot.SubjectKeyId,
-		NotBefore:             now.Add(-Backdate),
-		NotAfter:              old.root.NotAfter,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
+		SerialNumber:                serial,
+		RawSubject:                  newRoot.RawSubject,
+		SubjectKeyId:                newRoot.SubjectKeyId,
+		NotBefore:                   now.Add(-Backdate),
+		NotAfter:                    old.root.NotAfter,
+		KeyUsage:                    newRoot.KeyUsage,
+		ExtKeyUsage:                 newRoot.ExtKeyUsage,
+		UnknownExtKeyUsage:          newRoot.UnknownExtKeyUsage,
+		BasicConstraintsValid:       true,
+		IsCA:                        true,
+		MaxPathLen:                  newRoot.MaxPathLen,
+		MaxPathLenZero:              newRoot.MaxPathLenZero,
+		PermittedDNSDomainsCritical: newRoot.PermittedDNSDomainsCritical,
+		PermittedDNSDomains:         newRoot.PermittedDNSDomains,
+		ExcludedDNSDomains:          newRoot.ExcludedDNSDomains,
+		PermittedIPRanges:           newRoot.PermittedIPRanges,
+		ExcludedIPRanges:            newRoot.ExcludedIPRanges,
+		PermittedEmailAddresses:     newRoot.PermittedEmailAddresses,
+		ExcludedEmailAddresses:      newRoot.ExcludedEmailAddresses,
+		PermittedURIDomains:         newRoot.PermittedURIDomains,
+		ExcludedURIDomains:          newRoot.ExcludedURIDomains,
+	}
+	if tmpl.KeyUsage == 0 {
+		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	}
+	if newRoot.NotBefore.After(tmpl.NotBefore) {
+		tmpl.NotBefore = newRoot.NotBefore
 	}
 	if newRoot.NotAfter.Before(tmpl.NotAfter) {
 		tmpl.NotAfter = newRoot.NotAfter
+	}
+	if !tmpl.NotAfter.After(tmpl.NotBefore) {
+		return nil, errdefs.InvalidArgument("the roots to cross-sign have no validity in common")
 	}
 	der, err := x509.CreateCertificate(old.rand, tmpl, old.root, newRoot.PublicKey, old.signer)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
+	"math/big"
 	"net"
 	"net/url"
 	"slices"
@@ -263,5 +264,80 @@ func TestTLSCertificateRefusals(t *testing.T) {
 	}
 	if _, err := TLSCertificate(append(iss.PEM, csr...), key); err == nil {
 		t.Fatal("a CSR in the chain accepted")
+	}
+}
+
+// The cross-signed intermediate is the new root's authority seen from the
+// old root: it may grant no more than the new root itself does. An
+// imported root limited to signing leaves (path length 0) must not, once
+// cross-signed, let its key certify a sub-CA that nodes trusting only the
+// old root accept; and only a CA is ever cross-signed.
+func TestCrossSignKeepsNewRootLimits(t *testing.T) {
+	now := time.Now()
+	old := newTestCA(t, now.Add(-time.Hour))
+	newKey, err := NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(tmpl *x509.Certificate) *x509.Certificate { return selfSigned(t, newKey, tmpl) }
+	limited := mk(&x509.Certificate{
+		SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: RootCN},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+		MaxPathLen: 0, MaxPathLenZero: true,
+	})
+	cross, err := CrossSign(old.CA, limited, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cross.MaxPathLenZero || cross.MaxPathLen != 0 {
+		t.Fatalf("cross-signed path length %d (zero %v), new root's is 0", cross.MaxPathLen, cross.MaxPathLenZero)
+	}
+	if cross.NotBefore.Before(limited.NotBefore) || cross.NotAfter.After(limited.NotAfter) {
+		t.Fatalf("cross-signed validity %s..%s outside the new root's %s..%s", cross.NotBefore, cross.NotAfter, limited.NotBefore, limited.NotAfter)
+	}
+	// A sub-CA under the limited key, and a node certificate under it.
+	subKey, err := NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	subDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(10), Subject: pkix.Name{CommonName: "sub"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}, limited, subKey.Public(), newKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := x509.ParseCertificate(subDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(11), Subject: pkixName(newID(t), string(RoleManager), newID(t)),
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, sub, newKey.Public(), subKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(leafDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(cross)
+	inter.AddCert(sub)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: TrustPool(old.Root()), Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Fatal("a sub-CA of a path-length-0 root verified through its cross-signed certificate")
+	}
+
+	notCA := mk(&x509.Certificate{
+		SerialNumber: big.NewInt(12), Subject: pkix.Name{CommonName: RootCN},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, BasicConstraintsValid: true,
+	})
+	if c, err := CrossSign(old.CA, notCA, now); err == nil {
+		t.Fatalf("a certificate that is no CA was cross-signed into one: IsCA %v", c.IsCA)
 	}
 }

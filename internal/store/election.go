@@ -38,8 +38,23 @@ const electionRoot = root + "elections/"
 // ID) and returned by Leader.
 func (s *Store) Campaign(ctx context.Context, name, value string, ttl time.Duration) (*Leadership, error) {
 	secs := max(int((ttl+time.Second-1)/time.Second), 1)
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(secs), concurrency.WithContext(context.WithoutCancel(ctx)))
+	// The lease is granted under ctx, and refused without a leader as
+	// every write is: the session's own grant would run under its
+	// long-lived context and wait out etcd's request timeout.
+	if s.awaitLeader != nil && !s.awaitLeader(ctx) {
+		return nil, fmt.Errorf("store: election session: %w: %w", ErrNoLeader, errNoLeaderHere)
+	}
+	lease, err := s.cli.Grant(ctx, int64(secs))
 	if err != nil {
+		return nil, fmt.Errorf("store: election session: %w", wrapEtcd(err))
+	}
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(secs), concurrency.WithLease(lease.ID), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		// The lease would otherwise live out its TTL; revoking it is
+		// tidiness, so its own failure is not reported over err.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(secs)*time.Second)
+		_, _ = s.cli.Revoke(rctx, lease.ID)
+		cancel()
 		return nil, fmt.Errorf("store: election session: %w", wrapEtcd(err))
 	}
 	el := concurrency.NewElection(sess, electionRoot+name)

@@ -167,7 +167,10 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	s.ready = ready
 	if c.Member != nil {
 		s.hasLeader = func() bool { return e.Server.Leader() != 0 }
-		cli.KV = leaderKV{KV: cli.KV, hasLeader: s.hasLeader}
+		// Two election timeouts: a follower sees no leader from its own
+		// timeout until another's (up to one more) and the vote after it.
+		lkv := newLeaderKV(cli.KV, s.hasLeader, 2*c.Tuning.ElectionTimeout)
+		cli.KV, s.awaitLeader = lkv, lkv.gate.await
 		t := c.Member.TLS
 		s.members = &Members{s: s, srv: e.Server, files: files,
 			tls: MemberTLS{CertPEM: slices.Clone(t.CertPEM), KeyPEM: slices.Clone(t.KeyPEM), CAPEM: slices.Clone(t.CAPEM), Name: t.Name}}

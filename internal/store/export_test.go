@@ -18,3 +18,13 @@ func (l *Leadership) ExpireForTest(ctx context.Context) error {
 func MemberTLSFileForTest(s *Store, i int) ([]byte, error) {
 	return os.ReadFile(fmt.Sprintf("/proc/self/fd/%d", s.members.files[i].Fd()))
 }
+
+// MemberTLSFdsForTest returns the descriptors of the member's in-memory
+// TLS files (certificate, key, CA bundle).
+func MemberTLSFdsForTest(s *Store) []int {
+	fds := make([]int, len(s.members.files))
+	for i, f := range s.members.files {
+		fds[i] = int(f.Fd())
+	}
+	return fds
+}

@@ -58,6 +58,8 @@ type Store struct {
 	ready <-chan struct{}
 	// hasLeader reports whether the member knows a leader (nil: always).
 	hasLeader func() bool
+	// awaitLeader waits out an election as writes do (nil: always led).
+	awaitLeader func(context.Context) bool
 	// members manages the cluster (nil for a lone member).
 	members *Members
 }
