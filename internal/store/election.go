@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -37,6 +38,9 @@ const electionRoot = root + "elections/"
 // seconds, at least 1). value is published for the others (e.g. the node
 // ID) and returned by Leader.
 func (s *Store) Campaign(ctx context.Context, name, value string, ttl time.Duration) (*Leadership, error) {
+	if err := checkElectionName(name); err != nil {
+		return nil, err
+	}
 	secs := max(int((ttl+time.Second-1)/time.Second), 1)
 	// The lease is granted under ctx, and refused without a leader as
 	// every write is: the session's own grant would run under its
@@ -67,6 +71,9 @@ func (s *Store) Campaign(ctx context.Context, name, value string, ttl time.Durat
 
 // Leader returns the value published by the current leader of name.
 func (s *Store) Leader(ctx context.Context, name string) (string, error) {
+	if err := checkElectionName(name); err != nil {
+		return "", err
+	}
 	resp, err := s.cli.Get(ctx, electionRoot+name+"/", clientv3.WithFirstCreate()...)
 	if err != nil {
 		return "", wrapEtcd(err)
@@ -116,6 +123,15 @@ func (l *Leadership) Resign(ctx context.Context) error {
 	}
 	if cerr != nil && !errors.Is(cerr, context.Canceled) {
 		return wrapEtcd(cerr)
+	}
+	return nil
+}
+
+// checkElectionName refuses names an election's key prefix cannot keep
+// apart: "a" would also find the candidates of "a/b".
+func checkElectionName(name string) error {
+	if name == "" || strings.Contains(name, "/") {
+		return errdefs.InvalidArgument("election name %q: must be non-empty and without '/'", name)
 	}
 	return nil
 }

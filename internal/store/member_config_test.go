@@ -4,7 +4,9 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
@@ -57,5 +59,29 @@ func TestLoneMemberReady(t *testing.T) {
 	}
 	if !s.HasLeader() || s.Members() != nil {
 		t.Fatalf("lone member: leader %v members %v", s.HasLeader(), s.Members())
+	}
+}
+
+// TestElectionNames: a name with '/' (whose key prefix would take in
+// another election's candidates) or an empty one is refused by name,
+// before anything is written.
+func TestElectionNames(t *testing.T) {
+	s := storetest.New(t)
+	ctx := context.Background()
+	for _, name := range []string{"", "a/b", "orchestrator/"} {
+		if _, err := s.Campaign(ctx, name, "v", time.Second); !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("Campaign(%q): %v, want invalid argument", name, err)
+		}
+		if _, err := s.Leader(ctx, name); !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("Leader(%q): %v, want invalid argument", name, err)
+		}
+	}
+	l, err := s.Campaign(ctx, "orchestrator", "v", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Resign(ctx) }()
+	if v, err := s.Leader(ctx, "orchestrator"); err != nil || v != "v" {
+		t.Fatalf("Leader = %q, %v", v, err)
 	}
 }

@@ -183,6 +183,8 @@ func (m *Members) RenewTLS(t MemberTLS) error {
 // otherwise block every later join. Only one learner at a time: etcd
 // refuses a second one, and the refusal says a manager is already joining.
 func (m *Members) AddLearner(ctx context.Context, name, peerURL string) (Member, []Peer, error) {
+	ctx, cancel := context.WithTimeout(ctx, maxMembershipWait)
+	defer cancel()
 	if err := m.retry(ctx, "add learner", func() (bool, error) {
 		_, err := m.s.cli.MemberAddAsLearner(ctx, []string{peerURL})
 		switch {
@@ -238,6 +240,8 @@ func (m *Members) AddLearner(ctx context.Context, name, peerURL string) (Member,
 // s) until ctx ends. Promoting a member that already votes succeeds: a
 // retried join must not fail on its own earlier success.
 func (m *Members) Promote(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, maxMembershipWait)
+	defer cancel()
 	mid, err := parseMemberID(id)
 	if err != nil {
 		return err
@@ -255,6 +259,11 @@ func (m *Members) Promote(ctx context.Context, id string) error {
 		return true, fmt.Errorf("store: promote %s: %w", id, wrapEtcd(err))
 	})
 }
+
+// maxMembershipWait bounds a membership change's retries whatever the
+// caller's context: a learner that never starts must not keep a join (or
+// a caller with context.Background) waiting for ever.
+const maxMembershipWait = 2 * time.Minute
 
 // retry runs try until it says done, waiting between tries from
 // promoteBackoff doubling to 2 s, until ctx ends; the last transient error
