@@ -148,6 +148,10 @@ func (ca *CA) Issue(req IssueRequest) (*Issued, error) {
 		// in the certificate keeps renewal timing honest.
 		notAfter = ca.root.NotAfter
 	}
+	if !notAfter.After(req.Now) {
+		// An expired root would sign a certificate dead on arrival.
+		return nil, errdefs.FailedPrecondition("the cluster's root CA expired at %s: rotate it (docker swarm ca --rotate)", ca.root.NotAfter.UTC().Format(time.RFC3339))
+	}
 	names := []string{string(req.Role), req.NodeID}
 	if req.Role == RoleManager {
 		names = append(names, CARole)

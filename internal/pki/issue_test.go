@@ -224,6 +224,26 @@ func TestIssueNotAfterRoot(t *testing.T) {
 	}
 }
 
+// An expired root issues nothing: its certificate would be dead on arrival.
+func TestIssueExpiredRoot(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	key, _ := NewNodeKey()
+	root := selfSignedCA(t, key, now.Add(-48*time.Hour), now.Add(-time.Hour))
+	ca, err := NewCA(root, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nk, _ := NewNodeKey()
+	csr, err := NewCSR(nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.Issue(IssueRequest{CSR: csr, NodeID: newID(t), ClusterID: newID(t), Role: RoleWorker, Now: now})
+	if !errdefs.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("Issue under an expired root: %v, want failed precondition", err)
+	}
+}
+
 func TestNewCARefusals(t *testing.T) {
 	now := time.Now()
 	ca := newTestCA(t, now)
