@@ -308,7 +308,7 @@ func clone(t *model.Task) (*model.Task, error) {
 	return c, nil
 }
 
-// own reads task id afresh and checks that it is the node's.
+// own reads task id afresh and checks that it is assigned to the node.
 func (s *Session) own(ctx context.Context, id string) (*model.Task, error) {
 	o, err := s.d.c.Table.Get(ctx, id)
 	if err != nil {
@@ -322,7 +322,9 @@ func (s *Session) own(ctx context.Context, id string) (*model.Task, error) {
 		return nil, err
 	}
 	t.Version.Index = uint64(o.ModRev)
-	if t.NodeID != s.node {
+	// The stream's rule, not just the node ID: a task that names the node
+	// while it waits for room there is the orchestrator's until placed.
+	if !s.assigned(t) {
 		s.log.Warn("refused a node a task it is not assigned", "task", id)
 		return nil, errdefs.Unauthorized("task %s is not assigned to node %s", id, s.node)
 	}

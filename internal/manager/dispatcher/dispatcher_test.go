@@ -551,3 +551,41 @@ func TestTemplatingAndConfigs(t *testing.T) {
 		}
 	}
 }
+
+// TestUnscheduledTaskNotOwned: a task that names the node while it waits
+// for room there is not the node's (the stream does not send it): the node
+// can neither move it on, nor get its registry credentials, network
+// attachments or record, nor delete it.
+func TestUnscheduledTaskNotOwned(t *testing.T) {
+	m := newMemStore()
+	waiting := task("w", "n1", swarm.TaskStateRunning, swarm.TaskStatePending)
+	waiting.Status.Message = model.MsgPendingScheduling
+	waiting.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "net1"}}
+	m.put(t, waiting)
+	a, n := &auth{}, &nets{}
+	s := open(t, New(Config{Tasks: m, Changes: m, Table: m, Secrets: &data{}, Configs: &data{}, PullAuth: a, Networks: n}), "n1")
+	ctx := context.Background()
+	for _, st := range []swarm.TaskState{swarm.TaskStateAssigned, swarm.TaskStateRunning, swarm.TaskStateComplete} {
+		if _, err := s.ReportStatus(ctx, model.StatusReport{TaskID: "w", State: st}); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+			t.Fatalf("report %s: %v", st, err)
+		}
+	}
+	if got := m.get(t, "w").Status; got.State != swarm.TaskStatePending || got.Message != model.MsgPendingScheduling {
+		t.Fatalf("stored status %+v", got)
+	}
+	if _, err := s.RegistryAuth(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) || len(a.asked) != 0 {
+		t.Fatalf("credentials: %v (asked %d)", err, len(a.asked))
+	}
+	if _, _, err := s.Attachments(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) || n.asked != 0 {
+		t.Fatalf("attachments: %v (asked %d)", err, n.asked)
+	}
+	if _, err := s.Task(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("task: %v", err)
+	}
+	// Never placed: the orchestrator deletes it, not the node.
+	waiting.DesiredState = swarm.TaskStateRemove
+	m.put(t, waiting)
+	if err := s.RemoveTask(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("remove: %v", err)
+	}
+}
