@@ -349,9 +349,14 @@ var reportable = map[swarm.TaskState]bool{
 // states only move forward (a report in the same state updates its
 // message, or the versions a reload loaded), and a final state is final.
 // It reports false for a repeat of the final state, which changes nothing.
-func checkTransition(cur, next swarm.TaskState) (bool, error) {
+func checkTransition(desired, cur, next swarm.TaskState) (bool, error) {
 	if !reportable[next] {
 		return false, errdefs.InvalidArgument("a node cannot report task state %q", next)
+	}
+	if desired == swarm.TaskStateReady && (next == swarm.TaskStateStarting || next == swarm.TaskStateRunning) {
+		// A restart waiting out its delay may be prepared, not started:
+		// the delay is the restart policy's, not the node's to skip.
+		return false, errdefs.FailedPrecondition("task is waiting out its restart delay; %s refused", next)
 	}
 	if model.Terminal(cur) {
 		if cur == next {
@@ -413,7 +418,7 @@ func (s *Session) ReportStatus(ctx context.Context, r model.StatusReport) (*mode
 		if err != nil {
 			return nil, err
 		}
-		write, err := checkTransition(t.Status.State, r.State)
+		write, err := checkTransition(t.DesiredState, t.Status.State, r.State)
 		if err != nil {
 			return nil, fmt.Errorf("task %s: %w", t.ID, err)
 		}
