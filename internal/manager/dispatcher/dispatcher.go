@@ -24,6 +24,7 @@ import (
 	"maps"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -406,6 +407,26 @@ func checkLoaded(t *model.Task, loaded map[string]int) error {
 	return nil
 }
 
+// maxStatusText bounds a report's message and error as stored: a node is a
+// client, and its text lands in the task record (and every task listing).
+const maxStatusText = 4096
+
+// maxContainerID bounds the container ID a node reports (the engine's are
+// 64 hex digits).
+const maxContainerID = 128
+
+// clip cuts s to at most maxStatusText bytes on a character boundary.
+func clip(s string) string {
+	if len(s) <= maxStatusText {
+		return s
+	}
+	s = s[:maxStatusText]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
 // maxAttempts bounds the retries of a status write racing the
 // orchestrator's writes to the same task.
 const maxAttempts = 5
@@ -413,6 +434,10 @@ const maxAttempts = 5
 // ReportStatus records a node's report on one of its tasks and returns the
 // task as stored.
 func (s *Session) ReportStatus(ctx context.Context, r model.StatusReport) (*model.Task, error) {
+	if c := r.Container; c != nil && len(c.ContainerID) > maxContainerID {
+		return nil, errdefs.InvalidArgument("task %s: container ID of %d bytes", r.TaskID, len(c.ContainerID))
+	}
+	r.Message, r.Err = clip(r.Message), clip(r.Err)
 	for range maxAttempts {
 		t, err := s.own(ctx, r.TaskID)
 		if err != nil {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -595,5 +597,31 @@ func TestUnscheduledTaskNotOwned(t *testing.T) {
 	m.put(t, waiting)
 	if err := s.RemoveTask(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("remove: %v", err)
+	}
+}
+
+// TestReportStatusBounded: what a node writes into a task record is
+// bounded (a node is a client): a long message or error is cut on a
+// character boundary, and a report naming a container ID or loaded
+// versions out of all proportion is refused.
+func TestReportStatusBounded(t *testing.T) {
+	m := newMemStore()
+	m.put(t, task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned))
+	s := open(t, newDispatcher(m, &data{}), "n1")
+	long := strings.Repeat("é", maxStatusText)
+	got, err := s.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStatePreparing, Message: long, Err: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := m.get(t, "t").Status
+	for _, s := range []string{got.Status.Message, got.Status.Err, st.Message, st.Err} {
+		if len(s) > maxStatusText || !utf8.ValidString(s) || !strings.HasPrefix(long, s) || s == "" {
+			t.Fatalf("kept %d bytes (valid %v)", len(s), utf8.ValidString(s))
+		}
+	}
+	_, err = s.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStateStarting,
+		Container: &swarm.ContainerStatus{ContainerID: strings.Repeat("a", 1<<20)}})
+	if !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("huge container ID: %v", err)
 	}
 }
