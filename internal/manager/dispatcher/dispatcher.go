@@ -24,6 +24,7 @@ import (
 	"maps"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -308,7 +309,7 @@ func clone(t *model.Task) (*model.Task, error) {
 	return c, nil
 }
 
-// own reads task id afresh and checks that it is the node's.
+// own reads task id afresh and checks that it is assigned to the node.
 func (s *Session) own(ctx context.Context, id string) (*model.Task, error) {
 	o, err := s.d.c.Table.Get(ctx, id)
 	if err != nil {
@@ -322,7 +323,9 @@ func (s *Session) own(ctx context.Context, id string) (*model.Task, error) {
 		return nil, err
 	}
 	t.Version.Index = uint64(o.ModRev)
-	if t.NodeID != s.node {
+	// The stream's rule, not just the node ID: a task that names the node
+	// while it waits for room there is the orchestrator's until placed.
+	if !s.assigned(t) {
 		s.log.Warn("refused a node a task it is not assigned", "task", id)
 		return nil, errdefs.Unauthorized("task %s is not assigned to node %s", id, s.node)
 	}
@@ -347,9 +350,14 @@ var reportable = map[swarm.TaskState]bool{
 // states only move forward (a report in the same state updates its
 // message, or the versions a reload loaded), and a final state is final.
 // It reports false for a repeat of the final state, which changes nothing.
-func checkTransition(cur, next swarm.TaskState) (bool, error) {
+func checkTransition(desired, cur, next swarm.TaskState) (bool, error) {
 	if !reportable[next] {
 		return false, errdefs.InvalidArgument("a node cannot report task state %q", next)
+	}
+	if desired == swarm.TaskStateReady && (next == swarm.TaskStateStarting || next == swarm.TaskStateRunning) {
+		// A restart waiting out its delay may be prepared, not started:
+		// the delay is the restart policy's, not the node's to skip.
+		return false, errdefs.FailedPrecondition("task is waiting out its restart delay; %s refused", next)
 	}
 	if model.Terminal(cur) {
 		if cur == next {
@@ -399,6 +407,26 @@ func checkLoaded(t *model.Task, loaded map[string]int) error {
 	return nil
 }
 
+// maxStatusText bounds a report's message and error as stored: a node is a
+// client, and its text lands in the task record (and every task listing).
+const maxStatusText = 4096
+
+// maxContainerID bounds the container ID a node reports (the engine's are
+// 64 hex digits).
+const maxContainerID = 128
+
+// clip cuts s to at most maxStatusText bytes on a character boundary.
+func clip(s string) string {
+	if len(s) <= maxStatusText {
+		return s
+	}
+	s = s[:maxStatusText]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
 // maxAttempts bounds the retries of a status write racing the
 // orchestrator's writes to the same task.
 const maxAttempts = 5
@@ -406,12 +434,16 @@ const maxAttempts = 5
 // ReportStatus records a node's report on one of its tasks and returns the
 // task as stored.
 func (s *Session) ReportStatus(ctx context.Context, r model.StatusReport) (*model.Task, error) {
+	if c := r.Container; c != nil && len(c.ContainerID) > maxContainerID {
+		return nil, errdefs.InvalidArgument("task %s: container ID of %d bytes", r.TaskID, len(c.ContainerID))
+	}
+	r.Message, r.Err = clip(r.Message), clip(r.Err)
 	for range maxAttempts {
 		t, err := s.own(ctx, r.TaskID)
 		if err != nil {
 			return nil, err
 		}
-		write, err := checkTransition(t.Status.State, r.State)
+		write, err := checkTransition(t.DesiredState, t.Status.State, r.State)
 		if err != nil {
 			return nil, fmt.Errorf("task %s: %w", t.ID, err)
 		}

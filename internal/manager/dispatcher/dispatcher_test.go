@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -347,6 +349,14 @@ func TestReportStatus(t *testing.T) {
 			model.StatusReport{State: swarm.TaskStatePreparing}, nil, swarm.TaskStatePreparing},
 		{"start of a restarted task", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateReady, "s1"),
 			model.StatusReport{State: swarm.TaskStatePreparing}, nil, swarm.TaskStatePreparing},
+		{"start during the restart delay", task("t", "n1", swarm.TaskStateReady, swarm.TaskStateReady, "s1"),
+			model.StatusReport{State: swarm.TaskStateStarting}, errdefs.ErrFailedPrecondition, swarm.TaskStateReady},
+		{"run during the restart delay", task("t", "n1", swarm.TaskStateReady, swarm.TaskStateReady, "s1"),
+			model.StatusReport{State: swarm.TaskStateRunning}, errdefs.ErrFailedPrecondition, swarm.TaskStateReady},
+		{"prepare during the restart delay", task("t", "n1", swarm.TaskStateReady, swarm.TaskStateReady, "s1"),
+			model.StatusReport{State: swarm.TaskStatePreparing}, nil, swarm.TaskStatePreparing},
+		{"shut down during the restart delay", task("t", "n1", swarm.TaskStateReady, swarm.TaskStateReady, "s1"),
+			model.StatusReport{State: swarm.TaskStateShutdown}, nil, swarm.TaskStateShutdown},
 		{"ready is the orchestrator's", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"),
 			model.StatusReport{State: swarm.TaskStateReady}, errdefs.ErrInvalidArgument, swarm.TaskStateAssigned},
 		{"same state (reload)", task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1"),
@@ -549,5 +559,69 @@ func TestTemplatingAndConfigs(t *testing.T) {
 		if want := map[string]string{"c1": "golang", "s1": ""}[it.ID]; it.Templating != want {
 			t.Errorf("%s templating %q", it.ID, it.Templating)
 		}
+	}
+}
+
+// TestUnscheduledTaskNotOwned: a task that names the node while it waits
+// for room there is not the node's (the stream does not send it): the node
+// can neither move it on, nor get its registry credentials, network
+// attachments or record, nor delete it.
+func TestUnscheduledTaskNotOwned(t *testing.T) {
+	m := newMemStore()
+	waiting := task("w", "n1", swarm.TaskStateRunning, swarm.TaskStatePending)
+	waiting.Status.Message = model.MsgPendingScheduling
+	waiting.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "net1"}}
+	m.put(t, waiting)
+	a, n := &auth{}, &nets{}
+	s := open(t, New(Config{Tasks: m, Changes: m, Table: m, Secrets: &data{}, Configs: &data{}, PullAuth: a, Networks: n}), "n1")
+	ctx := context.Background()
+	for _, st := range []swarm.TaskState{swarm.TaskStateAssigned, swarm.TaskStateRunning, swarm.TaskStateComplete} {
+		if _, err := s.ReportStatus(ctx, model.StatusReport{TaskID: "w", State: st}); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+			t.Fatalf("report %s: %v", st, err)
+		}
+	}
+	if got := m.get(t, "w").Status; got.State != swarm.TaskStatePending || got.Message != model.MsgPendingScheduling {
+		t.Fatalf("stored status %+v", got)
+	}
+	if _, err := s.RegistryAuth(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) || len(a.asked) != 0 {
+		t.Fatalf("credentials: %v (asked %d)", err, len(a.asked))
+	}
+	if _, _, err := s.Attachments(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) || n.asked != 0 {
+		t.Fatalf("attachments: %v (asked %d)", err, n.asked)
+	}
+	if _, err := s.Task(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("task: %v", err)
+	}
+	// Never placed: the orchestrator deletes it, not the node.
+	waiting.DesiredState = swarm.TaskStateRemove
+	m.put(t, waiting)
+	if err := s.RemoveTask(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("remove: %v", err)
+	}
+}
+
+// TestReportStatusBounded: what a node writes into a task record is
+// bounded (a node is a client): a long message or error is cut on a
+// character boundary, and a report naming a container ID or loaded
+// versions out of all proportion is refused.
+func TestReportStatusBounded(t *testing.T) {
+	m := newMemStore()
+	m.put(t, task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned))
+	s := open(t, newDispatcher(m, &data{}), "n1")
+	long := strings.Repeat("é", maxStatusText)
+	got, err := s.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStatePreparing, Message: long, Err: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := m.get(t, "t").Status
+	for _, s := range []string{got.Status.Message, got.Status.Err, st.Message, st.Err} {
+		if len(s) > maxStatusText || !utf8.ValidString(s) || !strings.HasPrefix(long, s) || s == "" {
+			t.Fatalf("kept %d bytes (valid %v)", len(s), utf8.ValidString(s))
+		}
+	}
+	_, err = s.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStateStarting,
+		Container: &swarm.ContainerStatus{ContainerID: strings.Repeat("a", 1<<20)}})
+	if !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("huge container ID: %v", err)
 	}
 }
