@@ -291,6 +291,8 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 	n, err := m.names(ctx, containerID)
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
+		m.mu.Lock()
+		defer m.mu.Unlock()
 		return m.release(ctx, g)
 	case err == nil && name == "" && n != "" && n != g.Name:
 		g.Name = n
@@ -340,8 +342,12 @@ func (m *Manager) release(ctx context.Context, g *Grant) error {
 	return nil
 }
 
-// Released handles the engine's destroy event of a container.
+// Released handles the engine's destroy event of a container. It holds
+// mu, as a rotation's replace of the tmpfs does, so that one never mounts
+// again for a grant released meanwhile.
 func (m *Manager) Released(ctx context.Context, containerID string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	all, err := m.grants.list(ctx)
 	if err != nil {
 		return err
@@ -353,9 +359,7 @@ func (m *Manager) Released(ctx context.Context, containerID string) error {
 			}
 			// Gone, so no reconcile needs to know it was recent: without
 			// this, committed grows with every create until one runs.
-			m.mu.Lock()
 			delete(m.committed, g.ID)
-			m.mu.Unlock()
 			return nil
 		}
 	}

@@ -173,6 +173,9 @@ func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string,
 	}
 	err = m.replace(ctx, g, files)
 	wipeFiles(files)
+	if errors.Is(err, errReleased) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -201,6 +204,10 @@ func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string,
 	return nil
 }
 
+// errReleased says a delivery's grant was released meanwhile (its
+// container removed): there is nothing left to deliver to.
+var errReleased = errors.New("grant released")
+
 // replace puts files in g's tmpfs. A tree is swapped in one atomic step.
 // Files bound one by one pin their inodes, which can only be rewritten in
 // place (a reader could see half a value): the tmpfs is replaced by a new
@@ -208,9 +215,16 @@ func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string,
 // with it until then).
 func (m *Manager) replace(ctx context.Context, g *Grant, files []secretfs.File) error {
 	// Not with a reconcile, which could otherwise re-provision the old
-	// versions between the unmount and the mount.
+	// versions between the unmount and the mount, nor with a release.
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// The container may have been removed since Sync listed its grant:
+	// a tmpfs mounted now for the released grant would outlive it.
+	if _, err := m.get(ctx, g.ID); errors.Is(err, store.ErrNotFound) {
+		return errReleased
+	} else if err != nil {
+		return err
+	}
 	if g.Tree {
 		return m.fs.Swap(ctx, g.ID, files)
 	}

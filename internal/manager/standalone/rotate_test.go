@@ -22,9 +22,15 @@ type fakeControl struct {
 	calls   []string // "kill c1 SIGHUP saw=<data>", "restart c1 saw=<data>"
 	grant   string   // the mount whose data calls record
 	target  string
+	// onRunning runs at each Running, outside the lock: a test's way to
+	// make something happen between a delivery's start and its swap.
+	onRunning func(id string)
 }
 
 func (c *fakeControl) Running(_ context.Context, id string) (bool, error) {
+	if c.onRunning != nil {
+		c.onRunning(id)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gone[id] {
@@ -319,5 +325,37 @@ func TestRotationConfig(t *testing.T) {
 	}
 	if h, _ := rf.m.HeldVersions(ctx, objects.Config.Name, id); len(h[2]) != 1 || len(h[1]) != 0 {
 		t.Fatalf("config versions held after the delivery: %v", h)
+	}
+}
+
+// A container removed (its destroy event handled) while a rotation is
+// being delivered to it keeps no tmpfs: the delivery must not make one
+// again for a grant already released, which nothing would unmount until
+// hushd restarts.
+func TestRotationRacesRemoval(t *testing.T) {
+	ctx := context.Background()
+	for _, labels := range []map[string]string{
+		{LabelSecrets: "db"},                         // a tree, swapped
+		{LabelSecretPrefix + "db": "target=/etc/db"}, // files bound one by one, a new tmpfs
+	} {
+		rf := newRotFixture(t)
+		rf.secret(t, "db", "v1")
+		rf.run(t, labels, "c1")
+		rf.rotate(t, "db", "v2")
+		rf.ctl.onRunning = func(id string) {
+			rf.ctl.onRunning = nil
+			if err := rf.m.Released(ctx, id); err != nil {
+				t.Error(err)
+			}
+		}
+		if n := rf.m.Sync(ctx); n != 0 {
+			t.Errorf("%v: a removed container counted as %d failures", labels, n)
+		}
+		if ids := rf.fs.ids(t); len(ids) != 0 {
+			t.Errorf("%v: tmpfs left for a removed container: %v", labels, ids)
+		}
+		if calls := rf.ctl.log(); len(calls) != 0 {
+			t.Errorf("%v: a removed container was signalled or restarted: %v", labels, calls)
+		}
 	}
 }
