@@ -1,11 +1,5 @@
 package daemon
 
-import (
-	"fmt"
-	"log/slog"
-	"strings"
-)
-
 // failpoints make a lifecycle step fail on purpose, so that tests can check
 // what hushd leaves behind when a step goes wrong, or stops dead there as a
 // kill -9 would (lifecycle_test.go, autolock_test.go). Only tests set them:
@@ -40,27 +34,6 @@ const (
 	// runtime has been stopped.
 	fpLeaveErase = "leave-erase"
 )
-
-// hangingFailpoints reads Config.Failpoints: "point=hang,...". Any other
-// action, or an empty point, is refused by name.
-func hangingFailpoints(spec string, log *slog.Logger) (failpoints, error) {
-	if spec == "" {
-		return nil, nil
-	}
-	fp := failpoints{}
-	for _, item := range strings.Split(spec, ",") {
-		point, action, _ := strings.Cut(strings.TrimSpace(item), "=")
-		if point == "" || action != "hang" {
-			return nil, fmt.Errorf("failpoint %q: want point=hang", item)
-		}
-		fp[point] = func() error {
-			log.Warn("failpoint reached: hanging here until killed", "point", point)
-			select {}
-		}
-	}
-	log.Warn("test failpoints are set: this hushd will hang on purpose", "failpoints", spec)
-	return fp, nil
-}
 
 // injected returns the error a test set for point, or nil.
 func (d *Daemon) injected(point string) error {
