@@ -159,12 +159,10 @@ func behind(g *Grant, want func(table string, it Item) int) bool {
 // deliver puts the versions want gives into g's files, signals or
 // restarts the container as its mode says, and only then records them.
 func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string, it Item) int) error {
-	running, err := m.control.Running(ctx, g.ContainerID)
-	if errors.Is(err, errdefs.ErrNotFound) {
+	if _, err := m.control.Running(ctx, g.ContainerID); errors.Is(err, errdefs.ErrNotFound) {
 		// Removed: its destroy event releases the grant.
 		return nil
-	}
-	if err != nil {
+	} else if err != nil {
 		return err
 	}
 	files, err := m.files(ctx, g, want)
@@ -178,6 +176,16 @@ func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string,
 	}
 	if err != nil {
 		return err
+	}
+	// Asked only now that the files are replaced: a container started
+	// meanwhile read (or pinned) the old ones and must be signalled or
+	// restarted too; one started from now on reads the new ones.
+	running, err := m.control.Running(ctx, g.ContainerID)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("files replaced; inspecting the container: %w", err)
 	}
 	mode := g.mode()
 	if running {

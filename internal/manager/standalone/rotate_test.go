@@ -25,6 +25,9 @@ type fakeControl struct {
 	// onRunning runs at each Running, outside the lock: a test's way to
 	// make something happen between a delivery's start and its swap.
 	onRunning func(id string)
+	// afterRunning runs once Running has its answer: a test's way to
+	// change the container's state right after a delivery asked it.
+	afterRunning func(id string)
 }
 
 func (c *fakeControl) Running(_ context.Context, id string) (bool, error) {
@@ -32,11 +35,15 @@ func (c *fakeControl) Running(_ context.Context, id string) (bool, error) {
 		c.onRunning(id)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gone[id] {
+	gone, running := c.gone[id], !c.stopped[id]
+	c.mu.Unlock()
+	if c.afterRunning != nil {
+		c.afterRunning(id)
+	}
+	if gone {
 		return false, errdefs.NotFound("no such container %s", id)
 	}
-	return !c.stopped[id], nil
+	return running, nil
 }
 
 func (c *fakeControl) call(s string) error {
@@ -357,5 +364,47 @@ func TestRotationRacesRemoval(t *testing.T) {
 		if calls := rf.ctl.log(); len(calls) != 0 {
 			t.Errorf("%v: a removed container was signalled or restarted: %v", labels, calls)
 		}
+	}
+}
+
+// A stopped container started while its files are being replaced may have
+// read (or pinned) the old ones: whether it runs is asked once the files
+// are replaced, so it is still signalled or restarted onto the new ones,
+// and a version it lacks is never recorded without that.
+func TestRotationRacesStart(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name   string
+		labels map[string]string
+		target string
+		want   string
+	}{
+		{name: "files bound one by one", labels: map[string]string{LabelSecretPrefix + "db": "target=/etc/db"},
+			target: "/etc/db", want: "restart c1 saw=v2"},
+		{name: "signal", labels: map[string]string{LabelSecrets: "db", LabelRotate: "signal:SIGHUP"},
+			target: "/run/secrets/db", want: "kill c1 SIGHUP saw=v2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rf := newRotFixture(t)
+			rf.secret(t, "db", "v1")
+			grant := rf.run(t, tt.labels, "c1")
+			rf.ctl.grant, rf.ctl.target = grant, tt.target
+			rf.ctl.stopped["c1"] = true
+			rf.rotate(t, "db", "v2")
+			// `docker start` right after the delivery first asked.
+			rf.ctl.afterRunning = func(string) {
+				rf.ctl.afterRunning = nil
+				rf.ctl.mu.Lock()
+				rf.ctl.stopped["c1"] = false
+				rf.ctl.mu.Unlock()
+			}
+			if n := rf.m.Sync(ctx); n != 0 {
+				t.Fatalf("%d failed", n)
+			}
+			if got := strings.Join(rf.ctl.log(), "; "); got != tt.want {
+				t.Fatalf("engine calls %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
