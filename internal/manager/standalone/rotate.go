@@ -65,9 +65,13 @@ func (m *Manager) rotations(ctx context.Context) {
 	case <-m.kick:
 	}
 	delay := retryMin
+	// Kept until it fires: each one asked for is a waiter the store keeps
+	// until the tables are written, so one per kick or retry would pile
+	// up while they are not. Asked before Sync reads, so a write during
+	// a Sync is not missed.
+	var changed <-chan struct{}
 	for {
-		var changed <-chan struct{}
-		if m.changed != nil {
+		if changed == nil && m.changed != nil {
 			changed = m.changed()
 		}
 		var retry <-chan time.Time
@@ -81,6 +85,7 @@ func (m *Manager) rotations(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+			changed = nil
 		case <-m.kick:
 		case <-retry:
 		}

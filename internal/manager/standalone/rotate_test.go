@@ -408,3 +408,45 @@ func TestRotationRacesStart(t *testing.T) {
 		})
 	}
 }
+
+// The rotation loop asks for a new change notification only once the one
+// it holds has fired: each one asked for is a waiter the store keeps until
+// the next write to the secrets or configs tables, so asking at every
+// kick and retry would pile them up while those tables stay unwritten.
+func TestRotationLoopBoundsWaiters(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rf := newRotFixture(t)
+	rf.secret(t, "db", "v1")
+	rf.run(t, map[string]string{LabelSecrets: "db"}, "c1")
+	rf.rotate(t, "db", "v2")
+	// Every delivery fails, so every kick runs one.
+	rf.fail = func(string) error { return errors.New("injected") }
+	var mu sync.Mutex
+	asked := 0
+	rf.m.changed = func() <-chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		asked++
+		return make(chan struct{})
+	}
+	synced := make(chan struct{}, 4)
+	rf.ctl.afterRunning = func(string) { synced <- struct{}{} }
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rf.m.rotations(ctx)
+	}()
+	for range 10 {
+		rf.m.poke()
+		<-synced // asked whether c1 exists, then whether it runs
+		<-synced
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if asked != 1 {
+		t.Fatalf("10 deliveries asked for %d change notifications, none of which fired; want 1", asked)
+	}
+}
