@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/objects"
@@ -437,10 +438,15 @@ func TestRotationLoopBoundsWaiters(t *testing.T) {
 		defer close(done)
 		rf.m.rotations(ctx)
 	}()
-	for range 10 {
+	for i := range 10 {
 		rf.m.poke()
-		<-synced // asked whether c1 exists, then whether it runs
-		<-synced
+		for range 2 { // asked whether c1 exists, then whether it runs
+			select {
+			case <-synced:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("kick %d: no delivery tried", i)
+			}
+		}
 	}
 	cancel()
 	<-done
