@@ -3,7 +3,9 @@ package daemon
 // failpoints make a lifecycle step fail on purpose, so that tests can check
 // what hushd leaves behind when a step goes wrong, or stops dead there as a
 // kill -9 would (lifecycle_test.go, autolock_test.go). Only tests set them:
-// in a running hushd the map is nil and every point passes.
+// unit tests directly, end-to-end tests through Config.Failpoints in a
+// hushd built with the tag hushfailpoints (failpoints_hang.go). In a
+// production hushd the map is nil and every point passes.
 type failpoints map[string]func() error
 
 // The points, named for the write that has not happened yet when the point
