@@ -295,8 +295,8 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 		defer m.mu.Unlock()
 		return m.release(ctx, g)
 	case err == nil && name == "" && n != "" && n != g.Name:
-		g.Name = n
-		return m.grants.update(ctx, g)
+		// A rotation may have recorded a version meanwhile.
+		return m.modify(ctx, grantID, func(g *Grant) bool { g.Name = n; return true })
 	}
 	return nil
 }
@@ -377,8 +377,14 @@ func (m *Manager) Renamed(ctx context.Context, containerID, name string) error {
 	}
 	for _, g := range all {
 		if g.ContainerID == containerID && g.Name != name {
-			g.Name = name
-			return m.grants.update(ctx, g)
+			// On the latest revision: a rotation may record meanwhile.
+			return m.modify(ctx, g.ID, func(g *Grant) bool {
+				if g.Name == name {
+					return false
+				}
+				g.Name = name
+				return true
+			})
 		}
 	}
 	return nil

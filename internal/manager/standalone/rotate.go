@@ -251,19 +251,32 @@ func (m *Manager) replace(ctx context.Context, g *Grant, files []secretfs.File) 
 // record writes the versions want gives into grant id, on its latest
 // revision (a rename may have changed it meanwhile).
 func (m *Manager) record(ctx context.Context, id string, want func(table string, it Item) int) error {
-	for attempt := 0; ; attempt++ {
-		g, err := m.get(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil // released meanwhile
-		}
-		if err != nil {
-			return err
-		}
+	return m.modify(ctx, id, func(g *Grant) bool {
 		for i := range g.Secrets {
 			g.Secrets[i].Version = want(objects.Secret.Table, g.Secrets[i])
 		}
 		for i := range g.Configs {
 			g.Configs[i].Version = want(objects.Config.Table, g.Configs[i])
+		}
+		return true
+	})
+}
+
+// modify applies change to grant id's latest revision and writes it
+// (unless change says there is nothing to write), reading it again when
+// another write (a rotation's record, a rename, Commit) came first; a
+// grant released meanwhile is left alone.
+func (m *Manager) modify(ctx context.Context, id string, change func(g *Grant) bool) error {
+	for attempt := 0; ; attempt++ {
+		g, err := m.get(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !change(g) {
+			return nil
 		}
 		err = m.grants.update(ctx, g)
 		if err == nil || attempt == 2 || !errors.Is(err, store.ErrStale) {

@@ -456,3 +456,31 @@ func TestRotationLoopBoundsWaiters(t *testing.T) {
 		t.Fatalf("10 deliveries asked for %d change notifications, none of which fired; want 1", asked)
 	}
 }
+
+// A rotation recorded while Commit asks the engine for an unnamed
+// container's name (or while a rename is recorded) changes the grant's
+// revision: the name is still recorded, on the latest revision, and the
+// delivered version is kept.
+func TestCommitNameRacesRecord(t *testing.T) {
+	ctx := context.Background()
+	rf := newRotFixture(t)
+	id := rf.secret(t, "db", "v1")
+	p, err := rf.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf.rotate(t, "db", "v2")
+	rf.m.names = func(context.Context, string) (string, error) {
+		if n := rf.m.Sync(ctx); n != 0 {
+			t.Errorf("%d failed deliveries", n)
+		}
+		return "engine_named", nil
+	}
+	if err := rf.m.Commit(ctx, p.GrantID, "c9", ""); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	hs, err := rf.m.Holders(ctx, objects.Secret.Table, id)
+	if err != nil || len(hs) != 1 || hs[0].Name != "engine_named" || hs[0].Version != 2 {
+		t.Fatalf("holders %+v, %v; want engine_named at version 2", hs, err)
+	}
+}
