@@ -504,7 +504,15 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed 
 			}
 		}
 		if !m.fs.Mounted(g.ID) {
-			if _, err := m.mount(ctx, g); err != nil {
+			_, err := m.mount(ctx, g)
+			if errors.Is(err, errdefs.ErrNotFound) {
+				// A version it records is gone (retention took it before
+				// the grant held it): it gets the current ones, which the
+				// Sync after this reconcile delivers and records.
+				m.log.Warn("standalone: a container's recorded version is gone; re-provisioning the current one", "container", c.ID, "name", g.Name, "err", err)
+				err = m.reprovisionCurrent(ctx, g)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("re-provision container %s: %w", c.ID, err))
 				continue
 			}

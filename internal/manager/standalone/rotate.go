@@ -112,23 +112,7 @@ func (m *Manager) Sync(ctx context.Context) int {
 		m.log.Warn("standalone: listing grants for rotations", "err", err)
 		return 1
 	}
-	cur := map[string]int{} // table/id -> current version
-	current := func(table string, it Item) int {
-		k := table + "/" + it.ID
-		if n, ok := cur[k]; ok {
-			return n
-		}
-		objs := m.secrets
-		if table == objects.Config.Table {
-			objs = m.configs
-		}
-		n := it.Version
-		if o, err := objs.Get(ctx, it.ID); err == nil && o.ID == it.ID && o.DataVersion > 0 {
-			n = o.DataVersion
-		}
-		cur[k] = n
-		return n
-	}
+	current := m.currentVersions(ctx)
 	failed := 0
 	for _, g := range all {
 		if g.ContainerID == "" || !behind(g, current) {
@@ -144,6 +128,46 @@ func (m *Manager) Sync(ctx context.Context) int {
 		}
 	}
 	return failed
+}
+
+// currentVersions returns the current version of each item, read once
+// per object (an item's own version if it cannot be read).
+func (m *Manager) currentVersions(ctx context.Context) func(table string, it Item) int {
+	cur := map[string]int{} // table/id -> current version
+	return func(table string, it Item) int {
+		k := table + "/" + it.ID
+		if n, ok := cur[k]; ok {
+			return n
+		}
+		objs := m.secrets
+		if table == objects.Config.Table {
+			objs = m.configs
+		}
+		n := it.Version
+		if o, err := objs.Get(ctx, it.ID); err == nil && o.ID == it.ID && o.DataVersion > 0 {
+			n = o.DataVersion
+		}
+		cur[k] = n
+		return n
+	}
+}
+
+// reprovisionCurrent makes g's tmpfs afresh at the current versions, for
+// a grant whose recorded versions can no longer be opened. It records
+// nothing: the grant stays behind, so the next Sync (right after the
+// reconcile) signals or restarts the container as its mode says and only
+// then records the versions, as for any rotation.
+func (m *Manager) reprovisionCurrent(ctx context.Context, g *Grant) error {
+	files, err := m.files(ctx, g, m.currentVersions(ctx))
+	if err != nil {
+		return err
+	}
+	_, err = m.fs.Mount(ctx, g.ID, files, g.Tree)
+	wipeFiles(files)
+	if err != nil {
+		return fmt.Errorf("container secrets tmpfs: %w: %w", errdefs.ErrInternal, err)
+	}
+	return nil
 }
 
 // behind reports whether g records a version other than want's of any item.

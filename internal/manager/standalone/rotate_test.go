@@ -484,3 +484,52 @@ func TestCommitNameRacesRecord(t *testing.T) {
 		t.Fatalf("holders %+v, %v; want engine_named at version 2", hs, err)
 	}
 }
+
+// A version a grant records may be gone (retention took it in the moment
+// between Prepare reading it and the grant being written, before any hold
+// existed): re-provisioning after a reboot then gives the container the
+// current versions and records them, rather than leaving it without its
+// files for good (a tree cannot be swapped when there is no mount); the
+// Sync that follows records them.
+func TestReprovisionRecordedVersionGone(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t) // its secrets know no holders: retention takes v1
+	fx.m.control = &fakeControl{fs: fx.fs, stopped: map[string]bool{}, gone: map[string]bool{}}
+	id, err := fx.secrets.Create(ctx, objects.Spec{Name: "db", Data: []byte("v1"), Labels: map[string]string{objects.KeepLabel: "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.m.Commit(ctx, p.GrantID, "c1", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := fx.secrets.Rotate(ctx, "db", 0, []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := fx.secrets.ContentVersion(ctx, id, 1); err == nil {
+		t.Fatal("version 1 was kept; the test needs it gone")
+	}
+	// The reboot: no tmpfs.
+	if err := fx.fs.Unmount(p.GrantID); err != nil {
+		t.Fatal(err)
+	}
+	listed := fx.m.BeginList()
+	if err := fx.m.Reconcile(ctx, []Container{{ID: "c1", Name: "c1"}}, listed+1); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if got := fx.fs.data(p.GrantID, "/run/secrets/db"); got != "v2" {
+		t.Fatalf("re-provisioned %q, want the current v2", got)
+	}
+	// The Sync after the reconcile records it (once it signalled or
+	// restarted the container, as for any rotation).
+	if n := fx.m.Sync(ctx); n != 0 {
+		t.Fatalf("%d failed deliveries", n)
+	}
+	hs, err := fx.m.Holders(ctx, objects.Secret.Table, id)
+	if err != nil || len(hs) != 1 || hs[0].Version != 2 {
+		t.Fatalf("holders %+v, %v; want version 2 recorded", hs, err)
+	}
+}
