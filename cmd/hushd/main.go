@@ -75,14 +75,22 @@ func run() int {
 		etcdLevel = "info"
 	}
 
+	// End-to-end crash tests only: see daemon.Config.Failpoints. A
+	// production hushd (built without the tag hushfailpoints) has none, so
+	// the variable set by accident can never make it hang.
+	failpoints, ok := os.LookupEnv("HUSH_TEST_FAILPOINTS")
+	if ok && !daemon.FailpointsBuilt {
+		log.Warn("HUSH_TEST_FAILPOINTS ignored: this hushd was built without failpoints (build tag hushfailpoints)")
+		failpoints = ""
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d, err := daemon.Start(ctx, daemon.Config{
 		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise,
 		EtcdLogLevel: etcdLevel, Logger: log,
 		Engine: eng, SecretsDir: *secretsDir, NoInit: *noInit,
-		// End-to-end crash tests only: see daemon.Config.Failpoints.
-		Failpoints: os.Getenv("HUSH_TEST_FAILPOINTS"),
+		Failpoints: failpoints,
 	})
 	if err != nil {
 		log.Error("hushd failed to start", "err", err)

@@ -57,7 +57,9 @@ type Config struct {
 	// Failpoints, for end-to-end crash tests only (hushd reads it from
 	// HUSH_TEST_FAILPOINTS), is a comma-separated list of point=hang: a
 	// goroutine reaching the point logs it and stops there for good, so
-	// the test can kill -9 hushd at that step (see failpoints.go).
+	// the test can kill -9 hushd at that step (see failpoints_hang.go).
+	// Only a build with the tag hushfailpoints has them (FailpointsBuilt):
+	// any other refuses a non-empty value.
 	Failpoints string
 }
 

@@ -1,15 +1,11 @@
 package daemon
 
-import (
-	"fmt"
-	"log/slog"
-	"strings"
-)
-
 // failpoints make a lifecycle step fail on purpose, so that tests can check
 // what hushd leaves behind when a step goes wrong, or stops dead there as a
 // kill -9 would (lifecycle_test.go, autolock_test.go). Only tests set them:
-// in a running hushd the map is nil and every point passes.
+// unit tests directly, end-to-end tests through Config.Failpoints in a
+// hushd built with the tag hushfailpoints (failpoints_hang.go). In a
+// production hushd the map is nil and every point passes.
 type failpoints map[string]func() error
 
 // The points, named for the write that has not happened yet when the point
@@ -40,27 +36,6 @@ const (
 	// runtime has been stopped.
 	fpLeaveErase = "leave-erase"
 )
-
-// hangingFailpoints reads Config.Failpoints: "point=hang,...". Any other
-// action, or an empty point, is refused by name.
-func hangingFailpoints(spec string, log *slog.Logger) (failpoints, error) {
-	if spec == "" {
-		return nil, nil
-	}
-	fp := failpoints{}
-	for _, item := range strings.Split(spec, ",") {
-		point, action, _ := strings.Cut(strings.TrimSpace(item), "=")
-		if point == "" || action != "hang" {
-			return nil, fmt.Errorf("failpoint %q: want point=hang", item)
-		}
-		fp[point] = func() error {
-			log.Warn("failpoint reached: hanging here until killed", "point", point)
-			select {}
-		}
-	}
-	log.Warn("test failpoints are set: this hushd will hang on purpose", "failpoints", spec)
-	return fp, nil
-}
 
 // injected returns the error a test set for point, or nil.
 func (d *Daemon) injected(point string) error {

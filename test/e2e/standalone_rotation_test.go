@@ -194,6 +194,9 @@ func TestSaRotationRestartMode(t *testing.T) {
 // again and recorded, and version 1 may then be destroyed.
 func TestSaRotationKill9(t *testing.T) {
 	s := startSa(t, withEnv("HUSH_TEST_FAILPOINTS=standalone-record=hang"))
+	if b, _ := os.ReadFile(s.h.LogPath); strings.Contains(string(b), "HUSH_TEST_FAILPOINTS ignored") {
+		t.Fatal("this hushd has no failpoints: build it with -tags hushfailpoints (HUSH_E2E_HUSHD)")
+	}
 	s.h.MustDockerStdin("crash-one", "secret", "create", "sa_crash", "-")
 	app := s.pfx + "-crash"
 	s.run(app, "io.hush.secrets=sa_crash")

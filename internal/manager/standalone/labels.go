@@ -152,7 +152,13 @@ func checkRotate(req *Request, labels map[string]string) error {
 	if !ok {
 		return nil
 	}
-	if err := model.CheckRotateMode(v); err != nil || v == "" {
+	err := model.CheckRotateMode(v)
+	if err != nil {
+		// Again on the value cut short, to quote no more of it than that:
+		// a cut value ends in "..." and is refused the same way.
+		err = model.CheckRotateMode(truncate(v))
+	}
+	if err != nil || v == "" {
 		if err == nil {
 			err = errors.New("empty rotation mode (want restart, reload or signal:SIGNAME)")
 		}

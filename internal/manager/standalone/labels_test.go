@@ -165,6 +165,8 @@ func TestParseLabelsErrorsBounded(t *testing.T) {
 		{LabelSecretPrefix + big + "!": ""},
 		{LabelSecretPrefix + "db": "target=/" + big},
 		{LabelSecrets: "db", LabelSecretPrefix + big: ""},
+		{LabelSecrets: "db", LabelRotate: big},
+		{LabelSecrets: "db", LabelRotate: "signal:" + big},
 	} {
 		_, err := ParseLabels(labels)
 		if err == nil || len(err.Error()) > 1024 {

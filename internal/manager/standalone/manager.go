@@ -291,10 +291,12 @@ func (m *Manager) Commit(ctx context.Context, grantID, containerID, name string)
 	n, err := m.names(ctx, containerID)
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
+		m.mu.Lock()
+		defer m.mu.Unlock()
 		return m.release(ctx, g)
 	case err == nil && name == "" && n != "" && n != g.Name:
-		g.Name = n
-		return m.grants.update(ctx, g)
+		// A rotation may have recorded a version meanwhile.
+		return m.modify(ctx, grantID, func(g *Grant) bool { g.Name = n; return true })
 	}
 	return nil
 }
@@ -340,8 +342,12 @@ func (m *Manager) release(ctx context.Context, g *Grant) error {
 	return nil
 }
 
-// Released handles the engine's destroy event of a container.
+// Released handles the engine's destroy event of a container. It holds
+// mu, as a rotation's replace of the tmpfs does, so that one never mounts
+// again for a grant released meanwhile.
 func (m *Manager) Released(ctx context.Context, containerID string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	all, err := m.grants.list(ctx)
 	if err != nil {
 		return err
@@ -353,9 +359,7 @@ func (m *Manager) Released(ctx context.Context, containerID string) error {
 			}
 			// Gone, so no reconcile needs to know it was recent: without
 			// this, committed grows with every create until one runs.
-			m.mu.Lock()
 			delete(m.committed, g.ID)
-			m.mu.Unlock()
 			return nil
 		}
 	}
@@ -373,8 +377,14 @@ func (m *Manager) Renamed(ctx context.Context, containerID, name string) error {
 	}
 	for _, g := range all {
 		if g.ContainerID == containerID && g.Name != name {
-			g.Name = name
-			return m.grants.update(ctx, g)
+			// On the latest revision: a rotation may record meanwhile.
+			return m.modify(ctx, g.ID, func(g *Grant) bool {
+				if g.Name == name {
+					return false
+				}
+				g.Name = name
+				return true
+			})
 		}
 	}
 	return nil
@@ -494,7 +504,15 @@ func (m *Manager) Reconcile(ctx context.Context, containers []Container, listed 
 			}
 		}
 		if !m.fs.Mounted(g.ID) {
-			if _, err := m.mount(ctx, g); err != nil {
+			_, err := m.mount(ctx, g)
+			if errors.Is(err, errdefs.ErrNotFound) {
+				// A version it records is gone (retention took it before
+				// the grant held it): it gets the current ones, which the
+				// Sync after this reconcile delivers and records.
+				m.log.Warn("standalone: a container's recorded version is gone; re-provisioning the current one", "container", c.ID, "name", g.Name, "err", err)
+				err = m.reprovisionCurrent(ctx, g)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("re-provision container %s: %w", c.ID, err))
 				continue
 			}

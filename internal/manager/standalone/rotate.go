@@ -65,9 +65,13 @@ func (m *Manager) rotations(ctx context.Context) {
 	case <-m.kick:
 	}
 	delay := retryMin
+	// Kept until it fires: each one asked for is a waiter the store keeps
+	// until the tables are written, so one per kick or retry would pile
+	// up while they are not. Asked before Sync reads, so a write during
+	// a Sync is not missed.
+	var changed <-chan struct{}
 	for {
-		var changed <-chan struct{}
-		if m.changed != nil {
+		if changed == nil && m.changed != nil {
 			changed = m.changed()
 		}
 		var retry <-chan time.Time
@@ -81,6 +85,7 @@ func (m *Manager) rotations(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+			changed = nil
 		case <-m.kick:
 		case <-retry:
 		}
@@ -107,23 +112,7 @@ func (m *Manager) Sync(ctx context.Context) int {
 		m.log.Warn("standalone: listing grants for rotations", "err", err)
 		return 1
 	}
-	cur := map[string]int{} // table/id -> current version
-	current := func(table string, it Item) int {
-		k := table + "/" + it.ID
-		if n, ok := cur[k]; ok {
-			return n
-		}
-		objs := m.secrets
-		if table == objects.Config.Table {
-			objs = m.configs
-		}
-		n := it.Version
-		if o, err := objs.Get(ctx, it.ID); err == nil && o.ID == it.ID && o.DataVersion > 0 {
-			n = o.DataVersion
-		}
-		cur[k] = n
-		return n
-	}
+	current := m.currentVersions(ctx)
 	failed := 0
 	for _, g := range all {
 		if g.ContainerID == "" || !behind(g, current) {
@@ -139,6 +128,46 @@ func (m *Manager) Sync(ctx context.Context) int {
 		}
 	}
 	return failed
+}
+
+// currentVersions returns the current version of each item, read once
+// per object (an item's own version if it cannot be read).
+func (m *Manager) currentVersions(ctx context.Context) func(table string, it Item) int {
+	cur := map[string]int{} // table/id -> current version
+	return func(table string, it Item) int {
+		k := table + "/" + it.ID
+		if n, ok := cur[k]; ok {
+			return n
+		}
+		objs := m.secrets
+		if table == objects.Config.Table {
+			objs = m.configs
+		}
+		n := it.Version
+		if o, err := objs.Get(ctx, it.ID); err == nil && o.ID == it.ID && o.DataVersion > 0 {
+			n = o.DataVersion
+		}
+		cur[k] = n
+		return n
+	}
+}
+
+// reprovisionCurrent makes g's tmpfs afresh at the current versions, for
+// a grant whose recorded versions can no longer be opened. It records
+// nothing: the grant stays behind, so the next Sync (right after the
+// reconcile) signals or restarts the container as its mode says and only
+// then records the versions, as for any rotation.
+func (m *Manager) reprovisionCurrent(ctx context.Context, g *Grant) error {
+	files, err := m.files(ctx, g, m.currentVersions(ctx))
+	if err != nil {
+		return err
+	}
+	_, err = m.fs.Mount(ctx, g.ID, files, g.Tree)
+	wipeFiles(files)
+	if err != nil {
+		return fmt.Errorf("container secrets tmpfs: %w: %w", errdefs.ErrInternal, err)
+	}
+	return nil
 }
 
 // behind reports whether g records a version other than want's of any item.
@@ -159,12 +188,10 @@ func behind(g *Grant, want func(table string, it Item) int) bool {
 // deliver puts the versions want gives into g's files, signals or
 // restarts the container as its mode says, and only then records them.
 func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string, it Item) int) error {
-	running, err := m.control.Running(ctx, g.ContainerID)
-	if errors.Is(err, errdefs.ErrNotFound) {
+	if _, err := m.control.Running(ctx, g.ContainerID); errors.Is(err, errdefs.ErrNotFound) {
 		// Removed: its destroy event releases the grant.
 		return nil
-	}
-	if err != nil {
+	} else if err != nil {
 		return err
 	}
 	files, err := m.files(ctx, g, want)
@@ -173,8 +200,21 @@ func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string,
 	}
 	err = m.replace(ctx, g, files)
 	wipeFiles(files)
+	if errors.Is(err, errReleased) {
+		return nil
+	}
 	if err != nil {
 		return err
+	}
+	// Asked only now that the files are replaced: a container started
+	// meanwhile read (or pinned) the old ones and must be signalled or
+	// restarted too; one started from now on reads the new ones.
+	running, err := m.control.Running(ctx, g.ContainerID)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("files replaced; inspecting the container: %w", err)
 	}
 	mode := g.mode()
 	if running {
@@ -201,6 +241,10 @@ func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string,
 	return nil
 }
 
+// errReleased says a delivery's grant was released meanwhile (its
+// container removed): there is nothing left to deliver to.
+var errReleased = errors.New("grant released")
+
 // replace puts files in g's tmpfs. A tree is swapped in one atomic step.
 // Files bound one by one pin their inodes, which can only be rewritten in
 // place (a reader could see half a value): the tmpfs is replaced by a new
@@ -208,9 +252,16 @@ func (m *Manager) deliver(ctx context.Context, g *Grant, want func(table string,
 // with it until then).
 func (m *Manager) replace(ctx context.Context, g *Grant, files []secretfs.File) error {
 	// Not with a reconcile, which could otherwise re-provision the old
-	// versions between the unmount and the mount.
+	// versions between the unmount and the mount, nor with a release.
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// The container may have been removed since Sync listed its grant:
+	// a tmpfs mounted now for the released grant would outlive it.
+	if _, err := m.get(ctx, g.ID); errors.Is(err, store.ErrNotFound) {
+		return errReleased
+	} else if err != nil {
+		return err
+	}
 	if g.Tree {
 		return m.fs.Swap(ctx, g.ID, files)
 	}
@@ -224,19 +275,32 @@ func (m *Manager) replace(ctx context.Context, g *Grant, files []secretfs.File) 
 // record writes the versions want gives into grant id, on its latest
 // revision (a rename may have changed it meanwhile).
 func (m *Manager) record(ctx context.Context, id string, want func(table string, it Item) int) error {
-	for attempt := 0; ; attempt++ {
-		g, err := m.get(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil // released meanwhile
-		}
-		if err != nil {
-			return err
-		}
+	return m.modify(ctx, id, func(g *Grant) bool {
 		for i := range g.Secrets {
 			g.Secrets[i].Version = want(objects.Secret.Table, g.Secrets[i])
 		}
 		for i := range g.Configs {
 			g.Configs[i].Version = want(objects.Config.Table, g.Configs[i])
+		}
+		return true
+	})
+}
+
+// modify applies change to grant id's latest revision and writes it
+// (unless change says there is nothing to write), reading it again when
+// another write (a rotation's record, a rename, Commit) came first; a
+// grant released meanwhile is left alone.
+func (m *Manager) modify(ctx context.Context, id string, change func(g *Grant) bool) error {
+	for attempt := 0; ; attempt++ {
+		g, err := m.get(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !change(g) {
+			return nil
 		}
 		err = m.grants.update(ctx, g)
 		if err == nil || attempt == 2 || !errors.Is(err, store.ErrStale) {

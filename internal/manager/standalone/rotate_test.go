@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/objects"
@@ -22,15 +23,28 @@ type fakeControl struct {
 	calls   []string // "kill c1 SIGHUP saw=<data>", "restart c1 saw=<data>"
 	grant   string   // the mount whose data calls record
 	target  string
+	// onRunning runs at each Running, outside the lock: a test's way to
+	// make something happen between a delivery's start and its swap.
+	onRunning func(id string)
+	// afterRunning runs once Running has its answer: a test's way to
+	// change the container's state right after a delivery asked it.
+	afterRunning func(id string)
 }
 
 func (c *fakeControl) Running(_ context.Context, id string) (bool, error) {
+	if c.onRunning != nil {
+		c.onRunning(id)
+	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gone[id] {
+	gone, running := c.gone[id], !c.stopped[id]
+	c.mu.Unlock()
+	if c.afterRunning != nil {
+		c.afterRunning(id)
+	}
+	if gone {
 		return false, errdefs.NotFound("no such container %s", id)
 	}
-	return !c.stopped[id], nil
+	return running, nil
 }
 
 func (c *fakeControl) call(s string) error {
@@ -319,5 +333,203 @@ func TestRotationConfig(t *testing.T) {
 	}
 	if h, _ := rf.m.HeldVersions(ctx, objects.Config.Name, id); len(h[2]) != 1 || len(h[1]) != 0 {
 		t.Fatalf("config versions held after the delivery: %v", h)
+	}
+}
+
+// A container removed (its destroy event handled) while a rotation is
+// being delivered to it keeps no tmpfs: the delivery must not make one
+// again for a grant already released, which nothing would unmount until
+// hushd restarts.
+func TestRotationRacesRemoval(t *testing.T) {
+	ctx := context.Background()
+	for _, labels := range []map[string]string{
+		{LabelSecrets: "db"},                         // a tree, swapped
+		{LabelSecretPrefix + "db": "target=/etc/db"}, // files bound one by one, a new tmpfs
+	} {
+		rf := newRotFixture(t)
+		rf.secret(t, "db", "v1")
+		rf.run(t, labels, "c1")
+		rf.rotate(t, "db", "v2")
+		rf.ctl.onRunning = func(id string) {
+			rf.ctl.onRunning = nil
+			if err := rf.m.Released(ctx, id); err != nil {
+				t.Error(err)
+			}
+		}
+		if n := rf.m.Sync(ctx); n != 0 {
+			t.Errorf("%v: a removed container counted as %d failures", labels, n)
+		}
+		if ids := rf.fs.ids(t); len(ids) != 0 {
+			t.Errorf("%v: tmpfs left for a removed container: %v", labels, ids)
+		}
+		if calls := rf.ctl.log(); len(calls) != 0 {
+			t.Errorf("%v: a removed container was signalled or restarted: %v", labels, calls)
+		}
+	}
+}
+
+// A stopped container started while its files are being replaced may have
+// read (or pinned) the old ones: whether it runs is asked once the files
+// are replaced, so it is still signalled or restarted onto the new ones,
+// and a version it lacks is never recorded without that.
+func TestRotationRacesStart(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name   string
+		labels map[string]string
+		target string
+		want   string
+	}{
+		{name: "files bound one by one", labels: map[string]string{LabelSecretPrefix + "db": "target=/etc/db"},
+			target: "/etc/db", want: "restart c1 saw=v2"},
+		{name: "signal", labels: map[string]string{LabelSecrets: "db", LabelRotate: "signal:SIGHUP"},
+			target: "/run/secrets/db", want: "kill c1 SIGHUP saw=v2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rf := newRotFixture(t)
+			rf.secret(t, "db", "v1")
+			grant := rf.run(t, tt.labels, "c1")
+			rf.ctl.grant, rf.ctl.target = grant, tt.target
+			rf.ctl.stopped["c1"] = true
+			rf.rotate(t, "db", "v2")
+			// `docker start` right after the delivery first asked.
+			rf.ctl.afterRunning = func(string) {
+				rf.ctl.afterRunning = nil
+				rf.ctl.mu.Lock()
+				rf.ctl.stopped["c1"] = false
+				rf.ctl.mu.Unlock()
+			}
+			if n := rf.m.Sync(ctx); n != 0 {
+				t.Fatalf("%d failed", n)
+			}
+			if got := strings.Join(rf.ctl.log(), "; "); got != tt.want {
+				t.Fatalf("engine calls %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// The rotation loop asks for a new change notification only once the one
+// it holds has fired: each one asked for is a waiter the store keeps until
+// the next write to the secrets or configs tables, so asking at every
+// kick and retry would pile them up while those tables stay unwritten.
+func TestRotationLoopBoundsWaiters(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rf := newRotFixture(t)
+	rf.secret(t, "db", "v1")
+	rf.run(t, map[string]string{LabelSecrets: "db"}, "c1")
+	rf.rotate(t, "db", "v2")
+	// Every delivery fails, so every kick runs one.
+	rf.fail = func(string) error { return errors.New("injected") }
+	var mu sync.Mutex
+	asked := 0
+	rf.m.changed = func() <-chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		asked++
+		return make(chan struct{})
+	}
+	synced := make(chan struct{}, 4)
+	rf.ctl.afterRunning = func(string) { synced <- struct{}{} }
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rf.m.rotations(ctx)
+	}()
+	for i := range 10 {
+		rf.m.poke()
+		for range 2 { // asked whether c1 exists, then whether it runs
+			select {
+			case <-synced:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("kick %d: no delivery tried", i)
+			}
+		}
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if asked != 1 {
+		t.Fatalf("10 deliveries asked for %d change notifications, none of which fired; want 1", asked)
+	}
+}
+
+// A rotation recorded while Commit asks the engine for an unnamed
+// container's name (or while a rename is recorded) changes the grant's
+// revision: the name is still recorded, on the latest revision, and the
+// delivered version is kept.
+func TestCommitNameRacesRecord(t *testing.T) {
+	ctx := context.Background()
+	rf := newRotFixture(t)
+	id := rf.secret(t, "db", "v1")
+	p, err := rf.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf.rotate(t, "db", "v2")
+	rf.m.names = func(context.Context, string) (string, error) {
+		if n := rf.m.Sync(ctx); n != 0 {
+			t.Errorf("%d failed deliveries", n)
+		}
+		return "engine_named", nil
+	}
+	if err := rf.m.Commit(ctx, p.GrantID, "c9", ""); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	hs, err := rf.m.Holders(ctx, objects.Secret.Table, id)
+	if err != nil || len(hs) != 1 || hs[0].Name != "engine_named" || hs[0].Version != 2 {
+		t.Fatalf("holders %+v, %v; want engine_named at version 2", hs, err)
+	}
+}
+
+// A version a grant records may be gone (retention took it in the moment
+// between Prepare reading it and the grant being written, before any hold
+// existed): re-provisioning after a reboot then gives the container the
+// current versions and records them, rather than leaving it without its
+// files for good (a tree cannot be swapped when there is no mount); the
+// Sync that follows records them.
+func TestReprovisionRecordedVersionGone(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t) // its secrets know no holders: retention takes v1
+	fx.m.control = &fakeControl{fs: fx.fs, stopped: map[string]bool{}, gone: map[string]bool{}}
+	id, err := fx.secrets.Create(ctx, objects.Spec{Name: "db", Data: []byte("v1"), Labels: map[string]string{objects.KeepLabel: "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := fx.m.Prepare(ctx, mustParse(t, map[string]string{LabelSecrets: "db"}), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.m.Commit(ctx, p.GrantID, "c1", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := fx.secrets.Rotate(ctx, "db", 0, []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := fx.secrets.ContentVersion(ctx, id, 1); err == nil {
+		t.Fatal("version 1 was kept; the test needs it gone")
+	}
+	// The reboot: no tmpfs.
+	if err := fx.fs.Unmount(p.GrantID); err != nil {
+		t.Fatal(err)
+	}
+	listed := fx.m.BeginList()
+	if err := fx.m.Reconcile(ctx, []Container{{ID: "c1", Name: "c1"}}, listed+1); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if got := fx.fs.data(p.GrantID, "/run/secrets/db"); got != "v2" {
+		t.Fatalf("re-provisioned %q, want the current v2", got)
+	}
+	// The Sync after the reconcile records it (once it signalled or
+	// restarted the container, as for any rotation).
+	if n := fx.m.Sync(ctx); n != 0 {
+		t.Fatalf("%d failed deliveries", n)
+	}
+	hs, err := fx.m.Holders(ctx, objects.Secret.Table, id)
+	if err != nil || len(hs) != 1 || hs[0].Version != 2 {
+		t.Fatalf("holders %+v, %v; want version 2 recorded", hs, err)
 	}
 }

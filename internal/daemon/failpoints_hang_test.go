@@ -1,3 +1,5 @@
+//go:build hushfailpoints
+
 package daemon
 
 import (
