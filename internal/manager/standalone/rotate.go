@@ -75,16 +75,24 @@ func (m *Manager) rotations(ctx context.Context) {
 			changed = m.changed()
 		}
 		var retry <-chan time.Time
-		if failed := m.Sync(ctx); failed > 0 && ctx.Err() == nil {
+		failed, grants := m.sync(ctx)
+		if failed > 0 && ctx.Err() == nil {
 			retry = time.After(delay)
 			delay = min(2*delay, maxRetryDelay)
 		} else {
 			delay = retryMin
 		}
+		// Writes to the tables matter only while a container holds a
+		// grant (a new grant kicks): otherwise every secret create would
+		// cost a pass that lists the grants.
+		wake := changed
+		if grants == 0 {
+			wake = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-changed:
+		case <-wake:
 			changed = nil
 		case <-m.kick:
 		case <-retry:
@@ -105,15 +113,20 @@ func (m *Manager) poke() {
 // mode says, and returns how many it could not bring (each is logged; its
 // grant keeps recording the version it has).
 func (m *Manager) Sync(ctx context.Context) int {
+	failed, _ := m.sync(ctx)
+	return failed
+}
+
+// sync is Sync that also says how many grants there are (-1: unknown).
+func (m *Manager) sync(ctx context.Context) (failed, grants int) {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
 	all, err := m.grants.list(ctx)
 	if err != nil {
 		m.log.Warn("standalone: listing grants for rotations", "err", err)
-		return 1
+		return 1, -1
 	}
 	current := m.currentVersions(ctx)
-	failed := 0
 	for _, g := range all {
 		if g.ContainerID == "" || !behind(g, current) {
 			continue
@@ -127,7 +140,7 @@ func (m *Manager) Sync(ctx context.Context) int {
 				"container", g.ContainerID, "name", g.Name, "mode", g.mode(), "err", err)
 		}
 	}
-	return failed
+	return failed, len(all)
 }
 
 // currentVersions returns the current version of each item, read once
