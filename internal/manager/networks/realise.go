@@ -241,7 +241,9 @@ func (m *Manager) Run(ctx context.Context) {
 	tick := time.NewTicker(retry)
 	defer tick.Stop()
 	for {
-		changed := m.mirror.Changed()
+		// Only network writes can change the set below; any other write
+		// woke this loop for a store read and nothing else.
+		changed := m.mirror.TableChanged(Table)
 		ids, err := m.idSet(ctx)
 		if err == nil && (pending || ids != last || time.Since(lastFull) >= resync) {
 			var rerr error
