@@ -13,14 +13,16 @@
 #   NEW_REV  default: HEAD
 #   RUNS     runs per build (default 3)
 # Env: ENGINE (default /var/run/docker.sock; "" runs hushd without one),
-#      N (creates per run, default 2000), LIST (default 10000).
+#      N (creates per run, default 2000), LIST (default 10000), LIST_REPS
+#      (timed lists per run, default 30: 10 gave medians that moved by a
+#      third between runs of one build).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 new=${2:-HEAD}
 old=${1:-$(git merge-base "$new" main)}
 runs=${3:-3}
 engine=${ENGINE-/var/run/docker.sock}
-n=${N:-2000}; list=${LIST:-10000}
+n=${N:-2000}; list=${LIST:-10000}; reps=${LIST_REPS:-30}
 work=$(mktemp -d /tmp/hush-sealcost-XXXXXX)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -48,7 +50,7 @@ one() { # name run
 	t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
 	# The same client for both: the new build's hushbench.
 	"$work/hushbench-new" --socket "$sock" --concurrency 16 --ops create --n "$n" \
-		--list-size "$list" --json "$work/r-$1-$2.json" >/dev/null 2>"$work/bench-$1-$2.log"
+		--list-size "$list" --list-reps "$reps" --json "$work/r-$1-$2.json" >/dev/null 2>"$work/bench-$1-$2.log"
 	t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
 	kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
 	load="$load	$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')"
