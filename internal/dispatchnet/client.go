@@ -31,6 +31,10 @@ const (
 	maxPeriod = time.Hour
 )
 
+// errTransport marks a call that got no answer (as opposed to a
+// manager's refusal).
+var errTransport = errors.New("dispatcher unreachable")
+
 // ClientConfig wires a Connector.
 type ClientConfig struct {
 	// Managers are the managers' dispatcher addresses (host:port), tried
@@ -312,8 +316,9 @@ func (s *Session) heartbeats() {
 			s.mu.Lock()
 			s.period = clampPeriod(r.HeartbeatMillis)
 			s.mu.Unlock()
-		case errdefs.Is(err, errdefs.ErrUnavailable), errdefs.Is(err, errdefs.ErrUnauthorized), errdefs.Is(err, errdefs.ErrForbidden):
-			// The manager no longer holds the session, or refuses us.
+		case !errors.Is(err, errTransport):
+			// The manager answered: it no longer holds the session, or
+			// refuses the node.
 			s.cancel(err)
 			return
 		case time.Since(last) > graceBeats*p:
@@ -384,7 +389,7 @@ func (s *Session) post(ctx context.Context, path string, req any) (*http.Respons
 		if ctx.Err() != nil && context.Cause(s.ctx) != nil {
 			return nil, errdefs.Unavailable("dispatcher session ended: %v", context.Cause(s.ctx))
 		}
-		return nil, errdefs.Unavailable("dispatcher call: %v", err)
+		return nil, fmt.Errorf("%w: %w: %v", errTransport, errdefs.ErrUnavailable, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		err := readError(resp)

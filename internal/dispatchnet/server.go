@@ -507,3 +507,10 @@ func (l *LastSeen) Last(nodeID string) (time.Time, bool) {
 	t, ok := l.m[nodeID]
 	return t, ok
 }
+
+// current reports whether node holds a session.
+func (h *Handler) current(node string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sessions[node] != nil
+}
