@@ -2,164 +2,19 @@ package dispatcher
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/dispatcher/dispatchertest"
 	"github.com/hush-secrets/hush/internal/model"
-	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// memStore is the tasks table, its snapshot and change notifications in
-// memory, with the store's revision checks.
-type memStore struct {
-	mu      sync.Mutex
-	rev     int64
-	tasks   map[string]store.Object
-	svcs    []*model.Service
-	waiters []chan struct{}
-	// beforeUpdate runs before each Update (to race a write in).
-	beforeUpdate func()
-}
-
-func newMemStore() *memStore { return &memStore{tasks: map[string]store.Object{}} }
-
-func (m *memStore) put(t *testing.T, tk *model.Task) {
-	t.Helper()
-	b, err := json.Marshal(tk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.mu.Lock()
-	m.rev++
-	m.tasks[tk.ID] = store.Object{ID: tk.ID, Value: b, ModRev: m.rev}
-	m.wakeLocked()
-	m.mu.Unlock()
-}
-
-func (m *memStore) get(t *testing.T, id string) *model.Task {
-	t.Helper()
-	o, err := m.Get(context.Background(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tk, err := model.Decode[model.Task](o.Value)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tk
-}
-
-func (m *memStore) del(id string) {
-	m.mu.Lock()
-	m.rev++
-	delete(m.tasks, id)
-	m.wakeLocked()
-	m.mu.Unlock()
-}
-
-func (m *memStore) wakeLocked() {
-	for _, w := range m.waiters {
-		close(w)
-	}
-	m.waiters = nil
-}
-
-func (m *memStore) TableChanged(...string) <-chan struct{} {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	w := make(chan struct{})
-	m.waiters = append(m.waiters, w)
-	return w
-}
-
-func (m *memStore) Snapshot(context.Context) ([]*model.Service, []*model.Task, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []*model.Task
-	for _, o := range m.tasks {
-		t, err := model.Decode[model.Task](o.Value)
-		if err != nil {
-			return nil, nil, err
-		}
-		t.Version.Index = uint64(o.ModRev)
-		out = append(out, t)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return m.svcs, out, nil
-}
-
-func (m *memStore) Get(_ context.Context, id string) (store.Object, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	o, ok := m.tasks[id]
-	if !ok {
-		return store.Object{}, store.ErrNotFound
-	}
-	return o, nil
-}
-
-func (m *memStore) Update(_ context.Context, id string, rev int64, val []byte, _ ...clientv3.Op) (int64, error) {
-	if f := m.beforeUpdate; f != nil {
-		f()
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	o, ok := m.tasks[id]
-	if !ok {
-		return 0, store.ErrNotFound
-	}
-	if o.ModRev != rev {
-		return 0, store.ErrStale
-	}
-	m.rev++
-	m.tasks[id] = store.Object{ID: id, Value: val, ModRev: m.rev}
-	m.wakeLocked()
-	return m.rev, nil
-}
-
-func (m *memStore) Delete(_ context.Context, id, _ string, rev int64, _ []clientv3.Cmp, _ ...clientv3.Op) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	o, ok := m.tasks[id]
-	if !ok {
-		return store.ErrNotFound
-	}
-	if o.ModRev != rev {
-		return store.ErrStale
-	}
-	m.rev++
-	delete(m.tasks, id)
-	m.wakeLocked()
-	return nil
-}
-
-// data serves "value-of-<id>-v<n>" and records what was opened.
-type data struct {
-	mu        sync.Mutex
-	opened    []string
-	templated map[string]bool
-}
-
-func (d *data) ContentVersion(_ context.Context, id string, n int) ([]byte, string, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.opened = append(d.opened, fmt.Sprintf("%s@%d", id, n))
-	drv := ""
-	if d.templated[id] {
-		drv = "golang"
-	}
-	return fmt.Appendf(nil, "value-of-%s-v%d", id, n), drv, nil
-}
 
 func task(id, node string, desired, state swarm.TaskState, secretIDs ...string) *model.Task {
 	t := &model.Task{ServiceName: "svc"}
@@ -172,7 +27,7 @@ func task(id, node string, desired, state swarm.TaskState, secretIDs ...string) 
 	return t
 }
 
-func newDispatcher(m *memStore, d *data) *Dispatcher {
+func newDispatcher(m *dispatchertest.MemStore, d *dispatchertest.Data) *Dispatcher {
 	return New(Config{Tasks: m, Changes: m, Table: m, Secrets: d, Configs: d})
 }
 
@@ -231,17 +86,17 @@ func same(a, b []string) bool { return slices.Equal(a, b) }
 // is removed when the last task holding it ends, and nothing is sent when
 // nothing of the node changed.
 func TestAssignmentsFullThenIncrements(t *testing.T) {
-	m := newMemStore()
-	d := &data{}
+	m := dispatchertest.NewMemStore()
+	d := &dispatchertest.Data{}
 	t1 := task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1", "s2")
 	t1.DataVersions = map[string]int{model.DataKey("secret", "s2"): 3}
-	m.put(t, t1)
-	m.put(t, task("t2", "n2", swarm.TaskStateRunning, swarm.TaskStateRunning, "s3"))
-	m.put(t, task("t3", "n1", swarm.TaskStateShutdown, swarm.TaskStateRunning, "s4"))
-	m.put(t, task("t5", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"))
+	m.Put(t, t1)
+	m.Put(t, task("t2", "n2", swarm.TaskStateRunning, swarm.TaskStateRunning, "s3"))
+	m.Put(t, task("t3", "n1", swarm.TaskStateShutdown, swarm.TaskStateRunning, "s4"))
+	m.Put(t, task("t5", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1"))
 	waiting := task("t4", "n1", swarm.TaskStateRunning, swarm.TaskStatePending, "s5")
 	waiting.Status.Message = model.MsgPendingScheduling
-	m.put(t, waiting)
+	m.Put(t, waiting)
 	s := open(t, newDispatcher(m, d), "n1")
 
 	full := next(t, s)
@@ -249,13 +104,13 @@ func TestAssignmentsFullThenIncrements(t *testing.T) {
 		!same(itemStrings(full.Data), []string{"secret/s1@1=value-of-s1-v1", "secret/s2@3=value-of-s2-v3"}) {
 		t.Fatalf("full set: %v %v full=%v", taskIDs(full), itemStrings(full.Data), full.Full)
 	}
-	if len(d.opened) != 2 {
-		t.Fatalf("opened %v: s1 once for two tasks, s2; never s3 (n2), s4 (not to run), s5 (unscheduled)", d.opened)
+	if len(d.Opened) != 2 {
+		t.Fatalf("opened %v: s1 once for two tasks, s2; never s3 (n2), s4 (not to run), s5 (unscheduled)", d.Opened)
 	}
 
 	// A rotation of s2 reaches t1: the new version comes, the old goes.
 	t1.DataVersions = map[string]int{model.DataKey("secret", "s2"): 4}
-	m.put(t, t1)
+	m.Put(t, t1)
 	inc := next(t, s)
 	if inc.Full || !same(taskIDs(inc), []string{"t1"}) || !same(itemStrings(inc.Data), []string{"secret/s2@4=value-of-s2-v4"}) ||
 		!same(refStrings(inc.RemovedData), []string{"secret/s2@3"}) || len(inc.RemovedTasks) != 0 {
@@ -264,8 +119,8 @@ func TestAssignmentsFullThenIncrements(t *testing.T) {
 
 	// Another node's change sends nothing; t1's deletion removes it, and
 	// s2 (only t1 held it), but not s1 (t5 holds it).
-	m.put(t, task("t2", "n2", swarm.TaskStateShutdown, swarm.TaskStateRunning, "s3"))
-	m.del("t1")
+	m.Put(t, task("t2", "n2", swarm.TaskStateShutdown, swarm.TaskStateRunning, "s3"))
+	m.Del("t1")
 	inc = next(t, s)
 	if len(inc.Tasks) != 0 || !same(inc.RemovedTasks, []string{"t1"}) || len(inc.Data) != 0 ||
 		!same(refStrings(inc.RemovedData), []string{"secret/s2@4"}) {
@@ -273,9 +128,9 @@ func TestAssignmentsFullThenIncrements(t *testing.T) {
 	}
 
 	// t5 ends: its data goes, the task stays (it is still the node's).
-	t5 := m.get(t, "t5")
+	t5 := m.Task(t, "t5")
 	t5.Status.State = swarm.TaskStateFailed
-	m.put(t, t5)
+	m.Put(t, t5)
 	inc = next(t, s)
 	if !same(taskIDs(inc), []string{"t5"}) || !same(refStrings(inc.RemovedData), []string{"secret/s1@1"}) {
 		t.Fatalf("end increment: %+v", inc)
@@ -291,9 +146,9 @@ func TestAssignmentsFullThenIncrements(t *testing.T) {
 // TestNextWaitsForChange: with nothing new, Next blocks until the context
 // ends.
 func TestNextWaitsForChange(t *testing.T) {
-	m := newMemStore()
-	m.put(t, task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning))
-	s := open(t, newDispatcher(m, &data{}), "n1")
+	m := dispatchertest.NewMemStore()
+	m.Put(t, task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning))
+	s := open(t, newDispatcher(m, &dispatchertest.Data{}), "n1")
 	next(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -305,30 +160,27 @@ func TestNextWaitsForChange(t *testing.T) {
 // TestServiceLabelsTravel: a task carries its service's labels, and a
 // label change is sent.
 func TestServiceLabelsTravel(t *testing.T) {
-	m := newMemStore()
+	m := dispatchertest.NewMemStore()
 	svc := &model.Service{}
 	svc.ID = "svc1"
 	svc.Spec.Labels = map[string]string{"a": "1"}
-	m.svcs = []*model.Service{svc}
-	m.put(t, task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning))
-	s := open(t, newDispatcher(m, &data{}), "n1")
+	m.Svcs = []*model.Service{svc}
+	m.Put(t, task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning))
+	s := open(t, newDispatcher(m, &dispatchertest.Data{}), "n1")
 	if f := next(t, s); len(f.Tasks) != 1 || f.Tasks[0].ServiceLabels["a"] != "1" {
 		t.Fatalf("full: %+v", f)
 	}
 	svc2 := &model.Service{}
 	svc2.ID = "svc1"
 	svc2.Spec.Labels = map[string]string{"a": "2"}
-	m.mu.Lock()
-	m.svcs = []*model.Service{svc2}
-	m.wakeLocked()
-	m.mu.Unlock()
+	m.SetServices(svc2)
 	if inc := next(t, s); len(inc.Tasks) != 1 || inc.Tasks[0].ServiceLabels["a"] != "2" {
 		t.Fatalf("increment: %+v", inc)
 	}
 }
 
 func TestOpenNeedsIdentity(t *testing.T) {
-	if _, err := newDispatcher(newMemStore(), &data{}).Open(context.Background(), ""); !errdefs.Is(err, errdefs.ErrUnauthorized) {
+	if _, err := newDispatcher(dispatchertest.NewMemStore(), &dispatchertest.Data{}).Open(context.Background(), ""); !errdefs.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -378,9 +230,9 @@ func TestReportStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newMemStore()
-			m.put(t, tt.task)
-			s := open(t, newDispatcher(m, &data{}), "n1")
+			m := dispatchertest.NewMemStore()
+			m.Put(t, tt.task)
+			s := open(t, newDispatcher(m, &dispatchertest.Data{}), "n1")
 			tt.report.TaskID = "t"
 			got, err := s.ReportStatus(context.Background(), tt.report)
 			if tt.wantErr != nil {
@@ -390,7 +242,7 @@ func TestReportStatus(t *testing.T) {
 			} else if err != nil || got.Status.State != tt.wantState {
 				t.Fatalf("got %v %v", got, err)
 			}
-			if st := m.get(t, "t").Status.State; st != tt.wantState {
+			if st := m.Task(t, "t").Status.State; st != tt.wantState {
 				t.Fatalf("stored state %s, want %s", st, tt.wantState)
 			}
 		})
@@ -401,37 +253,37 @@ func TestReportStatus(t *testing.T) {
 // with the orchestrator's write is re-applied on the fresh record, keeping
 // the orchestrator's change; one that a change makes invalid is refused.
 func TestReportStatusRacesOrchestrator(t *testing.T) {
-	m := newMemStore()
+	m := dispatchertest.NewMemStore()
 	tk := task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning, "s1")
-	m.put(t, tk)
-	s := open(t, newDispatcher(m, &data{}), "n1")
+	m.Put(t, tk)
+	s := open(t, newDispatcher(m, &dispatchertest.Data{}), "n1")
 	raced := false
-	m.beforeUpdate = func() {
+	m.BeforeUpdate = func() {
 		if !raced {
 			raced = true
 			tk.DesiredState = swarm.TaskStateShutdown
-			m.put(t, tk)
+			m.Put(t, tk)
 		}
 	}
 	got, err := s.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStateFailed, Err: "exit 1"})
 	if err != nil || got.Status.State != swarm.TaskStateFailed {
 		t.Fatalf("got %v %v", got, err)
 	}
-	if st := m.get(t, "t"); st.DesiredState != swarm.TaskStateShutdown || st.Status.State != swarm.TaskStateFailed || st.Status.Err != "exit 1" {
+	if st := m.Task(t, "t"); st.DesiredState != swarm.TaskStateShutdown || st.Status.State != swarm.TaskStateFailed || st.Status.Err != "exit 1" {
 		t.Fatalf("stored %s/%s %q", st.DesiredState, st.Status.State, st.Status.Err)
 	}
 
 	// The task moves to another node between the read and the write.
-	m2 := newMemStore()
+	m2 := dispatchertest.NewMemStore()
 	tk2 := task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning)
-	m2.put(t, tk2)
-	s2 := open(t, newDispatcher(m2, &data{}), "n1")
+	m2.Put(t, tk2)
+	s2 := open(t, newDispatcher(m2, &dispatchertest.Data{}), "n1")
 	raced = false
-	m2.beforeUpdate = func() {
+	m2.BeforeUpdate = func() {
 		if !raced {
 			raced = true
 			tk2.NodeID = "n2"
-			m2.put(t, tk2)
+			m2.Put(t, tk2)
 		}
 	}
 	if _, err := s2.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStateFailed}); !errdefs.Is(err, errdefs.ErrUnauthorized) {
@@ -446,9 +298,9 @@ func TestReportStatusClock(t *testing.T) {
 	for _, tc := range []struct {
 		at, want time.Time
 	}{{now.Add(-time.Second), now.Add(-time.Second)}, {now.Add(time.Hour), now}, {time.Time{}, now}} {
-		m := newMemStore()
-		m.put(t, task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned))
-		d := New(Config{Tasks: m, Changes: m, Table: m, Secrets: &data{}, Configs: &data{}, Now: func() time.Time { return now }})
+		m := dispatchertest.NewMemStore()
+		m.Put(t, task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned))
+		d := New(Config{Tasks: m, Changes: m, Table: m, Secrets: &dispatchertest.Data{}, Configs: &dispatchertest.Data{}, Now: func() time.Time { return now }})
 		got, err := open(t, d, "n1").ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStatePreparing, At: tc.at})
 		if err != nil || !got.Status.Timestamp.Equal(tc.want) {
 			t.Fatalf("at %v: got %v %v", tc.at, got.Status.Timestamp, err)
@@ -471,9 +323,9 @@ func TestRemoveTask(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newMemStore()
-			m.put(t, tt.task)
-			err := open(t, newDispatcher(m, &data{}), "n1").RemoveTask(context.Background(), "t")
+			m := dispatchertest.NewMemStore()
+			m.Put(t, tt.task)
+			err := open(t, newDispatcher(m, &dispatchertest.Data{}), "n1").RemoveTask(context.Background(), "t")
 			if (tt.wantErr == nil && err != nil) || (tt.wantErr != nil && !errdefs.Is(err, tt.wantErr)) {
 				t.Fatalf("got %v, want %v", err, tt.wantErr)
 			}
@@ -502,16 +354,16 @@ func (n *nets) EngineAttachments(_ context.Context, cfg []swarm.NetworkAttachmen
 // reads are given for the node's own tasks only (credentials only while the
 // task should run).
 func TestOwnTaskOnly(t *testing.T) {
-	m := newMemStore()
+	m := dispatchertest.NewMemStore()
 	mine := task("mine", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned)
 	mine.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "net1"}}
-	m.put(t, mine)
+	m.Put(t, mine)
 	theirs := task("theirs", "n2", swarm.TaskStateRunning, swarm.TaskStateAssigned)
 	theirs.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "net2"}}
-	m.put(t, theirs)
-	m.put(t, task("stopped", "n1", swarm.TaskStateShutdown, swarm.TaskStateRunning))
+	m.Put(t, theirs)
+	m.Put(t, task("stopped", "n1", swarm.TaskStateShutdown, swarm.TaskStateRunning))
 	a, n := &auth{}, &nets{}
-	s := open(t, New(Config{Tasks: m, Changes: m, Table: m, Secrets: &data{}, Configs: &data{}, PullAuth: a, Networks: n}), "n1")
+	s := open(t, New(Config{Tasks: m, Changes: m, Table: m, Secrets: &dispatchertest.Data{}, Configs: &dispatchertest.Data{}, PullAuth: a, Networks: n}), "n1")
 	ctx := context.Background()
 	if b, err := s.RegistryAuth(ctx, "mine"); err != nil || string(b) != "creds-svc1" {
 		t.Fatalf("own: %q %v", b, err)
@@ -542,15 +394,15 @@ func TestOwnTaskOnly(t *testing.T) {
 // TestTemplatingAndConfigs: configs travel like secrets, each with its
 // templating driver and the version the task holds.
 func TestTemplatingAndConfigs(t *testing.T) {
-	m := newMemStore()
+	m := dispatchertest.NewMemStore()
 	tk := task("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1")
 	tk.Spec.ContainerSpec.Configs = []*swarm.ConfigReference{
 		{ConfigID: "c1", ConfigName: "c1", File: &swarm.ConfigReferenceFileTarget{Name: "app.conf", UID: "0", GID: "0", Mode: 0o444}},
 		{ConfigID: "c2", ConfigName: "cred", Runtime: &swarm.ConfigReferenceRuntimeTarget{}},
 	}
 	tk.DataVersions = map[string]int{model.DataKey("config", "c1"): 7}
-	m.put(t, tk)
-	d := &data{templated: map[string]bool{"c1": true}}
+	m.Put(t, tk)
+	d := &dispatchertest.Data{Templated: map[string]bool{"c1": true}}
 	f := next(t, open(t, newDispatcher(m, d), "n1"))
 	if !same(itemStrings(f.Data), []string{"config/c1@7=value-of-c1-v7", "secret/s1@1=value-of-s1-v1"}) {
 		t.Fatalf("data: %v", itemStrings(f.Data))
@@ -567,20 +419,20 @@ func TestTemplatingAndConfigs(t *testing.T) {
 // can neither move it on, nor get its registry credentials, network
 // attachments or record, nor delete it.
 func TestUnscheduledTaskNotOwned(t *testing.T) {
-	m := newMemStore()
+	m := dispatchertest.NewMemStore()
 	waiting := task("w", "n1", swarm.TaskStateRunning, swarm.TaskStatePending)
 	waiting.Status.Message = model.MsgPendingScheduling
 	waiting.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "net1"}}
-	m.put(t, waiting)
+	m.Put(t, waiting)
 	a, n := &auth{}, &nets{}
-	s := open(t, New(Config{Tasks: m, Changes: m, Table: m, Secrets: &data{}, Configs: &data{}, PullAuth: a, Networks: n}), "n1")
+	s := open(t, New(Config{Tasks: m, Changes: m, Table: m, Secrets: &dispatchertest.Data{}, Configs: &dispatchertest.Data{}, PullAuth: a, Networks: n}), "n1")
 	ctx := context.Background()
 	for _, st := range []swarm.TaskState{swarm.TaskStateAssigned, swarm.TaskStateRunning, swarm.TaskStateComplete} {
 		if _, err := s.ReportStatus(ctx, model.StatusReport{TaskID: "w", State: st}); !errdefs.Is(err, errdefs.ErrUnauthorized) {
 			t.Fatalf("report %s: %v", st, err)
 		}
 	}
-	if got := m.get(t, "w").Status; got.State != swarm.TaskStatePending || got.Message != model.MsgPendingScheduling {
+	if got := m.Task(t, "w").Status; got.State != swarm.TaskStatePending || got.Message != model.MsgPendingScheduling {
 		t.Fatalf("stored status %+v", got)
 	}
 	if _, err := s.RegistryAuth(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) || len(a.asked) != 0 {
@@ -594,7 +446,7 @@ func TestUnscheduledTaskNotOwned(t *testing.T) {
 	}
 	// Never placed: the orchestrator deletes it, not the node.
 	waiting.DesiredState = swarm.TaskStateRemove
-	m.put(t, waiting)
+	m.Put(t, waiting)
 	if err := s.RemoveTask(ctx, "w"); !errdefs.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("remove: %v", err)
 	}
@@ -605,15 +457,15 @@ func TestUnscheduledTaskNotOwned(t *testing.T) {
 // character boundary, and a report naming a container ID or loaded
 // versions out of all proportion is refused.
 func TestReportStatusBounded(t *testing.T) {
-	m := newMemStore()
-	m.put(t, task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned))
-	s := open(t, newDispatcher(m, &data{}), "n1")
+	m := dispatchertest.NewMemStore()
+	m.Put(t, task("t", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned))
+	s := open(t, newDispatcher(m, &dispatchertest.Data{}), "n1")
 	long := strings.Repeat("é", maxStatusText)
 	got, err := s.ReportStatus(context.Background(), model.StatusReport{TaskID: "t", State: swarm.TaskStatePreparing, Message: long, Err: long})
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := m.get(t, "t").Status
+	st := m.Task(t, "t").Status
 	for _, s := range []string{got.Status.Message, got.Status.Err, st.Message, st.Err} {
 		if len(s) > maxStatusText || !utf8.ValidString(s) || !strings.HasPrefix(long, s) || s == "" {
 			t.Fatalf("kept %d bytes (valid %v)", len(s), utf8.ValidString(s))

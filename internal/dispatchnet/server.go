@@ -1,0 +1,516 @@
+package dispatchnet
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/dispatcher"
+	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/pki"
+)
+
+// Paths of the protocol. Every call is a POST naming its session in
+// SessionHeader; none names a node.
+const (
+	pathSession      = "/hush.dispatcher/v1/session"
+	pathHeartbeat    = "/hush.dispatcher/v1/heartbeat"
+	pathTask         = "/hush.dispatcher/v1/task"
+	pathStatus       = "/hush.dispatcher/v1/status"
+	pathRemove       = "/hush.dispatcher/v1/remove"
+	pathAttachments  = "/hush.dispatcher/v1/attachments"
+	pathRegistryAuth = "/hush.dispatcher/v1/registry-auth"
+
+	// SessionHeader carries the session a call belongs to.
+	SessionHeader = "Hush-Session"
+)
+
+// Bounds on what a node sends.
+const (
+	// maxStatusBody bounds a status report: its message and error are
+	// cut to 4 KiB by the dispatcher, the rest (container status, loaded
+	// versions) is small.
+	maxStatusBody = 64 << 10
+	// maxCallBody bounds the other calls' bodies (a task ID).
+	maxCallBody = 1 << 10
+	// graceBeats is how many heartbeat periods a session outlives its
+	// last heartbeat (Swarm's grace multiplier).
+	graceBeats = 3
+	// DefaultHeartbeatPeriod is Swarm's Dispatcher.HeartbeatPeriod.
+	DefaultHeartbeatPeriod = 5 * time.Second
+	// DefaultWriteTimeout bounds one frame's write to a node: a node that
+	// reads slower is disconnected rather than buffered for.
+	DefaultWriteTimeout = 30 * time.Second
+)
+
+// Heartbeats records when a node was last heard from; the liveness logic
+// that marks nodes down reads what it records.
+type Heartbeats interface {
+	Heartbeat(nodeID string, at time.Time)
+}
+
+// Opener opens a node's dispatcher session (dispatcher.Dispatcher through
+// FromDispatcher).
+type Opener interface {
+	Open(ctx context.Context, nodeID string) (agent.Session, error)
+}
+
+// FromDispatcher adapts the in-process dispatcher.
+func FromDispatcher(d *dispatcher.Dispatcher) Opener { return dispatcherOpener{d} }
+
+type dispatcherOpener struct{ d *dispatcher.Dispatcher }
+
+func (o dispatcherOpener) Open(ctx context.Context, nodeID string) (agent.Session, error) {
+	s, err := o.d.Open(ctx, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ServerConfig wires a Handler.
+type ServerConfig struct {
+	// ClusterID is the cluster a node's certificate must belong to.
+	ClusterID string
+	// Refuse rejects a verified node anyway (pki.Refusals.Check); it is
+	// consulted on every request, so a removal ends a live session at its
+	// next heartbeat. nil refuses nothing.
+	Refuse     func(nodeID string, leaf *x509.Certificate) error
+	Dispatcher Opener
+	// Heartbeats records heartbeats (nil: not recorded).
+	Heartbeats Heartbeats
+	// HeartbeatPeriod is the cluster spec's Dispatcher.HeartbeatPeriod,
+	// read per session and heartbeat (nil or <= 0: 5 s).
+	HeartbeatPeriod func() time.Duration
+	// WriteTimeout bounds one frame's write (0: DefaultWriteTimeout).
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
+}
+
+// Handler serves dispatcher sessions to remote nodes. It must be served
+// over TLS configured by pki.TLSParams.ServerConfig (see NewServer):
+// it reads the node's identity from the verified client certificate of
+// each request.
+type Handler struct {
+	c   ServerConfig
+	log *slog.Logger
+	mux *http.ServeMux
+
+	mu       sync.Mutex
+	sessions map[string]*srvSession // by node ID: one per node
+}
+
+type srvSession struct {
+	id     string
+	node   string
+	ds     agent.Session
+	period time.Duration
+	cancel context.CancelCauseFunc
+	watch  *time.Timer
+}
+
+// Reasons a session ends, sent to the node in the end frame.
+var (
+	errReplaced = errdefs.Unavailable("session replaced by a newer session of the node")
+	errMissed   = errdefs.Unavailable("session ended: heartbeats missed")
+	errNoSess   = errdefs.Unavailable("no such session: open a new one")
+)
+
+// NewHandler returns a handler.
+func NewHandler(c ServerConfig) *Handler {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = func() time.Time { return time.Now().UTC() }
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{}}
+	h.mux.HandleFunc("POST "+pathSession, h.serveSession)
+	h.mux.HandleFunc("POST "+pathHeartbeat, h.call(maxCallBody, h.heartbeat))
+	h.mux.HandleFunc("POST "+pathTask, h.call(maxCallBody, h.task))
+	h.mux.HandleFunc("POST "+pathStatus, h.call(maxStatusBody, h.status))
+	h.mux.HandleFunc("POST "+pathRemove, h.call(maxCallBody, h.remove))
+	h.mux.HandleFunc("POST "+pathAttachments, h.call(maxCallBody, h.attachments))
+	h.mux.HandleFunc("POST "+pathRegistryAuth, h.registryAuth)
+	return h
+}
+
+// NewServer returns an HTTP/2-only server for h under tlsCfg (from
+// pki.TLSParams.ServerConfig), with its own bounds on headers, idle
+// connections and concurrent streams. Serve it with ServeTLS(ln, "", "").
+func NewServer(h *Handler, tlsCfg *tls.Config) *http.Server {
+	cfg := tlsCfg.Clone()
+	if get := cfg.GetConfigForClient; get != nil {
+		// pki builds a config per handshake; ALPN must be in that one.
+		cfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hi)
+			if c != nil {
+				c.NextProtos = []string{"h2"}
+			}
+			return c, err
+		}
+	}
+	cfg.NextProtos = []string{"h2"}
+	var p http.Protocols
+	p.SetHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         cfg,
+		Protocols:         &p,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		IdleTimeout:       2 * time.Minute,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 32, MaxReceiveBufferPerStream: 256 << 10},
+		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// ServeHTTP checks the node's identity, then routes.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mux.ServeHTTP(w, r)
+}
+
+// peer is the node a request comes from, from its verified certificate
+// only. A refused node's session is ended too.
+func (h *Handler) peer(r *http.Request) (string, error) {
+	if r.TLS == nil {
+		return "", errdefs.Unauthorized("the dispatcher is served over mutual TLS only")
+	}
+	id, err := pki.PeerIdentity(*r.TLS, h.c.ClusterID)
+	if err != nil {
+		return "", err
+	}
+	if h.c.Refuse != nil {
+		if err := h.c.Refuse(id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
+			h.end(id.NodeID, "", err)
+			return "", err
+		}
+	}
+	return id.NodeID, nil
+}
+
+func (h *Handler) period() time.Duration {
+	if h.c.HeartbeatPeriod != nil {
+		if p := h.c.HeartbeatPeriod(); p > 0 {
+			return p
+		}
+	}
+	return DefaultHeartbeatPeriod
+}
+
+// end cancels node's session (only the one named id, when id is given).
+func (h *Handler) end(node, id string, cause error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.sessions[node]; s != nil && (id == "" || s.id == id) {
+		s.cancel(cause)
+		delete(h.sessions, node)
+	}
+}
+
+// lookup returns node's session named id.
+func (h *Handler) lookup(node, id string) (*srvSession, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.sessions[node]
+	if s == nil || subtle.ConstantTimeCompare([]byte(s.id), []byte(id)) != 1 {
+		return nil, errNoSess
+	}
+	return s, nil
+}
+
+func newSessionID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
+	node, err := h.peer(r)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	ds, err := h.c.Dispatcher.Open(r.Context(), node)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	sid, err := newSessionID()
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	period := h.period()
+	s := &srvSession{id: sid, node: node, ds: ds, period: period, cancel: cancel}
+	s.watch = time.AfterFunc(graceBeats*period, func() { h.end(node, sid, errMissed) })
+	defer s.watch.Stop()
+	h.mu.Lock()
+	if old := h.sessions[node]; old != nil {
+		old.cancel(errReplaced)
+	}
+	h.sessions[node] = s
+	h.mu.Unlock()
+	defer h.end(node, sid, context.Canceled)
+	h.beat(s)
+	log := h.log.With("node", node)
+	log.Info("dispatcher session opened")
+
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/x-hush-frames")
+	w.WriteHeader(http.StatusOK)
+	hb, _ := json.Marshal(hello{Session: sid, HeartbeatMillis: period.Milliseconds()})
+	err = h.write(rc, w, frame(frameHello, hb))
+	for err == nil {
+		var m model.Assignments
+		if m, err = ds.Next(ctx); err != nil {
+			break
+		}
+		var b []byte
+		b, err = encodeAssignments(m)
+		m.Wipe()
+		if err != nil {
+			break
+		}
+		err = h.write(rc, w, b)
+		clear(b)
+	}
+	if c := context.Cause(ctx); c != nil {
+		err = c
+	}
+	log.Info("dispatcher session ended", "err", err)
+	if r.Context().Err() == nil {
+		eb, _ := json.Marshal(toWire(err))
+		_ = h.write(rc, w, frame(frameEnd, eb))
+	}
+}
+
+// write sends one frame within the write timeout: a node that does not
+// read is cut off, never buffered for.
+func (h *Handler) write(rc *http.ResponseController, w io.Writer, b []byte) error {
+	if err := rc.SetWriteDeadline(time.Now().Add(h.c.WriteTimeout)); err != nil {
+		return err
+	}
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	if err := rc.Flush(); err != nil {
+		return err
+	}
+	// The stream then waits on the store; an old deadline would cut it.
+	return rc.SetWriteDeadline(time.Time{})
+}
+
+// beat records a heartbeat of s and pushes its deadline back.
+func (h *Handler) beat(s *srvSession) {
+	s.watch.Reset(graceBeats * s.period)
+	if h.c.Heartbeats != nil {
+		h.c.Heartbeats.Heartbeat(s.node, h.c.Now())
+	}
+}
+
+// call wraps a session call: identity, session, bounded JSON body.
+func (h *Handler) call(max int64, f func(ctx context.Context, s *srvSession, body []byte) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, err := h.session(r)
+		if err != nil {
+			h.fail(w, err)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+		if err != nil {
+			h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", max))
+			return
+		}
+		out, err := f(r.Context(), s, body)
+		if err != nil {
+			h.fail(w, err)
+			return
+		}
+		b, err := json.Marshal(out)
+		if err != nil {
+			h.fail(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
+	}
+}
+
+// session is the caller's current session, named by SessionHeader and
+// belonging to the node the certificate names.
+func (h *Handler) session(r *http.Request) (*srvSession, error) {
+	node, err := h.peer(r)
+	if err != nil {
+		return nil, err
+	}
+	return h.lookup(node, r.Header.Get(SessionHeader))
+}
+
+// taskRequest names one task of the session's node.
+type taskRequest struct {
+	TaskID string
+}
+
+type heartbeatResponse struct {
+	HeartbeatMillis int64
+}
+
+type attachmentsResponse struct {
+	IDs, Aliases []string
+}
+
+func decodeBody[T any](body []byte) (T, error) {
+	var v T
+	if err := json.Unmarshal(body, &v); err != nil {
+		return v, errdefs.BadRequest("malformed request body")
+	}
+	return v, nil
+}
+
+func (h *Handler) heartbeat(_ context.Context, s *srvSession, _ []byte) (any, error) {
+	h.beat(s)
+	return heartbeatResponse{HeartbeatMillis: s.period.Milliseconds()}, nil
+}
+
+func (h *Handler) task(ctx context.Context, s *srvSession, body []byte) (any, error) {
+	req, err := decodeBody[taskRequest](body)
+	if err != nil {
+		return nil, err
+	}
+	return s.ds.Task(ctx, req.TaskID)
+}
+
+func (h *Handler) status(ctx context.Context, s *srvSession, body []byte) (any, error) {
+	req, err := decodeBody[model.StatusReport](body)
+	if err != nil {
+		return nil, err
+	}
+	return s.ds.ReportStatus(ctx, req)
+}
+
+func (h *Handler) remove(ctx context.Context, s *srvSession, body []byte) (any, error) {
+	req, err := decodeBody[taskRequest](body)
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, s.ds.RemoveTask(ctx, req.TaskID)
+}
+
+func (h *Handler) attachments(ctx context.Context, s *srvSession, body []byte) (any, error) {
+	req, err := decodeBody[taskRequest](body)
+	if err != nil {
+		return nil, err
+	}
+	ids, aliases, err := s.ds.Attachments(ctx, req.TaskID)
+	return attachmentsResponse{IDs: ids, Aliases: aliases}, err
+}
+
+// registryAuth answers with the credentials' bytes as the body (never
+// through JSON), then wipes them.
+func (h *Handler) registryAuth(w http.ResponseWriter, r *http.Request) {
+	s, err := h.session(r)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCallBody))
+	if err != nil {
+		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxCallBody))
+		return
+	}
+	req, err := decodeBody[taskRequest](body)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	auth, err := s.ds.RegistryAuth(r.Context(), req.TaskID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	defer clear(auth)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(auth)))
+	_, _ = w.Write(auth)
+}
+
+// fail answers err as a wire error with a status for readability.
+func (h *Handler) fail(w http.ResponseWriter, err error) {
+	we := toWire(err)
+	if we.Kind == "internal" {
+		h.log.Warn("dispatcher call failed", "err", err)
+	}
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, errdefs.ErrUnauthorized):
+		code = http.StatusUnauthorized
+	case errors.Is(err, errdefs.ErrForbidden):
+		code = http.StatusForbidden
+	case errors.Is(err, errdefs.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, errdefs.ErrInvalidArgument):
+		code = http.StatusBadRequest
+	case errors.Is(err, errdefs.ErrConflict):
+		code = http.StatusConflict
+	case errors.Is(err, errdefs.ErrUnavailable):
+		code = http.StatusServiceUnavailable
+	}
+	b, _ := json.Marshal(we)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
+}
+
+// LastSeen records the last heartbeat of each node in memory (one entry
+// per node that ever held a session: bounded by the certificates issued).
+type LastSeen struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+// Heartbeat records a heartbeat.
+func (l *LastSeen) Heartbeat(nodeID string, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string]time.Time{}
+	}
+	l.m[nodeID] = at
+}
+
+// Last returns when node was last heard from.
+func (l *LastSeen) Last(nodeID string) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.m[nodeID]
+	return t, ok
+}
+
+// current reports whether node holds a session.
+func (h *Handler) current(node string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sessions[node] != nil
+}
