@@ -123,9 +123,9 @@ func rotateCommand(k objectKind) *command {
 Store the contents of FILE (or standard input, for -) as the next version of
 the %[1]s NAME, in one step: ID and name stay, and every service using it is
 rolled onto the new version. An unchanged value makes no version. Returns
-once the version is stored; with --wait, once every task holds it.`, k.noun),
+once the version is stored; with --wait, once every task and container holds it.`, k.noun),
 		setup: func(fs *flag.FlagSet) runFunc {
-			wait := fs.Bool("wait", false, "wait until every task of the services using it holds the new version")
+			wait := fs.Bool("wait", false, "wait until every task and container using it holds the new version")
 			return func(ctx context.Context, c *cli, args []string) error {
 				if len(args) != 2 {
 					return usagef("%s rotate takes NAME and FILE (or -), got %d arguments", k.noun, len(args))
@@ -241,7 +241,7 @@ current again, as a new version, and roll it out as a rotation is. This is
 not 'docker service rollback', which returns a service to its previous spec.`,
 		setup: func(fs *flag.FlagSet) runFunc {
 			to := fs.Int("to", 0, "the version whose value becomes current (default: the previous one)")
-			wait := fs.Bool("wait", false, "wait until every task holds the new version")
+			wait := fs.Bool("wait", false, "wait until every task and container holds the new version")
 			return func(ctx context.Context, c *cli, args []string) error {
 				if len(args) != 1 {
 					return usagef("%s rollback takes NAME, got %d arguments", k.noun, len(args))

@@ -231,7 +231,7 @@ func (m *Manager) fit(r *record, held map[int][]string) error {
 			}
 		}
 		if drop < 0 {
-			return errdefs.NoSpace("%s %s: the new version does not fit next to the versions running tasks still hold (%d bytes, at most %d): wait for the rollout, or destroy unused versions", m.kind.Name, r.Name, len(b), maxRecordBytes)
+			return errdefs.NoSpace("%s %s: the new version does not fit next to the versions that tasks and containers still hold (%d bytes, at most %d): wait for the rollout, or destroy unused versions", m.kind.Name, r.Name, len(b), maxRecordBytes)
 		}
 		r.Versions = append(r.Versions[:drop], r.Versions[drop+1:]...)
 	}
