@@ -37,6 +37,10 @@ type holder struct {
 	Kind, ContainerName                  string
 	Task, TaskName, Service, ContainerID string
 	State, DesiredState                  string
+	// DeliveryError and DeliveryAttempts: rotations keep failing to reach
+	// this container.
+	DeliveryError    string
+	DeliveryAttempts int
 }
 
 type versionEntry struct {
@@ -182,8 +186,8 @@ func waitRollout(ctx context.Context, c *cli, cl *client, k objectKind, name str
 			fmt.Fprintf(c.env.stdout, "rollout of version %d done\n", n)
 			return nil
 		}
-		if s := stuck(&vr); s != nil {
-			return fmt.Errorf("the rollout of version %d stopped: service %s is %s (see docker service inspect %s)", n, s.Name, s.UpdateState, s.Name)
+		if err := stuck(&vr); err != nil {
+			return fmt.Errorf("the rollout of version %d stopped: %w", n, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -193,18 +197,33 @@ func waitRollout(ctx context.Context, c *cli, cl *client, k objectKind, name str
 	}
 }
 
-// stuck returns a service whose rollout will not go on by itself: paused
-// by a failure, or rolled back (the tasks went back to older versions).
-func stuck(vr *versionsResponse) *serviceRollout {
-	for i, s := range vr.Services {
+// stuckDeliveries is how many failed deliveries in a row to a container
+// (hushd retries with a growing delay, about 35 s for three) make --wait
+// give up on it.
+const stuckDeliveries = 3
+
+// stuck says why the rollout will not go on by itself: a service paused
+// by a failure or rolled back (the tasks went back to older versions), or
+// a container the rotation keeps failing to reach.
+func stuck(vr *versionsResponse) error {
+	for _, s := range vr.Services {
 		switch s.UpdateState {
 		case "paused", "rollback_paused":
-			return &vr.Services[i]
 		case "rollback_started", "rollback_completed":
 			// Only a rollback of this rotation; one left by an earlier
 			// `docker service rollback` is superseded by the rotation.
-			if strings.HasPrefix(s.UpdateMessage, "rotation rolled back") {
-				return &vr.Services[i]
+			if !strings.HasPrefix(s.UpdateMessage, "rotation rolled back") {
+				continue
+			}
+		default:
+			continue
+		}
+		return fmt.Errorf("service %s is %s (see docker service inspect %s)", s.Name, s.UpdateState, s.Name)
+	}
+	for _, v := range vr.Versions {
+		for _, h := range v.HeldBy {
+			if !v.Current && h.Kind == "container" && h.DeliveryAttempts >= stuckDeliveries {
+				return fmt.Errorf("container %s still holds version %d: %d deliveries failed, the last with: %s (hushd keeps retrying)", h.ContainerName, v.Version, h.DeliveryAttempts, h.DeliveryError)
 			}
 		}
 	}

@@ -152,6 +152,8 @@ func TestRolloutState(t *testing.T) {
 		{"paused", cur("paused", "update paused", running), true, true},
 		{"rotation rolled back", cur("rollback_completed", "rotation rolled back: task t failed", running), true, true},
 		{"earlier service rollback", cur("rollback_completed", "rollback completed", running), true, false},
+		{"container catching up", &versionsResponse{DataVersion: 2, Versions: []versionEntry{{Version: 1, HeldBy: []holder{{Kind: "container", ContainerName: "app", DeliveryAttempts: 2, DeliveryError: "swap: busy"}}}, {Version: 2, Current: true}}}, false, false},
+		{"container unreachable", &versionsResponse{DataVersion: 2, Versions: []versionEntry{{Version: 1, HeldBy: []holder{{Kind: "container", ContainerName: "app", DeliveryAttempts: 3, DeliveryError: "swap: busy"}}}, {Version: 2, Current: true}}}, false, true},
 	} {
 		if got := rolledOut(tt.vr); got != tt.done {
 			t.Errorf("%s: rolledOut %v", tt.name, got)

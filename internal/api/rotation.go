@@ -12,6 +12,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/manager/standalone"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -47,6 +48,16 @@ type Holder struct {
 	// rollout is done (`hush secret rotate --wait`).
 	State        swarm.TaskState `json:",omitempty"`
 	DesiredState swarm.TaskState `json:",omitempty"`
+	// DeliveryError and DeliveryAttempts say that rotations keep failing
+	// to reach this container (its version stays older until one does).
+	DeliveryError    string `json:",omitempty"`
+	DeliveryAttempts int    `json:",omitempty"`
+}
+
+// DeliveryFailures tells which containers a rotation keeps failing to
+// reach (the standalone manager implements it on ContainerGrants).
+type DeliveryFailures interface {
+	DeliveryFailure(containerID string) (standalone.DeliveryFailure, bool)
 }
 
 // ServiceRollout is a service that mounts the object, with the state of
@@ -228,7 +239,13 @@ func (h rotationHandlers) versions(w http.ResponseWriter, r *http.Request) {
 		e := VersionEntry{Version: v.Version, CreatedAt: v.Created, Fingerprint: v.Fingerprint, Current: v.Current, Destroyed: v.Destroyed, HeldBy: []Holder{}}
 		for _, id := range v.HeldBy {
 			if cid, name, ok := objects.ParseContainerHolder(id); ok {
-				e.HeldBy = append(e.HeldBy, Holder{Kind: "container", ContainerID: cid, ContainerName: name})
+				hd := Holder{Kind: "container", ContainerID: cid, ContainerName: name}
+				if df, ok := h.s.Containers.(DeliveryFailures); ok && !v.Current {
+					if f, failing := df.DeliveryFailure(cid); failing {
+						hd.DeliveryError, hd.DeliveryAttempts = f.Err, f.Attempts
+					}
+				}
+				e.HeldBy = append(e.HeldBy, hd)
 				continue
 			}
 			hd, ok := holders[id]

@@ -127,6 +127,10 @@ type Manager struct {
 	// loop.
 	syncMu sync.Mutex
 	kick   chan struct{}
+	// failures are the deliveries that did not reach their container, by
+	// container ID, for `hush secret rotate --wait` to stop on (fmu).
+	fmu      sync.Mutex
+	failures map[string]DeliveryFailure
 }
 
 // New returns a Manager.
@@ -137,7 +141,7 @@ func New(c Config) *Manager {
 	}
 	return &Manager{
 		grants: grants{st: c.Store, tbl: c.Store.Table(Table)}, secrets: c.Secrets, configs: c.Configs,
-		fs: c.FS, names: c.Names, control: c.Control, changed: c.Changed, fail: c.Failpoint, log: log, now: func() time.Time { return time.Now().UTC() }, pending: map[string]bool{}, committed: map[string]uint64{}, kick: make(chan struct{}, 1),
+		fs: c.FS, names: c.Names, control: c.Control, changed: c.Changed, fail: c.Failpoint, log: log, now: func() time.Time { return time.Now().UTC() }, pending: map[string]bool{}, committed: map[string]uint64{}, kick: make(chan struct{}, 1), failures: map[string]DeliveryFailure{},
 	}
 }
 

@@ -127,6 +127,8 @@ func (m *Manager) sync(ctx context.Context) (failed, grants int) {
 		return 1, -1
 	}
 	current := m.currentVersions(ctx)
+	failing := map[string]DeliveryFailure{}
+	defer func() { m.setFailures(failing) }()
 	for _, g := range all {
 		if g.ContainerID == "" || !behind(g, current) {
 			continue
@@ -136,6 +138,7 @@ func (m *Manager) sync(ctx context.Context) (failed, grants int) {
 		}
 		if err := m.deliver(ctx, g, current); err != nil {
 			failed++
+			failing[g.ContainerID] = m.failedAgain(g.ContainerID, err)
 			m.log.Warn("standalone: a rotation did not reach a container; it keeps the version it has",
 				"container", g.ContainerID, "name", g.Name, "mode", g.mode(), "err", err)
 		}
@@ -345,4 +348,45 @@ func (m *Manager) HeldVersions(ctx context.Context, kind, id string) (map[int][]
 		}
 	}
 	return out, nil
+}
+
+// DeliveryFailure is a rotation that keeps failing to reach a container.
+type DeliveryFailure struct {
+	// Attempts counts the failed deliveries in a row.
+	Attempts int
+	// Err is the last one's error, cut short: it names the step that
+	// failed (swap, signal, restart, record), never a value.
+	Err string
+}
+
+// maxFailureText bounds the error text kept and answered per container.
+const maxFailureText = 256
+
+// DeliveryFailure reports whether the last delivery of a rotation to
+// container id failed, and how many in a row did.
+func (m *Manager) DeliveryFailure(id string) (DeliveryFailure, bool) {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	f, ok := m.failures[id]
+	return f, ok
+}
+
+// failedAgain is the failure to record for container id after err.
+func (m *Manager) failedAgain(id string, err error) DeliveryFailure {
+	m.fmu.Lock()
+	prev := m.failures[id]
+	m.fmu.Unlock()
+	text := err.Error()
+	if len(text) > maxFailureText {
+		text = strings.ToValidUTF8(text[:maxFailureText], "") + "…"
+	}
+	return DeliveryFailure{Attempts: prev.Attempts + 1, Err: text}
+}
+
+// setFailures replaces the failures with those of the last pass: a
+// container that got its delivery, or is gone, has none.
+func (m *Manager) setFailures(f map[string]DeliveryFailure) {
+	m.fmu.Lock()
+	m.failures = f
+	m.fmu.Unlock()
 }

@@ -233,6 +233,16 @@ func TestRotationFailuresKeepVersion(t *testing.T) {
 			if got := rf.version(t, id, "c1"); got != 1 {
 				t.Fatalf("a failed delivery recorded version %d", got)
 			}
+			// The failures in a row are counted for `rotate --wait`.
+			if f, ok := rf.m.DeliveryFailure("c1"); !ok || f.Attempts != 1 || f.Err == "" {
+				t.Fatalf("after one failure: %+v, %v", f, ok)
+			}
+			if n := rf.m.Sync(ctx); n != 1 {
+				t.Fatalf("second try: %d failed deliveries, want 1", n)
+			}
+			if f, ok := rf.m.DeliveryFailure("c1"); !ok || f.Attempts != 2 {
+				t.Fatalf("after two failures: %+v, %v", f, ok)
+			}
 			// Version 1 is still held: destroy refuses, naming the container.
 			err := rf.secrets.Destroy(ctx, "db", 0, 1)
 			if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "held by 1 container(s): c1") {
@@ -244,6 +254,9 @@ func TestRotationFailuresKeepVersion(t *testing.T) {
 			}
 			if got := rf.version(t, id, "c1"); got != 2 {
 				t.Fatalf("after the retry the grant records %d", got)
+			}
+			if f, ok := rf.m.DeliveryFailure("c1"); ok {
+				t.Fatalf("a delivered container still shows a failure: %+v", f)
 			}
 			if err := rf.secrets.Destroy(ctx, "db", 0, 1); err != nil {
 				t.Fatalf("destroy once the container moved on: %v", err)
