@@ -148,6 +148,12 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
 		return fmt.Errorf("node object: %w", err)
 	}
+	if d.member != nil {
+		host, _ := os.Hostname()
+		if err := nodes.Describe(context.Background(), d.store, d.nodeID, host, d.listen.Advertise); err != nil {
+			d.log.Warn("recording this manager's hostname and address", "err", err)
+		}
+	}
 	d.keys.Set(kr)
 	d.mk = mk
 	d.noteKeyMemory()

@@ -134,3 +134,19 @@ func Update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	}
 	return err
 }
+
+// Describe records the hostname and address other managers show for node
+// id (a node's own are read live); unchanged values write nothing.
+func Describe(ctx context.Context, st *store.Store, id, hostname, addr string) error {
+	n, err := Get(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if n.Hostname == hostname && n.Addr == addr {
+		return nil
+	}
+	n.Hostname, n.Addr = hostname, addr
+	val, _ := json.Marshal(&n)
+	_, err = st.Table(table).Update(ctx, id, int64(n.Version), val)
+	return err
+}
