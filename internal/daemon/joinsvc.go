@@ -347,17 +347,26 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
-	d.listen, d.member, d.nodeKey = plan, ms, key
+	d.useListen(plan)
+	d.member, d.nodeKey = ms, key
 	if err := d.reopenStore(ctx, mc, true); err != nil {
 		return err
 	}
 	if err := d.awaitQuorum(ctx); err != nil {
 		return err
 	}
+	// As in Swarm, the join answers once the node is a full manager: the
+	// manager promotes it when it has caught up, and the next node may
+	// join only then (etcd admits one learner at a time).
+	if err := d.awaitVoter(ctx); err != nil {
+		return err
+	}
 	if err := d.activateLocked(mk); err != nil {
 		return err
 	}
 	ok = true
+	// activateLocked made the keyring the node runs with.
+	kr.Destroy()
 	d.log.Info("joined the swarm as a manager", "cluster", resp.ClusterID, "member", resp.MemberID)
 	return d.startJoinServiceLocked()
 }
@@ -372,6 +381,30 @@ func (d *Daemon) awaitQuorum(ctx context.Context) error {
 		return ctx.Err()
 	case <-time.After(quorumWait):
 		return errdefs.Unavailable("The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.")
+	}
+}
+
+// awaitVoter polls (bounded by quorumWait) until this member votes.
+func (d *Daemon) awaitVoter(ctx context.Context) error {
+	deadline := time.Now().Add(quorumWait)
+	for {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		voter, err := d.store.Members().IsVoter(lctx)
+		cancel()
+		if voter {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = errdefs.Unavailable("this node was not promoted to a voting manager within %s", quorumWait)
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
 

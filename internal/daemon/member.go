@@ -84,6 +84,15 @@ func listenPlanFor(flagListen, reqListen, advertise string) (listenPlan, error) 
 	return listenPlan{Listen: net.JoinHostPort(host, port), Advertise: net.JoinHostPort(advHost, port)}, nil
 }
 
+// useListen makes plan this node's listen and advertised addresses (the
+// API's node address included).
+func (d *Daemon) useListen(plan listenPlan) {
+	d.listen = plan
+	if h, _, err := net.SplitHostPort(plan.Advertise); err == nil {
+		d.acfg.Node.Addr = h
+	}
+}
+
 // memberState is this node's membership of the managers' cluster, kept in
 // <data-dir>/member.json (0600): what a restart needs to start the etcd
 // member and the join/CA service again. The node key is sealed by the
@@ -152,7 +161,7 @@ func (d *Daemon) loadMember() (*store.MemberConfig, error) {
 	if d.cfg.ListenAddr != "" && d.cfg.ListenAddr != ms.Listen.Listen {
 		return nil, fmt.Errorf("--listen-addr %s differs from %s, where this manager joined its cluster: hush cannot move a manager yet", d.cfg.ListenAddr, ms.Listen.Listen)
 	}
-	d.listen = ms.Listen
+	d.useListen(ms.Listen)
 	d.member, d.nodeKey = &ms, key
 	return d.memberConfig(&ms, key)
 }
@@ -239,7 +248,8 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if err != nil {
 		return err
 	}
-	d.listen, d.member, d.nodeKey = plan, ms, key
+	d.useListen(plan)
+	d.member, d.nodeKey = ms, key
 	if err := d.reopenStore(ctx, mc, false); err != nil {
 		return err
 	}

@@ -383,3 +383,19 @@ func (m *Members) SetPeerURL(ctx context.Context, peerURL string) error {
 
 // SelfID is this member's ID in hex, as List shows it.
 func (m *Members) SelfID() string { return fmt.Sprintf("%x", uint64(m.srv.MemberID())) }
+
+// IsVoter reports whether this member votes (a joined learner has been
+// promoted), from a linearizable read of the membership.
+func (m *Members) IsVoter(ctx context.Context) (bool, error) {
+	resp, err := m.s.cli.MemberList(ctx)
+	if err != nil {
+		return false, wrapEtcd(err)
+	}
+	self := uint64(m.srv.MemberID())
+	for _, pm := range resp.Members {
+		if pm.ID == self {
+			return !pm.IsLearner, nil
+		}
+	}
+	return false, nil
+}
