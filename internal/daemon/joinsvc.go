@@ -302,11 +302,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		return err
-	}
-	csr, err := pki.NewCSR(key)
+	key, csr, err := newKeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -337,22 +333,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	d.keys.Set(kr)
 	ms := &memberState{Listen: plan, ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM),
 		Join: true, InitialCluster: resp.InitialCluster}
-	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
-		return err
-	}
-	if err := d.saveMember(ms); err != nil {
-		return err
-	}
-	mc, err := d.memberConfig(ms, key)
-	if err != nil {
-		return err
-	}
-	d.useListen(plan)
-	d.member, d.nodeKey = ms, key
-	if err := d.reopenStore(ctx, mc, true); err != nil {
-		return err
-	}
-	if err := d.awaitQuorum(ctx); err != nil {
+	if err := d.enterMemberLocked(ctx, ms, key, true); err != nil {
 		return err
 	}
 	// As in Swarm, the join answers once the node is a full manager: the
@@ -424,21 +405,9 @@ func fetchCA(ctx context.Context, remote string) ([]byte, error) {
 	if err != nil {
 		return nil, errdefs.BadRequest("invalid remote address %q", remote)
 	}
-	resp, err := cli.Do(r)
+	b, err := joinCall(cli, r, remote, maxCABundle+1)
 	if err != nil {
-		return nil, errdefs.Unavailable("could not reach the manager at %s: %v", remote, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxCABundle+1))
-	if err != nil {
-		return nil, errdefs.Unavailable("reading the CA from %s: %v", remote, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var je joinError
-		if json.Unmarshal(b, &je) == nil && je.Message != "" {
-			return nil, je.err()
-		}
-		return nil, errdefs.Unavailable("the manager at %s answered %s for its CA", remote, resp.Status)
+		return nil, err
 	}
 	if len(b) > maxCABundle {
 		return nil, errdefs.Unavailable("the CA bundle from %s exceeds %d bytes", remote, maxCABundle)
@@ -462,14 +431,29 @@ func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req
 		return nil, errdefs.BadRequest("invalid remote address %q", remote)
 	}
 	r.Header.Set("Content-Type", "application/json")
+	b, err := joinCall(cli, r, remote, 4*maxCABundle)
+	if err != nil {
+		return nil, err
+	}
+	var out joinResponse
+	if err := json.Unmarshal(b, &out); err != nil || !identity.Valid(out.ClusterID) || len(out.InitialCluster) == 0 ||
+		!slices.ContainsFunc(out.InitialCluster, func(p store.Peer) bool { return p.PeerURL == req.PeerURL }) {
+		return nil, errdefs.Unavailable("the manager at %s sent a malformed join answer", remote)
+	}
+	return &out, nil
+}
+
+// joinCall sends r to the manager and reads at most limit bytes of its
+// answer; a refusal comes back as the manager's error.
+func joinCall(cli *http.Client, r *http.Request, remote string, limit int64) ([]byte, error) {
 	resp, err := cli.Do(r)
 	if err != nil {
 		return nil, errdefs.Unavailable("could not reach the manager at %s: %v", remote, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4*maxCABundle))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
-		return nil, errdefs.Unavailable("reading the join answer from %s: %v", remote, err)
+		return nil, errdefs.Unavailable("reading the answer of the manager at %s: %v", remote, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var je joinError
@@ -478,10 +462,5 @@ func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req
 		}
 		return nil, errdefs.Unavailable("the manager at %s answered %s", remote, resp.Status)
 	}
-	var out joinResponse
-	if err := json.Unmarshal(b, &out); err != nil || !identity.Valid(out.ClusterID) || len(out.InitialCluster) == 0 ||
-		!slices.ContainsFunc(out.InitialCluster, func(p store.Peer) bool { return p.PeerURL == req.PeerURL }) {
-		return nil, errdefs.Unavailable("the manager at %s sent a malformed join answer", remote)
-	}
-	return &out, nil
+	return b, nil
 }

@@ -224,11 +224,7 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if err != nil {
 		return err
 	}
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		return err
-	}
-	csr, err := pki.NewCSR(key)
+	key, csr, err := newKeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -238,6 +234,21 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 		return err
 	}
 	ms := &memberState{Listen: plan, ClusterID: c.ID, CertPEM: string(iss.PEM), CAPEM: c.CACert}
+	// The restarted member elects itself before it can write.
+	if err := d.enterMemberLocked(ctx, ms, key, false); err != nil {
+		return err
+	}
+	adv, _ := plan.peerURLs()
+	if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
+		return err
+	}
+	return nil
+}
+
+// enterMemberLocked keeps ms with the node key sealed in member.json,
+// reopens the store as that member (wipe: from empty data, for a join) and
+// waits until it has a quorum. The keyring must hold the master key.
+func (d *Daemon) enterMemberLocked(ctx context.Context, ms *memberState, key *ecdsa.PrivateKey, wipe bool) error {
 	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
 		return err
 	}
@@ -248,18 +259,23 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if err != nil {
 		return err
 	}
-	d.useListen(plan)
+	d.useListen(ms.Listen)
 	d.member, d.nodeKey = ms, key
-	if err := d.reopenStore(ctx, mc, false); err != nil {
+	if err := d.reopenStore(ctx, mc, wipe); err != nil {
 		return err
 	}
-	// The restarted member elects itself before it can write.
-	if err := d.awaitQuorum(ctx); err != nil {
-		return err
+	return d.awaitQuorum(ctx)
+}
+
+// newKeyAndCSR makes a node key and the CSR that certifies it.
+func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := pki.NewNodeKey()
+	if err != nil {
+		return nil, nil, err
 	}
-	adv, _ := plan.peerURLs()
-	if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
-		return err
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, nil, err
 	}
-	return nil
+	return key, csr, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -285,11 +286,16 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	if err != nil {
 		return "", err
 	}
-	adv := req.AdvertiseAddr
-	if adv == "" {
-		adv = d.cfg.AdvertiseAddr
+	// The addresses as ValidateInit resolved them (an interface name
+	// becomes its IP).
+	reqListen, adv := "", d.cfg.AdvertiseAddr
+	if strings.TrimPrefix(req.ListenAddr, "tcp://") != cliDefaultListen {
+		reqListen = netw.ListenAddr
 	}
-	plan, err := listenPlanFor(d.cfg.ListenAddr, req.ListenAddr, adv)
+	if req.AdvertiseAddr != "" {
+		adv = netw.AdvertiseAddr
+	}
+	plan, err := listenPlanFor(d.cfg.ListenAddr, reqListen, adv)
 	if err != nil {
 		return "", err
 	}

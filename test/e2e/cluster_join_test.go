@@ -72,18 +72,24 @@ func (h *Hushd) nodeID() string {
 	return ns.NodeID
 }
 
-// managerStatus is `docker node ls` as node ID -> MANAGER STATUS.
-func (h *Hushd) managerStatus() map[string]string {
-	h.t.Helper()
-	out := h.MustDocker("node", "ls", "--format", "{{.ID}} {{.ManagerStatus}} {{.Status}}")
+const nodeLsFormat = "{{.ID}} {{.ManagerStatus}} {{.Status}}"
+
+// parseNodeLs reads `docker node ls --format nodeLsFormat` as node ID ->
+// "MANAGER-STATUS STATUS".
+func parseNodeLs(out string) map[string]string {
 	m := map[string]string{}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 3 {
+		if f := strings.Fields(l); len(f) == 3 {
 			m[f[0]] = f[1] + " " + f[2]
 		}
 	}
 	return m
+}
+
+// managerStatus is `docker node ls` on h.
+func (h *Hushd) managerStatus() map[string]string {
+	h.t.Helper()
+	return parseNodeLs(h.MustDocker("node", "ls", "--format", nodeLsFormat))
 }
 
 // waitStatus polls `docker node ls` on h (bounded) until want holds.
@@ -92,14 +98,8 @@ func (h *Hushd) waitStatus(what string, want func(map[string]string) bool) map[s
 	deadline := time.Now().Add(60 * time.Second)
 	var last map[string]string
 	for time.Now().Before(deadline) {
-		if out, _, code := h.Docker("node", "ls", "--format", "{{.ID}} {{.ManagerStatus}} {{.Status}}"); code == 0 {
-			last = map[string]string{}
-			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-				if f := strings.Fields(l); len(f) == 3 {
-					last[f[0]] = f[1] + " " + f[2]
-				}
-			}
-			if want(last) {
+		if out, _, code := h.Docker("node", "ls", "--format", nodeLsFormat); code == 0 {
+			if last = parseNodeLs(out); want(last) {
 				return last
 			}
 		}
