@@ -183,6 +183,9 @@ func TestClusterJoinManagers(t *testing.T) {
 	for _, h := range all {
 		h.waitStatus("3 managers, one Leader", oneLeaderRestReachable(ids))
 	}
+	if got := strings.TrimSpace(h3.MustDocker("info", "--format", "{{.Swarm.Managers}} {{.Swarm.Nodes}} {{len .Swarm.RemoteManagers}}")); got != "3 3 3" {
+		t.Errorf("docker info on node 3: managers, nodes, remote managers = %q, want 3 3 3", got)
+	}
 	// Every manager serves the whole swarm API over the one store.
 	sid := strings.TrimSpace(h2.MustDockerStdin("joined-value", "secret", "create", "e2e-join-s1", "-"))
 	if got := strings.TrimSpace(h3.MustDocker("secret", "inspect", "--format", "{{.ID}}", "e2e-join-s1")); got != sid {
