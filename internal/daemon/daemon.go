@@ -235,7 +235,17 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.resume(ctx); err != nil {
 		return nil, err
 	}
+	if err := d.listenOnExisting(ctx); err != nil {
+		return nil, err
+	}
 	if d.member != nil && d.State() == swarm.LocalNodeStateActive {
+		// A first manager that crashed between reopening its store and
+		// recording its peer URL still advertises the placeholder; a no-op
+		// otherwise.
+		adv, _ := d.listen.peerURLs()
+		if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
+			return nil, fmt.Errorf("recording this manager's peer URL: %w", err)
+		}
 		d.mu.Lock()
 		err := d.startJoinServiceLocked()
 		d.mu.Unlock()

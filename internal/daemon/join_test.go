@@ -2,13 +2,20 @@ package daemon
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 func TestListenPlanFor(t *testing.T) {
@@ -156,5 +163,88 @@ func TestJoinErrorRoundTrip(t *testing.T) {
 	je, code := toJoinError(errors.New("etcd: disk on fire at /secret/path"))
 	if code != 500 || bytes.Contains([]byte(je.Message), []byte("/secret/path")) {
 		t.Errorf("an internal error is shown to the joiner: %d %q", code, je.Message)
+	}
+}
+
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		l1, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l1.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
+		l1.Close()
+		if err == nil {
+			l2.Close()
+			return port
+		}
+	}
+	t.Fatal("no free pair of ports")
+	return 0
+}
+
+// A hushd started with a listen address on an existing lone cluster
+// becomes its first manager (the flag is honoured, not ignored), serves the
+// CA that its join token pins, refuses a wrong token and a worker token
+// with Swarm's texts, and after a restart is the same member.
+func TestFirstManagerJoinService(t *testing.T) {
+	dir := t.TempDir()
+	d := start(t, dir)
+	c := getCluster(t, d)
+	d.Close()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
+	d = startWith(t, Config{DataDir: dir, ListenAddr: listen})
+	if d.store.Members() == nil || d.member == nil {
+		t.Fatal("--listen-addr on an existing cluster did not make a member")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "member.json")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	list, err := d.store.Members().List(ctx)
+	if err != nil || len(list) != 1 || list[0].PeerURLs[0] != "https://"+nextPort(listen) || !list[0].Leader {
+		t.Fatalf("members: %+v %v; want this one leading at https://%s", list, err, nextPort(listen))
+	}
+	tok, err := pki.ParseToken(c.JoinTokens.Manager)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := fetchCA(ctx, listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.VerifyCA(tok, bundle, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, csr, err := newKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := joinRequest{CSR: csr, NodeID: "kurbt9bshlwqqcqxvy2sfg9m2", Hostname: "h", Addr: "127.0.0.1:1",
+		PeerURL: "https://127.0.0.1:2", Availability: "active"}
+	for _, tc := range []struct{ token, want string }{
+		{c.JoinTokens.Manager[:len(c.JoinTokens.Manager)-1] + "x", msgBadJoinToken},
+		{c.JoinTokens.Worker, msgNoWorkers},
+	} {
+		r := req
+		r.Token = tc.token
+		_, err := callJoin(ctx, listen, roots, &r)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != tc.want {
+			t.Errorf("join: %v, want %q", err, tc.want)
+		}
+	}
+	if n, _ := d.store.Members().List(ctx); len(n) != 1 {
+		t.Fatalf("a refused join changed the membership: %+v", n)
+	}
+	d.Close()
+	d = startWith(t, Config{DataDir: dir})
+	if d.member == nil || d.listen.Listen != listen || d.State() != swarm.LocalNodeStateActive {
+		t.Fatalf("after a restart: member %v listen %q state %s", d.member != nil, d.listen.Listen, d.State())
+	}
+	if _, err := fetchCA(ctx, listen); err != nil {
+		t.Fatalf("join service after a restart: %v", err)
 	}
 }

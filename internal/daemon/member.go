@@ -19,6 +19,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // cliDefaultListen is what `docker swarm init/join` sends when the user
@@ -220,6 +221,9 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if err != nil {
 		return err
 	}
+	if c.Spec.EncryptionConfig.AutoLockManagers {
+		return errdefs.BadRequest("%s", msgNoClusterAutolock)
+	}
 	ca, err := d.issuer(&c)
 	if err != nil {
 		return err
@@ -278,4 +282,26 @@ func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
 		return nil, nil, err
 	}
 	return key, csr, nil
+}
+
+// listenOnExisting honours --listen-addr on a node whose cluster exists but
+// which has not listened yet (a lone node restarted with the flag, or a
+// first manager that crashed before it recorded its membership): it
+// becomes the first manager others can join, as init would have made it.
+func (d *Daemon) listenOnExisting(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.listen.enabled() || d.member != nil {
+		return nil
+	}
+	switch d.state {
+	case swarm.LocalNodeStateInactive:
+		return nil // init or join will use it
+	case swarm.LocalNodeStateLocked:
+		return fmt.Errorf("--listen-addr: %s", msgNoClusterAutolock)
+	}
+	if err := d.becomeManagerLocked(ctx, d.listen); err != nil {
+		return fmt.Errorf("becoming a manager on %s: %w", d.listen.Listen, err)
+	}
+	return d.activateLocked(d.mk)
 }
