@@ -34,6 +34,7 @@ func run() int {
 	fs.StringVar(&socket, "socket", socket, "unix socket to serve the Docker API on (mode 0660)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	advertise := fs.String("advertise-addr", "127.0.0.1", "address this manager is reachable at")
+	listen := fs.String("listen-addr", "", "host:port of this manager's TLS join/CA service, for other managers to join; etcd's peer port is the next port (default: no TCP port)")
 	engineFlag := fs.String("engine", enginehost.DefaultPath, "the host's Docker Engine: a unix socket path or unix:// URL; \"\" runs secrets only")
 	secretsDir := fs.String("secrets-dir", "", "root of per-task secret tmpfs mounts (default /run/hush/<node ID>)")
 	noInit := fs.Bool("no-init", false, "start without a cluster; `docker swarm init` creates one")
@@ -87,7 +88,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d, err := daemon.Start(ctx, daemon.Config{
-		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise,
+		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise, ListenAddr: *listen,
 		EtcdLogLevel: etcdLevel, Logger: log,
 		Engine: eng, SecretsDir: *secretsDir, NoInit: *noInit,
 		Failpoints: failpoints,

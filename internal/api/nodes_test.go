@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/store"
@@ -131,5 +132,62 @@ func TestNodeRemoveAndInspect(t *testing.T) {
 		if tt.msg != "" && msgOf(t, rec.Body.String()) != tt.msg {
 			t.Errorf("%s %s: %q, want %q", tt.method, tt.ref, msgOf(t, rec.Body.String()), tt.msg)
 		}
+	}
+}
+
+type noCluster struct{}
+
+func (noCluster) Cluster(context.Context) (cluster.Cluster, error) {
+	return cluster.Cluster{}, store.ErrNotFound
+}
+
+// fakeManagers is a cluster of three managers as the daemon reports it.
+type fakeManagers struct{ down string }
+
+func (f fakeManagers) Managers(context.Context) (*swarm.ManagerStatus, []swarm.Node, bool, error) {
+	peer := func(id, addr string, leader bool) swarm.Node {
+		n := swarm.Node{ID: id, Spec: swarm.NodeSpec{Role: swarm.NodeRoleManager, Availability: swarm.NodeAvailabilityActive},
+			Status:        swarm.NodeStatus{State: swarm.NodeStateReady},
+			ManagerStatus: &swarm.ManagerStatus{Leader: leader, Reachability: swarm.ReachabilityReachable, Addr: addr}}
+		if id == f.down {
+			n.Status.State, n.ManagerStatus.Reachability = swarm.NodeStateDown, swarm.ReachabilityUnreachable
+		}
+		return n
+	}
+	return &swarm.ManagerStatus{Reachability: swarm.ReachabilityReachable, Addr: "127.0.0.2:4000"},
+		[]swarm.Node{peer("peer2aaaaaaaaaaaaaaaaaaaa", "127.0.0.3:4000", true), peer("peer3aaaaaaaaaaaaaaaaaaaa", "127.0.0.4:4000", false)}, true, nil
+}
+
+// On a manager of a cluster, node ls lists every manager with its status
+// from the membership (this node is no longer always the Leader), the
+// filters apply to all of them, and /info counts them.
+func TestNodeListCluster(t *testing.T) {
+	s := newNodeServer(t)
+	s.Nodes = fakeManagers{down: "peer3aaaaaaaaaaaaaaaaaaaa"}
+	s.Cluster = noCluster{}
+	rec := serve(s, "GET", "/v1.41/nodes", "")
+	var ns []swarm.Node
+	if err := json.Unmarshal(rec.Body.Bytes(), &ns); err != nil || len(ns) != 3 {
+		t.Fatalf("node ls: %v %s", err, rec.Body)
+	}
+	want := map[string]string{testNodeID: "false reachable 127.0.0.2:4000 ready", "peer2aaaaaaaaaaaaaaaaaaaa": "true reachable 127.0.0.3:4000 ready",
+		"peer3aaaaaaaaaaaaaaaaaaaa": "false unreachable 127.0.0.4:4000 down"}
+	for _, n := range ns {
+		got := strconv.FormatBool(n.ManagerStatus.Leader) + " " + string(n.ManagerStatus.Reachability) + " " + n.ManagerStatus.Addr + " " + string(n.Status.State)
+		if got != want[n.ID] {
+			t.Errorf("%s: %q, want %q", n.ID, got, want[n.ID])
+		}
+	}
+	rec = serve(s, "GET", "/v1.41/nodes?filters="+url.QueryEscape(`{"id":{"peer":true}}`), "")
+	if ids := nodeIDs(t, rec.Body.String()); len(ids) != 2 {
+		t.Errorf("id filter over the cluster: %v", ids)
+	}
+	rec = serve(s, "GET", "/v1.41/info", "")
+	var info struct{ Swarm swarm.Info }
+	if err := json.Unmarshal(rec.Body.Bytes(), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Swarm.Managers != 3 || info.Swarm.Nodes != 3 || len(info.Swarm.RemoteManagers) != 3 {
+		t.Errorf("info: %d managers, %d nodes, %d remote managers; want 3 3 3", info.Swarm.Managers, info.Swarm.Nodes, len(info.Swarm.RemoteManagers))
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // maxBodyBytes caps request bodies. The largest legitimate body is a config
@@ -28,6 +29,14 @@ type Node struct {
 	Addr string
 }
 
+// ClusterNodes describes the managers of a cluster for `docker node ls`.
+type ClusterNodes interface {
+	// Managers returns this node's manager status and the other nodes
+	// (recorded spec, address and live manager status); ok is false on a
+	// lone node, which is its own leader.
+	Managers(ctx context.Context) (self *swarm.ManagerStatus, others []swarm.Node, ok bool, err error)
+}
+
 // ClusterSource reads the cluster object.
 type ClusterSource interface {
 	Cluster(ctx context.Context) (cluster.Cluster, error)
@@ -38,6 +47,8 @@ type Config struct {
 	Secrets *objects.Manager
 	Configs *objects.Manager
 	Cluster ClusterSource
+	// Nodes lists the cluster's other managers (nil: this node alone).
+	Nodes ClusterNodes
 	// Swarm is the cluster lifecycle; nil means always active (tests).
 	Swarm SwarmController
 	// Services serves services, tasks and nodes; nil leaves them unrouted.

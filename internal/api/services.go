@@ -315,9 +315,26 @@ func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	all := []swarm.Node{n}
+	if s.Nodes != nil {
+		self, others, ok, err := s.Nodes.Managers(r.Context())
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if ok {
+			if self.Addr == "" {
+				self.Addr = all[0].ManagerStatus.Addr
+			}
+			all[0].ManagerStatus = self
+			all = append(all, others...)
+		}
+	}
 	out := []swarm.Node{}
-	if f.Match(&n) {
-		out = append(out, n)
+	for i := range all {
+		if f.Match(&all[i]) {
+			out = append(out, all[i])
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

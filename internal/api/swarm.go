@@ -42,6 +42,8 @@ type SwarmController interface {
 	// never fetched).
 	Warnings() []string
 	Unlock(ctx context.Context, key string) error
+	// Join is `docker swarm join`.
+	Join(ctx context.Context, req swarm.JoinRequest) error
 	Leave(ctx context.Context, force bool) error
 }
 
@@ -95,7 +97,16 @@ func (s *Server) swarmInit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) swarmJoin(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, errdefs.Unavailable("joining a swarm is not supported by hush yet: each hushd is its own manager"))
+	var req swarm.JoinRequest
+	if err := decodeBody(r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.Swarm.Join(r.Context(), req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 }
 
 func (s *Server) swarmLeave(w http.ResponseWriter, r *http.Request) {

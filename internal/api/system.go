@@ -94,6 +94,19 @@ func (s *Server) swarmInfo(r *http.Request) swarm.Info {
 		Nodes:            1,
 		Managers:         1,
 	}
+	if s.Nodes != nil {
+		// A manager of a cluster: every manager, as `node ls` shows them.
+		if self, others, ok, err := s.Nodes.Managers(r.Context()); err == nil && ok {
+			si.RemoteManagers = []swarm.Peer{{NodeID: s.Node.ID, Addr: self.Addr}}
+			si.Nodes += len(others)
+			for _, n := range others {
+				if n.ManagerStatus != nil {
+					si.Managers++
+					si.RemoteManagers = append(si.RemoteManagers, swarm.Peer{NodeID: n.ID, Addr: n.ManagerStatus.Addr})
+				}
+			}
+		}
+	}
 	if c, err := s.Cluster.Cluster(r.Context()); err == nil {
 		ci := c.Info()
 		si.Cluster = &ci

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +44,10 @@ type Config struct {
 	Socket  string
 	// AdvertiseAddr is the address other nodes would reach this one at.
 	AdvertiseAddr string
+	// ListenAddr (host:port) is where a manager serves the join/CA service
+	// (TLS); etcd's peer port is the next one. Empty: no TCP port at all,
+	// unless `docker swarm init/join --listen-addr` gives one.
+	ListenAddr string
 	// EtcdLogLevel is passed to the embedded etcd's logger.
 	EtcdLogLevel string
 	// NoInit starts without a cluster; `docker swarm init` creates one.
@@ -94,11 +99,29 @@ type Daemon struct {
 	engineLabels []string
 	// engineMemory is the engine's memory, for resource reservations.
 	engineMemory int64
+	// tasksDir is the root of the tasks' tmpfs (standalone containers'
+	// is its sibling).
+	tasksDir string
+
+	// acfg is the API's configuration; the store-bound parts are rebuilt
+	// when the store is reopened (a node becoming a cluster member), and
+	// apiSrv then swapped.
+	acfg   api.Config
+	apiSrv atomic.Pointer[api.Server]
+	// listen is where the join/CA service listens and the peer port
+	// derives from (zero: no TCP port at all).
+	listen listenPlan
+	// member is this node's membership in the managers' cluster (nil: a
+	// lone node); joinSvc serves the join/CA service while it is set.
+	member  *memberState
+	nodeKey *ecdsa.PrivateKey
+	joinSvc *joinService
 
 	mirror *store.Mirror
 	// events derives hush's `docker events` from the store; it runs with
 	// the mirror.
 	events  *events.Source
+	evMu    sync.Mutex
 	secrets *objects.Manager
 	configs *objects.Manager
 	svcs    *services.Manager
@@ -173,77 +196,62 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.plainKey = keyring.FileKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key")}
 	d.lockedKey = keyring.LockedKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key.locked")}
 	d.spec.running = d.loadTuning()
-	d.store, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
-		Dir:          filepath.Join(cfg.DataDir, "etcd"),
-		Name:         d.nodeID,
-		Logger:       d.log,
-		EtcdLogLevel: cfg.EtcdLogLevel,
-		Tuning:       d.spec.running,
-		Keys:         &d.keys,
-	})
+	if d.listen, err = listenPlanFor(cfg.ListenAddr, "", cfg.AdvertiseAddr); err != nil {
+		return nil, err
+	}
+	member, err := d.loadMember()
 	if err != nil {
 		return nil, err
 	}
-
-	d.secrets = objects.New(objects.Secret, d.store, &d.keys, d.log)
-	d.configs = objects.New(objects.Config, d.store, &d.keys, d.log)
-	d.registerInnerSeals()
-	d.mirror = store.NewMirror(d.store)
-	d.secrets.UseMirror(d.mirror)
-	d.configs.UseMirror(d.mirror)
-	d.svcs = services.New(d.store, d.mirror, d.log)
-	// Retention and destroy never take a version a task or a standalone
-	// container holds.
-	d.secrets.UseHolders(d.holders)
-	d.configs.UseHolders(d.holders)
-	// The cluster spec's label io.hush.versions.keep (see settle).
-	keep := func() int { return int(d.spec.keep.Load()) }
-	d.secrets.UseKeep(keep)
-	d.configs.UseKeep(keep)
-	// Registry credentials (--with-registry-auth) are sealed like secrets.
-	d.svcs.UseSealer(&d.keys)
-	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log, AddrPools: d.addrPools}
-	if cfg.Engine != nil {
-		if d.engineCli, err = enginehost.NewClient(*cfg.Engine); err != nil {
-			return nil, err
-		}
-		d.netEngine = networks.NewEngineClient(d.engineCli)
-		ncfg.Engine = d.netEngine
-	}
-	d.nets = networks.New(ncfg)
-	d.svcs.UseNetworks(d.nets)
-	acfg := api.Config{
-		Secrets:    d.secrets,
-		Configs:    d.configs,
-		Services:   d.svcs,
-		Networks:   d.nets,
-		Cluster:    clusterSource{d.store},
+	d.acfg = api.Config{
+		Cluster:    clusterSource{d},
 		Swarm:      d,
+		Nodes:      clusterNodes{d},
 		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,
 		Logger:     d.log,
 		Backup:     newBackups(d),
 	}
-	var bg context.Context
-	bg, d.stopBG = context.WithCancel(context.Background())
-	d.bg = bg
-	// hush's own `docker events`, derived from the store's watch. It opens
-	// sealed values, so it runs from the first activation, with the mirror
-	// (startMirror). A node without a spec name is named by its hostname,
-	// as in Swarm; the only node is this machine.
-	d.events = events.New(events.Config{Store: d.store, Logger: d.log, Hostname: func(string) string { h, _ := os.Hostname(); return h }})
-	acfg.Events = d.events
-	// Realises networks, and removes the engine networks of removed ones
-	// (also after a leave erased them all).
-	d.runBG(d.nets.Run, bg)
+	d.bg, d.stopBG = context.WithCancel(context.Background())
 	if cfg.Engine != nil {
-		if err := d.connectEngine(ctx, &acfg); err != nil {
+		if d.engineCli, err = enginehost.NewClient(*cfg.Engine); err != nil {
+			return nil, err
+		}
+		if err := d.connectEngine(ctx, &d.acfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := d.openStore(ctx, member); err != nil {
+		return nil, err
+	}
+	if member != nil {
+		// A manager of a cluster: its store serves once it has caught up
+		// with a quorum of the others.
+		if err := d.awaitQuorum(ctx); err != nil {
 			return nil, err
 		}
 	}
 	if err := d.resume(ctx); err != nil {
 		return nil, err
+	}
+	if err := d.listenOnExisting(ctx); err != nil {
+		return nil, err
+	}
+	if d.member != nil && d.State() == swarm.LocalNodeStateActive {
+		// A first manager that crashed between reopening its store and
+		// recording its peer URL still advertises the placeholder; a no-op
+		// otherwise.
+		adv, _ := d.listen.peerURLs()
+		if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
+			return nil, fmt.Errorf("recording this manager's peer URL: %w", err)
+		}
+		d.mu.Lock()
+		err := d.startJoinServiceLocked()
+		d.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 	}
 	if d.State() == swarm.LocalNodeStateInactive {
 		// Nothing sealed to decode yet; activation starts it otherwise.
@@ -251,22 +259,16 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	srv := api.New(acfg)
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {
 		return nil, err
 	}
-	d.http = &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	d.http = &http.Server{Handler: http.HandlerFunc(d.serveAPI), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	// An open `docker events` would otherwise hold Shutdown for its whole
 	// grace period.
-	d.http.RegisterOnShutdown(d.events.CloseSubscriptions)
+	d.http.RegisterOnShutdown(func() { d.currentEvents().CloseSubscriptions() })
 	go func() {
 		if err := d.http.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.errc <- fmt.Errorf("api server: %w", err)
-		}
-	}()
-	go func() {
-		if err, ok := <-d.store.Err(); ok && err != nil {
-			d.errc <- fmt.Errorf("store: %w", err)
 		}
 	}()
 	d.log.Info("hushd serving", "socket", cfg.Socket, "version", Version, "state", d.State())
@@ -287,6 +289,7 @@ func (d *Daemon) runBG(fn func(context.Context), ctx context.Context) {
 // fatal: secrets keep working, tasks wait as pending, and the agent retries.
 func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	host := *d.cfg.Engine
+	d.netEngine = networks.NewEngineClient(d.engineCli)
 	d.proxy = proxy.New(host, host.Path, d.log)
 	acfg.Fallback = d.proxy
 	acfg.EngineEvents = d.proxy
@@ -319,7 +322,8 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	if d.fs, err = secretfs.NewManager(dir, d.log); err != nil {
 		return fmt.Errorf("secrets tmpfs: %w", err)
 	}
-	return d.startStandalone(acfg, dir)
+	d.tasksDir = dir
+	return nil
 }
 
 // Err reports a fatal failure of a part of the daemon.
@@ -337,6 +341,7 @@ func (d *Daemon) Close() {
 			_ = d.http.Shutdown(ctx)
 			cancel()
 		}
+		d.joinSvc.close()
 		if d.proxy != nil {
 			// Shutdown does not end hijacked or endless streams.
 			_ = d.proxy.Close()
@@ -371,10 +376,10 @@ func (d *Daemon) Close() {
 	})
 }
 
-type clusterSource struct{ st *store.Store }
+type clusterSource struct{ d *Daemon }
 
 func (c clusterSource) Cluster(ctx context.Context) (cluster.Cluster, error) {
-	return cluster.Get(ctx, c.st)
+	return cluster.Get(ctx, c.d.store)
 }
 
 // lockDataDir takes an exclusive lock so a second hushd on the same data dir

@@ -97,6 +97,12 @@ func (d *Daemon) RotateMaster(ctx context.Context) (Rotation, error) {
 	d.rot.mu.Lock()
 	defer d.rot.mu.Unlock()
 	d.mu.Lock()
+	if d.member != nil {
+		d.mu.Unlock()
+		// Every manager holds the master key: one rotating it alone would
+		// leave the others unable to open what it re-wraps.
+		return Rotation{}, errdefs.BadRequest("rotating the master key of a cluster of managers is not supported by hush yet")
+	}
 	kr, old, next, err := d.beginRotationLocked()
 	d.mu.Unlock()
 	if err != nil {

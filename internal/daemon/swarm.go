@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,9 @@ const (
 	msgLocked   = `Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.`
 	msgInactive = `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`
 	msgJoined   = `This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.`
+	// Each manager would need the unlock key at every restart, and a
+	// joining manager the locked key: not wired yet.
+	msgNoClusterAutolock = "autolock is not supported by hush yet on a manager that listens for other managers (--listen-addr)"
 )
 
 // nextKey is where a rotated locked key is written before it is committed:
@@ -145,6 +149,12 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
 		return fmt.Errorf("node object: %w", err)
 	}
+	if d.member != nil {
+		host, _ := os.Hostname()
+		if err := nodes.Describe(context.Background(), d.store, d.nodeID, host, d.listen.Advertise); err != nil {
+			d.log.Warn("recording this manager's hostname and address", "err", err)
+		}
+	}
 	d.keys.Set(kr)
 	d.mk = mk
 	d.noteKeyMemory()
@@ -158,13 +168,12 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 			fn(ctx)
 		}()
 	}
-	orch := orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log)
-	orch.SetEngineLabels(d.engineLabels)
-	orch.SetSettings(d.orchestratorSettings)
-	orch.SetDataVersions(d.dataVersions)
-	// The node's resources as `docker node inspect` reports them.
-	orch.SetResources(int64(runtime.NumCPU())*1e9, d.engineMemory)
-	run(orch.Run)
+	if d.store.Members() != nil {
+		// One orchestrator for the cluster: the manager that leads.
+		run(d.leadOrchestrator)
+	} else {
+		run(d.newOrchestrator().Run)
+	}
 	if d.engine != nil {
 		disp := dispatcher.New(dispatcher.Config{
 			Tasks: d.svcs, Changes: d.mirror, Table: d.store.Table(model.TasksTable),
@@ -178,6 +187,65 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	d.runStandalone(run)
 	d.log.Info("cluster active", "node", d.nodeID, "keyID", mk.ID)
 	return nil
+}
+
+func (d *Daemon) newOrchestrator() *orchestrator.Orchestrator {
+	orch := orchestrator.New(d.store, d.mirror, d.svcs, d.nodeID, d.log)
+	orch.SetEngineLabels(d.engineLabels)
+	orch.SetSettings(d.orchestratorSettings)
+	orch.SetDataVersions(d.dataVersions)
+	// The node's resources as `docker node inspect` reports them.
+	orch.SetResources(int64(runtime.NumCPU())*1e9, d.engineMemory)
+	return orch
+}
+
+// orchestratorTTL is how long a leader that stopped renewing (crashed,
+// partitioned) keeps the orchestrator's leadership.
+const orchestratorTTL = 10 * time.Second
+
+// leadOrchestrator campaigns for the orchestrator's leadership and runs a
+// fresh orchestrator while this manager holds it; it stops acting as soon
+// as the leadership ends (Done), and campaigns again.
+func (d *Daemon) leadOrchestrator(ctx context.Context) {
+	for ctx.Err() == nil {
+		l, err := d.store.Campaign(ctx, "orchestrator", d.nodeID, orchestratorTTL)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.log.Debug("orchestrator campaign", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		// A campaign that waited through an election can return to a
+		// candidate whose lease expired meanwhile (its key is gone and
+		// another candidate leads): act only on a leadership that holds.
+		if err := l.Check(ctx); err != nil {
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = l.Resign(rctx)
+			rcancel()
+			continue
+		}
+		d.log.Info("leading the orchestrator", "fence", l.Fence())
+		octx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-l.Done():
+			case <-octx.Done():
+			}
+			cancel()
+		}()
+		d.newOrchestrator().Run(octx)
+		cancel()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = l.Resign(rctx)
+		rcancel()
+		d.log.Info("no longer leading the orchestrator")
+	}
 }
 
 // stopRuntime stops the orchestrator and agent; running task containers
@@ -218,8 +286,24 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	if err != nil {
 		return "", err
 	}
+	// The addresses as ValidateInit resolved them (an interface name
+	// becomes its IP).
+	reqListen, adv := "", d.cfg.AdvertiseAddr
+	if strings.TrimPrefix(req.ListenAddr, "tcp://") != cliDefaultListen {
+		reqListen = netw.ListenAddr
+	}
+	if req.AdvertiseAddr != "" {
+		adv = netw.AdvertiseAddr
+	}
+	plan, err := listenPlanFor(d.cfg.ListenAddr, reqListen, adv)
+	if err != nil {
+		return "", err
+	}
 	spec := cluster.MergeSpec(cluster.DefaultSpec(), req.Spec)
 	autolock := req.AutoLockManagers || req.Spec.EncryptionConfig.AutoLockManagers
+	if autolock && plan.enabled() {
+		return "", errdefs.BadRequest("%s", msgNoClusterAutolock)
+	}
 	spec.EncryptionConfig.AutoLockManagers = false
 	if err := cluster.ValidateSpec(&spec); err != nil {
 		return "", initSpecError(err)
@@ -257,6 +341,18 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	}
 	if autolock {
 		if err := d.setAutolockLocked(ctx, &c, true, false); err != nil {
+			return "", err
+		}
+	}
+	if plan.enabled() {
+		// Listening: this node is the first manager others join.
+		if err := d.becomeManagerLocked(ctx, plan); err != nil {
+			return "", fmt.Errorf("becoming a manager on %s: %w", plan.Listen, err)
+		}
+		if err := d.activateLocked(mk); err != nil {
+			return "", err
+		}
+		if err := d.startJoinServiceLocked(); err != nil {
 			return "", err
 		}
 	}
@@ -401,6 +497,9 @@ func (d *Daemon) CheckServingLocked() error {
 // rotates its key, and writes c, in the crash-safe order of autolock.go.
 // A failed change leaves the files as the record says, as a restart would.
 func (d *Daemon) setAutolockLocked(ctx context.Context, c *cluster.Cluster, on, rotate bool) error {
+	if on && d.member != nil {
+		return errdefs.BadRequest("%s", msgNoClusterAutolock)
+	}
 	var err error
 	if on {
 		err = d.enableOrRotateLocked(ctx, c, rotate)
@@ -485,6 +584,12 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	defer d.mu.Unlock()
 	if d.state == swarm.LocalNodeStateInactive {
 		return errdefs.Unavailable("This node is not part of a swarm")
+	}
+	if d.member != nil {
+		// Leaving must first take the member out of the raft (demote),
+		// which is not wired yet; erasing the shared store would erase
+		// every manager's.
+		return errdefs.BadRequest("leaving a cluster of managers is not supported by hush yet")
 	}
 	if !force {
 		return errdefs.Unavailable("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ")

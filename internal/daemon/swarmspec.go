@@ -129,6 +129,10 @@ func (d *Daemon) noteNoEffect(before, after *cluster.Cluster) {
 	}
 	if before == nil {
 		n := a.Network
+		if d.listen.enabled() {
+			// Honoured: the join/CA service listens there.
+			n.ListenAddr, n.AdvertiseAddr = b.Network.ListenAddr, ""
+		}
 		if n.ListenAddr != b.Network.ListenAddr {
 			warn("ListenAddr", n.ListenAddr, "hush's managers listen on no swarm port: the API socket is the only way in")
 		}

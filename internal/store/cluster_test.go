@@ -175,10 +175,38 @@ func (c *cluster) join(via, n *node) store.Member {
 	n.cfg.Join, n.cfg.InitialCluster = true, peers
 	c.open(n)
 	n.waitReady(c.t)
+	if v, err := n.s.Members().IsVoter(ctx); err != nil || v {
+		c.t.Fatalf("%s votes before its promotion: %v %v", n.name, v, err)
+	}
 	if err := via.s.Members().Promote(ctx, m.ID); err != nil {
 		c.t.Fatalf("promote %s: %v", n.name, err)
 	}
+	if v, err := n.s.Members().IsVoter(ctx); err != nil || !v {
+		c.t.Fatalf("%s does not vote after its promotion: %v %v", n.name, v, err)
+	}
 	return m
+}
+
+// A member that first ran with a placeholder peer URL records the one its
+// peers will dial; recording it again changes nothing.
+func TestSetPeerURL(t *testing.T) {
+	c := newCluster(t)
+	n := c.newNode("m1")
+	c.open(n)
+	n.waitReady(t)
+	ctx := ctxT(t)
+	if id := n.s.Members().SelfID(); id != memberByName(t, n.s, "m1").ID {
+		t.Fatalf("SelfID %s is not the member's", id)
+	}
+	next := freeURL(t)
+	for range 2 {
+		if err := n.s.Members().SetPeerURL(ctx, next); err != nil {
+			t.Fatal(err)
+		}
+		if got := memberByName(t, n.s, "m1").PeerURLs; len(got) != 1 || got[0] != next {
+			t.Fatalf("peer URLs %v, want [%s]", got, next)
+		}
+	}
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -115,13 +116,19 @@ func (l *Leadership) Check(ctx context.Context) error {
 
 // Resign gives the leadership up at once (the next campaigner need not
 // wait for the TTL) and ends the session.
+//
+// Both steps are bounded by ctx: etcd's Session.Close would revoke the
+// lease under a timeout of the session's TTL whatever ctx says, which held
+// a stopping manager that had lost its quorum for that long.
 func (l *Leadership) Resign(ctx context.Context) error {
 	err := l.election.Resign(ctx)
-	cerr := l.session.Close()
+	// Stop renewing, then revoke the lease under ctx.
+	l.session.Orphan()
+	_, cerr := l.s.cli.Revoke(ctx, l.session.Lease())
 	if err != nil {
 		return wrapEtcd(err)
 	}
-	if cerr != nil && !errors.Is(cerr, context.Canceled) {
+	if cerr != nil && !errors.Is(cerr, context.Canceled) && !errors.Is(cerr, rpctypes.ErrLeaseNotFound) && rpctypes.ErrorDesc(cerr) != rpctypes.ErrorDesc(rpctypes.ErrLeaseNotFound) {
 		return wrapEtcd(cerr)
 	}
 	return nil

@@ -358,3 +358,44 @@ func parseMemberID(id string) (uint64, error) {
 func etcdIs(err, target error) bool {
 	return errors.Is(err, target) || rpctypes.ErrorDesc(err) == rpctypes.ErrorDesc(target)
 }
+
+// SetPeerURL changes the peer URL the cluster records for this member. A
+// node that ran alone (its member advertised a placeholder, having no peer
+// listener) and starts listening records the URL its peers will dial; until
+// then a joining member's initial cluster would name an address nobody
+// listens on. A URL already recorded is left as it is.
+func (m *Members) SetPeerURL(ctx context.Context, peerURL string) error {
+	self := uint64(m.srv.MemberID())
+	resp, err := m.s.cli.MemberList(ctx)
+	if err != nil {
+		return wrapEtcd(err)
+	}
+	for _, pm := range resp.Members {
+		if pm.ID == self && slices.Equal(pm.PeerURLs, []string{peerURL}) {
+			return nil
+		}
+	}
+	if _, err := m.s.cli.MemberUpdate(ctx, self, []string{peerURL}); err != nil {
+		return fmt.Errorf("store: update peer URL: %w", wrapEtcd(err))
+	}
+	return nil
+}
+
+// SelfID is this member's ID in hex, as List shows it.
+func (m *Members) SelfID() string { return fmt.Sprintf("%x", uint64(m.srv.MemberID())) }
+
+// IsVoter reports whether this member votes (a joined learner has been
+// promoted), from a linearizable read of the membership.
+func (m *Members) IsVoter(ctx context.Context) (bool, error) {
+	resp, err := m.s.cli.MemberList(ctx)
+	if err != nil {
+		return false, wrapEtcd(err)
+	}
+	self := uint64(m.srv.MemberID())
+	for _, pm := range resp.Members {
+		if pm.ID == self {
+			return !pm.IsLearner, nil
+		}
+	}
+	return false, nil
+}

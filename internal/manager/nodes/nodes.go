@@ -26,7 +26,44 @@ type Node struct {
 	CreatedAt time.Time      `json:"created"`
 	UpdatedAt time.Time      `json:"updated"`
 	Spec      swarm.NodeSpec `json:"spec"`
-	Version   uint64         `json:"-"`
+	// Hostname and Addr (host:port of its join/CA service) are what a
+	// joining node said of itself (a node's own are read live instead).
+	Hostname string `json:"hostname,omitempty"`
+	Addr     string `json:"addr,omitempty"`
+	Version  uint64 `json:"-"`
+}
+
+// Record creates n if no node has its ID; a node already recorded (a
+// retried join) is returned as stored.
+func Record(ctx context.Context, st *store.Store, n Node) (Node, error) {
+	now := time.Now().UTC()
+	n.CreatedAt, n.UpdatedAt = now, now
+	if n.Spec.Labels == nil {
+		n.Spec.Labels = map[string]string{}
+	}
+	val, _ := json.Marshal(&n)
+	if _, err := st.Table(table).Create(ctx, n.ID, "", val); err != nil && !errors.Is(err, store.ErrNameTaken) {
+		return Node{}, err
+	}
+	return Get(ctx, st, n.ID)
+}
+
+// List reads every node.
+func List(ctx context.Context, st *store.Store) ([]Node, error) {
+	objs, err := st.Table(table).List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Node, 0, len(objs))
+	for _, o := range objs {
+		var n Node
+		if err := json.Unmarshal(o.Value, &n); err != nil {
+			return nil, errors.Join(errdefs.ErrInternal, err)
+		}
+		n.Version = uint64(o.ModRev)
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // Ensure returns node id, creating it as an active manager if missing.
@@ -95,5 +132,21 @@ func Update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	if errors.Is(err, store.ErrStale) {
 		return errdefs.OutOfSequence()
 	}
+	return err
+}
+
+// Describe records the hostname and address other managers show for node
+// id (a node's own are read live); unchanged values write nothing.
+func Describe(ctx context.Context, st *store.Store, id, hostname, addr string) error {
+	n, err := Get(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if n.Hostname == hostname && n.Addr == addr {
+		return nil
+	}
+	n.Hostname, n.Addr = hostname, addr
+	val, _ := json.Marshal(&n)
+	_, err = st.Table(table).Update(ctx, id, int64(n.Version), val)
 	return err
 }

@@ -1,0 +1,250 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+func TestListenPlanFor(t *testing.T) {
+	tests := []struct {
+		name                         string
+		flag, req, advertise         string
+		wantListen, wantAdv, wantErr string
+	}{
+		{name: "nothing asked: no port", advertise: "127.0.0.1"},
+		{name: "CLI default without flag: no port", req: cliDefaultListen, advertise: "127.0.0.1"},
+		{name: "flag", flag: "127.0.0.2:4000", req: cliDefaultListen, advertise: "127.0.0.2",
+			wantListen: "127.0.0.2:4000", wantAdv: "127.0.0.2:4000"},
+		{name: "request beats flag", flag: "127.0.0.2:4000", req: "127.0.0.3:5000", advertise: "127.0.0.3",
+			wantListen: "127.0.0.3:5000", wantAdv: "127.0.0.3:5000"},
+		{name: "advertise with port keeps the listen port", req: "0.0.0.0:5000", advertise: "10.0.0.1:9999",
+			wantListen: "0.0.0.0:5000", wantAdv: "10.0.0.1:5000"},
+		{name: "unspecified advertise falls back to the listen IP", req: "127.0.0.5:5000", advertise: "0.0.0.0",
+			wantListen: "127.0.0.5:5000", wantAdv: "127.0.0.5:5000"},
+		{name: "no port", req: "127.0.0.2", wantErr: "want host:port"},
+		{name: "last port leaves no peer port", req: "127.0.0.2:65535", wantErr: "1-65534"},
+		{name: "a name, not an IP", req: "localhost:4000", wantErr: "needs an IP address"},
+		{name: "nothing to advertise", req: "0.0.0.0:4000", advertise: "0.0.0.0", wantErr: "must be an IP address"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := listenPlanFor(tc.flag, tc.req, tc.advertise)
+			if tc.wantErr != "" {
+				if err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !bytes.Contains([]byte(err.Error()), []byte(tc.wantErr)) {
+					t.Fatalf("err = %v, want a bad request saying %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Listen != tc.wantListen || p.Advertise != tc.wantAdv {
+				t.Fatalf("plan = %+v, want listen %q advertise %q", p, tc.wantListen, tc.wantAdv)
+			}
+			if p.enabled() {
+				adv, lis := p.peerURLs()
+				if adv != "https://"+nextPort(tc.wantAdv) || lis != "https://"+nextPort(tc.wantListen) {
+					t.Fatalf("peer URLs %s %s are not the next port", adv, lis)
+				}
+			}
+		})
+	}
+}
+
+func TestWrapMasterKey(t *testing.T) {
+	mk, err := keyring.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := pki.NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const id = "kurbt9bshlwqqcqxvy2sfg9m2"
+	pub, sealed, err := wrapMasterKey(mk, &node.PublicKey, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(sealed, mk.Key) {
+		t.Fatal("the wrapped key holds the master key in clear")
+	}
+	resp := joinResponse{KeyID: mk.ID, WrapPub: pub, WrappedKey: sealed}
+	got, err := unwrapMasterKey(node, id, &resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != mk.ID || !bytes.Equal(got.Key, mk.Key) {
+		t.Fatal("unwrapped key differs")
+	}
+	tamper := func(f func(r *joinResponse)) *joinResponse {
+		r := resp
+		r.WrappedKey = bytes.Clone(resp.WrappedKey)
+		f(&r)
+		return &r
+	}
+	for name, tc := range map[string]struct {
+		key  *ecdsa.PrivateKey
+		id   string
+		resp *joinResponse
+	}{
+		"another node's key": {other, id, &resp},
+		"another node ID":    {node, "a" + id[1:], &resp},
+		"another key ID":     {node, id, tamper(func(r *joinResponse) { r.KeyID = "other" })},
+		"flipped bit":        {node, id, tamper(func(r *joinResponse) { r.WrappedKey[len(r.WrappedKey)-1] ^= 1 })},
+		"short":              {node, id, tamper(func(r *joinResponse) { r.WrappedKey = r.WrappedKey[:5] })},
+		"bad public key":     {node, id, tamper(func(r *joinResponse) { r.WrapPub = []byte{4, 1, 2} })},
+	} {
+		if _, err := unwrapMasterKey(tc.key, tc.id, tc.resp); err == nil {
+			t.Errorf("%s: unwrapped", name)
+		}
+	}
+}
+
+func TestCheckJoinRequest(t *testing.T) {
+	good := joinRequest{NodeID: "kurbt9bshlwqqcqxvy2sfg9m2", Hostname: "h", Addr: "127.0.0.3:4000",
+		PeerURL: "https://127.0.0.3:4001", Availability: "active"}
+	for name, f := range map[string]func(r *joinRequest){
+		"bad node ID":        func(r *joinRequest) { r.NodeID = "../x" },
+		"long hostname":      func(r *joinRequest) { r.Hostname = string(bytes.Repeat([]byte("h"), 254)) },
+		"address sans port":  func(r *joinRequest) { r.Addr = "127.0.0.3" },
+		"plain peer URL":     func(r *joinRequest) { r.PeerURL = "http://127.0.0.3:4001" },
+		"peer URL sans port": func(r *joinRequest) { r.PeerURL = "https://127.0.0.3" },
+		"peer URL path":      func(r *joinRequest) { r.PeerURL = "https://127.0.0.3:4001/x" },
+		"availability":       func(r *joinRequest) { r.Availability = "on" },
+	} {
+		r := good
+		f(&r)
+		if err := checkJoinRequest(&r); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: err = %v, want a bad request", name, err)
+		}
+	}
+	if err := checkJoinRequest(&good); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The joining node rebuilds the manager's refusal with its category and
+// text, so the CLI shows Swarm's words with the right status.
+func TestJoinErrorRoundTrip(t *testing.T) {
+	for _, err := range []error{
+		errdefs.InvalidArgument(msgBadJoinToken),
+		errdefs.BadRequest(msgNoWorkers),
+		errdefs.Unavailable("another manager is joining the swarm; retry when it has caught up"),
+		errdefs.FailedPrecondition("x"),
+	} {
+		je, code := toJoinError(err)
+		if code != 400 {
+			t.Errorf("%v: code %d", err, code)
+		}
+		back := je.err()
+		var e1, e2 *errdefs.Error
+		errors.As(err, &e1)
+		if !errors.As(back, &e2) || e2.Msg != e1.Msg || e2.Control != e1.Control || !errors.Is(back, e1.Category) {
+			t.Errorf("%v came back as %#v", err, back)
+		}
+	}
+	je, code := toJoinError(errors.New("etcd: disk on fire at /secret/path"))
+	if code != 500 || bytes.Contains([]byte(je.Message), []byte("/secret/path")) {
+		t.Errorf("an internal error is shown to the joiner: %d %q", code, je.Message)
+	}
+}
+
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		l1, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l1.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
+		l1.Close()
+		if err == nil {
+			l2.Close()
+			return port
+		}
+	}
+	t.Fatal("no free pair of ports")
+	return 0
+}
+
+// A hushd started with a listen address on an existing lone cluster
+// becomes its first manager (the flag is honoured, not ignored), serves the
+// CA that its join token pins, refuses a wrong token and a worker token
+// with Swarm's texts, and after a restart is the same member.
+func TestFirstManagerJoinService(t *testing.T) {
+	dir := t.TempDir()
+	d := start(t, dir)
+	c := getCluster(t, d)
+	d.Close()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
+	d = startWith(t, Config{DataDir: dir, ListenAddr: listen})
+	if d.store.Members() == nil || d.member == nil {
+		t.Fatal("--listen-addr on an existing cluster did not make a member")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "member.json")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	list, err := d.store.Members().List(ctx)
+	if err != nil || len(list) != 1 || list[0].PeerURLs[0] != "https://"+nextPort(listen) || !list[0].Leader {
+		t.Fatalf("members: %+v %v; want this one leading at https://%s", list, err, nextPort(listen))
+	}
+	tok, err := pki.ParseToken(c.JoinTokens.Manager)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := fetchCA(ctx, listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.VerifyCA(tok, bundle, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, csr, err := newKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := joinRequest{CSR: csr, NodeID: "kurbt9bshlwqqcqxvy2sfg9m2", Hostname: "h", Addr: "127.0.0.1:1",
+		PeerURL: "https://127.0.0.1:2", Availability: "active"}
+	for _, tc := range []struct{ token, want string }{
+		{c.JoinTokens.Manager[:len(c.JoinTokens.Manager)-1] + "x", msgBadJoinToken},
+		{c.JoinTokens.Worker, msgNoWorkers},
+	} {
+		r := req
+		r.Token = tc.token
+		_, err := callJoin(ctx, listen, roots, &r)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != tc.want {
+			t.Errorf("join: %v, want %q", err, tc.want)
+		}
+	}
+	if n, _ := d.store.Members().List(ctx); len(n) != 1 {
+		t.Fatalf("a refused join changed the membership: %+v", n)
+	}
+	d.Close()
+	d = startWith(t, Config{DataDir: dir})
+	if d.member == nil || d.listen.Listen != listen || d.State() != swarm.LocalNodeStateActive {
+		t.Fatalf("after a restart: member %v listen %q state %s", d.member != nil, d.listen.Listen, d.State())
+	}
+	if _, err := fetchCA(ctx, listen); err != nil {
+		t.Fatalf("join service after a restart: %v", err)
+	}
+}

@@ -1,0 +1,466 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// joinService is a manager's TLS join/CA service on its listen address:
+// the CA bundle for anyone (a joining node checks it against its token's
+// digest), and admission of a node presenting a join token and a CSR.
+type joinService struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+// startJoinServiceLocked listens on d.listen with this manager's own
+// certificate. The caller holds d.mu.
+func (d *Daemon) startJoinServiceLocked() error {
+	if d.joinSvc != nil || d.member == nil {
+		return nil
+	}
+	cert, err := pki.TLSCertificate([]byte(d.member.CertPEM), d.nodeKey)
+	if err != nil {
+		return fmt.Errorf("join service certificate: %w", err)
+	}
+	ln, err := net.Listen("tcp", d.listen.Listen)
+	if err != nil {
+		return fmt.Errorf("join service: %w", err)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+joinCAPath, d.serveCA)
+	mux.HandleFunc("POST "+joinPath, d.serveJoin)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: joinTimeout,
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
+	tln := tls.NewListener(ln, cfg)
+	go func() {
+		if err := srv.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("join service stopped", "err", err)
+		}
+	}()
+	d.joinSvc = &joinService{srv: srv, ln: tln}
+	d.log.Info("join/CA service listening", "addr", d.listen.Listen, "advertised", d.listen.Advertise)
+	return nil
+}
+
+func (js *joinService) close() {
+	if js == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = js.srv.Shutdown(ctx)
+}
+
+func (d *Daemon) serveCA(w http.ResponseWriter, r *http.Request) {
+	if err := d.CheckServing(); err != nil {
+		writeJoinError(w, err)
+		return
+	}
+	c, err := cluster.Get(r.Context(), d.store)
+	if err != nil {
+		d.log.Warn("join service: reading the cluster", "err", err)
+		writeJoinError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	_, _ = io.WriteString(w, c.CACert)
+}
+
+func (d *Daemon) serveJoin(w http.ResponseWriter, r *http.Request) {
+	var req joinRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJoinBody)).Decode(&req); err != nil {
+		writeJoinError(w, errdefs.BadRequest("invalid join request"))
+		return
+	}
+	resp, err := d.admit(r.Context(), &req)
+	if err != nil {
+		d.log.Warn("join refused", "node", req.NodeID, "remote", r.RemoteAddr, "err", err)
+		writeJoinError(w, err)
+		return
+	}
+	d.log.Info("node joined as a manager", "node", req.NodeID, "peerURL", req.PeerURL)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+func writeJoinError(w http.ResponseWriter, err error) {
+	je, code := toJoinError(err)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(je)
+}
+
+// Swarm's texts for a join the manager refuses.
+const (
+	msgBadJoinToken = "A valid join token is necessary to join this cluster"
+	msgNoWorkers    = "joining as a worker is not supported by hush yet: only managers can join (use the manager join token)"
+	msgNoAutolock   = "joining a swarm with autolock on is not supported by hush yet: turn autolock off (docker swarm update --autolock=false) while managers join"
+)
+
+// admit checks a joining node's token (in constant time), certifies its
+// key as a manager, records the node, and adds it as an etcd learner that
+// this manager promotes once it has caught up. Every step is idempotent,
+// so a node whose answer was lost can ask again.
+func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, error) {
+	if err := d.CheckServing(); err != nil {
+		return nil, err
+	}
+	members := d.store.Members()
+	if members == nil {
+		return nil, errdefs.Unavailable("this manager does not accept joins (it has no listen address)")
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return nil, err
+	}
+	role, ok := c.ValidateJoinToken(req.Token)
+	if !ok {
+		return nil, errdefs.InvalidArgument(msgBadJoinToken)
+	}
+	if role != "manager" {
+		return nil, errdefs.BadRequest(msgNoWorkers)
+	}
+	if c.Spec.EncryptionConfig.AutoLockManagers {
+		return nil, errdefs.BadRequest(msgNoAutolock)
+	}
+	if err := checkJoinRequest(req); err != nil {
+		return nil, err
+	}
+	if req.NodeID == d.nodeID {
+		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
+	}
+	ca, err := d.issuer(&c)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: req.NodeID, ClusterID: c.ID, Role: pki.RoleManager,
+		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := iss.Leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
+	}
+	if _, err := nodes.Record(ctx, d.store, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
+		Role: swarm.NodeRoleManager, Availability: swarm.NodeAvailability(req.Availability),
+	}}); err != nil {
+		return nil, err
+	}
+	m, peers, err := members.AddLearner(ctx, req.NodeID, req.PeerURL)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	mk := d.mk
+	wpub, wrapped, err := wrapMasterKey(mk, pub, req.NodeID)
+	d.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if m.Learner {
+		d.promoteLater(members, m.ID, req.NodeID)
+	}
+	return &joinResponse{ClusterID: c.ID, CertPEM: iss.PEM, CAPEM: []byte(c.CACert), MemberID: m.ID,
+		InitialCluster: peers, KeyID: mk.ID, WrapPub: wpub, WrappedKey: wrapped}, nil
+}
+
+// promoteLater promotes the learner once it has caught up (Promote retries
+// until then). A learner that never catches up within promoteLimit is
+// removed: etcd admits one learner at a time, and a joiner that died would
+// otherwise block every later join.
+func (d *Daemon) promoteLater(members interface {
+	Promote(context.Context, string) error
+	Remove(context.Context, string) error
+}, id, nodeID string) {
+	d.runBG(func(ctx context.Context) {
+		pctx, cancel := context.WithTimeout(ctx, promoteLimit)
+		defer cancel()
+		if err := members.Promote(pctx, id); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.log.Warn("joining manager never caught up: removing its learner", "node", nodeID, "member", id, "err", err)
+			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+			defer rcancel()
+			if err := members.Remove(rctx, id); err != nil {
+				d.log.Warn("removing a stale learner", "member", id, "err", err)
+			}
+			return
+		}
+		d.log.Info("manager promoted to a voter", "node", nodeID, "member", id)
+	}, d.bg)
+}
+
+// checkJoinRequest bounds what a not-yet-certified client says of itself.
+func checkJoinRequest(req *joinRequest) error {
+	if !identity.Valid(req.NodeID) {
+		return errdefs.BadRequest("invalid node ID")
+	}
+	if len(req.Hostname) > 253 {
+		return errdefs.BadRequest("hostname longer than 253 bytes")
+	}
+	if _, _, err := net.SplitHostPort(req.Addr); err != nil || len(req.Addr) > 300 {
+		return errdefs.BadRequest("invalid advertised address %q", truncate(req.Addr))
+	}
+	u, err := url.Parse(req.PeerURL)
+	if err != nil || u.Scheme != "https" || u.Port() == "" || u.Path != "" || len(req.PeerURL) > 300 {
+		return errdefs.BadRequest("invalid peer URL %q", truncate(req.PeerURL))
+	}
+	switch swarm.NodeAvailability(req.Availability) {
+	case swarm.NodeAvailabilityActive, swarm.NodeAvailabilityPause, swarm.NodeAvailabilityDrain:
+	default:
+		return errdefs.BadRequest("invalid availability %q: must be active, pause or drain", truncate(req.Availability))
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+// ---- the joining side ----
+
+// Join is `docker swarm join` with a manager token: see DESIGN.md "Join
+// protocol". Under d.mu, on an inactive node.
+func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
+	ctx = context.WithoutCancel(ctx)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state != swarm.LocalNodeStateInactive {
+		return errdefs.Unavailable("%s", msgJoined)
+	}
+	if d.member != nil {
+		return errdefs.Unavailable("this node already holds a manager's membership (member.json); restart hushd to resume it")
+	}
+	if len(req.RemoteAddrs) == 0 {
+		return errdefs.BadRequest("at least 1 RemoteAddr is required to join")
+	}
+	if req.DataPathAddr != "" {
+		return errdefs.BadRequest("DataPathAddr is not supported by hush: it runs no overlay data path")
+	}
+	tok, err := pki.ParseToken(req.JoinToken)
+	if err != nil {
+		return err
+	}
+	adv := req.AdvertiseAddr
+	if adv == "" {
+		adv = d.cfg.AdvertiseAddr
+	}
+	plan, err := listenPlanFor(d.cfg.ListenAddr, req.ListenAddr, adv)
+	if err != nil {
+		return err
+	}
+	if !plan.enabled() {
+		return errdefs.BadRequest("a manager needs a listen address to join: start hushd with --listen-addr or run docker swarm join --listen-addr")
+	}
+	avail := string(req.Availability)
+	if avail == "" {
+		avail = string(swarm.NodeAvailabilityActive)
+	}
+	remote := req.RemoteAddrs[0]
+	if _, _, err := net.SplitHostPort(remote); err != nil {
+		remote = net.JoinHostPort(remote, "2377")
+	}
+	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	// The CA first, unverified, and trusted only once it matches the
+	// token's digest: nothing else is sent before.
+	bundle, err := fetchCA(jctx, remote)
+	if err != nil {
+		return err
+	}
+	roots, err := pki.VerifyCA(tok, bundle, time.Now())
+	if err != nil {
+		return err
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	peerURL, _ := plan.peerURLs()
+	host, _ := os.Hostname()
+	resp, err := callJoin(jctx, remote, roots, &joinRequest{Token: req.JoinToken, CSR: csr, NodeID: d.nodeID, Hostname: host,
+		Addr: plan.Advertise, PeerURL: peerURL, Availability: avail})
+	if err != nil {
+		return err
+	}
+	mk, err := unwrapMasterKey(key, d.nodeID, resp)
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			mk.Destroy()
+		}
+	}()
+	if err := d.plainKey.Store(mk); err != nil {
+		return fmt.Errorf("master key: %w", err)
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		return err
+	}
+	d.keys.Set(kr)
+	ms := &memberState{Listen: plan, ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM),
+		Join: true, InitialCluster: resp.InitialCluster}
+	if err := d.enterMemberLocked(ctx, ms, key, true); err != nil {
+		return err
+	}
+	// As in Swarm, the join answers once the node is a full manager: the
+	// manager promotes it when it has caught up, and the next node may
+	// join only then (etcd admits one learner at a time).
+	if err := d.awaitVoter(ctx); err != nil {
+		return err
+	}
+	if err := d.activateLocked(mk); err != nil {
+		return err
+	}
+	ok = true
+	// activateLocked made the keyring the node runs with.
+	kr.Destroy()
+	d.log.Info("joined the swarm as a manager", "cluster", resp.ClusterID, "member", resp.MemberID)
+	return d.startJoinServiceLocked()
+}
+
+// awaitQuorum waits (bounded) until the member has caught up with a
+// quorum of the cluster.
+func (d *Daemon) awaitQuorum(ctx context.Context) error {
+	select {
+	case <-d.store.Ready():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(quorumWait):
+		return errdefs.Unavailable("The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.")
+	}
+}
+
+// awaitVoter polls (bounded by quorumWait) until this member votes.
+func (d *Daemon) awaitVoter(ctx context.Context) error {
+	deadline := time.Now().Add(quorumWait)
+	for {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		voter, err := d.store.Members().IsVoter(lctx)
+		cancel()
+		if voter {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = errdefs.Unavailable("this node was not promoted to a voting manager within %s", quorumWait)
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// quorumWait bounds how long a manager waits for its cluster's quorum at
+// join and at start.
+const quorumWait = 90 * time.Second
+
+// fetchCA reads the manager's CA bundle without verifying its TLS
+// certificate (the node has no root to verify it with yet); VerifyCA
+// decides whether the bundle is trusted.
+func fetchCA(ctx context.Context, remote string) ([]byte, error) {
+	cli := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, //nolint:gosec // pinned by the token's digest (VerifyCA)
+	}}}
+	defer cli.CloseIdleConnections()
+	r, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+remote+joinCAPath, nil)
+	if err != nil {
+		return nil, errdefs.BadRequest("invalid remote address %q", remote)
+	}
+	b, err := joinCall(cli, r, remote, maxCABundle+1)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxCABundle {
+		return nil, errdefs.Unavailable("the CA bundle from %s exceeds %d bytes", remote, maxCABundle)
+	}
+	return b, nil
+}
+
+// callJoin sends the join request over TLS verified under the pinned
+// roots, to a server that must show a manager's certificate.
+func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req *joinRequest) (*joinResponse, error) {
+	cli := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		MinVersion: tls.VersionTLS13, RootCAs: pki.TrustPool(roots...), ServerName: string(pki.RoleManager),
+	}}}
+	defer cli.CloseIdleConnections()
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+remote+joinPath, bytes.NewReader(body))
+	if err != nil {
+		return nil, errdefs.BadRequest("invalid remote address %q", remote)
+	}
+	r.Header.Set("Content-Type", "application/json")
+	b, err := joinCall(cli, r, remote, 4*maxCABundle)
+	if err != nil {
+		return nil, err
+	}
+	var out joinResponse
+	if err := json.Unmarshal(b, &out); err != nil || !identity.Valid(out.ClusterID) || len(out.InitialCluster) == 0 ||
+		!slices.ContainsFunc(out.InitialCluster, func(p store.Peer) bool { return p.PeerURL == req.PeerURL }) {
+		return nil, errdefs.Unavailable("the manager at %s sent a malformed join answer", remote)
+	}
+	return &out, nil
+}
+
+// joinCall sends r to the manager and reads at most limit bytes of its
+// answer; a refusal comes back as the manager's error.
+func joinCall(cli *http.Client, r *http.Request, remote string, limit int64) ([]byte, error) {
+	resp, err := cli.Do(r)
+	if err != nil {
+		return nil, errdefs.Unavailable("could not reach the manager at %s: %v", remote, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, errdefs.Unavailable("reading the answer of the manager at %s: %v", remote, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var je joinError
+		if json.Unmarshal(b, &je) == nil && je.Message != "" {
+			return nil, je.err()
+		}
+		return nil, errdefs.Unavailable("the manager at %s answered %s", remote, resp.Status)
+	}
+	return b, nil
+}

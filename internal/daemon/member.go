@@ -1,0 +1,307 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// cliDefaultListen is what `docker swarm init/join` sends when the user
+// gave no --listen-addr: hushd's own --listen-addr then applies.
+const cliDefaultListen = "0.0.0.0:2377"
+
+// listenPlan is where a manager listens: the join/CA service on Listen,
+// etcd's peer traffic on the next port; Advertise is the address other
+// nodes dial (the advertised host, the same ports).
+type listenPlan struct {
+	Listen    string // host:port of the join/CA service
+	Advertise string // host:port others reach it at
+}
+
+func (p listenPlan) enabled() bool { return p.Listen != "" }
+
+// peerURLs are the member's advertised and listened peer URLs: the port
+// after the join/CA service's.
+func (p listenPlan) peerURLs() (adv, listen string) {
+	return "https://" + nextPort(p.Advertise), "https://" + nextPort(p.Listen)
+}
+
+func nextPort(hostPort string) string {
+	h, port, _ := net.SplitHostPort(hostPort)
+	n, _ := strconv.Atoi(port)
+	return net.JoinHostPort(h, strconv.Itoa(n+1))
+}
+
+// listenPlanFor resolves the listen address (the request's, unless it is
+// the CLI's default, else hushd's --listen-addr) and the advertised one
+// (the request's, else hushd's --advertise-addr, with the listen port).
+func listenPlanFor(flagListen, reqListen, advertise string) (listenPlan, error) {
+	listen := flagListen
+	if reqListen != "" && reqListen != cliDefaultListen {
+		listen = reqListen
+	}
+	if listen == "" {
+		return listenPlan{}, nil
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: want host:port", listen)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65534 {
+		// The peer port is the next one: it must exist too.
+		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: the port must be 1-65534", listen)
+	}
+	if host == "" || net.ParseIP(host) == nil {
+		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: hush needs an IP address", listen)
+	}
+	advHost := advertise
+	if h, _, err := net.SplitHostPort(advertise); err == nil {
+		advHost = h
+	}
+	if net.ParseIP(advHost) == nil || net.ParseIP(advHost).IsUnspecified() {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			advHost = host
+		} else {
+			return listenPlan{}, errdefs.BadRequest("advertise address %q must be an IP address", advertise)
+		}
+	}
+	return listenPlan{Listen: net.JoinHostPort(host, port), Advertise: net.JoinHostPort(advHost, port)}, nil
+}
+
+// useListen makes plan this node's listen and advertised addresses (the
+// API's node address included).
+func (d *Daemon) useListen(plan listenPlan) {
+	d.listen = plan
+	if h, _, err := net.SplitHostPort(plan.Advertise); err == nil {
+		d.acfg.Node.Addr = h
+	}
+}
+
+// memberState is this node's membership of the managers' cluster, kept in
+// <data-dir>/member.json (0600): what a restart needs to start the etcd
+// member and the join/CA service again. The node key is sealed by the
+// keyring (pki.SaveNodeKey); nothing in the file is secret in clear.
+type memberState struct {
+	Listen    listenPlan `json:"listen"`
+	ClusterID string     `json:"clusterID"`
+	CertPEM   string     `json:"certPEM"`
+	CAPEM     string     `json:"caPEM"`
+	Key       keyring.Sealed
+	// Join and InitialCluster are how a joining member first starts;
+	// etcd ignores them once its data directory holds the member.
+	Join           bool         `json:"join,omitempty"`
+	InitialCluster []store.Peer `json:"initialCluster,omitempty"`
+}
+
+func (d *Daemon) memberPath() string { return filepath.Join(d.cfg.DataDir, "member.json") }
+
+func (d *Daemon) saveMember(ms *memberState) error {
+	b, err := json.Marshal(ms)
+	if err != nil {
+		return err
+	}
+	if err := writeFileSync(d.memberPath(), b, 0o600); err != nil {
+		return fmt.Errorf("member state: %w", err)
+	}
+	return nil
+}
+
+// loadMember reads member.json and opens the node key with the master
+// key file, for a restart of a cluster manager. A node without the file
+// is a lone node (nil).
+func (d *Daemon) loadMember() (*store.MemberConfig, error) {
+	b, err := os.ReadFile(d.memberPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("member state: %w", err)
+	}
+	var ms memberState
+	if err := json.Unmarshal(b, &ms); err != nil {
+		return nil, fmt.Errorf("member state %s is corrupt", d.memberPath())
+	}
+	if !d.plainKey.Exists() {
+		// Autolock is refused on a cluster of managers (setAutolock), so
+		// this is a key file lost.
+		return nil, fmt.Errorf("this node is a manager of a cluster but its master key is missing from %s", d.plainKey.Path)
+	}
+	mk, err := d.plainKey.Load()
+	if err != nil {
+		return nil, fmt.Errorf("master key: %w", err)
+	}
+	kr, err := keyring.New(mk)
+	mk.Destroy()
+	if err != nil {
+		return nil, fmt.Errorf("keyring: %w", err)
+	}
+	defer kr.Destroy()
+	key, err := pki.LoadNodeKey(context.Background(), func(context.Context) ([]byte, error) {
+		return kr.Open(ms.Key, pki.NodeKeyAAD(d.nodeID))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	if d.cfg.ListenAddr != "" && d.cfg.ListenAddr != ms.Listen.Listen {
+		return nil, fmt.Errorf("--listen-addr %s differs from %s, where this manager joined its cluster: hush cannot move a manager yet", d.cfg.ListenAddr, ms.Listen.Listen)
+	}
+	d.useListen(ms.Listen)
+	d.member, d.nodeKey = &ms, key
+	return d.memberConfig(&ms, key)
+}
+
+// memberConfig is the store's member configuration for ms; the key PEM is
+// wiped by openStore.
+func (d *Daemon) memberConfig(ms *memberState, key *ecdsa.PrivateKey) (*store.MemberConfig, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	keyring.Wipe(der)
+	adv, lis := ms.Listen.peerURLs()
+	return &store.MemberConfig{
+		PeerURL: adv, ListenPeerURL: lis,
+		TLS:            store.MemberTLS{CertPEM: []byte(ms.CertPEM), KeyPEM: keyPEM, CAPEM: []byte(ms.CAPEM)},
+		Join:           ms.Join,
+		InitialCluster: ms.InitialCluster,
+		ClusterToken:   ms.ClusterID,
+	}, nil
+}
+
+// issuer is the cluster's CA as the join service uses it.
+func (d *Daemon) issuer(c *cluster.Cluster) (*pki.CA, error) {
+	roots, err := pki.ParseRootBundle([]byte(c.CACert), time.Now())
+	if err != nil {
+		return nil, err
+	}
+	signer, err := c.CASigner(&d.keys)
+	if err != nil {
+		return nil, err
+	}
+	return pki.NewCA(roots[0], signer, nil)
+}
+
+// sealNodeKey is pki's SealKeyFunc: the key sealed by the keyring under
+// the master key, bound to this node.
+func (d *Daemon) sealNodeKey(out *keyring.Sealed) pki.SealKeyFunc {
+	return func(_ context.Context, der []byte) error {
+		s, err := d.keys.Seal(der, pki.NodeKeyAAD(d.nodeID))
+		if err != nil {
+			return err
+		}
+		*out = s
+		return nil
+	}
+}
+
+// becomeManagerLocked makes the active lone node the first manager of a
+// cluster that others can join: it certifies itself, records the
+// membership, reopens its store as a member listening on the peer port,
+// records the member's real peer URL and starts the join/CA service.
+func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error {
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	if c.Spec.EncryptionConfig.AutoLockManagers {
+		return errdefs.BadRequest("%s", msgNoClusterAutolock)
+	}
+	ca, err := d.issuer(&c)
+	if err != nil {
+		return err
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: d.nodeID, ClusterID: c.ID, Role: pki.RoleManager,
+		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	if err != nil {
+		return err
+	}
+	ms := &memberState{Listen: plan, ClusterID: c.ID, CertPEM: string(iss.PEM), CAPEM: c.CACert}
+	// The restarted member elects itself before it can write.
+	if err := d.enterMemberLocked(ctx, ms, key, false); err != nil {
+		return err
+	}
+	adv, _ := plan.peerURLs()
+	if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
+		return err
+	}
+	return nil
+}
+
+// enterMemberLocked keeps ms with the node key sealed in member.json,
+// reopens the store as that member (wipe: from empty data, for a join) and
+// waits until it has a quorum. The keyring must hold the master key.
+func (d *Daemon) enterMemberLocked(ctx context.Context, ms *memberState, key *ecdsa.PrivateKey, wipe bool) error {
+	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
+		return err
+	}
+	if err := d.saveMember(ms); err != nil {
+		return err
+	}
+	mc, err := d.memberConfig(ms, key)
+	if err != nil {
+		return err
+	}
+	d.useListen(ms.Listen)
+	d.member, d.nodeKey = ms, key
+	if err := d.reopenStore(ctx, mc, wipe); err != nil {
+		return err
+	}
+	return d.awaitQuorum(ctx)
+}
+
+// newKeyAndCSR makes a node key and the CSR that certifies it.
+func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := pki.NewNodeKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
+}
+
+// listenOnExisting honours --listen-addr on a node whose cluster exists but
+// which has not listened yet (a lone node restarted with the flag, or a
+// first manager that crashed before it recorded its membership): it
+// becomes the first manager others can join, as init would have made it.
+func (d *Daemon) listenOnExisting(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.listen.enabled() || d.member != nil {
+		return nil
+	}
+	switch d.state {
+	case swarm.LocalNodeStateInactive:
+		return nil // init or join will use it
+	case swarm.LocalNodeStateLocked:
+		return fmt.Errorf("--listen-addr: %s", msgNoClusterAutolock)
+	}
+	if err := d.becomeManagerLocked(ctx, d.listen); err != nil {
+		return fmt.Errorf("becoming a manager on %s: %w", d.listen.Listen, err)
+	}
+	return d.activateLocked(d.mk)
+}

@@ -1,0 +1,69 @@
+package daemon
+
+import (
+	"context"
+	"net"
+
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// clusterNodes answers `docker node ls` on a manager of a cluster: every
+// recorded node, with MANAGER STATUS from the etcd membership as this
+// member sees it (Leader, Reachable, Unreachable).
+type clusterNodes struct{ d *Daemon }
+
+func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swarm.Node, bool, error) {
+	st := c.d.store
+	members := st.Members()
+	if members == nil {
+		return nil, nil, false, nil
+	}
+	list, err := members.List(ctx)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	recs, err := nodes.List(ctx, st)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	status := func(name string) (*swarm.ManagerStatus, bool) {
+		for _, m := range list {
+			if m.Name != name {
+				continue
+			}
+			r := swarm.ReachabilityUnreachable
+			if m.Reachable {
+				r = swarm.ReachabilityReachable
+			}
+			return &swarm.ManagerStatus{Leader: m.Leader, Reachability: r}, m.Reachable
+		}
+		// Recorded but not (yet) started as a member.
+		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnknown}, false
+	}
+	self, _ := status(c.d.nodeID)
+	self.Addr = c.d.listen.Advertise
+	var others []swarm.Node
+	for _, n := range recs {
+		if n.ID == c.d.nodeID {
+			continue
+		}
+		ms, up := status(n.ID)
+		state := swarm.NodeStateDown
+		if up {
+			state = swarm.NodeStateReady
+		}
+		ms.Addr = n.Addr
+		host, _, err := net.SplitHostPort(n.Addr)
+		if err != nil {
+			host = n.Addr
+		}
+		sn := swarm.Node{ID: n.ID, Spec: n.Spec, ManagerStatus: ms,
+			Status: swarm.NodeStatus{State: state, Addr: host}}
+		sn.Version.Index = n.Version
+		sn.CreatedAt, sn.UpdatedAt = n.CreatedAt, n.UpdatedAt
+		sn.Description.Hostname = n.Hostname
+		others = append(others, sn)
+	}
+	return self, others, true, nil
+}
