@@ -74,7 +74,23 @@ func (s *Server) swarmHeader() string {
 	if st := s.state(); st != swarm.LocalNodeStateActive {
 		return string(st)
 	}
+	if _, ok := s.workerInfo(); ok {
+		return "active/worker"
+	}
 	return "active/manager"
+}
+
+// WorkerInfo is implemented by a SwarmController whose node may be a
+// worker: its /info Swarm section then comes from it (no cluster store).
+type WorkerInfo interface {
+	WorkerInfo() (swarm.Info, bool)
+}
+
+func (s *Server) workerInfo() (swarm.Info, bool) {
+	if w, ok := s.Swarm.(WorkerInfo); ok {
+		return w.WorkerInfo()
+	}
+	return swarm.Info{}, false
 }
 
 // swarmInfo is the Swarm section of /info for this node.
@@ -84,6 +100,9 @@ func (s *Server) swarmInfo(r *http.Request) swarm.Info {
 		return swarm.Info{LocalNodeState: st}
 	case swarm.LocalNodeStateLocked:
 		return swarm.Info{LocalNodeState: st, NodeID: s.Node.ID, NodeAddr: s.Node.Addr}
+	}
+	if si, ok := s.workerInfo(); ok {
+		return si
 	}
 	si := swarm.Info{
 		NodeID:           s.Node.ID,

@@ -116,6 +116,9 @@ type Daemon struct {
 	member  *memberState
 	nodeKey *ecdsa.PrivateKey
 	joinSvc *joinService
+	// worker is set on a node that joined as a worker (worker.go): it
+	// serves no swarm API and its store stays empty.
+	worker *workerState
 
 	mirror *store.Mirror
 	// events derives hush's `docker events` from the store; it runs with
@@ -203,6 +206,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := d.loadWorker(); err != nil {
+		return nil, err
+	}
 	d.acfg = api.Config{
 		Cluster:    clusterSource{d},
 		Swarm:      d,
@@ -232,11 +238,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	if err := d.resume(ctx); err != nil {
-		return nil, err
-	}
-	if err := d.listenOnExisting(ctx); err != nil {
-		return nil, err
+	if d.worker == nil {
+		if err := d.resume(ctx); err != nil {
+			return nil, err
+		}
+		if err := d.listenOnExisting(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if d.member != nil && d.State() == swarm.LocalNodeStateActive {
 		// A first manager that crashed between reopening its store and

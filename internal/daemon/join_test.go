@@ -145,7 +145,7 @@ func TestCheckJoinRequest(t *testing.T) {
 func TestJoinErrorRoundTrip(t *testing.T) {
 	for _, err := range []error{
 		errdefs.InvalidArgument(msgBadJoinToken),
-		errdefs.BadRequest(msgNoWorkers),
+		errdefs.BadRequest(msgManagerNeedsListen),
 		errdefs.Unavailable("another manager is joining the swarm; retry when it has caught up"),
 		errdefs.FailedPrecondition("x"),
 	} {
@@ -187,7 +187,7 @@ func freeLoopbackPort(t *testing.T) int {
 
 // A hushd started with a listen address on an existing lone cluster
 // becomes its first manager (the flag is honoured, not ignored), serves the
-// CA that its join token pins, refuses a wrong token and a worker token
+// CA that its join token pins, refuses a wrong token, and a manager token without a peer URL,
 // with Swarm's texts, and after a restart is the same member.
 func TestFirstManagerJoinService(t *testing.T) {
 	dir := t.TempDir()
@@ -225,12 +225,12 @@ func TestFirstManagerJoinService(t *testing.T) {
 	}
 	req := joinRequest{CSR: csr, NodeID: "kurbt9bshlwqqcqxvy2sfg9m2", Hostname: "h", Addr: "127.0.0.1:1",
 		PeerURL: "https://127.0.0.1:2", Availability: "active"}
-	for _, tc := range []struct{ token, want string }{
-		{c.JoinTokens.Manager[:len(c.JoinTokens.Manager)-1] + "x", msgBadJoinToken},
-		{c.JoinTokens.Worker, msgNoWorkers},
+	for _, tc := range []struct{ token, peerURL, want string }{
+		{c.JoinTokens.Manager[:len(c.JoinTokens.Manager)-1] + "x", req.PeerURL, msgBadJoinToken},
+		{c.JoinTokens.Manager, "", msgManagerNeedsListen},
 	} {
 		r := req
-		r.Token = tc.token
+		r.Token, r.PeerURL = tc.token, tc.peerURL
 		_, err := callJoin(ctx, listen, roots, &r)
 		if !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != tc.want {
 			t.Errorf("join: %v, want %q", err, tc.want)

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
@@ -103,7 +104,7 @@ func (d *Daemon) serveJoin(w http.ResponseWriter, r *http.Request) {
 		writeJoinError(w, err)
 		return
 	}
-	d.log.Info("node joined as a manager", "node", req.NodeID, "peerURL", req.PeerURL)
+	d.log.Info("node joined", "node", req.NodeID, "role", cmp.Or(resp.Role, "manager"), "peerURL", req.PeerURL)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(resp)
 }
@@ -117,9 +118,9 @@ func writeJoinError(w http.ResponseWriter, err error) {
 
 // Swarm's texts for a join the manager refuses.
 const (
-	msgBadJoinToken = "A valid join token is necessary to join this cluster"
-	msgNoWorkers    = "joining as a worker is not supported by hush yet: only managers can join (use the manager join token)"
-	msgNoAutolock   = "joining a swarm with autolock on is not supported by hush yet: turn autolock off (docker swarm update --autolock=false) while managers join"
+	msgBadJoinToken       = "A valid join token is necessary to join this cluster"
+	msgManagerNeedsListen = "a manager needs a listen address to join: start hushd with --listen-addr or run docker swarm join --listen-addr"
+	msgNoAutolock         = "joining a swarm with autolock on is not supported by hush yet: turn autolock off (docker swarm update --autolock=false) while managers join"
 )
 
 // admit checks a joining node's token (in constant time), certifies its
@@ -143,13 +144,16 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 		return nil, errdefs.InvalidArgument(msgBadJoinToken)
 	}
 	if role != "manager" {
-		return nil, errdefs.BadRequest(msgNoWorkers)
+		return d.admitWorker(ctx, req, &c)
 	}
 	if c.Spec.EncryptionConfig.AutoLockManagers {
 		return nil, errdefs.BadRequest(msgNoAutolock)
 	}
 	if err := checkJoinRequest(req); err != nil {
 		return nil, err
+	}
+	if req.PeerURL == "" {
+		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
 	}
 	if req.NodeID == d.nodeID {
 		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
@@ -228,8 +232,8 @@ func checkJoinRequest(req *joinRequest) error {
 	if _, _, err := net.SplitHostPort(req.Addr); err != nil || len(req.Addr) > 300 {
 		return errdefs.BadRequest("invalid advertised address %q", truncate(req.Addr))
 	}
-	u, err := url.Parse(req.PeerURL)
-	if err != nil || u.Scheme != "https" || u.Port() == "" || u.Path != "" || len(req.PeerURL) > 300 {
+	// A worker has no peer URL (admit requires one of a manager).
+	if u, err := url.Parse(req.PeerURL); req.PeerURL != "" && (err != nil || u.Scheme != "https" || u.Port() == "" || u.Path != "" || len(req.PeerURL) > 300) {
 		return errdefs.BadRequest("invalid peer URL %q", truncate(req.PeerURL))
 	}
 	switch swarm.NodeAvailability(req.Availability) {
@@ -279,9 +283,6 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
-	if !plan.enabled() {
-		return errdefs.BadRequest("a manager needs a listen address to join: start hushd with --listen-addr or run docker swarm join --listen-addr")
-	}
 	avail := string(req.Availability)
 	if avail == "" {
 		avail = string(swarm.NodeAvailabilityActive)
@@ -306,12 +307,21 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
-	peerURL, _ := plan.peerURLs()
+	// Without a listen address the node can only be a worker: it sends no
+	// peer URL, and the manager refuses it a manager token by name.
+	peerURL, addr := "", workerAddr(adv)
+	if plan.enabled() {
+		peerURL, _ = plan.peerURLs()
+		addr = plan.Advertise
+	}
 	host, _ := os.Hostname()
 	resp, err := callJoin(jctx, remote, roots, &joinRequest{Token: req.JoinToken, CSR: csr, NodeID: d.nodeID, Hostname: host,
-		Addr: plan.Advertise, PeerURL: peerURL, Availability: avail})
+		Addr: addr, PeerURL: peerURL, Availability: avail})
 	if err != nil {
 		return err
+	}
+	if resp.Role == roleWorker {
+		return d.enterWorkerLocked(key, resp, remote)
 	}
 	mk, err := unwrapMasterKey(key, d.nodeID, resp)
 	if err != nil {
@@ -436,8 +446,8 @@ func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req
 		return nil, err
 	}
 	var out joinResponse
-	if err := json.Unmarshal(b, &out); err != nil || !identity.Valid(out.ClusterID) || len(out.InitialCluster) == 0 ||
-		!slices.ContainsFunc(out.InitialCluster, func(p store.Peer) bool { return p.PeerURL == req.PeerURL }) {
+	if err := json.Unmarshal(b, &out); err != nil || !identity.Valid(out.ClusterID) || out.Role != roleWorker && (len(out.InitialCluster) == 0 ||
+		!slices.ContainsFunc(out.InitialCluster, func(p store.Peer) bool { return p.PeerURL == req.PeerURL })) {
 		return nil, errdefs.Unavailable("the manager at %s sent a malformed join answer", remote)
 	}
 	return &out, nil

@@ -46,6 +46,10 @@ type joinRequest struct {
 // the node's key (see wrapMasterKey): the key never crosses in clear, even
 // inside the TLS channel.
 type joinResponse struct {
+	// Role is "worker" for a node admitted with the worker token (no key,
+	// no membership: see admitWorker); empty for a manager.
+	Role           string       `json:"role,omitempty"`
+	Managers       []string     `json:"managers,omitempty"`
 	ClusterID      string       `json:"clusterID"`
 	CertPEM        []byte       `json:"certPEM"`
 	CAPEM          []byte       `json:"caPEM"`

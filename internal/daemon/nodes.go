@@ -49,11 +49,17 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			continue
 		}
 		ms, up := status(n.ID)
+		if n.Spec.Role == swarm.NodeRoleWorker {
+			// No manager status; Ready once its heartbeats are wired.
+			ms, up = nil, c.d.workerUp(n.ID)
+		}
 		state := swarm.NodeStateDown
 		if up {
 			state = swarm.NodeStateReady
 		}
-		ms.Addr = n.Addr
+		if ms != nil {
+			ms.Addr = n.Addr
+		}
 		host, _, err := net.SplitHostPort(n.Addr)
 		if err != nil {
 			host = n.Addr

@@ -50,13 +50,9 @@ func (d *Daemon) State() swarm.LocalNodeState {
 
 // CheckServing reports why swarm calls cannot be served now, if they can't.
 func (d *Daemon) CheckServing() error {
-	switch d.State() {
-	case swarm.LocalNodeStateLocked:
-		return errdefs.Unavailable("%s", msgLocked)
-	case swarm.LocalNodeStateInactive:
-		return errdefs.Unavailable("%s", msgInactive)
-	}
-	return nil
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.CheckServingLocked()
 }
 
 // resume decides the start-up state from the store and the key files, and
@@ -484,6 +480,10 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 
 // CheckServingLocked is CheckServing for callers holding d.mu.
 func (d *Daemon) CheckServingLocked() error {
+	if d.worker != nil {
+		// A worker has no store to serve from: Swarm's text for a worker.
+		return errdefs.Unavailable("%s", msgInactive)
+	}
 	switch d.state {
 	case swarm.LocalNodeStateLocked:
 		return errdefs.Unavailable("%s", msgLocked)
@@ -584,6 +584,9 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	defer d.mu.Unlock()
 	if d.state == swarm.LocalNodeStateInactive {
 		return errdefs.Unavailable("This node is not part of a swarm")
+	}
+	if d.worker != nil {
+		return d.leaveWorkerLocked()
 	}
 	if d.member != nil {
 		// Leaving must first take the member out of the raft (demote),

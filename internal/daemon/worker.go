@@ -1,0 +1,228 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// roleWorker is the join answer's role for a node admitted with the
+// worker token: it gets a certificate and nothing of the managers' store.
+const roleWorker = "worker"
+
+// workerState is this node's membership of a cluster as a worker, kept in
+// <data-dir>/worker.json (0600). Nothing in it is secret: the node key is
+// in keys/node.key (see saveWorkerKey).
+type workerState struct {
+	ClusterID string `json:"clusterID"`
+	CertPEM   string `json:"certPEM"`
+	CAPEM     string `json:"caPEM"`
+	// Managers are the managers' join/CA addresses (host:port) as the
+	// admitting manager listed them.
+	Managers []string `json:"managers"`
+}
+
+func (d *Daemon) workerPath() string { return filepath.Join(d.cfg.DataDir, "worker.json") }
+func (d *Daemon) nodeKeyPath() string {
+	return filepath.Join(filepath.Dir(d.plainKey.Path), "node.key")
+}
+
+// admitWorker certifies a worker's key and records the node. A worker gets
+// no master key and no etcd membership: it never holds the store.
+func (d *Daemon) admitWorker(ctx context.Context, req *joinRequest, c *cluster.Cluster) (*joinResponse, error) {
+	if err := checkJoinRequest(req); err != nil {
+		return nil, err
+	}
+	if req.NodeID == d.nodeID {
+		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
+	}
+	ca, err := d.issuer(c)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: req.NodeID, ClusterID: c.ID, Role: pki.RoleWorker,
+		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	if err != nil {
+		return nil, err
+	}
+	n, err := nodes.Record(ctx, d.store, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
+		Role: swarm.NodeRoleWorker, Availability: swarm.NodeAvailability(req.Availability),
+	}})
+	if err != nil {
+		return nil, err
+	}
+	if n.Spec.Role != swarm.NodeRoleWorker {
+		// A retry finds the record; a manager's ID never becomes a worker's
+		// by a join (demotion is its own call).
+		return nil, errdefs.FailedPrecondition("node %s is already a manager of this cluster", req.NodeID)
+	}
+	mgrs, err := d.managerAddrs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &joinResponse{Role: roleWorker, ClusterID: c.ID, CertPEM: iss.PEM, CAPEM: []byte(c.CACert), Managers: mgrs}, nil
+}
+
+// managerAddrs are the join/CA addresses of every recorded manager, this
+// one first.
+func (d *Daemon) managerAddrs(ctx context.Context) ([]string, error) {
+	recs, err := nodes.List(ctx, d.store)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{d.listen.Advertise}
+	for _, n := range recs {
+		if n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager && n.Addr != "" {
+			out = append(out, n.Addr)
+		}
+	}
+	return out, nil
+}
+
+// enterWorkerLocked keeps what the join answer gave a worker and puts the
+// node in worker mode. The caller holds d.mu; the node was inactive.
+func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, remote string) error {
+	if _, err := pki.TLSCertificate(resp.CertPEM, key); err != nil {
+		return errdefs.Unavailable("the manager at %s sent a certificate that does not match this node's key", remote)
+	}
+	mgrs := resp.Managers
+	if len(mgrs) == 0 {
+		mgrs = []string{remote}
+	}
+	ws := &workerState{ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM), Managers: mgrs}
+	if err := d.saveWorkerKey(key); err != nil {
+		return err
+	}
+	b, err := json.Marshal(ws)
+	if err != nil {
+		return err
+	}
+	// Written last: a crash before it leaves an inactive node (and a stray
+	// key file the next join replaces).
+	if err := writeFileSync(d.workerPath(), b, 0o600); err != nil {
+		return fmt.Errorf("worker state: %w", err)
+	}
+	d.worker, d.nodeKey = ws, key
+	d.state = swarm.LocalNodeStateActive
+	d.log.Info("joined the swarm as a worker", "cluster", resp.ClusterID, "managers", mgrs)
+	return nil
+}
+
+// saveWorkerKey writes the node key to keys/node.key, mode 0600. A worker
+// has no master key to seal it with (it never receives one): the key is
+// protected as a manager's master.key is, by the file's mode, which is
+// what Swarm does with a worker's swarm-node.key. The PEM is wiped after
+// the write and never logged.
+func (d *Daemon) saveWorkerKey(key *ecdsa.PrivateKey) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("node key: %w", err)
+	}
+	p := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	keyring.Wipe(der)
+	defer keyring.Wipe(p)
+	if err := os.MkdirAll(filepath.Dir(d.nodeKeyPath()), 0o700); err != nil {
+		return fmt.Errorf("node key: %w", err)
+	}
+	if err := writeFileSync(d.nodeKeyPath(), p, 0o600); err != nil {
+		return fmt.Errorf("node key: %w", err)
+	}
+	return nil
+}
+
+// loadWorker reads worker.json and the node key at start: a node that
+// joined as a worker resumes worker mode. No file: not a worker.
+func (d *Daemon) loadWorker() error {
+	b, err := os.ReadFile(d.workerPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("worker state: %w", err)
+	}
+	var ws workerState
+	if err := json.Unmarshal(b, &ws); err != nil || ws.CertPEM == "" {
+		return fmt.Errorf("worker state %s is corrupt", d.workerPath())
+	}
+	p, err := os.ReadFile(d.nodeKeyPath())
+	if err != nil {
+		return fmt.Errorf("this node is a worker but its node key is unreadable: %w", err)
+	}
+	defer keyring.Wipe(p)
+	blk, _ := pem.Decode(p)
+	if blk == nil {
+		return fmt.Errorf("node key %s is corrupt", d.nodeKeyPath())
+	}
+	defer keyring.Wipe(blk.Bytes)
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	key, ok := k.(*ecdsa.PrivateKey)
+	if err != nil || !ok {
+		return fmt.Errorf("node key %s is corrupt", d.nodeKeyPath())
+	}
+	if _, err := pki.TLSCertificate([]byte(ws.CertPEM), key); err != nil {
+		return fmt.Errorf("worker certificate: %w", err)
+	}
+	d.worker, d.nodeKey = &ws, key
+	d.state = swarm.LocalNodeStateActive
+	return nil
+}
+
+// leaveWorkerLocked is `docker swarm leave` on a worker: it forgets its
+// certificate and key (the managers keep its record, Down, as Swarm's
+// do until `node rm`).
+func (d *Daemon) leaveWorkerLocked() error {
+	if err := os.Remove(d.workerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("worker state: %w", err)
+	}
+	if err := os.Remove(d.nodeKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("removing the node key", "err", err)
+	}
+	d.worker, d.nodeKey = nil, nil
+	d.state = swarm.LocalNodeStateInactive
+	d.log.Info("left the swarm (worker)")
+	return nil
+}
+
+// WorkerInfo is /info's Swarm section on a worker (ok false on any other
+// node): active, not a manager, with the managers it knows.
+func (d *Daemon) WorkerInfo() (swarm.Info, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.worker == nil {
+		return swarm.Info{}, false
+	}
+	si := swarm.Info{NodeID: d.nodeID, NodeAddr: d.acfg.Node.Addr, LocalNodeState: swarm.LocalNodeStateActive}
+	for _, m := range d.worker.Managers {
+		si.RemoteManagers = append(si.RemoteManagers, swarm.Peer{Addr: m})
+	}
+	return si, true
+}
+
+// workerAddr is the address a node without a listen address advertises:
+// hushd's --advertise-addr (a worker serves nothing on it yet).
+func workerAddr(advertise string) string {
+	if h, _, err := net.SplitHostPort(advertise); err == nil {
+		advertise = h
+	}
+	return net.JoinHostPort(advertise, "0")
+}
+
+// workerUp says whether a worker is live. Without the dispatcher's
+// heartbeats wired to the managers nothing tells, so a worker shows Down:
+// never claimed Ready on no evidence.
+func (d *Daemon) workerUp(string) bool { return false }
