@@ -14,6 +14,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -235,6 +236,18 @@ func TestFirstManagerJoinService(t *testing.T) {
 		if !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != tc.want {
 			t.Errorf("join: %v, want %q", err, tc.want)
 		}
+	}
+	// A joiner holding the manager token still may not take the identity
+	// of a node the cluster knows at another address: it would get a
+	// certificate in that node's name and a second etcd member under it.
+	other := req
+	other.Token, other.NodeID = c.JoinTokens.Manager, "x4u9cdtqgk1jzlw4o0wq7mdlc"
+	if _, err := nodes.Record(ctx, d.store, nodes.Node{ID: other.NodeID, Addr: "10.9.9.9:2377",
+		Spec: swarm.NodeSpec{Role: swarm.NodeRoleManager}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := callJoin(ctx, listen, roots, &other); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("a join claiming a known node's ID: %v, want already exists", err)
 	}
 	if n, _ := d.store.Members().List(ctx); len(n) != 1 {
 		t.Fatalf("a refused join changed the membership: %+v", n)

@@ -154,6 +154,17 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if req.NodeID == d.nodeID {
 		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
 	}
+	// A retried join comes from the address its first try recorded; a
+	// node ID the cluster knows elsewhere is another node's identity, and
+	// issuing it a certificate in that name would let the joiner pass for
+	// that node.
+	switch known, err := nodes.Get(ctx, d.store, req.NodeID); {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, err
+	case known.Addr != req.Addr:
+		return nil, errdefs.AlreadyExists("node ID %s already belongs to a node of this swarm", req.NodeID)
+	}
 	ca, err := d.issuer(&c)
 	if err != nil {
 		return nil, err
