@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/x509"
 	"errors"
 	"net"
 	"os"
@@ -259,5 +260,72 @@ func TestFirstManagerJoinService(t *testing.T) {
 	}
 	if _, err := fetchCA(ctx, listen); err != nil {
 		t.Fatalf("join service after a restart: %v", err)
+	}
+}
+
+// The joining node keeps only an answer made for it: its own key
+// certified as a manager under the pinned CA, in its node ID and the
+// answer's cluster, with the very bundle its token pinned.
+func TestCheckJoinAnswer(t *testing.T) {
+	now := time.Now()
+	issue := func(bundle, keyDER []byte, csr []byte, nodeID, clusterID string, role pki.Role) []byte {
+		t.Helper()
+		roots, err := pki.ParseRootBundle(bundle, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer, err := x509.ParseECPrivateKey(keyDER)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca, err := pki.NewCA(roots[0], signer, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: clusterID, Role: role, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return iss.PEM
+	}
+	bundle, caKey, err := pki.NewRootCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherBundle, otherKey, err := pki.NewRootCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.ParseRootBundle(bundle, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, otherCSR, err := newKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const node, clusterID = "kurbt9bshlwqqcqxvy2sfg9m2", "x4u9cdtqgk1jzlw4o0wq7mdlc"
+	good := joinResponse{ClusterID: clusterID, CAPEM: bundle, CertPEM: issue(bundle, caKey, csr, node, clusterID, pki.RoleManager)}
+	if err := checkJoinAnswer(&good, bundle, roots, key, node); err != nil {
+		t.Fatalf("a right answer is refused: %v", err)
+	}
+	for name, mutate := range map[string]func(r *joinResponse){
+		"another node's ID":    func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, csr, "qtjkgmxm5e054yae2sexwjkey", clusterID, pki.RoleManager) },
+		"another cluster":      func(r *joinResponse) { r.ClusterID = "qtjkgmxm5e054yae2sexwjkey" },
+		"a worker certificate": func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, csr, node, clusterID, pki.RoleWorker) },
+		"another key":          func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, otherCSR, node, clusterID, pki.RoleManager) },
+		"another CA":           func(r *joinResponse) { r.CertPEM = issue(otherBundle, otherKey, csr, node, clusterID, pki.RoleManager) },
+		"another CA bundle":    func(r *joinResponse) { r.CAPEM = otherBundle },
+		"no certificate":       func(r *joinResponse) { r.CertPEM = nil },
+	} {
+		r := good
+		mutate(&r)
+		if err := checkJoinAnswer(&r, bundle, roots, key, node); err == nil {
+			t.Errorf("an answer with %s is accepted", name)
+		}
 	}
 }

@@ -324,6 +324,9 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
+	if err := checkJoinAnswer(resp, bundle, roots, key, d.nodeID); err != nil {
+		return err
+	}
 	mk, err := unwrapMasterKey(key, d.nodeID, resp)
 	if err != nil {
 		return err
@@ -452,6 +455,41 @@ func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req
 		return nil, errdefs.Unavailable("the manager at %s sent a malformed join answer", remote)
 	}
 	return &out, nil
+}
+
+// checkJoinAnswer accepts only an answer made for this node: its own key
+// certified as a manager under the pinned roots, in its node ID and the
+// answer's cluster, with the very CA bundle the token pinned (member.json
+// keeps it as the roots etcd's peers are verified under).
+func checkJoinAnswer(resp *joinResponse, bundle []byte, roots []*x509.Certificate, key *ecdsa.PrivateKey, nodeID string) error {
+	bad := func(what string) error {
+		return errdefs.Unavailable("the manager's join answer holds %s: not joining", what)
+	}
+	if !bytes.Equal(resp.CAPEM, bundle) {
+		return bad("a CA bundle other than the one the join token pins")
+	}
+	cert, err := pki.TLSCertificate(resp.CertPEM, key)
+	if err != nil {
+		return bad("no certificate of this node's key")
+	}
+	inter := x509.NewCertPool()
+	for _, der := range cert.Certificate[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return bad("a malformed certificate chain")
+		}
+		inter.AddCert(c)
+	}
+	chains, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pki.TrustPool(roots...), Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		return bad("a certificate the pinned CA did not issue")
+	}
+	id, err := pki.PeerIdentity(tls.ConnectionState{VerifiedChains: chains}, resp.ClusterID)
+	if err != nil || id.NodeID != nodeID || id.Role != pki.RoleManager {
+		return bad("a certificate that is not this node's manager certificate")
+	}
+	return nil
 }
 
 // joinCall sends r to the manager and reads at most limit bytes of its
