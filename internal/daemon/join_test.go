@@ -314,7 +314,9 @@ func TestCheckJoinAnswer(t *testing.T) {
 		t.Fatalf("a right answer is refused: %v", err)
 	}
 	for name, mutate := range map[string]func(r *joinResponse){
-		"another node's ID":    func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, csr, "qtjkgmxm5e054yae2sexwjkey", clusterID, pki.RoleManager) },
+		"another node's ID": func(r *joinResponse) {
+			r.CertPEM = issue(bundle, caKey, csr, "qtjkgmxm5e054yae2sexwjkey", clusterID, pki.RoleManager)
+		},
 		"another cluster":      func(r *joinResponse) { r.ClusterID = "qtjkgmxm5e054yae2sexwjkey" },
 		"a worker certificate": func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, csr, node, clusterID, pki.RoleWorker) },
 		"another key":          func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, otherCSR, node, clusterID, pki.RoleManager) },
