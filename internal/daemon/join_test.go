@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -268,25 +273,8 @@ func TestFirstManagerJoinService(t *testing.T) {
 // answer's cluster, with the very bundle its token pinned.
 func TestCheckJoinAnswer(t *testing.T) {
 	now := time.Now()
-	issue := func(bundle, keyDER []byte, csr []byte, nodeID, clusterID string, role pki.Role) []byte {
-		t.Helper()
-		roots, err := pki.ParseRootBundle(bundle, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		signer, err := x509.ParseECPrivateKey(keyDER)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ca, err := pki.NewCA(roots[0], signer, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: clusterID, Role: role, Now: now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return iss.PEM
+	issue := func(bundle, keyDER, csr []byte, nodeID, clusterID string, role pki.Role) []byte {
+		return issueTestCert(t, now, bundle, keyDER, csr, nodeID, clusterID, role)
 	}
 	bundle, caKey, err := pki.NewRootCA(now)
 	if err != nil {
@@ -329,5 +317,67 @@ func TestCheckJoinAnswer(t *testing.T) {
 		if err := checkJoinAnswer(&r, bundle, roots, key, node); err == nil {
 			t.Errorf("an answer with %s is accepted", name)
 		}
+	}
+}
+
+// issueTestCert certifies csr's key under the root bundle/keyDER (from
+// pki.NewRootCA) and returns the PEM chain.
+func issueTestCert(t *testing.T, now time.Time, bundle, keyDER, csr []byte, nodeID, clusterID string, role pki.Role) []byte {
+	t.Helper()
+	roots, err := pki.ParseRootBundle(bundle, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := x509.ParseECPrivateKey(keyDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA(roots[0], signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: clusterID, Role: role, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iss.PEM
+}
+
+// A manager's redirect is not followed: it would resend the join token to
+// wherever it points, plain HTTP included.
+func TestCallJoinRefusesRedirects(t *testing.T) {
+	now := time.Now()
+	bundle, caKey, err := pki.NewRootCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.ParseRootBundle(bundle, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pki.TLSCertificate(issueTestCert(t, now, bundle, caKey, csr, "kurbt9bshlwqqcqxvy2sfg9m2", "x4u9cdtqgk1jzlw4o0wq7mdlc", pki.RoleManager), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaked atomic.Bool
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("SWMTKN")) {
+			leaked.Store(true)
+		}
+	}))
+	defer plain.Close()
+	mgr := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+joinPath, http.StatusTemporaryRedirect)
+	}))
+	mgr.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}}
+	mgr.StartTLS()
+	defer mgr.Close()
+	_, err = callJoin(context.Background(), mgr.Listener.Addr().String(), roots, &joinRequest{Token: "SWMTKN-1-secret", PeerURL: "https://127.0.0.1:2"})
+	if err == nil || leaked.Load() {
+		t.Fatalf("a redirect was followed (token sent in clear: %v): %v", leaked.Load(), err)
 	}
 }

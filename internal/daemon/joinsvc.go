@@ -411,7 +411,7 @@ const quorumWait = 90 * time.Second
 // certificate (the node has no root to verify it with yet); VerifyCA
 // decides whether the bundle is trusted.
 func fetchCA(ctx context.Context, remote string) ([]byte, error) {
-	cli := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+	cli := &http.Client{CheckRedirect: noRedirect, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, //nolint:gosec // pinned by the token's digest (VerifyCA)
 	}}}
 	defer cli.CloseIdleConnections()
@@ -432,7 +432,7 @@ func fetchCA(ctx context.Context, remote string) ([]byte, error) {
 // callJoin sends the join request over TLS verified under the pinned
 // roots, to a server that must show a manager's certificate.
 func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req *joinRequest) (*joinResponse, error) {
-	cli := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+	cli := &http.Client{CheckRedirect: noRedirect, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		MinVersion: tls.VersionTLS13, RootCAs: pki.TrustPool(roots...), ServerName: string(pki.RoleManager),
 	}}}
 	defer cli.CloseIdleConnections()
@@ -491,6 +491,11 @@ func checkJoinAnswer(resp *joinResponse, bundle []byte, roots []*x509.Certificat
 	}
 	return nil
 }
+
+// noRedirect keeps the join calls on the address the user gave: a
+// followed redirect would resend the join token wherever it points, plain
+// HTTP included. The redirect answer is then a refusal.
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // joinCall sends r to the manager and reads at most limit bytes of its
 // answer; a refusal comes back as the manager's error.
