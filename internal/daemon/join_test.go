@@ -276,22 +276,8 @@ func TestCheckJoinAnswer(t *testing.T) {
 	issue := func(bundle, keyDER, csr []byte, nodeID, clusterID string, role pki.Role) []byte {
 		return issueTestCert(t, now, bundle, keyDER, csr, nodeID, clusterID, role)
 	}
-	bundle, caKey, err := pki.NewRootCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherBundle, otherKey, err := pki.NewRootCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := pki.ParseRootBundle(bundle, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, csr, err := newKeyAndCSR()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bundle, caKey, roots, key, csr := testRootAndKey(t, now)
+	otherBundle, otherKey, _, _, _ := testRootAndKey(t, now)
 	_, otherCSR, err := newKeyAndCSR()
 	if err != nil {
 		t.Fatal(err)
@@ -347,18 +333,7 @@ func issueTestCert(t *testing.T, now time.Time, bundle, keyDER, csr []byte, node
 // wherever it points, plain HTTP included.
 func TestCallJoinRefusesRedirects(t *testing.T) {
 	now := time.Now()
-	bundle, caKey, err := pki.NewRootCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := pki.ParseRootBundle(bundle, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, csr, err := newKeyAndCSR()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bundle, caKey, roots, key, csr := testRootAndKey(t, now)
 	cert, err := pki.TLSCertificate(issueTestCert(t, now, bundle, caKey, csr, "kurbt9bshlwqqcqxvy2sfg9m2", "x4u9cdtqgk1jzlw4o0wq7mdlc", pki.RoleManager), key)
 	if err != nil {
 		t.Fatal(err)
@@ -380,4 +355,21 @@ func TestCallJoinRefusesRedirects(t *testing.T) {
 	if err == nil || leaked.Load() {
 		t.Fatalf("a redirect was followed (token sent in clear: %v): %v", leaked.Load(), err)
 	}
+}
+
+// testRootAndKey makes a root CA (its bundle, key DER and parsed roots) and
+// a node key with its CSR.
+func testRootAndKey(t *testing.T, now time.Time) (bundle, caKey []byte, roots []*x509.Certificate, key *ecdsa.PrivateKey, csr []byte) {
+	t.Helper()
+	bundle, caKey, err := pki.NewRootCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if roots, err = pki.ParseRootBundle(bundle, now); err != nil {
+		t.Fatal(err)
+	}
+	if key, csr, err = newKeyAndCSR(); err != nil {
+		t.Fatal(err)
+	}
+	return bundle, caKey, roots, key, csr
 }
