@@ -4,16 +4,23 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -236,6 +243,18 @@ func TestFirstManagerJoinService(t *testing.T) {
 			t.Errorf("join: %v, want %q", err, tc.want)
 		}
 	}
+	// A joiner holding the manager token still may not take the identity
+	// of a node the cluster knows at another address: it would get a
+	// certificate in that node's name and a second etcd member under it.
+	other := req
+	other.Token, other.NodeID = c.JoinTokens.Manager, "x4u9cdtqgk1jzlw4o0wq7mdlc"
+	if _, err := nodes.Record(ctx, d.store, nodes.Node{ID: other.NodeID, Addr: "10.9.9.9:2377",
+		Spec: swarm.NodeSpec{Role: swarm.NodeRoleManager}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := callJoin(ctx, listen, roots, &other); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("a join claiming a known node's ID: %v, want already exists", err)
+	}
 	if n, _ := d.store.Members().List(ctx); len(n) != 1 {
 		t.Fatalf("a refused join changed the membership: %+v", n)
 	}
@@ -247,4 +266,119 @@ func TestFirstManagerJoinService(t *testing.T) {
 	if _, err := fetchCA(ctx, listen); err != nil {
 		t.Fatalf("join service after a restart: %v", err)
 	}
+}
+
+// The joining node keeps only an answer made for it: its own key
+// certified as a manager under the pinned CA, in its node ID and the
+// answer's cluster, with the very bundle its token pinned.
+func TestCheckJoinAnswer(t *testing.T) {
+	now := time.Now()
+	issue := func(bundle, keyDER, csr []byte, nodeID, clusterID string, role pki.Role) []byte {
+		return issueTestCert(t, now, bundle, keyDER, csr, nodeID, clusterID, role)
+	}
+	bundle, caKey, roots, key, csr := testRootAndKey(t, now)
+	otherBundle, otherKey, _, _, _ := testRootAndKey(t, now)
+	_, otherCSR, err := newKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const node, clusterID = "kurbt9bshlwqqcqxvy2sfg9m2", "x4u9cdtqgk1jzlw4o0wq7mdlc"
+	good := joinResponse{ClusterID: clusterID, CAPEM: bundle, CertPEM: issue(bundle, caKey, csr, node, clusterID, pki.RoleManager)}
+	if err := checkJoinAnswer(&good, bundle, roots, key, node, pki.RoleManager); err != nil {
+		t.Fatalf("a right answer is refused: %v", err)
+	}
+	for name, mutate := range map[string]func(r *joinResponse){
+		"another node's ID": func(r *joinResponse) {
+			r.CertPEM = issue(bundle, caKey, csr, "qtjkgmxm5e054yae2sexwjkey", clusterID, pki.RoleManager)
+		},
+		"another cluster":      func(r *joinResponse) { r.ClusterID = "qtjkgmxm5e054yae2sexwjkey" },
+		"a worker certificate": func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, csr, node, clusterID, pki.RoleWorker) },
+		"another key":          func(r *joinResponse) { r.CertPEM = issue(bundle, caKey, otherCSR, node, clusterID, pki.RoleManager) },
+		"another CA":           func(r *joinResponse) { r.CertPEM = issue(otherBundle, otherKey, csr, node, clusterID, pki.RoleManager) },
+		"another CA bundle":    func(r *joinResponse) { r.CAPEM = otherBundle },
+		"no certificate":       func(r *joinResponse) { r.CertPEM = nil },
+	} {
+		r := good
+		mutate(&r)
+		if err := checkJoinAnswer(&r, bundle, roots, key, node, pki.RoleManager); err == nil {
+			t.Errorf("an answer with %s is accepted", name)
+		}
+	}
+	// A worker answer is checked the same way, for the worker role.
+	worker := good
+	worker.CertPEM = issue(bundle, caKey, csr, node, clusterID, pki.RoleWorker)
+	if err := checkJoinAnswer(&worker, bundle, roots, key, node, pki.RoleWorker); err != nil {
+		t.Fatalf("a right worker answer is refused: %v", err)
+	}
+	if err := checkJoinAnswer(&good, bundle, roots, key, node, pki.RoleWorker); err == nil {
+		t.Error("a manager certificate is accepted as the worker answer")
+	}
+}
+
+// issueTestCert certifies csr's key under the root bundle/keyDER (from
+// pki.NewRootCA) and returns the PEM chain.
+func issueTestCert(t *testing.T, now time.Time, bundle, keyDER, csr []byte, nodeID, clusterID string, role pki.Role) []byte {
+	t.Helper()
+	roots, err := pki.ParseRootBundle(bundle, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := x509.ParseECPrivateKey(keyDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA(roots[0], signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: clusterID, Role: role, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iss.PEM
+}
+
+// A manager's redirect is not followed: it would resend the join token to
+// wherever it points, plain HTTP included.
+func TestCallJoinRefusesRedirects(t *testing.T) {
+	now := time.Now()
+	bundle, caKey, roots, key, csr := testRootAndKey(t, now)
+	cert, err := pki.TLSCertificate(issueTestCert(t, now, bundle, caKey, csr, "kurbt9bshlwqqcqxvy2sfg9m2", "x4u9cdtqgk1jzlw4o0wq7mdlc", pki.RoleManager), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaked atomic.Bool
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("SWMTKN")) {
+			leaked.Store(true)
+		}
+	}))
+	defer plain.Close()
+	mgr := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+joinPath, http.StatusTemporaryRedirect)
+	}))
+	mgr.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}}
+	mgr.StartTLS()
+	defer mgr.Close()
+	_, err = callJoin(context.Background(), mgr.Listener.Addr().String(), roots, &joinRequest{Token: "SWMTKN-1-secret", PeerURL: "https://127.0.0.1:2"})
+	if err == nil || leaked.Load() {
+		t.Fatalf("a redirect was followed (token sent in clear: %v): %v", leaked.Load(), err)
+	}
+}
+
+// testRootAndKey makes a root CA (its bundle, key DER and parsed roots) and
+// a node key with its CSR.
+func testRootAndKey(t *testing.T, now time.Time) (bundle, caKey []byte, roots []*x509.Certificate, key *ecdsa.PrivateKey, csr []byte) {
+	t.Helper()
+	bundle, caKey, err := pki.NewRootCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if roots, err = pki.ParseRootBundle(bundle, now); err != nil {
+		t.Fatal(err)
+	}
+	if key, csr, err = newKeyAndCSR(); err != nil {
+		t.Fatal(err)
+	}
+	return bundle, caKey, roots, key, csr
 }

@@ -158,6 +158,17 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if req.NodeID == d.nodeID {
 		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
 	}
+	// A retried join comes from the address its first try recorded; a
+	// node ID the cluster knows elsewhere is another node's identity, and
+	// issuing it a certificate in that name would let the joiner pass for
+	// that node.
+	switch known, err := nodes.Get(ctx, d.store, req.NodeID); {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, err
+	case known.Addr != req.Addr:
+		return nil, errdefs.AlreadyExists("node ID %s already belongs to a node of this swarm", req.NodeID)
+	}
 	ca, err := d.issuer(&c)
 	if err != nil {
 		return nil, err
@@ -320,6 +331,15 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
+	// The manager decides the role (the token's secret says it, not the
+	// joiner); a worker answer carries no master key.
+	role := pki.RoleManager
+	if resp.Role == roleWorker {
+		role = pki.RoleWorker
+	}
+	if err := checkJoinAnswer(resp, bundle, roots, key, d.nodeID, role); err != nil {
+		return err
+	}
 	if resp.Role == roleWorker {
 		return d.enterWorkerLocked(key, resp, remote)
 	}
@@ -407,7 +427,7 @@ const quorumWait = 90 * time.Second
 // certificate (the node has no root to verify it with yet); VerifyCA
 // decides whether the bundle is trusted.
 func fetchCA(ctx context.Context, remote string) ([]byte, error) {
-	cli := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+	cli := &http.Client{CheckRedirect: noRedirect, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, //nolint:gosec // pinned by the token's digest (VerifyCA)
 	}}}
 	defer cli.CloseIdleConnections()
@@ -428,7 +448,7 @@ func fetchCA(ctx context.Context, remote string) ([]byte, error) {
 // callJoin sends the join request over TLS verified under the pinned
 // roots, to a server that must show a manager's certificate.
 func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req *joinRequest) (*joinResponse, error) {
-	cli := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+	cli := &http.Client{CheckRedirect: noRedirect, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		MinVersion: tls.VersionTLS13, RootCAs: pki.TrustPool(roots...), ServerName: string(pki.RoleManager),
 	}}}
 	defer cli.CloseIdleConnections()
@@ -452,6 +472,46 @@ func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req
 	}
 	return &out, nil
 }
+
+// checkJoinAnswer accepts only an answer made for this node: its own key
+// certified as a manager under the pinned roots, in its node ID and the
+// answer's cluster, with the very CA bundle the token pinned (member.json
+// keeps it as the roots etcd's peers are verified under).
+func checkJoinAnswer(resp *joinResponse, bundle []byte, roots []*x509.Certificate, key *ecdsa.PrivateKey, nodeID string, role pki.Role) error {
+	bad := func(what string) error {
+		return errdefs.Unavailable("the manager's join answer holds %s: not joining", what)
+	}
+	if !bytes.Equal(resp.CAPEM, bundle) {
+		return bad("a CA bundle other than the one the join token pins")
+	}
+	cert, err := pki.TLSCertificate(resp.CertPEM, key)
+	if err != nil {
+		return bad("no certificate of this node's key")
+	}
+	inter := x509.NewCertPool()
+	for _, der := range cert.Certificate[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return bad("a malformed certificate chain")
+		}
+		inter.AddCert(c)
+	}
+	chains, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pki.TrustPool(roots...), Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		return bad("a certificate the pinned CA did not issue")
+	}
+	id, err := pki.PeerIdentity(tls.ConnectionState{VerifiedChains: chains}, resp.ClusterID)
+	if err != nil || id.NodeID != nodeID || id.Role != role {
+		return bad("a certificate that is not this node's " + string(role) + " certificate")
+	}
+	return nil
+}
+
+// noRedirect keeps the join calls on the address the user gave: a
+// followed redirect would resend the join token wherever it points, plain
+// HTTP included. The redirect answer is then a refusal.
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // joinCall sends r to the manager and reads at most limit bytes of its
 // answer; a refusal comes back as the manager's error.
