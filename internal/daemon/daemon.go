@@ -19,8 +19,8 @@ import (
 
 	"github.com/hush-secrets/hush/internal/agent/engine"
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
-	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/enginehost"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
