@@ -20,6 +20,7 @@ import (
 	"github.com/hush-secrets/hush/internal/agent/engine"
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
 	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/enginehost"
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/keyring"
@@ -158,6 +159,9 @@ type Daemon struct {
 	unlock  unlockLimiter
 	// spec is the cluster settings applied outside the cluster record.
 	spec specState
+	// seen is when each worker last sent its dispatcher a heartbeat
+	// (dispatchsvc.go), in this manager's memory.
+	seen dispatchnet.LastSeen
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
 
@@ -243,6 +247,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			return nil, err
 		}
 		if err := d.listenOnExisting(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		d.mu.Lock()
+		err := d.startWorkerAgentLocked()
+		d.mu.Unlock()
+		if err != nil {
 			return nil, err
 		}
 	}

@@ -170,11 +170,18 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	} else {
 		run(d.newOrchestrator().Run)
 	}
+	disp := dispatcher.New(dispatcher.Config{
+		Tasks: d.svcs, Changes: d.mirror, Table: d.store.Table(model.TasksTable),
+		Secrets: d.secrets, Configs: d.configs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
+	})
+	// Workers' sessions only: a manager whose port is taken still serves
+	// the cluster, and its workers show Down.
+	if serve, err := d.dispatcherServer(disp, c.ID); err != nil {
+		d.log.Error("dispatcher for workers not served", "err", err)
+	} else if serve != nil {
+		run(serve)
+	}
 	if d.engine != nil {
-		disp := dispatcher.New(dispatcher.Config{
-			Tasks: d.svcs, Changes: d.mirror, Table: d.store.Table(model.TasksTable),
-			Secrets: d.secrets, Configs: d.configs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
-		})
 		run(agent.New(agent.Config{
 			NodeID: d.nodeID, Dispatcher: localDispatcher{disp: disp, nodeID: d.nodeID},
 			Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
@@ -190,6 +197,9 @@ func (d *Daemon) newOrchestrator() *orchestrator.Orchestrator {
 	orch.SetEngineLabels(d.engineLabels)
 	orch.SetSettings(d.orchestratorSettings)
 	orch.SetDataVersions(d.dataVersions)
+	if d.member != nil {
+		orch.SetWorkers(d.workerUp)
+	}
 	// The node's resources as `docker node inspect` reports them.
 	orch.SetResources(int64(runtime.NumCPU())*1e9, d.engineMemory)
 	return orch

@@ -34,6 +34,8 @@ type specState struct {
 	running store.Tuning
 	// keep is the cluster's default retention of versions (0: hush's).
 	keep atomic.Int64
+	// heartbeat is the cluster's Dispatcher.HeartbeatPeriod (ns).
+	heartbeat atomic.Int64
 }
 
 // tuningPath is where the raft tuning for the next start is kept.
@@ -89,6 +91,7 @@ func (d *Daemon) settle(c *cluster.Cluster) {
 	d.spec.orch.Store(&s)
 	keep, _ := cluster.VersionsKeep(&c.Spec)
 	d.spec.keep.Store(int64(keep))
+	d.spec.heartbeat.Store(int64(c.Spec.Dispatcher.HeartbeatPeriod))
 	want, err := cluster.EtcdTuningFor(c.Spec.Raft)
 	if err != nil {
 		// Only a record written before these checks existed can hold such
@@ -145,9 +148,6 @@ func (d *Daemon) noteNoEffect(before, after *cluster.Cluster) {
 		if n.DataPathPort != cluster.DefaultDataPathPort {
 			warn("DataPathPort", n.DataPathPort, "hush runs no VXLAN overlay: swarm networks are bridges on the host")
 		}
-	}
-	if a.Spec.Dispatcher.HeartbeatPeriod != b.Spec.Dispatcher.HeartbeatPeriod {
-		warn("Dispatcher.HeartbeatPeriod", a.Spec.Dispatcher.HeartbeatPeriod.String(), "hush's cluster is this one node: no agent sends heartbeats")
 	}
 	if a.Spec.CAConfig.NodeCertExpiry != b.Spec.CAConfig.NodeCertExpiry {
 		warn("CAConfig.NodeCertExpiry", a.Spec.CAConfig.NodeCertExpiry.String(), "stored for the node certificates hush will issue; it issues none yet")

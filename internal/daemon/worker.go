@@ -120,6 +120,10 @@ func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, re
 	d.worker, d.nodeKey = ws, key
 	d.state = swarm.LocalNodeStateActive
 	d.log.Info("joined the swarm as a worker", "cluster", resp.ClusterID, "managers", mgrs)
+	if err := d.startWorkerAgentLocked(); err != nil {
+		// Joined all the same: the next start retries the agent.
+		d.log.Error("worker agent not started", "err", err)
+	}
 	return nil
 }
 
@@ -186,6 +190,7 @@ func (d *Daemon) loadWorker() error {
 // certificate and key (the managers keep its record, Down, as Swarm's
 // do until `node rm`).
 func (d *Daemon) leaveWorkerLocked() error {
+	d.stopRuntime()
 	if err := os.Remove(d.workerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("worker state: %w", err)
 	}
@@ -221,8 +226,3 @@ func workerAddr(advertise string) string {
 	}
 	return net.JoinHostPort(advertise, "0")
 }
-
-// workerUp says whether a worker is live. Without the dispatcher's
-// heartbeats wired to the managers nothing tells, so a worker shows Down:
-// never claimed Ready on no evidence.
-func (d *Daemon) workerUp(string) bool { return false }

@@ -22,6 +22,12 @@ func withListen(ip string, port int) hushdOption {
 // withSecretsDir gives hushd its own tmpfs root (and its standalone
 // sibling), removed when the test ends.
 func withSecretsDir(t testing.TB) hushdOption {
+	opt, _ := secretsDirAt(t)
+	return opt
+}
+
+// secretsDirAt is withSecretsDir that also says where the directory is.
+func secretsDirAt(t testing.TB) (hushdOption, string) {
 	dir, err := os.MkdirTemp("", "hush-e2e-secrets-")
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +39,7 @@ func withSecretsDir(t testing.TB) hushdOption {
 			}
 		}
 	})
-	return withArgs("--secrets-dir", dir)
+	return withArgs("--secrets-dir", dir), dir
 }
 
 // freePortPair finds a port on ip whose successor is free too (the join
@@ -47,10 +53,16 @@ func freePortPair(t testing.TB, ip string) int {
 			t.Fatalf("listen on %s: %v", ip, err)
 		}
 		port := l1.Addr().(*net.TCPAddr).Port
+		// port+1 is etcd's peer port, port+2 the dispatcher's.
 		l2, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(port+1)))
+		var l3 net.Listener
+		if err == nil {
+			l3, err = net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(port+2)))
+			l2.Close()
+		}
 		l1.Close()
 		if err == nil {
-			l2.Close()
+			l3.Close()
 			return port
 		}
 	}

@@ -2,9 +2,14 @@ package e2e
 
 import (
 	"fmt"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/agent/engine/enginetest"
 )
@@ -48,4 +53,88 @@ func TestClusterJoinWorker(t *testing.T) {
 	check()
 	w.Restart()
 	check()
+}
+
+// A worker runs the tasks placed on it: a service constrained to workers
+// runs there (its container labelled with the worker's node ID) and reads
+// its secret, the worker's secrets dir holds only that task's secret (not
+// the secret of a service constrained to the manager), and node ls shows
+// the worker Ready while it heartbeats.
+func TestClusterWorkerRunsTasks(t *testing.T) {
+	eng := withArgs("--engine", "unix://"+enginetest.Socket)
+	img := enginetest.BusyboxImage(t)
+	mip, wip := "127.0.0.2", "127.0.0.5"
+	port := freePortPair(t, mip)
+	m := startHushd(t, eng, withSecretsDir(t), withArgs("--no-init"), withListen(mip, port))
+	m.MustDocker("swarm", "init")
+	wtok := strings.TrimSpace(m.MustDocker("swarm", "join-token", "-q", "worker"))
+	wdirOpt, wdir := secretsDirAt(t)
+	w := startHushd(t, eng, wdirOpt, withArgs("--no-init", "--advertise-addr", wip))
+	w.MustDocker("swarm", "join", "--token", wtok, net.JoinHostPort(mip, fmt.Sprint(port)))
+	wid := w.nodeID()
+	waitFor(t, 30*time.Second, "the worker Ready in node ls", func() bool {
+		return strings.Contains(m.MustDocker("node", "ls", "--format", "{{.ID}} {{.Status}}|"), wid+" Ready|")
+	})
+
+	sfx := randHex(t, 4)
+	wsvc, msvc := "hush-wk-w-"+sfx, "hush-wk-m-"+sfx
+	wsec, msec := "hush-wk-ws-"+sfx, "hush-wk-ms-"+sfx
+	wval, mval := "worker-value-"+sfx, "manager-value-"+sfx
+	m.MustDockerStdin(wval, "secret", "create", wsec, "-")
+	m.MustDockerStdin(mval, "secret", "create", msec, "-")
+	t.Cleanup(func() {
+		_, _, _ = m.Docker("service", "rm", wsvc, msvc)
+		waitFor(t, 60*time.Second, "the services' containers gone", func() bool {
+			return strings.TrimSpace(m.MustDocker("ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+wsvc)) == "" &&
+				strings.TrimSpace(m.MustDocker("ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+msvc)) == ""
+		})
+		_, _, _ = m.Docker("secret", "rm", wsec, msec)
+	})
+	m.MustDocker("service", "create", "-d", "--name", wsvc, "--secret", wsec, "--constraint", "node.role==worker", img, "sleep", "3600")
+	m.MustDocker("service", "create", "-d", "--name", msvc, "--secret", msec, "--constraint", "node.role==manager", img, "sleep", "3600")
+
+	running := func(svc, node string) string {
+		out := m.MustDocker("ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc,
+			"--filter", "label=com.docker.swarm.node.id="+node)
+		return strings.TrimSpace(out)
+	}
+	var wctr string
+	waitFor(t, 90*time.Second, "the worker's task running on the worker", func() bool {
+		wctr = running(wsvc, wid)
+		return wctr != "" && !strings.Contains(wctr, "\n")
+	})
+	if got := m.MustDocker("exec", wctr, "cat", "/run/secrets/"+wsec); got != wval {
+		t.Fatalf("the worker's task reads %q from its secret", got)
+	}
+	mid := m.nodeID()
+	waitFor(t, 90*time.Second, "the manager's task running on the manager", func() bool { return running(msvc, mid) != "" })
+	if ps := m.MustDocker("service", "ps", "--format", "{{.Node}} {{.CurrentState}}", wsvc); !strings.Contains(ps, "Running") {
+		t.Errorf("service ps %s: %q", wsvc, ps)
+	}
+
+	// The worker's tmpfs root holds its task's secret and nothing else.
+	var found, names []string
+	err := filepath.WalkDir(wdir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() || de.Name() == ".manifest" {
+			// The manifest lists the task's mounts (names, no data).
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		found = append(found, string(b))
+		rel, _ := filepath.Rel(wdir, p)
+		names = append(names, rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(found, wval) || slices.Contains(found, mval) || len(found) != 1 {
+		t.Fatalf("the worker's secrets dir holds %v; want exactly its task's secret", names)
+	}
+	if ls := m.MustDocker("node", "ls", "--format", "{{.ID}} {{.Status}}|"); !strings.Contains(ls, wid+" Ready|") {
+		t.Fatalf("node ls: %q", ls)
+	}
 }

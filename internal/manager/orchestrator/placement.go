@@ -187,7 +187,9 @@ func (o *Orchestrator) check(svc *model.Service, n *schedNode) int {
 // image's manifest list): any when none are given, and an empty
 // architecture or OS matches any, as in Swarm's platform filter.
 func platformOK(platforms []swarm.Platform, n constraint.Node) bool {
-	if len(platforms) == 0 {
+	if len(platforms) == 0 || (n.OS == "" && n.Arch == "") {
+		// A node that has not reported its platform (a worker) is not
+		// kept off by it.
 		return true
 	}
 	arch := normalArch(n.Arch)

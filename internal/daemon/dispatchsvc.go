@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/dispatchnet"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/dispatcher"
+	"github.com/hush-secrets/hush/internal/pki"
+)
+
+// dispatchPortOffset places a manager's dispatcher port after the join/CA
+// service's (port) and etcd's peer port (port+1). A separate port keeps
+// the join service free of client certificates: on this one every
+// connection must show a certificate of the cluster before any byte of
+// HTTP.
+const dispatchPortOffset = 2
+
+// dispatchAddr is the dispatcher address of a manager whose join/CA
+// service is at hostPort.
+func dispatchAddr(hostPort string) (string, error) {
+	h, p, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return "", fmt.Errorf("manager address %q: %w", hostPort, err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n <= 0 || n+dispatchPortOffset > 65535 {
+		return "", fmt.Errorf("manager address %q: bad port", hostPort)
+	}
+	return net.JoinHostPort(h, strconv.Itoa(n+dispatchPortOffset)), nil
+}
+
+// heartbeatPeriod is the cluster's Dispatcher.HeartbeatPeriod as last
+// settled (0 before: the transport's default).
+func (d *Daemon) heartbeatPeriod() time.Duration {
+	return time.Duration(d.spec.heartbeat.Load())
+}
+
+// clusterRoots is the trust of the cluster's CA record, read per
+// handshake so that a rotated root is used without a restart. An
+// unreadable record trusts nothing: the handshake fails.
+func (d *Daemon) clusterRoots() *x509.CertPool {
+	pool := x509.NewCertPool()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		d.log.Warn("dispatcher: reading the cluster's CA", "err", err)
+		return pool
+	}
+	pool.AppendCertsFromPEM([]byte(c.CACert))
+	return pool
+}
+
+// dispatcherServer returns the runtime part that serves the dispatcher to
+// remote nodes on listen port + 2 while the runtime runs. The caller
+// holds d.mu; nil when this manager has no listen address.
+func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string) (func(context.Context), error) {
+	if d.member == nil || !d.listen.enabled() {
+		return nil, nil
+	}
+	cert, err := pki.TLSCertificate([]byte(d.member.CertPEM), d.nodeKey)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher certificate: %w", err)
+	}
+	params := pki.TLSParams{ClusterID: clusterID,
+		Cert:  func() (*tls.Certificate, error) { return cert, nil },
+		Roots: d.clusterRoots}
+	tcfg, err := params.ServerConfig()
+	if err != nil {
+		return nil, err
+	}
+	addr, err := dispatchAddr(d.listen.Listen)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
+	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
+		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
+		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
+	})
+	srv := dispatchnet.NewServer(h, tcfg)
+	d.log.Info("dispatcher listening", "addr", addr)
+	return func(ctx context.Context) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("dispatcher stopped", "err", err)
+			}
+		}()
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		// Sessions are endless streams: Shutdown waits for none of them.
+		_ = srv.Close()
+		_ = srv.Shutdown(sctx)
+		<-done
+	}, nil
+}
+
+// workerMissedBeats is how many heartbeat periods a worker may stay
+// silent and still count as Ready (Swarm's grace multiplier).
+const workerMissedBeats = 3
+
+// workerUp says whether a worker is live: it sent this manager's
+// dispatcher a heartbeat within the last three periods. Heartbeats are
+// kept in this manager's memory only, so another manager (or this one
+// after a restart) shows the worker Down until it heartbeats there.
+func (d *Daemon) workerUp(nodeID string) bool {
+	last, ok := d.seen.Last(nodeID)
+	if !ok {
+		return false
+	}
+	p := d.heartbeatPeriod()
+	if p <= 0 {
+		p = dispatchnet.DefaultHeartbeatPeriod
+	}
+	return time.Since(last) <= workerMissedBeats*p
+}

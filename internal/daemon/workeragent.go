@@ -1,0 +1,59 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
+	"github.com/hush-secrets/hush/internal/pki"
+)
+
+// startWorkerAgentLocked runs a worker's agent: its only channel to the
+// cluster is a dispatchnet session with one of the managers it was given
+// at join (their dispatcher ports), under its worker certificate; its
+// tasks run on the host's engine, their secrets in this node's tmpfs
+// root. The caller holds d.mu; a node without an engine runs nothing.
+func (d *Daemon) startWorkerAgentLocked() error {
+	if d.worker == nil || d.engine == nil || d.runStop != nil {
+		return nil
+	}
+	ws := d.worker
+	cert, err := pki.TLSCertificate([]byte(ws.CertPEM), d.nodeKey)
+	if err != nil {
+		return fmt.Errorf("worker certificate: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(ws.CAPEM)) {
+		return fmt.Errorf("worker state %s has no CA certificate", d.workerPath())
+	}
+	params := pki.TLSParams{ClusterID: ws.ClusterID,
+		Cert:  func() (*tls.Certificate, error) { return cert, nil },
+		Roots: func() *x509.CertPool { return roots }}
+	addrs := make([]string, 0, len(ws.Managers))
+	for _, m := range ws.Managers {
+		a, err := dispatchAddr(m)
+		if err != nil {
+			d.log.Warn("worker: skipping a manager address", "err", err)
+			continue
+		}
+		addrs = append(addrs, a)
+	}
+	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log})
+	if err != nil {
+		return err
+	}
+	ag := agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
+		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log})
+	var ctx context.Context
+	ctx, d.runStop = context.WithCancel(context.Background())
+	d.runDone.Add(1)
+	go func() {
+		defer d.runDone.Done()
+		ag.Run(ctx)
+	}()
+	d.log.Info("worker agent running", "managers", addrs)
+	return nil
+}
