@@ -232,6 +232,49 @@ func (d *Daemon) promoteLater(members interface {
 	}, d.bg)
 }
 
+// learnerMembers is what the learner sweep needs of the membership.
+type learnerMembers interface {
+	List(context.Context) ([]store.Member, error)
+	Promote(context.Context, string) error
+	Remove(context.Context, string) error
+}
+
+// learnerSweep is how often the orchestrator's leader looks for learners
+// no manager is promoting.
+const learnerSweep = 30 * time.Second
+
+// sweepLearners promotes (or, if it never catches up, removes) every
+// learner in the cluster while ctx lasts: the manager that admitted one
+// drives its promotion, but a crash or restart of that manager would
+// leave it a learner for good, and etcd admits one learner at a time, so
+// every later join would be refused. Run by the orchestrator's leader
+// only; promoting and removing are idempotent, so a race with the
+// admitting manager is harmless.
+func (d *Daemon) sweepLearners(ctx context.Context, members learnerMembers, every time.Duration) {
+	// When each learner was handed to promoteLater: again only once that
+	// attempt must have ended (promoted, or its removal failed).
+	tried := map[string]time.Time{}
+	for {
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		list, err := members.List(lctx)
+		cancel()
+		if err == nil {
+			for _, m := range list {
+				if at, ok := tried[m.ID]; m.Learner && (!ok || time.Since(at) > promoteLimit+every) {
+					tried[m.ID] = time.Now()
+					d.log.Info("promoting a learner found in the cluster", "member", m.ID)
+					d.promoteLater(members, m.ID, m.Name)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
+}
+
 // checkJoinRequest bounds what a not-yet-certified client says of itself.
 func checkJoinRequest(req *joinRequest) error {
 	if !identity.Valid(req.NodeID) {

@@ -245,8 +245,13 @@ func (d *Daemon) leadOrchestrator(ctx context.Context) {
 			}
 			cancel()
 		}()
+		var sweep sync.WaitGroup
+		if m := d.store.Members(); m != nil {
+			sweep.Go(func() { d.sweepLearners(octx, m, learnerSweep) })
+		}
 		d.newOrchestrator().Run(octx)
 		cancel()
+		sweep.Wait()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		_ = l.Resign(rctx)
 		rcancel()
