@@ -12,50 +12,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/manager/dispatcher"
 	"github.com/hush-secrets/hush/internal/manager/dispatcher/dispatchertest"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/pki/pkitest"
 	"github.com/moby/moby/api/types/swarm"
 )
 
 // cluster is a root CA and the cluster ID its nodes carry.
 type cluster struct {
-	id    string
-	ca    *pki.CA
+	*pkitest.CA
 	roots *x509.CertPool
-}
-
-func newID(t testing.TB) string {
-	t.Helper()
-	id, err := identity.NewID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
 }
 
 func newCluster(t testing.TB) cluster {
 	t.Helper()
-	now := time.Now()
-	certPEM, keyDER, err := pki.NewRootCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := x509.ParseECPrivateKey(keyDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := pki.ParseRootBundle(certPEM, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := pki.NewCA(certs[0], key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cluster{id: newID(t), ca: ca, roots: pki.TrustPool(certs[0])}
+	ca := pkitest.NewCA(t)
+	return cluster{CA: ca, roots: pki.TrustPool(ca.Root)}
 }
 
 type node struct {
@@ -66,33 +40,17 @@ type node struct {
 // issue certifies a new node of the cluster, or of clusterID when given.
 func (c cluster) issue(t testing.TB, role pki.Role, clusterID ...string) node {
 	t.Helper()
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cid := c.id
+	cid := ""
 	if len(clusterID) > 0 {
 		cid = clusterID[0]
 	}
-	id := newID(t)
-	iss, err := c.ca.Issue(pki.IssueRequest{CSR: csr, NodeID: id, ClusterID: cid, Role: role, Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pki.TLSCertificate(iss.PEM, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return node{id: id, cert: cert}
+	n := c.CA.Issue(t, role, cid)
+	return node{id: n.ID, cert: n.Cert}
 }
 
 func (c cluster) params(n node, refuse *pki.Refusals) pki.TLSParams {
 	p := pki.TLSParams{
-		ClusterID: c.id,
+		ClusterID: c.Cluster,
 		Cert:      func() (*tls.Certificate, error) { return n.cert, nil },
 		Roots:     func() *x509.CertPool { return c.roots },
 	}
@@ -165,7 +123,7 @@ func serve(t *testing.T, c cluster, f *fixture, tlsCfg *tls.Config, opts ...serv
 			t.Fatal(err)
 		}
 	}
-	sc := ServerConfig{ClusterID: c.id, Refuse: m.refuse.Check, Dispatcher: FromDispatcher(f.disp), Heartbeats: m.seen,
+	sc := ServerConfig{ClusterID: c.Cluster, Refuse: m.refuse.Check, Dispatcher: FromDispatcher(f.disp), Heartbeats: m.seen,
 		HeartbeatPeriod: func() time.Duration { return 200 * time.Millisecond }}
 	for _, o := range opts {
 		o(&sc)

@@ -16,6 +16,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/pki/pkitest"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -114,7 +115,7 @@ func TestOtherClusterRefused(t *testing.T) {
 	c := newCluster(t)
 	f := newFixture()
 	m := serve(t, c, f, nil)
-	foreign := c.issue(t, pki.RoleWorker, newID(t))
+	foreign := c.issue(t, pki.RoleWorker, pkitest.NewID(t))
 	conn := connector(t, c, foreign, []string{m.addr}, nil)
 	if _, err := conn.Open(context.Background()); err == nil {
 		t.Fatal("a worker of another cluster opened a session")

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
-	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/pki/pkitest"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -29,62 +29,19 @@ var testTuning = store.Tuning{Heartbeat: 100 * time.Millisecond, ElectionTimeout
 const wait = 30 * time.Second
 
 // testCA issues manager certificates under one cluster CA.
-type testCA struct {
-	ca      *pki.CA
-	caPEM   []byte
-	cluster string
-}
+type testCA struct{ *pkitest.CA }
 
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	now := time.Now()
-	certPEM, keyDER, err := pki.NewRootCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := x509.ParseECPrivateKey(keyDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := pki.ParseRootBundle(certPEM, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := pki.NewCA(roots[0], key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{ca: ca, caPEM: certPEM, cluster: newID(t)}
-}
+func newTestCA(t *testing.T) testCA { return testCA{pkitest.NewCA(t)} }
 
-func newID(t *testing.T) string {
+// issue is a member's TLS material for a new node in role.
+func (c testCA) issue(t *testing.T, role pki.Role) store.MemberTLS {
 	t.Helper()
-	id, err := identity.NewID()
+	n := c.Issue(t, role, "")
+	der, err := x509.MarshalECPrivateKey(n.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return id
-}
-
-func (c *testCA) issue(t *testing.T, role pki.Role) store.MemberTLS {
-	t.Helper()
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := c.ca.Issue(pki.IssueRequest{CSR: csr, NodeID: newID(t), ClusterID: c.cluster, Role: role, Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return store.MemberTLS{CertPEM: iss.PEM, KeyPEM: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), CAPEM: c.caPEM}
+	return store.MemberTLS{CertPEM: n.PEM, KeyPEM: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), CAPEM: c.PEM}
 }
 
 // freeURL reserves a loopback port and returns it as a peer URL. The port
@@ -111,7 +68,7 @@ type node struct {
 type cluster struct {
 	t     *testing.T
 	keys  store.Keys
-	ca    *testCA
+	ca    testCA
 	nodes []*node
 }
 
@@ -121,7 +78,7 @@ func newCluster(t *testing.T) *cluster {
 
 func (c *cluster) newNode(name string) *node {
 	c.t.Helper()
-	n := &node{name: name, dir: c.t.TempDir(), cfg: store.MemberConfig{PeerURL: freeURL(c.t), TLS: c.ca.issue(c.t, pki.RoleManager), ClusterToken: c.ca.cluster}}
+	n := &node{name: name, dir: c.t.TempDir(), cfg: store.MemberConfig{PeerURL: freeURL(c.t), TLS: c.ca.issue(c.t, pki.RoleManager), ClusterToken: c.ca.Cluster}}
 	c.nodes = append(c.nodes, n)
 	c.t.Cleanup(func() { n.close(c.t) })
 	return n
