@@ -651,7 +651,7 @@ func (d *Daemon) wipeManagerFiles() error {
 	if err := os.RemoveAll(filepath.Join(d.cfg.DataDir, "etcd")); err != nil {
 		return fmt.Errorf("wiping the store of a demoted manager: %w", err)
 	}
-	if err := d.plainKey.Remove(); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := d.removePlainKey(); err != nil {
 		return fmt.Errorf("master key: %w", err)
 	}
 	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -717,7 +717,12 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 	if d.worker == nil {
 		return nil
 	}
+	if err := d.injected(fpPromoteWriteMbr); err != nil {
+		return err
+	}
 	d.stopRuntime()
+	// A crash from here until member.json is written leaves a worker with
+	// a master key file: convergeRoleFiles removes it.
 	if err := d.plainKey.Store(mk); err != nil {
 		return fmt.Errorf("master key: %w", err)
 	}
@@ -728,9 +733,6 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 	d.keys.Set(kr)
 	ms := &memberState{Listen: v.listen, ClusterID: v.clusterID, CertPEM: string(ans.CertPEM), CAPEM: v.caPEM,
 		Join: true, InitialCluster: ans.InitialCluster, Managers: ans.Managers, Epoch: d.worker.Epoch + 1}
-	if err := d.injected(fpPromoteWriteMbr); err != nil {
-		return err
-	}
 	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
 		return err
 	}
@@ -776,6 +778,14 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 func (d *Daemon) convergeRoleFiles() error {
 	mb, merr := os.ReadFile(d.memberPath())
 	wb, werr := os.ReadFile(d.workerPath())
+	if werr == nil && errors.Is(merr, os.ErrNotExist) {
+		// A worker never holds the master key: one here is a promotion
+		// that stopped before its member.json.
+		if err := d.removePlainKey(); err != nil {
+			return fmt.Errorf("master key: %w", err)
+		}
+		return nil
+	}
 	if merr != nil || werr != nil {
 		return nil
 	}
@@ -855,4 +865,11 @@ func (d *Daemon) saveWorker(ws *workerState) error {
 		return fmt.Errorf("worker state: %w", err)
 	}
 	return nil
+}
+
+func (d *Daemon) removePlainKey() error {
+	if !d.plainKey.Exists() {
+		return nil
+	}
+	return d.plainKey.Remove()
 }

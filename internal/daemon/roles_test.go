@@ -257,3 +257,82 @@ func renewed(t *testing.T, m *Daemon, listen string) {
 		t.Fatalf("members after renewal: %v", err)
 	}
 }
+
+// crashAt makes d's next role change stop at point as a crash would: the
+// step fails, and d's sync loop stops, so nothing retries before the
+// test restarts the node. hit is closed when it fired.
+func crashAt(d *Daemon, point string) (hit chan struct{}) {
+	hit = make(chan struct{})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.fail = failpoints{point: func() error {
+		d.syncStop()
+		select {
+		case <-hit:
+		default:
+			close(hit)
+		}
+		return errors.New("injected crash at " + point)
+	}}
+	return hit
+}
+
+// Each step of a promotion and a demotion interrupted as by a crash
+// converges when the node restarts: it ends in the role its record says,
+// holding only that role's files.
+func TestRoleChangeCrashes(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	wdir := t.TempDir()
+	wcfg := Config{DataDir: wdir, NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+	w := startWith(t, wcfg)
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	managerFiles := map[string]bool{"member.json": true, "keys/master.key": true, "worker.json": false, "keys/node.key": false}
+	workerFiles := map[string]bool{"member.json": false, "keys/master.key": false, "worker.json": true, "keys/node.key": true}
+	for _, step := range []struct {
+		point string
+		role  swarm.NodeRole
+	}{
+		{fpPromoteWriteMbr, swarm.NodeRoleManager},
+		{fpDemoteWriteWorker, swarm.NodeRoleWorker},
+		{fpPromoteWipe, swarm.NodeRoleManager},
+		{fpDemoteWipe, swarm.NodeRoleWorker},
+	} {
+		outer := t // the restarted node outlives the subtest
+		t.Run(step.point, func(t *testing.T) {
+			hit := crashAt(w, step.point)
+			if err := setRole(ctx, m, w.nodeID, step.role); err != nil {
+				t.Fatalf("role change: %v", err)
+			}
+			waitUntil(t, "the failpoint fires", func() bool {
+				select {
+				case <-hit:
+					return true
+				default:
+					return false
+				}
+			})
+			w.Close()
+			w = startWith(outer, wcfg)
+			want := workerFiles
+			if step.role == swarm.NodeRoleManager {
+				want = managerFiles
+				waitUntil(t, "the restarted node votes", func() bool { return w.isVoter(ctx) })
+			} else {
+				waitUntil(t, "the restarted node is a worker", w.isWorker)
+				if list, err := m.store.Members().List(ctx); err != nil || len(list) != 1 {
+					t.Fatalf("members: %+v %v", list, err)
+				}
+			}
+			for f, ok := range want {
+				if exists(t, wdir, f) != ok {
+					t.Errorf("%s exists=%v, want %v", f, !ok, ok)
+				}
+			}
+		})
+	}
+}
