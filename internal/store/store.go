@@ -62,6 +62,9 @@ type Store struct {
 	awaitLeader func(context.Context) bool
 	// members manages the cluster (nil for a lone member).
 	members *Members
+	// external is a cluster the user runs (external.go): its history and
+	// snapshots are not hush's alone.
+	external bool
 }
 
 func newStore(cli *clientv3.Client, log *slog.Logger, keys Keys) *Store {
