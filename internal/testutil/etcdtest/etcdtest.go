@@ -63,6 +63,7 @@ func (s *Server) start(t testing.TB) {
 	cfg := embed.NewConfig()
 	cfg.Name = "etcdtest"
 	cfg.Dir = filepath.Join(s.Dir, "data")
+	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	client := s.Endpoint
 	if client == "" {
