@@ -137,3 +137,29 @@ func TestExternalDaemon(t *testing.T) {
 		}
 	})
 }
+
+// Autolock and master-key rotation work unchanged on an external store:
+// they change key files beside the data dir and re-seal what is in etcd.
+func TestExternalDaemonKeys(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	d := startWith(t, externalCfg(srv, dir, "/keys"))
+	id := getCluster(t, d).ID
+	if _, err := d.RotateMaster(ctx); err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	key := enableAutolock(t, d)
+	d.Close()
+	d = startWith(t, externalCfg(srv, dir, "/keys"))
+	if d.State() != swarm.LocalNodeStateLocked {
+		t.Fatalf("state after restart with autolock: %s", d.State())
+	}
+	if err := d.Unlock(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if got := getCluster(t, d).ID; got != id {
+		t.Fatalf("cluster after unlock: %s, want %s", got, id)
+	}
+	checkKeyFiles(t, d, true)
+}
