@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -265,5 +266,33 @@ func TestExternalRenewedKeyPair(t *testing.T) {
 	awaitReady(t, s)
 	if _, err := s.Revision(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A full external cluster (etcd's own NOSPACE alarm: hush keeps no quota
+// of its own there) answers writes with the store-full category, and
+// deletes still work.
+func TestExternalStoreFull(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t, etcdtest.WithQuota(1<<20))
+	s := openExternal(t, store.ExternalConfig{Endpoints: []string{srv.Endpoint}, CAFile: srv.CAFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile})
+	awaitReady(t, s)
+	tb := s.Table("things")
+	val := bytes.Repeat([]byte("x"), 64<<10)
+	var err error
+	var n int
+	for ; n < 200; n++ {
+		if _, err = tb.Create(ctx, "id"+strconv.Itoa(n), "", val); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, errdefs.ErrNoSpace) || !strings.Contains(err.Error(), "the cluster store is full") {
+		t.Fatalf("after %d writes of 64 KiB into a 1 MiB quota: %v", n, err)
+	}
+	if n == 0 {
+		t.Fatal("the first write was refused")
+	}
+	if err := tb.Delete(ctx, "id0", "", 0, nil); err != nil {
+		t.Fatalf("delete in a full cluster: %v", err)
 	}
 }

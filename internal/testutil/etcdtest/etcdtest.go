@@ -37,13 +37,25 @@ type Server struct {
 	e   *embed.Etcd
 	ca  *x509.Certificate
 	key *ecdsa.PrivateKey
+	// quota is etcd's backend quota (0: etcd's default).
+	quota int64
 }
+
+// Option changes how Start runs the server.
+type Option func(*Server)
+
+// WithQuota sets etcd's backend quota (--quota-backend-bytes), for tests
+// of a full cluster.
+func WithQuota(bytes int64) Option { return func(s *Server) { s.quota = bytes } }
 
 // Start starts a server in a fresh temporary directory and stops it when
 // the test ends.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	s := &Server{Dir: t.TempDir()}
+	for _, o := range opts {
+		o(s)
+	}
 	tlsFiles(t, s)
 	s.start(t)
 	t.Cleanup(s.Stop)
@@ -64,6 +76,7 @@ func (s *Server) start(t testing.TB) {
 	cfg.Name = "etcdtest"
 	cfg.Dir = filepath.Join(s.Dir, "data")
 	cfg.LogLevel = "error"
+	cfg.QuotaBackendBytes = s.quota
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	client := s.Endpoint
 	if client == "" {
