@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/namespace"
 	"go.uber.org/zap"
@@ -139,9 +141,11 @@ func OpenExternal(ctx context.Context, c ExternalConfig) (*Store, error) {
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: c.DialTimeout,
 		MaxCallSendMsgSize:   MaxRequestBytes + 64<<10,
-		MaxCallRecvMsgSize:   64 << 20,
-		Logger:               zap.NewNop(),
-		Context:              context.WithoutCancel(ctx),
+		// The mirror loads every key in one read: the cluster's quota,
+		// not the client, bounds a response.
+		MaxCallRecvMsgSize: math.MaxInt32,
+		Logger:             zap.NewNop(),
+		Context:            context.WithoutCancel(ctx),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: external etcd client: %w", err)
@@ -392,6 +396,23 @@ func externalTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 			return load()
 		},
 	}, nil
+}
+
+// errTooLarge is an object that etcd refused for its request size limit:
+// only an external cluster run with a lower --max-request-bytes than
+// hush's own members use can refuse one (API bodies are bounded below).
+var errTooLarge = fmt.Errorf("store: %w", errdefs.BadRequest(
+	"the object is larger than the cluster store accepts in one request: the external etcd must run with --max-request-bytes of at least %d", MaxRequestBytes))
+
+func isTooLarge(err error) bool {
+	if errors.Is(err, rpctypes.ErrGRPCRequestTooLarge) || errors.Is(err, rpctypes.ErrRequestTooLarge) ||
+		rpctypes.ErrorDesc(err) == rpctypes.ErrRequestTooLarge.Error() {
+		return true
+	}
+	// Past etcd's limit plus its gRPC allowance, gRPC refuses the message
+	// before etcd sees it.
+	// (ResourceExhausted, "… message larger than max …").
+	return strings.Contains(rpctypes.ErrorDesc(err), "message larger than max")
 }
 
 // errExternalSnapshot refuses a snapshot of an external cluster.

@@ -296,3 +296,24 @@ func TestExternalStoreFull(t *testing.T) {
 		t.Fatalf("delete in a full cluster: %v", err)
 	}
 }
+
+// An external etcd with a smaller request limit than hush's members use
+// (etcdtest runs etcd's default, 1.5 MiB) refuses a large object with a
+// 400 that names the setting, not a 503 that invites retrying.
+func TestExternalRequestTooLarge(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	s := openExternal(t, store.ExternalConfig{Endpoints: []string{srv.Endpoint}, CAFile: srv.CAFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile})
+	awaitReady(t, s)
+	tb := s.Table("things")
+	if _, err := tb.Create(ctx, "small", "", bytes.Repeat([]byte("x"), 512<<10)); err != nil {
+		t.Fatal(err)
+	}
+	// Past etcd's limit, then past its gRPC allowance too.
+	for _, size := range []int{1700 << 10, 2300 << 10} {
+		_, err := tb.Create(ctx, "large", "", bytes.Repeat([]byte("x"), size))
+		if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "--max-request-bytes of at least") {
+			t.Fatalf("a %d-byte object: %v", size, err)
+		}
+	}
+}

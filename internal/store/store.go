@@ -369,6 +369,9 @@ func wrapEtcd(err error) error {
 // writeErr maps a failed write: etcd's NOSPACE is the store being full
 // (the client can free space), not a transient failure to retry.
 func (s *Store) writeErr(err error) error {
+	if isTooLarge(err) {
+		return errTooLarge
+	}
 	if !isNoSpace(err) {
 		return wrapEtcd(err)
 	}

@@ -1,7 +1,3 @@
-// Package etcdtest runs a real etcd server in the test process, on a
-// loopback client URL with mutual TLS, for tests of hush against an
-// external etcd (hushd's --external-etcd). Test code only: it must never be
-// imported by a shipped binary, and its keys are fresh and never reused.
 package etcdtest
 
 import (
