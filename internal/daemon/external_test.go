@@ -73,6 +73,24 @@ func TestExternalDaemon(t *testing.T) {
 			}
 		}
 	})
+	t.Run("init refused once another hushd made its cluster", func(t *testing.T) {
+		cfg := externalCfg(srv, t.TempDir(), "/late")
+		cfg.NoInit = true
+		waiting := startWith(t, cfg)
+		if waiting.State() != swarm.LocalNodeStateInactive {
+			t.Fatalf("state with --no-init: %s", waiting.State())
+		}
+		first := startWith(t, externalCfg(srv, t.TempDir(), "/late"))
+		_, err := waiting.swarmController().InitWithKey(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen}, nil)
+		if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+			t.Fatalf("init beside another hushd's cluster: %v", err)
+		}
+		if getCluster(t, first).ID == "" {
+			t.Fatal("the first cluster went")
+		}
+		waiting.Close()
+		first.Close()
+	})
 	t.Run("second hushd under its own prefix", func(t *testing.T) {
 		d2 := startWith(t, externalCfg(srv, t.TempDir(), "/team-b"))
 		if getCluster(t, d2).ID == c.ID {
