@@ -185,7 +185,8 @@ func OpenExternal(ctx context.Context, c ExternalConfig) (*Store, error) {
 }
 
 // externalProbeEvery is how often a healthy cluster is probed; an
-// unhealthy one is probed again as soon as a probe ends.
+// unhealthy one is probed again 200 ms after a probe fails, so service
+// resumes soon after the cluster does.
 const externalProbeEvery = time.Second
 
 // probeExternal keeps healthy true while the cluster answers a
