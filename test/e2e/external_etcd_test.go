@@ -43,6 +43,12 @@ func TestExternalEtcd(t *testing.T) {
 		t.Fatalf("secret inspect: %q", out)
 	}
 
+	// The only manager of its hush cluster: Leader, as a lone node; the
+	// etcd members are not swarm nodes.
+	if out := strings.TrimSpace(h.MustDocker("node", "ls", "--format", "{{.Self}} {{.ManagerStatus}}")); out != "true Leader" {
+		t.Fatalf("node ls: %q", out)
+	}
+
 	h.Restart()
 	if out := h.MustDocker("secret", "inspect", "--format", "{{.Spec.Name}}", id); strings.TrimSpace(out) != name {
 		t.Fatalf("after a hushd restart: %q", out)
