@@ -17,9 +17,10 @@ import (
 )
 
 // openStore opens the store (a lone member, a member of the managers'
-// cluster, or an external etcd) and builds everything that reads it: the object managers, the
-// mirror, networks, events, the standalone containers' grants, and the API
-// server over them. Background loops start on d.bg.
+// cluster, or an external etcd) and builds everything that reads it: the
+// object managers, the mirror, networks, events, the standalone
+// containers' grants, and the API server over them. Background loops start
+// on d.bg.
 func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) error {
 	var st *store.Store
 	var err error

@@ -254,7 +254,8 @@ func (s *Store) Referencing(ctx context.Context, keyID string) (int, error) {
 //
 // On an external cluster it does nothing: compaction there is cluster-wide
 // and would cut the history other clients of that etcd watch; the values
-// it would drop are sealed under keys hush has retired.
+// it would drop are sealed under keys hush has retired (hush never wrote
+// clear values there, so there is nothing to migrate away).
 func (s *Store) CompactAll(ctx context.Context) error {
 	if s.external {
 		return nil
