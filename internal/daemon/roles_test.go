@@ -9,9 +9,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +135,18 @@ func TestPromoteDemote(t *testing.T) {
 			}
 		})
 	}
+
+	// The node call takes its caller's identity from a client certificate
+	// only: without one it is refused, whatever the body says.
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the server is not what is tested
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+l1+nodeSyncPath, strings.NewReader(`{"csr":null}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := joinCall(noCert, r, l1, 1<<16); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("node call without a certificate: %v, want unauthorized", err)
+	}
+	noCert.CloseIdleConnections()
 
 	// Promote.
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
