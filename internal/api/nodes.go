@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -18,10 +19,21 @@ func parseNodeFilter(raw string) (nodes.Filter, error) {
 	return nodes.ParseFilter(args.values)
 }
 
+// NodeRemover removes nodes of a cluster (`docker node rm`); handled is
+// false on a lone node, which the API answers itself.
+type NodeRemover interface {
+	RemoveNode(ctx context.Context, ref string, force bool) (handled bool, err error)
+}
+
 // removeNode answers `docker node rm`: an unknown node is a 404 before any
 // other check, as in Swarm; hush's only node is the manager, which Swarm
 // refuses to remove while it is a raft member (its text names the full ID).
-func (s *Server) removeNode(ref string) error {
+func (s *Server) removeNode(ctx context.Context, ref string, force bool) error {
+	if rm, ok := s.Nodes.(NodeRemover); ok {
+		if handled, err := rm.RemoveNode(ctx, ref, force); handled {
+			return err
+		}
+	}
 	if !s.matchNode(ref) {
 		return errdefs.NotFound("node %s not found", ref)
 	}

@@ -375,5 +375,13 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, s.removeNode(r.PathValue("id")))
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, errdefs.BadRequest("invalid value for force: %q", v))
+			return
+		}
+	}
+	s.writeError(w, r, s.removeNode(r.Context(), r.PathValue("id"), force))
 }

@@ -162,6 +162,11 @@ type Daemon struct {
 	// seen is when each worker last sent its dispatcher a heartbeat
 	// (dispatchsvc.go), in this manager's memory.
 	seen dispatchnet.LastSeen
+	// dispatch is the dispatcher server's handler while it serves
+	// (noderemove.go ends a removed node's session and asks nodes for
+	// logs through it); removed caches the store's refusal list.
+	dispatch atomic.Pointer[dispatchnet.Handler]
+	removed  removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
 

@@ -89,10 +89,13 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
+		Refuse: d.refuseNode,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
 	d.log.Info("dispatcher listening", "addr", addr)
 	return func(ctx context.Context) {
+		d.dispatch.Store(h)
+		defer d.dispatch.CompareAndSwap(h, nil)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

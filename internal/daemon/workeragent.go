@@ -46,7 +46,8 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		return err
 	}
 	ag := agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
-		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log})
+		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
+		OnRemoved: func() { d.removedFromCluster(ws) }})
 	var ctx context.Context
 	ctx, d.runStop = context.WithCancel(context.Background())
 	d.runDone.Add(1)

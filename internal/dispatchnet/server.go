@@ -225,6 +225,13 @@ func (h *Handler) end(node, id string, cause error) {
 	}
 }
 
+// EndNode ends node's session now, telling it cause in the end frame
+// (the daemon calls it on `docker node rm`, so a removed node does not
+// wait for its next heartbeat to be refused).
+func (h *Handler) EndNode(node string, cause error) {
+	h.end(node, "", cause)
+}
+
 // lookup returns node's session named id.
 func (h *Handler) lookup(node, id string) (*srvSession, error) {
 	h.mu.Lock()
