@@ -222,6 +222,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Cluster:    clusterSource{d},
 		Swarm:      d,
 		Nodes:      clusterNodes{d},
+		RemoteLogs: remoteLogs{d},
 		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,

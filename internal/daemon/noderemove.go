@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"time"
@@ -176,4 +177,16 @@ func (d *Daemon) removedFromCluster(ws *workerState) {
 			d.log.Error("leaving after removal", "err", err)
 		}
 	}()
+}
+
+// remoteLogs fetches a task's logs from the node that runs it, through
+// the node's dispatcher session with this manager (api.RemoteLogSource).
+type remoteLogs struct{ d *Daemon }
+
+func (r remoteLogs) TaskLogs(ctx context.Context, nodeID, taskID string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error) {
+	h := r.d.dispatch.Load()
+	if h == nil {
+		return nil, errdefs.Unavailable("this manager serves no dispatcher: the logs of node %s's tasks are not reachable from it", nodeID)
+	}
+	return h.Logs(ctx, nodeID, taskID, agent.LogOptions{Follow: follow, Tail: tail, Since: since, Timestamps: timestamps})
 }
