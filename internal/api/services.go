@@ -383,5 +383,9 @@ func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.writeError(w, r, s.removeNode(r.Context(), r.PathValue("id"), force))
+	if err := s.removeNode(r.Context(), r.PathValue("id"), force); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 }

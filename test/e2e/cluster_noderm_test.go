@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// workerLogsLeaveRemove continues TestClusterWorkerRunsTasks's cluster
+// (manager m, worker w of ID wid, its worker token and the manager's
+// address): the manager serves `service logs` of a task running on the
+// worker (asked through the worker's dispatcher session, since the
+// manager reads only its own node's tasks from its engine); `node rm`
+// answers Swarm's refusals; `swarm leave` on the worker removes its task
+// containers and the manager then shows it Down; after a rejoin,
+// `node rm --force` removes it from `node ls` and the worker learns it
+// and leaves the swarm by itself.
+func workerLogsLeaveRemove(t *testing.T, m, w *Hushd, wid, wtok, remote, img string) {
+	sfx := randHex(t, 4)
+	svc, line := "hush-rm-logs-"+sfx, "hush-remote-line-"+sfx
+	t.Cleanup(func() { _, _, _ = m.Docker("service", "rm", svc) })
+	m.MustDocker("service", "create", "-d", "--name", svc, "--constraint", "node.role==worker", img,
+		"sh", "-c", "echo "+line+"; exec sleep 3600")
+	onWorker := func() string {
+		return strings.TrimSpace(m.MustDocker("ps", "-aq", "--filter", "label=io.hush.node.id="+wid))
+	}
+	waitFor(t, 90*time.Second, "the logging task running on the worker", func() bool {
+		return strings.TrimSpace(m.MustDocker("ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc,
+			"--filter", "label=com.docker.swarm.node.id="+wid)) != ""
+	})
+	waitFor(t, 30*time.Second, "the worker's task line in service logs", func() bool {
+		out, _, code := m.Docker("service", "logs", "--tail", "5", svc)
+		return code == 0 && strings.Contains(out, line)
+	})
+
+	mid := m.nodeID()
+	for _, tc := range []struct{ ref, want string }{
+		{mid, fmt.Sprintf("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", mid)},
+		{wid, fmt.Sprintf("node %s is not down and can't be removed", wid)},
+		{"nosuchnode", "node nosuchnode not found"},
+	} {
+		if _, stderr, code := m.Docker("node", "rm", tc.ref); code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Fatalf("node rm %s: exit %d, %q; want %q", tc.ref, code, stderr, tc.want)
+		}
+	}
+
+	if out := strings.TrimSpace(w.MustDocker("swarm", "leave")); out != "Node left the swarm." {
+		t.Fatalf("swarm leave on the worker: %q", out)
+	}
+	if ids := onWorker(); ids != "" {
+		t.Fatalf("the worker's task containers outlived its leave: %q", ids)
+	}
+	waitFor(t, 60*time.Second, "the worker Down in node ls", func() bool {
+		return strings.Contains(m.MustDocker("node", "ls", "--format", "{{.ID}} {{.Status}}|"), wid+" Down|")
+	})
+
+	w.MustDocker("swarm", "join", "--token", wtok, remote)
+	waitFor(t, 30*time.Second, "the rejoined worker Ready", func() bool {
+		return strings.Contains(m.MustDocker("node", "ls", "--format", "{{.ID}} {{.Status}}|"), wid+" Ready|")
+	})
+	if _, stderr, code := m.Docker("node", "rm", "--force", wid); code != 0 {
+		t.Fatalf("node rm --force of the worker: exit %d, %q", code, stderr)
+	}
+	if ls := m.MustDocker("node", "ls", "-q"); strings.Contains(ls, wid) {
+		t.Fatalf("node ls lists the removed worker: %q", ls)
+	}
+	waitFor(t, 30*time.Second, "the removed worker out of the swarm", func() bool {
+		return strings.TrimSpace(w.MustDocker("info", "--format", "{{.Swarm.LocalNodeState}}")) == "inactive"
+	})
+	waitFor(t, 30*time.Second, "the removed worker's containers gone", func() bool { return onWorker() == "" })
+}
