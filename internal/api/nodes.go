@@ -6,6 +6,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // parseNodeFilter reads `GET /nodes?filters=` with Swarm's keys and texts.
@@ -52,4 +53,30 @@ func engineLabels(kvs []string) map[string]string {
 		m[k] = v
 	}
 	return m
+}
+
+// otherNode finds another node of the cluster by full ID or unique ID
+// prefix, as `node ls` shows it (the CLI's `service ps` inspects each
+// task's node for its hostname); ok false when none matches.
+func (s *Server) otherNode(ctx context.Context, ref string) (swarm.Node, bool, error) {
+	if s.Nodes == nil || ref == "" {
+		return swarm.Node{}, false, nil
+	}
+	_, others, ok, err := s.Nodes.Managers(ctx)
+	if err != nil || !ok {
+		return swarm.Node{}, false, err
+	}
+	var found []swarm.Node
+	for _, n := range others {
+		if n.ID == ref {
+			return n, true, nil
+		}
+		if strings.HasPrefix(n.ID, ref) {
+			found = append(found, n)
+		}
+	}
+	if len(found) != 1 {
+		return swarm.Node{}, false, nil
+	}
+	return found[0], true, nil
 }

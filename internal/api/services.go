@@ -345,6 +345,14 @@ func (s *Server) matchNode(ref string) bool {
 
 func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
 	if !s.matchNode(r.PathValue("id")) {
+		if n, ok, err := s.otherNode(r.Context(), r.PathValue("id")); err != nil || ok {
+			if err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, n)
+			return
+		}
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}

@@ -11,7 +11,8 @@ import (
 // (manager m, worker w of ID wid, its worker token and the manager's
 // address): the manager serves `service logs` of a task running on the
 // worker (asked through the worker's dispatcher session, since the
-// manager reads only its own node's tasks from its engine); `node rm`
+// manager reads only its own node's tasks from its engine) and `service
+// ps` names the worker by hostname; `node rm`
 // answers Swarm's refusals; `swarm leave` on the worker removes its task
 // containers and the manager then shows it Down; after a rejoin,
 // `node rm --force` removes it from `node ls` and the worker learns it
@@ -33,6 +34,11 @@ func workerLogsLeaveRemove(t *testing.T, m, w *Hushd, wid, wtok, remote, img str
 		out, _, code := m.Docker("service", "logs", "--tail", "5", svc)
 		return code == 0 && strings.Contains(out, line)
 	})
+
+	// service ps names the worker by its hostname (the CLI inspects it).
+	if ps := strings.TrimSpace(m.MustDocker("service", "ps", "--format", "{{.Node}}", svc)); ps == "" || strings.Contains(ps, wid) {
+		t.Fatalf("service ps NODE of the worker's task: %q", ps)
+	}
 
 	mid := m.nodeID()
 	for _, tc := range []struct{ ref, want string }{
