@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +18,8 @@ import (
 // answers Swarm's refusals; `swarm leave` on the worker removes its task
 // containers and the manager then shows it Down; after a rejoin,
 // `node rm --force` removes it from `node ls` and the worker learns it
-// and leaves the swarm by itself.
+// and leaves the swarm by itself; its membership files put back, its
+// certificate is refused and it leaves again.
 func workerLogsLeaveRemove(t *testing.T, m, w *Hushd, wid, wtok, remote, img string) {
 	sfx := randHex(t, 4)
 	svc, line := "hush-rm-logs-"+sfx, "hush-remote-line-"+sfx
@@ -65,6 +68,15 @@ func workerLogsLeaveRemove(t *testing.T, m, w *Hushd, wid, wtok, remote, img str
 	waitFor(t, 30*time.Second, "the rejoined worker Ready", func() bool {
 		return strings.Contains(m.MustDocker("node", "ls", "--format", "{{.ID}} {{.Status}}|"), wid+" Ready|")
 	})
+	// The membership the worker holds now, to replay after the removal.
+	kept := map[string][]byte{}
+	for _, f := range []string{"worker.json", filepath.Join("keys", "node.key")} {
+		b, err := os.ReadFile(filepath.Join(w.DataDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept[f] = b
+	}
 	if _, stderr, code := m.Docker("node", "rm", "--force", wid); code != 0 {
 		t.Fatalf("node rm --force of the worker: exit %d, %q", code, stderr)
 	}
@@ -75,4 +87,20 @@ func workerLogsLeaveRemove(t *testing.T, m, w *Hushd, wid, wtok, remote, img str
 		return strings.TrimSpace(w.MustDocker("info", "--format", "{{.Swarm.LocalNodeState}}")) == "inactive"
 	})
 	waitFor(t, 30*time.Second, "the removed worker's containers gone", func() bool { return onWorker() == "" })
+
+	// Its certificate is refused from then on: put back, it opens no session
+	// and the node leaves again.
+	w.Stop()
+	for f, b := range kept {
+		if err := os.WriteFile(filepath.Join(w.DataDir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Restart()
+	waitFor(t, 60*time.Second, "the replayed membership refused", func() bool {
+		return strings.TrimSpace(w.MustDocker("info", "--format", "{{.Swarm.LocalNodeState}}")) == "inactive"
+	})
+	if ls := m.MustDocker("node", "ls", "-q"); strings.Contains(ls, wid) {
+		t.Fatalf("node ls lists the removed worker after its replay: %q", ls)
+	}
 }
