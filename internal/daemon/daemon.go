@@ -163,9 +163,10 @@ type Daemon struct {
 	// (dispatchsvc.go), in this manager's memory.
 	seen dispatchnet.LastSeen
 	// dispatch is the dispatcher server's handler while it serves
-	// (noderemove.go ends a removed node's session and asks nodes for
-	// logs through it); removed caches the store's refusal list.
-	dispatch atomic.Pointer[dispatchnet.Handler]
+	// and the relayer asking other managers for logs (noderemove.go ends a
+	// removed node's session and asks nodes for logs through them);
+	// removed caches the store's refusal list.
+	dispatch atomic.Pointer[dispatchRuntime]
 	removed  removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/pki"
@@ -112,10 +113,10 @@ func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (b
 		return true, err
 	}
 	d.removed.noteRemoved(n.ID, at)
-	if h := d.dispatch.Load(); h != nil {
+	if rt := d.dispatch.Load(); rt != nil {
 		// Its session here ends now; a session with another manager ends
 		// at its next heartbeat there.
-		h.EndNode(n.ID, removedError(n.ID))
+		rt.h.EndNode(n.ID, removedError(n.ID))
 	}
 	d.log.Info("node removed", "node", n.ID, "force", force)
 	return true, nil
@@ -180,13 +181,40 @@ func (d *Daemon) removedFromCluster(ws *workerState) {
 }
 
 // remoteLogs fetches a task's logs from the node that runs it, through
-// the node's dispatcher session with this manager (api.RemoteLogSource).
+// the node's dispatcher session with this manager, or with another
+// manager, which relays them (api.RemoteLogSource).
 type remoteLogs struct{ d *Daemon }
 
 func (r remoteLogs) TaskLogs(ctx context.Context, nodeID, taskID string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error) {
-	h := r.d.dispatch.Load()
-	if h == nil {
+	rt := r.d.dispatch.Load()
+	if rt == nil {
 		return nil, errdefs.Unavailable("this manager serves no dispatcher: the logs of node %s's tasks are not reachable from it", nodeID)
 	}
-	return h.Logs(ctx, nodeID, taskID, agent.LogOptions{Follow: follow, Tail: tail, Since: since, Timestamps: timestamps})
+	o := agent.LogOptions{Follow: follow, Tail: tail, Since: since, Timestamps: timestamps}
+	rc, err := rt.h.Logs(ctx, nodeID, taskID, o)
+	if !errors.Is(err, dispatchnet.ErrNoSession) {
+		return rc, err
+	}
+	addrs, aerr := r.d.managerAddrs(ctx)
+	if aerr != nil {
+		return nil, errors.Join(err, aerr)
+	}
+	// addrs[0] is this manager. The node holds one session, with one of
+	// them: at most one answers with logs.
+	for _, a := range addrs[1:] {
+		da, derr := dispatchAddr(a)
+		if derr != nil {
+			continue
+		}
+		rc, rerr := rt.relay.Logs(ctx, da, nodeID, taskID, o)
+		switch {
+		case rerr == nil:
+			return rc, nil
+		case errors.Is(rerr, dispatchnet.ErrNoSession), errors.Is(rerr, errdefs.ErrUnavailable):
+			continue
+		default:
+			return nil, rerr
+		}
+	}
+	return nil, err
 }

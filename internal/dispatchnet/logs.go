@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -67,7 +68,7 @@ func (h *Handler) Logs(ctx context.Context, node, taskID string, o agent.LogOpti
 	s := h.sessions[node]
 	h.mu.Unlock()
 	if s == nil {
-		return nil, errdefs.Unavailable("node %s holds no dispatcher session with this manager", node)
+		return nil, fmt.Errorf("%w: %w", ErrNoSession, errdefs.Unavailable("node %s holds no dispatcher session with this manager", node))
 	}
 	id, err := newSessionID()
 	if err != nil {

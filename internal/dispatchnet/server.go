@@ -157,6 +157,7 @@ func NewHandler(c ServerConfig) *Handler {
 	h.mux.HandleFunc("POST "+pathAttachments, h.call(maxCallBody, h.attachments))
 	h.mux.HandleFunc("POST "+pathRegistryAuth, h.registryAuth)
 	h.mux.HandleFunc("POST "+pathLogs, h.serveLogsAnswer)
+	h.mux.HandleFunc("POST "+pathRelayLogs, h.serveRelayLogs)
 	return h
 }
 
