@@ -344,26 +344,22 @@ func (s *Server) matchNode(ref string) bool {
 }
 
 // ClusterNodeEditor is what a manager of a cluster of several nodes adds
-// to ClusterNodes: inspecting and updating another node, and changing
-// roles (ok false: a lone node, served here).
+// to ClusterNodes: updating any node, roles included (ok false: a lone
+// node, served here).
 type ClusterNodeEditor interface {
-	Node(ctx context.Context, ref string) (n swarm.Node, ok bool, err error)
 	UpdateNode(ctx context.Context, id string, version uint64, spec swarm.NodeSpec) (ok bool, err error)
 }
 
 func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
-	if ed, ok := s.Nodes.(ClusterNodeEditor); ok && !s.matchNode(r.PathValue("id")) {
-		n, ok, err := ed.Node(r.Context(), r.PathValue("id"))
-		switch {
-		case err != nil:
-			s.writeError(w, r, err)
-			return
-		case ok:
+	if !s.matchNode(r.PathValue("id")) {
+		if n, ok, err := s.otherNode(r.Context(), r.PathValue("id")); err != nil || ok {
+			if err != nil {
+				s.writeError(w, r, err)
+				return
+			}
 			writeJSON(w, http.StatusOK, n)
 			return
 		}
-	}
-	if !s.matchNode(r.PathValue("id")) {
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
@@ -413,5 +409,17 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, s.removeNode(r.PathValue("id")))
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, errdefs.BadRequest("invalid value for force: %q", v))
+			return
+		}
+	}
+	if err := s.removeNode(r.Context(), r.PathValue("id"), force); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 }

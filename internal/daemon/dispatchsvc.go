@@ -82,10 +82,15 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
+		Refuse: d.refuseNode,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
+	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}
 	d.log.Info("dispatcher listening", "addr", addr)
 	return func(ctx context.Context) {
+		d.dispatch.Store(rt)
+		defer rt.relay.Close()
+		defer d.dispatch.CompareAndSwap(rt, nil)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -121,4 +126,12 @@ func (d *Daemon) workerUp(nodeID string) bool {
 		p = dispatchnet.DefaultHeartbeatPeriod
 	}
 	return time.Since(last) <= workerMissedBeats*p
+}
+
+// dispatchRuntime is the dispatcher server while it serves: its handler
+// (the sessions of the nodes connected to this manager) and the relayer
+// that asks the other managers for logs of nodes connected to them.
+type dispatchRuntime struct {
+	h     *dispatchnet.Handler
+	relay *dispatchnet.Relayer
 }

@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -63,46 +62,6 @@ const msgPromoteNoListen = "node %s has no listen address: a worker that joined 
 
 // ---- the API side: docker node inspect/update/promote/demote ----
 
-// Node is `docker node inspect` of another node of the cluster.
-func (c clusterNodes) Node(ctx context.Context, ref string) (swarm.Node, bool, error) {
-	_, others, ok, err := c.Managers(ctx)
-	if err != nil || !ok {
-		return swarm.Node{}, false, err
-	}
-	if i := matchRef(len(others), ref, func(i int) (string, string) { return others[i].ID, others[i].Description.Hostname }); i >= 0 {
-		return others[i], true, nil
-	}
-	return swarm.Node{}, false, nil
-}
-
-// matchRef finds ref among n nodes as Swarm does: a full ID, else a
-// unique ID prefix, else a hostname; -1 when none (or several) match.
-func matchRef(n int, ref string, at func(int) (id, host string)) int {
-	if ref == "" {
-		return -1
-	}
-	prefix, byHost := -1, -1
-	for i := range n {
-		id, host := at(i)
-		switch {
-		case id == ref:
-			return i
-		case strings.HasPrefix(id, ref):
-			if prefix != -1 {
-				prefix = -2
-			} else {
-				prefix = i
-			}
-		case host == ref && byHost == -1:
-			byHost = i
-		}
-	}
-	if prefix >= 0 {
-		return prefix
-	}
-	return byHost
-}
-
 // UpdateNode is `docker node update` (promote and demote included) on a
 // manager of a cluster. A demotion is checked against the membership
 // first (Swarm's refusals), so a refused one changes nothing; the record
@@ -117,15 +76,10 @@ func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64
 	if err := d.CheckServing(); err != nil {
 		return true, err
 	}
-	recs, err := nodes.List(ctx, d.store)
+	n, err := resolveNode(ctx, d.store, ref)
 	if err != nil {
 		return true, err
 	}
-	i := matchRef(len(recs), ref, func(i int) (string, string) { return recs[i].ID, recs[i].Hostname })
-	if i < 0 {
-		return true, errdefs.NotFound("node %s not found", ref)
-	}
-	n := recs[i]
 	want := spec.Role
 	if want == "" {
 		want = n.Spec.Role
@@ -192,6 +146,10 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 	}
 	d.mu.Unlock()
 	id, err := pki.PeerIdentity(*r.TLS, clusterID)
+	if err == nil {
+		// A removed node's certificate renews nothing (noderemove.go).
+		err = d.refuseNode(id.NodeID, r.TLS.VerifiedChains[0][0])
+	}
 	if err != nil {
 		writeJoinError(w, err)
 		return
