@@ -76,35 +76,84 @@ func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64
 	if err := d.CheckServing(); err != nil {
 		return true, err
 	}
+	// A demotion's write is guarded on the other managers' records (see
+	// updateNodeOnce): another change to one of them meanwhile means
+	// checking again against what it is now.
+	for range maxRoleTries - 1 {
+		err := c.updateNodeOnce(ctx, ref, version, spec)
+		if !errors.Is(err, store.ErrGuard) {
+			return true, err
+		}
+	}
+	if err := c.updateNodeOnce(ctx, ref, version, spec); err != nil {
+		if errors.Is(err, store.ErrGuard) {
+			return true, errdefs.Unavailable("the managers' records kept changing during the demotion; retry")
+		}
+		return true, err
+	}
+	return true, nil
+}
+
+// maxRoleTries bounds the re-checks of a demotion whose guard failed.
+const maxRoleTries = 5
+
+// updateNodeOnce is one checked attempt of UpdateNode; ErrGuard means a
+// manager's record changed since the checks read it.
+func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version uint64, spec swarm.NodeSpec) error {
+	d := c.d
+	members := d.store.Members()
+	if members == nil {
+		return errdefs.Unavailable("this manager is not a member of a cluster")
+	}
 	n, err := resolveNode(ctx, d.store, ref)
 	if err != nil {
-		return true, err
+		return err
 	}
 	want := spec.Role
 	if want == "" {
 		want = n.Spec.Role
 	}
 	var remove *store.Member
+	var managers []nodes.Node
 	switch {
 	case want == n.Spec.Role:
 	case want == swarm.NodeRoleManager:
 		if !hasListenAddr(n.Addr) {
-			return true, errdefs.BadRequest(msgPromoteNoListen, n.ID)
+			return errdefs.BadRequest(msgPromoteNoListen, n.ID)
 		}
 	case want == swarm.NodeRoleWorker:
+		// Demotions recorded but not carried out yet count as done: their
+		// members are about to go, and the records must keep a manager.
+		all, err := nodes.List(ctx, d.store)
+		if err != nil {
+			return err
+		}
+		var pending []string
+		for _, o := range all {
+			switch {
+			case o.ID == n.ID:
+			case o.Spec.Role == swarm.NodeRoleManager:
+				managers = append(managers, o)
+			default:
+				pending = append(pending, o.ID)
+			}
+		}
+		if len(managers) == 0 {
+			return errdefs.FailedPrecondition("attempting to demote the last manager of the swarm")
+		}
 		m, ok, err := members.ByName(ctx, n.ID, "")
 		if err != nil {
-			return true, err
+			return err
 		}
 		if ok {
-			if err := members.CheckRemove(ctx, m.ID); err != nil {
-				return true, err
+			if err := members.CheckRemove(ctx, m.ID, pending...); err != nil {
+				return err
 			}
 			remove = &m
 		}
 	}
-	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec); err != nil {
-		return true, err
+	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec, managers); err != nil {
+		return err
 	}
 	if want != n.Spec.Role {
 		d.log.Info("node role changed", "node", n.ID, "from", n.Spec.Role, "to", want)
@@ -121,7 +170,7 @@ func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64
 		// removes this member and certifies it as a worker.
 		d.kickSync()
 	}
-	return true, nil
+	return nil
 }
 
 // hasListenAddr: a node that joined without a listen address is recorded

@@ -350,3 +350,41 @@ func TestRoleChangeCrashes(t *testing.T) {
 		})
 	}
 }
+
+// A demotion still pending (the record says worker, the member is not
+// removed yet) counts as done: demoting the other manager of two right
+// after demoting this one must be refused as demoting the last manager,
+// else the records name no manager at all and the remaining member waits
+// forever for another manager to certify its demotion.
+func TestDemotePendingCountsAsDone(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	// m's own demotion stays pending: its sync (which would carry it
+	// out) is stopped.
+	m.syncStop()
+	if err := setRole(ctx, m, m.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demote self: %v", err)
+	}
+	before, err := nodes.Get(ctx, m.store, w.nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "attempting to demote the last manager of the swarm") {
+		t.Fatalf("demoting the other manager while this one's demotion is pending: %v", err)
+	}
+	after, err := nodes.Get(ctx, m.store, w.nodeID)
+	if err != nil || after.Spec.Role != swarm.NodeRoleManager || after.Version != before.Version {
+		t.Fatalf("a refused demotion changed the record: %+v %v", after, err)
+	}
+}
