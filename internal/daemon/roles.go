@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -203,7 +204,7 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 		writeJoinError(w, err)
 		return
 	}
-	resp, err := d.syncNode(r.Context(), id, &req)
+	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req)
 	if err != nil {
 		d.log.Warn("node sync refused", "node", id.NodeID, "err", err)
 		writeJoinError(w, err)
@@ -218,7 +219,7 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 // manager removes the node's etcd member first, with Swarm's refusals);
 // or a promotion (the join's path: a manager certificate, a learner, the
 // master key wrapped to the certified key).
-func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, req *syncRequest) (*joinResponse, error) {
+func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.Certificate, req *syncRequest) (*joinResponse, error) {
 	if err := d.CheckServing(); err != nil {
 		return nil, err
 	}
@@ -266,7 +267,14 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, req *syncRequest
 			d.log.Info("demoted manager's member removed", "node", id.NodeID, "member", m.ID)
 		}
 	case want == pki.RoleManager && id.Role == pki.RoleWorker:
-		return d.promoteNode(ctx, &c, n, req, resp)
+		resp, err := d.promoteNode(ctx, &c, n, req, resp)
+		if err != nil {
+			return nil, err
+		}
+		if err := d.refuseIssued(ctx, id.NodeID, presented, resp.CertPEM); err != nil {
+			return nil, err
+		}
+		return resp, nil
 	}
 	ca, err := d.issuer(&c)
 	if err != nil {
@@ -277,8 +285,43 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, req *syncRequest
 	if err != nil {
 		return nil, err
 	}
+	if err := d.refuseIssued(ctx, id.NodeID, presented, iss.PEM); err != nil {
+		return nil, err
+	}
 	resp.CertPEM = iss.PEM
 	return resp, nil
+}
+
+// refuseIssued reads the refusal list from the store, not the cache,
+// once a certificate is issued and before it is answered: a node removed
+// through another manager within the cache's second would otherwise get a
+// certificate issued after its removal, which the removal's cut-off does
+// not refuse. A removal recorded after this read is later than the
+// issue, so its cut-off refuses the new certificate.
+func (d *Daemon) refuseIssued(ctx context.Context, nodeID string, presented *x509.Certificate, issuedPEM []byte) error {
+	removed, err := nodes.Removed(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	at, ok := removed[nodeID]
+	if !ok {
+		return nil
+	}
+	d.removed.noteRemoved(nodeID, at)
+	blk, _ := pem.Decode(issuedPEM)
+	if blk == nil {
+		return errors.New("node sync: no certificate issued")
+	}
+	issued, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	for _, c := range []*x509.Certificate{presented, issued} {
+		if !c.NotBefore.Add(pki.Backdate).Truncate(time.Second).After(at) {
+			return removedError(nodeID)
+		}
+	}
+	return nil
 }
 
 // promoteNode admits a worker whose record says manager as a joining

@@ -388,3 +388,42 @@ func TestDemotePendingCountsAsDone(t *testing.T) {
 		t.Fatalf("a refused demotion changed the record: %+v %v", after, err)
 	}
 }
+
+// A node removed through another manager while this manager's refusal
+// list is still the cached one gets no new certificate here: one issued
+// after the removal would not be refused by the removal's cut-off, and
+// would let the removed node back in.
+func TestNoCertificateForNodeRemovedElsewhere(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	w.syncStop()
+	// m's cache was read just now and holds no removal; another manager
+	// records w's removal (the record is deleted after it, later).
+	m.removed.mu.Lock()
+	m.removed.read, m.removed.m = time.Now().Add(time.Hour), nil
+	m.removed.mu.Unlock()
+	val, _ := json.Marshal(map[string]time.Time{"removedAt": time.Now().Truncate(time.Second).UTC()})
+	if _, err := m.store.Table("removednodes").Create(ctx, w.nodeID, "", val); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	key := w.nodeKey
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans, err := w.callSync(ctx, v, &syncRequest{CSR: csr}); !errors.Is(err, errdefs.ErrUnauthorized) || ans != nil {
+		t.Fatalf("a removed node's renewal: %v (answered: %v), want unauthorized", err, ans != nil)
+	}
+}
