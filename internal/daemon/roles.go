@@ -836,6 +836,16 @@ func (d *Daemon) convergeRoleFiles() error {
 		}
 		return nil
 	}
+	if merr == nil && errors.Is(werr, os.ErrNotExist) {
+		// A manager's key is sealed in member.json: an unsealed node.key
+		// here is a worker's (certified) key that a promotion stopped
+		// while wiping, or an uncertified one a demotion stopped before
+		// its worker.json.
+		if err := os.Remove(d.nodeKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("node key: %w", err)
+		}
+		return nil
+	}
 	if merr != nil || werr != nil {
 		return nil
 	}

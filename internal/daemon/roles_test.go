@@ -427,3 +427,45 @@ func TestNoCertificateForNodeRemovedElsewhere(t *testing.T) {
 		t.Fatalf("a removed node's renewal: %v (answered: %v), want unauthorized", err, ans != nil)
 	}
 }
+
+// At start a node holding one role's state file keeps no file of the
+// other role's secrets: a manager (its key sealed in member.json) no
+// unsealed worker key left by a promotion stopped while wiping, a worker
+// no master key.
+func TestConvergeRoleFilesLeftovers(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		files      []string
+		want, gone []string
+	}{
+		{"manager with a worker key", []string{"member.json", "keys/node.key"}, []string{"member.json"}, []string{"keys/node.key"}},
+		{"worker with a master key", []string{"worker.json", "keys/node.key", "keys/master.key"}, []string{"worker.json", "keys/node.key"}, []string{"keys/master.key"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, f), []byte("{}"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d := &Daemon{cfg: Config{DataDir: dir}}
+			d.plainKey.Path = filepath.Join(dir, "keys", "master.key")
+			if err := d.convergeRoleFiles(); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tc.want {
+				if !exists(t, dir, f) {
+					t.Errorf("%s removed", f)
+				}
+			}
+			for _, f := range tc.gone {
+				if exists(t, dir, f) {
+					t.Errorf("%s kept", f)
+				}
+			}
+		})
+	}
+}
