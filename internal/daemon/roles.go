@@ -56,7 +56,8 @@ const (
 	fpDemoteWriteWorker = "demote-write-worker" // node.key and worker.json
 	fpDemoteWipe        = "demote-wipe"         // etcd data, master.key, member.json
 	fpPromoteWriteMbr   = "promote-write-member"
-	fpPromoteWipe       = "promote-wipe" // etcd data, worker.json, node.key
+	fpPromoteWipe       = "promote-wipe"     // etcd data, worker.json, node.key
+	fpPromoteActivate   = "promote-activate" // waits for quorum and vote, activation
 )
 
 const msgPromoteNoListen = "node %s has no listen address: a worker that joined without --listen-addr cannot become a manager in hush (make it leave and join again with --listen-addr and the manager token)"
@@ -439,6 +440,11 @@ func (d *Daemon) now() time.Time {
 // out, else a certificate past its renewal point is renewed.
 func (d *Daemon) syncOnce(ctx context.Context) error {
 	d.mu.Lock()
+	if d.promoting != nil {
+		err := d.finishPromotionLocked(ctx)
+		d.mu.Unlock()
+		return err
+	}
 	v, ok := d.syncViewLocked()
 	d.mu.Unlock()
 	if !ok || len(v.addrs) == 0 {
@@ -806,18 +812,50 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 	if err := d.openStoreLocked(ctx, mc); err != nil {
 		return err
 	}
+	// From here a failed wait (a learner slow to catch up, a quorum away)
+	// is retried by the next sync rounds rather than left half done until
+	// a restart.
+	ok = true
+	d.promoting = &pendingPromotion{mk: mk, kr: kr, member: ans.MemberID}
+	return d.finishPromotionLocked(ctx)
+}
+
+// pendingPromotion is a promotion whose member.json is written and whose
+// member is started, waiting to activate: the master key and the keyring
+// the store reads with meanwhile.
+type pendingPromotion struct {
+	mk     keyring.MasterKey
+	kr     *keyring.Keyring
+	member string
+}
+
+func (p *pendingPromotion) destroy() {
+	if p != nil {
+		p.kr.Destroy()
+		p.mk.Destroy()
+	}
+}
+
+// finishPromotionLocked waits (bounded) for the quorum and this member's
+// vote, then activates the node as a manager and starts its join/CA
+// service; a failure leaves d.promoting for the next sync round.
+func (d *Daemon) finishPromotionLocked(ctx context.Context) error {
+	p := d.promoting
+	if err := d.injected(fpPromoteActivate); err != nil {
+		return err
+	}
 	if err := d.awaitQuorum(ctx); err != nil {
 		return err
 	}
 	if err := d.awaitVoter(ctx); err != nil {
 		return err
 	}
-	if err := d.activateLocked(mk); err != nil {
+	if err := d.activateLocked(p.mk); err != nil {
 		return err
 	}
-	ok = true
-	kr.Destroy()
-	d.log.Info("promoted: this node is now a manager", "member", ans.MemberID)
+	d.promoting = nil
+	p.kr.Destroy()
+	d.log.Info("promoted: this node is now a manager", "member", p.member)
 	return d.startJoinServiceLocked()
 }
 

@@ -469,3 +469,43 @@ func TestConvergeRoleFilesLeftovers(t *testing.T) {
 		})
 	}
 }
+
+// A promotion whose member started but did not become a voter in time
+// (here: the first wait fails) is finished by the next sync rounds: the
+// node ends activated as a manager serving its join/CA service, without
+// a restart.
+func TestPromotionResumesAfterAFailedWait(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	hit := make(chan struct{})
+	w.mu.Lock()
+	w.fail = failpoints{fpPromoteActivate: func() error {
+		select {
+		case <-hit:
+			return nil
+		default:
+			close(hit)
+			return errors.New("injected: the member is not a voter yet")
+		}
+	}}
+	w.mu.Unlock()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, "the promoted node is activated and serves its join service", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.runStop != nil && w.joinSvc != nil && w.mk.ID != ""
+	})
+	select {
+	case <-hit:
+	default:
+		t.Fatal("the failpoint never fired")
+	}
+}
