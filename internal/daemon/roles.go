@@ -441,7 +441,10 @@ func (d *Daemon) now() time.Time {
 func (d *Daemon) syncOnce(ctx context.Context) error {
 	d.mu.Lock()
 	if d.promoting != nil {
-		err := d.finishPromotionLocked(ctx)
+		// Briefly: mu is held, and the next round tries again.
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := d.finishPromotionLocked(wctx)
+		cancel()
 		d.mu.Unlock()
 		return err
 	}
