@@ -129,3 +129,41 @@ func TestLeaveMember(t *testing.T) {
 		}
 	}
 }
+
+// A worker told of its removal leaves on its own goroutine; a Close at
+// the same moment stops the same runtime. Both must agree on it (under
+// -race), and the node ends inactive and closed, without waiting on each
+// other forever.
+func TestRemovedLeaveRacesClose(t *testing.T) {
+	ctx := context.Background()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: listen})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{listen}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	// Stands for the agent (this test's hushd has no engine to run one):
+	// it learns of the removal, then runs until stopped.
+	w.mu.Lock()
+	ws := w.worker
+	actx, stop := context.WithCancel(context.Background())
+	w.runStop = stop
+	w.runDone.Add(1)
+	go func() {
+		defer w.runDone.Done()
+		w.removedFromCluster(ws)
+		<-actx.Done()
+	}()
+	w.mu.Unlock()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		w.Close()
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return while the removed worker left")
+	}
+}
