@@ -195,6 +195,9 @@ type Daemon struct {
 	renewAt  time.Time
 	renewFor time.Time
 	skew     atomic.Int64
+	// promoting holds a promotion past its commit point until this node
+	// is activated as a manager (finishPromotionLocked), under mu.
+	promoting *pendingPromotion
 
 	closeOnce sync.Once
 }
@@ -414,6 +417,10 @@ func (d *Daemon) Close() {
 			d.syncStop()
 			d.syncDone.Wait()
 		}
+		d.mu.Lock()
+		d.promoting.destroy()
+		d.promoting = nil
+		d.mu.Unlock()
 		if d.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_ = d.http.Shutdown(ctx)

@@ -12,6 +12,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 const table = "nodes"
@@ -102,18 +103,25 @@ func Get(ctx context.Context, st *store.Store, id string) (Node, error) {
 // manager per cluster, so the role cannot change: demoting it would leave
 // the cluster without a manager, which Swarm refuses too.
 func Update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec) error {
-	return update(ctx, st, id, version, spec, false)
+	return update(ctx, st, id, version, spec, false, nil)
 }
 
 // UpdateRole is Update on a cluster of several managers, where the role
 // may change: the caller has checked that the membership allows it (see
 // the daemon's role changes), and the record is what the nodes converge
-// to.
-func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec) error {
-	return update(ctx, st, id, version, spec, true)
+// to. managers are the other nodes recorded as managers when the caller
+// checked a demotion: the write is guarded on each being unchanged (a
+// failed guard is ErrGuard), so two demotions checked at once against the
+// same managers cannot both be recorded.
+func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, managers []Node) error {
+	var guards []clientv3.Cmp
+	for _, m := range managers {
+		guards = append(guards, clientv3.Compare(clientv3.ModRevision(st.Table(table).Key(m.ID)), "=", int64(m.Version)))
+	}
+	return update(ctx, st, id, version, spec, true, guards)
 }
 
-func update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, roles bool) error {
+func update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, roles bool, guards []clientv3.Cmp) error {
 	n, err := Get(ctx, st, id)
 	if err != nil {
 		return err
@@ -143,7 +151,7 @@ func update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	n.Spec = spec
 	n.UpdatedAt = time.Now().UTC()
 	val, _ := json.Marshal(&n)
-	_, err = st.Table(table).Update(ctx, id, int64(version), val)
+	_, err = st.Table(table).UpdateGuarded(ctx, id, int64(version), val, guards)
 	if errors.Is(err, store.ErrStale) {
 		return errdefs.OutOfSequence()
 	}
