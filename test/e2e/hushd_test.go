@@ -112,6 +112,9 @@ type Hushd struct {
 	// env is added to hushd's environment at each start (e.g.
 	// HUSH_TEST_FAILPOINTS); a test may change it between restarts.
 	env []string
+	// wrap is a command hushd is started under (e.g. nsenter into a
+	// network namespace); it must exec hushd, so that hushd keeps its pid.
+	wrap []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -207,6 +210,9 @@ func (h *Hushd) start() {
 	fmt.Fprintf(lf, "==== e2e: starting hushd at %s ====\n", time.Now().Format(time.RFC3339Nano))
 	args := append([]string{"--data-dir", h.DataDir, "--socket", h.Socket, "--log-level", h.logLevel}, h.extra...)
 	cmd := exec.Command(hushdBin, args...)
+	if len(h.wrap) > 0 {
+		cmd = exec.Command(h.wrap[0], append(append(h.wrap[1:len(h.wrap):len(h.wrap)], hushdBin), args...)...)
+	}
 	cmd.Stdout = lf
 	cmd.Stderr = lf
 	if len(h.env) > 0 {
