@@ -22,6 +22,7 @@ func TestClusterNetns(t *testing.T) {
 		{"MinorityCutOff", testLabMinorityCutOff},
 		{"KillLeaderLinearizable", testLabKillLeader},
 		{"WholeClusterRestart", testLabRestartAll},
+		{"NoQuorumServesPing", testLabNoQuorumPing},
 	} {
 		t.Run(st.name, func(t *testing.T) {
 			c.bind(t)

@@ -200,6 +200,14 @@ func (h *Hushd) running() bool {
 
 func (h *Hushd) start() {
 	h.t.Helper()
+	h.launch()
+	h.waitReady()
+}
+
+// launch starts the hushd process without waiting for it to serve (a
+// whole-cluster restart starts every manager before any can).
+func (h *Hushd) launch() {
+	h.t.Helper()
 	if h.running() {
 		h.t.Fatal("hushd: start while already running")
 	}
@@ -235,7 +243,14 @@ func (h *Hushd) start() {
 		lf.Close()
 		close(done)
 	}()
+}
 
+// waitReady waits (bounded) until hushd answers GET /_ping with 200.
+func (h *Hushd) waitReady() {
+	h.t.Helper()
+	h.mu.Lock()
+	done := h.done
+	h.mu.Unlock()
 	client := unixHTTPClient(h.Socket)
 	client.Timeout = 2 * time.Second
 	deadline := time.Now().Add(hushdReadyTimeout)
