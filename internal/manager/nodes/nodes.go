@@ -31,7 +31,7 @@ type Node struct {
 	// Hostname and Addr (host:port of its join/CA service) are what a
 	// joining node said of itself (a node's own are read live instead).
 	Hostname string `json:"hostname,omitempty"`
-	Addr string `json:"addr,omitempty"`
+	Addr     string `json:"addr,omitempty"`
 	// Status is the node's liveness as the orchestrator's leader last
 	// recorded it (nil: never recorded, e.g. just joined).
 	Status *Status `json:"status,omitempty"`
