@@ -110,22 +110,3 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	}, nil
 }
 
-// workerMissedBeats is how many heartbeat periods a worker may stay
-// silent and still count as Ready (Swarm's grace multiplier).
-const workerMissedBeats = 3
-
-// workerUp says whether a worker is live: it sent this manager's
-// dispatcher a heartbeat within the last three periods. Heartbeats are
-// kept in this manager's memory only, so another manager (or this one
-// after a restart) shows the worker Down until it heartbeats there.
-func (d *Daemon) workerUp(nodeID string) bool {
-	last, ok := d.seen.Last(nodeID)
-	if !ok {
-		return false
-	}
-	p := d.heartbeatPeriod()
-	if p <= 0 {
-		p = dispatchnet.DefaultHeartbeatPeriod
-	}
-	return time.Since(last) <= workerMissedBeats*p
-}

@@ -508,6 +508,20 @@ func (l *LastSeen) Last(nodeID string) (time.Time, bool) {
 	return t, ok
 }
 
+// Heard lists the nodes heard from after since (at is the heartbeat's
+// time as recorded).
+func (l *LastSeen) Heard(since time.Time) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for id, at := range l.m {
+		if at.After(since) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // current reports whether node holds a session.
 func (h *Handler) current(node string) bool {
 	h.mu.Lock()
