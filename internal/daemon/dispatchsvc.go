@@ -109,4 +109,3 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 		<-done
 	}, nil
 }
-
