@@ -406,3 +406,55 @@ func TestSlowReaderDisconnected(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A manager that accepts connections but never answers (a stopped
+// process: its kernel still completes the TCP handshake) is left for the
+// next one within the open timeout.
+func TestStalledManagerSkipped(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	w := c.issue(t, pki.RoleWorker)
+	f.store.Put(t, task("t1", w.id, swarm.TaskStateRunning))
+	good := serve(t, c, f, nil)
+	stalled, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stalled.Close() })
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			conn, err := stalled.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, conn)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	p := c.params(w, nil)
+	conn, err := NewConnector(ClientConfig{Managers: []string{stalled.Addr().String(), good.addr}, TLS: p.ClientConfig,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, OpenTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := conn.Open(ctx)
+	if err != nil {
+		t.Fatalf("open with a stalled manager first: %v", err)
+	}
+	defer s.(*Session).Close()
+	if base := s.(*Session).base; !strings.HasSuffix(base, good.addr) {
+		t.Fatalf("session with %s, want %s", base, good.addr)
+	}
+}
