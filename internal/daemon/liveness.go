@@ -97,12 +97,23 @@ func (d *Daemon) runLiveness(ctx context.Context, l *store.Leadership) {
 	nodes.RunLiveness(ctx, nodes.LivenessConfig{Store: d.store, Leadership: l, Period: d.livePeriod, Logger: d.log})
 }
 
+// recordDescription records what a remote node said of itself as it
+// opened its dispatcher session.
+func (d *Daemon) recordDescription(ctx context.Context, nodeID string, desc dispatchnet.Description) error {
+	return nodes.SetDescription(ctx, d.store, nodeID, nodes.Description{OS: desc.OS, Arch: desc.Arch,
+		EngineVersion: desc.EngineVersion, EngineLabels: desc.EngineLabels, NanoCPUs: desc.NanoCPUs, MemoryBytes: desc.MemoryBytes})
+}
+
+// selfDescription is this node as its engine describes it.
+func (d *Daemon) selfDescription() dispatchnet.Description {
+	return dispatchnet.Description{OS: runtime.GOOS, Arch: runtime.GOARCH, EngineVersion: d.engineVersion,
+		NanoCPUs: int64(runtime.NumCPU()) * 1e9, MemoryBytes: d.engineMemory, EngineLabels: labelMap(d.engineLabels)}
+}
+
 // describeSelf records what this manager offers to placement on other
 // managers' orchestrators: its platform, engine labels and resources.
 func (d *Daemon) describeSelf(ctx context.Context) error {
-	desc := nodes.Description{OS: runtime.GOOS, Arch: runtime.GOARCH, EngineVersion: d.engineVersion,
-		NanoCPUs: int64(runtime.NumCPU()) * 1e9, MemoryBytes: d.engineMemory, EngineLabels: labelMap(d.engineLabels)}
-	return nodes.SetDescription(ctx, d.store, d.nodeID, desc)
+	return d.recordDescription(ctx, d.nodeID, d.selfDescription())
 }
 
 // labelMap turns engine labels ("k=v") into a map.

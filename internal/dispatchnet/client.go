@@ -53,7 +53,10 @@ type ClientConfig struct {
 	// to the hello (0: 10 s): a manager that accepts connections but does
 	// not answer (stopped, overloaded) is left for the next.
 	OpenTimeout time.Duration
-	Logger      *slog.Logger
+	// Describe says what this node is, sent as each session opens (nil:
+	// nothing).
+	Describe func() Description
+	Logger   *slog.Logger
 }
 
 // Connector opens dispatcher sessions with the managers; it implements
@@ -195,7 +198,11 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 		tr.CloseIdleConnections()
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(sctx, http.MethodPost, s.base+pathSession, nil)
+	var desc []byte
+	if c.c.Describe != nil {
+		desc, _ = json.Marshal(c.c.Describe())
+	}
+	req, err := http.NewRequestWithContext(sctx, http.MethodPost, s.base+pathSession, bytes.NewReader(desc))
 	if err != nil {
 		return fail(err)
 	}

@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -456,5 +458,76 @@ func TestStalledManagerSkipped(t *testing.T) {
 	defer s.(*Session).Close()
 	if base := s.(*Session).base; !strings.HasSuffix(base, good.addr) {
 		t.Fatalf("session with %s, want %s", base, good.addr)
+	}
+}
+
+// A node describes itself as it opens a session; the manager's hook gets
+// the description under the certificate's node ID, and a description past
+// its bounds refuses the session.
+func TestSessionDescribesNode(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	w := c.issue(t, pki.RoleWorker)
+	var mu sync.Mutex
+	got := map[string]Description{}
+	m := serve(t, c, f, nil, func(sc *ServerConfig) {
+		sc.Describe = func(_ context.Context, node string, d Description) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got[node] = d
+			return nil
+		}
+	})
+	want := Description{OS: "linux", Arch: "arm64", EngineVersion: "28.2.2", EngineLabels: map[string]string{"zone": "b"}, NanoCPUs: 4e9, MemoryBytes: 1 << 30}
+	for _, tc := range []struct {
+		name string
+		desc Description
+		ok   bool
+	}{
+		{"described", want, true},
+		{"too many labels", Description{EngineLabels: func() map[string]string {
+			m := map[string]string{}
+			for i := range maxEngineLabels + 1 {
+				m[fmt.Sprint(i)] = ""
+			}
+			return m
+		}()}, false},
+		{"long field", Description{OS: strings.Repeat("x", maxDescribeField+1)}, false},
+		{"negative memory", Description{MemoryBytes: -1}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			clear(got)
+			mu.Unlock()
+			p := c.params(w, nil)
+			conn, err := NewConnector(ClientConfig{Managers: []string{m.addr}, TLS: p.ClientConfig,
+				Describe: func() Description { return tc.desc }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := conn.Open(ctx)
+			if tc.ok != (err == nil) {
+				t.Fatalf("open: %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil {
+				if !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+					t.Fatalf("refusal: %v, want invalid argument", err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if len(got) != 0 {
+					t.Fatalf("a refused description was recorded: %v", got)
+				}
+				return
+			}
+			s.(*Session).Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if d, ok := got[w.id]; !ok || !reflect.DeepEqual(d, tc.desc) {
+				t.Fatalf("recorded %+v, want %+v under %s", got, tc.desc, w.id)
+			}
+		})
 	}
 }

@@ -61,6 +61,16 @@ func TestClusterLiveness(t *testing.T) {
 		}
 	}
 	waitAll("every node Ready", map[string]string{mid1: "Ready", mid2: "Ready", wid: "Ready"})
+	// Every node described itself (the worker through its dispatcher
+	// session): the engine version shows for each, and placement reads
+	// their platform (node.platform.os holds on the worker too).
+	engineV := strings.TrimSpace(newDockerCLI(t, enginetest.Socket).MustDocker("version", "--format", "{{.Server.Version}}"))
+	ls := m1.MustDocker("node", "ls", "--format", "{{.ID}} {{.EngineVersion}}|")
+	for _, id := range []string{mid1, mid2, wid} {
+		if !strings.Contains(ls, id+" "+engineV+"|") {
+			t.Errorf("node ls: node %s without engine version %s: %q", id, engineV, ls)
+		}
+	}
 
 	svc := "hush-live-" + randHex(t, 4)
 	t.Cleanup(func() {
@@ -69,7 +79,8 @@ func TestClusterLiveness(t *testing.T) {
 			return strings.TrimSpace(m1.MustDocker("ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+svc)) == ""
 		})
 	})
-	m2.MustDocker("service", "create", "-d", "--name", svc, "--replicas", "3", "--stop-grace-period", "1s", img, "sleep", "3600")
+	m2.MustDocker("service", "create", "-d", "--name", svc, "--replicas", "3", "--stop-grace-period", "1s",
+		"--constraint", "node.platform.os==linux", img, "sleep", "3600")
 	running := func(node string) int {
 		out := m1.MustDocker("ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc,
 			"--filter", "label=com.docker.swarm.node.id="+node)
