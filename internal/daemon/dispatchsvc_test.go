@@ -1,25 +1,38 @@
 package daemon
 
 import (
+	"context"
+	"log/slog"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/hush-secrets/hush/internal/store/storetest"
 )
 
-// A worker is Ready while its last heartbeat is within 3 periods of the
-// cluster's heartbeat period, Down after, and Down when never heard from.
-func TestWorkerUpFromHeartbeats(t *testing.T) {
-	d := &Daemon{}
+// A manager vouches for itself and for each node whose heartbeat it heard
+// within two periods of the cluster's heartbeat period; it withdraws the
+// claim of a node gone silent, and never its own.
+func TestVouchFromHeartbeats(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
 	d.spec.heartbeat.Store(int64(time.Second))
+	p, err := st.NewPresence("m1", 3*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
-	d.seen.Heartbeat("fresh", now.Add(-2*time.Second))
-	d.seen.Heartbeat("stale", now.Add(-4*time.Second))
-	for _, tc := range []struct {
-		node string
-		want bool
-	}{{"fresh", true}, {"stale", false}, {"never", false}} {
-		if got := d.workerUp(tc.node); got != tc.want {
-			t.Errorf("workerUp(%s) = %v, want %v", tc.node, got, tc.want)
-		}
+	d.seen.Heartbeat("fresh", now.Add(-time.Second))
+	d.seen.Heartbeat("stale", now.Add(-3*time.Second))
+	if err := p.Claim(ctx, "stale"); err != nil {
+		t.Fatal(err)
+	}
+	d.vouch(ctx, p)
+	got := p.Claims()
+	slices.Sort(got)
+	if want := []string{"fresh", "m1"}; !slices.Equal(got, want) {
+		t.Fatalf("claims %v, want %v", got, want)
 	}
 	if a, err := dispatchAddr("10.0.0.1:2377"); err != nil || a != "10.0.0.1:2379" {
 		t.Errorf("dispatchAddr = %q, %v", a, err)

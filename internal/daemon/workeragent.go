@@ -41,7 +41,8 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		}
 		addrs = append(addrs, a)
 	}
-	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log})
+	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig,
+		Describe: d.selfDescription, Logger: d.log})
 	if err != nil {
 		return err
 	}

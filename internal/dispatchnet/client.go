@@ -24,8 +24,9 @@ import (
 const (
 	maxResponse     = 16 << 20
 	maxRegistryAuth = 1 << 20
-	// helloTimeout bounds the wait for a stream's first frame.
-	helloTimeout = 30 * time.Second
+	// defaultOpenTimeout bounds opening a session with one manager: dial,
+	// handshake, answer and first frame.
+	defaultOpenTimeout = 10 * time.Second
 	// Bounds on the heartbeat period a manager asks for.
 	minPeriod = 100 * time.Millisecond
 	maxPeriod = time.Hour
@@ -48,7 +49,14 @@ type ClientConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between rounds of failed
 	// dials (0: 100 ms and 10 s).
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *slog.Logger
+	// OpenTimeout bounds opening a session with one manager, from the dial
+	// to the hello (0: 10 s): a manager that accepts connections but does
+	// not answer (stopped, overloaded) is left for the next.
+	OpenTimeout time.Duration
+	// Describe says what this node is, sent as each session opens (nil:
+	// nothing).
+	Describe func() Description
+	Logger   *slog.Logger
 }
 
 // Connector opens dispatcher sessions with the managers; it implements
@@ -81,6 +89,9 @@ func NewConnector(c ClientConfig) (*Connector, error) {
 	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 10 * time.Second
+	}
+	if c.OpenTimeout <= 0 {
+		c.OpenTimeout = defaultOpenTimeout
 	}
 	return &Connector{c: c, log: c.Logger}, nil
 }
@@ -174,12 +185,24 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 		hc: &http.Client{Transport: tr}, tr: tr, base: "https://" + addr, log: c.log.With("manager", addr),
 		ctx: sctx, cancel: cancel, msgs: make(chan model.Assignments, 1), done: make(chan struct{}),
 	}
+	// The whole opening is bounded, the dial and TLS handshake included:
+	// a stopped manager's kernel still accepts the connection, and only
+	// this timer moves the node on to the next manager.
+	stall := time.AfterFunc(c.c.OpenTimeout, func() { cancel(errdefs.Unavailable("no hello from the dispatcher")) })
 	fail := func(err error) (*Session, error) {
+		stall.Stop()
+		if c := context.Cause(sctx); c != nil && ctx.Err() == nil {
+			err = c
+		}
 		cancel(err)
 		tr.CloseIdleConnections()
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(sctx, http.MethodPost, s.base+pathSession, nil)
+	var desc []byte
+	if c.c.Describe != nil {
+		desc, _ = json.Marshal(c.c.Describe())
+	}
+	req, err := http.NewRequestWithContext(sctx, http.MethodPost, s.base+pathSession, bytes.NewReader(desc))
 	if err != nil {
 		return fail(err)
 	}
@@ -192,11 +215,11 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 		resp.Body.Close()
 		return fail(err)
 	}
-	// The hello must come soon; a manager that accepts and stalls is
-	// left for the next.
-	stall := time.AfterFunc(helloTimeout, func() { cancel(errdefs.Unavailable("no hello from the dispatcher")) })
 	typ, body, err := readFrame(resp.Body, maxControlFrame)
-	stall.Stop()
+	if !stall.Stop() && err == nil {
+		// The timer fired as the hello came: the session is cancelled.
+		err = errdefs.Unavailable("no hello from the dispatcher in time")
+	}
 	if err == nil && typ != frameHello {
 		err = fmt.Errorf("%w: stream opened with frame type %d", errFrame, typ)
 	}

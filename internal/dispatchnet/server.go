@@ -92,6 +92,9 @@ type ServerConfig struct {
 	Dispatcher Opener
 	// Heartbeats records heartbeats (nil: not recorded).
 	Heartbeats Heartbeats
+	// Describe records what a node says of itself as it opens a session
+	// (nil: ignored).
+	Describe func(ctx context.Context, nodeID string, d Description) error
 	// HeartbeatPeriod is the cluster spec's Dispatcher.HeartbeatPeriod,
 	// read per session and heartbeat (nil or <= 0: 5 s).
 	HeartbeatPeriod func() time.Duration
@@ -250,6 +253,17 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxDescribeBody))
+	if err != nil {
+		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxDescribeBody))
+		return
+	}
+	desc, err := decodeDescription(body)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	h.describe(r.Context(), node, desc)
 	ds, err := h.c.Dispatcher.Open(r.Context(), node)
 	if err != nil {
 		h.fail(w, err)
@@ -506,6 +520,20 @@ func (l *LastSeen) Last(nodeID string) (time.Time, bool) {
 	defer l.mu.Unlock()
 	t, ok := l.m[nodeID]
 	return t, ok
+}
+
+// Heard lists the nodes heard from after since (at is the heartbeat's
+// time as recorded).
+func (l *LastSeen) Heard(since time.Time) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for id, at := range l.m {
+		if at.After(since) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // current reports whether node holds a session.

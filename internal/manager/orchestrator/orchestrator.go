@@ -47,6 +47,9 @@ type Orchestrator struct {
 	// placement within the pass.
 	nodes  []*schedNode
 	byNode map[string]*schedNode
+	// down are the nodes of the pass recorded Down: their tasks are
+	// replaced elsewhere and no longer keep their slots busy.
+	down   map[string]bool
 	parsed map[string]parsedPlacement
 	// lastBatch is when the last update batch of a service finished; the
 	// update delay counts from it. Lost on restart, which only shortens
@@ -161,6 +164,12 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 		}
 		if svc := byID[t.ServiceID]; svc != nil && model.Runs(t.DesiredState) {
 			switch {
+			case o.down[t.NodeID]:
+				// Its node is down: as in Swarm, the task is shut down
+				// (its agent stops it if the node comes back) and its slot
+				// gets a task on another node at once.
+				errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+				continue
 			case t.NodeID == "":
 				// Waiting for a node: place it if one can take it now.
 				errs = append(errs, o.placePending(ctx, svc, t))
@@ -225,9 +234,10 @@ func wanted(t *model.Task) bool {
 }
 
 // busy reports whether a task of the slot is still alive (not terminal).
-func (s *slot) busy() bool {
+// A task on a down node is not waited for: nothing will report its end.
+func (o *Orchestrator) busy(s *slot) bool {
 	for _, t := range s.tasks {
-		if !model.Terminal(t.Status.State) {
+		if !model.Terminal(t.Status.State) && !o.down[t.NodeID] {
 			return true
 		}
 	}
@@ -275,6 +285,11 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		if _, ok := want[k]; ok {
 			continue
 		}
+		if id, ok := strings.CutPrefix(k, "node:"); ok && o.down[id] {
+			// A global task of a down node is shut down (Reconcile), not
+			// removed: the node may come back, and its history stays.
+			continue
+		}
 		for _, t := range s.tasks {
 			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateRemove))
 		}
@@ -302,7 +317,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		case len(d) == 0:
 			// Nothing wanted running: start one, once the old task is gone
 			// (stop-first), or at once (start-first, or a fresh slot).
-			if !s.busy() || uc.Order == swarm.UpdateOrderStartFirst {
+			if !o.busy(s) || uc.Order == swarm.UpdateOrderStartFirst {
 				errs = append(errs, o.createTask(ctx, svc, s))
 			}
 			if len(s.tasks) > 0 {
