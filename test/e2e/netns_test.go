@@ -393,9 +393,10 @@ func waitNodes(t testing.TB, h *Hushd, timeout time.Duration, what string, want 
 	}
 }
 
-// managersHealthy: the three managers, one of them Leader, the others
-// Reachable, all Ready.
-func (c *labCluster) managersHealthy(st map[string]string) bool {
+// healthy: the three managers, one of them Leader, the others Reachable,
+// all Ready, and the worker Ready (liveness is shared through the store,
+// so every manager must see the same).
+func (c *labCluster) healthy(st map[string]string) bool {
 	leaders := 0
 	for _, id := range c.managerIDs() {
 		switch st[id] {
@@ -406,42 +407,14 @@ func (c *labCluster) managersHealthy(st map[string]string) bool {
 			return false
 		}
 	}
-	return leaders == 1 && len(st) == 4
+	return leaders == 1 && len(st) == 4 && st[c.ids["w1"]] == "|Ready"
 }
 
-// waitHealthy waits (bounded) until every manager sees the managers
-// healthy and some manager sees the worker Ready. (On main a worker's
-// heartbeats are known only to the manager holding its dispatcher
-// session, so the others list it Down; the liveness work shares them
-// through the store, and then every manager must see it Ready.)
+// waitHealthy waits (bounded) until every manager sees the cluster healthy.
 func (c *labCluster) waitHealthy(t testing.TB) {
 	t.Helper()
 	for _, m := range c.managers {
-		waitNodes(t, m, 90*time.Second, "3 managers, one leader", c.managersHealthy)
-	}
-	c.waitWorker(t, "Ready")
-}
-
-// waitWorker waits (bounded) until some manager lists the worker with
-// status want.
-func (c *labCluster) waitWorker(t testing.TB, want string) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	var seen []string
-	for {
-		seen = seen[:0]
-		for _, m := range c.managers {
-			if st, ok := nodeStates(m); ok {
-				if st[c.ids["w1"]] == "|"+want {
-					return
-				}
-				seen = append(seen, st[c.ids["w1"]])
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no manager lists the worker %s within 90s; they list it %q", want, seen)
-		}
-		time.Sleep(500 * time.Millisecond)
+		waitNodes(t, m, 90*time.Second, "3 managers, one leader, the worker Ready", c.healthy)
 	}
 }
 
