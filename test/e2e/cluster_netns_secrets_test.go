@@ -66,12 +66,20 @@ func testLabWorkerSecrets(t *testing.T, c *labCluster) {
 		}
 	}
 
-	// The capture must have seen the dispatcher's stream to the worker,
-	// or finding nothing in it proves nothing.
+	// The capture must have seen the dispatcher's stream to the worker and
+	// etcd's replication between managers, or finding nothing in it proves
+	// nothing.
 	w := c.lab.host("w1")
 	seen := pcapTCPBytes(t, pcap, netip.MustParseAddr(w.ip), labPort+2)
 	if seen == 0 {
 		t.Fatalf("the capture (%d bytes) holds no TCP payload between the worker and a dispatcher (port %d)", len(pcap), labPort+2)
+	}
+	peers := 0
+	for _, m := range []string{"m1", "m2", "m3"} {
+		peers += pcapTCPBytes(t, pcap, netip.MustParseAddr(c.lab.host(m).ip), labPort+1)
+	}
+	if peers == 0 {
+		t.Fatalf("the capture (%d bytes) holds no etcd peer traffic (port %d)", len(pcap), labPort+1)
 	}
 	for _, v := range []string{val, oval} {
 		for _, form := range [][]byte{[]byte(v), []byte(base64.StdEncoding.EncodeToString([]byte(v))), []byte(base64.StdEncoding.EncodeToString([]byte(v))[:20])} {
@@ -80,7 +88,7 @@ func testLabWorkerSecrets(t *testing.T, c *labCluster) {
 			}
 		}
 	}
-	t.Logf("capture: %d bytes, %d bytes of TCP payload to/from the worker's dispatcher connections", len(pcap), seen)
+	t.Logf("capture: %d bytes; TCP payload: %d bytes on the worker's dispatcher connections, %d on etcd peer connections", len(pcap), seen, peers)
 }
 
 // secretFiles reads every regular file under a secrets dir but the
