@@ -102,6 +102,8 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 		spec func() swarm.ServiceSpec
 		// want: nodes of the tasks meant to run, all Ready / w3 Down.
 		wantAll, wantDown []string
+		// returns: the service gets a task on w3 again when it is back.
+		returns bool
 	}{
 		{name: "replicated spreads and moves", spec: func() swarm.ServiceSpec { return replicated("web", 3) },
 			wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "m2", "node1"}},
@@ -109,12 +111,18 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 			s := replicated("agent", 0)
 			s.Mode = swarm.ServiceMode{Global: &swarm.GlobalService{}}
 			return s
-		}, wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "node1"}},
+		}, wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "node1"}, returns: true},
+		{name: "replicated job moves", spec: func() swarm.ServiceSpec {
+			s := replicated("job", 0)
+			three := uint64(3)
+			s.Mode = swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &three, TotalCompletions: &three}}
+			return s
+		}, wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "m2", "node1"}},
 		{name: "constraint keeps it off the others", spec: func() swarm.ServiceSpec {
 			s := replicated("pinned", 1)
 			s.TaskTemplate.Placement = &swarm.Placement{Constraints: []string{"node.role==worker"}}
 			return s
-		}, wantAll: []string{"w3"}, wantDown: []string{""}}, // pending: no suitable node
+		}, wantAll: []string{"w3"}, wantDown: []string{""}, returns: true}, // pending: no suitable node
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, set := clusterFixture(t)
@@ -165,7 +173,7 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 				}
 			}
 			want := tc.wantDown
-			if tc.name != "replicated spreads and moves" {
+			if tc.returns {
 				want = tc.wantAll
 			}
 			if got := running(f.tasks()); !eq(got, want) {
