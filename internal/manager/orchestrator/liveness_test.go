@@ -1,12 +1,14 @@
 package orchestrator
 
 import (
+	"errors"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -180,5 +182,31 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 				t.Fatalf("w3 back: tasks on %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// Under a leadership, task writes carry its guard: once it is lost, a
+// pass writes nothing (a deposed orchestrator cannot race its successor).
+func TestTaskWritesGuardedByLeadership(t *testing.T) {
+	f := newFixture(t)
+	l, err := f.st.Campaign(f.ctx, "orchestrator", "node1", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.o.SetLeadership(l)
+	f.mustCreate(replicated("web", 2))
+	f.pass()
+	if n := len(f.tasks()); n != 2 {
+		t.Fatalf("leading: %d tasks, want 2", n)
+	}
+	f.mustCreate(replicated("api", 1))
+	if err := l.Resign(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.o.Reconcile(f.ctx); !errors.Is(err, store.ErrGuard) {
+		t.Fatalf("deposed pass: %v, want ErrGuard", err)
+	}
+	if n := len(f.tasks()); n != 2 {
+		t.Fatalf("deposed: %d tasks, want still 2", n)
 	}
 }
