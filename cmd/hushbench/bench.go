@@ -25,8 +25,11 @@ const (
 // tests (and a future caller comparing two servers in one process) can run
 // several benches side by side.
 type bench struct {
-	cfg     config
+	cfg config
+	// client is the first socket's: setup, lists and cleanup go there;
+	// clients has one per socket, for the measured operations.
 	client  *engineClient
+	clients []*engineClient
 	runID   string
 	label   string            // "hushbench=<run id>", as used in list filters
 	labels  map[string]string // read-only after newBench; shared by workers
@@ -40,9 +43,16 @@ func newBench(cfg config, log io.Writer) (*bench, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Each socket gets its own pool, sized for every worker: op i goes
+	// to socket i mod len, so any socket may see all of them at once.
+	var clients []*engineClient
+	for _, s := range cfg.sockets() {
+		clients = append(clients, newEngineClient(s, cfg.API, cfg.maxConcurrency(), cfg.Timeout))
+	}
 	return &bench{
 		cfg:     cfg,
-		client:  newEngineClient(cfg.Socket, cfg.API, cfg.maxConcurrency(), cfg.Timeout),
+		clients: clients,
+		client:  clients[0],
 		runID:   runID,
 		label:   labelKey + "=" + runID,
 		labels:  map[string]string{labelKey: runID},
@@ -128,15 +138,19 @@ func (b *bench) progress(r opResult) opResult {
 	return r
 }
 
+// at is the client of operation i: the sockets take turns, so a load
+// spreads evenly over the managers of a cluster.
+func (b *bench) at(i int) *engineClient { return b.clients[i%len(b.clients)] }
+
 // newSecret creates one secret with a fresh random value and records its ID
 // for cleanup before anything else can fail.
-func (b *bench) newSecret(ctx context.Context, group string) (string, error) {
+func (b *bench) newSecret(ctx context.Context, c *engineClient, group string) (string, error) {
 	data := make([]byte, secretBytes)
 	if _, err := rand.Read(data); err != nil {
 		return "", err
 	}
 	name := fmt.Sprintf("hushbench-%s-%s-%d", b.runID, group, b.seq.Add(1))
-	id, err := b.client.createSecret(ctx, name, b.labels, data)
+	id, err := c.createSecret(ctx, name, b.labels, data)
 	if err != nil {
 		return "", err
 	}
@@ -149,7 +163,7 @@ func (b *bench) newSecret(ctx context.Context, group string) (string, error) {
 func (b *bench) createBatch(ctx context.Context, c, n int, group string) ([]string, opResult) {
 	ids := make([]string, n)
 	bt := runBatch(ctx, c, n, func(ctx context.Context, i int) error {
-		id, err := b.newSecret(ctx, group)
+		id, err := b.newSecret(ctx, b.at(i), group)
 		ids[i] = id
 		return err
 	})
@@ -164,7 +178,7 @@ func (b *bench) createBatch(ctx context.Context, c, n int, group string) ([]stri
 
 func (b *bench) inspectBatch(ctx context.Context, c int, ids []string) opResult {
 	bt := runBatch(ctx, c, b.cfg.N, func(ctx context.Context, i int) error {
-		return b.client.inspectSecret(ctx, ids[i%len(ids)])
+		return b.at(i).inspectSecret(ctx, ids[i%len(ids)])
 	})
 	return bt.result(opInspect, c)
 }
@@ -195,7 +209,7 @@ func (b *bench) describeList(ctx context.Context, label string) string {
 
 func (b *bench) removeBatch(ctx context.Context, c int, ids []string) opResult {
 	bt := runBatch(ctx, c, len(ids), func(ctx context.Context, i int) error {
-		err := b.client.removeSecret(ctx, ids[i])
+		err := b.at(i).removeSecret(ctx, ids[i])
 		if err == nil {
 			b.created.remove(ids[i])
 		}

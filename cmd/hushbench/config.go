@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,10 @@ type config struct {
 	JSONPath     string        `json:"-"`
 	Timeout      time.Duration `json:"-"`
 	CleanupLimit time.Duration `json:"-"`
+	// Failover mode: kill this pid after the warm-up (0: the normal run).
+	FailoverPID    int           `json:"failover_pid,omitempty"`
+	FailoverWarmup time.Duration `json:"-"`
+	FailoverLimit  time.Duration `json:"-"`
 }
 
 // maxConcurrency is the largest number of requests ever in flight, which
@@ -46,7 +51,7 @@ func (c config) maxConcurrency() int {
 	for _, v := range c.Concurrency {
 		m = max(m, v)
 	}
-	return max(m, cleanupConcurrency)
+	return max(m, cleanupConcurrency, failoverWriters)
 }
 
 // parseConfig reads the command line. Errors are already explained to the
@@ -64,7 +69,7 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 
 	var cfg config
 	var conc, ops string
-	fs.StringVar(&cfg.Socket, "socket", "/var/run/docker.sock", "unix socket of the Docker Engine API server (dockerd in swarm mode, or hushd)")
+	fs.StringVar(&cfg.Socket, "socket", "/var/run/docker.sock", "unix socket of the Docker Engine API server (dockerd in swarm mode, or hushd); several, comma-separated, take turns (the managers of one cluster)")
 	fs.StringVar(&cfg.API, "api", "v1.41", `API version prefix for request paths ("" for unversioned paths)`)
 	fs.StringVar(&conc, "concurrency", "1,8,16", "comma-separated concurrency levels (requests in flight)")
 	fs.IntVar(&cfg.N, "n", 2000, "operations per op and concurrency level (also the number of secrets created per level)")
@@ -76,6 +81,9 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&cfg.JSONPath, "json", "", "also write machine-readable results to this file")
 	fs.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "timeout for a single request")
 	fs.DurationVar(&cfg.CleanupLimit, "cleanup-timeout", 5*time.Minute, "time allowed for removing leftovers at exit")
+	fs.IntVar(&cfg.FailoverPID, "failover-pid", 0, "failover mode: write through every --socket, SIGKILL this pid (a cluster's leader) after --failover-warmup, and measure until each socket acknowledges writes again")
+	fs.DurationVar(&cfg.FailoverWarmup, "failover-warmup", 3*time.Second, "failover mode: writing time before the kill")
+	fs.DurationVar(&cfg.FailoverLimit, "failover-limit", 60*time.Second, "failover mode: give up this long after the kill")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -112,13 +120,20 @@ func (c config) validate() error {
 		return errors.New("--list-reps must be at least 1")
 	case c.FillConc < 1:
 		return errors.New("--list-fill-concurrency must be at least 1")
+	case c.FailoverPID < 0:
+		return errors.New("--failover-pid must not be negative")
+	case c.FailoverPID > 0 && (c.FailoverWarmup <= 0 || c.FailoverLimit <= 0):
+		return errors.New("--failover-warmup and --failover-limit must be positive")
 	case c.Timeout <= 0:
 		return errors.New("--timeout must be positive")
-	case c.Socket == "":
-		return errors.New("--socket must not be empty")
+	case slices.Contains(c.sockets(), ""):
+		return errors.New("--socket must not be empty or hold an empty entry")
 	}
 	return nil
 }
+
+// sockets lists the sockets of --socket.
+func (c config) sockets() []string { return strings.Split(c.Socket, ",") }
 
 func usageError(fs *flag.FlagSet, format string, a ...any) error {
 	err := fmt.Errorf(format, a...)

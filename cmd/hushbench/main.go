@@ -46,8 +46,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hushbench: %v\n", err)
 		return exitErrors
 	}
-	defer b.client.close()
+	defer func() {
+		for _, c := range b.clients {
+			c.close()
+		}
+	}()
 
+	if cfg.FailoverPID > 0 {
+		return runFailover(b, killPID(cfg.FailoverPID), stdout, stderr)
+	}
 	res, err := b.measure()
 	if err != nil {
 		fmt.Fprintf(stderr, "hushbench: %v\n", err)
@@ -98,4 +105,35 @@ func (b *bench) measure() (*results, error) {
 	res.Cleanup = b.cleanup(cctx)
 	res.FinishedAt = time.Now()
 	return res, nil
+}
+
+// runFailover is run's failover mode: preflight, the measurement, cleanup.
+func runFailover(b *bench, kill func() error, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := b.client.preflight(ctx, b.label); err != nil {
+		fmt.Fprintf(stderr, "hushbench: %v\n", err)
+		return exitErrors
+	}
+	r, err := b.failover(ctx, kill)
+	stop()
+	cctx, cancel := context.WithTimeout(context.Background(), b.cfg.CleanupLimit)
+	defer cancel()
+	cl := b.cleanup(cctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "hushbench: %v\n", err)
+		return exitErrors
+	}
+	writeFailoverReport(stdout, r)
+	fmt.Fprintf(stdout, "  cleanup: %d found, %d removed, %d failed\n", cl.Found, cl.Removed, cl.Failed)
+	if b.cfg.JSONPath != "" {
+		if err := writeJSON(b.cfg.JSONPath, r); err != nil {
+			fmt.Fprintf(stderr, "hushbench: writing %s: %v\n", b.cfg.JSONPath, err)
+			return exitErrors
+		}
+	}
+	if r.TimedOut || cl.Failed > 0 {
+		return exitErrors
+	}
+	return exitOK
 }

@@ -67,7 +67,7 @@ func (r *results) errorCount() int {
 	return n
 }
 
-func writeJSON(path string, r *results) error {
+func writeJSON(path string, r any) error {
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err

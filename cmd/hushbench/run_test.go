@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -26,6 +27,9 @@ type fakeEngine struct {
 	// failEvery makes every n-th create store the secret but answer 500,
 	// as when a response is lost after the server committed the write.
 	failEvery int
+	// downUntil makes creates answer 503 before it, storing nothing, as a
+	// cluster without a leader does.
+	downUntil time.Time
 }
 
 func (f *fakeEngine) handler() http.Handler {
@@ -53,6 +57,11 @@ func (f *fakeEngine) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.mu.Lock()
+	if time.Now().Before(f.downUntil) {
+		f.mu.Unlock()
+		writeJSONResponse(w, http.StatusServiceUnavailable, map[string]string{"message": "The swarm does not have a leader."})
+		return
+	}
 	f.creates++
 	id := fmt.Sprintf("id%06d", f.creates)
 	f.values = append(f.values, base64.StdEncoding.EncodeToString(spec.Data))
@@ -122,6 +131,12 @@ func (f *fakeEngine) remove(w http.ResponseWriter, r *http.Request) {
 // serveFake starts f on a unix socket and returns the socket path.
 func serveFake(t *testing.T, f *fakeEngine) string {
 	t.Helper()
+	return serveHandler(t, f.handler())
+}
+
+// serveHandler starts h on a unix socket and returns the socket path.
+func serveHandler(t *testing.T, h http.Handler) string {
+	t.Helper()
 	// A short directory: unix socket paths are limited to ~108 bytes,
 	// which t.TempDir() can exceed.
 	dir, err := os.MkdirTemp("", "hb")
@@ -134,7 +149,7 @@ func serveFake(t *testing.T, f *fakeEngine) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: f.handler()}
+	srv := &http.Server{Handler: h}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return sock
