@@ -89,7 +89,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
-		Describe: d.recordDescription,
+		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
 	d.log.Info("dispatcher listening", "addr", addr)

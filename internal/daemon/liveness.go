@@ -10,6 +10,7 @@ import (
 	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // Liveness across managers (docs/DESIGN.md, "Liveness (issue 9)"): each
@@ -108,6 +109,29 @@ func (d *Daemon) recordDescription(ctx context.Context, nodeID string, desc disp
 func (d *Daemon) selfDescription() dispatchnet.Description {
 	return dispatchnet.Description{OS: runtime.GOOS, Arch: runtime.GOARCH, EngineVersion: d.engineVersion,
 		NanoCPUs: int64(runtime.NumCPU()) * 1e9, MemoryBytes: d.engineMemory, EngineLabels: labelMap(d.engineLabels)}
+}
+
+// managerDispatchAddrs lists the dispatcher addresses of the cluster's
+// managers (from their recorded join/CA addresses), this one first.
+func (d *Daemon) managerDispatchAddrs(ctx context.Context) []string {
+	recs, err := nodes.List(ctx, d.store)
+	if err != nil {
+		d.log.Debug("listing managers for a worker", "err", err)
+		return nil
+	}
+	var out []string
+	if a, err := dispatchAddr(d.listen.Advertise); err == nil {
+		out = append(out, a)
+	}
+	for _, n := range recs {
+		if n.ID == d.nodeID || n.Spec.Role != swarm.NodeRoleManager || n.Addr == "" {
+			continue
+		}
+		if a, err := dispatchAddr(n.Addr); err == nil && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // describeSelf records what this manager offers to placement on other

@@ -259,7 +259,9 @@ func (d *Daemon) leadOrchestrator(ctx context.Context) {
 			sweep.Go(func() { d.sweepLearners(octx, m, learnerSweep) })
 			sweep.Go(func() { d.runLiveness(octx, l) })
 		}
-		d.newOrchestrator().Run(octx)
+		orch := d.newOrchestrator()
+		orch.SetLeadership(l)
+		orch.Run(octx)
 		cancel()
 		sweep.Wait()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

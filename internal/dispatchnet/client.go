@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -68,6 +69,9 @@ type Connector struct {
 	mu    sync.Mutex
 	next  int // manager to try first
 	fails int // failed rounds in a row
+	// managers is the list tried, first ClientConfig.Managers, then the
+	// one each session's hello gives.
+	managers []string
 }
 
 var _ agent.Connector = (*Connector)(nil)
@@ -93,7 +97,7 @@ func NewConnector(c ClientConfig) (*Connector, error) {
 	if c.OpenTimeout <= 0 {
 		c.OpenTimeout = defaultOpenTimeout
 	}
-	return &Connector{c: c, log: c.Logger}, nil
+	return &Connector{c: c, log: c.Logger, managers: slices.Clone(c.Managers)}, nil
 }
 
 // backoff is the wait before a round after fails failed ones, with
@@ -114,7 +118,7 @@ func (c *Connector) backoff(fails int) time.Duration {
 // ends or it breaks (then the agent opens another, on the next manager).
 func (c *Connector) Open(ctx context.Context) (agent.Session, error) {
 	c.mu.Lock()
-	start, wait := c.next, c.backoff(c.fails)
+	start, wait, mgrs := c.next, c.backoff(c.fails), c.managers
 	c.mu.Unlock()
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -126,21 +130,29 @@ func (c *Connector) Open(ctx context.Context) (agent.Session, error) {
 		}
 	}
 	var errs []error
-	n := len(c.c.Managers)
+	n := len(mgrs)
 	for i := range n {
 		idx := (start + i) % n
-		s, err := c.openAt(ctx, c.c.Managers[idx])
+		s, err := c.openAt(ctx, mgrs[idx])
 		if err == nil {
 			c.mu.Lock()
 			c.next, c.fails = (idx+1)%n, 0
+			if len(s.managers) > 0 {
+				// The answering manager's view of the managers replaces
+				// the list; the next open starts after this manager.
+				c.managers, c.next = s.managers, 0
+				if j := slices.Index(s.managers, mgrs[idx]); j >= 0 {
+					c.next = (j + 1) % len(s.managers)
+				}
+			}
 			c.mu.Unlock()
 			return s, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		c.log.Warn("dispatcher unreachable", "manager", c.c.Managers[idx], "err", err)
-		errs = append(errs, fmt.Errorf("%s: %w", c.c.Managers[idx], err))
+		c.log.Warn("dispatcher unreachable", "manager", mgrs[idx], "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", mgrs[idx], err))
 	}
 	c.mu.Lock()
 	c.fails++
@@ -236,6 +248,7 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 	}
 	s.id = h.Session
 	s.period = clampPeriod(h.HeartbeatMillis)
+	s.managers = validManagers(h.Managers)
 	go s.read(resp.Body)
 	go s.heartbeats()
 	return s, nil
@@ -248,13 +261,15 @@ func clampPeriod(ms int64) time.Duration {
 // Session is a node's session with one manager; it implements
 // agent.Session.
 type Session struct {
-	hc     *http.Client
-	tr     *http.Transport
-	base   string
-	id     string
-	log    *slog.Logger
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	hc   *http.Client
+	tr   *http.Transport
+	base string
+	id   string
+	log  *slog.Logger
+	// managers is the manager list the hello gave (nil: none).
+	managers []string
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
 
 	mu     sync.Mutex
 	period time.Duration

@@ -92,6 +92,9 @@ type ServerConfig struct {
 	Dispatcher Opener
 	// Heartbeats records heartbeats (nil: not recorded).
 	Heartbeats Heartbeats
+	// Managers lists the managers' dispatcher addresses, sent to a node
+	// as its session opens (nil: none sent).
+	Managers func(ctx context.Context) []string
 	// Describe records what a node says of itself as it opens a session
 	// (nil: ignored).
 	Describe func(ctx context.Context, nodeID string, d Description) error
@@ -294,7 +297,11 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/x-hush-frames")
 	w.WriteHeader(http.StatusOK)
-	hb, _ := json.Marshal(hello{Session: sid, HeartbeatMillis: period.Milliseconds()})
+	hl := hello{Session: sid, HeartbeatMillis: period.Milliseconds()}
+	if h.c.Managers != nil {
+		hl.Managers = validManagers(h.c.Managers(r.Context()))
+	}
+	hb, _ := json.Marshal(hl)
 	err = h.write(rc, w, frame(frameHello, hb))
 	for err == nil {
 		var m model.Assignments

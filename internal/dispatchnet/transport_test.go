@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -529,5 +530,30 @@ func TestSessionDescribesNode(t *testing.T) {
 				t.Fatalf("recorded %+v, want %+v under %s", got, tc.desc, w.id)
 			}
 		})
+	}
+}
+
+// A node learns the managers from each session's hello: given only one
+// at join, it fails over to another the first one named once the first
+// goes away. Addresses past their bounds are dropped.
+func TestHelloManagersFailover(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	w := c.issue(t, pki.RoleWorker)
+	b := serve(t, c, f, nil)
+	a := serve(t, c, f, nil, func(sc *ServerConfig) {
+		sc.Managers = func(context.Context) []string {
+			return []string{"no-port", strings.Repeat("x", maxManagerAddr) + ":1", b.addr}
+		}
+	})
+	conn := connector(t, c, w, []string{a.addr}, nil)
+	s := open(t, conn)
+	if !slices.Equal(s.managers, []string{b.addr}) {
+		t.Fatalf("hello's managers kept: %v, want only %s", s.managers, b.addr)
+	}
+	a.stop()
+	s2 := open(t, conn)
+	if !strings.HasSuffix(s2.base, b.addr) {
+		t.Fatalf("reconnected to %s, want %s (named in the hello)", s2.base, b.addr)
 	}
 }

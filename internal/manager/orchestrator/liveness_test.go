@@ -1,12 +1,14 @@
 package orchestrator
 
 import (
+	"errors"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -102,6 +104,8 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 		spec func() swarm.ServiceSpec
 		// want: nodes of the tasks meant to run, all Ready / w3 Down.
 		wantAll, wantDown []string
+		// returns: the service gets a task on w3 again when it is back.
+		returns bool
 	}{
 		{name: "replicated spreads and moves", spec: func() swarm.ServiceSpec { return replicated("web", 3) },
 			wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "m2", "node1"}},
@@ -109,12 +113,18 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 			s := replicated("agent", 0)
 			s.Mode = swarm.ServiceMode{Global: &swarm.GlobalService{}}
 			return s
-		}, wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "node1"}},
+		}, wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "node1"}, returns: true},
+		{name: "replicated job moves", spec: func() swarm.ServiceSpec {
+			s := replicated("job", 0)
+			three := uint64(3)
+			s.Mode = swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &three, TotalCompletions: &three}}
+			return s
+		}, wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "m2", "node1"}},
 		{name: "constraint keeps it off the others", spec: func() swarm.ServiceSpec {
 			s := replicated("pinned", 1)
 			s.TaskTemplate.Placement = &swarm.Placement{Constraints: []string{"node.role==worker"}}
 			return s
-		}, wantAll: []string{"w3"}, wantDown: []string{""}}, // pending: no suitable node
+		}, wantAll: []string{"w3"}, wantDown: []string{""}, returns: true}, // pending: no suitable node
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, set := clusterFixture(t)
@@ -165,12 +175,38 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 				}
 			}
 			want := tc.wantDown
-			if tc.name != "replicated spreads and moves" {
+			if tc.returns {
 				want = tc.wantAll
 			}
 			if got := running(f.tasks()); !eq(got, want) {
 				t.Fatalf("w3 back: tasks on %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// Under a leadership, task writes carry its guard: once it is lost, a
+// pass writes nothing (a deposed orchestrator cannot race its successor).
+func TestTaskWritesGuardedByLeadership(t *testing.T) {
+	f := newFixture(t)
+	l, err := f.st.Campaign(f.ctx, "orchestrator", "node1", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.o.SetLeadership(l)
+	f.mustCreate(replicated("web", 2))
+	f.pass()
+	if n := len(f.tasks()); n != 2 {
+		t.Fatalf("leading: %d tasks, want 2", n)
+	}
+	f.mustCreate(replicated("api", 1))
+	if err := l.Resign(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.o.Reconcile(f.ctx); !errors.Is(err, store.ErrGuard) {
+		t.Fatalf("deposed pass: %v, want ErrGuard", err)
+	}
+	if n := len(f.tasks()); n != 2 {
+		t.Fatalf("deposed: %d tasks, want still 2", n)
 	}
 }

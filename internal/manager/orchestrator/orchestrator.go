@@ -26,6 +26,7 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Orchestrator reconciles services and tasks.
@@ -68,6 +69,21 @@ type Orchestrator struct {
 	rotationSeen map[string]time.Time
 	// rolledBack is the service a rotation rollback wrote in this pass.
 	rolledBack string
+	// leader, when set, is the leadership this orchestrator acts under:
+	// its task writes carry its guard, so a deposed leader's fail.
+	leader *store.Leadership
+}
+
+// SetLeadership makes every task write carry l's guard (a manager of a
+// cluster runs the orchestrator only while it leads). Call before Run.
+func (o *Orchestrator) SetLeadership(l *store.Leadership) { o.leader = l }
+
+// guards are the preconditions of the orchestrator's task writes.
+func (o *Orchestrator) guards() []clientv3.Cmp {
+	if o.leader == nil {
+		return nil
+	}
+	return []clientv3.Cmp{o.leader.Guard()}
 }
 
 // New returns an orchestrator for the manager's node nodeID (hush runs one
@@ -777,7 +793,7 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 	if err != nil {
 		return err
 	}
-	if _, err := o.tasks.Create(ctx, id, "", val); err != nil {
+	if _, err := o.tasks.CreateGuarded(ctx, id, "", val, o.guards()); err != nil {
 		return err
 	}
 	s.tasks = append(s.tasks, &t)
@@ -789,7 +805,7 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 // once it is to be removed.
 func (o *Orchestrator) retireUnplaced(ctx context.Context, t *model.Task) error {
 	if t.DesiredState == swarm.TaskStateRemove {
-		return ignoreRace(o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), nil))
+		return ignoreRace(o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), o.guards()))
 	}
 	if model.Terminal(t.Status.State) {
 		return nil
@@ -864,7 +880,7 @@ func (o *Orchestrator) writeTask(ctx context.Context, t *model.Task, change func
 	if err != nil {
 		return err
 	}
-	_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
+	_, err = o.tasks.UpdateGuarded(ctx, t.ID, int64(t.Version.Index), val, o.guards())
 	return ignoreRace(err)
 }
 
