@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -308,6 +309,16 @@ func testLabKillLeader(t *testing.T, c *labCluster) {
 			rec.add(100+i, mname, secOp{name: n}, call, out)
 			if id, acked := rec.acked[n]; acked && (out.kind != "found" || out.id != id) {
 				t.Errorf("acknowledged create of %s (ID %s) lost: inspect on %s says %s %s", n, id, mname, out.kind, out.id)
+			}
+		}
+	}
+
+	// And each manager's list holds every acknowledged create.
+	for _, mname := range []string{"m1", "m2", "m3"} {
+		listed := strings.Fields(c.byName[mname].MustDocker("secret", "ls", "--format", "{{.ID}}:{{.Name}}"))
+		for n, id := range rec.acked {
+			if !slices.Contains(listed, id+":"+n) {
+				t.Errorf("acknowledged create of %s (ID %s) missing from secret ls on %s", n, id, mname)
 			}
 		}
 	}

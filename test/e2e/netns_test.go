@@ -307,6 +307,11 @@ func newLabCluster(t *testing.T) *labCluster {
 	for name, h := range c.byName {
 		c.ids[name] = h.nodeID()
 	}
+	// Torn down with kill -9 (this cleanup runs before startHushd's
+	// SIGTERM ones, which then find nothing running): whichever manager
+	// stops last has no quorum, and its SIGTERM has been seen to take
+	// longer than the helper's 20 s (reported; not what these tests test).
+	t.Cleanup(c.killAll)
 	c.waitHealthy(t)
 	return c
 }
