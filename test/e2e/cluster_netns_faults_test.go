@@ -237,3 +237,37 @@ func testLabNoQuorumPing(t *testing.T, c *labCluster) {
 		t.Errorf("secret create on a manager without quorum: exit %d, %v, %q; want Swarm's no-leader text", code, err, errOut)
 	}
 }
+
+// stopWithoutQuorumFixed says whether a manager that is not the
+// orchestrator's leader exits promptly on SIGTERM once the other managers
+// are gone. On this branch it does not: its pending orchestrator campaign
+// is cancelled and store.Campaign then closes the etcd session
+// (internal/store/election.go, `_ = sess.Close()`), whose lease revoke
+// waits out the TTL without quorum, while networks.Manager.Run waits in a
+// linearizable read (Mirror.Read -> Store.Revision); the helper's 20 s
+// passed in 3 of 3 tries.
+const stopWithoutQuorumFixed = false
+
+// The nodes stopped one by one with SIGTERM, a manager that does not lead
+// last: each exits 0 within the helper's bound (Hushd.Stop fails the test
+// otherwise). It leaves the cluster stopped, so it runs last.
+func testLabStopWithoutQuorum(t *testing.T, c *labCluster) {
+	if !stopWithoutQuorumFixed {
+		t.Skip("KNOWN BUG (reported to the lead): the last manager, not the orchestrator's leader, takes over 20 s to exit on SIGTERM without quorum (store.Campaign's sess.Close waits out the lease TTL); set stopWithoutQuorumFixed when fixed")
+	}
+	leader := c.leader(t)
+	var last string
+	order := []string{"w1"}
+	for _, n := range []string{"m1", "m2", "m3"} {
+		if n == leader {
+			order = append(order, n)
+		} else if last == "" {
+			last = n
+		} else {
+			order = append(order, n)
+		}
+	}
+	for _, n := range append(order, last) {
+		c.byName[n].Stop()
+	}
+}

@@ -9,7 +9,7 @@ import (
 // TestClusterNetns runs issue 9's cluster tests on one shared cluster of
 // three managers and one worker, each hushd in a network namespace of its
 // own (see netns_test.go). The subtests run in order and each leaves the
-// cluster healthy for the next; the whole-cluster restart comes last.
+// cluster healthy for the next but the last, which stops it.
 func TestClusterNetns(t *testing.T) {
 	c := newLabCluster(t)
 	for _, st := range []struct {
@@ -23,6 +23,7 @@ func TestClusterNetns(t *testing.T) {
 		{"KillLeaderLinearizable", testLabKillLeader},
 		{"WholeClusterRestart", testLabRestartAll},
 		{"NoQuorumServesPing", testLabNoQuorumPing},
+		{"StopWithoutQuorum", testLabStopWithoutQuorum},
 	} {
 		t.Run(st.name, func(t *testing.T) {
 			c.bind(t)
