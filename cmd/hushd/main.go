@@ -39,6 +39,12 @@ func run() int {
 	secretsDir := fs.String("secrets-dir", "", "root of per-task secret tmpfs mounts (default /run/hush/<node ID>)")
 	noInit := fs.Bool("no-init", false, "start without a cluster; `docker swarm init` creates one")
 	allowCore := fs.Bool("allow-core-dumps", false, "leave the process dumpable and its core size limit as it is (key material can then end up in core dumps)")
+	var ext externalFlags
+	fs.StringVar(&ext.endpoints, "external-etcd", "", "comma-separated https:// client URLs of an etcd cluster you run, which then holds the store instead of an embedded member (needs --etcd-cacert, --etcd-cert, --etcd-key)")
+	fs.StringVar(&ext.caFile, "etcd-cacert", "", "CA certificate (PEM) that verifies the --external-etcd servers")
+	fs.StringVar(&ext.certFile, "etcd-cert", "", "client certificate (PEM) hushd presents to --external-etcd; re-read at each connection")
+	fs.StringVar(&ext.keyFile, "etcd-key", "", "key (PEM) of --etcd-cert; re-read at each connection")
+	fs.StringVar(&ext.prefix, "external-etcd-prefix", "", "key prefix (e.g. /team-a) under which this hush cluster keeps its keys in --external-etcd, so several can share one etcd (default: keys start at /hush/v1/)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -46,6 +52,12 @@ func run() int {
 	if *version {
 		fmt.Println("hushd", daemon.Version)
 		return 0
+	}
+	ext.listen = *listen
+	extCfg, err := ext.config()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hushd: %v\n", err)
+		return 2
 	}
 	var eng *enginehost.Host
 	if *engineFlag != "" {
@@ -89,7 +101,7 @@ func run() int {
 	defer stop()
 	d, err := daemon.Start(ctx, daemon.Config{
 		DataDir: dataDir, Socket: socket, AdvertiseAddr: *advertise, ListenAddr: *listen,
-		EtcdLogLevel: etcdLevel, Logger: log,
+		EtcdLogLevel: etcdLevel, Logger: log, External: extCfg,
 		Engine: eng, SecretsDir: *secretsDir, NoInit: *noInit,
 		Failpoints: failpoints,
 	})

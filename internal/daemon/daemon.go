@@ -51,6 +51,10 @@ type Config struct {
 	ListenAddr string
 	// EtcdLogLevel is passed to the embedded etcd's logger.
 	EtcdLogLevel string
+	// External keeps the store in an etcd cluster the user runs instead
+	// of an embedded member (--external-etcd; external.go). Its Keys and
+	// Logger are the daemon's.
+	External *store.ExternalConfig
 	// NoInit starts without a cluster; `docker swarm init` creates one.
 	NoInit bool
 	// Engine is the host's Docker Engine (parsed once, from --engine); nil
@@ -215,15 +219,21 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.loadWorker(); err != nil {
 		return nil, err
 	}
+	if err := d.checkStoreKind(member != nil); err != nil {
+		return nil, err
+	}
 	d.acfg = api.Config{
 		Cluster:    clusterSource{d},
-		Swarm:      d,
+		Swarm:      d.swarmController(),
 		Nodes:      clusterNodes{d},
 		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,
 		Logger:     d.log,
 		Backup:     newBackups(d),
+	}
+	if cfg.External != nil {
+		d.acfg.Backup = externalBackups{}
 	}
 	d.bg, d.stopBG = context.WithCancel(context.Background())
 	if cfg.Engine != nil {
@@ -237,10 +247,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.openStore(ctx, member); err != nil {
 		return nil, err
 	}
-	if member != nil {
+	if member != nil || cfg.External != nil {
 		// A manager of a cluster: its store serves once it has caught up
-		// with a quorum of the others.
+		// with a quorum of the others (or the external etcd answers).
 		if err := d.awaitQuorum(ctx); err != nil {
+			return nil, err
+		}
+		if err := d.checkForeignCluster(ctx); err != nil {
 			return nil, err
 		}
 	}

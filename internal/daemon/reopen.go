@@ -16,20 +16,27 @@ import (
 	"github.com/hush-secrets/hush/internal/store"
 )
 
-// openStore opens the store (a lone member, or a member of the managers'
-// cluster) and builds everything that reads it: the object managers, the
-// mirror, networks, events, the standalone containers' grants, and the API
-// server over them. Background loops start on d.bg.
+// openStore opens the store (a lone member, a member of the managers'
+// cluster, or an external etcd) and builds everything that reads it: the
+// object managers, the mirror, networks, events, the standalone
+// containers' grants, and the API server over them. Background loops start
+// on d.bg.
 func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) error {
-	st, err := store.OpenEmbedded(ctx, store.EmbeddedConfig{
-		Dir:          filepath.Join(d.cfg.DataDir, "etcd"),
-		Name:         d.nodeID,
-		Logger:       d.log,
-		EtcdLogLevel: d.cfg.EtcdLogLevel,
-		Tuning:       d.spec.running,
-		Keys:         &d.keys,
-		Member:       member,
-	})
+	var st *store.Store
+	var err error
+	if d.cfg.External != nil {
+		st, err = d.openExternal(ctx)
+	} else {
+		st, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
+			Dir:          filepath.Join(d.cfg.DataDir, "etcd"),
+			Name:         d.nodeID,
+			Logger:       d.log,
+			EtcdLogLevel: d.cfg.EtcdLogLevel,
+			Tuning:       d.spec.running,
+			Keys:         &d.keys,
+			Member:       member,
+		})
+	}
 	if member != nil {
 		clear(member.TLS.KeyPEM)
 	}

@@ -33,6 +33,9 @@ const embeddedPeerURL = "http://127.0.0.1:2380"
 // complete snapshot, so a stream that ends early is an error, never a
 // shorter snapshot.
 func (s *Store) Snapshot(ctx context.Context) (io.ReadCloser, error) {
+	if s.external {
+		return nil, errExternalSnapshot
+	}
 	rc, err := s.cli.Snapshot(ctx)
 	if err != nil {
 		return nil, wrapEtcd(err)

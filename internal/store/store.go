@@ -62,6 +62,9 @@ type Store struct {
 	awaitLeader func(context.Context) bool
 	// members manages the cluster (nil for a lone member).
 	members *Members
+	// external is a cluster the user runs (external.go): its history and
+	// snapshots are not hush's alone.
+	external bool
 }
 
 func newStore(cli *clientv3.Client, log *slog.Logger, keys Keys) *Store {
@@ -366,6 +369,9 @@ func wrapEtcd(err error) error {
 // writeErr maps a failed write: etcd's NOSPACE is the store being full
 // (the client can free space), not a transient failure to retry.
 func (s *Store) writeErr(err error) error {
+	if isTooLarge(err) {
+		return errTooLarge
+	}
 	if !isNoSpace(err) {
 		return wrapEtcd(err)
 	}

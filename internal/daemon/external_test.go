@@ -1,0 +1,183 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
+	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func externalCfg(srv *etcdtest.Server, dir, prefix string) Config {
+	return Config{DataDir: dir, External: &store.ExternalConfig{Endpoints: []string{srv.Endpoint},
+		CAFile: srv.CAFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Prefix: prefix}}
+}
+
+func startErr(t *testing.T, cfg Config) error {
+	t.Helper()
+	cfg.Socket = filepath.Join(cfg.DataDir, "s.sock")
+	cfg.SecretsDir = filepath.Join(cfg.DataDir, "run")
+	d, err := Start(context.Background(), cfg)
+	if err == nil {
+		d.Close()
+	}
+	return err
+}
+
+func TestExternalDaemon(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	raw := srv.Client(t)
+	if _, err := raw.Put(ctx, "/users-own/key", "theirs"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	d := startWith(t, externalCfg(srv, dir, ""))
+	if d.State() != swarm.LocalNodeStateActive {
+		t.Fatalf("state %s", d.State())
+	}
+	c := getCluster(t, d)
+	if resp, err := raw.Get(ctx, "/hush/v1/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count == 0 {
+		t.Fatalf("nothing of hush's in the external etcd: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etcd")); !os.IsNotExist(err) {
+		t.Fatalf("an embedded store was made beside the external one: %v", err)
+	}
+
+	t.Run("join refused", func(t *testing.T) {
+		err := d.swarmController().Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{"127.0.0.1:2377"}, JoinToken: c.JoinTokens.Worker})
+		if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "joining a swarm is not supported by a hushd started with --external-etcd") {
+			t.Fatalf("join: %v", err)
+		}
+	})
+	t.Run("backup refused", func(t *testing.T) {
+		err := d.acfg.Backup.Backup(ctx, []byte("key"), io.Discard)
+		if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "backup is not supported with --external-etcd") {
+			t.Fatalf("backup: %v", err)
+		}
+	})
+	t.Run("second hushd on the same prefix refused", func(t *testing.T) {
+		for _, noInit := range []bool{false, true} {
+			cfg := externalCfg(srv, t.TempDir(), "")
+			cfg.NoInit = noInit
+			if err := startErr(t, cfg); err == nil || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+				t.Fatalf("no-init=%v: %v", noInit, err)
+			}
+		}
+	})
+	t.Run("init refused once another hushd made its cluster", func(t *testing.T) {
+		cfg := externalCfg(srv, t.TempDir(), "/late")
+		cfg.NoInit = true
+		waiting := startWith(t, cfg)
+		if waiting.State() != swarm.LocalNodeStateInactive {
+			t.Fatalf("state with --no-init: %s", waiting.State())
+		}
+		first := startWith(t, externalCfg(srv, t.TempDir(), "/late"))
+		_, err := waiting.swarmController().InitWithKey(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen}, nil)
+		if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+			t.Fatalf("init beside another hushd's cluster: %v", err)
+		}
+		if getCluster(t, first).ID == "" {
+			t.Fatal("the first cluster went")
+		}
+		waiting.Close()
+		first.Close()
+	})
+	t.Run("second hushd under its own prefix", func(t *testing.T) {
+		d2 := startWith(t, externalCfg(srv, t.TempDir(), "/team-b"))
+		if getCluster(t, d2).ID == c.ID {
+			t.Fatal("same cluster under another prefix")
+		}
+		resp, err := raw.Get(ctx, "/team-b/hush/v1/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil || resp.Count == 0 {
+			t.Fatalf("nothing under the prefix: %v", err)
+		}
+		d2.Close()
+	})
+	t.Run("data dir bound to its store", func(t *testing.T) {
+		d.Close()
+		if err := startErr(t, Config{DataDir: dir}); err == nil || !strings.Contains(err.Error(), "holds a cluster kept in an external etcd: start hushd with --external-etcd") {
+			t.Fatalf("without --external-etcd: %v", err)
+		}
+		if err := startErr(t, externalCfg(srv, dir, "/other")); err == nil || !strings.Contains(err.Error(), `the data dir `+dir+` was used with prefix ""`) {
+			t.Fatalf("another prefix: %v", err)
+		}
+		embedded := t.TempDir()
+		start(t, embedded).Close()
+		if err := startErr(t, externalCfg(srv, embedded, "/emb")); err == nil || !strings.Contains(err.Error(), "holds an embedded store") {
+			t.Fatalf("an embedded data dir: %v", err)
+		}
+		cfg := externalCfg(srv, t.TempDir(), "/l")
+		cfg.ListenAddr = "127.0.0.1:4500"
+		if err := startErr(t, cfg); err == nil || !strings.Contains(err.Error(), "--listen-addr is not supported with --external-etcd") {
+			t.Fatalf("listen: %v", err)
+		}
+	})
+	t.Run("restart keeps the cluster, leave erases only hush's keys", func(t *testing.T) {
+		d := startWith(t, externalCfg(srv, dir, ""))
+		if got := getCluster(t, d).ID; got != c.ID {
+			t.Fatalf("cluster after restart: %s, want %s", got, c.ID)
+		}
+		if err := d.Leave(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		for k := range srv.Dump(t) {
+			if strings.HasPrefix(k, "/hush/") {
+				t.Fatalf("left after leave: %q", k)
+			}
+		}
+		if resp, err := raw.Get(ctx, "/team-b/hush/v1/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count == 0 {
+			t.Fatalf("another hush cluster's keys went: %v", err)
+		}
+		if resp, err := raw.Get(ctx, "/users-own/key"); err != nil || resp.Count != 1 {
+			t.Fatalf("the user's own key went: %v", err)
+		}
+		if ok, err := cluster.Exists(ctx, d.store); err != nil || ok {
+			t.Fatalf("cluster after leave: %v %v", ok, err)
+		}
+		_, err := d.swarmController().InitWithKey(ctx, swarm.InitRequest{ListenAddr: "127.0.0.1:4500"}, nil)
+		if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "docker swarm init --listen-addr is not supported with --external-etcd") {
+			t.Fatalf("init --listen-addr: %v", err)
+		}
+		if _, err := d.swarmController().InitWithKey(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(d.plainKey.Path); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// Autolock and master-key rotation work unchanged on an external store:
+// they change key files beside the data dir and re-seal what is in etcd.
+func TestExternalDaemonKeys(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	d := startWith(t, externalCfg(srv, dir, "/keys"))
+	id := getCluster(t, d).ID
+	if _, err := d.RotateMaster(ctx); err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	key := enableAutolock(t, d)
+	d.Close()
+	d = startWith(t, externalCfg(srv, dir, "/keys"))
+	if d.State() != swarm.LocalNodeStateLocked {
+		t.Fatalf("state after restart with autolock: %s", d.State())
+	}
+	if err := d.Unlock(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if got := getCluster(t, d).ID; got != id {
+		t.Fatalf("cluster after unlock: %s, want %s", got, id)
+	}
+	checkKeyFiles(t, d, true)
+}
