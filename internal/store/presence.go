@@ -139,6 +139,16 @@ func (p *Presence) grant(ctx context.Context) (clientv3.LeaseID, error) {
 	return resp.ID, nil
 }
 
+// TTL is the lease's time to live as asked (whole seconds).
+func (p *Presence) TTL() time.Duration { return time.Duration(p.ttl) * time.Second }
+
+// Held reports whether a lease is held now (its claims are put).
+func (p *Presence) Held() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lease != 0
+}
+
 func (p *Presence) key(nodeID string) string { return presenceRoot + nodeID + "/" + p.owner }
 
 // Claim vouches for nodeID. Without a lease (Run not started, or between
