@@ -345,6 +345,14 @@ func (s *Server) matchNode(ref string) bool {
 
 func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
 	if !s.matchNode(r.PathValue("id")) {
+		if n, ok, err := s.otherNode(r.Context(), r.PathValue("id")); err != nil || ok {
+			if err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, n)
+			return
+		}
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
@@ -375,5 +383,17 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, s.removeNode(r.PathValue("id")))
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, errdefs.BadRequest("invalid value for force: %q", v))
+			return
+		}
+	}
+	if err := s.removeNode(r.Context(), r.PathValue("id"), force); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 }

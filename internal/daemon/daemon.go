@@ -168,6 +168,12 @@ type Daemon struct {
 	// seen is when each worker last sent its dispatcher a heartbeat
 	// (dispatchsvc.go), in this manager's memory.
 	seen dispatchnet.LastSeen
+	// dispatch is the dispatcher server's handler while it serves
+	// and the relayer asking other managers for logs (noderemove.go ends a
+	// removed node's session and asks nodes for logs through them);
+	// removed caches the store's refusal list.
+	dispatch atomic.Pointer[dispatchRuntime]
+	removed  removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
 
@@ -226,6 +232,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Cluster:    clusterSource{d},
 		Swarm:      d.swarmController(),
 		Nodes:      clusterNodes{d},
+		RemoteLogs: remoteLogs{d},
 		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,

@@ -90,10 +90,15 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
 		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
+		Refuse: d.refuseNode,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
+	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}
 	d.log.Info("dispatcher listening", "addr", addr)
 	return func(ctx context.Context) {
+		d.dispatch.Store(rt)
+		defer rt.relay.Close()
+		defer d.dispatch.CompareAndSwap(rt, nil)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -109,4 +114,12 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 		_ = srv.Shutdown(sctx)
 		<-done
 	}, nil
+}
+
+// dispatchRuntime is the dispatcher server while it serves: its handler
+// (the sessions of the nodes connected to this manager) and the relayer
+// that asks the other managers for logs of nodes connected to them.
+type dispatchRuntime struct {
+	h     *dispatchnet.Handler
+	relay *dispatchnet.Relayer
 }

@@ -186,11 +186,16 @@ func (d *Daemon) loadWorker() error {
 	return nil
 }
 
-// leaveWorkerLocked is `docker swarm leave` on a worker: it forgets its
-// certificate and key (the managers keep its record, Down, as Swarm's
-// do until `node rm`).
-func (d *Daemon) leaveWorkerLocked() error {
+// leaveWorkerLocked is `docker swarm leave` on a worker: it stops the
+// agent, removes the task containers it ran (labelled with its node ID)
+// and their secret mounts, as Swarm removes a leaving node's containers,
+// and forgets its certificate and key (the managers keep its record, Down
+// once its heartbeats stop, as Swarm's do until `node rm`).
+func (d *Daemon) leaveWorkerLocked(ctx context.Context) error {
 	d.stopRuntime()
+	if d.engine != nil {
+		d.removeTaskContainers(ctx)
+	}
 	if err := os.Remove(d.workerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("worker state: %w", err)
 	}

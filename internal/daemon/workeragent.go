@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 
 	"github.com/hush-secrets/hush/internal/agent"
 	"github.com/hush-secrets/hush/internal/dispatchnet"
@@ -41,13 +42,19 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		}
 		addrs = append(addrs, a)
 	}
-	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig,
-		Describe: d.selfDescription, Logger: d.log})
+	// ag serves the managers' logs requests for its own tasks only.
+	var ag *agent.Agent
+	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log,
+		Describe: d.selfDescription,
+		Logs: func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error) {
+			return ag.TaskLogs(ctx, taskID, o)
+		}})
 	if err != nil {
 		return err
 	}
-	ag := agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
-		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log})
+	ag = agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
+		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
+		OnRemoved: func() { d.removedFromCluster(ws) }})
 	var ctx context.Context
 	ctx, d.runStop = context.WithCancel(context.Background())
 	d.runDone.Add(1)

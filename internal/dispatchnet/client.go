@@ -58,6 +58,10 @@ type ClientConfig struct {
 	// nothing).
 	Describe func() Description
 	Logger   *slog.Logger
+	// Logs opens a task's logs for a manager's logs request
+	// (agent.Agent.TaskLogs, which serves only this node's tasks); nil
+	// refuses every request.
+	Logs func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
 }
 
 // Connector opens dispatcher sessions with the managers; it implements
@@ -196,6 +200,7 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 	s := &Session{
 		hc: &http.Client{Transport: tr}, tr: tr, base: "https://" + addr, log: c.log.With("manager", addr),
 		ctx: sctx, cancel: cancel, msgs: make(chan model.Assignments, 1), done: make(chan struct{}),
+		logs: c.c.Logs, logSem: make(chan struct{}, MaxLogStreams),
 	}
 	// The whole opening is bounded, the dial and TLS handshake included:
 	// a stopped manager's kernel still accepts the connection, and only
@@ -274,6 +279,10 @@ type Session struct {
 	mu     sync.Mutex
 	period time.Duration
 
+	// logs serves logs requests, at most MaxLogStreams at once (logSem).
+	logs   func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
+	logSem chan struct{}
+
 	msgs chan model.Assignments
 	done chan struct{} // closed when the stream ended; err says why
 	err  error
@@ -307,6 +316,11 @@ func (s *Session) read(body io.ReadCloser) {
 					m.Wipe()
 					return context.Cause(s.ctx)
 				}
+			case frameLogs:
+				if len(b) > maxControlFrame {
+					return errFrame
+				}
+				go s.serveLogs(b)
 			case frameEnd:
 				var we wireError
 				if len(b) > maxControlFrame || json.Unmarshal(b, &we) != nil {
