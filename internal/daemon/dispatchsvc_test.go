@@ -41,3 +41,51 @@ func TestVouchFromHeartbeats(t *testing.T) {
 		t.Error("dispatchAddr accepted a port past 65535")
 	}
 }
+
+// The presence's lease follows the heartbeat period: after a change, a
+// lease of three new periods holds the manager's claim, which never lapses
+// during the switch.
+func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
+	st := storetest.New(t)
+	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
+	d.spec.heartbeat.Store(int64(time.Second))
+	k := &presenceKeeper{d: d}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); k.run(ctx) }()
+	defer func() { cancel(); <-done }()
+	present := func() bool {
+		got, err := st.Present(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(got["m1"]) > 0
+	}
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 15 s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitUntil("claimed under a 3 s lease", func() bool {
+		p := k.current()
+		return p != nil && p.TTL() == 3*time.Second && present()
+	})
+	d.spec.heartbeat.Store(int64(2 * time.Second))
+	waitUntil("a 6 s lease, still claimed", func() bool {
+		if !present() {
+			t.Fatal("the manager's claim lapsed while its lease was replaced")
+		}
+		return k.current().TTL() == 6*time.Second
+	})
+	for range 10 {
+		if !present() {
+			t.Fatal("the manager's claim lapsed after its lease was replaced")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/dispatchnet"
@@ -39,29 +40,81 @@ func (d *Daemon) livePeriod() time.Duration {
 
 // presenceRunner returns the runtime part that keeps this manager's
 // presence: its lease, its own claim, and a claim for each node that
-// heartbeats its dispatcher. The lease's TTL follows the heartbeat period
-// at activation (a period changed later applies from the next start).
+// heartbeats its dispatcher (see presenceKeeper).
 func (d *Daemon) presenceRunner() (func(context.Context), error) {
+	return (&presenceKeeper{d: d}).run, nil
+}
+
+// presenceKeeper keeps a presence whose lease TTL follows the heartbeat
+// period: when the period changes, a presence with the new TTL takes the
+// claims over before the old one is revoked, so that no claim lapses.
+type presenceKeeper struct {
+	d   *Daemon
+	mu  sync.Mutex
+	cur *store.Presence
+}
+
+// current is the presence in use (nil before run starts one).
+func (k *presenceKeeper) current() *store.Presence {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur
+}
+
+type runningPresence struct {
+	p      *store.Presence
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (k *presenceKeeper) start(ctx context.Context) (*runningPresence, error) {
+	d := k.d
 	p, err := d.store.NewPresence(d.nodeID, leaseBeats*d.livePeriod(), d.log)
 	if err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context) {
-		done := make(chan struct{})
-		go func() { defer close(done); p.Run(ctx) }()
-		defer func() { <-done }()
-		if err := p.Claim(ctx, d.nodeID); err != nil {
-			d.log.Debug("presence: own claim", "err", err)
-		}
-		for {
-			d.vouch(ctx, p)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(min(max(d.livePeriod()/2, 100*time.Millisecond), time.Second)):
+	pctx, cancel := context.WithCancel(ctx)
+	r := &runningPresence{p: p, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(r.done); p.Run(pctx) }()
+	// Claims made before the lease is granted are put with it.
+	d.vouch(ctx, p)
+	k.mu.Lock()
+	k.cur = p
+	k.mu.Unlock()
+	return r, nil
+}
+
+func (r *runningPresence) stop() { r.cancel(); <-r.done }
+
+func (k *presenceKeeper) run(ctx context.Context) {
+	d := k.d
+	r, err := k.start(ctx)
+	if err != nil {
+		d.log.Error("presence not kept", "err", err)
+		return
+	}
+	defer func() { r.stop() }()
+	for {
+		if ttl := leaseBeats * d.livePeriod(); (ttl+time.Second-1)/time.Second*time.Second != r.p.TTL() {
+			if next, err := k.start(ctx); err == nil {
+				// The new lease holds the claims before the old one goes
+				// (bounded: without a quorum neither lease is renewed).
+				deadline := time.Now().Add(5 * time.Second)
+				for !next.p.Held() && time.Now().Before(deadline) && ctx.Err() == nil {
+					time.Sleep(50 * time.Millisecond)
+				}
+				r.stop()
+				r = next
+				d.log.Info("presence: lease follows the heartbeat period", "ttl", r.p.TTL())
 			}
 		}
-	}, nil
+		d.vouch(ctx, r.p)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(max(d.livePeriod()/2, 100*time.Millisecond), time.Second)):
+		}
+	}
 }
 
 // vouch brings this manager's claims in line with the heartbeats it

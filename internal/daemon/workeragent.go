@@ -44,8 +44,8 @@ func (d *Daemon) startWorkerAgentLocked() error {
 	}
 	// ag serves the managers' logs requests for its own tasks only.
 	var ag *agent.Agent
-	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig,
-		Describe: d.selfDescription, Logger: d.log,
+	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log,
+		Describe: d.selfDescription,
 		Logs: func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error) {
 			return ag.TaskLogs(ctx, taskID, o)
 		}})

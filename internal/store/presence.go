@@ -139,10 +139,21 @@ func (p *Presence) grant(ctx context.Context) (clientv3.LeaseID, error) {
 	return resp.ID, nil
 }
 
+// TTL is the lease's time to live as asked (whole seconds).
+func (p *Presence) TTL() time.Duration { return time.Duration(p.ttl) * time.Second }
+
+// Held reports whether a lease is held now (its claims are put).
+func (p *Presence) Held() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lease != 0
+}
+
 func (p *Presence) key(nodeID string) string { return presenceRoot + nodeID + "/" + p.owner }
 
 // Claim vouches for nodeID. Without a lease (Run not started, or between
-// leases) the claim is remembered and put with the next lease.
+// leases) the claim is remembered and put with the next lease; a put that
+// fails leaves it unclaimed (Claims no longer lists it).
 func (p *Presence) Claim(ctx context.Context, nodeID string) error {
 	if err := checkPresenceID(nodeID); err != nil {
 		return err
@@ -156,7 +167,9 @@ func (p *Presence) Claim(ctx context.Context, nodeID string) error {
 	cctx, cancel := context.WithTimeout(ctx, presenceOpTimeout)
 	defer cancel()
 	if _, err := p.s.cli.Put(cctx, p.key(nodeID), p.owner, clientv3.WithLease(p.lease)); err != nil {
-		// A lost lease is Run's to replace; the claim goes with it.
+		// Not claimed: forgotten, so that the caller's next Claim tries
+		// again (a lease that was lost is Run's to replace).
+		delete(p.claims, nodeID)
 		return fmt.Errorf("store: presence claim: %w", wrapEtcd(err))
 	}
 	return nil
@@ -181,6 +194,9 @@ func (p *Presence) Release(ctx context.Context, nodeID string) error {
 	_, err := p.s.cli.Txn(cctx).If(clientv3.Compare(clientv3.LeaseValue(k), "=", p.lease)).
 		Then(clientv3.OpDelete(k)).Commit()
 	if err != nil {
+		// Still claimed: kept, so that Claims shows it and the caller's
+		// next Release tries again.
+		p.claims[nodeID] = true
 		return fmt.Errorf("store: presence release: %w", wrapEtcd(err))
 	}
 	return nil

@@ -95,6 +95,7 @@ func TestClusterLiveness(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	stoppedAt := time.Now()
 	stopped := true
 	cont := func() {
 		if stopped {
@@ -104,9 +105,12 @@ func TestClusterLiveness(t *testing.T) {
 	}
 	t.Cleanup(cont)
 	waitAll("the stopped worker Down", map[string]string{mid1: "Ready", mid2: "Ready", wid: "Down"})
+	downAfter := time.Since(stoppedAt)
 	waitFor(t, 60*time.Second, "the worker's task replaced on a manager", func() bool {
 		return running(mid1)+running(mid2) == 3
 	})
+	// Measured, not asserted (heartbeat 2 s, restart delay 5 s).
+	t.Logf("SIGSTOP -> Down on both managers: %s; -> replacement running: %s", downAfter.Round(100*time.Millisecond), time.Since(stoppedAt).Round(100*time.Millisecond))
 	// Swarm keeps the down node's task as shut down, last seen running.
 	ps := m1.MustDocker("service", "ps", "--format", "{{.DesiredState}} {{.CurrentState}}", svc)
 	if n := strings.Count(ps, "Shutdown Running"); n != 1 {

@@ -106,9 +106,12 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 		wantAll, wantDown []string
 		// returns: the service gets a task on w3 again when it is back.
 		returns bool
+		// restarted: the replacement is a restart of the slot (replicated
+		// services, as Swarm's restart supervisor does).
+		restarted bool
 	}{
 		{name: "replicated spreads and moves", spec: func() swarm.ServiceSpec { return replicated("web", 3) },
-			wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "m2", "node1"}},
+			wantAll: []string{"m2", "node1", "w3"}, wantDown: []string{"m2", "m2", "node1"}, restarted: true},
 		{name: "global leaves the down node", spec: func() swarm.ServiceSpec {
 			s := replicated("agent", 0)
 			s.Mode = swarm.ServiceMode{Global: &swarm.GlobalService{}}
@@ -147,6 +150,8 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 			for range 3 {
 				f.pass()
 				f.agentsExcept("w3")
+				// A replicated replacement waits out the restart delay.
+				f.now = f.now.Add(6 * time.Second)
 			}
 			if got := running(f.tasks()); !eq(got, tc.wantDown) {
 				t.Fatalf("w3 down: tasks on %v, want %v", got, tc.wantDown)
@@ -160,6 +165,18 @@ func TestDownNodeTasksRescheduled(t *testing.T) {
 			// Shut down (kept as history), still running as last reported.
 			if old == nil || old.DesiredState != swarm.TaskStateShutdown || old.Status.State != swarm.TaskStateRunning {
 				t.Fatalf("w3's task while w3 is down: %+v", old)
+			}
+			if tc.restarted {
+				// The replacement counts as a restart of the slot.
+				var repl *model.Task
+				for _, tk := range f.tasks() {
+					if tk.Slot == old.Slot && tk.ID != old.ID && model.Runs(tk.DesiredState) {
+						repl = tk
+					}
+				}
+				if repl == nil || len(repl.Restarts) != 1 {
+					t.Fatalf("replacement of w3's task: %+v", repl)
+				}
 			}
 
 			// Back: its agent stops the stale task; only a global service

@@ -341,6 +341,13 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 			}
 		default:
 			cur := d[len(d)-1]
+			if o.down[cur.NodeID] && model.Runs(cur.DesiredState) {
+				// Its node is down: restarted elsewhere at once, as
+				// Swarm's restart supervisor does (Reconcile shuts down
+				// any older task of the slot there).
+				errs = append(errs, o.restartDown(ctx, svc, s, cur))
+				continue
+			}
 			if cur.DesiredState == swarm.TaskStateReady {
 				// A restart waiting out its delay.
 				if !o.now().Before(cur.NotBefore) {
@@ -607,6 +614,19 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 		return err
 	}
 	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(dead.Restarts), o.now()), dead.Status.Timestamp.Add(rp.delay))
+}
+
+// restartDown replaces the task of a down node as Swarm does: whatever the
+// restart condition and attempts, the task is shut down (kept as history;
+// its agent stops it if the node returns) and its replacement exists at
+// once, on another node, waiting out the restart delay from now; the
+// restart counts in the lineage.
+func (o *Orchestrator) restartDown(ctx context.Context, svc *model.Service, s *slot, t *model.Task) error {
+	if err := o.setDesired(ctx, t, swarm.TaskStateShutdown); err != nil {
+		return err
+	}
+	now := o.now()
+	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(t.Restarts), now), now.Add(restartPolicyOf(svc).delay))
 }
 
 // restartPolicy is a service's restart policy with Swarm's defaults.
