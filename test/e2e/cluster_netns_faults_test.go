@@ -238,15 +238,11 @@ func testLabNoQuorumPing(t *testing.T, c *labCluster) {
 	}
 }
 
-// stopWithoutQuorumFixed says whether a manager that is not the
-// orchestrator's leader exits promptly on SIGTERM once the other managers
-// are gone. On this branch it does not: its pending orchestrator campaign
-// is cancelled and store.Campaign then closes the etcd session
-// (internal/store/election.go, `_ = sess.Close()`), whose lease revoke
-// waits out the TTL without quorum, while networks.Manager.Run waits in a
-// linearizable read (Mirror.Read -> Store.Revision); the helper's 20 s
-// passed in 3 of 3 tries.
-const stopWithoutQuorumFixed = false
+// stopWithoutQuorumFixed: a manager not leading the orchestrator, stopped
+// last, used to outlast the helper's 20 s (its cancelled campaign closed
+// the etcd session, whose lease revoke waited out the TTL without quorum;
+// fixed on main by a6f1d95).
+const stopWithoutQuorumFixed = true
 
 // The nodes stopped one by one with SIGTERM, a manager that does not lead
 // last: each exits 0 within the helper's bound (Hushd.Stop fails the test
