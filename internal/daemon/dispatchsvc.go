@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -67,13 +66,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	if d.member == nil || !d.listen.enabled() {
 		return nil, nil
 	}
-	cert, err := pki.TLSCertificate([]byte(d.member.CertPEM), d.nodeKey)
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher certificate: %w", err)
-	}
-	params := pki.TLSParams{ClusterID: clusterID,
-		Cert:  func() (*tls.Certificate, error) { return cert, nil },
-		Roots: d.clusterRoots}
+	params := pki.TLSParams{ClusterID: clusterID, Cert: d.currentCert, Roots: d.clusterRoots}
 	tcfg, err := params.ServerConfig()
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 
@@ -22,16 +23,12 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		return nil
 	}
 	ws := d.worker
-	cert, err := pki.TLSCertificate([]byte(ws.CertPEM), d.nodeKey)
-	if err != nil {
-		return fmt.Errorf("worker certificate: %w", err)
-	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM([]byte(ws.CAPEM)) {
 		return fmt.Errorf("worker state %s has no CA certificate", d.workerPath())
 	}
 	params := pki.TLSParams{ClusterID: ws.ClusterID,
-		Cert:  func() (*tls.Certificate, error) { return cert, nil },
+		Cert:  d.currentCert,
 		Roots: func() *x509.CertPool { return roots }}
 	addrs := make([]string, 0, len(ws.Managers))
 	for _, m := range ws.Managers {
@@ -64,4 +61,14 @@ func (d *Daemon) startWorkerAgentLocked() error {
 	}()
 	d.log.Info("worker agent running", "managers", addrs)
 	return nil
+}
+
+// currentCert is the node's certificate as of this handshake (a renewal
+// swaps it, roles.go).
+func (d *Daemon) currentCert() (*tls.Certificate, error) {
+	c := d.cert.Load()
+	if c == nil {
+		return nil, errors.New("this node has no certificate")
+	}
+	return c, nil
 }
