@@ -108,6 +108,8 @@ type Daemon struct {
 	engineLabels []string
 	// engineMemory is the engine's memory, for resource reservations.
 	engineMemory int64
+	// engineVersion is the engine's version, as node inspect shows it.
+	engineVersion string
 	// tasksDir is the root of the tasks' tmpfs (standalone containers'
 	// is its sibling).
 	tasksDir string
@@ -390,6 +392,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 		acfg.EngineLabels = info.Labels
 		d.engineLabels = info.Labels
 		d.engineMemory = info.MemTotal
+		d.engineVersion = info.ServerVersion
 	}
 	icancel()
 	dir := d.cfg.SecretsDir

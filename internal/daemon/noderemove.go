@@ -100,7 +100,9 @@ func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (b
 	if n.Spec.Role == swarm.NodeRoleManager || n.ID == d.nodeID {
 		return true, errdefs.FailedPrecondition("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", n.ID)
 	}
-	if !force && d.workerUp(n.ID) {
+	// Down as the orchestrator's leader recorded it (nodes.RunLiveness); a
+	// node with no status yet is not down either, as Swarm's Unknown.
+	if !force && (n.Status == nil || n.Status.State != swarm.NodeStateDown) {
 		return true, errdefs.FailedPrecondition("node %s is not down and can't be removed", n.ID)
 	}
 	// Whole seconds: certificates record their issue time to the second,

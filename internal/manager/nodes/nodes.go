@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -31,7 +32,31 @@ type Node struct {
 	// joining node said of itself (a node's own are read live instead).
 	Hostname string `json:"hostname,omitempty"`
 	Addr     string `json:"addr,omitempty"`
-	Version  uint64 `json:"-"`
+	// Status is the node's liveness as the orchestrator's leader last
+	// recorded it (nil: never recorded, e.g. just joined).
+	Status *Status `json:"status,omitempty"`
+	// Description is what the node last reported of itself (nil: nothing
+	// yet): placement reads it for every node but the leader's own.
+	Description *Description `json:"description,omitempty"`
+	Version     uint64       `json:"-"`
+}
+
+// Status is a node's liveness: Ready while some manager vouches for it
+// (see store.Presence), Down once none has for the heartbeat grace.
+type Status struct {
+	State   swarm.NodeState `json:"state"`
+	Message string          `json:"message,omitempty"`
+}
+
+// Description is what a node says of itself: its platform, its engine's
+// labels and version, and what it offers to resource reservations.
+type Description struct {
+	OS            string            `json:"os,omitempty"`
+	Arch          string            `json:"arch,omitempty"`
+	EngineVersion string            `json:"engineVersion,omitempty"`
+	EngineLabels  map[string]string `json:"engineLabels,omitempty"`
+	NanoCPUs      int64             `json:"nanoCPUs,omitempty"`
+	MemoryBytes   int64             `json:"memoryBytes,omitempty"`
 }
 
 // Record creates n if no node has its ID; a node already recorded (a
@@ -155,6 +180,42 @@ func update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	if errors.Is(err, store.ErrStale) {
 		return errdefs.OutOfSequence()
 	}
+	return err
+}
+
+// SetStatus records node id's liveness, only while l (the orchestrator's
+// leadership, which runs the liveness loop) still holds: a deposed leader's
+// write fails with store.ErrGuard. An unchanged status writes nothing.
+func SetStatus(ctx context.Context, st *store.Store, l *store.Leadership, id string, s Status) error {
+	n, err := Get(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if n.Status != nil && *n.Status == s {
+		return nil
+	}
+	n.Status = &s
+	val, _ := json.Marshal(&n)
+	_, err = st.Table(table).UpdateGuarded(ctx, id, int64(n.Version), val, []clientv3.Cmp{l.Guard()})
+	return err
+}
+
+// SetDescription records what node id reported of itself; an unchanged
+// description writes nothing. Labels are bounded as a spec's are.
+func SetDescription(ctx context.Context, st *store.Store, id string, d Description) error {
+	if len(d.EngineLabels) > MaxLabels {
+		return errdefs.InvalidArgument("engine labels: %d entries exceed hush's limit of %d", len(d.EngineLabels), MaxLabels)
+	}
+	n, err := Get(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if n.Description != nil && reflect.DeepEqual(*n.Description, d) {
+		return nil
+	}
+	n.Description = &d
+	val, _ := json.Marshal(&n)
+	_, err = st.Table(table).Update(ctx, id, int64(n.Version), val)
 	return err
 }
 
