@@ -163,6 +163,9 @@ type Daemon struct {
 	pendingKey atomic.Int32
 	// memWarn logs, once, that key memory could not be locked.
 	memWarn sync.Once
+	// runMu orders stopRuntime's callers: Close holds no mu, and a worker
+	// told of its removal leaves on a goroutine of its own (noderemove.go).
+	runMu sync.Mutex
 	// runStop ends the orchestrator and agent of the active cluster.
 	runStop context.CancelFunc
 	runDone sync.WaitGroup

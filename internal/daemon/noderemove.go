@@ -124,8 +124,9 @@ func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (b
 	return true, nil
 }
 
-// resolveNode finds a node by full ID, unique ID prefix or hostname, as
-// Swarm resolves a node reference.
+// resolveNode finds a node by full ID, hostname or unique ID prefix, in
+// Swarm's order: a hostname that is also a prefix of another node's ID
+// names the host.
 func resolveNode(ctx context.Context, st *store.Store, ref string) (nodes.Node, error) {
 	if ref == "" {
 		return nodes.Node{}, errdefs.NotFound("node %s not found", ref)
@@ -146,7 +147,7 @@ func resolveNode(ctx context.Context, st *store.Store, ref string) (nodes.Node, 
 			byName = append(byName, n)
 		}
 	}
-	for _, m := range [][]nodes.Node{byPrefix, byName} {
+	for _, m := range [][]nodes.Node{byName, byPrefix} {
 		switch len(m) {
 		case 0:
 		case 1:

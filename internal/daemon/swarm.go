@@ -274,6 +274,8 @@ func (d *Daemon) leadOrchestrator(ctx context.Context) {
 // stopRuntime stops the orchestrator and agent; running task containers
 // and their secret mounts stay as they are.
 func (d *Daemon) stopRuntime() {
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
 	if d.runStop != nil {
 		d.runStop()
 		d.runDone.Wait()
