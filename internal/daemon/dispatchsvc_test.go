@@ -73,18 +73,25 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 	}
 	waitUntil("claimed under a 3 s lease", func() bool {
 		p := k.current()
-		return p != nil && p.TTL() == 3*time.Second && present()
+		return p != nil && p.TTL() == 3*time.Second && present() && k.vouching() == nil
 	})
 	d.spec.heartbeat.Store(int64(2 * time.Second))
 	waitUntil("a 6 s lease, still claimed", func() bool {
 		if !present() {
 			t.Fatal("the manager's claim lapsed while its lease was replaced")
 		}
+		// Its dispatcher keeps its workers meanwhile.
+		if err := k.vouching(); err != nil {
+			t.Fatalf("not vouching while its lease was replaced: %v", err)
+		}
 		return k.current().TTL() == 6*time.Second
 	})
 	for range 10 {
 		if !present() {
 			t.Fatal("the manager's claim lapsed after its lease was replaced")
+		}
+		if err := k.vouching(); err != nil {
+			t.Fatalf("not vouching after its lease was replaced: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -36,9 +36,11 @@ type Presence struct {
 	// mu serialises the claims' writes with the lease's changes, so that
 	// a re-granted lease re-puts exactly the claims still wanted and a
 	// release never races a re-put of the same claim.
-	mu     sync.Mutex
-	lease  clientv3.LeaseID // 0 while none is held
-	claims map[string]bool
+	mu    sync.Mutex
+	lease clientv3.LeaseID // 0 while none is held
+	// renewed is when the quorum last renewed (or granted) the lease.
+	renewed time.Time
+	claims  map[string]bool
 	// crashed stops renewing without revoking (tests: a crash).
 	crashed atomic.Bool
 }
@@ -87,6 +89,11 @@ func (p *Presence) Run(ctx context.Context) {
 				if p.crashed.Load() {
 					break
 				}
+				p.mu.Lock()
+				if p.lease == lease {
+					p.renewed = time.Now()
+				}
+				p.mu.Unlock()
 			}
 		}
 		cancel()
@@ -135,7 +142,7 @@ func (p *Presence) grant(ctx context.Context) (clientv3.LeaseID, error) {
 		}
 		ops = ops[n:]
 	}
-	p.lease = resp.ID
+	p.lease, p.renewed = resp.ID, time.Now()
 	return resp.ID, nil
 }
 
@@ -147,6 +154,17 @@ func (p *Presence) Held() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.lease != 0
+}
+
+// Fresh reports whether a lease is held and the quorum renewed it within
+// the last within. A manager cut off from the quorum keeps its lease
+// locally until the TTL passes, but its renewals stop at once: its claims
+// are about to lapse for the other managers, so it had better not keep
+// vouching for nodes (they should move to a manager that can).
+func (p *Presence) Fresh(within time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lease != 0 && time.Since(p.renewed) <= within
 }
 
 func (p *Presence) key(nodeID string) string { return presenceRoot + nodeID + "/" + p.owner }

@@ -142,3 +142,38 @@ func TestPresenceRegrantsLostLease(t *testing.T) {
 	}
 	waitPresent(t, s, "w1", []string{"m1"}, 5*time.Second)
 }
+
+// Fresh: a held lease the quorum renewed lately; not before the lease is
+// granted, not once renewals are older than asked, not after a crash.
+func TestPresenceFresh(t *testing.T) {
+	s := storetest.New(t)
+	p, err := s.NewPresence("m1", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Fresh(time.Hour) {
+		t.Fatal("fresh before its lease is granted")
+	}
+	runPresence(t, p)
+	tests := []struct {
+		name   string
+		within time.Duration
+		want   bool
+	}{
+		{name: "renewed within an hour", within: time.Hour, want: true},
+		{name: "renewed within a nanosecond", within: time.Nanosecond, want: false},
+	}
+	for _, tc := range tests {
+		if got := p.Fresh(tc.within); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	p.CrashForTest()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Fresh(time.Hour) {
+		if time.Now().After(deadline) {
+			t.Fatal("fresh 10 s after renewals stopped")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
