@@ -36,13 +36,15 @@ type Presence struct {
 	// mu serialises the claims' writes with the lease's changes, so that
 	// a re-granted lease re-puts exactly the claims still wanted and a
 	// release never races a re-put of the same claim.
-	mu    sync.Mutex
-	lease clientv3.LeaseID // 0 while none is held
-	// renewed is when the quorum last renewed (or granted) the lease.
-	renewed time.Time
-	claims  map[string]bool
+	mu     sync.Mutex
+	lease  clientv3.LeaseID // 0 while none is held
+	claims map[string]bool
 	// crashed stops renewing without revoking (tests: a crash).
 	crashed atomic.Bool
+	// renewedAt is when the quorum last granted or renewed the lease held
+	// (Unix nanoseconds; 0 while none is held). Apart from mu, so that
+	// Fresh never waits for a claim's write.
+	renewedAt atomic.Int64
 }
 
 // presenceOpTimeout bounds each write of a claim.
@@ -89,17 +91,15 @@ func (p *Presence) Run(ctx context.Context) {
 				if p.crashed.Load() {
 					break
 				}
-				p.mu.Lock()
-				if p.lease == lease {
-					p.renewed = time.Now()
-				}
-				p.mu.Unlock()
+				// Only Run changes the lease: it is still this one.
+				p.renewedAt.Store(time.Now().UnixNano())
 			}
 		}
 		cancel()
 		p.mu.Lock()
 		if p.lease == lease {
 			p.lease = 0
+			p.renewedAt.Store(0)
 		}
 		p.mu.Unlock()
 		if ctx.Err() != nil || p.crashed.Load() {
@@ -142,7 +142,8 @@ func (p *Presence) grant(ctx context.Context) (clientv3.LeaseID, error) {
 		}
 		ops = ops[n:]
 	}
-	p.lease, p.renewed = resp.ID, time.Now()
+	p.lease = resp.ID
+	p.renewedAt.Store(time.Now().UnixNano())
 	return resp.ID, nil
 }
 
@@ -162,9 +163,8 @@ func (p *Presence) Held() bool {
 // are about to lapse for the other managers, so it had better not keep
 // vouching for nodes (they should move to a manager that can).
 func (p *Presence) Fresh(within time.Duration) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lease != 0 && time.Since(p.renewed) <= within
+	at := p.renewedAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) <= within
 }
 
 func (p *Presence) key(nodeID string) string { return presenceRoot + nodeID + "/" + p.owner }
