@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 )
 
@@ -50,10 +52,19 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
 	d.spec.heartbeat.Store(int64(time.Second))
 	k := &presenceKeeper{d: d}
+	if err := k.vouching(); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("vouching before any lease: %v, want Unavailable", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); k.run(ctx) }()
-	defer func() { cancel(); <-done }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	}()
 	present := func() bool {
 		got, err := st.Present(context.Background())
 		if err != nil {
@@ -94,5 +105,12 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 			t.Fatalf("not vouching after its lease was replaced: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Stopped (its lease revoked): no longer vouching.
+	cancel()
+	<-done
+	stopped = true
+	if err := k.vouching(); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("vouching after the presence stopped: %v, want Unavailable", err)
 	}
 }
