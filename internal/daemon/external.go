@@ -57,6 +57,15 @@ func (d *Daemon) checkStoreKind(member bool) error {
 			return fmt.Errorf("external etcd marker %s is corrupt", d.externalMarkerPath())
 		}
 	}
+	if marked && !d.hasKeyFiles() {
+		// A start refused before this data dir made its cluster (another
+		// hushd's prefix, an etcd that never answered) binds nothing: the
+		// retry its refusal advises must not be refused for the marker.
+		if err := os.Remove(d.externalMarkerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("external etcd marker: %w", err)
+		}
+		marked = false
+	}
 	ext := d.cfg.External
 	if ext == nil {
 		if marked {
@@ -110,7 +119,32 @@ func (d *Daemon) foreignCluster(ctx context.Context) (bool, error) {
 	if err != nil || !exists {
 		return false, err
 	}
-	return !d.plainKey.Exists() && !d.lockedKey.Exists() && !d.nextKey().Exists(), nil
+	return !d.hasKeyFiles(), nil
+}
+
+// hasKeyFiles reports whether the data dir holds a cluster's master key.
+func (d *Daemon) hasKeyFiles() bool {
+	return d.plainKey.Exists() || d.lockedKey.Exists() || d.nextKey().Exists()
+}
+
+// checkExternalClusterGone refuses a start on an external etcd that does
+// not hold the cluster, when the data dir's key files show that there was
+// one (an autolocked key, or a key change under way): a changed
+// --external-etcd, or an etcd that lost its data. Going on would remove
+// those files, the only copy of that cluster's master key, and make a new
+// cluster in that etcd. A plain key alone is left to resume: an init that
+// failed before its cluster was written leaves one too, and it is reused.
+func (d *Daemon) checkExternalClusterGone() error {
+	if d.cfg.External == nil {
+		return nil
+	}
+	for _, path := range []string{d.lockedKey.Path, d.nextKey().Path, d.rotatingKey().Path, d.oldPlainKey().Path} {
+		if _, err := os.Stat(path); err == nil {
+			return fmt.Errorf("the external etcd does not hold this data dir's cluster under prefix %q, and %s holds that cluster's master key: check --external-etcd and --external-etcd-prefix (nothing was changed); if that cluster is gone for good, remove %s and start again",
+				d.cfg.External.Prefix, filepath.Dir(d.plainKey.Path), filepath.Dir(d.plainKey.Path))
+		}
+	}
+	return nil
 }
 
 // checkForeignCluster refuses to start on another hushd's cluster.

@@ -71,6 +71,9 @@ func (d *Daemon) resume(ctx context.Context) error {
 		return err
 	}
 	if !exists {
+		if err := d.checkExternalClusterGone(); err != nil {
+			return err
+		}
 		// Key files without a cluster: an init that crashed, or a leave
 		// that did not finish. Neither protects anything.
 		_ = d.lockedKey.Remove()
