@@ -101,6 +101,12 @@ func checkPrefix(p string) error {
 			return errdefs.BadRequest("external etcd: prefix %q: only letters, digits and / - _ .", p)
 		}
 	}
+	// Such a prefix puts hush's keys under the root of the cluster whose
+	// prefix is what comes before it: that cluster's leave would erase
+	// them, and its rewrites would try to open them.
+	if strings.Contains(p+"/", root) {
+		return errdefs.BadRequest("external etcd: prefix %q: must not contain %s (its keys would be inside another hush cluster's keys)", p, strings.TrimSuffix(root, "/"))
+	}
 	return nil
 }
 

@@ -79,6 +79,10 @@ func TestOpenExternalRefuses(t *testing.T) {
 		{"prefix without slash", with(func(c *store.ExternalConfig) { c.Prefix = "team" }), "must start with /"},
 		{"prefix ending in slash", with(func(c *store.ExternalConfig) { c.Prefix = "/team/" }), "not end with one"},
 		{"prefix with NUL", with(func(c *store.ExternalConfig) { c.Prefix = "/te\x00am" }), "only letters"},
+		// Keys under these would be inside another hush cluster's root (the
+		// one without a prefix, or /a's): its leave would erase them.
+		{"prefix inside hush's root", with(func(c *store.ExternalConfig) { c.Prefix = "/hush/v1/team" }), "inside another hush cluster's keys"},
+		{"prefix inside another prefix's root", with(func(c *store.ExternalConfig) { c.Prefix = "/a/hush/v1" }), "inside another hush cluster's keys"},
 		{"prefix too long", with(func(c *store.ExternalConfig) { c.Prefix = "/" + strings.Repeat("a", store.MaxExternalPrefix) }), "longer than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
