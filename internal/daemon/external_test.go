@@ -225,3 +225,29 @@ func TestExternalRestartOnAnotherEtcd(t *testing.T) {
 		t.Fatalf("cluster %s, want %s", got, id)
 	}
 }
+
+// Two hushds racing to init one prefix both pass the check for another
+// cluster; cluster.Create lets one win. The loser must keep no master key
+// (it sealed nothing that was written), so that its restart is refused by
+// name instead of taking the winner's cluster for its own.
+func TestExternalInitRaceLoser(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	cfg := externalCfg(srv, t.TempDir(), "/race")
+	cfg.NoInit = true
+	loser := startWith(t, cfg)
+	startWith(t, externalCfg(srv, t.TempDir(), "/race"))
+	// The daemon's own init: the external check before it passed earlier.
+	_, err := loser.InitWithKey(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen}, nil)
+	if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+		t.Fatalf("init that lost the race: %v", err)
+	}
+	if loser.plainKey.Exists() {
+		t.Fatal("the loser kept a master key that sealed nothing")
+	}
+	loser.Close()
+	cfg.NoInit = false
+	if err := startErr(t, cfg); err == nil || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+		t.Fatalf("restart of the loser: %v", err)
+	}
+}

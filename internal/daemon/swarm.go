@@ -323,7 +323,8 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 		return "", initSpecError(err)
 	}
 	var mk keyring.MasterKey
-	if d.plainKey.Exists() {
+	generated := !d.plainKey.Exists()
+	if !generated {
 		mk, err = d.plainKey.Load()
 	} else {
 		mk, err = keyring.GenerateMasterKey()
@@ -343,6 +344,17 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	c, err := cluster.Create(ctx, d.store, kr, cluster.Params{Spec: spec, SigningCAKey: caKey, Network: netw})
 	if err != nil {
 		d.keys.Set(nil)
+		if errors.Is(err, cluster.ErrExists) {
+			// Another hushd's cluster on an external etcd won a race to
+			// init: nothing was written, so the new key protects nothing,
+			// and kept it would make this data dir pass for that cluster's.
+			if generated {
+				_ = d.plainKey.Remove()
+			}
+			if d.cfg.External != nil {
+				return "", errdefs.BadRequest("%s", msgExternalInit)
+			}
+		}
 		return "", initSpecError(err)
 	}
 	if req.Availability != swarm.NodeAvailabilityActive {
