@@ -321,3 +321,27 @@ func TestExternalRequestTooLarge(t *testing.T) {
 		}
 	}
 }
+
+// A master-key rotation re-wraps values in batches; on an external etcd
+// with its default request limit (1.5 MiB, which etcdtest runs) two
+// objects that each fit must not be refused together as one batch.
+func TestExternalRewrapBatchesFit(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	keys := storetest.NewKeys(t)
+	s := openExternal(t, store.ExternalConfig{Endpoints: []string{srv.Endpoint}, CAFile: srv.CAFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Keys: keys})
+	awaitReady(t, s)
+	tb := s.Table("things")
+	for _, id := range []string{"a", "b"} {
+		if _, err := tb.Create(ctx, id, "", bytes.Repeat([]byte(id), 800<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldID, _ := rotate(t, keys)
+	if _, err := s.Rewrap(ctx, nil); err != nil {
+		t.Fatalf("re-wrap: %v", err)
+	}
+	if left, err := s.Referencing(ctx, oldID); err != nil || left != 0 {
+		t.Fatalf("after the re-wrap %d values need the old key (%v)", left, err)
+	}
+}
