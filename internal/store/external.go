@@ -64,6 +64,14 @@ func CheckExternal(c ExternalConfig) error {
 	return checkPrefix(c.Prefix)
 }
 
+// CheckExternalFiles reads c's TLS files as OpenExternal does: a command
+// line naming a missing or unusable one is refused before anything is
+// written.
+func CheckExternalFiles(c ExternalConfig) error {
+	_, err := externalTLS(c.CAFile, c.CertFile, c.KeyFile)
+	return err
+}
+
 // checkEndpoint refuses anything but https://host:port. Plain http is
 // refused even on loopback: every value is sealed, but keys, revisions,
 // leases and sizes (the cluster's metadata) would cross in the clear, and
