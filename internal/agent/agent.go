@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -18,12 +19,13 @@ import (
 
 // Agent runs this node's tasks.
 type Agent struct {
-	nodeID string
-	conn   Connector
-	x      Executor
-	view   *view
-	log    *slog.Logger
-	now    func() time.Time
+	nodeID    string
+	conn      Connector
+	onRemoved func()
+	x         Executor
+	view      *view
+	log       *slog.Logger
+	now       func() time.Time
 	// retry is the wait before a broken session is opened again.
 	retry time.Duration
 	// dataWait bounds how long a start or reload waits for data versions
@@ -49,7 +51,16 @@ type Config struct {
 	Dispatcher Connector
 	Executor   Executor
 	Logger     *slog.Logger
+	// OnRemoved is called (once, from the agent's goroutine) when the
+	// managers say this node was removed from the cluster; the agent then
+	// stops following. It must not wait for Run to return.
+	OnRemoved func()
 }
+
+// ErrNodeRemoved is how a session (or its opening) fails once the managers
+// removed this node (`docker node rm`): the node is no longer part of the
+// cluster, and reconnecting is pointless.
+var ErrNodeRemoved = errors.New("node is removed from cluster")
 
 // New returns an agent.
 func New(c Config) *Agent {
@@ -57,7 +68,7 @@ func New(c Config) *Agent {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Agent{
-		nodeID: c.NodeID, conn: c.Dispatcher, x: c.Executor, view: newView(c.NodeID), log: c.Logger,
+		nodeID: c.NodeID, conn: c.Dispatcher, onRemoved: c.OnRemoved, x: c.Executor, view: newView(c.NodeID), log: c.Logger,
 		now: func() time.Time { return time.Now().UTC() }, retry: time.Second, dataWait: dataWait,
 		busy: map[string]bool{}, started: map[string]bool{},
 	}
@@ -111,6 +122,14 @@ func (a *Agent) follow(ctx context.Context) {
 			}
 		}
 		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, ErrNodeRemoved) {
+			// Swarm's node leaves the cluster: nothing will serve it again.
+			a.log.Warn("this node was removed from the cluster", "err", err)
+			if a.onRemoved != nil {
+				a.onRemoved()
+			}
 			return
 		}
 		a.log.Warn("dispatcher session broke; opening another", "err", err)

@@ -671,3 +671,52 @@ func TestSessionReopens(t *testing.T) {
 		t.Fatalf("opened %d sessions, data %q", c.opened, buf)
 	}
 }
+
+// TestRemovedStopsFollowing: a session ending with ErrNodeRemoved calls
+// OnRemoved once and opens no other session; any other end reopens.
+func TestRemovedStopsFollowing(t *testing.T) {
+	for _, tc := range []struct {
+		err     error
+		removed bool
+	}{
+		{fmt.Errorf("dispatcher session ended: %w", ErrNodeRemoved), true},
+		{fmt.Errorf("connection reset"), false},
+	} {
+		fs := newFakeSession()
+		first := &scriptedSession{fakeSession: fs, err: tc.err, msgs: []model.Assignments{{Full: true}}}
+		second := &scriptedSession{fakeSession: fs, msgs: []model.Assignments{{Full: true}}}
+		c := &connector{sessions: []Session{first, second}}
+		called := make(chan struct{}, 2)
+		a := New(Config{NodeID: "n1", Dispatcher: c, Executor: newFakeExec(), OnRemoved: func() { called <- struct{}{} }})
+		a.retry = time.Millisecond
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.follow(ctx)
+		}()
+		if tc.removed {
+			// follow returns on its own.
+			<-done
+		} else {
+			for ctx.Err() == nil {
+				c.mu.Lock()
+				n := c.opened
+				c.mu.Unlock()
+				if n == 2 {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			cancel()
+			<-done
+		}
+		cancel()
+		c.mu.Lock()
+		opened := c.opened
+		c.mu.Unlock()
+		if got := len(called); (got == 1) != tc.removed || (opened == 1) != tc.removed {
+			t.Errorf("%v: OnRemoved called %d times, %d sessions opened", tc.err, got, opened)
+		}
+	}
+}

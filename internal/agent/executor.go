@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"io"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/agent/engine"
@@ -25,6 +26,8 @@ type Executor interface {
 	Kill(ctx context.Context, id, signal string) error
 	Remove(ctx context.Context, id string) error
 	Inspect(ctx context.Context, id string) (engine.State, error)
+	// Logs opens a container's log stream as the engine sends it.
+	Logs(ctx context.Context, id string, o LogOptions) (io.ReadCloser, error)
 
 	// MountSecrets puts files on a fresh tmpfs for a task, as one
 	// swappable tree (tree) or per-file binds, and returns the binds.
@@ -125,3 +128,7 @@ func (x *engineExecutor) SwapSecrets(ctx context.Context, taskID string, files [
 func (x *engineExecutor) UnmountSecrets(taskID string) error { return x.fs.Unmount(taskID) }
 
 func (x *engineExecutor) SecretMounts() ([]string, error) { return x.fs.Tasks() }
+
+func (x *engineExecutor) Logs(ctx context.Context, id string, o LogOptions) (io.ReadCloser, error) {
+	return x.eng.Logs(ctx, id, o.Follow, o.Tail, o.Timestamps, o.Since)
+}

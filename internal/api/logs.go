@@ -21,6 +21,12 @@ type LogSource interface {
 	Logs(ctx context.Context, id string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error)
 }
 
+// RemoteLogSource streams the logs of a task that runs on another node,
+// from that node (as the engine there sends them).
+type RemoteLogSource interface {
+	TaskLogs(ctx context.Context, nodeID, taskID string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error)
+}
+
 // maxPiece bounds what the log relay holds of one line: the workload
 // controls the bytes, and a frame header may claim up to 4 GiB. Longer
 // lines go out as several pieces, each with its own context, as Swarm sends
@@ -109,8 +115,16 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		if t.Status.ContainerStatus == nil || t.Status.ContainerStatus.ContainerID == "" {
 			continue
 		}
-		rc, err := s.Logs.Logs(r.Context(), t.Status.ContainerStatus.ContainerID, follow, q.Get("tail"), ts, q.Get("since"))
+		var rc io.ReadCloser
+		var err error
+		if t.NodeID != "" && t.NodeID != s.Node.ID && s.RemoteLogs != nil {
+			// Another node's task: its container is on that node's engine.
+			rc, err = s.RemoteLogs.TaskLogs(r.Context(), t.NodeID, t.ID, follow, q.Get("tail"), ts, q.Get("since"))
+		} else {
+			rc, err = s.Logs.Logs(r.Context(), t.Status.ContainerStatus.ContainerID, follow, q.Get("tail"), ts, q.Get("since"))
+		}
 		if err != nil {
+			s.log.Debug("task logs unavailable", "task", t.ID, "node", t.NodeID, "err", err)
 			continue
 		}
 		var prefix []byte

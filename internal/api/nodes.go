@@ -1,10 +1,12 @@
 package api
 
 import (
+	"context"
 	"strings"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // parseNodeFilter reads `GET /nodes?filters=` with Swarm's keys and texts.
@@ -18,10 +20,21 @@ func parseNodeFilter(raw string) (nodes.Filter, error) {
 	return nodes.ParseFilter(args.values)
 }
 
+// NodeRemover removes nodes of a cluster (`docker node rm`); handled is
+// false on a lone node, which the API answers itself.
+type NodeRemover interface {
+	RemoveNode(ctx context.Context, ref string, force bool) (handled bool, err error)
+}
+
 // removeNode answers `docker node rm`: an unknown node is a 404 before any
 // other check, as in Swarm; hush's only node is the manager, which Swarm
 // refuses to remove while it is a raft member (its text names the full ID).
-func (s *Server) removeNode(ref string) error {
+func (s *Server) removeNode(ctx context.Context, ref string, force bool) error {
+	if rm, ok := s.Nodes.(NodeRemover); ok {
+		if handled, err := rm.RemoveNode(ctx, ref, force); handled {
+			return err
+		}
+	}
 	if !s.matchNode(ref) {
 		return errdefs.NotFound("node %s not found", ref)
 	}
@@ -40,4 +53,30 @@ func engineLabels(kvs []string) map[string]string {
 		m[k] = v
 	}
 	return m
+}
+
+// otherNode finds another node of the cluster by full ID or unique ID
+// prefix, as `node ls` shows it (the CLI's `service ps` inspects each
+// task's node for its hostname); ok false when none matches.
+func (s *Server) otherNode(ctx context.Context, ref string) (swarm.Node, bool, error) {
+	if s.Nodes == nil || ref == "" {
+		return swarm.Node{}, false, nil
+	}
+	_, others, ok, err := s.Nodes.Managers(ctx)
+	if err != nil || !ok {
+		return swarm.Node{}, false, err
+	}
+	var found []swarm.Node
+	for _, n := range others {
+		if n.ID == ref {
+			return n, true, nil
+		}
+		if strings.HasPrefix(n.ID, ref) {
+			found = append(found, n)
+		}
+	}
+	if len(found) != 1 {
+		return swarm.Node{}, false, nil
+	}
+	return found[0], true, nil
 }

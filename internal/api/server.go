@@ -58,6 +58,9 @@ type Config struct {
 	Networks *networks.Manager
 	// Logs streams container logs for service and task logs (nil: 503).
 	Logs LogSource
+	// RemoteLogs streams the logs of tasks on other nodes (nil: only this
+	// node's tasks have logs).
+	RemoteLogs RemoteLogSource
 	// Engine gives the host engine's /info and /version (nil: hush's own).
 	Engine EngineInfo
 	// EngineVersion and MemoryBytes describe this node's engine in /nodes

@@ -343,8 +343,23 @@ func (s *Server) matchNode(ref string) bool {
 	return ref != "" && (strings.HasPrefix(s.Node.ID, ref) || ref == hostname() || ref == "self")
 }
 
+// ClusterNodeEditor is what a manager of a cluster of several nodes adds
+// to ClusterNodes: updating any node, roles included (ok false: a lone
+// node, served here).
+type ClusterNodeEditor interface {
+	UpdateNode(ctx context.Context, id string, version uint64, spec swarm.NodeSpec) (ok bool, err error)
+}
+
 func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
 	if !s.matchNode(r.PathValue("id")) {
+		if n, ok, err := s.otherNode(r.Context(), r.PathValue("id")); err != nil || ok {
+			if err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, n)
+			return
+		}
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
@@ -357,7 +372,8 @@ func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
-	if !s.matchNode(r.PathValue("id")) {
+	ed, cl := s.Nodes.(ClusterNodeEditor)
+	if !cl && !s.matchNode(r.PathValue("id")) {
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
@@ -367,6 +383,24 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if cl {
+		id := r.PathValue("id")
+		if s.matchNode(id) {
+			id = s.Node.ID
+		}
+		ok, err := ed.UpdateNode(r.Context(), id, version, spec)
+		switch {
+		case err != nil:
+			s.writeError(w, r, err)
+			return
+		case ok:
+			w.WriteHeader(http.StatusOK)
+			return
+		case id != s.Node.ID:
+			s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
+			return
+		}
+	}
 	if err := nodes.Update(r.Context(), s.Services.Store(), s.Node.ID, version, spec); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -375,5 +409,17 @@ func (s *Server) nodeUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nodeRemove(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, s.removeNode(r.PathValue("id")))
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, errdefs.BadRequest("invalid value for force: %q", v))
+			return
+		}
+	}
+	if err := s.removeNode(r.Context(), r.PathValue("id"), force); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,6 +72,9 @@ type Config struct {
 	// Only a build with the tag hushfailpoints has them (FailpointsBuilt):
 	// any other refuses a non-empty value.
 	Failpoints string
+	// RoleSyncPeriod is how often a node of a cluster asks a manager its
+	// role and checks its certificate's renewal (0: 5 s; tests shorten it).
+	RoleSyncPeriod time.Duration
 }
 
 // Daemon is a running hushd.
@@ -166,8 +170,28 @@ type Daemon struct {
 	// seen is when each worker last sent its dispatcher a heartbeat
 	// (dispatchsvc.go), in this manager's memory.
 	seen dispatchnet.LastSeen
+	// dispatch is the dispatcher server's handler while it serves
+	// and the relayer asking other managers for logs (noderemove.go ends a
+	// removed node's session and asks nodes for logs through them);
+	// removed caches the store's refusal list.
+	dispatch atomic.Pointer[dispatchRuntime]
+	removed  removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
+
+	// cert is this node's current certificate and key, read per handshake
+	// by the join/CA service, the dispatcher and the worker's dispatcher
+	// client, so that a renewal swaps it everywhere (roles.go).
+	cert atomic.Pointer[tls.Certificate]
+	// The sync loop (roles.go): stopped by Close; kicked after a
+	// self-demotion; renewAt is its renewal point for the certificate
+	// expiring at renewFor; syncNow is a test's clock.
+	syncStop func()
+	syncDone sync.WaitGroup
+	syncKick chan struct{}
+	renewAt  time.Time
+	renewFor time.Time
+	skew     atomic.Int64
 
 	closeOnce sync.Once
 }
@@ -186,7 +210,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.AdvertiseAddr == "" {
 		cfg.AdvertiseAddr = "127.0.0.1"
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive, syncKick: make(chan struct{}, 1)}
 	if d.fail, err = hangingFailpoints(cfg.Failpoints, d.log); err != nil {
 		return nil, err
 	}
@@ -210,9 +234,22 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if d.listen, err = listenPlanFor(cfg.ListenAddr, "", cfg.AdvertiseAddr); err != nil {
 		return nil, err
 	}
+	if err := d.convergeRoleFiles(); err != nil {
+		return nil, err
+	}
 	member, err := d.loadMember()
 	if err != nil {
 		return nil, err
+	}
+	if member != nil {
+		demoted, err := d.demotedWhileDown(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if demoted {
+			clear(member.TLS.KeyPEM)
+			member = nil
+		}
 	}
 	if err := d.loadWorker(); err != nil {
 		return nil, err
@@ -224,6 +261,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Cluster:    clusterSource{d},
 		Swarm:      d.swarmController(),
 		Nodes:      clusterNodes{d},
+		RemoteLogs: remoteLogs{d},
 		Node:       api.Node{ID: d.nodeID, Addr: cfg.AdvertiseAddr},
 		Version:    Version,
 		APIVersion: api.MaxAPIVersion,
@@ -303,6 +341,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			d.errc <- fmt.Errorf("api server: %w", err)
 		}
 	}()
+	d.startSync()
 	d.log.Info("hushd serving", "socket", cfg.Socket, "version", Version, "state", d.State())
 	return d, nil
 }
@@ -368,6 +407,10 @@ func (d *Daemon) NodeID() string { return d.nodeID }
 // the store (which flushes etcd) and releases the data dir.
 func (d *Daemon) Close() {
 	d.closeOnce.Do(func() {
+		if d.syncStop != nil {
+			d.syncStop()
+			d.syncDone.Wait()
+		}
 		if d.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_ = d.http.Shutdown(ctx)

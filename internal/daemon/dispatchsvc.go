@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -67,13 +66,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	if d.member == nil || !d.listen.enabled() {
 		return nil, nil
 	}
-	cert, err := pki.TLSCertificate([]byte(d.member.CertPEM), d.nodeKey)
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher certificate: %w", err)
-	}
-	params := pki.TLSParams{ClusterID: clusterID,
-		Cert:  func() (*tls.Certificate, error) { return cert, nil },
-		Roots: d.clusterRoots}
+	params := pki.TLSParams{ClusterID: clusterID, Cert: d.currentCert, Roots: d.clusterRoots}
 	tcfg, err := params.ServerConfig()
 	if err != nil {
 		return nil, err
@@ -89,10 +82,15 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
+		Refuse: d.refuseNode,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
+	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}
 	d.log.Info("dispatcher listening", "addr", addr)
 	return func(ctx context.Context) {
+		d.dispatch.Store(rt)
+		defer rt.relay.Close()
+		defer d.dispatch.CompareAndSwap(rt, nil)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -128,4 +126,12 @@ func (d *Daemon) workerUp(nodeID string) bool {
 		p = dispatchnet.DefaultHeartbeatPeriod
 	}
 	return time.Since(last) <= workerMissedBeats*p
+}
+
+// dispatchRuntime is the dispatcher server while it serves: its handler
+// (the sessions of the nodes connected to this manager) and the relayer
+// that asks the other managers for logs of nodes connected to them.
+type dispatchRuntime struct {
+	h     *dispatchnet.Handler
+	relay *dispatchnet.Relayer
 }

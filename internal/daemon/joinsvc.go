@@ -43,18 +43,28 @@ func (d *Daemon) startJoinServiceLocked() error {
 	if d.joinSvc != nil || d.member == nil {
 		return nil
 	}
-	cert, err := pki.TLSCertificate([]byte(d.member.CertPEM), d.nodeKey)
-	if err != nil {
-		return fmt.Errorf("join service certificate: %w", err)
+	if d.cert.Load() == nil {
+		return errors.New("join service: this manager has no certificate")
 	}
 	ln, err := net.Listen("tcp", d.listen.Listen)
 	if err != nil {
 		return fmt.Errorf("join service: %w", err)
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}}
+	// A joining node has no certificate yet; a certified node shows its
+	// own for the node call (roles.go), which takes its identity from it.
+	// The certificate and the roots are read per handshake (renewal).
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		cert := d.cert.Load()
+		if cert == nil {
+			return nil, errors.New("no certificate")
+		}
+		return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert},
+			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: d.clusterRoots(), SessionTicketsDisabled: true}, nil
+	}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+joinCAPath, d.serveCA)
 	mux.HandleFunc("POST "+joinPath, d.serveJoin)
+	mux.HandleFunc("POST "+nodeSyncPath, d.serveNodeSync)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: joinTimeout,
 		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
 	tln := tls.NewListener(ln, cfg)
@@ -384,7 +394,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 		return err
 	}
 	if resp.Role == roleWorker {
-		return d.enterWorkerLocked(key, resp, remote)
+		return d.enterWorkerLocked(key, resp, remote, plan)
 	}
 	mk, err := unwrapMasterKey(key, d.nodeID, resp)
 	if err != nil {

@@ -108,6 +108,14 @@ type memberState struct {
 	// etcd ignores them once its data directory holds the member.
 	Join           bool         `json:"join,omitempty"`
 	InitialCluster []store.Peer `json:"initialCluster,omitempty"`
+	// Managers are the managers' join/CA addresses as a sync last
+	// answered (roles.go): whom a demoted manager asks once its own
+	// store is gone.
+	Managers []string `json:"managers,omitempty"`
+	// Epoch counts this node's role changes: after a crash half-way
+	// through one, the file of the higher epoch (this or worker.json)
+	// was written last and wins (convergeRoleFiles).
+	Epoch uint64 `json:"roleEpoch,omitempty"`
 }
 
 func (d *Daemon) memberPath() string { return filepath.Join(d.cfg.DataDir, "member.json") }
@@ -162,8 +170,13 @@ func (d *Daemon) loadMember() (*store.MemberConfig, error) {
 	if d.cfg.ListenAddr != "" && d.cfg.ListenAddr != ms.Listen.Listen {
 		return nil, fmt.Errorf("--listen-addr %s differs from %s, where this manager joined its cluster: hush cannot move a manager yet", d.cfg.ListenAddr, ms.Listen.Listen)
 	}
+	cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
+	if err != nil {
+		return nil, fmt.Errorf("manager certificate: %w", err)
+	}
 	d.useListen(ms.Listen)
 	d.member, d.nodeKey = &ms, key
+	d.cert.Store(cert)
 	return d.memberConfig(&ms, key)
 }
 
@@ -263,8 +276,14 @@ func (d *Daemon) enterMemberLocked(ctx context.Context, ms *memberState, key *ec
 	if err != nil {
 		return err
 	}
+	cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
+	if err != nil {
+		clear(mc.TLS.KeyPEM)
+		return fmt.Errorf("manager certificate: %w", err)
+	}
 	d.useListen(ms.Listen)
 	d.member, d.nodeKey = ms, key
+	d.cert.Store(cert)
 	if err := d.reopenStore(ctx, mc, wipe); err != nil {
 		return err
 	}

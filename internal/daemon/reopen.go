@@ -98,17 +98,28 @@ func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) erro
 // (etcd refuses a data directory of another cluster), and an inactive
 // node's store holds nothing of a cluster.
 func (d *Daemon) reopenStore(ctx context.Context, member *store.MemberConfig, wipe bool) error {
+	d.closeStoreLocked()
+	if wipe {
+		if err := os.RemoveAll(filepath.Join(d.cfg.DataDir, "etcd")); err != nil {
+			return fmt.Errorf("clearing the store for the join: %w", err)
+		}
+	}
+	return d.openStoreLocked(ctx, member)
+}
+
+// closeStoreLocked stops the runtime and the background loops and closes
+// the store (the caller holds d.mu and opens it again).
+func (d *Daemon) closeStoreLocked() {
 	d.stopRuntime()
 	d.stopBG()
 	d.bgDone.Wait()
 	if err := d.store.Close(); err != nil {
 		d.log.Warn("closing store before reopening it", "err", err)
 	}
-	if wipe {
-		if err := os.RemoveAll(filepath.Join(d.cfg.DataDir, "etcd")); err != nil {
-			return fmt.Errorf("clearing the store for the join: %w", err)
-		}
-	}
+}
+
+// openStoreLocked opens the store closed by closeStoreLocked.
+func (d *Daemon) openStoreLocked(ctx context.Context, member *store.MemberConfig) error {
 	d.bg, d.stopBG = context.WithCancel(context.Background())
 	d.mirrorOnce = sync.Once{}
 	return d.openStore(ctx, member)

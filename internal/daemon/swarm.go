@@ -616,13 +616,10 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 		return errdefs.Unavailable("This node is not part of a swarm")
 	}
 	if d.worker != nil {
-		return d.leaveWorkerLocked()
+		return d.leaveWorkerLocked(ctx)
 	}
 	if d.member != nil {
-		// Leaving must first take the member out of the raft (demote),
-		// which is not wired yet; erasing the shared store would erase
-		// every manager's.
-		return errdefs.BadRequest("leaving a cluster of managers is not supported by hush yet")
+		return d.leaveMemberLocked(ctx, force)
 	}
 	if !force {
 		return errdefs.Unavailable("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ")

@@ -35,6 +35,11 @@ type workerState struct {
 	// Managers are the managers' join/CA addresses (host:port) as the
 	// admitting manager listed them.
 	Managers []string `json:"managers"`
+	// Listen is the node's listen plan when it joined with one: a worker
+	// can be promoted only then (roles.go).
+	Listen listenPlan `json:"listen,omitzero"`
+	// Epoch: see memberState.Epoch.
+	Epoch uint64 `json:"roleEpoch,omitempty"`
 }
 
 func (d *Daemon) workerPath() string { return filepath.Join(d.cfg.DataDir, "worker.json") }
@@ -96,28 +101,29 @@ func (d *Daemon) managerAddrs(ctx context.Context) ([]string, error) {
 
 // enterWorkerLocked keeps what the join answer gave a worker and puts the
 // node in worker mode. The caller holds d.mu; the node was inactive.
-func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, remote string) error {
-	if _, err := pki.TLSCertificate(resp.CertPEM, key); err != nil {
+func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, remote string, plan listenPlan) error {
+	cert, err := pki.TLSCertificate(resp.CertPEM, key)
+	if err != nil {
 		return errdefs.Unavailable("the manager at %s sent a certificate that does not match this node's key", remote)
 	}
 	mgrs := resp.Managers
 	if len(mgrs) == 0 {
 		mgrs = []string{remote}
 	}
-	ws := &workerState{ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM), Managers: mgrs}
+	ws := &workerState{ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM), Managers: mgrs, Listen: plan}
 	if err := d.saveWorkerKey(key); err != nil {
-		return err
-	}
-	b, err := json.Marshal(ws)
-	if err != nil {
 		return err
 	}
 	// Written last: a crash before it leaves an inactive node (and a stray
 	// key file the next join replaces).
-	if err := writeFileSync(d.workerPath(), b, 0o600); err != nil {
-		return fmt.Errorf("worker state: %w", err)
+	if err := d.saveWorker(ws); err != nil {
+		return err
 	}
 	d.worker, d.nodeKey = ws, key
+	d.cert.Store(cert)
+	if plan.enabled() {
+		d.useListen(plan)
+	}
 	d.state = swarm.LocalNodeStateActive
 	d.log.Info("joined the swarm as a worker", "cluster", resp.ClusterID, "managers", mgrs)
 	if err := d.startWorkerAgentLocked(); err != nil {
@@ -178,19 +184,26 @@ func (d *Daemon) loadWorker() error {
 	if err != nil || !ok {
 		return fmt.Errorf("node key %s is corrupt", d.nodeKeyPath())
 	}
-	if _, err := pki.TLSCertificate([]byte(ws.CertPEM), key); err != nil {
+	cert, err := pki.TLSCertificate([]byte(ws.CertPEM), key)
+	if err != nil {
 		return fmt.Errorf("worker certificate: %w", err)
 	}
 	d.worker, d.nodeKey = &ws, key
+	d.cert.Store(cert)
 	d.state = swarm.LocalNodeStateActive
 	return nil
 }
 
-// leaveWorkerLocked is `docker swarm leave` on a worker: it forgets its
-// certificate and key (the managers keep its record, Down, as Swarm's
-// do until `node rm`).
-func (d *Daemon) leaveWorkerLocked() error {
+// leaveWorkerLocked is `docker swarm leave` on a worker: it stops the
+// agent, removes the task containers it ran (labelled with its node ID)
+// and their secret mounts, as Swarm removes a leaving node's containers,
+// and forgets its certificate and key (the managers keep its record, Down
+// once its heartbeats stop, as Swarm's do until `node rm`).
+func (d *Daemon) leaveWorkerLocked(ctx context.Context) error {
 	d.stopRuntime()
+	if d.engine != nil {
+		d.removeTaskContainers(ctx)
+	}
 	if err := os.Remove(d.workerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("worker state: %w", err)
 	}
@@ -198,6 +211,7 @@ func (d *Daemon) leaveWorkerLocked() error {
 		d.log.Warn("removing the node key", "err", err)
 	}
 	d.worker, d.nodeKey = nil, nil
+	d.cert.Store(nil)
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm (worker)")
 	return nil

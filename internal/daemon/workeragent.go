@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
 
 	"github.com/hush-secrets/hush/internal/agent"
 	"github.com/hush-secrets/hush/internal/dispatchnet"
@@ -21,16 +23,12 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		return nil
 	}
 	ws := d.worker
-	cert, err := pki.TLSCertificate([]byte(ws.CertPEM), d.nodeKey)
-	if err != nil {
-		return fmt.Errorf("worker certificate: %w", err)
-	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM([]byte(ws.CAPEM)) {
 		return fmt.Errorf("worker state %s has no CA certificate", d.workerPath())
 	}
 	params := pki.TLSParams{ClusterID: ws.ClusterID,
-		Cert:  func() (*tls.Certificate, error) { return cert, nil },
+		Cert:  d.currentCert,
 		Roots: func() *x509.CertPool { return roots }}
 	addrs := make([]string, 0, len(ws.Managers))
 	for _, m := range ws.Managers {
@@ -41,12 +39,18 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		}
 		addrs = append(addrs, a)
 	}
-	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log})
+	// ag serves the managers' logs requests for its own tasks only.
+	var ag *agent.Agent
+	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log,
+		Logs: func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error) {
+			return ag.TaskLogs(ctx, taskID, o)
+		}})
 	if err != nil {
 		return err
 	}
-	ag := agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
-		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log})
+	ag = agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
+		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
+		OnRemoved: func() { d.removedFromCluster(ws) }})
 	var ctx context.Context
 	ctx, d.runStop = context.WithCancel(context.Background())
 	d.runDone.Add(1)
@@ -56,4 +60,14 @@ func (d *Daemon) startWorkerAgentLocked() error {
 	}()
 	d.log.Info("worker agent running", "managers", addrs)
 	return nil
+}
+
+// currentCert is the node's certificate as of this handshake (a renewal
+// swaps it, roles.go).
+func (d *Daemon) currentCert() (*tls.Certificate, error) {
+	c := d.cert.Load()
+	if c == nil {
+		return nil, errors.New("this node has no certificate")
+	}
+	return c, nil
 }

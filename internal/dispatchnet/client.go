@@ -49,6 +49,10 @@ type ClientConfig struct {
 	// dials (0: 100 ms and 10 s).
 	MinBackoff, MaxBackoff time.Duration
 	Logger                 *slog.Logger
+	// Logs opens a task's logs for a manager's logs request
+	// (agent.Agent.TaskLogs, which serves only this node's tasks); nil
+	// refuses every request.
+	Logs func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
 }
 
 // Connector opens dispatcher sessions with the managers; it implements
@@ -173,6 +177,7 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 	s := &Session{
 		hc: &http.Client{Transport: tr}, tr: tr, base: "https://" + addr, log: c.log.With("manager", addr),
 		ctx: sctx, cancel: cancel, msgs: make(chan model.Assignments, 1), done: make(chan struct{}),
+		logs: c.c.Logs, logSem: make(chan struct{}, MaxLogStreams),
 	}
 	fail := func(err error) (*Session, error) {
 		cancel(err)
@@ -236,6 +241,10 @@ type Session struct {
 	mu     sync.Mutex
 	period time.Duration
 
+	// logs serves logs requests, at most MaxLogStreams at once (logSem).
+	logs   func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
+	logSem chan struct{}
+
 	msgs chan model.Assignments
 	done chan struct{} // closed when the stream ended; err says why
 	err  error
@@ -269,6 +278,11 @@ func (s *Session) read(body io.ReadCloser) {
 					m.Wipe()
 					return context.Cause(s.ctx)
 				}
+			case frameLogs:
+				if len(b) > maxControlFrame {
+					return errFrame
+				}
+				go s.serveLogs(b)
 			case frameEnd:
 				var we wireError
 				if len(b) > maxControlFrame || json.Unmarshal(b, &we) != nil {

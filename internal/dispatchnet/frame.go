@@ -8,6 +8,7 @@ import (
 	"io"
 	"unicode/utf8"
 
+	"github.com/hush-secrets/hush/internal/agent"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
 )
@@ -218,6 +219,13 @@ const maxErrorText = 4096
 // without its text (it may name store internals).
 func toWire(err error) wireError {
 	var e *errdefs.Error
+	if errors.Is(err, agent.ErrNodeRemoved) {
+		msg := agent.ErrNodeRemoved.Error()
+		if errors.As(err, &e) {
+			msg = e.Msg
+		}
+		return wireError{Kind: kindRemoved, Msg: clip(msg)}
+	}
 	for _, k := range kinds {
 		if errors.Is(err, k.cat) {
 			msg := err.Error()
@@ -232,6 +240,9 @@ func toWire(err error) wireError {
 
 // fromWire rebuilds a categorised error.
 func fromWire(w wireError) error {
+	if w.Kind == kindRemoved {
+		return removedError{msg: clip(w.Msg)}
+	}
 	for _, k := range kinds {
 		if k.name == w.Kind {
 			return &errdefs.Error{Category: k.cat, Msg: clip(w.Msg)}
@@ -250,4 +261,18 @@ func clip(s string) string {
 		s = s[:len(s)-1]
 	}
 	return s
+}
+
+// kindRemoved is the wire kind of a refusal of a removed node: the agent
+// stops on it (agent.ErrNodeRemoved) rather than reconnecting.
+const kindRemoved = "removed"
+
+// removedError is a removal refusal as the node receives it: unauthorized,
+// and agent.ErrNodeRemoved.
+type removedError struct{ msg string }
+
+func (e removedError) Error() string { return e.msg }
+
+func (e removedError) Is(target error) bool {
+	return target == agent.ErrNodeRemoved || target == errdefs.ErrUnauthorized
 }

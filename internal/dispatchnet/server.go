@@ -119,8 +119,15 @@ type srvSession struct {
 	node   string
 	ds     agent.Session
 	period time.Duration
+	ctx    context.Context
 	cancel context.CancelCauseFunc
 	watch  *time.Timer
+	// ctl carries frames other than assignments (logs requests) to the
+	// stream's writer.
+	ctl chan []byte
+
+	mu   sync.Mutex
+	logs map[string]*pendingLogs // logs requests by ID (logs.go)
 }
 
 // Reasons a session ends, sent to the node in the end frame.
@@ -149,6 +156,8 @@ func NewHandler(c ServerConfig) *Handler {
 	h.mux.HandleFunc("POST "+pathRemove, h.call(maxCallBody, h.remove))
 	h.mux.HandleFunc("POST "+pathAttachments, h.call(maxCallBody, h.attachments))
 	h.mux.HandleFunc("POST "+pathRegistryAuth, h.registryAuth)
+	h.mux.HandleFunc("POST "+pathLogs, h.serveLogsAnswer)
+	h.mux.HandleFunc("POST "+pathRelayLogs, h.serveRelayLogs)
 	return h
 }
 
@@ -225,6 +234,13 @@ func (h *Handler) end(node, id string, cause error) {
 	}
 }
 
+// EndNode ends node's session now, telling it cause in the end frame
+// (the daemon calls it on `docker node rm`, so a removed node does not
+// wait for its next heartbeat to be refused).
+func (h *Handler) EndNode(node string, cause error) {
+	h.end(node, "", cause)
+}
+
 // lookup returns node's session named id.
 func (h *Handler) lookup(node, id string) (*srvSession, error) {
 	h.mu.Lock()
@@ -263,7 +279,8 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	period := h.period()
-	s := &srvSession{id: sid, node: node, ds: ds, period: period, cancel: cancel}
+	s := &srvSession{id: sid, node: node, ds: ds, period: period, ctx: ctx, cancel: cancel,
+		ctl: make(chan []byte), logs: map[string]*pendingLogs{}}
 	s.watch = time.AfterFunc(graceBeats*period, func() { h.end(node, sid, errMissed) })
 	defer s.watch.Stop()
 	h.mu.Lock()
@@ -282,19 +299,43 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	hb, _ := json.Marshal(hello{Session: sid, HeartbeatMillis: period.Milliseconds()})
 	err = h.write(rc, w, frame(frameHello, hb))
+	// Assignments are read apart so that logs requests are written while
+	// the dispatcher waits for a change; a message read but not written
+	// when the session ends is wiped.
+	msgs, nextErr := make(chan model.Assignments), make(chan error, 1)
+	if err == nil {
+		go func() {
+			for {
+				m, err := ds.Next(ctx)
+				if err != nil {
+					nextErr <- err
+					return
+				}
+				select {
+				case msgs <- m:
+				case <-ctx.Done():
+					m.Wipe()
+					nextErr <- context.Cause(ctx)
+					return
+				}
+			}
+		}()
+	}
 	for err == nil {
-		var m model.Assignments
-		if m, err = ds.Next(ctx); err != nil {
-			break
+		select {
+		case m := <-msgs:
+			var b []byte
+			b, err = encodeAssignments(m)
+			m.Wipe()
+			if err != nil {
+				break
+			}
+			err = h.write(rc, w, b)
+			clear(b)
+		case b := <-s.ctl:
+			err = h.write(rc, w, b)
+		case err = <-nextErr:
 		}
-		var b []byte
-		b, err = encodeAssignments(m)
-		m.Wipe()
-		if err != nil {
-			break
-		}
-		err = h.write(rc, w, b)
-		clear(b)
 	}
 	if c := context.Cause(ctx); c != nil {
 		err = c

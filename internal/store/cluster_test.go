@@ -473,3 +473,65 @@ func TestManagersCluster(t *testing.T) {
 		}
 	})
 }
+
+// A campaign that is waiting for its turn ends promptly when its context
+// does, also after the cluster lost its quorum meanwhile (the other
+// managers stopped first): hushd's stop waited out the whole lease TTL
+// revoking the candidate's lease there.
+func TestCampaignEndsWithoutQuorum(t *testing.T) {
+	c := newCluster(t)
+	n1, n2, n3 := c.newNode("m1"), c.newNode("m2"), c.newNode("m3")
+	c.open(n1)
+	n1.waitReady(t)
+	c.join(n1, n2)
+	c.join(n1, n3)
+	ctx := ctxT(t)
+	// A TTL far beyond the bound below: waiting it out cannot pass.
+	const ttl = 60 * time.Second
+	if _, err := n2.s.Campaign(ctx, "orchestrator", "m2", ttl); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		l, err := n1.s.Campaign(cctx, "orchestrator", "m1", ttl)
+		if err == nil {
+			err = fmt.Errorf("m1 leads: %v", l.Fence())
+		}
+		done <- err
+	}()
+	// Wait until m1 is a candidate (its key is in the election).
+	deadline := time.Now().Add(wait)
+	for {
+		resp, err := n1.s.Client().Get(ctx, "/hush/v1/elections/orchestrator/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err == nil && resp.Count == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("m1 never became a candidate: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n2.close(t)
+	n3.close(t)
+	for n1.s.HasLeader() {
+		if time.Now().After(deadline) {
+			t.Fatal("m1 still sees a leader alone of three")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	// What may remain is etcd's own cleanup of the candidate key, which
+	// the no-leader gate answers within two election timeouts; the bug
+	// waited for etcd's request timeout (5 s and more) or the TTL.
+	bound := 5 * testTuning.ElectionTimeout
+	select {
+	case err := <-done:
+		if err == nil || strings.Contains(err.Error(), "m1 leads") {
+			t.Fatalf("campaign: %v", err)
+		}
+	case <-time.After(bound):
+		t.Fatalf("the cancelled campaign did not return within %v without a quorum (lease TTL %v)", bound, ttl)
+	}
+}

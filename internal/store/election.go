@@ -55,19 +55,37 @@ func (s *Store) Campaign(ctx context.Context, name, value string, ttl time.Durat
 	}
 	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(secs), concurrency.WithLease(lease.ID), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
-		// The lease would otherwise live out its TTL; revoking it is
-		// tidiness, so its own failure is not reported over err.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(secs)*time.Second)
-		_, _ = s.cli.Revoke(rctx, lease.ID)
-		cancel()
+		s.revokeQuietly(ctx, lease.ID)
 		return nil, fmt.Errorf("store: election session: %w", wrapEtcd(err))
 	}
 	el := concurrency.NewElection(sess, electionRoot+name)
 	if err := el.Campaign(ctx, value); err != nil {
-		_ = sess.Close()
+		// Not sess.Close: it revokes under a timeout of the whole TTL, and
+		// a campaign ends this way when hushd stops, often because the
+		// cluster lost its quorum (the other managers stopped first): the
+		// stop then waited out the TTL.
+		sess.Orphan()
+		s.revokeQuietly(ctx, lease.ID)
 		return nil, fmt.Errorf("store: campaign %s: %w", name, wrapEtcd(err))
 	}
 	return &Leadership{s: s, session: sess, election: el, key: el.Key(), rev: el.Rev()}, nil
+}
+
+// revokeTimeout bounds the revocation of a lease nobody will use: a
+// tidiness, since the lease expires after its TTL anyway.
+const revokeTimeout = 2 * time.Second
+
+// revokeQuietly revokes a lease that would otherwise live out its TTL,
+// within revokeTimeout and only while this member knows a leader (without
+// one etcd would hold the request until the timeout for nothing). Its own
+// failure is not reported: the lease expires regardless.
+func (s *Store) revokeQuietly(ctx context.Context, id clientv3.LeaseID) {
+	if !s.HasLeader() {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+	defer cancel()
+	_, _ = s.cli.Revoke(rctx, id)
 }
 
 // Leader returns the value published by the current leader of name.

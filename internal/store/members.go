@@ -299,6 +299,29 @@ func (m *Members) Remove(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	if err := m.CheckRemove(ctx, id); err != nil {
+		return err
+	}
+	_, err = m.s.cli.MemberRemove(ctx, mid)
+	switch {
+	case err == nil:
+		return nil
+	case etcdIs(err, rpctypes.ErrMemberNotFound):
+		// Removed by an earlier try whose answer was lost.
+		return nil
+	case etcdIs(err, rpctypes.ErrMemberNotEnoughStarted), etcdIs(err, rpctypes.ErrUnhealthy):
+		return errdefs.FailedPrecondition(quorumLossMsg)
+	}
+	return fmt.Errorf("store: remove member %s: %w", id, wrapEtcd(err))
+}
+
+// CheckRemove says whether Remove(id) would be refused (Swarm's texts),
+// without changing anything: a demotion is checked before its node
+// record changes, so a refused one leaves the record as it was.
+func (m *Members) CheckRemove(ctx context.Context, id string) error {
+	if _, err := parseMemberID(id); err != nil {
+		return err
+	}
 	list, err := m.List(ctx)
 	if err != nil {
 		return err
@@ -332,17 +355,23 @@ func (m *Members) Remove(ctx context.Context, id string) error {
 			return errdefs.FailedPrecondition(quorumLossMsg)
 		}
 	}
-	_, err = m.s.cli.MemberRemove(ctx, mid)
-	switch {
-	case err == nil:
-		return nil
-	case etcdIs(err, rpctypes.ErrMemberNotFound):
-		// Removed by an earlier try whose answer was lost.
-		return nil
-	case etcdIs(err, rpctypes.ErrMemberNotEnoughStarted), etcdIs(err, rpctypes.ErrUnhealthy):
-		return errdefs.FailedPrecondition(quorumLossMsg)
+	return nil
+}
+
+// ByName finds the member named name (a node ID), learners included; ok
+// is false when no member has that name, or when it is a learner that
+// has not started yet and so has no name: look it up by peer URL then.
+func (m *Members) ByName(ctx context.Context, name, peerURL string) (Member, bool, error) {
+	resp, err := m.s.cli.MemberList(ctx)
+	if err != nil {
+		return Member{}, false, wrapEtcd(err)
 	}
-	return fmt.Errorf("store: remove member %s: %w", id, wrapEtcd(err))
+	for _, pm := range resp.Members {
+		if pm.Name == name && name != "" || peerURL != "" && slices.Contains(pm.PeerURLs, peerURL) {
+			return Member{ID: fmt.Sprintf("%x", pm.ID), Name: pm.Name, PeerURLs: slices.Clone(pm.PeerURLs), Learner: pm.IsLearner}, true, nil
+		}
+	}
+	return Member{}, false, nil
 }
 
 func parseMemberID(id string) (uint64, error) {

@@ -59,7 +59,7 @@ func TestClusterJoinWorker(t *testing.T) {
 // runs there (its container labelled with the worker's node ID) and reads
 // its secret, the worker's secrets dir holds only that task's secret (not
 // the secret of a service constrained to the manager), and node ls shows
-// the worker Ready while it heartbeats.
+// the worker Ready while it heartbeats; then workerLogsLeaveRemove.
 func TestClusterWorkerRunsTasks(t *testing.T) {
 	eng := withArgs("--engine", "unix://"+enginetest.Socket)
 	img := enginetest.BusyboxImage(t)
@@ -70,7 +70,8 @@ func TestClusterWorkerRunsTasks(t *testing.T) {
 	wtok := strings.TrimSpace(m.MustDocker("swarm", "join-token", "-q", "worker"))
 	wdirOpt, wdir := secretsDirAt(t)
 	w := startHushd(t, eng, wdirOpt, withArgs("--no-init", "--advertise-addr", wip))
-	w.MustDocker("swarm", "join", "--token", wtok, net.JoinHostPort(mip, fmt.Sprint(port)))
+	remote := net.JoinHostPort(mip, fmt.Sprint(port))
+	w.MustDocker("swarm", "join", "--token", wtok, remote)
 	wid := w.nodeID()
 	waitFor(t, 30*time.Second, "the worker Ready in node ls", func() bool {
 		return strings.Contains(m.MustDocker("node", "ls", "--format", "{{.ID}} {{.Status}}|"), wid+" Ready|")
@@ -137,4 +138,5 @@ func TestClusterWorkerRunsTasks(t *testing.T) {
 	if ls := m.MustDocker("node", "ls", "--format", "{{.ID}} {{.Status}}|"); !strings.Contains(ls, wid+" Ready|") {
 		t.Fatalf("node ls: %q", ls)
 	}
+	workerLogsLeaveRemove(t, m, w, wid, wtok, remote, img)
 }

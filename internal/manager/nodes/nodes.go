@@ -102,6 +102,18 @@ func Get(ctx context.Context, st *store.Store, id string) (Node, error) {
 // manager per cluster, so the role cannot change: demoting it would leave
 // the cluster without a manager, which Swarm refuses too.
 func Update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec) error {
+	return update(ctx, st, id, version, spec, false)
+}
+
+// UpdateRole is Update on a cluster of several managers, where the role
+// may change: the caller has checked that the membership allows it (see
+// the daemon's role changes), and the record is what the nodes converge
+// to.
+func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec) error {
+	return update(ctx, st, id, version, spec, true)
+}
+
+func update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, roles bool) error {
 	n, err := Get(ctx, st, id)
 	if err != nil {
 		return err
@@ -109,7 +121,10 @@ func Update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	if spec.Role == "" {
 		spec.Role = n.Spec.Role
 	}
-	if spec.Role != swarm.NodeRoleManager {
+	switch {
+	case spec.Role != swarm.NodeRoleManager && spec.Role != swarm.NodeRoleWorker:
+		return errdefs.InvalidArgument("invalid role %q: must be manager or worker", spec.Role)
+	case spec.Role != swarm.NodeRoleManager && !roles:
 		return errdefs.Unknown("attempting to demote the last manager of the swarm")
 	}
 	switch spec.Availability {

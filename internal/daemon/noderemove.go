@@ -1,0 +1,220 @@
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// removedRefresh is how stale the cached refusal list may be: a removal
+// made through another manager is refused here within it (plus the
+// node's next request).
+const removedRefresh = time.Second
+
+// removedCache is this manager's copy of the store's list of removed
+// nodes, read again when older than removedRefresh. A failed read keeps
+// the last list (a store outage must not end every session), and a
+// removal made here is added at once.
+type removedCache struct {
+	mu   sync.Mutex
+	read time.Time
+	m    map[string]time.Time
+}
+
+// refuseNode is the dispatcher's refusal hook: a certificate of a removed
+// node issued up to its removal is refused. hush keeps a node's ID when
+// it leaves and joins again (its local etcd member is named by it), so
+// the refusal is of the certificates the node held when it was removed,
+// not of the ID: a rejoin with a join token gets a certificate issued
+// after the removal.
+func (d *Daemon) refuseNode(nodeID string, leaf *x509.Certificate) error {
+	at, ok := d.removedAt(nodeID)
+	if !ok || leaf.NotBefore.Add(pki.Backdate).Truncate(time.Second).After(at) {
+		return nil
+	}
+	return removedError(nodeID)
+}
+
+// removedError is what a removed node is told: the agent stops on it.
+func removedError(nodeID string) error {
+	return fmt.Errorf("%w: %w", agent.ErrNodeRemoved, errdefs.Unauthorized("node %s was removed from the cluster", nodeID))
+}
+
+// removedAt says when nodeID was removed, from the cached list.
+func (d *Daemon) removedAt(nodeID string) (time.Time, bool) {
+	c := &d.removed
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.read) > removedRefresh {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		m, err := nodes.Removed(ctx, d.store)
+		cancel()
+		if err != nil {
+			d.log.Warn("reading the removed nodes; using the last list", "err", err)
+		} else {
+			c.m = m
+		}
+		// A failed read is retried after the same delay, not per request.
+		c.read = time.Now()
+	}
+	at, ok := c.m[nodeID]
+	return at, ok
+}
+
+// noteRemoved adds a removal made through this manager to the cache.
+func (c *removedCache) noteRemoved(nodeID string, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]time.Time{}
+	}
+	c.m[nodeID] = at
+}
+
+// RemoveNode is `docker node rm [--force]` on a manager of a cluster
+// (handled false on a lone node, which the API answers itself). Swarm's
+// order: unknown node, then a manager (demote first), then a live node
+// without --force.
+func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (bool, error) {
+	d := c.d
+	if d.store.Members() == nil {
+		return false, nil
+	}
+	n, err := resolveNode(ctx, d.store, ref)
+	if err != nil {
+		return true, err
+	}
+	if n.Spec.Role == swarm.NodeRoleManager || n.ID == d.nodeID {
+		return true, errdefs.FailedPrecondition("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", n.ID)
+	}
+	if !force && d.workerUp(n.ID) {
+		return true, errdefs.FailedPrecondition("node %s is not down and can't be removed", n.ID)
+	}
+	// Whole seconds: certificates record their issue time to the second,
+	// and one issued in the removal's second must be refused.
+	at := time.Now().UTC().Truncate(time.Second)
+	if err := nodes.Remove(ctx, d.store, n.ID, at); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return true, errdefs.NotFound("node %s not found", ref)
+		}
+		return true, err
+	}
+	d.removed.noteRemoved(n.ID, at)
+	if rt := d.dispatch.Load(); rt != nil {
+		// Its session here ends now; a session with another manager ends
+		// at its next heartbeat there.
+		rt.h.EndNode(n.ID, removedError(n.ID))
+	}
+	d.log.Info("node removed", "node", n.ID, "force", force)
+	return true, nil
+}
+
+// resolveNode finds a node by full ID, unique ID prefix or hostname, as
+// Swarm resolves a node reference.
+func resolveNode(ctx context.Context, st *store.Store, ref string) (nodes.Node, error) {
+	if ref == "" {
+		return nodes.Node{}, errdefs.NotFound("node %s not found", ref)
+	}
+	all, err := nodes.List(ctx, st)
+	if err != nil {
+		return nodes.Node{}, err
+	}
+	var byPrefix, byName []nodes.Node
+	for _, n := range all {
+		if n.ID == ref {
+			return n, nil
+		}
+		if strings.HasPrefix(n.ID, ref) {
+			byPrefix = append(byPrefix, n)
+		}
+		if n.Hostname == ref {
+			byName = append(byName, n)
+		}
+	}
+	for _, m := range [][]nodes.Node{byPrefix, byName} {
+		switch len(m) {
+		case 0:
+		case 1:
+			return m[0], nil
+		default:
+			return nodes.Node{}, errdefs.BadRequest("node %s is ambiguous (%d matches found)", ref, len(m))
+		}
+	}
+	return nodes.Node{}, errdefs.NotFound("node %s not found", ref)
+}
+
+// removedFromCluster runs when this worker's agent learns that the
+// managers removed the node: it leaves the cluster as `swarm leave` does
+// (its task containers and mounts go, its certificate and key are
+// forgotten). ws is the membership the agent ran for; a node that left
+// or joined again meanwhile is left alone.
+func (d *Daemon) removedFromCluster(ws *workerState) {
+	if d.bg == nil || d.bg.Err() != nil {
+		return
+	}
+	d.bgDone.Add(1)
+	go func() {
+		defer d.bgDone.Done()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.worker != ws || d.bg.Err() != nil {
+			return
+		}
+		d.log.Warn("this node was removed from the cluster by a manager; leaving")
+		if err := d.leaveWorkerLocked(context.WithoutCancel(d.bg)); err != nil {
+			d.log.Error("leaving after removal", "err", err)
+		}
+	}()
+}
+
+// remoteLogs fetches a task's logs from the node that runs it, through
+// the node's dispatcher session with this manager, or with another
+// manager, which relays them (api.RemoteLogSource).
+type remoteLogs struct{ d *Daemon }
+
+func (r remoteLogs) TaskLogs(ctx context.Context, nodeID, taskID string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error) {
+	rt := r.d.dispatch.Load()
+	if rt == nil {
+		return nil, errdefs.Unavailable("this manager serves no dispatcher: the logs of node %s's tasks are not reachable from it", nodeID)
+	}
+	o := agent.LogOptions{Follow: follow, Tail: tail, Since: since, Timestamps: timestamps}
+	rc, err := rt.h.Logs(ctx, nodeID, taskID, o)
+	if !errors.Is(err, dispatchnet.ErrNoSession) {
+		return rc, err
+	}
+	addrs, aerr := r.d.managerAddrs(ctx)
+	if aerr != nil {
+		return nil, errors.Join(err, aerr)
+	}
+	// addrs[0] is this manager. The node holds one session, with one of
+	// them: at most one answers with logs.
+	for _, a := range addrs[1:] {
+		da, derr := dispatchAddr(a)
+		if derr != nil {
+			continue
+		}
+		rc, rerr := rt.relay.Logs(ctx, da, nodeID, taskID, o)
+		switch {
+		case rerr == nil:
+			return rc, nil
+		case errors.Is(rerr, dispatchnet.ErrNoSession), errors.Is(rerr, errdefs.ErrUnavailable):
+			continue
+		default:
+			return nil, rerr
+		}
+	}
+	return nil, err
+}

@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// `node rm` on a manager of a cluster: Swarm's refusals in Swarm's order,
+// then a forced removal of a live worker deletes its record and refuses
+// the certificate it held (also after the cache is dropped, as after a
+// restart, since the list is in the store), but not a certificate issued
+// after the removal (a rejoin keeps the node's ID).
+func TestNodeRemove(t *testing.T) {
+	ctx := context.Background()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: listen})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{listen}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	blk, _ := pem.Decode([]byte(w.worker.CertPEM))
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.refuseNode(w.nodeID, leaf); err != nil {
+		t.Fatalf("a member's certificate refused: %v", err)
+	}
+	m.seen.Heartbeat(w.nodeID, time.Now())
+	rm := clusterNodes{m}
+	for _, tc := range []struct {
+		ref   string
+		force bool
+		cat   error
+		msg   string
+	}{
+		{"nosuchnode", false, errdefs.ErrNotFound, "node nosuchnode not found"},
+		{m.nodeID[:6], true, errdefs.ErrFailedPrecondition, "node " + m.nodeID + " is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"},
+		{w.nodeID, false, errdefs.ErrFailedPrecondition, "node " + w.nodeID + " is not down and can't be removed"},
+	} {
+		handled, err := rm.RemoveNode(ctx, tc.ref, tc.force)
+		if !handled || !errors.Is(err, tc.cat) || err.Error() != tc.msg {
+			t.Errorf("node rm %s (force %v): %v %v; want %q", tc.ref, tc.force, handled, err, tc.msg)
+		}
+	}
+	if _, err := nodes.Get(ctx, m.store, w.nodeID); err != nil {
+		t.Fatalf("a refused removal removed the record: %v", err)
+	}
+	if handled, err := rm.RemoveNode(ctx, w.nodeID[:8], true); !handled || err != nil {
+		t.Fatalf("node rm --force: %v %v", handled, err)
+	}
+	if _, err := nodes.Get(ctx, m.store, w.nodeID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("record after removal: %v", err)
+	}
+	later := *leaf
+	later.NotBefore = time.Now().Add(2*time.Second - pki.Backdate)
+	for _, fresh := range []bool{false, true} {
+		if fresh {
+			m.removed = removedCache{}
+		}
+		if err := m.refuseNode(w.nodeID, leaf); !errors.Is(err, agent.ErrNodeRemoved) || !errors.Is(err, errdefs.ErrUnauthorized) {
+			t.Fatalf("the removed node's certificate (fresh cache %v): %v", fresh, err)
+		}
+		if err := m.refuseNode(w.nodeID, &later); err != nil {
+			t.Fatalf("a certificate issued after the removal (fresh cache %v): %v", fresh, err)
+		}
+	}
+	if handled, err := rm.RemoveNode(ctx, w.nodeID, true); !handled || !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("removing it again: %v", err)
+	}
+}
+
+// Swarm's texts for `swarm leave` on a manager without --force.
+func TestLeaveManagerText(t *testing.T) {
+	const pre = "You are attempting to leave the swarm on a node that is participating as a manager. "
+	const suf = "The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message."
+	for _, tc := range []struct {
+		reach, unreach int
+		ok             bool
+		want           string
+	}{
+		{1, 0, true, pre + "Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. "},
+		{2, 0, true, pre + "Removing this node leaves 1 managers out of 2. Without a Raft quorum your swarm will be inaccessible. " + suf},
+		{2, 1, true, pre + "Removing this node leaves 1 managers out of 3. Without a Raft quorum your swarm will be inaccessible. " + suf},
+		{3, 0, true, pre + suf},
+		{0, 0, false, pre + "Doing so may lose the consensus of your cluster. " + suf},
+	} {
+		if got := leaveManagerText(tc.reach, tc.unreach, tc.ok); got != tc.want {
+			t.Errorf("%d/%d: %q", tc.reach, tc.unreach, got)
+		}
+	}
+}
+
+// `swarm leave` on a manager that is an etcd member: Swarm's refusal
+// without --force (a lone member is the last manager), and hush's
+// refusal by name with it; the node stays active either way.
+func TestLeaveMember(t *testing.T) {
+	ctx := context.Background()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: listen})
+	for _, tc := range []struct {
+		force bool
+		cat   error
+		msg   string
+	}{
+		{false, errdefs.ErrUnavailable, "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. "},
+		{true, errdefs.ErrInvalidArgument, "hush cannot take a manager out of a cluster of managers with `swarm leave --force` yet: its etcd membership would have to be removed first, which is not built"},
+	} {
+		err := m.Leave(ctx, tc.force)
+		if !errors.Is(err, tc.cat) || err.Error() != tc.msg {
+			t.Errorf("leave (force %v): %v", tc.force, err)
+		}
+		if m.State() != swarm.LocalNodeStateActive {
+			t.Fatalf("state after a refused leave: %s", m.State())
+		}
+	}
+}

@@ -1,0 +1,833 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// Role changes and certificate renewal: see docs/DESIGN.md "Role changes
+// and renewal (issue 9)". The node record's role is what every node
+// converges to; each node asks a manager's join/CA service, under mutual
+// TLS with its current certificate, what its role is, and gets a new
+// certificate there when its role changed or its certificate is due.
+
+// nodeSyncPath is the join/CA service's call for certified nodes: the
+// node's identity comes from its TLS certificate only.
+const nodeSyncPath = "/hush/join/v1/node"
+
+// syncRequest is what a certified node asks: nothing (its role and the
+// managers), or a certificate for its CSR's key in its recorded role;
+// PeerURL is where its etcd member will listen when that role is manager
+// and it is not one yet.
+type syncRequest struct {
+	CSR     []byte `json:"csr,omitempty"`
+	PeerURL string `json:"peerURL,omitempty"`
+}
+
+// defaultSyncPeriod is how often a node asks its role and checks its
+// certificate's renewal point.
+const defaultSyncPeriod = 5 * time.Second
+
+// Failpoints of the role changes on the changing node, named for the
+// write that has not happened yet (see failpoints.go).
+const (
+	fpDemoteWriteWorker = "demote-write-worker" // node.key and worker.json
+	fpDemoteWipe        = "demote-wipe"         // etcd data, master.key, member.json
+	fpPromoteWriteMbr   = "promote-write-member"
+	fpPromoteWipe       = "promote-wipe" // etcd data, worker.json, node.key
+)
+
+const msgPromoteNoListen = "node %s has no listen address: a worker that joined without --listen-addr cannot become a manager in hush (make it leave and join again with --listen-addr and the manager token)"
+
+// ---- the API side: docker node inspect/update/promote/demote ----
+
+// UpdateNode is `docker node update` (promote and demote included) on a
+// manager of a cluster. A demotion is checked against the membership
+// first (Swarm's refusals), so a refused one changes nothing; the record
+// then says the new role, and the nodes converge to it (the demoted
+// node's member is removed here, or by the manager its sync asks).
+func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64, spec swarm.NodeSpec) (bool, error) {
+	d := c.d
+	members := d.store.Members()
+	if members == nil {
+		return false, nil
+	}
+	if err := d.CheckServing(); err != nil {
+		return true, err
+	}
+	n, err := resolveNode(ctx, d.store, ref)
+	if err != nil {
+		return true, err
+	}
+	want := spec.Role
+	if want == "" {
+		want = n.Spec.Role
+	}
+	var remove *store.Member
+	switch {
+	case want == n.Spec.Role:
+	case want == swarm.NodeRoleManager:
+		if !hasListenAddr(n.Addr) {
+			return true, errdefs.BadRequest(msgPromoteNoListen, n.ID)
+		}
+	case want == swarm.NodeRoleWorker:
+		m, ok, err := members.ByName(ctx, n.ID, "")
+		if err != nil {
+			return true, err
+		}
+		if ok {
+			if err := members.CheckRemove(ctx, m.ID); err != nil {
+				return true, err
+			}
+			remove = &m
+		}
+	}
+	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec); err != nil {
+		return true, err
+	}
+	if want != n.Spec.Role {
+		d.log.Info("node role changed", "node", n.ID, "from", n.Spec.Role, "to", want)
+	}
+	switch {
+	case remove != nil && n.ID != d.nodeID:
+		// At once, so that node ls shows it; the demoted node's sync
+		// removes it too (idempotent) if this fails.
+		if err := members.Remove(ctx, remove.ID); err != nil {
+			d.log.Warn("demotion: removing the member now failed; the node's own sync retries", "node", n.ID, "err", err)
+		}
+	case remove != nil:
+		// This node: answer first; its sync asks another manager, which
+		// removes this member and certifies it as a worker.
+		d.kickSync()
+	}
+	return true, nil
+}
+
+// hasListenAddr: a node that joined without a listen address is recorded
+// at port 0 (workerAddr).
+func hasListenAddr(addr string) bool {
+	_, p, err := net.SplitHostPort(addr)
+	return err == nil && p != "0" && p != ""
+}
+
+// ---- the manager side: the certified node's call ----
+
+func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
+	var req syncRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJoinBody)).Decode(&req); err != nil {
+		writeJoinError(w, errdefs.BadRequest("invalid node request"))
+		return
+	}
+	d.mu.Lock()
+	var clusterID string
+	if d.member != nil {
+		clusterID = d.member.ClusterID
+	}
+	d.mu.Unlock()
+	id, err := pki.PeerIdentity(*r.TLS, clusterID)
+	if err == nil {
+		// A removed node's certificate renews nothing (noderemove.go).
+		err = d.refuseNode(id.NodeID, r.TLS.VerifiedChains[0][0])
+	}
+	if err != nil {
+		writeJoinError(w, err)
+		return
+	}
+	resp, err := d.syncNode(r.Context(), id, &req)
+	if err != nil {
+		d.log.Warn("node sync refused", "node", id.NodeID, "err", err)
+		writeJoinError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// syncNode answers a certified node its recorded role and the managers,
+// and, for a CSR, a certificate in that role: a renewal; a demotion (this
+// manager removes the node's etcd member first, with Swarm's refusals);
+// or a promotion (the join's path: a manager certificate, a learner, the
+// master key wrapped to the certified key).
+func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, req *syncRequest) (*joinResponse, error) {
+	if err := d.CheckServing(); err != nil {
+		return nil, err
+	}
+	members := d.store.Members()
+	if members == nil {
+		return nil, errdefs.Unavailable("this manager is not a member of a cluster")
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return nil, err
+	}
+	n, err := nodes.Get(ctx, d.store, id.NodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errdefs.Unauthorized("node %s is not part of this swarm", id.NodeID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	mgrs, err := d.managerAddrs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &joinResponse{Role: string(n.Spec.Role), ClusterID: c.ID, CAPEM: []byte(c.CACert), Managers: mgrs}
+	if len(req.CSR) == 0 {
+		return resp, nil
+	}
+	want := pki.RoleWorker
+	if n.Spec.Role == swarm.NodeRoleManager {
+		want = pki.RoleManager
+	}
+	switch {
+	case want == pki.RoleWorker && id.Role == pki.RoleManager:
+		if id.NodeID == d.nodeID {
+			// Removing its own member stops this manager's store.
+			return nil, errdefs.Unavailable("a manager does not demote itself: ask another manager")
+		}
+		m, ok, err := members.ByName(ctx, id.NodeID, "")
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if err := members.Remove(ctx, m.ID); err != nil {
+				return nil, err
+			}
+			d.log.Info("demoted manager's member removed", "node", id.NodeID, "member", m.ID)
+		}
+	case want == pki.RoleManager && id.Role == pki.RoleWorker:
+		return d.promoteNode(ctx, &c, n, req, resp)
+	}
+	ca, err := d.issuer(&c)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: id.NodeID, ClusterID: c.ID, Role: want,
+		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	if err != nil {
+		return nil, err
+	}
+	resp.CertPEM = iss.PEM
+	return resp, nil
+}
+
+// promoteNode admits a worker whose record says manager as a joining
+// manager would be admitted (admit): certificate, learner, wrapped key.
+func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse) (*joinResponse, error) {
+	if c.Spec.EncryptionConfig.AutoLockManagers {
+		return nil, errdefs.BadRequest(msgNoAutolock)
+	}
+	if req.PeerURL == "" {
+		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
+	}
+	if err := checkJoinRequest(&joinRequest{NodeID: n.ID, Addr: n.Addr, PeerURL: req.PeerURL, Availability: string(swarm.NodeAvailabilityActive)}); err != nil {
+		return nil, err
+	}
+	ca, err := d.issuer(c)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: n.ID, ClusterID: c.ID, Role: pki.RoleManager,
+		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := iss.Leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
+	}
+	members := d.store.Members()
+	m, peers, err := members.AddLearner(ctx, n.ID, req.PeerURL)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	mk := d.mk
+	wpub, wrapped, err := wrapMasterKey(mk, pub, n.ID)
+	d.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if m.Learner {
+		d.promoteLater(members, m.ID, n.ID)
+	}
+	resp.CertPEM, resp.MemberID, resp.InitialCluster = iss.PEM, m.ID, peers
+	resp.KeyID, resp.WrapPub, resp.WrappedKey = mk.ID, wpub, wrapped
+	d.log.Info("worker promoted: certified as a manager, learner added", "node", n.ID, "member", m.ID)
+	return resp, nil
+}
+
+// ---- the node side ----
+
+// syncView is what one sync round reads of the node, under d.mu.
+type syncView struct {
+	cert      *tls.Certificate
+	clusterID string
+	caPEM     string
+	addrs     []string
+	listen    listenPlan
+}
+
+func (d *Daemon) syncViewLocked() (syncView, bool) {
+	cert := d.cert.Load()
+	if cert == nil || d.state != swarm.LocalNodeStateActive {
+		return syncView{}, false
+	}
+	switch {
+	case d.member != nil:
+		// Other managers first: this one cannot certify its own demotion.
+		addrs := slices.DeleteFunc(slices.Clone(d.member.Managers), func(a string) bool { return a == d.listen.Advertise })
+		return syncView{cert, d.member.ClusterID, d.member.CAPEM, append(addrs, d.listen.Advertise), d.member.Listen}, true
+	case d.worker != nil:
+		return syncView{cert, d.worker.ClusterID, d.worker.CAPEM, slices.Clone(d.worker.Managers), d.worker.Listen}, true
+	}
+	return syncView{}, false
+}
+
+// kickSync makes the sync loop run a round now.
+func (d *Daemon) kickSync() {
+	select {
+	case d.syncKick <- struct{}{}:
+	default:
+	}
+}
+
+// startSync runs the node's sync loop until Close.
+func (d *Daemon) startSync() {
+	period := d.cfg.RoleSyncPeriod
+	if period <= 0 {
+		period = defaultSyncPeriod
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.syncStop = cancel
+	d.syncDone.Add(1)
+	go func() {
+		defer d.syncDone.Done()
+		for {
+			if err := d.syncOnce(ctx); err != nil && ctx.Err() == nil {
+				d.log.Warn("node sync", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.syncKick:
+			case <-time.After(period):
+			}
+		}
+	}()
+}
+
+// now is the sync loop's clock: the real one, unless a test moved it.
+func (d *Daemon) now() time.Time {
+	return time.Now().Add(time.Duration(d.skew.Load()))
+}
+
+// syncOnce asks a manager this node's role; a changed role is carried
+// out, else a certificate past its renewal point is renewed.
+func (d *Daemon) syncOnce(ctx context.Context) error {
+	d.mu.Lock()
+	v, ok := d.syncViewLocked()
+	d.mu.Unlock()
+	if !ok || len(v.addrs) == 0 {
+		return nil
+	}
+	ans, err := d.callSync(ctx, v, &syncRequest{})
+	if err != nil {
+		return err
+	}
+	d.noteManagers(ans.Managers)
+	have := certRole(v.cert.Leaf)
+	want := pki.RoleManager
+	if ans.Role == roleWorker {
+		want = pki.RoleWorker
+	}
+	switch {
+	case want == pki.RoleWorker && have == pki.RoleManager:
+		return d.demoteSelf(ctx, v)
+	case want == pki.RoleManager && have == pki.RoleWorker:
+		return d.promoteSelf(ctx, v)
+	}
+	roots, err := pki.ParseRootBundle([]byte(v.caPEM), d.now())
+	if err != nil {
+		return err
+	}
+	if d.renewAt.IsZero() || !d.renewFor.Equal(v.cert.Leaf.NotAfter) {
+		d.renewAt, d.renewFor = pki.RenewAt(v.cert.Leaf, rand.Int64N), v.cert.Leaf.NotAfter
+	}
+	if why := pki.NeedsReissue(v.cert.Leaf, have, roots[0], d.renewAt, d.now()); why != pki.ReasonNone {
+		d.log.Info("renewing this node's certificate", "reason", string(why), "notAfter", v.cert.Leaf.NotAfter)
+		return d.renewSelf(ctx, v)
+	}
+	return nil
+}
+
+func certRole(leaf *x509.Certificate) pki.Role {
+	if len(leaf.Subject.OrganizationalUnit) == 1 {
+		return pki.Role(leaf.Subject.OrganizationalUnit[0])
+	}
+	return ""
+}
+
+// noteManagers keeps the managers' addresses a sync answered, for the
+// next rounds and for a restart (a demoted manager asks them once its own
+// store is gone).
+func (d *Daemon) noteManagers(mgrs []string) {
+	if len(mgrs) == 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.member != nil && !slices.Equal(d.member.Managers, mgrs):
+		d.member.Managers = slices.Clone(mgrs)
+		if err := d.saveMember(d.member); err != nil {
+			d.log.Warn("recording the managers", "err", err)
+		}
+	case d.worker != nil && !slices.Equal(d.worker.Managers, mgrs):
+		d.worker.Managers = slices.Clone(mgrs)
+		if err := d.saveWorker(d.worker); err != nil {
+			d.log.Warn("recording the managers", "err", err)
+		}
+	}
+}
+
+// callSync asks the managers in order, under mutual TLS with the node's
+// current certificate; the first answer wins, a refusal is returned as
+// the manager's error.
+func (d *Daemon) callSync(ctx context.Context, v syncView, req *syncRequest) (*joinResponse, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(v.caPEM)) {
+		return nil, errors.New("node sync: no CA certificate")
+	}
+	params := pki.TLSParams{ClusterID: v.clusterID, Cert: func() (*tls.Certificate, error) { return v.cert, nil },
+		Roots: func() *x509.CertPool { return pool }}
+	tcfg, err := params.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	cli := &http.Client{CheckRedirect: noRedirect, Transport: &http.Transport{TLSClientConfig: tcfg}}
+	defer cli.CloseIdleConnections()
+	var last error
+	for _, a := range v.addrs {
+		cctx, cancel := context.WithTimeout(ctx, joinTimeout)
+		r, err := http.NewRequestWithContext(cctx, http.MethodPost, "https://"+a+nodeSyncPath, bytes.NewReader(body))
+		if err != nil {
+			cancel()
+			last = err
+			continue
+		}
+		r.Header.Set("Content-Type", "application/json")
+		b, err := joinCall(cli, r, a, 4*maxCABundle)
+		cancel()
+		if err != nil {
+			last = err
+			if errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, errdefs.ErrNoLeader) {
+				continue
+			}
+			return nil, err
+		}
+		var out joinResponse
+		if err := json.Unmarshal(b, &out); err != nil || out.ClusterID != v.clusterID {
+			last = errdefs.Unavailable("the manager at %s sent a malformed answer", a)
+			continue
+		}
+		return &out, nil
+	}
+	return nil, last
+}
+
+// checkNodeCert accepts a certificate answered for this node only: its
+// key, its ID, the wanted role, under the node's pinned CA bundle.
+func (d *Daemon) checkNodeCert(v syncView, ans *joinResponse, key *ecdsa.PrivateKey, role pki.Role) (*tls.Certificate, error) {
+	roots, err := pki.ParseRootBundle([]byte(v.caPEM), time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkJoinAnswer(ans, []byte(v.caPEM), roots, key, d.nodeID, role); err != nil {
+		return nil, err
+	}
+	return pki.TLSCertificate(ans.CertPEM, key)
+}
+
+// renewSelf gets a new certificate for the node's own key and swaps it
+// into everything that uses it: the files, etcd's peer TLS, and the
+// certificate the join/CA service, the dispatcher and the worker's
+// dispatcher client read per handshake.
+func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
+	d.mu.Lock()
+	key := d.nodeKey
+	d.mu.Unlock()
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return err
+	}
+	ans, err := d.callSync(ctx, v, &syncRequest{CSR: csr})
+	if err != nil {
+		return err
+	}
+	cert, err := d.checkNodeCert(v, ans, key, certRole(v.cert.Leaf))
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nodeKey != key {
+		return nil // the role changed meanwhile
+	}
+	switch {
+	case d.member != nil:
+		ms := *d.member
+		ms.CertPEM = string(ans.CertPEM)
+		if err := d.saveMember(&ms); err != nil {
+			return err
+		}
+		*d.member = ms
+		if members := d.store.Members(); members != nil {
+			mc, err := d.memberConfig(&ms, key)
+			if err != nil {
+				return err
+			}
+			err = members.RenewTLS(mc.TLS)
+			clear(mc.TLS.KeyPEM)
+			if err != nil {
+				return err
+			}
+		}
+	case d.worker != nil:
+		ws := *d.worker
+		ws.CertPEM = string(ans.CertPEM)
+		if err := d.saveWorker(&ws); err != nil {
+			return err
+		}
+		*d.worker = ws
+	default:
+		return nil
+	}
+	d.cert.Store(cert)
+	d.log.Info("node certificate renewed", "notAfter", cert.Leaf.NotAfter)
+	return nil
+}
+
+// demoteSelf makes this manager a worker: a manager removes its member
+// and certifies a fresh key as a worker; the worker's files are written
+// (the commit point, with a higher role epoch than member.json), then the
+// store is closed and its data, the master key and member.json go, and
+// the worker's agent starts. A crash anywhere converges at the next start
+// (convergeRoleFiles, demotedWhileDown).
+func (d *Daemon) demoteSelf(ctx context.Context, v syncView) error {
+	v.addrs = slices.DeleteFunc(v.addrs, func(a string) bool { return a == v.listen.Advertise })
+	if len(v.addrs) == 0 {
+		return errdefs.Unavailable("no other manager to certify this node's demotion")
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	ans, err := d.callSync(ctx, v, &syncRequest{CSR: csr})
+	if err != nil {
+		return err
+	}
+	cert, err := d.checkNodeCert(v, ans, key, pki.RoleWorker)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.member == nil {
+		return nil
+	}
+	ws := &workerState{ClusterID: v.clusterID, CertPEM: string(ans.CertPEM), CAPEM: v.caPEM,
+		Managers: ans.Managers, Listen: d.member.Listen, Epoch: d.member.Epoch + 1}
+	if err := d.writeWorkerFiles(ws, key); err != nil {
+		return err
+	}
+	d.stopRuntime()
+	d.joinSvc.close()
+	d.joinSvc = nil
+	d.closeStoreLocked()
+	if err := d.injected(fpDemoteWipe); err != nil {
+		return err
+	}
+	if err := d.wipeManagerFiles(); err != nil {
+		return err
+	}
+	d.keys.Set(nil)
+	d.mk.Destroy()
+	d.mk = keyring.MasterKey{}
+	d.member, d.worker, d.nodeKey = nil, ws, key
+	d.cert.Store(cert)
+	if err := d.openStoreLocked(ctx, nil); err != nil {
+		return err
+	}
+	d.state = swarm.LocalNodeStateActive
+	d.log.Info("demoted: this node is now a worker", "managers", ws.Managers)
+	if err := d.startWorkerAgentLocked(); err != nil {
+		d.log.Error("worker agent not started", "err", err)
+	}
+	return nil
+}
+
+// writeWorkerFiles writes node.key, then worker.json (the commit point).
+func (d *Daemon) writeWorkerFiles(ws *workerState, key *ecdsa.PrivateKey) error {
+	if err := d.injected(fpDemoteWriteWorker); err != nil {
+		return err
+	}
+	if err := d.saveWorkerKey(key); err != nil {
+		return err
+	}
+	return d.saveWorker(ws)
+}
+
+// wipeManagerFiles removes what only a manager holds, member.json last:
+// while it exists a restart knows there is more to wipe.
+func (d *Daemon) wipeManagerFiles() error {
+	if err := os.RemoveAll(filepath.Join(d.cfg.DataDir, "etcd")); err != nil {
+		return fmt.Errorf("wiping the store of a demoted manager: %w", err)
+	}
+	if err := d.removePlainKey(); err != nil {
+		return fmt.Errorf("master key: %w", err)
+	}
+	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("member state: %w", err)
+	}
+	return nil
+}
+
+// wipeWorkerFiles removes what only a worker holds, once a promoted node's
+// member.json is written: the empty local store (the joining member starts
+// from nothing), worker.json and the unsealed node key.
+func (d *Daemon) wipeWorkerFiles() error {
+	if err := os.RemoveAll(filepath.Join(d.cfg.DataDir, "etcd")); err != nil {
+		return fmt.Errorf("clearing the store for the promotion: %w", err)
+	}
+	if err := os.Remove(d.workerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("worker state: %w", err)
+	}
+	if err := os.Remove(d.nodeKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("node key: %w", err)
+	}
+	return nil
+}
+
+// promoteSelf makes this worker a manager: a manager certifies a fresh
+// key as a manager, adds a learner and wraps the master key to the
+// certified key (the join's path); member.json is written (the commit
+// point), the worker's files and empty store go, and the node starts its
+// member from the initial cluster, waits until it is promoted, and
+// activates as a manager.
+func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
+	if !v.listen.enabled() {
+		return errdefs.BadRequest(msgPromoteNoListen, d.nodeID)
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	peerURL, _ := v.listen.peerURLs()
+	ans, err := d.callSync(ctx, v, &syncRequest{CSR: csr, PeerURL: peerURL})
+	if err != nil {
+		return err
+	}
+	if len(ans.InitialCluster) == 0 || !slices.ContainsFunc(ans.InitialCluster, func(p store.Peer) bool { return p.PeerURL == peerURL }) {
+		return errdefs.Unavailable("a manager sent a promotion without this node in its initial cluster")
+	}
+	cert, err := d.checkNodeCert(v, ans, key, pki.RoleManager)
+	if err != nil {
+		return err
+	}
+	mk, err := unwrapMasterKey(key, d.nodeID, ans)
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			mk.Destroy()
+		}
+	}()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.worker == nil {
+		return nil
+	}
+	if err := d.injected(fpPromoteWriteMbr); err != nil {
+		return err
+	}
+	d.stopRuntime()
+	// A crash from here until member.json is written leaves a worker with
+	// a master key file: convergeRoleFiles removes it.
+	if err := d.plainKey.Store(mk); err != nil {
+		return fmt.Errorf("master key: %w", err)
+	}
+	kr, err := keyring.New(mk)
+	if err != nil {
+		return err
+	}
+	d.keys.Set(kr)
+	ms := &memberState{Listen: v.listen, ClusterID: v.clusterID, CertPEM: string(ans.CertPEM), CAPEM: v.caPEM,
+		Join: true, InitialCluster: ans.InitialCluster, Managers: ans.Managers, Epoch: d.worker.Epoch + 1}
+	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
+		return err
+	}
+	if err := d.saveMember(ms); err != nil {
+		return err
+	}
+	d.closeStoreLocked()
+	if err := d.injected(fpPromoteWipe); err != nil {
+		return err
+	}
+	if err := d.wipeWorkerFiles(); err != nil {
+		return err
+	}
+	mc, err := d.memberConfig(ms, key)
+	if err != nil {
+		return err
+	}
+	d.useListen(ms.Listen)
+	d.member, d.worker, d.nodeKey = ms, nil, key
+	d.cert.Store(cert)
+	if err := d.openStoreLocked(ctx, mc); err != nil {
+		return err
+	}
+	if err := d.awaitQuorum(ctx); err != nil {
+		return err
+	}
+	if err := d.awaitVoter(ctx); err != nil {
+		return err
+	}
+	if err := d.activateLocked(mk); err != nil {
+		return err
+	}
+	ok = true
+	kr.Destroy()
+	d.log.Info("promoted: this node is now a manager", "member", ans.MemberID)
+	return d.startJoinServiceLocked()
+}
+
+// convergeRoleFiles finishes, at start, a role change a crash
+// interrupted: with both member.json and worker.json present, the one of
+// the higher role epoch was written last and wins; what belongs to the
+// other role is removed (see demoteSelf, promoteSelf).
+func (d *Daemon) convergeRoleFiles() error {
+	mb, merr := os.ReadFile(d.memberPath())
+	wb, werr := os.ReadFile(d.workerPath())
+	if werr == nil && errors.Is(merr, os.ErrNotExist) {
+		// A worker never holds the master key: one here is a promotion
+		// that stopped before its member.json.
+		if err := d.removePlainKey(); err != nil {
+			return fmt.Errorf("master key: %w", err)
+		}
+		return nil
+	}
+	if merr != nil || werr != nil {
+		return nil
+	}
+	var ms memberState
+	var ws workerState
+	if json.Unmarshal(mb, &ms) != nil || json.Unmarshal(wb, &ws) != nil || ms.Epoch == ws.Epoch {
+		return fmt.Errorf("both %s and %s exist and neither is newer: remove the stale one", d.memberPath(), d.workerPath())
+	}
+	if ws.Epoch > ms.Epoch {
+		d.log.Warn("finishing an interrupted demotion")
+		return d.wipeManagerFiles()
+	}
+	d.log.Warn("finishing an interrupted promotion")
+	return d.wipeWorkerFiles()
+}
+
+// demotedWhileDown handles a manager restarting after its member was
+// removed but before it recorded its demotion: its etcd member would not
+// start (a removed member must not restart from its old data). Before
+// opening the store it asks the other managers (bounded) its role; a
+// worker answer carries out the demotion's file steps. No answer (a whole
+// cluster restarting): the member starts as before.
+func (d *Daemon) demotedWhileDown(ctx context.Context) (bool, error) {
+	d.mu.Lock()
+	ms, key := d.member, d.nodeKey
+	cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
+	d.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	var addrs []string
+	for _, a := range ms.Managers {
+		if a != ms.Listen.Advertise {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return false, nil
+	}
+	v := syncView{cert: cert, clusterID: ms.ClusterID, caPEM: ms.CAPEM, addrs: addrs, listen: ms.Listen}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ans, err := d.callSync(qctx, v, &syncRequest{})
+	cancel()
+	if err != nil || ans.Role != roleWorker {
+		return false, nil
+	}
+	d.log.Warn("this manager was demoted while it was down: becoming a worker")
+	nkey, csr, err := newKeyAndCSR()
+	if err != nil {
+		return false, err
+	}
+	ans, err = d.callSync(ctx, v, &syncRequest{CSR: csr})
+	if err != nil {
+		return false, err
+	}
+	if _, err := d.checkNodeCert(v, ans, nkey, pki.RoleWorker); err != nil {
+		return false, err
+	}
+	ws := &workerState{ClusterID: ms.ClusterID, CertPEM: string(ans.CertPEM), CAPEM: ms.CAPEM, Managers: ans.Managers,
+		Listen: ms.Listen, Epoch: ms.Epoch + 1}
+	if err := d.writeWorkerFiles(ws, nkey); err != nil {
+		return false, err
+	}
+	if err := d.wipeManagerFiles(); err != nil {
+		return false, err
+	}
+	d.member, d.nodeKey = nil, nil
+	return true, nil
+}
+
+func (d *Daemon) saveWorker(ws *workerState) error {
+	b, err := json.Marshal(ws)
+	if err != nil {
+		return err
+	}
+	if err := writeFileSync(d.workerPath(), b, 0o600); err != nil {
+		return fmt.Errorf("worker state: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) removePlainKey() error {
+	if !d.plainKey.Exists() {
+		return nil
+	}
+	return d.plainKey.Remove()
+}

@@ -1,0 +1,352 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// fastSync is the sync period of the in-process role tests.
+const fastSync = 100 * time.Millisecond
+
+// waitUntil polls cond (bounded) and fails the test with what when it
+// never holds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func loopbackListen(t *testing.T) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
+}
+
+// setRole is `docker node update --role` through manager m.
+func setRole(ctx context.Context, m *Daemon, id string, role swarm.NodeRole) error {
+	n, err := nodes.Get(ctx, m.store, id)
+	if err != nil {
+		return err
+	}
+	spec := n.Spec
+	spec.Role = role
+	_, err = clusterNodes{m}.UpdateNode(ctx, id, n.Version, spec)
+	return err
+}
+
+func exists(t *testing.T, dir, f string) bool {
+	t.Helper()
+	_, err := os.Stat(filepath.Join(dir, f))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+func (d *Daemon) isWorker() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.worker != nil && d.member == nil && d.state == swarm.LocalNodeStateActive
+}
+
+func (d *Daemon) isVoter(ctx context.Context) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.member == nil || d.state != swarm.LocalNodeStateActive || d.store.Members() == nil {
+		return false
+	}
+	v, err := d.store.Members().IsVoter(ctx)
+	return err == nil && v
+}
+
+// A worker that joined with a listen address is promoted (it becomes a
+// voting member holding the master key and serving the swarm API, its
+// worker files gone) and demoted back (its member removed, a worker
+// certificate, its etcd data and master key wiped); a worker without a
+// listen address and the last manager are refused by name, and a refused
+// change leaves the records as they were.
+func TestPromoteDemote(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+
+	wdir := t.TempDir()
+	w := startWith(t, Config{DataDir: wdir, NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	vdir := t.TempDir()
+	v := startWith(t, Config{DataDir: vdir, NoInit: true, RoleSyncPeriod: fastSync})
+	if err := v.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		id   string
+		role swarm.NodeRole
+		cat  error
+		msg  string
+	}{
+		{"promote a worker without a listen address", v.nodeID, swarm.NodeRoleManager, errdefs.ErrInvalidArgument, "node " + v.nodeID + " has no listen address"},
+		{"demote the last manager", m.nodeID, swarm.NodeRoleWorker, errdefs.ErrFailedPrecondition, "attempting to demote the last manager of the swarm"},
+		{"an unknown role", w.nodeID, "boss", errdefs.ErrInvalidArgument, `invalid role "boss"`},
+		{"an unknown node", "nosuchnode", swarm.NodeRoleManager, errdefs.ErrNotFound, "node nosuchnode not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before nodes.Node
+			if tc.id != "nosuchnode" {
+				before, _ = nodes.Get(ctx, m.store, tc.id)
+			}
+			n := before
+			n.Spec.Role = tc.role
+			_, err := clusterNodes{m}.UpdateNode(ctx, tc.id, before.Version, n.Spec)
+			if !errors.Is(err, tc.cat) || len(err.Error()) < len(tc.msg) || err.Error()[:len(tc.msg)] != tc.msg {
+				t.Fatalf("got %v, want %v %q", err, tc.cat, tc.msg)
+			}
+			if tc.id != "nosuchnode" {
+				after, _ := nodes.Get(ctx, m.store, tc.id)
+				if after.Spec.Role != before.Spec.Role || after.Version != before.Version {
+					t.Fatalf("a refused change changed the record: %+v", after)
+				}
+			}
+		})
+	}
+
+	// The node call takes its caller's identity from a client certificate
+	// only: without one it is refused, whatever the body says.
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the server is not what is tested
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+l1+nodeSyncPath, strings.NewReader(`{"csr":null}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := joinCall(noCert, r, l1, 1<<16); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("node call without a certificate: %v, want unauthorized", err)
+	}
+	noCert.CloseIdleConnections()
+
+	// Promote.
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, "the worker votes", func() bool { return w.isVoter(ctx) })
+	for f, want := range map[string]bool{"member.json": true, "keys/master.key": true, "worker.json": false, "keys/node.key": false} {
+		if exists(t, wdir, f) != want {
+			t.Errorf("promoted node: %s exists=%v, want %v", f, !want, want)
+		}
+	}
+	if err := w.CheckServing(); err != nil {
+		t.Fatalf("promoted node does not serve the swarm API: %v", err)
+	}
+	if got, err := cluster.Get(ctx, w.store); err != nil || got.ID != c.ID {
+		t.Fatalf("promoted node reads cluster %v, %v", got.ID, err)
+	}
+	if id := certRole(w.cert.Load().Leaf); id != pki.RoleManager {
+		t.Fatalf("promoted node's certificate role %s", id)
+	}
+	// Renewal of a manager: a certificate past its renewal point is
+	// reissued for the same key and swapped into the files, etcd and the
+	// join service, which then shows it.
+	renewed(t, m, l1)
+
+	// Demote it back, through the other manager.
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demote: %v", err)
+	}
+	waitUntil(t, "the demoted manager is a worker", w.isWorker)
+	for f, want := range map[string]bool{"member.json": false, "keys/master.key": false, "worker.json": true, "keys/node.key": true} {
+		if exists(t, wdir, f) != want {
+			t.Errorf("demoted node: %s exists=%v, want %v", f, !want, want)
+		}
+	}
+	if list, err := m.store.Members().List(ctx); err != nil || len(list) != 1 {
+		t.Fatalf("members after the demotion: %+v %v", list, err)
+	}
+	if id := certRole(w.cert.Load().Leaf); id != pki.RoleWorker {
+		t.Fatalf("demoted node's certificate role %s", id)
+	}
+	if _, err := cluster.Get(ctx, w.store); err == nil {
+		t.Fatal("the demoted node's store still holds the cluster")
+	}
+	// A restart resumes worker mode.
+	w.Close()
+	w = startWith(t, Config{DataDir: wdir, NoInit: true, RoleSyncPeriod: fastSync})
+	if !w.isWorker() {
+		t.Fatal("the demoted node is not a worker after a restart")
+	}
+	// Renewal of a worker.
+	before := w.cert.Load().Leaf.SerialNumber
+	w.skew.Store(int64(renewSkew(w.cert.Load())))
+	waitUntil(t, "the worker renews", func() bool { return w.cert.Load().Leaf.SerialNumber.Cmp(before) != 0 })
+	w.skew.Store(0)
+	var ws workerState
+	readJSON(t, filepath.Join(wdir, "worker.json"), &ws)
+	if !sameSerial(t, ws.CertPEM, w.cert.Load()) {
+		t.Fatal("worker.json does not hold the renewed certificate")
+	}
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sameSerial(t *testing.T, certPEM string, c *tls.Certificate) bool {
+	t.Helper()
+	blk, _ := pem.Decode([]byte(certPEM))
+	if blk == nil {
+		t.Fatal("no certificate in the file")
+	}
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf.SerialNumber.Cmp(c.Leaf.SerialNumber) == 0
+}
+
+// renewSkew moves a node's clock to 85% of its certificate's life: past
+// any renewal point, before expiry.
+func renewSkew(c *tls.Certificate) time.Duration {
+	life := c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)
+	return time.Until(c.Leaf.NotBefore.Add(life * 85 / 100))
+}
+
+// renewed checks a manager's renewal end to end.
+func renewed(t *testing.T, m *Daemon, listen string) {
+	t.Helper()
+	old := m.cert.Load()
+	m.skew.Store(int64(renewSkew(old)))
+	waitUntil(t, "the manager renews", func() bool { return m.cert.Load().Leaf.SerialNumber.Cmp(old.Leaf.SerialNumber) != 0 })
+	m.skew.Store(0)
+	cur := m.cert.Load()
+	if !cur.Leaf.PublicKey.(*ecdsa.PublicKey).Equal(old.Leaf.PublicKey) {
+		t.Fatal("a renewal changed a manager's key")
+	}
+	var ms memberState
+	readJSON(t, m.memberPath(), &ms)
+	if !sameSerial(t, ms.CertPEM, cur) {
+		t.Fatal("member.json does not hold the renewed certificate")
+	}
+	conn, err := tls.Dial("tcp", listen, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // reads the served certificate only
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := conn.ConnectionState().PeerCertificates[0]
+	_ = conn.Close()
+	if served.SerialNumber.Cmp(cur.Leaf.SerialNumber) != 0 {
+		t.Fatal("the join service still shows the old certificate")
+	}
+	// etcd's peer TLS reads the renewed pair: the membership still probes
+	// reachable through it.
+	if list, err := m.store.Members().List(context.Background()); err != nil || len(list) == 0 {
+		t.Fatalf("members after renewal: %v", err)
+	}
+}
+
+// crashAt makes d's next role change stop at point as a crash would: the
+// step fails, and d's sync loop stops, so nothing retries before the
+// test restarts the node. hit is closed when it fired.
+func crashAt(d *Daemon, point string) (hit chan struct{}) {
+	hit = make(chan struct{})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.fail = failpoints{point: func() error {
+		d.syncStop()
+		select {
+		case <-hit:
+		default:
+			close(hit)
+		}
+		return errors.New("injected crash at " + point)
+	}}
+	return hit
+}
+
+// Each step of a promotion and a demotion interrupted as by a crash
+// converges when the node restarts: it ends in the role its record says,
+// holding only that role's files.
+func TestRoleChangeCrashes(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	wdir := t.TempDir()
+	wcfg := Config{DataDir: wdir, NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+	w := startWith(t, wcfg)
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	managerFiles := map[string]bool{"member.json": true, "keys/master.key": true, "worker.json": false, "keys/node.key": false}
+	workerFiles := map[string]bool{"member.json": false, "keys/master.key": false, "worker.json": true, "keys/node.key": true}
+	for _, step := range []struct {
+		point string
+		role  swarm.NodeRole
+	}{
+		{fpPromoteWriteMbr, swarm.NodeRoleManager},
+		{fpDemoteWriteWorker, swarm.NodeRoleWorker},
+		{fpPromoteWipe, swarm.NodeRoleManager},
+		{fpDemoteWipe, swarm.NodeRoleWorker},
+	} {
+		outer := t // the restarted node outlives the subtest
+		t.Run(step.point, func(t *testing.T) {
+			hit := crashAt(w, step.point)
+			if err := setRole(ctx, m, w.nodeID, step.role); err != nil {
+				t.Fatalf("role change: %v", err)
+			}
+			waitUntil(t, "the failpoint fires", func() bool {
+				select {
+				case <-hit:
+					return true
+				default:
+					return false
+				}
+			})
+			w.Close()
+			w = startWith(outer, wcfg)
+			want := workerFiles
+			if step.role == swarm.NodeRoleManager {
+				want = managerFiles
+				waitUntil(t, "the restarted node votes", func() bool { return w.isVoter(ctx) })
+			} else {
+				waitUntil(t, "the restarted node is a worker", w.isWorker)
+				if list, err := m.store.Members().List(ctx); err != nil || len(list) != 1 {
+					t.Fatalf("members: %+v %v", list, err)
+				}
+			}
+			for f, ok := range want {
+				if exists(t, wdir, f) != ok {
+					t.Errorf("%s exists=%v, want %v", f, !ok, ok)
+				}
+			}
+		})
+	}
+}
