@@ -251,3 +251,25 @@ func TestExternalInitRaceLoser(t *testing.T) {
 		t.Fatalf("restart of the loser: %v", err)
 	}
 }
+
+// The same without autolock: the plain master key must not be used to
+// make a new cluster in an etcd that does not hold the data dir's one.
+func TestExternalRestartOnAnotherEtcdPlainKey(t *testing.T) {
+	srv, other := etcdtest.Start(t), etcdtest.Start(t)
+	dir := t.TempDir()
+	d := startWith(t, externalCfg(srv, dir, ""))
+	id := getCluster(t, d).ID
+	d.Close()
+	if err := startErr(t, externalCfg(other, dir, "")); err == nil || !strings.Contains(err.Error(), "does not hold this data dir's cluster") {
+		t.Fatalf("start on another etcd: %v", err)
+	}
+	for k := range other.Dump(t) {
+		if strings.Contains(k, "/hush/") {
+			t.Fatalf("written into the other etcd: %q", k)
+		}
+	}
+	d = startWith(t, externalCfg(srv, dir, ""))
+	if got := getCluster(t, d).ID; got != id {
+		t.Fatalf("cluster %s, want %s", got, id)
+	}
+}

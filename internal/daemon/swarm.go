@@ -88,6 +88,9 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
+	if err := d.noteExternalCluster(); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
@@ -356,6 +359,11 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 			}
 		}
 		return "", initSpecError(err)
+	}
+	if err := d.noteExternalCluster(); err != nil {
+		// The cluster is made; only the guard against a changed
+		// --external-etcd is missing until the next start records it.
+		d.log.Warn("recording the external etcd's cluster in the data dir", "err", err)
 	}
 	if req.Availability != swarm.NodeAvailabilityActive {
 		if err := d.setAvailability(ctx, req.Availability); err != nil {
