@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // removingManagers is fakeManagers with node rm: it records what it was
@@ -40,7 +41,7 @@ func TestNodeRemoveAndInspectCluster(t *testing.T) {
 		{"DELETE", "/v1.41/nodes/peer3aaaaaaaaaaaaaaaaaaaa?force=1", 200},
 		{"DELETE", "/v1.41/nodes/peer2aaaaaaaaaaaaaaaaaaaa?force=maybe", 400},
 		{"GET", "/v1.41/nodes/peer2", 200},
-		{"GET", "/v1.41/nodes/peer", 404}, // ambiguous prefix
+		{"GET", "/v1.41/nodes/peer", 400}, // ambiguous prefix, as Swarm's
 		{"GET", "/v1.41/nodes/nosuch", 404},
 	} {
 		rec := serve(s, tc.method, tc.path, "")
@@ -56,5 +57,48 @@ func TestNodeRemoveAndInspectCluster(t *testing.T) {
 	}
 	if len(asked) != 2 {
 		t.Errorf("the remover was asked %v; want the two valid requests", asked)
+	}
+}
+
+// namedManagers is fakeManagers whose other nodes have hostnames: peer2's
+// is a prefix of peer3's ID, two share one.
+type namedManagers struct{ fakeManagers }
+
+func (n namedManagers) Managers(ctx context.Context) (*swarm.ManagerStatus, []swarm.Node, bool, error) {
+	self, others, ok, err := n.fakeManagers.Managers(ctx)
+	for i := range others {
+		others[i].Description.Hostname = map[int]string{0: "peer3a", 1: "twin"}[i]
+	}
+	twin := others[1]
+	twin.ID = "zzzzzzzzzzzzzzzzzzzzzzzzz"
+	return self, append(others, twin), ok, err
+}
+
+// node inspect of another node resolves as Swarm's getNode: full ID, then
+// hostname, then unique ID prefix; several matches are Swarm's ambiguity
+// (400), none a 404.
+func TestInspectOtherNodeByName(t *testing.T) {
+	s := newNodeServer(t)
+	s.Nodes = namedManagers{}
+	for _, tc := range []struct {
+		ref, want string
+		code      int
+		msg       string
+	}{
+		{"peer3a", "peer2aaaaaaaaaaaaaaaaaaaa", 200, ""},
+		{"peer3aa", "peer3aaaaaaaaaaaaaaaaaaaa", 200, ""},
+		{"twin", "", 400, "node twin is ambiguous (2 matches found)"},
+		{"peer", "", 400, "node peer is ambiguous (2 matches found)"},
+		{"nosuch", "", 404, "node nosuch not found"},
+	} {
+		rec := serve(s, "GET", "/v1.41/nodes/"+tc.ref, "")
+		if rec.Code != tc.code {
+			t.Errorf("%s: %d %s, want %d", tc.ref, rec.Code, rec.Body, tc.code)
+			continue
+		}
+		var n struct{ ID, Message string }
+		if err := json.Unmarshal(rec.Body.Bytes(), &n); err != nil || n.ID != tc.want || n.Message != tc.msg {
+			t.Errorf("%s: %v %s", tc.ref, err, rec.Body)
+		}
 	}
 }

@@ -55,9 +55,11 @@ func engineLabels(kvs []string) map[string]string {
 	return m
 }
 
-// otherNode finds another node of the cluster by full ID or unique ID
-// prefix, as `node ls` shows it (the CLI's `service ps` inspects each
-// task's node for its hostname); ok false when none matches.
+// otherNode finds another node of the cluster as Swarm's getNode does:
+// full ID, then hostname, then unique ID prefix, among the nodes `node
+// ls` shows (the CLI's `service ps` inspects each task's node for its
+// hostname); ok false when none matches, Swarm's ambiguity error when
+// several do.
 func (s *Server) otherNode(ctx context.Context, ref string) (swarm.Node, bool, error) {
 	if s.Nodes == nil || ref == "" {
 		return swarm.Node{}, false, nil
@@ -66,17 +68,26 @@ func (s *Server) otherNode(ctx context.Context, ref string) (swarm.Node, bool, e
 	if err != nil || !ok {
 		return swarm.Node{}, false, err
 	}
-	var found []swarm.Node
+	var byName, byPrefix []swarm.Node
 	for _, n := range others {
 		if n.ID == ref {
 			return n, true, nil
 		}
+		if n.Description.Hostname == ref {
+			byName = append(byName, n)
+		}
 		if strings.HasPrefix(n.ID, ref) {
-			found = append(found, n)
+			byPrefix = append(byPrefix, n)
 		}
 	}
-	if len(found) != 1 {
-		return swarm.Node{}, false, nil
+	for _, found := range [][]swarm.Node{byName, byPrefix} {
+		switch len(found) {
+		case 0:
+		case 1:
+			return found[0], true, nil
+		default:
+			return swarm.Node{}, false, errdefs.BadRequest("node %s is ambiguous (%d matches found)", ref, len(found))
+		}
 	}
-	return found[0], true, nil
+	return swarm.Node{}, false, nil
 }

@@ -108,6 +108,8 @@ type Daemon struct {
 	engineLabels []string
 	// engineMemory is the engine's memory, for resource reservations.
 	engineMemory int64
+	// engineVersion is the engine's version, as node inspect shows it.
+	engineVersion string
 	// tasksDir is the root of the tasks' tmpfs (standalone containers'
 	// is its sibling).
 	tasksDir string
@@ -161,6 +163,9 @@ type Daemon struct {
 	pendingKey atomic.Int32
 	// memWarn logs, once, that key memory could not be locked.
 	memWarn sync.Once
+	// runMu orders stopRuntime's callers: Close holds no mu, and a worker
+	// told of its removal leaves on a goroutine of its own (noderemove.go).
+	runMu sync.Mutex
 	// runStop ends the orchestrator and agent of the active cluster.
 	runStop context.CancelFunc
 	runDone sync.WaitGroup
@@ -192,6 +197,9 @@ type Daemon struct {
 	renewAt  time.Time
 	renewFor time.Time
 	skew     atomic.Int64
+	// promoting holds a promotion past its commit point until this node
+	// is activated as a manager (finishPromotionLocked), under mu.
+	promoting *pendingPromotion
 
 	closeOnce sync.Once
 }
@@ -384,6 +392,7 @@ func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 		acfg.EngineLabels = info.Labels
 		d.engineLabels = info.Labels
 		d.engineMemory = info.MemTotal
+		d.engineVersion = info.ServerVersion
 	}
 	icancel()
 	dir := d.cfg.SecretsDir
@@ -411,6 +420,10 @@ func (d *Daemon) Close() {
 			d.syncStop()
 			d.syncDone.Wait()
 		}
+		d.mu.Lock()
+		d.promoting.destroy()
+		d.promoting = nil
+		d.mu.Unlock()
 		if d.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_ = d.http.Shutdown(ctx)

@@ -82,6 +82,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
+		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
 		Refuse: d.refuseNode,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
@@ -106,26 +107,6 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 		_ = srv.Shutdown(sctx)
 		<-done
 	}, nil
-}
-
-// workerMissedBeats is how many heartbeat periods a worker may stay
-// silent and still count as Ready (Swarm's grace multiplier).
-const workerMissedBeats = 3
-
-// workerUp says whether a worker is live: it sent this manager's
-// dispatcher a heartbeat within the last three periods. Heartbeats are
-// kept in this manager's memory only, so another manager (or this one
-// after a restart) shows the worker Down until it heartbeats there.
-func (d *Daemon) workerUp(nodeID string) bool {
-	last, ok := d.seen.Last(nodeID)
-	if !ok {
-		return false
-	}
-	p := d.heartbeatPeriod()
-	if p <= 0 {
-		p = dispatchnet.DefaultHeartbeatPeriod
-	}
-	return time.Since(last) <= workerMissedBeats*p
 }
 
 // dispatchRuntime is the dispatcher server while it serves: its handler

@@ -1,30 +1,91 @@
 package daemon
 
 import (
+	"context"
+	"log/slog"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/hush-secrets/hush/internal/store/storetest"
 )
 
-// A worker is Ready while its last heartbeat is within 3 periods of the
-// cluster's heartbeat period, Down after, and Down when never heard from.
-func TestWorkerUpFromHeartbeats(t *testing.T) {
-	d := &Daemon{}
+// A manager vouches for itself and for each node whose heartbeat it heard
+// within two periods of the cluster's heartbeat period; it withdraws the
+// claim of a node gone silent, and never its own.
+func TestVouchFromHeartbeats(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
 	d.spec.heartbeat.Store(int64(time.Second))
+	p, err := st.NewPresence("m1", 3*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
-	d.seen.Heartbeat("fresh", now.Add(-2*time.Second))
-	d.seen.Heartbeat("stale", now.Add(-4*time.Second))
-	for _, tc := range []struct {
-		node string
-		want bool
-	}{{"fresh", true}, {"stale", false}, {"never", false}} {
-		if got := d.workerUp(tc.node); got != tc.want {
-			t.Errorf("workerUp(%s) = %v, want %v", tc.node, got, tc.want)
-		}
+	d.seen.Heartbeat("fresh", now.Add(-time.Second))
+	d.seen.Heartbeat("stale", now.Add(-3*time.Second))
+	if err := p.Claim(ctx, "stale"); err != nil {
+		t.Fatal(err)
+	}
+	d.vouch(ctx, p)
+	got := p.Claims()
+	slices.Sort(got)
+	if want := []string{"fresh", "m1"}; !slices.Equal(got, want) {
+		t.Fatalf("claims %v, want %v", got, want)
 	}
 	if a, err := dispatchAddr("10.0.0.1:2377"); err != nil || a != "10.0.0.1:2379" {
 		t.Errorf("dispatchAddr = %q, %v", a, err)
 	}
 	if _, err := dispatchAddr("10.0.0.1:65534"); err == nil {
 		t.Error("dispatchAddr accepted a port past 65535")
+	}
+}
+
+// The presence's lease follows the heartbeat period: after a change, a
+// lease of three new periods holds the manager's claim, which never lapses
+// during the switch.
+func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
+	st := storetest.New(t)
+	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
+	d.spec.heartbeat.Store(int64(time.Second))
+	k := &presenceKeeper{d: d}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); k.run(ctx) }()
+	defer func() { cancel(); <-done }()
+	present := func() bool {
+		got, err := st.Present(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(got["m1"]) > 0
+	}
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 15 s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitUntil("claimed under a 3 s lease", func() bool {
+		p := k.current()
+		return p != nil && p.TTL() == 3*time.Second && present()
+	})
+	d.spec.heartbeat.Store(int64(2 * time.Second))
+	waitUntil("a 6 s lease, still claimed", func() bool {
+		if !present() {
+			t.Fatal("the manager's claim lapsed while its lease was replaced")
+		}
+		return k.current().TTL() == 6*time.Second
+	})
+	for range 10 {
+		if !present() {
+			t.Fatal("the manager's claim lapsed after its lease was replaced")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

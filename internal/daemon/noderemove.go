@@ -100,7 +100,9 @@ func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (b
 	if n.Spec.Role == swarm.NodeRoleManager || n.ID == d.nodeID {
 		return true, errdefs.FailedPrecondition("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", n.ID)
 	}
-	if !force && d.workerUp(n.ID) {
+	// Down as the orchestrator's leader recorded it (nodes.RunLiveness); a
+	// node with no status yet is not down either, as Swarm's Unknown.
+	if !force && (n.Status == nil || n.Status.State != swarm.NodeStateDown) {
 		return true, errdefs.FailedPrecondition("node %s is not down and can't be removed", n.ID)
 	}
 	// Whole seconds: certificates record their issue time to the second,
@@ -122,8 +124,9 @@ func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (b
 	return true, nil
 }
 
-// resolveNode finds a node by full ID, unique ID prefix or hostname, as
-// Swarm resolves a node reference.
+// resolveNode finds a node by full ID, hostname or unique ID prefix, in
+// Swarm's order: a hostname that is also a prefix of another node's ID
+// names the host.
 func resolveNode(ctx context.Context, st *store.Store, ref string) (nodes.Node, error) {
 	if ref == "" {
 		return nodes.Node{}, errdefs.NotFound("node %s not found", ref)
@@ -144,7 +147,7 @@ func resolveNode(ctx context.Context, st *store.Store, ref string) (nodes.Node, 
 			byName = append(byName, n)
 		}
 	}
-	for _, m := range [][]nodes.Node{byPrefix, byName} {
+	for _, m := range [][]nodes.Node{byName, byPrefix} {
 		switch len(m) {
 		case 0:
 		case 1:

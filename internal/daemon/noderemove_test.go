@@ -15,6 +15,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -126,6 +127,82 @@ func TestLeaveMember(t *testing.T) {
 		}
 		if m.State() != swarm.LocalNodeStateActive {
 			t.Fatalf("state after a refused leave: %s", m.State())
+		}
+	}
+}
+
+// A worker told of its removal leaves on its own goroutine; a Close at
+// the same moment stops the same runtime. Both must agree on it (under
+// -race), and the node ends inactive and closed, without waiting on each
+// other forever.
+func TestRemovedLeaveRacesClose(t *testing.T) {
+	ctx := context.Background()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: listen})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{listen}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	// Stands for the agent (this test's hushd has no engine to run one):
+	// it learns of the removal, then runs until stopped.
+	w.mu.Lock()
+	ws := w.worker
+	actx, stop := context.WithCancel(context.Background())
+	w.runStop = stop
+	w.runDone.Add(1)
+	go func() {
+		defer w.runDone.Done()
+		w.removedFromCluster(ws)
+		<-actx.Done()
+	}()
+	w.mu.Unlock()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		w.Close()
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return while the removed worker left")
+	}
+}
+
+// A node reference resolves as Swarm's (full ID, then hostname, then ID
+// prefix): a hostname that is also a prefix of another node's ID names
+// the host, so `node rm --force <hostname>` never removes another node.
+func TestResolveNodeOrder(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	const a, b, c = "w1aaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbbbbb", "ccccccccccccccccccccccccc"
+	for _, n := range []nodes.Node{{ID: a, Hostname: "host-a"}, {ID: b, Hostname: "w1"}, {ID: c, Hostname: "twin"}, {ID: "cdcccccccccccccccccccccc0", Hostname: "twin"}} {
+		n.Spec.Role = swarm.NodeRoleWorker
+		if _, err := nodes.Record(ctx, st, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		ref, want string
+		cat       error
+	}{
+		{a, a, nil},
+		{"w1", b, nil},
+		{"w1a", a, nil},
+		{"host-a", a, nil},
+		{"twin", "", errdefs.ErrInvalidArgument},
+		{"c", "", errdefs.ErrInvalidArgument},
+		{"zz", "", errdefs.ErrNotFound},
+	} {
+		n, err := resolveNode(ctx, st, tc.ref)
+		if tc.cat != nil {
+			if !errors.Is(err, tc.cat) {
+				t.Errorf("%s: %v, want %v", tc.ref, err, tc.cat)
+			}
+			continue
+		}
+		if err != nil || n.ID != tc.want {
+			t.Errorf("%s: %s %v, want %s", tc.ref, n.ID, err, tc.want)
 		}
 	}
 }

@@ -10,7 +10,8 @@ import (
 
 // clusterNodes answers `docker node ls` on a manager of a cluster: every
 // recorded node, with MANAGER STATUS from the etcd membership as this
-// member sees it (Leader, Reachable, Unreachable).
+// member sees it (Leader, Reachable, Unreachable), STATUS from the node
+// record (nodes.RunLiveness) and the description the node reported.
 type clusterNodes struct{ d *Daemon }
 
 func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swarm.Node, bool, error) {
@@ -48,14 +49,19 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 		if n.ID == c.d.nodeID {
 			continue
 		}
-		ms, up := status(n.ID)
+		ms, reachable := status(n.ID)
 		if n.Spec.Role == swarm.NodeRoleWorker {
-			// No manager status; Ready once its heartbeats are wired.
-			ms, up = nil, c.d.workerUp(n.ID)
+			ms, reachable = nil, true
 		}
-		state := swarm.NodeStateDown
-		if up {
-			state = swarm.NodeStateReady
+		// STATUS is the liveness the orchestrator's leader recorded (the
+		// same on every manager); a manager this one cannot reach is
+		// shown Down at once.
+		st := swarm.NodeStatus{State: swarm.NodeStateUnknown}
+		if n.Status != nil {
+			st.State, st.Message = n.Status.State, n.Status.Message
+		}
+		if !reachable {
+			st.State = swarm.NodeStateDown
 		}
 		if ms != nil {
 			ms.Addr = n.Addr
@@ -64,11 +70,17 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 		if err != nil {
 			host = n.Addr
 		}
-		sn := swarm.Node{ID: n.ID, Spec: n.Spec, ManagerStatus: ms,
-			Status: swarm.NodeStatus{State: state, Addr: host}}
+		st.Addr = host
+		sn := swarm.Node{ID: n.ID, Spec: n.Spec, ManagerStatus: ms, Status: st}
 		sn.Version.Index = n.Version
 		sn.CreatedAt, sn.UpdatedAt = n.CreatedAt, n.UpdatedAt
 		sn.Description.Hostname = n.Hostname
+		if d := n.Description; d != nil {
+			sn.Description.Platform = swarm.Platform{OS: d.OS, Architecture: d.Arch}
+			sn.Description.Engine.EngineVersion = d.EngineVersion
+			sn.Description.Engine.Labels = d.EngineLabels
+			sn.Description.Resources = swarm.Resources{NanoCPUs: d.NanoCPUs, MemoryBytes: d.MemoryBytes}
+		}
 		others = append(others, sn)
 	}
 	return self, others, true, nil

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -55,7 +56,8 @@ const (
 	fpDemoteWriteWorker = "demote-write-worker" // node.key and worker.json
 	fpDemoteWipe        = "demote-wipe"         // etcd data, master.key, member.json
 	fpPromoteWriteMbr   = "promote-write-member"
-	fpPromoteWipe       = "promote-wipe" // etcd data, worker.json, node.key
+	fpPromoteWipe       = "promote-wipe"     // etcd data, worker.json, node.key
+	fpPromoteActivate   = "promote-activate" // waits for quorum and vote, activation
 )
 
 const msgPromoteNoListen = "node %s has no listen address: a worker that joined without --listen-addr cannot become a manager in hush (make it leave and join again with --listen-addr and the manager token)"
@@ -76,35 +78,84 @@ func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64
 	if err := d.CheckServing(); err != nil {
 		return true, err
 	}
+	// A demotion's write is guarded on the other managers' records (see
+	// updateNodeOnce): another change to one of them meanwhile means
+	// checking again against what it is now.
+	for range maxRoleTries - 1 {
+		err := c.updateNodeOnce(ctx, ref, version, spec)
+		if !errors.Is(err, store.ErrGuard) {
+			return true, err
+		}
+	}
+	if err := c.updateNodeOnce(ctx, ref, version, spec); err != nil {
+		if errors.Is(err, store.ErrGuard) {
+			return true, errdefs.Unavailable("the managers' records kept changing during the demotion; retry")
+		}
+		return true, err
+	}
+	return true, nil
+}
+
+// maxRoleTries bounds the re-checks of a demotion whose guard failed.
+const maxRoleTries = 5
+
+// updateNodeOnce is one checked attempt of UpdateNode; ErrGuard means a
+// manager's record changed since the checks read it.
+func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version uint64, spec swarm.NodeSpec) error {
+	d := c.d
+	members := d.store.Members()
+	if members == nil {
+		return errdefs.Unavailable("this manager is not a member of a cluster")
+	}
 	n, err := resolveNode(ctx, d.store, ref)
 	if err != nil {
-		return true, err
+		return err
 	}
 	want := spec.Role
 	if want == "" {
 		want = n.Spec.Role
 	}
 	var remove *store.Member
+	var managers []nodes.Node
 	switch {
 	case want == n.Spec.Role:
 	case want == swarm.NodeRoleManager:
 		if !hasListenAddr(n.Addr) {
-			return true, errdefs.BadRequest(msgPromoteNoListen, n.ID)
+			return errdefs.BadRequest(msgPromoteNoListen, n.ID)
 		}
 	case want == swarm.NodeRoleWorker:
+		// Demotions recorded but not carried out yet count as done: their
+		// members are about to go, and the records must keep a manager.
+		all, err := nodes.List(ctx, d.store)
+		if err != nil {
+			return err
+		}
+		var pending []string
+		for _, o := range all {
+			switch {
+			case o.ID == n.ID:
+			case o.Spec.Role == swarm.NodeRoleManager:
+				managers = append(managers, o)
+			default:
+				pending = append(pending, o.ID)
+			}
+		}
+		if len(managers) == 0 {
+			return errdefs.FailedPrecondition("attempting to demote the last manager of the swarm")
+		}
 		m, ok, err := members.ByName(ctx, n.ID, "")
 		if err != nil {
-			return true, err
+			return err
 		}
 		if ok {
-			if err := members.CheckRemove(ctx, m.ID); err != nil {
-				return true, err
+			if err := members.CheckRemove(ctx, m.ID, pending...); err != nil {
+				return err
 			}
 			remove = &m
 		}
 	}
-	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec); err != nil {
-		return true, err
+	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec, managers); err != nil {
+		return err
 	}
 	if want != n.Spec.Role {
 		d.log.Info("node role changed", "node", n.ID, "from", n.Spec.Role, "to", want)
@@ -121,7 +172,7 @@ func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64
 		// removes this member and certifies it as a worker.
 		d.kickSync()
 	}
-	return true, nil
+	return nil
 }
 
 // hasListenAddr: a node that joined without a listen address is recorded
@@ -154,7 +205,7 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 		writeJoinError(w, err)
 		return
 	}
-	resp, err := d.syncNode(r.Context(), id, &req)
+	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req)
 	if err != nil {
 		d.log.Warn("node sync refused", "node", id.NodeID, "err", err)
 		writeJoinError(w, err)
@@ -169,7 +220,7 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 // manager removes the node's etcd member first, with Swarm's refusals);
 // or a promotion (the join's path: a manager certificate, a learner, the
 // master key wrapped to the certified key).
-func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, req *syncRequest) (*joinResponse, error) {
+func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.Certificate, req *syncRequest) (*joinResponse, error) {
 	if err := d.CheckServing(); err != nil {
 		return nil, err
 	}
@@ -217,7 +268,14 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, req *syncRequest
 			d.log.Info("demoted manager's member removed", "node", id.NodeID, "member", m.ID)
 		}
 	case want == pki.RoleManager && id.Role == pki.RoleWorker:
-		return d.promoteNode(ctx, &c, n, req, resp)
+		resp, err := d.promoteNode(ctx, &c, n, req, resp)
+		if err != nil {
+			return nil, err
+		}
+		if err := d.refuseIssued(ctx, id.NodeID, presented, resp.CertPEM); err != nil {
+			return nil, err
+		}
+		return resp, nil
 	}
 	ca, err := d.issuer(&c)
 	if err != nil {
@@ -228,8 +286,43 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, req *syncRequest
 	if err != nil {
 		return nil, err
 	}
+	if err := d.refuseIssued(ctx, id.NodeID, presented, iss.PEM); err != nil {
+		return nil, err
+	}
 	resp.CertPEM = iss.PEM
 	return resp, nil
+}
+
+// refuseIssued reads the refusal list from the store, not the cache,
+// once a certificate is issued and before it is answered: a node removed
+// through another manager within the cache's second would otherwise get a
+// certificate issued after its removal, which the removal's cut-off does
+// not refuse. A removal recorded after this read is later than the
+// issue, so its cut-off refuses the new certificate.
+func (d *Daemon) refuseIssued(ctx context.Context, nodeID string, presented *x509.Certificate, issuedPEM []byte) error {
+	removed, err := nodes.Removed(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	at, ok := removed[nodeID]
+	if !ok {
+		return nil
+	}
+	d.removed.noteRemoved(nodeID, at)
+	blk, _ := pem.Decode(issuedPEM)
+	if blk == nil {
+		return errors.New("node sync: no certificate issued")
+	}
+	issued, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	for _, c := range []*x509.Certificate{presented, issued} {
+		if !c.NotBefore.Add(pki.Backdate).Truncate(time.Second).After(at) {
+			return removedError(nodeID)
+		}
+	}
+	return nil
 }
 
 // promoteNode admits a worker whose record says manager as a joining
@@ -347,6 +440,14 @@ func (d *Daemon) now() time.Time {
 // out, else a certificate past its renewal point is renewed.
 func (d *Daemon) syncOnce(ctx context.Context) error {
 	d.mu.Lock()
+	if d.promoting != nil {
+		// Briefly: mu is held, and the next round tries again.
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := d.finishPromotionLocked(wctx)
+		cancel()
+		d.mu.Unlock()
+		return err
+	}
 	v, ok := d.syncViewLocked()
 	d.mu.Unlock()
 	if !ok || len(v.addrs) == 0 {
@@ -714,18 +815,50 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 	if err := d.openStoreLocked(ctx, mc); err != nil {
 		return err
 	}
+	// From here a failed wait (a learner slow to catch up, a quorum away)
+	// is retried by the next sync rounds rather than left half done until
+	// a restart.
+	ok = true
+	d.promoting = &pendingPromotion{mk: mk, kr: kr, member: ans.MemberID}
+	return d.finishPromotionLocked(ctx)
+}
+
+// pendingPromotion is a promotion whose member.json is written and whose
+// member is started, waiting to activate: the master key and the keyring
+// the store reads with meanwhile.
+type pendingPromotion struct {
+	mk     keyring.MasterKey
+	kr     *keyring.Keyring
+	member string
+}
+
+func (p *pendingPromotion) destroy() {
+	if p != nil {
+		p.kr.Destroy()
+		p.mk.Destroy()
+	}
+}
+
+// finishPromotionLocked waits (bounded) for the quorum and this member's
+// vote, then activates the node as a manager and starts its join/CA
+// service; a failure leaves d.promoting for the next sync round.
+func (d *Daemon) finishPromotionLocked(ctx context.Context) error {
+	p := d.promoting
+	if err := d.injected(fpPromoteActivate); err != nil {
+		return err
+	}
 	if err := d.awaitQuorum(ctx); err != nil {
 		return err
 	}
 	if err := d.awaitVoter(ctx); err != nil {
 		return err
 	}
-	if err := d.activateLocked(mk); err != nil {
+	if err := d.activateLocked(p.mk); err != nil {
 		return err
 	}
-	ok = true
-	kr.Destroy()
-	d.log.Info("promoted: this node is now a manager", "member", ans.MemberID)
+	d.promoting = nil
+	p.kr.Destroy()
+	d.log.Info("promoted: this node is now a manager", "member", p.member)
 	return d.startJoinServiceLocked()
 }
 
@@ -741,6 +874,16 @@ func (d *Daemon) convergeRoleFiles() error {
 		// that stopped before its member.json.
 		if err := d.removePlainKey(); err != nil {
 			return fmt.Errorf("master key: %w", err)
+		}
+		return nil
+	}
+	if merr == nil && errors.Is(werr, os.ErrNotExist) {
+		// A manager's key is sealed in member.json: an unsealed node.key
+		// here is a worker's (certified) key that a promotion stopped
+		// while wiping, or an uncertified one a demotion stopped before
+		// its worker.json.
+		if err := os.Remove(d.nodeKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("node key: %w", err)
 		}
 		return nil
 	}

@@ -350,3 +350,162 @@ func TestRoleChangeCrashes(t *testing.T) {
 		})
 	}
 }
+
+// A demotion still pending (the record says worker, the member is not
+// removed yet) counts as done: demoting the other manager of two right
+// after demoting this one must be refused as demoting the last manager,
+// else the records name no manager at all and the remaining member waits
+// forever for another manager to certify its demotion.
+func TestDemotePendingCountsAsDone(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	// m's own demotion stays pending: its sync (which would carry it
+	// out) is stopped.
+	m.syncStop()
+	if err := setRole(ctx, m, m.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demote self: %v", err)
+	}
+	before, err := nodes.Get(ctx, m.store, w.nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "attempting to demote the last manager of the swarm") {
+		t.Fatalf("demoting the other manager while this one's demotion is pending: %v", err)
+	}
+	after, err := nodes.Get(ctx, m.store, w.nodeID)
+	if err != nil || after.Spec.Role != swarm.NodeRoleManager || after.Version != before.Version {
+		t.Fatalf("a refused demotion changed the record: %+v %v", after, err)
+	}
+}
+
+// A node removed through another manager while this manager's refusal
+// list is still the cached one gets no new certificate here: one issued
+// after the removal would not be refused by the removal's cut-off, and
+// would let the removed node back in.
+func TestNoCertificateForNodeRemovedElsewhere(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	w.syncStop()
+	// m's cache was read just now and holds no removal; another manager
+	// records w's removal (the record is deleted after it, later).
+	m.removed.mu.Lock()
+	m.removed.read, m.removed.m = time.Now().Add(time.Hour), nil
+	m.removed.mu.Unlock()
+	val, _ := json.Marshal(map[string]time.Time{"removedAt": time.Now().Truncate(time.Second).UTC()})
+	if _, err := m.store.Table("removednodes").Create(ctx, w.nodeID, "", val); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	key := w.nodeKey
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans, err := w.callSync(ctx, v, &syncRequest{CSR: csr}); !errors.Is(err, errdefs.ErrUnauthorized) || ans != nil {
+		t.Fatalf("a removed node's renewal: %v (answered: %v), want unauthorized", err, ans != nil)
+	}
+}
+
+// At start a node holding one role's state file keeps no file of the
+// other role's secrets: a manager (its key sealed in member.json) no
+// unsealed worker key left by a promotion stopped while wiping, a worker
+// no master key.
+func TestConvergeRoleFilesLeftovers(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		files      []string
+		want, gone []string
+	}{
+		{"manager with a worker key", []string{"member.json", "keys/node.key"}, []string{"member.json"}, []string{"keys/node.key"}},
+		{"worker with a master key", []string{"worker.json", "keys/node.key", "keys/master.key"}, []string{"worker.json", "keys/node.key"}, []string{"keys/master.key"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, f), []byte("{}"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d := &Daemon{cfg: Config{DataDir: dir}}
+			d.plainKey.Path = filepath.Join(dir, "keys", "master.key")
+			if err := d.convergeRoleFiles(); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tc.want {
+				if !exists(t, dir, f) {
+					t.Errorf("%s removed", f)
+				}
+			}
+			for _, f := range tc.gone {
+				if exists(t, dir, f) {
+					t.Errorf("%s kept", f)
+				}
+			}
+		})
+	}
+}
+
+// A promotion whose member started but did not become a voter in time
+// (here: the first wait fails) is finished by the next sync rounds: the
+// node ends activated as a manager serving its join/CA service, without
+// a restart.
+func TestPromotionResumesAfterAFailedWait(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	hit := make(chan struct{})
+	w.mu.Lock()
+	w.fail = failpoints{fpPromoteActivate: func() error {
+		select {
+		case <-hit:
+			return nil
+		default:
+			close(hit)
+			return errors.New("injected: the member is not a voter yet")
+		}
+	}}
+	w.mu.Unlock()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, "the promoted node is activated and serves its join service", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.runStop != nil && w.joinSvc != nil && w.mk.ID != ""
+	})
+	select {
+	case <-hit:
+	default:
+		t.Fatal("the failpoint never fired")
+	}
+}

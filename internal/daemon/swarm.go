@@ -156,6 +156,9 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		if err := nodes.Describe(context.Background(), d.store, d.nodeID, host, d.listen.Advertise); err != nil {
 			d.log.Warn("recording this manager's hostname and address", "err", err)
 		}
+		if err := d.describeSelf(context.Background()); err != nil {
+			d.log.Warn("recording this manager's description", "err", err)
+		}
 	}
 	d.keys.Set(kr)
 	d.mk = mk
@@ -173,6 +176,12 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if d.store.Members() != nil {
 		// One orchestrator for the cluster: the manager that leads.
 		run(d.leadOrchestrator)
+		// Every manager vouches for itself and the nodes it hears.
+		if pr, err := d.presenceRunner(); err != nil {
+			d.log.Error("presence not kept", "err", err)
+		} else {
+			run(pr)
+		}
 	} else {
 		run(d.newOrchestrator().Run)
 	}
@@ -204,7 +213,7 @@ func (d *Daemon) newOrchestrator() *orchestrator.Orchestrator {
 	orch.SetSettings(d.orchestratorSettings)
 	orch.SetDataVersions(d.dataVersions)
 	if d.member != nil {
-		orch.SetWorkers(d.workerUp)
+		orch.SetCluster()
 	}
 	// The node's resources as `docker node inspect` reports them.
 	orch.SetResources(int64(runtime.NumCPU())*1e9, d.engineMemory)
@@ -254,8 +263,11 @@ func (d *Daemon) leadOrchestrator(ctx context.Context) {
 		var sweep sync.WaitGroup
 		if m := d.store.Members(); m != nil {
 			sweep.Go(func() { d.sweepLearners(octx, m, learnerSweep) })
+			sweep.Go(func() { d.runLiveness(octx, l) })
 		}
-		d.newOrchestrator().Run(octx)
+		orch := d.newOrchestrator()
+		orch.SetLeadership(l)
+		orch.Run(octx)
 		cancel()
 		sweep.Wait()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -268,6 +280,8 @@ func (d *Daemon) leadOrchestrator(ctx context.Context) {
 // stopRuntime stops the orchestrator and agent; running task containers
 // and their secret mounts stay as they are.
 func (d *Daemon) stopRuntime() {
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
 	if d.runStop != nil {
 		d.runStop()
 		d.runDone.Wait()

@@ -42,6 +42,7 @@ func (d *Daemon) startWorkerAgentLocked() error {
 	// ag serves the managers' logs requests for its own tasks only.
 	var ag *agent.Agent
 	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log,
+		Describe: d.selfDescription,
 		Logs: func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error) {
 			return ag.TaskLogs(ctx, taskID, o)
 		}})

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,8 +25,9 @@ import (
 const (
 	maxResponse     = 16 << 20
 	maxRegistryAuth = 1 << 20
-	// helloTimeout bounds the wait for a stream's first frame.
-	helloTimeout = 30 * time.Second
+	// defaultOpenTimeout bounds opening a session with one manager: dial,
+	// handshake, answer and first frame.
+	defaultOpenTimeout = 10 * time.Second
 	// Bounds on the heartbeat period a manager asks for.
 	minPeriod = 100 * time.Millisecond
 	maxPeriod = time.Hour
@@ -48,7 +50,14 @@ type ClientConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between rounds of failed
 	// dials (0: 100 ms and 10 s).
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *slog.Logger
+	// OpenTimeout bounds opening a session with one manager, from the dial
+	// to the hello (0: 10 s): a manager that accepts connections but does
+	// not answer (stopped, overloaded) is left for the next.
+	OpenTimeout time.Duration
+	// Describe says what this node is, sent as each session opens (nil:
+	// nothing).
+	Describe func() Description
+	Logger   *slog.Logger
 	// Logs opens a task's logs for a manager's logs request
 	// (agent.Agent.TaskLogs, which serves only this node's tasks); nil
 	// refuses every request.
@@ -64,6 +73,9 @@ type Connector struct {
 	mu    sync.Mutex
 	next  int // manager to try first
 	fails int // failed rounds in a row
+	// managers is the list tried, first ClientConfig.Managers, then the
+	// one each session's hello gives.
+	managers []string
 }
 
 var _ agent.Connector = (*Connector)(nil)
@@ -86,7 +98,10 @@ func NewConnector(c ClientConfig) (*Connector, error) {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 10 * time.Second
 	}
-	return &Connector{c: c, log: c.Logger}, nil
+	if c.OpenTimeout <= 0 {
+		c.OpenTimeout = defaultOpenTimeout
+	}
+	return &Connector{c: c, log: c.Logger, managers: slices.Clone(c.Managers)}, nil
 }
 
 // backoff is the wait before a round after fails failed ones, with
@@ -107,7 +122,7 @@ func (c *Connector) backoff(fails int) time.Duration {
 // ends or it breaks (then the agent opens another, on the next manager).
 func (c *Connector) Open(ctx context.Context) (agent.Session, error) {
 	c.mu.Lock()
-	start, wait := c.next, c.backoff(c.fails)
+	start, wait, mgrs := c.next, c.backoff(c.fails), c.managers
 	c.mu.Unlock()
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -119,21 +134,29 @@ func (c *Connector) Open(ctx context.Context) (agent.Session, error) {
 		}
 	}
 	var errs []error
-	n := len(c.c.Managers)
+	n := len(mgrs)
 	for i := range n {
 		idx := (start + i) % n
-		s, err := c.openAt(ctx, c.c.Managers[idx])
+		s, err := c.openAt(ctx, mgrs[idx])
 		if err == nil {
 			c.mu.Lock()
 			c.next, c.fails = (idx+1)%n, 0
+			if len(s.managers) > 0 {
+				// The answering manager's view of the managers replaces
+				// the list; the next open starts after this manager.
+				c.managers, c.next = s.managers, 0
+				if j := slices.Index(s.managers, mgrs[idx]); j >= 0 {
+					c.next = (j + 1) % len(s.managers)
+				}
+			}
 			c.mu.Unlock()
 			return s, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		c.log.Warn("dispatcher unreachable", "manager", c.c.Managers[idx], "err", err)
-		errs = append(errs, fmt.Errorf("%s: %w", c.c.Managers[idx], err))
+		c.log.Warn("dispatcher unreachable", "manager", mgrs[idx], "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", mgrs[idx], err))
 	}
 	c.mu.Lock()
 	c.fails++
@@ -179,12 +202,24 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 		ctx: sctx, cancel: cancel, msgs: make(chan model.Assignments, 1), done: make(chan struct{}),
 		logs: c.c.Logs, logSem: make(chan struct{}, MaxLogStreams),
 	}
+	// The whole opening is bounded, the dial and TLS handshake included:
+	// a stopped manager's kernel still accepts the connection, and only
+	// this timer moves the node on to the next manager.
+	stall := time.AfterFunc(c.c.OpenTimeout, func() { cancel(errdefs.Unavailable("no hello from the dispatcher")) })
 	fail := func(err error) (*Session, error) {
+		stall.Stop()
+		if c := context.Cause(sctx); c != nil && ctx.Err() == nil {
+			err = c
+		}
 		cancel(err)
 		tr.CloseIdleConnections()
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(sctx, http.MethodPost, s.base+pathSession, nil)
+	var desc []byte
+	if c.c.Describe != nil {
+		desc, _ = json.Marshal(c.c.Describe())
+	}
+	req, err := http.NewRequestWithContext(sctx, http.MethodPost, s.base+pathSession, bytes.NewReader(desc))
 	if err != nil {
 		return fail(err)
 	}
@@ -197,11 +232,11 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 		resp.Body.Close()
 		return fail(err)
 	}
-	// The hello must come soon; a manager that accepts and stalls is
-	// left for the next.
-	stall := time.AfterFunc(helloTimeout, func() { cancel(errdefs.Unavailable("no hello from the dispatcher")) })
 	typ, body, err := readFrame(resp.Body, maxControlFrame)
-	stall.Stop()
+	if !stall.Stop() && err == nil {
+		// The timer fired as the hello came: the session is cancelled.
+		err = errdefs.Unavailable("no hello from the dispatcher in time")
+	}
 	if err == nil && typ != frameHello {
 		err = fmt.Errorf("%w: stream opened with frame type %d", errFrame, typ)
 	}
@@ -218,6 +253,7 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 	}
 	s.id = h.Session
 	s.period = clampPeriod(h.HeartbeatMillis)
+	s.managers = validManagers(h.Managers)
 	go s.read(resp.Body)
 	go s.heartbeats()
 	return s, nil
@@ -230,13 +266,15 @@ func clampPeriod(ms int64) time.Duration {
 // Session is a node's session with one manager; it implements
 // agent.Session.
 type Session struct {
-	hc     *http.Client
-	tr     *http.Transport
-	base   string
-	id     string
-	log    *slog.Logger
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	hc   *http.Client
+	tr   *http.Transport
+	base string
+	id   string
+	log  *slog.Logger
+	// managers is the manager list the hello gave (nil: none).
+	managers []string
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
 
 	mu     sync.Mutex
 	period time.Duration

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"unicode/utf8"
 
 	"github.com/hush-secrets/hush/internal/agent"
@@ -61,6 +62,35 @@ type wireAssignments struct {
 type hello struct {
 	Session         string
 	HeartbeatMillis int64
+	// Managers are the cluster's managers' dispatcher addresses as the
+	// answering manager knows them (at most maxHelloManagers): the node
+	// fails over to those, not only to the ones it was given at join.
+	Managers []string `json:",omitempty"`
+}
+
+// Bounds on the manager list a hello carries.
+const (
+	maxHelloManagers = 32
+	maxManagerAddr   = 200
+)
+
+// validManagers keeps the addresses that are host:port within bounds, at
+// most maxHelloManagers of them.
+func validManagers(addrs []string) []string {
+	var out []string
+	for _, a := range addrs {
+		if len(out) == maxHelloManagers {
+			break
+		}
+		if len(a) == 0 || len(a) > maxManagerAddr {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // wireError is an error as it crosses: a category and a bounded text.

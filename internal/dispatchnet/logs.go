@@ -146,7 +146,8 @@ func (r *remoteLogs) Close() error {
 
 // serveLogsAnswer serves a node's answer to one of its session's logs
 // requests: it keeps the request open while the manager's reader reads
-// its body, and returns when that reader is closed or the node goes.
+// its body, and returns when that reader is closed, the node goes or its
+// session ends.
 func (h *Handler) serveLogsAnswer(w http.ResponseWriter, r *http.Request) {
 	s, err := h.session(r)
 	if err != nil {
@@ -178,9 +179,13 @@ func (h *Handler) serveLogsAnswer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.answer <- logsAnswer{body: r.Body}
+	// The stream ends with the session it answers: a removed node, or one
+	// whose heartbeats stopped, is not followed on a connection that
+	// lingers.
 	select {
 	case <-p.abandon:
 	case <-r.Context().Done():
+	case <-s.ctx.Done():
 	}
 	// A Read of r.Body still in progress fails once this returns (the
 	// server breaks the body's pipe), and the node's request ends.

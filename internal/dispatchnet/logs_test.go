@@ -102,3 +102,89 @@ func TestRemoteLogs(t *testing.T) {
 	}
 	rc.Close()
 }
+
+// TestLogStreamEndsWithSession: a log answer that keeps streaming after
+// the node's session ended (a removed node, or one whose heartbeats
+// stopped while its connection lingers) is cut by the manager: the
+// manager's reader fails rather than following a node it no longer
+// serves.
+func TestLogStreamEndsWithSession(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	m := serve(t, c, f, nil, func(sc *ServerConfig) {
+		sc.HeartbeatPeriod = func() time.Duration { return time.Hour }
+	})
+	n := c.issue(t, pki.RoleWorker)
+	// The node itself never answers: the test answers in its name, from
+	// a request that outlives the session (as a node that ignores the
+	// end frame, or one cut off, would).
+	hold := func(ctx context.Context, _ string, _ agent.LogOptions) (io.ReadCloser, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	p := c.params(n, nil)
+	conn, err := NewConnector(ClientConfig{Managers: []string{m.addr}, TLS: p.ClientConfig, Logs: hold})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, conn)
+	next(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	type opened struct {
+		rc  io.ReadCloser
+		err error
+	}
+	got := make(chan opened, 1)
+	go func() {
+		rc, err := m.h.Logs(ctx, n.id, "t1", agent.LogOptions{Follow: true})
+		got <- opened{rc, err}
+	}()
+	var id string
+	for id == "" && ctx.Err() == nil {
+		m.h.mu.Lock()
+		if ss := m.h.sessions[n.id]; ss != nil {
+			ss.mu.Lock()
+			for k := range ss.logs {
+				id = k
+			}
+			ss.mu.Unlock()
+		}
+		m.h.mu.Unlock()
+		if id == "" {
+			time.Sleep(10 * time.Millisecond) // polling, bounded by ctx
+		}
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() {
+		for {
+			if _, err := pw.Write([]byte("more\n")); err != nil {
+				return
+			}
+		}
+	}()
+	lingering := &Session{hc: s.hc, base: s.base, id: s.id, ctx: context.Background(), log: s.log}
+	go lingering.answerLogs(id, pr, nil)
+	o := <-got
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	defer o.rc.Close()
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(o.rc, buf); err != nil {
+		t.Fatal(err)
+	}
+	m.h.EndNode(n.id, errdefs.Unavailable("node removed"))
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, o.rc)
+		ended <- err
+	}()
+	select {
+	case <-ended:
+	case <-ctx.Done():
+		t.Fatal("a log stream outlived its node's session")
+	}
+}

@@ -92,6 +92,12 @@ type ServerConfig struct {
 	Dispatcher Opener
 	// Heartbeats records heartbeats (nil: not recorded).
 	Heartbeats Heartbeats
+	// Managers lists the managers' dispatcher addresses, sent to a node
+	// as its session opens (nil: none sent).
+	Managers func(ctx context.Context) []string
+	// Describe records what a node says of itself as it opens a session
+	// (nil: ignored).
+	Describe func(ctx context.Context, nodeID string, d Description) error
 	// HeartbeatPeriod is the cluster spec's Dispatcher.HeartbeatPeriod,
 	// read per session and heartbeat (nil or <= 0: 5 s).
 	HeartbeatPeriod func() time.Duration
@@ -266,6 +272,17 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxDescribeBody))
+	if err != nil {
+		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxDescribeBody))
+		return
+	}
+	desc, err := decodeDescription(body)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	h.describe(r.Context(), node, desc)
 	ds, err := h.c.Dispatcher.Open(r.Context(), node)
 	if err != nil {
 		h.fail(w, err)
@@ -297,7 +314,11 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/x-hush-frames")
 	w.WriteHeader(http.StatusOK)
-	hb, _ := json.Marshal(hello{Session: sid, HeartbeatMillis: period.Milliseconds()})
+	hl := hello{Session: sid, HeartbeatMillis: period.Milliseconds()}
+	if h.c.Managers != nil {
+		hl.Managers = validManagers(h.c.Managers(r.Context()))
+	}
+	hb, _ := json.Marshal(hl)
 	err = h.write(rc, w, frame(frameHello, hb))
 	// Assignments are read apart so that logs requests are written while
 	// the dispatcher waits for a change; a message read but not written
@@ -547,6 +568,20 @@ func (l *LastSeen) Last(nodeID string) (time.Time, bool) {
 	defer l.mu.Unlock()
 	t, ok := l.m[nodeID]
 	return t, ok
+}
+
+// Heard lists the nodes heard from after since (at is the heartbeat's
+// time as recorded).
+func (l *LastSeen) Heard(since time.Time) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for id, at := range l.m {
+		if at.After(since) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // current reports whether node holds a session.

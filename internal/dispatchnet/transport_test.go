@@ -5,9 +5,12 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -404,5 +407,153 @@ func TestSlowReaderDisconnected(t *testing.T) {
 			t.Fatal("a node that does not read kept its session")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A manager that accepts connections but never answers (a stopped
+// process: its kernel still completes the TCP handshake) is left for the
+// next one within the open timeout.
+func TestStalledManagerSkipped(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	w := c.issue(t, pki.RoleWorker)
+	f.store.Put(t, task("t1", w.id, swarm.TaskStateRunning))
+	good := serve(t, c, f, nil)
+	stalled, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stalled.Close() })
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			conn, err := stalled.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, conn)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	p := c.params(w, nil)
+	conn, err := NewConnector(ClientConfig{Managers: []string{stalled.Addr().String(), good.addr}, TLS: p.ClientConfig,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, OpenTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := conn.Open(ctx)
+	if err != nil {
+		t.Fatalf("open with a stalled manager first: %v", err)
+	}
+	defer s.(*Session).Close()
+	if base := s.(*Session).base; !strings.HasSuffix(base, good.addr) {
+		t.Fatalf("session with %s, want %s", base, good.addr)
+	}
+}
+
+// A node describes itself as it opens a session; the manager's hook gets
+// the description under the certificate's node ID, and a description past
+// its bounds refuses the session.
+func TestSessionDescribesNode(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	w := c.issue(t, pki.RoleWorker)
+	var mu sync.Mutex
+	got := map[string]Description{}
+	m := serve(t, c, f, nil, func(sc *ServerConfig) {
+		sc.Describe = func(_ context.Context, node string, d Description) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got[node] = d
+			return nil
+		}
+	})
+	want := Description{OS: "linux", Arch: "arm64", EngineVersion: "28.2.2", EngineLabels: map[string]string{"zone": "b"}, NanoCPUs: 4e9, MemoryBytes: 1 << 30}
+	for _, tc := range []struct {
+		name string
+		desc Description
+		ok   bool
+	}{
+		{"described", want, true},
+		{"too many labels", Description{EngineLabels: func() map[string]string {
+			m := map[string]string{}
+			for i := range maxEngineLabels + 1 {
+				m[fmt.Sprint(i)] = ""
+			}
+			return m
+		}()}, false},
+		{"long field", Description{OS: strings.Repeat("x", maxDescribeField+1)}, false},
+		{"negative memory", Description{MemoryBytes: -1}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			clear(got)
+			mu.Unlock()
+			p := c.params(w, nil)
+			conn, err := NewConnector(ClientConfig{Managers: []string{m.addr}, TLS: p.ClientConfig,
+				Describe: func() Description { return tc.desc }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := conn.Open(ctx)
+			if tc.ok != (err == nil) {
+				t.Fatalf("open: %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil {
+				if !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+					t.Fatalf("refusal: %v, want invalid argument", err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if len(got) != 0 {
+					t.Fatalf("a refused description was recorded: %v", got)
+				}
+				return
+			}
+			s.(*Session).Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if d, ok := got[w.id]; !ok || !reflect.DeepEqual(d, tc.desc) {
+				t.Fatalf("recorded %+v, want %+v under %s", got, tc.desc, w.id)
+			}
+		})
+	}
+}
+
+// A node learns the managers from each session's hello: given only one
+// at join, it fails over to another the first one named once the first
+// goes away. Addresses past their bounds are dropped.
+func TestHelloManagersFailover(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	w := c.issue(t, pki.RoleWorker)
+	b := serve(t, c, f, nil)
+	a := serve(t, c, f, nil, func(sc *ServerConfig) {
+		sc.Managers = func(context.Context) []string {
+			return []string{"no-port", strings.Repeat("x", maxManagerAddr) + ":1", b.addr}
+		}
+	})
+	conn := connector(t, c, w, []string{a.addr}, nil)
+	s := open(t, conn)
+	if !slices.Equal(s.managers, []string{b.addr}) {
+		t.Fatalf("hello's managers kept: %v, want only %s", s.managers, b.addr)
+	}
+	a.stop()
+	s2 := open(t, conn)
+	if !strings.HasSuffix(s2.base, b.addr) {
+		t.Fatalf("reconnected to %s, want %s (named in the hello)", s2.base, b.addr)
 	}
 }

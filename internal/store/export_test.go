@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // ExpireForTest revokes the leadership's lease as its expiry would (the
@@ -27,4 +29,21 @@ func MemberTLSFdsForTest(s *Store) []int {
 		fds[i] = int(f.Fd())
 	}
 	return fds
+}
+
+// CrashForTest stops renewing the presence's lease without revoking it, as
+// a crash or a cut-off would: its claims live out the lease's TTL.
+func (p *Presence) CrashForTest() { p.crashed.Store(true) }
+
+// LeaseForTest is the presence's current lease (0: none).
+func (p *Presence) LeaseForTest() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return int64(p.lease)
+}
+
+// RevokeLeaseForTest revokes a lease as its expiry would.
+func RevokeLeaseForTest(ctx context.Context, s *Store, lease int64) error {
+	_, err := s.cli.Revoke(ctx, clientv3.LeaseID(lease))
+	return err
 }

@@ -317,8 +317,10 @@ func (m *Members) Remove(ctx context.Context, id string) error {
 
 // CheckRemove says whether Remove(id) would be refused (Swarm's texts),
 // without changing anything: a demotion is checked before its node
-// record changes, so a refused one leaves the record as it was.
-func (m *Members) CheckRemove(ctx context.Context, id string) error {
+// record changes, so a refused one leaves the record as it was. Members
+// named in pending (node IDs whose demotion is recorded but not carried
+// out yet) count as removed already.
+func (m *Members) CheckRemove(ctx context.Context, id string, pending ...string) error {
 	if _, err := parseMemberID(id); err != nil {
 		return err
 	}
@@ -332,7 +334,7 @@ func (m *Members) CheckRemove(ctx context.Context, id string) error {
 		if list[i].ID == id {
 			target = &list[i]
 		}
-		if list[i].Learner {
+		if list[i].Learner || list[i].ID != id && list[i].Name != "" && slices.Contains(pending, list[i].Name) {
 			continue
 		}
 		voters++

@@ -441,11 +441,18 @@ func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, 
 	if len(guards) == 0 {
 		return t.Create(ctx, id, name, val, extra...)
 	}
-	nk, err := t.NameKey(ctx, name)
-	if err != nil {
-		return 0, err
+	puts := []clientv3.Op{clientv3.OpPut(t.objKey(id), string(val))}
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0)}
+	if name != "" {
+		// As in Create: an unnamed object (a task) claims no name.
+		nk, err := t.NameKey(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		puts = append(puts, clientv3.OpPut(nk, id))
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(nk), "=", 0))
 	}
-	ops, release, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(t.objKey(id), string(val)), clientv3.OpPut(nk, id)}, extra...))
+	ops, release, err := t.s.sealOps(append(puts, extra...))
 	if err != nil {
 		return 0, err
 	}
@@ -453,14 +460,7 @@ func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, 
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
 		return 0, err
 	}
-	resp, err := t.s.cli.Txn(ctx).If(guards...).Then(clientv3.OpTxn(
-		[]clientv3.Cmp{
-			clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(nk), "=", 0),
-		},
-		ops,
-		nil,
-	)).Commit()
+	resp, err := t.s.cli.Txn(ctx).If(guards...).Then(clientv3.OpTxn(cmps, ops, nil)).Commit()
 	if err != nil {
 		return 0, t.s.writeErr(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,6 +35,15 @@ func secretsDirAt(t testing.TB) (hushdOption, string) {
 	}
 	t.Cleanup(func() {
 		for _, d := range []string{dir, dir + ".containers"} {
+			// A hushd killed with tasks running leaves their tmpfs here
+			// (purgeNode unmounts only the default /run/hush root). This
+			// runs after the hushd stopped; the directory is the test's own.
+			mps := mountsUnder(t, d)
+			for i := len(mps) - 1; i >= 0; i-- {
+				if err := syscall.Unmount(mps[i], syscall.MNT_DETACH); err != nil {
+					t.Logf("cleanup: unmount %s: %v", mps[i], err)
+				}
+			}
 			if len(mountsUnder(t, d)) == 0 {
 				_ = os.RemoveAll(d)
 			}

@@ -12,6 +12,15 @@
 // real ones; and cleanups remove by the ID or label of what the test
 // created.
 //
+// The cluster tests (TestClusterNetns, netns_test.go) run each hushd in a
+// network namespace of its own, named hush-<random>-<node>, wired by veth
+// pairs to a bridge in one more namespace (hush-<random>-sw): the host's
+// firewall and routes are never touched, and deleting the namespaces at
+// the end removes every veth and the bridge. hushd enters only the network
+// namespace (nsenter --net, never `ip netns exec`, whose new mount
+// namespace would hide task tmpfs mounts from the engine). They need root,
+// iproute2, nsenter and tcpdump (.ci/run installs them).
+//
 // Environment:
 //
 //	CI=true               never skip: a missing docker CLI or Swarm engine fails the test

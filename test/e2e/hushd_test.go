@@ -112,6 +112,9 @@ type Hushd struct {
 	// env is added to hushd's environment at each start (e.g.
 	// HUSH_TEST_FAILPOINTS); a test may change it between restarts.
 	env []string
+	// wrap is a command hushd is started under (e.g. nsenter into a
+	// network namespace); it must exec hushd, so that hushd keeps its pid.
+	wrap []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -197,6 +200,14 @@ func (h *Hushd) running() bool {
 
 func (h *Hushd) start() {
 	h.t.Helper()
+	h.launch()
+	h.waitReady()
+}
+
+// launch starts the hushd process without waiting for it to serve (a
+// whole-cluster restart starts every manager before any can).
+func (h *Hushd) launch() {
+	h.t.Helper()
 	if h.running() {
 		h.t.Fatal("hushd: start while already running")
 	}
@@ -207,6 +218,9 @@ func (h *Hushd) start() {
 	fmt.Fprintf(lf, "==== e2e: starting hushd at %s ====\n", time.Now().Format(time.RFC3339Nano))
 	args := append([]string{"--data-dir", h.DataDir, "--socket", h.Socket, "--log-level", h.logLevel}, h.extra...)
 	cmd := exec.Command(hushdBin, args...)
+	if len(h.wrap) > 0 {
+		cmd = exec.Command(h.wrap[0], append(append(h.wrap[1:len(h.wrap):len(h.wrap)], hushdBin), args...)...)
+	}
 	cmd.Stdout = lf
 	cmd.Stderr = lf
 	if len(h.env) > 0 {
@@ -229,7 +243,14 @@ func (h *Hushd) start() {
 		lf.Close()
 		close(done)
 	}()
+}
 
+// waitReady waits (bounded) until hushd answers GET /_ping with 200.
+func (h *Hushd) waitReady() {
+	h.t.Helper()
+	h.mu.Lock()
+	done := h.done
+	h.mu.Unlock()
 	client := unixHTTPClient(h.Socket)
 	client.Timeout = 2 * time.Second
 	deadline := time.Now().Add(hushdReadyTimeout)

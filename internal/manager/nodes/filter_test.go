@@ -1,11 +1,13 @@
 package nodes
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -114,5 +116,35 @@ func TestUpdateBoundsLabels(t *testing.T) {
 	}
 	if err := Update(ctx, st, "n1", n.Version, spec); !errdefs.Is(err, errdefs.ErrOutOfSequence) || !errdefs.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("stale update: %v", err)
+	}
+}
+
+// Two demotions checked at once against the same manager records (each
+// saw the other node still a manager) cannot both be recorded: the second
+// write's guard on the first node's record fails, and nothing changes.
+func TestUpdateRoleGuardsOtherManagers(t *testing.T) {
+	ctx := t.Context()
+	st := storetest.New(t)
+	var read []Node
+	for _, id := range []string{"a", "b"} {
+		n, err := Record(ctx, st, Node{ID: id, Spec: swarm.NodeSpec{Role: swarm.NodeRoleManager}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		read = append(read, n)
+	}
+	demote := func(i int) error {
+		spec := read[i].Spec
+		spec.Role = swarm.NodeRoleWorker
+		return UpdateRole(ctx, st, read[i].ID, read[i].Version, spec, []Node{read[1-i]})
+	}
+	if err := demote(0); err != nil {
+		t.Fatalf("first demotion: %v", err)
+	}
+	if err := demote(1); !errors.Is(err, store.ErrGuard) {
+		t.Fatalf("second demotion against a stale view: %v, want the guard's refusal", err)
+	}
+	if b, err := Get(ctx, st, "b"); err != nil || b.Spec.Role != swarm.NodeRoleManager || b.Version != read[1].Version {
+		t.Fatalf("the refused demotion changed the record: %+v %v", b, err)
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 const table = "nodes"
@@ -30,7 +32,31 @@ type Node struct {
 	// joining node said of itself (a node's own are read live instead).
 	Hostname string `json:"hostname,omitempty"`
 	Addr     string `json:"addr,omitempty"`
-	Version  uint64 `json:"-"`
+	// Status is the node's liveness as the orchestrator's leader last
+	// recorded it (nil: never recorded, e.g. just joined).
+	Status *Status `json:"status,omitempty"`
+	// Description is what the node last reported of itself (nil: nothing
+	// yet): placement reads it for every node but the leader's own.
+	Description *Description `json:"description,omitempty"`
+	Version     uint64       `json:"-"`
+}
+
+// Status is a node's liveness: Ready while some manager vouches for it
+// (see store.Presence), Down once none has for the heartbeat grace.
+type Status struct {
+	State   swarm.NodeState `json:"state"`
+	Message string          `json:"message,omitempty"`
+}
+
+// Description is what a node says of itself: its platform, its engine's
+// labels and version, and what it offers to resource reservations.
+type Description struct {
+	OS            string            `json:"os,omitempty"`
+	Arch          string            `json:"arch,omitempty"`
+	EngineVersion string            `json:"engineVersion,omitempty"`
+	EngineLabels  map[string]string `json:"engineLabels,omitempty"`
+	NanoCPUs      int64             `json:"nanoCPUs,omitempty"`
+	MemoryBytes   int64             `json:"memoryBytes,omitempty"`
 }
 
 // Record creates n if no node has its ID; a node already recorded (a
@@ -102,18 +128,25 @@ func Get(ctx context.Context, st *store.Store, id string) (Node, error) {
 // manager per cluster, so the role cannot change: demoting it would leave
 // the cluster without a manager, which Swarm refuses too.
 func Update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec) error {
-	return update(ctx, st, id, version, spec, false)
+	return update(ctx, st, id, version, spec, false, nil)
 }
 
 // UpdateRole is Update on a cluster of several managers, where the role
 // may change: the caller has checked that the membership allows it (see
 // the daemon's role changes), and the record is what the nodes converge
-// to.
-func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec) error {
-	return update(ctx, st, id, version, spec, true)
+// to. managers are the other nodes recorded as managers when the caller
+// checked a demotion: the write is guarded on each being unchanged (a
+// failed guard is ErrGuard), so two demotions checked at once against the
+// same managers cannot both be recorded.
+func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, managers []Node) error {
+	var guards []clientv3.Cmp
+	for _, m := range managers {
+		guards = append(guards, clientv3.Compare(clientv3.ModRevision(st.Table(table).Key(m.ID)), "=", int64(m.Version)))
+	}
+	return update(ctx, st, id, version, spec, true, guards)
 }
 
-func update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, roles bool) error {
+func update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, roles bool, guards []clientv3.Cmp) error {
 	n, err := Get(ctx, st, id)
 	if err != nil {
 		return err
@@ -143,10 +176,46 @@ func update(ctx context.Context, st *store.Store, id string, version uint64, spe
 	n.Spec = spec
 	n.UpdatedAt = time.Now().UTC()
 	val, _ := json.Marshal(&n)
-	_, err = st.Table(table).Update(ctx, id, int64(version), val)
+	_, err = st.Table(table).UpdateGuarded(ctx, id, int64(version), val, guards)
 	if errors.Is(err, store.ErrStale) {
 		return errdefs.OutOfSequence()
 	}
+	return err
+}
+
+// SetStatus records node id's liveness, only while l (the orchestrator's
+// leadership, which runs the liveness loop) still holds: a deposed leader's
+// write fails with store.ErrGuard. An unchanged status writes nothing.
+func SetStatus(ctx context.Context, st *store.Store, l *store.Leadership, id string, s Status) error {
+	n, err := Get(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if n.Status != nil && *n.Status == s {
+		return nil
+	}
+	n.Status = &s
+	val, _ := json.Marshal(&n)
+	_, err = st.Table(table).UpdateGuarded(ctx, id, int64(n.Version), val, []clientv3.Cmp{l.Guard()})
+	return err
+}
+
+// SetDescription records what node id reported of itself; an unchanged
+// description writes nothing. Labels are bounded as a spec's are.
+func SetDescription(ctx context.Context, st *store.Store, id string, d Description) error {
+	if len(d.EngineLabels) > MaxLabels {
+		return errdefs.InvalidArgument("engine labels: %d entries exceed hush's limit of %d", len(d.EngineLabels), MaxLabels)
+	}
+	n, err := Get(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if n.Description != nil && reflect.DeepEqual(*n.Description, d) {
+		return nil
+	}
+	n.Description = &d
+	val, _ := json.Marshal(&n)
+	_, err = st.Table(table).Update(ctx, id, int64(n.Version), val)
 	return err
 }
 

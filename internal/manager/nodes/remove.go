@@ -32,7 +32,12 @@ const MsgRemovedTask = "node removed from the cluster"
 // that is gone from the list and still served. Tasks on the node that
 // have not ended are marked orphaned and desired shut down, so the
 // orchestrator replaces them elsewhere (no agent will ever report them
-// again). The caller checks role and liveness.
+// again). The node is drained before that: the orchestrator's pass that
+// the orphaning wakes must not place a replacement on the node it is
+// leaving (a task placed on a node whose record is then deleted would
+// never be replaced). Its tasks are ended once more after the delete, for
+// a pass that read the nodes before the drain. The caller checks role and
+// liveness.
 func Remove(ctx context.Context, st *store.Store, id string, at time.Time) error {
 	if _, err := Get(ctx, st, id); err != nil {
 		return err
@@ -40,14 +45,50 @@ func Remove(ctx context.Context, st *store.Store, id string, at time.Time) error
 	if err := markRemoved(ctx, st, id, at); err != nil {
 		return fmt.Errorf("refusing node %s: %w", id, err)
 	}
+	if err := drain(ctx, st, id); err != nil {
+		return fmt.Errorf("draining node %s: %w", id, err)
+	}
 	if err := orphanTasks(ctx, st, id, at); err != nil {
 		return fmt.Errorf("ending node %s's tasks: %w", id, err)
 	}
 	err := st.Table(table).Delete(ctx, id, "", 0, nil)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
 	}
-	return err
+	if err := orphanTasks(ctx, st, id, at); err != nil {
+		return fmt.Errorf("ending node %s's tasks: %w", id, err)
+	}
+	return nil
+}
+
+// drain sets node id's availability to drain (bounded retries on a
+// concurrent write; a node already gone is left so).
+func drain(ctx context.Context, st *store.Store, id string) error {
+	for range 3 {
+		n, err := Get(ctx, st, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if n.Spec.Availability == swarm.NodeAvailabilityDrain {
+			return nil
+		}
+		n.Spec.Availability = swarm.NodeAvailabilityDrain
+		val, err := json.Marshal(&n)
+		if err != nil {
+			return err
+		}
+		_, err = st.Table(table).Update(ctx, id, int64(n.Version), val)
+		if !errors.Is(err, store.ErrStale) {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			return err
+		}
+	}
+	return errdefs.OutOfSequence()
 }
 
 // markRemoved records the removal at at (a repeated removal keeps the

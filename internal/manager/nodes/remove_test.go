@@ -78,3 +78,33 @@ func TestRemove(t *testing.T) {
 		t.Fatalf("removing it again: %v", err)
 	}
 }
+
+// A removal that stops part-way (here: a task record it cannot read) has
+// already refused and drained the node, so no orchestrator pass places a
+// new task on a node on its way out; the record is still listed for a
+// second `node rm`.
+func TestRemoveDrainsBeforeEndingTasks(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	const id = "aaaaaaaaaaaaaaaaaaaaaaaaa"
+	if _, err := nodes.Record(ctx, st, nodes.Node{ID: id, Spec: swarm.NodeSpec{Role: swarm.NodeRoleWorker,
+		Availability: swarm.NodeAvailabilityActive}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Table(model.TasksTable).Create(ctx, "corrupt", "", []byte("{")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes.Remove(ctx, st, id, time.Now().UTC().Truncate(time.Second)); err == nil {
+		t.Fatal("a removal that could not end the tasks succeeded")
+	}
+	n, err := nodes.Get(ctx, st, id)
+	if err != nil {
+		t.Fatalf("the record of a removal stopped part-way: %v", err)
+	}
+	if n.Spec.Availability != swarm.NodeAvailabilityDrain {
+		t.Errorf("availability of a node being removed: %q, want drain", n.Spec.Availability)
+	}
+	if rm, err := nodes.Removed(ctx, st); err != nil || rm[id].IsZero() {
+		t.Errorf("removal not recorded first: %v %v", rm, err)
+	}
+}

@@ -8,12 +8,13 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
-// SetWorkers makes placement consider, besides this manager's own node,
-// every worker of the cluster that ready reports live (its dispatcher
-// heartbeats). A worker that is not ready is not a candidate; the tasks
-// it holds are left alone (no rescheduling on liveness yet). Other
-// managers are not candidates. Call before Run.
-func (o *Orchestrator) SetWorkers(ready func(nodeID string) bool) {
+// SetCluster makes placement consider, besides this manager's own node,
+// every node of the cluster (managers and workers) whose recorded status
+// is Ready (the liveness loop's, nodes.RunLiveness), as it described
+// itself. A node recorded Down is no candidate and its tasks are
+// replaced elsewhere (Reconcile); a node with no status yet (just joined)
+// is neither. Call before Run.
+func (o *Orchestrator) SetCluster() {
 	o.listNodes = func(ctx context.Context) ([]*schedNode, error) {
 		ns, err := o.localNodes(ctx)
 		if err != nil {
@@ -24,17 +25,25 @@ func (o *Orchestrator) SetWorkers(ready func(nodeID string) bool) {
 			return nil, err
 		}
 		for _, n := range recs {
-			if n.ID == o.nodeID || n.Spec.Role != swarm.NodeRoleWorker || !ready(n.ID) {
+			if n.ID == o.nodeID || n.Status == nil {
 				continue
 			}
-			// The worker's platform, engine labels and resources are not
-			// reported yet: it matches any platform, no engine label, and
-			// only tasks without reservations.
-			ns = append(ns, &schedNode{
-				node: constraint.Node{ID: n.ID, Hostname: n.Hostname, Role: string(swarm.NodeRoleWorker),
+			if n.Status.State != swarm.NodeStateReady {
+				o.down[n.ID] = true
+				continue
+			}
+			sn := &schedNode{
+				node: constraint.Node{ID: n.ID, Hostname: n.Hostname, Role: string(n.Spec.Role),
 					Labels: n.Spec.Labels},
 				avail: n.Spec.Availability,
-			})
+			}
+			// A node that has not described itself matches any platform,
+			// no engine label, and only tasks without reservations.
+			if d := n.Description; d != nil {
+				sn.node.OS, sn.node.Arch, sn.node.EngineLabels = d.OS, d.Arch, d.EngineLabels
+				sn.nanoCPUs, sn.memoryBytes = d.NanoCPUs, d.MemoryBytes
+			}
+			ns = append(ns, sn)
 		}
 		return ns, nil
 	}

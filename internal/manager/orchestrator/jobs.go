@@ -176,9 +176,10 @@ func (o *Orchestrator) jobSlot(ctx context.Context, svc *model.Service, s *slot)
 			return slotActive, nil
 		}
 		return o.retryJobTask(ctx, svc, s, cur)
-	case !model.Terminal(cur.Status.State):
+	case !model.Terminal(cur.Status.State) && !o.down[cur.NodeID]:
 		// Being stopped (drained, or its constraints no longer hold): the
-		// slot is taken until it is down.
+		// slot is taken until it is down. A down node's task reports
+		// nothing: its slot is free at once, as a replicated slot is.
 		return slotActive, nil
 	case failedState(cur.Status.State) && !jobMayRetry(svc, cur):
 		return slotGivenUp, nil

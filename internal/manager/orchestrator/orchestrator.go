@@ -26,6 +26,7 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Orchestrator reconciles services and tasks.
@@ -47,6 +48,9 @@ type Orchestrator struct {
 	// placement within the pass.
 	nodes  []*schedNode
 	byNode map[string]*schedNode
+	// down are the nodes of the pass recorded Down: their tasks are
+	// replaced elsewhere and no longer keep their slots busy.
+	down   map[string]bool
 	parsed map[string]parsedPlacement
 	// lastBatch is when the last update batch of a service finished; the
 	// update delay counts from it. Lost on restart, which only shortens
@@ -65,6 +69,21 @@ type Orchestrator struct {
 	rotationSeen map[string]time.Time
 	// rolledBack is the service a rotation rollback wrote in this pass.
 	rolledBack string
+	// leader, when set, is the leadership this orchestrator acts under:
+	// its task writes carry its guard, so a deposed leader's fail.
+	leader *store.Leadership
+}
+
+// SetLeadership makes every task write carry l's guard (a manager of a
+// cluster runs the orchestrator only while it leads). Call before Run.
+func (o *Orchestrator) SetLeadership(l *store.Leadership) { o.leader = l }
+
+// guards are the preconditions of the orchestrator's task writes.
+func (o *Orchestrator) guards() []clientv3.Cmp {
+	if o.leader == nil {
+		return nil
+	}
+	return []clientv3.Cmp{o.leader.Guard()}
 }
 
 // New returns an orchestrator for the manager's node nodeID (hush runs one
@@ -161,6 +180,12 @@ func (o *Orchestrator) Reconcile(ctx context.Context) error {
 		}
 		if svc := byID[t.ServiceID]; svc != nil && model.Runs(t.DesiredState) {
 			switch {
+			case o.down[t.NodeID]:
+				// Its node is down: as in Swarm, the task is shut down
+				// (its agent stops it if the node comes back) and its slot
+				// gets a task on another node at once.
+				errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateShutdown))
+				continue
 			case t.NodeID == "":
 				// Waiting for a node: place it if one can take it now.
 				errs = append(errs, o.placePending(ctx, svc, t))
@@ -225,9 +250,10 @@ func wanted(t *model.Task) bool {
 }
 
 // busy reports whether a task of the slot is still alive (not terminal).
-func (s *slot) busy() bool {
+// A task on a down node is not waited for: nothing will report its end.
+func (o *Orchestrator) busy(s *slot) bool {
 	for _, t := range s.tasks {
-		if !model.Terminal(t.Status.State) {
+		if !model.Terminal(t.Status.State) && !o.down[t.NodeID] {
 			return true
 		}
 	}
@@ -275,6 +301,11 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		if _, ok := want[k]; ok {
 			continue
 		}
+		if id, ok := strings.CutPrefix(k, "node:"); ok && o.down[id] {
+			// A global task of a down node is shut down (Reconcile), not
+			// removed: the node may come back, and its history stays.
+			continue
+		}
 		for _, t := range s.tasks {
 			errs = append(errs, o.setDesired(ctx, t, swarm.TaskStateRemove))
 		}
@@ -302,7 +333,7 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 		case len(d) == 0:
 			// Nothing wanted running: start one, once the old task is gone
 			// (stop-first), or at once (start-first, or a fresh slot).
-			if !s.busy() || uc.Order == swarm.UpdateOrderStartFirst {
+			if !o.busy(s) || uc.Order == swarm.UpdateOrderStartFirst {
 				errs = append(errs, o.createTask(ctx, svc, s))
 			}
 			if len(s.tasks) > 0 {
@@ -310,6 +341,13 @@ func (o *Orchestrator) reconcileService(ctx context.Context, svc *model.Service,
 			}
 		default:
 			cur := d[len(d)-1]
+			if o.down[cur.NodeID] && model.Runs(cur.DesiredState) {
+				// Its node is down: restarted elsewhere at once, as
+				// Swarm's restart supervisor does (Reconcile shuts down
+				// any older task of the slot there).
+				errs = append(errs, o.restartDown(ctx, svc, s, cur))
+				continue
+			}
 			if cur.DesiredState == swarm.TaskStateReady {
 				// A restart waiting out its delay.
 				if !o.now().Before(cur.NotBefore) {
@@ -578,6 +616,19 @@ func (o *Orchestrator) restart(ctx context.Context, svc *model.Service, s *slot,
 	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(dead.Restarts), o.now()), dead.Status.Timestamp.Add(rp.delay))
 }
 
+// restartDown replaces the task of a down node as Swarm does: whatever the
+// restart condition and attempts, the task is shut down (kept as history;
+// its agent stops it if the node returns) and its replacement exists at
+// once, on another node, waiting out the restart delay from now; the
+// restart counts in the lineage.
+func (o *Orchestrator) restartDown(ctx context.Context, svc *model.Service, s *slot, t *model.Task) error {
+	if err := o.setDesired(ctx, t, swarm.TaskStateShutdown); err != nil {
+		return err
+	}
+	now := o.now()
+	return o.createTaskAfter(ctx, svc, s, append(trimRestarts(t.Restarts), now), now.Add(restartPolicyOf(svc).delay))
+}
+
 // restartPolicy is a service's restart policy with Swarm's defaults.
 type restartPolicy struct {
 	cond        swarm.RestartPolicyCondition
@@ -762,7 +813,7 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 	if err != nil {
 		return err
 	}
-	if _, err := o.tasks.Create(ctx, id, "", val); err != nil {
+	if _, err := o.tasks.CreateGuarded(ctx, id, "", val, o.guards()); err != nil {
 		return err
 	}
 	s.tasks = append(s.tasks, &t)
@@ -774,7 +825,7 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 // once it is to be removed.
 func (o *Orchestrator) retireUnplaced(ctx context.Context, t *model.Task) error {
 	if t.DesiredState == swarm.TaskStateRemove {
-		return ignoreRace(o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), nil))
+		return ignoreRace(o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), o.guards()))
 	}
 	if model.Terminal(t.Status.State) {
 		return nil
@@ -849,7 +900,7 @@ func (o *Orchestrator) writeTask(ctx context.Context, t *model.Task, change func
 	if err != nil {
 		return err
 	}
-	_, err = o.tasks.Update(ctx, t.ID, int64(t.Version.Index), val)
+	_, err = o.tasks.UpdateGuarded(ctx, t.ID, int64(t.Version.Index), val, o.guards())
 	return ignoreRace(err)
 }
 

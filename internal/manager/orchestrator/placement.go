@@ -98,6 +98,7 @@ func (o *Orchestrator) loadNodes(ctx context.Context, tasks []*model.Task) error
 	if list == nil {
 		list = o.localNodes
 	}
+	o.down = map[string]bool{}
 	ns, err := list(ctx)
 	if err != nil {
 		return err

@@ -1,0 +1,207 @@
+package daemon
+
+import (
+	"context"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/dispatchnet"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// Liveness across managers (docs/DESIGN.md, "Liveness (issue 9)"): each
+// manager vouches, under its own etcd lease, for itself and for the nodes
+// whose dispatcher sessions it hears heartbeats from; the orchestrator's
+// leader turns those claims into node status.
+
+// Multipliers of the heartbeat period.
+const (
+	// leaseBeats is a manager's presence lease: a manager that stops
+	// renewing it (crashed, stalled, in a minority) stops vouching for
+	// anything this many periods later.
+	leaseBeats = 3
+	// releaseBeats: a manager withdraws its claim on a node that sent it
+	// no heartbeat for this many periods.
+	releaseBeats = 2
+)
+
+// livePeriod is the heartbeat period liveness works with.
+func (d *Daemon) livePeriod() time.Duration {
+	if p := d.heartbeatPeriod(); p > 0 {
+		return p
+	}
+	return dispatchnet.DefaultHeartbeatPeriod
+}
+
+// presenceRunner returns the runtime part that keeps this manager's
+// presence: its lease, its own claim, and a claim for each node that
+// heartbeats its dispatcher (see presenceKeeper).
+func (d *Daemon) presenceRunner() (func(context.Context), error) {
+	return (&presenceKeeper{d: d}).run, nil
+}
+
+// presenceKeeper keeps a presence whose lease TTL follows the heartbeat
+// period: when the period changes, a presence with the new TTL takes the
+// claims over before the old one is revoked, so that no claim lapses.
+type presenceKeeper struct {
+	d   *Daemon
+	mu  sync.Mutex
+	cur *store.Presence
+}
+
+// current is the presence in use (nil before run starts one).
+func (k *presenceKeeper) current() *store.Presence {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur
+}
+
+type runningPresence struct {
+	p      *store.Presence
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (k *presenceKeeper) start(ctx context.Context) (*runningPresence, error) {
+	d := k.d
+	p, err := d.store.NewPresence(d.nodeID, leaseBeats*d.livePeriod(), d.log)
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	r := &runningPresence{p: p, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(r.done); p.Run(pctx) }()
+	// Claims made before the lease is granted are put with it.
+	d.vouch(ctx, p)
+	k.mu.Lock()
+	k.cur = p
+	k.mu.Unlock()
+	return r, nil
+}
+
+func (r *runningPresence) stop() { r.cancel(); <-r.done }
+
+func (k *presenceKeeper) run(ctx context.Context) {
+	d := k.d
+	r, err := k.start(ctx)
+	if err != nil {
+		d.log.Error("presence not kept", "err", err)
+		return
+	}
+	defer func() { r.stop() }()
+	for {
+		if ttl := leaseBeats * d.livePeriod(); (ttl+time.Second-1)/time.Second*time.Second != r.p.TTL() {
+			if next, err := k.start(ctx); err == nil {
+				// The new lease holds the claims before the old one goes
+				// (bounded: without a quorum neither lease is renewed).
+				deadline := time.Now().Add(5 * time.Second)
+				for !next.p.Held() && time.Now().Before(deadline) && ctx.Err() == nil {
+					time.Sleep(50 * time.Millisecond)
+				}
+				r.stop()
+				r = next
+				d.log.Info("presence: lease follows the heartbeat period", "ttl", r.p.TTL())
+			}
+		}
+		d.vouch(ctx, r.p)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(max(d.livePeriod()/2, 100*time.Millisecond), time.Second)):
+		}
+	}
+}
+
+// vouch brings this manager's claims in line with the heartbeats it
+// heard: claimed while heard within releaseBeats periods, released after.
+func (d *Daemon) vouch(ctx context.Context, p *store.Presence) {
+	heard := d.seen.Heard(time.Now().Add(-releaseBeats * d.livePeriod()))
+	claimed := p.Claims()
+	for _, id := range heard {
+		if id != d.nodeID && !slices.Contains(claimed, id) {
+			if err := p.Claim(ctx, id); err != nil {
+				d.log.Debug("presence: claim", "node", id, "err", err)
+			}
+		}
+	}
+	for _, id := range claimed {
+		if id == d.nodeID {
+			// A lost claim of its own (a failed write) is put again.
+			continue
+		}
+		if !slices.Contains(heard, id) {
+			if err := p.Release(ctx, id); err != nil {
+				d.log.Debug("presence: release", "node", id, "err", err)
+			}
+		}
+	}
+	if !slices.Contains(claimed, d.nodeID) {
+		_ = p.Claim(ctx, d.nodeID)
+	}
+}
+
+// runLiveness runs the heartbeat-expiry loop while l (the orchestrator's
+// leadership) holds.
+func (d *Daemon) runLiveness(ctx context.Context, l *store.Leadership) {
+	nodes.RunLiveness(ctx, nodes.LivenessConfig{Store: d.store, Leadership: l, Period: d.livePeriod, Logger: d.log})
+}
+
+// recordDescription records what a remote node said of itself as it
+// opened its dispatcher session.
+func (d *Daemon) recordDescription(ctx context.Context, nodeID string, desc dispatchnet.Description) error {
+	return nodes.SetDescription(ctx, d.store, nodeID, nodes.Description{OS: desc.OS, Arch: desc.Arch,
+		EngineVersion: desc.EngineVersion, EngineLabels: desc.EngineLabels, NanoCPUs: desc.NanoCPUs, MemoryBytes: desc.MemoryBytes})
+}
+
+// selfDescription is this node as its engine describes it.
+func (d *Daemon) selfDescription() dispatchnet.Description {
+	return dispatchnet.Description{OS: runtime.GOOS, Arch: runtime.GOARCH, EngineVersion: d.engineVersion,
+		NanoCPUs: int64(runtime.NumCPU()) * 1e9, MemoryBytes: d.engineMemory, EngineLabels: labelMap(d.engineLabels)}
+}
+
+// managerDispatchAddrs lists the dispatcher addresses of the cluster's
+// managers (from their recorded join/CA addresses), this one first.
+func (d *Daemon) managerDispatchAddrs(ctx context.Context) []string {
+	recs, err := nodes.List(ctx, d.store)
+	if err != nil {
+		d.log.Debug("listing managers for a worker", "err", err)
+		return nil
+	}
+	var out []string
+	if a, err := dispatchAddr(d.listen.Advertise); err == nil {
+		out = append(out, a)
+	}
+	for _, n := range recs {
+		if n.ID == d.nodeID || n.Spec.Role != swarm.NodeRoleManager || n.Addr == "" {
+			continue
+		}
+		if a, err := dispatchAddr(n.Addr); err == nil && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// describeSelf records what this manager offers to placement on other
+// managers' orchestrators: its platform, engine labels and resources.
+func (d *Daemon) describeSelf(ctx context.Context) error {
+	return d.recordDescription(ctx, d.nodeID, d.selfDescription())
+}
+
+// labelMap turns engine labels ("k=v") into a map.
+func labelMap(labels []string) map[string]string {
+	if len(labels) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(labels))
+	for _, l := range labels {
+		k, v, _ := strings.Cut(l, "=")
+		m[k] = v
+	}
+	return m
+}

@@ -1,0 +1,144 @@
+package store_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
+)
+
+// runPresence runs p until the test ends (or stop is called).
+func runPresence(t *testing.T, p *store.Presence) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for p.LeaseForTest() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("presence holds no lease after 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return stop
+}
+
+// waitPresent polls until Present says node's owners are want (sorted;
+// nil: absent).
+func waitPresent(t *testing.T, s *store.Store, node string, want []string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got, err := s.Present(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		owners := got[node]
+		slices.Sort(owners)
+		if slices.Equal(owners, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s: owners %v after %s, want %v", node, owners, within, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestPresence(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	m1, err := s.NewPresence("m1", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := s.NewPresence("m2", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A claim made before the lease exists is put with it.
+	if err := m1.Claim(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	runPresence(t, m1)
+	stop2 := runPresence(t, m2)
+	waitPresent(t, s, "m1", []string{"m1"}, 5*time.Second)
+
+	for _, c := range []struct {
+		p    *store.Presence
+		node string
+	}{{m1, "w1"}, {m2, "w1"}, {m2, "m2"}, {m2, "w2"}} {
+		if err := c.p.Claim(ctx, c.node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitPresent(t, s, "w1", []string{"m1", "m2"}, time.Second)
+
+	// A release withdraws only the releaser's own claim.
+	if err := m1.Release(ctx, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	waitPresent(t, s, "w1", []string{"m2"}, time.Second)
+	if err := m1.Release(ctx, "w2"); err != nil {
+		t.Fatal(err)
+	}
+	waitPresent(t, s, "w2", []string{"m2"}, time.Second)
+
+	// A clean stop revokes the lease: its claims go at once.
+	stop2()
+	waitPresent(t, s, "w1", nil, 2*time.Second)
+	waitPresent(t, s, "m2", nil, 2*time.Second)
+	waitPresent(t, s, "m1", []string{"m1"}, time.Second)
+
+	// A crash (no renewal, no revoke): the claims live out the TTL, then
+	// the lease's expiry removes them.
+	m1.CrashForTest()
+	got, err := s.Present(ctx)
+	if err != nil || len(got["m1"]) != 1 {
+		t.Fatalf("right after the crash: %v %v, want m1 still claimed", got, err)
+	}
+	waitPresent(t, s, "m1", nil, 15*time.Second)
+
+	for _, bad := range []string{"", "a/b", string(make([]byte, 129))} {
+		if err := m2.Claim(ctx, bad); !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+			t.Fatalf("claim %q: %v, want invalid argument", bad, err)
+		}
+	}
+	if _, err := s.NewPresence("x/y", time.Second, nil); !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("owner with '/': %v", err)
+	}
+}
+
+// A lease lost while the presence runs (expired during a cut-off) is
+// replaced, and the claims are put again under the new one.
+func TestPresenceRegrantsLostLease(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	p, err := s.NewPresence("m1", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runPresence(t, p)
+	if err := p.Claim(ctx, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	waitPresent(t, s, "w1", []string{"m1"}, time.Second)
+	old := p.LeaseForTest()
+	if err := store.RevokeLeaseForTest(ctx, s, old); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for l := p.LeaseForTest(); l == 0 || l == old; l = p.LeaseForTest() {
+		if time.Now().After(deadline) {
+			t.Fatal("no new lease after the old one was revoked")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitPresent(t, s, "w1", []string{"m1"}, 5*time.Second)
+}
