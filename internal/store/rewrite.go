@@ -35,9 +35,9 @@ const (
 type rewriteFn func(kv *mvccpb.KeyValue) ([]clientv3.Op, int, error)
 
 // rewriteAll applies fn to every key under the root but the lease-bound
-// ones (see leaseBound). hook, if set, runs
-// after each committed batch with the batch's number (from 1); an error
-// from it stops the rewrite there, which is how tests simulate a crash.
+// ones (see leaseBound). hook, if set, runs after each committed batch
+// with the batch's number (from 1); an error from it stops the rewrite
+// there, which is how tests simulate a crash.
 func (s *Store) rewriteAll(ctx context.Context, fn rewriteFn, hook func(batch int) error) (int, error) {
 	end := clientv3.GetPrefixRangeEnd(root)
 	from := root
