@@ -194,10 +194,16 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if !ok {
 		return nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
 	}
-	if _, err := d.recordJoiner(ctx, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
+	rec, err := d.recordJoiner(ctx, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
 		Role: swarm.NodeRoleManager, Availability: swarm.NodeAvailability(req.Availability),
-	}}, iss.Leaf); err != nil {
+	}}, iss.Leaf)
+	if err != nil {
 		return nil, err
+	}
+	if rec.Spec.Role != swarm.NodeRoleManager {
+		// A worker that left keeps its record; the record is what the node
+		// converges to, so it would be demoted again at once.
+		return nil, errdefs.FailedPrecondition("node %s is recorded as a worker: join it with the worker token and promote it (docker node promote %s)", req.NodeID, req.NodeID)
 	}
 	m, peers, err := members.AddLearner(ctx, req.NodeID, req.PeerURL)
 	if err != nil {

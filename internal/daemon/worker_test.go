@@ -134,6 +134,7 @@ func TestJoinNodeIDBoundToKey(t *testing.T) {
 		{"manager token, a worker's ID", c.JoinTokens.Manager, w.nodeID, "https://127.0.0.1:1", fresh, errdefs.ErrAlreadyExists},
 		{"manager token, a manager recorded without a key", c.JoinTokens.Manager, legacy, "https://127.0.0.1:1", fresh, errdefs.ErrAlreadyExists},
 		{"manager token, this manager's ID", c.JoinTokens.Manager, m.nodeID, "https://127.0.0.1:1", fresh, errdefs.ErrInvalidArgument},
+		{"manager token, the worker's own key", c.JoinTokens.Manager, w.nodeID, "https://127.0.0.1:1", mine, errdefs.ErrFailedPrecondition},
 		{"worker token, the worker's own key (a retry)", c.JoinTokens.Worker, w.nodeID, "", mine, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
