@@ -244,8 +244,9 @@ func TestFirstManagerJoinService(t *testing.T) {
 		}
 	}
 	// A joiner holding the manager token still may not take the identity
-	// of a node the cluster knows at another address: it would get a
-	// certificate in that node's name and a second etcd member under it.
+	// of a node the cluster knows (recorded without a key: no key can
+	// match): it would get a certificate in that node's name and a second
+	// etcd member under it.
 	other := req
 	other.Token, other.NodeID = c.JoinTokens.Manager, "x4u9cdtqgk1jzlw4o0wq7mdlc"
 	if _, err := nodes.Record(ctx, d.store, nodes.Node{ID: other.NodeID, Addr: "10.9.9.9:2377",

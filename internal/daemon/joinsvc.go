@@ -5,8 +5,10 @@ import (
 	"cmp"
 	"context"
 	"crypto/ecdsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,16 +170,16 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if req.NodeID == d.nodeID {
 		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
 	}
-	// A retried join comes from the address its first try recorded; a
-	// node ID the cluster knows elsewhere is another node's identity, and
-	// issuing it a certificate in that name would let the joiner pass for
-	// that node.
-	switch known, err := nodes.Get(ctx, d.store, req.NodeID); {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
+	// The etcd member is named by the node ID: an unrecorded ID that names
+	// a member is a manager's whose record is gone, never the joiner's.
+	if _, err := nodes.Get(ctx, d.store, req.NodeID); errors.Is(err, store.ErrNotFound) {
+		if _, ok, err := members.ByName(ctx, req.NodeID, ""); err != nil {
+			return nil, err
+		} else if ok {
+			return nil, errIDTaken(req.NodeID)
+		}
+	} else if err != nil {
 		return nil, err
-	case known.Addr != req.Addr:
-		return nil, errdefs.AlreadyExists("node ID %s already belongs to a node of this swarm", req.NodeID)
 	}
 	ca, err := d.issuer(&c)
 	if err != nil {
@@ -192,10 +194,16 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if !ok {
 		return nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
 	}
-	if _, err := nodes.Record(ctx, d.store, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
+	rec, err := d.recordJoiner(ctx, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
 		Role: swarm.NodeRoleManager, Availability: swarm.NodeAvailability(req.Availability),
-	}}); err != nil {
+	}}, iss.Leaf)
+	if err != nil {
 		return nil, err
+	}
+	if rec.Spec.Role != swarm.NodeRoleManager {
+		// A worker that left keeps its record; the record is what the node
+		// converges to, so it would be demoted again at once.
+		return nil, errdefs.FailedPrecondition("node %s is recorded as a worker: join it with the worker token and promote it (docker node promote %s)", req.NodeID, req.NodeID)
 	}
 	m, peers, err := members.AddLearner(ctx, req.NodeID, req.PeerURL)
 	if err != nil {
@@ -213,6 +221,38 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	}
 	return &joinResponse{ClusterID: c.ID, CertPEM: iss.PEM, CAPEM: []byte(c.CACert), MemberID: m.ID,
 		InitialCluster: peers, KeyID: mk.ID, WrapPub: wpub, WrappedKey: wrapped}, nil
+}
+
+// keyFP is what a node record keeps of the key its certificate was
+// issued for: the SHA-256 of the certificate's public key (SPKI), hex.
+func keyFP(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// errIDTaken refuses a join under a node ID another node holds. It names
+// the ID the joiner sent and nothing of the node that holds it.
+func errIDTaken(id string) error {
+	return errdefs.AlreadyExists("node ID %s already belongs to a node of this swarm: a node joins again under its ID only with the key it was last certified for (a node that lost it must first be removed with docker node rm %s)", id, id)
+}
+
+// recordJoiner records a joining node with the key its certificate was
+// just issued for, or finds its record. The node ID is the joiner's own
+// claim (its etcd member is named by it before any manager knows it), so
+// a recorded ID is admitted only for the key that record was certified
+// for: a retried join or a node that left and kept its key. Anything else
+// is another node's identity, and its certificate, dropped here, is never
+// answered.
+func (d *Daemon) recordJoiner(ctx context.Context, n nodes.Node, leaf *x509.Certificate) (nodes.Node, error) {
+	n.KeyFP = keyFP(leaf)
+	rec, err := nodes.Record(ctx, d.store, n)
+	if err != nil {
+		return nodes.Node{}, err
+	}
+	if rec.KeyFP != n.KeyFP {
+		return nodes.Node{}, errIDTaken(n.ID)
+	}
+	return rec, nil
 }
 
 // promoteLater promotes the learner once it has caught up (Promote retries
@@ -367,7 +407,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
-	key, csr, err := newKeyAndCSR()
+	key, csr, err := d.joinKey()
 	if err != nil {
 		return err
 	}
@@ -416,7 +456,11 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	d.keys.Set(kr)
 	ms := &memberState{Listen: plan, ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM),
 		Join: true, InitialCluster: resp.InitialCluster}
-	if err := d.enterMemberLocked(ctx, ms, key, true); err != nil {
+	err = d.enterMemberLocked(ctx, ms, key, true)
+	if d.member == ms {
+		d.dropJoinKey() // sealed in member.json now
+	}
+	if err != nil {
 		return err
 	}
 	// As in Swarm, the join answers once the node is a full manager: the

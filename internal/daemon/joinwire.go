@@ -33,7 +33,8 @@ type joinRequest struct {
 	Token string `json:"token"`
 	CSR   []byte `json:"csr"`
 	// NodeID is the joining node's own ID (made at its first start); the
-	// manager refuses one it already knows under another peer URL.
+	// manager admits a recorded one only for the key it was last
+	// certified for (recordJoiner).
 	NodeID       string `json:"nodeID"`
 	Hostname     string `json:"hostname"`
 	Addr         string `json:"addr"`

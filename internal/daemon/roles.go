@@ -289,6 +289,10 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 	if err := d.refuseIssued(ctx, id.NodeID, presented, iss.PEM); err != nil {
 		return nil, err
 	}
+	// The key a later join of this node must show (recordJoiner).
+	if err := nodes.SetKeyFP(ctx, d.store, id.NodeID, keyFP(iss.Leaf)); err != nil {
+		return nil, err
+	}
 	resp.CertPEM = iss.PEM
 	return resp, nil
 }
@@ -349,6 +353,9 @@ func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.No
 	pub, ok := iss.Leaf.PublicKey.(*ecdsa.PublicKey)
 	if !ok {
 		return nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
+	}
+	if err := nodes.SetKeyFP(ctx, d.store, n.ID, keyFP(iss.Leaf)); err != nil {
+		return nil, err
 	}
 	members := d.store.Members()
 	m, peers, err := members.AddLearner(ctx, n.ID, req.PeerURL)

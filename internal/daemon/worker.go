@@ -65,9 +65,9 @@ func (d *Daemon) admitWorker(ctx context.Context, req *joinRequest, c *cluster.C
 	if err != nil {
 		return nil, err
 	}
-	n, err := nodes.Record(ctx, d.store, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
+	n, err := d.recordJoiner(ctx, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
 		Role: swarm.NodeRoleWorker, Availability: swarm.NodeAvailability(req.Availability),
-	}})
+	}}, iss.Leaf)
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +119,7 @@ func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, re
 	if err := d.saveWorker(ws); err != nil {
 		return err
 	}
+	d.dropJoinKey()
 	d.worker, d.nodeKey = ws, key
 	d.cert.Store(cert)
 	if plan.enabled() {
@@ -139,6 +140,50 @@ func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, re
 // what Swarm does with a worker's swarm-node.key. The PEM is wiped after
 // the write and never logged.
 func (d *Daemon) saveWorkerKey(key *ecdsa.PrivateKey) error {
+	return writeKeyFile(d.nodeKeyPath(), key)
+}
+
+// joinKeyPath holds the key this node joins with while it is not a
+// member: made before its first join call, kept across a failed one and
+// at a worker's leave (recordJoiner admits a recorded node ID only with
+// the key it was last certified for), removed once the node is a member.
+func (d *Daemon) joinKeyPath() string {
+	return filepath.Join(filepath.Dir(d.plainKey.Path), "join.key")
+}
+
+// joinKey is the key to join with and its CSR: the kept one, or a new one
+// written (0600) before anything is sent, so that a join whose answer was
+// lost can be asked again for the same record.
+func (d *Daemon) joinKey() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := readKeyFile(d.joinKeyPath())
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if key, err = pki.NewNodeKey(); err != nil {
+			return nil, nil, err
+		}
+		if err := writeKeyFile(d.joinKeyPath(), key); err != nil {
+			return nil, nil, err
+		}
+	case err != nil:
+		return nil, nil, err
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
+}
+
+// dropJoinKey forgets the join key once the node holds its key as a
+// member (a manager's sealed, a worker's as node.key).
+func (d *Daemon) dropJoinKey() {
+	if err := os.Remove(d.joinKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("removing the join key", "err", err)
+	}
+}
+
+// writeKeyFile writes key as PKCS #8 PEM, mode 0600, wiping the encoding.
+func writeKeyFile(path string, key *ecdsa.PrivateKey) error {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return fmt.Errorf("node key: %w", err)
@@ -146,13 +191,33 @@ func (d *Daemon) saveWorkerKey(key *ecdsa.PrivateKey) error {
 	p := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	keyring.Wipe(der)
 	defer keyring.Wipe(p)
-	if err := os.MkdirAll(filepath.Dir(d.nodeKeyPath()), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("node key: %w", err)
 	}
-	if err := writeFileSync(d.nodeKeyPath(), p, 0o600); err != nil {
+	if err := writeFileSync(path, p, 0o600); err != nil {
 		return fmt.Errorf("node key: %w", err)
 	}
 	return nil
+}
+
+// readKeyFile reads what writeKeyFile wrote (os.ErrNotExist: no file).
+func readKeyFile(path string) (*ecdsa.PrivateKey, error) {
+	p, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer keyring.Wipe(p)
+	blk, _ := pem.Decode(p)
+	if blk == nil {
+		return nil, fmt.Errorf("node key %s is corrupt", path)
+	}
+	defer keyring.Wipe(blk.Bytes)
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	key, ok := k.(*ecdsa.PrivateKey)
+	if err != nil || !ok {
+		return nil, fmt.Errorf("node key %s is corrupt", path)
+	}
+	return key, nil
 }
 
 // loadWorker reads worker.json and the node key at start: a node that
@@ -169,20 +234,12 @@ func (d *Daemon) loadWorker() error {
 	if err := json.Unmarshal(b, &ws); err != nil || ws.CertPEM == "" {
 		return fmt.Errorf("worker state %s is corrupt", d.workerPath())
 	}
-	p, err := os.ReadFile(d.nodeKeyPath())
-	if err != nil {
+	key, err := readKeyFile(d.nodeKeyPath())
+	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("this node is a worker but its node key is unreadable: %w", err)
 	}
-	defer keyring.Wipe(p)
-	blk, _ := pem.Decode(p)
-	if blk == nil {
-		return fmt.Errorf("node key %s is corrupt", d.nodeKeyPath())
-	}
-	defer keyring.Wipe(blk.Bytes)
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	key, ok := k.(*ecdsa.PrivateKey)
-	if err != nil || !ok {
-		return fmt.Errorf("node key %s is corrupt", d.nodeKeyPath())
+	if err != nil {
+		return err
 	}
 	cert, err := pki.TLSCertificate([]byte(ws.CertPEM), key)
 	if err != nil {
@@ -197,8 +254,9 @@ func (d *Daemon) loadWorker() error {
 // leaveWorkerLocked is `docker swarm leave` on a worker: it stops the
 // agent, removes the task containers it ran (labelled with its node ID)
 // and their secret mounts, as Swarm removes a leaving node's containers,
-// and forgets its certificate and key (the managers keep its record, Down
-// once its heartbeats stop, as Swarm's do until `node rm`).
+// and forgets its certificate, keeping its key to join again under its ID
+// (the managers keep its record, Down once its heartbeats stop, as
+// Swarm's do until `node rm`).
 func (d *Daemon) leaveWorkerLocked(ctx context.Context) error {
 	d.stopRuntime()
 	if d.engine != nil {
@@ -207,8 +265,14 @@ func (d *Daemon) leaveWorkerLocked(ctx context.Context) error {
 	if err := os.Remove(d.workerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("worker state: %w", err)
 	}
-	if err := os.Remove(d.nodeKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		d.log.Warn("removing the node key", "err", err)
+	// The key stays as the join key: the record keeps it, so a join again
+	// under this node's ID is admitted with it (recordJoiner); the
+	// certificate is forgotten.
+	if err := os.Rename(d.nodeKeyPath(), d.joinKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("keeping the node key for a later join", "err", err)
+		if err := os.Remove(d.nodeKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing the node key", "err", err)
+		}
 	}
 	d.worker, d.nodeKey = nil, nil
 	d.cert.Store(nil)

@@ -32,6 +32,12 @@ type Node struct {
 	// joining node said of itself (a node's own are read live instead).
 	Hostname string `json:"hostname,omitempty"`
 	Addr     string `json:"addr,omitempty"`
+	// KeyFP is the SHA-256 of the public key (SPKI) the node's latest
+	// certificate was issued for: a join under a recorded ID is admitted
+	// only with that key (a retry, or a node that left and kept its key),
+	// since the ID is otherwise another node's identity. Empty on records
+	// made before it was kept, which no join can then take over.
+	KeyFP string `json:"keyFP,omitempty"`
 	// Status is the node's liveness as the orchestrator's leader last
 	// recorded it (nil: never recorded, e.g. just joined).
 	Status *Status `json:"status,omitempty"`
@@ -72,6 +78,28 @@ func Record(ctx context.Context, st *store.Store, n Node) (Node, error) {
 		return Node{}, err
 	}
 	return Get(ctx, st, n.ID)
+}
+
+// SetKeyFP records fp as the key node id's latest certificate was issued
+// for (renewal and role changes certify new keys). A record changed
+// meanwhile is read again, a few times at most.
+func SetKeyFP(ctx context.Context, st *store.Store, id, fp string) error {
+	for range 5 {
+		n, err := Get(ctx, st, id)
+		if err != nil {
+			return err
+		}
+		if n.KeyFP == fp {
+			return nil
+		}
+		n.KeyFP = fp
+		val, _ := json.Marshal(&n)
+		_, err = st.Table(table).UpdateGuarded(ctx, id, int64(n.Version), val, nil)
+		if !errors.Is(err, store.ErrStale) {
+			return err
+		}
+	}
+	return errdefs.OutOfSequence()
 }
 
 // List reads every node.
