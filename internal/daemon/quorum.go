@@ -29,48 +29,61 @@ const quorumRetry = time.Second
 // service, mirror). needQuorum: the store is a cluster member's or an
 // external cluster.
 func (d *Daemon) startServing(ctx context.Context, needQuorum bool) error {
-	if needQuorum {
-		if err := d.checkForeignCluster(ctx); err != nil {
-			return err
-		}
-	}
-	if d.worker == nil {
-		if err := d.resume(ctx); err != nil {
-			return err
-		}
-		if err := d.listenOnExisting(ctx); err != nil {
-			return err
-		}
-	} else {
-		d.mu.Lock()
-		err := d.startWorkerAgentLocked()
-		d.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-	if d.member != nil && d.stateIs(swarm.LocalNodeStateActive) {
-		// A first manager that crashed between reopening its store and
-		// recording its peer URL still advertises the placeholder; a no-op
-		// otherwise.
-		adv, _ := d.listen.peerURLs()
-		if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
-			return fmt.Errorf("recording this manager's peer URL: %w", err)
-		}
-		d.mu.Lock()
-		err := d.startJoinServiceLocked()
-		d.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-	if d.stateIs(swarm.LocalNodeStateInactive) {
-		// Nothing sealed to decode yet; activation starts it otherwise.
-		if err := d.startMirror(ctx); err != nil {
+	for _, step := range d.startSteps(needQuorum) {
+		if err := step(ctx); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// startSteps are startServing's steps, in order; a retry after a quorum
+// lost during activation starts again at the step that failed.
+func (d *Daemon) startSteps(needQuorum bool) []func(context.Context) error {
+	return []func(context.Context) error{
+		func(ctx context.Context) error {
+			if !needQuorum {
+				return nil
+			}
+			return d.checkForeignCluster(ctx)
+		},
+		func(ctx context.Context) error {
+			if d.worker != nil {
+				d.mu.Lock()
+				defer d.mu.Unlock()
+				return d.startWorkerAgentLocked()
+			}
+			return d.resume(ctx)
+		},
+		func(ctx context.Context) error {
+			if d.worker != nil {
+				return nil
+			}
+			return d.listenOnExisting(ctx)
+		},
+		func(ctx context.Context) error {
+			if d.member == nil || !d.stateIs(swarm.LocalNodeStateActive) {
+				return nil
+			}
+			// A first manager that crashed between reopening its store
+			// and recording its peer URL still advertises the
+			// placeholder; a no-op otherwise.
+			adv, _ := d.listen.peerURLs()
+			if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
+				return fmt.Errorf("recording this manager's peer URL: %w", err)
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			return d.startJoinServiceLocked()
+		},
+		func(ctx context.Context) error {
+			if !d.stateIs(swarm.LocalNodeStateInactive) {
+				return nil
+			}
+			// Nothing sealed to decode yet; activation starts it otherwise.
+			return d.startMirror(ctx)
+		},
+	}
 }
 
 // serveOnQuorum waits, in the background and until Close, for the store to
@@ -85,6 +98,7 @@ func (d *Daemon) serveOnQuorum() {
 		defer d.quorumDone.Done()
 		d.log.Warn("the swarm has no quorum yet: serving as pending until it has one")
 		since := time.Now()
+		steps := d.startSteps(true)
 		tick := time.NewTicker(quorumLogEvery)
 		defer tick.Stop()
 		for {
@@ -96,7 +110,13 @@ func (d *Daemon) serveOnQuorum() {
 				continue
 			case <-d.store.Ready():
 			}
-			err := d.startServing(ctx, true)
+			var err error
+			for len(steps) > 0 {
+				if err = steps[0](ctx); err != nil {
+					break
+				}
+				steps = steps[1:]
+			}
 			if err == nil {
 				d.noQuorum.Store(false)
 				d.log.Info("quorum reached: serving", "waited", time.Since(since).Round(time.Second), "state", d.State())
