@@ -17,8 +17,9 @@ type externalFlags struct {
 }
 
 // config checks the options together and returns the store's
-// configuration, or nil without --external-etcd. The files are read at
-// start, where a missing one is refused by name.
+// configuration, or nil without --external-etcd. The TLS files are read
+// here too, so that a missing one is refused (exit 2) before the data dir
+// is touched; the store reads them again when it opens.
 func (f externalFlags) config() (*store.ExternalConfig, error) {
 	if f.endpoints == "" {
 		for _, o := range []struct{ name, val string }{
@@ -45,6 +46,9 @@ func (f externalFlags) config() (*store.ExternalConfig, error) {
 	c := &store.ExternalConfig{Endpoints: eps, CAFile: f.caFile, CertFile: f.certFile, KeyFile: f.keyFile, Prefix: f.prefix}
 	if err := store.CheckExternal(*c); err != nil {
 		return nil, fmt.Errorf("--external-etcd: %w", err)
+	}
+	if err := store.CheckExternalFiles(*c); err != nil {
+		return nil, fmt.Errorf("--etcd-cacert, --etcd-cert, --etcd-key: %w", err)
 	}
 	return c, nil
 }

@@ -1,13 +1,19 @@
 package main
 
 import (
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
 )
 
 func TestExternalFlags(t *testing.T) {
-	files := externalFlags{caFile: "ca.pem", certFile: "c.pem", keyFile: "k.pem"}
+	srv := etcdtest.Start(t)
+	srv.Stop()
+	files := externalFlags{caFile: srv.CAFile, certFile: srv.CertFile, keyFile: srv.KeyFile}
+	missing := filepath.Join(t.TempDir(), "missing.pem")
 	with := func(f func(*externalFlags)) externalFlags {
 		x := files
 		f(&x)
@@ -30,6 +36,10 @@ func TestExternalFlags(t *testing.T) {
 		{name: "with listen", flags: with(func(f *externalFlags) { f.endpoints, f.listen = "https://a:2379", "0.0.0.0:2377" }), want: "--listen-addr is not supported with --external-etcd"},
 		{name: "bad prefix", flags: with(func(f *externalFlags) { f.endpoints, f.prefix = "https://a:2379", "a/" }), want: "must start with /"},
 		{name: "only commas", flags: with(func(f *externalFlags) { f.endpoints = " , " }), want: "no endpoint given"},
+		// Read before the data dir is touched: refused by name, exit 2.
+		{name: "missing CA file", flags: with(func(f *externalFlags) { f.endpoints, f.caFile = "https://a:2379", missing }), want: "--etcd-cacert, --etcd-cert, --etcd-key: external etcd: CA file"},
+		{name: "CA file not PEM", flags: with(func(f *externalFlags) { f.endpoints, f.caFile = "https://a:2379", f.keyFile }), want: "holds no PEM certificate"},
+		{name: "missing key", flags: with(func(f *externalFlags) { f.endpoints, f.keyFile = "https://a:2379", missing }), want: "--etcd-cacert, --etcd-cert, --etcd-key: external etcd: client key pair"},
 		{name: "two endpoints", flags: with(func(f *externalFlags) { f.endpoints = "https://a:2379, https://b:2379" }), eps: []string{"https://a:2379", "https://b:2379"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,7 +59,7 @@ func TestExternalFlags(t *testing.T) {
 				}
 				return
 			}
-			if c == nil || !slices.Equal(c.Endpoints, tc.eps) || c.CAFile != "ca.pem" || c.CertFile != "c.pem" || c.KeyFile != "k.pem" {
+			if c == nil || !slices.Equal(c.Endpoints, tc.eps) || c.CAFile != srv.CAFile || c.CertFile != srv.CertFile || c.KeyFile != srv.KeyFile {
 				t.Fatalf("config: %+v", c)
 			}
 		})

@@ -36,6 +36,42 @@ const (
 // new, empty embedded store and a second cluster under the same keys.
 type externalMarker struct {
 	Prefix string `json:"prefix"`
+	// Cluster says that the etcd has held this data dir's cluster: with
+	// a plain key and no cluster there, the etcd is another one (or lost
+	// its data), not an init that failed before writing.
+	Cluster bool `json:"cluster,omitempty"`
+}
+
+// readExternalMarker returns the marker (ok false without one).
+func (d *Daemon) readExternalMarker() (m externalMarker, ok bool, err error) {
+	b, err := os.ReadFile(d.externalMarkerPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return m, false, nil
+	}
+	if err != nil {
+		return m, false, fmt.Errorf("external etcd marker: %w", err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, false, fmt.Errorf("external etcd marker %s is corrupt", d.externalMarkerPath())
+	}
+	return m, true, nil
+}
+
+// noteExternalCluster records in the marker that the etcd holds this data
+// dir's cluster (after an init, and at each start that finds it).
+func (d *Daemon) noteExternalCluster() error {
+	if d.cfg.External == nil {
+		return nil
+	}
+	m, ok, err := d.readExternalMarker()
+	if err != nil || (ok && m.Cluster) {
+		return err
+	}
+	b, _ := json.Marshal(externalMarker{Prefix: d.cfg.External.Prefix, Cluster: true})
+	if err := writeFileSync(d.externalMarkerPath(), b, 0o600); err != nil {
+		return fmt.Errorf("external etcd marker: %w", err)
+	}
+	return nil
 }
 
 func (d *Daemon) externalMarkerPath() string {
@@ -56,6 +92,15 @@ func (d *Daemon) checkStoreKind(member bool) error {
 		if err := json.Unmarshal(b, &m); err != nil {
 			return fmt.Errorf("external etcd marker %s is corrupt", d.externalMarkerPath())
 		}
+	}
+	if marked && !d.hasKeyFiles() {
+		// A start refused before this data dir made its cluster (another
+		// hushd's prefix, an etcd that never answered) binds nothing: the
+		// retry its refusal advises must not be refused for the marker.
+		if err := os.Remove(d.externalMarkerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("external etcd marker: %w", err)
+		}
+		marked = false
 	}
 	ext := d.cfg.External
 	if ext == nil {
@@ -110,7 +155,41 @@ func (d *Daemon) foreignCluster(ctx context.Context) (bool, error) {
 	if err != nil || !exists {
 		return false, err
 	}
-	return !d.plainKey.Exists() && !d.lockedKey.Exists() && !d.nextKey().Exists(), nil
+	return !d.hasKeyFiles(), nil
+}
+
+// hasKeyFiles reports whether the data dir holds a cluster's master key.
+func (d *Daemon) hasKeyFiles() bool {
+	return d.plainKey.Exists() || d.lockedKey.Exists() || d.nextKey().Exists()
+}
+
+// checkExternalClusterGone refuses a start on an external etcd that does
+// not hold the cluster, when the data dir's key files show that there was
+// one (an autolocked key, or a key change under way): a changed
+// --external-etcd, or an etcd that lost its data. Going on would remove
+// those files, the only copy of that cluster's master key, and make a new
+// cluster in that etcd. A plain key alone is that too once the marker
+// says the etcd held the cluster; before, it is left to resume: an init
+// that failed before its cluster was written leaves one too, reused.
+func (d *Daemon) checkExternalClusterGone() error {
+	if d.cfg.External == nil {
+		return nil
+	}
+	m, _, err := d.readExternalMarker()
+	if err != nil {
+		return err
+	}
+	paths := []string{d.lockedKey.Path, d.nextKey().Path, d.rotatingKey().Path, d.oldPlainKey().Path}
+	if m.Cluster {
+		paths = append(paths, d.plainKey.Path)
+	}
+	for _, path := range paths {
+		if _, err := os.Stat(path); err == nil {
+			return fmt.Errorf("the external etcd does not hold this data dir's cluster under prefix %q, and %s holds that cluster's master key: check --external-etcd and --external-etcd-prefix (nothing was changed); if that cluster is gone for good, remove %s and start again",
+				d.cfg.External.Prefix, filepath.Dir(d.plainKey.Path), filepath.Dir(d.plainKey.Path))
+		}
+	}
+	return nil
 }
 
 // checkForeignCluster refuses to start on another hushd's cluster.

@@ -181,3 +181,95 @@ func TestExternalDaemonKeys(t *testing.T) {
 	}
 	checkKeyFiles(t, d, true)
 }
+
+// A start refused before this data dir made a cluster (another hushd's
+// cluster under the prefix) binds nothing: the retry the refusal advises,
+// under a prefix of its own, must start.
+func TestExternalRefusedStartBindsNothing(t *testing.T) {
+	srv := etcdtest.Start(t)
+	startWith(t, externalCfg(srv, t.TempDir(), "/taken"))
+	dir := t.TempDir()
+	if err := startErr(t, externalCfg(srv, dir, "/taken")); err == nil || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+		t.Fatalf("start beside another hushd's cluster: %v", err)
+	}
+	d := startWith(t, externalCfg(srv, dir, "/own"))
+	if d.State() != swarm.LocalNodeStateActive {
+		t.Fatalf("state under its own prefix: %s", d.State())
+	}
+}
+
+// A restart pointed at another etcd (a changed --external-etcd) that does
+// not hold the data dir's cluster must change nothing: not remove the
+// autolocked master key, and not make a new cluster there.
+func TestExternalRestartOnAnotherEtcd(t *testing.T) {
+	ctx := context.Background()
+	srv, other := etcdtest.Start(t), etcdtest.Start(t)
+	dir := t.TempDir()
+	d := startWith(t, externalCfg(srv, dir, "/x"))
+	id := getCluster(t, d).ID
+	key := enableAutolock(t, d)
+	d.Close()
+	if err := startErr(t, externalCfg(other, dir, "/x")); err == nil || !strings.Contains(err.Error(), "does not hold this data dir's cluster") {
+		t.Fatalf("start on another etcd: %v", err)
+	}
+	for k := range other.Dump(t) {
+		if strings.Contains(k, "/hush/") {
+			t.Fatalf("written into the other etcd: %q", k)
+		}
+	}
+	d = startWith(t, externalCfg(srv, dir, "/x"))
+	if err := d.Unlock(ctx, key); err != nil {
+		t.Fatalf("unlock after the refused start: %v", err)
+	}
+	if got := getCluster(t, d).ID; got != id {
+		t.Fatalf("cluster %s, want %s", got, id)
+	}
+}
+
+// Two hushds racing to init one prefix both pass the check for another
+// cluster; cluster.Create lets one win. The loser must keep no master key
+// (it sealed nothing that was written), so that its restart is refused by
+// name instead of taking the winner's cluster for its own.
+func TestExternalInitRaceLoser(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	cfg := externalCfg(srv, t.TempDir(), "/race")
+	cfg.NoInit = true
+	loser := startWith(t, cfg)
+	startWith(t, externalCfg(srv, t.TempDir(), "/race"))
+	// The daemon's own init: the external check before it passed earlier.
+	_, err := loser.InitWithKey(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen}, nil)
+	if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+		t.Fatalf("init that lost the race: %v", err)
+	}
+	if loser.plainKey.Exists() {
+		t.Fatal("the loser kept a master key that sealed nothing")
+	}
+	loser.Close()
+	cfg.NoInit = false
+	if err := startErr(t, cfg); err == nil || !strings.Contains(err.Error(), "already holds a hush cluster under this prefix") {
+		t.Fatalf("restart of the loser: %v", err)
+	}
+}
+
+// The same without autolock: the plain master key must not be used to
+// make a new cluster in an etcd that does not hold the data dir's one.
+func TestExternalRestartOnAnotherEtcdPlainKey(t *testing.T) {
+	srv, other := etcdtest.Start(t), etcdtest.Start(t)
+	dir := t.TempDir()
+	d := startWith(t, externalCfg(srv, dir, ""))
+	id := getCluster(t, d).ID
+	d.Close()
+	if err := startErr(t, externalCfg(other, dir, "")); err == nil || !strings.Contains(err.Error(), "does not hold this data dir's cluster") {
+		t.Fatalf("start on another etcd: %v", err)
+	}
+	for k := range other.Dump(t) {
+		if strings.Contains(k, "/hush/") {
+			t.Fatalf("written into the other etcd: %q", k)
+		}
+	}
+	d = startWith(t, externalCfg(srv, dir, ""))
+	if got := getCluster(t, d).ID; got != id {
+		t.Fatalf("cluster %s, want %s", got, id)
+	}
+}

@@ -74,6 +74,9 @@ func (d *Daemon) resume(ctx context.Context) error {
 		return err
 	}
 	if !exists {
+		if err := d.checkExternalClusterGone(); err != nil {
+			return err
+		}
 		// Key files without a cluster: an init that crashed, or a leave
 		// that did not finish. Neither protects anything.
 		_ = d.lockedKey.Remove()
@@ -86,6 +89,9 @@ func (d *Daemon) resume(ctx context.Context) error {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
+		return err
+	}
+	if err := d.noteExternalCluster(); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -337,7 +343,8 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 		return "", initSpecError(err)
 	}
 	var mk keyring.MasterKey
-	if d.plainKey.Exists() {
+	generated := !d.plainKey.Exists()
+	if !generated {
 		mk, err = d.plainKey.Load()
 	} else {
 		mk, err = keyring.GenerateMasterKey()
@@ -357,7 +364,23 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	c, err := cluster.Create(ctx, d.store, kr, cluster.Params{Spec: spec, SigningCAKey: caKey, Network: netw})
 	if err != nil {
 		d.keys.Set(nil)
+		if errors.Is(err, cluster.ErrExists) {
+			// Another hushd's cluster on an external etcd won a race to
+			// init: nothing was written, so the new key protects nothing,
+			// and kept it would make this data dir pass for that cluster's.
+			if generated {
+				_ = d.plainKey.Remove()
+			}
+			if d.cfg.External != nil {
+				return "", errdefs.BadRequest("%s", msgExternalInit)
+			}
+		}
 		return "", initSpecError(err)
+	}
+	if err := d.noteExternalCluster(); err != nil {
+		// The cluster is made; only the guard against a changed
+		// --external-etcd is missing until the next start records it.
+		d.log.Warn("recording the external etcd's cluster in the data dir", "err", err)
 	}
 	if req.Availability != swarm.NodeAvailabilityActive {
 		if err := d.setAvailability(ctx, req.Availability); err != nil {

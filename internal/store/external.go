@@ -64,6 +64,14 @@ func CheckExternal(c ExternalConfig) error {
 	return checkPrefix(c.Prefix)
 }
 
+// CheckExternalFiles reads c's TLS files as OpenExternal does: a command
+// line naming a missing or unusable one is refused before anything is
+// written.
+func CheckExternalFiles(c ExternalConfig) error {
+	_, err := externalTLS(c.CAFile, c.CertFile, c.KeyFile)
+	return err
+}
+
 // checkEndpoint refuses anything but https://host:port. Plain http is
 // refused even on loopback: every value is sealed, but keys, revisions,
 // leases and sizes (the cluster's metadata) would cross in the clear, and
@@ -100,6 +108,12 @@ func checkPrefix(p string) error {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/-_.", r)) {
 			return errdefs.BadRequest("external etcd: prefix %q: only letters, digits and / - _ .", p)
 		}
+	}
+	// Such a prefix puts hush's keys under the root of the cluster whose
+	// prefix is what comes before it: that cluster's leave would erase
+	// them, and its rewrites would try to open them.
+	if strings.Contains(p+"/", root) {
+		return errdefs.BadRequest("external etcd: prefix %q: must not contain %s (its keys would be inside another hush cluster's keys)", p, strings.TrimSuffix(root, "/"))
 	}
 	return nil
 }

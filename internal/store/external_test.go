@@ -79,6 +79,10 @@ func TestOpenExternalRefuses(t *testing.T) {
 		{"prefix without slash", with(func(c *store.ExternalConfig) { c.Prefix = "team" }), "must start with /"},
 		{"prefix ending in slash", with(func(c *store.ExternalConfig) { c.Prefix = "/team/" }), "not end with one"},
 		{"prefix with NUL", with(func(c *store.ExternalConfig) { c.Prefix = "/te\x00am" }), "only letters"},
+		// Keys under these would be inside another hush cluster's root (the
+		// one without a prefix, or /a's): its leave would erase them.
+		{"prefix inside hush's root", with(func(c *store.ExternalConfig) { c.Prefix = "/hush/v1/team" }), "inside another hush cluster's keys"},
+		{"prefix inside another prefix's root", with(func(c *store.ExternalConfig) { c.Prefix = "/a/hush/v1" }), "inside another hush cluster's keys"},
 		{"prefix too long", with(func(c *store.ExternalConfig) { c.Prefix = "/" + strings.Repeat("a", store.MaxExternalPrefix) }), "longer than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -315,5 +319,29 @@ func TestExternalRequestTooLarge(t *testing.T) {
 		if !errdefs.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "--max-request-bytes of at least") {
 			t.Fatalf("a %d-byte object: %v", size, err)
 		}
+	}
+}
+
+// A master-key rotation re-wraps values in batches; on an external etcd
+// with its default request limit (1.5 MiB, which etcdtest runs) two
+// objects that each fit must not be refused together as one batch.
+func TestExternalRewrapBatchesFit(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	keys := storetest.NewKeys(t)
+	s := openExternal(t, store.ExternalConfig{Endpoints: []string{srv.Endpoint}, CAFile: srv.CAFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Keys: keys})
+	awaitReady(t, s)
+	tb := s.Table("things")
+	for _, id := range []string{"a", "b"} {
+		if _, err := tb.Create(ctx, id, "", bytes.Repeat([]byte(id), 800<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldID, _ := rotate(t, keys)
+	if _, err := s.Rewrap(ctx, nil); err != nil {
+		t.Fatalf("re-wrap: %v", err)
+	}
+	if left, err := s.Referencing(ctx, oldID); err != nil || left != 0 {
+		t.Fatalf("after the re-wrap %d values need the old key (%v)", left, err)
 	}
 }

@@ -23,8 +23,9 @@ const (
 	// batchRecords bounds a batch's records (a migrated index entry is
 	// two operations; etcd allows 128 per transaction).
 	batchRecords = 48
-	// batchBytes flushes a batch once it holds this much; one record is at
-	// most about 2 MiB, so a batch stays under MaxRequestBytes.
+	// batchBytes bounds a batch (a record past it is a batch of its own;
+	// one record is at most about 2 MiB), so a batch stays under
+	// MaxRequestBytes.
 	batchBytes = 1 << 20
 	maxRetries = 20
 )
@@ -105,13 +106,24 @@ func (s *Store) rewritePage(ctx context.Context, kvs []*mvccpb.KeyValue, fn rewr
 		if len(o) == 0 {
 			continue
 		}
+		rsize := 0
+		for _, op := range o {
+			rsize += len(op.KeyBytes()) + len(op.ValueBytes())
+		}
+		// A record that would take the batch past batchBytes goes into
+		// the next one: a batch is then no larger than one record or
+		// batchBytes, which an external etcd run with its default request
+		// limit (below MaxRequestBytes) accepts too.
+		if records > 0 && size+rsize > batchBytes {
+			if err := flush(); err != nil || retry {
+				return n, retry, err
+			}
+		}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
 		ops = append(ops, o...)
 		records++
 		pending += k
-		for _, op := range o {
-			size += len(op.KeyBytes()) + len(op.ValueBytes())
-		}
+		size += rsize
 		if records >= batchRecords || size >= batchBytes {
 			if err := flush(); err != nil || retry {
 				return n, retry, err

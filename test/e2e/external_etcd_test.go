@@ -132,6 +132,7 @@ func TestExternalEtcdFlagsRefused(t *testing.T) {
 		{"http endpoint", []string{"--external-etcd", "http://127.0.0.1:2379", "--etcd-cacert", "a", "--etcd-cert", "b", "--etcd-key", "c"}, "scheme http refused, use https"},
 		{"no TLS files", []string{"--external-etcd", "https://127.0.0.1:2379"}, "--external-etcd needs --etcd-cacert, --etcd-cert and --etcd-key"},
 		{"TLS without endpoint", []string{"--etcd-cert", "b"}, "--etcd-cert needs --external-etcd"},
+		{"missing CA file", []string{"--external-etcd", "https://127.0.0.1:2379", "--etcd-cacert", filepath.Join(dir, "missing.pem"), "--etcd-cert", "b", "--etcd-key", "c"}, "--etcd-cacert, --etcd-cert, --etcd-key: external etcd: CA file"},
 		{"with listen-addr", []string{"--external-etcd", "https://127.0.0.1:2379", "--etcd-cacert", "a", "--etcd-cert", "b", "--etcd-key", "c", "--listen-addr", "127.0.0.1:4567"}, "--listen-addr is not supported with --external-etcd"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -85,6 +85,10 @@ func Init(ctx context.Context, st *store.Store, s Sealer, spec swarm.Spec) (Clus
 	return Create(ctx, st, s, Params{Spec: spec})
 }
 
+// ErrExists is Create finding a cluster record already there: nothing was
+// written (Swarm's text).
+var ErrExists = errdefs.Unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.")
+
 // Params are what a new cluster is made with.
 type Params struct {
 	// Spec is the validated spec (see MergeInitSpec and ValidateSpec).
@@ -131,7 +135,7 @@ func Create(ctx context.Context, st *store.Store, s Sealer, p Params) (Cluster, 
 	}
 	if _, err := st.Table(table).Create(ctx, key, "", val); err != nil {
 		if errors.Is(err, store.ErrNameTaken) {
-			return Cluster{}, errdefs.Unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.")
+			return Cluster{}, ErrExists
 		}
 		return Cluster{}, err
 	}
