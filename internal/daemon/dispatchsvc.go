@@ -61,8 +61,10 @@ func (d *Daemon) clusterRoots() *x509.CertPool {
 
 // dispatcherServer returns the runtime part that serves the dispatcher to
 // remote nodes on listen port + 2 while the runtime runs. The caller
-// holds d.mu; nil when this manager has no listen address.
-func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string) (func(context.Context), error) {
+// holds d.mu; nil when this manager has no listen address. vouching
+// (nil: always) refuses sessions and heartbeats while this manager cannot
+// vouch for the nodes it hears (see presenceKeeper.vouching).
+func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string, vouching func() error) (func(context.Context), error) {
 	if d.member == nil || !d.listen.enabled() {
 		return nil, nil
 	}
@@ -83,7 +85,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string)
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
 		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
-		Refuse: d.refuseNode,
+		Refuse: d.refuseNode, Vouching: vouching,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
 	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}

@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 )
 
@@ -50,10 +52,19 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
 	d.spec.heartbeat.Store(int64(time.Second))
 	k := &presenceKeeper{d: d}
+	if err := k.vouching(); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("vouching before any lease: %v, want Unavailable", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); k.run(ctx) }()
-	defer func() { cancel(); <-done }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	}()
 	present := func() bool {
 		got, err := st.Present(context.Background())
 		if err != nil {
@@ -73,12 +84,16 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 	}
 	waitUntil("claimed under a 3 s lease", func() bool {
 		p := k.current()
-		return p != nil && p.TTL() == 3*time.Second && present()
+		return p != nil && p.TTL() == 3*time.Second && present() && k.vouching() == nil
 	})
 	d.spec.heartbeat.Store(int64(2 * time.Second))
 	waitUntil("a 6 s lease, still claimed", func() bool {
 		if !present() {
 			t.Fatal("the manager's claim lapsed while its lease was replaced")
+		}
+		// Its dispatcher keeps its workers meanwhile.
+		if err := k.vouching(); err != nil {
+			t.Fatalf("not vouching while its lease was replaced: %v", err)
 		}
 		return k.current().TTL() == 6*time.Second
 	})
@@ -86,6 +101,16 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 		if !present() {
 			t.Fatal("the manager's claim lapsed after its lease was replaced")
 		}
+		if err := k.vouching(); err != nil {
+			t.Fatalf("not vouching after its lease was replaced: %v", err)
+		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Stopped (its lease revoked): no longer vouching.
+	cancel()
+	<-done
+	stopped = true
+	if err := k.vouching(); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("vouching after the presence stopped: %v, want Unavailable", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/dispatchnet"
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
@@ -40,9 +41,25 @@ func (d *Daemon) livePeriod() time.Duration {
 
 // presenceRunner returns the runtime part that keeps this manager's
 // presence: its lease, its own claim, and a claim for each node that
-// heartbeats its dispatcher (see presenceKeeper).
-func (d *Daemon) presenceRunner() (func(context.Context), error) {
-	return (&presenceKeeper{d: d}).run, nil
+// heartbeats its dispatcher (see presenceKeeper); and vouching, the
+// dispatcher's test that this manager can vouch for the nodes it hears.
+func (d *Daemon) presenceRunner() (run func(context.Context), vouching func() error, err error) {
+	k := &presenceKeeper{d: d}
+	return k.run, k.vouching, nil
+}
+
+// freshBeats: a manager whose lease the quorum has not renewed for this
+// many heartbeat periods (renewals come every period: TTL/3) takes itself
+// for cut off, and its dispatcher refuses heartbeats and sessions, so that
+// its workers move to a manager whose claims the others see.
+const freshBeats = 2
+
+// vouching is nil while this manager's presence lease is renewed.
+func (k *presenceKeeper) vouching() error {
+	if p := k.current(); p != nil && p.Fresh(freshBeats*k.d.livePeriod()) {
+		return nil
+	}
+	return errdefs.Unavailable("this manager cannot reach the managers' quorum to vouch for its nodes")
 }
 
 // presenceKeeper keeps a presence whose lease TTL follows the heartbeat
@@ -78,10 +95,14 @@ func (k *presenceKeeper) start(ctx context.Context) (*runningPresence, error) {
 	go func() { defer close(r.done); p.Run(pctx) }()
 	// Claims made before the lease is granted are put with it.
 	d.vouch(ctx, p)
+	return r, nil
+}
+
+// use makes p the presence in use (see vouching).
+func (k *presenceKeeper) use(p *store.Presence) {
 	k.mu.Lock()
 	k.cur = p
 	k.mu.Unlock()
-	return r, nil
 }
 
 func (r *runningPresence) stop() { r.cancel(); <-r.done }
@@ -94,6 +115,7 @@ func (k *presenceKeeper) run(ctx context.Context) {
 		return
 	}
 	defer func() { r.stop() }()
+	k.use(r.p)
 	for {
 		if ttl := leaseBeats * d.livePeriod(); (ttl+time.Second-1)/time.Second*time.Second != r.p.TTL() {
 			if next, err := k.start(ctx); err == nil {
@@ -103,6 +125,9 @@ func (k *presenceKeeper) run(ctx context.Context) {
 				for !next.p.Held() && time.Now().Before(deadline) && ctx.Err() == nil {
 					time.Sleep(50 * time.Millisecond)
 				}
+				// In use (vouching) once it holds, not before: the old
+				// lease vouches until then.
+				k.use(next.p)
 				r.stop()
 				r = next
 				d.log.Info("presence: lease follows the heartbeat period", "ttl", r.p.TTL())

@@ -176,14 +176,16 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 			fn(ctx)
 		}()
 	}
+	var vouching func() error
 	if d.store.Members() != nil {
 		// One orchestrator for the cluster: the manager that leads.
 		run(d.leadOrchestrator)
 		// Every manager vouches for itself and the nodes it hears.
-		if pr, err := d.presenceRunner(); err != nil {
+		if pr, v, err := d.presenceRunner(); err != nil {
 			d.log.Error("presence not kept", "err", err)
 		} else {
 			run(pr)
+			vouching = v
 		}
 	} else {
 		run(d.newOrchestrator().Run)
@@ -194,7 +196,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	})
 	// Workers' sessions only: a manager whose port is taken still serves
 	// the cluster, and its workers show Down.
-	if serve, err := d.dispatcherServer(disp, c.ID); err != nil {
+	if serve, err := d.dispatcherServer(disp, c.ID, vouching); err != nil {
 		d.log.Error("dispatcher for workers not served", "err", err)
 	} else if serve != nil {
 		run(serve)

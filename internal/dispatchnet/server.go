@@ -98,6 +98,14 @@ type ServerConfig struct {
 	// Describe records what a node says of itself as it opens a session
 	// (nil: ignored).
 	Describe func(ctx context.Context, nodeID string, d Description) error
+	// Vouching reports whether this manager can vouch for the nodes it
+	// hears (its presence is renewed with the quorum). While it returns
+	// an error, session opens and heartbeats are refused with it, so a
+	// worker moves to a manager that can: otherwise a manager cut off into
+	// a minority kept its workers' sessions while the others, no longer
+	// seeing its claims, marked them Down and replaced their tasks. nil:
+	// always vouching.
+	Vouching func() error
 	// HeartbeatPeriod is the cluster spec's Dispatcher.HeartbeatPeriod,
 	// read per session and heartbeat (nil or <= 0: 5 s).
 	HeartbeatPeriod func() time.Duration
@@ -272,6 +280,10 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
+	if err := h.vouching(); err != nil {
+		h.fail(w, err)
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxDescribeBody))
 	if err != nil {
 		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxDescribeBody))
@@ -384,6 +396,20 @@ func (h *Handler) write(rc *http.ResponseController, w io.Writer, b []byte) erro
 	return rc.SetWriteDeadline(time.Time{})
 }
 
+// vouching is ServerConfig.Vouching's verdict, as an Unavailable error.
+func (h *Handler) vouching() error {
+	if h.c.Vouching == nil {
+		return nil
+	}
+	if err := h.c.Vouching(); err != nil {
+		if errors.Is(err, errdefs.ErrUnavailable) {
+			return err
+		}
+		return errdefs.Unavailable("%v", err)
+	}
+	return nil
+}
+
 // beat records a heartbeat of s and pushes its deadline back.
 func (h *Handler) beat(s *srvSession) {
 	s.watch.Reset(graceBeats * s.period)
@@ -452,6 +478,10 @@ func decodeBody[T any](body []byte) (T, error) {
 }
 
 func (h *Handler) heartbeat(_ context.Context, s *srvSession, _ []byte) (any, error) {
+	if err := h.vouching(); err != nil {
+		h.end(s.node, s.id, err)
+		return nil, err
+	}
 	h.beat(s)
 	return heartbeatResponse{HeartbeatMillis: s.period.Milliseconds()}, nil
 }

@@ -47,3 +47,6 @@ func RevokeLeaseForTest(ctx context.Context, s *Store, lease int64) error {
 	_, err := s.cli.Revoke(ctx, clientv3.LeaseID(lease))
 	return err
 }
+
+// LeaseBoundForTest reports whether key is one a rewrite leaves alone.
+func LeaseBoundForTest(key string) bool { return leaseBound(key) }

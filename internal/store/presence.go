@@ -41,6 +41,13 @@ type Presence struct {
 	claims map[string]bool
 	// crashed stops renewing without revoking (tests: a crash).
 	crashed atomic.Bool
+	// renewedAt is when the quorum last granted or renewed the lease held
+	// (Unix nanoseconds; 0 while none is held). Apart from mu, so that
+	// Fresh never waits for a claim's write.
+	renewedAt atomic.Int64
+	// granted is the lease's TTL as etcd granted it (seconds): etcd raises
+	// a short TTL to its minimum, and renewals come every third of it.
+	granted atomic.Int64
 }
 
 // presenceOpTimeout bounds each write of a claim.
@@ -83,16 +90,20 @@ func (p *Presence) Run(ctx context.Context) {
 		if err == nil {
 			// The channel closes when the lease is gone (no renewal within
 			// its TTL, or revoked) or ctx ends.
-			for range ka {
+			for r := range ka {
 				if p.crashed.Load() {
 					break
 				}
+				p.granted.Store(r.TTL)
+				// Only Run changes the lease: it is still this one.
+				p.renewedAt.Store(time.Now().UnixNano())
 			}
 		}
 		cancel()
 		p.mu.Lock()
 		if p.lease == lease {
 			p.lease = 0
+			p.renewedAt.Store(0)
 		}
 		p.mu.Unlock()
 		if ctx.Err() != nil || p.crashed.Load() {
@@ -136,6 +147,8 @@ func (p *Presence) grant(ctx context.Context) (clientv3.LeaseID, error) {
 		ops = ops[n:]
 	}
 	p.lease = resp.ID
+	p.granted.Store(resp.TTL)
+	p.renewedAt.Store(time.Now().UnixNano())
 	return resp.ID, nil
 }
 
@@ -147,6 +160,19 @@ func (p *Presence) Held() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.lease != 0
+}
+
+// Fresh reports whether a lease is held and the quorum renewed it within
+// the last within, or within two renewals of the lease as granted when
+// that is longer (a lease etcd raised to its minimum TTL is renewed less
+// often than within may assume). A manager cut off from the quorum keeps its lease
+// locally until the TTL passes, but its renewals stop at once: its claims
+// are about to lapse for the other managers, so it had better not keep
+// vouching for nodes (they should move to a manager that can).
+func (p *Presence) Fresh(within time.Duration) bool {
+	at := p.renewedAt.Load()
+	within = max(within, time.Duration(p.granted.Load())*time.Second*2/3)
+	return at != 0 && time.Since(time.Unix(0, at)) <= within
 }
 
 func (p *Presence) key(nodeID string) string { return presenceRoot + nodeID + "/" + p.owner }

@@ -142,3 +142,36 @@ func TestPresenceRegrantsLostLease(t *testing.T) {
 	}
 	waitPresent(t, s, "w1", []string{"m1"}, 5*time.Second)
 }
+
+// Fresh: a held lease the quorum renews; not before the lease is granted,
+// not after a crash. A within shorter than the lease's renewals (etcd
+// raises a short TTL to its minimum) is stretched to two of them: a
+// renewed lease stays fresh throughout.
+func TestPresenceFresh(t *testing.T) {
+	s := storetest.New(t)
+	p, err := s.NewPresence("m1", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Fresh(time.Hour) {
+		t.Fatal("fresh before its lease is granted")
+	}
+	runPresence(t, p)
+	// Two leases' worth of renewals (the granted TTL is at least the 1 s
+	// asked), watched every 20 ms.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		for _, within := range []time.Duration{time.Hour, time.Nanosecond} {
+			if !p.Fresh(within) {
+				t.Fatalf("a renewed lease not fresh within %s", within)
+			}
+		}
+	}
+	p.CrashForTest()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Fresh(time.Hour) {
+		if time.Now().After(deadline) {
+			t.Fatal("fresh 10 s after renewals stopped")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

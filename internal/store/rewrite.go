@@ -34,9 +34,10 @@ const (
 // and how many wrapped keys they re-wrap or seal.
 type rewriteFn func(kv *mvccpb.KeyValue) ([]clientv3.Op, int, error)
 
-// rewriteAll applies fn to every key under the root. hook, if set, runs
-// after each committed batch with the batch's number (from 1); an error
-// from it stops the rewrite there, which is how tests simulate a crash.
+// rewriteAll applies fn to every key under the root but the lease-bound
+// ones (see leaseBound). hook, if set, runs after each committed batch
+// with the batch's number (from 1); an error from it stops the rewrite
+// there, which is how tests simulate a crash.
 func (s *Store) rewriteAll(ctx context.Context, fn rewriteFn, hook func(batch int) error) (int, error) {
 	end := clientv3.GetPrefixRangeEnd(root)
 	from := root
@@ -99,6 +100,9 @@ func (s *Store) rewritePage(ctx context.Context, kvs []*mvccpb.KeyValue, fn rewr
 		return committed()
 	}
 	for _, kv := range kvs {
+		if leaseBound(string(kv.Key)) {
+			continue
+		}
 		o, k, err := fn(kv)
 		if err != nil {
 			return n, false, err
@@ -285,4 +289,12 @@ func (s *Store) CompactAll(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// leaseBound reports whether key lives under a lease and is stored
+// unsealed (an election's keys, presence claims): a rewrite leaves such
+// keys alone, since their readers (etcd's election, Present) read them raw
+// and they hold no secret; they vanish with their leases anyway.
+func leaseBound(key string) bool {
+	return strings.HasPrefix(key, electionRoot) || strings.HasPrefix(key, presenceRoot)
 }
