@@ -181,10 +181,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.log.Debug("api", "method", r.Method, "path", r.URL.Path, "status", rec.code, "dur", time.Since(start))
 }
 
-// checkState refuses swarm calls while the node is locked or not in a
-// cluster, with Swarm's texts.
+// checkState refuses swarm calls while the node is locked, not in a
+// cluster or waiting for its cluster's quorum, with Swarm's texts.
 func (s *Server) checkState(path string) error {
-	if s.Swarm == nil || lifecycleExempt(path) {
+	if s.Swarm == nil {
+		return nil
+	}
+	if lifecycleExempt(path) {
+		// A manager waiting for its quorum cannot tell what its cluster
+		// is, nor change it: its state is all it describes.
+		if (path == "/swarm" || strings.HasPrefix(path, "/swarm/")) && s.state() == swarm.LocalNodeStatePending {
+			return s.Swarm.CheckServing()
+		}
 		return nil
 	}
 	return s.Swarm.CheckServing()

@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
+
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/api/types/system"
 )
@@ -100,6 +102,9 @@ func (s *Server) swarmInfo(r *http.Request) swarm.Info {
 		return swarm.Info{LocalNodeState: st}
 	case swarm.LocalNodeStateLocked:
 		return swarm.Info{LocalNodeState: st, NodeID: s.Node.ID, NodeAddr: s.Node.Addr}
+	case swarm.LocalNodeStatePending:
+		// A manager waiting for its cluster's quorum.
+		return swarm.Info{LocalNodeState: st, NodeID: s.Node.ID, NodeAddr: s.Node.Addr, Error: errdefs.NoLeaderMessage}
 	}
 	if si, ok := s.workerInfo(); ok {
 		return si

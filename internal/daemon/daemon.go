@@ -200,6 +200,11 @@ type Daemon struct {
 	// promoting holds a promotion past its commit point until this node
 	// is activated as a manager (finishPromotionLocked), under mu.
 	promoting *pendingPromotion
+	// noQuorum is set while a manager started without its cluster's
+	// quorum waits for it (quorum.go); quorumStop ends that wait.
+	noQuorum   atomic.Bool
+	quorumStop context.CancelFunc
+	quorumDone sync.WaitGroup
 
 	closeOnce sync.Once
 }
@@ -291,51 +296,19 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.openStore(ctx, member); err != nil {
 		return nil, err
 	}
-	if member != nil || cfg.External != nil {
-		// A manager of a cluster: its store serves once it has caught up
-		// with a quorum of the others (or the external etcd answers).
-		if err := d.awaitQuorum(ctx); err != nil {
-			return nil, err
-		}
-		if err := d.checkForeignCluster(ctx); err != nil {
-			return nil, err
-		}
+	// A manager of a cluster serves once it has caught up with a quorum of
+	// the others (or the external etcd answers). Without one (a
+	// whole-cluster restart) it listens at once and activates when the
+	// quorum comes (quorum.go).
+	needQuorum := member != nil || cfg.External != nil
+	waiting := needQuorum && !d.readyWithin(ctx, quorumGrace)
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	if d.worker == nil {
-		if err := d.resume(ctx); err != nil {
-			return nil, err
-		}
-		if err := d.listenOnExisting(ctx); err != nil {
-			return nil, err
-		}
-	} else {
-		d.mu.Lock()
-		err := d.startWorkerAgentLocked()
-		d.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-	}
-	if d.member != nil && d.State() == swarm.LocalNodeStateActive {
-		// A first manager that crashed between reopening its store and
-		// recording its peer URL still advertises the placeholder; a no-op
-		// otherwise.
-		adv, _ := d.listen.peerURLs()
-		if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
-			return nil, fmt.Errorf("recording this manager's peer URL: %w", err)
-		}
-		d.mu.Lock()
-		err := d.startJoinServiceLocked()
-		d.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-	}
-	if d.State() == swarm.LocalNodeStateInactive {
-		// Nothing sealed to decode yet; activation starts it otherwise.
-		if err := d.startMirror(ctx); err != nil {
-			return nil, err
-		}
+	if waiting {
+		d.noQuorum.Store(true)
+	} else if err := d.startServing(ctx, needQuorum); err != nil {
+		return nil, err
 	}
 	if d.ln, err = listenUnix(cfg.Socket); err != nil {
 		return nil, err
@@ -349,6 +322,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			d.errc <- fmt.Errorf("api server: %w", err)
 		}
 	}()
+	if waiting {
+		d.serveOnQuorum()
+	}
 	d.startSync()
 	d.log.Info("hushd serving", "socket", cfg.Socket, "version", Version, "state", d.State())
 	return d, nil
@@ -416,6 +392,10 @@ func (d *Daemon) NodeID() string { return d.nodeID }
 // the store (which flushes etcd) and releases the data dir.
 func (d *Daemon) Close() {
 	d.closeOnce.Do(func() {
+		if d.quorumStop != nil {
+			d.quorumStop()
+			d.quorumDone.Wait()
+		}
 		if d.syncStop != nil {
 			d.syncStop()
 			d.syncDone.Wait()

@@ -45,6 +45,9 @@ func (d *Daemon) nextKey() keyring.LockedKeyStore {
 func (d *Daemon) State() swarm.LocalNodeState {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.noQuorum.Load() {
+		return swarm.LocalNodeStatePending
+	}
 	return d.state
 }
 
@@ -534,6 +537,9 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 
 // CheckServingLocked is CheckServing for callers holding d.mu.
 func (d *Daemon) CheckServingLocked() error {
+	if d.noQuorum.Load() {
+		return fmt.Errorf("waiting for the swarm's quorum: %w", errdefs.ErrNoLeader)
+	}
 	if d.worker != nil {
 		// A worker has no store to serve from: Swarm's text for a worker.
 		return errdefs.Unavailable("%s", msgInactive)

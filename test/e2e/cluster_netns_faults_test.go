@@ -204,20 +204,10 @@ func (c *labCluster) killAll() {
 	}
 }
 
-// noQuorumPingFixed says whether hushd serves /_ping (and Swarm's
-// no-leader 503 for the swarm API) while a restarted manager waits for a
-// quorum, as issue 9 requires. On main it does not: daemon.New waits in
-// awaitQuorum before it listens on its socket, so a whole-cluster restart
-// shows "connection refused" until a majority is up.
-const noQuorumPingFixed = false
-
 // After kill -9 of every node, one manager started alone answers /_ping at
 // once and refuses swarm calls with Swarm's no-leader text; once the
 // others are back, the cluster is whole again.
 func testLabNoQuorumPing(t *testing.T, c *labCluster) {
-	if !noQuorumPingFixed {
-		t.Skip("KNOWN BUG (reported to the lead): a manager without quorum serves nothing until it has one (daemon.New blocks in awaitQuorum before listening); set noQuorumPingFixed when fixed")
-	}
 	c.killAll()
 	t.Cleanup(func() {
 		for _, n := range []string{"m1", "m2", "m3", "w1"} {
