@@ -71,7 +71,11 @@ func TestNodeRemove(t *testing.T) {
 	later.NotBefore = time.Now().Add(2*time.Second - pki.Backdate)
 	for _, fresh := range []bool{false, true} {
 		if fresh {
-			m.removed = removedCache{}
+			// Emptied under its lock: the running daemon reads it too
+			// (assigning a new value raced its readers).
+			m.removed.mu.Lock()
+			m.removed.read, m.removed.m = time.Time{}, nil
+			m.removed.mu.Unlock()
 		}
 		if err := m.refuseNode(w.nodeID, leaf); !errors.Is(err, agent.ErrNodeRemoved) || !errors.Is(err, errdefs.ErrUnauthorized) {
 			t.Fatalf("the removed node's certificate (fresh cache %v): %v", fresh, err)
