@@ -205,22 +205,44 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 		// converges to, so it would be demoted again at once.
 		return nil, errdefs.FailedPrecondition("node %s is recorded as a worker: join it with the worker token and promote it (docker node promote %s)", req.NodeID, req.NodeID)
 	}
-	m, peers, err := members.AddLearner(ctx, req.NodeID, req.PeerURL)
+	a, err := d.admitMember(ctx, members, req.NodeID, req.PeerURL, pub)
 	if err != nil {
 		return nil, err
+	}
+	return &joinResponse{ClusterID: c.ID, CertPEM: iss.PEM, CAPEM: []byte(c.CACert), MemberID: a.member.ID,
+		InitialCluster: a.peers, KeyID: a.keyID, WrapPub: a.wrapPub, WrappedKey: a.wrapped}, nil
+}
+
+// memberAdmission is what a node admitted as a manager gets besides its
+// certificate: its learner, the initial cluster it starts from, and the
+// master key wrapped to its certified key.
+type memberAdmission struct {
+	member           store.Member
+	peers            []store.Peer
+	keyID            string
+	wrapPub, wrapped []byte
+}
+
+// admitMember adds nodeID's learner at peerURL, wraps the master key to the
+// node's certified key pub, and promotes the learner once it has caught up:
+// the steps a manager's join and a worker's promotion share, in one place
+// because the wrapping is what hands out the cluster's master key.
+func (d *Daemon) admitMember(ctx context.Context, members *store.Members, nodeID, peerURL string, pub *ecdsa.PublicKey) (memberAdmission, error) {
+	m, peers, err := members.AddLearner(ctx, nodeID, peerURL)
+	if err != nil {
+		return memberAdmission{}, err
 	}
 	d.mu.Lock()
 	mk := d.mk
-	wpub, wrapped, err := wrapMasterKey(mk, pub, req.NodeID)
+	wpub, wrapped, err := wrapMasterKey(mk, pub, nodeID)
 	d.mu.Unlock()
 	if err != nil {
-		return nil, err
+		return memberAdmission{}, err
 	}
 	if m.Learner {
-		d.promoteLater(members, m.ID, req.NodeID)
+		d.promoteLater(members, m.ID, nodeID)
 	}
-	return &joinResponse{ClusterID: c.ID, CertPEM: iss.PEM, CAPEM: []byte(c.CACert), MemberID: m.ID,
-		InitialCluster: peers, KeyID: mk.ID, WrapPub: wpub, WrappedKey: wrapped}, nil
+	return memberAdmission{member: m, peers: peers, keyID: mk.ID, wrapPub: wpub, wrapped: wrapped}, nil
 }
 
 // keyFP is what a node record keeps of the key its certificate was

@@ -357,24 +357,13 @@ func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.No
 	if err := nodes.SetKeyFP(ctx, d.store, n.ID, keyFP(iss.Leaf)); err != nil {
 		return nil, err
 	}
-	members := d.store.Members()
-	m, peers, err := members.AddLearner(ctx, n.ID, req.PeerURL)
+	a, err := d.admitMember(ctx, d.store.Members(), n.ID, req.PeerURL, pub)
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	mk := d.mk
-	wpub, wrapped, err := wrapMasterKey(mk, pub, n.ID)
-	d.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	if m.Learner {
-		d.promoteLater(members, m.ID, n.ID)
-	}
-	resp.CertPEM, resp.MemberID, resp.InitialCluster = iss.PEM, m.ID, peers
-	resp.KeyID, resp.WrapPub, resp.WrappedKey = mk.ID, wpub, wrapped
-	d.log.Info("worker promoted: certified as a manager, learner added", "node", n.ID, "member", m.ID)
+	resp.CertPEM, resp.MemberID, resp.InitialCluster = iss.PEM, a.member.ID, a.peers
+	resp.KeyID, resp.WrapPub, resp.WrappedKey = a.keyID, a.wrapPub, a.wrapped
+	d.log.Info("worker promoted: certified as a manager, learner added", "node", n.ID, "member", a.member.ID)
 	return resp, nil
 }
 
