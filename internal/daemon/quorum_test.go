@@ -80,9 +80,9 @@ func TestStartWithoutQuorum(t *testing.T) {
 	m2 = startWith(t, Config{DataDir: dir2, NoInit: true, ListenAddr: l2, RoleSyncPeriod: fastSync})
 	for _, m := range []*Daemon{m1, m2} {
 		waitUntil(t, "the managers are active with their quorum back", func() bool { return m.State() == swarm.LocalNodeStateActive })
-		if code, hdr, body := socketCall(t, m, "GET", "/v1.41/secrets"); code != http.StatusOK {
+		if code, _, body := socketCall(t, m, "GET", "/v1.41/secrets"); code != http.StatusOK {
 			t.Errorf("secret ls with the quorum back: %d, %q", code, body)
-		} else if _, hdr, _ = socketCall(t, m, "GET", "/_ping"); hdr != "active/manager" {
+		} else if _, hdr, _ := socketCall(t, m, "GET", "/_ping"); hdr != "active/manager" {
 			t.Errorf("/_ping's Swarm header with the quorum back: %q", hdr)
 		}
 	}
