@@ -181,18 +181,9 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	} else if err != nil {
 		return nil, err
 	}
-	ca, err := d.issuer(&c)
+	iss, pub, err := d.issueManager(&c, req.CSR, req.NodeID)
 	if err != nil {
 		return nil, err
-	}
-	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: req.NodeID, ClusterID: c.ID, Role: pki.RoleManager,
-		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
-	if err != nil {
-		return nil, err
-	}
-	pub, ok := iss.Leaf.PublicKey.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
 	}
 	rec, err := d.recordJoiner(ctx, nodes.Node{ID: req.NodeID, Hostname: req.Hostname, Addr: req.Addr, Spec: swarm.NodeSpec{
 		Role: swarm.NodeRoleManager, Availability: swarm.NodeAvailability(req.Availability),

@@ -199,9 +199,11 @@ func (d *Daemon) memberConfig(ms *memberState, key *ecdsa.PrivateKey) (*store.Me
 	}, nil
 }
 
-// issuer is the cluster's CA as the join service uses it.
-func (d *Daemon) issuer(c *cluster.Cluster) (*pki.CA, error) {
-	roots, err := pki.ParseRootBundle([]byte(c.CACert), time.Now())
+// issue certifies csr's key for nodeID in role under c's CA, with the
+// cluster's certificate lifetime: every node certificate hush hands out.
+func (d *Daemon) issue(c *cluster.Cluster, csr []byte, nodeID string, role pki.Role) (*pki.Issued, error) {
+	now := time.Now()
+	roots, err := pki.ParseRootBundle([]byte(c.CACert), now)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +211,26 @@ func (d *Daemon) issuer(c *cluster.Cluster) (*pki.CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pki.NewCA(roots[0], signer, nil)
+	ca, err := pki.NewCA(roots[0], signer, nil)
+	if err != nil {
+		return nil, err
+	}
+	return ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: c.ID, Role: role,
+		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: now})
+}
+
+// issueManager is issue for a manager, with the key the master key is
+// wrapped to (hush's managers hold P-256 keys).
+func (d *Daemon) issueManager(c *cluster.Cluster, csr []byte, nodeID string) (*pki.Issued, *ecdsa.PublicKey, error) {
+	iss, err := d.issue(c, csr, nodeID, pki.RoleManager)
+	if err != nil {
+		return nil, nil, err
+	}
+	pub, ok := iss.Leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
+	}
+	return iss, pub, nil
 }
 
 // sealNodeKey is pki's SealKeyFunc: the key sealed by the keyring under
@@ -237,16 +258,11 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if c.Spec.EncryptionConfig.AutoLockManagers {
 		return errdefs.BadRequest("%s", msgNoClusterAutolock)
 	}
-	ca, err := d.issuer(&c)
-	if err != nil {
-		return err
-	}
 	key, csr, err := newKeyAndCSR()
 	if err != nil {
 		return err
 	}
-	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: d.nodeID, ClusterID: c.ID, Role: pki.RoleManager,
-		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	iss, err := d.issue(&c, csr, d.nodeID, pki.RoleManager)
 	if err != nil {
 		return err
 	}

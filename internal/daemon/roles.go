@@ -277,12 +277,7 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 		}
 		return resp, nil
 	}
-	ca, err := d.issuer(&c)
-	if err != nil {
-		return nil, err
-	}
-	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: id.NodeID, ClusterID: c.ID, Role: want,
-		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	iss, err := d.issue(&c, req.CSR, id.NodeID, want)
 	if err != nil {
 		return nil, err
 	}
@@ -341,18 +336,9 @@ func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.No
 	if err := checkJoinRequest(&joinRequest{NodeID: n.ID, Addr: n.Addr, PeerURL: req.PeerURL, Availability: string(swarm.NodeAvailabilityActive)}); err != nil {
 		return nil, err
 	}
-	ca, err := d.issuer(c)
+	iss, pub, err := d.issueManager(c, req.CSR, n.ID)
 	if err != nil {
 		return nil, err
-	}
-	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: n.ID, ClusterID: c.ID, Role: pki.RoleManager,
-		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
-	if err != nil {
-		return nil, err
-	}
-	pub, ok := iss.Leaf.PublicKey.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, errdefs.BadRequest("hush's managers need an ECDSA P-256 node key")
 	}
 	if err := nodes.SetKeyFP(ctx, d.store, n.ID, keyFP(iss.Leaf)); err != nil {
 		return nil, err

@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
@@ -56,12 +55,7 @@ func (d *Daemon) admitWorker(ctx context.Context, req *joinRequest, c *cluster.C
 	if req.NodeID == d.nodeID {
 		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
 	}
-	ca, err := d.issuer(c)
-	if err != nil {
-		return nil, err
-	}
-	iss, err := ca.Issue(pki.IssueRequest{CSR: req.CSR, NodeID: req.NodeID, ClusterID: c.ID, Role: pki.RoleWorker,
-		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: time.Now()})
+	iss, err := d.issue(c, req.CSR, req.NodeID, pki.RoleWorker)
 	if err != nil {
 		return nil, err
 	}
