@@ -91,6 +91,9 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
+	if d.awaitsExternalJoin() {
+		return nil
+	}
 	if err := d.noteExternalCluster(); err != nil {
 		return err
 	}
