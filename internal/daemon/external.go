@@ -13,7 +13,9 @@ import (
 
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -312,4 +314,58 @@ type externalBackups struct{}
 
 func (externalBackups) Backup(context.Context, []byte, io.Writer) error {
 	return errdefs.BadRequest("hush backup is not supported with --external-etcd: etcd's snapshot would copy every key of that cluster, not only hush's; back the cluster up with its own tools (etcdctl snapshot save) and keep hush's data dir (its key files)")
+}
+
+// leaveExternalManagerLocked is `swarm leave --force` on a manager of a
+// cluster over an external etcd (handled false otherwise). There is no
+// etcd membership to leave: the manager stops its runtime, join/CA
+// service and campaign, wipes its master key and membership, and reopens
+// its store client as an inactive node's. Other managers keep the cluster
+// (its record stays a manager's, shown Unreachable, as Swarm shows a
+// manager that left: demote it, then node rm). As the last manager (no
+// other manager recorded) it then erases the cluster, as a lone node's
+// leave does (handled false: Leave goes on with a lone node's steps).
+func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (handled bool, err error) {
+	if !force || d.member == nil || d.member.External == nil {
+		return false, nil
+	}
+	all, err := nodes.List(ctx, d.store)
+	if err != nil {
+		return true, err
+	}
+	last := !slices.ContainsFunc(all, func(n nodes.Node) bool {
+		return n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager
+	})
+	d.stopRuntime()
+	d.joinSvc.close()
+	d.joinSvc = nil
+	if d.engine != nil && !last {
+		d.removeTaskContainers(ctx)
+	}
+	d.closeStoreLocked()
+	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return true, fmt.Errorf("member state: %w", err)
+	}
+	d.member, d.nodeKey = nil, nil
+	d.cert.Store(nil)
+	if err := d.openStoreLocked(ctx, nil); err != nil {
+		return true, err
+	}
+	if last {
+		d.log.Info("the last manager of the cluster in the external etcd leaves: erasing the cluster")
+		return false, nil
+	}
+	if kr := d.keys.Swap(nil); kr != nil {
+		kr.Destroy()
+	}
+	d.mk.Destroy()
+	d.mk = keyring.MasterKey{}
+	d.pendingKey.Store(pendingNone)
+	_ = d.plainKey.Remove()
+	_ = d.lockedKey.Remove()
+	_ = d.nextKey().Remove()
+	d.removeRotationFiles()
+	d.state = swarm.LocalNodeStateInactive
+	d.log.Info("left the swarm; the other managers keep the cluster in the external etcd")
+	return true, nil
 }

@@ -94,6 +94,15 @@ func agreeOn(t *testing.T, ctx context.Context, leaderAmong []string, reachable 
 func TestExternalManagers(t *testing.T) {
 	ctx := context.Background()
 	srv := etcdtest.Start(t)
+	// The joiners refused below start first: a hushd under another prefix
+	// of a busy etcd waits for revisions its watch never sees (see
+	// DESIGN.md "External etcd", known limits).
+	other, _ := externalManager(t, srv, "/elsewhere", true)
+	mcfg := externalCfg(srv, t.TempDir(), "/team")
+	mcfg.External.Endpoints = append(mcfg.External.Endpoints, "https://127.0.0.1:1")
+	mcfg.ListenAddr, mcfg.NoInit = loopbackListen(t), true
+	more := startWith(t, mcfg)
+	emb := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t)})
 	a, _ := externalManager(t, srv, "/team", false)
 	if a.member == nil || a.member.External == nil || a.store.Members() == nil {
 		t.Fatal("--listen-addr on an external store made no manager of a cluster")
@@ -105,23 +114,14 @@ func TestExternalManagers(t *testing.T) {
 	}
 
 	t.Run("a joiner on another prefix, other endpoints or an embedded store is refused", func(t *testing.T) {
-		other, _ := externalManager(t, srv, "/elsewhere", true)
 		if err := join(other, c.JoinTokens.Manager); !errors.Is(err, errdefs.ErrInvalidArgument) ||
 			!strings.Contains(err.Error(), `--external-etcd-prefix "/elsewhere" differs from this swarm's prefix "/team"`) {
 			t.Fatalf("another prefix: %v", err)
-		}
-		cfg := externalCfg(srv, t.TempDir(), "/team")
-		cfg.External.Endpoints = append(cfg.External.Endpoints, "https://127.0.0.1:1")
-		cfg.ListenAddr, cfg.NoInit = loopbackListen(t), true
-		more := startWith(t, cfg)
-		if more.State() != swarm.LocalNodeStateInactive {
-			t.Fatalf("a --no-init hushd on an etcd holding a cluster: %s", more.State())
 		}
 		if err := join(more, c.JoinTokens.Manager); !errors.Is(err, errdefs.ErrInvalidArgument) ||
 			!strings.Contains(err.Error(), "differs from this swarm's external etcd endpoints") {
 			t.Fatalf("other endpoints: %v", err)
 		}
-		emb := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t)})
 		if err := join(emb, c.JoinTokens.Manager); !errors.Is(err, errdefs.ErrInvalidArgument) ||
 			!strings.Contains(err.Error(), "this swarm keeps its store in an external etcd") {
 			t.Fatalf("an embedded joiner: %v", err)
@@ -205,6 +205,48 @@ func TestExternalManagers(t *testing.T) {
 		}
 	})
 
+	// A restarted manager resumes (its daemon outlives the subtests).
+	bcfg := externalCfg(srv, bdir, "/team")
+	bcfg.ListenAddr, bcfg.NoInit, bcfg.RoleSyncPeriod = b.listen.Listen, true, fastSync
+	b.Close()
+	b = startWith(t, bcfg)
+	if b.State() != swarm.LocalNodeStateActive || b.member == nil || b.store.Members() == nil {
+		t.Fatalf("after a restart: state %s, member %v", b.State(), b.member != nil)
+	}
+	if _, err := fetchCA(ctx, b.listen.Listen); err != nil {
+		t.Fatalf("join service after a restart: %v", err)
+	}
+	agreeOn(t, ctx, []string{a.nodeID, b.nodeID}, []string{a.nodeID, b.nodeID}, a, b)
+
+	t.Run("a manager leaves with --force; the others keep the cluster", func(t *testing.T) {
+		q, qdir := externalManager(t, srv, "/team", true)
+		if err := join(q, c.JoinTokens.Manager); err != nil {
+			t.Fatalf("manager join: %v", err)
+		}
+		if err := q.Leave(ctx, false); !errors.Is(err, errdefs.ErrUnavailable) || !strings.HasPrefix(err.Error(), leaveManagerPrefix) {
+			t.Fatalf("leave without --force: %v", err)
+		}
+		if err := q.Leave(ctx, true); err != nil {
+			t.Fatalf("leave --force: %v", err)
+		}
+		if q.State() != swarm.LocalNodeStateInactive || exists(t, qdir, "keys/master.key") || exists(t, qdir, "member.json") {
+			t.Fatal("the manager that left kept its state or files")
+		}
+		if _, err := b.secrets.Get(ctx, "db-password"); err != nil {
+			t.Fatalf("the cluster after a manager left: %v", err)
+		}
+		waitUntil(t, "the manager that left shows unreachable", func() bool {
+			v, err := managerView(ctx, a)
+			return err == nil && v[q.nodeID].Reachability == swarm.ReachabilityUnreachable
+		})
+		if err := setRole(ctx, a, q.nodeID, swarm.NodeRoleWorker); err != nil {
+			t.Fatalf("demoting the manager that left: %v", err)
+		}
+		if _, err := (clusterNodes{a}).RemoveNode(ctx, q.nodeID, true); err != nil {
+			t.Fatalf("node rm: %v", err)
+		}
+	})
+
 	// The leader stops: the other takes the election and serves writes.
 	leader := agreeOn(t, ctx, []string{a.nodeID, b.nodeID}, nil, a, b)
 	stay, gone := a, b
@@ -228,5 +270,19 @@ func TestExternalManagers(t *testing.T) {
 	if err := setRole(ctx, stay, stay.nodeID, swarm.NodeRoleWorker); !errors.Is(err, errdefs.ErrFailedPrecondition) ||
 		err.Error() != "attempting to demote the last manager of the swarm" {
 		t.Fatalf("demoting the last manager: %v", err)
+	}
+	if err := stay.Leave(ctx, false); err == nil || err.Error() != leaveManagerText(1, 0, true) {
+		t.Fatalf("leave of the last manager without --force: %v", err)
+	}
+	if err := stay.Leave(ctx, true); err != nil {
+		t.Fatalf("leave --force of the last manager: %v", err)
+	}
+	for k := range srv.Dump(t) {
+		if strings.HasPrefix(k, "/team/hush/v1/") {
+			t.Fatalf("left after the last manager's leave: %q", k)
+		}
+	}
+	if stay.State() != swarm.LocalNodeStateInactive || stay.plainKey.Exists() || stay.member != nil {
+		t.Fatal("the last manager did not leave")
 	}
 }

@@ -651,6 +651,9 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	if d.worker != nil {
 		return d.leaveWorkerLocked(ctx)
 	}
+	if handled, err := d.leaveExternalManagerLocked(ctx, force); handled {
+		return err
+	}
 	if d.member != nil {
 		return d.leaveMemberLocked(ctx, force)
 	}
