@@ -286,3 +286,26 @@ func TestExternalManagers(t *testing.T) {
 		t.Fatal("the last manager did not leave")
 	}
 }
+
+// `docker swarm init --listen-addr` on a --no-init hushd over an external
+// etcd makes a manager others can join, as hushd's own --listen-addr does.
+func TestExternalInitListen(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	cfg := externalCfg(srv, t.TempDir(), "/init")
+	cfg.NoInit = true
+	d := startWith(t, cfg)
+	listen := loopbackListen(t)
+	if _, err := d.swarmController().InitWithKey(ctx, swarm.InitRequest{ListenAddr: listen, AdvertiseAddr: "127.0.0.1"}, nil); err != nil {
+		t.Fatalf("init --listen-addr: %v", err)
+	}
+	if d.member == nil || d.member.External == nil || d.member.External.Prefix != "/init" {
+		t.Fatalf("membership after init: %+v", d.member)
+	}
+	if _, err := fetchCA(ctx, listen); err != nil {
+		t.Fatalf("join service: %v", err)
+	}
+	if list, err := d.store.Members().List(ctx); err != nil || len(list) != 1 || list[0].Name != d.nodeID {
+		t.Fatalf("managers: %+v %v", list, err)
+	}
+}
