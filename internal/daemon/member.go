@@ -116,6 +116,9 @@ type memberState struct {
 	// through one, the file of the higher epoch (this or worker.json)
 	// was written last and wins (convergeRoleFiles).
 	Epoch uint64 `json:"roleEpoch,omitempty"`
+	// External is set for a manager whose store is an external etcd: it
+	// runs no etcd member (external.go).
+	External *externalRef `json:"external,omitempty"`
 }
 
 func (d *Daemon) memberPath() string { return filepath.Join(d.cfg.DataDir, "member.json") }
@@ -266,7 +269,7 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if err != nil {
 		return err
 	}
-	ms := &memberState{Listen: plan, ClusterID: c.ID, CertPEM: string(iss.PEM), CAPEM: c.CACert}
+	ms := &memberState{Listen: plan, ClusterID: c.ID, CertPEM: string(iss.PEM), CAPEM: c.CACert, External: d.externalRef()}
 	// The restarted member elects itself before it can write.
 	if err := d.enterMemberLocked(ctx, ms, key, false); err != nil {
 		return err

@@ -91,6 +91,9 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
+	if d.awaitsExternalJoin() {
+		return nil
+	}
 	if err := d.noteExternalCluster(); err != nil {
 		return err
 	}
@@ -647,6 +650,9 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	}
 	if d.worker != nil {
 		return d.leaveWorkerLocked(ctx)
+	}
+	if handled, err := d.leaveExternalManagerLocked(ctx, force); handled {
+		return err
 	}
 	if d.member != nil {
 		return d.leaveMemberLocked(ctx, force)
