@@ -951,6 +951,14 @@ func (d *Daemon) saveWorker(ws *workerState) error {
 }
 
 func (d *Daemon) removePlainKey() error {
+	// Under autolock the master key is in the locked files: a worker
+	// keeps none of them (Swarm does not lock workers' keys).
+	if err := d.nextKey().Remove(); err != nil {
+		return err
+	}
+	if err := d.lockedKey.Remove(); err != nil {
+		return err
+	}
 	if !d.plainKey.Exists() {
 		return nil
 	}

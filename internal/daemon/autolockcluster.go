@@ -1,0 +1,210 @@
+package daemon
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// Autolock on a cluster of managers, as swarmkit does it: the unlock key
+// lives in the replicated cluster record (sealed under the master key,
+// which every manager holds), and every manager keeps its own key files
+// in line with it (settleKeysLocked, run by followUnlockKey whenever the
+// record changes). A manager's node TLS key is sealed under the master
+// key in member.json, so wrapping the master key file locks it too.
+//
+// The record says when its unlock key has reached an operator
+// (UnlockKeyFetched, written by the manager that answered GET
+// /swarm/unlockkey with it): only then does any manager lock under it,
+// and only then is its plaintext key removed. Until then each manager
+// keeps what unlocks today beside the pending file, as a lone node does.
+//
+// A manager started while its key files are locked does not start its
+// etcd member (its TLS key is sealed) and serves only the lifecycle
+// calls, on a scratch store that holds nothing; `docker swarm unlock`
+// opens the node key, starts the member and activates once it has a
+// quorum. A locked manager is down for the cluster's quorum, as a locked
+// swarmkit manager is.
+
+// keySyncPeriod is how often a manager looks at the cluster record for a
+// changed unlock key.
+const keySyncPeriod = time.Second
+
+// storeDir is the embedded store's data directory: the member's, or, on a
+// manager started locked, a scratch one.
+func (d *Daemon) storeDir() string {
+	if d.lockedMember != nil {
+		return d.scratchStoreDir()
+	}
+	return filepath.Join(d.cfg.DataDir, "etcd")
+}
+
+func (d *Daemon) scratchStoreDir() string { return filepath.Join(d.cfg.DataDir, "etcd.locked") }
+
+// lockedMemberWaits is resume's answer on a manager started locked: the
+// node stays locked, its scratch store untouched.
+func (d *Daemon) lockedMemberWaits() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lockedMember == nil {
+		return false
+	}
+	d.state = swarm.LocalNodeStateLocked
+	d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key; this manager takes no part in the swarm until then")
+	return true
+}
+
+// startUnlockedMemberLocked follows a successful unlock of a manager with
+// mk, the master key key opened: the member is started (from the locked
+// start's scratch store) and the key kept for activateUnlockedLocked.
+func (d *Daemon) startUnlockedMemberLocked(ctx context.Context, mk keyring.MasterKey, key string) error {
+	if ms := d.lockedMember; ms != nil {
+		mc, err := d.openMember(ms, mk)
+		if err != nil {
+			mk.Destroy()
+			return err
+		}
+		d.closeStoreLocked()
+		d.lockedMember = nil
+		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+			d.log.Warn("removing the locked manager's scratch store", "err", err)
+		}
+		if err := d.openStoreLocked(ctx, mc); err != nil {
+			mk.Destroy()
+			return fmt.Errorf("starting this manager's etcd member: %w", err)
+		}
+	}
+	d.unlockWith, d.unlockUsed = mk, key
+	d.log.Info("unlocked: starting this manager")
+	return nil
+}
+
+// serveUnlockedMember activates an unlocked manager: at once if its
+// member joins a quorum within quorumGrace, else in the background when
+// it does (pending meanwhile), as a manager restarted without a quorum.
+func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
+	if d.readyWithin(ctx, quorumGrace) {
+		return d.startServing(ctx, true)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closing {
+		return nil
+	}
+	d.noQuorum.Store(true)
+	d.serveOnQuorum()
+	return nil
+}
+
+// activateUnlockedLocked is resume after an unlock of a manager: the key
+// files follow the record (the key used may be the pending one), then the
+// runtime starts. A failure keeps the key for the next try.
+func (d *Daemon) activateUnlockedLocked(ctx context.Context) error {
+	mk, used := d.unlockWith, d.unlockUsed
+	if _, err := d.settleKeysLocked(ctx, mk, used); err != nil {
+		d.keys.Set(nil)
+		return fmt.Errorf("key files: %w", err)
+	}
+	d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+	if err := d.activateLocked(mk); err != nil {
+		return err
+	}
+	d.notePendingLocked()
+	return nil
+}
+
+// listenAfterUnlock makes a lone node unlocked with --listen-addr the
+// first manager others can join, as its start would have.
+func (d *Daemon) listenAfterUnlock(ctx context.Context) error {
+	if err := d.listenOnExisting(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.member == nil || d.state != swarm.LocalNodeStateActive {
+		return nil
+	}
+	return d.startJoinServiceLocked()
+}
+
+// clusterKeyDeliveredLocked is UnlockKeyDelivered on a manager of a
+// cluster: the record notes that its key has reached an operator, then
+// this manager's files follow (the others' follow the record).
+func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) error {
+	for attempt := 0; ; attempt++ {
+		c, err := cluster.Get(ctx, d.store)
+		if err != nil {
+			return err
+		}
+		recorded, err := c.UnlockKey(&d.keys)
+		if err != nil {
+			return err
+		}
+		if recorded == "" || subtle.ConstantTimeCompare([]byte(recorded), []byte(key)) != 1 {
+			return nil // rotated again since, or turned off
+		}
+		if c.UnlockKeyFetched {
+			break
+		}
+		if err := d.injected(fpAckRecord); err != nil {
+			return d.recoverKeysLocked(ctx, err)
+		}
+		c.UnlockKeyFetched = true
+		err = cluster.Put(ctx, d.store, &c)
+		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
+			continue // another write to the record: read it again
+		}
+		if err != nil {
+			return d.recoverKeysLocked(ctx, err)
+		}
+		break
+	}
+	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
+		return d.recoverKeysLocked(ctx, err)
+	}
+	d.notePendingLocked()
+	return nil
+}
+
+// followUnlockKey runs on every active manager of a cluster: when the
+// cluster record changes, the key files follow it (an unlock key set,
+// fetched, rotated or removed through any manager).
+func (d *Daemon) followUnlockKey(ctx context.Context) {
+	var seen uint64
+	t := time.NewTicker(keySyncPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, err := cluster.Get(ctx, d.store)
+		if err != nil || c.Version == seen {
+			continue
+		}
+		// stopRuntime waits for this loop while holding mu: never block
+		// on it.
+		if !d.mu.TryLock() {
+			continue
+		}
+		if d.state == swarm.LocalNodeStateActive && d.mk.Key != nil && ctx.Err() == nil {
+			if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
+				d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
+			} else {
+				seen = c.Version
+			}
+			d.notePendingLocked()
+		}
+		d.mu.Unlock()
+	}
+}
