@@ -192,19 +192,27 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 		if err != nil || c.Version == seen {
 			continue
 		}
-		// stopRuntime waits for this loop while holding mu: never block
-		// on it.
-		if !d.mu.TryLock() {
-			continue
+		if d.followOnce(ctx) {
+			seen = c.Version
 		}
-		if d.state == swarm.LocalNodeStateActive && d.mk.Key != nil && ctx.Err() == nil {
-			if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
-				d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
-			} else {
-				seen = c.Version
-			}
-			d.notePendingLocked()
-		}
-		d.mu.Unlock()
 	}
+}
+
+// followOnce brings the key files in line with the record, if mu is free
+// (stopRuntime waits for followUnlockKey while holding it: never block on
+// it); true once they are.
+func (d *Daemon) followOnce(ctx context.Context) bool {
+	if !d.mu.TryLock() {
+		return false
+	}
+	defer d.mu.Unlock()
+	if d.state != swarm.LocalNodeStateActive || d.mk.Key == nil || ctx.Err() != nil {
+		return false
+	}
+	defer d.notePendingLocked()
+	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
+		d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
+		return false
+	}
+	return true
 }
