@@ -263,6 +263,12 @@ func TestClusterKeyFilesSurviveCrashAtEveryStep(t *testing.T) {
 					t.Fatalf("autolock %v after the crash, want %v", on, sq.wantOn)
 				}
 				for _, m := range ms {
+					if m != target {
+						// Not crashed, maybe converging still: its
+						// files as its next look at the record leaves
+						// them.
+						waitUntil(t, "the other manager follows the record", func() bool { return m.d.followOnce(ctx) })
+					}
 					checkCoherent(t, m.d, op)
 				}
 				checkSecret(t, target.d, id)
