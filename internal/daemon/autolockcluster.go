@@ -216,3 +216,17 @@ func (d *Daemon) followOnce(ctx context.Context) bool {
 	}
 	return true
 }
+
+// msgLeaveLocked is Swarm's refusal of `swarm leave` without --force on a
+// locked node (moby's daemon/cluster Leave).
+const msgLeaveLocked = "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message."
+
+// leaveLockedMemberLocked is `swarm leave` on a manager started locked: a
+// member like any other (its store here is a scratch one, and its key
+// files are the member's, never erased as a lone node's would be).
+func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error {
+	if !force {
+		return errdefs.Unavailable("%s", msgLeaveLocked)
+	}
+	return d.leaveMemberLocked(ctx, true)
+}

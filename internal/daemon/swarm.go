@@ -670,9 +670,10 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	if d.worker != nil {
 		return d.leaveWorkerLocked(ctx)
 	}
-	if d.member != nil || d.lockedMember != nil {
-		// A manager started locked is a member too: its store here is
-		// a scratch one, and its key files are the member's.
+	if d.lockedMember != nil {
+		return d.leaveLockedMemberLocked(ctx, force)
+	}
+	if d.member != nil {
 		return d.leaveMemberLocked(ctx, force)
 	}
 	if !force {
