@@ -118,6 +118,12 @@ func TestClusterAutolock(t *testing.T) {
 	if code, _, body := socketCall(t, m2.d, "GET", "/v1.41/info"); code != http.StatusOK || !strings.Contains(body, `"LocalNodeState":"locked"`) {
 		t.Errorf("info on the locked manager: %d %q", code, body)
 	}
+	if err := m2.d.Leave(ctx, false); err == nil || err.Error() != msgLeaveLocked {
+		t.Errorf("leave on the locked manager: %v, want %q", err, msgLeaveLocked)
+	}
+	if !m2.d.lockedKey.Exists() || !exists(t, m2.cfg.DataDir, "member.json") {
+		t.Fatal("a refused leave touched the locked manager's files")
+	}
 	// The other two keep the quorum: writes go on.
 	if _, err := m1.d.secrets.Create(ctx, objects.Spec{Name: "while-locked", Data: []byte(secretValue)}); err != nil {
 		t.Fatalf("a write with one manager locked: %v", err)
