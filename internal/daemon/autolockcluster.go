@@ -182,18 +182,16 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 	var seen uint64
 	t := time.NewTicker(keySyncPeriod)
 	defer t.Stop()
+	// At once first: a manager that just joined or was promoted holds
+	// its master key in the clear until this look.
 	for {
+		if c, err := cluster.Get(ctx, d.store); err == nil && c.Version != seen && d.followOnce(ctx) {
+			seen = c.Version
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		c, err := cluster.Get(ctx, d.store)
-		if err != nil || c.Version == seen {
-			continue
-		}
-		if d.followOnce(ctx) {
-			seen = c.Version
 		}
 	}
 }

@@ -28,6 +28,8 @@ func lockedOnly(dataDir string) bool {
 // real docker CLI. Enabled through one manager, every manager's master key
 // file ends wrapped by the unlock key; another manager restarted is
 // locked (Swarm's texts), refuses a wrong key and serves once unlocked;
+// a manager killed (kill -9) half-way through locking its files finishes
+// at its restart;
 // the key rotated through a third manager reaches every manager, and
 // after a restart the new key unlocks and the old one does not.
 func TestClusterAutolockCLI(t *testing.T) {
@@ -42,7 +44,10 @@ func TestClusterAutolockCLI(t *testing.T) {
 	mtok := strings.TrimSpace(h1.MustDocker("swarm", "join-token", "-q", "manager"))
 	h2 := startHushd(t, withSecretsDir(t), withArgs("--no-init"), withListen(ips[1], ports[1]))
 	h2.MustDocker("swarm", "join", "--token", mtok, remote)
-	h3 := startHushd(t, withSecretsDir(t), withArgs("--no-init"), withListen(ips[2], ports[2]))
+	// The third manager stops dead (then kill -9) between writing its
+	// pending locked key and installing it.
+	h3 := startHushd(t, withSecretsDir(t), withArgs("--no-init"), withListen(ips[2], ports[2]),
+		withEnv("HUSH_TEST_FAILPOINTS=keysync-install=hang"))
 	h3.MustDocker("swarm", "join", "--token", mtok, remote)
 	all := []*Hushd{h1, h2, h3}
 	h1.MustDockerStdin("cluster-locked", "secret", "create", "e2e-cluster-autolock", "-")
@@ -52,8 +57,21 @@ func TestClusterAutolockCLI(t *testing.T) {
 	if !strings.HasPrefix(key1, "SWMKEY-1-") || !strings.Contains(out, key1) {
 		t.Fatalf("swarm update --autolock=true printed %q; unlock-key %q", out, key1)
 	}
+	waitFor(t, 30*time.Second, "the third manager at its failpoint", func() bool {
+		b, _ := os.ReadFile(h3.LogPath)
+		return strings.Contains(string(b), "failpoint reached")
+	})
+	if plain, _, next := keyFiles(h3.DataDir); !plain || !next {
+		t.Fatalf("the third manager at keysync-install: plain %v, pending %v; want both", plain, next)
+	}
+	h3.Kill()
+	h3.env = nil
+	h3.Restart()
 	for i, h := range all {
 		waitFor(t, 30*time.Second, fmt.Sprintf("manager %d's master key wrapped", i+1), func() bool { return lockedOnly(h.DataDir) })
+	}
+	if st := strings.TrimSpace(h3.MustDocker("info", "--format", "{{.Swarm.LocalNodeState}}")); st != "active" {
+		t.Fatalf("the manager killed before it locked: state %q after its restart, want active (its files now locked)", st)
 	}
 	if !strings.Contains(h2.MustDocker("info"), "Autolock Managers: true") {
 		t.Fatal("docker info on another manager does not show autolock")
