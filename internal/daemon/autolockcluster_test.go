@@ -303,3 +303,48 @@ func TestClusterKeyFilesSurviveCrashAtEveryStep(t *testing.T) {
 		}
 	}
 }
+
+// `docker swarm init --autolock` on a manager that listens: once the key
+// is fetched its files lock, a restart is locked without its member, and
+// the unlock starts the member and the join/CA service. A lone autolocked
+// node restarted with --listen-addr becomes that manager at its unlock.
+func TestInitAutolockOnListeningManager(t *testing.T) {
+	ctx := context.Background()
+	cfg := Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+	d := startWith(t, cfg)
+	if _, err := d.Init(ctx, swarm.InitRequest{ListenAddr: cfg.ListenAddr, AutoLockManagers: true}); err != nil {
+		t.Fatalf("init --autolock: %v", err)
+	}
+	k := fetchUnlockKey(t, d)
+	waitUntil(t, "the manager locks under the fetched key", func() bool { return lockedUnder(d, k) })
+	d.Close()
+	d = startWith(t, cfg)
+	if d.State() != swarm.LocalNodeStateLocked || d.lockedMember == nil {
+		t.Fatalf("restarted: state %q, locked member %v; want locked without its member", d.State(), d.lockedMember != nil)
+	}
+	if err := d.Unlock(ctx, k); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	if d.CheckServing() != nil || d.joinSvc == nil || !d.isVoter(ctx) {
+		t.Fatalf("unlocked manager: serving %v, join service %v", d.CheckServing(), d.joinSvc != nil)
+	}
+
+	lone := Config{DataDir: t.TempDir(), RoleSyncPeriod: fastSync}
+	l := startWith(t, lone)
+	lk := enableAutolock(t, l)
+	l.Close()
+	lone.ListenAddr = loopbackListen(t)
+	l = startWith(t, lone)
+	if l.State() != swarm.LocalNodeStateLocked {
+		t.Fatalf("lone node restarted with --listen-addr: state %q, want locked", l.State())
+	}
+	if err := l.Unlock(ctx, lk); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	if l.member == nil || l.joinSvc == nil || l.CheckServing() != nil {
+		t.Fatalf("unlocked with --listen-addr: member %v, join service %v, serving %v", l.member != nil, l.joinSvc != nil, l.CheckServing())
+	}
+	if !lockedUnder(l, lk) {
+		t.Fatal("the node that became a manager no longer has its files locked under the key")
+	}
+}
