@@ -64,34 +64,75 @@ func (d *Daemon) lockedMemberWaits() bool {
 }
 
 // startUnlockedMemberLocked follows a successful unlock of a manager with
-// mk, the master key key opened: the member is started (from the locked
-// start's scratch store) and the key kept for activateUnlockedLocked.
-func (d *Daemon) startUnlockedMemberLocked(ctx context.Context, mk keyring.MasterKey, key string) error {
+// mk, the master key key opened: the node key is opened and the key kept
+// for activateUnlockedLocked; serveUnlockedMember starts the member.
+func (d *Daemon) startUnlockedMemberLocked(_ context.Context, mk keyring.MasterKey, key string) error {
 	if ms := d.lockedMember; ms != nil {
 		mc, err := d.openMember(ms, mk)
 		if err != nil {
 			mk.Destroy()
 			return err
 		}
-		d.closeStoreLocked()
-		d.lockedMember = nil
-		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
-			d.log.Warn("removing the locked manager's scratch store", "err", err)
-		}
-		if err := d.openStoreLocked(ctx, mc); err != nil {
-			mk.Destroy()
-			return fmt.Errorf("starting this manager's etcd member: %w", err)
-		}
+		d.unlockMember = mc
 	}
 	d.unlockWith, d.unlockUsed = mk, key
 	d.log.Info("unlocked: starting this manager")
 	return nil
 }
 
-// serveUnlockedMember activates an unlocked manager: at once if its
-// member joins a quorum within quorumGrace, else in the background when
-// it does (pending meanwhile), as a manager restarted without a quorum.
+// serveUnlockedMember starts an unlocked manager (without d.mu): asks the
+// other managers first whether it was demoted while it was down and
+// locked (as a plain restart does before it opens its store), starts its
+// member from the real data dir (or, demoted, runs as a worker), and
+// activates at once if the member joins a quorum within quorumGrace,
+// else in the background when it does (pending meanwhile), as a manager
+// restarted without a quorum.
 func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
+	d.mu.Lock()
+	mc := d.unlockMember
+	d.unlockMember = nil
+	d.mu.Unlock()
+	if mc != nil {
+		demoted, err := d.demotedWhileDown(ctx)
+		if err != nil {
+			// Locked as before: a later unlock asks again.
+			clear(mc.TLS.KeyPEM)
+			d.mu.Lock()
+			d.unlockWith.Destroy()
+			d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+			d.member, d.nodeKey = nil, nil
+			d.mu.Unlock()
+			return err
+		}
+		d.mu.Lock()
+		if d.closing {
+			d.mu.Unlock()
+			clear(mc.TLS.KeyPEM)
+			return nil
+		}
+		d.closeStoreLocked()
+		d.lockedMember = nil
+		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+			d.log.Warn("removing the locked manager's scratch store", "err", err)
+		}
+		if demoted {
+			clear(mc.TLS.KeyPEM)
+			mc = nil
+			d.unlockWith.Destroy()
+			d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+			err = d.loadWorker()
+		}
+		if err == nil {
+			err = d.openStoreLocked(ctx, mc)
+		}
+		d.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("starting this node's store: %w", err)
+		}
+		if demoted {
+			return d.startServing(ctx, false)
+		}
+	}
 	if d.readyWithin(ctx, quorumGrace) {
 		return d.startServing(ctx, true)
 	}

@@ -67,8 +67,9 @@ func plainOnly(d *Daemon) bool {
 // under it (a manager joining later too); a restarted manager comes back
 // locked, takes no part until unlocked, refuses a wrong key and serves
 // once unlocked; a key rotated through another manager reaches every
-// manager, after a restart only the new key unlocks; turned off through a
-// third, every manager holds its plaintext key again.
+// manager, after a restart only the new key unlocks; a manager demoted
+// while down and locked becomes a worker at its unlock; turned off, every
+// manager holds its plaintext key again.
 func TestClusterAutolock(t *testing.T) {
 	ctx := context.Background()
 	ms := startManagers(t, 2)
@@ -171,18 +172,39 @@ func TestClusterAutolock(t *testing.T) {
 	waitUntil(t, "the first manager serves again", func() bool { return m1.d.CheckServing() == nil && m1.d.joinSvc != nil })
 	checkSecret(t, m1.d, id)
 
-	// Turned off through the second manager.
-	c = getCluster(t, m2.d)
+	// Demoted while it was down, the second manager learns it at its
+	// unlock and becomes a worker, holding no master key file at all.
+	m2.d.Close()
+	if err := setRole(ctx, m1.d, m2.d.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demoting the stopped manager: %v", err)
+	}
+	m2.d = startWith(t, m2.cfg)
+	if st := m2.d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted demoted manager: state %q, want locked", st)
+	}
+	if err := m2.d.Unlock(ctx, k2); err != nil {
+		t.Fatalf("unlocking the demoted manager: %v", err)
+	}
+	waitUntil(t, "the demoted manager runs as a worker", m2.d.isWorker)
+	for _, f := range []string{"keys/master.key", "keys/master.key.locked", "keys/master.key.locked.next", "member.json"} {
+		if exists(t, m2.cfg.DataDir, f) {
+			t.Errorf("the demoted manager keeps %s", f)
+		}
+	}
+	ms = []*clusterNode{m1, m3}
+
+	// Turned off through the third manager.
+	c = getCluster(t, m3.d)
 	spec = c.Spec
 	spec.EncryptionConfig.AutoLockManagers = false
-	if err := m2.d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+	if err := m3.d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
 		t.Fatal(err)
 	}
 	for i, m := range ms {
 		waitUntil(t, fmt.Sprintf("manager %d holds its plaintext key again", i+1), func() bool { return plainOnly(m.d) })
 	}
-	m3.restart(t)
-	waitUntil(t, "the third manager serves after a restart without autolock", func() bool { return m3.d.CheckServing() == nil })
+	m1.restart(t)
+	waitUntil(t, "the first manager serves after a restart without autolock", func() bool { return m1.d.CheckServing() == nil })
 }
 
 // A manager's key files follow the record through a crash at each of

@@ -207,10 +207,13 @@ type Daemon struct {
 	quorumDone sync.WaitGroup
 	// Autolock on a cluster of managers (autolockcluster.go), under mu:
 	// lockedMember is the membership of a manager started locked (its
-	// etcd member not started); unlockWith and unlockUsed are the master
-	// key an unlock opened and the key it used, until activation; closing
+	// etcd member not started); unlockMember is its member configuration
+	// between the unlock and the member's start; unlockWith and
+	// unlockUsed are the master key an unlock opened and the key it
+	// used, until activation; closing
 	// says Close has begun.
 	lockedMember *memberState
+	unlockMember *store.MemberConfig
 	unlockWith   keyring.MasterKey
 	unlockUsed   string
 	closing      bool
