@@ -132,7 +132,6 @@ func writeJoinError(w http.ResponseWriter, err error) {
 const (
 	msgBadJoinToken       = "A valid join token is necessary to join this cluster"
 	msgManagerNeedsListen = "a manager needs a listen address to join: start hushd with --listen-addr or run docker swarm join --listen-addr"
-	msgNoAutolock         = "joining a swarm with autolock on is not supported by hush yet: turn autolock off (docker swarm update --autolock=false) while managers join"
 )
 
 // admit checks a joining node's token (in constant time), certifies its
@@ -158,9 +157,9 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if role != "manager" {
 		return d.admitWorker(ctx, req, &c)
 	}
-	if c.Spec.EncryptionConfig.AutoLockManagers {
-		return nil, errdefs.BadRequest(msgNoAutolock)
-	}
+	// Under autolock the joiner stores the master key in the clear, then
+	// locks it under the record's unlock key once active
+	// (followUnlockKey), as a manager that was down during the enable.
 	if err := checkJoinRequest(req); err != nil {
 		return nil, err
 	}

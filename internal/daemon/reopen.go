@@ -29,7 +29,7 @@ func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) erro
 		st, err = d.openExternal(ctx)
 	} else {
 		st, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
-			Dir:          filepath.Join(d.cfg.DataDir, "etcd"),
+			Dir:          d.storeDir(),
 			Name:         d.nodeID,
 			Logger:       d.log,
 			EtcdLogLevel: d.cfg.EtcdLogLevel,

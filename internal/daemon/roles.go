@@ -327,9 +327,6 @@ func (d *Daemon) refuseIssued(ctx context.Context, nodeID string, presented *x50
 // promoteNode admits a worker whose record says manager as a joining
 // manager would be admitted (admit): certificate, learner, wrapped key.
 func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse) (*joinResponse, error) {
-	if c.Spec.EncryptionConfig.AutoLockManagers {
-		return nil, errdefs.BadRequest(msgNoAutolock)
-	}
 	if req.PeerURL == "" {
 		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
 	}
@@ -954,6 +951,14 @@ func (d *Daemon) saveWorker(ws *workerState) error {
 }
 
 func (d *Daemon) removePlainKey() error {
+	// Under autolock the master key is in the locked files: a worker
+	// keeps none of them (Swarm does not lock workers' keys).
+	if err := d.nextKey().Remove(); err != nil {
+		return err
+	}
+	if err := d.lockedKey.Remove(); err != nil {
+		return err
+	}
 	if !d.plainKey.Exists() {
 		return nil
 	}
