@@ -207,6 +207,34 @@ func (d *Daemon) checkJoinerStore(other *externalRef) error {
 	return nil
 }
 
+// checkSwarmStore is checkJoinerStore on the joining (or promoted) node,
+// with the managers' answer: the same refusals, worded for this node. The
+// managers refuse first (admit, promoteNode); this catches a manager that
+// did not.
+func (d *Daemon) checkSwarmStore(swarmRef *externalRef) error {
+	own := d.externalRef()
+	switch {
+	case own == nil && swarmRef == nil:
+		return nil
+	case own == nil:
+		return errdefs.BadRequest("this swarm keeps its store in an external etcd (%s, prefix %q): start this node with --external-etcd %s --external-etcd-prefix %q and its TLS files for that etcd",
+			strings.Join(swarmRef.Endpoints, ","), swarmRef.Prefix, strings.Join(swarmRef.Endpoints, ","), swarmRef.Prefix)
+	case swarmRef == nil:
+		return errdefs.BadRequest("this node keeps its store in an external etcd (--external-etcd %s), but this swarm's managers are members of their own etcd cluster: start it without --external-etcd",
+			strings.Join(own.Endpoints, ","))
+	}
+	eps := slices.Clone(swarmRef.Endpoints)
+	slices.Sort(eps)
+	if !slices.Equal(slices.Compact(eps), own.Endpoints) {
+		return errdefs.BadRequest("--external-etcd %s differs from this swarm's external etcd endpoints %s: every manager must name the same endpoints",
+			strings.Join(own.Endpoints, ","), strings.Join(swarmRef.Endpoints, ","))
+	}
+	if swarmRef.Prefix != own.Prefix {
+		return errdefs.BadRequest("--external-etcd-prefix %q differs from this swarm's prefix %q in the external etcd: every manager must use the same prefix", own.Prefix, swarmRef.Prefix)
+	}
+	return nil
+}
+
 // foreignCluster reports whether the external etcd holds a hush cluster
 // (under this node's prefix) for which this node has no key file: another
 // hushd's, which this one must neither join by accident nor overwrite.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
@@ -307,5 +308,51 @@ func TestExternalInitListen(t *testing.T) {
 	}
 	if list, err := d.store.Members().List(ctx); err != nil || len(list) != 1 || list[0].Name != d.nodeID {
 		t.Fatalf("managers: %+v %v", list, err)
+	}
+}
+
+// A worker promoted in a cluster over an external etcd while it has no
+// --external-etcd (or another prefix) is refused by the manager before
+// anything is issued: no manager certificate, no master key, no entry in
+// the managers' registry; the refusal tells the worker what to start with.
+func TestExternalPromoteMismatchedWorker(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	a, _ := externalManager(t, srv, "/team", false)
+	c := getCluster(t, a)
+	join := func(d *Daemon) error {
+		return d.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{a.listen.Listen}, JoinToken: c.JoinTokens.Worker})
+	}
+	// An hour: only the test's own sync rounds run.
+	emb := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
+	ocfg := externalCfg(srv, t.TempDir(), "/elsewhere")
+	ocfg.ListenAddr, ocfg.NoInit, ocfg.RoleSyncPeriod = loopbackListen(t), true, time.Hour
+	other := startWith(t, ocfg)
+	for _, tc := range []struct {
+		name string
+		w    *Daemon
+		want string
+	}{
+		{"embedded", emb, `this swarm keeps its store in an external etcd (` + srv.Endpoint + `, prefix "/team"): start the joining node with --external-etcd`},
+		{"other prefix", other, `--external-etcd-prefix "/elsewhere" differs from this swarm's prefix "/team"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := join(tc.w); err != nil {
+				t.Fatalf("worker join: %v", err)
+			}
+			if err := setRole(ctx, a, tc.w.nodeID, swarm.NodeRoleManager); err != nil {
+				t.Fatalf("promote: %v", err)
+			}
+			err := tc.w.syncOnce(ctx)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("promotion of a worker with another store: %v", err)
+			}
+			if list, err := a.store.Members().List(ctx); err != nil || len(list) != 1 || list[0].ID != a.nodeID {
+				t.Fatalf("managers' registry after the refused promotion: %+v %v", list, err)
+			}
+			if !tc.w.isWorker() || tc.w.plainKey.Exists() || certRole(tc.w.cert.Load().Leaf) != pki.RoleWorker {
+				t.Fatal("the refused worker changed")
+			}
+		})
 	}
 }
