@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
 )
 
@@ -25,6 +26,25 @@ func TestExternalMirrorOthersWrite(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		// Someone else's write, outside hush's prefix.
 		if _, err := raw.Put(ctx, "/someone-else/key", "x"); err != nil {
+			t.Fatal(err)
+		}
+		if got := snapshot(t, m, "a"); got["id1"] != "v1" || len(got) != 1 {
+			t.Fatalf("read %d: %v", i, got)
+		}
+	}
+}
+
+// The same on an embedded store (its in-process client): a write outside
+// hush's root moves the revision that reads wait for.
+func TestEmbeddedMirrorWriteOutsideRoot(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	if _, err := s.Table("a").Create(ctx, "id1", "one", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	m := runMirror(t, s, "a")
+	for i := 0; i < 3; i++ {
+		if _, err := s.Client().Put(ctx, "/outside-hush/key", "x"); err != nil {
 			t.Fatal(err)
 		}
 		if got := snapshot(t, m, "a"); got["id1"] != "v1" || len(got) != 1 {
