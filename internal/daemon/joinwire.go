@@ -59,6 +59,9 @@ type joinResponse struct {
 	KeyID          string       `json:"keyID"`
 	WrapPub        []byte       `json:"wrapPub"`
 	WrappedKey     []byte       `json:"wrappedKey"`
+	// Dropped, to a manager a force-new-cluster dropped, says so
+	// (forcenew.go); nothing else is answered then.
+	Dropped string `json:"dropped,omitempty"`
 }
 
 // joinError is the service's error body; the joining node rebuilds the

@@ -239,6 +239,14 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 	if err != nil {
 		return nil, err
 	}
+	if id.Role == pki.RoleManager {
+		if r, dropped, err := d.droppedAt(ctx, id.NodeID, presented); err != nil {
+			return nil, err
+		} else if dropped {
+			d.log.Warn("a manager dropped by force-new-cluster came back; told to stop", "node", id.NodeID)
+			return &joinResponse{ClusterID: c.ID, Dropped: droppedText(id.NodeID, r)}, nil
+		}
+	}
 	mgrs, err := d.managerAddrs(ctx)
 	if err != nil {
 		return nil, err
@@ -438,6 +446,9 @@ func (d *Daemon) syncOnce(ctx context.Context) error {
 	ans, err := d.callSync(ctx, v, &syncRequest{})
 	if err != nil {
 		return err
+	}
+	if ans.Dropped != "" {
+		return d.stopDropped(ans.Dropped)
 	}
 	d.noteManagers(ans.Managers)
 	have := certRole(v.cert.Leaf)
@@ -899,6 +910,10 @@ func (d *Daemon) demotedWhileDown(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if ms.ForceNew {
+		// This manager is the new cluster (forcenew.go).
+		return false, nil
+	}
 	var addrs []string
 	for _, a := range ms.Managers {
 		if a != ms.Listen.Advertise {
@@ -912,6 +927,9 @@ func (d *Daemon) demotedWhileDown(ctx context.Context) (bool, error) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	ans, err := d.callSync(qctx, v, &syncRequest{})
 	cancel()
+	if err == nil && ans.Dropped != "" {
+		return false, droppedErr(ans.Dropped)
+	}
 	if err != nil || ans.Role != roleWorker {
 		return false, nil
 	}
