@@ -313,3 +313,50 @@ func (d *Daemon) stopDropped(text string) error {
 	}
 	return nil
 }
+
+// droppedAnswer is the node sync's answer to a manager a force-new-cluster
+// dropped (ok false for any other node, or when this manager cannot tell).
+func (d *Daemon) droppedAnswer(ctx context.Context, id pki.Identity, leaf *x509.Certificate) (*joinResponse, bool) {
+	if id.Role != pki.RoleManager || d.CheckServing() != nil || d.store.Members() == nil {
+		return nil, false
+	}
+	r, dropped, err := d.droppedAt(ctx, id.NodeID, leaf)
+	if err != nil || !dropped {
+		return nil, false
+	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return nil, false
+	}
+	d.log.Warn("a manager dropped by force-new-cluster came back: told to stop", "node", id.NodeID)
+	return &joinResponse{ClusterID: c.ID, Dropped: droppedText(id.NodeID, r)}, true
+}
+
+// droppedSet lists the dropped managers (empty if the list cannot be
+// read: node ls then shows them as recorded managers).
+func (d *Daemon) droppedSet(ctx context.Context) map[string]bool {
+	objs, err := d.store.Table(droppedTable).List(ctx)
+	if err != nil {
+		return nil
+	}
+	out := make(map[string]bool, len(objs))
+	for _, o := range objs {
+		out[o.ID] = true
+	}
+	return out
+}
+
+// droppedNotMember reports whether the manager nodeID was dropped and is
+// not an etcd member now: Swarm's `node rm` takes a manager that is not a
+// raft member without a demotion.
+func (d *Daemon) droppedNotMember(ctx context.Context, nodeID string) bool {
+	if _, dropped, err := d.droppedAt(ctx, nodeID, nil); err != nil || !dropped {
+		return false
+	}
+	m := d.store.Members()
+	if m == nil {
+		return false
+	}
+	_, ok, err := m.ByName(ctx, nodeID, "")
+	return err == nil && !ok
+}

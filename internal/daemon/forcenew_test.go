@@ -131,6 +131,27 @@ func TestForceNewClusterFromPending(t *testing.T) {
 	if n := memberCount(t, m1); n != 1 {
 		t.Fatalf("members after a dropped manager's attempt: %d", n)
 	}
+	// As in Swarm: the dropped managers are listed with no manager
+	// status, and `node rm` takes one without a demotion; one removed
+	// still learns why it must not start.
+	_, others, _, err := clusterNodes{m1}.Managers(ctx)
+	if err != nil || len(others) != 2 {
+		t.Fatalf("node ls: %d nodes, %v", len(others), err)
+	}
+	for _, n := range others {
+		if n.ManagerStatus != nil || n.Spec.Role != swarm.NodeRoleManager || n.Status.State != swarm.NodeStateDown {
+			t.Errorf("dropped manager in node ls: %+v %q %q", n.ManagerStatus, n.Spec.Role, n.Status.State)
+		}
+	}
+	if _, err := (clusterNodes{m1}).RemoveNode(ctx, ds[2].nodeID, true); err != nil {
+		t.Fatalf("node rm of a dropped manager: %v", err)
+	}
+	if _, err := (clusterNodes{m1}).RemoveNode(ctx, m1.nodeID, true); err == nil {
+		t.Fatal("node rm of the survivor accepted")
+	}
+	if _, err := Start(ctx, withPaths(cfgs[2])); !errors.Is(err, errDropped) {
+		t.Fatalf("removed dropped manager's start: %v", err)
+	}
 
 	// The survivor restarts as the lone manager it became.
 	m1.Close()

@@ -198,6 +198,13 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 	d.mu.Unlock()
 	id, err := pki.PeerIdentity(*r.TLS, clusterID)
 	if err == nil {
+		// Before the refusal list: a dropped manager removed since
+		// must still learn why it must not start (forcenew.go).
+		if resp, ok := d.droppedAnswer(r.Context(), id, r.TLS.VerifiedChains[0][0]); ok {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(resp)
+			return
+		}
 		// A removed node's certificate renews nothing (noderemove.go).
 		err = d.refuseNode(id.NodeID, r.TLS.VerifiedChains[0][0])
 	}
@@ -238,14 +245,6 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 	}
 	if err != nil {
 		return nil, err
-	}
-	if id.Role == pki.RoleManager {
-		if r, dropped, err := d.droppedAt(ctx, id.NodeID, presented); err != nil {
-			return nil, err
-		} else if dropped {
-			d.log.Warn("a manager dropped by force-new-cluster came back; told to stop", "node", id.NodeID)
-			return &joinResponse{ClusterID: c.ID, Dropped: droppedText(id.NodeID, r)}, nil
-		}
 	}
 	mgrs, err := d.managerAddrs(ctx)
 	if err != nil {
