@@ -1,8 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/objects"
@@ -100,8 +106,11 @@ func TestForceNewClusterFromPending(t *testing.T) {
 	}
 	// Swarm's refusals still hold for a plain init and for a field hush
 	// does not act on here.
-	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen}); err == nil {
-		t.Fatal("plain init on a pending manager accepted")
+	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen}); !errors.Is(err, errdefs.ErrNoLeader) {
+		t.Fatalf("plain init on a pending manager: %v", err)
+	}
+	if code, body := socketPost(t, m1, "/v1.41/swarm/init", swarm.InitRequest{ListenAddr: cliDefaultListen}); code != http.StatusServiceUnavailable || !strings.Contains(body, errdefs.NoLeaderMessage) {
+		t.Fatalf("plain init through the API on a pending manager: %d %s", code, body)
 	}
 	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true, AutoLockManagers: true}); err == nil || !strings.Contains(err.Error(), "autolock") {
 		t.Fatalf("force-new-cluster with autolock: %v", err)
@@ -109,13 +118,14 @@ func TestForceNewClusterFromPending(t *testing.T) {
 	if st := m1.State(); st != swarm.LocalNodeStatePending {
 		t.Fatalf("after a refused request: %q, want pending", st)
 	}
-	id, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true,
+	// Through the API, as the CLI sends it.
+	code, body := socketPost(t, m1, "/v1.41/swarm/init", swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true,
 		Spec: swarm.Spec{Annotations: swarm.Annotations{Labels: map[string]string{"recovered": "yes"}}}})
-	if err != nil {
-		t.Fatalf("force-new-cluster: %v", err)
+	if code != http.StatusOK || strings.TrimSpace(body) != `"`+m1.nodeID+`"` {
+		t.Fatalf("force-new-cluster: %d %s", code, body)
 	}
-	if id != m1.nodeID || m1.State() != swarm.LocalNodeStateActive {
-		t.Fatalf("after force-new-cluster: id %q state %q", id, m1.State())
+	if st := m1.State(); st != swarm.LocalNodeStateActive {
+		t.Fatalf("after force-new-cluster: state %q", st)
 	}
 	checkRecovered(t, m1, before, secrets)
 	if c := getCluster(t, m1); c.Spec.Labels["recovered"] != "yes" {
@@ -124,7 +134,7 @@ func TestForceNewClusterFromPending(t *testing.T) {
 	more := createSecrets(t, m1, "after", 1)
 
 	// A dropped manager that comes back is told so and does not start.
-	_, err = Start(ctx, withPaths(cfgs[1]))
+	_, err := Start(ctx, withPaths(cfgs[1]))
 	if !errors.Is(err, errDropped) || !strings.Contains(err.Error(), "--force-new-cluster") {
 		t.Fatalf("dropped manager's start: %v", err)
 	}
@@ -294,4 +304,25 @@ func TestForceNewClusterCrashes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// socketPost posts v as JSON to d's API socket; it returns the status and
+// the body.
+func socketPost(t *testing.T, d *Daemon, path string, v any) (int, string) {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", d.cfg.Socket)
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Post("http://hush"+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	return resp.StatusCode, string(out)
 }

@@ -314,6 +314,10 @@ func (d *Daemon) InitWithKey(ctx context.Context, req swarm.InitRequest, caKey [
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.noQuorum.Load() {
+		// Pending: only the recovery above changes anything.
+		return "", d.CheckServingLocked()
+	}
 	return d.initLocked(ctx, req, caKey)
 }
 
