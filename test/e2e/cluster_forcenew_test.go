@@ -27,7 +27,7 @@ func TestClusterForceNew(t *testing.T) {
 	m1, m2, m3, w1 := c.byName["m1"], c.byName["m2"], c.byName["m3"], c.byName["w1"]
 	sec, svc := "fnc-s-"+sfx, "fnc-svc-"+sfx
 	sec2, svc2 := "fnc-s2-"+sfx, "fnc-svc2-"+sfx
-	t.Cleanup(func() {
+	removeServices := func() {
 		if !m1.running() {
 			return
 		}
@@ -39,7 +39,10 @@ func TestClusterForceNew(t *testing.T) {
 				return strings.TrimSpace(m1.MustDocker("ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+s)) == ""
 			})
 		}
-	})
+	}
+	// On a failure before the end (the end removes them while the
+	// cluster still has its quorum).
+	t.Cleanup(removeServices)
 	m2.MustDockerStdin("before-"+sfx, "secret", "create", sec, "-")
 	m1.MustDocker("service", "create", "-d", "--name", svc, "--secret", sec,
 		"--constraint", "node.role==worker", "--stop-grace-period", "1s", img, "sleep", "3600")
@@ -107,7 +110,6 @@ func TestClusterForceNew(t *testing.T) {
 	h := c.lab.host("m3")
 	opt, _ := secretsDirAt(t)
 	m4 := startHushd(t, withArgs("--engine", "unix://"+enginetest.Socket), opt, withNetns(h), withArgs("--no-init"), withListen(h.ip, labPort))
-	t.Cleanup(m4.Kill)
 	remote := net.JoinHostPort(c.lab.host("m1").ip, fmt.Sprint(labPort))
 	if out := m4.MustDocker("swarm", "join", "--token", mtok, remote); strings.TrimSpace(out) != "This node joined a swarm as a manager." {
 		t.Fatalf("manager join after recovery: %q", out)
@@ -120,4 +122,6 @@ func TestClusterForceNew(t *testing.T) {
 		t.Errorf("the new manager lacks the secret made after the recovery: %v", got)
 	}
 	t.Logf("TestClusterForceNew took %s", time.Since(began).Round(time.Second))
+	// Stopping m4 would take the quorum of two: the services go first.
+	removeServices()
 }
