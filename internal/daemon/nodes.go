@@ -42,6 +42,7 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 		// Recorded but not (yet) started as a member.
 		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnknown}, false
 	}
+	dropped := c.d.droppedSet(ctx)
 	self, _ := status(c.d.nodeID)
 	self.Addr = c.d.listen.Advertise
 	var others []swarm.Node
@@ -50,6 +51,11 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			continue
 		}
 		ms, reachable := status(n.ID)
+		if dropped[n.ID] && ms != nil && ms.Reachability == swarm.ReachabilityUnknown {
+			// Dropped by force-new-cluster: no manager status, as in
+			// Swarm (forcenew.go).
+			ms = nil
+		}
 		if n.Spec.Role == swarm.NodeRoleWorker {
 			ms, reachable = nil, true
 		}

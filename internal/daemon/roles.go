@@ -198,6 +198,13 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 	d.mu.Unlock()
 	id, err := pki.PeerIdentity(*r.TLS, clusterID)
 	if err == nil {
+		// Before the refusal list: a dropped manager removed since
+		// must still learn why it must not start (forcenew.go).
+		if resp, ok := d.droppedAnswer(r.Context(), id, r.TLS.VerifiedChains[0][0]); ok {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(resp)
+			return
+		}
 		// A removed node's certificate renews nothing (noderemove.go).
 		err = d.refuseNode(id.NodeID, r.TLS.VerifiedChains[0][0])
 	}
@@ -435,6 +442,9 @@ func (d *Daemon) syncOnce(ctx context.Context) error {
 	ans, err := d.callSync(ctx, v, &syncRequest{})
 	if err != nil {
 		return err
+	}
+	if ans.Dropped != "" {
+		return d.stopDropped(ans.Dropped)
 	}
 	d.noteManagers(ans.Managers)
 	have := certRole(v.cert.Leaf)
@@ -899,6 +909,10 @@ func (d *Daemon) demotedWhileDown(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if ms.ForceNew {
+		// This manager is the new cluster (forcenew.go).
+		return false, nil
+	}
 	var addrs []string
 	for _, a := range ms.Managers {
 		if a != ms.Listen.Advertise {
@@ -912,6 +926,9 @@ func (d *Daemon) demotedWhileDown(ctx context.Context) (bool, error) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	ans, err := d.callSync(qctx, v, &syncRequest{})
 	cancel()
+	if err == nil && ans.Dropped != "" {
+		return false, droppedErr(ans.Dropped)
+	}
 	if err != nil || ans.Role != roleWorker {
 		return false, nil
 	}

@@ -317,8 +317,18 @@ func (d *Daemon) InitWithKey(ctx context.Context, req swarm.InitRequest, caKey [
 	// A lifecycle change must not stop half-way because a client left.
 	ctx = context.WithoutCancel(ctx)
 	req.Spec.CAConfig.SigningCAKey = ""
+	if req.ForceNewCluster {
+		// A manager of a cluster of managers (forcenew.go).
+		if id, handled, err := d.forceNewMember(ctx, req, caKey); handled {
+			return id, err
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.noQuorum.Load() {
+		// Pending: only the recovery above changes anything.
+		return "", d.CheckServingLocked()
+	}
 	return d.initLocked(ctx, req, caKey)
 }
 
