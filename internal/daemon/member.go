@@ -215,8 +215,16 @@ func (d *Daemon) issue(c *cluster.Cluster, csr []byte, nodeID string, role pki.R
 	if err != nil {
 		return nil, err
 	}
-	return ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: c.ID, Role: role,
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: c.ID, Role: role,
 		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	// etcd refuses a manager certificate by serial (certrefusal.go).
+	if err := d.noteIssued(iss, nodeID, role); err != nil {
+		return nil, err
+	}
+	return iss, nil
 }
 
 // issueManager is issue for a manager, with the key the master key is

@@ -180,6 +180,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if d.store.Members() != nil {
 		// One orchestrator for the cluster: the manager that leads.
 		run(d.leadOrchestrator)
+		// etcd refuses demoted and removed managers' certificates.
+		run(d.keepEtcdCRL)
 		// Every manager vouches for itself and the nodes it hears.
 		if pr, v, err := d.presenceRunner(); err != nil {
 			d.log.Error("presence not kept", "err", err)
