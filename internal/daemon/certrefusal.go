@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -182,5 +184,28 @@ func (d *Daemon) setEtcdCRL(ctx context.Context, members *store.Members, serials
 	if err != nil {
 		return err
 	}
-	return members.SetCRL(der)
+	if err := members.SetCRL(der); err != nil {
+		return err
+	}
+	// The next start of this member uses it until it is active again.
+	if err := writeFileSync(d.crlPath(), der, 0o600); err != nil {
+		d.log.Warn("keeping etcd's revocation list for the next start", "err", err)
+	}
+	return nil
+}
+
+func (d *Daemon) crlPath() string { return filepath.Join(d.cfg.DataDir, "etcd-crl.der") }
+
+// savedCRL is the list this member last set (nil when there is none or it
+// does not parse: the store starts with an empty one).
+func (d *Daemon) savedCRL() []byte {
+	b, err := os.ReadFile(d.crlPath())
+	if err != nil {
+		return nil
+	}
+	if _, err := x509.ParseRevocationList(b); err != nil {
+		d.log.Warn("ignoring a malformed saved revocation list", "err", err)
+		return nil
+	}
+	return b
 }

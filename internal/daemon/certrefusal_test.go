@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -75,5 +76,20 @@ func TestEtcdRefusesDemotedCertificate(t *testing.T) {
 	}
 	if err := peerGet(t, m, old); err == nil {
 		t.Fatal("the removed node's manager certificate accepted by etcd")
+	}
+	// The list is kept for the member's next start.
+	crl, err := x509.ParseRevocationList(m.savedCRL())
+	if err != nil {
+		t.Fatalf("saved list: %v", err)
+	}
+	if !slices.ContainsFunc(crl.RevokedCertificateEntries, func(e x509.RevocationListEntry) bool { return e.SerialNumber.Cmp(old.Leaf.SerialNumber) == 0 }) {
+		t.Fatal("the saved list does not name the refused certificate")
+	}
+	roots, err := pki.ParseRootBundle([]byte(getCluster(t, m).CACert), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crl.CheckSignatureFrom(roots[0]); err != nil {
+		t.Fatalf("the list is not signed by the cluster CA: %v", err)
 	}
 }

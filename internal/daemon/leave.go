@@ -205,6 +205,7 @@ func (d *Daemon) wipeLeftManager() error {
 		return err
 	}
 	_ = os.Remove(d.tuningPath())
+	_ = os.Remove(d.crlPath())
 	d.removeRotationFiles()
 	if err := d.injected(fpLeaveUnmark); err != nil {
 		return err

@@ -55,7 +55,7 @@ func leftFiles(t *testing.T, d *Daemon) {
 		t.Error("the node that left still runs a cluster member")
 	}
 	for f, want := range map[string]bool{"member.json": false, "keys/master.key": false,
-		"leaving.json": false, "worker.json": false, "keys/join.key": true} {
+		"leaving.json": false, "worker.json": false, "keys/join.key": true, "etcd-crl.der": false} {
 		if exists(t, dir, f) != want {
 			t.Errorf("%s exists=%v after leaving, want %v", f, !want, want)
 		}

@@ -192,7 +192,7 @@ func (d *Daemon) memberConfig(ms *memberState, key *ecdsa.PrivateKey) (*store.Me
 	adv, lis := ms.Listen.peerURLs()
 	return &store.MemberConfig{
 		PeerURL: adv, ListenPeerURL: lis,
-		TLS:            store.MemberTLS{CertPEM: []byte(ms.CertPEM), KeyPEM: keyPEM, CAPEM: []byte(ms.CAPEM)},
+		TLS:            store.MemberTLS{CertPEM: []byte(ms.CertPEM), KeyPEM: keyPEM, CAPEM: []byte(ms.CAPEM), CRL: d.savedCRL()},
 		Join:           ms.Join,
 		InitialCluster: ms.InitialCluster,
 		ClusterToken:   ms.ClusterID,
