@@ -124,11 +124,11 @@ func (t *Table) prefix() string          { return root + t.kind + "/" }
 // NameKey is the index key for name (see seal.go), exposed so callers can
 // guard on it.
 func (t *Table) NameKey(ctx context.Context, name string) (string, error) {
-	key, err := t.s.indexKey(ctx)
+	h, err := t.s.indexKey(ctx)
 	if err != nil {
 		return "", err
 	}
-	return root + "names/" + t.kind + "/" + nameHash(key, t.kind, name), nil
+	return root + "names/" + t.kind + "/" + h.hash(t.kind, name), nil
 }
 
 // RefKey is a reference marker key: "object id of kind K is used by owner".
