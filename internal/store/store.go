@@ -40,6 +40,8 @@ type Store struct {
 	log     *slog.Logger
 	keys    Keys
 	idx     indexCache
+	// opened are the observers of values the mirror opens (OnOpened).
+	opened openedHooks
 	innerMu sync.Mutex
 	inner   map[string]InnerFunc
 	// gate is held for reading by each write from its seal to its commit,
