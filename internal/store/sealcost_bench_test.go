@@ -82,4 +82,3 @@ func BenchmarkNameHash(b *testing.B) {
 		_ = h.hash("secrets", "Some-Secret-Name-42")
 	}
 }
-

@@ -36,12 +36,12 @@ type Object struct {
 
 // Store wraps an etcd client with hush's key layout.
 type Store struct {
-	cli     *clientv3.Client
-	log     *slog.Logger
-	keys    Keys
-	idx     indexCache
+	cli  *clientv3.Client
+	log  *slog.Logger
+	keys Keys
+	idx  indexCache
 	// opened are the observers of values the mirror opens (OnOpened).
-	opened openedHooks
+	opened  openedHooks
 	innerMu sync.Mutex
 	inner   map[string]InnerFunc
 	// gate is held for reading by each write from its seal to its commit,

@@ -97,9 +97,9 @@ func TestSourceUsesMirrorsView(t *testing.T) {
 	src.mu.Unlock()
 
 	src.opened("secrets", "s1", 12, []byte(`{"name":"from-mirror"}`))
-	src.opened("secrets", "s0", 9, []byte(`{"name":"passed"}`))         // the source is at 10
+	src.opened("secrets", "s0", 9, []byte(`{"name":"passed"}`))           // the source is at 10
 	src.opened("secrets", "s1/x", 13, []byte(`{"name":"not-an-object"}`)) // not an object key
-	src.opened("tasks", "t1", 13, []byte(`{}`))                          // not a watched table
+	src.opened("tasks", "t1", 13, []byte(`{}`))                           // not a watched table
 	src.pmu.Lock()
 	if len(src.pre) != 1 {
 		t.Fatalf("pre holds %d views, want 1", len(src.pre))
