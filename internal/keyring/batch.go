@@ -25,6 +25,8 @@ type Batch struct {
 	kk   *kek
 	dek  []byte // locked memory
 	aead cipher.AEAD
+	// scratch holds the associated data of the value being sealed.
+	scratch []byte
 }
 
 // NewBatch returns a Batch sealing under the current master key.
@@ -74,9 +76,12 @@ func (b *Batch) AppendSeal(dst, plaintext, aad []byte) ([]byte, error) {
 	dst = append(dst, binaryVersion, byte(len(b.id)))
 	dst = append(dst, b.id...)
 	dst = append(dst, wrapNonce...)
-	dst = b.kk.aead.Seal(dst, wrapNonce, b.dek, wrapAAD(b.id, aad))
+	var wa, da []byte
+	// The scratch buffer serves each value of the batch in turn.
+	wa, da, b.scratch = bothAADsIn(b.scratch, b.id, aad)
+	dst = b.kk.aead.Seal(dst, wrapNonce, b.dek, wa)
 	dst = append(dst, nonce...)
-	return b.aead.Seal(dst, nonce, plaintext, dataAAD(aad)), nil
+	return b.aead.Seal(dst, nonce, plaintext, da), nil
 }
 
 // Close wipes and frees the data key. Closing twice is harmless.

@@ -183,6 +183,8 @@ func (s *Store) Exclusive(fn func() error) error {
 
 // sealOps seals the value of every put in ops, so that callers' extra
 // operations (reference markers) are sealed like the object itself. It
+// replaces the puts in ops itself (callers build ops for the one write)
+// and returns ops. It
 // takes s.gate for reading: the caller calls release once the write is
 // committed or abandoned (on error too).
 func (s *Store) sealOps(ops []clientv3.Op) (_ []clientv3.Op, release func(), err error) {
@@ -208,7 +210,7 @@ func (s *Store) sealOps(ops []clientv3.Op) (_ []clientv3.Op, release func(), err
 			b.Close()
 		}
 	}()
-	out := make([]clientv3.Op, len(ops))
+	out := ops
 	for i, op := range ops {
 		switch {
 		case op.IsPut():

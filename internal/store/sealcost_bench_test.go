@@ -43,9 +43,11 @@ func createOps(i int) []clientv3.Op {
 // etcd.
 func BenchmarkSealCreateOps(b *testing.B) {
 	s := &Store{keys: benchKeys(b)}
-	ops := createOps(1)
+	tmpl := createOps(1)
+	ops := make([]clientv3.Op, len(tmpl))
 	b.ReportAllocs()
 	for b.Loop() {
+		copy(ops, tmpl) // sealOps may seal in place
 		_, release, err := s.sealOps(ops)
 		if err != nil {
 			b.Fatal(err)

@@ -36,7 +36,11 @@ func TestSealOpsFormReadableAsBefore(t *testing.T) {
 		clientv3.OpPut(root+"secrets/a", `{"record":"a"}`),
 		clientv3.OpPut(root+"versions/secrets/a/1", `{"v":1}`),
 		clientv3.OpGet(root + "secrets/b"),
-		clientv3.OpPut(root+"names/secrets/0f", "a"),
+		clientv3.OpPut(root+"names/secrets/0f", "id-of-the-secret-a"),
+	}
+	plain := make([][]byte, len(ops))
+	for i, op := range ops {
+		plain[i] = bytes.Clone(op.ValueBytes())
 	}
 	sealed, release, err := s.sealOps(ops)
 	release()
@@ -56,10 +60,10 @@ func TestSealOpsFormReadableAsBefore(t *testing.T) {
 				t.Fatal(err)
 			}
 			pt, err := keys.Keyring().Open(sv, valueAAD(k))
-			if err != nil || !bytes.Equal(pt, ops[i].ValueBytes()) {
+			if err != nil || !bytes.Equal(pt, plain[i]) {
 				t.Fatalf("%s: %q %v", k, pt, err)
 			}
-			if bytes.Contains(v, ops[i].ValueBytes()) {
+			if bytes.Contains(v, plain[i]) {
 				t.Fatalf("%s holds its value in the clear", k)
 			}
 		}
