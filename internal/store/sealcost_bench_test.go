@@ -46,6 +46,7 @@ func BenchmarkSealCreateOps(b *testing.B) {
 	tmpl := createOps(1)
 	ops := make([]clientv3.Op, len(tmpl))
 	b.ReportAllocs()
+	done := cpuPerOp(b)
 	for b.Loop() {
 		copy(ops, tmpl) // sealOps may seal in place
 		_, release, err := s.sealOps(ops)
@@ -54,6 +55,7 @@ func BenchmarkSealCreateOps(b *testing.B) {
 		}
 		release()
 	}
+	done()
 }
 
 // BenchmarkOpenRecord is the mirror's open of one sealed record.
@@ -67,6 +69,7 @@ func BenchmarkOpenRecord(b *testing.B) {
 	}
 	k, v := string(sealed[0].KeyBytes()), sealed[0].ValueBytes()
 	b.ReportAllocs()
+	done := cpuPerOp(b)
 	for b.Loop() {
 		pt, err := s.open(k, v)
 		if err != nil {
@@ -74,13 +77,16 @@ func BenchmarkOpenRecord(b *testing.B) {
 		}
 		clear(pt)
 	}
+	done()
 }
 
 // BenchmarkNameHash is the name index's keyed hash of one name.
 func BenchmarkNameHash(b *testing.B) {
 	h := newIndexHasher(make([]byte, indexKeyLen))
 	b.ReportAllocs()
+	done := cpuPerOp(b)
 	for b.Loop() {
 		_ = h.hash("secrets", "Some-Secret-Name-42")
 	}
+	done()
 }

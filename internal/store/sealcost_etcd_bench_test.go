@@ -24,6 +24,7 @@ func BenchmarkStoreCreate(b *testing.B) {
 	val := []byte(`{"ID":"x","Spec":{"Name":"n","Labels":{"a":"b"}},"Data":"` + strings.Repeat("A", 600) + `"}`)
 	i := 0
 	b.ReportAllocs()
+	done := cpuPerOpExt(b)
 	for b.Loop() {
 		i++
 		id := fmt.Sprintf("id%023d", i)
@@ -32,6 +33,7 @@ func BenchmarkStoreCreate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	done()
 }
 
 // BenchmarkMirrorList10k is a list of 10,000 mirrored objects as the
@@ -52,6 +54,7 @@ func BenchmarkMirrorList10k(b *testing.B) {
 		}
 	}
 	b.ReportAllocs()
+	done := cpuPerOpExt(b)
 	for b.Loop() {
 		var out []*obj
 		err := mir.Read(ctx, "secrets", func(items map[string]store.Entry) {
@@ -64,4 +67,5 @@ func BenchmarkMirrorList10k(b *testing.B) {
 			b.Fatal(err, len(out))
 		}
 	}
+	done()
 }
