@@ -12,6 +12,8 @@
 #
 # usage: bench/cluster.sh [N] [C] [REPS]      (defaults 4000 16 5)
 # needs: Go, the docker CLI; no engine is used (hushd --engine "").
+# Each row ends with the 1-minute load average when it finished: the
+# machine is shared, and the figures mean little without it.
 # Prints a table and writes it to docs/bench/cluster-<date>.tsv when run
 # from the repository root with OUT unset (OUT=/dev/null to skip).
 set -euo pipefail
@@ -94,11 +96,12 @@ bench() { # LABEL SOCKETS
 import json, sys
 r = json.load(open(sys.argv[1]))
 op = r["levels"][0]["ops"][0]
-print(f'{sys.argv[2]}\tcreate\t{op["concurrency"]}\t{op["ok"]}\t{op["ops_per_s"]:.1f}\t{op["p50_ms"]:.2f}\t{op["p99_ms"]:.2f}')
+load = open("/proc/loadavg").read().split()[0]
+print(f'{sys.argv[2]}\tcreate\t{op["concurrency"]}\t{op["ok"]}\t{op["ops_per_s"]:.1f}\t{op["p50_ms"]:.2f}\t{op["p99_ms"]:.2f}\t{load}')
 EOF
 }
 
-printf 'setup\top\tconc\tok\tops/s\tp50 ms\tp99 ms\n' >"$root/table.tsv"
+printf 'setup\top\tconc\tok\tops/s\tp50 ms\tp99 ms\tload1\n' >"$root/table.tsv"
 
 start single
 bench single "${sock[single]}" >>"$root/table.tsv"
@@ -120,7 +123,7 @@ bench "cluster-leader" "${sock[$l]}" >>"$root/table.tsv"
 bench "cluster-follower" "${sock[$f]}" >>"$root/table.tsv"
 bench "cluster-spread" "${sock[m1]},${sock[m2]},${sock[m3]}" >>"$root/table.tsv"
 
-printf '\nround\tkilled\tfirst ack ms\tall sockets ms\tmax gap ms\tok\terrors\n' >>"$root/table.tsv"
+printf '\nround\tkilled\tfirst ack ms\tall sockets ms\tmax gap ms\tok\terrors\tload1\n' >>"$root/table.tsv"
 for r in $(seq 1 "$reps"); do
 	l=$(leader)
 	survivors=()
@@ -133,7 +136,8 @@ for r in $(seq 1 "$reps"); do
 import json, sys
 r = json.load(open(sys.argv[1]))
 errs = ",".join(f"{k}:{v}" for k, v in (r.get("errors") or {}).items()) or "-"
-print(f'{sys.argv[2]}\t{sys.argv[3]}\t{r["first_ack_ms"]:.0f}\t{r["all_sockets_ack_ms"]:.0f}\t{r["max_gap_ms"]:.0f}\t{r["ok"]}\t{errs}')
+load = open("/proc/loadavg").read().split()[0]
+print(f'{sys.argv[2]}\t{sys.argv[3]}\t{r["first_ack_ms"]:.0f}\t{r["all_sockets_ack_ms"]:.0f}\t{r["max_gap_ms"]:.0f}\t{r["ok"]}\t{errs}\t{load}')
 EOF
 	# The killed manager restarts from its data and rejoins as it was.
 	i=${l#m}; i=$((i - 1))

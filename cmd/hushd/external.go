@@ -11,9 +11,6 @@ import (
 // externalFlags are the command line's --external-etcd options.
 type externalFlags struct {
 	endpoints, caFile, certFile, keyFile, prefix string
-	// listen is --listen-addr, which an external store does not support
-	// yet.
-	listen string
 }
 
 // config checks the options together and returns the store's
@@ -33,9 +30,6 @@ func (f externalFlags) config() (*store.ExternalConfig, error) {
 	}
 	if f.caFile == "" || f.certFile == "" || f.keyFile == "" {
 		return nil, errors.New("--external-etcd needs --etcd-cacert, --etcd-cert and --etcd-key: hush talks to an external etcd only over mutual TLS")
-	}
-	if f.listen != "" {
-		return nil, errors.New("--listen-addr is not supported with --external-etcd yet: several managers over one external etcd need a join that skips etcd membership (docs/DESIGN.md, \"External etcd\")")
 	}
 	var eps []string
 	for _, ep := range strings.Split(f.endpoints, ",") {

@@ -33,7 +33,6 @@ func TestExternalFlags(t *testing.T) {
 		{name: "endpoint without files", flags: externalFlags{endpoints: "https://a:2379"}, want: "--external-etcd needs --etcd-cacert, --etcd-cert and --etcd-key"},
 		{name: "endpoint without key", flags: with(func(f *externalFlags) { f.endpoints, f.keyFile = "https://a:2379", "" }), want: "needs --etcd-cacert, --etcd-cert and --etcd-key"},
 		{name: "http", flags: with(func(f *externalFlags) { f.endpoints = "https://a:2379,http://b:2379" }), want: `endpoint "http://b:2379": scheme http refused, use https`},
-		{name: "with listen", flags: with(func(f *externalFlags) { f.endpoints, f.listen = "https://a:2379", "0.0.0.0:2377" }), want: "--listen-addr is not supported with --external-etcd"},
 		{name: "bad prefix", flags: with(func(f *externalFlags) { f.endpoints, f.prefix = "https://a:2379", "a/" }), want: "must start with /"},
 		{name: "only commas", flags: with(func(f *externalFlags) { f.endpoints = " , " }), want: "no endpoint given"},
 		// Read before the data dir is touched: refused by name, exit 2.

@@ -53,7 +53,6 @@ func run() int {
 		fmt.Println("hushd", daemon.Version)
 		return 0
 	}
-	ext.listen = *listen
 	extCfg, err := ext.config()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hushd: %v\n", err)

@@ -107,12 +107,25 @@ func (d *Daemon) settleKeysLocked(ctx context.Context, mk keyring.MasterKey, use
 	next := d.nextKey()
 	if !c.Spec.EncryptionConfig.AutoLockManagers {
 		if !d.plainKey.Exists() {
+			if err := d.injected(fpSyncWritePlain); err != nil {
+				return false, err
+			}
 			if err := d.plainKey.Store(mk); err != nil {
+				return false, err
+			}
+		}
+		if next.Exists() {
+			if err := d.injected(fpSyncRemoveNext); err != nil {
 				return false, err
 			}
 		}
 		if err := next.Remove(); err != nil {
 			return false, err
+		}
+		if d.lockedKey.Exists() {
+			if err := d.injected(fpSyncRemoveLocked); err != nil {
+				return false, err
+			}
 		}
 		return false, d.lockedKey.Remove()
 	}
@@ -129,7 +142,31 @@ func (d *Daemon) settleKeysLocked(ctx context.Context, mk keyring.MasterKey, use
 			return false, err
 		}
 	}
+	if c.UnlockKeyFetched && !(d.lockedKey.Exists() && d.lockedKey.Opens(recorded)) {
+		// A manager handed the recorded key out (UnlockKeyDelivered on
+		// a cluster): lock under it here too, through the pending file,
+		// so that a crash leaves the old locked key or the new one.
+		if !next.Exists() || !next.Opens(recorded) {
+			if err := d.injected(fpSyncWriteNext); err != nil {
+				return false, err
+			}
+			if err := next.Store(mk, recorded); err != nil {
+				return false, err
+			}
+		}
+		if err := d.injected(fpSyncInstall); err != nil {
+			return false, err
+		}
+		if err := next.MoveTo(d.lockedKey); err != nil {
+			return false, err
+		}
+	}
 	if d.lockedKey.Exists() && d.lockedKey.Opens(recorded) {
+		if next.Exists() {
+			if err := d.injected(fpSyncRemoveNext); err != nil {
+				return false, err
+			}
+		}
 		if err := next.Remove(); err != nil {
 			return false, err
 		}
@@ -141,6 +178,9 @@ func (d *Daemon) settleKeysLocked(ctx context.Context, mk keyring.MasterKey, use
 		return true, nil
 	}
 	if !next.Exists() || !next.Opens(recorded) {
+		if err := d.injected(fpSyncWriteNext); err != nil {
+			return false, err
+		}
 		if err := next.Store(mk, recorded); err != nil {
 			return false, err
 		}
@@ -181,7 +221,13 @@ func (d *Daemon) finishEnableLocked(ctx context.Context) error {
 	// before this ran) the runtime is not up yet and the store cannot be
 	// re-wrapped online: the transition then completes without a rotation
 	// and says so; `hush key rotate` after the unlock does it.
-	if d.state == swarm.LocalNodeStateActive {
+	switch {
+	case d.member != nil:
+		// Every manager holds the master key: one rotating it alone would
+		// leave the others unable to open what it re-wraps (RotateMaster
+		// refuses it on a cluster of managers).
+		d.log.Info("autolock enabled on a manager of a cluster: the master key is not rotated (hush cannot rotate it across managers yet)")
+	case d.state == swarm.LocalNodeStateActive:
 		if err := d.injected(fpEnableRotate); err != nil {
 			return err
 		}
@@ -190,7 +236,7 @@ func (d *Daemon) finishEnableLocked(ctx context.Context) error {
 			return fmt.Errorf("rotating the master key as autolock is enabled: %w", err)
 		}
 		d.log.Info("master key rotated as autolock was enabled", "key", r.KeyID, "rewrapped", r.Rewrapped)
-	} else {
+	default:
 		d.log.Warn("autolock was enabled by a run that stopped before rotating the master key: run `hush key rotate` once unlocked")
 	}
 	if err := d.injected(fpEnableRemovePlain); err != nil {
@@ -313,7 +359,13 @@ func (d *Daemon) UnlockKeyDelivered(ctx context.Context, key string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	next := d.nextKey()
-	if d.state != swarm.LocalNodeStateActive || key == "" || !next.Exists() {
+	if d.state != swarm.LocalNodeStateActive || key == "" {
+		return nil
+	}
+	if d.member != nil {
+		return d.clusterKeyDeliveredLocked(ctx, key)
+	}
+	if !next.Exists() {
 		return nil
 	}
 	c, err := cluster.Get(ctx, d.store)

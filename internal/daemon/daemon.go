@@ -205,6 +205,18 @@ type Daemon struct {
 	noQuorum   atomic.Bool
 	quorumStop context.CancelFunc
 	quorumDone sync.WaitGroup
+	// Autolock on a cluster of managers (autolockcluster.go), under mu:
+	// lockedMember is the membership of a manager started locked (its
+	// etcd member not started); unlockMember is its member configuration
+	// between the unlock and the member's start; unlockWith and
+	// unlockUsed are the master key an unlock opened and the key it
+	// used, until activation; closing
+	// says Close has begun.
+	lockedMember *memberState
+	unlockMember *store.MemberConfig
+	unlockWith   keyring.MasterKey
+	unlockUsed   string
+	closing      bool
 
 	closeOnce sync.Once
 }
@@ -392,8 +404,12 @@ func (d *Daemon) NodeID() string { return d.nodeID }
 // the store (which flushes etcd) and releases the data dir.
 func (d *Daemon) Close() {
 	d.closeOnce.Do(func() {
-		if d.quorumStop != nil {
-			d.quorumStop()
+		d.mu.Lock()
+		d.closing = true
+		stop := d.quorumStop
+		d.mu.Unlock()
+		if stop != nil {
+			stop()
 			d.quorumDone.Wait()
 		}
 		if d.syncStop != nil {

@@ -13,21 +13,22 @@ import (
 
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
 // A hushd started with --external-etcd keeps its store in an etcd cluster
-// the user runs (see docs/DESIGN.md "External etcd"). It is that hush
-// cluster's only manager: the combinations that need more are refused by
-// name until the join protocol can skip etcd membership.
+// the user runs (see docs/DESIGN.md "External etcd"). Several managers
+// share it (same endpoints, same prefix): they join with the usual join
+// protocol, which then skips etcd membership (store.Members keeps hush's
+// manager registry instead), and Leader is the orchestrator election's.
 
 // Refusals a user may meet; the flag names are hushd's.
 const (
-	msgExternalListen = "--listen-addr is not supported with --external-etcd yet: several managers over one external etcd need a join that skips etcd membership (docs/DESIGN.md, \"External etcd\")"
-	msgExternalJoin   = "joining a swarm is not supported by a hushd started with --external-etcd: it is the only manager of the hush cluster in that etcd (docs/DESIGN.md, \"External etcd\")"
-	msgExternalInit   = "the external etcd already holds a hush cluster under this prefix, and this node has no master key for it (another hushd's, or one whose data dir was lost): give this hushd its own --external-etcd-prefix, or erase that cluster's keys if it is abandoned"
+	msgExternalInit = "the external etcd already holds a hush cluster under this prefix, and this node has no master key for it (another hushd's, or one whose data dir was lost): give this hushd its own --external-etcd-prefix, join that cluster (hushd --no-init, then docker swarm join), or erase that cluster's keys if it is abandoned"
 )
 
 // externalMarker records, in the data dir, that its cluster lives in an
@@ -104,17 +105,20 @@ func (d *Daemon) checkStoreKind(member bool) error {
 	}
 	ext := d.cfg.External
 	if ext == nil {
+		if member && d.member.External != nil {
+			return fmt.Errorf("the data dir %s holds a manager of a cluster kept in an external etcd (prefix %q): start hushd with --external-etcd (and its TLS files)", d.cfg.DataDir, d.member.External.Prefix)
+		}
 		if marked {
 			return fmt.Errorf("the data dir %s holds a cluster kept in an external etcd: start hushd with --external-etcd (and its TLS files)", d.cfg.DataDir)
 		}
 		return nil
 	}
 	switch {
-	case d.cfg.ListenAddr != "":
-		return errors.New(msgExternalListen)
-	case member:
+	case member && d.member.External == nil:
 		return fmt.Errorf("--external-etcd: the data dir %s holds a manager's membership of an embedded etcd cluster (member.json); use a new data dir", d.cfg.DataDir)
-	case d.worker != nil:
+	case member && d.member.External.Prefix != ext.Prefix:
+		return fmt.Errorf("--external-etcd-prefix %q: this manager's cluster is under prefix %q (member.json)", ext.Prefix, d.member.External.Prefix)
+	case d.worker != nil && !marked:
 		return fmt.Errorf("--external-etcd: the data dir %s is a worker's; use a new data dir", d.cfg.DataDir)
 	case marked && m.Prefix != ext.Prefix:
 		return fmt.Errorf("--external-etcd-prefix %q: the data dir %s was used with prefix %q, where its cluster is", ext.Prefix, d.cfg.DataDir, m.Prefix)
@@ -141,7 +145,66 @@ func (d *Daemon) openExternal(ctx context.Context) (*store.Store, error) {
 	c := *d.cfg.External
 	c.Endpoints = slices.Clone(c.Endpoints)
 	c.Keys, c.Logger = &d.keys, d.log
-	return store.OpenExternal(ctx, c)
+	st, err := store.OpenExternal(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if d.member != nil {
+		// A manager of the cluster: Members keeps hush's registry of
+		// managers in that etcd (no etcd membership change).
+		if err := st.EnableManagers(d.nodeID); err != nil {
+			_ = st.Close()
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// externalRef is where a cluster over an external etcd keeps its store:
+// what a join, a promotion and member.json say instead of etcd peers.
+// The endpoints are compared as a set; TLS files are each node's own.
+type externalRef struct {
+	Endpoints []string `json:"endpoints"`
+	Prefix    string   `json:"prefix"`
+}
+
+// externalRef is this node's external etcd (nil on an embedded store).
+func (d *Daemon) externalRef() *externalRef {
+	if d.cfg.External == nil {
+		return nil
+	}
+	eps := slices.Clone(d.cfg.External.Endpoints)
+	slices.Sort(eps)
+	return &externalRef{Endpoints: slices.Compact(eps), Prefix: d.cfg.External.Prefix}
+}
+
+// checkJoinerStore refuses a join or promotion between nodes whose stores
+// differ: an embedded one and an external one, or two external ones with
+// different endpoint sets or prefixes (the joiner would open a store that
+// does not hold the cluster, or another cluster's). other is the peer's
+// (the joiner's request on a manager, the manager's answer on a joiner).
+func (d *Daemon) checkJoinerStore(other *externalRef) error {
+	own := d.externalRef()
+	switch {
+	case own == nil && other == nil:
+		return nil
+	case own == nil:
+		return errdefs.BadRequest("the joining node keeps its store in an external etcd (--external-etcd %s), but this swarm's managers are members of their own etcd cluster: start it without --external-etcd",
+			strings.Join(other.Endpoints, ","))
+	case other == nil:
+		return errdefs.BadRequest("this swarm keeps its store in an external etcd (%s, prefix %q): start the joining node with --external-etcd %s --external-etcd-prefix %q and its TLS files for that etcd",
+			strings.Join(own.Endpoints, ","), own.Prefix, strings.Join(own.Endpoints, ","), own.Prefix)
+	}
+	eps := slices.Clone(other.Endpoints)
+	slices.Sort(eps)
+	if !slices.Equal(slices.Compact(eps), own.Endpoints) {
+		return errdefs.BadRequest("--external-etcd %s differs from this swarm's external etcd endpoints %s: every manager must name the same endpoints",
+			strings.Join(other.Endpoints, ","), strings.Join(own.Endpoints, ","))
+	}
+	if other.Prefix != own.Prefix {
+		return errdefs.BadRequest("--external-etcd-prefix %q differs from this swarm's prefix %q in the external etcd: every manager must use the same prefix", other.Prefix, own.Prefix)
+	}
+	return nil
 }
 
 // foreignCluster reports whether the external etcd holds a hush cluster
@@ -192,8 +255,24 @@ func (d *Daemon) checkExternalClusterGone() error {
 	return nil
 }
 
-// checkForeignCluster refuses to start on another hushd's cluster.
+// awaitsExternalJoin reports (and logs) that this node, started with
+// --no-init and holding no key, found a cluster in its external etcd: it
+// stays inactive until it joins that cluster.
+func (d *Daemon) awaitsExternalJoin() bool {
+	if d.cfg.External == nil || !d.cfg.NoInit || d.hasKeyFiles() {
+		return false
+	}
+	d.log.Info("the external etcd holds a hush cluster under this prefix: waiting for docker swarm join", "prefix", d.cfg.External.Prefix)
+	return true
+}
+
+// checkForeignCluster refuses to start on another hushd's cluster, unless
+// this hushd was started with --no-init: it then stays inactive, and may
+// join that cluster (init is refused: externalSwarm).
 func (d *Daemon) checkForeignCluster(ctx context.Context) error {
+	if d.cfg.NoInit && !d.hasKeyFiles() {
+		return nil
+	}
 	foreign, err := d.foreignCluster(ctx)
 	if err != nil {
 		return err
@@ -215,14 +294,7 @@ func (d *Daemon) swarmController() api.SwarmController {
 
 type externalSwarm struct{ *Daemon }
 
-func (e externalSwarm) Join(context.Context, swarm.JoinRequest) error {
-	return errdefs.BadRequest("%s", msgExternalJoin)
-}
-
 func (e externalSwarm) InitWithKey(ctx context.Context, req swarm.InitRequest, caKey []byte) (string, error) {
-	if l := strings.TrimPrefix(req.ListenAddr, "tcp://"); l != "" && l != cliDefaultListen {
-		return "", errdefs.BadRequest("%s", strings.Replace(msgExternalListen, "--listen-addr", "docker swarm init --listen-addr", 1))
-	}
 	if e.State() == swarm.LocalNodeStateInactive {
 		// Another hushd may have made its cluster since this one started.
 		foreign, err := e.foreignCluster(ctx)
@@ -242,4 +314,58 @@ type externalBackups struct{}
 
 func (externalBackups) Backup(context.Context, []byte, io.Writer) error {
 	return errdefs.BadRequest("hush backup is not supported with --external-etcd: etcd's snapshot would copy every key of that cluster, not only hush's; back the cluster up with its own tools (etcdctl snapshot save) and keep hush's data dir (its key files)")
+}
+
+// leaveExternalManagerLocked is `swarm leave --force` on a manager of a
+// cluster over an external etcd (handled false otherwise). There is no
+// etcd membership to leave: the manager stops its runtime, join/CA
+// service and campaign, wipes its master key and membership, and reopens
+// its store client as an inactive node's. Other managers keep the cluster
+// (its record stays a manager's, shown Unreachable, as Swarm shows a
+// manager that left: demote it, then node rm). As the last manager (no
+// other manager recorded) it then erases the cluster, as a lone node's
+// leave does (handled false: Leave goes on with a lone node's steps).
+func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (handled bool, err error) {
+	if !force || d.member == nil || d.member.External == nil {
+		return false, nil
+	}
+	all, err := nodes.List(ctx, d.store)
+	if err != nil {
+		return true, err
+	}
+	last := !slices.ContainsFunc(all, func(n nodes.Node) bool {
+		return n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager
+	})
+	d.stopRuntime()
+	d.joinSvc.close()
+	d.joinSvc = nil
+	if d.engine != nil && !last {
+		d.removeTaskContainers(ctx)
+	}
+	d.closeStoreLocked()
+	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return true, fmt.Errorf("member state: %w", err)
+	}
+	d.member, d.nodeKey = nil, nil
+	d.cert.Store(nil)
+	if err := d.openStoreLocked(ctx, nil); err != nil {
+		return true, err
+	}
+	if last {
+		d.log.Info("the last manager of the cluster in the external etcd leaves: erasing the cluster")
+		return false, nil
+	}
+	if kr := d.keys.Swap(nil); kr != nil {
+		kr.Destroy()
+	}
+	d.mk.Destroy()
+	d.mk = keyring.MasterKey{}
+	d.pendingKey.Store(pendingNone)
+	_ = d.plainKey.Remove()
+	_ = d.lockedKey.Remove()
+	_ = d.nextKey().Remove()
+	d.removeRotationFiles()
+	d.state = swarm.LocalNodeStateInactive
+	d.log.Info("left the swarm; the other managers keep the cluster in the external etcd")
+	return true, nil
 }

@@ -32,6 +32,18 @@ const (
 	fpDisablePut          = "disable-put"
 	fpDisableRemoveNext   = "disable-remove-next"
 	fpDisableRemoveLocked = "disable-remove-locked"
+	// A manager of a cluster follows the record's unlock key
+	// (settleKeysLocked, on every manager): the key handed out is marked
+	// in the record first; then each manager writes its pending locked
+	// key, installs it, and drops the pending file and the plaintext key
+	// (enable-remove-plain); after a disable it writes the plaintext key
+	// and removes the locked files.
+	fpAckRecord        = "ack-record"
+	fpSyncWriteNext    = "keysync-write-next"
+	fpSyncInstall      = "keysync-install"
+	fpSyncRemoveNext   = "keysync-remove-next"
+	fpSyncWritePlain   = "keysync-write-plain"
+	fpSyncRemoveLocked = "keysync-remove-locked"
 	// fpLeaveErase: erasing the cluster state on leave fails after the
 	// runtime has been stopped.
 	fpLeaveErase = "leave-erase"

@@ -132,7 +132,6 @@ func writeJoinError(w http.ResponseWriter, err error) {
 const (
 	msgBadJoinToken       = "A valid join token is necessary to join this cluster"
 	msgManagerNeedsListen = "a manager needs a listen address to join: start hushd with --listen-addr or run docker swarm join --listen-addr"
-	msgNoAutolock         = "joining a swarm with autolock on is not supported by hush yet: turn autolock off (docker swarm update --autolock=false) while managers join"
 )
 
 // admit checks a joining node's token (in constant time), certifies its
@@ -158,14 +157,17 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if role != "manager" {
 		return d.admitWorker(ctx, req, &c)
 	}
-	if c.Spec.EncryptionConfig.AutoLockManagers {
-		return nil, errdefs.BadRequest(msgNoAutolock)
-	}
+	// Under autolock the joiner stores the master key in the clear, then
+	// locks it under the record's unlock key once active
+	// (followUnlockKey), as a manager that was down during the enable.
 	if err := checkJoinRequest(req); err != nil {
 		return nil, err
 	}
 	if req.PeerURL == "" {
 		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
+	}
+	if err := d.checkJoinerStore(req.External); err != nil {
+		return nil, err
 	}
 	if req.NodeID == d.nodeID {
 		return nil, errdefs.BadRequest("node ID %s is this manager's", req.NodeID)
@@ -201,7 +203,7 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 		return nil, err
 	}
 	return &joinResponse{ClusterID: c.ID, CertPEM: iss.PEM, CAPEM: []byte(c.CACert), MemberID: a.member.ID,
-		InitialCluster: a.peers, KeyID: a.keyID, WrapPub: a.wrapPub, WrappedKey: a.wrapped}, nil
+		InitialCluster: a.peers, KeyID: a.keyID, WrapPub: a.wrapPub, WrappedKey: a.wrapped, External: d.externalRef()}, nil
 }
 
 // memberAdmission is what a node admitted as a manager gets besides its
@@ -433,7 +435,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	}
 	host, _ := os.Hostname()
 	resp, err := callJoin(jctx, remote, roots, &joinRequest{Token: req.JoinToken, CSR: csr, NodeID: d.nodeID, Hostname: host,
-		Addr: addr, PeerURL: peerURL, Availability: avail})
+		Addr: addr, PeerURL: peerURL, Availability: avail, External: d.externalRef()})
 	if err != nil {
 		return err
 	}
@@ -448,6 +450,9 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	}
 	if resp.Role == roleWorker {
 		return d.enterWorkerLocked(key, resp, remote, plan)
+	}
+	if err := d.checkJoinerStore(resp.External); err != nil {
+		return err
 	}
 	mk, err := unwrapMasterKey(key, d.nodeID, resp)
 	if err != nil {
@@ -468,7 +473,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	}
 	d.keys.Set(kr)
 	ms := &memberState{Listen: plan, ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM),
-		Join: true, InitialCluster: resp.InitialCluster}
+		Join: true, InitialCluster: resp.InitialCluster, External: resp.External}
 	err = d.enterMemberLocked(ctx, ms, key, true)
 	if d.member == ms {
 		d.dropJoinKey() // sealed in member.json now
@@ -576,7 +581,7 @@ func callJoin(ctx context.Context, remote string, roots []*x509.Certificate, req
 		return nil, err
 	}
 	var out joinResponse
-	if err := json.Unmarshal(b, &out); err != nil || !identity.Valid(out.ClusterID) || out.Role != roleWorker && (len(out.InitialCluster) == 0 ||
+	if err := json.Unmarshal(b, &out); err != nil || !identity.Valid(out.ClusterID) || out.Role != roleWorker && out.External == nil && (len(out.InitialCluster) == 0 ||
 		!slices.ContainsFunc(out.InitialCluster, func(p store.Peer) bool { return p.PeerURL == req.PeerURL })) {
 		return nil, errdefs.Unavailable("the manager at %s sent a malformed join answer", remote)
 	}

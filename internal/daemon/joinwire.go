@@ -40,6 +40,10 @@ type joinRequest struct {
 	Addr         string `json:"addr"`
 	PeerURL      string `json:"peerURL"`
 	Availability string `json:"availability"`
+	// External is the joiner's external etcd (--external-etcd), nil for
+	// an embedded store: a manager admits it only onto the same etcd and
+	// prefix as its own (external.go).
+	External *externalRef `json:"external,omitempty"`
 }
 
 // joinResponse carries the node's certificate, the cluster's CA bundle and
@@ -59,6 +63,9 @@ type joinResponse struct {
 	KeyID          string       `json:"keyID"`
 	WrapPub        []byte       `json:"wrapPub"`
 	WrappedKey     []byte       `json:"wrappedKey"`
+	// External, for a manager of a cluster over an external etcd, says
+	// where its store is instead of InitialCluster (external.go).
+	External *externalRef `json:"external,omitempty"`
 }
 
 // joinError is the service's error body; the joining node rebuilds the

@@ -116,6 +116,9 @@ type memberState struct {
 	// through one, the file of the higher epoch (this or worker.json)
 	// was written last and wins (convergeRoleFiles).
 	Epoch uint64 `json:"roleEpoch,omitempty"`
+	// External is set for a manager whose store is an external etcd: it
+	// runs no etcd member (external.go).
+	External *externalRef `json:"external,omitempty"`
 }
 
 func (d *Daemon) memberPath() string { return filepath.Join(d.cfg.DataDir, "member.json") }
@@ -146,17 +149,34 @@ func (d *Daemon) loadMember() (*store.MemberConfig, error) {
 	if err := json.Unmarshal(b, &ms); err != nil {
 		return nil, fmt.Errorf("member state %s is corrupt", d.memberPath())
 	}
+	if d.cfg.ListenAddr != "" && d.cfg.ListenAddr != ms.Listen.Listen {
+		return nil, fmt.Errorf("--listen-addr %s differs from %s, where this manager joined its cluster: hush cannot move a manager yet", d.cfg.ListenAddr, ms.Listen.Listen)
+	}
 	if !d.plainKey.Exists() {
-		// Autolock is refused on a cluster of managers (setAutolock), so
-		// this is a key file lost.
+		if d.lockedKey.Exists() || d.nextKey().Exists() {
+			// Autolocked: the node key is sealed under the master key,
+			// which waits for `docker swarm unlock` (autolockcluster.go).
+			d.useListen(ms.Listen)
+			d.lockedMember = &ms
+			if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+				return nil, fmt.Errorf("the locked manager's scratch store: %w", err)
+			}
+			return nil, nil
+		}
 		return nil, fmt.Errorf("this node is a manager of a cluster but its master key is missing from %s", d.plainKey.Path)
 	}
 	mk, err := d.plainKey.Load()
 	if err != nil {
 		return nil, fmt.Errorf("master key: %w", err)
 	}
+	defer mk.Destroy()
+	return d.openMember(&ms, mk)
+}
+
+// openMember opens ms's node key with the master key mk and makes ms
+// this node's membership, for a restart or an unlock of a manager.
+func (d *Daemon) openMember(ms *memberState, mk keyring.MasterKey) (*store.MemberConfig, error) {
 	kr, err := keyring.New(mk)
-	mk.Destroy()
 	if err != nil {
 		return nil, fmt.Errorf("keyring: %w", err)
 	}
@@ -167,17 +187,14 @@ func (d *Daemon) loadMember() (*store.MemberConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node key: %w", err)
 	}
-	if d.cfg.ListenAddr != "" && d.cfg.ListenAddr != ms.Listen.Listen {
-		return nil, fmt.Errorf("--listen-addr %s differs from %s, where this manager joined its cluster: hush cannot move a manager yet", d.cfg.ListenAddr, ms.Listen.Listen)
-	}
 	cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
 	if err != nil {
 		return nil, fmt.Errorf("manager certificate: %w", err)
 	}
 	d.useListen(ms.Listen)
-	d.member, d.nodeKey = &ms, key
+	d.member, d.nodeKey = ms, key
 	d.cert.Store(cert)
-	return d.memberConfig(&ms, key)
+	return d.memberConfig(ms, key)
 }
 
 // memberConfig is the store's member configuration for ms; the key PEM is
@@ -255,9 +272,6 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if err != nil {
 		return err
 	}
-	if c.Spec.EncryptionConfig.AutoLockManagers {
-		return errdefs.BadRequest("%s", msgNoClusterAutolock)
-	}
 	key, csr, err := newKeyAndCSR()
 	if err != nil {
 		return err
@@ -266,7 +280,7 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	if err != nil {
 		return err
 	}
-	ms := &memberState{Listen: plan, ClusterID: c.ID, CertPEM: string(iss.PEM), CAPEM: c.CACert}
+	ms := &memberState{Listen: plan, ClusterID: c.ID, CertPEM: string(iss.PEM), CAPEM: c.CACert, External: d.externalRef()}
 	// The restarted member elects itself before it can write.
 	if err := d.enterMemberLocked(ctx, ms, key, false); err != nil {
 		return err
@@ -333,7 +347,7 @@ func (d *Daemon) listenOnExisting(ctx context.Context) error {
 	case swarm.LocalNodeStateInactive:
 		return nil // init or join will use it
 	case swarm.LocalNodeStateLocked:
-		return fmt.Errorf("--listen-addr: %s", msgNoClusterAutolock)
+		return nil // after the unlock (listenAfterUnlock)
 	}
 	if err := d.becomeManagerLocked(ctx, d.listen); err != nil {
 		return fmt.Errorf("becoming a manager on %s: %w", d.listen.Listen, err)

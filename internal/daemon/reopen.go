@@ -24,11 +24,12 @@ import (
 func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) error {
 	var st *store.Store
 	var err error
-	if d.cfg.External != nil {
+	if d.cfg.External != nil && d.worker == nil {
+		// A worker never opens the user's etcd: its local store is empty.
 		st, err = d.openExternal(ctx)
 	} else {
 		st, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
-			Dir:          filepath.Join(d.cfg.DataDir, "etcd"),
+			Dir:          d.storeDir(),
 			Name:         d.nodeID,
 			Logger:       d.log,
 			EtcdLogLevel: d.cfg.EtcdLogLevel,

@@ -327,9 +327,6 @@ func (d *Daemon) refuseIssued(ctx context.Context, nodeID string, presented *x50
 // promoteNode admits a worker whose record says manager as a joining
 // manager would be admitted (admit): certificate, learner, wrapped key.
 func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse) (*joinResponse, error) {
-	if c.Spec.EncryptionConfig.AutoLockManagers {
-		return nil, errdefs.BadRequest(msgNoAutolock)
-	}
 	if req.PeerURL == "" {
 		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
 	}
@@ -348,7 +345,7 @@ func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.No
 		return nil, err
 	}
 	resp.CertPEM, resp.MemberID, resp.InitialCluster = iss.PEM, a.member.ID, a.peers
-	resp.KeyID, resp.WrapPub, resp.WrappedKey = a.keyID, a.wrapPub, a.wrapped
+	resp.KeyID, resp.WrapPub, resp.WrappedKey, resp.External = a.keyID, a.wrapPub, a.wrapped, d.externalRef()
 	d.log.Info("worker promoted: certified as a manager, learner added", "node", n.ID, "member", a.member.ID)
 	return resp, nil
 }
@@ -736,7 +733,10 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 	if err != nil {
 		return err
 	}
-	if len(ans.InitialCluster) == 0 || !slices.ContainsFunc(ans.InitialCluster, func(p store.Peer) bool { return p.PeerURL == peerURL }) {
+	if err := d.checkJoinerStore(ans.External); err != nil {
+		return err
+	}
+	if ans.External == nil && len(ans.InitialCluster) == 0 || ans.External == nil && !slices.ContainsFunc(ans.InitialCluster, func(p store.Peer) bool { return p.PeerURL == peerURL }) {
 		return errdefs.Unavailable("a manager sent a promotion without this node in its initial cluster")
 	}
 	cert, err := d.checkNodeCert(v, ans, key, pki.RoleManager)
@@ -773,7 +773,7 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 	}
 	d.keys.Set(kr)
 	ms := &memberState{Listen: v.listen, ClusterID: v.clusterID, CertPEM: string(ans.CertPEM), CAPEM: v.caPEM,
-		Join: true, InitialCluster: ans.InitialCluster, Managers: ans.Managers, Epoch: d.worker.Epoch + 1}
+		Join: true, InitialCluster: ans.InitialCluster, Managers: ans.Managers, Epoch: d.worker.Epoch + 1, External: ans.External}
 	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
 		return err
 	}
@@ -951,6 +951,14 @@ func (d *Daemon) saveWorker(ws *workerState) error {
 }
 
 func (d *Daemon) removePlainKey() error {
+	// Under autolock the master key is in the locked files: a worker
+	// keeps none of them (Swarm does not lock workers' keys).
+	if err := d.nextKey().Remove(); err != nil {
+		return err
+	}
+	if err := d.lockedKey.Remove(); err != nil {
+		return err
+	}
 	if !d.plainKey.Exists() {
 		return nil
 	}

@@ -29,9 +29,6 @@ const (
 	msgLocked   = `Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.`
 	msgInactive = `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`
 	msgJoined   = `This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.`
-	// Each manager would need the unlock key at every restart, and a
-	// joining manager the locked key: not wired yet.
-	msgNoClusterAutolock = "autolock is not supported by hush yet on a manager that listens for other managers (--listen-addr)"
 )
 
 // nextKey is where a rotated locked key is written before it is committed:
@@ -69,6 +66,9 @@ func (d *Daemon) resume(ctx context.Context) error {
 	} else if n > 0 {
 		d.log.Warn("removed temporary key files an interrupted write left", "dir", keysDir, "files", n)
 	}
+	if d.lockedMemberWaits() {
+		return nil
+	}
 	exists, err := cluster.Exists(ctx, d.store)
 	if err != nil {
 		return err
@@ -91,11 +91,17 @@ func (d *Daemon) resume(ctx context.Context) error {
 		_, err := d.initLocked(ctx, swarm.InitRequest{ListenAddr: "0.0.0.0:2377"}, nil)
 		return err
 	}
+	if d.awaitsExternalJoin() {
+		return nil
+	}
 	if err := d.noteExternalCluster(); err != nil {
 		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.unlockWith.Key != nil {
+		return d.activateUnlockedLocked(ctx)
+	}
 	switch {
 	case d.plainKey.Exists():
 		mk, err := d.plainKey.Load()
@@ -110,8 +116,11 @@ func (d *Daemon) resume(ctx context.Context) error {
 			mk.Destroy()
 			return fmt.Errorf("key files: %w", err)
 		}
-		if acked {
-			// Locked: nothing may open the store until an unlock.
+		if acked && d.member == nil {
+			// Locked: nothing may open the store until an unlock. (A
+			// manager of a cluster runs its etcd member already: it
+			// stays active, its files now locked, as a swarmkit manager
+			// that learns of autolock while it runs.)
 			d.keys.Set(nil)
 			mk.Destroy()
 			d.state = swarm.LocalNodeStateLocked
@@ -180,6 +189,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if d.store.Members() != nil {
 		// One orchestrator for the cluster: the manager that leads.
 		run(d.leadOrchestrator)
+		// Every manager's key files follow the record's unlock key.
+		run(d.followUnlockKey)
 		// Every manager vouches for itself and the nodes it hears.
 		if pr, v, err := d.presenceRunner(); err != nil {
 			d.log.Error("presence not kept", "err", err)
@@ -337,9 +348,6 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	}
 	spec := cluster.MergeSpec(cluster.DefaultSpec(), req.Spec)
 	autolock := req.AutoLockManagers || req.Spec.EncryptionConfig.AutoLockManagers
-	if autolock && plan.enabled() {
-		return "", errdefs.BadRequest("%s", msgNoClusterAutolock)
-	}
 	spec.EncryptionConfig.AutoLockManagers = false
 	if err := cluster.ValidateSpec(&spec); err != nil {
 		return "", initSpecError(err)
@@ -557,9 +565,6 @@ func (d *Daemon) CheckServingLocked() error {
 // rotates its key, and writes c, in the crash-safe order of autolock.go.
 // A failed change leaves the files as the record says, as a restart would.
 func (d *Daemon) setAutolockLocked(ctx context.Context, c *cluster.Cluster, on, rotate bool) error {
-	if on && d.member != nil {
-		return errdefs.BadRequest("%s", msgNoClusterAutolock)
-	}
 	var err error
 	if on {
 		err = d.enableOrRotateLocked(ctx, c, rotate)
@@ -589,13 +594,30 @@ func (d *Daemon) UnlockKey(ctx context.Context) (string, error) {
 func (d *Daemon) Unlock(ctx context.Context, key string) error {
 	ctx = context.WithoutCancel(ctx)
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	member, err := d.unlockLocked(ctx, key)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if member {
+		return d.serveUnlockedMember(ctx)
+	}
+	return d.listenAfterUnlock(ctx)
+}
+
+// unlockLocked is Unlock under d.mu. member: the node is a manager of a
+// cluster, its member now started and its activation left to
+// serveUnlockedMember, which runs without d.mu.
+func (d *Daemon) unlockLocked(ctx context.Context, key string) (member bool, _ error) {
 	// Checked under the lock, so parallel attempts cannot all pass it.
 	if wait := d.unlock.wait(); wait > 0 {
-		return errdefs.Unavailable("too many failed unlock attempts: try again in %s", wait.Round(time.Second))
+		return false, errdefs.Unavailable("too many failed unlock attempts: try again in %s", wait.Round(time.Second))
 	}
 	if d.state != swarm.LocalNodeStateLocked {
-		return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "swarm is not locked"}
+		return false, &errdefs.Error{Category: errdefs.ErrConflict, Msg: "swarm is not locked"}
+	}
+	if d.unlockWith.Key != nil {
+		return false, errdefs.Unavailable("this manager is unlocked and waits for the swarm's quorum to start")
 	}
 	// The locked key opens with a key that reached an operator; the
 	// pending one with a rotated key that may not have yet: either works.
@@ -613,26 +635,29 @@ func (d *Daemon) Unlock(ctx context.Context, key string) error {
 		d.unlock.failed()
 		d.log.Warn("failed unlock attempt")
 		if errors.Is(err, keyring.ErrBadUnlockKey) || err == nil {
-			return errdefs.Unauthorized("swarm could not be unlocked: invalid key provided")
+			return false, errdefs.Unauthorized("swarm could not be unlocked: invalid key provided")
 		}
-		return err
+		return false, err
 	}
 	d.unlock.reset()
+	if d.lockedMember != nil || d.member != nil {
+		return true, d.startUnlockedMemberLocked(ctx, mk, key)
+	}
 	if err := d.preopenStore(ctx, mk); err != nil {
 		mk.Destroy()
-		return err
+		return false, err
 	}
 	if _, err := d.settleKeysLocked(ctx, mk, key); err != nil {
 		d.keys.Set(nil)
 		mk.Destroy()
-		return fmt.Errorf("key files: %w", err)
+		return false, fmt.Errorf("key files: %w", err)
 	}
 	d.log.Info("unlocked")
 	if err := d.activateLocked(mk); err != nil {
-		return err
+		return false, err
 	}
 	d.notePendingLocked()
-	return nil
+	return false, nil
 }
 
 // Leave removes this node from the cluster. As the only manager it erases
@@ -647,6 +672,12 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	}
 	if d.worker != nil {
 		return d.leaveWorkerLocked(ctx)
+	}
+	if d.lockedMember != nil {
+		return d.leaveLockedMemberLocked(ctx, force)
+	}
+	if handled, err := d.leaveExternalManagerLocked(ctx, force); handled {
+		return err
 	}
 	if d.member != nil {
 		return d.leaveMemberLocked(ctx, force)

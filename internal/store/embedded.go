@@ -169,7 +169,7 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		s.hasLeader = func() bool { return e.Server.Leader() != 0 }
 		// Two election timeouts: a follower sees no leader from its own
 		// timeout until another's (up to one more) and the vote after it.
-		lkv := newLeaderKV(cli.KV, s.hasLeader, 2*c.Tuning.ElectionTimeout)
+		lkv := newLeaderKV(cli.KV, s.hasLeader, 2*c.Tuning.ElectionTimeout, e.Server.LeaderChangedNotify)
 		cli.KV, s.awaitLeader = lkv, lkv.gate.await
 		t := c.Member.TLS
 		s.members = &Members{s: s, srv: e.Server, files: files,

@@ -25,13 +25,24 @@ var errNoLeaderHere = errors.New("this member knows no leader")
 // up to grace after the member was first seen leaderless, so a healthy
 // cluster does not answer "no leader". Past grace the quorum is taken as
 // lost, and requests fail at once until a leader is known again.
+//
+// A write in flight when a new leader is elected is given up at once
+// (errLeaderChangedHere) rather than left to etcd's request timeout: a
+// proposal this member forwarded to a leader that died is dropped with it,
+// and etcd would answer it only after 5 s plus two election timeouts
+// (10 s with hush's cluster timing). Such a write may still be applied (the
+// dead leader may have replicated it first); it was not acknowledged, as
+// with etcd's own timeout, and Table.Create retries it and tells which.
 type leaderKV struct {
 	clientv3.KV
 	gate *leaderGate
 }
 
-func newLeaderKV(kv clientv3.KV, has func() bool, grace time.Duration) leaderKV {
-	return leaderKV{KV: kv, gate: &leaderGate{has: has, grace: grace}}
+// newLeaderKV gates kv on has; changed, when not nil, returns a channel
+// that is closed when this member next learns of a new leader (etcd's
+// LeaderChangedNotify).
+func newLeaderKV(kv clientv3.KV, has func() bool, grace time.Duration, changed func() <-chan struct{}) leaderKV {
+	return leaderKV{KV: kv, gate: &leaderGate{has: has, grace: grace, changed: changed}}
 }
 
 // leaderGate waits out elections (see leaderKV).
@@ -42,6 +53,40 @@ type leaderGate struct {
 	// lostAt is when the member was first seen without a leader (zero
 	// while one is known).
 	lostAt time.Time
+	// changed: see newLeaderKV (nil: writes wait for etcd's answer).
+	changed func() <-chan struct{}
+}
+
+// errLeaderChangedHere is a write given up because a new leader was elected
+// while it was in flight (see leaderKV): it may or may not be applied.
+var errLeaderChangedHere = errors.New("a new leader was elected while the write was in flight: it may or may not have been applied")
+
+// write runs do, a write, with a context that ends when a new leader is
+// elected; a write ended so fails with errLeaderChangedHere.
+func (g *leaderGate) write(ctx context.Context, do func(context.Context) error) error {
+	if !g.await(ctx) {
+		return errNoLeaderHere
+	}
+	if g.changed == nil {
+		return do(ctx)
+	}
+	changed := g.changed()
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-changed:
+			cancel(errLeaderChangedHere)
+		case <-stop:
+		}
+	}()
+	err := do(wctx)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(wctx), errLeaderChangedHere) {
+		return errLeaderChangedHere
+	}
+	return err
 }
 
 // leaderPoll is how often a waiting request looks for the new leader; an
@@ -89,11 +134,12 @@ func (g *leaderGate) seen() bool {
 	return true
 }
 
-func (k leaderKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
-	if !k.gate.await(ctx) {
-		return nil, errNoLeaderHere
-	}
-	return k.KV.Put(ctx, key, val, opts...)
+func (k leaderKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (resp *clientv3.PutResponse, err error) {
+	err = k.gate.write(ctx, func(ctx context.Context) error {
+		resp, err = k.KV.Put(ctx, key, val, opts...)
+		return err
+	})
+	return resp, err
 }
 
 func (k leaderKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
@@ -103,11 +149,12 @@ func (k leaderKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption
 	return k.KV.Get(ctx, key, opts...)
 }
 
-func (k leaderKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
-	if !k.gate.await(ctx) {
-		return nil, errNoLeaderHere
-	}
-	return k.KV.Delete(ctx, key, opts...)
+func (k leaderKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (resp *clientv3.DeleteResponse, err error) {
+	err = k.gate.write(ctx, func(ctx context.Context) error {
+		resp, err = k.KV.Delete(ctx, key, opts...)
+		return err
+	})
+	return resp, err
 }
 
 func (k leaderKV) Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error) {
@@ -124,37 +171,42 @@ func (k leaderKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, 
 	return k.KV.Do(ctx, op)
 }
 
-// Txn waits for a leader on Commit, where the request is made.
+// Txn waits for a leader on Commit, where the request is made. A
+// clientv3.Txn holds the context it was made with, so the transaction is
+// built on Commit, under the context that a leader change ends.
 func (k leaderKV) Txn(ctx context.Context) clientv3.Txn {
-	return gatedTxn{Txn: k.KV.Txn(ctx), ctx: ctx, gate: k.gate}
+	return &gatedTxn{kv: k.KV, ctx: ctx, gate: k.gate}
 }
 
 type gatedTxn struct {
-	clientv3.Txn
-	ctx  context.Context
-	gate *leaderGate
+	kv              clientv3.KV
+	ctx             context.Context
+	gate            *leaderGate
+	cmps            []clientv3.Cmp
+	then, otherwise []clientv3.Op
 }
 
-func (t gatedTxn) If(c ...clientv3.Cmp) clientv3.Txn {
-	t.Txn = t.Txn.If(c...)
+func (t *gatedTxn) If(c ...clientv3.Cmp) clientv3.Txn {
+	t.cmps = append(t.cmps, c...)
 	return t
 }
 
-func (t gatedTxn) Then(o ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Then(o...)
+func (t *gatedTxn) Then(o ...clientv3.Op) clientv3.Txn {
+	t.then = append(t.then, o...)
 	return t
 }
 
-func (t gatedTxn) Else(o ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(o...)
+func (t *gatedTxn) Else(o ...clientv3.Op) clientv3.Txn {
+	t.otherwise = append(t.otherwise, o...)
 	return t
 }
 
-func (t gatedTxn) Commit() (*clientv3.TxnResponse, error) {
-	if !t.gate.await(t.ctx) {
-		return nil, errNoLeaderHere
-	}
-	return t.Txn.Commit()
+func (t *gatedTxn) Commit() (resp *clientv3.TxnResponse, err error) {
+	err = t.gate.write(t.ctx, func(ctx context.Context) error {
+		resp, err = t.kv.Txn(ctx).If(t.cmps...).Then(t.then...).Else(t.otherwise...).Commit()
+		return err
+	})
+	return resp, err
 }
 
 // noLeaderErrs are etcd's answers when a request could not get through
@@ -163,6 +215,7 @@ func (t gatedTxn) Commit() (*clientv3.TxnResponse, error) {
 // promised).
 var noLeaderErrs = []error{
 	errNoLeaderHere,
+	errLeaderChangedHere,
 	rpctypes.ErrNoLeader,
 	rpctypes.ErrTimeout,
 	rpctypes.ErrTimeoutDueToLeaderFail,

@@ -45,7 +45,7 @@ func TestLeaderKVWaitsOutAnElection(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var polls atomic.Int32
 			// The new leader is known from the third look on.
-			kv := newLeaderKV(okKV{}, func() bool { return polls.Add(1) > 2 }, grace)
+			kv := newLeaderKV(okKV{}, func() bool { return polls.Add(1) > 2 }, grace, nil)
 			if err := tc.write(kv); err != nil {
 				t.Fatalf("write during an election: %v", err)
 			}
@@ -54,7 +54,7 @@ func TestLeaderKVWaitsOutAnElection(t *testing.T) {
 
 	t.Run("quorum lost", func(t *testing.T) {
 		var polls atomic.Int32
-		kv := newLeaderKV(okKV{}, func() bool { polls.Add(1); return false }, 50*time.Millisecond)
+		kv := newLeaderKV(okKV{}, func() bool { polls.Add(1); return false }, 50*time.Millisecond, nil)
 		if _, err := kv.Put(context.Background(), "k", "v"); !errors.Is(err, errNoLeaderHere) {
 			t.Fatalf("first write without a leader: %v", err)
 		}
@@ -68,7 +68,7 @@ func TestLeaderKVWaitsOutAnElection(t *testing.T) {
 	})
 
 	t.Run("context ends the wait", func(t *testing.T) {
-		kv := newLeaderKV(okKV{}, func() bool { return false }, grace)
+		kv := newLeaderKV(okKV{}, func() bool { return false }, grace, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		if _, err := kv.Put(ctx, "k", "v"); !errors.Is(err, errNoLeaderHere) {

@@ -45,6 +45,9 @@ type Members struct {
 	probeTimeout time.Duration
 	// promoteBackoff is the first wait between promotion attempts.
 	promoteBackoff time.Duration
+	// ext is, on an external etcd, this manager's node ID: the methods
+	// then keep hush's manager registry instead (extmembers.go).
+	ext string
 }
 
 // Swarm's refusals of a demotion, word for word.
@@ -56,6 +59,9 @@ const (
 // List returns the members, ordered by ID, with the reachability of each
 // probed concurrently (each probe bounded).
 func (m *Members) List(ctx context.Context) ([]Member, error) {
+	if m.ext != "" {
+		return m.extList(ctx)
+	}
 	resp, err := m.s.cli.MemberList(ctx)
 	if err != nil {
 		return nil, wrapEtcd(err)
@@ -158,6 +164,9 @@ func (m *Members) clientTLS() (*tls.Config, error) {
 // connections keep theirs. The material is checked first: a certificate
 // that does not match its key changes nothing.
 func (m *Members) RenewTLS(t MemberTLS) error {
+	if m.ext != "" {
+		return nil // the user's etcd: hush's certificate is not its client's
+	}
 	if _, err := tls.X509KeyPair(t.CertPEM, t.KeyPEM); err != nil {
 		return fmt.Errorf("store: renewed member certificate: %w", err)
 	}
@@ -183,6 +192,10 @@ func (m *Members) RenewTLS(t MemberTLS) error {
 // otherwise block every later join. Only one learner at a time: etcd
 // refuses a second one, and the refusal says a manager is already joining.
 func (m *Members) AddLearner(ctx context.Context, name, peerURL string) (Member, []Peer, error) {
+	if m.ext != "" {
+		mem, err := m.extRegister(ctx, name)
+		return mem, nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, maxMembershipWait)
 	defer cancel()
 	if err := m.retry(ctx, "add learner", func() (bool, error) {
@@ -240,6 +253,9 @@ func (m *Members) AddLearner(ctx context.Context, name, peerURL string) (Member,
 // s) until ctx ends. Promoting a member that already votes succeeds: a
 // retried join must not fail on its own earlier success.
 func (m *Members) Promote(ctx context.Context, id string) error {
+	if m.ext != "" {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, maxMembershipWait)
 	defer cancel()
 	mid, err := parseMemberID(id)
@@ -295,6 +311,9 @@ func (m *Members) retry(ctx context.Context, what string, try func() (done bool,
 // always go. Removing this member itself makes etcd stop it: its data
 // directory must not be reused (the daemon wipes it).
 func (m *Members) Remove(ctx context.Context, id string) error {
+	if m.ext != "" {
+		return m.extRemove(ctx, id)
+	}
 	mid, err := parseMemberID(id)
 	if err != nil {
 		return err
@@ -321,6 +340,9 @@ func (m *Members) Remove(ctx context.Context, id string) error {
 // named in pending (node IDs whose demotion is recorded but not carried
 // out yet) count as removed already.
 func (m *Members) CheckRemove(ctx context.Context, id string, pending ...string) error {
+	if m.ext != "" {
+		return nil // etcd's quorum is its operator's; the last manager is the caller's check
+	}
 	if _, err := parseMemberID(id); err != nil {
 		return err
 	}
@@ -364,6 +386,9 @@ func (m *Members) CheckRemove(ctx context.Context, id string, pending ...string)
 // is false when no member has that name, or when it is a learner that
 // has not started yet and so has no name: look it up by peer URL then.
 func (m *Members) ByName(ctx context.Context, name, peerURL string) (Member, bool, error) {
+	if m.ext != "" {
+		return m.extByName(ctx, name)
+	}
 	resp, err := m.s.cli.MemberList(ctx)
 	if err != nil {
 		return Member{}, false, wrapEtcd(err)
@@ -396,6 +421,10 @@ func etcdIs(err, target error) bool {
 // then a joining member's initial cluster would name an address nobody
 // listens on. A URL already recorded is left as it is.
 func (m *Members) SetPeerURL(ctx context.Context, peerURL string) error {
+	if m.ext != "" {
+		_, err := m.extRegister(ctx, m.ext)
+		return err
+	}
 	self := uint64(m.srv.MemberID())
 	resp, err := m.s.cli.MemberList(ctx)
 	if err != nil {
@@ -413,11 +442,19 @@ func (m *Members) SetPeerURL(ctx context.Context, peerURL string) error {
 }
 
 // SelfID is this member's ID in hex, as List shows it.
-func (m *Members) SelfID() string { return fmt.Sprintf("%x", uint64(m.srv.MemberID())) }
+func (m *Members) SelfID() string {
+	if m.ext != "" {
+		return m.ext
+	}
+	return fmt.Sprintf("%x", uint64(m.srv.MemberID()))
+}
 
 // IsVoter reports whether this member votes (a joined learner has been
 // promoted), from a linearizable read of the membership.
 func (m *Members) IsVoter(ctx context.Context) (bool, error) {
+	if m.ext != "" {
+		return true, nil
+	}
 	resp, err := m.s.cli.MemberList(ctx)
 	if err != nil {
 		return false, wrapEtcd(err)

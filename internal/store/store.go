@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -186,6 +187,19 @@ func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra .
 		return 0, err
 	}
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ok...).Commit()
+	// A new leader was elected while the write was in flight (leaderkv.go):
+	// it may have been applied or lost. The same transaction again tells
+	// which: the object's key holds this very value (sealed under a fresh
+	// nonce, so no other write's) only if the first one was applied.
+	for try := 0; try < createRetries && errors.Is(err, errLeaderChangedHere); try++ {
+		t.s.log.Debug("store: leader changed during a create: retrying", "kind", t.kind)
+		resp, err = t.s.cli.Txn(ctx).If(cmps...).Then(ok...).Else(clientv3.OpGet(t.objKey(id))).Commit()
+		if err == nil && !resp.Succeeded && len(resp.Responses) == 1 {
+			if r := resp.Responses[0].GetResponseRange(); r != nil && len(r.Kvs) == 1 && bytes.Equal(r.Kvs[0].Value, ok[0].ValueBytes()) {
+				return r.Kvs[0].ModRevision, nil
+			}
+		}
+	}
 	if err != nil {
 		return 0, t.s.writeErr(err)
 	}
@@ -194,6 +208,10 @@ func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra .
 	}
 	return resp.Header.Revision, nil
 }
+
+// createRetries bounds how often Create retries a write that a leader
+// change interrupted (each retry waits for a leader first).
+const createRetries = 3
 
 // Get returns the object with id.
 func (t *Table) Get(ctx context.Context, id string) (Object, error) {

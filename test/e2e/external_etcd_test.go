@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,14 +111,6 @@ func TestExternalEtcd(t *testing.T) {
 			t.Errorf("left in etcd after swarm leave: %q", k)
 		}
 	}
-	_, stderr, code = h.Docker("swarm", "join", "--token", "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx", "127.0.0.1:2377")
-	if code == 0 || !strings.Contains(stderr, "joining a swarm is not supported by a hushd started with --external-etcd") {
-		t.Fatalf("swarm join: code %d, %q", code, stderr)
-	}
-	_, stderr, code = h.Docker("swarm", "init", "--listen-addr", "127.0.0.1:4567")
-	if code == 0 || !strings.Contains(stderr, "--listen-addr is not supported with --external-etcd") {
-		t.Fatalf("swarm init --listen-addr: code %d, %q", code, stderr)
-	}
 }
 
 // TestExternalEtcdFlagsRefused: hushd refuses bad combinations at once,
@@ -133,7 +127,6 @@ func TestExternalEtcdFlagsRefused(t *testing.T) {
 		{"no TLS files", []string{"--external-etcd", "https://127.0.0.1:2379"}, "--external-etcd needs --etcd-cacert, --etcd-cert and --etcd-key"},
 		{"TLS without endpoint", []string{"--etcd-cert", "b"}, "--etcd-cert needs --external-etcd"},
 		{"missing CA file", []string{"--external-etcd", "https://127.0.0.1:2379", "--etcd-cacert", filepath.Join(dir, "missing.pem"), "--etcd-cert", "b", "--etcd-key", "c"}, "--etcd-cacert, --etcd-cert, --etcd-key: external etcd: CA file"},
-		{"with listen-addr", []string{"--external-etcd", "https://127.0.0.1:2379", "--etcd-cacert", "a", "--etcd-cert", "b", "--etcd-key", "c", "--listen-addr", "127.0.0.1:4567"}, "--listen-addr is not supported with --external-etcd"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -150,4 +143,92 @@ func TestExternalEtcdFlagsRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExternalEtcdManagers runs two hushd managers on 127.0.0.2 and
+// 127.0.0.3 over one external etcd (same endpoints and prefix) with the
+// docker CLI: the second joins with the manager token (no etcd membership
+// change), both `node ls` agree on one Leader and the other Reachable, a
+// secret written on one is read on the other, and after kill -9 of the
+// leader writes go on through the other, which takes the election and
+// shows the killed one Unreachable.
+func TestExternalEtcdManagers(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ext := withArgs("--engine", "", "--external-etcd", srv.Endpoint, "--external-etcd-prefix", "/e2e-team",
+		"--etcd-cacert", srv.CAFile, "--etcd-cert", srv.CertFile, "--etcd-key", srv.KeyFile)
+	ips := []string{"127.0.0.2", "127.0.0.3"}
+	p1 := freePortPair(t, ips[0])
+	h1 := startHushd(t, ext, withListen(ips[0], p1))
+	h2 := startHushd(t, ext, withArgs("--no-init"), withListen(ips[1], freePortPair(t, ips[1])))
+	all := []*Hushd{h1, h2}
+	remote := net.JoinHostPort(ips[0], fmt.Sprint(p1))
+	mtok := strings.TrimSpace(h1.MustDocker("swarm", "join-token", "-q", "manager"))
+	if out := h2.MustDocker("swarm", "join", "--token", mtok, remote); strings.TrimSpace(out) != "This node joined a swarm as a manager." {
+		t.Fatalf("swarm join: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(h2.DataDir, "etcd", "member")); !os.IsNotExist(err) {
+		t.Fatalf("the joined manager runs an etcd member of its own: %v", err)
+	}
+	ids := []string{h1.nodeID(), h2.nodeID()}
+	const format = "{{.ID}} {{.ManagerStatus}}"
+	statuses := func(h *Hushd) map[string]string {
+		out, _, code := h.Docker("node", "ls", "--format", format)
+		m := map[string]string{}
+		if code != 0 {
+			return m
+		}
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Fields(l); len(f) == 2 {
+				m[f[0]] = f[1]
+			}
+		}
+		return m
+	}
+	waitAll := func(what string, hs []*Hushd, want func(map[string]string) bool) map[string]string {
+		t.Helper()
+		deadline := time.Now().Add(45 * time.Second)
+		var last map[string]string
+		for time.Now().Before(deadline) {
+			ok := true
+			for _, h := range hs {
+				if last = statuses(h); !want(last) {
+					ok = false
+					break
+				}
+			}
+			if ok {
+				return last
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		t.Fatalf("node ls: %s not reached within 45s; last: %v", what, last)
+		return nil
+	}
+	agreed := waitAll("one Leader, one Reachable, on both", all, func(m map[string]string) bool {
+		return len(m) == 2 && (m[ids[0]] == "Leader" && m[ids[1]] == "Reachable" || m[ids[0]] == "Reachable" && m[ids[1]] == "Leader")
+	})
+	for _, h := range all {
+		if got := statuses(h); got[ids[0]] != agreed[ids[0]] || got[ids[1]] != agreed[ids[1]] {
+			t.Fatalf("the managers disagree: %v and %v", agreed, got)
+		}
+	}
+
+	sid := strings.TrimSpace(h1.MustDockerStdin("ext-managers-value", "secret", "create", "e2e-ext-s1", "-"))
+	if got := strings.TrimSpace(h2.MustDocker("secret", "inspect", "--format", "{{.ID}}", "e2e-ext-s1")); got != sid {
+		t.Fatalf("secret created on manager 1 is %q on manager 2, want %q", got, sid)
+	}
+
+	leader := 0
+	if agreed[ids[1]] == "Leader" {
+		leader = 1
+	}
+	all[leader].Kill()
+	other := all[1-leader]
+	sid2 := strings.TrimSpace(other.MustDockerStdin("after-kill", "secret", "create", "e2e-ext-s2", "-"))
+	if got := strings.TrimSpace(other.MustDocker("secret", "inspect", "--format", "{{.ID}}", "e2e-ext-s2")); got != sid2 {
+		t.Fatalf("secret written after the kill: %q, want %q", got, sid2)
+	}
+	waitAll("the survivor leads, the killed one unreachable", []*Hushd{other}, func(m map[string]string) bool {
+		return m[ids[1-leader]] == "Leader" && m[ids[leader]] == "Unreachable"
+	})
 }

@@ -47,6 +47,10 @@ type Cluster struct {
 	CACert string          `json:"caCert"`
 	CAKey  keyring.Sealed  `json:"caKey"`
 	Unlock *keyring.Sealed `json:"unlockKey,omitempty"`
+	// UnlockKeyFetched says the recorded unlock key has reached an
+	// operator (a manager answered GET /swarm/unlockkey with it): every
+	// manager of the cluster may then lock its key files under it.
+	UnlockKeyFetched bool `json:"unlockKeyFetched,omitempty"`
 	// LastForcedRotation is the Spec.CAConfig.ForceRotate of the last
 	// root CA rotation: a spec whose counter differs asks for another.
 	LastForcedRotation uint64 `json:"lastForcedRotation,omitempty"`
@@ -181,8 +185,10 @@ func Remove(ctx context.Context, st *store.Store) error {
 	return err
 }
 
-// SetUnlockKey seals and records the unlock key ("" clears it).
+// SetUnlockKey seals and records the unlock key ("" clears it), not
+// fetched yet.
 func (c *Cluster) SetUnlockKey(s Sealer, unlockKey string) error {
+	c.UnlockKeyFetched = false
 	if unlockKey == "" {
 		c.Unlock = nil
 		return nil

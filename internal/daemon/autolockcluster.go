@@ -1,0 +1,271 @@
+package daemon
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// Autolock on a cluster of managers, as swarmkit does it: the unlock key
+// lives in the replicated cluster record (sealed under the master key,
+// which every manager holds), and every manager keeps its own key files
+// in line with it (settleKeysLocked, run by followUnlockKey whenever the
+// record changes). A manager's node TLS key is sealed under the master
+// key in member.json, so wrapping the master key file locks it too.
+//
+// The record says when its unlock key has reached an operator
+// (UnlockKeyFetched, written by the manager that answered GET
+// /swarm/unlockkey with it): only then does any manager lock under it,
+// and only then is its plaintext key removed. Until then each manager
+// keeps what unlocks today beside the pending file, as a lone node does.
+//
+// A manager started while its key files are locked does not start its
+// etcd member (its TLS key is sealed) and serves only the lifecycle
+// calls, on a scratch store that holds nothing; `docker swarm unlock`
+// opens the node key, starts the member and activates once it has a
+// quorum. A locked manager is down for the cluster's quorum, as a locked
+// swarmkit manager is.
+
+// keySyncPeriod is how often a manager looks at the cluster record for a
+// changed unlock key.
+const keySyncPeriod = time.Second
+
+// storeDir is the embedded store's data directory: the member's, or, on a
+// manager started locked, a scratch one.
+func (d *Daemon) storeDir() string {
+	if d.lockedMember != nil {
+		return d.scratchStoreDir()
+	}
+	return filepath.Join(d.cfg.DataDir, "etcd")
+}
+
+func (d *Daemon) scratchStoreDir() string { return filepath.Join(d.cfg.DataDir, "etcd.locked") }
+
+// lockedMemberWaits is resume's answer on a manager started locked: the
+// node stays locked, its scratch store untouched.
+func (d *Daemon) lockedMemberWaits() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lockedMember == nil {
+		return false
+	}
+	d.state = swarm.LocalNodeStateLocked
+	d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key; this manager takes no part in the swarm until then")
+	return true
+}
+
+// startUnlockedMemberLocked follows a successful unlock of a manager with
+// mk, the master key key opened: the node key is opened and the key kept
+// for activateUnlockedLocked; serveUnlockedMember starts the member.
+func (d *Daemon) startUnlockedMemberLocked(_ context.Context, mk keyring.MasterKey, key string) error {
+	if ms := d.lockedMember; ms != nil {
+		mc, err := d.openMember(ms, mk)
+		if err != nil {
+			mk.Destroy()
+			return err
+		}
+		d.unlockMember = mc
+	}
+	d.unlockWith, d.unlockUsed = mk, key
+	d.log.Info("unlocked: starting this manager")
+	return nil
+}
+
+// serveUnlockedMember starts an unlocked manager (without d.mu): asks the
+// other managers first whether it was demoted while it was down and
+// locked (as a plain restart does before it opens its store), starts its
+// member from the real data dir (or, demoted, runs as a worker), and
+// activates at once if the member joins a quorum within quorumGrace,
+// else in the background when it does (pending meanwhile), as a manager
+// restarted without a quorum.
+func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
+	d.mu.Lock()
+	mc := d.unlockMember
+	d.unlockMember = nil
+	d.mu.Unlock()
+	if mc != nil {
+		demoted, err := d.demotedWhileDown(ctx)
+		if err != nil {
+			// Locked as before: a later unlock asks again.
+			clear(mc.TLS.KeyPEM)
+			d.mu.Lock()
+			d.unlockWith.Destroy()
+			d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+			d.member, d.nodeKey = nil, nil
+			d.mu.Unlock()
+			return err
+		}
+		d.mu.Lock()
+		if d.closing {
+			d.mu.Unlock()
+			clear(mc.TLS.KeyPEM)
+			return nil
+		}
+		d.closeStoreLocked()
+		d.lockedMember = nil
+		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+			d.log.Warn("removing the locked manager's scratch store", "err", err)
+		}
+		if demoted {
+			clear(mc.TLS.KeyPEM)
+			mc = nil
+			d.unlockWith.Destroy()
+			d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+			err = d.loadWorker()
+		}
+		if err == nil {
+			err = d.openStoreLocked(ctx, mc)
+		}
+		d.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("starting this node's store: %w", err)
+		}
+		if demoted {
+			return d.startServing(ctx, false)
+		}
+	}
+	if d.readyWithin(ctx, quorumGrace) {
+		return d.startServing(ctx, true)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closing {
+		return nil
+	}
+	d.noQuorum.Store(true)
+	d.serveOnQuorum()
+	return nil
+}
+
+// activateUnlockedLocked is resume after an unlock of a manager: the key
+// files follow the record (the key used may be the pending one), then the
+// runtime starts. A failure keeps the key for the next try.
+func (d *Daemon) activateUnlockedLocked(ctx context.Context) error {
+	mk, used := d.unlockWith, d.unlockUsed
+	if _, err := d.settleKeysLocked(ctx, mk, used); err != nil {
+		d.keys.Set(nil)
+		return fmt.Errorf("key files: %w", err)
+	}
+	d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+	if err := d.activateLocked(mk); err != nil {
+		return err
+	}
+	d.notePendingLocked()
+	return nil
+}
+
+// listenAfterUnlock makes a lone node unlocked with --listen-addr the
+// first manager others can join, as its start would have.
+func (d *Daemon) listenAfterUnlock(ctx context.Context) error {
+	if err := d.listenOnExisting(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.member == nil || d.state != swarm.LocalNodeStateActive {
+		return nil
+	}
+	return d.startJoinServiceLocked()
+}
+
+// clusterKeyDeliveredLocked is UnlockKeyDelivered on a manager of a
+// cluster: the record notes that its key has reached an operator, then
+// this manager's files follow (the others' follow the record).
+func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) error {
+	for attempt := 0; ; attempt++ {
+		c, err := cluster.Get(ctx, d.store)
+		if err != nil {
+			return err
+		}
+		recorded, err := c.UnlockKey(&d.keys)
+		if err != nil {
+			return err
+		}
+		if recorded == "" || subtle.ConstantTimeCompare([]byte(recorded), []byte(key)) != 1 {
+			return nil // rotated again since, or turned off
+		}
+		if c.UnlockKeyFetched {
+			break
+		}
+		if err := d.injected(fpAckRecord); err != nil {
+			return d.recoverKeysLocked(ctx, err)
+		}
+		c.UnlockKeyFetched = true
+		err = cluster.Put(ctx, d.store, &c)
+		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
+			continue // another write to the record: read it again
+		}
+		if err != nil {
+			return d.recoverKeysLocked(ctx, err)
+		}
+		break
+	}
+	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
+		return d.recoverKeysLocked(ctx, err)
+	}
+	d.notePendingLocked()
+	return nil
+}
+
+// followUnlockKey runs on every active manager of a cluster: when the
+// cluster record changes, the key files follow it (an unlock key set,
+// fetched, rotated or removed through any manager).
+func (d *Daemon) followUnlockKey(ctx context.Context) {
+	var seen uint64
+	t := time.NewTicker(keySyncPeriod)
+	defer t.Stop()
+	// At once first: a manager that just joined or was promoted holds
+	// its master key in the clear until this look.
+	for {
+		if c, err := cluster.Get(ctx, d.store); err == nil && c.Version != seen && d.followOnce(ctx) {
+			seen = c.Version
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// followOnce brings the key files in line with the record, if mu is free
+// (stopRuntime waits for followUnlockKey while holding it: never block on
+// it); true once they are.
+func (d *Daemon) followOnce(ctx context.Context) bool {
+	if !d.mu.TryLock() {
+		return false
+	}
+	defer d.mu.Unlock()
+	if d.state != swarm.LocalNodeStateActive || d.mk.Key == nil || ctx.Err() != nil {
+		return false
+	}
+	defer d.notePendingLocked()
+	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
+		d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
+		return false
+	}
+	return true
+}
+
+// msgLeaveLocked is Swarm's refusal of `swarm leave` without --force on a
+// locked node (moby's daemon/cluster Leave).
+const msgLeaveLocked = "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message."
+
+// leaveLockedMemberLocked is `swarm leave` on a manager started locked: a
+// member like any other (its store here is a scratch one, and its key
+// files are the member's, never erased as a lone node's would be).
+func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error {
+	if !force {
+		return errdefs.Unavailable("%s", msgLeaveLocked)
+	}
+	return d.leaveMemberLocked(ctx, true)
+}
