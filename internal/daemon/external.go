@@ -18,6 +18,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A hushd started with --external-etcd keeps its store in an etcd cluster
@@ -396,4 +397,28 @@ func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (ha
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm; the other managers keep the cluster in the external etcd")
 	return true, nil
+}
+
+// leaveLockedExternalLocked is `swarm leave --force` on a locked manager
+// of a cluster over an external etcd: as leaveExternalManagerLocked, but
+// what a locked node can read decides whether it is the last manager (the
+// registry's keys; node records are sealed): then it erases the cluster
+// under the prefix as the last manager's leave does, else leaves the
+// cluster to the others. Its key files and membership are wiped.
+func (d *Daemon) leaveLockedExternalLocked(ctx context.Context) error {
+	ids, err := d.store.RegisteredManagers(ctx)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(ids, func(id string) bool { return id != d.nodeID }) {
+		d.log.Info("the last manager of the cluster in the external etcd leaves, locked: erasing the cluster")
+		if _, err := d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix()); err != nil {
+			return fmt.Errorf("erase cluster state: %w", err)
+		}
+	}
+	d.lockedMember = nil
+	if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+		d.log.Warn("removing the locked manager's scratch store", "err", err)
+	}
+	return d.finishLeaveLocked(ctx)
 }
