@@ -13,7 +13,6 @@ import (
 	"io"
 	"strings"
 	"sync"
-	"unsafe"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
@@ -103,23 +102,23 @@ func (s *Store) seal(key string, val []byte) (string, error) {
 		return "", fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
 	}
 	defer b.Close()
-	return sealIn(kr, b, key, val)
+	v, err := sealIn(kr, b, key, val)
+	// The etcd client's string API copies v anyway (clientv3.OpPut).
+	return string(v), err
 }
 
 // sealIn seals val under key with b's data key (the values of one write
 // share it; see keyring.Batch), in one allocation of its stored size.
-func sealIn(kr *keyring.Keyring, b *keyring.Batch, key string, val []byte) (string, error) {
+func sealIn(kr *keyring.Keyring, b *keyring.Batch, key string, val []byte) ([]byte, error) {
 	if err := checkInner(kr, val); err != nil {
-		return "", err
+		return nil, err
 	}
 	out := make([]byte, 0, len(sealMagic)+keyring.BinarySizeFor(b.KeyID(), len(val)))
 	out, err := b.AppendSeal(append(out, sealMagic...), val, valueAAD(key))
 	if err != nil {
-		return "", fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
+		return nil, fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
 	}
-	// out is never written again: the string shares its bytes instead of
-	// copying a value of up to a megabyte (as strings.Builder does).
-	return unsafe.String(unsafe.SliceData(out), len(out)), nil
+	return out, nil
 }
 
 func encodeSealed(sv keyring.Sealed) (string, error) {
@@ -225,7 +224,11 @@ func (s *Store) sealOps(ops []clientv3.Op) (_ []clientv3.Op, release func(), err
 			if err != nil {
 				return nil, release, err
 			}
-			out[i] = clientv3.OpPut(k, v)
+			// The op takes the sealed bytes as they are: clientv3.OpPut
+			// would copy a value of up to a megabyte once more.
+			put := clientv3.OpPut(k, "")
+			put.WithValueBytes(v)
+			out[i] = put
 		case op.IsTxn():
 			// Nested transactions would have to be rebuilt op by op; no
 			// caller needs them, and an unsealed put must not slip through.
