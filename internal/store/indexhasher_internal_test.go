@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"fmt"
 	"sync"
 	"testing"
 
@@ -30,6 +31,39 @@ func TestIndexHasherSurvivesKeyringChange(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := t.Context()
+	// Concurrent creates while unlocks install new Keyrings: every name
+	// is found afterwards (run under -race: no hash reads a key being
+	// wiped).
+	var wg sync.WaitGroup
+	for g := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 15 {
+				id := fmt.Sprintf("g%di%d", g, i)
+				if _, err := s.Table("secrets").Create(ctx, id, "Name-"+id, []byte("v")); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for range 10 {
+		next, err := keyring.New(mk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys.Set(next)
+	}
+	wg.Wait()
+	for g := range 3 {
+		for i := range 15 {
+			id := fmt.Sprintf("g%di%d", g, i)
+			if got, err := s.Table("secrets").LookupName(ctx, "name-"+id); err != nil || got != id {
+				t.Fatalf("name of %s: %q %v", id, got, err)
+			}
+		}
+	}
 
 	inFlight, err := s.indexKey(ctx) // taken before the unlock, used after it
 	if err != nil {
