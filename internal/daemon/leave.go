@@ -58,6 +58,9 @@ const (
 // keeps the node a member.
 type leaveMarker struct {
 	Managers []string `json:"managers"`
+	// Locked marks the leave of a manager started locked
+	// (leaveLockedMemberLocked): no member to remove, only the wipe.
+	Locked bool `json:"locked,omitempty"`
 }
 
 func (d *Daemon) leavingPath() string { return filepath.Join(d.cfg.DataDir, "leaving.json") }
@@ -172,6 +175,13 @@ func (d *Daemon) finishLeaveLocked(ctx context.Context) error {
 		d.joinSvc = nil
 	}
 	d.closeStoreLocked()
+	if d.lockedMember != nil {
+		// Its store was a scratch one; the member's data is wiped next.
+		d.lockedMember = nil
+		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+			d.log.Warn("removing the locked manager's scratch store", "err", err)
+		}
+	}
 	if err := d.wipeLeftManager(); err != nil {
 		return err
 	}
@@ -200,6 +210,12 @@ func (d *Daemon) wipeLeftManager() error {
 		if err := writeKeyFile(d.joinKeyPath(), d.nodeKey); err != nil {
 			d.log.Warn("keeping the node key for a later join", "err", err)
 		}
+	}
+	// member.json first: the marker finishes the rest at a restart, and a
+	// member.json left without its master key would stop that restart
+	// ("its master key is missing").
+	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("member state: %w", err)
 	}
 	if err := d.wipeManagerFiles(); err != nil {
 		return err
@@ -231,12 +247,28 @@ func (d *Daemon) leftWhileDown(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("leave marker: %w", err)
 	}
-	if d.member == nil {
-		d.log.Warn("finishing an interrupted leave: the manager state was already wiped")
-		return true, d.wipeLeftManager()
-	}
 	var lm leaveMarker
 	_ = json.Unmarshal(b, &lm)
+	if d.member == nil && (d.lockedMember == nil || lm.Locked) {
+		// member.json is gone (the wipe had begun), or the leave of a
+		// locked manager, which removes no member, stopped.
+		d.log.Warn("finishing an interrupted leave: wiping the manager state")
+		d.lockedMember = nil
+		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+			d.log.Warn("removing the locked manager's scratch store", "err", err)
+		}
+		return true, d.wipeLeftManager()
+	}
+	if d.member == nil {
+		// Started locked: its sealed node key cannot ask the others to
+		// remove its member. It stays a (locked) member; the user may
+		// leave again (with --force, the locked manager's leave).
+		d.log.Warn("an interrupted leave could not be finished: this manager is locked; staying a member")
+		if err := os.Remove(d.leavingPath()); err != nil {
+			return false, fmt.Errorf("leave marker: %w", err)
+		}
+		return false, nil
+	}
 	ms, key := d.member, d.nodeKey
 	if len(lm.Managers) > 0 { // else the last voter: nothing to remove
 		cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
