@@ -123,7 +123,9 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 // the refused serials change.
 func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 	members := d.store.Members()
-	if members == nil {
+	if members == nil || d.cfg.External != nil {
+		// The user's etcd: its TLS is the user's, hush runs no member
+		// to give a list (SetCRL would fail every period).
 		return
 	}
 	var last string

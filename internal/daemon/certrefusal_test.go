@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -92,4 +93,28 @@ func TestEtcdRefusesDemotedCertificate(t *testing.T) {
 	if err := crl.CheckSignatureFrom(roots[0]); err != nil {
 		t.Fatalf("the list is not signed by the cluster CA: %v", err)
 	}
+}
+
+// On a manager of the user's etcd there is no member of hush's to give a
+// revocation list (etcd's TLS is the user's): keepEtcdCRL has nothing to
+// keep and returns, rather than signing a list with the CA key and
+// warning every period.
+func TestKeepEtcdCRLExternal(t *testing.T) {
+	srv := etcdtest.Start(t)
+	m, _ := externalManager(t, srv, "/crl-ext", false)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		m.keepEtcdCRL(ctx)
+		close(done)
+	}()
+	waitUntil(t, "keepEtcdCRL returns on an external manager", func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
 }
