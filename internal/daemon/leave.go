@@ -58,6 +58,10 @@ const (
 // keeps the node a member.
 type leaveMarker struct {
 	Managers []string `json:"managers"`
+	// Removed says the member's removal was answered: a restart wipes
+	// without asking again (the others may not answer then, and a member
+	// whose etcd member is gone must not start again).
+	Removed bool `json:"removed,omitempty"`
 	// Locked marks the leave of a manager started locked
 	// (leaveLockedMemberLocked): no member to remove, only the wipe.
 	Locked bool `json:"locked,omitempty"`
@@ -124,6 +128,11 @@ func (d *Daemon) leaveMemberLocked(ctx context.Context, force bool) error {
 	if voters > 1 {
 		if err := d.leaveMembership(ctx, addrs); err != nil {
 			return err
+		}
+		b, _ := json.Marshal(leaveMarker{Managers: addrs, Removed: true})
+		if err := writeFileSync(d.leavingPath(), b, 0o600); err != nil {
+			// A restart asks the others again (idempotent).
+			d.log.Warn("noting the member's removal in the leave marker", "err", err)
 		}
 	}
 	return d.finishLeaveLocked(ctx)
@@ -270,7 +279,7 @@ func (d *Daemon) leftWhileDown(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	ms, key := d.member, d.nodeKey
-	if len(lm.Managers) > 0 { // else the last voter: nothing to remove
+	if len(lm.Managers) > 0 && !lm.Removed { // else removed, or the last voter
 		cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
 		if err != nil {
 			return false, err

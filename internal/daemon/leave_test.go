@@ -282,3 +282,29 @@ func TestLeaveLockedManagerForce(t *testing.T) {
 	m2.restart(t)
 	check(m2, "after a crash before the wipe")
 }
+
+// A leave stopped (as by a crash) after its member was removed, restarted
+// while no other manager answers: the removal is known from the marker,
+// so the wipe finishes; the node does not start again as a member whose
+// etcd member is gone (a voter that can never rejoin).
+func TestLeaveRemovedThenOthersDown(t *testing.T) {
+	ctx := context.Background()
+	ms, cfgs, _ := threeJoinedManagers(t)
+	m1, m2, m3 := ms[0], ms[1], ms[2]
+	hit := crashAt(m3, fpLeaveWipe)
+	if err := m3.Leave(ctx, true); err == nil {
+		t.Fatal("the failpoint did not stop the leave")
+	}
+	<-hit
+	if n := voters(t, m1); n != 2 {
+		t.Fatalf("%d voters after the removal, want 2", n)
+	}
+	m3.Close()
+	m1.Close()
+	m2.Close()
+	m3 = startWith(t, cfgs[2])
+	if st := m3.State(); st != swarm.LocalNodeStateInactive {
+		t.Fatalf("state after the restart %q, want inactive", st)
+	}
+	leftFiles(t, m3)
+}
