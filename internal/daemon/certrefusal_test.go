@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"math/big"
 	"net/http"
 	"slices"
@@ -117,4 +118,37 @@ func TestKeepEtcdCRLExternal(t *testing.T) {
 			return false
 		}
 	})
+}
+
+// A manager a force-new-cluster dropped is no member of the new cluster:
+// etcd refuses the manager certificates it held when it was dropped (as
+// a removed node's), and accepts one issued after (it joined again).
+func TestRefusedSerialsDroppedManager(t *testing.T) {
+	ctx := context.Background()
+	m := startWith(t, Config{DataDir: t.TempDir()})
+	now := time.Now().UTC().Truncate(time.Second)
+	put := func(serial string, notBefore time.Time) {
+		t.Helper()
+		val, _ := json.Marshal(managerCertRecord{Node: "dropped-node", NotBefore: notBefore, NotAfter: now.Add(24 * time.Hour)})
+		if _, err := m.store.Table(managerCertsTable).Create(ctx, serial, "", val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("a1", now.Add(-time.Hour))
+	put("b2", now.Add(time.Hour))
+	val, _ := json.Marshal(droppedRecord{By: m.nodeID, At: now})
+	if _, err := m.store.Table(droppedTable).Create(ctx, "dropped-node", "", val); err != nil {
+		t.Fatal(err)
+	}
+	serials, err := refusedManagerSerials(ctx, m.store, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]string, len(serials))
+	for i, s := range serials {
+		got[i] = s.Text(16)
+	}
+	if !slices.Equal(got, []string{"a1"}) {
+		t.Fatalf("refused %v, want [a1] (the certificate held when dropped, not the later one)", got)
+	}
 }
