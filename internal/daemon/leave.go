@@ -13,6 +13,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -104,28 +105,24 @@ func (d *Daemon) leaveMemberLocked(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	voters := 0
-	for _, m := range list {
-		if !m.Learner {
-			voters++
-		}
-	}
+	remove := leaveNeedsRemoval(list, d.nodeID)
 	addrs, err := d.managerAddrs(ctx)
 	if err != nil {
 		return err
 	}
 	addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == d.listen.Advertise })
-	if voters > 1 && len(addrs) == 0 {
+	if remove && len(addrs) == 0 {
 		return errdefs.Unavailable("no other manager is recorded to remove this node's member")
 	}
 	if err := d.injected(fpLeaveMark); err != nil {
 		return err
 	}
-	b, _ := json.Marshal(leaveMarker{Managers: addrs})
+	// The only voter has no member to remove: a restart just wipes.
+	b, _ := json.Marshal(leaveMarker{Managers: addrs, Removed: !remove})
 	if err := writeFileSync(d.leavingPath(), b, 0o600); err != nil {
 		return fmt.Errorf("leave marker: %w", err)
 	}
-	if voters > 1 {
+	if remove {
 		if err := d.leaveMembership(ctx, addrs); err != nil {
 			return err
 		}
@@ -136,6 +133,24 @@ func (d *Daemon) leaveMemberLocked(ctx context.Context, force bool) error {
 		}
 	}
 	return d.finishLeaveLocked(ctx)
+}
+
+// leaveNeedsRemoval says whether the leaving member self must be removed
+// by another manager: every member but the cluster's only voter (a
+// learner still joining is removed too, or it would stay a learner that
+// blocks every later join until the sweep drops it).
+func leaveNeedsRemoval(list []store.Member, self string) bool {
+	voters, selfVoter := 0, false
+	for _, m := range list {
+		if m.Learner {
+			continue
+		}
+		voters++
+		if m.Name == self {
+			selfVoter = true
+		}
+	}
+	return !selfVoter || voters > 1
 }
 
 // leaveMembership asks another manager to remove this node's member.

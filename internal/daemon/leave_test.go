@@ -8,6 +8,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -307,4 +308,27 @@ func TestLeaveRemovedThenOthersDown(t *testing.T) {
 		t.Fatalf("state after the restart %q, want inactive", st)
 	}
 	leftFiles(t, m3)
+}
+
+// Only the cluster's only voter leaves without a removal; a learner (a
+// manager still joining) beside a single voter asks for its removal, as
+// does any voter among several.
+func TestLeaveNeedsRemoval(t *testing.T) {
+	v := func(name string) store.Member { return store.Member{Name: name} }
+	l := func(name string) store.Member { return store.Member{Name: name, Learner: true} }
+	for _, c := range []struct {
+		what string
+		list []store.Member
+		want bool
+	}{
+		{"the only voter", []store.Member{v("self")}, false},
+		{"the only voter beside a learner", []store.Member{v("self"), l("other")}, false},
+		{"a learner beside the only voter", []store.Member{v("other"), l("self")}, true},
+		{"a voter of two", []store.Member{v("self"), v("other")}, true},
+		{"not listed", []store.Member{v("other")}, true},
+	} {
+		if got := leaveNeedsRemoval(c.list, "self"); got != c.want {
+			t.Errorf("%s: %v, want %v", c.what, got, c.want)
+		}
+	}
 }
