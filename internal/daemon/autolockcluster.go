@@ -272,6 +272,9 @@ func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error 
 	if !force {
 		return errdefs.Unavailable("%s", msgLeaveLocked)
 	}
+	if d.lockedMember.External != nil {
+		return d.leaveLockedExternalLocked(ctx)
+	}
 	if err := d.injected(fpLeaveMark); err != nil {
 		return err
 	}
