@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/manager/cluster"
-	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
