@@ -150,6 +150,7 @@ func (c *Connector) Open(ctx context.Context) (agent.Session, error) {
 				}
 			}
 			c.mu.Unlock()
+			c.log.Info("dispatcher session opened", "manager", mgrs[idx])
 			return s, nil
 		}
 		if ctx.Err() != nil {
