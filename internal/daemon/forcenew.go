@@ -120,7 +120,7 @@ func (d *Daemon) forceRestartMember(ctx context.Context, pending bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state == swarm.LocalNodeStateLocked {
-		return errdefs.Unavailable("%s", msgLocked)
+		return errdefs.Unavailable("%s", msgNotManager)
 	}
 	active := !pending && d.state == swarm.LocalNodeStateActive
 	if err := d.injected(fpForceNewMark); err != nil {

@@ -326,3 +326,51 @@ func socketPost(t *testing.T, d *Daemon, path string, v any) (int, string) {
 	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 	return resp.StatusCode, string(out)
 }
+
+// Swarm answers `swarm init --force-new-cluster` on a node that runs no
+// manager, a worker or a manager locked since its restart, with its "not
+// a swarm manager" text (moby daemon/cluster Init: the node runner's
+// IsManager, false for a worker and for a locked node, whose swarmkit
+// node exited), and changes nothing.
+func TestForceNewClusterNotOnWorkerOrLocked(t *testing.T) {
+	ctx := context.Background()
+	cfg := Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+	m := startWith(t, cfg)
+	if _, err := m.Init(ctx, swarm.InitRequest{ListenAddr: cfg.ListenAddr, AutoLockManagers: true}); err != nil {
+		t.Fatalf("init --autolock: %v", err)
+	}
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	code, body := socketPost(t, w, "/v1.41/swarm/init", swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true})
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, msgNotManager) {
+		t.Errorf("force-new-cluster on a worker: %d %s", code, body)
+	}
+	if !w.isWorker() || w.State() != swarm.LocalNodeStateActive {
+		t.Errorf("the worker changed: worker %v, state %q", w.isWorker(), w.State())
+	}
+
+	k := fetchUnlockKey(t, m)
+	waitUntil(t, "the manager locks under the fetched key", func() bool { return lockedUnder(m, k) })
+	m.Close()
+	m = startWith(t, cfg)
+	if m.State() != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted: state %q, want locked", m.State())
+	}
+	code, body = socketPost(t, m, "/v1.41/swarm/init", swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true})
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, msgNotManager) {
+		t.Errorf("force-new-cluster on a locked manager: %d %s", code, body)
+	}
+	if m.State() != swarm.LocalNodeStateLocked || !lockedUnder(m, k) {
+		t.Fatalf("the locked manager changed: state %q", m.State())
+	}
+	if err := m.Unlock(ctx, k); err != nil {
+		t.Fatalf("unlock after the refusal: %v", err)
+	}
+	waitUntil(t, "the unlocked manager serves", func() bool { return m.CheckServing() == nil })
+	if got := getCluster(t, m); got.ID != c.ID {
+		t.Fatalf("cluster after the refusal: %s, want %s", got.ID, c.ID)
+	}
+}
