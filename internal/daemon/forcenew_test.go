@@ -374,3 +374,56 @@ func TestForceNewClusterNotOnWorkerOrLocked(t *testing.T) {
 		t.Fatalf("cluster after the refusal: %s, want %s", got.ID, c.ID)
 	}
 }
+
+// A manager whose etcd member is still a learner (promoted, or joined, as
+// the quorum was lost: not yet caught up, not a voter) cannot be the new
+// cluster: etcd's force-new-cluster would remove every voter and keep it
+// a learner (raft panics on a cluster without voters, at every restart
+// once marked), and its data may lack committed writes. It is refused by
+// name before the commit point, the node left as it was.
+func TestForceNewClusterRefusedOnLearner(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	wcfg := Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+	w := startWith(t, wcfg)
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	// The manager never promotes the learner (its background loops, the
+	// promotion and the learner sweep among them, are stopped), and the
+	// node never activates as a manager.
+	m.mu.Lock()
+	stop := m.stopBG
+	m.mu.Unlock()
+	stop()
+	w.mu.Lock()
+	w.fail = failpoints{fpPromoteActivate: func() error { return errors.New("injected: not a voter yet") }}
+	w.mu.Unlock()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, "the promoted node runs its learner", func() bool {
+		list, err := m.store.Members().List(ctx)
+		if err != nil || len(list) != 2 {
+			return false
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.promoting != nil && (list[0].Learner || list[1].Learner)
+	})
+	m.Close()
+	w.Close()
+	w = startWith(t, wcfg)
+	if st := w.State(); st != swarm.LocalNodeStatePending {
+		t.Fatalf("the learner restarted alone: %q, want pending", st)
+	}
+	_, err := w.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "not a voting member") {
+		t.Fatalf("force-new-cluster on a learner: %v", err)
+	}
+	if st := w.State(); st != swarm.LocalNodeStatePending || w.member.ForceNew {
+		t.Fatalf("after the refusal: %q, marked %v", st, w.member.ForceNew)
+	}
+}
