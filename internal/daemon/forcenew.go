@@ -121,6 +121,23 @@ func (d *Daemon) forceNewMember(ctx context.Context, req swarm.InitRequest, caKe
 	return id, true, err
 }
 
+// msgForceNewUnfinished refuses a manager's admission while a recovery is
+// unfinished: a restart finishing it would remove the new member again.
+const msgForceNewUnfinished = "a docker swarm init --force-new-cluster on this manager is unfinished: restart its hushd to finish it, then join or promote managers"
+
+// refuseWhileForceNew refuses a new manager (a join or a promotion) while a
+// recovery is unfinished: the restart that finishes it forces the new
+// cluster again, which would remove the new member, and notes every other
+// manager's record as dropped.
+func (d *Daemon) refuseWhileForceNew() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.member != nil && d.member.ForceNew {
+		return errdefs.Unavailable("%s", msgForceNewUnfinished)
+	}
+	return nil
+}
+
 // msgForceNewInterrupted prefixes an error after the commit point.
 const msgForceNewInterrupted = "force-new-cluster interrupted after its commit point; restarting hushd finishes it"
 

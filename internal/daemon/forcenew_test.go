@@ -19,6 +19,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -426,4 +427,57 @@ func TestForceNewClusterRefusedOnLearner(t *testing.T) {
 	if st := w.State(); st != swarm.LocalNodeStatePending || w.member.ForceNew {
 		t.Fatalf("after the refusal: %q, marked %v", st, w.member.ForceNew)
 	}
+}
+
+// A force-new-cluster interrupted after its commit point on a running
+// manager leaves it serving, marked, until a restart finishes it; a
+// manager admitted meanwhile would be removed again by that restart
+// (etcd's force-new-cluster drops every other member) and noted as
+// dropped. Joins wait for the end of the recovery instead, and the
+// restart finishes it with the managers it knows kept.
+func TestForceNewClusterUnfinishedRefusesJoins(t *testing.T) {
+	ctx := context.Background()
+	cfgs, ds := threeManagers(t)
+	before := getCluster(t, ds[0])
+	secrets := createSecrets(t, ds[0], "s", 1)
+	m1 := ds[0]
+	m1.mu.Lock()
+	m1.fail = failpoints{fpForceNewRecord: func() error { return errors.New("injected: store hiccup") }}
+	m1.mu.Unlock()
+	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true}); err == nil || !strings.Contains(err.Error(), msgForceNewInterrupted) {
+		t.Fatalf("interrupted force-new-cluster: %v", err)
+	}
+	ds[1].Close()
+	ds[2].Close()
+	m1.mu.Lock()
+	m1.fail = nil
+	m1.mu.Unlock()
+	m1.mu.Lock()
+	marked := m1.member.ForceNew
+	m1.mu.Unlock()
+	if st := m1.State(); st != swarm.LocalNodeStateActive || !marked {
+		t.Fatalf("after the interruption: %q, marked %v", st, marked)
+	}
+	n4 := Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync, NoInit: true}
+	d4 := startWith(t, n4)
+	err := d4.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{cfgs[0].ListenAddr}, JoinToken: before.JoinTokens.Manager})
+	if err == nil || !strings.Contains(err.Error(), "force-new-cluster") {
+		t.Fatalf("a manager's join during an unfinished force-new-cluster: %v", err)
+	}
+	if n := memberCount(t, m1); n != 1 {
+		t.Fatalf("members: %d", n)
+	}
+	if _, err := nodes.Get(ctx, m1.store, d4.nodeID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused joiner was recorded: %v", err)
+	}
+	m1.Close()
+	m1 = startWith(t, cfgs[0])
+	checkRecovered(t, m1, before, secrets)
+	// Finished, it admits managers again.
+	d4.Close()
+	d4 = startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync, NoInit: true})
+	if err := d4.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{cfgs[0].ListenAddr}, JoinToken: before.JoinTokens.Manager}); err != nil {
+		t.Fatalf("join after the recovery: %v", err)
+	}
+	waitUntil(t, "the new manager votes", func() bool { return d4.isVoter(ctx) })
 }
