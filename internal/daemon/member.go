@@ -213,7 +213,7 @@ func (d *Daemon) memberConfig(ms *memberState, key *ecdsa.PrivateKey) (*store.Me
 	adv, lis := ms.Listen.peerURLs()
 	mc := &store.MemberConfig{
 		PeerURL: adv, ListenPeerURL: lis,
-		TLS:            store.MemberTLS{CertPEM: []byte(ms.CertPEM), KeyPEM: keyPEM, CAPEM: []byte(ms.CAPEM)},
+		TLS:            store.MemberTLS{CertPEM: []byte(ms.CertPEM), KeyPEM: keyPEM, CAPEM: []byte(ms.CAPEM), CRL: d.savedCRL()},
 		Join:           ms.Join,
 		InitialCluster: ms.InitialCluster,
 		ClusterToken:   ms.ClusterID,
@@ -242,8 +242,16 @@ func (d *Daemon) issue(c *cluster.Cluster, csr []byte, nodeID string, role pki.R
 	if err != nil {
 		return nil, err
 	}
-	return ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: c.ID, Role: role,
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: c.ID, Role: role,
 		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	// etcd refuses a manager certificate by serial (certrefusal.go).
+	if err := d.noteIssued(iss, nodeID, role); err != nil {
+		return nil, err
+	}
+	return iss, nil
 }
 
 // issueManager is issue for a manager, with the key the master key is

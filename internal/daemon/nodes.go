@@ -39,8 +39,10 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			}
 			return &swarm.ManagerStatus{Leader: m.Leader, Reachability: r}, m.Reachable
 		}
-		// Recorded but not (yet) started as a member.
-		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnknown}, false
+		// Recorded as a manager without a member: one that left (Swarm
+		// lists a manager that left Unreachable until it is demoted and
+		// removed), or one whose join has not added its learner yet.
+		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnreachable}, false
 	}
 	dropped := c.d.droppedSet(ctx)
 	self, _ := status(c.d.nodeID)

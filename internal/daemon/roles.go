@@ -44,6 +44,9 @@ const nodeSyncPath = "/hush/join/v1/node"
 type syncRequest struct {
 	CSR     []byte `json:"csr,omitempty"`
 	PeerURL string `json:"peerURL,omitempty"`
+	// Leave asks that the calling manager's etcd member be removed: its
+	// `swarm leave --force` (leave.go).
+	Leave bool `json:"leave,omitempty"`
 }
 
 // defaultSyncPeriod is how often a node asks its role and checks its
@@ -251,6 +254,12 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 		return nil, err
 	}
 	resp := &joinResponse{Role: string(n.Spec.Role), ClusterID: c.ID, CAPEM: []byte(c.CACert), Managers: mgrs}
+	if req.Leave {
+		if err := d.removeLeavingMember(ctx, id); err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
 	if len(req.CSR) == 0 {
 		return resp, nil
 	}

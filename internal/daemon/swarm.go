@@ -194,6 +194,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		run(d.leadOrchestrator)
 		// Every manager's key files follow the record's unlock key.
 		run(d.followUnlockKey)
+		// etcd refuses demoted and removed managers' certificates.
+		run(d.keepEtcdCRL)
 		// Every manager vouches for itself and the nodes it hears.
 		if pr, v, err := d.presenceRunner(); err != nil {
 			d.log.Error("presence not kept", "err", err)
