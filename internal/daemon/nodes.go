@@ -3,8 +3,10 @@ package daemon
 import (
 	"context"
 	"net"
+	"slices"
 
 	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -53,7 +55,7 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			continue
 		}
 		ms, reachable := status(n.ID)
-		if dropped[n.ID] && ms != nil && ms.Reachability == swarm.ReachabilityUnknown {
+		if dropped[n.ID] && !slices.ContainsFunc(list, func(m store.Member) bool { return m.Name == n.ID }) {
 			// Dropped by force-new-cluster: no manager status, as in
 			// Swarm (forcenew.go).
 			ms = nil
