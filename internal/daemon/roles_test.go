@@ -185,14 +185,22 @@ func TestPromoteDemote(t *testing.T) {
 	// sequence (the version guard and the other managers' guards share
 	// one transaction: this one must not be taken for the latter and
 	// retried into "the managers' records kept changing").
-	stale, err := nodes.Get(ctx, m.store, w.nodeID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relabel := stale.Spec
-	relabel.Labels = map[string]string{"flakes": "stale"}
-	if err := nodes.Update(ctx, m.store, w.nodeID, stale.Version, relabel); err != nil {
-		t.Fatal(err)
+	// (The label is written as setRole writes, reading again when the
+	// daemons' own writes to the record came first.)
+	var stale nodes.Node
+	for i := 0; ; i++ {
+		if stale, err = nodes.Get(ctx, m.store, w.nodeID); err != nil {
+			t.Fatal(err)
+		}
+		relabel := stale.Spec
+		relabel.Labels = map[string]string{"stale": "yes"}
+		err = nodes.Update(ctx, m.store, w.nodeID, stale.Version, relabel)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errdefs.ErrOutOfSequence) || i == 10 {
+			t.Fatalf("label the promoted node: %v", err)
+		}
 	}
 	demote := stale.Spec
 	demote.Role = swarm.NodeRoleWorker
