@@ -267,5 +267,8 @@ func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error 
 	if !force {
 		return errdefs.Unavailable("%s", msgLeaveLocked)
 	}
+	if d.lockedMember.External != nil {
+		return d.leaveLockedExternalLocked(ctx)
+	}
 	return d.leaveMemberLocked(ctx, true)
 }
