@@ -422,3 +422,69 @@ func (d *Daemon) leaveLockedExternalLocked(ctx context.Context) error {
 	}
 	return d.finishLeaveLocked(ctx)
 }
+
+// errExternalDemoted refuses the start of a manager of a cluster over an
+// external etcd whose node record says it is no longer one: demoted or
+// removed while it was down, with no other manager answering its role
+// question (demotedWhileDown, leftWhileDown). Unlike an embedded member,
+// it still reaches the store, so without this it would register, campaign
+// and serve as a manager again. Its files are kept: a start while another
+// manager answers carries out the demotion (a worker needs a certificate
+// from a manager).
+var errExternalDemoted = errors.New("external etcd")
+
+// checkExternalSelf reads, before this manager of a cluster over an
+// external etcd registers, campaigns or serves, its own node record: the
+// store is the truth, and this node reads it itself. A record that says
+// worker, or a node removed (node rm), refuses the start (see
+// errExternalDemoted). rev is the record's revision, for registerSelf's
+// guard (0: no record yet, as at a join's first activation).
+func (d *Daemon) checkExternalSelf(ctx context.Context) (rev int64, err error) {
+	if d.member == nil || d.member.External == nil {
+		return 0, nil
+	}
+	n, err := nodes.Get(ctx, d.store, d.nodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		removed, rerr := nodes.Removed(ctx, d.store)
+		if rerr != nil {
+			return 0, rerr
+		}
+		if _, ok := removed[d.nodeID]; ok {
+			return 0, fmt.Errorf("%w: this node was removed from the swarm (docker node rm) while it was down: run docker swarm leave --force, then join again", errExternalDemoted)
+		}
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading this node's record: %w", err)
+	}
+	if n.Spec.Role != swarm.NodeRoleManager {
+		return 0, fmt.Errorf("%w: this manager was demoted while it was down and no other manager answered to issue its worker certificate: start hushd again when another manager is reachable", errExternalDemoted)
+	}
+	return int64(n.Version), nil
+}
+
+// registerExternalSelf records this manager in the external store's
+// registry at start, only while its node record still says manager (one
+// transaction on the record's revision): a demotion committed after
+// checkExternalSelf read it deletes the entry, which a blind write would
+// re-create.
+func (d *Daemon) registerExternalSelf(ctx context.Context) error {
+	rev, err := d.checkExternalSelf(ctx)
+	if err != nil {
+		return err
+	}
+	key := d.store.Table("nodes").Key(d.nodeID)
+	guard := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+	ok, err := d.store.Members().RegisterIf(ctx, guard)
+	if err != nil {
+		return fmt.Errorf("recording this manager in the registry: %w", err)
+	}
+	if !ok {
+		// The record changed since it was read: read it again.
+		if _, err := d.checkExternalSelf(ctx); err != nil {
+			return err
+		}
+		return fmt.Errorf("recording this manager in the registry: its node record changed meanwhile: %w", errdefs.ErrUnavailable)
+	}
+	return nil
+}

@@ -432,3 +432,53 @@ func TestExternalManagersAutolock(t *testing.T) {
 		t.Fatal("the locked last manager did not leave")
 	}
 }
+
+// A manager over an external etcd demoted while it was down, and no other
+// manager answers its role question when it starts again: its store says
+// it is a worker, so it must neither register, campaign nor serve as a
+// manager (an embedded member could not start; this one reaches the
+// store). Its files stay for a start while a manager answers.
+func TestExternalDemotedWhileDownAlone(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	a, _ := externalManager(t, srv, "/team", false)
+	c := getCluster(t, a)
+	bdir := t.TempDir()
+	bcfg := externalCfg(srv, bdir, "/team")
+	bcfg.ListenAddr, bcfg.NoInit, bcfg.RoleSyncPeriod = loopbackListen(t), true, fastSync
+	b := startWith(t, bcfg)
+	if err := b.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{a.listen.Listen}, JoinToken: c.JoinTokens.Manager}); err != nil {
+		t.Fatalf("manager join: %v", err)
+	}
+	agreeOn(t, ctx, []string{a.nodeID, b.nodeID}, []string{a.nodeID, b.nodeID}, a, b)
+	bid := b.nodeID
+	b.Close()
+	if err := setRole(ctx, a, bid, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demoting the stopped manager: %v", err)
+	}
+	// Nobody answers b's role question now.
+	a.Close()
+
+	held := func() []string {
+		var out []string
+		for k := range srv.Dump(t) {
+			if k == "/team/hush/v1/managers/"+bid || strings.HasPrefix(k, "/team/hush/v1/presence/"+bid+"/") {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	if k := held(); len(k) != 0 {
+		t.Fatalf("the demotion left %v", k)
+	}
+	err := startErr(t, bcfg)
+	if !errors.Is(err, errExternalDemoted) || !strings.Contains(err.Error(), "demoted while it was down") {
+		t.Fatalf("restart of the demoted manager: %v", err)
+	}
+	if k := held(); len(k) != 0 {
+		t.Fatalf("the demoted manager registered again: %v", k)
+	}
+	if _, err := os.Stat(filepath.Join(bdir, "member.json")); err != nil {
+		t.Fatalf("the refused start did not keep its files: %v", err)
+	}
+}

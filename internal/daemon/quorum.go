@@ -68,6 +68,15 @@ func (d *Daemon) startSteps(needQuorum bool) []func(context.Context) error {
 			// A first manager that crashed between reopening its store
 			// and recording its peer URL still advertises the
 			// placeholder; a no-op otherwise.
+			if d.member.External != nil {
+				// A registry write only while the node record says manager.
+				if err := d.registerExternalSelf(ctx); err != nil {
+					return err
+				}
+				d.mu.Lock()
+				defer d.mu.Unlock()
+				return d.startJoinServiceLocked()
+			}
 			adv, _ := d.listen.peerURLs()
 			if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
 				return fmt.Errorf("recording this manager's peer URL: %w", err)

@@ -163,6 +163,11 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	}
 	d.scrubPlainSigningKey(context.Background(), &c)
 	d.settle(&c)
+	// Before it registers, campaigns or serves: an external manager
+	// demoted or removed while it was down reads so here.
+	if _, err := d.checkExternalSelf(context.Background()); err != nil {
+		return err
+	}
 	if _, err := nodes.Ensure(context.Background(), d.store, d.nodeID); err != nil {
 		return fmt.Errorf("node object: %w", err)
 	}

@@ -345,3 +345,41 @@ func TestExternalRewrapBatchesFit(t *testing.T) {
 		t.Fatalf("after the re-wrap %d values need the old key (%v)", left, err)
 	}
 }
+
+// RegisterIf writes the registry entry only while its guard holds: a
+// record changed after it was read (a demotion) leaves no entry.
+func TestExternalRegisterIf(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	s := openExternal(t, store.ExternalConfig{Endpoints: []string{srv.Endpoint}, CAFile: srv.CAFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile})
+	awaitReady(t, s)
+	if err := s.EnableManagers("node1"); err != nil {
+		t.Fatal(err)
+	}
+	tb := s.Table("nodes")
+	rev, err := tb.Create(ctx, "node1", "", []byte(`{"role":"manager"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard := clientv3.Compare(clientv3.ModRevision(tb.Key("node1")), "=", rev)
+	if _, err := tb.Update(ctx, "node1", rev, []byte(`{"role":"worker"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Members().RegisterIf(ctx, guard); err != nil || ok {
+		t.Fatalf("RegisterIf on a changed record: %v %v", ok, err)
+	}
+	if ids, err := s.RegisteredManagers(ctx); err != nil || len(ids) != 0 {
+		t.Fatalf("registry after a failed guard: %v %v", ids, err)
+	}
+	o, err := tb.Get(ctx, "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard = clientv3.Compare(clientv3.ModRevision(tb.Key("node1")), "=", o.ModRev)
+	if ok, err := s.Members().RegisterIf(ctx, guard); err != nil || !ok {
+		t.Fatalf("RegisterIf on an unchanged record: %v %v", ok, err)
+	}
+	if ids, err := s.RegisteredManagers(ctx); err != nil || len(ids) != 1 || ids[0] != "node1" {
+		t.Fatalf("registry: %v %v", ids, err)
+	}
+}

@@ -116,3 +116,27 @@ func (s *Store) RegisteredManagers(ctx context.Context) ([]string, error) {
 	}
 	return ids, nil
 }
+
+// RegisterIf records this manager (EnableManagers' self) in an external
+// store's registry only if guard holds, in one transaction: the daemon's
+// write at start passes its node record's revision, read as a manager's,
+// so a demotion committed meanwhile (which deletes the registry entry) is
+// never undone by a blind write. ok false: the guard failed, nothing was
+// written.
+func (m *Members) RegisterIf(ctx context.Context, guard clientv3.Cmp) (ok bool, err error) {
+	if m.ext == "" {
+		return false, fmt.Errorf("store: a manager registry is kept on an external etcd only: %w", errdefs.ErrInternal)
+	}
+	key := managersRoot + m.ext
+	m.s.gate.RLock()
+	defer m.s.gate.RUnlock()
+	v, err := m.s.seal(key, []byte(m.ext))
+	if err != nil {
+		return false, err
+	}
+	resp, err := m.s.cli.Txn(ctx).If(guard).Then(clientv3.OpPut(key, v)).Commit()
+	if err != nil {
+		return false, wrapEtcd(err)
+	}
+	return resp.Succeeded, nil
+}
