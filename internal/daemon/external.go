@@ -326,16 +326,19 @@ func (externalBackups) Backup(context.Context, []byte, io.Writer) error {
 // other manager recorded) it then erases the cluster, as a lone node's
 // leave does (handled false: Leave goes on with a lone node's steps).
 func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (handled bool, err error) {
-	if !force || d.member == nil || d.member.External == nil {
+	// A manager started locked (autolock) leaves alike: its membership is
+	// lockedMember, and there is no etcd member to take out either.
+	ms := d.member
+	if ms == nil {
+		ms = d.lockedMember
+	}
+	if !force || ms == nil || ms.External == nil {
 		return false, nil
 	}
-	all, err := nodes.List(ctx, d.store)
+	last, err := d.lastExternalManager(ctx, ms == d.lockedMember)
 	if err != nil {
 		return true, err
 	}
-	last := !slices.ContainsFunc(all, func(n nodes.Node) bool {
-		return n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager
-	})
 	d.stopRuntime()
 	d.joinSvc.close()
 	d.joinSvc = nil
@@ -346,7 +349,7 @@ func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (ha
 	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return true, fmt.Errorf("member state: %w", err)
 	}
-	d.member, d.nodeKey = nil, nil
+	d.member, d.nodeKey, d.lockedMember = nil, nil, nil
 	d.cert.Store(nil)
 	if err := d.openStoreLocked(ctx, nil); err != nil {
 		return true, err
@@ -368,4 +371,29 @@ func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (ha
 	d.state = swarm.LocalNodeStateInactive
 	d.log.Info("left the swarm; the other managers keep the cluster in the external etcd")
 	return true, nil
+}
+
+// lastExternalManager reports whether no other node of the cluster is a
+// manager. The node records are sealed: a manager started locked reads
+// the managers' registry instead (its keys are node IDs, readable without
+// the master key), which holds the same managers (written at admission,
+// deleted at demotion and removal).
+func (d *Daemon) lastExternalManager(ctx context.Context, locked bool) (bool, error) {
+	if locked {
+		if err := d.store.EnableManagers(d.nodeID); err != nil {
+			return false, err
+		}
+		list, err := d.store.Members().List(ctx)
+		if err != nil {
+			return false, err
+		}
+		return !slices.ContainsFunc(list, func(m store.Member) bool { return m.ID != d.nodeID }), nil
+	}
+	all, err := nodes.List(ctx, d.store)
+	if err != nil {
+		return false, err
+	}
+	return !slices.ContainsFunc(all, func(n nodes.Node) bool {
+		return n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager
+	}), nil
 }

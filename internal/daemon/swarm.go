@@ -673,11 +673,14 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	if d.worker != nil {
 		return d.leaveWorkerLocked(ctx)
 	}
-	if d.lockedMember != nil {
+	if d.lockedMember != nil && !force {
 		return d.leaveLockedMemberLocked(ctx, force)
 	}
 	if handled, err := d.leaveExternalManagerLocked(ctx, force); handled {
 		return err
+	}
+	if d.lockedMember != nil {
+		return d.leaveLockedMemberLocked(ctx, force)
 	}
 	if d.member != nil {
 		return d.leaveMemberLocked(ctx, force)
