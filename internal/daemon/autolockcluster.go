@@ -249,11 +249,47 @@ func (d *Daemon) followOnce(ctx context.Context) bool {
 		return false
 	}
 	defer d.notePendingLocked()
-	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
+	acked, err := d.settleKeysLocked(ctx, d.mk, "")
+	if err == nil && acked {
+		err = d.noteFetchedLocked(ctx)
+	}
+	if err != nil {
 		d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
 		return false
 	}
 	return true
+}
+
+// noteFetchedLocked writes UnlockKeyFetched into the record when this
+// manager's files are locked under the recorded key but the record does
+// not say it was fetched: a lone node autolocked (its key fetched on the
+// lone node's path, which writes no flag) that became a manager. Its
+// locked file opening with the recorded key shows the key reached an
+// operator; without the flag, managers joining it would keep their
+// master key in the clear.
+func (d *Daemon) noteFetchedLocked(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		c, err := cluster.Get(ctx, d.store)
+		if err != nil {
+			return err
+		}
+		if !c.Spec.EncryptionConfig.AutoLockManagers || c.UnlockKeyFetched {
+			return nil
+		}
+		recorded, err := c.UnlockKey(&d.keys)
+		if err != nil {
+			return err
+		}
+		if recorded == "" || !d.lockedKey.Opens(recorded) {
+			return nil
+		}
+		c.UnlockKeyFetched = true
+		err = cluster.Put(ctx, d.store, &c)
+		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
+			continue
+		}
+		return err
+	}
 }
 
 // msgLeaveLocked is Swarm's refusal of `swarm leave` without --force on a
