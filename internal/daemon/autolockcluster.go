@@ -35,6 +35,10 @@ import (
 // quorum. A locked manager is down for the cluster's quorum, as a locked
 // swarmkit manager is.
 
+// msgUnlockStarting refuses a second unlock, or a leave, on a manager
+// unlocked whose start (serveUnlockedMember) is under way.
+const msgUnlockStarting = "this manager is unlocked and waits for the swarm's quorum to start"
+
 // keySyncPeriod is how often a manager looks at the cluster record for a
 // changed unlock key.
 const keySyncPeriod = time.Second

@@ -65,6 +65,25 @@ func TestExternalManagersAutolock(t *testing.T) {
 		t.Fatal("the unlocked manager's files or registry")
 	}
 
+	// A leave --force that comes between an unlock and the start of the
+	// manager it unlocked (serveUnlockedMember, which runs without mu) is
+	// refused: it would take the membership the start uses.
+	b.Close()
+	b = startWith(t, bcfg)
+	b.mu.Lock()
+	member, err := b.unlockLocked(ctx, k)
+	b.mu.Unlock()
+	if err != nil || !member {
+		t.Fatalf("unlock: member %v, %v", member, err)
+	}
+	if err := b.Leave(ctx, true); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("leave --force during an unlock: %v", err)
+	}
+	if err := b.serveUnlockedMember(ctx); err != nil {
+		t.Fatalf("starting the unlocked manager: %v", err)
+	}
+	waitUntil(t, "the unlocked manager serves", func() bool { return b.CheckServing() == nil })
+
 	// Locked again, then leave --force.
 	b.Close()
 	b = startWith(t, bcfg)
