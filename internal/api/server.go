@@ -190,7 +190,8 @@ func (s *Server) checkState(path string) error {
 	if lifecycleExempt(path) {
 		// A manager waiting for its quorum cannot tell what its cluster
 		// is, nor change it: its state is all it describes.
-		if (path == "/swarm" || strings.HasPrefix(path, "/swarm/")) && s.state() == swarm.LocalNodeStatePending {
+		// Init decides once it has read the request (swarmInit).
+		if (path == "/swarm" || strings.HasPrefix(path, "/swarm/")) && path != "/swarm/init" && s.state() == swarm.LocalNodeStatePending {
 			return s.Swarm.CheckServing()
 		}
 		return nil

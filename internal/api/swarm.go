@@ -83,6 +83,15 @@ func (s *Server) swarmInspect(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) swarmInit(w http.ResponseWriter, r *http.Request) {
 	req, key, err := decodeInit(r)
+	if (err != nil || !req.ForceNewCluster) && s.state() == swarm.LocalNodeStatePending {
+		// A manager waiting for its quorum takes only the recovery:
+		// init --force-new-cluster.
+		if serr := s.Swarm.CheckServing(); serr != nil {
+			keyring.Wipe(key)
+			s.writeError(w, r, serr)
+			return
+		}
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

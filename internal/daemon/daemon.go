@@ -266,6 +266,14 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	left, err := d.leftWhileDown(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if left && member != nil {
+		clear(member.TLS.KeyPEM)
+		member = nil
+	}
 	if member != nil {
 		demoted, err := d.demotedWhileDown(ctx)
 		if err != nil {

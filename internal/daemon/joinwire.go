@@ -66,6 +66,9 @@ type joinResponse struct {
 	// External, for a manager of a cluster over an external etcd, says
 	// where its store is instead of InitialCluster (external.go).
 	External *externalRef `json:"external,omitempty"`
+	// Dropped, to a manager a force-new-cluster dropped, says so
+	// (forcenew.go); nothing else is answered then.
+	Dropped string `json:"dropped,omitempty"`
 }
 
 // joinError is the service's error body; the joining node rebuilds the

@@ -2,9 +2,18 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // Swarm's refusal of `swarm leave` on a manager, in its parts (moby's
@@ -33,17 +42,39 @@ func leaveManagerText(reachable, unreachable int, ok bool) string {
 	return msg + leaveSuffix
 }
 
+// Failpoints of a manager's `swarm leave --force`, named for the step
+// that has not happened yet (see failpoints.go).
+const (
+	fpLeaveMark   = "leave-mark"   // the leaving marker (leaving.json)
+	fpLeaveRemove = "leave-remove" // another manager removes this member
+	fpLeaveWipe   = "leave-wipe"   // containers, etcd data, master key, member.json
+	fpLeaveUnmark = "leave-unmark" // the marker goes; the node is inactive
+)
+
+// leaveMarker is <data-dir>/leaving.json: written before this manager's
+// member is removed, removed once its manager files are gone. A restart
+// that finds it finishes the leave (leftWhileDown): the managers it names
+// are asked again to remove the member (idempotent), and only a refusal
+// keeps the node a member.
+type leaveMarker struct {
+	Managers []string `json:"managers"`
+}
+
+func (d *Daemon) leavingPath() string { return filepath.Join(d.cfg.DataDir, "leaving.json") }
+
 // leaveMemberLocked is `swarm leave` on a manager of an etcd cluster.
-// Without --force it is Swarm's refusal. With --force hush refuses by
-// name: leaving must take the member out of the etcd membership first
-// (or, for the last one, erase a store other nodes may hold a copy of),
-// which is not built; erasing the shared store would erase every
-// manager's.
+// Without --force it is Swarm's refusal. With --force the member leaves
+// the etcd cluster first (another manager removes it, with the quorum
+// check of a demotion: a removal that would lose quorum is refused and
+// the node stays a member), then this node's manager state is wiped and
+// it is inactive. The last voter has no one to remove it: its state is
+// wiped, which erases the swarm (as Swarm's last manager's leave does).
 func (d *Daemon) leaveMemberLocked(ctx context.Context, force bool) error {
+	members := d.store.Members()
 	if !force {
 		reach, unreach, ok := 0, 0, false
-		if ms := d.store.Members(); ms != nil {
-			if list, err := ms.List(ctx); err == nil {
+		if members != nil {
+			if list, err := members.List(ctx); err == nil {
 				ok = true
 				for _, m := range list {
 					if m.Learner {
@@ -59,5 +90,198 @@ func (d *Daemon) leaveMemberLocked(ctx context.Context, force bool) error {
 		}
 		return errdefs.Unavailable("%s", leaveManagerText(reach, unreach, ok))
 	}
-	return errdefs.BadRequest("hush cannot take a manager out of a cluster of managers with `swarm leave --force` yet: its etcd membership would have to be removed first, which is not built")
+	if members == nil {
+		return errdefs.Unavailable("this manager is not a member of a cluster")
+	}
+	list, err := members.List(ctx)
+	if err != nil {
+		return err
+	}
+	voters := 0
+	for _, m := range list {
+		if !m.Learner {
+			voters++
+		}
+	}
+	addrs, err := d.managerAddrs(ctx)
+	if err != nil {
+		return err
+	}
+	addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == d.listen.Advertise })
+	if voters > 1 && len(addrs) == 0 {
+		return errdefs.Unavailable("no other manager is recorded to remove this node's member")
+	}
+	if err := d.injected(fpLeaveMark); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(leaveMarker{Managers: addrs})
+	if err := writeFileSync(d.leavingPath(), b, 0o600); err != nil {
+		return fmt.Errorf("leave marker: %w", err)
+	}
+	if voters > 1 {
+		if err := d.leaveMembership(ctx, addrs); err != nil {
+			return err
+		}
+	}
+	return d.finishLeaveLocked(ctx)
+}
+
+// leaveMembership asks another manager to remove this node's member.
+// A refusal (quorum, Swarm's text) removes the marker: the node stays a
+// member with its data. An answer lost is settled by asking this node's
+// own member whether it is still listed; when even that cannot be told,
+// the marker stays and a restart finishes the leave.
+func (d *Daemon) leaveMembership(ctx context.Context, addrs []string) error {
+	if err := d.injected(fpLeaveRemove); err != nil {
+		return err // as a crash: the marker stays
+	}
+	v := syncView{cert: d.cert.Load(), clusterID: d.member.ClusterID, caPEM: d.member.CAPEM, addrs: addrs, listen: d.member.Listen}
+	_, err := d.callSync(ctx, v, &syncRequest{Leave: true})
+	if err == nil {
+		return nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, still, lerr := d.store.Members().ByName(qctx, d.nodeID, "")
+	cancel()
+	switch {
+	case lerr == nil && still:
+		if rerr := os.Remove(d.leavingPath()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			d.log.Warn("removing the leave marker", "err", rerr)
+		}
+		return fmt.Errorf("this manager's member was not removed: %w", err)
+	case lerr == nil:
+		d.log.Warn("leave: the removal's answer was lost but the member is gone", "err", err)
+		return nil
+	}
+	return errdefs.Unavailable("leaving: whether this manager's member was removed is unknown (%v); restart hushd to finish the leave", err)
+}
+
+// finishLeaveLocked wipes a manager whose member is gone (or the last
+// one): the runtime and the join/CA service stop, the task containers and
+// their tmpfs go, the store closes, the node key is kept as the join key
+// (a later join under this node's ID is admitted with it), the etcd data,
+// the master key and member.json go (member.json last), then the marker;
+// an empty lone store is opened and the node is inactive.
+func (d *Daemon) finishLeaveLocked(ctx context.Context) error {
+	d.stopRuntime()
+	if d.engine != nil {
+		d.removeTaskContainers(ctx)
+	}
+	if d.joinSvc != nil {
+		d.joinSvc.close()
+		d.joinSvc = nil
+	}
+	d.closeStoreLocked()
+	if err := d.wipeLeftManager(); err != nil {
+		return err
+	}
+	d.keys.Set(nil)
+	d.mk.Destroy()
+	d.mk = keyring.MasterKey{}
+	d.pendingKey.Store(pendingNone)
+	d.spec.orch.Store(nil)
+	d.member, d.nodeKey = nil, nil
+	d.cert.Store(nil)
+	if err := d.openStoreLocked(ctx, nil); err != nil {
+		return err
+	}
+	d.state = swarm.LocalNodeStateInactive
+	d.log.Info("left the swarm (manager); this node's member was removed and its state wiped")
+	return nil
+}
+
+// wipeLeftManager is the file part of finishLeaveLocked (also run at
+// start by leftWhileDown).
+func (d *Daemon) wipeLeftManager() error {
+	if err := d.injected(fpLeaveWipe); err != nil {
+		return err
+	}
+	if d.nodeKey != nil {
+		if err := writeKeyFile(d.joinKeyPath(), d.nodeKey); err != nil {
+			d.log.Warn("keeping the node key for a later join", "err", err)
+		}
+	}
+	if err := d.wipeManagerFiles(); err != nil {
+		return err
+	}
+	_ = os.Remove(d.tuningPath())
+	_ = os.Remove(d.crlPath())
+	d.removeRotationFiles()
+	if err := d.injected(fpLeaveUnmark); err != nil {
+		return err
+	}
+	if err := os.Remove(d.leavingPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("leave marker: %w", err)
+	}
+	return nil
+}
+
+// leftWhileDown finishes, at start, a leave a crash interrupted (the
+// marker is there). Without member.json the wipe had ended: only the
+// marker goes. Otherwise the managers the marker names are asked again to
+// remove this member (idempotent: a member already gone is success);
+// removed, the files are wiped and the node starts inactive. A refusal
+// (quorum) or no answer keeps it a member with its data, and the marker
+// goes: the user asked to leave and may ask again.
+func (d *Daemon) leftWhileDown(ctx context.Context) (bool, error) {
+	b, err := os.ReadFile(d.leavingPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("leave marker: %w", err)
+	}
+	if d.member == nil {
+		d.log.Warn("finishing an interrupted leave: the manager state was already wiped")
+		return true, d.wipeLeftManager()
+	}
+	var lm leaveMarker
+	_ = json.Unmarshal(b, &lm)
+	ms, key := d.member, d.nodeKey
+	if len(lm.Managers) > 0 { // else the last voter: nothing to remove
+		cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
+		if err != nil {
+			return false, err
+		}
+		v := syncView{cert: cert, clusterID: ms.ClusterID, caPEM: ms.CAPEM, addrs: lm.Managers, listen: ms.Listen}
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = d.callSync(qctx, v, &syncRequest{Leave: true})
+		cancel()
+		if err != nil {
+			d.log.Warn("an interrupted leave could not be finished: staying a member", "err", err)
+			if err := os.Remove(d.leavingPath()); err != nil {
+				return false, fmt.Errorf("leave marker: %w", err)
+			}
+			return false, nil
+		}
+	}
+	d.log.Warn("finishing an interrupted leave")
+	if err := d.wipeLeftManager(); err != nil {
+		return false, err
+	}
+	d.member, d.nodeKey = nil, nil
+	d.cert.Store(nil)
+	return true, nil
+}
+
+// removeLeavingMember is the manager's side of a manager's leave: its
+// member is removed with the quorum check of a demotion (Swarm's
+// refusals); a member already gone is success.
+func (d *Daemon) removeLeavingMember(ctx context.Context, id pki.Identity) error {
+	if id.Role != pki.RoleManager {
+		return errdefs.BadRequest("only a manager's certificate can leave the managers' cluster")
+	}
+	if id.NodeID == d.nodeID {
+		return errdefs.Unavailable("a manager does not remove its own member: ask another manager")
+	}
+	members := d.store.Members()
+	m, ok, err := members.ByName(ctx, id.NodeID, "")
+	if err != nil || !ok {
+		return err
+	}
+	if err := members.Remove(ctx, m.ID); err != nil {
+		return err
+	}
+	d.log.Info("leaving manager's member removed", "node", id.NodeID, "member", m.ID)
+	return nil
 }

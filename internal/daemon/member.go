@@ -119,6 +119,10 @@ type memberState struct {
 	// External is set for a manager whose store is an external etcd: it
 	// runs no etcd member (external.go).
 	External *externalRef `json:"external,omitempty"`
+	// ForceNew marks a `swarm init --force-new-cluster` under way
+	// (forcenew.go): the member restarts as a cluster of itself until the
+	// recovery is finished.
+	ForceNew bool `json:"forceNew,omitempty"`
 }
 
 func (d *Daemon) memberPath() string { return filepath.Join(d.cfg.DataDir, "member.json") }
@@ -207,13 +211,19 @@ func (d *Daemon) memberConfig(ms *memberState, key *ecdsa.PrivateKey) (*store.Me
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	keyring.Wipe(der)
 	adv, lis := ms.Listen.peerURLs()
-	return &store.MemberConfig{
+	mc := &store.MemberConfig{
 		PeerURL: adv, ListenPeerURL: lis,
-		TLS:            store.MemberTLS{CertPEM: []byte(ms.CertPEM), KeyPEM: keyPEM, CAPEM: []byte(ms.CAPEM)},
+		TLS:            store.MemberTLS{CertPEM: []byte(ms.CertPEM), KeyPEM: keyPEM, CAPEM: []byte(ms.CAPEM), CRL: d.savedCRL()},
 		Join:           ms.Join,
 		InitialCluster: ms.InitialCluster,
 		ClusterToken:   ms.ClusterID,
-	}, nil
+	}
+	if ms.ForceNew {
+		// A forced restart is of a member whose data dir holds it, where
+		// the join settings are ignored anyway.
+		mc.Join, mc.InitialCluster, mc.ForceNewCluster = false, nil, true
+	}
+	return mc, nil
 }
 
 // issue certifies csr's key for nodeID in role under c's CA, with the
@@ -232,8 +242,16 @@ func (d *Daemon) issue(c *cluster.Cluster, csr []byte, nodeID string, role pki.R
 	if err != nil {
 		return nil, err
 	}
-	return ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: c.ID, Role: role,
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: nodeID, ClusterID: c.ID, Role: role,
 		Expiry: c.Spec.CAConfig.NodeCertExpiry, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	// etcd refuses a manager certificate by serial (certrefusal.go).
+	if err := d.noteIssued(iss, nodeID, role); err != nil {
+		return nil, err
+	}
+	return iss, nil
 }
 
 // issueManager is issue for a manager, with the key the master key is

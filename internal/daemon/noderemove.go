@@ -97,7 +97,7 @@ func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (b
 	if err != nil {
 		return true, err
 	}
-	if n.Spec.Role == swarm.NodeRoleManager || n.ID == d.nodeID {
+	if n.Spec.Role == swarm.NodeRoleManager && !d.droppedNotMember(ctx, n.ID) || n.ID == d.nodeID {
 		return true, errdefs.FailedPrecondition("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", n.ID)
 	}
 	// Down as the orchestrator's leader recorded it (nodes.RunLiveness); a

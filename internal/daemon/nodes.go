@@ -39,9 +39,12 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			}
 			return &swarm.ManagerStatus{Leader: m.Leader, Reachability: r}, m.Reachable
 		}
-		// Recorded but not (yet) started as a member.
-		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnknown}, false
+		// Recorded as a manager without a member: one that left (Swarm
+		// lists a manager that left Unreachable until it is demoted and
+		// removed), or one whose join has not added its learner yet.
+		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnreachable}, false
 	}
+	dropped := c.d.droppedSet(ctx)
 	self, _ := status(c.d.nodeID)
 	self.Addr = c.d.listen.Advertise
 	var others []swarm.Node
@@ -50,6 +53,11 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			continue
 		}
 		ms, reachable := status(n.ID)
+		if dropped[n.ID] && ms != nil && ms.Reachability == swarm.ReachabilityUnknown {
+			// Dropped by force-new-cluster: no manager status, as in
+			// Swarm (forcenew.go).
+			ms = nil
+		}
 		if n.Spec.Role == swarm.NodeRoleWorker {
 			ms, reachable = nil, true
 		}

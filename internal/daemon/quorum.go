@@ -76,6 +76,8 @@ func (d *Daemon) startSteps(needQuorum bool) []func(context.Context) error {
 			defer d.mu.Unlock()
 			return d.startJoinServiceLocked()
 		},
+		// A force-new-cluster a restart resumed ends here (forcenew.go).
+		d.finishForceNewStep,
 		func(ctx context.Context) error {
 			if !d.stateIs(swarm.LocalNodeStateInactive) {
 				return nil
@@ -97,6 +99,12 @@ func (d *Daemon) serveOnQuorum() {
 	go func() {
 		defer d.quorumDone.Done()
 		d.log.Warn("the swarm has no quorum yet: serving as pending until it has one")
+		// A force-new-cluster elsewhere may have dropped this manager.
+		d.quorumDone.Add(1)
+		go func() {
+			defer d.quorumDone.Done()
+			d.watchDropped(ctx)
+		}()
 		since := time.Now()
 		steps := d.startSteps(true)
 		tick := time.NewTicker(quorumLogEvery)

@@ -44,6 +44,9 @@ const nodeSyncPath = "/hush/join/v1/node"
 type syncRequest struct {
 	CSR     []byte `json:"csr,omitempty"`
 	PeerURL string `json:"peerURL,omitempty"`
+	// Leave asks that the calling manager's etcd member be removed: its
+	// `swarm leave --force` (leave.go).
+	Leave bool `json:"leave,omitempty"`
 }
 
 // defaultSyncPeriod is how often a node asks its role and checks its
@@ -198,6 +201,13 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 	d.mu.Unlock()
 	id, err := pki.PeerIdentity(*r.TLS, clusterID)
 	if err == nil {
+		// Before the refusal list: a dropped manager removed since
+		// must still learn why it must not start (forcenew.go).
+		if resp, ok := d.droppedAnswer(r.Context(), id, r.TLS.VerifiedChains[0][0]); ok {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(resp)
+			return
+		}
 		// A removed node's certificate renews nothing (noderemove.go).
 		err = d.refuseNode(id.NodeID, r.TLS.VerifiedChains[0][0])
 	}
@@ -244,6 +254,12 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 		return nil, err
 	}
 	resp := &joinResponse{Role: string(n.Spec.Role), ClusterID: c.ID, CAPEM: []byte(c.CACert), Managers: mgrs}
+	if req.Leave {
+		if err := d.removeLeavingMember(ctx, id); err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
 	if len(req.CSR) == 0 {
 		return resp, nil
 	}
@@ -435,6 +451,9 @@ func (d *Daemon) syncOnce(ctx context.Context) error {
 	ans, err := d.callSync(ctx, v, &syncRequest{})
 	if err != nil {
 		return err
+	}
+	if ans.Dropped != "" {
+		return d.stopDropped(ans.Dropped)
 	}
 	d.noteManagers(ans.Managers)
 	have := certRole(v.cert.Leaf)
@@ -899,6 +918,10 @@ func (d *Daemon) demotedWhileDown(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if ms.ForceNew {
+		// This manager is the new cluster (forcenew.go).
+		return false, nil
+	}
 	var addrs []string
 	for _, a := range ms.Managers {
 		if a != ms.Listen.Advertise {
@@ -912,6 +935,9 @@ func (d *Daemon) demotedWhileDown(ctx context.Context) (bool, error) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	ans, err := d.callSync(qctx, v, &syncRequest{})
 	cancel()
+	if err == nil && ans.Dropped != "" {
+		return false, droppedErr(ans.Dropped)
+	}
 	if err != nil || ans.Role != roleWorker {
 		return false, nil
 	}

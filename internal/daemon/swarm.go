@@ -191,6 +191,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		run(d.leadOrchestrator)
 		// Every manager's key files follow the record's unlock key.
 		run(d.followUnlockKey)
+		// etcd refuses demoted and removed managers' certificates.
+		run(d.keepEtcdCRL)
 		// Every manager vouches for itself and the nodes it hears.
 		if pr, v, err := d.presenceRunner(); err != nil {
 			d.log.Error("presence not kept", "err", err)
@@ -317,8 +319,18 @@ func (d *Daemon) InitWithKey(ctx context.Context, req swarm.InitRequest, caKey [
 	// A lifecycle change must not stop half-way because a client left.
 	ctx = context.WithoutCancel(ctx)
 	req.Spec.CAConfig.SigningCAKey = ""
+	if req.ForceNewCluster {
+		// A manager of a cluster of managers (forcenew.go).
+		if id, handled, err := d.forceNewMember(ctx, req, caKey); handled {
+			return id, err
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.noQuorum.Load() {
+		// Pending: only the recovery above changes anything.
+		return "", d.CheckServingLocked()
+	}
 	return d.initLocked(ctx, req, caKey)
 }
 

@@ -191,7 +191,8 @@ func (k *Keyring) Open(s Sealed, aad []byte) ([]byte, error) {
 
 	dek := NewLocked(keySize) // opened in place: the capacity fits
 	defer Free(dek)
-	if _, err := kk.aead.Open(dek[:0], s.WrappedKey[:nonceSize], s.WrappedKey[nonceSize:], wrapAAD(s.KeyID, aad)); err != nil {
+	wa, da := bothAADs(s.KeyID, aad)
+	if _, err := kk.aead.Open(dek[:0], s.WrappedKey[:nonceSize], s.WrappedKey[nonceSize:], wa); err != nil {
 		return nil, fmt.Errorf("%w: wrapped key rejected", ErrDecrypt)
 	}
 
@@ -199,7 +200,7 @@ func (k *Keyring) Open(s Sealed, aad []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	pt, err := dataAEAD.Open(make([]byte, 0, len(s.Ciphertext)-tagSize), s.Nonce, s.Ciphertext, dataAAD(aad))
+	pt, err := dataAEAD.Open(make([]byte, 0, len(s.Ciphertext)-tagSize), s.Nonce, s.Ciphertext, da)
 	if err != nil {
 		return nil, fmt.Errorf("%w: ciphertext rejected", ErrDecrypt)
 	}
@@ -267,11 +268,33 @@ func dataAAD(aad []byte) []byte {
 	return append(out, aad...)
 }
 
+// bothAADs is wrapAAD and dataAAD in one allocation.
+func bothAADs(keyID string, aad []byte) (wrap, data []byte) {
+	wrap, data, _ = bothAADsIn(nil, keyID, aad)
+	return wrap, data
+}
+
+// bothAADsIn is bothAADs in buf when it is large enough; it returns the
+// buffer used, for the next call.
+func bothAADsIn(buf []byte, keyID string, aad []byte) (wrap, data, used []byte) {
+	nw := len(wrapLabel) + 4 + len(keyID) + len(aad)
+	n := nw + len(dataLabel) + len(aad)
+	if cap(buf) < n {
+		buf = make([]byte, 0, n)
+	}
+	wrap = appendWrapAAD(buf[:0], keyID, aad)[:nw:nw]
+	data = append(append(buf[nw:nw], dataLabel...), aad...)
+	return wrap, data, buf[:0]
+}
+
 // wrapAAD binds the wrapped DEK to the master key ID and the caller's aad.
 // The ID is length-prefixed so no (id, aad) pair can be re-split into
 // another pair with the same encoding.
 func wrapAAD(keyID string, aad []byte) []byte {
-	out := make([]byte, 0, len(wrapLabel)+4+len(keyID)+len(aad))
+	return appendWrapAAD(make([]byte, 0, len(wrapLabel)+4+len(keyID)+len(aad)), keyID, aad)
+}
+
+func appendWrapAAD(out []byte, keyID string, aad []byte) []byte {
 	out = append(out, wrapLabel...)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(keyID)))
 	out = append(out, keyID...)

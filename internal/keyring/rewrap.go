@@ -123,9 +123,11 @@ func (s Sealed) BinarySize() int {
 	return 2 + len(s.KeyID) + len(s.WrappedKey) + len(s.Nonce) + len(s.Ciphertext)
 }
 
+var errMalformedBinary = fmt.Errorf("%w: malformed sealed value", ErrDecrypt)
+
 // ParseBinary reads the binary form. The result's slices alias b.
 func ParseBinary(b []byte) (Sealed, error) {
-	bad := fmt.Errorf("%w: malformed sealed value", ErrDecrypt)
+	bad := errMalformedBinary
 	if len(b) < 2 || b[0] != binaryVersion {
 		return Sealed{}, bad
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -68,6 +69,10 @@ type MemberTLS struct {
 	CertPEM, KeyPEM []byte
 	// CAPEM is the bundle of trusted roots.
 	CAPEM []byte
+	// CRL is the DER revocation list of refused certificates etcd checks
+	// on each connection (Members.SetCRL replaces it); empty starts with
+	// an empty list.
+	CRL []byte
 	// Name is the DNS name every peer's certificate must carry, both as a
 	// server and as a client (default "swarm-manager", the name pki puts in
 	// every manager certificate): a worker's certificate under the same CA
@@ -178,6 +183,23 @@ func (m *MemberConfig) configure(cfg *embed.Config, name string) (memfds, error)
 		files = append(files, f)
 		paths[i] = p
 	}
+	crl := m.TLS.CRL
+	if len(crl) == 0 {
+		var err error
+		if crl, err = placeholderCRL(); err != nil {
+			files.close()
+			return nil, fmt.Errorf("store: revocation list: %w", err)
+		}
+	} else if _, err := x509.ParseRevocationList(crl); err != nil {
+		files.close()
+		return nil, fmt.Errorf("store: revocation list: %w", err)
+	}
+	f, crlPath, err := memFile(crlFileName, crl)
+	if err != nil {
+		files.close()
+		return nil, err
+	}
+	files = append(files, f)
 	allowed := orDefault(m.TLS.Name, "swarm-manager")
 	info := func() (ti transport.TLSInfo) {
 		ti.CertFile, ti.KeyFile, ti.TrustedCAFile = paths[0], paths[1], paths[2]
@@ -188,6 +210,9 @@ func (m *MemberConfig) configure(cfg *embed.Config, name string) (memfds, error)
 		ti.ServerName = allowed
 		ti.AllowedHostnames = []string{allowed}
 		ti.MinVersion = tls.VersionTLS13
+		// Refused manager certificates (a demoted or removed node's),
+		// re-read by etcd on every connection: see crl.go.
+		ti.CRLFile = crlPath
 		return ti
 	}
 	cfg.PeerTLSInfo = info()

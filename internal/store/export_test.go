@@ -50,3 +50,23 @@ func RevokeLeaseForTest(ctx context.Context, s *Store, lease int64) error {
 
 // LeaseBoundForTest reports whether key is one a rewrite leaves alone.
 func LeaseBoundForTest(key string) bool { return leaseBound(key) }
+
+// PutPerValueSealedForTest writes val under key sealed as hush wrote
+// values before one data key served a whole write (keyring.Seal: a data
+// key per value), bypassing the store's write path.
+func PutPerValueSealedForTest(ctx context.Context, s *Store, key string, val []byte) error {
+	kr, err := s.keyring()
+	if err != nil {
+		return err
+	}
+	sv, err := kr.Seal(val, valueAAD(key))
+	if err != nil {
+		return err
+	}
+	v, err := encodeSealed(sv)
+	if err != nil {
+		return err
+	}
+	_, err = s.cli.Put(ctx, key, v)
+	return err
+}

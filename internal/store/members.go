@@ -321,18 +321,40 @@ func (m *Members) Remove(ctx context.Context, id string) error {
 	if err := m.CheckRemove(ctx, id); err != nil {
 		return err
 	}
-	_, err = m.s.cli.MemberRemove(ctx, mid)
-	switch {
-	case err == nil:
-		return nil
-	case etcdIs(err, rpctypes.ErrMemberNotFound):
-		// Removed by an earlier try whose answer was lost.
-		return nil
-	case etcdIs(err, rpctypes.ErrMemberNotEnoughStarted), etcdIs(err, rpctypes.ErrUnhealthy):
+	// etcd counts a voter as active only once it has been connected for
+	// 5 s (its strict reconfiguration check, ErrUnhealthy): a member that
+	// has just (re)started, the removed one included, makes a removal our
+	// reachability check allows fail for that long. Retried, bounded.
+	rctx, cancel := context.WithTimeout(ctx, removeSettle)
+	defer cancel()
+	var last error
+	err = m.retry(rctx, "remove member", func() (bool, error) {
+		_, err := m.s.cli.MemberRemove(rctx, mid)
+		switch {
+		case err == nil:
+			return true, nil
+		case etcdIs(err, rpctypes.ErrMemberNotFound):
+			// Removed by an earlier try whose answer was lost.
+			return true, nil
+		case etcdIs(err, rpctypes.ErrUnhealthy):
+			last = err
+			return false, err
+		}
+		last = nil
+		switch {
+		case etcdIs(err, rpctypes.ErrMemberNotEnoughStarted):
+			return true, errdefs.FailedPrecondition(quorumLossMsg)
+		}
+		return true, fmt.Errorf("store: remove member %s: %w", id, wrapEtcd(err))
+	})
+	if err != nil && last != nil && ctx.Err() == nil {
 		return errdefs.FailedPrecondition(quorumLossMsg)
 	}
-	return fmt.Errorf("store: remove member %s: %w", id, wrapEtcd(err))
+	return err
 }
+
+// removeSettle bounds Remove's wait for etcd's 5 s health interval.
+const removeSettle = 8 * time.Second
 
 // CheckRemove says whether Remove(id) would be refused (Swarm's texts),
 // without changing anything: a demotion is checked before its node

@@ -47,7 +47,7 @@ func (s *Store) Migrate(ctx context.Context, hook func(batch int) error) (int, e
 			if !ok || name == "" {
 				return nil, 0, fmt.Errorf("store: malformed index entry in an earlier store: %w", errdefs.ErrInternal)
 			}
-			nk := root + "names/" + kind + "/" + nameHash(idx, kind, name)
+			nk := root + "names/" + kind + "/" + idx.hash(kind, name)
 			v, err := s.seal(nk, kv.Value)
 			if err != nil {
 				return nil, 0, err

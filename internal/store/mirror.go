@@ -174,6 +174,7 @@ func (m *Mirror) decodeKV(key string, val []byte, createRev, modRev int64, delet
 	if err == nil {
 		var v any
 		v, err = t.decode(Object{ID: id, Value: pt, CreateRev: createRev, ModRev: modRev})
+		m.st.opened.notify(kind, id, modRev, pt)
 		// Decoders copy what they keep: the opened bytes (a service's
 		// environment, say) do not outlive the call.
 		clear(pt)
@@ -310,4 +311,47 @@ func (m *Mirror) Changed() <-chan struct{} {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.advanced
+}
+
+// OpenedFunc observes a value the mirror has opened: the object id of
+// table kind at revision modRev. It must not keep value, which is wiped
+// after the call, and must be quick: it runs on the mirror's watch.
+type OpenedFunc func(kind, id string, modRev int64, value []byte)
+
+// openedHooks are the observers of opened values, so that another
+// follower of the store's watch (the events source) reuses what the mirror
+// opened instead of opening every written value a second time.
+type openedHooks struct {
+	mu    sync.RWMutex
+	next  int
+	hooks map[int]OpenedFunc
+}
+
+// OnOpened calls fn with every value of a mirrored table that a mirror of
+// s opens (after each write, and at each (re)load) until remove is called.
+// Values no mirror opens (tables not mirrored, values that do not open)
+// are not seen.
+func (s *Store) OnOpened(fn OpenedFunc) (remove func()) {
+	h := &s.opened
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.hooks == nil {
+		h.hooks = map[int]OpenedFunc{}
+	}
+	id := h.next
+	h.next++
+	h.hooks[id] = fn
+	return func() {
+		h.mu.Lock()
+		delete(h.hooks, id)
+		h.mu.Unlock()
+	}
+}
+
+func (h *openedHooks) notify(kind, id string, modRev int64, value []byte) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for _, fn := range h.hooks {
+		fn(kind, id, modRev, value)
+	}
 }

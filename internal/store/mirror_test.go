@@ -181,3 +181,45 @@ func TestMirrorTableChanged(t *testing.T) {
 		t.Fatal("a write to a did not wake its waiter")
 	}
 }
+
+// OnOpened sees each value a mirror opens (mirrored tables only), with its
+// revision, until removed.
+func TestMirrorOnOpened(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	type seen struct {
+		kind, id, val string
+		rev           int64
+	}
+	var mu sync.Mutex
+	var got []seen
+	remove := st.OnOpened(func(kind, id string, rev int64, v []byte) {
+		mu.Lock()
+		got = append(got, seen{kind, id, string(v), rev})
+		mu.Unlock()
+	})
+	m := runMirror(t, st, "secrets")
+	rev, err := st.Table("secrets").Create(ctx, "a", "name-a", []byte("value-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Table("services").Create(ctx, "s", "name-s", []byte("value-s")); err != nil {
+		t.Fatal(err)
+	}
+	snapshot(t, m, "secrets") // the mirror has applied both writes
+	mu.Lock()
+	if len(got) != 1 || got[0] != (seen{"secrets", "a", "value-a", rev}) {
+		t.Fatalf("observed %+v", got)
+	}
+	mu.Unlock()
+	remove()
+	if _, err := st.Table("secrets").Create(ctx, "b", "name-b", []byte("value-b")); err != nil {
+		t.Fatal(err)
+	}
+	snapshot(t, m, "secrets")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 {
+		t.Fatalf("observed after removal: %+v", got[1:])
+	}
+}

@@ -8,8 +8,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
+	"io"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
@@ -94,14 +97,28 @@ func (s *Store) seal(key string, val []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := checkInner(kr, val); err != nil {
-		return "", err
-	}
-	sv, err := kr.Seal(val, valueAAD(key))
+	b, err := kr.NewBatch()
 	if err != nil {
 		return "", fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
 	}
-	return encodeSealed(sv)
+	defer b.Close()
+	return sealIn(kr, b, key, val)
+}
+
+// sealIn seals val under key with b's data key (the values of one write
+// share it; see keyring.Batch), in one allocation of its stored size.
+func sealIn(kr *keyring.Keyring, b *keyring.Batch, key string, val []byte) (string, error) {
+	if err := checkInner(kr, val); err != nil {
+		return "", err
+	}
+	out := make([]byte, 0, len(sealMagic)+keyring.BinarySizeFor(b.KeyID(), len(val)))
+	out, err := b.AppendSeal(append(out, sealMagic...), val, valueAAD(key))
+	if err != nil {
+		return "", fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
+	}
+	// out is never written again: the string shares its bytes instead of
+	// copying a value of up to a megabyte (as strings.Builder does).
+	return unsafe.String(unsafe.SliceData(out), len(out)), nil
 }
 
 func encodeSealed(sv keyring.Sealed) (string, error) {
@@ -166,6 +183,8 @@ func (s *Store) Exclusive(fn func() error) error {
 
 // sealOps seals the value of every put in ops, so that callers' extra
 // operations (reference markers) are sealed like the object itself. It
+// replaces the puts in ops itself (callers build ops for the one write)
+// and returns ops. It
 // takes s.gate for reading: the caller calls release once the write is
 // committed or abandoned (on error too).
 func (s *Store) sealOps(ops []clientv3.Op) (_ []clientv3.Op, release func(), err error) {
@@ -177,12 +196,31 @@ func (s *Store) sealOps(ops []clientv3.Op) (_ []clientv3.Op, release func(), err
 			release = func() {}
 		}
 	}()
-	out := make([]clientv3.Op, len(ops))
+	kr, err := s.keyring()
+	if err != nil {
+		return nil, release, err
+	}
+	// One data key for the write's values (the record, its name-index
+	// entry, its version, its markers), each with its own nonce, wrapping
+	// and associated data: one key generation and AES/GCM set-up per write
+	// instead of one per value.
+	var b *keyring.Batch
+	defer func() {
+		if b != nil {
+			b.Close()
+		}
+	}()
+	out := ops
 	for i, op := range ops {
 		switch {
 		case op.IsPut():
+			if b == nil {
+				if b, err = kr.NewBatch(); err != nil {
+					return nil, release, fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
+				}
+			}
 			k := string(op.KeyBytes())
-			v, err := s.seal(k, op.ValueBytes())
+			v, err := sealIn(kr, b, k, op.ValueBytes())
 			if err != nil {
 				return nil, release, err
 			}
@@ -232,12 +270,37 @@ const (
 // indexCache keeps the opened index key for one keyring: a new keyring
 // (a new cluster after a leave) means a new store content and index key.
 type indexCache struct {
-	mu  sync.Mutex
-	kr  *keyring.Keyring
-	key []byte
+	mu sync.Mutex
+	kr *keyring.Keyring
+	h  *indexHasher
 }
 
-func (s *Store) indexKey(ctx context.Context) ([]byte, error) {
+// indexHasher computes name-index entries under one index key, reusing
+// HMAC states (keyed once, Reset between uses) instead of keying a new one
+// per name. Safe for concurrent use.
+type indexHasher struct {
+	key  []byte
+	pool sync.Pool // of hash.Hash keyed with key
+}
+
+func newIndexHasher(key []byte) *indexHasher {
+	h := &indexHasher{key: key}
+	h.pool.New = func() any { return hmac.New(sha256.New, h.key) }
+	return h
+}
+
+// hash is nameHash(key, kind, name).
+func (h *indexHasher) hash(kind, name string) string {
+	m := h.pool.Get().(hash.Hash)
+	m.Reset()
+	var sum [sha256.Size]byte
+	writeNameHash(m, kind, name)
+	out := hex.EncodeToString(m.Sum(sum[:0]))
+	h.pool.Put(m)
+	return out
+}
+
+func (s *Store) indexKey(ctx context.Context) (*indexHasher, error) {
 	kr, err := s.keyring()
 	if err != nil {
 		return nil, err
@@ -245,16 +308,18 @@ func (s *Store) indexKey(ctx context.Context) ([]byte, error) {
 	c := &s.idx
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.kr == kr && c.key != nil {
-		return c.key, nil
+	if c.kr == kr && c.h != nil {
+		return c.h, nil
 	}
 	key, err := s.loadIndexKey(ctx)
 	if err != nil {
 		return nil, err
 	}
-	keyring.Wipe(c.key)
-	c.kr, c.key = kr, key
-	return key, nil
+	if c.h != nil {
+		keyring.Wipe(c.h.key)
+	}
+	c.kr, c.h = kr, newIndexHasher(key)
+	return c.h, nil
 }
 
 // loadIndexKey reads the index key, creating it if the store has none.
@@ -302,8 +367,12 @@ func (s *Store) loadIndexKey(ctx context.Context) ([]byte, error) {
 // nameHash is the index entry of name in kind.
 func nameHash(key []byte, kind, name string) string {
 	m := hmac.New(sha256.New, key)
-	m.Write([]byte(kind))
-	m.Write([]byte{0})
-	m.Write([]byte(strings.ToLower(name)))
+	writeNameHash(m, kind, name)
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+func writeNameHash(m hash.Hash, kind, name string) {
+	io.WriteString(m, kind)
+	m.Write([]byte{0})
+	io.WriteString(m, strings.ToLower(name))
 }

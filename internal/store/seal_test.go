@@ -396,3 +396,57 @@ func TestLargestObjectsFit(t *testing.T) {
 		}
 	}
 }
+
+// A store whose values were sealed one data key each (before a write's
+// values shared one) opens as before: records, name index, mirror; and a
+// master-key rotation then re-wraps old and new values alike.
+func TestPerValueSealedStoreOpens(t *testing.T) {
+	ctx := context.Background()
+	keys := storetest.NewKeys(t)
+	st := storetest.NewIn(t, t.TempDir(), keys)
+	tb := st.Table("secrets")
+	nk, err := tb.NameKey(ctx, "old-one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{tb.Key("old1"): `{"n":"old-one"}`, nk: "old1"} {
+		if err := store.PutPerValueSealedForTest(ctx, st, k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tb.Create(ctx, "new1", "new-one", []byte(`{"n":"new-one"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.Create(ctx, "new2", "OLD-ONE", []byte(`{}`)); !errors.Is(err, store.ErrNameTaken) {
+		t.Fatalf("a name held in the old form was taken again: %v", err)
+	}
+	m := runMirror(t, st, "secrets")
+	check := func() {
+		t.Helper()
+		for name, id := range map[string]string{"old-one": "old1", "New-One": "new1"} {
+			got, err := tb.LookupName(ctx, name)
+			if err != nil || got != id {
+				t.Fatalf("lookup %s: %q %v", name, got, err)
+			}
+			o, err := tb.Get(ctx, id)
+			if err != nil || !strings.Contains(string(o.Value), strings.ToLower(name)) {
+				t.Fatalf("get %s: %q %v", id, o.Value, err)
+			}
+		}
+		if snap := snapshot(t, m, "secrets"); len(snap) != 2 || snap["old1"] != `{"n":"old-one"}` {
+			t.Fatalf("mirror: %v", snap)
+		}
+	}
+	check()
+	oldID, _ := rotate(t, keys)
+	if _, err := st.Rewrap(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := st.Referencing(ctx, oldID); err != nil || left != 0 {
+		t.Fatalf("after the re-wrap %d values need the old key (%v)", left, err)
+	}
+	if err := keys.Keyring().Forget(oldID); err != nil {
+		t.Fatal(err)
+	}
+	check()
+}

@@ -37,10 +37,12 @@ type Object struct {
 
 // Store wraps an etcd client with hush's key layout.
 type Store struct {
-	cli     *clientv3.Client
-	log     *slog.Logger
-	keys    Keys
-	idx     indexCache
+	cli  *clientv3.Client
+	log  *slog.Logger
+	keys Keys
+	idx  indexCache
+	// opened are the observers of values the mirror opens (OnOpened).
+	opened  openedHooks
 	innerMu sync.Mutex
 	inner   map[string]InnerFunc
 	// gate is held for reading by each write from its seal to its commit,
@@ -125,11 +127,11 @@ func (t *Table) prefix() string          { return root + t.kind + "/" }
 // NameKey is the index key for name (see seal.go), exposed so callers can
 // guard on it.
 func (t *Table) NameKey(ctx context.Context, name string) (string, error) {
-	key, err := t.s.indexKey(ctx)
+	h, err := t.s.indexKey(ctx)
 	if err != nil {
 		return "", err
 	}
-	return root + "names/" + t.kind + "/" + nameHash(key, t.kind, name), nil
+	return root + "names/" + t.kind + "/" + h.hash(t.kind, name), nil
 }
 
 // RefKey is a reference marker key: "object id of kind K is used by owner".

@@ -20,7 +20,8 @@ import (
 type Config struct {
 	Store *store.Store
 	// Hostname names a node whose spec has no name (Swarm uses the node's
-	// hostname); nil leaves such a node's name empty.
+	// hostname); nil leaves such a node's name empty. It may be called from
+	// the store mirror's goroutine too (see Source.opened).
 	Hostname func(nodeID string) string
 	// History is how many events are kept for --since/--until
 	// (DefaultHistory when 0); Buffer how far a subscriber may fall
@@ -51,6 +52,24 @@ type Source struct {
 	rev      int64
 	advanced chan struct{}
 	loaded   bool
+
+	// pre holds the views of values the store's mirror opened ahead of
+	// this source's watch (store.OnOpened), by table/ID, so putLocked
+	// decodes them instead of opening each value a second time. A view
+	// holds names and attributes only, never data. Entries at or below
+	// preRev (what the source has applied) are dropped: the source got
+	// there first and opened the value itself.
+	pmu    sync.Mutex
+	pre    map[string]preView
+	preRev int64
+	// reused counts the values taken from pre (under mu), for tests.
+	reused int
+}
+
+type preView struct {
+	modRev int64
+	v      view
+	err    error
 }
 
 // New returns a Source over c.Store; Run it.
@@ -79,6 +98,7 @@ func New(c Config) *Source {
 // no create or remove (updates in between fold into one).
 func (s *Source) Run(ctx context.Context) {
 	defer s.CloseSubscriptions()
+	defer s.st.OnOpened(s.opened)()
 	for ctx.Err() == nil {
 		rev, err := s.load(ctx)
 		if err == nil {
@@ -125,7 +145,7 @@ func (s *Source) load(ctx context.Context) (int64, error) {
 				continue
 			}
 			seen[id] = true
-			s.putLocked(table, id, string(kv.Key), kv.Value)
+			s.putLocked(table, id, string(kv.Key), kv.Value, kv.ModRevision)
 		}
 		for id := range s.known[table] {
 			if !seen[id] {
@@ -170,7 +190,7 @@ func (s *Source) watch(ctx context.Context, rev int64) error {
 				}
 				s.deleteLocked(table, id)
 			} else {
-				s.putLocked(table, id, string(ev.Kv.Key), ev.Kv.Value)
+				s.putLocked(table, id, string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision)
 			}
 		}
 		s.advanceLocked(resp.Header.Revision)
@@ -192,17 +212,62 @@ func (s *Source) split(key string) (table, id string, ok bool) {
 	return table, id, true
 }
 
-// putLocked records the stored (sealed) value of key. The opened bytes
-// live only for the decode: a view keeps names and attributes, never a
-// secret's or config's data.
-func (s *Source) putLocked(table, id, key string, sealed []byte) {
-	val, err := s.st.OpenValue(key, sealed)
-	if err != nil {
-		s.log.Error("events: unreadable object", "table", table, "id", id, "err", err)
+// opened is the store.OnOpened hook: the view of a value the mirror has
+// just opened, kept until the watch reaches it.
+func (s *Source) opened(table, id string, modRev int64, value []byte) {
+	if _, watched := tables[table]; !watched || id == "" || strings.Contains(id, "/") {
 		return
 	}
-	cur, err := decode(table, id, val, s.hostname)
-	clear(val)
+	s.pmu.Lock()
+	behind := modRev <= s.preRev
+	s.pmu.Unlock()
+	if behind {
+		return // the common case at a reload: the source is there already
+	}
+	v, err := decode(table, id, value, s.hostname)
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if modRev <= s.preRev {
+		return // applied already: the source opened it itself
+	}
+	if s.pre == nil {
+		s.pre = map[string]preView{}
+	}
+	s.pre[table+"/"+id] = preView{modRev: modRev, v: v, err: err}
+}
+
+// takePre returns the mirror's view of table/id at modRev, if it has one.
+func (s *Source) takePre(table, id string, modRev int64) (preView, bool) {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	k := table + "/" + id
+	p, ok := s.pre[k]
+	if !ok || p.modRev > modRev {
+		return preView{}, false
+	}
+	delete(s.pre, k)
+	return p, p.modRev == modRev
+}
+
+// putLocked records the stored (sealed) value of key. The opened bytes
+// live only for the decode: a view keeps names and attributes, never a
+// secret's or config's data. A value the mirror opened already is not
+// opened again.
+func (s *Source) putLocked(table, id, key string, sealed []byte, modRev int64) {
+	var cur view
+	var err error
+	if p, ok := s.takePre(table, id, modRev); ok {
+		cur, err = p.v, p.err
+		s.reused++
+	} else {
+		val, oerr := s.st.OpenValue(key, sealed)
+		if oerr != nil {
+			s.log.Error("events: unreadable object", "table", table, "id", id, "err", oerr)
+			return
+		}
+		cur, err = decode(table, id, val, s.hostname)
+		clear(val)
+	}
 	if err != nil {
 		// What cannot be read cannot be named; the next readable write of
 		// the object is compared with its last readable form.
@@ -245,6 +310,14 @@ func (s *Source) advanceLocked(rev int64) {
 		close(s.advanced)
 		s.advanced = make(chan struct{})
 	}
+	s.pmu.Lock()
+	s.preRev = s.rev
+	for k, p := range s.pre {
+		if p.modRev <= s.rev {
+			delete(s.pre, k)
+		}
+	}
+	s.pmu.Unlock()
 }
 
 // clusterTable is the store table of internal/manager/cluster (unexported

@@ -1,0 +1,211 @@
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// Refused manager certificates at etcd's TLS (see docs/DESIGN.md,
+// "Removing nodes, leaving"). etcd's peer and client listeners accept any
+// unexpired manager certificate of the cluster CA; the only per-connection
+// refusal etcd supports is a revocation list of serial numbers
+// (store.Members.SetCRL). So every manager certificate's serial is
+// recorded in the store when it is issued (and by each manager for the
+// certificate it holds, which covers certificates issued before this
+// table existed), and each manager keeps its member's list current with
+// the serials of the certificates a removal or a demotion refuses.
+
+// managerCertsTable maps a manager certificate's serial (hex) to its node
+// and validity.
+const managerCertsTable = "managercerts"
+
+type managerCertRecord struct {
+	Node      string    `json:"node"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+}
+
+// crlPeriod is how often a manager reads the refusals for its member's
+// list; crlValidity is the list's NextUpdate (etcd does not read it).
+const (
+	crlPeriod   = 2 * time.Second
+	crlValidity = 7 * 24 * time.Hour
+)
+
+// recordManagerCert records leaf (a manager certificate of nodeID);
+// recording it again changes nothing.
+func recordManagerCert(ctx context.Context, st *store.Store, nodeID string, leaf *x509.Certificate) error {
+	val, _ := json.Marshal(managerCertRecord{Node: nodeID, NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC()})
+	_, err := st.Table(managerCertsTable).Create(ctx, leaf.SerialNumber.Text(16), "", val)
+	if errors.Is(err, store.ErrNameTaken) {
+		return nil
+	}
+	return err
+}
+
+// noteIssued records a manager certificate just issued (issue).
+func (d *Daemon) noteIssued(iss *pki.Issued, nodeID string, role pki.Role) error {
+	if role != pki.RoleManager {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := recordManagerCert(ctx, d.store, nodeID, iss.Leaf); err != nil {
+		return fmt.Errorf("recording the manager certificate: %w", err)
+	}
+	return nil
+}
+
+// refusedManagerSerials are the serials of unexpired manager certificates
+// that etcd must refuse: those of a removed node issued up to its removal
+// (the dispatcher's rule, removedCache), and every one of a node recorded
+// as a worker (demoted). A node promoted again is a manager: its earlier
+// manager certificates are accepted again until they expire.
+func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) ([]*big.Int, error) {
+	objs, err := st.Table(managerCertsTable).List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(objs) == 0 {
+		return nil, nil
+	}
+	recs, err := nodes.List(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	role := map[string]swarm.NodeRole{}
+	for _, n := range recs {
+		role[n.ID] = n.Spec.Role
+	}
+	removed, err := nodes.Removed(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	var out []*big.Int
+	for _, o := range objs {
+		var r managerCertRecord
+		if json.Unmarshal(o.Value, &r) != nil || !r.NotAfter.After(now) {
+			continue
+		}
+		refused := role[r.Node] == swarm.NodeRoleWorker
+		if at, ok := removed[r.Node]; ok && !r.NotBefore.Add(pki.Backdate).Truncate(time.Second).After(at) {
+			refused = true
+		}
+		if !refused {
+			continue
+		}
+		s, ok := new(big.Int).SetString(o.ID, 16)
+		if ok {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b *big.Int) int { return a.Cmp(b) })
+	return out, nil
+}
+
+// keepEtcdCRL runs while this manager is active: it records the
+// certificate it holds, and sets its member's revocation list whenever
+// the refused serials change.
+func (d *Daemon) keepEtcdCRL(ctx context.Context) {
+	members := d.store.Members()
+	if members == nil {
+		return
+	}
+	var last string
+	set := false
+	var recorded *x509.Certificate
+	t := time.NewTicker(crlPeriod)
+	defer t.Stop()
+	for {
+		if c := d.cert.Load(); c != nil && c.Leaf != nil && c.Leaf != recorded && certRole(c.Leaf) == pki.RoleManager {
+			if err := recordManagerCert(ctx, d.store, d.nodeID, c.Leaf); err == nil {
+				recorded = c.Leaf
+			}
+		}
+		now := time.Now()
+		serials, err := refusedManagerSerials(ctx, d.store, now)
+		if err == nil {
+			parts := make([]string, len(serials))
+			for i, s := range serials {
+				parts[i] = s.Text(16)
+			}
+			if key := strings.Join(parts, ","); !set || key != last {
+				if err = d.setEtcdCRL(ctx, members, serials, now); err == nil {
+					last, set = key, true
+					d.log.Info("etcd's revocation list set", "refused", len(serials))
+				}
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			d.log.Warn("etcd's revocation list not updated", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// setEtcdCRL signs the list with the cluster CA and hands it to etcd.
+func (d *Daemon) setEtcdCRL(ctx context.Context, members *store.Members, serials []*big.Int, now time.Time) error {
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return err
+	}
+	roots, err := pki.ParseRootBundle([]byte(c.CACert), now)
+	if err != nil {
+		return err
+	}
+	signer, err := c.CASigner(&d.keys)
+	if err != nil {
+		return err
+	}
+	ca, err := pki.NewCA(roots[0], signer, nil)
+	if err != nil {
+		return err
+	}
+	der, err := ca.RevocationList(serials, now.UnixNano(), now, crlValidity)
+	if err != nil {
+		return err
+	}
+	if err := members.SetCRL(der); err != nil {
+		return err
+	}
+	// The next start of this member uses it until it is active again.
+	if err := writeFileSync(d.crlPath(), der, 0o600); err != nil {
+		d.log.Warn("keeping etcd's revocation list for the next start", "err", err)
+	}
+	return nil
+}
+
+func (d *Daemon) crlPath() string { return filepath.Join(d.cfg.DataDir, "etcd-crl.der") }
+
+// savedCRL is the list this member last set (nil when there is none or it
+// does not parse: the store starts with an empty one).
+func (d *Daemon) savedCRL() []byte {
+	b, err := os.ReadFile(d.crlPath())
+	if err != nil {
+		return nil
+	}
+	if _, err := x509.ParseRevocationList(b); err != nil {
+		d.log.Warn("ignoring a malformed saved revocation list", "err", err)
+		return nil
+	}
+	return b
+}

@@ -1,0 +1,95 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// peerGet asks m's etcd peer port /version under cert: nil when etcd's
+// listener accepted the connection.
+func peerGet(t *testing.T, m *Daemon, cert tls.Certificate) error {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(getCluster(t, m).CACert))
+	cli := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "swarm-manager", MinVersion: tls.VersionTLS13}}}
+	defer cli.CloseIdleConnections()
+	adv, _ := m.listen.peerURLs()
+	resp, err := cli.Get(adv + "/version")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// A promoted node's manager certificate is accepted by the other
+// manager's etcd; once the node is demoted, that certificate is refused
+// there (the revocation list), and it stays refused after the node is
+// removed; the remaining manager's own certificate is still accepted.
+func TestEtcdRefusesDemotedCertificate(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	old := *w.cert.Load()
+	own := *m.cert.Load()
+	if err := peerGet(t, m, old); err != nil {
+		t.Fatalf("a current manager certificate refused: %v", err)
+	}
+
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	waitUntil(t, "the demoted node's manager certificate refused by etcd", func() bool { return peerGet(t, m, old) != nil })
+	if err := peerGet(t, m, own); err != nil {
+		t.Fatalf("the remaining manager's certificate refused: %v", err)
+	}
+
+	if _, err := (clusterNodes{m}).RemoveNode(ctx, w.nodeID, true); err != nil {
+		t.Fatalf("node rm: %v", err)
+	}
+	serials, err := refusedManagerSerials(ctx, m.store, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(serials, func(s *big.Int) bool { return s.Text(16) == old.Leaf.SerialNumber.Text(16) }) {
+		t.Fatalf("the removed node's manager certificate is not refused: %v", serials)
+	}
+	if err := peerGet(t, m, old); err == nil {
+		t.Fatal("the removed node's manager certificate accepted by etcd")
+	}
+	// The list is kept for the member's next start.
+	crl, err := x509.ParseRevocationList(m.savedCRL())
+	if err != nil {
+		t.Fatalf("saved list: %v", err)
+	}
+	if !slices.ContainsFunc(crl.RevokedCertificateEntries, func(e x509.RevocationListEntry) bool { return e.SerialNumber.Cmp(old.Leaf.SerialNumber) == 0 }) {
+		t.Fatal("the saved list does not name the refused certificate")
+	}
+	roots, err := pki.ParseRootBundle([]byte(getCluster(t, m).CACert), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crl.CheckSignatureFrom(roots[0]); err != nil {
+		t.Fatalf("the list is not signed by the cluster CA: %v", err)
+	}
+}

@@ -1,0 +1,195 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// threeJoinedManagers starts a manager and joins two more with the manager
+// token; it returns them and the configurations to restart the joiners.
+func threeJoinedManagers(t *testing.T) ([]*Daemon, []Config, string) {
+	t.Helper()
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m1 := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m1)
+	ds, cfgs := []*Daemon{m1}, []Config{{}}
+	for range 2 {
+		cfg := Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+		m := startWith(t, cfg)
+		if err := m.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Manager}); err != nil {
+			t.Fatalf("manager join: %v", err)
+		}
+		waitUntil(t, "the joined manager votes", func() bool { return m.isVoter(ctx) })
+		ds, cfgs = append(ds, m), append(cfgs, cfg)
+	}
+	return ds, cfgs, c.JoinTokens.Manager
+}
+
+func voters(t *testing.T, m *Daemon) int {
+	t.Helper()
+	list, err := m.store.Members().List(context.Background())
+	if err != nil {
+		t.Fatalf("members: %v", err)
+	}
+	n := 0
+	for _, mb := range list {
+		if !mb.Learner {
+			n++
+		}
+	}
+	return n
+}
+
+// leftFiles checks that a node that left holds no manager state and kept
+// its key to join again.
+func leftFiles(t *testing.T, d *Daemon) {
+	t.Helper()
+	dir := d.cfg.DataDir
+	if d.store.Members() != nil {
+		t.Error("the node that left still runs a cluster member")
+	}
+	for f, want := range map[string]bool{"member.json": false, "keys/master.key": false,
+		"leaving.json": false, "worker.json": false, "keys/join.key": true, "etcd-crl.der": false} {
+		if exists(t, dir, f) != want {
+			t.Errorf("%s exists=%v after leaving, want %v", f, !want, want)
+		}
+	}
+}
+
+// writeAndRead writes through one manager and reads it linearizably on
+// another.
+func writeAndRead(t *testing.T, w, r *Daemon, val string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := w.store.Client().Put(ctx, "/hush-test/leave", val); err != nil {
+		t.Fatalf("write after the leave: %v", err)
+	}
+	resp, err := r.store.Client().Get(ctx, "/hush-test/leave")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != val {
+		t.Fatalf("read after the leave: %v %v", resp, err)
+	}
+}
+
+// `swarm leave --force` on a manager of three: refused while leaving
+// would lose the quorum (one other manager down), the node staying a
+// voter; with all up its member is removed, its state wiped, the other
+// two keep writing, node ls lists it Down and Unreachable (as Swarm until
+// demote and rm), and it can join again.
+func TestLeaveManagerOfCluster(t *testing.T) {
+	ctx := context.Background()
+	ms, cfgs, token := threeJoinedManagers(t)
+	m1, m2, m3 := ms[0], ms[1], ms[2]
+
+	m3.Close()
+	err := m2.Leave(ctx, true)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "can't remove member from the raft: this would result in a loss of quorum") {
+		t.Fatalf("leave losing quorum: %v", err)
+	}
+	if !m2.isVoter(ctx) || exists(t, m2.cfg.DataDir, "leaving.json") {
+		t.Fatal("a refused leave did not leave the node a member")
+	}
+	m3 = startWith(t, cfgs[2])
+	waitUntil(t, "the restarted manager votes", func() bool { return m3.isVoter(ctx) })
+
+	if err := m3.Leave(ctx, true); err != nil {
+		t.Fatalf("leave --force: %v", err)
+	}
+	if st := m3.State(); st != swarm.LocalNodeStateInactive {
+		t.Fatalf("state after leave %q", st)
+	}
+	leftFiles(t, m3)
+	if n := voters(t, m1); n != 2 {
+		t.Fatalf("%d voters after the leave, want 2", n)
+	}
+	writeAndRead(t, m1, m2, "a")
+	writeAndRead(t, m2, m1, "b")
+	_, others, ok, err := clusterNodes{m1}.Managers(ctx)
+	if err != nil || !ok {
+		t.Fatalf("node ls: %v", err)
+	}
+	found := false
+	for _, n := range others {
+		if n.ID != m3.nodeID {
+			continue
+		}
+		found = true
+		if n.Spec.Role != swarm.NodeRoleManager || n.ManagerStatus == nil || n.ManagerStatus.Reachability != swarm.ReachabilityUnreachable || n.Status.State != swarm.NodeStateDown {
+			t.Errorf("node ls shows the manager that left as %+v %+v", n.ManagerStatus, n.Status)
+		}
+	}
+	if !found {
+		t.Fatal("node ls does not list the manager that left")
+	}
+
+	if err := m3.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{m1.listen.Advertise}, JoinToken: token}); err != nil {
+		t.Fatalf("join again: %v", err)
+	}
+	waitUntil(t, "the manager that left votes again", func() bool { return m3.isVoter(ctx) })
+	if n := voters(t, m1); n != 3 {
+		t.Fatalf("%d voters after joining again, want 3", n)
+	}
+}
+
+// A leave stopped at each step as by a crash: the restarted node is
+// either still a voter with its data or has fully left, and the other
+// two keep their quorum either way.
+func TestLeaveCrashes(t *testing.T) {
+	ctx := context.Background()
+	ms, cfgs, token := threeJoinedManagers(t)
+	m1, m2, m3 := ms[0], ms[1], ms[2]
+	for _, step := range []struct {
+		point string
+		left  bool
+	}{
+		{fpLeaveMark, false},
+		{fpLeaveRemove, true},
+		{fpLeaveWipe, true},
+		{fpLeaveUnmark, true},
+	} {
+		outer := t
+		t.Run(step.point, func(t *testing.T) {
+			writeAndRead(t, m1, m3, step.point)
+			hit := crashAt(m3, step.point)
+			if err := m3.Leave(ctx, true); err == nil {
+				t.Fatal("the failpoint did not stop the leave")
+			}
+			select {
+			case <-hit:
+			default:
+				t.Fatal("the failpoint did not fire")
+			}
+			m3.Close()
+			writeAndRead(t, m1, m2, step.point+"-while-down")
+			m3 = startWith(outer, cfgs[2])
+			if !step.left {
+				waitUntil(t, "the restarted node votes", func() bool { return m3.isVoter(ctx) })
+				resp, err := m3.store.Client().Get(ctx, "/hush-test/leave")
+				if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != step.point+"-while-down" {
+					t.Fatalf("the member's data after the restart: %v %v", resp, err)
+				}
+				if n := voters(t, m1); n != 3 {
+					t.Fatalf("%d voters, want 3", n)
+				}
+				return
+			}
+			if st := m3.State(); st != swarm.LocalNodeStateInactive {
+				t.Fatalf("state after the restart %q, want inactive", st)
+			}
+			leftFiles(t, m3)
+			if n := voters(t, m1); n != 2 {
+				t.Fatalf("%d voters, want 2", n)
+			}
+			writeAndRead(t, m2, m1, step.point+"-after")
+			if err := m3.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{m1.listen.Advertise}, JoinToken: token}); err != nil {
+				t.Fatalf("join again: %v", err)
+			}
+			waitUntil(t, "the node votes again", func() bool { return m3.isVoter(ctx) })
+		})
+	}
+}
