@@ -300,12 +300,21 @@ func (d *Daemon) noteFetchedLocked(ctx context.Context) error {
 // locked node (moby's daemon/cluster Leave).
 const msgLeaveLocked = "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message."
 
-// leaveLockedMemberLocked is `swarm leave` on a manager started locked: a
-// member like any other (its store here is a scratch one, and its key
-// files are the member's, never erased as a lone node's would be).
+// leaveLockedMemberLocked is `swarm leave` on a manager started locked
+// (its store here is a scratch one, and its key files are the member's,
+// never erased as a lone node's would be): Swarm's locked refusal without
+// --force; with it, refused by name (over an external etcd, Leave takes
+// the external manager's leave instead).
 func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error {
 	if !force {
 		return errdefs.Unavailable("%s", msgLeaveLocked)
 	}
-	return d.leaveMemberLocked(ctx, true)
+	// A manager's leave has another manager remove its etcd member, over
+	// mutual TLS with its node key, which is sealed until the unlock.
+	return errdefs.Unavailable("%s", msgLeaveLockedForce)
 }
+
+// msgLeaveLockedForce refuses `swarm leave --force` on a locked manager
+// of an embedded cluster (Swarm wipes it without leaving raft).
+const msgLeaveLockedForce = "this manager is locked: run `docker swarm unlock` first; its leave has another manager remove its etcd member, which needs its node key, sealed until the unlock"
+

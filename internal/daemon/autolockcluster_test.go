@@ -122,6 +122,11 @@ func TestClusterAutolock(t *testing.T) {
 	if err := m2.d.Leave(ctx, false); err == nil || err.Error() != msgLeaveLocked {
 		t.Errorf("leave on the locked manager: %v, want %q", err, msgLeaveLocked)
 	}
+	// With --force: refused by name (its etcd member's removal needs the
+	// node key, sealed until the unlock), not as a node of no cluster.
+	if err := m2.d.Leave(ctx, true); !errors.Is(err, errdefs.ErrUnavailable) || err.Error() != msgLeaveLockedForce {
+		t.Errorf("leave --force on the locked manager: %v, want %q", err, msgLeaveLockedForce)
+	}
 	if !m2.d.lockedKey.Exists() || !exists(t, m2.cfg.DataDir, "member.json") {
 		t.Fatal("a refused leave touched the locked manager's files")
 	}
