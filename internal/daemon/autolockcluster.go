@@ -97,7 +97,13 @@ func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
 	d.unlockMember = nil
 	d.mu.Unlock()
 	if mc != nil {
-		demoted, err := d.demotedWhileDown(ctx)
+		// A leave a crash interrupted is finished first, as a plain
+		// restart finishes it before it opens its store (leftWhileDown).
+		left, err := d.leftWhileDown(ctx)
+		demoted := false
+		if err == nil && !left {
+			demoted, err = d.demotedWhileDown(ctx)
+		}
 		if err != nil {
 			// Locked as before: a later unlock asks again.
 			clear(mc.TLS.KeyPEM)
@@ -119,12 +125,17 @@ func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
 		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
 			d.log.Warn("removing the locked manager's scratch store", "err", err)
 		}
-		if demoted {
+		if left || demoted {
 			clear(mc.TLS.KeyPEM)
 			mc = nil
 			d.unlockWith.Destroy()
 			d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+		}
+		if demoted {
 			err = d.loadWorker()
+		}
+		if left {
+			d.state = swarm.LocalNodeStateInactive
 		}
 		if err == nil {
 			err = d.openStoreLocked(ctx, mc)
@@ -133,7 +144,7 @@ func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("starting this node's store: %w", err)
 		}
-		if demoted {
+		if left || demoted {
 			return d.startServing(ctx, false)
 		}
 	}

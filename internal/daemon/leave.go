@@ -231,6 +231,13 @@ func (d *Daemon) leftWhileDown(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("leave marker: %w", err)
 	}
+	if d.member == nil && d.lockedMember != nil {
+		// Autolocked: the managers can be asked only with the node key,
+		// sealed until the unlock, which finishes the leave
+		// (serveUnlockedMember). The marker and every file stay.
+		d.log.Warn("a leave was interrupted: it is finished at `docker swarm unlock`")
+		return false, nil
+	}
 	if d.member == nil {
 		d.log.Warn("finishing an interrupted leave: the manager state was already wiped")
 		return true, d.wipeLeftManager()
