@@ -328,4 +328,3 @@ func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error 
 // msgLeaveLockedForce refuses `swarm leave --force` on a locked manager
 // of an embedded cluster (Swarm wipes it without leaving raft).
 const msgLeaveLockedForce = "this manager is locked: run `docker swarm unlock` first; its leave has another manager remove its etcd member, which needs its node key, sealed until the unlock"
-
