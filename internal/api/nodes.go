@@ -91,3 +91,48 @@ func (s *Server) otherNode(ctx context.Context, ref string) (swarm.Node, bool, e
 	}
 	return swarm.Node{}, false, nil
 }
+
+// nodeRef resolves a node reference to a node ID as Swarm's getNode does:
+// full ID, then hostname, then unique ID prefix, among this node and the
+// others `node ls` shows; Swarm's not-found or ambiguity error otherwise.
+// "self", when it names no node, is this node (as the CLI resolves it).
+func (s *Server) nodeRef(ctx context.Context, ref string) (string, error) {
+	type node struct{ id, host string }
+	all := []node{{s.Node.ID, hostname()}}
+	if s.Nodes != nil {
+		_, others, ok, err := s.Nodes.Managers(ctx)
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			for _, n := range others {
+				all = append(all, node{n.ID, n.Description.Hostname})
+			}
+		}
+	}
+	var byName, byPrefix []string
+	for _, n := range all {
+		if n.id == ref {
+			return n.id, nil
+		}
+		if n.host == ref {
+			byName = append(byName, n.id)
+		}
+		if strings.HasPrefix(n.id, ref) {
+			byPrefix = append(byPrefix, n.id)
+		}
+	}
+	for _, found := range [][]string{byName, byPrefix} {
+		switch len(found) {
+		case 0:
+		case 1:
+			return found[0], nil
+		default:
+			return "", errdefs.BadRequest("node %s is ambiguous (%d matches found)", ref, len(found))
+		}
+	}
+	if ref == "self" {
+		return s.Node.ID, nil
+	}
+	return "", errdefs.NotFound("node %s not found", ref)
+}

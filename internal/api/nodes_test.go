@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/services"
+	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
@@ -189,5 +192,72 @@ func TestNodeListCluster(t *testing.T) {
 	}
 	if info.Swarm.Managers != 3 || info.Swarm.Nodes != 3 || len(info.Swarm.RemoteManagers) != 3 {
 		t.Errorf("info: %d managers, %d nodes, %d remote managers; want 3 3 3", info.Swarm.Managers, info.Swarm.Nodes, len(info.Swarm.RemoteManagers))
+	}
+}
+
+// The tasks' node filter names one node as Swarm's getNode does (full ID,
+// hostname, unique ID prefix) and lists only that node's tasks, this
+// node's included; a name matching none is Swarm's not-found, several its
+// ambiguity error.
+func TestTaskListNodeFilter(t *testing.T) {
+	s := newNodeServer(t)
+	s.Nodes = fakeManagers{}
+	s.Cluster = noCluster{}
+	for _, node := range []string{testNodeID, "peer2aaaaaaaaaaaaaaaaaaaa", "peer3aaaaaaaaaaaaaaaaaaaa"} {
+		task := model.Task{}
+		task.ID, task.ServiceID, task.NodeID = "t-"+node, "svc1", node
+		b, _ := json.Marshal(&task)
+		if _, err := s.Services.Store().Table(model.TasksTable).Create(context.Background(), task.ID, "", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		ref  string
+		code int
+		want string // the one task's node, or the error message
+	}{
+		{testNodeID, 200, testNodeID},
+		{testNodeID[:6], 200, testNodeID},
+		{hostname(), 200, testNodeID},
+		{"peer2aaaaaaaaaaaaaaaaaaaa", 200, "peer2aaaaaaaaaaaaaaaaaaaa"},
+		{"peer3", 200, "peer3aaaaaaaaaaaaaaaaaaaa"},
+		{"peer", 400, "node peer is ambiguous (2 matches found)"},
+		{"nosuch", 404, "node nosuch not found"},
+		{"self", 200, testNodeID},
+	} {
+		var got []string
+		var rec *httptest.ResponseRecorder
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			rec = serve(s, "GET", "/v1.41/tasks?filters="+url.QueryEscape(`{"node":{"`+tt.ref+`":true}}`), "")
+			got = nil
+			var ts []swarm.Task
+			if rec.Code == 200 {
+				if err := json.Unmarshal(rec.Body.Bytes(), &ts); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, x := range ts {
+				got = append(got, x.NodeID)
+			}
+			// The mirror catches up with the store asynchronously.
+			if rec.Code != 200 || len(got) > 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if rec.Code != tt.code {
+			t.Errorf("node=%s: status %d, want %d: %s", tt.ref, rec.Code, tt.code, rec.Body)
+			continue
+		}
+		if tt.code != 200 {
+			if m := msgOf(t, rec.Body.String()); m != tt.want {
+				t.Errorf("node=%s: message %q, want %q", tt.ref, m, tt.want)
+			}
+			continue
+		}
+		if len(got) != 1 || got[0] != tt.want {
+			t.Errorf("node=%s: tasks on %v, want one on %s", tt.ref, got, tt.want)
+		}
 	}
 }

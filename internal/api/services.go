@@ -242,6 +242,16 @@ func (s *Server) taskList(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	// The node filter names nodes as dockerd resolves them (getNode).
+	var nodeIDs []string
+	for _, ref := range args.values("node") {
+		id, err := s.nodeRef(r.Context(), ref)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		nodeIDs = append(nodeIDs, id)
+	}
 	wantSvc := len(args.values("service")) > 0
 	upToDate := len(args.values("_up-to-date")) > 0
 	out := make([]swarm.Task, 0, len(tasks))
@@ -254,7 +264,7 @@ func (s *Server) taskList(w http.ResponseWriter, r *http.Request) {
 		}
 		if !matchAny(t.ID, args.values("id"), strings.HasPrefix) ||
 			!matchAny(t.Name(), args.values("name"), hasPrefixFold) ||
-			!matchAny(t.NodeID, args.values("node"), func(v, w string) bool { return v == w || w == s.Node.ID || w == hostname() || w == "self" }) ||
+			!matchAny(t.NodeID, nodeIDs, func(v, w string) bool { return v == w }) ||
 			!matchAny(string(t.DesiredState), args.values("desired-state"), func(v, w string) bool { return v == w || w == "accepted" && v == "running" }) ||
 			!services.MatchLabels(svcLabels[t.ServiceID], args.values("label")) {
 			continue

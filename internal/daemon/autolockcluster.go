@@ -265,6 +265,7 @@ func (d *Daemon) followOnce(ctx context.Context) bool {
 	}
 	defer d.notePendingLocked()
 	acked, err := d.settleKeysLocked(ctx, d.mk, "")
+	d.notePendingLocked() // at once: the files just changed
 	if err == nil && acked {
 		err = d.noteFetchedLocked(ctx)
 	}
@@ -319,6 +320,9 @@ const msgLeaveLocked = "Swarm is encrypted and locked. Please unlock it first or
 func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error {
 	if !force {
 		return errdefs.Unavailable("%s", msgLeaveLocked)
+	}
+	if d.lockedMember.External != nil {
+		return d.leaveLockedExternalLocked(ctx)
 	}
 	// A manager's leave has another manager remove its etcd member, over
 	// mutual TLS with its node key, which is sealed until the unlock.

@@ -18,7 +18,7 @@ import (
 // is locked, refuses a wrong key, and serves once unlocked; `swarm leave
 // --force` on a locked manager leaves as an unlocked one's does (there is
 // no etcd membership to remove), its key files gone, the cluster kept.
-func TestExternalManagersAutolock(t *testing.T) {
+func TestExternalLockedManagerUnlockAndLeave(t *testing.T) {
 	ctx := context.Background()
 	srv := etcdtest.Start(t)
 	a, _ := externalManager(t, srv, "/team", false)

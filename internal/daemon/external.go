@@ -18,6 +18,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A hushd started with --external-etcd keeps its store in an etcd cluster
@@ -207,6 +208,34 @@ func (d *Daemon) checkJoinerStore(other *externalRef) error {
 	return nil
 }
 
+// checkSwarmStore is checkJoinerStore on the joining (or promoted) node,
+// with the managers' answer: the same refusals, worded for this node. The
+// managers refuse first (admit, promoteNode); this catches a manager that
+// did not.
+func (d *Daemon) checkSwarmStore(swarmRef *externalRef) error {
+	own := d.externalRef()
+	switch {
+	case own == nil && swarmRef == nil:
+		return nil
+	case own == nil:
+		return errdefs.BadRequest("this swarm keeps its store in an external etcd (%s, prefix %q): start this node with --external-etcd %s --external-etcd-prefix %q and its TLS files for that etcd",
+			strings.Join(swarmRef.Endpoints, ","), swarmRef.Prefix, strings.Join(swarmRef.Endpoints, ","), swarmRef.Prefix)
+	case swarmRef == nil:
+		return errdefs.BadRequest("this node keeps its store in an external etcd (--external-etcd %s), but this swarm's managers are members of their own etcd cluster: start it without --external-etcd",
+			strings.Join(own.Endpoints, ","))
+	}
+	eps := slices.Clone(swarmRef.Endpoints)
+	slices.Sort(eps)
+	if !slices.Equal(slices.Compact(eps), own.Endpoints) {
+		return errdefs.BadRequest("--external-etcd %s differs from this swarm's external etcd endpoints %s: every manager must name the same endpoints",
+			strings.Join(own.Endpoints, ","), strings.Join(swarmRef.Endpoints, ","))
+	}
+	if swarmRef.Prefix != own.Prefix {
+		return errdefs.BadRequest("--external-etcd-prefix %q differs from this swarm's prefix %q in the external etcd: every manager must use the same prefix", own.Prefix, swarmRef.Prefix)
+	}
+	return nil
+}
+
 // foreignCluster reports whether the external etcd holds a hush cluster
 // (under this node's prefix) for which this node has no key file: another
 // hushd's, which this one must neither join by accident nor overwrite.
@@ -326,19 +355,16 @@ func (externalBackups) Backup(context.Context, []byte, io.Writer) error {
 // other manager recorded) it then erases the cluster, as a lone node's
 // leave does (handled false: Leave goes on with a lone node's steps).
 func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (handled bool, err error) {
-	// A manager started locked (autolock) leaves alike: its membership is
-	// lockedMember, and there is no etcd member to take out either.
-	ms := d.member
-	if ms == nil {
-		ms = d.lockedMember
-	}
-	if !force || ms == nil || ms.External == nil {
+	if !force || d.member == nil || d.member.External == nil {
 		return false, nil
 	}
-	last, err := d.lastExternalManager(ctx, ms == d.lockedMember)
+	all, err := nodes.List(ctx, d.store)
 	if err != nil {
 		return true, err
 	}
+	last := !slices.ContainsFunc(all, func(n nodes.Node) bool {
+		return n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager
+	})
 	d.stopRuntime()
 	d.joinSvc.close()
 	d.joinSvc = nil
@@ -349,7 +375,7 @@ func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (ha
 	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return true, fmt.Errorf("member state: %w", err)
 	}
-	d.member, d.nodeKey, d.lockedMember = nil, nil, nil
+	d.member, d.nodeKey = nil, nil
 	d.cert.Store(nil)
 	if err := d.openStoreLocked(ctx, nil); err != nil {
 		return true, err
@@ -373,27 +399,26 @@ func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (ha
 	return true, nil
 }
 
-// lastExternalManager reports whether no other node of the cluster is a
-// manager. The node records are sealed: a manager started locked reads
-// the managers' registry instead (its keys are node IDs, readable without
-// the master key), which holds the same managers (written at admission,
-// deleted at demotion and removal).
-func (d *Daemon) lastExternalManager(ctx context.Context, locked bool) (bool, error) {
-	if locked {
-		if err := d.store.EnableManagers(d.nodeID); err != nil {
-			return false, err
-		}
-		list, err := d.store.Members().List(ctx)
-		if err != nil {
-			return false, err
-		}
-		return !slices.ContainsFunc(list, func(m store.Member) bool { return m.ID != d.nodeID }), nil
-	}
-	all, err := nodes.List(ctx, d.store)
+// leaveLockedExternalLocked is `swarm leave --force` on a locked manager
+// of a cluster over an external etcd: as leaveExternalManagerLocked, but
+// what a locked node can read decides whether it is the last manager (the
+// registry's keys; node records are sealed): then it erases the cluster
+// under the prefix as the last manager's leave does, else leaves the
+// cluster to the others. Its key files and membership are wiped.
+func (d *Daemon) leaveLockedExternalLocked(ctx context.Context) error {
+	ids, err := d.store.RegisteredManagers(ctx)
 	if err != nil {
-		return false, err
+		return err
 	}
-	return !slices.ContainsFunc(all, func(n nodes.Node) bool {
-		return n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager
-	}), nil
+	if !slices.ContainsFunc(ids, func(id string) bool { return id != d.nodeID }) {
+		d.log.Info("the last manager of the cluster in the external etcd leaves, locked: erasing the cluster")
+		if _, err := d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix()); err != nil {
+			return fmt.Errorf("erase cluster state: %w", err)
+		}
+	}
+	d.lockedMember = nil
+	if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+		d.log.Warn("removing the locked manager's scratch store", "err", err)
+	}
+	return d.finishLeaveLocked(ctx)
 }

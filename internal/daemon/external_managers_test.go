@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/objects"
@@ -307,5 +309,126 @@ func TestExternalInitListen(t *testing.T) {
 	}
 	if list, err := d.store.Members().List(ctx); err != nil || len(list) != 1 || list[0].Name != d.nodeID {
 		t.Fatalf("managers: %+v %v", list, err)
+	}
+}
+
+// A worker promoted in a cluster over an external etcd while it has no
+// --external-etcd (or another prefix) is refused by the manager before
+// anything is issued: no manager certificate, no master key, no entry in
+// the managers' registry; the refusal tells the worker what to start with.
+func TestExternalPromoteMismatchedWorker(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	a, _ := externalManager(t, srv, "/team", false)
+	c := getCluster(t, a)
+	join := func(d *Daemon) error {
+		return d.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{a.listen.Listen}, JoinToken: c.JoinTokens.Worker})
+	}
+	// An hour: only the test's own sync rounds run.
+	emb := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
+	ocfg := externalCfg(srv, t.TempDir(), "/elsewhere")
+	ocfg.ListenAddr, ocfg.NoInit, ocfg.RoleSyncPeriod = loopbackListen(t), true, time.Hour
+	other := startWith(t, ocfg)
+	for _, tc := range []struct {
+		name string
+		w    *Daemon
+		want string
+	}{
+		{"embedded", emb, `this swarm keeps its store in an external etcd (` + srv.Endpoint + `, prefix "/team"): start the joining node with --external-etcd`},
+		{"other prefix", other, `--external-etcd-prefix "/elsewhere" differs from this swarm's prefix "/team"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := join(tc.w); err != nil {
+				t.Fatalf("worker join: %v", err)
+			}
+			if err := setRole(ctx, a, tc.w.nodeID, swarm.NodeRoleManager); err != nil {
+				t.Fatalf("promote: %v", err)
+			}
+			err := tc.w.syncOnce(ctx)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("promotion of a worker with another store: %v", err)
+			}
+			if list, err := a.store.Members().List(ctx); err != nil || len(list) != 1 || list[0].ID != a.nodeID {
+				t.Fatalf("managers' registry after the refused promotion: %+v %v", list, err)
+			}
+			if !tc.w.isWorker() || tc.w.plainKey.Exists() || certRole(tc.w.cert.Load().Leaf) != pki.RoleWorker {
+				t.Fatal("the refused worker changed")
+			}
+		})
+	}
+}
+
+// Autolock on managers over an external etcd: a restarted manager is
+// locked; unlocked, it serves again; locked, `swarm leave --force` takes
+// it out as it does an unlocked one (key files and membership wiped,
+// inactive), and the other manager keeps the cluster.
+func TestExternalManagersAutolock(t *testing.T) {
+	ctx := context.Background()
+	srv := etcdtest.Start(t)
+	a, adir := externalManager(t, srv, "/lock", false)
+	c := getCluster(t, a)
+	b, bdir := externalManager(t, srv, "/lock", true)
+	if err := b.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{a.listen.Listen}, JoinToken: c.JoinTokens.Manager}); err != nil {
+		t.Fatalf("manager join: %v", err)
+	}
+	spec := c.Spec
+	spec.EncryptionConfig.AutoLockManagers = true
+	if err := a.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	k := fetchUnlockKey(t, a)
+	waitUntil(t, "the joined manager locks under the fetched key", func() bool { return lockedUnder(b, k) })
+	restart := func() {
+		cfg := externalCfg(srv, bdir, "/lock")
+		cfg.ListenAddr, cfg.NoInit, cfg.RoleSyncPeriod = b.listen.Listen, true, fastSync
+		b.Close()
+		b = startWith(t, cfg)
+		if st := b.State(); st != swarm.LocalNodeStateLocked {
+			t.Fatalf("restarted manager: state %q, want locked", st)
+		}
+	}
+	restart()
+	if err := b.Unlock(ctx, k); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	waitUntil(t, "the unlocked manager serves", func() bool { return b.CheckServing() == nil })
+	if got := getCluster(t, b); got.ID != c.ID {
+		t.Fatalf("unlocked manager reads cluster %s, want %s", got.ID, c.ID)
+	}
+	restart()
+	if err := b.Leave(ctx, true); err != nil {
+		t.Fatalf("leave --force on the locked manager: %v", err)
+	}
+	if b.State() != swarm.LocalNodeStateInactive || exists(t, bdir, "member.json") || b.lockedKey.Exists() || b.plainKey.Exists() {
+		t.Fatal("the locked manager that left kept its state or files")
+	}
+	if _, err := a.secrets.Create(ctx, objects.Spec{Name: "after-leave", Data: []byte("x")}); err != nil {
+		t.Fatalf("the cluster after a locked manager left: %v", err)
+	}
+	// Demoted and removed, the other is gone: the locked last manager's
+	// leave erases the cluster under the prefix.
+	if err := setRole(ctx, a, b.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demoting the manager that left: %v", err)
+	}
+	if _, err := (clusterNodes{a}).RemoveNode(ctx, b.nodeID, true); err != nil {
+		t.Fatalf("node rm: %v", err)
+	}
+	acfg := externalCfg(srv, adir, "/lock")
+	acfg.ListenAddr, acfg.NoInit, acfg.RoleSyncPeriod = a.listen.Listen, true, fastSync
+	a.Close()
+	a = startWith(t, acfg)
+	if st := a.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted last manager: state %q, want locked", st)
+	}
+	if err := a.Leave(ctx, true); err != nil {
+		t.Fatalf("leave --force on the locked last manager: %v", err)
+	}
+	for k := range srv.Dump(t) {
+		if strings.HasPrefix(k, "/lock/hush/v1/") {
+			t.Fatalf("left after the locked last manager's leave: %q", k)
+		}
+	}
+	if a.State() != swarm.LocalNodeStateInactive || a.lockedKey.Exists() || exists(t, adir, "member.json") {
+		t.Fatal("the locked last manager did not leave")
 	}
 }

@@ -451,7 +451,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if resp.Role == roleWorker {
 		return d.enterWorkerLocked(key, resp, remote, plan)
 	}
-	if err := d.checkJoinerStore(resp.External); err != nil {
+	if err := d.checkSwarmStore(resp.External); err != nil {
 		return err
 	}
 	mk, err := unwrapMasterKey(key, d.nodeID, resp)

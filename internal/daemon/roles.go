@@ -44,6 +44,10 @@ const nodeSyncPath = "/hush/join/v1/node"
 type syncRequest struct {
 	CSR     []byte `json:"csr,omitempty"`
 	PeerURL string `json:"peerURL,omitempty"`
+	// External is a promoted worker's external etcd (nil: none): the
+	// manager refuses a store unlike its own before it issues anything
+	// (promoteNode), as a join's admit does.
+	External *externalRef `json:"external,omitempty"`
 	// Leave asks that the calling manager's etcd member be removed: its
 	// `swarm leave --force` (leave.go).
 	Leave bool `json:"leave,omitempty"`
@@ -345,6 +349,9 @@ func (d *Daemon) refuseIssued(ctx context.Context, nodeID string, presented *x50
 func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse) (*joinResponse, error) {
 	if req.PeerURL == "" {
 		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
+	}
+	if err := d.checkJoinerStore(req.External); err != nil {
+		return nil, err
 	}
 	if err := checkJoinRequest(&joinRequest{NodeID: n.ID, Addr: n.Addr, PeerURL: req.PeerURL, Availability: string(swarm.NodeAvailabilityActive)}); err != nil {
 		return nil, err
@@ -748,11 +755,11 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 		return err
 	}
 	peerURL, _ := v.listen.peerURLs()
-	ans, err := d.callSync(ctx, v, &syncRequest{CSR: csr, PeerURL: peerURL})
+	ans, err := d.callSync(ctx, v, &syncRequest{CSR: csr, PeerURL: peerURL, External: d.externalRef()})
 	if err != nil {
 		return err
 	}
-	if err := d.checkJoinerStore(ans.External); err != nil {
+	if err := d.checkSwarmStore(ans.External); err != nil {
 		return err
 	}
 	if ans.External == nil && len(ans.InitialCluster) == 0 || ans.External == nil && !slices.ContainsFunc(ans.InitialCluster, func(p store.Peer) bool { return p.PeerURL == peerURL }) {

@@ -690,14 +690,11 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 		// a leave now would take the membership that start uses.
 		return errdefs.Unavailable("%s", msgUnlockStarting)
 	}
-	if d.lockedMember != nil && !force {
+	if d.lockedMember != nil {
 		return d.leaveLockedMemberLocked(ctx, force)
 	}
 	if handled, err := d.leaveExternalManagerLocked(ctx, force); handled {
 		return err
-	}
-	if d.lockedMember != nil {
-		return d.leaveLockedMemberLocked(ctx, force)
 	}
 	if d.member != nil {
 		return d.leaveMemberLocked(ctx, force)

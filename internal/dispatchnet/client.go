@@ -150,6 +150,7 @@ func (c *Connector) Open(ctx context.Context) (agent.Session, error) {
 				}
 			}
 			c.mu.Unlock()
+			c.log.Info("dispatcher session opened", "manager", mgrs[idx])
 			return s, nil
 		}
 		if ctx.Err() != nil {
@@ -361,8 +362,18 @@ func (s *Session) heartbeats() {
 		case <-t.C:
 		}
 		var r heartbeatResponse
-		err := s.call(s.ctx, pathHeartbeat, struct{}{}, &r)
+		// Each heartbeat is bounded, as Swarm's agent bounds it (5 s): a
+		// manager cut off silently never answers, and only this moves the
+		// node to another manager before the managers' grace runs out
+		// (HTTP/2's ping would notice after about 30 s).
+		cctx, cancelCall := context.WithTimeout(s.ctx, heartbeatTimeout(p))
+		err := s.call(cctx, pathHeartbeat, struct{}{}, &r)
+		silent := err != nil && errors.Is(cctx.Err(), context.DeadlineExceeded) && s.ctx.Err() == nil
+		cancelCall()
 		switch {
+		case silent:
+			s.cancel(fmt.Errorf("no heartbeat answer within %s: %w", heartbeatTimeout(p), err))
+			return
 		case err == nil:
 			last = time.Now()
 			s.mu.Lock()
@@ -378,6 +389,12 @@ func (s *Session) heartbeats() {
 			return
 		}
 	}
+}
+
+// heartbeatTimeout bounds one heartbeat call: a period, at least a second
+// (a loaded manager is not a gone one) and at most Swarm's 5 s.
+func heartbeatTimeout(period time.Duration) time.Duration {
+	return min(max(period, time.Second), 5*time.Second)
 }
 
 // Next returns the next assignments message.

@@ -178,3 +178,22 @@ func BenchmarkSeal3(b *testing.B) {
 		}
 	}
 }
+
+// The values of one batch share a data key, so only the data's associated
+// data keeps them apart: one value's nonce and ciphertext put into another
+// value's envelope (whose wrapping opens, to the same data key) do not
+// open under that value's associated data.
+func TestBatchCiphertextSwapFails(t *testing.T) {
+	k := mustNew(t, fixedMaster("m1", 1))
+	pts := [][]byte{[]byte(`{"record":"a"}`), []byte("index entry")}
+	aads := [][]byte{[]byte("/hush/secrets/a"), []byte("/hush/names/secrets/h")}
+	sv := batchSeal(t, k, pts, aads)
+	for i := range sv {
+		j := 1 - i
+		swapped := sv[j]
+		swapped.Nonce, swapped.Ciphertext = sv[i].Nonce, sv[i].Ciphertext
+		if got, err := k.Open(swapped, aads[j]); !errors.Is(err, ErrDecrypt) {
+			t.Fatalf("value %d opened in the envelope of value %d: %q %v", i, j, got, err)
+		}
+	}
+}

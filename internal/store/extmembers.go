@@ -98,3 +98,21 @@ func (m *Members) extByName(ctx context.Context, name string) (Member, bool, err
 	}
 	return Member{ID: name, Name: name}, true, nil
 }
+
+// RegisteredManagers returns the node IDs in an external store's manager
+// registry, from its keys alone: what a locked manager, which opens no
+// sealed value, can tell of the other managers.
+func (s *Store) RegisteredManagers(ctx context.Context) ([]string, error) {
+	if !s.external {
+		return nil, fmt.Errorf("store: a manager registry is kept on an external etcd only: %w", errdefs.ErrInternal)
+	}
+	resp, err := s.cli.Get(ctx, managersRoot, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, wrapEtcd(err)
+	}
+	ids := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		ids = append(ids, strings.TrimPrefix(string(kv.Key), managersRoot))
+	}
+	return ids, nil
+}

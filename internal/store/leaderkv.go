@@ -209,10 +209,12 @@ func (t *gatedTxn) Commit() (resp *clientv3.TxnResponse, err error) {
 	return resp, err
 }
 
-// noLeaderErrs are etcd's answers when a request could not get through
-// raft for want of a leader: the request was not applied (a timeout may
-// still commit later, but was not acknowledged, which is all a client was
-// promised).
+// noLeaderErrs are etcd's answers when a request was not acknowledged
+// for want of a leader. The outcome is unknown, not "not applied": a
+// timeout, or a write the gate ended at a leader change, may have been
+// committed (or commit later). Only an acknowledgement is a promise, so
+// callers that must know re-read (Table.Create recognises its own sealed
+// value) or retry idempotently.
 var noLeaderErrs = []error{
 	errNoLeaderHere,
 	errLeaderChangedHere,

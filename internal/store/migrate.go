@@ -33,8 +33,7 @@ func (s *Store) Migrate(ctx context.Context, hook func(batch int) error) (int, e
 	if err != nil || done {
 		return 0, err
 	}
-	idx, err := s.indexKey(ctx)
-	if err != nil {
+	if _, err := s.indexKey(ctx); err != nil {
 		return 0, err
 	}
 	n, err := s.rewriteAll(ctx, func(kv *mvccpb.KeyValue) ([]clientv3.Op, int, error) {
@@ -47,7 +46,11 @@ func (s *Store) Migrate(ctx context.Context, hook func(batch int) error) (int, e
 			if !ok || name == "" {
 				return nil, 0, fmt.Errorf("store: malformed index entry in an earlier store: %w", errdefs.ErrInternal)
 			}
-			nk := root + "names/" + kind + "/" + idx.hash(kind, name)
+			sum, err := s.nameEntry(ctx, kind, name)
+			if err != nil {
+				return nil, 0, err
+			}
+			nk := root + "names/" + kind + "/" + sum
 			v, err := s.seal(nk, kv.Value)
 			if err != nil {
 				return nil, 0, err

@@ -31,7 +31,8 @@ type Entry struct {
 // Reads are linearizable: Read first asks etcd for its current revision and
 // waits until the mirror has applied it. Watching the whole key space (not
 // just the mirrored tables) is what makes that wait finite: every write
-// anywhere advances the mirror's revision.
+// anywhere advances the mirror's revision; writes outside hush's keys (an
+// external etcd) reach it as watch progress notifications (AskProgress).
 type Mirror struct {
 	st     *Store
 	mu     sync.RWMutex
@@ -222,9 +223,13 @@ func (m *Mirror) Read(ctx context.Context, kind string, fn func(items map[string
 		return err
 	}
 	// Bounded: the watch is in-process, so catching up takes microseconds
-	// unless the mirror is restarting.
+	// unless the mirror is restarting. Under a prefix of an external etcd
+	// that others write to, the watch sees no event for their writes, which
+	// still move etcd's (global) revision: progress notifications (asked
+	// for once the mirror is behind) carry it there.
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	var progress <-chan time.Time
 	for {
 		m.mu.RLock()
 		if m.stale {
@@ -238,8 +243,15 @@ func (m *Mirror) Read(ctx context.Context, kind string, fn func(items map[string
 		}
 		ch := m.advanced
 		m.mu.RUnlock()
+		if progress == nil {
+			t := m.st.AskProgress(ctx)
+			defer t.Stop()
+			progress = t.C
+		}
 		select {
 		case <-ch:
+		case <-progress:
+			m.st.RequestProgress(ctx)
 		case <-ctx.Done():
 			return fmt.Errorf("store: mirror did not reach revision %d: %w", want, errdefs.ErrUnavailable)
 		}

@@ -6,13 +6,13 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"hash"
 	"io"
 	"strings"
 	"sync"
-	"unsafe"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
@@ -102,23 +102,23 @@ func (s *Store) seal(key string, val []byte) (string, error) {
 		return "", fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
 	}
 	defer b.Close()
-	return sealIn(kr, b, key, val)
+	v, err := sealIn(kr, b, key, val)
+	// The etcd client's string API copies v anyway (clientv3.OpPut).
+	return string(v), err
 }
 
 // sealIn seals val under key with b's data key (the values of one write
 // share it; see keyring.Batch), in one allocation of its stored size.
-func sealIn(kr *keyring.Keyring, b *keyring.Batch, key string, val []byte) (string, error) {
+func sealIn(kr *keyring.Keyring, b *keyring.Batch, key string, val []byte) ([]byte, error) {
 	if err := checkInner(kr, val); err != nil {
-		return "", err
+		return nil, err
 	}
 	out := make([]byte, 0, len(sealMagic)+keyring.BinarySizeFor(b.KeyID(), len(val)))
 	out, err := b.AppendSeal(append(out, sealMagic...), val, valueAAD(key))
 	if err != nil {
-		return "", fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
+		return nil, fmt.Errorf("store: seal: %w: %w", errdefs.ErrInternal, err)
 	}
-	// out is never written again: the string shares its bytes instead of
-	// copying a value of up to a megabyte (as strings.Builder does).
-	return unsafe.String(unsafe.SliceData(out), len(out)), nil
+	return out, nil
 }
 
 func encodeSealed(sv keyring.Sealed) (string, error) {
@@ -224,7 +224,11 @@ func (s *Store) sealOps(ops []clientv3.Op) (_ []clientv3.Op, release func(), err
 			if err != nil {
 				return nil, release, err
 			}
-			out[i] = clientv3.OpPut(k, v)
+			// The op takes the sealed bytes as they are: clientv3.OpPut
+			// would copy a value of up to a megabyte once more.
+			put := clientv3.OpPut(k, "")
+			put.WithValueBytes(v)
+			out[i] = put
 		case op.IsTxn():
 			// Nested transactions would have to be rebuilt op by op; no
 			// caller needs them, and an unsealed put must not slip through.
@@ -278,9 +282,16 @@ type indexCache struct {
 // indexHasher computes name-index entries under one index key, reusing
 // HMAC states (keyed once, Reset between uses) instead of keying a new one
 // per name. Safe for concurrent use.
+//
+// A request may still hold a hasher when the store replaces it (a new
+// keyring): retire wipes the key under mu, so a hash never runs under a
+// key wiped half-way, and a retired hasher refuses (hash's false) instead
+// of keying new states with the zeroed bytes, which would put a name under
+// an index entry no lookup or removal finds.
 type indexHasher struct {
-	key  []byte
-	pool sync.Pool // of hash.Hash keyed with key
+	mu   sync.RWMutex // held for reading by hash, for writing by retire
+	key  []byte       // nil once retired
+	pool sync.Pool    // of hash.Hash keyed with key
 }
 
 func newIndexHasher(key []byte) *indexHasher {
@@ -289,15 +300,49 @@ func newIndexHasher(key []byte) *indexHasher {
 	return h
 }
 
-// hash is nameHash(key, kind, name).
-func (h *indexHasher) hash(kind, name string) string {
+// hash is nameHash(key, kind, name); false if the hasher was retired.
+func (h *indexHasher) hash(kind, name string) (string, bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.key == nil {
+		return "", false
+	}
 	m := h.pool.Get().(hash.Hash)
 	m.Reset()
 	var sum [sha256.Size]byte
 	writeNameHash(m, kind, name)
 	out := hex.EncodeToString(m.Sum(sum[:0]))
 	h.pool.Put(m)
-	return out
+	return out, true
+}
+
+// retire wipes the key once no hash is running; later hashes refuse. The
+// pooled states (keyed copies) are left to the garbage collector.
+func (h *indexHasher) retire() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	keyring.Wipe(h.key)
+	h.key = nil
+	h.pool.New = nil
+}
+
+// errIndexKeyChanged means the index key was replaced while a request was
+// computing a name's entry with it, several times over.
+var errIndexKeyChanged = fmt.Errorf("store: the name index key changed during the request: retry: %w", errdefs.ErrUnavailable)
+
+// nameEntry is the index entry of name in kind under the current index
+// key, taking a fresh hasher if the one it got was retired meanwhile.
+func (s *Store) nameEntry(ctx context.Context, kind, name string) (string, error) {
+	for range 3 {
+		h, err := s.indexKey(ctx)
+		if err != nil {
+			return "", err
+		}
+		if sum, ok := h.hash(kind, name); ok {
+			return sum, nil
+		}
+	}
+	return "", errIndexKeyChanged
 }
 
 func (s *Store) indexKey(ctx context.Context) (*indexHasher, error) {
@@ -316,7 +361,17 @@ func (s *Store) indexKey(ctx context.Context) (*indexHasher, error) {
 		return nil, err
 	}
 	if c.h != nil {
-		keyring.Wipe(c.h.key)
+		c.h.mu.RLock()
+		same := c.h.key != nil && subtle.ConstantTimeCompare(c.h.key, key) == 1
+		c.h.mu.RUnlock()
+		if same {
+			// The same store under a new Keyring (an unlock): the hasher
+			// and its keyed states stay.
+			keyring.Wipe(key)
+			c.kr = kr
+			return c.h, nil
+		}
+		c.h.retire()
 	}
 	c.kr, c.h = kr, newIndexHasher(key)
 	return c.h, nil

@@ -86,7 +86,7 @@ func BenchmarkNameHash(b *testing.B) {
 	b.ReportAllocs()
 	done := cpuPerOp(b)
 	for b.Loop() {
-		_ = h.hash("secrets", "Some-Secret-Name-42")
+		_, _ = h.hash("secrets", "Some-Secret-Name-42")
 	}
 	done()
 }

@@ -112,7 +112,7 @@ func TestIndexHasherMatchesNameHash(t *testing.T) {
 			for i := range 200 {
 				kind := []string{"secrets", "configs", "services"}[i%3]
 				name := fmt.Sprintf("Name-%d-%d", g, i)
-				if got, want := h.hash(kind, name), nameHash(key, kind, name); got != want {
+				if got, want := mustHash(t, h, kind, name), nameHash(key, kind, name); got != want {
 					errs <- fmt.Sprintf("%s/%s: %s, want %s", kind, name, got, want)
 					return
 				}
@@ -124,7 +124,15 @@ func TestIndexHasherMatchesNameHash(t *testing.T) {
 	for e := range errs {
 		t.Fatal(e)
 	}
-	if h.hash("secrets", "ABC") != h.hash("secrets", "abc") || h.hash("secrets", "abc") == h.hash("configs", "abc") {
+	if mustHash(t, h, "secrets", "ABC") != mustHash(t, h, "secrets", "abc") || mustHash(t, h, "secrets", "abc") == mustHash(t, h, "configs", "abc") {
 		t.Fatal("index entries are not per kind and case-insensitive")
 	}
+}
+
+func mustHash(t *testing.T, h *indexHasher, kind, name string) string {
+	sum, ok := h.hash(kind, name)
+	if !ok {
+		t.Error("the hasher is retired")
+	}
+	return sum
 }

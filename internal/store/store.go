@@ -127,11 +127,11 @@ func (t *Table) prefix() string          { return root + t.kind + "/" }
 // NameKey is the index key for name (see seal.go), exposed so callers can
 // guard on it.
 func (t *Table) NameKey(ctx context.Context, name string) (string, error) {
-	h, err := t.s.indexKey(ctx)
+	sum, err := t.s.nameEntry(ctx, t.kind, name)
 	if err != nil {
 		return "", err
 	}
-	return root + "names/" + t.kind + "/" + h.hash(t.kind, name), nil
+	return root + "names/" + t.kind + "/" + sum, nil
 }
 
 // RefKey is a reference marker key: "object id of kind K is used by owner".

@@ -18,8 +18,10 @@ func TestClusterNetns(t *testing.T) {
 	}{
 		{"NodeLsAgrees", testLabNodeLs},
 		{"WorkerGetsOnlyItsSecrets", testLabWorkerSecrets},
+		{"GlobalService", testLabGlobalService},
 		{"WorkerCutOff", testLabWorkerCutOff},
 		{"MinorityCutOff", testLabMinorityCutOff},
+		{"WorkerManagerCutOff", testLabWorkerManagerCutOff},
 		{"KillLeaderLinearizable", testLabKillLeader},
 		{"WholeClusterRestart", testLabRestartAll},
 		{"NoQuorumServesPing", testLabNoQuorumPing},

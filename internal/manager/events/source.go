@@ -338,6 +338,9 @@ func (s *Source) Wait(ctx context.Context) error {
 	want := resp.Header.Revision
 	ctx, cancel := context.WithTimeout(ctx, waitTimeout)
 	defer cancel()
+	// The watch sees only hush's keys, etcd's revision counts everyone's:
+	// progress notifications carry it past others' writes (external etcd).
+	var progress <-chan time.Time
 	for {
 		s.mu.Lock()
 		ok, ch := s.loaded && s.rev >= want, s.advanced
@@ -345,8 +348,15 @@ func (s *Source) Wait(ctx context.Context) error {
 		if ok {
 			return nil
 		}
+		if progress == nil {
+			t := s.st.AskProgress(ctx)
+			defer t.Stop()
+			progress = t.C
+		}
 		select {
 		case <-ch:
+		case <-progress:
+			s.st.RequestProgress(ctx)
 		case <-ctx.Done():
 			return errdefs.Unavailable("hush: the event history is resynchronising with the store, try again")
 		}
