@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -312,11 +313,13 @@ func (d *Daemon) noteFetchedLocked(ctx context.Context) error {
 // locked node (moby's daemon/cluster Leave).
 const msgLeaveLocked = "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message."
 
-// leaveLockedMemberLocked is `swarm leave` on a manager started locked
-// (its store here is a scratch one, and its key files are the member's,
-// never erased as a lone node's would be): Swarm's locked refusal without
-// --force; with it, refused by name (over an external etcd, Leave takes
-// the external manager's leave instead).
+// leaveLockedMemberLocked is `swarm leave` on a manager started locked.
+// Its node key is sealed under the master key, so it holds no certificate
+// to ask another manager to remove its member (and runs none): with
+// --force its manager state is wiped, as Swarm's locked manager's leave
+// does, and its member stays in the membership, down as it was while
+// locked, until the node is demoted (docs/COMPATIBILITY.md). The leave
+// marker (Locked) makes a crash finish the wipe at the restart.
 func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error {
 	if !force {
 		return errdefs.Unavailable("%s", msgLeaveLocked)
@@ -324,11 +327,13 @@ func (d *Daemon) leaveLockedMemberLocked(ctx context.Context, force bool) error 
 	if d.lockedMember.External != nil {
 		return d.leaveLockedExternalLocked(ctx)
 	}
-	// A manager's leave has another manager remove its etcd member, over
-	// mutual TLS with its node key, which is sealed until the unlock.
-	return errdefs.Unavailable("%s", msgLeaveLockedForce)
+	if err := d.injected(fpLeaveMark); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(leaveMarker{Locked: true})
+	if err := writeFileSync(d.leavingPath(), b, 0o600); err != nil {
+		return fmt.Errorf("leave marker: %w", err)
+	}
+	d.log.Warn("leaving while locked: this manager's member stays in the cluster until it is demoted")
+	return d.finishLeaveLocked(ctx)
 }
-
-// msgLeaveLockedForce refuses `swarm leave --force` on a locked manager
-// of an embedded cluster (Swarm wipes it without leaving raft).
-const msgLeaveLockedForce = "this manager is locked: run `docker swarm unlock` first; its leave has another manager remove its etcd member, which needs its node key, sealed until the unlock"

@@ -122,11 +122,6 @@ func TestClusterAutolock(t *testing.T) {
 	if err := m2.d.Leave(ctx, false); err == nil || err.Error() != msgLeaveLocked {
 		t.Errorf("leave on the locked manager: %v, want %q", err, msgLeaveLocked)
 	}
-	// With --force: refused by name (its etcd member's removal needs the
-	// node key, sealed until the unlock), not as a node of no cluster.
-	if err := m2.d.Leave(ctx, true); !errors.Is(err, errdefs.ErrUnavailable) || err.Error() != msgLeaveLockedForce {
-		t.Errorf("leave --force on the locked manager: %v, want %q", err, msgLeaveLockedForce)
-	}
 	if !m2.d.lockedKey.Exists() || !exists(t, m2.cfg.DataDir, "member.json") {
 		t.Fatal("a refused leave touched the locked manager's files")
 	}
@@ -399,63 +394,5 @@ func TestJoinAfterLoneAutolockLocks(t *testing.T) {
 	waitUntil(t, "the joined manager locks under the key the operator has", func() bool { return lockedUnder(m.d, k) })
 	if w := m.d.Warnings(); len(w) != 0 {
 		t.Errorf("the joined manager warns with nothing owed: %q", w)
-	}
-}
-
-// A manager under autolock that crashed half-way through its leave (the
-// marker written; its member removed or not) restarts locked, its key
-// files and marker kept: only its node key, sealed until the unlock, can
-// ask the others to finish the leave. The unlock finishes it (the node
-// is then inactive, no key file left) or, at the mark, starts the member.
-// Before, the start wiped the files of a member it took as already wiped
-// and stayed locked with no key file that any key opens.
-func TestLeaveCrashUnderAutolock(t *testing.T) {
-	ctx := context.Background()
-	ms, cfgs, token := threeJoinedManagers(t)
-	m1 := ms[0]
-	k := enableAutolock(t, m1)
-	for _, m := range ms {
-		waitUntil(t, "each manager locks", func() bool { return lockedUnder(m, k) })
-	}
-	m3 := ms[2]
-	for _, step := range []struct {
-		point string
-		left  bool
-	}{
-		{fpLeaveMark, false}, // before the marker: a plain restart
-		{fpLeaveRemove, true},
-		{fpLeaveWipe, true},
-	} {
-		hit := crashAt(m3, step.point)
-		err := m3.Leave(ctx, true)
-		select {
-		case <-hit:
-		default:
-			t.Fatalf("%s: the failpoint did not fire: %v", step.point, err)
-		}
-		m3.Close()
-		m3 = startWith(t, cfgs[2])
-		if st := m3.State(); st != swarm.LocalNodeStateLocked || !lockedUnder(m3, k) {
-			t.Fatalf("%s: restarted: state %q, locked under the key %v; want locked, files kept", step.point, st, lockedUnder(m3, k))
-		}
-		if err := m3.Unlock(ctx, k); err != nil {
-			t.Fatalf("%s: unlock: %v", step.point, err)
-		}
-		if !step.left {
-			waitUntil(t, "the unlocked manager votes", func() bool { return m3.isVoter(ctx) && m3.CheckServing() == nil })
-			continue
-		}
-		waitUntil(t, "the interrupted leave ends", func() bool { return m3.State() == swarm.LocalNodeStateInactive })
-		if m3.hasKeyFiles() || exists(t, cfgs[2].DataDir, "member.json") || exists(t, cfgs[2].DataDir, "leaving.json") {
-			t.Fatal("the node that left keeps a manager's files")
-		}
-		if n := voters(t, m1); n != 2 {
-			t.Fatalf("%d voters, want 2", n)
-		}
-		// Back for the next step.
-		if err := m3.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{m1.listen.Advertise}, JoinToken: token}); err != nil {
-			t.Fatalf("join again: %v", err)
-		}
-		waitUntil(t, "the node votes again, locked", func() bool { return m3.isVoter(ctx) && lockedUnder(m3, k) })
 	}
 }

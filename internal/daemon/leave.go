@@ -13,6 +13,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -58,6 +59,13 @@ const (
 // keeps the node a member.
 type leaveMarker struct {
 	Managers []string `json:"managers"`
+	// Removed says the member's removal was answered: a restart wipes
+	// without asking again (the others may not answer then, and a member
+	// whose etcd member is gone must not start again).
+	Removed bool `json:"removed,omitempty"`
+	// Locked marks the leave of a manager started locked
+	// (leaveLockedMemberLocked): no member to remove, only the wipe.
+	Locked bool `json:"locked,omitempty"`
 }
 
 func (d *Daemon) leavingPath() string { return filepath.Join(d.cfg.DataDir, "leaving.json") }
@@ -97,33 +105,52 @@ func (d *Daemon) leaveMemberLocked(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	voters := 0
-	for _, m := range list {
-		if !m.Learner {
-			voters++
-		}
-	}
+	remove := leaveNeedsRemoval(list, d.nodeID)
 	addrs, err := d.managerAddrs(ctx)
 	if err != nil {
 		return err
 	}
 	addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == d.listen.Advertise })
-	if voters > 1 && len(addrs) == 0 {
+	if remove && len(addrs) == 0 {
 		return errdefs.Unavailable("no other manager is recorded to remove this node's member")
 	}
 	if err := d.injected(fpLeaveMark); err != nil {
 		return err
 	}
-	b, _ := json.Marshal(leaveMarker{Managers: addrs})
+	// The only voter has no member to remove: a restart just wipes.
+	b, _ := json.Marshal(leaveMarker{Managers: addrs, Removed: !remove})
 	if err := writeFileSync(d.leavingPath(), b, 0o600); err != nil {
 		return fmt.Errorf("leave marker: %w", err)
 	}
-	if voters > 1 {
+	if remove {
 		if err := d.leaveMembership(ctx, addrs); err != nil {
 			return err
 		}
+		b, _ := json.Marshal(leaveMarker{Managers: addrs, Removed: true})
+		if err := writeFileSync(d.leavingPath(), b, 0o600); err != nil {
+			// A restart asks the others again (idempotent).
+			d.log.Warn("noting the member's removal in the leave marker", "err", err)
+		}
 	}
 	return d.finishLeaveLocked(ctx)
+}
+
+// leaveNeedsRemoval says whether the leaving member self must be removed
+// by another manager: every member but the cluster's only voter (a
+// learner still joining is removed too, or it would stay a learner that
+// blocks every later join until the sweep drops it).
+func leaveNeedsRemoval(list []store.Member, self string) bool {
+	voters, selfVoter := 0, false
+	for _, m := range list {
+		if m.Learner {
+			continue
+		}
+		voters++
+		if m.Name == self {
+			selfVoter = true
+		}
+	}
+	return !selfVoter || voters > 1
 }
 
 // leaveMembership asks another manager to remove this node's member.
@@ -172,6 +199,13 @@ func (d *Daemon) finishLeaveLocked(ctx context.Context) error {
 		d.joinSvc = nil
 	}
 	d.closeStoreLocked()
+	if d.lockedMember != nil {
+		// Its store was a scratch one; the member's data is wiped next.
+		d.lockedMember = nil
+		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+			d.log.Warn("removing the locked manager's scratch store", "err", err)
+		}
+	}
 	if err := d.wipeLeftManager(); err != nil {
 		return err
 	}
@@ -200,6 +234,12 @@ func (d *Daemon) wipeLeftManager() error {
 		if err := writeKeyFile(d.joinKeyPath(), d.nodeKey); err != nil {
 			d.log.Warn("keeping the node key for a later join", "err", err)
 		}
+	}
+	// member.json first: the marker finishes the rest at a restart, and a
+	// member.json left without its master key would stop that restart
+	// ("its master key is missing").
+	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("member state: %w", err)
 	}
 	if err := d.wipeManagerFiles(); err != nil {
 		return err
@@ -231,21 +271,30 @@ func (d *Daemon) leftWhileDown(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("leave marker: %w", err)
 	}
-	if d.member == nil && d.lockedMember != nil {
-		// Autolocked: the managers can be asked only with the node key,
-		// sealed until the unlock, which finishes the leave
-		// (serveUnlockedMember). The marker and every file stay.
-		d.log.Warn("a leave was interrupted: it is finished at `docker swarm unlock`")
-		return false, nil
-	}
-	if d.member == nil {
-		d.log.Warn("finishing an interrupted leave: the manager state was already wiped")
-		return true, d.wipeLeftManager()
-	}
 	var lm leaveMarker
 	_ = json.Unmarshal(b, &lm)
+	if d.member == nil && (d.lockedMember == nil || lm.Locked) {
+		// member.json is gone (the wipe had begun), or the leave of a
+		// locked manager, which removes no member, stopped.
+		d.log.Warn("finishing an interrupted leave: wiping the manager state")
+		d.lockedMember = nil
+		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
+			d.log.Warn("removing the locked manager's scratch store", "err", err)
+		}
+		return true, d.wipeLeftManager()
+	}
+	if d.member == nil {
+		// Started locked: its sealed node key cannot ask the others to
+		// remove its member. It stays a (locked) member; the user may
+		// leave again (with --force, the locked manager's leave).
+		d.log.Warn("an interrupted leave could not be finished: this manager is locked; staying a member")
+		if err := os.Remove(d.leavingPath()); err != nil {
+			return false, fmt.Errorf("leave marker: %w", err)
+		}
+		return false, nil
+	}
 	ms, key := d.member, d.nodeKey
-	if len(lm.Managers) > 0 { // else the last voter: nothing to remove
+	if len(lm.Managers) > 0 && !lm.Removed { // else removed, or the last voter
 		cert, err := pki.TLSCertificate([]byte(ms.CertPEM), key)
 		if err != nil {
 			return false, err
