@@ -73,8 +73,9 @@ func (d *Daemon) noteIssued(iss *pki.Issued, nodeID string, role pki.Role) error
 
 // refusedManagerSerials are the serials of unexpired manager certificates
 // that etcd must refuse: those of a removed node issued up to its removal
-// (the dispatcher's rule, removedCache), and every one of a node recorded
-// as a worker (demoted). A node promoted again is a manager: its earlier
+// (the dispatcher's rule, removedCache) or of a manager a force-new-cluster
+// dropped issued up to the drop, and every one of a node recorded as a
+// worker (demoted). A node promoted again is a manager: its earlier
 // manager certificates are accepted again until they expire.
 func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) ([]*big.Int, error) {
 	objs, err := st.Table(managerCertsTable).List(ctx)
@@ -96,6 +97,20 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 	if err != nil {
 		return nil, err
 	}
+	// A force-new-cluster's dropped managers are no members of the new
+	// cluster: the certificates they held then are refused (droppedAt's
+	// rule; one that joined again holds a later one).
+	droppedObjs, err := st.Table(droppedTable).List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dropped := make(map[string]time.Time, len(droppedObjs))
+	for _, o := range droppedObjs {
+		var r droppedRecord
+		if json.Unmarshal(o.Value, &r) == nil {
+			dropped[o.ID] = r.At
+		}
+	}
 	var out []*big.Int
 	for _, o := range objs {
 		var r managerCertRecord
@@ -103,7 +118,11 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 			continue
 		}
 		refused := role[r.Node] == swarm.NodeRoleWorker
-		if at, ok := removed[r.Node]; ok && !r.NotBefore.Add(pki.Backdate).Truncate(time.Second).After(at) {
+		issued := r.NotBefore.Add(pki.Backdate).Truncate(time.Second)
+		if at, ok := removed[r.Node]; ok && !issued.After(at) {
+			refused = true
+		}
+		if at, ok := dropped[r.Node]; ok && !issued.After(at) {
 			refused = true
 		}
 		if !refused {
@@ -123,7 +142,9 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 // the refused serials change.
 func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 	members := d.store.Members()
-	if members == nil {
+	if members == nil || d.cfg.External != nil {
+		// The user's etcd: its TLS is the user's, hush runs no member
+		// to give a list (SetCRL would fail every period).
 		return
 	}
 	var last string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"math/big"
 	"net/http"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -91,5 +93,62 @@ func TestEtcdRefusesDemotedCertificate(t *testing.T) {
 	}
 	if err := crl.CheckSignatureFrom(roots[0]); err != nil {
 		t.Fatalf("the list is not signed by the cluster CA: %v", err)
+	}
+}
+
+// On a manager of the user's etcd there is no member of hush's to give a
+// revocation list (etcd's TLS is the user's): keepEtcdCRL has nothing to
+// keep and returns, rather than signing a list with the CA key and
+// warning every period.
+func TestKeepEtcdCRLExternal(t *testing.T) {
+	srv := etcdtest.Start(t)
+	m, _ := externalManager(t, srv, "/crl-ext", false)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		m.keepEtcdCRL(ctx)
+		close(done)
+	}()
+	waitUntil(t, "keepEtcdCRL returns on an external manager", func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+}
+
+// A manager a force-new-cluster dropped is no member of the new cluster:
+// etcd refuses the manager certificates it held when it was dropped (as
+// a removed node's), and accepts one issued after (it joined again).
+func TestRefusedSerialsDroppedManager(t *testing.T) {
+	ctx := context.Background()
+	m := startWith(t, Config{DataDir: t.TempDir()})
+	now := time.Now().UTC().Truncate(time.Second)
+	put := func(serial string, notBefore time.Time) {
+		t.Helper()
+		val, _ := json.Marshal(managerCertRecord{Node: "dropped-node", NotBefore: notBefore, NotAfter: now.Add(24 * time.Hour)})
+		if _, err := m.store.Table(managerCertsTable).Create(ctx, serial, "", val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("a1", now.Add(-time.Hour))
+	put("b2", now.Add(time.Hour))
+	val, _ := json.Marshal(droppedRecord{By: m.nodeID, At: now})
+	if _, err := m.store.Table(droppedTable).Create(ctx, "dropped-node", "", val); err != nil {
+		t.Fatal(err)
+	}
+	serials, err := refusedManagerSerials(ctx, m.store, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]string, len(serials))
+	for i, s := range serials {
+		got[i] = s.Text(16)
+	}
+	if !slices.Equal(got, []string{"a1"}) {
+		t.Fatalf("refused %v, want [a1] (the certificate held when dropped, not the later one)", got)
 	}
 }

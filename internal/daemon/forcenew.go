@@ -67,12 +67,17 @@ const droppedCheck = 5 * time.Second
 // manager of a cluster of managers, naming what works instead.
 const msgForceNewAutolock = "hush does not take --autolock together with --force-new-cluster on a manager of a cluster of managers: recover first, then run `docker swarm update --autolock=true`"
 
+// msgForceNewLearner refuses a force-new-cluster on a manager whose etcd
+// member never became a voter.
+const msgForceNewLearner = "this manager is not a voting member of its cluster yet (its join or promotion had not finished when the quorum was lost): its data may lack the swarm's writes; run docker swarm init --force-new-cluster on a manager that was a voting member"
+
 // forceNewMember runs a force-new-cluster on a manager of a cluster of
 // managers; handled is false for any other node (the lone node's path,
 // forceNewClusterLocked, or a refusal by initLocked).
 func (d *Daemon) forceNewMember(ctx context.Context, req swarm.InitRequest, caKey []byte) (id string, handled bool, err error) {
 	d.mu.Lock()
 	member := d.member != nil && d.worker == nil && d.cfg.External == nil
+	voter := member && d.store.Members().VotesLocally()
 	d.mu.Unlock()
 	if !member {
 		return "", false, nil
@@ -85,6 +90,11 @@ func (d *Daemon) forceNewMember(ctx context.Context, req swarm.InitRequest, caKe
 		// The recovery and an autolock change are each a crash-safe
 		// sequence of their own; one call does not chain them.
 		return "", true, errdefs.BadRequest("%s", msgForceNewAutolock)
+	}
+	if !voter {
+		// etcd would make a cluster without a voter (raft panics at every
+		// start) or of data that lacks the cluster's writes.
+		return "", true, errdefs.BadRequest("%s", msgForceNewLearner)
 	}
 	// A pending member's wait for the quorum ends: the recovery replaces
 	// it (and a quorum that came meanwhile made the member active).
@@ -111,6 +121,23 @@ func (d *Daemon) forceNewMember(ctx context.Context, req swarm.InitRequest, caKe
 	return id, true, err
 }
 
+// msgForceNewUnfinished refuses a manager's admission while a recovery is
+// unfinished: a restart finishing it would remove the new member again.
+const msgForceNewUnfinished = "a docker swarm init --force-new-cluster on this manager is unfinished: restart its hushd to finish it, then join or promote managers"
+
+// refuseWhileForceNew refuses a new manager (a join or a promotion) while a
+// recovery is unfinished: the restart that finishes it forces the new
+// cluster again, which would remove the new member, and notes every other
+// manager's record as dropped.
+func (d *Daemon) refuseWhileForceNew() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.member != nil && d.member.ForceNew {
+		return errdefs.Unavailable("%s", msgForceNewUnfinished)
+	}
+	return nil
+}
+
 // msgForceNewInterrupted prefixes an error after the commit point.
 const msgForceNewInterrupted = "force-new-cluster interrupted after its commit point; restarting hushd finishes it"
 
@@ -120,7 +147,7 @@ func (d *Daemon) forceRestartMember(ctx context.Context, pending bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state == swarm.LocalNodeStateLocked {
-		return errdefs.Unavailable("%s", msgLocked)
+		return errdefs.Unavailable("%s", msgNotManager)
 	}
 	active := !pending && d.state == swarm.LocalNodeStateActive
 	if err := d.injected(fpForceNewMark); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -325,4 +326,158 @@ func socketPost(t *testing.T, d *Daemon, path string, v any) (int, string) {
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 	return resp.StatusCode, string(out)
+}
+
+// Swarm answers `swarm init --force-new-cluster` on a node that runs no
+// manager, a worker or a manager locked since its restart, with its "not
+// a swarm manager" text (moby daemon/cluster Init: the node runner's
+// IsManager, false for a worker and for a locked node, whose swarmkit
+// node exited), and changes nothing.
+func TestForceNewClusterNotOnWorkerOrLocked(t *testing.T) {
+	ctx := context.Background()
+	cfg := Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+	m := startWith(t, cfg)
+	if _, err := m.Init(ctx, swarm.InitRequest{ListenAddr: cfg.ListenAddr, AutoLockManagers: true}); err != nil {
+		t.Fatalf("init --autolock: %v", err)
+	}
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	code, body := socketPost(t, w, "/v1.41/swarm/init", swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true})
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, msgNotManager) {
+		t.Errorf("force-new-cluster on a worker: %d %s", code, body)
+	}
+	if !w.isWorker() || w.State() != swarm.LocalNodeStateActive {
+		t.Errorf("the worker changed: worker %v, state %q", w.isWorker(), w.State())
+	}
+
+	k := fetchUnlockKey(t, m)
+	waitUntil(t, "the manager locks under the fetched key", func() bool { return lockedUnder(m, k) })
+	m.Close()
+	m = startWith(t, cfg)
+	if m.State() != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted: state %q, want locked", m.State())
+	}
+	code, body = socketPost(t, m, "/v1.41/swarm/init", swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true})
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, msgNotManager) {
+		t.Errorf("force-new-cluster on a locked manager: %d %s", code, body)
+	}
+	if m.State() != swarm.LocalNodeStateLocked || !lockedUnder(m, k) {
+		t.Fatalf("the locked manager changed: state %q", m.State())
+	}
+	if err := m.Unlock(ctx, k); err != nil {
+		t.Fatalf("unlock after the refusal: %v", err)
+	}
+	waitUntil(t, "the unlocked manager serves", func() bool { return m.CheckServing() == nil })
+	if got := getCluster(t, m); got.ID != c.ID {
+		t.Fatalf("cluster after the refusal: %s, want %s", got.ID, c.ID)
+	}
+}
+
+// A manager whose etcd member is still a learner (promoted, or joined, as
+// the quorum was lost: not yet caught up, not a voter) cannot be the new
+// cluster: etcd's force-new-cluster would remove every voter and keep it
+// a learner (raft panics on a cluster without voters, at every restart
+// once marked), and its data may lack committed writes. It is refused by
+// name before the commit point, the node left as it was.
+func TestForceNewClusterRefusedOnLearner(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	wcfg := Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync}
+	w := startWith(t, wcfg)
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	// The manager never promotes the learner (its background loops, the
+	// promotion and the learner sweep among them, are stopped), and the
+	// node never activates as a manager.
+	m.mu.Lock()
+	stop := m.stopBG
+	m.mu.Unlock()
+	stop()
+	w.mu.Lock()
+	w.fail = failpoints{fpPromoteActivate: func() error { return errors.New("injected: not a voter yet") }}
+	w.mu.Unlock()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, "the promoted node runs its learner", func() bool {
+		list, err := m.store.Members().List(ctx)
+		if err != nil || len(list) != 2 {
+			return false
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.promoting != nil && (list[0].Learner || list[1].Learner)
+	})
+	m.Close()
+	w.Close()
+	w = startWith(t, wcfg)
+	if st := w.State(); st != swarm.LocalNodeStatePending {
+		t.Fatalf("the learner restarted alone: %q, want pending", st)
+	}
+	_, err := w.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "not a voting member") {
+		t.Fatalf("force-new-cluster on a learner: %v", err)
+	}
+	if st := w.State(); st != swarm.LocalNodeStatePending || w.member.ForceNew {
+		t.Fatalf("after the refusal: %q, marked %v", st, w.member.ForceNew)
+	}
+}
+
+// A force-new-cluster interrupted after its commit point on a running
+// manager leaves it serving, marked, until a restart finishes it; a
+// manager admitted meanwhile would be removed again by that restart
+// (etcd's force-new-cluster drops every other member) and noted as
+// dropped. Joins wait for the end of the recovery instead, and the
+// restart finishes it with the managers it knows kept.
+func TestForceNewClusterUnfinishedRefusesJoins(t *testing.T) {
+	ctx := context.Background()
+	cfgs, ds := threeManagers(t)
+	before := getCluster(t, ds[0])
+	secrets := createSecrets(t, ds[0], "s", 1)
+	m1 := ds[0]
+	m1.mu.Lock()
+	m1.fail = failpoints{fpForceNewRecord: func() error { return errors.New("injected: store hiccup") }}
+	m1.mu.Unlock()
+	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true}); err == nil || !strings.Contains(err.Error(), msgForceNewInterrupted) {
+		t.Fatalf("interrupted force-new-cluster: %v", err)
+	}
+	ds[1].Close()
+	ds[2].Close()
+	m1.mu.Lock()
+	m1.fail = nil
+	m1.mu.Unlock()
+	m1.mu.Lock()
+	marked := m1.member.ForceNew
+	m1.mu.Unlock()
+	if st := m1.State(); st != swarm.LocalNodeStateActive || !marked {
+		t.Fatalf("after the interruption: %q, marked %v", st, marked)
+	}
+	n4 := Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync, NoInit: true}
+	d4 := startWith(t, n4)
+	err := d4.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{cfgs[0].ListenAddr}, JoinToken: before.JoinTokens.Manager})
+	if err == nil || !strings.Contains(err.Error(), "force-new-cluster") {
+		t.Fatalf("a manager's join during an unfinished force-new-cluster: %v", err)
+	}
+	if n := memberCount(t, m1); n != 1 {
+		t.Fatalf("members: %d", n)
+	}
+	if _, err := nodes.Get(ctx, m1.store, d4.nodeID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused joiner was recorded: %v", err)
+	}
+	m1.Close()
+	m1 = startWith(t, cfgs[0])
+	checkRecovered(t, m1, before, secrets)
+	// Finished, it admits managers again.
+	d4.Close()
+	d4 = startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync, NoInit: true})
+	if err := d4.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{cfgs[0].ListenAddr}, JoinToken: before.JoinTokens.Manager}); err != nil {
+		t.Fatalf("join after the recovery: %v", err)
+	}
+	waitUntil(t, "the new manager votes", func() bool { return d4.isVoter(ctx) })
 }

@@ -157,6 +157,10 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	if role != "manager" {
 		return d.admitWorker(ctx, req, &c)
 	}
+	// Before the joiner is recorded as a manager.
+	if err := d.refuseWhileForceNew(); err != nil {
+		return nil, err
+	}
 	// Under autolock the joiner stores the master key in the clear, then
 	// locks it under the record's unlock key once active
 	// (followUnlockKey), as a manager that was down during the enable.
@@ -221,6 +225,9 @@ type memberAdmission struct {
 // the steps a manager's join and a worker's promotion share, in one place
 // because the wrapping is what hands out the cluster's master key.
 func (d *Daemon) admitMember(ctx context.Context, members *store.Members, nodeID, peerURL string, pub *ecdsa.PublicKey) (memberAdmission, error) {
+	if err := d.refuseWhileForceNew(); err != nil {
+		return memberAdmission{}, err
+	}
 	m, peers, err := members.AddLearner(ctx, nodeID, peerURL)
 	if err != nil {
 		return memberAdmission{}, err

@@ -6,8 +6,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // threeJoinedManagers starts a manager and joins two more with the manager
@@ -191,5 +194,141 @@ func TestLeaveCrashes(t *testing.T) {
 			}
 			waitUntil(t, "the node votes again", func() bool { return m3.isVoter(ctx) })
 		})
+	}
+}
+
+// `swarm leave --force` on a manager restarted locked (autolock): its
+// node key is sealed, so it cannot ask another manager to remove its
+// member; as Swarm's, its state is wiped and its member stays in the
+// membership (down, as it was while locked) until the node is demoted.
+// The node is inactive, holds no manager files, a restart keeps it so,
+// and the other two keep their quorum.
+func TestLeaveLockedManagerForce(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	m1, m2, m3 := ms[0], ms[1], ms[2]
+	c := getCluster(t, m1.d)
+	spec := c.Spec
+	spec.EncryptionConfig.AutoLockManagers = true
+	if err := m1.d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	key := fetchUnlockKey(t, m1.d)
+	for _, m := range ms {
+		waitUntil(t, "every manager locks", func() bool { return lockedUnder(m.d, key) })
+	}
+	// A leave of the running manager stopped (as by a crash) before its
+	// member was removed, restarted locked: its sealed key cannot ask for
+	// the removal, so it stays a (locked) member with its files.
+	hit := crashAt(m3.d, fpLeaveRemove)
+	if err := m3.d.Leave(ctx, true); err == nil {
+		t.Fatal("the failpoint did not stop the leave")
+	}
+	<-hit
+	m3.restart(t)
+	if st := m3.d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted manager: state %q, want locked", st)
+	}
+	if !exists(t, m3.cfg.DataDir, "member.json") || !lockedUnder(m3.d, key) || exists(t, m3.cfg.DataDir, "leaving.json") {
+		t.Fatal("an unfinished leave restarted locked wiped the member or kept its marker")
+	}
+	if n := voters(t, m1.d); n != 3 {
+		t.Fatalf("%d voters, want 3", n)
+	}
+	if err := m3.d.Leave(ctx, true); err != nil {
+		t.Fatalf("leave --force on the locked manager: %v", err)
+	}
+	check := func(m *clusterNode, when string) {
+		if st := m.d.State(); st != swarm.LocalNodeStateInactive {
+			t.Fatalf("%s: state %q, want inactive", when, st)
+		}
+		for _, f := range []string{"member.json", "keys/master.key", "keys/master.key.locked", "etcd.locked", "leaving.json"} {
+			if exists(t, m.cfg.DataDir, f) {
+				t.Errorf("%s: %s is left", when, f)
+			}
+		}
+		if m.d.store.Members() != nil {
+			t.Errorf("%s: the node still runs a member", when)
+		}
+		// Its store is a fresh lone one: none of the cluster's data.
+		resp, err := m.d.store.Client().Get(ctx, "/hush/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil || resp.Count != 0 {
+			t.Errorf("%s: the store holds %v cluster keys (%v)", when, resp, err)
+		}
+	}
+	check(m3, "after the leave")
+	m3.restart(t)
+	check(m3, "after a restart")
+	writeAndRead(t, m1.d, m2.d, "after-locked-leave")
+
+	// Its member stays until the node is demoted.
+	if n := voters(t, m1.d); n != 3 {
+		t.Fatalf("%d voters after the locked leave, want 3 (its member stays)", n)
+	}
+	if err := setRole(ctx, m1.d, m3.d.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demoting the manager that left locked: %v", err)
+	}
+	waitUntil(t, "the demotion removes its member", func() bool { return voters(t, m1.d) == 2 })
+
+	// Stopped as by a crash before its wipe, the restart finishes it.
+	m2.restart(t)
+	if st := m2.d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted manager: state %q, want locked", st)
+	}
+	hit = crashAt(m2.d, fpLeaveWipe)
+	if err := m2.d.Leave(ctx, true); err == nil {
+		t.Fatal("the failpoint did not stop the leave")
+	}
+	<-hit
+	m2.restart(t)
+	check(m2, "after a crash before the wipe")
+}
+
+// A leave stopped (as by a crash) after its member was removed, restarted
+// while no other manager answers: the removal is known from the marker,
+// so the wipe finishes; the node does not start again as a member whose
+// etcd member is gone (a voter that can never rejoin).
+func TestLeaveRemovedThenOthersDown(t *testing.T) {
+	ctx := context.Background()
+	ms, cfgs, _ := threeJoinedManagers(t)
+	m1, m2, m3 := ms[0], ms[1], ms[2]
+	hit := crashAt(m3, fpLeaveWipe)
+	if err := m3.Leave(ctx, true); err == nil {
+		t.Fatal("the failpoint did not stop the leave")
+	}
+	<-hit
+	if n := voters(t, m1); n != 2 {
+		t.Fatalf("%d voters after the removal, want 2", n)
+	}
+	m3.Close()
+	m1.Close()
+	m2.Close()
+	m3 = startWith(t, cfgs[2])
+	if st := m3.State(); st != swarm.LocalNodeStateInactive {
+		t.Fatalf("state after the restart %q, want inactive", st)
+	}
+	leftFiles(t, m3)
+}
+
+// Only the cluster's only voter leaves without a removal; a learner (a
+// manager still joining) beside a single voter asks for its removal, as
+// does any voter among several.
+func TestLeaveNeedsRemoval(t *testing.T) {
+	v := func(name string) store.Member { return store.Member{Name: name} }
+	l := func(name string) store.Member { return store.Member{Name: name, Learner: true} }
+	for _, c := range []struct {
+		what string
+		list []store.Member
+		want bool
+	}{
+		{"the only voter", []store.Member{v("self")}, false},
+		{"the only voter beside a learner", []store.Member{v("self"), l("other")}, false},
+		{"a learner beside the only voter", []store.Member{v("other"), l("self")}, true},
+		{"a voter of two", []store.Member{v("self"), v("other")}, true},
+		{"not listed", []store.Member{v("other")}, true},
+	} {
+		if got := leaveNeedsRemoval(c.list, "self"); got != c.want {
+			t.Errorf("%s: %v, want %v", c.what, got, c.want)
+		}
 	}
 }

@@ -3,8 +3,10 @@ package daemon
 import (
 	"context"
 	"net"
+	"slices"
 
 	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -27,6 +29,9 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 	recs, err := nodes.List(ctx, st)
 	if err != nil {
 		return nil, nil, false, err
+	}
+	listed := func(name string) bool {
+		return slices.ContainsFunc(list, func(m store.Member) bool { return m.Name == name })
 	}
 	status := func(name string) (*swarm.ManagerStatus, bool) {
 		for _, m := range list {
@@ -53,7 +58,7 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			continue
 		}
 		ms, reachable := status(n.ID)
-		if dropped[n.ID] && ms != nil && ms.Reachability == swarm.ReachabilityUnknown {
+		if dropped[n.ID] && ms != nil && !listed(n.ID) {
 			// Dropped by force-new-cluster: no manager status, as in
 			// Swarm (forcenew.go).
 			ms = nil

@@ -106,8 +106,9 @@ func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64
 // maxRoleTries bounds the re-checks of a demotion whose guard failed.
 const maxRoleTries = 5
 
-// updateNodeOnce is one checked attempt of UpdateNode; ErrGuard means a
-// manager's record changed since the checks read it.
+// updateNodeOnce is one checked attempt of UpdateNode; ErrGuard means
+// another manager's record changed since the checks read it (a stale
+// version of the node itself is errdefs.OutOfSequence).
 func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version uint64, spec swarm.NodeSpec) error {
 	d := c.d
 	members := d.store.Members()
@@ -162,6 +163,16 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 		}
 	}
 	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec, managers); err != nil {
+		if errors.Is(err, store.ErrGuard) {
+			// The transaction cannot say which compare failed. The
+			// node's own record at another version than the caller's is
+			// "update out of sequence", as an unguarded update says: no
+			// re-check can pass with that version (the bounded retries
+			// all failed on it, answering "kept changing").
+			if cur, gerr := nodes.Get(ctx, d.store, n.ID); gerr == nil && cur.Version != version {
+				return errdefs.OutOfSequence()
+			}
+		}
 		return err
 	}
 	if want != n.Spec.Role {

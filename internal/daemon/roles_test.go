@@ -44,16 +44,25 @@ func loopbackListen(t *testing.T) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
 }
 
-// setRole is `docker node update --role` through manager m.
+// setRole is `docker node update --role` through manager m. The node's
+// record is also written by the daemons in the background (liveness
+// status, description, key fingerprint after a certificate): one written
+// between the read here and the update is "update out of sequence", which
+// a client answers by reading again, as the docker CLI's user does.
 func setRole(ctx context.Context, m *Daemon, id string, role swarm.NodeRole) error {
-	n, err := nodes.Get(ctx, m.store, id)
-	if err != nil {
-		return err
+	for range 10 {
+		n, err := nodes.Get(ctx, m.store, id)
+		if err != nil {
+			return err
+		}
+		spec := n.Spec
+		spec.Role = role
+		_, err = clusterNodes{m}.UpdateNode(ctx, id, n.Version, spec)
+		if !errors.Is(err, errdefs.ErrOutOfSequence) {
+			return err
+		}
 	}
-	spec := n.Spec
-	spec.Role = role
-	_, err = clusterNodes{m}.UpdateNode(ctx, id, n.Version, spec)
-	return err
+	return errors.New("the node's record changed at every one of 10 reads")
 }
 
 func exists(t *testing.T, dir, f string) bool {
@@ -171,6 +180,36 @@ func TestPromoteDemote(t *testing.T) {
 	// reissued for the same key and swapped into the files, etcd and the
 	// join service, which then shows it.
 	renewed(t, m, l1)
+
+	// A demotion against a stale version of the node's record is out of
+	// sequence (the version guard and the other managers' guards share
+	// one transaction: this one must not be taken for the latter and
+	// retried into "the managers' records kept changing").
+	// (The label is written as setRole writes, reading again when the
+	// daemons' own writes to the record came first.)
+	var stale nodes.Node
+	for i := 0; ; i++ {
+		if stale, err = nodes.Get(ctx, m.store, w.nodeID); err != nil {
+			t.Fatal(err)
+		}
+		relabel := stale.Spec
+		relabel.Labels = map[string]string{"stale": "yes"}
+		err = nodes.Update(ctx, m.store, w.nodeID, stale.Version, relabel)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errdefs.ErrOutOfSequence) || i == 10 {
+			t.Fatalf("label the promoted node: %v", err)
+		}
+	}
+	demote := stale.Spec
+	demote.Role = swarm.NodeRoleWorker
+	if _, err := (clusterNodes{m}).UpdateNode(ctx, w.nodeID, stale.Version, demote); !errors.Is(err, errdefs.ErrOutOfSequence) {
+		t.Fatalf("demotion at a stale version: %v, want update out of sequence", err)
+	}
+	if n, err := nodes.Get(ctx, m.store, w.nodeID); err != nil || n.Spec.Role != swarm.NodeRoleManager {
+		t.Fatalf("a stale demotion changed the role: %+v %v", n.Spec, err)
+	}
 
 	// Demote it back, through the other manager.
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {

@@ -29,6 +29,9 @@ const (
 	msgLocked   = `Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.`
 	msgInactive = `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`
 	msgJoined   = `This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.`
+	// msgNotManager is Swarm's answer to `swarm init --force-new-cluster`
+	// on a node that runs no manager: a worker, or a locked node.
+	msgNotManager = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager."
 )
 
 // nextKey is where a rotated locked key is written before it is committed:
@@ -336,6 +339,11 @@ func (d *Daemon) InitWithKey(ctx context.Context, req swarm.InitRequest, caKey [
 
 func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []byte) (string, error) {
 	if d.state != swarm.LocalNodeStateInactive {
+		if req.ForceNewCluster && (d.worker != nil || d.state == swarm.LocalNodeStateLocked) {
+			// As Swarm: a worker, or a node locked since its restart,
+			// runs no manager to restart as a new cluster.
+			return "", errdefs.Unavailable("%s", msgNotManager)
+		}
 		if req.ForceNewCluster && d.state == swarm.LocalNodeStateActive {
 			return d.forceNewClusterLocked(ctx, req, caKey)
 		}

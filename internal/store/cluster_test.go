@@ -219,9 +219,17 @@ func TestManagersCluster(t *testing.T) {
 	if err := write(n1, "before-join"); err != nil {
 		t.Fatal(err)
 	}
-	// Each step builds on the last: stop at the first failure.
+	// Each step builds on the last: stop at the first failure. Each step's
+	// calls are bounded by wait from the step's start: one bound from the
+	// test's start covered every step's waits together, and the whole
+	// life (three members formed, quorum lost and back, two restarts)
+	// takes more than wait under -race on a loaded 2-core machine, where
+	// a later step's call then ended in "context deadline exceeded".
 	step := func(name string, f func(t *testing.T)) {
-		if !t.Run(name, f) {
+		if !t.Run(name, func(t *testing.T) {
+			ctx = ctxT(t)
+			f(t)
+		}) {
 			t.FailNow()
 		}
 	}

@@ -471,6 +471,20 @@ func (m *Members) SelfID() string {
 	return fmt.Sprintf("%x", uint64(m.srv.MemberID()))
 }
 
+// VotesLocally reports whether this member is a voter in its own view of
+// the membership, as its data holds it (no quorum needed): false for a
+// learner, and for a member whose data holds no membership yet (a
+// learner that never caught up). A member started with ForceNewCluster
+// from such data would be a cluster without a voter, or of its empty
+// data.
+func (m *Members) VotesLocally() bool {
+	if m.ext != "" {
+		return true
+	}
+	self := m.srv.Cluster().Member(m.srv.MemberID())
+	return self != nil && !self.IsLearner
+}
+
 // IsVoter reports whether this member votes (a joined learner has been
 // promoted), from a linearizable read of the membership.
 func (m *Members) IsVoter(ctx context.Context) (bool, error) {

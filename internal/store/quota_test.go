@@ -15,7 +15,12 @@ const testQuota = 64 << 20
 
 func openQuota(t *testing.T, dir string) *store.Store {
 	t.Helper()
-	s, err := store.OpenEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir, Name: "n1", EtcdLogLevel: "error", QuotaBytes: testQuota, Keys: packageKeys()})
+	return openQuotaOf(t, dir, testQuota)
+}
+
+func openQuotaOf(t *testing.T, dir string, quota int64) *store.Store {
+	t.Helper()
+	s, err := store.OpenEmbedded(context.Background(), store.EmbeddedConfig{Dir: dir, Name: "n1", EtcdLogLevel: "error", QuotaBytes: quota, Keys: packageKeys()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,10 +103,19 @@ func TestQuotaRefusesBeforeFull(t *testing.T) {
 // restart, a refused write answers the quota's error (never
 // "unavailable"), and once deletes freed enough the alarm is disarmed and
 // writes work again.
+//
+// Its quota is a quarter of testQuota: the restart replays the whole WAL
+// (every raw put, etcd snapshots only every 10000 entries) and then
+// defragments the full backend, which took 19-31 s of the test's 33-49 s
+// under -race at load 11-13, and past the store's 60 s start bound at load
+// 15-19 ("etcd did not start in time"). A smaller store replays and
+// defragments a quarter of that (reopen 6-8 s at load 15-18), and still
+// fills to the alarm (32-35 objects).
 func TestQuotaAlarmDeletesWork(t *testing.T) {
+	const alarmQuota = testQuota / 4
 	ctx := context.Background()
 	dir := t.TempDir()
-	s := openQuota(t, dir)
+	s := openQuotaOf(t, dir, alarmQuota)
 	tb := s.Table("things")
 	var ids []string
 	for i := range 1000 {
@@ -126,7 +140,7 @@ func TestQuotaAlarmDeletesWork(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s = openQuota(t, dir)
+	s = openQuotaOf(t, dir, alarmQuota)
 	defer s.Close()
 	tb = s.Table("things")
 	if _, err := tb.Get(ctx, ids[0]); err != nil {
