@@ -36,6 +36,10 @@ import (
 // quorum. A locked manager is down for the cluster's quorum, as a locked
 // swarmkit manager is.
 
+// msgUnlockStarting refuses a second unlock, or a leave, on a manager
+// unlocked whose start (serveUnlockedMember) is under way.
+const msgUnlockStarting = "this manager is unlocked and waits for the swarm's quorum to start"
+
 // keySyncPeriod is how often a manager looks at the cluster record for a
 // changed unlock key.
 const keySyncPeriod = time.Second
@@ -94,7 +98,13 @@ func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
 	d.unlockMember = nil
 	d.mu.Unlock()
 	if mc != nil {
-		demoted, err := d.demotedWhileDown(ctx)
+		// A leave a crash interrupted is finished first, as a plain
+		// restart finishes it before it opens its store (leftWhileDown).
+		left, err := d.leftWhileDown(ctx)
+		demoted := false
+		if err == nil && !left {
+			demoted, err = d.demotedWhileDown(ctx)
+		}
 		if err != nil {
 			// Locked as before: a later unlock asks again.
 			clear(mc.TLS.KeyPEM)
@@ -116,12 +126,17 @@ func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
 		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {
 			d.log.Warn("removing the locked manager's scratch store", "err", err)
 		}
-		if demoted {
+		if left || demoted {
 			clear(mc.TLS.KeyPEM)
 			mc = nil
 			d.unlockWith.Destroy()
 			d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""
+		}
+		if demoted {
 			err = d.loadWorker()
+		}
+		if left {
+			d.state = swarm.LocalNodeStateInactive
 		}
 		if err == nil {
 			err = d.openStoreLocked(ctx, mc)
@@ -130,7 +145,7 @@ func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("starting this node's store: %w", err)
 		}
-		if demoted {
+		if left || demoted {
 			return d.startServing(ctx, false)
 		}
 	}
@@ -250,11 +265,48 @@ func (d *Daemon) followOnce(ctx context.Context) bool {
 		return false
 	}
 	defer d.notePendingLocked()
-	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
+	acked, err := d.settleKeysLocked(ctx, d.mk, "")
+	d.notePendingLocked() // at once: the files just changed
+	if err == nil && acked {
+		err = d.noteFetchedLocked(ctx)
+	}
+	if err != nil {
 		d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
 		return false
 	}
 	return true
+}
+
+// noteFetchedLocked writes UnlockKeyFetched into the record when this
+// manager's files are locked under the recorded key but the record does
+// not say it was fetched: a lone node autolocked (its key fetched on the
+// lone node's path, which writes no flag) that became a manager. Its
+// locked file opening with the recorded key shows the key reached an
+// operator; without the flag, managers joining it would keep their
+// master key in the clear.
+func (d *Daemon) noteFetchedLocked(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		c, err := cluster.Get(ctx, d.store)
+		if err != nil {
+			return err
+		}
+		if !c.Spec.EncryptionConfig.AutoLockManagers || c.UnlockKeyFetched {
+			return nil
+		}
+		recorded, err := c.UnlockKey(&d.keys)
+		if err != nil {
+			return err
+		}
+		if recorded == "" || !d.lockedKey.Opens(recorded) {
+			return nil
+		}
+		c.UnlockKeyFetched = true
+		err = cluster.Put(ctx, d.store, &c)
+		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
+			continue
+		}
+		return err
+	}
 }
 
 // msgLeaveLocked is Swarm's refusal of `swarm leave` without --force on a

@@ -369,3 +369,29 @@ func TestInitAutolockOnListeningManager(t *testing.T) {
 		t.Fatal("the node that became a manager no longer has its files locked under the key")
 	}
 }
+
+// A lone node autolocked before it listened for managers (its key was
+// fetched on the lone node's path, which leaves the record's
+// UnlockKeyFetched unset) becomes the first manager: a manager joining it
+// must still lock its master key, not keep it in the clear until someone
+// fetches the key again.
+func TestJoinAfterLoneAutolockLocks(t *testing.T) {
+	ctx := context.Background()
+	first := &clusterNode{cfg: Config{DataDir: t.TempDir(), RoleSyncPeriod: fastSync}}
+	first.d = startWith(t, first.cfg)
+	k := enableAutolock(t, first.d)
+	first.d.Close()
+	first.cfg.ListenAddr = loopbackListen(t)
+	first.d = startWith(t, first.cfg)
+	if err := first.d.Unlock(ctx, k); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	if first.d.member == nil {
+		t.Fatal("the unlocked node did not become a manager")
+	}
+	m := joinManager(t, ctx, first)
+	waitUntil(t, "the joined manager locks under the key the operator has", func() bool { return lockedUnder(m.d, k) })
+	if w := m.d.Warnings(); len(w) != 0 {
+		t.Errorf("the joined manager warns with nothing owed: %q", w)
+	}
+}

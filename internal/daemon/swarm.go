@@ -642,7 +642,7 @@ func (d *Daemon) unlockLocked(ctx context.Context, key string) (member bool, _ e
 		return false, &errdefs.Error{Category: errdefs.ErrConflict, Msg: "swarm is not locked"}
 	}
 	if d.unlockWith.Key != nil {
-		return false, errdefs.Unavailable("this manager is unlocked and waits for the swarm's quorum to start")
+		return false, errdefs.Unavailable("%s", msgUnlockStarting)
 	}
 	// The locked key opens with a key that reached an operator; the
 	// pending one with a rotated key that may not have yet: either works.
@@ -697,6 +697,11 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	}
 	if d.worker != nil {
 		return d.leaveWorkerLocked(ctx)
+	}
+	if d.unlockWith.Key != nil {
+		// Unlocked, its start under way without mu (serveUnlockedMember):
+		// a leave now would take the membership that start uses.
+		return errdefs.Unavailable("%s", msgUnlockStarting)
 	}
 	if d.lockedMember != nil {
 		return d.leaveLockedMemberLocked(ctx, force)
