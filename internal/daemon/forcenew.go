@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -83,7 +84,11 @@ func (d *Daemon) forceNewMember(ctx context.Context, req swarm.InitRequest, caKe
 		return "", false, nil
 	}
 	// Refusals first: nothing is changed by a request refused.
-	if _, err := cluster.ValidateInit(&req, d.cfg.AdvertiseAddr); err != nil {
+	netw, err := cluster.ValidateInit(&req, d.cfg.AdvertiseAddr)
+	if err != nil {
+		return "", true, err
+	}
+	if err := d.forceNewKeepsAddrs(req, netw); err != nil {
 		return "", true, err
 	}
 	if req.AutoLockManagers || req.Spec.EncryptionConfig.AutoLockManagers {
@@ -392,4 +397,27 @@ func (d *Daemon) droppedNotMember(ctx context.Context, nodeID string) bool {
 	}
 	_, ok, err := m.ByName(ctx, nodeID, "")
 	return err == nil && !ok
+}
+
+// forceNewKeepsAddrs refuses, by name, a listen or advertise address on a
+// force-new-cluster that differs from the node's own: Swarm restarts the
+// node on the new addresses (its way to move a manager), which hush does
+// not do; accepting and ignoring them would leave the user believing the
+// manager moved. The docker CLI always sends its default listen address,
+// which means "not given".
+func (d *Daemon) forceNewKeepsAddrs(req swarm.InitRequest, netw cluster.Network) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.forceNewAddrsLocked(req, netw)
+}
+
+func (d *Daemon) forceNewAddrsLocked(req swarm.InitRequest, netw cluster.Network) error {
+	cur := d.listen
+	if strings.TrimPrefix(req.ListenAddr, "tcp://") != cliDefaultListen && netw.ListenAddr != cur.Listen {
+		return errdefs.BadRequest("ListenAddr %s: hush does not move a manager to another listen address with --force-new-cluster (this node listens on %q); leave it out", req.ListenAddr, cur.Listen)
+	}
+	if req.AdvertiseAddr != "" && netw.AdvertiseAddr != cur.Advertise {
+		return errdefs.BadRequest("AdvertiseAddr %s: hush does not move a manager to another advertise address with --force-new-cluster (this node advertises %q); leave it out", req.AdvertiseAddr, cur.Advertise)
+	}
+	return nil
 }

@@ -116,6 +116,13 @@ func TestForceNewClusterFromPending(t *testing.T) {
 	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true, AutoLockManagers: true}); err == nil || !strings.Contains(err.Error(), "autolock") {
 		t.Fatalf("force-new-cluster with autolock: %v", err)
 	}
+	// Swarm moves the manager to new addresses; hush refuses them by name.
+	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: "127.0.0.1:2999", ForceNewCluster: true}); err == nil || !strings.Contains(err.Error(), "ListenAddr") {
+		t.Fatalf("force-new-cluster on another listen address: %v", err)
+	}
+	if _, err := m1.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, AdvertiseAddr: "10.9.9.9", ForceNewCluster: true}); err == nil || !strings.Contains(err.Error(), "AdvertiseAddr") {
+		t.Fatalf("force-new-cluster on another advertise address: %v", err)
+	}
 	if st := m1.State(); st != swarm.LocalNodeStatePending {
 		t.Fatalf("after a refused request: %q, want pending", st)
 	}

@@ -273,9 +273,11 @@ func (d *Daemon) leftWhileDown(ctx context.Context) (bool, error) {
 	}
 	var lm leaveMarker
 	_ = json.Unmarshal(b, &lm)
-	if d.member == nil && (d.lockedMember == nil || lm.Locked) {
-		// member.json is gone (the wipe had begun), or the leave of a
-		// locked manager, which removes no member, stopped.
+	if d.member == nil && (d.lockedMember == nil || lm.Locked || lm.Removed) {
+		// member.json is gone (the wipe had begun), the leave of a
+		// locked manager (which removes no member) stopped, or the
+		// member's removal was answered and the node came back locked:
+		// its etcd member is gone, so no unlock could start it again.
 		d.log.Warn("finishing an interrupted leave: wiping the manager state")
 		d.lockedMember = nil
 		if err := os.RemoveAll(d.scratchStoreDir()); err != nil {

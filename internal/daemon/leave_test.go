@@ -332,3 +332,42 @@ func TestLeaveNeedsRemoval(t *testing.T) {
 		}
 	}
 }
+
+// A running manager of an autolocked cluster leaves with --force; the
+// leave is stopped (as by a crash) after its member was removed, and the
+// restart comes up locked (its key files are locked). The marker knows
+// the removal: the wipe finishes, and the node is not left a locked
+// "member" whose etcd member is gone (no unlock could ever start it).
+func TestLeaveRemovedThenRestartedLocked(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	m1, m2, m3 := ms[0], ms[1], ms[2]
+	c := getCluster(t, m1.d)
+	spec := c.Spec
+	spec.EncryptionConfig.AutoLockManagers = true
+	if err := m1.d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	key := fetchUnlockKey(t, m1.d)
+	for _, m := range ms {
+		waitUntil(t, "every manager locks", func() bool { return lockedUnder(m.d, key) })
+	}
+	hit := crashAt(m3.d, fpLeaveWipe)
+	if err := m3.d.Leave(ctx, true); err == nil {
+		t.Fatal("the failpoint did not stop the leave")
+	}
+	<-hit
+	if n := voters(t, m1.d); n != 2 {
+		t.Fatalf("%d voters after the removal, want 2", n)
+	}
+	m3.restart(t)
+	if st := m3.d.State(); st != swarm.LocalNodeStateInactive {
+		t.Fatalf("restarted after its member's removal: state %q, want inactive", st)
+	}
+	for _, f := range []string{"member.json", "keys/master.key", "keys/master.key.locked", "leaving.json"} {
+		if exists(t, m3.cfg.DataDir, f) {
+			t.Errorf("%s is left after the finished leave", f)
+		}
+	}
+	writeAndRead(t, m1.d, m2.d, "after-removed-locked-restart")
+}

@@ -452,9 +452,14 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 // active node. hush's cluster always has this one manager, so there is no
 // membership to shrink: as in Swarm, the cluster and its state stay, and
 // the request's set spec fields (and autolock, when asked) are applied.
-// The network settings of the first init stay too, as in Swarm.
+// A listen or advertise address other than the node's own is refused
+// (forceNewKeepsAddrs).
 func (d *Daemon) forceNewClusterLocked(ctx context.Context, req swarm.InitRequest, caKey []byte) (string, error) {
-	if _, err := cluster.ValidateInit(&req, d.cfg.AdvertiseAddr); err != nil {
+	netw, err := cluster.ValidateInit(&req, d.cfg.AdvertiseAddr)
+	if err != nil {
+		return "", err
+	}
+	if err := d.forceNewAddrsLocked(req, netw); err != nil {
 		return "", err
 	}
 	c, err := cluster.Get(ctx, d.store)

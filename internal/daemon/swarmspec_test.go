@@ -390,6 +390,20 @@ func TestSpecForceNewCluster(t *testing.T) {
 	d := specStart(t, t.TempDir(), false)
 	defer d.Close()
 	before, _ := d.Inspect(ctx)
+	// Swarm restarts the node on a new listen or advertise address; hush
+	// does not move a node, and says so by name rather than ignore them.
+	for field, bad := range map[string]swarm.InitRequest{
+		"ListenAddr":    {ListenAddr: "127.0.0.1:2999", ForceNewCluster: true},
+		"AdvertiseAddr": {ListenAddr: "0.0.0.0:2377", AdvertiseAddr: "10.9.9.9", ForceNewCluster: true},
+	} {
+		bad.Spec.Orchestration.TaskHistoryRetentionLimit = specPtr(int64(9))
+		if _, err := d.InitWithKey(ctx, bad, nil); err == nil || !strings.Contains(err.Error(), field) {
+			t.Fatalf("force-new-cluster with another %s: %v", field, err)
+		}
+	}
+	if now, _ := d.Inspect(ctx); !reflect.DeepEqual(now.Spec, before.Spec) {
+		t.Fatalf("a refused force-new-cluster changed the spec: %+v", now.Spec)
+	}
 	req := swarm.InitRequest{ListenAddr: "0.0.0.0:2377", ForceNewCluster: true}
 	req.Spec.Orchestration.TaskHistoryRetentionLimit = specPtr(int64(7))
 	id, err := d.InitWithKey(ctx, req, nil)
