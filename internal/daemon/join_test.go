@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -173,22 +174,33 @@ func TestJoinErrorRoundTrip(t *testing.T) {
 	}
 }
 
+// freeLoopbackPort returns a port P with P, P+1 and P+2 free on
+// 127.0.0.1 (a node's join/CA service, etcd peer and dispatcher ports),
+// chosen below the kernel's ephemeral range (32768 and up by default): a
+// node restarted by a test binds the same ports again, and a port of the
+// ephemeral range may meanwhile be taken as the local port of any
+// process's outgoing connection (a restart then failed in CI with
+// "bind: address already in use").
 func freeLoopbackPort(t *testing.T) int {
 	t.Helper()
-	for range 50 {
-		l1, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	for range 200 {
+		port := 10000 + rand.IntN(22000)
+		var ls []net.Listener
+		for i := range 3 {
+			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+i)))
+			if err != nil {
+				break
+			}
+			ls = append(ls, l)
 		}
-		port := l1.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
-		l1.Close()
-		if err == nil {
-			l2.Close()
+		for _, l := range ls {
+			l.Close()
+		}
+		if len(ls) == 3 {
 			return port
 		}
 	}
-	t.Fatal("no free pair of ports")
+	t.Fatal("no three free ports in a row below the ephemeral range")
 	return 0
 }
 
