@@ -115,14 +115,14 @@ func (l *Leadership) Done() <-chan struct{} { return l.session.Done() }
 // leader key still exists with the revision it was created at. Pass it in
 // a Table method's guards; it fails once the leadership ended, even if
 // this process has not noticed yet.
-func (l *Leadership) Guard() clientv3.Cmp {
-	return clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)
+func (l *Leadership) Guard() Cond {
+	return Cond{clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)}
 }
 
 // Check confirms, with a linearizable read, that the leadership still
 // holds: for a leader about to act on something it read.
 func (l *Leadership) Check(ctx context.Context) error {
-	resp, err := l.s.cli.Txn(ctx).If(l.Guard()).Commit()
+	resp, err := l.s.cli.Txn(ctx).If(l.Guard().cmp).Commit()
 	if err != nil {
 		return wrapEtcd(err)
 	}

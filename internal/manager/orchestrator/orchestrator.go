@@ -26,7 +26,6 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Orchestrator reconciles services and tasks.
@@ -79,11 +78,11 @@ type Orchestrator struct {
 func (o *Orchestrator) SetLeadership(l *store.Leadership) { o.leader = l }
 
 // guards are the preconditions of the orchestrator's task writes.
-func (o *Orchestrator) guards() []clientv3.Cmp {
+func (o *Orchestrator) guards() []store.Cond {
 	if o.leader == nil {
 		return nil
 	}
-	return []clientv3.Cmp{o.leader.Guard()}
+	return []store.Cond{o.leader.Guard()}
 }
 
 // New returns an orchestrator for the manager's node nodeID (hush runs one
