@@ -212,7 +212,9 @@ func update(ctx context.Context, st *store.Store, id string, version uint64, spe
 
 // SetStatus records node id's liveness, only while l (the orchestrator's
 // leadership, which runs the liveness loop) still holds: a deposed leader's
-// write fails with store.ErrGuard. An unchanged status writes nothing.
+// write fails with store.ErrDeposed (a store.ErrGuard) and changes
+// nothing; a record changed since it was read fails with store.ErrStale.
+// An unchanged status writes nothing.
 func SetStatus(ctx context.Context, st *store.Store, l *store.Leadership, id string, s Status) error {
 	n, err := Get(ctx, st, id)
 	if err != nil {
@@ -224,7 +226,7 @@ func SetStatus(ctx context.Context, st *store.Store, l *store.Leadership, id str
 	n.Status = &s
 	val, _ := json.Marshal(&n)
 	_, err = st.Table(table).UpdateGuarded(ctx, id, int64(n.Version), val, []store.Cond{l.Guard()})
-	return err
+	return l.Explain(ctx, err)
 }
 
 // SetDescription records what node id reported of itself; an unchanged

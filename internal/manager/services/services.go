@@ -303,6 +303,10 @@ type UpdateOptions struct {
 	// when it is not: "spec" (the default) or "previous-spec".
 	RegistryAuth     []byte
 	RegistryAuthFrom swarm.RegistryAuthSource
+	// Guards are the writer's own preconditions (the orchestrator's
+	// leadership, for the rollback its failure action starts): when one
+	// fails the update returns store.ErrGuard, not a client's error.
+	Guards []store.Cond
 }
 
 // Update replaces the spec of the service ref names. With Rollback, the
@@ -341,6 +345,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 		return err
 	}
 	guards = append(guards, netGuards...)
+	guards = append(guards, opt.Guards...)
 	prev := cur.Spec
 	next.PreviousSpec = &prev
 	next.PreviousSpecVersion = cur.SpecVersion
@@ -373,6 +378,8 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	ops := append(refDiffOps(cur.ID, spec.Name, &cur.Spec, &spec), networks.RefDiffOps(cur.ID, &cur.Spec, &spec)...)
 	_, err = m.svcs.UpdateGuarded(ctx, cur.ID, int64(opt.Version), val, guards, ops...)
 	switch {
+	case errors.Is(err, store.ErrGuard) && len(opt.Guards) > 0 && !m.holds(ctx, opt.Guards):
+		return fmt.Errorf("service %s: %w", cur.ID, store.ErrGuard)
 	case errors.Is(err, store.ErrGuard) || errors.Is(err, store.ErrStale):
 		// Either the version is stale or a referenced object vanished; the
 		// version is by far the common case, and both mean "read again".
@@ -389,15 +396,25 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	return nil
 }
 
-// SetUpdateStatus records rollout progress (written by the orchestrator).
-func (m *Manager) SetUpdateStatus(ctx context.Context, svc *model.Service, st *swarm.UpdateStatus) error {
+// holds reports whether the caller's own guards still hold; unsure (the
+// store did not answer) counts as held, so the usual error is returned.
+func (m *Manager) holds(ctx context.Context, guards []store.Cond) bool {
+	ok, err := m.st.Holds(ctx, guards...)
+	return err != nil || ok
+}
+
+// SetUpdateStatus records rollout progress (written by the orchestrator,
+// under its leadership's guards). It fails with store.ErrStale or, when
+// guarded, store.ErrGuard (a stale version or a failed guard: see
+// store.Leadership.Explain) and changes nothing then.
+func (m *Manager) SetUpdateStatus(ctx context.Context, svc *model.Service, st *swarm.UpdateStatus, guards ...store.Cond) error {
 	next := *svc
 	next.UpdateStatus = st
 	val, err := json.Marshal(&next)
 	if err != nil {
 		return err
 	}
-	_, err = m.svcs.Update(ctx, svc.ID, int64(svc.Version.Index), val)
+	_, err = m.svcs.UpdateGuarded(ctx, svc.ID, int64(svc.Version.Index), val, guards)
 	return err
 }
 
