@@ -1,0 +1,97 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// noteNoEffect warns only about settings hush does not act on: a changed
+// CAConfig.NodeCertExpiry is honoured (the certificates issued from then
+// on carry it), so it is not one of them.
+func TestNoteNoEffectFields(t *testing.T) {
+	base := func() *cluster.Cluster {
+		c := &cluster.Cluster{Spec: cluster.DefaultSpec()}
+		c.Network = cluster.Network{ListenAddr: "0.0.0.0:2377", DataPathPort: cluster.DefaultDataPathPort}
+		return c
+	}
+	for _, tt := range []struct {
+		name   string
+		change func(c *cluster.Cluster)
+		warned string // "" when nothing may be logged
+	}{
+		{"node certificate expiry", func(c *cluster.Cluster) { c.Spec.CAConfig.NodeCertExpiry = 48 * time.Hour }, ""},
+		{"external CA", func(c *cluster.Cluster) {
+			c.Spec.CAConfig.ExternalCAs = []*swarm.ExternalCA{{Protocol: "cfssl", URL: "https://ca.example"}}
+		}, "CAConfig.ExternalCAs"},
+		{"nothing", func(*cluster.Cluster) {}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			d := &Daemon{log: slog.New(slog.NewTextHandler(&buf, nil))}
+			before, after := base(), base()
+			tt.change(after)
+			d.noteNoEffect(before, after)
+			got := buf.String()
+			if tt.warned == "" && got != "" {
+				t.Fatalf("warned about an honoured setting: %s", got)
+			}
+			if tt.warned != "" && !strings.Contains(got, "field="+tt.warned) {
+				t.Fatalf("no warning naming %s: %q", tt.warned, got)
+			}
+		})
+	}
+}
+
+// life is a certificate's validity from its issue (NotBefore is backdated).
+func life(leafNotBefore, leafNotAfter time.Time) time.Duration {
+	return leafNotAfter.Sub(leafNotBefore.Add(pki.Backdate))
+}
+
+// CAConfig.NodeCertExpiry set by an update is what the certificates
+// issued afterwards carry: a join's and a renewal's.
+func TestNodeCertExpiryHonoured(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	spec := c.Spec
+	spec.CAConfig.NodeCertExpiry = 48 * time.Hour
+	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	joined := w.cert.Load()
+	if got := life(joined.Leaf.NotBefore, joined.Leaf.NotAfter); got != 48*time.Hour {
+		t.Fatalf("joined worker's certificate lives %s, want 48h", got)
+	}
+	// The manager's own certificate, issued before the update, is renewed
+	// with the new lifetime.
+	renewed(t, m, l1)
+	if got := life(m.cert.Load().Leaf.NotBefore, m.cert.Load().Leaf.NotAfter); got != 48*time.Hour {
+		t.Fatalf("renewed manager certificate lives %s, want 48h", got)
+	}
+	c = getCluster(t, m)
+	spec = c.Spec
+	spec.CAConfig.NodeCertExpiry = 36 * time.Hour
+	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	w.skew.Store(int64(renewSkew(joined)))
+	waitUntil(t, "the worker renews", func() bool { return w.cert.Load().Leaf.SerialNumber.Cmp(joined.Leaf.SerialNumber) != 0 })
+	w.skew.Store(0)
+	if got := life(w.cert.Load().Leaf.NotBefore, w.cert.Load().Leaf.NotAfter); got != 36*time.Hour {
+		t.Fatalf("renewed worker certificate lives %s, want 36h", got)
+	}
+}
