@@ -178,6 +178,11 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 	if want != n.Spec.Role {
 		d.log.Info("node role changed", "node", n.ID, "from", n.Spec.Role, "to", want)
 	}
+	if want == swarm.NodeRoleWorker && n.Spec.Role == swarm.NodeRoleManager {
+		// etcd refuses the manager certificates it held by serial, also
+		// after a later promotion (certrefusal.go).
+		d.noteDemoted(ctx, n.ID)
+	}
 	switch {
 	case remove != nil && n.ID != d.nodeID:
 		// At once, so that node ls shows it; the demoted node's sync
@@ -298,6 +303,7 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 			}
 			d.log.Info("demoted manager's member removed", "node", id.NodeID, "member", m.ID)
 		}
+		d.noteDemoted(ctx, id.NodeID)
 	case want == pki.RoleManager && id.Role == pki.RoleWorker:
 		resp, err := d.promoteNode(ctx, &c, n, req, resp)
 		if err != nil {
