@@ -3,12 +3,14 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/moby/moby/api/types/swarm"
@@ -93,5 +95,43 @@ func TestNodeCertExpiryHonoured(t *testing.T) {
 	w.skew.Store(0)
 	if got := life(w.cert.Load().Leaf.NotBefore, w.cert.Load().Leaf.NotAfter); got != 36*time.Hour {
 		t.Fatalf("renewed worker certificate lives %s, want 36h", got)
+	}
+}
+
+// A manager issues a node at most IssueBurst certificates at once
+// through the node's sync, keyed by the node ID of the certificate it
+// calls with; beyond that the node is told, by name, that it is rate
+// limited and when to retry, while its role queries are still answered.
+func TestRenewalRateLimited(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: time.Hour, IssueBurst: 2, IssueEvery: time.Hour})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	key := w.nodeKey
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := w.callSync(ctx, v, &syncRequest{CSR: csr}); err != nil {
+			t.Fatalf("renewal %d within the burst: %v", i, err)
+		}
+	}
+	_, err = w.callSync(ctx, v, &syncRequest{CSR: csr})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "rate limited") || !strings.Contains(err.Error(), w.nodeID) {
+		t.Fatalf("a renewal beyond the burst: %v, want a precondition naming the node and the rate limit", err)
+	}
+	if ans, err := w.callSync(ctx, v, &syncRequest{}); err != nil || ans.Role != roleWorker {
+		t.Fatalf("the role query of a rate-limited node: %+v %v", ans, err)
 	}
 }

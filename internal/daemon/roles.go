@@ -231,6 +231,11 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 		// A removed node's certificate renews nothing (noderemove.go).
 		err = d.refuseNode(id.NodeID, r.TLS.VerifiedChains[0][0])
 	}
+	if err == nil && len(req.CSR) > 0 {
+		// Each CSR costs a signature and a store write: bounded per node,
+		// keyed by the verified certificate's node ID.
+		err = d.issueLimit.Allow(id.NodeID, time.Now())
+	}
 	if err != nil {
 		writeJoinError(w, err)
 		return
