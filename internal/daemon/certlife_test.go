@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"strings"
@@ -134,4 +135,86 @@ func TestRenewalRateLimited(t *testing.T) {
 	if ans, err := w.callSync(ctx, v, &syncRequest{}); err != nil || ans.Role != roleWorker {
 		t.Fatalf("the role query of a rate-limited node: %+v %v", ans, err)
 	}
+}
+
+// expire gives d a certificate of its own key that expired an hour ago,
+// signed by the cluster CA of m, as a node down past its certificate's
+// end would hold.
+func expire(t *testing.T, m, d *Daemon) *x509.Certificate {
+	t.Helper()
+	c := getCluster(t, m)
+	roots, err := pki.ParseRootBundle([]byte(c.CACert), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := c.CASigner(&m.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA(roots[0], signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	csr, err := pki.NewCSR(d.nodeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: d.nodeID, ClusterID: c.ID, Role: certRole(d.cert.Load().Leaf),
+		Expiry: pki.MinNodeCertExpiry, Now: time.Now().Add(-2 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pki.TLSCertificate(iss.PEM, d.nodeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cert.Store(cert)
+	return iss.Leaf
+}
+
+// A node whose certificate expired cannot ask a manager (their TLS
+// refuses it). A manager whose store answers reissues its own; a worker
+// stops asking and reports why, by name, in docker info's Swarm.Error
+// (Swarm's node only logs "failed to renew the certificate" and fails at
+// its next start), and the managers list it Down.
+func TestExpiredCertificate(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	spec := c.Spec
+	spec.Dispatcher.HeartbeatPeriod = time.Second
+	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+
+	dead := expire(t, m, m)
+	waitUntil(t, "the manager reissues its expired certificate", func() bool {
+		return m.cert.Load().Leaf.NotAfter.After(time.Now()) && m.cert.Load().Leaf.SerialNumber.Cmp(dead.SerialNumber) != 0
+	})
+	var ms memberState
+	readJSON(t, m.memberPath(), &ms)
+	if !sameSerial(t, ms.CertPEM, m.cert.Load()) || m.CertProblem() != "" {
+		t.Fatalf("member.json does not hold the reissued certificate, or a problem is reported: %q", m.CertProblem())
+	}
+
+	dead = expire(t, m, w)
+	waitUntil(t, "the worker reports its expired certificate", func() bool { return w.CertProblem() != "" })
+	si, ok := w.WorkerInfo()
+	if !ok || si.Error != w.CertProblem() || !strings.Contains(si.Error, "expired at") || !strings.Contains(si.Error, "docker swarm leave --force") {
+		t.Fatalf("docker info's Swarm.Error on the worker: %q", si.Error)
+	}
+	if w.cert.Load().Leaf.SerialNumber.Cmp(dead.SerialNumber) != 0 {
+		t.Fatal("the worker's expired certificate was replaced although no manager may renew it")
+	}
+	waitUntil(t, "node ls shows the worker Down", func() bool {
+		_, others, _, err := clusterNodes{m}.Managers(ctx)
+		return err == nil && len(others) == 1 && others[0].ID == w.nodeID && others[0].Status.State == swarm.NodeStateDown
+	})
 }

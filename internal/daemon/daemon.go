@@ -194,6 +194,10 @@ type Daemon struct {
 	// by the join/CA service, the dispatcher and the worker's dispatcher
 	// client, so that a renewal swaps it everywhere (roles.go).
 	cert atomic.Pointer[tls.Certificate]
+	// certProblem is why this node's certificate cannot be renewed (an
+	// expired one the managers refuse), for the log and docker info's
+	// Swarm.Error; nil when there is none (certexpiry.go).
+	certProblem atomic.Pointer[string]
 	// issueLimit bounds the certificates a node's sync is issued here
 	// (serveNodeSync).
 	issueLimit *pki.IssueLimiter

@@ -477,6 +477,12 @@ func (d *Daemon) syncOnce(ctx context.Context) error {
 	if !ok || len(v.addrs) == 0 {
 		return nil
 	}
+	if !d.now().Before(v.cert.Leaf.NotAfter) {
+		// The managers' TLS refuses an expired certificate: asking them
+		// would fail at the handshake (certexpiry.go).
+		return d.renewExpired(ctx, v)
+	}
+	d.certProblem.Store(nil)
 	ans, err := d.callSync(ctx, v, &syncRequest{})
 	if err != nil {
 		return err
@@ -622,6 +628,12 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 	if err != nil {
 		return err
 	}
+	return d.installRenewed(key, ans.CertPEM, cert)
+}
+
+// installRenewed makes cert (certPEM, for key) this node's certificate:
+// the files, etcd's peer TLS, and what the services read per handshake.
+func (d *Daemon) installRenewed(key *ecdsa.PrivateKey, certPEM []byte, cert *tls.Certificate) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nodeKey != key {
@@ -630,7 +642,7 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 	switch {
 	case d.member != nil:
 		ms := *d.member
-		ms.CertPEM = string(ans.CertPEM)
+		ms.CertPEM = string(certPEM)
 		if err := d.saveMember(&ms); err != nil {
 			return err
 		}
@@ -648,7 +660,7 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 		}
 	case d.worker != nil:
 		ws := *d.worker
-		ws.CertPEM = string(ans.CertPEM)
+		ws.CertPEM = string(certPEM)
 		if err := d.saveWorker(&ws); err != nil {
 			return err
 		}
@@ -657,6 +669,7 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 		return nil
 	}
 	d.cert.Store(cert)
+	d.certProblem.Store(nil)
 	d.log.Info("node certificate renewed", "notAfter", cert.Leaf.NotAfter)
 	return nil
 }
