@@ -26,9 +26,9 @@ import (
 // store still answers (a lone manager, or one whose peers still hold a
 // quorum with it) holds the CA key and the node records, so it reissues
 // its own certificate under the role its record says, as another manager
-// would have. Every other node stops asking, logs the reason at error
-// once, and shows it as docker info's Swarm.Error until a renewal
-// succeeds; `docker node ls` on the managers shows it Down, since its
+// would have. Every other node still asks each round (its clock may be
+// the wrong one), logs the reason at error once, and shows it as docker
+// info's Swarm.Error until a renewal succeeds; `docker node ls` on the managers shows it Down, since its
 // heartbeats are refused too.
 
 // msgCertExpired is the problem an expired certificate is reported as.
@@ -40,8 +40,9 @@ const msgCertExpired = "this node's TLS certificate (node %s) expired at %s: the
 const msgCertExpiredManager = "; if every manager's certificate expired, run docker swarm init --force-new-cluster on one manager (it then renews its own certificate) and join the others again"
 
 // renewExpired handles a sync round of a node whose certificate expired:
-// a manager whose store serves reissues its own; any other node reports
-// the problem (once in the log) and does not ask the managers.
+// a manager whose store serves reissues its own; any other node asks the
+// managers as for a renewal and, refused, reports the problem (once in
+// the log).
 func (d *Daemon) renewExpired(ctx context.Context, v syncView) error {
 	d.mu.Lock()
 	manager := d.member != nil
@@ -53,12 +54,19 @@ func (d *Daemon) renewExpired(ctx context.Context, v syncView) error {
 		}
 		d.log.Warn("renewing this manager's expired certificate itself failed", "err", err)
 	}
+	// Asked anyway, as Swarm's renewer does: this node's clock may be
+	// ahead of the managers'. The managers refuse a truly expired
+	// certificate at the handshake, which costs them no more than that.
+	err := d.renewSelf(ctx, v)
+	if err == nil {
+		return nil
+	}
 	msg := fmt.Sprintf(msgCertExpired, d.nodeID, v.cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
 	if manager {
 		msg += msgCertExpiredManager
 	}
 	if prev := d.certProblem.Swap(&msg); prev == nil || *prev != msg {
-		d.log.Error("node certificate expired", "node", d.nodeID, "notAfter", v.cert.Leaf.NotAfter, "problem", msg)
+		d.log.Error("node certificate expired", "node", d.nodeID, "notAfter", v.cert.Leaf.NotAfter, "problem", msg, "renewal", err)
 	}
 	return nil
 }

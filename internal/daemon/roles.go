@@ -478,8 +478,8 @@ func (d *Daemon) syncOnce(ctx context.Context) error {
 		return nil
 	}
 	if !d.now().Before(v.cert.Leaf.NotAfter) {
-		// The managers' TLS refuses an expired certificate: asking them
-		// would fail at the handshake (certexpiry.go).
+		// The managers' TLS refuses an expired certificate, role query
+		// included: a manager renews itself, others report (certexpiry.go).
 		return d.renewExpired(ctx, v)
 	}
 	d.certProblem.Store(nil)
