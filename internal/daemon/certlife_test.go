@@ -123,6 +123,13 @@ func TestRenewalRateLimited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Refused requests (a CSR that does not parse) give their issue back:
+	// retries of a failing request do not use up the node's renewals.
+	for range 3 {
+		if _, err := w.callSync(ctx, v, &syncRequest{CSR: []byte("not a CSR")}); err == nil || strings.Contains(err.Error(), "rate limited") {
+			t.Fatalf("a malformed CSR: %v, want its own refusal", err)
+		}
+	}
 	for i := range 2 {
 		if _, err := w.callSync(ctx, v, &syncRequest{CSR: csr}); err != nil {
 			t.Fatalf("renewal %d within the burst: %v", i, err)

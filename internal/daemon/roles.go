@@ -241,6 +241,9 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req)
+	if err != nil && len(req.CSR) > 0 {
+		d.issueLimit.Refund(id.NodeID)
+	}
 	if err != nil {
 		d.log.Warn("node sync refused", "node", id.NodeID, "err", err)
 		writeJoinError(w, err)

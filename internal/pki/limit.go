@@ -78,6 +78,18 @@ func (l *IssueLimiter) Allow(nodeID string, now time.Time) error {
 	return nil
 }
 
+// Refund gives back the issue Allow took for a request that was refused
+// afterwards (a promotion retried while another learner catches up): a
+// node's retries of a failing request do not use up its renewals.
+func (l *IssueLimiter) Refund(nodeID string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b, ok := l.buckets[nodeID]; ok {
+		b.tokens = min(b.tokens+1, float64(l.Burst))
+		l.buckets[nodeID] = b
+	}
+}
+
 func (l *IssueLimiter) refill(b bucket, now time.Time) bucket {
 	if el := now.Sub(b.at); el > 0 && l.Every > 0 {
 		b.tokens += float64(el) / float64(l.Every)

@@ -45,3 +45,24 @@ func TestIssueLimiter(t *testing.T) {
 		})
 	}
 }
+
+// A refunded issue is available again at once, never beyond the burst.
+func TestIssueLimiterRefund(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l := &IssueLimiter{Burst: 1, Every: time.Hour, MaxNodes: 10}
+	if err := l.Allow("a", t0); err != nil {
+		t.Fatal(err)
+	}
+	l.Refund("a")
+	l.Refund("a")
+	if err := l.Allow("a", t0); err != nil {
+		t.Fatalf("after a refund: %v", err)
+	}
+	if err := l.Allow("a", t0); err == nil {
+		t.Fatal("two refunds gave more than the burst")
+	}
+	l.Refund("unknown") // no bucket: nothing to give back
+	if len(l.buckets) != 1 {
+		t.Fatalf("a refund made a bucket: %d", len(l.buckets))
+	}
+}
