@@ -12,8 +12,8 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
-// An expired node certificate (see docs/DESIGN.md, "Expired node
-// certificates"). Every manager's TLS (join/CA service, dispatcher, etcd)
+// An expired node certificate (see docs/DESIGN.md, "Role changes and
+// renewal", expired certificate). Every manager's TLS (join/CA service, dispatcher, etcd)
 // refuses an expired certificate, so a node whose certificate expired
 // (it was down past its renewal window, or its clock jumped) cannot ask
 // any manager for a new one. Swarm's node retries the renewal with a
@@ -28,8 +28,8 @@ import (
 // its own certificate under the role its record says, as another manager
 // would have. Every other node still asks each round (its clock may be
 // the wrong one), logs the reason at error once, and shows it as docker
-// info's Swarm.Error until a renewal succeeds; `docker node ls` on the managers shows it Down, since its
-// heartbeats are refused too.
+// info's Swarm.Error until a renewal succeeds; `docker node ls` on the
+// managers shows it Down, since its heartbeats are refused too.
 
 // msgCertExpired is the problem an expired certificate is reported as.
 const msgCertExpired = "this node's TLS certificate (node %s) expired at %s: the managers refuse it, so it cannot be renewed. " +
@@ -47,12 +47,13 @@ func (d *Daemon) renewExpired(ctx context.Context, v syncView) error {
 	d.mu.Lock()
 	manager := d.member != nil
 	d.mu.Unlock()
-	if manager && d.CheckServing() == nil {
-		err := d.reissueSelf(ctx, v)
-		if err == nil {
-			return nil
+	var selfErr error
+	if manager {
+		if selfErr = d.CheckServing(); selfErr == nil {
+			if selfErr = d.reissueSelf(ctx, v); selfErr == nil {
+				return nil
+			}
 		}
-		d.log.Warn("renewing this manager's expired certificate itself failed", "err", err)
 	}
 	// Asked anyway, as Swarm's renewer does: this node's clock may be
 	// ahead of the managers'. The managers refuse a truly expired
@@ -66,7 +67,7 @@ func (d *Daemon) renewExpired(ctx context.Context, v syncView) error {
 		msg += msgCertExpiredManager
 	}
 	if prev := d.certProblem.Swap(&msg); prev == nil || *prev != msg {
-		d.log.Error("node certificate expired", "node", d.nodeID, "notAfter", v.cert.Leaf.NotAfter, "problem", msg, "renewal", err)
+		d.log.Error("node certificate expired", "node", d.nodeID, "notAfter", v.cert.Leaf.NotAfter, "problem", msg, "renewal", err, "selfReissue", selfErr)
 	}
 	return nil
 }
