@@ -21,7 +21,6 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/orchestrator"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Swarm's texts for the states in which a call cannot be served.
@@ -760,7 +759,7 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	}
 	err := d.injected(fpLeaveErase)
 	if err == nil {
-		_, err = d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix())
+		err = d.store.EraseAll(ctx)
 	}
 	if err != nil {
 		// Still in the cluster: run it again rather than stay active with
