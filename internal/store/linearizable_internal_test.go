@@ -32,9 +32,17 @@ type recordTxn struct {
 
 func (t *recordTxn) If(c ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(c...); return t }
 
-func (t *recordTxn) Then(o ...clientv3.Op) clientv3.Txn { t.record(o); t.Txn = t.Txn.Then(o...); return t }
+func (t *recordTxn) Then(o ...clientv3.Op) clientv3.Txn {
+	t.record(o)
+	t.Txn = t.Txn.Then(o...)
+	return t
+}
 
-func (t *recordTxn) Else(o ...clientv3.Op) clientv3.Txn { t.record(o); t.Txn = t.Txn.Else(o...); return t }
+func (t *recordTxn) Else(o ...clientv3.Op) clientv3.Txn {
+	t.record(o)
+	t.Txn = t.Txn.Else(o...)
+	return t
+}
 
 func (t *recordTxn) record(o []clientv3.Op) {
 	t.k.mu.Lock()
