@@ -247,3 +247,14 @@ func (m *MemberConfig) configure(cfg *embed.Config, name string) (memfds, error)
 	cfg.StrictReconfigCheck = true
 	return files, nil
 }
+
+// Timing is the raft timing this member's etcd runs with: its heartbeat
+// interval and election timeout, as etcd was started (it reads them at
+// start only). An external store's member reports zeros.
+func (m *Members) Timing() (heartbeat, election time.Duration) {
+	if m == nil || m.srv == nil {
+		return 0, 0
+	}
+	tick := time.Duration(m.srv.Cfg.TickMs) * time.Millisecond
+	return tick, time.Duration(m.srv.Cfg.ElectionTicks) * tick
+}
