@@ -315,10 +315,11 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 // waits until it has a quorum. The keyring must hold the master key.
 //
 // raft is the cluster spec's raft settings (nil: unknown, the default
-// spec's; a joiner reads the spec itself only once its member has caught
-// up, so the manager admitting it sends them). The member's etcd starts with their timing, as
-// it does at every later start: etcd reads it at start only, and a first
-// start on other timing made a young cluster's first failover slow.
+// spec's; a joiner could read the spec only once its member has caught
+// up, so the manager admitting it sends them). The member's etcd starts
+// with their timing, as it does at every later start: etcd reads it at
+// start only, and a first start on other timing (DefaultClusterTuning's
+// 2.5 s election) made a young cluster's failovers slow.
 func (d *Daemon) enterMemberLocked(ctx context.Context, ms *memberState, key *ecdsa.PrivateKey, wipe bool, raft *swarm.RaftConfig) error {
 	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
 		return err
