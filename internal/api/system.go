@@ -95,8 +95,23 @@ func (s *Server) workerInfo() (swarm.Info, bool) {
 	return swarm.Info{}, false
 }
 
+// CertProblem is implemented by a SwarmController that knows why its
+// node's certificate cannot be renewed (an expired one): /info's
+// Swarm.Error says it on a manager too, as Swarm's does.
+type CertProblem interface {
+	CertProblem() string
+}
+
 // swarmInfo is the Swarm section of /info for this node.
 func (s *Server) swarmInfo(r *http.Request) swarm.Info {
+	si := s.swarmInfoState(r)
+	if p, ok := s.Swarm.(CertProblem); ok && si.Error == "" && si.LocalNodeState == swarm.LocalNodeStateActive {
+		si.Error = p.CertProblem()
+	}
+	return si
+}
+
+func (s *Server) swarmInfoState(r *http.Request) swarm.Info {
 	switch st := s.state(); st {
 	case swarm.LocalNodeStateInactive:
 		return swarm.Info{LocalNodeState: st}

@@ -38,7 +38,24 @@ type managerCertRecord struct {
 	Node      string    `json:"node"`
 	NotBefore time.Time `json:"notBefore"`
 	NotAfter  time.Time `json:"notAfter"`
+	// Demoted marks a certificate its node held (or was issued) before a
+	// demotion: it stays refused by serial when the node is promoted
+	// again, whose new manager certificate is another serial.
+	Demoted bool `json:"demoted,omitempty"`
 }
+
+// Upkeep of the table, per pass of keepEtcdCRL. A record is pruned once
+// its certificate has been expired for certPruneGrace: etcd refuses an
+// expired certificate itself, so the list need not name it, and the
+// grace covers a peer whose clock is behind this manager's by up to the
+// skew certificates are backdated for. maxCertWritesPerPass bounds the
+// writes (prunes and demotion marks) of one pass, so a backlog (a
+// cluster upgraded with years of records) is worked off over passes
+// without holding up the list.
+const (
+	certPruneGrace       = pki.Backdate
+	maxCertWritesPerPass = 64
+)
 
 // crlPeriod is how often a manager reads the refusals for its member's
 // list; crlValidity is the list's NextUpdate (etcd does not read it).
@@ -71,12 +88,109 @@ func (d *Daemon) noteIssued(iss *pki.Issued, nodeID string, role pki.Role) error
 	return nil
 }
 
+// markDemoted revokes by serial every manager certificate recorded for
+// nodeID: called once its demotion is written, so that a promotion later
+// (a new manager certificate, another serial) does not make the ones it
+// held as a manager before acceptable to etcd again. A certificate
+// issued concurrently (a renewal that read the role before the demotion)
+// is marked by keepEtcdCRL's next pass while the node is a worker.
+func markDemoted(ctx context.Context, st *store.Store, nodeID string) error {
+	objs, err := st.Table(managerCertsTable).List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		var r managerCertRecord
+		if json.Unmarshal(o.Value, &r) != nil || r.Node != nodeID || r.Demoted {
+			continue
+		}
+		if err := setDemoted(ctx, st, o, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setDemoted marks one record; a record changed or pruned meanwhile is
+// left to the next pass.
+func setDemoted(ctx context.Context, st *store.Store, o store.Object, r managerCertRecord) error {
+	r.Demoted = true
+	val, _ := json.Marshal(r)
+	_, err := st.Table(managerCertsTable).Update(ctx, o.ID, o.ModRev, val)
+	if errors.Is(err, store.ErrStale) || errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// noteDemoted is markDemoted for the daemon's demotion paths: a failure
+// is logged, and keepEtcdCRL marks the records while the node is a
+// worker.
+func (d *Daemon) noteDemoted(ctx context.Context, nodeID string) {
+	if err := markDemoted(ctx, d.store, nodeID); err != nil {
+		d.log.Warn("demotion: revoking the node's manager certificates by serial failed; the next revocation pass retries", "node", nodeID, "err", err)
+	}
+}
+
+// tendManagerCerts is one pass of the table's upkeep: it prunes records
+// of certificates expired for certPruneGrace and marks the certificates
+// of nodes recorded as workers as demoted, at most maxCertWritesPerPass
+// writes in all. It returns how many records it pruned and marked.
+func tendManagerCerts(ctx context.Context, st *store.Store, now time.Time) (pruned, marked int, err error) {
+	t := st.Table(managerCertsTable)
+	objs, err := t.List(ctx)
+	if err != nil || len(objs) == 0 {
+		return 0, 0, err
+	}
+	var role map[string]swarm.NodeRole
+	for _, o := range objs {
+		if pruned+marked >= maxCertWritesPerPass {
+			break
+		}
+		var r managerCertRecord
+		if json.Unmarshal(o.Value, &r) != nil {
+			// Not a record this daemon wrote: it refuses nothing, and is
+			// pruned with the others.
+			r = managerCertRecord{}
+		}
+		if !r.NotAfter.Add(certPruneGrace).After(now) {
+			err := t.Delete(ctx, o.ID, "", o.ModRev, nil)
+			if err != nil && !errors.Is(err, store.ErrStale) && !errors.Is(err, store.ErrNotFound) {
+				return pruned, marked, err
+			}
+			pruned++
+			continue
+		}
+		if r.Demoted {
+			continue
+		}
+		if role == nil {
+			recs, err := nodes.List(ctx, st)
+			if err != nil {
+				return pruned, marked, err
+			}
+			role = make(map[string]swarm.NodeRole, len(recs))
+			for _, n := range recs {
+				role[n.ID] = n.Spec.Role
+			}
+		}
+		if role[r.Node] == swarm.NodeRoleWorker {
+			if err := setDemoted(ctx, st, o, r); err != nil {
+				return pruned, marked, err
+			}
+			marked++
+		}
+	}
+	return pruned, marked, nil
+}
+
 // refusedManagerSerials are the serials of unexpired manager certificates
 // that etcd must refuse: those of a removed node issued up to its removal
 // (the dispatcher's rule, removedCache) or of a manager a force-new-cluster
-// dropped issued up to the drop, and every one of a node recorded as a
-// worker (demoted). A node promoted again is a manager: its earlier
-// manager certificates are accepted again until they expire.
+// dropped issued up to the drop, every one of a node recorded as a worker,
+// and every one marked demoted (markDemoted): a node promoted again holds
+// a new manager certificate, and the ones it held before its demotion
+// stay refused until they expire.
 func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) ([]*big.Int, error) {
 	objs, err := st.Table(managerCertsTable).List(ctx)
 	if err != nil {
@@ -117,7 +231,7 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 		if json.Unmarshal(o.Value, &r) != nil || !r.NotAfter.After(now) {
 			continue
 		}
-		refused := role[r.Node] == swarm.NodeRoleWorker
+		refused := r.Demoted || role[r.Node] == swarm.NodeRoleWorker
 		issued := r.NotBefore.Add(pki.Backdate).Truncate(time.Second)
 		if at, ok := removed[r.Node]; ok && !issued.After(at) {
 			refused = true
@@ -159,6 +273,13 @@ func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 			}
 		}
 		now := time.Now()
+		if pruned, marked, err := tendManagerCerts(ctx, d.store, now); err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("manager certificate records not tended", "err", err)
+			}
+		} else if pruned+marked > 0 {
+			d.log.Info("manager certificate records tended", "prunedExpired", pruned, "markedDemoted", marked)
+		}
 		serials, err := refusedManagerSerials(ctx, d.store, now)
 		if err == nil {
 			parts := make([]string, len(serials))

@@ -152,3 +152,103 @@ func TestRefusedSerialsDroppedManager(t *testing.T) {
 		t.Fatalf("refused %v, want [a1] (the certificate held when dropped, not the later one)", got)
 	}
 }
+
+// The manager certificate records are pruned once their certificates
+// have been expired for the grace, at most maxCertWritesPerPass writes a
+// pass; a record within the grace or unexpired stays, and a record of a
+// node recorded as a worker is marked demoted (refused by serial).
+func TestTendManagerCerts(t *testing.T) {
+	ctx := context.Background()
+	m := startWith(t, Config{DataDir: t.TempDir()})
+	now := time.Now().UTC().Truncate(time.Second)
+	tbl := m.store.Table(managerCertsTable)
+	put := func(serial, node string, notAfter time.Time) {
+		t.Helper()
+		val, _ := json.Marshal(managerCertRecord{Node: node, NotBefore: notAfter.Add(-48 * time.Hour), NotAfter: notAfter})
+		if _, err := tbl.Create(ctx, serial, "", val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const expired = maxCertWritesPerPass + 10
+	for i := range expired {
+		put(big.NewInt(int64(0x1000+i)).Text(16), m.nodeID, now.Add(-certPruneGrace-time.Minute))
+	}
+	put("a1", m.nodeID, now.Add(-time.Minute)) // expired, within the grace
+	put("a2", m.nodeID, now.Add(time.Hour))    // valid
+	ids := func() []string {
+		t.Helper()
+		objs, err := tbl.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, o := range objs {
+			out = append(out, o.ID)
+		}
+		return out
+	}
+	pruned, marked, err := tendManagerCerts(ctx, m.store, now)
+	if err != nil || pruned != maxCertWritesPerPass || marked != 0 {
+		t.Fatalf("first pass: pruned %d marked %d (%v), want %d 0", pruned, marked, err, maxCertWritesPerPass)
+	}
+	if got := len(ids()); got != expired+2-maxCertWritesPerPass {
+		t.Fatalf("%d records after the first pass, want %d", got, expired+2-maxCertWritesPerPass)
+	}
+	pruned, _, err = tendManagerCerts(ctx, m.store, now)
+	if err != nil || pruned != expired-maxCertWritesPerPass {
+		t.Fatalf("second pass pruned %d (%v), want %d", pruned, err, expired-maxCertWritesPerPass)
+	}
+	if got := ids(); !slices.Equal(got, []string{"a1", "a2"}) {
+		t.Fatalf("records left %v, want [a1 a2]", got)
+	}
+	// The records are of this node, a manager: nothing to mark, and a
+	// further pass writes nothing.
+	if pruned, marked, err := tendManagerCerts(ctx, m.store, now); err != nil || pruned+marked != 0 {
+		t.Fatalf("an idle pass wrote %d %d (%v)", pruned, marked, err)
+	}
+}
+
+// A node demoted and promoted again holds a new manager certificate,
+// which etcd accepts; the one it held before its demotion stays refused
+// (by serial), not accepted again because its node is a manager again.
+func TestEtcdRefusesCertificateAfterRepromotion(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	first := *w.cert.Load()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+	second := *w.cert.Load()
+	if second.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 {
+		t.Fatal("the promotion kept the first manager certificate")
+	}
+	serials, err := refusedManagerSerials(ctx, m.store, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(c tls.Certificate) bool {
+		return slices.ContainsFunc(serials, func(s *big.Int) bool { return s.Cmp(c.Leaf.SerialNumber) == 0 })
+	}
+	if !has(first) || has(second) {
+		t.Fatalf("refused %v: the first manager certificate must be, the second not", serials)
+	}
+	waitUntil(t, "etcd refuses the certificate held before the demotion", func() bool { return peerGet(t, m, first) != nil })
+	if err := peerGet(t, m, second); err != nil {
+		t.Fatalf("the current manager certificate refused: %v", err)
+	}
+}

@@ -31,6 +31,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/manager/standalone"
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/proxy"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
@@ -75,6 +76,11 @@ type Config struct {
 	// RoleSyncPeriod is how often a node of a cluster asks a manager its
 	// role and checks its certificate's renewal (0: 5 s; tests shorten it).
 	RoleSyncPeriod time.Duration
+	// IssueBurst and IssueEvery bound the certificates this manager
+	// issues to one node through its sync (renewals, role changes): a
+	// burst, then one per period (0: pki's defaults; tests shorten them).
+	IssueBurst int
+	IssueEvery time.Duration
 }
 
 // Daemon is a running hushd.
@@ -188,6 +194,13 @@ type Daemon struct {
 	// by the join/CA service, the dispatcher and the worker's dispatcher
 	// client, so that a renewal swaps it everywhere (roles.go).
 	cert atomic.Pointer[tls.Certificate]
+	// certProblem is why this node's certificate cannot be renewed (an
+	// expired one the managers refuse), for the log and docker info's
+	// Swarm.Error; nil when there is none (certexpiry.go).
+	certProblem atomic.Pointer[string]
+	// issueLimit bounds the certificates a node's sync is issued here
+	// (serveNodeSync).
+	issueLimit *pki.IssueLimiter
 	// The sync loop (roles.go): stopped by Close; kicked after a
 	// self-demotion; renewAt is its renewal point for the certificate
 	// expiring at renewFor; syncNow is a test's clock.
@@ -236,6 +249,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		cfg.AdvertiseAddr = "127.0.0.1"
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive, syncKick: make(chan struct{}, 1)}
+	d.issueLimit = pki.NewIssueLimiter()
+	if cfg.IssueBurst > 0 {
+		d.issueLimit.Burst = cfg.IssueBurst
+	}
+	if cfg.IssueEvery > 0 {
+		d.issueLimit.Every = cfg.IssueEvery
+	}
 	if d.fail, err = hangingFailpoints(cfg.Failpoints, d.log); err != nil {
 		return nil, err
 	}

@@ -18,7 +18,6 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A hushd started with --external-etcd keeps its store in an etcd cluster
@@ -412,7 +411,7 @@ func (d *Daemon) leaveLockedExternalLocked(ctx context.Context) error {
 	}
 	if !slices.ContainsFunc(ids, func(id string) bool { return id != d.nodeID }) {
 		d.log.Info("the last manager of the cluster in the external etcd leaves, locked: erasing the cluster")
-		if _, err := d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix()); err != nil {
+		if err := d.store.EraseAll(ctx); err != nil {
 			return fmt.Errorf("erase cluster state: %w", err)
 		}
 	}
@@ -474,7 +473,7 @@ func (d *Daemon) registerExternalSelf(ctx context.Context) error {
 		return err
 	}
 	key := d.store.Table("nodes").Key(d.nodeID)
-	guard := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+	guard := store.AtRevision(key, rev)
 	ok, err := d.store.Members().RegisterIf(ctx, guard)
 	if err != nil {
 		return fmt.Errorf("recording this manager in the registry: %w", err)

@@ -13,7 +13,6 @@ import (
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func externalCfg(srv *etcdtest.Server, dir, prefix string) Config {
@@ -45,7 +44,7 @@ func TestExternalDaemon(t *testing.T) {
 		t.Fatalf("state %s", d.State())
 	}
 	c := getCluster(t, d)
-	if resp, err := raw.Get(ctx, "/hush/v1/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count == 0 {
+	if n, err := srv.Count(ctx, "/hush/v1/"); err != nil || n == 0 {
 		t.Fatalf("nothing of hush's in the external etcd: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "etcd")); !os.IsNotExist(err) {
@@ -99,8 +98,8 @@ func TestExternalDaemon(t *testing.T) {
 		if getCluster(t, d2).ID == c.ID {
 			t.Fatal("same cluster under another prefix")
 		}
-		resp, err := raw.Get(ctx, "/team-b/hush/v1/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil || resp.Count == 0 {
+		n, err := srv.Count(ctx, "/team-b/hush/v1/")
+		if err != nil || n == 0 {
 			t.Fatalf("nothing under the prefix: %v", err)
 		}
 		d2.Close()
@@ -132,7 +131,7 @@ func TestExternalDaemon(t *testing.T) {
 				t.Fatalf("left after leave: %q", k)
 			}
 		}
-		if resp, err := raw.Get(ctx, "/team-b/hush/v1/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count == 0 {
+		if n, err := srv.Count(ctx, "/team-b/hush/v1/"); err != nil || n == 0 {
 			t.Fatalf("another hush cluster's keys went: %v", err)
 		}
 		if resp, err := raw.Get(ctx, "/users-own/key"); err != nil || resp.Count != 1 {

@@ -9,8 +9,8 @@ import (
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // threeJoinedManagers starts a manager and joins two more with the manager
@@ -70,12 +70,12 @@ func leftFiles(t *testing.T, d *Daemon) {
 func writeAndRead(t *testing.T, w, r *Daemon, val string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := w.store.Client().Put(ctx, "/hush-test/leave", val); err != nil {
+	if err := storetest.RawPut(ctx, w.store, "/hush-test/leave", val); err != nil {
 		t.Fatalf("write after the leave: %v", err)
 	}
-	resp, err := r.store.Client().Get(ctx, "/hush-test/leave")
-	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != val {
-		t.Fatalf("read after the leave: %v %v", resp, err)
+	got, ok, err := storetest.RawGet(ctx, r.store, "/hush-test/leave")
+	if err != nil || !ok || got != val {
+		t.Fatalf("read after the leave: %q %v %v", got, ok, err)
 	}
 }
 
@@ -172,9 +172,9 @@ func TestLeaveCrashes(t *testing.T) {
 			m3 = startWith(outer, cfgs[2])
 			if !step.left {
 				waitUntil(t, "the restarted node votes", func() bool { return m3.isVoter(ctx) })
-				resp, err := m3.store.Client().Get(ctx, "/hush-test/leave")
-				if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != step.point+"-while-down" {
-					t.Fatalf("the member's data after the restart: %v %v", resp, err)
+				got, ok, err := storetest.RawGet(ctx, m3.store, "/hush-test/leave")
+				if err != nil || !ok || got != step.point+"-while-down" {
+					t.Fatalf("the member's data after the restart: %q %v %v", got, ok, err)
 				}
 				if n := voters(t, m1); n != 3 {
 					t.Fatalf("%d voters, want 3", n)
@@ -251,9 +251,9 @@ func TestLeaveLockedManagerForce(t *testing.T) {
 			t.Errorf("%s: the node still runs a member", when)
 		}
 		// Its store is a fresh lone one: none of the cluster's data.
-		resp, err := m.d.store.Client().Get(ctx, "/hush/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil || resp.Count != 0 {
-			t.Errorf("%s: the store holds %v cluster keys (%v)", when, resp, err)
+		n, err := storetest.Count(ctx, m.d.store, "/hush/")
+		if err != nil || n != 0 {
+			t.Errorf("%s: the store holds %d cluster keys (%v)", when, n, err)
 		}
 	}
 	check(m3, "after the leave")

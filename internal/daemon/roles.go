@@ -178,6 +178,11 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 	if want != n.Spec.Role {
 		d.log.Info("node role changed", "node", n.ID, "from", n.Spec.Role, "to", want)
 	}
+	if want == swarm.NodeRoleWorker && n.Spec.Role == swarm.NodeRoleManager {
+		// etcd refuses the manager certificates it held by serial, also
+		// after a later promotion (certrefusal.go).
+		d.noteDemoted(ctx, n.ID)
+	}
 	switch {
 	case remove != nil && n.ID != d.nodeID:
 		// At once, so that node ls shows it; the demoted node's sync
@@ -226,11 +231,19 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 		// A removed node's certificate renews nothing (noderemove.go).
 		err = d.refuseNode(id.NodeID, r.TLS.VerifiedChains[0][0])
 	}
+	if err == nil && len(req.CSR) > 0 {
+		// Each CSR costs a signature and a store write: bounded per node,
+		// keyed by the verified certificate's node ID.
+		err = d.issueLimit.Allow(id.NodeID, time.Now())
+	}
 	if err != nil {
 		writeJoinError(w, err)
 		return
 	}
 	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req)
+	if err != nil && len(req.CSR) > 0 {
+		d.issueLimit.Refund(id.NodeID)
+	}
 	if err != nil {
 		d.log.Warn("node sync refused", "node", id.NodeID, "err", err)
 		writeJoinError(w, err)
@@ -298,6 +311,7 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 			}
 			d.log.Info("demoted manager's member removed", "node", id.NodeID, "member", m.ID)
 		}
+		d.noteDemoted(ctx, id.NodeID)
 	case want == pki.RoleManager && id.Role == pki.RoleWorker:
 		resp, err := d.promoteNode(ctx, &c, n, req, resp)
 		if err != nil {
@@ -466,6 +480,12 @@ func (d *Daemon) syncOnce(ctx context.Context) error {
 	if !ok || len(v.addrs) == 0 {
 		return nil
 	}
+	if !d.now().Before(v.cert.Leaf.NotAfter) {
+		// The managers' TLS refuses an expired certificate, role query
+		// included: a manager renews itself, others report (certexpiry.go).
+		return d.renewExpired(ctx, v)
+	}
+	d.certProblem.Store(nil)
 	ans, err := d.callSync(ctx, v, &syncRequest{})
 	if err != nil {
 		return err
@@ -611,6 +631,12 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 	if err != nil {
 		return err
 	}
+	return d.installRenewed(key, ans.CertPEM, cert)
+}
+
+// installRenewed makes cert (certPEM, for key) this node's certificate:
+// the files, etcd's peer TLS, and what the services read per handshake.
+func (d *Daemon) installRenewed(key *ecdsa.PrivateKey, certPEM []byte, cert *tls.Certificate) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.nodeKey != key {
@@ -619,7 +645,7 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 	switch {
 	case d.member != nil:
 		ms := *d.member
-		ms.CertPEM = string(ans.CertPEM)
+		ms.CertPEM = string(certPEM)
 		if err := d.saveMember(&ms); err != nil {
 			return err
 		}
@@ -637,7 +663,7 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 		}
 	case d.worker != nil:
 		ws := *d.worker
-		ws.CertPEM = string(ans.CertPEM)
+		ws.CertPEM = string(certPEM)
 		if err := d.saveWorker(&ws); err != nil {
 			return err
 		}
@@ -646,6 +672,7 @@ func (d *Daemon) renewSelf(ctx context.Context, v syncView) error {
 		return nil
 	}
 	d.cert.Store(cert)
+	d.certProblem.Store(nil)
 	d.log.Info("node certificate renewed", "notAfter", cert.Leaf.NotAfter)
 	return nil
 }

@@ -15,8 +15,8 @@ import (
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // fixture is a data dir with secrets in it.
@@ -60,16 +60,16 @@ func (f *fixture) check(t *testing.T, d *Daemon, old keyring.MasterKey) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := d.store.Client().Get(ctx, "/hush/", clientv3.WithPrefix())
+	kvs, err := storetest.RawValues(ctx, d.store, "/hush/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Kvs) < len(f.secrets) {
-		t.Fatalf("only %d keys in the store", len(resp.Kvs))
+	if len(kvs) < len(f.secrets) {
+		t.Fatalf("only %d keys in the store", len(kvs))
 	}
-	for _, kv := range resp.Kvs {
-		if _, err := store.OpenWith(oldOnly, string(kv.Key), kv.Value); !errors.Is(err, keyring.ErrUnknownKey) {
-			t.Fatalf("the old key file opens %s: %v", kv.Key, err)
+	for k, v := range kvs {
+		if _, err := store.OpenWith(oldOnly, k, v); !errors.Is(err, keyring.ErrUnknownKey) {
+			t.Fatalf("the old key file opens %s: %v", k, err)
 		}
 	}
 	// No key file is left that nothing holds: only the installed key.
@@ -115,7 +115,7 @@ func TestRotateMaster(t *testing.T) {
 	}
 	// Old revisions are compacted and the file defragmented: no page of the
 	// database names the old key.
-	if _, err := d.store.Client().Get(ctx, "/hush/v1/cluster/default", clientv3.WithRev(before)); err == nil {
+	if err := storetest.ReadAt(ctx, d.store, "/hush/v1/cluster/default", before); err == nil {
 		t.Error("a revision from before the rotation can still be read")
 	}
 	d.Close()

@@ -21,7 +21,6 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/orchestrator"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Swarm's texts for the states in which a call cannot be served.
@@ -472,8 +471,12 @@ func (d *Daemon) forceNewClusterLocked(ctx context.Context, req swarm.InitReques
 	if err := cluster.ValidateSpec(&spec); err != nil {
 		return "", initSpecError(err)
 	}
-	if _, err := c.ApplyCAConfig(&d.keys, spec.CAConfig, caKey, time.Now()); err != nil {
+	rotated, err := c.ApplyCAConfig(&d.keys, spec.CAConfig, caKey, time.Now())
+	if err != nil {
 		return "", initSpecError(err)
+	}
+	if err := d.refuseRootRotationLocked(rotated, spec.CAConfig); err != nil {
+		return "", err
 	}
 	c.Spec = spec
 	if req.AutoLockManagers && !c.Spec.EncryptionConfig.AutoLockManagers {
@@ -540,6 +543,9 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 	if err != nil {
 		return err
 	}
+	if err := d.refuseRootRotationLocked(rotated, spec.CAConfig); err != nil {
+		return err
+	}
 	was := c.Spec.EncryptionConfig.AutoLockManagers
 	want := spec.EncryptionConfig.AutoLockManagers
 	spec.EncryptionConfig.AutoLockManagers = was
@@ -571,6 +577,33 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 	d.settle(&c)
 	d.noteNoEffect(&before, &c)
 	return nil
+}
+
+// Texts of a root CA rotation refused on a node that holds a node
+// certificate (see refuseRootRotationLocked).
+const (
+	msgRotateForce = "CAConfig.ForceRotate: hush cannot rotate the root CA of a swarm whose nodes hold certificates (this manager listens on %s): " + msgRotateWhy
+	msgRotateCert  = "CAConfig.SigningCACert: hush cannot replace the root CA of a swarm whose nodes hold certificates (this manager listens on %s): " + msgRotateWhy
+	msgRotateWhy   = "its nodes would keep certificates of the old root, which the managers would refuse at once (no renewal, no role change, no join with the new tokens). " +
+		"Nothing was changed. Swarm reissues every node's certificate under a cross-signed root first; hush does not yet (docs/COMPATIBILITY.md)"
+)
+
+// refuseRootRotationLocked refuses a root CA rotation (rotated) on a
+// manager of a cluster, i.e. one with a listen address, whose node and
+// the nodes that joined it hold certificates of the current root: hush
+// has no staged rotation (cross-signed intermediate, every node reissued,
+// then the old root dropped), and the one-step swap it does on a lone
+// node leaves such nodes refused by the join/CA service and the
+// dispatcher under the new root, and the managers' own certificates
+// unverifiable by joiners. The caller has written nothing yet.
+func (d *Daemon) refuseRootRotationLocked(rotated bool, cfg swarm.CAConfig) error {
+	if !rotated || d.member == nil {
+		return nil
+	}
+	if cfg.SigningCACert != "" {
+		return errdefs.BadRequest(msgRotateCert, d.listen.Advertise)
+	}
+	return errdefs.BadRequest(msgRotateForce, d.listen.Advertise)
 }
 
 // CheckServingLocked is CheckServing for callers holding d.mu.
@@ -726,7 +759,7 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	}
 	err := d.injected(fpLeaveErase)
 	if err == nil {
-		_, err = d.store.Client().Delete(ctx, "/hush/v1/", clientv3.WithPrefix())
+		err = d.store.EraseAll(ctx)
 	}
 	if err != nil {
 		// Still in the cluster: run it again rather than stay active with

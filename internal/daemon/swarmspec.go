@@ -159,7 +159,7 @@ func (d *Daemon) noteNoEffect(before, after *cluster.Cluster) {
 			n.ListenAddr, n.AdvertiseAddr = b.Network.ListenAddr, ""
 		}
 		if n.ListenAddr != b.Network.ListenAddr {
-			warn("ListenAddr", n.ListenAddr, "hush's managers listen on no swarm port: the API socket is the only way in")
+			warn("ListenAddr", n.ListenAddr, "this node has no listen address (hushd's --listen-addr): it opens no swarm port, the API socket is the only way in")
 		}
 		if host, _, _ := net.SplitHostPort(n.AdvertiseAddr); host != "" && host != d.cfg.AdvertiseAddr {
 			warn("AdvertiseAddr", n.AdvertiseAddr, "the node's address is hushd's --advertise-addr ("+d.cfg.AdvertiseAddr+")")
@@ -171,9 +171,11 @@ func (d *Daemon) noteNoEffect(before, after *cluster.Cluster) {
 			warn("DataPathPort", n.DataPathPort, "hush runs no VXLAN overlay: swarm networks are bridges on the host")
 		}
 	}
-	if a.Spec.CAConfig.NodeCertExpiry != b.Spec.CAConfig.NodeCertExpiry {
-		warn("CAConfig.NodeCertExpiry", a.Spec.CAConfig.NodeCertExpiry.String(), "stored for the node certificates hush will issue; it issues none yet")
-	}
+	// CAConfig.NodeCertExpiry is honoured, not noted: every node
+	// certificate is issued with the spec's value read at issue time
+	// (Daemon.issue), so joins, promotions, demotions and renewals after
+	// an update get the new lifetime; certificates already issued keep
+	// theirs until their renewal, as in Swarm.
 	if len(a.Spec.CAConfig.ExternalCAs) > 0 && !reflect.DeepEqual(a.Spec.CAConfig.ExternalCAs, b.Spec.CAConfig.ExternalCAs) {
 		urls := make([]string, 0, len(a.Spec.CAConfig.ExternalCAs))
 		for _, e := range a.Spec.CAConfig.ExternalCAs {

@@ -283,7 +283,7 @@ func (d *Daemon) WorkerInfo() (swarm.Info, bool) {
 	if d.worker == nil {
 		return swarm.Info{}, false
 	}
-	si := swarm.Info{NodeID: d.nodeID, NodeAddr: d.acfg.Node.Addr, LocalNodeState: swarm.LocalNodeStateActive}
+	si := swarm.Info{NodeID: d.nodeID, NodeAddr: d.acfg.Node.Addr, LocalNodeState: swarm.LocalNodeStateActive, Error: d.CertProblem()}
 	for _, m := range d.worker.Managers {
 		si.RemoteManagers = append(si.RemoteManagers, swarm.Peer{Addr: m})
 	}

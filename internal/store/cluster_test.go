@@ -347,7 +347,7 @@ func TestManagersCluster(t *testing.T) {
 		if v, err := n3.s.Leader(ctx, "orchestrator"); err != nil || v != "m1" {
 			t.Fatalf("leader seen from m3: %q %v", v, err)
 		}
-		if _, err := tb(n1).CreateGuarded(ctx, "fenced-a", "fenced-a", []byte("value-fenced-a"), []clientv3.Cmp{a.Guard()}); err != nil {
+		if _, err := tb(n1).CreateGuarded(ctx, "fenced-a", "fenced-a", []byte("value-fenced-a"), []store.Cond{a.Guard()}); err != nil {
 			t.Fatalf("leader's fenced write: %v", err)
 		}
 		acked = append(acked, "fenced-a")
@@ -372,7 +372,7 @@ func TestManagersCluster(t *testing.T) {
 		if b.l.Fence() <= a.Fence() {
 			t.Fatalf("fences not ordered: %d then %d", a.Fence(), b.l.Fence())
 		}
-		if _, err := tb(n1).CreateGuarded(ctx, "fenced-stale", "fenced-stale", []byte("x"), []clientv3.Cmp{a.Guard()}); !errors.Is(err, store.ErrGuard) {
+		if _, err := tb(n1).CreateGuarded(ctx, "fenced-stale", "fenced-stale", []byte("x"), []store.Cond{a.Guard()}); !errors.Is(err, store.ErrGuard) {
 			t.Fatalf("deposed leader's write: %v", err)
 		}
 		if err := a.Check(ctx); !errors.Is(err, store.ErrGuard) {

@@ -30,6 +30,11 @@ type Leadership struct {
 	rev      int64
 }
 
+// ErrDeposed means the leadership a write was guarded by is over: the
+// write changed nothing, and the former leader must stop acting (not
+// retry). It wraps ErrGuard.
+var ErrDeposed = fmt.Errorf("store: leadership lost: %w", ErrGuard)
+
 // electionRoot holds the election keys, outside every table.
 const electionRoot = root + "elections/"
 
@@ -115,21 +120,37 @@ func (l *Leadership) Done() <-chan struct{} { return l.session.Done() }
 // leader key still exists with the revision it was created at. Pass it in
 // a Table method's guards; it fails once the leadership ended, even if
 // this process has not noticed yet.
-func (l *Leadership) Guard() clientv3.Cmp {
-	return clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)
+func (l *Leadership) Guard() Cond {
+	return Cond{clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)}
 }
 
 // Check confirms, with a linearizable read, that the leadership still
 // holds: for a leader about to act on something it read.
 func (l *Leadership) Check(ctx context.Context) error {
-	resp, err := l.s.cli.Txn(ctx).If(l.Guard()).Commit()
+	resp, err := l.s.cli.Txn(ctx).If(l.Guard().cmp).Commit()
 	if err != nil {
 		return wrapEtcd(err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("store: leadership lost: %w", ErrGuard)
+		return ErrDeposed
 	}
 	return nil
+}
+
+// Explain tells why a write whose only guard was l's (with the object's
+// revision) failed with ErrGuard: the table cannot say which precondition
+// failed, and a lost race for the object (the agent wrote the task first)
+// is no reason to stop leading. One linearizable read decides: ErrDeposed
+// if the leadership is over, else ErrStale. Other errors are returned as
+// they are.
+func (l *Leadership) Explain(ctx context.Context, err error) error {
+	if !errors.Is(err, ErrGuard) || errors.Is(err, ErrDeposed) {
+		return err
+	}
+	if cerr := l.Check(ctx); cerr != nil {
+		return cerr
+	}
+	return fmt.Errorf("%w (the leadership holds)", ErrStale)
 }
 
 // Resign gives the leadership up at once (the next campaigner need not

@@ -8,6 +8,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// Client is the store's etcd client, for this package's tests.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
 // ExpireForTest revokes the leadership's lease as its expiry would (the
 // leader stalled past its TTL), without telling the leader.
 func (l *Leadership) ExpireForTest(ctx context.Context) error {

@@ -361,7 +361,7 @@ func TestExternalRegisterIf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	guard := clientv3.Compare(clientv3.ModRevision(tb.Key("node1")), "=", rev)
+	guard := store.AtRevision(tb.Key("node1"), rev)
 	if _, err := tb.Update(ctx, "node1", rev, []byte(`{"role":"worker"}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +375,7 @@ func TestExternalRegisterIf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	guard = clientv3.Compare(clientv3.ModRevision(tb.Key("node1")), "=", o.ModRev)
+	guard = store.AtRevision(tb.Key("node1"), o.ModRev)
 	if ok, err := s.Members().RegisterIf(ctx, guard); err != nil || !ok {
 		t.Fatalf("RegisterIf on an unchanged record: %v %v", ok, err)
 	}

@@ -123,7 +123,7 @@ func (s *Store) RegisteredManagers(ctx context.Context) ([]string, error) {
 // so a demotion committed meanwhile (which deletes the registry entry) is
 // never undone by a blind write. ok false: the guard failed, nothing was
 // written.
-func (m *Members) RegisterIf(ctx context.Context, guard clientv3.Cmp) (ok bool, err error) {
+func (m *Members) RegisterIf(ctx context.Context, guard Cond) (ok bool, err error) {
 	if m.ext == "" {
 		return false, fmt.Errorf("store: a manager registry is kept on an external etcd only: %w", errdefs.ErrInternal)
 	}
@@ -134,7 +134,7 @@ func (m *Members) RegisterIf(ctx context.Context, guard clientv3.Cmp) (ok bool, 
 	if err != nil {
 		return false, err
 	}
-	resp, err := m.s.cli.Txn(ctx).If(guard).Then(clientv3.OpPut(key, v)).Commit()
+	resp, err := m.s.cli.Txn(ctx).If(guard.cmp).Then(clientv3.OpPut(key, v)).Commit()
 	if err != nil {
 		return false, wrapEtcd(err)
 	}

@@ -38,7 +38,7 @@ func TestEveryValueSealed(t *testing.T) {
 	const canary = "CanaryName-5f1c"
 	tb := st.Table("services")
 	val := []byte(`{"env":["PASSWORD=canary-value-77aa"]}`)
-	ref := clientv3.OpPut(store.RefKey("secrets", "sec1", "svc1"), canary)
+	ref := store.PutOp(store.RefKey("secrets", "sec1", "svc1"), canary)
 	if _, err := tb.Create(ctx, "svc1", canary, val, ref); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // BenchmarkStoreCreate is one secret-like create (record, version marker,
@@ -28,7 +27,7 @@ func BenchmarkStoreCreate(b *testing.B) {
 	for b.Loop() {
 		i++
 		id := fmt.Sprintf("id%023d", i)
-		ver := clientv3.OpPut("/hush/versions/secrets/"+id+"/1", `{"v":1}`)
+		ver := store.PutOp("/hush/versions/secrets/"+id+"/1", `{"v":1}`)
 		if _, err := tb.Create(ctx, id, "name-"+id, val, ver); err != nil {
 			b.Fatal(err)
 		}

@@ -74,9 +74,11 @@ func newStore(cli *clientv3.Client, log *slog.Logger, keys Keys) *Store {
 	return &Store{cli: cli, log: log, keys: keys, inner: map[string]InnerFunc{}}
 }
 
-// Client exposes the etcd client for watches and for components (such as a
-// future multi-manager membership) that need etcd itself.
-func (s *Store) Client() *clientv3.Client { return s.cli }
+// RawClient is the store's etcd client, for internal/store/storetest
+// alone: its helpers let other packages' tests look at what etcd holds.
+// Everything else goes through the store's own vocabulary (cond.go), so no
+// caller depends on etcd's types; TestNoEtcdOutsideStore enforces both.
+func RawClient(s *Store) *clientv3.Client { return s.cli }
 
 // Ready is closed once the store can serve: at once for a lone member or
 // an external cluster, when a quorum is reached for a cluster member. Until
@@ -165,10 +167,10 @@ func (s *Store) RefValues(ctx context.Context, kind, id string, limit int64) ([]
 
 // Create writes a new object and claims its name in one transaction. It
 // returns the revision of the write.
-func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra ...clientv3.Op) (int64, error) {
-	ok := append([]clientv3.Op{
+func (t *Table) Create(ctx context.Context, id, name string, val []byte, extra ...Op) (int64, error) {
+	ok := etcdOps([]clientv3.Op{
 		clientv3.OpPut(t.objKey(id), string(val)),
-	}, extra...)
+	}, extra)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(t.objKey(id)), "=", 0)}
 	if name != "" {
 		nk, err := t.NameKey(ctx, name)
@@ -285,16 +287,16 @@ func (t *Table) ListPrefix(ctx context.Context, idPrefix string) ([]Object, erro
 
 // Update replaces the object's value if its current revision is rev. The name
 // is unchanged; renames are not supported by any object hush stores yet.
-func (t *Table) Update(ctx context.Context, id string, rev int64, val []byte, extra ...clientv3.Op) (int64, error) {
+func (t *Table) Update(ctx context.Context, id string, rev int64, val []byte, extra ...Op) (int64, error) {
 	return t.UpdateGuarded(ctx, id, rev, val, nil, extra...)
 }
 
 // UpdateGuarded is Update with extra preconditions; a failed guard yields
 // ErrGuard so the caller can re-read and explain which one failed.
-func (t *Table) UpdateGuarded(ctx context.Context, id string, rev int64, val []byte, guards []clientv3.Cmp, extra ...clientv3.Op) (int64, error) {
+func (t *Table) UpdateGuarded(ctx context.Context, id string, rev int64, val []byte, guards []Cond, extra ...Op) (int64, error) {
 	k := t.objKey(id)
-	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}, guards...)
-	ops, release, err := t.s.sealOps(append([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra...))
+	cmps := etcdCmps([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}, guards)
+	ops, release, err := t.s.sealOps(etcdOps([]clientv3.Op{clientv3.OpPut(k, string(val))}, extra))
 	if err != nil {
 		return 0, err
 	}
@@ -314,7 +316,7 @@ func (t *Table) UpdateGuarded(ctx context.Context, id string, rev int64, val []b
 
 // Delete removes the object and its name claim if its revision is rev (0
 // skips that check) and every guard holds.
-func (t *Table) Delete(ctx context.Context, id, name string, rev int64, guards []clientv3.Cmp, extra ...clientv3.Op) error {
+func (t *Table) Delete(ctx context.Context, id, name string, rev int64, guards []Cond, extra ...Op) error {
 	k := t.objKey(id)
 	var cmps []clientv3.Cmp
 	if rev != 0 {
@@ -322,8 +324,8 @@ func (t *Table) Delete(ctx context.Context, id, name string, rev int64, guards [
 	} else {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), ">", 0))
 	}
-	cmps = append(cmps, guards...)
-	ops := append([]clientv3.Op{clientv3.OpDelete(k)}, extra...)
+	cmps = etcdCmps(cmps, guards)
+	ops := etcdOps([]clientv3.Op{clientv3.OpDelete(k)}, extra)
 	if name != "" {
 		nk, err := t.NameKey(ctx, name)
 		if err != nil {
@@ -457,7 +459,7 @@ func (t *Table) Resolve(ctx context.Context, noun, ref string) (Object, error) {
 
 // CreateGuarded is Create with extra preconditions (e.g. that referenced
 // objects exist); a failed guard yields ErrGuard, a taken name ErrNameTaken.
-func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, guards []clientv3.Cmp, extra ...clientv3.Op) (int64, error) {
+func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, guards []Cond, extra ...Op) (int64, error) {
 	if len(guards) == 0 {
 		return t.Create(ctx, id, name, val, extra...)
 	}
@@ -472,7 +474,7 @@ func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, 
 		puts = append(puts, clientv3.OpPut(nk, id))
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(nk), "=", 0))
 	}
-	ops, release, err := t.s.sealOps(append(puts, extra...))
+	ops, release, err := t.s.sealOps(etcdOps(puts, extra))
 	if err != nil {
 		return 0, err
 	}
@@ -480,7 +482,7 @@ func (t *Table) CreateGuarded(ctx context.Context, id, name string, val []byte, 
 	if err := t.s.quota.check(ctx, t.s.cli, opsCost(ops)); err != nil {
 		return 0, err
 	}
-	resp, err := t.s.cli.Txn(ctx).If(guards...).Then(clientv3.OpTxn(cmps, ops, nil)).Commit()
+	resp, err := t.s.cli.Txn(ctx).If(etcdCmps(nil, guards)...).Then(clientv3.OpTxn(cmps, ops, nil)).Commit()
 	if err != nil {
 		return 0, t.s.writeErr(err)
 	}

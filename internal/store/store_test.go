@@ -8,7 +8,6 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func TestTableLifecycle(t *testing.T) {
@@ -48,14 +47,14 @@ func TestTableLifecycle(t *testing.T) {
 	if _, err := s.Client().Put(ctx, store.RefKey("things", "id1", "owner1"), ""); err != nil {
 		t.Fatal(err)
 	}
-	noRefs := clientv3.Compare(clientv3.CreateRevision(store.RefPrefix("things", "id1")), "=", 0).WithPrefix()
-	if err := tb.Delete(ctx, "id1", "Alpha", 0, []clientv3.Cmp{noRefs}); !errors.Is(err, store.ErrGuard) {
+	noRefs := store.NoneUnder(store.RefPrefix("things", "id1"))
+	if err := tb.Delete(ctx, "id1", "Alpha", 0, []store.Cond{noRefs}); !errors.Is(err, store.ErrGuard) {
 		t.Fatalf("guarded delete: %v", err)
 	}
 	if _, err := s.Client().Delete(ctx, store.RefKey("things", "id1", "owner1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := tb.Delete(ctx, "id1", "Alpha", 0, []clientv3.Cmp{noRefs}); err != nil {
+	if err := tb.Delete(ctx, "id1", "Alpha", 0, []store.Cond{noRefs}); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
 	if _, err := tb.Get(ctx, "id1"); !errors.Is(err, store.ErrNotFound) {

@@ -30,7 +30,6 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // DataSource opens version n of an object's data by exact ID, with the
@@ -52,8 +51,8 @@ type Changes interface {
 // TaskTable reads and writes task records (the store's tasks table).
 type TaskTable interface {
 	Get(ctx context.Context, id string) (store.Object, error)
-	Update(ctx context.Context, id string, rev int64, val []byte, extra ...clientv3.Op) (int64, error)
-	Delete(ctx context.Context, id, name string, rev int64, guards []clientv3.Cmp, extra ...clientv3.Op) error
+	Update(ctx context.Context, id string, rev int64, val []byte, extra ...store.Op) (int64, error)
+	Delete(ctx context.Context, id, name string, rev int64, guards []store.Cond, extra ...store.Op) error
 }
 
 // NetworkAttacher gives the engine networks and DNS aliases of a task's

@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/events"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Config wires a Source.
@@ -35,7 +33,6 @@ type Config struct {
 // Source derives events from the store's watch and serves them.
 type Source struct {
 	st       *store.Store
-	cli      *clientv3.Client
 	root     string
 	hostname func(string) string
 	log      *slog.Logger
@@ -84,7 +81,7 @@ func New(c Config) *Source {
 	// The key root is the part of a table key before the table's name.
 	root := strings.TrimSuffix(st.Table(objects.Secret.Table).Key(""), objects.Secret.Table+"/")
 	s := &Source{
-		st: st, cli: st.Client(), root: root, hostname: c.Hostname, log: c.Logger.With("component", "events"),
+		st: st, root: root, hostname: c.Hostname, log: c.Logger.With("component", "events"),
 		now: c.Now, hub: newHub(c.History, c.Buffer), known: map[string]map[string]view{},
 		advanced: make(chan struct{}),
 	}
@@ -125,27 +122,27 @@ func (s *Source) CloseSubscriptions() { s.hub.closeAll() }
 // compares it with what is known.
 func (s *Source) load(ctx context.Context) (int64, error) {
 	kinds := make([]string, 0, len(tables))
-	ops := make([]clientv3.Op, 0, len(tables))
+	prefixes := make([]string, 0, len(tables))
 	for t := range tables {
 		kinds = append(kinds, t)
-		ops = append(ops, clientv3.OpGet(s.root+t+"/", clientv3.WithPrefix()))
+		prefixes = append(prefixes, s.root+t+"/")
 	}
-	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	got, rev, err := s.st.ReadPrefixes(ctx, prefixes...)
 	if err != nil {
 		return 0, fmt.Errorf("events: load: %w: %w", errdefs.ErrUnavailable, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, r := range resp.Responses {
+	for i, kvs := range got {
 		table := kinds[i]
 		seen := map[string]bool{}
-		for _, kv := range r.GetResponseRange().GetKvs() {
-			id := strings.TrimPrefix(string(kv.Key), s.root+table+"/")
+		for _, kv := range kvs {
+			id := strings.TrimPrefix(kv.Key, s.root+table+"/")
 			if strings.Contains(id, "/") {
 				continue
 			}
 			seen[id] = true
-			s.putLocked(table, id, string(kv.Key), kv.Value, kv.ModRevision)
+			s.putLocked(table, id, kv.Key, kv.Value, kv.ModRev)
 		}
 		for id := range s.known[table] {
 			if !seen[id] {
@@ -154,49 +151,42 @@ func (s *Source) load(ctx context.Context) (int64, error) {
 		}
 	}
 	s.loaded = true
-	s.advanceLocked(resp.Header.Revision)
-	return resp.Header.Revision, nil
+	s.advanceLocked(rev)
+	return rev, nil
 }
 
 func (s *Source) watch(ctx context.Context, rev int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	// The whole key space, not only the watched tables: every write then
 	// advances rev, which is what lets Wait end.
-	wch := s.cli.Watch(wctx, s.root, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	for resp := range wch {
-		if err := resp.Err(); err != nil {
-			return err
-		}
+	return s.st.Watch(ctx, s.root, rev+1, func(events []store.Event, rev int64) {
 		// A revision that deletes the cluster object is `swarm leave`
 		// erasing all state: Swarm reports no removal then (the cluster
 		// is gone, not its objects one by one), so neither does hush.
 		erased := map[int64]bool{}
-		for _, ev := range resp.Events {
-			if ev.Type == clientv3.EventTypeDelete && strings.HasPrefix(string(ev.Kv.Key), s.root+clusterTable+"/") {
-				erased[ev.Kv.ModRevision] = true
+		for _, ev := range events {
+			if ev.Deleted && strings.HasPrefix(ev.Key, s.root+clusterTable+"/") {
+				erased[ev.ModRev] = true
 			}
 		}
 		s.mu.Lock()
-		for _, ev := range resp.Events {
-			table, id, ok := s.split(string(ev.Kv.Key))
+		for _, ev := range events {
+			table, id, ok := s.split(ev.Key)
 			if !ok {
 				continue
 			}
-			if ev.Type == clientv3.EventTypeDelete {
-				if erased[ev.Kv.ModRevision] {
+			if ev.Deleted {
+				if erased[ev.ModRev] {
 					delete(s.known[table], id)
 					continue
 				}
 				s.deleteLocked(table, id)
 			} else {
-				s.putLocked(table, id, string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision)
+				s.putLocked(table, id, ev.Key, ev.Value, ev.ModRev)
 			}
 		}
-		s.advanceLocked(resp.Header.Revision)
+		s.advanceLocked(rev)
 		s.mu.Unlock()
-	}
-	return errors.New("events: watch channel closed")
+	})
 }
 
 // split returns the watched table and object ID of key.
@@ -331,11 +321,10 @@ const waitTimeout = 5 * time.Second
 // Wait returns once every write acknowledged before it was called has
 // become an event, so a history read right after a write includes it.
 func (s *Source) Wait(ctx context.Context) error {
-	resp, err := s.cli.Get(ctx, s.root+"\x00events-probe", clientv3.WithCountOnly())
+	want, err := s.st.Revision(ctx)
 	if err != nil {
-		return fmt.Errorf("events: store revision: %w: %w", errdefs.ErrUnavailable, err)
+		return fmt.Errorf("events: store revision: %w", err)
 	}
-	want := resp.Header.Revision
 	ctx, cancel := context.WithTimeout(ctx, waitTimeout)
 	defer cancel()
 	// The watch sees only hush's keys, etcd's revision counts everyone's:

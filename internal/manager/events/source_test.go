@@ -19,7 +19,6 @@ import (
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // waitEvent bounds how long a test waits for an event that the watch
@@ -338,7 +337,7 @@ func TestLeaveEraseIsNoEvent(t *testing.T) {
 		t.Fatalf("got %s", line(m))
 	}
 	// The same delete as daemon.Leave.
-	if _, err := st.Client().Delete(ctx, strings.TrimSuffix(st.Table("secrets").Key(""), "secrets/"), clientv3.WithPrefix()); err != nil {
+	if err := storetest.DeletePrefix(ctx, st, strings.TrimSuffix(st.Table("secrets").Key(""), "secrets/")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Table("secrets").Create(ctx, "s2", "s2", []byte(`{"name":"s2"}`)); err != nil {

@@ -8,7 +8,6 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // LocalNetworks is implemented by Engines that can tell whether a name or ID
@@ -25,10 +24,10 @@ type LocalNetworks interface {
 // make the service write fail if one of the networks is removed meanwhile.
 // A target that names one of the engine's own networks gets Swarm's "cannot
 // be used with services" answer, any other unknown one "not found".
-func (m *Manager) ResolveAttachments(ctx context.Context, spec *swarm.ServiceSpec) ([]clientv3.Cmp, error) {
+func (m *Manager) ResolveAttachments(ctx context.Context, spec *swarm.ServiceSpec) ([]store.Cond, error) {
 	local, _ := m.eng.(LocalNetworks)
 	nets := spec.TaskTemplate.Networks
-	var guards []clientv3.Cmp
+	var guards []store.Cond
 	seen := map[string]bool{}
 	for i := range nets {
 		target := nets[i].Target
@@ -45,7 +44,7 @@ func (m *Manager) ResolveAttachments(ctx context.Context, spec *swarm.ServiceSpe
 		nets[i].Target = n.ID
 		if !seen[n.ID] {
 			seen[n.ID] = true
-			guards = append(guards, clientv3.Compare(clientv3.CreateRevision(m.tbl.Key(n.ID)), ">", 0))
+			guards = append(guards, store.Exists(m.tbl.Key(n.ID)))
 		}
 	}
 	return guards, nil
@@ -70,27 +69,27 @@ func refIDs(spec *swarm.ServiceSpec) []string {
 // RefOps writes the in-use markers of a resolved spec's networks, for the
 // service's create transaction. The marker key names the service; swarmkit's
 // in-use text quotes its ID.
-func RefOps(serviceID string, spec *swarm.ServiceSpec) []clientv3.Op {
-	var ops []clientv3.Op
+func RefOps(serviceID string, spec *swarm.ServiceSpec) []store.Op {
+	var ops []store.Op
 	for _, id := range refIDs(spec) {
-		ops = append(ops, clientv3.OpPut(store.RefKey(Table, id, serviceID), serviceID))
+		ops = append(ops, store.PutOp(store.RefKey(Table, id, serviceID), serviceID))
 	}
 	return ops
 }
 
 // DropRefOps deletes the in-use markers of spec, for the service's delete
 // transaction.
-func DropRefOps(serviceID string, spec *swarm.ServiceSpec) []clientv3.Op {
-	var ops []clientv3.Op
+func DropRefOps(serviceID string, spec *swarm.ServiceSpec) []store.Op {
+	var ops []store.Op
 	for _, id := range refIDs(spec) {
-		ops = append(ops, clientv3.OpDelete(store.RefKey(Table, id, serviceID)))
+		ops = append(ops, store.DeleteOp(store.RefKey(Table, id, serviceID)))
 	}
 	return ops
 }
 
 // RefDiffOps moves the markers from old's networks to new's, for an update
 // transaction (each key appears once: etcd refuses duplicates in a txn).
-func RefDiffOps(serviceID string, old, new *swarm.ServiceSpec) []clientv3.Op {
+func RefDiffOps(serviceID string, old, new *swarm.ServiceSpec) []store.Op {
 	ops := RefOps(serviceID, new)
 	keep := map[string]bool{}
 	for _, id := range refIDs(new) {
@@ -98,7 +97,7 @@ func RefDiffOps(serviceID string, old, new *swarm.ServiceSpec) []clientv3.Op {
 	}
 	for _, id := range refIDs(old) {
 		if !keep[id] {
-			ops = append(ops, clientv3.OpDelete(store.RefKey(Table, id, serviceID)))
+			ops = append(ops, store.DeleteOp(store.RefKey(Table, id, serviceID)))
 		}
 	}
 	return ops

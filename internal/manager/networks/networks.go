@@ -16,7 +16,6 @@ import (
 	"github.com/hush-secrets/hush/internal/identity"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/network"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Table is the store table of networks.
@@ -212,8 +211,8 @@ func (m *Manager) nameTaken(ctx context.Context, name string) error {
 func (m *Manager) undoCreate(ctx context.Context, n *network.Network) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	noRefs := clientv3.Compare(clientv3.CreateRevision(store.RefPrefix(Table, n.ID)), "=", 0).WithPrefix()
-	if err := m.tbl.Delete(ctx, n.ID, n.Name, 0, []clientv3.Cmp{noRefs}); err != nil {
+	noRefs := store.NoneUnder(store.RefPrefix(Table, n.ID))
+	if err := m.tbl.Delete(ctx, n.ID, n.Name, 0, []store.Cond{noRefs}); err != nil {
 		m.log.Warn("undoing network create", "id", n.ID, "err", err)
 	}
 }
@@ -401,13 +400,13 @@ func (m *Manager) all(ctx context.Context) ([]*network.Network, error) {
 func (m *Manager) referenced(ctx context.Context) (map[string]bool, error) {
 	// RefPrefix(kind, id) ends in "<id>/": with no ID, drop one slash.
 	p := strings.TrimSuffix(store.RefPrefix(Table, ""), "/")
-	resp, err := m.st.Client().Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	keys, err := m.st.Keys(ctx, p, 0)
 	if err != nil {
 		return nil, fmt.Errorf("network references: %w: %w", errdefs.ErrUnavailable, err)
 	}
 	out := map[string]bool{}
-	for _, kv := range resp.Kvs {
-		id, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), p), "/")
+	for _, k := range keys {
+		id, _, _ := strings.Cut(strings.TrimPrefix(k, p), "/")
 		out[id] = true
 	}
 	return out, nil
@@ -421,8 +420,8 @@ func (m *Manager) Remove(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	noRefs := clientv3.Compare(clientv3.CreateRevision(store.RefPrefix(Table, n.ID)), "=", 0).WithPrefix()
-	err = m.tbl.Delete(ctx, n.ID, n.Name, 0, []clientv3.Cmp{noRefs})
+	noRefs := store.NoneUnder(store.RefPrefix(Table, n.ID))
+	err = m.tbl.Delete(ctx, n.ID, n.Name, 0, []store.Cond{noRefs})
 	switch {
 	case errors.Is(err, store.ErrGuard):
 		return m.inUse(ctx, n)
@@ -442,14 +441,13 @@ func (m *Manager) Remove(ctx context.Context, ref string) error {
 // ID (the CLI shows it as is).
 func (m *Manager) inUse(ctx context.Context, n *network.Network) error {
 	p := store.RefPrefix(Table, n.ID)
-	resp, err := m.st.Client().Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(1),
-		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	keys, err := m.st.Keys(ctx, p, 1)
 	if err != nil {
 		return fmt.Errorf("network references: %w: %w", errdefs.ErrUnavailable, err)
 	}
 	svc := ""
-	if len(resp.Kvs) > 0 {
-		svc = strings.TrimPrefix(string(resp.Kvs[0].Key), p)
+	if len(keys) > 0 {
+		svc = strings.TrimPrefix(keys[0], p)
 	}
 	return &errdefs.Error{Category: errdefs.ErrConflict, Control: true,
 		Msg: fmt.Sprintf("network %s is in use by service %s", n.ID, svc)}

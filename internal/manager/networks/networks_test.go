@@ -413,7 +413,7 @@ func TestListFilters(t *testing.T) {
 	b := e.mustCreate(t, network.CreateRequest{Name: "app_back", Driver: DriverOverlay, Labels: map[string]string{"com.docker.stack.namespace": "app", "tier": "db"}})
 	c := e.mustCreate(t, network.CreateRequest{Name: "other", Driver: "bridge", Scope: ScopeSwarm})
 	// a is used by a service.
-	if _, err := e.st.Client().Txn(ctx).Then(RefOps("svc1", &swarm.ServiceSpec{TaskTemplate: swarm.TaskSpec{Networks: []swarm.NetworkAttachmentConfig{{Target: a}}}})...).Commit(); err != nil {
+	if err := e.st.Apply(ctx, RefOps("svc1", &swarm.ServiceSpec{TaskTemplate: swarm.TaskSpec{Networks: []swarm.NetworkAttachmentConfig{{Target: a}}}})...); err != nil {
 		t.Fatal(err)
 	}
 	names := func(f Filters) string {
@@ -550,9 +550,9 @@ func TestResolveAttachments(t *testing.T) {
 	if err := e.m.Remove(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := e.st.Client().Txn(ctx).If(guards...).Commit()
-	if err != nil || resp.Succeeded {
-		t.Fatalf("guard held after removal: %v %v", resp, err)
+	held, err := e.st.Holds(ctx, guards...)
+	if err != nil || held {
+		t.Fatalf("guard held after removal: %v %v", held, err)
 	}
 }
 
@@ -561,12 +561,11 @@ func TestRemoveInUse(t *testing.T) {
 	ctx := context.Background()
 	id := e.mustCreate(t, overlay("app_default"))
 	other := e.mustCreate(t, overlay("app_other"))
-	kv := e.st.Client()
 	s1 := svcSpec(id)
-	if _, err := kv.Txn(ctx).Then(RefOps("svcaaa", s1)...).Commit(); err != nil {
+	if err := e.st.Apply(ctx, RefOps("svcaaa", s1)...); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Txn(ctx).Then(RefOps("svcbbb", s1)...).Commit(); err != nil {
+	if err := e.st.Apply(ctx, RefOps("svcbbb", s1)...); err != nil {
 		t.Fatal(err)
 	}
 	err := e.m.Remove(ctx, "app_default")
@@ -578,12 +577,12 @@ func TestRemoveInUse(t *testing.T) {
 	ops := RefDiffOps("svcaaa", s1, svcSpec(other))
 	keys := map[string]bool{}
 	for _, op := range ops {
-		if keys[string(op.KeyBytes())] {
-			t.Fatalf("duplicate key in txn: %s", op.KeyBytes())
+		if keys[op.Key()] {
+			t.Fatalf("duplicate key in txn: %s", op.Key())
 		}
-		keys[string(op.KeyBytes())] = true
+		keys[op.Key()] = true
 	}
-	if _, err := kv.Txn(ctx).Then(ops...).Commit(); err != nil {
+	if err := e.st.Apply(ctx, ops...); err != nil {
 		t.Fatal(err)
 	}
 	// Same spec before and after: put only, no delete of the same key.
@@ -594,7 +593,7 @@ func TestRemoveInUse(t *testing.T) {
 	if err := e.m.Remove(ctx, id); err == nil || !strings.Contains(wire(err), "in use by service svcbbb") {
 		t.Fatalf("still used by svcbbb: %v", err)
 	}
-	if _, err := kv.Txn(ctx).Then(DropRefOps("svcbbb", s1)...).Commit(); err != nil {
+	if err := e.st.Apply(ctx, DropRefOps("svcbbb", s1)...); err != nil {
 		t.Fatal(err)
 	}
 	// Containers still attached: the object goes now, the engine network

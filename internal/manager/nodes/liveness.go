@@ -147,7 +147,12 @@ func livenessPass(ctx context.Context, c LivenessConfig, tr *Tracker, period tim
 		if n.Status != nil && *n.Status == s {
 			continue
 		}
-		if err := SetStatus(pctx, c.Store, c.Leadership, n.ID, s); err != nil && !errors.Is(err, store.ErrStale) && !errors.Is(err, store.ErrNotFound) {
+		err := SetStatus(pctx, c.Store, c.Leadership, n.ID, s)
+		if errors.Is(err, store.ErrDeposed) {
+			// No other write of this pass can succeed: send none.
+			return err
+		}
+		if err != nil && !errors.Is(err, store.ErrStale) && !errors.Is(err, store.ErrNotFound) {
 			// A stale or removed record is decided again next pass.
 			errs = append(errs, err)
 		} else if err == nil {

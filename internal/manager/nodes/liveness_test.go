@@ -126,8 +126,11 @@ func TestRunLiveness(t *testing.T) {
 	if err := l.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := nodes.SetStatus(ctx, st, l, "w1", down); !errors.Is(err, store.ErrGuard) {
-		t.Fatalf("deposed leader's status write: %v, want ErrGuard", err)
+	if err := nodes.SetStatus(ctx, st, l, "w1", down); !errors.Is(err, store.ErrDeposed) || !errors.Is(err, store.ErrGuard) {
+		t.Fatalf("deposed leader's status write: %v, want ErrDeposed (an ErrGuard)", err)
+	}
+	if n, err := nodes.Get(ctx, st, "w1"); err != nil || n.Status == nil || *n.Status != ready {
+		t.Fatalf("deposed leader's status write changed the record: %+v %v", n.Status, err)
 	}
 	select {
 	case <-ldone:

@@ -13,7 +13,6 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 const table = "nodes"
@@ -167,14 +166,14 @@ func Update(ctx context.Context, st *store.Store, id string, version uint64, spe
 // failed guard is ErrGuard), so two demotions checked at once against the
 // same managers cannot both be recorded.
 func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, managers []Node) error {
-	var guards []clientv3.Cmp
+	var guards []store.Cond
 	for _, m := range managers {
-		guards = append(guards, clientv3.Compare(clientv3.ModRevision(st.Table(table).Key(m.ID)), "=", int64(m.Version)))
+		guards = append(guards, store.AtRevision(st.Table(table).Key(m.ID), int64(m.Version)))
 	}
 	return update(ctx, st, id, version, spec, true, guards)
 }
 
-func update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, roles bool, guards []clientv3.Cmp) error {
+func update(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, roles bool, guards []store.Cond) error {
 	n, err := Get(ctx, st, id)
 	if err != nil {
 		return err
@@ -213,7 +212,9 @@ func update(ctx context.Context, st *store.Store, id string, version uint64, spe
 
 // SetStatus records node id's liveness, only while l (the orchestrator's
 // leadership, which runs the liveness loop) still holds: a deposed leader's
-// write fails with store.ErrGuard. An unchanged status writes nothing.
+// write fails with store.ErrDeposed (a store.ErrGuard) and changes
+// nothing; a record changed since it was read fails with store.ErrStale.
+// An unchanged status writes nothing.
 func SetStatus(ctx context.Context, st *store.Store, l *store.Leadership, id string, s Status) error {
 	n, err := Get(ctx, st, id)
 	if err != nil {
@@ -224,8 +225,8 @@ func SetStatus(ctx context.Context, st *store.Store, l *store.Leadership, id str
 	}
 	n.Status = &s
 	val, _ := json.Marshal(&n)
-	_, err = st.Table(table).UpdateGuarded(ctx, id, int64(n.Version), val, []clientv3.Cmp{l.Guard()})
-	return err
+	_, err = st.Table(table).UpdateGuarded(ctx, id, int64(n.Version), val, []store.Cond{l.Guard()})
+	return l.Explain(ctx, err)
 }
 
 // SetDescription records what node id reported of itself; an unchanged

@@ -17,7 +17,6 @@ import (
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Kind describes one kind of blob object.
@@ -501,8 +500,8 @@ func (m *Manager) Remove(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	noRefs := clientv3.Compare(clientv3.CreateRevision(store.RefPrefix(m.kind.Table, r.ID)), "=", 0).WithPrefix()
-	err = m.tbl.Delete(ctx, r.ID, r.Name, 0, []clientv3.Cmp{noRefs})
+	noRefs := store.NoneUnder(store.RefPrefix(m.kind.Table, r.ID))
+	err = m.tbl.Delete(ctx, r.ID, r.Name, 0, []store.Cond{noRefs})
 	switch {
 	case err == nil:
 		m.log.Info(m.kind.Name+" removed", "id", r.ID, "name", r.Name)

@@ -14,7 +14,6 @@ import (
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func newManager(t *testing.T, kind Kind) (*Manager, *store.Store) {
@@ -380,7 +379,7 @@ func TestRemoveInUse(t *testing.T) {
 	if err == nil || err.Error() != "secret 'db_password' is in use by the following services: other, webapp" {
 		t.Fatalf("got %v", err)
 	}
-	if _, err := st.Client().Delete(ctx, store.RefPrefix("secrets", id), clientv3.WithPrefix()); err != nil {
+	if err := storetest.DeletePrefix(ctx, st, store.RefPrefix("secrets", id)); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Remove(ctx, "db_password"); err != nil {

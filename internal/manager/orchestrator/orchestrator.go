@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/identity"
@@ -26,7 +27,6 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Orchestrator reconciles services and tasks.
@@ -70,20 +70,50 @@ type Orchestrator struct {
 	// rolledBack is the service a rotation rollback wrote in this pass.
 	rolledBack string
 	// leader, when set, is the leadership this orchestrator acts under:
-	// its task writes carry its guard, so a deposed leader's fail.
+	// every write it makes (tasks, service rollout status, rollbacks)
+	// carries its guard, so a deposed leader's fail and change nothing.
 	leader *store.Leadership
+	// deposed is set once a write found the leadership over: later
+	// writes fail at once with store.ErrDeposed, sending nothing, and Run
+	// returns rather than retry what can only fail.
+	deposed atomic.Bool
 }
 
-// SetLeadership makes every task write carry l's guard (a manager of a
-// cluster runs the orchestrator only while it leads). Call before Run.
+// SetLeadership makes every write carry l's guard (a manager of a cluster
+// runs the orchestrator only while it leads). Call before Run.
 func (o *Orchestrator) SetLeadership(l *store.Leadership) { o.leader = l }
 
-// guards are the preconditions of the orchestrator's task writes.
-func (o *Orchestrator) guards() []clientv3.Cmp {
+// guards are the preconditions of the orchestrator's writes.
+func (o *Orchestrator) guards() []store.Cond {
 	if o.leader == nil {
 		return nil
 	}
-	return []clientv3.Cmp{o.leader.Guard()}
+	return []store.Cond{o.leader.Guard()}
+}
+
+// leaderWrite runs write with the leadership's guards. A failed guard is
+// explained (store.Leadership.Explain): a lost race for the object is
+// store.ErrStale, which the next pass decides again; a lost leadership is
+// store.ErrDeposed, and no later write is sent.
+func (o *Orchestrator) leaderWrite(ctx context.Context, write func(guards []store.Cond) error) error {
+	if o.deposed.Load() {
+		return store.ErrDeposed
+	}
+	err := write(o.guards())
+	if o.leader != nil && errors.Is(err, store.ErrGuard) {
+		err = o.leader.Explain(ctx, err)
+		if errors.Is(err, store.ErrDeposed) {
+			o.deposed.Store(true)
+		}
+	}
+	return err
+}
+
+// setUpdateStatus records a service's rollout status as the leader.
+func (o *Orchestrator) setUpdateStatus(ctx context.Context, svc *model.Service, st *swarm.UpdateStatus) error {
+	return o.leaderWrite(ctx, func(guards []store.Cond) error {
+		return o.svcs.SetUpdateStatus(ctx, svc, st, guards...)
+	})
 }
 
 // New returns an orchestrator for the manager's node nodeID (hush runs one
@@ -124,6 +154,11 @@ func (o *Orchestrator) Run(ctx context.Context) {
 		}
 		changed := o.mirror.TableChanged(tables...)
 		if err := o.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			if errors.Is(err, store.ErrDeposed) {
+				// Its successor acts now; the caller campaigns again.
+				o.log.Info("orchestrator: leadership lost, no longer acting")
+				return
+			}
 			o.log.Warn("orchestrator pass failed", "err", err)
 		}
 		if !o.mountsData && o.lastMounts {
@@ -518,9 +553,9 @@ func (o *Orchestrator) finishUpdate(ctx context.Context, svc *model.Service) err
 	now := o.now()
 	switch st.State {
 	case swarm.UpdateStateUpdating:
-		return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{State: swarm.UpdateStateCompleted, StartedAt: st.StartedAt, CompletedAt: &now, Message: "update completed"})
+		return o.setUpdateStatus(ctx, svc, &swarm.UpdateStatus{State: swarm.UpdateStateCompleted, StartedAt: st.StartedAt, CompletedAt: &now, Message: "update completed"})
 	case swarm.UpdateStateRollbackStarted:
-		return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{State: swarm.UpdateStateRollbackCompleted, StartedAt: st.StartedAt, CompletedAt: &now, Message: "rollback completed"})
+		return o.setUpdateStatus(ctx, svc, &swarm.UpdateStatus{State: swarm.UpdateStateRollbackCompleted, StartedAt: st.StartedAt, CompletedAt: &now, Message: "rollback completed"})
 	}
 	return nil
 }
@@ -694,7 +729,7 @@ func (o *Orchestrator) updateFailed(ctx context.Context, svc *model.Service, dea
 		return nil
 	case rollingBack(svc):
 		o.log.Warn("rollback failed, pausing it", "service", svc.Spec.Name, "task", dead.ID)
-		return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
+		return o.setUpdateStatus(ctx, svc, &swarm.UpdateStatus{
 			State: swarm.UpdateStateRollbackPaused, StartedAt: svc.UpdateStatus.StartedAt, CompletedAt: &now,
 			Message: fmt.Sprintf("rollback paused due to failure or early termination of task %s", dead.ID),
 		})
@@ -709,9 +744,11 @@ func (o *Orchestrator) updateFailed(ctx context.Context, svc *model.Service, dea
 			break
 		}
 		o.log.Warn("update failed, rolling back", "service", svc.Spec.Name, "task", dead.ID)
-		return o.svcs.Update(ctx, svc.ID, swarm.ServiceSpec{}, services.UpdateOptions{Version: svc.Version.Index, Rollback: true})
+		return o.leaderWrite(ctx, func(guards []store.Cond) error {
+			return o.svcs.Update(ctx, svc.ID, swarm.ServiceSpec{}, services.UpdateOptions{Version: svc.Version.Index, Rollback: true, Guards: guards})
+		})
 	}
-	return o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
+	return o.setUpdateStatus(ctx, svc, &swarm.UpdateStatus{
 		State: swarm.UpdateStatePaused, StartedAt: svc.UpdateStatus.StartedAt, CompletedAt: &now,
 		Message: fmt.Sprintf("update paused due to failure or early termination of task %s", dead.ID),
 	})
@@ -813,7 +850,10 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 	if err != nil {
 		return err
 	}
-	if _, err := o.tasks.CreateGuarded(ctx, id, "", val, o.guards()); err != nil {
+	if err := o.leaderWrite(ctx, func(guards []store.Cond) error {
+		_, err := o.tasks.CreateGuarded(ctx, id, "", val, guards)
+		return err
+	}); err != nil {
 		return err
 	}
 	s.tasks = append(s.tasks, &t)
@@ -825,7 +865,9 @@ func (o *Orchestrator) createTaskAfter(ctx context.Context, svc *model.Service, 
 // once it is to be removed.
 func (o *Orchestrator) retireUnplaced(ctx context.Context, t *model.Task) error {
 	if t.DesiredState == swarm.TaskStateRemove {
-		return ignoreRace(o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), o.guards()))
+		return ignoreRace(o.leaderWrite(ctx, func(guards []store.Cond) error {
+			return o.tasks.Delete(ctx, t.ID, "", int64(t.Version.Index), guards)
+		}))
 	}
 	if model.Terminal(t.Status.State) {
 		return nil
@@ -900,8 +942,10 @@ func (o *Orchestrator) writeTask(ctx context.Context, t *model.Task, change func
 	if err != nil {
 		return err
 	}
-	_, err = o.tasks.UpdateGuarded(ctx, t.ID, int64(t.Version.Index), val, o.guards())
-	return ignoreRace(err)
+	return ignoreRace(o.leaderWrite(ctx, func(guards []store.Cond) error {
+		_, err := o.tasks.UpdateGuarded(ctx, t.ID, int64(t.Version.Index), val, guards)
+		return err
+	}))
 }
 
 func ignoreRace(err error) error {

@@ -166,7 +166,7 @@ func (o *Orchestrator) startRotation(ctx context.Context, svc *model.Service, wh
 	}
 	delete(o.rotationSeen, svc.ID)
 	o.log.Info("rolling out a rotation", "service", svc.Spec.Name, "what", what)
-	err := o.svcs.SetUpdateStatus(ctx, svc, &swarm.UpdateStatus{
+	err := o.setUpdateStatus(ctx, svc, &swarm.UpdateStatus{
 		State: swarm.UpdateStateUpdating, StartedAt: &now, Message: rotationMessage + what,
 	})
 	// The rollout starts on the next pass, from the service as written.
@@ -220,7 +220,7 @@ func (o *Orchestrator) rollBackRotation(ctx context.Context, svc *model.Service,
 	next := *svc
 	next.RotationPins = pins
 	o.log.Warn("rotation rollout failed, rolling back to the previous versions", "service", svc.Spec.Name, "task", dead.ID)
-	err = o.svcs.SetUpdateStatus(ctx, &next, &swarm.UpdateStatus{
+	err = o.setUpdateStatus(ctx, &next, &swarm.UpdateStatus{
 		State: swarm.UpdateStateRollbackStarted, StartedAt: &now,
 		Message: fmt.Sprintf("rotation rolled back: task %s failed on the new version", dead.ID),
 	})

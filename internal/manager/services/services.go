@@ -16,7 +16,6 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Manager implements the services control API and task reads.
@@ -56,7 +55,7 @@ func (m *Manager) UseNetworks(n *networks.Manager) { m.nets = n }
 
 // netRefs resolves the spec's network attachments to network IDs in place
 // and returns the guards that fail the write if one of them is removed.
-func (m *Manager) netRefs(ctx context.Context, s *swarm.ServiceSpec) ([]clientv3.Cmp, error) {
+func (m *Manager) netRefs(ctx context.Context, s *swarm.ServiceSpec) ([]store.Cond, error) {
 	if len(s.TaskTemplate.Networks) == 0 {
 		return nil, nil
 	}
@@ -88,8 +87,8 @@ func decodeTask(o store.Object) (*model.Task, error) {
 // refs resolves the spec's secret and config references to existing
 // objects, filling in IDs given only by name, and returns the guards that
 // make the write fail if any of them disappears meanwhile.
-func (m *Manager) refs(ctx context.Context, s *swarm.ServiceSpec) ([]clientv3.Cmp, error) {
-	var guards []clientv3.Cmp
+func (m *Manager) refs(ctx context.Context, s *swarm.ServiceSpec) ([]store.Cond, error) {
+	var guards []store.Cond
 	var missingS, missingC []string
 	cs := s.TaskTemplate.ContainerSpec
 	for _, r := range cs.Secrets {
@@ -102,7 +101,7 @@ func (m *Manager) refs(ctx context.Context, s *swarm.ServiceSpec) ([]clientv3.Cm
 			continue
 		}
 		r.SecretID, r.SecretName = id, name
-		guards = append(guards, clientv3.Compare(clientv3.CreateRevision(m.secrets.Key(id)), ">", 0))
+		guards = append(guards, store.Exists(m.secrets.Key(id)))
 	}
 	for _, r := range cs.Configs {
 		id, name, ok, err := m.lookupRef(ctx, m.configs, r.ConfigID, r.ConfigName)
@@ -114,7 +113,7 @@ func (m *Manager) refs(ctx context.Context, s *swarm.ServiceSpec) ([]clientv3.Cm
 			continue
 		}
 		r.ConfigID, r.ConfigName = id, name
-		guards = append(guards, clientv3.Compare(clientv3.CreateRevision(m.configs.Key(id)), ">", 0))
+		guards = append(guards, store.Exists(m.configs.Key(id)))
 	}
 	if len(missingS) > 0 {
 		return nil, notFoundList("secret", missingS)
@@ -162,50 +161,50 @@ func (m *Manager) lookupRef(ctx context.Context, tbl *store.Table, id, name stri
 
 // refOps writes one in-use marker per distinct referenced object; the
 // marker's value is the service name, which the remove error quotes.
-func refOps(serviceID, serviceName string, s *swarm.ServiceSpec) []clientv3.Op {
-	var ops []clientv3.Op
+func refOps(serviceID, serviceName string, s *swarm.ServiceSpec) []store.Op {
+	var ops []store.Op
 	seen := map[string]bool{}
 	for _, r := range s.TaskTemplate.ContainerSpec.Secrets {
 		k := store.RefKey("secrets", r.SecretID, serviceID)
 		if !seen[k] {
 			seen[k] = true
-			ops = append(ops, clientv3.OpPut(k, serviceName))
+			ops = append(ops, store.PutOp(k, serviceName))
 		}
 	}
 	for _, r := range s.TaskTemplate.ContainerSpec.Configs {
 		k := store.RefKey("configs", r.ConfigID, serviceID)
 		if !seen[k] {
 			seen[k] = true
-			ops = append(ops, clientv3.OpPut(k, serviceName))
+			ops = append(ops, store.PutOp(k, serviceName))
 		}
 	}
 	return ops
 }
 
-func dropRefOps(serviceID string, s *swarm.ServiceSpec) []clientv3.Op {
-	var ops []clientv3.Op
+func dropRefOps(serviceID string, s *swarm.ServiceSpec) []store.Op {
+	var ops []store.Op
 	if s == nil || s.TaskTemplate.ContainerSpec == nil {
 		return nil
 	}
 	for _, r := range s.TaskTemplate.ContainerSpec.Secrets {
-		ops = append(ops, clientv3.OpDelete(store.RefKey("secrets", r.SecretID, serviceID)))
+		ops = append(ops, store.DeleteOp(store.RefKey("secrets", r.SecretID, serviceID)))
 	}
 	for _, r := range s.TaskTemplate.ContainerSpec.Configs {
-		ops = append(ops, clientv3.OpDelete(store.RefKey("configs", r.ConfigID, serviceID)))
+		ops = append(ops, store.DeleteOp(store.RefKey("configs", r.ConfigID, serviceID)))
 	}
 	return ops
 }
 
 // refDiffOps moves the in-use markers from old's references to new's; a
 // key may appear only once in an etcd transaction.
-func refDiffOps(serviceID, serviceName string, old, new *swarm.ServiceSpec) []clientv3.Op {
+func refDiffOps(serviceID, serviceName string, old, new *swarm.ServiceSpec) []store.Op {
 	keep := map[string]bool{}
 	ops := refOps(serviceID, serviceName, new)
 	for _, op := range ops {
-		keep[string(op.KeyBytes())] = true
+		keep[op.Key()] = true
 	}
 	for _, op := range dropRefOps(serviceID, old) {
-		k := string(op.KeyBytes())
+		k := op.Key()
 		if !keep[k] {
 			keep[k] = true
 			ops = append(ops, op)
@@ -304,6 +303,10 @@ type UpdateOptions struct {
 	// when it is not: "spec" (the default) or "previous-spec".
 	RegistryAuth     []byte
 	RegistryAuthFrom swarm.RegistryAuthSource
+	// Guards are the writer's own preconditions (the orchestrator's
+	// leadership, for the rollback its failure action starts): when one
+	// fails the update returns store.ErrGuard, not a client's error.
+	Guards []store.Cond
 }
 
 // Update replaces the spec of the service ref names. With Rollback, the
@@ -342,6 +345,7 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 		return err
 	}
 	guards = append(guards, netGuards...)
+	guards = append(guards, opt.Guards...)
 	prev := cur.Spec
 	next.PreviousSpec = &prev
 	next.PreviousSpecVersion = cur.SpecVersion
@@ -374,6 +378,8 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	ops := append(refDiffOps(cur.ID, spec.Name, &cur.Spec, &spec), networks.RefDiffOps(cur.ID, &cur.Spec, &spec)...)
 	_, err = m.svcs.UpdateGuarded(ctx, cur.ID, int64(opt.Version), val, guards, ops...)
 	switch {
+	case errors.Is(err, store.ErrGuard) && len(opt.Guards) > 0 && !m.holds(ctx, opt.Guards):
+		return fmt.Errorf("service %s: %w", cur.ID, store.ErrGuard)
 	case errors.Is(err, store.ErrGuard) || errors.Is(err, store.ErrStale):
 		// Either the version is stale or a referenced object vanished; the
 		// version is by far the common case, and both mean "read again".
@@ -390,15 +396,25 @@ func (m *Manager) Update(ctx context.Context, ref string, spec swarm.ServiceSpec
 	return nil
 }
 
-// SetUpdateStatus records rollout progress (written by the orchestrator).
-func (m *Manager) SetUpdateStatus(ctx context.Context, svc *model.Service, st *swarm.UpdateStatus) error {
+// holds reports whether the caller's own guards still hold; unsure (the
+// store did not answer) counts as held, so the usual error is returned.
+func (m *Manager) holds(ctx context.Context, guards []store.Cond) bool {
+	ok, err := m.st.Holds(ctx, guards...)
+	return err != nil || ok
+}
+
+// SetUpdateStatus records rollout progress (written by the orchestrator,
+// under its leadership's guards). It fails with store.ErrStale or, when
+// guarded, store.ErrGuard (a stale version or a failed guard: see
+// store.Leadership.Explain) and changes nothing then.
+func (m *Manager) SetUpdateStatus(ctx context.Context, svc *model.Service, st *swarm.UpdateStatus, guards ...store.Cond) error {
 	next := *svc
 	next.UpdateStatus = st
 	val, err := json.Marshal(&next)
 	if err != nil {
 		return err
 	}
-	_, err = m.svcs.Update(ctx, svc.ID, int64(svc.Version.Index), val)
+	_, err = m.svcs.UpdateGuarded(ctx, svc.ID, int64(svc.Version.Index), val, guards)
 	return err
 }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Table is the store table of grants.
@@ -56,8 +55,8 @@ type Grant struct {
 
 // markers are the in-use markers of g's objects: the value is the
 // container's name, which `docker secret rm` quotes.
-func (g *Grant) markerOps(put bool) []clientv3.Op {
-	var ops []clientv3.Op
+func (g *Grant) markerOps(put bool) []store.Op {
+	var ops []store.Op
 	seen := map[string]bool{}
 	for _, set := range []struct {
 		table string
@@ -70,9 +69,9 @@ func (g *Grant) markerOps(put bool) []clientv3.Op {
 			}
 			seen[k] = true
 			if put {
-				ops = append(ops, clientv3.OpPut(k, objects.ContainerRefValue(g.Name)))
+				ops = append(ops, store.PutOp(k, objects.ContainerRefValue(g.Name)))
 			} else {
-				ops = append(ops, clientv3.OpDelete(k))
+				ops = append(ops, store.DeleteOp(k))
 			}
 		}
 	}
@@ -92,12 +91,12 @@ func (gs grants) create(ctx context.Context, g *Grant) error {
 	// Every object must still exist when the grant and its markers are
 	// written: a `secret rm` racing this create either sees the marker
 	// and refuses, or wins and this write fails.
-	var guards []clientv3.Cmp
+	var guards []store.Cond
 	for _, it := range g.Secrets {
-		guards = append(guards, clientv3.Compare(clientv3.CreateRevision(gs.st.Table(objects.Secret.Table).Key(it.ID)), ">", 0))
+		guards = append(guards, store.Exists(gs.st.Table(objects.Secret.Table).Key(it.ID)))
 	}
 	for _, it := range g.Configs {
-		guards = append(guards, clientv3.Compare(clientv3.CreateRevision(gs.st.Table(objects.Config.Table).Key(it.ID)), ">", 0))
+		guards = append(guards, store.Exists(gs.st.Table(objects.Config.Table).Key(it.ID)))
 	}
 	rev, err := gs.tbl.CreateGuarded(ctx, g.ID, g.ID, val, guards, g.markerOps(true)...)
 	if err != nil {

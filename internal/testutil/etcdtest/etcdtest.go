@@ -115,18 +115,36 @@ func (s *Server) Stop() {
 // the test ends: what a test reads the stored bytes with.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	info := transport.TLSInfo{CertFile: s.CertFile, KeyFile: s.KeyFile, TrustedCAFile: s.CAFile}
-	tc, err := info.ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, TLS: tc, DialTimeout: 10 * time.Second,
-		Logger: zap.NewNop()})
+	cli, err := s.client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cli.Close() })
 	return cli
+}
+
+func (s *Server) client() (*clientv3.Client, error) {
+	info := transport.TLSInfo{CertFile: s.CertFile, KeyFile: s.KeyFile, TrustedCAFile: s.CAFile}
+	tc, err := info.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	return clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, TLS: tc, DialTimeout: 10 * time.Second,
+		Logger: zap.NewNop()})
+}
+
+// Count is the number of keys under prefix.
+func (s *Server) Count(ctx context.Context, prefix string) (int64, error) {
+	cli, err := s.client()
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = cli.Close() }()
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return resp.Count, nil
 }
 
 // Dump returns every key and value in the server, for tests that look for

@@ -12,7 +12,6 @@ import (
 
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // MemStore is the tasks table, its snapshot and change notifications in
@@ -121,7 +120,7 @@ func (m *MemStore) Get(_ context.Context, id string) (store.Object, error) {
 }
 
 // Update writes a task record if it is at rev.
-func (m *MemStore) Update(_ context.Context, id string, rev int64, val []byte, _ ...clientv3.Op) (int64, error) {
+func (m *MemStore) Update(_ context.Context, id string, rev int64, val []byte, _ ...store.Op) (int64, error) {
 	if f := m.BeforeUpdate; f != nil {
 		f()
 	}
@@ -141,7 +140,7 @@ func (m *MemStore) Update(_ context.Context, id string, rev int64, val []byte, _
 }
 
 // Delete deletes a task record if it is at rev.
-func (m *MemStore) Delete(_ context.Context, id, _ string, rev int64, _ []clientv3.Cmp, _ ...clientv3.Op) error {
+func (m *MemStore) Delete(_ context.Context, id, _ string, rev int64, _ []store.Cond, _ ...store.Op) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	o, ok := m.tasks[id]

@@ -1,0 +1,227 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/pki"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// noteNoEffect warns only about settings hush does not act on: a changed
+// CAConfig.NodeCertExpiry is honoured (the certificates issued from then
+// on carry it), so it is not one of them.
+func TestNoteNoEffectFields(t *testing.T) {
+	base := func() *cluster.Cluster {
+		c := &cluster.Cluster{Spec: cluster.DefaultSpec()}
+		c.Network = cluster.Network{ListenAddr: "0.0.0.0:2377", DataPathPort: cluster.DefaultDataPathPort}
+		return c
+	}
+	for _, tt := range []struct {
+		name   string
+		change func(c *cluster.Cluster)
+		warned string // "" when nothing may be logged
+	}{
+		{"node certificate expiry", func(c *cluster.Cluster) { c.Spec.CAConfig.NodeCertExpiry = 48 * time.Hour }, ""},
+		{"external CA", func(c *cluster.Cluster) {
+			c.Spec.CAConfig.ExternalCAs = []*swarm.ExternalCA{{Protocol: "cfssl", URL: "https://ca.example"}}
+		}, "CAConfig.ExternalCAs"},
+		{"nothing", func(*cluster.Cluster) {}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			d := &Daemon{log: slog.New(slog.NewTextHandler(&buf, nil))}
+			before, after := base(), base()
+			tt.change(after)
+			d.noteNoEffect(before, after)
+			got := buf.String()
+			if tt.warned == "" && got != "" {
+				t.Fatalf("warned about an honoured setting: %s", got)
+			}
+			if tt.warned != "" && !strings.Contains(got, "field="+tt.warned) {
+				t.Fatalf("no warning naming %s: %q", tt.warned, got)
+			}
+		})
+	}
+}
+
+// life is a certificate's validity from its issue (NotBefore is backdated).
+func life(leafNotBefore, leafNotAfter time.Time) time.Duration {
+	return leafNotAfter.Sub(leafNotBefore.Add(pki.Backdate))
+}
+
+// CAConfig.NodeCertExpiry set by an update is what the certificates
+// issued afterwards carry: a join's and a renewal's.
+func TestNodeCertExpiryHonoured(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	spec := c.Spec
+	spec.CAConfig.NodeCertExpiry = 48 * time.Hour
+	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	joined := w.cert.Load()
+	if got := life(joined.Leaf.NotBefore, joined.Leaf.NotAfter); got != 48*time.Hour {
+		t.Fatalf("joined worker's certificate lives %s, want 48h", got)
+	}
+	// The manager's own certificate, issued before the update, is renewed
+	// with the new lifetime.
+	renewed(t, m, l1)
+	if got := life(m.cert.Load().Leaf.NotBefore, m.cert.Load().Leaf.NotAfter); got != 48*time.Hour {
+		t.Fatalf("renewed manager certificate lives %s, want 48h", got)
+	}
+	c = getCluster(t, m)
+	spec = c.Spec
+	spec.CAConfig.NodeCertExpiry = 36 * time.Hour
+	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	w.skew.Store(int64(renewSkew(joined)))
+	waitUntil(t, "the worker renews", func() bool { return w.cert.Load().Leaf.SerialNumber.Cmp(joined.Leaf.SerialNumber) != 0 })
+	w.skew.Store(0)
+	if got := life(w.cert.Load().Leaf.NotBefore, w.cert.Load().Leaf.NotAfter); got != 36*time.Hour {
+		t.Fatalf("renewed worker certificate lives %s, want 36h", got)
+	}
+}
+
+// A manager issues a node at most IssueBurst certificates at once
+// through the node's sync, keyed by the node ID of the certificate it
+// calls with; beyond that the node is told, by name, that it is rate
+// limited and when to retry, while its role queries are still answered.
+func TestRenewalRateLimited(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: time.Hour, IssueBurst: 2, IssueEvery: time.Hour})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	key := w.nodeKey
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Refused requests (a CSR that does not parse) give their issue back:
+	// retries of a failing request do not use up the node's renewals.
+	for range 3 {
+		if _, err := w.callSync(ctx, v, &syncRequest{CSR: []byte("not a CSR")}); err == nil || strings.Contains(err.Error(), "rate limited") {
+			t.Fatalf("a malformed CSR: %v, want its own refusal", err)
+		}
+	}
+	for i := range 2 {
+		if _, err := w.callSync(ctx, v, &syncRequest{CSR: csr}); err != nil {
+			t.Fatalf("renewal %d within the burst: %v", i, err)
+		}
+	}
+	_, err = w.callSync(ctx, v, &syncRequest{CSR: csr})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "rate limited") || !strings.Contains(err.Error(), w.nodeID) {
+		t.Fatalf("a renewal beyond the burst: %v, want a precondition naming the node and the rate limit", err)
+	}
+	if ans, err := w.callSync(ctx, v, &syncRequest{}); err != nil || ans.Role != roleWorker {
+		t.Fatalf("the role query of a rate-limited node: %+v %v", ans, err)
+	}
+}
+
+// expire gives d a certificate of its own key that expired an hour ago,
+// signed by the cluster CA of m, as a node down past its certificate's
+// end would hold.
+func expire(t *testing.T, m, d *Daemon) *x509.Certificate {
+	t.Helper()
+	c := getCluster(t, m)
+	roots, err := pki.ParseRootBundle([]byte(c.CACert), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := c.CASigner(&m.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA(roots[0], signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	csr, err := pki.NewCSR(d.nodeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: d.nodeID, ClusterID: c.ID, Role: certRole(d.cert.Load().Leaf),
+		Expiry: pki.MinNodeCertExpiry, Now: time.Now().Add(-2 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pki.TLSCertificate(iss.PEM, d.nodeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cert.Store(cert)
+	return iss.Leaf
+}
+
+// A node whose certificate expired cannot ask a manager (their TLS
+// refuses it). A manager whose store answers reissues its own; a worker
+// stops asking and reports why, by name, in docker info's Swarm.Error
+// (Swarm's node only logs "failed to renew the certificate" and fails at
+// its next start), and the managers list it Down.
+func TestExpiredCertificate(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	spec := c.Spec
+	spec.Dispatcher.HeartbeatPeriod = time.Second
+	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+
+	dead := expire(t, m, m)
+	waitUntil(t, "the manager reissues its expired certificate", func() bool {
+		return m.cert.Load().Leaf.NotAfter.After(time.Now()) && m.cert.Load().Leaf.SerialNumber.Cmp(dead.SerialNumber) != 0
+	})
+	var ms memberState
+	readJSON(t, m.memberPath(), &ms)
+	if !sameSerial(t, ms.CertPEM, m.cert.Load()) || m.CertProblem() != "" {
+		t.Fatalf("member.json does not hold the reissued certificate, or a problem is reported: %q", m.CertProblem())
+	}
+
+	dead = expire(t, m, w)
+	waitUntil(t, "the worker reports its expired certificate", func() bool { return w.CertProblem() != "" })
+	si, ok := w.WorkerInfo()
+	if !ok || si.Error != w.CertProblem() || !strings.Contains(si.Error, "expired at") || !strings.Contains(si.Error, "docker swarm leave --force") {
+		t.Fatalf("docker info's Swarm.Error on the worker: %q", si.Error)
+	}
+	if w.cert.Load().Leaf.SerialNumber.Cmp(dead.SerialNumber) != 0 {
+		t.Fatal("the worker's expired certificate was replaced although no manager may renew it")
+	}
+	waitUntil(t, "node ls shows the worker Down", func() bool {
+		_, others, _, err := clusterNodes{m}.Managers(ctx)
+		return err == nil && len(others) == 1 && others[0].ID == w.nodeID && others[0].Status.State == swarm.NodeStateDown
+	})
+}
