@@ -12,6 +12,24 @@
 #
 # usage: bench/cluster.sh [N] [C] [REPS]      (defaults 4000 16 5)
 # needs: Go, the docker CLI; no engine is used (hushd --engine "").
+# Optional environment:
+#   PAIRS=k     the single node stays up (idle) while the cluster runs, and
+#               single and leader rows are measured k times, alternating,
+#               before follower and spread: on a shared machine the ratio
+#               of neighbouring rows means more than of rows minutes apart
+#               (default 1: single, then the cluster, as before).
+#   LEVELS="16 64"  client concurrency levels of the single and leader rows
+#               (default C alone; follower and spread run at C).
+#   BIN=dir     use dir's hushd and hushbench instead of building them (an
+#               A/B run of two builds under the same load).
+#   HUSHD_ENV="GOGC=200"  environment for every hushd, single and members
+#               alike (a Go runtime setting under test).
+#   PERF=dir    perf-record (perf(1), PERF_HZ=250 Hz, call graphs) the hushd
+#               processes during the first single and leader rows, into
+#               dir/{single,leader}.data, for `perf report`.
+# Each create row ends with the CPU time the hushd processes spent on it
+# (utime+stime from /proc; the clean-up deletes included), per create:
+# all processes summed, then each one's (the single node's; m1/m2/m3).
 # Each row ends with the 1-minute load average when it finished: the
 # machine is shared, and the figures mean little without it.
 # Prints a table and writes it to docs/bench/cluster-<date>.tsv when run
@@ -31,8 +49,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -o "$bin/hushd" ./cmd/hushd
-go build -o "$bin/hushbench" ./cmd/hushbench
+if [ "${BIN:-}" ]; then
+	cp "$BIN/hushd" "$BIN/hushbench" "$bin/"
+else
+	go build -o "$bin/hushd" ./cmd/hushd
+	go build -o "$bin/hushbench" ./cmd/hushbench
+fi
+pairs=${PAIRS:-1}
+read -r -a levels <<<"${LEVELS:-$c}"
+# sfx LEVEL: a row label's suffix when there are several levels.
+sfx() { [ "${#levels[@]}" -gt 1 ] && echo "-c$1" || true; }
 
 # freeport IP: a port on IP whose next two are free too (join/CA, etcd peer,
 # dispatcher). Another process may take one before hushd binds it.
@@ -53,7 +79,7 @@ start() {
 	local name=$1; shift
 	mkdir -p "$root/$name"
 	sock[$name]=$root/$name/hushd.sock
-	"$bin/hushd" --data-dir "$root/$name/data" --socket "${sock[$name]}" --engine "" "$@" \
+	env ${HUSHD_ENV:-} "$bin/hushd" --data-dir "$root/$name/data" --socket "${sock[$name]}" --engine "" "$@" \
 		>>"$root/$name/log" 2>&1 &
 	pid[$name]=$!; pids+=($!)
 	for _ in $(seq 1 300); do
@@ -88,24 +114,45 @@ all_reachable() {
 	echo "managers not all reachable" >&2; return 1
 }
 
-bench() { # LABEL SOCKETS
-	local label=$1 socks=$2 json=$root/$1.json
-	"$bin/hushbench" --socket "$socks" --concurrency "$c" --ops create --n "$n" --list-size 0 --json "$json" >"$root/$label.out" 2>&1 ||
+# cputicks PID...: the processes' utime+stime in clock ticks, comma-separated.
+cputicks() { for p in "$@"; do awk '{ print $14 + $15 }' "/proc/$p/stat"; done | paste -sd,; }
+
+# bench LABEL SOCKETS [CONC [PERFNAME]]: one row; its CPU columns are the
+# processes in cpupids'.
+cpupids=()
+bench() {
+	local label=$1 socks=$2 conc=${3:-$c} perfname=${4:-} json=$root/$1.json before after perfpid=""
+	before=$(cputicks "${cpupids[@]}")
+	if [ "$perfname" ] && [ "${PERF:-}" ]; then
+		mkdir -p "$PERF"
+		perf record -F "${PERF_HZ:-250}" -g -o "$PERF/$perfname.data" -p "$(IFS=,; echo "${cpupids[*]}")" >/dev/null 2>&1 &
+		perfpid=$!
+	fi
+	"$bin/hushbench" --socket "$socks" --concurrency "$conc" --ops create --n "$n" --list-size 0 --json "$json" >"$root/$label.out" 2>&1 ||
 		{ cat "$root/$label.out" >&2; return 1; }
-	python3 - "$json" "$label" <<'EOF'
+	after=$(cputicks "${cpupids[@]}")
+	if [ "$perfpid" ]; then kill -INT "$perfpid"; wait "$perfpid" || true; fi
+	python3 - "$json" "$label" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 op = r["levels"][0]["ops"][0]
 load = open("/proc/loadavg").read().split()[0]
-print(f'{sys.argv[2]}\tcreate\t{op["concurrency"]}\t{op["ok"]}\t{op["ops_per_s"]:.1f}\t{op["p50_ms"]:.2f}\t{op["p99_ms"]:.2f}\t{load}')
+b, a = ([int(x) for x in v.split(",")] for v in sys.argv[3:5])
+ms = [(y - x) * 1000 / int(sys.argv[5]) / max(op["ok"], 1) for x, y in zip(b, a)]
+split = "/".join(f"{m:.2f}" for m in ms)
+print(f'{sys.argv[2]}\tcreate\t{op["concurrency"]}\t{op["ok"]}\t{op["ops_per_s"]:.1f}\t{op["p50_ms"]:.2f}\t{op["p99_ms"]:.2f}\t{load}\t{sum(ms):.2f}\t{split}')
 EOF
 }
 
-printf 'setup\top\tconc\tok\tops/s\tp50 ms\tp99 ms\tload1\n' >"$root/table.tsv"
+printf 'setup\top\tconc\tok\tops/s\tp50 ms\tp99 ms\tload1\tcpu ms/op\tper process\n' >"$root/table.tsv"
 
 start single
-bench single "${sock[single]}" >>"$root/table.tsv"
-kill -INT "${pid[single]}"; wait "${pid[single]}" || true
+single_pid=${pid[single]}
+if [ "$pairs" = 1 ]; then
+	cpupids=("$single_pid")
+	for lv in "${levels[@]}"; do bench "single$(sfx "$lv")" "${sock[single]}" "$lv" single >>"$root/table.tsv"; done
+	kill -INT "$single_pid"; wait "$single_pid" || true
+fi
 
 ports=()
 for i in 0 1 2; do ports[i]=$(freeport "${ips[i]}"); done
@@ -119,7 +166,21 @@ for m in m1 m2 m3; do nodeid[$m]=$(dk "$m" info --format '{{.Swarm.NodeID}}'); d
 all_reachable m1
 l=$(leader)
 f=m1; [ "$l" = m1 ] && f=m2
-bench "cluster-leader" "${sock[$l]}" >>"$root/table.tsv"
+members=("${pid[m1]}" "${pid[m2]}" "${pid[m3]}")
+for k in $(seq 1 "$pairs"); do
+	for lv in "${levels[@]}"; do
+		pn=""; [ "$k" = 1 ] && pn=leader
+		if [ "$pairs" != 1 ]; then
+			cpupids=("$single_pid")
+			sn=""; [ "$k" = 1 ] && sn=single
+			bench "single$(sfx "$lv")" "${sock[single]}" "$lv" "$sn" >>"$root/table.tsv"
+		fi
+		cpupids=("${members[@]}")
+		bench "cluster-leader$(sfx "$lv")" "${sock[$l]}" "$lv" "$pn" >>"$root/table.tsv"
+	done
+done
+if [ "$pairs" != 1 ]; then kill -INT "$single_pid"; wait "$single_pid" || true; fi
+cpupids=("${members[@]}")
 bench "cluster-follower" "${sock[$f]}" >>"$root/table.tsv"
 bench "cluster-spread" "${sock[m1]},${sock[m2]},${sock[m3]}" >>"$root/table.tsv"
 

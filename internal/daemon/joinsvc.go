@@ -207,7 +207,7 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 		return nil, err
 	}
 	return &joinResponse{ClusterID: c.ID, CertPEM: iss.PEM, CAPEM: []byte(c.CACert), MemberID: a.member.ID,
-		InitialCluster: a.peers, KeyID: a.keyID, WrapPub: a.wrapPub, WrappedKey: a.wrapped, External: d.externalRef()}, nil
+		InitialCluster: a.peers, KeyID: a.keyID, WrapPub: a.wrapPub, WrappedKey: a.wrapped, External: d.externalRef(), Raft: &c.Spec.Raft}, nil
 }
 
 // memberAdmission is what a node admitted as a manager gets besides its
@@ -481,7 +481,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	d.keys.Set(kr)
 	ms := &memberState{Listen: plan, ClusterID: resp.ClusterID, CertPEM: string(resp.CertPEM), CAPEM: string(resp.CAPEM),
 		Join: true, InitialCluster: resp.InitialCluster, External: resp.External}
-	err = d.enterMemberLocked(ctx, ms, key, true)
+	err = d.enterMemberLocked(ctx, ms, key, true, resp.Raft)
 	if d.member == ms {
 		d.dropJoinKey() // sealed in member.json now
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // The join/CA service's paths (on the manager's --listen-addr, TLS).
@@ -69,6 +70,10 @@ type joinResponse struct {
 	// Dropped, to a manager a force-new-cluster dropped, says so
 	// (forcenew.go); nothing else is answered then.
 	Dropped string `json:"dropped,omitempty"`
+	// Raft is the cluster spec's raft settings, whose timing a joining
+	// manager's etcd starts with (an older manager sends none: the
+	// default spec's, until the joiner's next start).
+	Raft *swarm.RaftConfig `json:"raft,omitempty"`
 }
 
 // joinError is the service's error body; the joining node rebuilds the

@@ -300,7 +300,7 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 	}
 	ms := &memberState{Listen: plan, ClusterID: c.ID, CertPEM: string(iss.PEM), CAPEM: c.CACert, External: d.externalRef()}
 	// The restarted member elects itself before it can write.
-	if err := d.enterMemberLocked(ctx, ms, key, false); err != nil {
+	if err := d.enterMemberLocked(ctx, ms, key, false, &c.Spec.Raft); err != nil {
 		return err
 	}
 	adv, _ := plan.peerURLs()
@@ -313,10 +313,18 @@ func (d *Daemon) becomeManagerLocked(ctx context.Context, plan listenPlan) error
 // enterMemberLocked keeps ms with the node key sealed in member.json,
 // reopens the store as that member (wipe: from empty data, for a join) and
 // waits until it has a quorum. The keyring must hold the master key.
-func (d *Daemon) enterMemberLocked(ctx context.Context, ms *memberState, key *ecdsa.PrivateKey, wipe bool) error {
+//
+// raft is the cluster spec's raft settings (nil: unknown, the default
+// spec's; a joiner could read the spec only once its member has caught
+// up, so the manager admitting it sends them). The member's etcd starts
+// with their timing, as it does at every later start: etcd reads it at
+// start only, and a first start on other timing (DefaultClusterTuning's
+// 2.5 s election) made a young cluster's failovers slow.
+func (d *Daemon) enterMemberLocked(ctx context.Context, ms *memberState, key *ecdsa.PrivateKey, wipe bool, raft *swarm.RaftConfig) error {
 	if err := pki.SaveNodeKey(ctx, d.sealNodeKey(&ms.Key), key); err != nil {
 		return err
 	}
+	d.startWithSpecTuning(raft)
 	if err := d.saveMember(ms); err != nil {
 		return err
 	}

@@ -858,6 +858,9 @@ func (d *Daemon) promoteSelf(ctx context.Context, v syncView) error {
 	d.useListen(ms.Listen)
 	d.member, d.worker, d.nodeKey = ms, nil, key
 	d.cert.Store(cert)
+	// The sync answer carries no spec: the member starts on the default
+	// spec's raft timing, and the cluster's from its next start.
+	d.startWithSpecTuning(nil)
 	if err := d.openStoreLocked(ctx, mc); err != nil {
 		return err
 	}

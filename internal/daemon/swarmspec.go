@@ -59,6 +59,28 @@ func (d *Daemon) loadTuning() store.Tuning {
 	return t
 }
 
+// startWithSpecTuning makes raft's tuning (nil: the default spec's) the
+// one etcd starts with from now on, and keeps it for the next start, as
+// settle would once the node serves: a crash before then changes nothing.
+func (d *Daemon) startWithSpecTuning(raft *swarm.RaftConfig) {
+	if raft == nil {
+		def := cluster.DefaultSpec()
+		raft = &def.Raft
+	}
+	t, err := cluster.EtcdTuningFor(*raft)
+	if err != nil {
+		// As in settle: only a record older than these checks holds such
+		// values, and etcd keeps its defaults rather than fail to start.
+		d.log.Warn("raft settings of the cluster cannot be applied to etcd; it keeps its defaults", "err", err)
+		t = store.Tuning{}
+	}
+	d.spec.running = t
+	b, _ := json.Marshal(t)
+	if err := writeFileSync(d.tuningPath(), b, 0o600); err != nil {
+		d.log.Warn("saving raft settings for the next start", "err", err)
+	}
+}
+
 // orchestratorSettings is what the orchestrator reads at each use.
 func (d *Daemon) orchestratorSettings() orchestrator.Settings {
 	if s := d.spec.orch.Load(); s != nil {

@@ -85,9 +85,11 @@ var tlsFileNames = []string{"hush-cert", "hush-key", "hush-ca"}
 func (t MemberTLS) contents() [][]byte { return [][]byte{t.CertPEM, t.KeyPEM, t.CAPEM} }
 
 // DefaultClusterTuning is the raft timing a member of a cluster uses when
-// the cluster spec sets none: a loaded 2-core manager can stall for a few
+// it is opened with none: a loaded 2-core manager can stall for a few
 // hundred milliseconds, and etcd's defaults (100 ms / 1 s) turn such a stall
-// into a needless election.
+// into a needless election. hushd always passes the cluster spec's timing
+// (Swarm's default ticks: 100 ms / 1 s), from a member's first start on;
+// this applies to a spec whose ticks are both zero.
 var DefaultClusterTuning = Tuning{Heartbeat: 250 * time.Millisecond, ElectionTimeout: 2500 * time.Millisecond}
 
 // memfds holds the in-memory files behind etcd's TLS file paths.
@@ -246,4 +248,15 @@ func (m *MemberConfig) configure(cfg *embed.Config, name string) (memfds, error)
 	// quorum (etcd's own guard, behind Members.Remove's).
 	cfg.StrictReconfigCheck = true
 	return files, nil
+}
+
+// Timing is the raft timing this member's etcd runs with: its heartbeat
+// interval and election timeout, as etcd was started (it reads them at
+// start only). An external store's member reports zeros.
+func (m *Members) Timing() (heartbeat, election time.Duration) {
+	if m == nil || m.srv == nil {
+		return 0, 0
+	}
+	tick := time.Duration(m.srv.Cfg.TickMs) * time.Millisecond
+	return tick, time.Duration(m.srv.Cfg.ElectionTicks) * tick
 }

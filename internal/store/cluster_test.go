@@ -20,8 +20,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// testTuning keeps elections quick in tests; production members use
-// store.DefaultClusterTuning.
+// testTuning keeps elections quick in tests; it is also hushd's timing
+// under Swarm's default raft ticks (the daemon passes the spec's).
 var testTuning = store.Tuning{Heartbeat: 100 * time.Millisecond, ElectionTimeout: time.Second}
 
 // wait bounds every wait for the cluster to converge under -race on a
