@@ -90,11 +90,23 @@ func (s *Store) Apply(ctx context.Context, ops ...Op) error {
 // Holds reports, with one linearizable transaction, whether every cond
 // holds now (no write).
 func (s *Store) Holds(ctx context.Context, conds ...Cond) (bool, error) {
-	resp, err := s.cli.Txn(ctx).If(etcdCmps(nil, conds)...).Commit()
+	resp, err := s.cli.Txn(ctx).If(etcdCmps(nil, conds)...).Then(linearizable()).Commit()
 	if err != nil {
 		return false, wrapEtcd(err)
 	}
 	return resp.Succeeded, nil
+}
+
+// linearizable is the read that makes a transaction of compares alone a
+// linearizable one. etcd serves a transaction without writes from the
+// member's own state, without the quorum's read index, when every read in
+// it is serializable, and one with no read counts as such
+// (etcdserver/txn.IsTxnSerializable): reached through an external etcd's
+// lagging member, a leadership's Check would then report a held
+// leadership as lost, or a lost one as held. Counting one key that never
+// exists returns nothing and costs no extra request.
+func linearizable() clientv3.Op {
+	return clientv3.OpGet(root+"\x00linearizable-probe", clientv3.WithCountOnly())
 }
 
 // KV is one stored key as etcd holds it: Value is still sealed (open it

@@ -127,7 +127,7 @@ func (l *Leadership) Guard() Cond {
 // Check confirms, with a linearizable read, that the leadership still
 // holds: for a leader about to act on something it read.
 func (l *Leadership) Check(ctx context.Context) error {
-	resp, err := l.s.cli.Txn(ctx).If(l.Guard().cmp).Commit()
+	resp, err := l.s.cli.Txn(ctx).If(l.Guard().cmp).Then(linearizable()).Commit()
 	if err != nil {
 		return wrapEtcd(err)
 	}
