@@ -92,11 +92,30 @@ func (d *jobSide) waitStates(svc string, want ...string) {
 
 var reStateAge = regexp.MustCompile(`\|(\w+) [^|]*\|`)
 
+// reNodeTask is a task name the CLI made from the node ID (a task with no
+// slot: a global one, or a replicated job's slot 0).
+var reNodeTask = regexp.MustCompile(`^([^|]*)\.[a-z0-9]{25}\|`)
+
 // psRows keeps what must match of `docker service ps`: name (with the
 // CLI's history marker), desired state, current state without its age,
-// and the error, in the CLI's order.
+// and the error. Rows keep the CLI's order except where that order comes
+// from a random node ID: the CLI sorts names naturally, so a node ID that
+// starts with a digit lands among the slot numbers and one that starts
+// with a letter after them. Those rows are named <node> and sorted after
+// the numbered ones (stably, so one name's rows keep their newest-first
+// order).
 func psRows(s string) string {
-	return reStateAge.ReplaceAllString(s, "|$1|")
+	s = reStateAge.ReplaceAllString(s, "|$1|")
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		return s
+	}
+	for i, l := range lines {
+		lines[i] = reNodeTask.ReplaceAllString(l, "$1.<node>|")
+	}
+	node := func(l string) bool { return strings.Contains(l, ".<node>|") }
+	sort.SliceStable(lines, func(i, j int) bool { return !node(lines[i]) && node(lines[j]) })
+	return strings.Join(lines, "\n") + "\n"
 }
 
 // run drives the scenario and returns the normalised transcript.

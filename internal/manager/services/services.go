@@ -32,6 +32,9 @@ type Manager struct {
 	seal Sealer
 	log  *slog.Logger
 	now  func() time.Time
+	// afterRemoveRead, when set (tests only), runs between Remove's read
+	// and its delete: the window a racing update must land in.
+	afterRemoveRead func(attempt int)
 }
 
 // New returns a services manager. mir must be running (or about to run)
@@ -428,6 +431,9 @@ func (m *Manager) Remove(ctx context.Context, ref string) error {
 		cur, err := m.Get(ctx, ref)
 		if err != nil {
 			return err
+		}
+		if m.afterRemoveRead != nil {
+			m.afterRemoveRead(attempt)
 		}
 		ops := append(dropRefOps(cur.ID, &cur.Spec), networks.DropRefOps(cur.ID, &cur.Spec)...)
 		err = m.svcs.Delete(ctx, cur.ID, cur.Spec.Name, int64(cur.Version.Index), nil, ops...)
