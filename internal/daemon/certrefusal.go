@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/pki"
@@ -130,6 +131,32 @@ func (d *Daemon) noteDemoted(ctx context.Context, nodeID string) {
 	if err := markDemoted(ctx, d.store, nodeID); err != nil {
 		d.log.Warn("demotion: revoking the node's manager certificates by serial failed; the next revocation pass retries", "node", nodeID, "err", err)
 	}
+}
+
+// revokedByDemotion refuses, at the join/CA service, a manager
+// certificate its demotion revoked (marked demoted) once its node is
+// recorded as a manager again: etcd refuses it by serial, and renewed
+// here it would buy a manager certificate of a new serial that etcd
+// accepts, undoing the revocation (and a leave request under it would
+// remove the node's member). While the node is recorded as a worker the
+// certificate is still served: it is how the demoted node gets its
+// worker certificate. n is the node's record.
+func (d *Daemon) revokedByDemotion(ctx context.Context, id pki.Identity, leaf *x509.Certificate, n nodes.Node) error {
+	if id.Role != pki.RoleManager || n.Spec.Role != swarm.NodeRoleManager {
+		return nil
+	}
+	o, err := d.store.Table(managerCertsTable).Get(ctx, leaf.SerialNumber.Text(16))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var r managerCertRecord
+	if json.Unmarshal(o.Value, &r) != nil || !r.Demoted || r.Node != id.NodeID {
+		return nil
+	}
+	return errdefs.Unauthorized("node %s's manager certificate (serial %s) was revoked by its demotion: use the certificate it was issued since", id.NodeID, o.ID)
 }
 
 // tendManagerCerts is one pass of the table's upkeep: it prunes records

@@ -5,12 +5,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
 	"github.com/moby/moby/api/types/swarm"
@@ -250,5 +253,70 @@ func TestEtcdRefusesCertificateAfterRepromotion(t *testing.T) {
 	waitUntil(t, "etcd refuses the certificate held before the demotion", func() bool { return peerGet(t, m, first) != nil })
 	if err := peerGet(t, m, second); err != nil {
 		t.Fatalf("the current manager certificate refused: %v", err)
+	}
+}
+
+// The manager certificate a node held before its demotion stays refused
+// after it is promoted again by the join/CA service too, not only by
+// etcd: renewed there, it would buy a manager certificate of a new
+// serial, which etcd accepts (the revocation undone), and its leave
+// request would remove the node's member. The node's current
+// certificate is still served.
+func TestJoinServiceRefusesCertificateAfterRepromotion(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	first := w.cert.Load()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+
+	stale := syncView{cert: first, clusterID: c.ID, caPEM: c.CACert, addrs: []string{l1}}
+	key, err := pki.NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		req  syncRequest
+	}{
+		{"renewal", syncRequest{CSR: csr}},
+		{"leave", syncRequest{Leave: true}},
+		{"role query", syncRequest{}},
+	} {
+		ans, err := w.callSync(ctx, stale, &tt.req)
+		if !errors.Is(err, errdefs.ErrUnauthorized) || !strings.Contains(err.Error(), "revoked") {
+			t.Fatalf("%s with the certificate held before the demotion: %v (certificate issued: %t), want it refused as revoked", tt.name, err, ans != nil && len(ans.CertPEM) > 0)
+		}
+	}
+	if !w.isVoter(ctx) {
+		t.Fatal("the node's member is no voter any more")
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the node has no sync view")
+	}
+	if ans, err := w.callSync(ctx, v, &syncRequest{}); err != nil || ans.Role != string(swarm.NodeRoleManager) {
+		t.Fatalf("the node's current certificate: %+v %v", ans, err)
 	}
 }

@@ -277,6 +277,9 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 	if err != nil {
 		return nil, err
 	}
+	if err := d.revokedByDemotion(ctx, id, presented, n); err != nil {
+		return nil, err
+	}
 	mgrs, err := d.managerAddrs(ctx)
 	if err != nil {
 		return nil, err
