@@ -159,6 +159,33 @@ func (d *Daemon) revokedByDemotion(ctx context.Context, id pki.Identity, leaf *x
 	return errdefs.Unauthorized("node %s's manager certificate (serial %s) was revoked by its demotion: use the certificate it was issued since", id.NodeID, o.ID)
 }
 
+// refuseManagerCert is the dispatcher's check of a manager-only call
+// (relayed logs, dispatchnet.ServerConfig.RefuseManager): a manager
+// certificate is served only while its node is recorded as a manager and
+// etcd does not refuse it by serial (refusedManagerSerials), so a demoted
+// or removed node's old manager certificate, or one held before a
+// demotion by a node promoted again, relays nothing.
+func (d *Daemon) refuseManagerCert(ctx context.Context, nodeID string, leaf *x509.Certificate) error {
+	n, err := nodes.Get(ctx, d.store, nodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		return errdefs.Unauthorized("node %s is not part of this swarm", nodeID)
+	}
+	if err != nil {
+		return err
+	}
+	if n.Spec.Role != swarm.NodeRoleManager {
+		return errdefs.Unauthorized("node %s is not a manager of this swarm: its manager certificate is refused", nodeID)
+	}
+	serials, err := refusedManagerSerials(ctx, d.store, time.Now())
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(serials, func(s *big.Int) bool { return s.Cmp(leaf.SerialNumber) == 0 }) {
+		return errdefs.Unauthorized("node %s's manager certificate (serial %s) is revoked", nodeID, leaf.SerialNumber.Text(16))
+	}
+	return nil
+}
+
 // tendManagerCerts is one pass of the table's upkeep: it prunes records
 // of certificates expired for certPruneGrace and marks the certificates
 // of nodes recorded as workers as demoted, at most maxCertWritesPerPass

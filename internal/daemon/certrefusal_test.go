@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
@@ -318,5 +320,66 @@ func TestJoinServiceRefusesCertificateAfterRepromotion(t *testing.T) {
 	}
 	if ans, err := w.callSync(ctx, v, &syncRequest{}); err != nil || ans.Role != string(swarm.NodeRoleManager) {
 		t.Fatalf("the node's current certificate: %+v %v", ans, err)
+	}
+}
+
+// relayWith asks manager m's dispatcher, under cert, to relay the logs of
+// a task of node: what another manager does for `service logs`.
+func relayWith(t *testing.T, m *Daemon, cert tls.Certificate, node string) error {
+	t.Helper()
+	c := getCluster(t, m)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(c.CACert))
+	params := pki.TLSParams{ClusterID: c.ID, Cert: func() (*tls.Certificate, error) { return &cert, nil },
+		Roots: func() *x509.CertPool { return pool }}
+	addr, err := dispatchAddr(m.listen.Advertise)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc, err := dispatchnet.NewRelayer(params.ClientConfig, m.log).Logs(ctx, addr, node, "no-such-task", agent.LogOptions{})
+	if rc != nil {
+		rc.Close()
+	}
+	return err
+}
+
+// Relaying logs is for managers: the dispatcher refuses it under a
+// manager certificate etcd refuses by serial — a demoted node's, also
+// once the node is promoted again — and serves it under a current one.
+func TestRelayRefusesRevokedManagerCertificate(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	first := *w.cert.Load()
+	if err := relayWith(t, m, first, w.nodeID); errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("a current manager certificate refused: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	if err := relayWith(t, m, first, w.nodeID); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("a demoted node's manager certificate relays logs: %v, want it refused", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+	if err := relayWith(t, m, first, w.nodeID); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("the manager certificate held before the demotion relays logs: %v, want it refused", err)
+	}
+	if err := relayWith(t, m, *w.cert.Load(), w.nodeID); errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("the node's current manager certificate refused: %v", err)
 	}
 }

@@ -85,7 +85,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
 		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
-		Refuse: d.refuseNode, Vouching: vouching,
+		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, Vouching: vouching,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
 	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}
