@@ -306,15 +306,18 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 }
 
 // keepEtcdCRL runs while this manager is active: it records the
-// certificate it holds, and sets its member's revocation list whenever
-// the refused serials change.
+// certificate it holds, tends the records (tendManagerCerts), and sets
+// its member's revocation list whenever the refused serials change. On
+// the user's etcd there is no list to set (its TLS is the user's, hush
+// runs no member: SetCRL would fail every period), but the records are
+// tended all the same: every manager certificate issued adds one, and the
+// join/CA service and the dispatcher read them.
 func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 	members := d.store.Members()
-	if members == nil || d.cfg.External != nil {
-		// The user's etcd: its TLS is the user's, hush runs no member
-		// to give a list (SetCRL would fail every period).
+	if members == nil {
 		return
 	}
+	external := d.cfg.External != nil
 	var last string
 	set := false
 	var recorded *x509.Certificate
@@ -334,21 +337,14 @@ func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 		} else if pruned+marked > 0 {
 			d.log.Info("manager certificate records tended", "prunedExpired", pruned, "markedDemoted", marked)
 		}
-		serials, err := refusedManagerSerials(ctx, d.store, now)
-		if err == nil {
-			parts := make([]string, len(serials))
-			for i, s := range serials {
-				parts[i] = s.Text(16)
-			}
-			if key := strings.Join(parts, ","); !set || key != last {
-				if err = d.setEtcdCRL(ctx, members, serials, now); err == nil {
-					last, set = key, true
-					d.log.Info("etcd's revocation list set", "refused", len(serials))
+		if !external {
+			if key, err := d.refreshEtcdCRL(ctx, members, now, last, set); err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn("etcd's revocation list not updated", "err", err)
 				}
+			} else {
+				last, set = key, true
 			}
-		}
-		if err != nil && ctx.Err() == nil {
-			d.log.Warn("etcd's revocation list not updated", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -356,6 +352,28 @@ func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// refreshEtcdCRL sets the member's list when the refused serials (key,
+// their hex joined) differ from last, or none was set yet.
+func (d *Daemon) refreshEtcdCRL(ctx context.Context, members *store.Members, now time.Time, last string, set bool) (string, error) {
+	serials, err := refusedManagerSerials(ctx, d.store, now)
+	if err != nil {
+		return "", err
+	}
+	parts := make([]string, len(serials))
+	for i, s := range serials {
+		parts[i] = s.Text(16)
+	}
+	key := strings.Join(parts, ",")
+	if set && key == last {
+		return key, nil
+	}
+	if err := d.setEtcdCRL(ctx, members, serials, now); err != nil {
+		return "", err
+	}
+	d.log.Info("etcd's revocation list set", "refused", len(serials))
+	return key, nil
 }
 
 // setEtcdCRL signs the list with the cluster CA and hands it to etcd.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math/big"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -102,20 +103,35 @@ func TestEtcdRefusesDemotedCertificate(t *testing.T) {
 }
 
 // On a manager of the user's etcd there is no member of hush's to give a
-// revocation list (etcd's TLS is the user's): keepEtcdCRL has nothing to
-// keep and returns, rather than signing a list with the CA key and
-// warning every period.
+// revocation list (etcd's TLS is the user's): keepEtcdCRL signs and
+// keeps none, but still tends the manager certificate records, which
+// every manager certificate issued adds (and the join/CA service and the
+// dispatcher read): an expired one is pruned, and it returns when
+// stopped.
 func TestKeepEtcdCRLExternal(t *testing.T) {
 	srv := etcdtest.Start(t)
 	m, _ := externalManager(t, srv, "/crl-ext", false)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	tbl := m.store.Table(managerCertsTable)
+	val, _ := json.Marshal(managerCertRecord{Node: m.nodeID, NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-certPruneGrace - time.Hour)})
+	if _, err := tbl.Create(ctx, "dead", "", val); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() {
 		m.keepEtcdCRL(ctx)
 		close(done)
 	}()
-	waitUntil(t, "keepEtcdCRL returns on an external manager", func() bool {
+	waitUntil(t, "the expired record is pruned on an external manager", func() bool {
+		ok, err := tbl.Exists(ctx, "dead")
+		return err == nil && !ok
+	})
+	if _, err := os.Stat(m.crlPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an external manager kept a revocation list: %v", err)
+	}
+	cancel()
+	waitUntil(t, "keepEtcdCRL returns once stopped", func() bool {
 		select {
 		case <-done:
 			return true
