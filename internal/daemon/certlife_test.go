@@ -276,3 +276,38 @@ func TestRenewalPointPerCertificate(t *testing.T) {
 		time.Sleep(fastSync / 2)
 	}
 }
+
+// The expired certificate's problem is about that certificate: once the
+// node leaves (the way out it names) and joins again, docker info shows
+// none, without waiting for a sync round.
+func TestCertProblemClearedByRejoin(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	// No sync round but the test's: the loop waits an hour after its
+	// first, at start.
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	expire(t, m, w)
+	if err := w.syncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w.CertProblem() == "" {
+		t.Fatal("no problem reported for the expired certificate")
+	}
+	if err := w.Leave(ctx, true); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	if p := w.CertProblem(); p != "" {
+		t.Fatalf("a node that left reports its old certificate's problem: %q", p)
+	}
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join again: %v", err)
+	}
+	if si, ok := w.WorkerInfo(); !ok || si.Error != "" {
+		t.Fatalf("docker info's Swarm.Error after the node joined again: %q", si.Error)
+	}
+}

@@ -198,7 +198,7 @@ type Daemon struct {
 	// certProblem is why this node's certificate cannot be renewed (an
 	// expired one the managers refuse), for the log and docker info's
 	// Swarm.Error; nil when there is none (certexpiry.go).
-	certProblem atomic.Pointer[string]
+	certProblem atomic.Pointer[certProblem]
 	// issueLimit bounds the certificates a node's sync is issued here
 	// (serveNodeSync).
 	issueLimit *pki.IssueLimiter
