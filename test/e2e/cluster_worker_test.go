@@ -39,7 +39,9 @@ func TestClusterJoinWorker(t *testing.T) {
 	}
 	check := func() {
 		t.Helper()
-		const want = `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`
+		// dockerd's text for a worker (daemon/cluster's errNoManager), not
+		// the one for a node in no swarm.
+		const want = `This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.`
 		_, stderr, code := w.Docker("service", "ls")
 		if code == 0 || !strings.Contains(stderr, want) {
 			t.Fatalf("service ls on the worker: exit %d, %q", code, stderr)
