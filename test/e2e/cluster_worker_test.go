@@ -26,6 +26,11 @@ func TestClusterJoinWorker(t *testing.T) {
 	remote := net.JoinHostPort(mip, fmt.Sprint(port))
 	m.MustDocker("swarm", "init")
 	wtok := strings.TrimSpace(m.MustDocker("swarm", "join-token", "-q", "worker"))
+	// The command the CLI prints names the manager's listen address (from
+	// node inspect self), not Swarm's default port.
+	if cmd := m.MustDocker("swarm", "join-token", "worker"); !strings.Contains(cmd, "docker swarm join --token "+wtok+" "+remote+"\n") {
+		t.Fatalf("swarm join-token worker does not print the join command for %s:\n%s", remote, cmd)
+	}
 
 	w := startHushd(t, eng, withSecretsDir(t), withArgs("--no-init", "--advertise-addr", wip))
 	out := w.MustDocker("swarm", "join", "--token", wtok, remote)
