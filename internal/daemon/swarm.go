@@ -223,10 +223,15 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		run(serve)
 	}
 	if d.engine != nil {
-		run(agent.New(agent.Config{
+		a := agent.New(agent.Config{
 			NodeID: d.nodeID, Dispatcher: localDispatcher{disp: disp, nodeID: d.nodeID},
 			Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
-		}).Run)
+		})
+		run(func(ctx context.Context) {
+			d.localAgent.Store(a)
+			defer d.localAgent.CompareAndSwap(a, nil)
+			a.Run(ctx)
+		})
 	}
 	d.runStandalone(run)
 	d.log.Info("cluster active", "node", d.nodeID, "keyID", mk.ID)
