@@ -102,11 +102,22 @@ type CertProblem interface {
 	CertProblem() string
 }
 
-// swarmInfo is the Swarm section of /info for this node.
+// swarmInfo is the Swarm section of /info for this node. A certificate
+// problem is said on an active node and on a manager waiting for a
+// quorum too: managers whose certificates expired together refuse each
+// other, so that is where the problem's way out is needed.
 func (s *Server) swarmInfo(r *http.Request) swarm.Info {
 	si := s.swarmInfoState(r)
-	if p, ok := s.Swarm.(CertProblem); ok && si.Error == "" && si.LocalNodeState == swarm.LocalNodeStateActive {
-		si.Error = p.CertProblem()
+	p, ok := s.Swarm.(CertProblem)
+	if !ok || si.LocalNodeState != swarm.LocalNodeStateActive && si.LocalNodeState != swarm.LocalNodeStatePending {
+		return si
+	}
+	switch problem := p.CertProblem(); {
+	case problem == "":
+	case si.Error == "":
+		si.Error = problem
+	default:
+		si.Error += " " + problem
 	}
 	return si
 }

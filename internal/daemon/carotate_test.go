@@ -96,3 +96,40 @@ func TestRootRotationRefusedOnCluster(t *testing.T) {
 		t.Fatalf("a join after the refused rotation: %v", err)
 	}
 }
+
+// `swarm init --force-new-cluster` from the CLI sends CAConfig.ForceRotate
+// 0. On a cluster whose counter is not (its root was rotated while it was
+// a lone node, before it listened), that was taken for a rotation and
+// refused by name on a manager of a cluster, so the way out of a lost
+// quorum or expired certificates failed there. Such a request keeps the
+// root and the counter; a request naming another counter is still
+// refused.
+func TestForceNewClusterKeepsRotationCounter(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	lone := startWith(t, Config{DataDir: dir})
+	c := getCluster(t, lone)
+	spec := c.Spec
+	spec.CAConfig.ForceRotate++
+	if err := lone.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatalf("rotation on a lone node: %v", err)
+	}
+	lone.Close()
+	m := startWith(t, Config{DataDir: dir, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	before := getCluster(t, m)
+	if before.Spec.CAConfig.ForceRotate != 1 {
+		t.Fatalf("counter %d after the lone rotation, want 1", before.Spec.CAConfig.ForceRotate)
+	}
+	if _, err := m.Init(ctx, swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true}); err != nil {
+		t.Fatalf("init --force-new-cluster as the CLI sends it: %v", err)
+	}
+	after := getCluster(t, m)
+	if after.CACert != before.CACert || after.Spec.CAConfig.ForceRotate != 1 {
+		t.Fatalf("force-new-cluster changed the root or the counter (%d)", after.Spec.CAConfig.ForceRotate)
+	}
+	req := swarm.InitRequest{ListenAddr: cliDefaultListen, ForceNewCluster: true}
+	req.Spec.CAConfig.ForceRotate = 2
+	if _, err := m.Init(ctx, req); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.HasPrefix(err.Error(), "CAConfig.ForceRotate: ") {
+		t.Fatalf("force-new-cluster asking a rotation: %v, want it refused by name", err)
+	}
+}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"math/big"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -66,7 +67,7 @@ func (d *Daemon) renewExpired(ctx context.Context, v syncView) error {
 	if manager {
 		msg += msgCertExpiredManager
 	}
-	if prev := d.certProblem.Swap(&msg); prev == nil || *prev != msg {
+	if prev := d.certProblem.Swap(&certProblem{serial: v.cert.Leaf.SerialNumber, msg: msg}); prev == nil || prev.msg != msg {
 		d.log.Error("node certificate expired", "node", d.nodeID, "notAfter", v.cert.Leaf.NotAfter, "problem", msg, "renewal", err, "selfReissue", selfErr)
 	}
 	return nil
@@ -116,11 +117,23 @@ func (d *Daemon) reissueSelf(ctx context.Context, v syncView) error {
 	return d.installRenewed(key, iss.PEM, cert)
 }
 
+// certProblem is why the certificate of serial cannot be renewed.
+type certProblem struct {
+	serial *big.Int
+	msg    string
+}
+
 // CertProblem is why this node's certificate cannot be renewed ("" when
-// there is none), for docker info's Swarm.Error.
+// there is none), for docker info's Swarm.Error. The problem is the
+// certificate's: a node that left since (no certificate) or joined again
+// (another one) has none, without waiting for a sync round to clear it.
 func (d *Daemon) CertProblem() string {
-	if p := d.certProblem.Load(); p != nil {
-		return *p
+	p := d.certProblem.Load()
+	if p == nil {
+		return ""
 	}
-	return ""
+	if c := d.cert.Load(); c == nil || c.Leaf == nil || c.Leaf.SerialNumber.Cmp(p.serial) != 0 {
+		return ""
+	}
+	return p.msg
 }

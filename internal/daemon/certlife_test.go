@@ -204,6 +204,13 @@ func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
 // end would hold.
 func expire(t *testing.T, m, d *Daemon) *x509.Certificate {
 	t.Helper()
+	return holdIssued(t, m, d, time.Now().Add(-2*time.Hour), pki.MinNodeCertExpiry)
+}
+
+// holdIssued gives d a certificate of its own key and role issued at
+// issuedAt for life by the cluster CA of m (capped at the root's end).
+func holdIssued(t *testing.T, m, d *Daemon, issuedAt time.Time, life time.Duration) *x509.Certificate {
+	t.Helper()
 	c := getCluster(t, m)
 	roots, err := pki.ParseRootBundle([]byte(c.CACert), time.Now())
 	if err != nil {
@@ -224,7 +231,7 @@ func expire(t *testing.T, m, d *Daemon) *x509.Certificate {
 		t.Fatal(err)
 	}
 	iss, err := ca.Issue(pki.IssueRequest{CSR: csr, NodeID: d.nodeID, ClusterID: c.ID, Role: certRole(d.cert.Load().Leaf),
-		Expiry: pki.MinNodeCertExpiry, Now: time.Now().Add(-2 * time.Hour)})
+		Expiry: life, Now: issuedAt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,4 +286,83 @@ func TestExpiredCertificate(t *testing.T) {
 		_, others, _, err := clusterNodes{m}.Managers(ctx)
 		return err == nil && len(others) == 1 && others[0].ID == w.nodeID && others[0].Status.State == swarm.NodeStateDown
 	})
+}
+
+// A certificate's renewal point is drawn for that certificate: one
+// renewed into a certificate of the same end (a lifetime reaching past
+// the root's, so both end with the root) gets a point of its own, not
+// the previous one's, which had passed, so the node renews once, not at
+// every sync round.
+func TestRenewalPointPerCertificate(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	c = getCluster(t, m)
+	spec := c.Spec
+	spec.CAConfig.NodeCertExpiry = 30 * 365 * 24 * time.Hour // past the root's 20 years
+	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.ParseRootBundle([]byte(c.CACert), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Issued a century ago and ending with the root: past its renewal
+	// point, whichever is drawn.
+	old := holdIssued(t, m, w, time.Now().Add(-100*365*24*time.Hour), 150*365*24*time.Hour)
+	if !old.NotAfter.Equal(roots[0].NotAfter) {
+		t.Fatalf("the held certificate ends %s, want the root's end %s", old.NotAfter, roots[0].NotAfter)
+	}
+	waitUntil(t, "the worker renews", func() bool { return w.cert.Load().Leaf.SerialNumber.Cmp(old.SerialNumber) != 0 })
+	renewed := w.cert.Load().Leaf
+	if !renewed.NotAfter.Equal(old.NotAfter) {
+		t.Fatalf("the renewed certificate ends %s, want the root's end %s", renewed.NotAfter, old.NotAfter)
+	}
+	deadline := time.Now().Add(20 * fastSync)
+	for time.Now().Before(deadline) {
+		if cur := w.cert.Load().Leaf; cur.SerialNumber.Cmp(renewed.SerialNumber) != 0 {
+			t.Fatalf("the worker renewed again (serial %x after %x), its new certificate years from its renewal point", cur.SerialNumber, renewed.SerialNumber)
+		}
+		time.Sleep(fastSync / 2)
+	}
+}
+
+// The expired certificate's problem is about that certificate: once the
+// node leaves (the way out it names) and joins again, docker info shows
+// none, without waiting for a sync round.
+func TestCertProblemClearedByRejoin(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	// No sync round but the test's: the loop waits an hour after its
+	// first, at start.
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	expire(t, m, w)
+	if err := w.syncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w.CertProblem() == "" {
+		t.Fatal("no problem reported for the expired certificate")
+	}
+	if err := w.Leave(ctx, true); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	if p := w.CertProblem(); p != "" {
+		t.Fatalf("a node that left reports its old certificate's problem: %q", p)
+	}
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join again: %v", err)
+	}
+	if si, ok := w.WorkerInfo(); !ok || si.Error != "" {
+		t.Fatalf("docker info's Swarm.Error after the node joined again: %q", si.Error)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/pki"
@@ -130,6 +131,59 @@ func (d *Daemon) noteDemoted(ctx context.Context, nodeID string) {
 	if err := markDemoted(ctx, d.store, nodeID); err != nil {
 		d.log.Warn("demotion: revoking the node's manager certificates by serial failed; the next revocation pass retries", "node", nodeID, "err", err)
 	}
+}
+
+// revokedByDemotion refuses, at the join/CA service, a manager
+// certificate its demotion revoked (marked demoted) once its node is
+// recorded as a manager again: etcd refuses it by serial, and renewed
+// here it would buy a manager certificate of a new serial that etcd
+// accepts, undoing the revocation (and a leave request under it would
+// remove the node's member). While the node is recorded as a worker the
+// certificate is still served: it is how the demoted node gets its
+// worker certificate. n is the node's record.
+func (d *Daemon) revokedByDemotion(ctx context.Context, id pki.Identity, leaf *x509.Certificate, n nodes.Node) error {
+	if id.Role != pki.RoleManager || n.Spec.Role != swarm.NodeRoleManager {
+		return nil
+	}
+	o, err := d.store.Table(managerCertsTable).Get(ctx, leaf.SerialNumber.Text(16))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var r managerCertRecord
+	if json.Unmarshal(o.Value, &r) != nil || !r.Demoted || r.Node != id.NodeID {
+		return nil
+	}
+	return errdefs.Unauthorized("node %s's manager certificate (serial %s) was revoked by its demotion: use the certificate it was issued since", id.NodeID, o.ID)
+}
+
+// refuseManagerCert is the dispatcher's check of a manager-only call
+// (relayed logs, dispatchnet.ServerConfig.RefuseManager): a manager
+// certificate is served only while its node is recorded as a manager and
+// etcd does not refuse it by serial (refusedManagerSerials), so a demoted
+// or removed node's old manager certificate, or one held before a
+// demotion by a node promoted again, relays nothing.
+func (d *Daemon) refuseManagerCert(ctx context.Context, nodeID string, leaf *x509.Certificate) error {
+	n, err := nodes.Get(ctx, d.store, nodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		return errdefs.Unauthorized("node %s is not part of this swarm", nodeID)
+	}
+	if err != nil {
+		return err
+	}
+	if n.Spec.Role != swarm.NodeRoleManager {
+		return errdefs.Unauthorized("node %s is not a manager of this swarm: its manager certificate is refused", nodeID)
+	}
+	serials, err := refusedManagerSerials(ctx, d.store, time.Now())
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(serials, func(s *big.Int) bool { return s.Cmp(leaf.SerialNumber) == 0 }) {
+		return errdefs.Unauthorized("node %s's manager certificate (serial %s) is revoked", nodeID, leaf.SerialNumber.Text(16))
+	}
+	return nil
 }
 
 // tendManagerCerts is one pass of the table's upkeep: it prunes records
@@ -252,15 +306,18 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 }
 
 // keepEtcdCRL runs while this manager is active: it records the
-// certificate it holds, and sets its member's revocation list whenever
-// the refused serials change.
+// certificate it holds, tends the records (tendManagerCerts), and sets
+// its member's revocation list whenever the refused serials change. On
+// the user's etcd there is no list to set (its TLS is the user's, hush
+// runs no member: SetCRL would fail every period), but the records are
+// tended all the same: every manager certificate issued adds one, and the
+// join/CA service and the dispatcher read them.
 func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 	members := d.store.Members()
-	if members == nil || d.cfg.External != nil {
-		// The user's etcd: its TLS is the user's, hush runs no member
-		// to give a list (SetCRL would fail every period).
+	if members == nil {
 		return
 	}
+	external := d.cfg.External != nil
 	var last string
 	set := false
 	var recorded *x509.Certificate
@@ -280,21 +337,14 @@ func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 		} else if pruned+marked > 0 {
 			d.log.Info("manager certificate records tended", "prunedExpired", pruned, "markedDemoted", marked)
 		}
-		serials, err := refusedManagerSerials(ctx, d.store, now)
-		if err == nil {
-			parts := make([]string, len(serials))
-			for i, s := range serials {
-				parts[i] = s.Text(16)
-			}
-			if key := strings.Join(parts, ","); !set || key != last {
-				if err = d.setEtcdCRL(ctx, members, serials, now); err == nil {
-					last, set = key, true
-					d.log.Info("etcd's revocation list set", "refused", len(serials))
+		if !external {
+			if key, err := d.refreshEtcdCRL(ctx, members, now, last, set); err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn("etcd's revocation list not updated", "err", err)
 				}
+			} else {
+				last, set = key, true
 			}
-		}
-		if err != nil && ctx.Err() == nil {
-			d.log.Warn("etcd's revocation list not updated", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -302,6 +352,28 @@ func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// refreshEtcdCRL sets the member's list when the refused serials (key,
+// their hex joined) differ from last, or none was set yet.
+func (d *Daemon) refreshEtcdCRL(ctx context.Context, members *store.Members, now time.Time, last string, set bool) (string, error) {
+	serials, err := refusedManagerSerials(ctx, d.store, now)
+	if err != nil {
+		return "", err
+	}
+	parts := make([]string, len(serials))
+	for i, s := range serials {
+		parts[i] = s.Text(16)
+	}
+	key := strings.Join(parts, ",")
+	if set && key == last {
+		return key, nil
+	}
+	if err := d.setEtcdCRL(ctx, members, serials, now); err != nil {
+		return "", err
+	}
+	d.log.Info("etcd's revocation list set", "refused", len(serials))
+	return key, nil
 }
 
 // setEtcdCRL signs the list with the cluster CA and hands it to etcd.

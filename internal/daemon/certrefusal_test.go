@@ -5,12 +5,18 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"net/http"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/testutil/etcdtest"
 	"github.com/moby/moby/api/types/swarm"
@@ -97,20 +103,35 @@ func TestEtcdRefusesDemotedCertificate(t *testing.T) {
 }
 
 // On a manager of the user's etcd there is no member of hush's to give a
-// revocation list (etcd's TLS is the user's): keepEtcdCRL has nothing to
-// keep and returns, rather than signing a list with the CA key and
-// warning every period.
+// revocation list (etcd's TLS is the user's): keepEtcdCRL signs and
+// keeps none, but still tends the manager certificate records, which
+// every manager certificate issued adds (and the join/CA service and the
+// dispatcher read): an expired one is pruned, and it returns when
+// stopped.
 func TestKeepEtcdCRLExternal(t *testing.T) {
 	srv := etcdtest.Start(t)
 	m, _ := externalManager(t, srv, "/crl-ext", false)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	tbl := m.store.Table(managerCertsTable)
+	val, _ := json.Marshal(managerCertRecord{Node: m.nodeID, NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-certPruneGrace - time.Hour)})
+	if _, err := tbl.Create(ctx, "dead", "", val); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() {
 		m.keepEtcdCRL(ctx)
 		close(done)
 	}()
-	waitUntil(t, "keepEtcdCRL returns on an external manager", func() bool {
+	waitUntil(t, "the expired record is pruned on an external manager", func() bool {
+		ok, err := tbl.Exists(ctx, "dead")
+		return err == nil && !ok
+	})
+	if _, err := os.Stat(m.crlPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an external manager kept a revocation list: %v", err)
+	}
+	cancel()
+	waitUntil(t, "keepEtcdCRL returns once stopped", func() bool {
 		select {
 		case <-done:
 			return true
@@ -250,5 +271,131 @@ func TestEtcdRefusesCertificateAfterRepromotion(t *testing.T) {
 	waitUntil(t, "etcd refuses the certificate held before the demotion", func() bool { return peerGet(t, m, first) != nil })
 	if err := peerGet(t, m, second); err != nil {
 		t.Fatalf("the current manager certificate refused: %v", err)
+	}
+}
+
+// The manager certificate a node held before its demotion stays refused
+// after it is promoted again by the join/CA service too, not only by
+// etcd: renewed there, it would buy a manager certificate of a new
+// serial, which etcd accepts (the revocation undone), and its leave
+// request would remove the node's member. The node's current
+// certificate is still served.
+func TestJoinServiceRefusesCertificateAfterRepromotion(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	first := w.cert.Load()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+
+	stale := syncView{cert: first, clusterID: c.ID, caPEM: c.CACert, addrs: []string{l1}}
+	key, err := pki.NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		req  syncRequest
+	}{
+		{"renewal", syncRequest{CSR: csr}},
+		{"leave", syncRequest{Leave: true}},
+		{"role query", syncRequest{}},
+	} {
+		ans, err := w.callSync(ctx, stale, &tt.req)
+		if !errors.Is(err, errdefs.ErrUnauthorized) || !strings.Contains(err.Error(), "revoked") {
+			t.Fatalf("%s with the certificate held before the demotion: %v (certificate issued: %t), want it refused as revoked", tt.name, err, ans != nil && len(ans.CertPEM) > 0)
+		}
+	}
+	if !w.isVoter(ctx) {
+		t.Fatal("the node's member is no voter any more")
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the node has no sync view")
+	}
+	if ans, err := w.callSync(ctx, v, &syncRequest{}); err != nil || ans.Role != string(swarm.NodeRoleManager) {
+		t.Fatalf("the node's current certificate: %+v %v", ans, err)
+	}
+}
+
+// relayWith asks manager m's dispatcher, under cert, to relay the logs of
+// a task of node: what another manager does for `service logs`.
+func relayWith(t *testing.T, m *Daemon, cert tls.Certificate, node string) error {
+	t.Helper()
+	c := getCluster(t, m)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(c.CACert))
+	params := pki.TLSParams{ClusterID: c.ID, Cert: func() (*tls.Certificate, error) { return &cert, nil },
+		Roots: func() *x509.CertPool { return pool }}
+	addr, err := dispatchAddr(m.listen.Advertise)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc, err := dispatchnet.NewRelayer(params.ClientConfig, m.log).Logs(ctx, addr, node, "no-such-task", agent.LogOptions{})
+	if rc != nil {
+		rc.Close()
+	}
+	return err
+}
+
+// Relaying logs is for managers: the dispatcher refuses it under a
+// manager certificate etcd refuses by serial — a demoted node's, also
+// once the node is promoted again — and serves it under a current one.
+func TestRelayRefusesRevokedManagerCertificate(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	first := *w.cert.Load()
+	if err := relayWith(t, m, first, w.nodeID); errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("a current manager certificate refused: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	if err := relayWith(t, m, first, w.nodeID); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("a demoted node's manager certificate relays logs: %v, want it refused", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+	if err := relayWith(t, m, first, w.nodeID); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("the manager certificate held before the demotion relays logs: %v, want it refused", err)
+	}
+	if err := relayWith(t, m, *w.cert.Load(), w.nodeID); errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("the node's current manager certificate refused: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -201,18 +202,20 @@ type Daemon struct {
 	// certProblem is why this node's certificate cannot be renewed (an
 	// expired one the managers refuse), for the log and docker info's
 	// Swarm.Error; nil when there is none (certexpiry.go).
-	certProblem atomic.Pointer[string]
+	certProblem atomic.Pointer[certProblem]
 	// issueLimit bounds the certificates a node's sync is issued here
 	// (serveNodeSync).
 	issueLimit *pki.IssueLimiter
 	// The sync loop (roles.go): stopped by Close; kicked after a
-	// self-demotion; renewAt is its renewal point for the certificate
-	// expiring at renewFor; syncNow is a test's clock.
+	// self-demotion; renewAt is its renewal point for the certificate of
+	// serial renewFor (by serial, not end: a renewal capped at the root's
+	// end keeps the end, and must not keep a passed point); syncNow is a
+	// test's clock.
 	syncStop func()
 	syncDone sync.WaitGroup
 	syncKick chan struct{}
 	renewAt  time.Time
-	renewFor time.Time
+	renewFor *big.Int
 	skew     atomic.Int64
 	// promoting holds a promotion past its commit point until this node
 	// is activated as a manager (finishPromotionLocked), under mu.

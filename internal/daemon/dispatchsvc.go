@@ -88,7 +88,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
 		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
-		Refuse: d.refuseNode, Vouching: vouching,
+		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, Vouching: vouching,
 		LocalNode: d.nodeID, LocalLogs: d.localTaskLogs,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)

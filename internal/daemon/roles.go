@@ -286,6 +286,9 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 	if err != nil {
 		return nil, err
 	}
+	if err := d.revokedByDemotion(ctx, id, presented, n); err != nil {
+		return nil, err
+	}
 	mgrs, err := d.managerAddrs(ctx)
 	if err != nil {
 		return nil, err
@@ -521,8 +524,8 @@ func (d *Daemon) syncOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if d.renewAt.IsZero() || !d.renewFor.Equal(v.cert.Leaf.NotAfter) {
-		d.renewAt, d.renewFor = pki.RenewAt(v.cert.Leaf, rand.Int64N), v.cert.Leaf.NotAfter
+	if d.renewFor == nil || d.renewFor.Cmp(v.cert.Leaf.SerialNumber) != 0 {
+		d.renewAt, d.renewFor = pki.RenewAt(v.cert.Leaf, rand.Int64N), v.cert.Leaf.SerialNumber
 	}
 	if why := pki.NeedsReissue(v.cert.Leaf, have, roots[0], d.renewAt, d.now()); why != pki.ReasonNone {
 		d.log.Info("renewing this node's certificate", "reason", string(why), "notAfter", v.cert.Leaf.NotAfter)

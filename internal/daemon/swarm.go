@@ -474,6 +474,14 @@ func (d *Daemon) forceNewClusterLocked(ctx context.Context, req swarm.InitReques
 	before := c
 	spec := cluster.MergeSpec(c.Spec, req.Spec)
 	spec.EncryptionConfig.AutoLockManagers = c.Spec.EncryptionConfig.AutoLockManagers
+	if req.Spec.CAConfig.ForceRotate == 0 {
+		// Unset, as the request's other zero fields are: the CLI's init
+		// sends no counter, and a cluster whose root was rotated before
+		// (counter > 0) would otherwise rotate it again, or, on a manager
+		// of a cluster, have the way out of a lost quorum refused
+		// (refuseRootRotationLocked).
+		spec.CAConfig.ForceRotate = c.LastForcedRotation
+	}
 	if err := cluster.ValidateSpec(&spec); err != nil {
 		return "", initSpecError(err)
 	}

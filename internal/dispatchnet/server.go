@@ -88,8 +88,14 @@ type ServerConfig struct {
 	// Refuse rejects a verified node anyway (pki.Refusals.Check); it is
 	// consulted on every request, so a removal ends a live session at its
 	// next heartbeat. nil refuses nothing.
-	Refuse     func(nodeID string, leaf *x509.Certificate) error
-	Dispatcher Opener
+	Refuse func(nodeID string, leaf *x509.Certificate) error
+	// RefuseManager rejects a manager certificate on a manager-only call
+	// (relayed logs) although it verifies: one whose node is no manager
+	// any more, or revoked (the daemon's refusals by serial). It does not
+	// end the node's session: the certificate may be an old one of a node
+	// whose current one is fine. nil refuses nothing.
+	RefuseManager func(ctx context.Context, nodeID string, leaf *x509.Certificate) error
+	Dispatcher    Opener
 	// Heartbeats records heartbeats (nil: not recorded).
 	Heartbeats Heartbeats
 	// Managers lists the managers' dispatcher addresses, sent to a node
