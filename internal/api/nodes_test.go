@@ -261,3 +261,24 @@ func TestTaskListNodeFilter(t *testing.T) {
 		}
 	}
 }
+
+// On a manager of a cluster, node inspect of this node (by "self" or its
+// ID) gives the membership's manager status as node ls does: not Leader
+// when another manager leads, and the address others join at, which the
+// CLI prints in `docker swarm join-token` (it used to say Leader and port
+// 2377 whatever the listen address).
+func TestNodeInspectSelfCluster(t *testing.T) {
+	s := newNodeServer(t)
+	s.Nodes = fakeManagers{}
+	s.Cluster = noCluster{}
+	for _, ref := range []string{"self", testNodeID} {
+		rec := serve(s, "GET", "/v1.41/nodes/"+ref, "")
+		var n swarm.Node
+		if err := json.Unmarshal(rec.Body.Bytes(), &n); err != nil || rec.Code != 200 || n.ManagerStatus == nil {
+			t.Fatalf("inspect %s: %d %s", ref, rec.Code, rec.Body)
+		}
+		if n.ManagerStatus.Leader || n.ManagerStatus.Addr != "127.0.0.2:4000" || n.ManagerStatus.Reachability != swarm.ReachabilityReachable {
+			t.Errorf("inspect %s: manager status %+v, want a reachable follower at 127.0.0.2:4000", ref, *n.ManagerStatus)
+		}
+	}
+}

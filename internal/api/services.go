@@ -314,32 +314,38 @@ func (s *Server) node(ctx context.Context) (swarm.Node, error) {
 	return n, nil
 }
 
+// selfNode is this node's object as node ls and node inspect show it: on
+// a manager of a cluster its manager status is the membership's (Leader
+// only if it leads; the address others join at, which the CLI prints in
+// `swarm join-token`), and others lists the other nodes (ok false: a lone
+// node, whose status is node's).
+func (s *Server) selfNode(ctx context.Context) (n swarm.Node, others []swarm.Node, err error) {
+	if n, err = s.node(ctx); err != nil || s.Nodes == nil {
+		return n, nil, err
+	}
+	self, others, ok, err := s.Nodes.Managers(ctx)
+	if err != nil || !ok {
+		return n, nil, err
+	}
+	if self.Addr == "" {
+		self.Addr = n.ManagerStatus.Addr
+	}
+	n.ManagerStatus = self
+	return n, others, nil
+}
+
 func (s *Server) nodeList(w http.ResponseWriter, r *http.Request) {
 	f, err := parseNodeFilter(r.URL.Query().Get("filters"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	n, err := s.node(r.Context())
+	n, others, err := s.selfNode(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	all := []swarm.Node{n}
-	if s.Nodes != nil {
-		self, others, ok, err := s.Nodes.Managers(r.Context())
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		if ok {
-			if self.Addr == "" {
-				self.Addr = all[0].ManagerStatus.Addr
-			}
-			all[0].ManagerStatus = self
-			all = append(all, others...)
-		}
-	}
+	all := append([]swarm.Node{n}, others...)
 	out := []swarm.Node{}
 	for i := range all {
 		if f.Match(&all[i]) {
@@ -373,7 +379,7 @@ func (s *Server) nodeInspect(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errdefs.NotFound("node %s not found", r.PathValue("id")))
 		return
 	}
-	n, err := s.node(r.Context())
+	n, _, err := s.selfNode(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return

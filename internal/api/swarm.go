@@ -198,10 +198,10 @@ func (s *Server) swarmUnlock(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// nodeTLSInfo is the node's view of the root CA. hush issues the node no
-// certificate of its own yet, so the node trusts and is "issued by" the
-// cluster's root CA, which is what `docker swarm ca --rotate` waits to see
-// on every node after a rotation.
+// nodeTLSInfo is the node's view of the root CA: the root it trusts,
+// which also issued its node certificate (a lone node's root rotation
+// reissues it at once), as `docker swarm ca --rotate` waits to see on
+// every node after a rotation.
 func (s *Server) nodeTLSInfo(ctx context.Context) swarm.TLSInfo {
 	if s.Cluster == nil {
 		return swarm.TLSInfo{}

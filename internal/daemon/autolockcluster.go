@@ -234,7 +234,12 @@ func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) erro
 
 // followUnlockKey runs on every active manager of a cluster: when the
 // cluster record changes, the key files follow it (an unlock key set,
-// fetched, rotated or removed through any manager).
+// fetched, rotated or removed through any manager), and so do the
+// settings kept outside the record (settle: the raft timing for etcd's
+// next start, the orchestrator's and dispatcher's settings). Without the
+// latter, a manager that did not serve a `swarm update` kept the old
+// settings while it ran and wrote the new timing only at its next start,
+// after its etcd had started with the old one: two restarts to apply it.
 func (d *Daemon) followUnlockKey(ctx context.Context) {
 	var seen uint64
 	t := time.NewTicker(keySyncPeriod)
@@ -242,8 +247,10 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 	// At once first: a manager that just joined or was promoted holds
 	// its master key in the clear until this look.
 	for {
-		if c, err := cluster.Get(ctx, d.store); err == nil && c.Version != seen && d.followOnce(ctx) {
-			seen = c.Version
+		if c, err := cluster.Get(ctx, d.store); err == nil && c.Version != seen {
+			if v, ok := d.followOnce(ctx); ok {
+				seen = v
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -253,17 +260,23 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 	}
 }
 
-// followOnce brings the key files in line with the record, if mu is free
-// (stopRuntime waits for followUnlockKey while holding it: never block on
-// it); true once they are.
-func (d *Daemon) followOnce(ctx context.Context) bool {
+// followOnce brings the settings and the key files in line with the
+// record, if mu is free (stopRuntime waits for followUnlockKey while
+// holding it: never block on it); true, with the record's version, once
+// they are. Under mu, as every settle: it writes the tuning file.
+func (d *Daemon) followOnce(ctx context.Context) (uint64, bool) {
 	if !d.mu.TryLock() {
-		return false
+		return 0, false
 	}
 	defer d.mu.Unlock()
 	if d.state != swarm.LocalNodeStateActive || d.mk.Key == nil || ctx.Err() != nil {
-		return false
+		return 0, false
 	}
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil {
+		return 0, false
+	}
+	d.settle(&c)
 	defer d.notePendingLocked()
 	acked, err := d.settleKeysLocked(ctx, d.mk, "")
 	d.notePendingLocked() // at once: the files just changed
@@ -272,9 +285,9 @@ func (d *Daemon) followOnce(ctx context.Context) bool {
 	}
 	if err != nil {
 		d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
-		return false
+		return 0, false
 	}
-	return true
+	return c.Version, true
 }
 
 // noteFetchedLocked writes UnlockKeyFetched into the record when this

@@ -244,7 +244,8 @@ func TestClusterKeyFilesSurviveCrashAtEveryStep(t *testing.T) {
 				}
 				for _, m := range ms {
 					waitUntil(t, "the setup reached every manager", func() bool {
-						return m.d.followOnce(ctx) && m.d.pendingKey.Load() == pendingNone
+						_, ok := m.d.followOnce(ctx)
+						return ok && m.d.pendingKey.Load() == pendingNone
 					})
 				}
 				id, err := m1.d.secrets.Create(ctx, objects.Spec{Name: "crash-test", Data: []byte(secretValue)})
@@ -294,7 +295,7 @@ func TestClusterKeyFilesSurviveCrashAtEveryStep(t *testing.T) {
 						// Not crashed, maybe converging still: its
 						// files as its next look at the record leaves
 						// them.
-						waitUntil(t, "the other manager follows the record", func() bool { return m.d.followOnce(ctx) })
+						waitUntil(t, "the other manager follows the record", func() bool { _, ok := m.d.followOnce(ctx); return ok })
 					}
 					checkCoherent(t, m.d, op)
 				}

@@ -144,6 +144,61 @@ func TestRenewalRateLimited(t *testing.T) {
 	}
 }
 
+// A promotion refused after its certificate was signed (here: another
+// learner is catching up, so the learner add is refused) has cost a
+// signature and a stored manager-certificate record: it keeps its issue,
+// so a node retrying such a request is rate limited like any other, and
+// the records it leaves stay bounded by the burst.
+func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: time.Hour, IssueBurst: 2, IssueEvery: time.Hour})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	// The worker's own sync loop would promote it too: the test calls.
+	w.syncStop()
+	w.syncDone.Wait()
+	// A learner that never starts: etcd admits one learner at a time.
+	if _, _, err := m.store.Members().AddLearner(ctx, "blocker", "https://127.0.0.1:1"); err != nil {
+		t.Fatalf("adding the blocking learner: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	key := w.nodeKey
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &syncRequest{CSR: csr, PeerURL: "https://" + nextPort(w.listen.Advertise)}
+	for i := range 2 {
+		_, err := w.callSync(ctx, v, req)
+		if err == nil || strings.Contains(err.Error(), "rate limited") {
+			t.Fatalf("promotion %d behind another learner: %v, want the learner refusal", i, err)
+		}
+	}
+	_, err = w.callSync(ctx, v, req)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "rate limited") {
+		t.Fatalf("a third signed-then-refused promotion within a burst of 2: %v, want rate limited", err)
+	}
+	recs, err := m.store.Table(managerCertsTable).List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) > 3 { // m's own and the two refused promotions'
+		t.Fatalf("%d manager certificate records after a burst of 2", len(recs))
+	}
+}
+
 // expire gives d a certificate of its own key that expired an hour ago,
 // signed by the cluster CA of m, as a node down past its certificate's
 // end would hold.

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/agent"
 	"github.com/hush-secrets/hush/internal/agent/engine"
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
 	"github.com/hush-secrets/hush/internal/api"
@@ -187,7 +188,10 @@ type Daemon struct {
 	// removed node's session and asks nodes for logs through them);
 	// removed caches the store's refusal list.
 	dispatch atomic.Pointer[dispatchRuntime]
-	removed  removedCache
+	// localAgent is this manager's own agent while the runtime runs: the
+	// dispatcher serves its tasks' logs to other managers from it.
+	localAgent atomic.Pointer[agent.Agent]
+	removed    removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
 

@@ -5,12 +5,15 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/agent"
 	"github.com/hush-secrets/hush/internal/dispatchnet"
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/dispatcher"
 	"github.com/hush-secrets/hush/internal/pki"
@@ -86,6 +89,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
 		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
 		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, Vouching: vouching,
+		LocalNode: d.nodeID, LocalLogs: d.localTaskLogs,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
 	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}
@@ -117,4 +121,15 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 type dispatchRuntime struct {
 	h     *dispatchnet.Handler
 	relay *dispatchnet.Relayer
+}
+
+// localTaskLogs serves another manager's relayed request for the logs of
+// a task of this manager's own node, from its agent (which refuses a task
+// not assigned to it).
+func (d *Daemon) localTaskLogs(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error) {
+	a := d.localAgent.Load()
+	if a == nil {
+		return nil, errdefs.Unavailable("this manager runs no agent: the logs of its tasks are not reachable")
+	}
+	return a.TaskLogs(ctx, taskID, o)
 }

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -277,31 +278,40 @@ func (d *Daemon) recordJoiner(ctx context.Context, n nodes.Node, leaf *x509.Cert
 	return rec, nil
 }
 
-// promoteLater promotes the learner once it has caught up (Promote retries
-// until then). A learner that never catches up within promoteLimit is
-// removed: etcd admits one learner at a time, and a joiner that died would
-// otherwise block every later join.
-func (d *Daemon) promoteLater(members interface {
+// learnerPromoter is what a learner's promotion needs of the membership.
+type learnerPromoter interface {
 	Promote(context.Context, string) error
 	Remove(context.Context, string) error
-}, id, nodeID string) {
-	d.runBG(func(ctx context.Context) {
-		pctx, cancel := context.WithTimeout(ctx, promoteLimit)
-		defer cancel()
-		if err := members.Promote(pctx, id); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			d.log.Warn("joining manager never caught up: removing its learner", "node", nodeID, "member", id, "err", err)
-			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-			defer rcancel()
-			if err := members.Remove(rctx, id); err != nil {
-				d.log.Warn("removing a stale learner", "member", id, "err", err)
-			}
+}
+
+// promoteLater promotes the learner this manager just admitted, in the
+// background for as long as the daemon runs (promoteLearner).
+func (d *Daemon) promoteLater(members learnerPromoter, id, nodeID string) {
+	d.runBG(func(ctx context.Context) { d.promoteLearner(ctx, members, id, nodeID) }, d.bg)
+}
+
+// promoteLearner promotes the learner once it has caught up (Promote
+// retries until then). A learner that never catches up within
+// promoteLimit is removed: etcd admits one learner at a time, and a joiner
+// that died would otherwise block every later join. When ctx ends first
+// (the daemon stops, or the leadership the sweep ran under is lost) it
+// leaves the learner to whoever acts next.
+func (d *Daemon) promoteLearner(ctx context.Context, members learnerPromoter, id, nodeID string) {
+	pctx, cancel := context.WithTimeout(ctx, promoteLimit)
+	defer cancel()
+	if err := members.Promote(pctx, id); err != nil {
+		if ctx.Err() != nil {
 			return
 		}
-		d.log.Info("manager promoted to a voter", "node", nodeID, "member", id)
-	}, d.bg)
+		d.log.Warn("joining manager never caught up: removing its learner", "node", nodeID, "member", id, "err", err)
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer rcancel()
+		if err := members.Remove(rctx, id); err != nil {
+			d.log.Warn("removing a stale learner", "member", id, "err", err)
+		}
+		return
+	}
+	d.log.Info("manager promoted to a voter", "node", nodeID, "member", id)
 }
 
 // learnerMembers is what the learner sweep needs of the membership.
@@ -320,11 +330,16 @@ const learnerSweep = 30 * time.Second
 // drives its promotion, but a crash or restart of that manager would
 // leave it a learner for good, and etcd admits one learner at a time, so
 // every later join would be refused. Run by the orchestrator's leader
-// only; promoting and removing are idempotent, so a race with the
-// admitting manager is harmless.
+// only, with ctx its leadership: the promotions it starts run under ctx
+// too, and it returns once they have ended, so a deposed leader neither
+// promotes nor removes a learner its successor's sweep now drives.
+// Promoting and removing are idempotent, so a race with the admitting
+// manager is harmless.
 func (d *Daemon) sweepLearners(ctx context.Context, members learnerMembers, every time.Duration) {
-	// When each learner was handed to promoteLater: again only once that
-	// attempt must have ended (promoted, or its removal failed).
+	var running sync.WaitGroup
+	defer running.Wait()
+	// When each learner was handed to promoteLearner: again only once
+	// that attempt must have ended (promoted, or its removal failed).
 	tried := map[string]time.Time{}
 	for {
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -335,7 +350,7 @@ func (d *Daemon) sweepLearners(ctx context.Context, members learnerMembers, ever
 				if at, ok := tried[m.ID]; m.Learner && (!ok || time.Since(at) > promoteLimit+every) {
 					tried[m.ID] = time.Now()
 					d.log.Info("promoting a learner found in the cluster", "member", m.ID)
-					d.promoteLater(members, m.ID, m.Name)
+					running.Go(func() { d.promoteLearner(ctx, members, m.ID, m.Name) })
 				}
 			}
 		}

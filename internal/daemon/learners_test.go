@@ -99,3 +99,84 @@ func TestSweepLearners(t *testing.T) {
 		}
 	}
 }
+
+// blockingLearners is a membership whose learner never catches up: each
+// Promote waits for its context, and the calls after deposed is closed
+// are counted.
+type blockingLearners struct {
+	fakeLearners
+	deposed     chan struct{}
+	promoting   chan struct{} // closed at the first Promote
+	once        sync.Once
+	running     sync.WaitGroup
+	afterDepose int
+}
+
+func (f *blockingLearners) Promote(ctx context.Context, id string) error {
+	f.running.Add(1)
+	defer f.running.Done()
+	f.once.Do(func() { close(f.promoting) })
+	f.note()
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (f *blockingLearners) Remove(ctx context.Context, id string) error {
+	f.note()
+	return f.fakeLearners.Remove(ctx, id)
+}
+
+func (f *blockingLearners) note() {
+	select {
+	case <-f.deposed:
+		f.mu.Lock()
+		f.afterDepose++
+		f.mu.Unlock()
+	default:
+	}
+}
+
+// A learner the orchestrator's leader took over from the sweep is
+// promoted only while that leadership lasts: once deposed, the former
+// leader's promotion ends at once (the new leader's sweep takes the
+// learner over) and it removes nothing, and the sweep returns only when
+// its promotions have ended, so the leader loop's wait covers them.
+func TestDeposedLeaderStopsPromoting(t *testing.T) {
+	f := &blockingLearners{
+		fakeLearners: fakeLearners{list: []store.Member{{ID: "a1", Name: "m1"}, {ID: "b2", Name: "m2", Learner: true}},
+			promoted: map[string]int{}, removed: map[string]int{}},
+		deposed: make(chan struct{}), promoting: make(chan struct{}),
+	}
+	life, stop := context.WithCancel(context.Background()) // the daemon's
+	defer stop()
+	d := &Daemon{log: slog.New(slog.DiscardHandler), bg: life}
+	lead, depose := context.WithCancel(context.Background())
+	swept := make(chan struct{})
+	go func() { d.sweepLearners(lead, f, 5*time.Millisecond); close(swept) }()
+	select {
+	case <-f.promoting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leader never promoted the learner")
+	}
+	close(f.deposed)
+	depose()
+	select {
+	case <-swept:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sweep outlived its leadership")
+	}
+	ended := make(chan struct{})
+	go func() { f.running.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a deposed leader still promotes the learner")
+	}
+	stop()
+	d.bgDone.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.afterDepose != 0 || f.removed["b2"] != 0 {
+		t.Fatalf("after deposition: %d membership calls, %d removals", f.afterDepose, f.removed["b2"])
+	}
+}

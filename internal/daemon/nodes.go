@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 
+	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
@@ -50,6 +51,13 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnreachable}, false
 	}
 	dropped := c.d.droppedSet(ctx)
+	// Every node's certificate is issued by the cluster's root CA (a root
+	// rotation is refused on a cluster of several nodes), so each node's
+	// TLS info is the root's, as Swarm shows it for a node that renewed.
+	var tls swarm.TLSInfo
+	if cl, err := cluster.Get(ctx, st); err == nil {
+		tls = cl.Info().TLSInfo
+	}
 	self, _ := status(c.d.nodeID)
 	self.Addr = c.d.listen.Advertise
 	var others []swarm.Node
@@ -94,6 +102,7 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 			sn.Description.Engine.Labels = d.EngineLabels
 			sn.Description.Resources = swarm.Resources{NanoCPUs: d.NanoCPUs, MemoryBytes: d.MemoryBytes}
 		}
+		sn.Description.TLSInfo = tls
 		others = append(others, sn)
 	}
 	return self, others, true, nil

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -76,5 +77,35 @@ func TestStartWithSpecTuning(t *testing.T) {
 				t.Fatalf("running %+v, saved %+v; want %+v", d.spec.running, d.loadTuning(), tc.want)
 			}
 		})
+	}
+}
+
+// A spec update served by one manager reaches the others while they run:
+// each keeps the new raft timing for its next start, which then runs with
+// it (one restart, not two), and the settings read live (the
+// orchestrator's history limit) follow at once. The timing is read from
+// the restarted etcd's own configuration.
+func TestOtherManagerFollowsSpecUpdate(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 2)
+	c := getCluster(t, ms[0].d)
+	spec := c.Spec
+	spec.Raft.HeartbeatTick, spec.Raft.ElectionTick = 2, 20
+	limit := int64(7)
+	spec.Orchestration.TaskHistoryRetentionLimit = &limit
+	if err := ms[0].d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatalf("swarm update through the first manager: %v", err)
+	}
+	other := ms[1]
+	waitUntil(t, "the other manager keeps the new raft timing for its next start", func() bool {
+		got := other.d.loadTuning()
+		return got.Heartbeat == 200*time.Millisecond && got.ElectionTimeout == 2*time.Second
+	})
+	waitUntil(t, "the other manager's orchestrator settings follow", func() bool {
+		return other.d.orchestratorSettings().HistoryLimit == limit
+	})
+	other.restart(t)
+	if hb, el := other.d.store.Members().Timing(); hb != 200*time.Millisecond || el != 2*time.Second {
+		t.Fatalf("the other manager restarted once runs etcd with heartbeat %v, election %v; want 200ms, 2s", hb, el)
 	}
 }

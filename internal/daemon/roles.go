@@ -240,8 +240,16 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 		writeJoinError(w, err)
 		return
 	}
-	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req)
-	if err != nil && len(req.CSR) > 0 {
+	var signed bool
+	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req, &signed)
+	if err != nil && len(req.CSR) > 0 && !signed {
+		// Refused before anything was signed (a CSR that does not parse,
+		// a store unlike this one's): the retries of such a request do
+		// not use up the node's renewals. A request refused after its
+		// certificate was signed keeps its issue: the signature and the
+		// stored manager-certificate record are what the limit bounds,
+		// and refunding them would let a node whose promotion is refused
+		// late (another learner catching up) have any number made.
 		d.issueLimit.Refund(id.NodeID)
 	}
 	if err != nil {
@@ -257,8 +265,9 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 // and, for a CSR, a certificate in that role: a renewal; a demotion (this
 // manager removes the node's etcd member first, with Swarm's refusals);
 // or a promotion (the join's path: a manager certificate, a learner, the
-// master key wrapped to the certified key).
-func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.Certificate, req *syncRequest) (*joinResponse, error) {
+// master key wrapped to the certified key). *signed is set once a
+// certificate has been signed for the request, whatever follows.
+func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.Certificate, req *syncRequest, signed *bool) (*joinResponse, error) {
 	if err := d.CheckServing(); err != nil {
 		return nil, err
 	}
@@ -316,7 +325,7 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 		}
 		d.noteDemoted(ctx, id.NodeID)
 	case want == pki.RoleManager && id.Role == pki.RoleWorker:
-		resp, err := d.promoteNode(ctx, &c, n, req, resp)
+		resp, err := d.promoteNode(ctx, &c, n, req, resp, signed)
 		if err != nil {
 			return nil, err
 		}
@@ -329,6 +338,7 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 	if err != nil {
 		return nil, err
 	}
+	*signed = true
 	if err := d.refuseIssued(ctx, id.NodeID, presented, iss.PEM); err != nil {
 		return nil, err
 	}
@@ -374,7 +384,8 @@ func (d *Daemon) refuseIssued(ctx context.Context, nodeID string, presented *x50
 
 // promoteNode admits a worker whose record says manager as a joining
 // manager would be admitted (admit): certificate, learner, wrapped key.
-func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse) (*joinResponse, error) {
+// *signed is set once the certificate is signed.
+func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse, signed *bool) (*joinResponse, error) {
 	if req.PeerURL == "" {
 		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
 	}
@@ -388,6 +399,7 @@ func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.No
 	if err != nil {
 		return nil, err
 	}
+	*signed = true
 	if err := nodes.SetKeyFP(ctx, d.store, n.ID, keyFP(iss.Leaf)); err != nil {
 		return nil, err
 	}

@@ -28,8 +28,9 @@ const (
 	msgLocked   = `Swarm is encrypted and needs to be unlocked before it can be used. Please use "docker swarm unlock" to unlock it.`
 	msgInactive = `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`
 	msgJoined   = `This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.`
-	// msgNotManager is Swarm's answer to `swarm init --force-new-cluster`
-	// on a node that runs no manager: a worker, or a locked node.
+	// msgNotManager is Swarm's answer to a swarm call on a worker, and to
+	// `swarm init --force-new-cluster` on a node that runs no manager (a
+	// worker, or a locked node).
 	msgNotManager = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager."
 )
 
@@ -222,10 +223,15 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		run(serve)
 	}
 	if d.engine != nil {
-		run(agent.New(agent.Config{
+		a := agent.New(agent.Config{
 			NodeID: d.nodeID, Dispatcher: localDispatcher{disp: disp, nodeID: d.nodeID},
 			Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
-		}).Run)
+		})
+		run(func(ctx context.Context) {
+			d.localAgent.Store(a)
+			defer d.localAgent.CompareAndSwap(a, nil)
+			a.Run(ctx)
+		})
 	}
 	d.runStandalone(run)
 	d.log.Info("cluster active", "node", d.nodeID, "keyID", mk.ID)
@@ -620,8 +626,10 @@ func (d *Daemon) CheckServingLocked() error {
 		return fmt.Errorf("waiting for the swarm's quorum: %w", errdefs.ErrNoLeader)
 	}
 	if d.worker != nil {
-		// A worker has no store to serve from: Swarm's text for a worker.
-		return errdefs.Unavailable("%s", msgInactive)
+		// A worker has no store to serve from. dockerd tells a worker
+		// (a swarm node without a manager) from a node in no swarm by
+		// their texts; scripts match on the worker's.
+		return errdefs.Unavailable("%s", msgNotManager)
 	}
 	switch d.state {
 	case swarm.LocalNodeStateLocked:

@@ -39,8 +39,8 @@ func TestWorkerJoin(t *testing.T) {
 		if w.State() != swarm.LocalNodeStateActive {
 			t.Fatalf("state %s, want active", w.State())
 		}
-		if err := w.CheckServing(); !errors.Is(err, errdefs.ErrUnavailable) || err.Error() != msgInactive {
-			t.Fatalf("swarm calls on a worker: %v, want %q", err, msgInactive)
+		if err := w.CheckServing(); !errors.Is(err, errdefs.ErrUnavailable) || err.Error() != msgNotManager {
+			t.Fatalf("swarm calls on a worker: %v, want %q", err, msgNotManager)
 		}
 		si, ok := w.WorkerInfo()
 		if !ok || si.ControlAvailable || si.NodeID != w.nodeID || len(si.RemoteManagers) != 1 || si.RemoteManagers[0].Addr != listen {

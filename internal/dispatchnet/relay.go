@@ -58,7 +58,12 @@ func (h *Handler) serveRelayLogs(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	rc, err := h.Logs(r.Context(), req.Node, req.TaskID, req.LogOptions)
+	var rc io.ReadCloser
+	if req.Node != "" && req.Node == h.c.LocalNode && h.c.LocalLogs != nil {
+		rc, err = h.c.LocalLogs(r.Context(), req.TaskID, req.LogOptions)
+	} else {
+		rc, err = h.Logs(r.Context(), req.Node, req.TaskID, req.LogOptions)
+	}
 	if err != nil {
 		h.fail(w, err)
 		return

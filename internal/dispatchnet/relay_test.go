@@ -55,3 +55,47 @@ func TestRelayLogs(t *testing.T) {
 		t.Fatalf("a worker relaying: %v", err)
 	}
 }
+
+// A relayed request for the answering manager's own node is served from
+// its local agent (LocalLogs): a manager's agent holds no session with
+// the dispatcher server, so `service logs` on one manager missed every
+// task running on another manager.
+func TestRelayLogsOfTheManagersOwnNode(t *testing.T) {
+	c := newCluster(t)
+	f := newFixture()
+	const self = "selfnodeaaaaaaaaaaaaaaaaa"
+	var asked []string
+	m := serve(t, c, f, nil, func(sc *ServerConfig) {
+		sc.LocalNode = self
+		sc.LocalLogs = func(_ context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error) {
+			asked = append(asked, taskID)
+			if taskID != "t1" {
+				return nil, errdefs.NotFound("task %s is not assigned to this node", taskID)
+			}
+			return io.NopCloser(strings.NewReader("own line tail " + o.Tail + "\n")), nil
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := NewRelayer(c.params(c.issue(t, pki.RoleManager), nil).ClientConfig, nil)
+	defer r.Close()
+	rc, err := r.Logs(ctx, m.addr, self, "t1", agent.LogOptions{Tail: "3"})
+	if err != nil {
+		t.Fatalf("logs of the manager's own task: %v", err)
+	}
+	b, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || string(b) != "own line tail 3\n" {
+		t.Fatalf("relayed own logs: %q %v", b, err)
+	}
+	if _, err := r.Logs(ctx, m.addr, self, "t2", agent.LogOptions{}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("a task not assigned to the manager's node: %v", err)
+	}
+	// Any other node still needs a session here.
+	if _, err := r.Logs(ctx, m.addr, "othernodeaaaaaaaaaaaaaaaa", "t1", agent.LogOptions{}); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("another node without a session: %v", err)
+	}
+	if len(asked) != 2 {
+		t.Fatalf("the local agent was asked %v", asked)
+	}
+}

@@ -116,6 +116,13 @@ type ServerConfig struct {
 	// HeartbeatPeriod is the cluster spec's Dispatcher.HeartbeatPeriod,
 	// read per session and heartbeat (nil or <= 0: 5 s).
 	HeartbeatPeriod func() time.Duration
+	// LocalNode and LocalLogs serve a relayed logs request for this
+	// manager's own node: its agent holds no session here (it talks to
+	// the dispatcher in process), so its tasks' logs come from LocalLogs,
+	// which checks the task is assigned to it. nil: such requests get
+	// ErrNoSession, as for any node without a session.
+	LocalNode string
+	LocalLogs func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
 	// WriteTimeout bounds one frame's write (0: DefaultWriteTimeout).
 	WriteTimeout time.Duration
 	Logger       *slog.Logger

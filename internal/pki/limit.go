@@ -79,8 +79,10 @@ func (l *IssueLimiter) Allow(nodeID string, now time.Time) error {
 }
 
 // Refund gives back the issue Allow took for a request that was refused
-// afterwards (a promotion retried while another learner catches up): a
-// node's retries of a failing request do not use up its renewals.
+// before anything was signed (a CSR that does not parse): a node's
+// retries of such a request do not use up its renewals. A request refused
+// after its certificate was signed must not be refunded: the signature
+// (and a manager certificate's stored record) is what the limit bounds.
 func (l *IssueLimiter) Refund(nodeID string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -3,6 +3,7 @@ package pki
 import (
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,5 +65,47 @@ func TestIssueLimiterRefund(t *testing.T) {
 	l.Refund("unknown") // no bucket: nothing to give back
 	if len(l.buckets) != 1 {
 		t.Fatalf("a refund made a bucket: %d", len(l.buckets))
+	}
+}
+
+// Concurrent takes and refunds of one node's bucket: exactly the burst is
+// granted, refunds of the granted ones restore exactly the burst, and no
+// number of extra refunds (a caller's bug) lifts it above the burst.
+func TestIssueLimiterConcurrentAccounting(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const burst, callers = 5, 64
+	l := &IssueLimiter{Burst: burst, Every: time.Hour, MaxNodes: 10}
+	granted := func() int {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		n := 0
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if l.Allow("a", t0) == nil {
+					mu.Lock()
+					n++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return n
+	}
+	if n := granted(); n != burst {
+		t.Fatalf("%d concurrent calls granted %d, want the burst %d", callers, n, burst)
+	}
+	var wg sync.WaitGroup
+	for range callers { // more refunds than grants
+		wg.Add(1)
+		go func() { defer wg.Done(); l.Refund("a") }()
+	}
+	wg.Wait()
+	if n := granted(); n != burst {
+		t.Fatalf("after refunds, %d granted, want the burst %d", n, burst)
+	}
+	if err := l.Allow("b", t0); err != nil {
+		t.Fatalf("another node refused: %v", err)
 	}
 }

@@ -266,17 +266,7 @@ func TestBadRequests(t *testing.T) {
 		checkIntact(t, swarmSocket(), bt, before, count, countBefore)
 		live = answers
 		got := renderBadGolden(cases, answers)
-		if *update {
-			writeGolden(t, "badrequests", got)
-			return
-		}
-		want, ok := readGolden(t, "badrequests")
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update", goldenPath("badrequests"))
-		}
-		if got != want {
-			t.Errorf("live Swarm differs from %s (re-record with -update if Swarm changed):\n%s", goldenPath("badrequests"), lineDiff(want, got))
-		}
+		checkSwarmGolden(t, "badrequests", got)
 	})
 
 	t.Run("hushd", func(t *testing.T) {

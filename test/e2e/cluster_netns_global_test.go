@@ -96,7 +96,7 @@ func testLabGlobalService(t *testing.T, c *labCluster) {
 	// Both created before either is waited for.
 	for _, tc := range cases {
 		args := append([]string{"service", "create", "-d", "--name", tc.svc, "--mode", "global", "--stop-grace-period", "1s"}, tc.extra...)
-		m2.MustDocker(append(args, img, "sleep", "3600")...)
+		m2.MustDocker(append(args, img, "sh", "-c", "echo "+logLine+"; exec sleep 3600")...)
 	}
 	for _, tc := range cases {
 		var last map[string][]string
@@ -127,8 +127,20 @@ func testLabGlobalService(t *testing.T, c *labCluster) {
 		waitFor(t, 60*time.Second, "one container of "+tc.svc+" per node, on its nodes only", func() bool {
 			return maps.Equal(runningByNode(m2, tc.svc), want)
 		})
+		// Every manager's `service logs` has every task's line, those of
+		// tasks on the other managers (relayed from their own agents) and
+		// on the worker (through its dispatcher session) included.
+		for i, m := range c.managers {
+			waitFor(t, 30*time.Second, fmt.Sprintf("service logs %s on m%d: one line of each of its %d tasks", tc.svc, i+1, len(tc.want)), func() bool {
+				out, _, _ := m.Docker("service", "logs", "--raw", tc.svc)
+				return strings.Count(out, logLine+"\n") == len(tc.want)
+			})
+		}
 	}
 }
+
+// logLine is what each task of the lab's global services prints.
+const logLine = "hush-lab-global-task-started"
 
 // workerSessionPeer is the manager (lab host name) the worker's dispatcher
 // session was last opened with, from the worker's log ("" when none yet).

@@ -26,6 +26,11 @@ func TestClusterJoinWorker(t *testing.T) {
 	remote := net.JoinHostPort(mip, fmt.Sprint(port))
 	m.MustDocker("swarm", "init")
 	wtok := strings.TrimSpace(m.MustDocker("swarm", "join-token", "-q", "worker"))
+	// The command the CLI prints names the manager's listen address (from
+	// node inspect self), not Swarm's default port.
+	if cmd := m.MustDocker("swarm", "join-token", "worker"); !strings.Contains(cmd, "docker swarm join --token "+wtok+" "+remote+"\n") {
+		t.Fatalf("swarm join-token worker does not print the join command for %s:\n%s", remote, cmd)
+	}
 
 	w := startHushd(t, eng, withSecretsDir(t), withArgs("--no-init", "--advertise-addr", wip))
 	out := w.MustDocker("swarm", "join", "--token", wtok, remote)
@@ -39,7 +44,9 @@ func TestClusterJoinWorker(t *testing.T) {
 	}
 	check := func() {
 		t.Helper()
-		const want = `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`
+		// dockerd's text for a worker (daemon/cluster's errNoManager), not
+		// the one for a node in no swarm.
+		const want = `This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.`
 		_, stderr, code := w.Docker("service", "ls")
 		if code == 0 || !strings.Contains(stderr, want) {
 			t.Fatalf("service ls on the worker: exit %d, %q", code, stderr)

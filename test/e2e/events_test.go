@@ -263,17 +263,7 @@ func TestEventsVsSwarm(t *testing.T) {
 			n: &normaliser{suffix: suffix, literals: map[string]string{}}}
 		got := d.run()
 		live = got
-		if *update {
-			writeGolden(t, golden, got)
-			return
-		}
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("live Swarm differs from %s (re-record with -update if Swarm changed):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
+		checkSwarmGolden(t, golden, got)
 	})
 
 	t.Run("hushd", func(t *testing.T) {
@@ -282,16 +272,7 @@ func TestEventsVsSwarm(t *testing.T) {
 		d := &evtSide{t: t, cli: h.dockerCLI, suffix: suffix, img: h.img,
 			n: &normaliser{suffix: suffix, literals: map[string]string{}}}
 		got := d.run()
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("hushd differs from Swarm's golden %s (- Swarm, + hushd):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
-		if live != "" && live != want && got != live {
-			t.Errorf("hushd differs from live Swarm (- Swarm, + hushd):\n%s", lineDiff(live, got))
-		}
+		checkHushdGolden(t, golden, got, live)
 		waitFor(t, taskTimeout, "no container and no tmpfs left", func() bool {
 			return len(h.allContainers()) == 0 && len(h.mounts()) == 0
 		})

@@ -138,3 +138,38 @@ func lineDiff(want, got string) string {
 	}
 	return sb.String()
 }
+
+// checkSwarmGolden is the Swarm side of a transcript comparison: under
+// -update it records got as the golden; otherwise live Swarm must still
+// give the recorded transcript (a change means Swarm or the CLI changed).
+func checkSwarmGolden(t testing.TB, name, got string) {
+	t.Helper()
+	if *update {
+		writeGolden(t, name, got)
+		return
+	}
+	want, ok := readGolden(t, name)
+	if !ok {
+		t.Fatalf("no golden file %s: run with -update", goldenPath(name))
+	}
+	if got != want {
+		t.Errorf("live Swarm differs from %s (re-record with -update if Swarm changed):\n%s", goldenPath(name), lineDiff(want, got))
+	}
+}
+
+// checkHushdGolden is the hushd side: got must be Swarm's recorded
+// transcript and, when live Swarm ran in this process and gave another
+// (live != ""), that one too.
+func checkHushdGolden(t testing.TB, name, got, live string) {
+	t.Helper()
+	want, ok := readGolden(t, name)
+	if !ok {
+		t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(name))
+	}
+	if got != want {
+		t.Errorf("hushd differs from Swarm's golden %s (- Swarm, + hushd):\n%s", goldenPath(name), lineDiff(want, got))
+	}
+	if live != "" && live != want && got != live {
+		t.Errorf("hushd differs from live Swarm (- Swarm, + hushd):\n%s", lineDiff(live, got))
+	}
+}

@@ -217,8 +217,7 @@ func TestJobsVsSwarm(t *testing.T) {
 			for _, s := range []string{"rj", "gj", "max", "mem", "blk", "gmem"} {
 				sw.Docker("service", "rm", d.name(s))
 			}
-			deadline := time.Now().Add(20 * time.Second)
-			for {
+			awaitSwarmContainersGone(sw, 20*time.Second, func() []string {
 				out, _, _ := sw.Docker("ps", "-aq", "--filter", "label="+svcNameLabel)
 				var mine []string
 				for _, id := range strings.Fields(out) {
@@ -227,29 +226,12 @@ func TestJobsVsSwarm(t *testing.T) {
 						mine = append(mine, id)
 					}
 				}
-				if len(mine) == 0 {
-					return
-				}
-				if time.Now().After(deadline) {
-					sw.Docker(append([]string{"rm", "-f"}, mine...)...)
-					return
-				}
-				time.Sleep(300 * time.Millisecond)
-			}
+				return mine
+			})
 		})
 		got := d.run()
 		live = got
-		if *update {
-			writeGolden(t, golden, got)
-			return
-		}
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("live Swarm differs from %s (re-record with -update if Swarm changed):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
+		checkSwarmGolden(t, golden, got)
 	})
 
 	t.Run("hushd", func(t *testing.T) {
@@ -258,16 +240,7 @@ func TestJobsVsSwarm(t *testing.T) {
 		d := &jobSide{t: t, cli: h.dockerCLI, img: h.img, prefix: "sched" + suffix,
 			n: &normaliser{suffix: suffix, literals: map[string]string{}}}
 		got := d.run()
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("hushd differs from Swarm's golden %s (- Swarm, + hushd):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
-		if live != "" && live != want && got != live {
-			t.Errorf("hushd differs from live Swarm (- Swarm, + hushd):\n%s", lineDiff(live, got))
-		}
+		checkHushdGolden(t, golden, got, live)
 		waitFor(t, taskTimeout, "no container and no tmpfs left", func() bool {
 			return len(h.allContainers()) == 0 && len(h.mounts()) == 0
 		})

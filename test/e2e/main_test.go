@@ -293,3 +293,29 @@ func doRaw(t testing.TB, sock, method, path, contentType string, body []byte) ht
 	}
 	return httpResult{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: b}
 }
+
+// awaitSwarmContainersGone waits, after a `service rm` on the reference
+// Swarm, for the containers list names (this test's own, by their
+// labels) to go, and removes those still there after timeout: a cleanup
+// leaves the shared engine as the test found it.
+func awaitSwarmContainersGone(sw *dockerCLI, timeout time.Duration, list func() []string) {
+	deadline := time.Now().Add(timeout)
+	for {
+		ids := list()
+		if len(ids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			sw.Docker(append([]string{"rm", "-f"}, ids...)...)
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// swarmServiceContainers lists the reference Swarm's containers (any
+// state) of the service named service.
+func swarmServiceContainers(sw *dockerCLI, service string) []string {
+	out, _, _ := sw.Docker("ps", "-aq", "--filter", "label="+svcNameLabel+"="+service)
+	return strings.Fields(out)
+}

@@ -317,17 +317,7 @@ func TestSecretRunbook(t *testing.T) {
 			t.Run(s.name, func(t *testing.T) {
 				got := r.runStep(s)
 				live[s.name] = got
-				if *update {
-					writeGolden(t, "runbook_"+s.name, got)
-					return
-				}
-				want, ok := readGolden(t, "runbook_"+s.name)
-				if !ok {
-					t.Fatalf("no golden file %s: run with -update", goldenPath("runbook_"+s.name))
-				}
-				if got != want {
-					t.Errorf("live Swarm differs from %s (re-record with -update if Swarm changed):\n%s", goldenPath("runbook_"+s.name), lineDiff(want, got))
-				}
+				checkSwarmGolden(t, "runbook_"+s.name, got)
 			})
 		}
 		t.Run("ambiguous_prefix", func(t *testing.T) { checkAmbiguousPrefix(t, r) })
@@ -339,16 +329,7 @@ func TestSecretRunbook(t *testing.T) {
 		for _, s := range steps {
 			t.Run(s.name, func(t *testing.T) {
 				got := r.runStep(s)
-				want, ok := readGolden(t, "runbook_"+s.name)
-				if !ok {
-					t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath("runbook_"+s.name))
-				}
-				if got != want {
-					t.Errorf("hushd differs from Swarm's golden %s (- Swarm, + hushd):\n%s", goldenPath("runbook_"+s.name), lineDiff(want, got))
-				}
-				if l, ok := live[s.name]; ok && l != want && got != l {
-					t.Errorf("hushd differs from live Swarm (- Swarm, + hushd):\n%s", lineDiff(l, got))
-				}
+				checkHushdGolden(t, "runbook_"+s.name, got, live[s.name])
 			})
 		}
 		t.Run("ambiguous_prefix", func(t *testing.T) { checkAmbiguousPrefix(t, r) })

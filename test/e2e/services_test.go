@@ -749,33 +749,11 @@ func TestServiceVsSwarm(t *testing.T) {
 		t.Cleanup(func() {
 			sw.Docker("service", "rm", d.svc())
 			sw.Docker("secret", "rm", d.sec())
-			deadline := time.Now().Add(15 * time.Second)
-			for {
-				out, _, _ := sw.Docker("ps", "-aq", "--filter", "label="+svcNameLabel+"="+d.svc())
-				ids := strings.Fields(out)
-				if len(ids) == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					sw.Docker(append([]string{"rm", "-f"}, ids...)...)
-					break
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
+			awaitSwarmContainersGone(sw, 15*time.Second, func() []string { return swarmServiceContainers(sw, d.svc()) })
 		})
 		got := d.run()
 		live = got
-		if *update {
-			writeGolden(t, golden, got)
-			return
-		}
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("live Swarm differs from %s (re-record with -update if Swarm changed):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
+		checkSwarmGolden(t, golden, got)
 	})
 
 	t.Run("hushd", func(t *testing.T) {
@@ -785,16 +763,7 @@ func TestServiceVsSwarm(t *testing.T) {
 			n: &normaliser{suffix: suffix, literals: map[string]string{}}}
 		d.running = h.containers
 		got := d.run()
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("hushd differs from Swarm's golden %s (- Swarm, + hushd):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
-		if live != "" && live != want && got != live {
-			t.Errorf("hushd differs from live Swarm (- Swarm, + hushd):\n%s", lineDiff(live, got))
-		}
+		checkHushdGolden(t, golden, got, live)
 		waitFor(t, taskTimeout, "no container and no tmpfs left", func() bool {
 			return len(h.allContainers()) == 0 && len(h.mounts()) == 0
 		})

@@ -132,19 +132,7 @@ func TestTemplatedSecretsVsSwarm(t *testing.T) {
 		}
 		t.Cleanup(func() {
 			sw.Docker("service", "rm", s.name("svc"))
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				out, _, _ := sw.Docker("ps", "-aq", "--filter", "label="+svcNameLabel+"="+s.name("svc"))
-				ids := strings.Fields(out)
-				if len(ids) == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					sw.Docker(append([]string{"rm", "-f"}, ids...)...)
-					break
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
+			awaitSwarmContainersGone(sw, 20*time.Second, func() []string { return swarmServiceContainers(sw, s.name("svc")) })
 			sw.Docker("secret", "rm", s.name("sec"), s.name("other"))
 			sw.Docker("config", "rm", s.name("cfg"), s.name("plain"))
 		})
@@ -153,17 +141,7 @@ func TestTemplatedSecretsVsSwarm(t *testing.T) {
 			t.Errorf("Swarm no longer renders the node description empty (%d of 2 tasks): update docs/COMPATIBILITY.md\n%s", n, got)
 		}
 		live = got
-		if *update {
-			writeGolden(t, golden, got)
-			return
-		}
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("live Swarm differs from %s (re-record with -update if Swarm changed):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
+		checkSwarmGolden(t, golden, got)
 	})
 
 	t.Run("hushd", func(t *testing.T) {
@@ -180,16 +158,7 @@ func TestTemplatedSecretsVsSwarm(t *testing.T) {
 			t.Errorf("hushd's node description: want %q in both tasks:\n%s", hushLine, got)
 		}
 		got = strings.ReplaceAll(got, hushLine, swarmNodeLine)
-		want, ok := readGolden(t, golden)
-		if !ok {
-			t.Fatalf("no golden file %s: run with -update against Swarm", goldenPath(golden))
-		}
-		if got != want {
-			t.Errorf("hushd differs from Swarm's golden %s (- Swarm, + hushd):\n%s", goldenPath(golden), lineDiff(want, got))
-		}
-		if live != "" && live != want && got != live {
-			t.Errorf("hushd differs from live Swarm (- Swarm, + hushd):\n%s", lineDiff(live, got))
-		}
+		checkHushdGolden(t, golden, got, live)
 
 		// Swarm stores any driver name and fails every task that mounts
 		// the object; hush refuses it at create.

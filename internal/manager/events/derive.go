@@ -14,6 +14,7 @@ import (
 	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // Scope is the scope of every event hush derives, as Swarm marks cluster
@@ -50,9 +51,11 @@ type view struct {
 	hasUpdate   bool
 	updateState string
 
-	// Nodes.
+	// Nodes. state is the liveness the leader recorded, Swarm's zero
+	// state "unknown" before any.
 	availability string
 	role         string
+	state        string
 }
 
 // nameOnly is the part of a stored secret or config record an event uses
@@ -110,6 +113,10 @@ func decode(table, id string, val []byte, hostname func(string) string) (view, e
 			v.name = hostname(id)
 		}
 		v.availability, v.role = string(n.Spec.Availability), string(n.Spec.Role)
+		v.state = string(swarm.NodeStateUnknown)
+		if n.Status != nil {
+			v.state = string(n.Status.State)
+		}
 	case networks.Table:
 		var n network.Network
 		if err := json.Unmarshal(val, &n); err != nil {
@@ -205,6 +212,11 @@ func changes(typ events.Type, old, cur *view, attrs map[string]string) {
 		}
 		if old.role != cur.role {
 			pair("role", old.role, cur.role)
+		}
+		// A liveness change (the leader marking a node down or ready) is
+		// reported as Swarm does; a new status message alone is not.
+		if old.state != cur.state {
+			pair("state", old.state, cur.state)
 		}
 	}
 }

@@ -44,6 +44,16 @@ func node(name string, avail swarm.NodeAvailability, role swarm.NodeRole, labels
 	}}
 }
 
+// nodeIn is node with the liveness state the leader recorded ("" for
+// none recorded yet).
+func nodeIn(state swarm.NodeState, avail swarm.NodeAvailability) nodes.Node {
+	n := node("n1", avail, swarm.NodeRoleWorker, nil)
+	if state != "" {
+		n.Status = &nodes.Status{State: state, Message: "heartbeat"}
+	}
+	return n
+}
+
 func u(n uint64) *uint64 { return &n }
 
 // msg is an event of type typ: action on id with attribute pairs kv.
@@ -116,6 +126,20 @@ func TestDerive(t *testing.T) {
 			one(msg("node", "update", "node1", "name", "n1", "availability.old", "active", "availability.new", "drain"))},
 		{"node demote", "nodes", "node1", node("n1", swarm.NodeAvailabilityActive, swarm.NodeRoleManager, nil), node("n1", swarm.NodeAvailabilityActive, swarm.NodeRoleWorker, nil),
 			one(msg("node", "update", "node1", "name", "n1", "role.old", "manager", "role.new", "worker"))},
+		// Swarm's node events carry the liveness change (moby's
+		// daemon/events.go compares Status.State), lower case; a node with
+		// no recorded status is in Swarm's zero state, "unknown".
+		{"node goes down", "nodes", "node1", nodeIn(swarm.NodeStateReady, swarm.NodeAvailabilityActive), nodeIn(swarm.NodeStateDown, swarm.NodeAvailabilityActive),
+			one(msg("node", "update", "node1", "name", "n1", "state.old", "ready", "state.new", "down"))},
+		{"node first heartbeat", "nodes", "node1", nodeIn("", swarm.NodeAvailabilityActive), nodeIn(swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+			one(msg("node", "update", "node1", "name", "n1", "state.old", "unknown", "state.new", "ready"))},
+		{"node status message alone", "nodes", "node1", nodeIn(swarm.NodeStateDown, swarm.NodeAvailabilityActive), func() nodes.Node {
+			n := nodeIn(swarm.NodeStateDown, swarm.NodeAvailabilityActive)
+			n.Status.Message = "heartbeat failure"
+			return n
+		}(), one(msg("node", "update", "node1", "name", "n1"))},
+		{"node drained while down", "nodes", "node1", nodeIn(swarm.NodeStateReady, swarm.NodeAvailabilityActive), nodeIn(swarm.NodeStateDown, swarm.NodeAvailabilityDrain),
+			one(msg("node", "update", "node1", "name", "n1", "availability.old", "active", "availability.new", "drain", "state.old", "ready", "state.new", "down"))},
 		{"network create", "networks", "net1", nil, network.Network{ID: "net1", Name: "app_default", Driver: "overlay", Scope: "swarm"},
 			one(msg("network", "create", "net1", "name", "app_default"))},
 		{"network update", "networks", "net1", network.Network{ID: "net1", Name: "app_default"}, network.Network{ID: "net1", Name: "app_default", Labels: map[string]string{"x": "y"}},

@@ -6,9 +6,9 @@
 // rather than by hooks in every manager: each put or delete of an object in
 // a watched table becomes a create, update or remove, and the attributes
 // Swarm puts on an update (replicas.old/new, image.old/new,
-// updatestate.old/new; availability and role of nodes) come from comparing
-// the object's previous and new stored forms. A write that changes nothing
-// is no event.
+// updatestate.old/new; availability, role and liveness state of nodes)
+// come from comparing the object's previous and new stored forms. A write
+// that changes nothing is no event.
 //
 // Events carry what Swarm's carry and nothing more: an object's ID and name
 // and, for services and nodes, the changed fields above. Secret and config
