@@ -159,12 +159,14 @@ func (d *Daemon) revokedByDemotion(ctx context.Context, id pki.Identity, leaf *x
 	return errdefs.Unauthorized("node %s's manager certificate (serial %s) was revoked by its demotion: use the certificate it was issued since", id.NodeID, o.ID)
 }
 
-// refuseManagerCert is the dispatcher's check of a manager-only call
-// (relayed logs, dispatchnet.ServerConfig.RefuseManager): a manager
-// certificate is served only while its node is recorded as a manager and
-// etcd does not refuse it by serial (refusedManagerSerials), so a demoted
-// or removed node's old manager certificate, or one held before a
-// demotion by a node promoted again, relays nothing.
+// refuseManagerCert is the dispatcher's check of a manager certificate
+// (dispatchnet.ServerConfig.RefuseManager), on every call made under one:
+// it is served only while its node is recorded as a manager and etcd does
+// not refuse it by serial (refusedManagerSerials), so a demoted or
+// removed node's old manager certificate, or one held before a demotion
+// by a node promoted again, relays no logs and opens no session as its
+// node (whose assignments carry its tasks' secrets). A worker agent calls
+// with its worker certificate; a manager's agent is in-process.
 func (d *Daemon) refuseManagerCert(ctx context.Context, nodeID string, leaf *x509.Certificate) error {
 	n, err := nodes.Get(ctx, d.store, nodeID)
 	if errors.Is(err, store.ErrNotFound) {

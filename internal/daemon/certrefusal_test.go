@@ -399,3 +399,60 @@ func TestRelayRefusesRevokedManagerCertificate(t *testing.T) {
 		t.Fatalf("the node's current manager certificate refused: %v", err)
 	}
 }
+
+// openSessionWith opens a dispatcher session at manager m under cert, as
+// a worker agent does.
+func openSessionWith(t *testing.T, m *Daemon, cert tls.Certificate) error {
+	t.Helper()
+	c := getCluster(t, m)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(c.CACert))
+	params := pki.TLSParams{ClusterID: c.ID, Cert: func() (*tls.Certificate, error) { return &cert, nil },
+		Roots: func() *x509.CertPool { return pool }}
+	addr, err := dispatchAddr(m.listen.Advertise)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: []string{addr}, TLS: params.ClientConfig, Logger: m.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := conn.Open(ctx)
+	if c, ok := s.(interface{ Close() }); err == nil && ok {
+		c.Close()
+	}
+	return err
+}
+
+// A demoted node's old manager certificate is refused by etcd by serial;
+// the dispatcher refuses it a session too: under it the session was the
+// node's, its assignments (its tasks' secrets) sent to whoever held the
+// old key, and the node's own session replaced. The node's worker
+// certificate still opens one.
+func TestDispatcherSessionRefusesRevokedManagerCertificate(t *testing.T) {
+	ctx := context.Background()
+	l1 := loopbackListen(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
+	c := getCluster(t, m)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	first := *w.cert.Load()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	if err := openSessionWith(t, m, first); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("a session under the demoted node's manager certificate: %v, want it refused", err)
+	}
+	if err := openSessionWith(t, m, *w.cert.Load()); err != nil {
+		t.Fatalf("a session under the node's worker certificate: %v", err)
+	}
+}

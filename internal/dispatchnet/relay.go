@@ -48,12 +48,6 @@ func (h *Handler) serveRelayLogs(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, errdefs.Unauthorized("only a manager may relay logs"))
 		return
 	}
-	if h.c.RefuseManager != nil {
-		if err := h.c.RefuseManager(r.Context(), id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
-			h.fail(w, err)
-			return
-		}
-	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCallBody))
 	if err != nil {
 		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxCallBody))

@@ -89,11 +89,12 @@ type ServerConfig struct {
 	// consulted on every request, so a removal ends a live session at its
 	// next heartbeat. nil refuses nothing.
 	Refuse func(nodeID string, leaf *x509.Certificate) error
-	// RefuseManager rejects a manager certificate on a manager-only call
-	// (relayed logs) although it verifies: one whose node is no manager
-	// any more, or revoked (the daemon's refusals by serial). It does not
-	// end the node's session: the certificate may be an old one of a node
-	// whose current one is fine. nil refuses nothing.
+	// RefuseManager rejects a manager certificate although it verifies,
+	// on every call (the relay's, and a session's or node call's made
+	// under one): one whose node is no manager any more, or revoked (the
+	// daemon's refusals by serial). It does not end the node's session:
+	// the certificate may be an old one of a node whose current one is
+	// fine. nil refuses nothing.
 	RefuseManager func(ctx context.Context, nodeID string, leaf *x509.Certificate) error
 	Dispatcher    Opener
 	// Heartbeats records heartbeats (nil: not recorded).
@@ -236,6 +237,14 @@ func (h *Handler) peer(r *http.Request) (string, error) {
 	if h.c.Refuse != nil {
 		if err := h.c.Refuse(id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
 			h.end(id.NodeID, "", err)
+			return "", err
+		}
+	}
+	if id.Role == pki.RoleManager && h.c.RefuseManager != nil {
+		// A worker agent calls with a worker certificate; a manager's
+		// is for the relay. Refused without ending the node's session:
+		// it may be an old certificate of a node whose own is fine.
+		if err := h.c.RefuseManager(r.Context(), id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
 			return "", err
 		}
 	}
