@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -115,12 +117,16 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		if t.Status.ContainerStatus == nil || t.Status.ContainerStatus.ContainerID == "" {
 			continue
 		}
+		remote := t.NodeID != "" && t.NodeID != s.Node.ID && s.RemoteLogs != nil
 		var rc io.ReadCloser
 		var err error
-		if t.NodeID != "" && t.NodeID != s.Node.ID && s.RemoteLogs != nil {
+		switch {
+		case remote && follow:
+			// Opened (and opened again) by followRemote below.
+		case remote:
 			// Another node's task: its container is on that node's engine.
 			rc, err = s.RemoteLogs.TaskLogs(r.Context(), t.NodeID, t.ID, follow, q.Get("tail"), ts, q.Get("since"))
-		} else {
+		default:
 			rc, err = s.Logs.Logs(r.Context(), t.Status.ContainerStatus.ContainerID, follow, q.Get("tail"), ts, q.Get("since"))
 		}
 		if err != nil {
@@ -153,6 +159,13 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 			read = readRaw
 		}
 		wg.Add(1)
+		if rc == nil {
+			go func() {
+				defer wg.Done()
+				s.followRemote(r.Context(), t, q.Get("tail"), q.Get("since"), ts, read, emit)
+			}()
+			continue
+		}
 		go func() {
 			defer wg.Done()
 			defer rc.Close()
@@ -160,6 +173,76 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		}()
 	}
 	wg.Wait()
+}
+
+// followRetry is how long followRemote waits before it asks again for a
+// stream that broke.
+const followRetry = time.Second
+
+// followRemote follows the logs of task t of another node for as long as
+// the client reads and the task may still write. Such a stream comes
+// through the node's dispatcher session (and, when another manager holds
+// it, that manager's relay), so it breaks when the session moves to
+// another manager or the relaying manager goes, while the task runs on; as
+// Swarm's follow, which goes on across such moves, the stream is then
+// asked for again, from just after the last line's time (hush always asks
+// for timestamps, and drops them before the client unless it asked for
+// them), so no line is lost or shown twice.
+func (s *Server) followRemote(ctx context.Context, t *model.Task, tail, since string, ts bool, read func(io.Reader, pieceFunc) error, emit pieceFunc) {
+	var last time.Time
+	var clientGone bool
+	track := func(stream byte, piece []byte, cont bool) error {
+		if !cont {
+			if i := indexByte(piece, ' '); i > 0 && i <= maxTimestamp {
+				if at, err := time.Parse(time.RFC3339Nano, string(piece[:i])); err == nil {
+					last = at
+					if !ts {
+						piece = piece[i+1:]
+					}
+				}
+			}
+		}
+		if err := emit(stream, piece, cont); err != nil {
+			clientGone = true
+			return err
+		}
+		return nil
+	}
+	for {
+		rc, err := s.RemoteLogs.TaskLogs(ctx, t.NodeID, t.ID, true, tail, true, since)
+		if err == nil {
+			_ = read(rc, track)
+			rc.Close()
+		} else {
+			s.log.Debug("task logs unavailable", "task", t.ID, "node", t.NodeID, "err", err)
+		}
+		if clientGone || ctx.Err() != nil || !s.taskMayLog(ctx, t) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(followRetry):
+		}
+		if !last.IsZero() {
+			// The engine's since is inclusive: start after the last line.
+			next := last.Add(time.Nanosecond)
+			since, tail = fmt.Sprintf("%d.%09d", next.Unix(), next.Nanosecond()), "all"
+		}
+	}
+}
+
+// taskMayLog reports whether a task may still write to its logs: it is
+// still placed on the same node and has not reached a final state, and
+// the node is asked to run it.
+func (s *Server) taskMayLog(ctx context.Context, t *model.Task) bool {
+	cur, err := s.Services.GetTask(ctx, t.ID)
+	if err != nil {
+		// The store is unreachable: the task may well run on; a removed
+		// task writes nothing more.
+		return !errors.Is(err, errdefs.ErrNotFound)
+	}
+	return cur.NodeID == t.NodeID && !model.Terminal(cur.Status.State) && model.Runs(cur.DesiredState)
 }
 
 // checkLogsParams refuses a tail or since the engine would refuse for
