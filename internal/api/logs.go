@@ -55,14 +55,59 @@ func (s *Server) serviceLogs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	cs := svc.Spec.TaskTemplate.ContainerSpec
+	s.streamLogs(w, r, tasksOf(svc.ID, tasks), cs != nil && cs.TTY, func(ctx context.Context) ([]*model.Task, error) {
+		if _, err := s.Services.Get(ctx, svc.ID); err != nil {
+			return nil, err
+		}
+		_, tasks, err := s.Services.Snapshot(ctx)
+		return tasksOf(svc.ID, tasks), err
+	})
+}
+
+// tasksOf returns the tasks of service id.
+func tasksOf(id string, tasks []*model.Task) []*model.Task {
 	var mine []*model.Task
 	for _, t := range tasks {
-		if t.ServiceID == svc.ID {
+		if t.ServiceID == id {
 			mine = append(mine, t)
 		}
 	}
-	cs := svc.Spec.TaskTemplate.ContainerSpec
-	s.streamLogs(w, r, mine, cs != nil && cs.TTY)
+	return mine
+}
+
+func hasContainer(t *model.Task) bool {
+	return t.Status.ContainerStatus != nil && t.Status.ContainerStatus.ContainerID != ""
+}
+
+// followNewTasks adds to a followed service's stream the tasks that get a
+// container after it began (an update, a restart, a scale-up, a node's
+// replacement), from their first line, as Swarm's `service logs -f` does:
+// it looks at the service's tasks every followRetry until the client goes
+// or the service is removed (more fails with not found).
+func (s *Server) followNewTasks(ctx context.Context, more func(context.Context) ([]*model.Task, error), started map[string]bool, start func(*model.Task, string)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(followRetry):
+		}
+		tasks, err := more(ctx)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return
+		}
+		if err != nil {
+			// The store may answer again: keep what is followed.
+			s.log.Debug("service logs: tasks unavailable", "err", err)
+			continue
+		}
+		for _, t := range tasks {
+			if !started[t.ID] && hasContainer(t) {
+				started[t.ID] = true
+				start(t, "all")
+			}
+		}
+	}
 }
 
 func (s *Server) taskLogs(w http.ResponseWriter, r *http.Request) {
@@ -71,7 +116,7 @@ func (s *Server) taskLogs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.streamLogs(w, r, []*model.Task{t}, taskTTY(t))
+	s.streamLogs(w, r, []*model.Task{t}, taskTTY(t), nil)
 }
 
 func taskTTY(t *model.Task) bool {
@@ -82,7 +127,7 @@ func taskTTY(t *model.Task) bool {
 // a TTY service's logs are a raw stream (the CLI prints them only with
 // --raw) and others are multiplexed; with details, every line carries the
 // task context the docker CLI needs to name the task.
-func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*model.Task, tty bool) {
+func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*model.Task, tty bool, more func(context.Context) ([]*model.Task, error)) {
 	if s.Logs == nil {
 		s.writeError(w, r, errdefs.Unavailable("logs need the Docker Engine, which is not reachable"))
 		return
@@ -113,10 +158,9 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, t := range tasks {
-		if t.Status.ContainerStatus == nil || t.Status.ContainerStatus.ContainerID == "" {
-			continue
-		}
+	// start streams task t's logs into the response (tail: how many of
+	// its last lines).
+	start := func(t *model.Task, tail string) {
 		remote := t.NodeID != "" && t.NodeID != s.Node.ID && s.RemoteLogs != nil
 		var rc io.ReadCloser
 		var err error
@@ -125,13 +169,13 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 			// Opened (and opened again) by followRemote below.
 		case remote:
 			// Another node's task: its container is on that node's engine.
-			rc, err = s.RemoteLogs.TaskLogs(r.Context(), t.NodeID, t.ID, follow, q.Get("tail"), ts, q.Get("since"))
+			rc, err = s.RemoteLogs.TaskLogs(r.Context(), t.NodeID, t.ID, follow, tail, ts, q.Get("since"))
 		default:
-			rc, err = s.Logs.Logs(r.Context(), t.Status.ContainerStatus.ContainerID, follow, q.Get("tail"), ts, q.Get("since"))
+			rc, err = s.Logs.Logs(r.Context(), t.Status.ContainerStatus.ContainerID, follow, tail, ts, q.Get("since"))
 		}
 		if err != nil {
 			s.log.Debug("task logs unavailable", "task", t.ID, "node", t.NodeID, "err", err)
-			continue
+			return
 		}
 		var prefix []byte
 		if details {
@@ -162,15 +206,25 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		if rc == nil {
 			go func() {
 				defer wg.Done()
-				s.followRemote(r.Context(), t, q.Get("tail"), q.Get("since"), ts, read, emit)
+				s.followRemote(r.Context(), t, tail, q.Get("since"), ts, read, emit)
 			}()
-			continue
+			return
 		}
 		go func() {
 			defer wg.Done()
 			defer rc.Close()
 			_ = read(rc, emit)
 		}()
+	}
+	started := map[string]bool{}
+	for _, t := range tasks {
+		if hasContainer(t) {
+			started[t.ID] = true
+			start(t, q.Get("tail"))
+		}
+	}
+	if follow && more != nil {
+		s.followNewTasks(r.Context(), more, started, start)
 	}
 	wg.Wait()
 }
