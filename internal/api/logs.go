@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,10 @@ import (
 type LogSource interface {
 	Logs(ctx context.Context, id string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error)
 }
+
+// ErrNodeNotConnected: a RemoteLogSource wraps it when no manager holds a
+// dispatcher session of the node (down, or removed): its logs cannot be had.
+var ErrNodeNotConnected = errors.New("the node holds no dispatcher session")
 
 // RemoteLogSource streams the logs of a task that runs on another node,
 // from that node (as the engine there sends them).
@@ -158,6 +163,9 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	// unreachable: the nodes whose tasks' logs could not be had because no
+	// manager holds a session of them (under mu).
+	unreachable := map[string]bool{}
 	// start streams task t's logs into the response (tail: how many of
 	// its last lines).
 	start := func(t *model.Task, tail string) {
@@ -175,6 +183,11 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		}
 		if err != nil {
 			s.log.Debug("task logs unavailable", "task", t.ID, "node", t.NodeID, "err", err)
+			if errors.Is(err, ErrNodeNotConnected) {
+				mu.Lock()
+				unreachable[t.NodeID] = true
+				mu.Unlock()
+			}
 			return
 		}
 		var prefix []byte
@@ -227,6 +240,31 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 		s.followNewTasks(r.Context(), more, started, start)
 	}
 	wg.Wait()
+	if len(unreachable) > 0 {
+		// As Swarm's log broker, whose subscription ends with this error
+		// when a node of the tasks has no connection to it; dockerd writes
+		// a stream's error on the system-error stream (3) of a multiplexed
+		// stream, inline in a raw one, and the docker CLI prints it as
+		// `error from daemon in stream: …` and exits 1. A followed stream
+		// asks such nodes again and never ends by itself: nothing to say.
+		nodes := make([]string, 0, len(unreachable))
+		for n := range unreachable {
+			nodes = append(nodes, n)
+		}
+		sort.Strings(nodes)
+		reasons := make([]string, len(nodes))
+		for i, n := range nodes {
+			reasons[i] = "node " + n + " is not available"
+		}
+		msg := []byte("Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete log stream. some logs could not be retrieved for the following reasons: " + strings.Join(reasons, ", ") + "\n")
+		if !tty {
+			var hdr [8]byte
+			hdr[0] = 3
+			binary.BigEndian.PutUint32(hdr[4:], uint32(len(msg)))
+			msg = append(hdr[:], msg...)
+		}
+		_, _ = w.Write(msg)
+	}
 }
 
 // followRetry is how long followRemote waits before it asks again for a

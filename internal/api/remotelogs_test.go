@@ -179,3 +179,66 @@ func TestLogsFollowAcrossSessionMove(t *testing.T) {
 		})
 	}
 }
+
+// downNodes is a RemoteLogSource whose nodes named "down…" hold no
+// dispatcher session with any manager; the others answer one line.
+type downNodes struct{}
+
+func (downNodes) TaskLogs(_ context.Context, nodeID, taskID string, _ bool, _ string, _ bool, _ string) (io.ReadCloser, error) {
+	if strings.HasPrefix(nodeID, "down") {
+		return nil, fmt.Errorf("%w: node %s holds no dispatcher session with any manager", ErrNodeNotConnected, nodeID)
+	}
+	line := "line of " + taskID + "\n"
+	return io.NopCloser(bytes.NewReader(append([]byte{1, 0, 0, 0, 0, 0, 0, byte(len(line))}, line...))), nil
+}
+
+// TestLogsOfDownNodeSaySo: `service logs` of a service with tasks on nodes
+// that no manager can reach ends, after the lines it could get, with
+// Swarm's system-error frame naming each such node once (the docker CLI
+// prints `error from daemon in stream: Error grabbing logs: …` and exits
+// 1); hush left those tasks out without a word, so the CLI printed
+// nothing and exited 0. A followed stream has no end to say it at, as in
+// Swarm.
+func TestLogsOfDownNodeSaySo(t *testing.T) {
+	srv, svcs := newServicesServer(t)
+	ctx := context.Background()
+	srv = New(Config{Services: svcs, Cluster: srv.Cluster, Node: srv.Node, Version: "test", Logs: countingLogs{new(int)}, RemoteLogs: downNodes{}})
+	code, out := do(t, srv, "POST", "/v1.41/services/create", `{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}}`)
+	if code != 201 {
+		t.Fatalf("create: %d %s", code, out)
+	}
+	var created swarm.ServiceCreateResponse
+	if err := json.Unmarshal([]byte(out), &created); err != nil {
+		t.Fatal(err)
+	}
+	for i, node := range []string{"down2", "up1", "down1", "down2"} {
+		task := model.Task{}
+		task.ID, task.ServiceID, task.NodeID, task.Slot = fmt.Sprintf("task%d", i), created.ID, node, i+1
+		task.DesiredState, task.Status.State = swarm.TaskStateRunning, swarm.TaskStateRunning
+		task.Status.ContainerStatus = &swarm.ContainerStatus{ContainerID: "c" + task.ID}
+		b, _ := json.Marshal(&task)
+		if _, err := svcs.Store().Table(model.TasksTable).Create(ctx, task.ID, "", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const want = "Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete log stream. some logs could not be retrieved for the following reasons: node down1 is not available, node down2 is not available\n"
+	for _, tc := range []struct {
+		query  string
+		frames []string
+	}{
+		{"stdout=1", []string{"1:line of task1\n", "3:" + want}},
+		{"stdout=1&stderr=1&details=1", []string{"1:com.docker.swarm.node.id=up1,com.docker.swarm.service.id=" + created.ID + ",com.docker.swarm.task.id=task1 line of task1\n", "3:" + want}},
+	} {
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1.41/services/web/logs?"+tc.query, nil))
+		var frames []string
+		for body := rec.Body.Bytes(); len(body) >= 8; {
+			n := int(binary.BigEndian.Uint32(body[4:8]))
+			frames = append(frames, fmt.Sprintf("%d:%s", body[0], body[8:8+n]))
+			body = body[8+n:]
+		}
+		if rec.Code != 200 || strings.Join(frames, "|") != strings.Join(tc.frames, "|") {
+			t.Fatalf("%s: %d, frames %q, want %q", tc.query, rec.Code, frames, tc.frames)
+		}
+	}
+}
