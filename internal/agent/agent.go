@@ -266,6 +266,8 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 				})
 			} else if !c.Running {
 				a.spawn(ctx, t.ID, func(ctx context.Context) { a.exited(ctx, t, c) })
+			} else if c.Health == healthUnhealthy {
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.unhealthy(ctx, t, c) })
 			} else if ok, _ := t.ReloadsInPlace(); ok && !model.SameVersions(t.DataVersions, t.LoadedVersions) {
 				a.spawn(ctx, t.ID, func(ctx context.Context) { a.reload(ctx, t, c) })
 			}
@@ -692,6 +694,34 @@ func (a *Agent) exited(ctx context.Context, t *model.Task, c engine.State) {
 		return
 	}
 	a.finish(ctx, t, swarm.TaskStateFailed, "started", fmt.Sprintf("task: non-zero exit (%d)", c.ExitCode), cst)
+}
+
+// healthUnhealthy is the engine's health status of a container whose
+// health check failed its retries.
+const healthUnhealthy = "unhealthy"
+
+// unhealthy ends a task whose container's health check failed, as Swarm's
+// executor does: the container is stopped (with the task's grace period)
+// and the task fails with the health cause beside its exit code, so that
+// the restart policy and an update's failure action apply; a container
+// that exits 0 when stopped completes, as in Swarm.
+func (a *Agent) unhealthy(ctx context.Context, t *model.Task, c engine.State) {
+	a.log.Warn("task container unhealthy; stopping it", "task", t.ID, "service", t.ServiceName)
+	if err := a.x.Stop(ctx, c.ID, t.Spec.ContainerSpec.StopGracePeriod); err != nil {
+		a.log.Warn("stopping an unhealthy task container", "task", t.ID, "err", err)
+		return
+	}
+	st, err := a.x.Inspect(ctx, c.ID)
+	if err != nil {
+		a.log.Warn("inspecting an unhealthy task container", "task", t.ID, "err", err)
+		return
+	}
+	cst := &swarm.ContainerStatus{ContainerID: c.ID, ExitCode: st.ExitCode}
+	if st.ExitCode == 0 {
+		a.finish(ctx, t, swarm.TaskStateComplete, "finished", "", cst)
+		return
+	}
+	a.finish(ctx, t, swarm.TaskStateFailed, "started", fmt.Sprintf("task: non-zero exit (%d): dockerexec: unhealthy container", st.ExitCode), cst)
 }
 
 // finish moves a task to a final state and drops its secrets.

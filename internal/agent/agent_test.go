@@ -135,6 +135,8 @@ type fakeExec struct {
 	pulls   []string
 	swaps   int
 	down    bool
+	// stopCode is the exit code a stopped container reports.
+	stopCode int
 }
 
 func newFakeExec() *fakeExec {
@@ -192,7 +194,7 @@ func (x *fakeExec) Stop(_ context.Context, id string, _ *time.Duration) error {
 	defer x.mu.Unlock()
 	x.stopped = append(x.stopped, id)
 	c := x.ctrs[id]
-	c.Running = false
+	c.Running, c.ExitCode = false, x.stopCode
 	x.ctrs[id] = c
 	return nil
 }
@@ -428,10 +430,18 @@ func TestExits(t *testing.T) {
 		{"non-zero exit", &engine.State{ExitCode: 3}, swarm.TaskStateFailed, "task: non-zero exit (3)", 3},
 		{"clean exit", &engine.State{ExitCode: 0}, swarm.TaskStateComplete, "", 0},
 		{"container vanished", nil, swarm.TaskStateFailed, "task: container was removed outside hush", 0},
+		// As Swarm's executor: a container whose health check says
+		// unhealthy is stopped and its task fails with the health cause
+		// (or completes, if the stop made it exit 0). hush left it running.
+		{"unhealthy", &engine.State{Running: true, Health: "unhealthy"}, swarm.TaskStateFailed, "task: non-zero exit (137): dockerexec: unhealthy container", 137},
+		{"unhealthy, exits 0 when stopped", &engine.State{Running: true, Health: "unhealthy"}, swarm.TaskStateComplete, "", 0},
+		{"healthy", &engine.State{Running: true, Health: "healthy"}, "", "", 0},
+		{"health starting", &engine.State{Running: true, Health: "starting"}, "", "", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig()
+			r.x.stopCode = tt.wantCode
 			tk := newTask("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning)
 			if tt.ctr != nil {
 				c := *tt.ctr
@@ -442,8 +452,17 @@ func TestExits(t *testing.T) {
 			r.send(model.Assignments{Full: true, Tasks: assign(tk)})
 			r.pass(t)
 			l := r.sess.last("t1")
+			if tt.wantState == "" {
+				if l.State != "" || len(r.x.stopped) != 0 {
+					t.Fatalf("a running task was reported %+v, stopped %v", l, r.x.stopped)
+				}
+				return
+			}
 			if l.State != tt.wantState || l.Err != tt.wantErr || (tt.ctr != nil && (l.Container == nil || l.Container.ExitCode != tt.wantCode)) {
 				t.Fatalf("report %+v", l)
+			}
+			if tt.ctr != nil && tt.ctr.Running && len(r.x.stopped) != 1 {
+				t.Fatalf("the unhealthy container was not stopped: %v", r.x.stopped)
 			}
 			if _, ok := r.x.mount("t1"); ok {
 				t.Fatal("secrets still mounted")
