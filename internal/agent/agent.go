@@ -254,6 +254,17 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			// task short of resources): the orchestrator assigns it.
 		case model.Runs(t.DesiredState) && (t.Status.State == swarm.TaskStateAssigned || t.Status.State == swarm.TaskStatePending || t.Status.State == swarm.TaskStateReady):
 			a.spawn(ctx, t.ID, func(ctx context.Context) { a.start(ctx, t) })
+		case model.Runs(t.DesiredState) && t.Status.State == swarm.TaskStateStarting && hasC && !a.wasStarted(t.ID) &&
+			t.Status.ContainerStatus != nil && t.Status.ContainerStatus.ContainerID == c.ID:
+			// Started, waiting for its health check to pass (start).
+			switch {
+			case !c.Running:
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.exited(ctx, t, c) })
+			case c.Health == healthUnhealthy:
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.unhealthy(ctx, t, c) })
+			case c.Health != healthStarting:
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.healthy(ctx, t, c) })
+			}
 		case model.Runs(t.DesiredState) && model.Before(t.Status.State, swarm.TaskStateRunning) && !a.wasStarted(t.ID):
 			// Interrupted mid-start (a restart, or a status report that
 			// failed): adopt a running container, or fail the task so the
@@ -266,6 +277,8 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 				})
 			} else if !c.Running {
 				a.spawn(ctx, t.ID, func(ctx context.Context) { a.exited(ctx, t, c) })
+			} else if c.Health == healthUnhealthy {
+				a.spawn(ctx, t.ID, func(ctx context.Context) { a.unhealthy(ctx, t, c) })
 			} else if ok, _ := t.ReloadsInPlace(); ok && !model.SameVersions(t.DataVersions, t.LoadedVersions) {
 				a.spawn(ctx, t.ID, func(ctx context.Context) { a.reload(ctx, t, c) })
 			}
@@ -355,12 +368,31 @@ func (a *Agent) recoverStart(ctx context.Context, stale *model.Task) {
 			continue
 		}
 		if c.Running {
-			a.adopt(ctx, t, c)
+			switch c.Health {
+			case healthStarting:
+				a.awaitHealth(ctx, t, c)
+			case healthUnhealthy:
+				a.unhealthy(ctx, t, c)
+			default:
+				a.adopt(ctx, t, c)
+			}
 			return
 		}
 		_ = a.x.Remove(ctx, c.ID)
 	}
 	a.finish(ctx, t, swarm.TaskStateFailed, "interrupted", "task: start interrupted before the container ran", nil)
+}
+
+// awaitHealth records container c on task t, which stays starting until
+// c's health check first passes (Reconcile then reports it running).
+func (a *Agent) awaitHealth(ctx context.Context, t *model.Task, c engine.State) {
+	if t.Status.State == swarm.TaskStateStarting && t.Status.ContainerStatus != nil && t.Status.ContainerStatus.ContainerID == c.ID {
+		return
+	}
+	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateStarting, Message: "starting",
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: c.ID, PID: c.Pid}}, nil); err != nil {
+		a.log.Warn("task status", "task", t.ID, "err", err)
+	}
 }
 
 func (a *Agent) adopt(ctx context.Context, t *model.Task, c engine.State) {
@@ -446,21 +478,49 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	if err != nil {
 		log.Warn("inspect after start", "err", err)
 	}
-	msg := "started"
-	if ok, why := t.ReloadsInPlace(); !ok && t.Reloads() {
-		// Said where `docker service ps --no-trunc` and inspect show it.
-		msg = fmt.Sprintf("started; %s=%s: %s, so a rotation restarts this task", model.RotateLabel, t.RotateMode, why)
-	}
 	loaded := maps.Clone(t.DataVersions)
 	if loaded == nil {
 		loaded = map[string]int{} // recorded as none, not left as it was
 	}
-	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: msg,
+	if st.Health == healthStarting {
+		// As Swarm's executor, a task with a health check runs only once
+		// the check first passes; until then it stays starting, with its
+		// container (for logs) and loaded versions recorded. Reconcile
+		// takes it on (healthy, unhealthy or exited).
+		if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateStarting, Message: "starting",
+			ContainerStatus: &swarm.ContainerStatus{ContainerID: cid, PID: st.Pid}}, loaded); err != nil {
+			log.Warn("task status", "err", err)
+			return
+		}
+		log.Info("task started; waiting for its health check", "container", cid)
+		return
+	}
+	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: startedMsg(t),
 		ContainerStatus: &swarm.ContainerStatus{ContainerID: cid, PID: st.Pid}}, loaded); err != nil {
 		log.Warn("task status", "err", err)
 		return
 	}
 	log.Info("task running", "container", cid)
+}
+
+// startedMsg is the status message of a task that runs.
+func startedMsg(t *model.Task) string {
+	if ok, why := t.ReloadsInPlace(); !ok && t.Reloads() {
+		// Said where `docker service ps --no-trunc` and inspect show it.
+		return fmt.Sprintf("started; %s=%s: %s, so a rotation restarts this task", model.RotateLabel, t.RotateMode, why)
+	}
+	return "started"
+}
+
+// healthy reports a task whose container's health check first passed (or
+// which no longer has one) as running.
+func (a *Agent) healthy(ctx context.Context, t *model.Task, c engine.State) {
+	if _, err := a.report(ctx, t, swarm.TaskStatus{State: swarm.TaskStateRunning, Message: startedMsg(t),
+		ContainerStatus: &swarm.ContainerStatus{ContainerID: c.ID, PID: c.Pid}}, nil); err != nil {
+		a.log.Warn("task status", "task", t.ID, "err", err)
+		return
+	}
+	a.log.Info("task running", "task", t.ID, "service", t.ServiceName, "container", c.ID)
 }
 
 // pullImage has the engine pull the task's image, as a Swarm worker does
@@ -692,6 +752,38 @@ func (a *Agent) exited(ctx context.Context, t *model.Task, c engine.State) {
 		return
 	}
 	a.finish(ctx, t, swarm.TaskStateFailed, "started", fmt.Sprintf("task: non-zero exit (%d)", c.ExitCode), cst)
+}
+
+// healthUnhealthy is the engine's health status of a container whose
+// health check failed its retries.
+const healthUnhealthy = "unhealthy"
+
+// healthStarting is the health status of a container whose check has not
+// passed yet (nor failed its retries).
+const healthStarting = "starting"
+
+// unhealthy ends a task whose container's health check failed, as Swarm's
+// executor does: the container is stopped (with the task's grace period)
+// and the task fails with the health cause beside its exit code, so that
+// the restart policy and an update's failure action apply; a container
+// that exits 0 when stopped completes, as in Swarm.
+func (a *Agent) unhealthy(ctx context.Context, t *model.Task, c engine.State) {
+	a.log.Warn("task container unhealthy; stopping it", "task", t.ID, "service", t.ServiceName)
+	if err := a.x.Stop(ctx, c.ID, t.Spec.ContainerSpec.StopGracePeriod); err != nil {
+		a.log.Warn("stopping an unhealthy task container", "task", t.ID, "err", err)
+		return
+	}
+	st, err := a.x.Inspect(ctx, c.ID)
+	if err != nil {
+		a.log.Warn("inspecting an unhealthy task container", "task", t.ID, "err", err)
+		return
+	}
+	cst := &swarm.ContainerStatus{ContainerID: c.ID, ExitCode: st.ExitCode}
+	if st.ExitCode == 0 {
+		a.finish(ctx, t, swarm.TaskStateComplete, "finished", "", cst)
+		return
+	}
+	a.finish(ctx, t, swarm.TaskStateFailed, "started", fmt.Sprintf("task: non-zero exit (%d): dockerexec: unhealthy container", st.ExitCode), cst)
 }
 
 // finish moves a task to a final state and drops its secrets.

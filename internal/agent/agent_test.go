@@ -135,6 +135,10 @@ type fakeExec struct {
 	pulls   []string
 	swaps   int
 	down    bool
+	// stopCode is the exit code a stopped container reports.
+	stopCode int
+	// health is the health status a started container reports.
+	health string
 }
 
 func newFakeExec() *fakeExec {
@@ -182,7 +186,7 @@ func (x *fakeExec) Start(_ context.Context, id string) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	c := x.ctrs[id]
-	c.Running, c.Pid, c.Status = true, 42, "running"
+	c.Running, c.Pid, c.Status, c.Health = true, 42, "running", x.health
 	x.ctrs[id] = c
 	return nil
 }
@@ -192,7 +196,7 @@ func (x *fakeExec) Stop(_ context.Context, id string, _ *time.Duration) error {
 	defer x.mu.Unlock()
 	x.stopped = append(x.stopped, id)
 	c := x.ctrs[id]
-	c.Running = false
+	c.Running, c.ExitCode = false, x.stopCode
 	x.ctrs[id] = c
 	return nil
 }
@@ -356,6 +360,85 @@ func TestStart(t *testing.T) {
 	}
 }
 
+// TestStartWaitsForHealth: a task whose container has a health check
+// stays starting (its container and the versions it loaded recorded)
+// until the check first passes, then runs; one whose check fails never
+// runs: its container is stopped and the task fails. As Swarm's executor,
+// whose task runs only once healthy (so `service create` and an update's
+// monitor wait for healthy tasks); hush reported running at once.
+func TestStartWaitsForHealth(t *testing.T) {
+	for _, tc := range []struct {
+		then      string
+		wantState swarm.TaskState
+		wantErr   string
+	}{
+		{"healthy", swarm.TaskStateRunning, ""},
+		{"unhealthy", swarm.TaskStateFailed, "task: non-zero exit (137): dockerexec: unhealthy container"},
+	} {
+		t.Run(tc.then, func(t *testing.T) {
+			r := newRig()
+			r.x.health, r.x.stopCode = "starting", 137
+			tk := newTask("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned, "s1")
+			tk.DataVersions = map[string]int{"secret/s1": 1}
+			r.send(model.Assignments{Full: true, Tasks: assign(tk), Data: []model.DataItem{item("s1", 1, "v")}})
+			r.pass(t)
+			if got := r.sess.states("t1"); !slices.Equal(got, []swarm.TaskState{swarm.TaskStatePreparing, swarm.TaskStateStarting, swarm.TaskStateStarting}) {
+				t.Fatalf("reports before the check passed %v", got)
+			}
+			last := r.sess.last("t1")
+			if last.Container == nil || last.Container.ContainerID != "c1" || last.Loaded["secret/s1"] != 1 {
+				t.Fatalf("starting report %+v", last)
+			}
+			// Still starting: nothing more.
+			r.pass(t)
+			if n := len(r.sess.states("t1")); n != 3 || len(r.x.stopped) != 0 {
+				t.Fatalf("a pass while the check starts acted: reports %v, stopped %v", r.sess.states("t1"), r.x.stopped)
+			}
+			c := r.x.ctrs["c1"]
+			c.Health = tc.then
+			r.x.ctrs["c1"] = c
+			r.pass(t)
+			last = r.sess.last("t1")
+			if last.State != tc.wantState || last.Err != tc.wantErr || last.Container == nil || last.Container.ContainerID != "c1" {
+				t.Fatalf("report once %s: %+v", tc.then, last)
+			}
+		})
+	}
+}
+
+// TestStaleStartingWaitsForHealth: a pass whose view still has the task's
+// first starting report (no container yet: its snapshot was taken while
+// the start ran), or an agent restarted while the check was starting,
+// finds the task's running container through the session: with its check
+// still starting it records the container on the task and waits; it never
+// adopts it as running (seen on a worker: the race made every such task
+// run at once).
+func TestStaleStartingWaitsForHealth(t *testing.T) {
+	r := newRig()
+	tk := newTask("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateStarting)
+	r.send(model.Assignments{Full: true, Tasks: assign(tk)})
+	r.x.ctrs["c1"] = engine.State{ID: "c1", Running: true, Pid: 42, Health: "starting",
+		Labels: map[string]string{labelHush: "n1", "com.docker.swarm.task.id": "t1"}}
+	r.pass(t)
+	if got := r.sess.states("t1"); len(got) != 1 || got[0] != swarm.TaskStateStarting {
+		t.Fatalf("reports %v, want one starting report", got)
+	}
+	if last := r.sess.last("t1"); last.Container == nil || last.Container.ContainerID != "c1" {
+		t.Fatalf("starting report %+v", last)
+	}
+	r.pass(t)
+	if got := r.sess.states("t1"); len(got) != 1 {
+		t.Fatalf("a second pass reported %v", got)
+	}
+	c := r.x.ctrs["c1"]
+	c.Health = "healthy"
+	r.x.ctrs["c1"] = c
+	r.pass(t)
+	if last := r.sess.last("t1"); last.State != swarm.TaskStateRunning {
+		t.Fatalf("healthy: %+v", last)
+	}
+}
+
 // TestNothingBeforeFullSet: until the first full set, the agent cannot
 // tell its tasks from orphans and touches nothing.
 func TestNothingBeforeFullSet(t *testing.T) {
@@ -428,10 +511,18 @@ func TestExits(t *testing.T) {
 		{"non-zero exit", &engine.State{ExitCode: 3}, swarm.TaskStateFailed, "task: non-zero exit (3)", 3},
 		{"clean exit", &engine.State{ExitCode: 0}, swarm.TaskStateComplete, "", 0},
 		{"container vanished", nil, swarm.TaskStateFailed, "task: container was removed outside hush", 0},
+		// As Swarm's executor: a container whose health check says
+		// unhealthy is stopped and its task fails with the health cause
+		// (or completes, if the stop made it exit 0). hush left it running.
+		{"unhealthy", &engine.State{Running: true, Health: "unhealthy"}, swarm.TaskStateFailed, "task: non-zero exit (137): dockerexec: unhealthy container", 137},
+		{"unhealthy, exits 0 when stopped", &engine.State{Running: true, Health: "unhealthy"}, swarm.TaskStateComplete, "", 0},
+		{"healthy", &engine.State{Running: true, Health: "healthy"}, "", "", 0},
+		{"health starting", &engine.State{Running: true, Health: "starting"}, "", "", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig()
+			r.x.stopCode = tt.wantCode
 			tk := newTask("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateRunning)
 			if tt.ctr != nil {
 				c := *tt.ctr
@@ -442,8 +533,17 @@ func TestExits(t *testing.T) {
 			r.send(model.Assignments{Full: true, Tasks: assign(tk)})
 			r.pass(t)
 			l := r.sess.last("t1")
+			if tt.wantState == "" {
+				if l.State != "" || len(r.x.stopped) != 0 {
+					t.Fatalf("a running task was reported %+v, stopped %v", l, r.x.stopped)
+				}
+				return
+			}
 			if l.State != tt.wantState || l.Err != tt.wantErr || (tt.ctr != nil && (l.Container == nil || l.Container.ExitCode != tt.wantCode)) {
 				t.Fatalf("report %+v", l)
+			}
+			if tt.ctr != nil && tt.ctr.Running && len(r.x.stopped) != 1 {
+				t.Fatalf("the unhealthy container was not stopped: %v", r.x.stopped)
 			}
 			if _, ok := r.x.mount("t1"); ok {
 				t.Fatal("secrets still mounted")

@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/model"
@@ -20,6 +23,10 @@ import (
 type LogSource interface {
 	Logs(ctx context.Context, id string, follow bool, tail string, timestamps bool, since string) (io.ReadCloser, error)
 }
+
+// ErrNodeNotConnected: a RemoteLogSource wraps it when no manager holds a
+// dispatcher session of the node (down, or removed): its logs cannot be had.
+var ErrNodeNotConnected = errors.New("the node holds no dispatcher session")
 
 // RemoteLogSource streams the logs of a task that runs on another node,
 // from that node (as the engine there sends them).
@@ -53,14 +60,59 @@ func (s *Server) serviceLogs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	cs := svc.Spec.TaskTemplate.ContainerSpec
+	s.streamLogs(w, r, tasksOf(svc.ID, tasks), cs != nil && cs.TTY, func(ctx context.Context) ([]*model.Task, error) {
+		if _, err := s.Services.Get(ctx, svc.ID); err != nil {
+			return nil, err
+		}
+		_, tasks, err := s.Services.Snapshot(ctx)
+		return tasksOf(svc.ID, tasks), err
+	})
+}
+
+// tasksOf returns the tasks of service id.
+func tasksOf(id string, tasks []*model.Task) []*model.Task {
 	var mine []*model.Task
 	for _, t := range tasks {
-		if t.ServiceID == svc.ID {
+		if t.ServiceID == id {
 			mine = append(mine, t)
 		}
 	}
-	cs := svc.Spec.TaskTemplate.ContainerSpec
-	s.streamLogs(w, r, mine, cs != nil && cs.TTY)
+	return mine
+}
+
+func hasContainer(t *model.Task) bool {
+	return t.Status.ContainerStatus != nil && t.Status.ContainerStatus.ContainerID != ""
+}
+
+// followNewTasks adds to a followed service's stream the tasks that get a
+// container after it began (an update, a restart, a scale-up, a node's
+// replacement), from their first line, as Swarm's `service logs -f` does:
+// it looks at the service's tasks every followRetry until the client goes
+// or the service is removed (more fails with not found).
+func (s *Server) followNewTasks(ctx context.Context, more func(context.Context) ([]*model.Task, error), started map[string]bool, start func(*model.Task, string)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(followRetry):
+		}
+		tasks, err := more(ctx)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return
+		}
+		if err != nil {
+			// The store may answer again: keep what is followed.
+			s.log.Debug("service logs: tasks unavailable", "err", err)
+			continue
+		}
+		for _, t := range tasks {
+			if !started[t.ID] && hasContainer(t) {
+				started[t.ID] = true
+				start(t, "all")
+			}
+		}
+	}
 }
 
 func (s *Server) taskLogs(w http.ResponseWriter, r *http.Request) {
@@ -69,7 +121,7 @@ func (s *Server) taskLogs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.streamLogs(w, r, []*model.Task{t}, taskTTY(t))
+	s.streamLogs(w, r, []*model.Task{t}, taskTTY(t), nil)
 }
 
 func taskTTY(t *model.Task) bool {
@@ -80,7 +132,7 @@ func taskTTY(t *model.Task) bool {
 // a TTY service's logs are a raw stream (the CLI prints them only with
 // --raw) and others are multiplexed; with details, every line carries the
 // task context the docker CLI needs to name the task.
-func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*model.Task, tty bool) {
+func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*model.Task, tty bool, more func(context.Context) ([]*model.Task, error)) {
 	if s.Logs == nil {
 		s.writeError(w, r, errdefs.Unavailable("logs need the Docker Engine, which is not reachable"))
 		return
@@ -111,21 +163,32 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, t := range tasks {
-		if t.Status.ContainerStatus == nil || t.Status.ContainerStatus.ContainerID == "" {
-			continue
-		}
+	// unreachable: the nodes whose tasks' logs could not be had because no
+	// manager holds a session of them (under mu).
+	unreachable := map[string]bool{}
+	// start streams task t's logs into the response (tail: how many of
+	// its last lines).
+	start := func(t *model.Task, tail string) {
+		remote := t.NodeID != "" && t.NodeID != s.Node.ID && s.RemoteLogs != nil
 		var rc io.ReadCloser
 		var err error
-		if t.NodeID != "" && t.NodeID != s.Node.ID && s.RemoteLogs != nil {
+		switch {
+		case remote && follow:
+			// Opened (and opened again) by followRemote below.
+		case remote:
 			// Another node's task: its container is on that node's engine.
-			rc, err = s.RemoteLogs.TaskLogs(r.Context(), t.NodeID, t.ID, follow, q.Get("tail"), ts, q.Get("since"))
-		} else {
-			rc, err = s.Logs.Logs(r.Context(), t.Status.ContainerStatus.ContainerID, follow, q.Get("tail"), ts, q.Get("since"))
+			rc, err = s.RemoteLogs.TaskLogs(r.Context(), t.NodeID, t.ID, follow, tail, ts, q.Get("since"))
+		default:
+			rc, err = s.Logs.Logs(r.Context(), t.Status.ContainerStatus.ContainerID, follow, tail, ts, q.Get("since"))
 		}
 		if err != nil {
 			s.log.Debug("task logs unavailable", "task", t.ID, "node", t.NodeID, "err", err)
-			continue
+			if errors.Is(err, ErrNodeNotConnected) {
+				mu.Lock()
+				unreachable[t.NodeID] = true
+				mu.Unlock()
+			}
+			return
 		}
 		var prefix []byte
 		if details {
@@ -153,13 +216,125 @@ func (s *Server) streamLogs(w http.ResponseWriter, r *http.Request, tasks []*mod
 			read = readRaw
 		}
 		wg.Add(1)
+		if rc == nil {
+			go func() {
+				defer wg.Done()
+				s.followRemote(r.Context(), t, tail, q.Get("since"), ts, read, emit)
+			}()
+			return
+		}
 		go func() {
 			defer wg.Done()
 			defer rc.Close()
 			_ = read(rc, emit)
 		}()
 	}
+	started := map[string]bool{}
+	for _, t := range tasks {
+		if hasContainer(t) {
+			started[t.ID] = true
+			start(t, q.Get("tail"))
+		}
+	}
+	if follow && more != nil {
+		s.followNewTasks(r.Context(), more, started, start)
+	}
 	wg.Wait()
+	if len(unreachable) > 0 {
+		// As Swarm's log broker, whose subscription ends with this error
+		// when a node of the tasks has no connection to it; dockerd writes
+		// a stream's error on the system-error stream (3) of a multiplexed
+		// stream, inline in a raw one, and the docker CLI prints it as
+		// `error from daemon in stream: …` and exits 1. A followed stream
+		// asks such nodes again and never ends by itself: nothing to say.
+		nodes := make([]string, 0, len(unreachable))
+		for n := range unreachable {
+			nodes = append(nodes, n)
+		}
+		sort.Strings(nodes)
+		reasons := make([]string, len(nodes))
+		for i, n := range nodes {
+			reasons[i] = "node " + n + " is not available"
+		}
+		msg := []byte("Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete log stream. some logs could not be retrieved for the following reasons: " + strings.Join(reasons, ", ") + "\n")
+		if !tty {
+			var hdr [8]byte
+			hdr[0] = 3
+			binary.BigEndian.PutUint32(hdr[4:], uint32(len(msg)))
+			msg = append(hdr[:], msg...)
+		}
+		_, _ = w.Write(msg)
+	}
+}
+
+// followRetry is how long followRemote waits before it asks again for a
+// stream that broke.
+const followRetry = time.Second
+
+// followRemote follows the logs of task t of another node for as long as
+// the client reads and the task may still write. Such a stream comes
+// through the node's dispatcher session (and, when another manager holds
+// it, that manager's relay), so it breaks when the session moves to
+// another manager or the relaying manager goes, while the task runs on; as
+// Swarm's follow, which goes on across such moves, the stream is then
+// asked for again, from just after the last line's time (hush always asks
+// for timestamps, and drops them before the client unless it asked for
+// them), so no line is lost or shown twice.
+func (s *Server) followRemote(ctx context.Context, t *model.Task, tail, since string, ts bool, read func(io.Reader, pieceFunc) error, emit pieceFunc) {
+	var last time.Time
+	var clientGone bool
+	track := func(stream byte, piece []byte, cont bool) error {
+		if !cont {
+			if i := indexByte(piece, ' '); i > 0 && i <= maxTimestamp {
+				if at, err := time.Parse(time.RFC3339Nano, string(piece[:i])); err == nil {
+					last = at
+					if !ts {
+						piece = piece[i+1:]
+					}
+				}
+			}
+		}
+		if err := emit(stream, piece, cont); err != nil {
+			clientGone = true
+			return err
+		}
+		return nil
+	}
+	for {
+		rc, err := s.RemoteLogs.TaskLogs(ctx, t.NodeID, t.ID, true, tail, true, since)
+		if err == nil {
+			_ = read(rc, track)
+			rc.Close()
+		} else {
+			s.log.Debug("task logs unavailable", "task", t.ID, "node", t.NodeID, "err", err)
+		}
+		if clientGone || ctx.Err() != nil || !s.taskMayLog(ctx, t) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(followRetry):
+		}
+		if !last.IsZero() {
+			// The engine's since is inclusive: start after the last line.
+			next := last.Add(time.Nanosecond)
+			since, tail = fmt.Sprintf("%d.%09d", next.Unix(), next.Nanosecond()), "all"
+		}
+	}
+}
+
+// taskMayLog reports whether a task may still write to its logs: it is
+// still placed on the same node and has not reached a final state, and
+// the node is asked to run it.
+func (s *Server) taskMayLog(ctx context.Context, t *model.Task) bool {
+	cur, err := s.Services.GetTask(ctx, t.ID)
+	if err != nil {
+		// The store is unreachable: the task may well run on; a removed
+		// task writes nothing more.
+		return !errors.Is(err, errdefs.ErrNotFound)
+	}
+	return cur.NodeID == t.NodeID && !model.Terminal(cur.Status.State) && model.Runs(cur.DesiredState)
 }
 
 // checkLogsParams refuses a tail or since the engine would refuse for

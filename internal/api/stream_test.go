@@ -195,3 +195,90 @@ func TestLogsParamsRefused(t *testing.T) {
 		})
 	}
 }
+
+// containerLogs is a LogSource that, followed, sends one line per container
+// ("line of <container>") and then keeps the stream open until the request
+// ends, as the engine does for a running container.
+type containerLogs struct{}
+
+func (containerLogs) Logs(ctx context.Context, id string, follow bool, _ string, _ bool, _ string) (io.ReadCloser, error) {
+	line := "line of " + id + "\n"
+	hdr := []byte{1, 0, 0, 0, 0, 0, 0, byte(len(line))}
+	pr, pw := io.Pipe()
+	go func() {
+		if _, err := pw.Write(append(hdr, line...)); err != nil {
+			return
+		}
+		if !follow {
+			pw.Close()
+			return
+		}
+		<-ctx.Done()
+		pw.CloseWithError(ctx.Err())
+	}()
+	return pr, nil
+}
+
+// TestServiceLogsFollowNewTasks: `service logs -f` also follows the
+// service's tasks that start after it began (an update, a restart, a
+// scale-up), from their first line, as Swarm's does; hush followed only
+// the containers that existed when the request came.
+func TestServiceLogsFollowNewTasks(t *testing.T) {
+	srv, svcs := newServicesServer(t)
+	ctx := context.Background()
+	srv = New(Config{Services: svcs, Cluster: srv.Cluster, Node: srv.Node, Version: "test", Logs: containerLogs{}})
+	code, out := do(t, srv, "POST", "/v1.41/services/create", `{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}}`)
+	if code != 201 {
+		t.Fatalf("create: %d %s", code, out)
+	}
+	var created swarm.ServiceCreateResponse
+	if err := json.Unmarshal([]byte(out), &created); err != nil {
+		t.Fatal(err)
+	}
+	addTask := func(id string) {
+		task := model.Task{}
+		task.ID, task.ServiceID, task.NodeID, task.Slot = id, created.ID, "node1", 1
+		task.DesiredState, task.Status.State = swarm.TaskStateRunning, swarm.TaskStateRunning
+		task.Status.ContainerStatus = &swarm.ContainerStatus{ContainerID: "c-" + id}
+		b, _ := json.Marshal(&task)
+		if _, err := svcs.Store().Table(model.TasksTable).Create(ctx, task.ID, "", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addTask("task1")
+
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	// The bound only keeps a follower that misses the new task from
+	// hanging the test.
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, ts.URL+"/v1.41/services/web/logs?follow=1&stdout=1&tail=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	next := func() string {
+		var hdr [8]byte
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			t.Fatalf("stream ended: %v", err)
+		}
+		line := make([]byte, binary.BigEndian.Uint32(hdr[4:]))
+		if _, err := io.ReadFull(br, line); err != nil {
+			t.Fatalf("stream ended: %v", err)
+		}
+		return string(line)
+	}
+	if l := next(); l != "line of c-task1\n" {
+		t.Fatalf("first line %q", l)
+	}
+	addTask("task2")
+	if l := next(); l != "line of c-task2\n" {
+		t.Fatalf("second line %q, want the new task's", l)
+	}
+}

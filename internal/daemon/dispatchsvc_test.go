@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 )
@@ -112,5 +114,21 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 	stopped = true
 	if err := k.vouching(); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("vouching after the presence stopped: %v, want Unavailable", err)
+	}
+}
+
+// The logs of a node no manager holds a session of (every manager's
+// dispatcher refuses the request for want of one) are refused with
+// api.ErrNodeNotConnected, which the API turns into Swarm's "node X is not
+// available" at the end of the stream; the request is never left
+// unanswered or mistaken for another failure.
+func TestRemoteLogsNodeNotConnected(t *testing.T) {
+	st := storetest.New(t)
+	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
+	d.listen.Advertise = "127.0.0.1:2377"
+	d.dispatch.Store(&dispatchRuntime{h: dispatchnet.NewHandler(dispatchnet.ServerConfig{})})
+	_, err := remoteLogs{d}.TaskLogs(context.Background(), "w1", "task1", false, "", false, "")
+	if !errors.Is(err, api.ErrNodeNotConnected) || !errors.Is(err, dispatchnet.ErrNoSession) {
+		t.Fatalf("logs of a node without a session: %v, want api.ErrNodeNotConnected", err)
 	}
 }

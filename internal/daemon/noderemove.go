@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/agent"
+	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/dispatchnet"
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
@@ -219,5 +220,7 @@ func (r remoteLogs) TaskLogs(ctx context.Context, nodeID, taskID string, follow 
 			return nil, rerr
 		}
 	}
-	return nil, err
+	// No manager holds a session of the node (down, or removed): the API
+	// tells the client so, as Swarm's log broker does.
+	return nil, fmt.Errorf("%w: %w", api.ErrNodeNotConnected, err)
 }

@@ -23,7 +23,8 @@ func TestServiceLogsFollow(t *testing.T) {
 	s.MustDocker("service", "create", "-d", "--name", name, "--stop-grace-period", "1s", s.img, "sh", "-c",
 		`i=1; while [ $i -le 5 ]; do echo logsf-line-$i; i=$((i+1)); sleep 0.2; done; trap "exit 0" TERM; while :; do sleep 0.2; done`)
 
-	// hush's follow streams the containers that exist when it starts.
+	// The lines asserted are printed first: wait for the task so that none
+	// is printed before the follow starts.
 	s.waitTasks(name, 1, "the task running", nil)
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -109,10 +109,13 @@ type State struct {
 	ExitCode int
 	// Status is created, running, paused, restarting, removing, exited or
 	// dead.
-	Status     string
-	Err        string
-	Pid        int
-	Labels     map[string]string
+	Status string
+	Err    string
+	Pid    int
+	Labels map[string]string
+	// Health is the health check's status: starting, healthy, unhealthy,
+	// or "" for a container without a health check.
+	Health     string
 	StartedAt  time.Time // zero if never started
 	FinishedAt time.Time // zero if never finished
 }
@@ -451,6 +454,9 @@ func toState(c container.InspectResponse) State {
 		st.Pid = s.Pid
 		st.StartedAt = parseTime(s.StartedAt)
 		st.FinishedAt = parseTime(s.FinishedAt)
+		if s.Health != nil {
+			st.Health = string(s.Health.Status)
+		}
 	}
 	return st
 }

@@ -115,3 +115,23 @@ func TestSpecToEngineCopies(t *testing.T) {
 		t.Fatalf("request changed with the spec: %+v %+v", cfg, hc)
 	}
 }
+
+// TestStateHealth: the health check's status reaches State (the agent
+// stops a task whose container turned unhealthy); none without a check.
+// Needs no engine.
+func TestStateHealth(t *testing.T) {
+	for _, tc := range []struct {
+		health *container.Health
+		want   string
+	}{
+		{nil, ""},
+		{&container.Health{Status: container.Starting}, "starting"},
+		{&container.Health{Status: container.Healthy}, "healthy"},
+		{&container.Health{Status: container.Unhealthy}, "unhealthy"},
+	} {
+		st := toState(container.InspectResponse{ID: "c1", State: &container.State{Running: true, Health: tc.health}})
+		if st.Health != tc.want {
+			t.Errorf("health %+v: State.Health %q, want %q", tc.health, st.Health, tc.want)
+		}
+	}
+}
