@@ -560,6 +560,13 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 			return err
 		}
 	}
+	if d.member != nil && (want != was || (want && f.RotateManagerUnlockKey)) {
+		// Every manager re-wraps its key files under the record's unlock
+		// key: not while a rotation across them changes the master key.
+		if err := d.rotationInProgress(ctx, "an autolock change"); err != nil {
+			return err
+		}
+	}
 	switch {
 	case want != was:
 		err = d.setAutolockLocked(ctx, &c, want, false)
