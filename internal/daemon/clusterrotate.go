@@ -14,6 +14,7 @@ import (
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -163,8 +164,43 @@ func putRotation(ctx context.Context, st *store.Store, r *rotationRecord) error 
 	return nil
 }
 
-// deleteRotation removes the record and every ack, in one transaction.
+// advanceRotation applies change to the record rec names, as this
+// manager, its driver: re-read first, since re-wrapping the store
+// rewrites the record (its revision moves without any change of
+// substance). It refuses if another manager took the rotation over.
+func (d *Daemon) advanceRotation(ctx context.Context, rec *rotationRecord, change func(*rotationRecord)) error {
+	for attempt := 0; ; attempt++ {
+		cur, ok, err := getRotation(ctx, d.store)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.New != rec.New || cur.Driver != d.nodeID {
+			return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "another manager took the master-key rotation over meanwhile; it finishes it"}
+		}
+		change(&cur)
+		err = putRotation(ctx, d.store, &cur)
+		if errdefs.Is(err, errdefs.ErrConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		*rec = cur
+		return nil
+	}
+}
+
+// deleteRotation removes the record of r's rotation and every ack, in one
+// transaction (the record is read again: a re-wrap moves its revision).
 func deleteRotation(ctx context.Context, st *store.Store, r rotationRecord) error {
+	cur, ok, err := getRotation(ctx, st)
+	if err != nil || !ok {
+		return err
+	}
+	if cur.New != r.New {
+		return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "another master-key rotation replaced this one meanwhile"}
+	}
+	r = cur
 	acks, err := st.Table(rotationAckTable).List(ctx)
 	if err != nil {
 		return err
@@ -217,6 +253,26 @@ func (d *Daemon) rotationInProgress(ctx context.Context, what string) error {
 		return errdefs.Unavailable("a master-key rotation is in progress across the managers: %s is refused until it ends (`hush key rotate` on any manager finishes it)", what)
 	}
 	return nil
+}
+
+// joinRotationWait bounds how long a manager's join or promotion waits for
+// a rotation in progress to end (enabling autolock starts one).
+const joinRotationWait = 15 * time.Second
+
+// awaitNoRotation is rotationInProgress after a bounded wait for the
+// rotation to end: a rotation's waits do not count a manager that joins
+// meanwhile, so the join may wait for it.
+func (d *Daemon) awaitNoRotation(ctx context.Context, what string) error {
+	deadline := time.Now().Add(joinRotationWait)
+	for {
+		err := d.rotationInProgress(ctx, what)
+		if err == nil || !errdefs.Is(err, errdefs.ErrUnavailable) || time.Now().After(deadline) {
+			return err
+		}
+		if serr := sleepCtx(ctx, 200*time.Millisecond); serr != nil {
+			return err
+		}
+	}
 }
 
 // clusterManagers lists the managers recorded, sorted, with a description
@@ -453,8 +509,7 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		if err := d.rotateStep(stepClusterPrepared, 0); err != nil {
 			return Rotation{}, err
 		}
-		rec.Phase, rec.NewKey = phaseSeal, nil
-		if err := putRotation(ctx, d.store, rec); err != nil {
+		if err := d.advanceRotation(ctx, rec, func(r *rotationRecord) { r.Phase, r.NewKey = phaseSeal, nil }); err != nil {
 			return Rotation{}, err
 		}
 		if err := d.rotateStep(stepClusterSealing, 0); err != nil {
@@ -476,8 +531,7 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		if err := d.rotateStep(stepClusterRewrapped, 0); err != nil {
 			return Rotation{}, err
 		}
-		rec.Phase = phaseInstall
-		if err := putRotation(ctx, d.store, rec); err != nil {
+		if err := d.advanceRotation(ctx, rec, func(r *rotationRecord) { r.Phase = phaseInstall }); err != nil {
 			return Rotation{}, err
 		}
 		if err := d.rotateStep(stepClusterInstall, 0); err != nil {
@@ -613,6 +667,15 @@ func (d *Daemon) followRotationLocked(ctx context.Context) error {
 		return err
 	}
 	if !ok {
+		if d.rot.compactAfter != "" && d.rot.compactAfter == d.mk.ID {
+			// The rotation this manager installed is over: the driver
+			// compacted the store, and this member's own file keeps
+			// the old revisions' pages until it is defragmented too.
+			d.rot.compactAfter = ""
+			if err := d.store.CompactAll(ctx); err != nil {
+				d.log.Warn("master key rotation: compacting this member's store", "err", err)
+			}
+		}
 		return d.dropStaleRotationLocked(kr)
 	}
 	if !slices.Contains(rec.Managers, d.nodeID) {
@@ -629,6 +692,9 @@ func (d *Daemon) followRotationLocked(ctx context.Context) error {
 	if d.mk.ID == rec.New {
 		// Installed already (a crash before the ack).
 		_ = d.rotatingKey().Remove()
+		if rec.Driver != d.nodeID {
+			d.rot.compactAfter = rec.New
+		}
 		return d.writeRotationAck(ctx, rec.New, ackInstalled)
 	}
 	switch rec.Phase {
@@ -663,6 +729,7 @@ func (d *Daemon) followRotationLocked(ctx context.Context) error {
 		if err := d.rotateStep(stepFollowInstalled, 0); err != nil {
 			return err
 		}
+		d.rot.compactAfter = rec.New
 		return d.writeRotationAck(ctx, rec.New, ackInstalled)
 	}
 	return fmt.Errorf("master-key rotation record in an unknown phase %q: %w", rec.Phase, errdefs.ErrInternal)
@@ -769,6 +836,12 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 				return err
 			}
 		}
+		// The node key in member.json is sealed under the master key:
+		// under the new one before the key files say it (a restart in
+		// between opens it through the rotating file).
+		if err := d.resealMemberLocked(kr, next.ID); err != nil {
+			return err
+		}
 		return d.installFilesLocked(ctx, kr, old, next, "")
 	})
 	if err != nil {
@@ -819,4 +892,31 @@ func (d *Daemon) resumeRotationAtStart(ctx context.Context, kr *keyring.Keyring)
 		return nil
 	}
 	return d.sealUnderNewLocked(kr, rec)
+}
+
+// resealMemberLocked seals this manager's node key in member.json under
+// the key newID (kr's current key).
+func (d *Daemon) resealMemberLocked(kr *keyring.Keyring, newID string) error {
+	if d.member == nil || d.member.Key.KeyID == newID {
+		return nil
+	}
+	ms := *d.member
+	der, err := kr.Open(ms.Key, pki.NodeKeyAAD(d.nodeID))
+	if err != nil {
+		return fmt.Errorf("master key rotation: opening this manager's node key: %w", err)
+	}
+	sealed, err := kr.Seal(der, pki.NodeKeyAAD(d.nodeID))
+	clear(der)
+	if err != nil {
+		return fmt.Errorf("master key rotation: sealing this manager's node key: %w", err)
+	}
+	if sealed.KeyID != newID {
+		return fmt.Errorf("master key rotation: this manager seals under %s, not %s: %w", sealed.KeyID, newID, errdefs.ErrInternal)
+	}
+	ms.Key = sealed
+	if err := d.saveMember(&ms); err != nil {
+		return err
+	}
+	*d.member = ms
+	return nil
 }

@@ -230,7 +230,7 @@ func (d *Daemon) admitMember(ctx context.Context, members *store.Members, nodeID
 	}
 	// The master key handed out here is the one a rotation in progress
 	// is retiring, to a manager it does not count (clusterrotate.go).
-	if err := d.rotationInProgress(ctx, "a manager's join or promotion"); err != nil {
+	if err := d.awaitNoRotation(ctx, "a manager's join or promotion"); err != nil {
 		return memberAdmission{}, err
 	}
 	m, peers, err := members.AddLearner(ctx, nodeID, peerURL)

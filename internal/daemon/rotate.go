@@ -64,6 +64,10 @@ type rotation struct {
 	// ackTimeout bounds each wait for the other managers (0: the default;
 	// tests shorten it).
 	ackTimeout time.Duration
+	// compactAfter is the key of the rotation across managers this
+	// manager installed as a follower, until it has compacted and
+	// defragmented its member once the rotation ended (under d.mu).
+	compactAfter string
 }
 
 func (r *rotation) setFail(fn func(step string, batch int) error) {
