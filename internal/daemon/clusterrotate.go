@@ -559,6 +559,13 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		if err != nil {
 			return Rotation{}, err
 		}
+	} else if left, err := d.store.Referencing(ctx, rec.Old); err != nil {
+		return Rotation{}, err
+	} else if left > 0 {
+		// Taken over after every manager, this one included, had
+		// forgotten the old key (its driver stopped in the install):
+		// say so rather than end the rotation over values no one opens.
+		return Rotation{}, fmt.Errorf("master key rotation: %d values still need the old key %s, which no manager holds any more: %w", left, rec.Old, errdefs.ErrInternal)
 	}
 	d.mu.Lock()
 	err := d.installRotatedLocked(ctx, *rec, true)
