@@ -685,16 +685,19 @@ func (d *Daemon) followRotationLocked(ctx context.Context) error {
 		}
 		return d.dropStaleRotationLocked(kr)
 	}
-	if !slices.Contains(rec.Managers, d.nodeID) {
-		return nil
-	}
 	if rec.Driver == d.nodeID && !d.rot.driving.Load() {
 		// Restarted since it drove: no one drives here now; let any
-		// manager's `hush key rotate` take over at once.
+		// manager's `hush key rotate` take over at once. Also when the
+		// record names no manager yet (the driver stopped before it
+		// named them): the others would otherwise be refused for as long
+		// as this manager is up.
 		rec.Driver = ""
 		if err := putRotation(ctx, d.store, &rec); err != nil {
 			return err
 		}
+	}
+	if !slices.Contains(rec.Managers, d.nodeID) {
+		return nil
 	}
 	if d.mk.ID == rec.New {
 		// Installed already (a crash before the ack).
