@@ -255,6 +255,34 @@ func (d *Daemon) rotationInProgress(ctx context.Context, what string) error {
 	return nil
 }
 
+// roleChangeGuard refuses a change of node id's role to want while a
+// rotation stands, and returns the guard of the role's write: no rotation
+// record (it catches one started after this check). The exception is the
+// demotion of another manager that is absent (down, locked, or gone for
+// good after a crash or `swarm leave --force`): the rotation waits for
+// every manager it counted, so one that never comes back would hold it,
+// and every later role change, forever. Demoted, it is no longer waited
+// for; it holds no key it could use any more (its etcd member is removed
+// with the demotion, and it wipes its key files when it hears of it), so
+// its write is guarded instead on its staying absent.
+func (d *Daemon) roleChangeGuard(ctx context.Context, id string, want swarm.NodeRole) (store.Cond, error) {
+	err := d.rotationInProgress(ctx, "a promotion or demotion")
+	if err == nil {
+		return store.Absent(d.rotationKey()), nil
+	}
+	if !errdefs.Is(err, errdefs.ErrUnavailable) || want != swarm.NodeRoleWorker || id == d.nodeID {
+		return store.Cond{}, err
+	}
+	absent, aerr := d.absentManagers(ctx, []string{id})
+	if aerr != nil {
+		return store.Cond{}, aerr
+	}
+	if len(absent) == 0 {
+		return store.Cond{}, errdefs.Unavailable("a master-key rotation is in progress across the managers: the demotion of manager %s, which is up, is refused until it ends (`hush key rotate` on any manager finishes it); only a manager that is down may be demoted meanwhile", id)
+	}
+	return store.Absent(store.SelfClaimKey(id)), nil
+}
+
 // joinRotationWait bounds how long a manager's join or promotion waits for
 // a rotation in progress to end (enabling autolock starts one).
 const joinRotationWait = 15 * time.Second
@@ -618,7 +646,7 @@ func (d *Daemon) awaitRotationAcks(ctx context.Context, rec *rotationRecord, wan
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return errdefs.Unavailable("master key rotation: these managers did not take the new key in time (step %q): %s", want, describe(missing, desc))
+			return errdefs.Unavailable("master key rotation: these managers did not take the new key in time (step %q): %s (one that is down for good can be demoted meanwhile: docker node demote)", want, describe(missing, desc))
 		}
 		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
 			return err

@@ -3,10 +3,13 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // A driver that stopped between creating the rotation record and naming
@@ -56,6 +59,52 @@ func TestClusterRotateDriverStoppedBeforeNaming(t *testing.T) {
 		t.Fatalf("the rotation taken over ended with key %s, want the record's %s", r.KeyID, newID)
 	}
 	for _, m := range ms {
+		waitUntil(t, "the manager runs under the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == r.KeyID
+		})
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
+	}
+}
+
+// A manager that goes down for good in the middle of a rotation (it
+// crashed and will not come back, or left with --force) would hold the
+// rotation forever: the driver waits for every manager it counted, and a
+// promotion or demotion is refused while the rotation stands. Demoting
+// that manager, which is absent, is allowed: the rotation then no longer
+// waits for it and ends, and the others open everything.
+func TestClusterRotateDemoteManagerDownForGood(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	secrets := clusterSecrets(t, ms[0].d, 5)
+	old := copyKey(t, ms[0].d)
+	allPresent(t, ms)
+	// Stopped once every manager holds the new key: the record stands.
+	failOnce(ms[0].d, stepClusterPrepared, 0)
+	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("rotation: %v", err)
+	}
+	ms[0].d.rot.setFail(nil)
+	gone := ms[2].d.nodeID
+	ms[2].d.Close()
+	waitUntil(t, "the stopped manager is absent", func() bool {
+		absent, err := ms[0].d.absentManagers(ctx, []string{gone})
+		return err == nil && len(absent) == 1
+	})
+	// A present manager's demotion stays refused.
+	if err := setRole(ctx, ms[0].d, ms[1].d.nodeID, swarm.NodeRoleWorker); !errdefs.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("demotion of a present manager during a rotation: %v", err)
+	}
+	if err := setRole(ctx, ms[1].d, gone, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demotion of a manager down for good during a rotation: %v", err)
+	}
+	ms[0].d.rot.ackTimeout = 20 * time.Second
+	r, err := ms[0].d.RotateMaster(ctx)
+	if err != nil {
+		t.Fatalf("rotation after the demotion: %v", err)
+	}
+	for _, m := range ms[:2] {
 		waitUntil(t, "the manager runs under the new key", func() bool {
 			m.d.mu.Lock()
 			defer m.d.mu.Unlock()

@@ -128,12 +128,13 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 	var guards []store.Cond
 	if want != n.Spec.Role {
 		// A role change changes who holds the master key: not while a
-		// rotation across the managers counts them (clusterrotate.go).
-		// The guard catches one started after this check.
-		if err := d.rotationInProgress(ctx, "a promotion or demotion"); err != nil {
+		// rotation across the managers counts them (clusterrotate.go),
+		// but for the demotion of an absent manager.
+		g, err := d.roleChangeGuard(ctx, n.ID, want)
+		if err != nil {
 			return err
 		}
-		guards = append(guards, store.Absent(d.rotationKey()))
+		guards = append(guards, g)
 	}
 	switch {
 	case want == n.Spec.Role:
