@@ -9,6 +9,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -112,4 +113,63 @@ func TestClusterRotateDemoteManagerDownForGood(t *testing.T) {
 		})
 		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
 	}
+}
+
+// Under autolock, a manager restarted (so locked) in the middle of a
+// rotation, once the store is re-wrapped under the new key, unlocks with
+// the unlock key, opens everything through its rotating file, takes its
+// part, and the rotation ends; restarted again it unlocks under the new
+// key.
+func TestClusterRotateManagerRestartedLockedMidRotation(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	secrets := clusterSecrets(t, ms[0].d, 5)
+	allPresent(t, ms)
+	key := enableAutolock(t, ms[0].d)
+	for _, m := range ms {
+		waitUntil(t, "the manager locks under the key", func() bool { return lockedUnder(m.d, key) })
+	}
+	waitUntil(t, "the enable's rotation ended", func() bool {
+		ok, err := ms[0].d.store.Holds(ctx, store.Absent(ms[0].d.rotationKey()))
+		return err == nil && ok
+	})
+	old := copyKey(t, ms[0].d)
+	failOnce(ms[0].d, stepClusterRewrapped, 0)
+	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("rotation: %v", err)
+	}
+	ms[0].d.rot.setFail(nil)
+	ms[2].restart(t)
+	if st := ms[2].d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted manager: %s, want locked", st)
+	}
+	if err := ms[2].d.Unlock(ctx, key); err != nil {
+		t.Fatalf("unlock mid-rotation: %v", err)
+	}
+	waitUntil(t, "the unlocked manager serves", func() bool { return ms[2].d.CheckServing() == nil })
+	for id, want := range secrets {
+		if got, err := ms[2].d.secrets.Data(ctx, id); err != nil || string(got) != want {
+			t.Fatalf("secret %s on the manager unlocked mid-rotation: %q %v", id, got, err)
+		}
+	}
+	allPresent(t, ms)
+	ms[0].d.rot.ackTimeout = 30 * time.Second
+	r, err := ms[0].d.RotateMaster(ctx)
+	if err != nil {
+		t.Fatalf("resumed rotation: %v", err)
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == r.KeyID
+		})
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, key)
+	}
+	ms[2].restart(t)
+	if err := ms[2].d.Unlock(ctx, key); err != nil {
+		t.Fatalf("unlock after the rotation: %v", err)
+	}
+	waitUntil(t, "the unlocked manager serves", func() bool { return ms[2].d.CheckServing() == nil })
+	checkRotatedManager(t, ms[2].d, secrets, old, r.KeyID, key)
 }
