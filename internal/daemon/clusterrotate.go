@@ -854,6 +854,19 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 				return fmt.Errorf("master key rotation: %d values were written under the old key meanwhile; the old key is kept, retry the rotation: %w", left, errdefs.ErrUnavailable)
 			}
 		}
+		// Under autolock, once its key is fetched, a plaintext master.key
+		// left beside the locked file is due to go (this manager's key
+		// files are settling: settleKeysLocked, in the same follower
+		// loop): the new key must not be written into it in the clear.
+		if d.plainKey.Exists() && d.lockedKey.Exists() {
+			c, err := cluster.Get(ctx, d.store)
+			if err != nil {
+				return err
+			}
+			if c.Spec.EncryptionConfig.AutoLockManagers && c.UnlockKeyFetched {
+				return errdefs.Unavailable("master key rotation: this manager's plaintext master.key has not been removed yet under autolock (its key files are settling); the new key is installed once it is gone")
+			}
+		}
 		// A pending locked file (autolock enabled, its key fetched, this
 		// manager's files not settled yet) would otherwise become the
 		// locked key still wrapping the old master key.

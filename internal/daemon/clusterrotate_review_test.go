@@ -173,3 +173,81 @@ func TestClusterRotateManagerRestartedLockedMidRotation(t *testing.T) {
 	waitUntil(t, "the unlocked manager serves", func() bool { return ms[2].d.CheckServing() == nil })
 	checkRotatedManager(t, ms[2].d, secrets, old, r.KeyID, key)
 }
+
+// Enabling autolock rotates the master key across the managers once the
+// unlock key is fetched, so that an earlier copy of a plaintext
+// master.key opens nothing. A manager whose plaintext key file has not
+// gone yet when the rotation installs (its key files still settling:
+// here its removal fails) must not get the new key written into it in
+// the clear: its install waits until the file is gone.
+func TestClusterRotateNewKeyNeverInPlainFileUnderAutolock(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 2)
+	secrets := clusterSecrets(t, ms[0].d, 3)
+	allPresent(t, ms)
+	old := copyKey(t, ms[0].d)
+	ms[0].d.rot.ackTimeout = 5 * time.Second
+	f := ms[1]
+	f.d.mu.Lock()
+	f.d.fail = failpoints{fpEnableRemovePlain: func() error { return errors.New("injected: the plaintext key file is not removed") }}
+	f.d.mu.Unlock()
+	key := enableAutolock(t, ms[0].d)
+	waitUntil(t, "the second manager locked its key under the unlock key", func() bool {
+		return f.d.lockedKey.Exists() && f.d.lockedKey.Opens(key)
+	})
+	// The enable's rotation runs in the background on the first manager:
+	// it either ends or stops at a timeout. Meanwhile, and after, the
+	// second manager's plaintext file never holds anything but the old key.
+	checkPlain := func() {
+		t.Helper()
+		if !f.d.plainKey.Exists() {
+			return
+		}
+		if mk, err := f.d.plainKey.Load(); err == nil && mk.ID != old.ID {
+			t.Fatalf("the new master key %s is in the clear in master.key under autolock", mk.ID)
+		}
+	}
+	// It ends, or stops at its install (5 s without the second manager's
+	// ack): either way the record is then gone or stays in the install
+	// phase with no one driving it.
+	waitUntil(t, "the enable's rotation started", func() bool {
+		checkPlain()
+		_, ok, err := getRotation(ctx, ms[0].d.store)
+		ms[0].d.mu.Lock()
+		rotated := ms[0].d.mk.ID != old.ID
+		ms[0].d.mu.Unlock()
+		return err == nil && (ok || rotated)
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		checkPlain()
+		rec, ok, err := getRotation(ctx, ms[0].d.store)
+		if err == nil && (!ok || rec.Phase == phaseInstall && rec.Driver == "") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the enable's rotation neither ended nor stopped: %+v %v %v", rec, ok, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	checkPlain()
+	f.d.mu.Lock()
+	f.d.fail = nil
+	f.d.mu.Unlock()
+	waitUntil(t, "the second manager's key files settle", func() bool { return lockedUnder(f.d, key) })
+	if ok, err := ms[0].d.store.Holds(ctx, store.Absent(ms[0].d.rotationKey())); err != nil || !ok {
+		if _, err := ms[0].d.RotateMaster(ctx); err != nil {
+			t.Fatalf("finishing the enable's rotation: %v", err)
+		}
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under a new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID != old.ID
+		})
+	}
+	for _, m := range ms {
+		checkRotatedManager(t, m.d, secrets, old, ms[0].d.mk.ID, key)
+	}
+}
