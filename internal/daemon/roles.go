@@ -130,7 +130,7 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 		// A role change changes who holds the master key: not while a
 		// rotation across the managers counts them (clusterrotate.go).
 		// The guard catches one started after this check.
-		if err := d.rotationInProgress(ctx, "a promotion or demotion"); err != nil {
+		if err := d.awaitNoRotation(ctx, "a promotion or demotion"); err != nil {
 			return err
 		}
 		guards = append(guards, store.Absent(d.rotationKey()))
