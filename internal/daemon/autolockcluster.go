@@ -271,9 +271,6 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 	// At once first: a manager that just joined or was promoted holds
 	// its master key in the clear until this look.
 	for {
-		// A master-key rotation across managers first: its install
-		// changes the key the files below wrap.
-		d.followRotationOnce(ctx)
 		if c, err := cluster.Get(ctx, d.store); err == nil && c.Version != seen && d.followOnce(ctx) {
 			seen = c.Version
 		}

@@ -217,9 +217,18 @@ func deleteRotation(ctx context.Context, st *store.Store, r rotationRecord) erro
 	return err
 }
 
+// writeRotationAck records this manager's progress (d.mu held); an ack
+// already written by this run is not written again at each look.
 func (d *Daemon) writeRotationAck(ctx context.Context, newID, done string) error {
+	if d.rot.acked == newID+"/"+done {
+		return nil
+	}
 	val, _ := json.Marshal(rotationAck{New: newID, Done: done})
-	return d.store.Apply(ctx, store.PutOp(d.store.Table(rotationAckTable).Key(d.nodeID), string(val)))
+	if err := d.store.Apply(ctx, store.PutOp(d.store.Table(rotationAckTable).Key(d.nodeID), string(val))); err != nil {
+		return err
+	}
+	d.rot.acked = newID + "/" + done
+	return nil
 }
 
 // rotationAcks returns what each manager acknowledged of the rotation to
@@ -266,32 +275,51 @@ func (d *Daemon) rotationInProgress(ctx context.Context, what string) error {
 // with the demotion, and it wipes its key files when it hears of it), so
 // its write is guarded instead on its staying absent.
 func (d *Daemon) roleChangeGuard(ctx context.Context, id string, want swarm.NodeRole) (store.Cond, error) {
-	err := d.rotationInProgress(ctx, "a promotion or demotion")
+	const what = "a promotion or demotion"
+	err := d.rotationInProgress(ctx, what)
 	if err == nil {
 		return store.Absent(d.rotationKey()), nil
 	}
-	if !errdefs.Is(err, errdefs.ErrUnavailable) || want != swarm.NodeRoleWorker || id == d.nodeID {
+	if !errdefs.Is(err, errdefs.ErrUnavailable) {
 		return store.Cond{}, err
 	}
-	absent, aerr := d.absentManagers(ctx, []string{id})
-	if aerr != nil {
-		return store.Cond{}, aerr
+	if want == swarm.NodeRoleWorker && id != d.nodeID {
+		absent, err := d.absentManagers(ctx, []string{id})
+		if err != nil {
+			return store.Cond{}, err
+		}
+		if len(absent) > 0 {
+			return store.Absent(store.SelfClaimKey(id)), nil
+		}
 	}
-	if len(absent) == 0 {
-		return store.Cond{}, errdefs.Unavailable("a master-key rotation is in progress across the managers: the demotion of manager %s, which is up, is refused until it ends (`hush key rotate` on any manager finishes it); only a manager that is down may be demoted meanwhile", id)
+	// Else the change waits (bounded) for the rotation to end.
+	if err := d.awaitNoRotation(ctx, what); err != nil {
+		if want == swarm.NodeRoleWorker && id != d.nodeID && errdefs.Is(err, errdefs.ErrUnavailable) {
+			return store.Cond{}, errdefs.Unavailable("a master-key rotation is in progress across the managers: the demotion of manager %s, which is up, is refused until it ends (`hush key rotate` on any manager finishes it); only a manager that is down may be demoted meanwhile", id)
+		}
+		return store.Cond{}, err
 	}
-	return store.Absent(store.SelfClaimKey(id)), nil
+	return store.Absent(d.rotationKey()), nil
 }
 
-// joinRotationWait bounds how long a manager's join or promotion waits for
-// a rotation in progress to end (enabling autolock starts one).
-const joinRotationWait = 15 * time.Second
+// defaultRotationWait bounds how long a change that a rotation in progress
+// refuses (a role change, a manager's join, an autolock change) first
+// waits for it to end: enabling autolock on a cluster starts one, which
+// takes about a second when every manager is up.
+const defaultRotationWait = 15 * time.Second
+
+func (d *Daemon) rotationWait() time.Duration {
+	if d.rot.wait > 0 {
+		return d.rot.wait
+	}
+	return defaultRotationWait
+}
 
 // awaitNoRotation is rotationInProgress after a bounded wait for the
-// rotation to end: a rotation's waits do not count a manager that joins
-// meanwhile, so the join may wait for it.
+// rotation to end. Callers hold no d.mu: this manager's own step of the
+// rotation needs it.
 func (d *Daemon) awaitNoRotation(ctx context.Context, what string) error {
-	deadline := time.Now().Add(joinRotationWait)
+	deadline := time.Now().Add(d.rotationWait())
 	for {
 		err := d.rotationInProgress(ctx, what)
 		if err == nil || !errdefs.Is(err, errdefs.ErrUnavailable) || time.Now().After(deadline) {
@@ -645,6 +673,18 @@ func (d *Daemon) awaitRotationAcks(ctx context.Context, rec *rotationRecord, wan
 		if len(missing) == 0 {
 			return nil
 		}
+		if want == ackPrepared {
+			// Nothing is sealed under the new key yet: a manager that is
+			// down or locked will not ack; the rotation is dropped now
+			// rather than at the deadline.
+			absent, err := d.absentManagers(ctx, missing)
+			if err != nil {
+				return err
+			}
+			if len(absent) > 0 {
+				return errdefs.Unavailable("master key rotation: these managers went down or were locked before they took the new key: %s", describe(absent, desc))
+			}
+		}
 		if time.Now().After(deadline) {
 			return errdefs.Unavailable("master key rotation: these managers did not take the new key in time (step %q): %s (one that is down for good can be demoted meanwhile: docker node demote)", want, describe(missing, desc))
 		}
@@ -672,34 +712,59 @@ func (d *Daemon) followRotationSelf(ctx context.Context) error {
 	if err := d.CheckServingLocked(); err != nil {
 		return err
 	}
-	return d.followRotationLocked(ctx)
+	_, err := d.followRotationLocked(ctx)
+	return err
+}
+
+// How often a manager reads the rotation record: idle, and while a
+// rotation is in progress (each phase waits for every manager's look).
+const (
+	rotationPollIdle   = time.Second
+	rotationPollActive = 100 * time.Millisecond
+)
+
+// followRotation runs on every active manager of a cluster: it follows
+// the record of a master-key rotation (followRotationLocked).
+func (d *Daemon) followRotation(ctx context.Context) {
+	for {
+		wait := rotationPollIdle
+		if d.followRotationOnce(ctx) {
+			wait = rotationPollActive
+		}
+		if sleepCtx(ctx, wait) != nil {
+			return
+		}
+	}
 }
 
 // followRotationOnce is the follower loop's step, if mu is free (see
-// followOnce).
-func (d *Daemon) followRotationOnce(ctx context.Context) {
+// followOnce); true while a rotation is in progress (or mu was busy).
+func (d *Daemon) followRotationOnce(ctx context.Context) bool {
 	if !d.mu.TryLock() {
-		return
+		return true
 	}
 	defer d.mu.Unlock()
 	if d.state != swarm.LocalNodeStateActive || d.mk.Key == nil || ctx.Err() != nil {
-		return
+		return false
 	}
-	if err := d.followRotationLocked(ctx); err != nil {
+	active, err := d.followRotationLocked(ctx)
+	if err != nil {
 		d.log.Warn("master key rotation: this manager's step failed; retrying", "err", err)
 	}
+	return active || err != nil
 }
 
 // followRotationLocked brings this manager to the phase the rotation
-// record says, and acknowledges it. Every step is idempotent.
-func (d *Daemon) followRotationLocked(ctx context.Context) error {
+// record says, and acknowledges it (active: a record exists). Every step
+// is idempotent.
+func (d *Daemon) followRotationLocked(ctx context.Context) (active bool, err error) {
 	kr := d.keys.Keyring()
 	if kr == nil {
-		return errdefs.Unavailable("%s", msgLocked)
+		return false, errdefs.Unavailable("%s", msgLocked)
 	}
 	rec, ok, err := getRotation(ctx, d.store)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if !ok {
 		if d.rot.compactAfter != "" && d.rot.compactAfter == d.mk.ID {
@@ -711,7 +776,7 @@ func (d *Daemon) followRotationLocked(ctx context.Context) error {
 				d.log.Warn("master key rotation: compacting this member's store", "err", err)
 			}
 		}
-		return d.dropStaleRotationLocked(kr)
+		return false, d.dropStaleRotationLocked(ctx, kr)
 	}
 	if rec.Driver == d.nodeID && !d.rot.driving.Load() {
 		// Restarted since it drove: no one drives here now; let any
@@ -721,11 +786,11 @@ func (d *Daemon) followRotationLocked(ctx context.Context) error {
 		// as this manager is up.
 		rec.Driver = ""
 		if err := putRotation(ctx, d.store, &rec); err != nil {
-			return err
+			return true, err
 		}
 	}
 	if !slices.Contains(rec.Managers, d.nodeID) {
-		return nil
+		return true, nil
 	}
 	if d.mk.ID == rec.New {
 		// Installed already (a crash before the ack).
@@ -733,44 +798,44 @@ func (d *Daemon) followRotationLocked(ctx context.Context) error {
 		if rec.Driver != d.nodeID {
 			d.rot.compactAfter = rec.New
 		}
-		return d.writeRotationAck(ctx, rec.New, ackInstalled)
+		return true, d.writeRotationAck(ctx, rec.New, ackInstalled)
 	}
 	switch rec.Phase {
 	case phasePrepare:
 		if err := d.holdNewKeyLocked(kr, rec); err != nil {
-			return err
+			return true, err
 		}
 		if err := d.rotateStep(stepFollowKey, 0); err != nil {
-			return err
+			return true, err
 		}
-		return d.writeRotationAck(ctx, rec.New, ackPrepared)
+		return true, d.writeRotationAck(ctx, rec.New, ackPrepared)
 	case phaseSeal:
 		if err := d.sealUnderNewLocked(kr, rec); err != nil {
-			return err
+			return true, err
 		}
 		if err := d.rotateStep(stepFollowSealing, 0); err != nil {
-			return err
+			return true, err
 		}
-		return d.writeRotationAck(ctx, rec.New, ackSealing)
+		return true, d.writeRotationAck(ctx, rec.New, ackSealing)
 	case phaseInstall:
 		if err := d.sealUnderNewLocked(kr, rec); err != nil {
-			return err
+			return true, err
 		}
 		if rec.Driver == d.nodeID && d.rot.driving.Load() {
 			// The driver installs last, holding the old key until
 			// nothing can need it (driveRotation).
-			return d.writeRotationAck(ctx, rec.New, ackSealing)
+			return true, d.writeRotationAck(ctx, rec.New, ackSealing)
 		}
 		if err := d.installRotatedLocked(ctx, rec, false); err != nil {
-			return err
+			return true, err
 		}
 		if err := d.rotateStep(stepFollowInstalled, 0); err != nil {
-			return err
+			return true, err
 		}
 		d.rot.compactAfter = rec.New
-		return d.writeRotationAck(ctx, rec.New, ackInstalled)
+		return true, d.writeRotationAck(ctx, rec.New, ackInstalled)
 	}
-	return fmt.Errorf("master-key rotation record in an unknown phase %q: %w", rec.Phase, errdefs.ErrInternal)
+	return true, fmt.Errorf("master-key rotation record in an unknown phase %q: %w", rec.Phase, errdefs.ErrInternal)
 }
 
 // holdNewKeyLocked makes sure this manager holds the record's new key on
@@ -856,8 +921,8 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 		}
 		// Under autolock, once its key is fetched, a plaintext master.key
 		// left beside the locked file is due to go (this manager's key
-		// files are settling: settleKeysLocked, in the same follower
-		// loop): the new key must not be written into it in the clear.
+		// files are settling: settleKeysLocked, from followUnlockKey):
+		// the new key must not be written into it in the clear.
 		if d.plainKey.Exists() && d.lockedKey.Exists() {
 			c, err := cluster.Get(ctx, d.store)
 			if err != nil {
@@ -908,7 +973,7 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 // dropStaleRotationLocked removes a rotating file no rotation needs: one
 // whose rotation was dropped in prepare (nothing was sealed under its key)
 // or finished.
-func (d *Daemon) dropStaleRotationLocked(kr *keyring.Keyring) error {
+func (d *Daemon) dropStaleRotationLocked(ctx context.Context, kr *keyring.Keyring) error {
 	id, err := d.rotatingKey().ID()
 	if errors.Is(err, keyring.ErrNoNextKey) {
 		return nil
@@ -920,6 +985,14 @@ func (d *Daemon) dropStaleRotationLocked(kr *keyring.Keyring) error {
 		return fmt.Errorf("master key rotation: this manager seals under key %s, which no rotation record names and no key file holds: %w", id, errdefs.ErrInternal)
 	}
 	if id != d.mk.ID {
+		// Only a key nothing is sealed under is dropped: a rotation is
+		// deleted only once every manager installed its key, so this is
+		// a dropped one's; the count makes sure of it.
+		if n, err := d.store.Referencing(ctx, id); err != nil {
+			return err
+		} else if n > 0 {
+			return fmt.Errorf("master key rotation: %d values are sealed under key %s of this manager's rotating file, which no rotation record names; the file is kept: %w", n, id, errdefs.ErrInternal)
+		}
 		if err := kr.Forget(id); err != nil {
 			return err
 		}

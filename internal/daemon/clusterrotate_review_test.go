@@ -93,7 +93,8 @@ func TestClusterRotateDemoteManagerDownForGood(t *testing.T) {
 		absent, err := ms[0].d.absentManagers(ctx, []string{gone})
 		return err == nil && len(absent) == 1
 	})
-	// A present manager's demotion stays refused.
+	// A present manager's demotion stays refused (after a short wait).
+	ms[0].d.rot.wait = time.Second
 	if err := setRole(ctx, ms[0].d, ms[1].d.nodeID, swarm.NodeRoleWorker); !errdefs.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("demotion of a present manager during a rotation: %v", err)
 	}

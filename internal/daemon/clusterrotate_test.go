@@ -21,6 +21,12 @@ import (
 	"github.com/moby/moby/api/types/swarm"
 )
 
+// noRotation reports that no master-key rotation record stands.
+func noRotation(d *Daemon) bool {
+	ok, err := d.store.Holds(context.Background(), store.Absent(d.rotationKey()))
+	return err == nil && ok
+}
+
 // clusterSecrets creates n secrets through m and returns them (ID → data).
 func clusterSecrets(t *testing.T, m *Daemon, n int) map[string]string {
 	t.Helper()
@@ -357,6 +363,7 @@ func TestClusterRotateRefusesRoleChanges(t *testing.T) {
 	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{ms[0].cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
 		t.Fatalf("worker join: %v", err)
 	}
+	ms[1].d.rot.wait = time.Second
 	// Stopped after every manager holds the new key: the record stands.
 	failOnce(ms[0].d, stepClusterPrepared, 0)
 	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
@@ -428,6 +435,7 @@ func TestClusterRotateMasterUnderAutolock(t *testing.T) {
 		t.Fatalf("rotation: %v", err)
 	}
 	ms[0].d.rot.setFail(nil)
+	ms[1].d.rot.wait = time.Second
 	c := getCluster(t, ms[1].d)
 	if err := ms[1].d.Update(ctx, c.Version, c.Spec, api.SwarmUpdateFlags{RotateManagerUnlockKey: true}); !errdefs.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("unlock-key rotation during a master-key rotation: %v", err)

@@ -68,6 +68,11 @@ type rotation struct {
 	// manager installed as a follower, until it has compacted and
 	// defragmented its member once the rotation ended (under d.mu).
 	compactAfter string
+	// acked is the last ack this run wrote (new key ID/what), under d.mu.
+	acked string
+	// wait bounds how long a change refused during a rotation first
+	// waits for it (0: the default; tests shorten it).
+	wait time.Duration
 }
 
 func (r *rotation) setFail(fn func(step string, batch int) error) {
