@@ -252,3 +252,32 @@ func TestClusterRotateNewKeyNeverInPlainFileUnderAutolock(t *testing.T) {
 		checkRotatedManager(t, m.d, secrets, old, ms[0].d.mk.ID, key)
 	}
 }
+
+// Once a rotation across the managers has ended, no keyring of any
+// manager holds the old master key's bytes any more: also not the ones a
+// manager built before its activation (at its join, or a start's
+// pre-opening of the store), which the activation's keyring replaced.
+func TestClusterRotateOldKeyWipedFromMemory(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	clusterSecrets(t, ms[0].d, 3)
+	old := copyKey(t, ms[0].d) // on the heap, not in key memory
+	allPresent(t, ms)
+	if !keyring.LockedHolds(old.Key) {
+		t.Fatal("the master key is in no key memory before the rotation: the check proves nothing")
+	}
+	r, err := ms[1].d.RotateMaster(ctx)
+	if err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == r.KeyID
+		})
+	}
+	if keyring.LockedHolds(old.Key) {
+		t.Fatal("the old master key's bytes are still in key memory after the rotation")
+	}
+}

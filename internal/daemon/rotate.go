@@ -384,7 +384,14 @@ func (d *Daemon) finishRotation(ctx context.Context, kr *keyring.Keyring, mk key
 // starts the mirror, which needs the keyring to decode anything. It returns
 // the master key to run with.
 func (d *Daemon) unsealStore(ctx context.Context, kr *keyring.Keyring, mk keyring.MasterKey) (keyring.MasterKey, error) {
-	d.keys.Set(kr)
+	// A keyring built before the activation (a join's or a promotion's,
+	// a start's or an unlock's pre-opening of the store) is replaced:
+	// its key bytes are wiped now, or a master-key rotation, which
+	// forgets the old key in the keyring it runs with, would leave them
+	// in memory.
+	if prev := d.keys.Swap(kr); prev != nil && prev != kr {
+		prev.Destroy()
+	}
 	d.loadRotatingKey(kr, mk)
 	if _, err := d.store.Migrate(ctx, nil); err != nil {
 		d.keys.Set(nil)
