@@ -293,6 +293,20 @@ func (d *Daemon) awaitNoRotation(ctx context.Context, what string) error {
 	}
 }
 
+// demotingAbsentManager reports whether a role change is the demotion of
+// a manager that is down or locked: allowed during a rotation, which then
+// stops waiting for it (it holds no key files once it learns it was
+// demoted, before it opens any store). Without it, a manager lost for
+// good in the middle of a rotation would hold the rotation, and with it
+// every role change, for ever.
+func (d *Daemon) demotingAbsentManager(ctx context.Context, id string, want swarm.NodeRole) bool {
+	if want != swarm.NodeRoleWorker || id == d.nodeID {
+		return false
+	}
+	absent, err := d.absentManagers(ctx, []string{id})
+	return err == nil && len(absent) == 1
+}
+
 // clusterManagers lists the managers recorded, sorted, with a description
 // of each for messages.
 func (d *Daemon) clusterManagers(ctx context.Context) ([]string, map[string]string, error) {

@@ -126,7 +126,7 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 	var remove *store.Member
 	var managers []nodes.Node
 	var guards []store.Cond
-	if want != n.Spec.Role {
+	if want != n.Spec.Role && !d.demotingAbsentManager(ctx, n.ID, want) {
 		// A role change changes who holds the master key: not while a
 		// rotation across the managers counts them (clusterrotate.go).
 		// The guard catches one started after this check.
