@@ -283,14 +283,8 @@ func (d *Daemon) roleChangeGuard(ctx context.Context, id string, want swarm.Node
 	if !errdefs.Is(err, errdefs.ErrUnavailable) {
 		return store.Cond{}, err
 	}
-	if want == swarm.NodeRoleWorker && id != d.nodeID {
-		absent, err := d.absentManagers(ctx, []string{id})
-		if err != nil {
-			return store.Cond{}, err
-		}
-		if len(absent) > 0 {
-			return store.Absent(store.SelfClaimKey(id)), nil
-		}
+	if d.demotingAbsentManager(ctx, id, want) {
+		return store.Absent(store.SelfClaimKey(id)), nil
 	}
 	// Else the change waits (bounded) for the rotation to end.
 	if err := d.awaitNoRotation(ctx, what); err != nil {
@@ -329,6 +323,20 @@ func (d *Daemon) awaitNoRotation(ctx context.Context, what string) error {
 			return err
 		}
 	}
+}
+
+// demotingAbsentManager reports whether a role change is the demotion of
+// a manager that is down or locked: allowed during a rotation, which then
+// stops waiting for it (it holds no key files once it learns it was
+// demoted, before it opens any store). Without it, a manager lost for
+// good in the middle of a rotation would hold the rotation, and with it
+// every role change, for ever.
+func (d *Daemon) demotingAbsentManager(ctx context.Context, id string, want swarm.NodeRole) bool {
+	if want != swarm.NodeRoleWorker || id == d.nodeID {
+		return false
+	}
+	absent, err := d.absentManagers(ctx, []string{id})
+	return err == nil && len(absent) == 1
 }
 
 // clusterManagers lists the managers recorded, sorted, with a description

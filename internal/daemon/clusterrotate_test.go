@@ -266,6 +266,29 @@ func TestClusterRotateMasterCrashPoints(t *testing.T) {
 			} else {
 				crashed.restart(t)
 				res := <-done
+				if tc.step == stepFollowKey {
+					// Before every manager holds the new key, a manager
+					// going down drops the rotation: nothing changed.
+					if !errdefs.Is(res.err, errdefs.ErrUnavailable) || !strings.Contains(res.err.Error(), crashed.d.nodeID) {
+						t.Fatalf("rotation with a follower down in prepare: %v, want unavailable naming it", res.err)
+					}
+					waitUntil(t, "the restarted follower serves", func() bool { return crashed.d.CheckServing() == nil })
+					for _, m := range ms {
+						waitUntil(t, "the dropped rotation's files are gone", func() bool {
+							return noRotation(m.d) && !exists(t, m.cfg.DataDir, "keys/master.key.rotating")
+						})
+						if m.d.mk.ID != old.ID {
+							t.Fatalf("a dropped rotation changed the key of %s", m.d.nodeID)
+						}
+						for id, want := range secrets {
+							if got, err := m.d.secrets.Data(ctx, id); err != nil || string(got) != want {
+								t.Fatalf("secret %s after a dropped rotation: %v", id, err)
+							}
+						}
+					}
+					allPresent(t, ms)
+					res.r, res.err = driver.d.RotateMaster(ctx)
+				}
 				if res.err != nil {
 					t.Fatalf("rotation with a follower restarted: %v", res.err)
 				}
@@ -352,8 +375,10 @@ func TestClusterRotateRefusesAbsentManager(t *testing.T) {
 	check("locked", ms[2])
 }
 
-// While a rotation stands, promotions, demotions and manager joins are
-// refused with a clear text; once it is finished they go through.
+// While a rotation stands, promotions and demotions are refused with a
+// clear text, but for the demotion of a manager that is down, which lets
+// the rotation finish without it; once it is finished a promotion goes
+// through and the new manager holds the new key.
 func TestClusterRotateRefusesRoleChanges(t *testing.T) {
 	ctx := context.Background()
 	ms := startManagers(t, 3)
@@ -382,6 +407,12 @@ func TestClusterRotateRefusesRoleChanges(t *testing.T) {
 		if !errdefs.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "master-key rotation is in progress") {
 			t.Fatalf("%s during a rotation: %v", tc.name, err)
 		}
+	}
+	// A manager that is down may be demoted: the rotation then stops
+	// waiting for it (else a manager lost for good would hold it).
+	ms[2].d.Close()
+	if err := setRole(ctx, ms[1].d, ms[2].d.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demoting a manager that is down during a rotation: %v", err)
 	}
 	// The rotation ends; the promotion then goes through.
 	if _, err := ms[0].d.RotateMaster(ctx); err != nil {
