@@ -197,6 +197,11 @@ func (d *Daemon) listenAfterUnlock(ctx context.Context) error {
 // cluster: the record notes that its key has reached an operator, then
 // this manager's files follow (the others' follow the record).
 func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) error {
+	// Enabling (the plaintext key is still here), not an unlock-key
+	// rotation: the master key is rotated across the managers once the
+	// key has reached an operator, as a lone node rotates it.
+	enabling := d.plainKey.Exists()
+	noted := false
 	for attempt := 0; ; attempt++ {
 		c, err := cluster.Get(ctx, d.store)
 		if err != nil {
@@ -223,13 +228,37 @@ func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) erro
 		if err != nil {
 			return d.recoverKeysLocked(ctx, err)
 		}
+		noted = true
 		break
 	}
 	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
 		return d.recoverKeysLocked(ctx, err)
 	}
 	d.notePendingLocked()
+	if enabling && noted {
+		d.rotateAfterEnable()
+	}
 	return nil
+}
+
+// rotateAfterEnable rotates the master key across the managers in the
+// background, once autolock's unlock key has reached an operator: so that
+// an earlier copy of any manager's plaintext master.key opens nothing.
+// It needs every manager present; if one is not (or this manager stops
+// first), it logs what to do: `hush key rotate`.
+func (d *Daemon) rotateAfterEnable() {
+	d.runBG(func(ctx context.Context) {
+		if !d.rot.mu.TryLock() {
+			return // a rotation is running: it retires the key as well
+		}
+		defer d.rot.mu.Unlock()
+		r, err := d.rotateCluster(ctx)
+		if err != nil {
+			d.log.Warn("autolock enabled, but the master key was not rotated across the managers: run `hush key rotate`", "err", err)
+			return
+		}
+		d.log.Info("master key rotated across the managers as autolock was enabled", "key", r.KeyID, "rewrapped", r.Rewrapped)
+	}, d.bg)
 }
 
 // followUnlockKey runs on every active manager of a cluster: when the

@@ -243,9 +243,12 @@ func TestClusterKeyFilesSurviveCrashAtEveryStep(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, m := range ms {
+					// Enabling autolock also rotates the master key
+					// across the managers: its re-wrap moves the
+					// record's version, which the call reads.
 					waitUntil(t, "the setup reached every manager", func() bool {
 						_, ok := m.d.followOnce(ctx)
-						return ok && m.d.pendingKey.Load() == pendingNone
+						return ok && m.d.pendingKey.Load() == pendingNone && noRotation(m.d)
 					})
 				}
 				id, err := m1.d.secrets.Create(ctx, objects.Spec{Name: "crash-test", Data: []byte(secretValue)})

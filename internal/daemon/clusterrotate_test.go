@@ -1,0 +1,477 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
+	"github.com/hush-secrets/hush/internal/manager/objects"
+	"github.com/hush-secrets/hush/internal/store"
+	"github.com/hush-secrets/hush/internal/store/storetest"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// noRotation reports that no master-key rotation record stands.
+func noRotation(d *Daemon) bool {
+	ok, err := d.store.Holds(context.Background(), store.Absent(d.rotationKey()))
+	return err == nil && ok
+}
+
+// clusterSecrets creates n secrets through m and returns them (ID → data).
+func clusterSecrets(t *testing.T, m *Daemon, n int) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for i := range n {
+		data := fmt.Sprintf("cluster-rot-data-%d", i)
+		id, err := m.secrets.Create(context.Background(), objects.Spec{Name: fmt.Sprintf("crot-%d", i), Data: []byte(data)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[id] = data
+	}
+	return out
+}
+
+// allPresent waits until every manager vouches for itself (a rotation
+// refuses to start otherwise).
+func allPresent(t *testing.T, ms []*clusterNode) {
+	t.Helper()
+	var ids []string
+	for _, m := range ms {
+		ids = append(ids, m.d.nodeID)
+	}
+	waitUntil(t, "every manager is present", func() bool {
+		absent, err := ms[0].d.absentManagers(context.Background(), ids)
+		return err == nil && len(absent) == 0
+	})
+}
+
+// checkRotatedManager proves that manager d runs under newID, opens every
+// secret, that old opens nothing in its store, and that its key files hold
+// only the installed key (unlock: the unlock key the locked file must
+// open with, "" for a plain key).
+func checkRotatedManager(t *testing.T, d *Daemon, secrets map[string]string, old keyring.MasterKey, newID, unlock string) {
+	t.Helper()
+	ctx := context.Background()
+	if d.mk.ID != newID {
+		t.Fatalf("manager %s runs under key %s, want %s", d.nodeID, d.mk.ID, newID)
+	}
+	for id, want := range secrets {
+		got, err := d.secrets.Data(ctx, id)
+		if err != nil || string(got) != want {
+			t.Fatalf("manager %s: secret %s: %q %v", d.nodeID, id, got, err)
+		}
+	}
+	oldOnly, err := keyring.New(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := storetest.RawValues(ctx, d.store, "/hush/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range kvs {
+		if bytes.Contains(v, []byte(old.ID)) {
+			t.Errorf("manager %s: %s names the old key", d.nodeID, k)
+		}
+		if strings.HasPrefix(k, "/hush/v1/presence/") || strings.HasPrefix(k, "/hush/v1/elections/") {
+			continue
+		}
+		if _, err := store.OpenWith(oldOnly, k, v); !errors.Is(err, keyring.ErrUnknownKey) {
+			t.Errorf("manager %s: the old key opens %s: %v", d.nodeID, k, err)
+		}
+	}
+	// The node key in member.json is sealed under the master key too.
+	if b, err := os.ReadFile(d.memberPath()); err != nil || bytes.Contains(b, []byte(old.ID)) || !bytes.Contains(b, []byte(newID)) {
+		t.Errorf("manager %s: member.json is not sealed under the new key (%v)", d.nodeID, err)
+	}
+	files, _ := filepath.Glob(filepath.Join(d.cfg.DataDir, "keys", "*"))
+	hidden, _ := filepath.Glob(filepath.Join(d.cfg.DataDir, "keys", ".*"))
+	for _, p := range append(files, hidden...) {
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, []byte(old.ID)) {
+			t.Errorf("manager %s: key file %s names the old key", d.nodeID, p)
+		}
+		switch filepath.Base(p) {
+		case "master.key":
+			if unlock != "" {
+				t.Errorf("manager %s: a plain master key under autolock", d.nodeID)
+			}
+		case "master.key.locked":
+		default:
+			t.Errorf("manager %s: key file %s left after the rotation", d.nodeID, p)
+		}
+	}
+	if unlock == "" {
+		if mk, err := d.plainKey.Load(); err != nil || mk.ID != newID {
+			t.Errorf("manager %s: master.key holds %s (%v)", d.nodeID, mk.ID, err)
+		}
+	} else if mk, err := d.lockedKey.Load(unlock); err != nil || mk.ID != newID {
+		t.Errorf("manager %s: master.key.locked holds %s (%v)", d.nodeID, mk.ID, err)
+	}
+	if ok, err := d.store.Holds(ctx, store.Absent(d.rotationKey())); err != nil || !ok {
+		t.Errorf("manager %s: the rotation record is left (%v)", d.nodeID, err)
+	}
+}
+
+// A master-key rotation through one manager of three reaches every
+// manager; each, restarted, opens every secret under the new key, and the
+// old key is in no key file, no stored value and no member's database.
+func TestClusterRotateMaster(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	secrets := clusterSecrets(t, ms[0].d, 30)
+	old := copyKey(t, ms[0].d)
+	allPresent(t, ms)
+	// Through the second manager: any manager drives.
+	began := time.Now()
+	r, err := ms[1].d.RotateMaster(ctx)
+	if err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	t.Logf("rotated %d secrets on 3 managers in %v (%d wrapped keys)", len(secrets), time.Since(began), r.Rewrapped)
+	if r.KeyID == old.ID || r.Rewrapped < 3*len(secrets) {
+		t.Fatalf("rotation: %+v (old %s)", r, old.ID)
+	}
+	for _, m := range ms {
+		waitUntil(t, "every member compacted its store", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.rot.compactAfter == ""
+		})
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
+	}
+	for _, m := range ms {
+		m.d.Close()
+		db, err := os.ReadFile(filepath.Join(m.cfg.DataDir, "etcd", "member", "snap", "db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(db, []byte(old.ID)) {
+			t.Errorf("manager %s: the database file still names the old key", m.d.nodeID)
+		}
+		m.d = startWith(t, m.cfg)
+		waitUntil(t, "the restarted manager serves", func() bool { return m.d.CheckServing() == nil })
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
+	}
+}
+
+// failOnce makes d's rotation stop at step (batch) as a crash would: the
+// first time it is reached and every time after, until d is restarted.
+func failOnce(d *Daemon, step string, batch int) <-chan struct{} {
+	hit := make(chan struct{})
+	var once sync.Once
+	d.rot.setFail(func(s string, b int) error {
+		if s == step && b == batch {
+			once.Do(func() { close(hit) })
+			return errCrash
+		}
+		select {
+		case <-hit:
+			return errCrash // dead since
+		default:
+			return nil
+		}
+	})
+	return hit
+}
+
+// A rotation across managers stopped at each of its steps, on the driver
+// or on a follower, that manager then restarted: the rotation finishes
+// (resumed by another manager when the driver stopped), every secret
+// opens on every manager and no old key is left.
+func TestClusterRotateMasterCrashPoints(t *testing.T) {
+	tests := []struct {
+		step     string
+		batch    int
+		follower bool
+	}{
+		{step: stepClusterStarted},
+		{step: stepClusterPrepared},
+		{step: stepClusterSealing},
+		{step: stepBatch, batch: 1},
+		{step: stepClusterRewrapped},
+		{step: stepClusterInstall},
+		{step: stepInstalled},
+		{step: stepOldDestroyed},
+		{step: stepClusterFinal},
+		{step: stepFollowKey, follower: true},
+		{step: stepFollowSealing, follower: true},
+		{step: stepInstalled, follower: true},
+		{step: stepOldDestroyed, follower: true},
+		{step: stepFollowInstalled, follower: true},
+	}
+	for _, tc := range tests {
+		name := fmt.Sprintf("driver-%s-%d", tc.step, tc.batch)
+		if tc.follower {
+			name = "follower-" + tc.step
+		}
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			ms := startManagers(t, 3)
+			secrets := clusterSecrets(t, ms[0].d, 40)
+			old := copyKey(t, ms[0].d)
+			allPresent(t, ms)
+			driver, crashed := ms[0], ms[0]
+			if tc.follower {
+				crashed = ms[1]
+			}
+			driver.d.rot.ackTimeout = 45 * time.Second
+			hit := failOnce(crashed.d, tc.step, tc.batch)
+			type result struct {
+				r   Rotation
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				r, err := driver.d.RotateMaster(ctx)
+				done <- result{r, err}
+			}()
+			select {
+			case <-hit:
+			case res := <-done:
+				t.Fatalf("the rotation ended without reaching %s: %+v %v", tc.step, res.r, res.err)
+			case <-time.After(90 * time.Second):
+				t.Fatalf("the rotation did not reach %s", tc.step)
+			}
+			var r Rotation
+			if !tc.follower {
+				res := <-done
+				if !errors.Is(res.err, errCrash) {
+					t.Fatalf("the driver stopped with %v, want the crash", res.err)
+				}
+				crashed.restart(t)
+				waitUntil(t, "the restarted driver serves", func() bool { return crashed.d.CheckServing() == nil })
+				allPresent(t, ms)
+				// Another manager takes the rotation over once the
+				// restarted one has let go of it.
+				waitUntil(t, "the rotation has no driver", func() bool {
+					rec, ok, err := getRotation(ctx, ms[2].d.store)
+					return err == nil && (!ok || rec.Driver == "")
+				})
+				var err error
+				if r, err = ms[2].d.RotateMaster(ctx); err != nil {
+					t.Fatalf("resumed rotation: %v", err)
+				}
+			} else {
+				crashed.restart(t)
+				res := <-done
+				if tc.step == stepFollowKey {
+					// Before every manager holds the new key, a manager
+					// going down drops the rotation: nothing changed.
+					if !errdefs.Is(res.err, errdefs.ErrUnavailable) || !strings.Contains(res.err.Error(), crashed.d.nodeID) {
+						t.Fatalf("rotation with a follower down in prepare: %v, want unavailable naming it", res.err)
+					}
+					waitUntil(t, "the restarted follower serves", func() bool { return crashed.d.CheckServing() == nil })
+					for _, m := range ms {
+						waitUntil(t, "the dropped rotation's files are gone", func() bool {
+							return noRotation(m.d) && !exists(t, m.cfg.DataDir, "keys/master.key.rotating")
+						})
+						if m.d.mk.ID != old.ID {
+							t.Fatalf("a dropped rotation changed the key of %s", m.d.nodeID)
+						}
+						for id, want := range secrets {
+							if got, err := m.d.secrets.Data(ctx, id); err != nil || string(got) != want {
+								t.Fatalf("secret %s after a dropped rotation: %v", id, err)
+							}
+						}
+					}
+					allPresent(t, ms)
+					res.r, res.err = driver.d.RotateMaster(ctx)
+				}
+				if res.err != nil {
+					t.Fatalf("rotation with a follower restarted: %v", res.err)
+				}
+				r = res.r
+			}
+			if r.KeyID == old.ID {
+				t.Fatalf("still the old key: %+v", r)
+			}
+			for _, m := range ms {
+				waitUntil(t, "the manager runs under the new key", func() bool {
+					m.d.mu.Lock()
+					defer m.d.mu.Unlock()
+					return m.d.mk.ID == r.KeyID
+				})
+				checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
+			}
+			// Restarted once more, the crashed one still opens everything.
+			crashed.restart(t)
+			waitUntil(t, "the restarted manager serves", func() bool { return crashed.d.CheckServing() == nil })
+			checkRotatedManager(t, crashed.d, secrets, old, r.KeyID, "")
+		})
+	}
+}
+
+// A manager that is down, or locked, makes a rotation refuse at once,
+// naming it, and leave nothing behind.
+func TestClusterRotateRefusesAbsentManager(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	secrets := clusterSecrets(t, ms[0].d, 3)
+	allPresent(t, ms)
+	check := func(what string, absent *clusterNode) {
+		t.Helper()
+		before := ms[0].d.mk.ID
+		_, err := ms[0].d.RotateMaster(ctx)
+		if !errdefs.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), absent.d.nodeID) {
+			t.Fatalf("rotation with a %s manager: %v, want unavailable naming %s", what, err, absent.d.nodeID)
+		}
+		for _, other := range ms[:2] {
+			if ok, err := other.d.store.Holds(ctx, store.Absent(other.d.rotationKey())); err != nil || !ok {
+				t.Fatalf("a refused rotation left its record (%v)", err)
+			}
+			waitUntil(t, "no rotating file", func() bool { return !exists(t, other.cfg.DataDir, "keys/master.key.rotating") })
+			if other.d.mk.ID != before {
+				t.Fatal("a refused rotation changed the key")
+			}
+		}
+		for id, want := range secrets {
+			if got, err := ms[0].d.secrets.Data(ctx, id); err != nil || string(got) != want {
+				t.Fatalf("secret after a refused rotation: %v", err)
+			}
+		}
+	}
+	// Down.
+	ms[2].d.Close()
+	check("down", ms[2])
+	ms[2].d = startWith(t, ms[2].cfg)
+	waitUntil(t, "the third manager serves again", func() bool { return ms[2].d.CheckServing() == nil })
+	allPresent(t, ms)
+
+	// Locked: autolock on (which rotates the master key across the
+	// managers once its key is fetched), then the third restarted.
+	old := copyKey(t, ms[0].d)
+	key := enableAutolock(t, ms[0].d)
+	for _, m := range ms {
+		waitUntil(t, "the manager locks under the key and runs under a new master key", func() bool {
+			m.d.mu.Lock()
+			id := m.d.mk.ID
+			m.d.mu.Unlock()
+			return lockedUnder(m.d, key) && id != old.ID && !exists(t, m.cfg.DataDir, "keys/master.key.rotating")
+		})
+	}
+	waitUntil(t, "the enable's rotation ended", func() bool {
+		ok, err := ms[0].d.store.Holds(ctx, store.Absent(ms[0].d.rotationKey()))
+		return err == nil && ok
+	})
+	for _, m := range ms {
+		checkRotatedManager(t, m.d, secrets, old, ms[0].d.mk.ID, key)
+	}
+	ms[2].restart(t)
+	if st := ms[2].d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted manager: %s, want locked", st)
+	}
+	check("locked", ms[2])
+}
+
+// While a rotation stands, promotions and demotions are refused with a
+// clear text, but for the demotion of a manager that is down, which lets
+// the rotation finish without it; once it is finished a promotion goes
+// through and the new manager holds the new key.
+func TestClusterRotateRefusesRoleChanges(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	allPresent(t, ms)
+	c := getCluster(t, ms[0].d)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{ms[0].cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	ms[1].d.rot.wait = time.Second
+	// Stopped after every manager holds the new key: the record stands.
+	failOnce(ms[0].d, stepClusterPrepared, 0)
+	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("rotation: %v", err)
+	}
+	ms[0].d.rot.setFail(nil)
+	for _, tc := range []struct {
+		name string
+		id   string
+		role swarm.NodeRole
+	}{
+		{"promotion", w.nodeID, swarm.NodeRoleManager},
+		{"demotion", ms[2].d.nodeID, swarm.NodeRoleWorker},
+	} {
+		err := setRole(ctx, ms[1].d, tc.id, tc.role)
+		if !errdefs.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "master-key rotation is in progress") {
+			t.Fatalf("%s during a rotation: %v", tc.name, err)
+		}
+	}
+	// A manager that is down may be demoted: the rotation then stops
+	// waiting for it (else a manager lost for good would hold it).
+	ms[2].d.Close()
+	if err := setRole(ctx, ms[1].d, ms[2].d.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demoting a manager that is down during a rotation: %v", err)
+	}
+	// The rotation ends; the promotion then goes through.
+	if _, err := ms[0].d.RotateMaster(ctx); err != nil {
+		t.Fatalf("resumed rotation: %v", err)
+	}
+	if err := setRole(ctx, ms[1].d, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promotion after the rotation: %v", err)
+	}
+	waitUntil(t, "the promoted worker serves as a manager", func() bool { return w.CheckServing() == nil && w.isVoter(ctx) })
+	if w.mk.ID != ms[0].d.mk.ID {
+		t.Fatalf("the promoted manager holds key %s, the others %s", w.mk.ID, ms[0].d.mk.ID)
+	}
+}
+
+// Under autolock, `hush key rotate` rewrites every manager's locked key
+// file under the unlock key; a manager restarted afterwards unlocks with
+// that key and opens everything.
+func TestClusterRotateMasterUnderAutolock(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	secrets := clusterSecrets(t, ms[0].d, 10)
+	allPresent(t, ms)
+	key := enableAutolock(t, ms[0].d)
+	for _, m := range ms {
+		waitUntil(t, "the manager locks under the key", func() bool { return lockedUnder(m.d, key) })
+	}
+	waitUntil(t, "the enable's rotation ended", func() bool {
+		ok, err := ms[0].d.store.Holds(ctx, store.Absent(ms[0].d.rotationKey()))
+		return err == nil && ok
+	})
+	old := copyKey(t, ms[1].d)
+	r, err := ms[1].d.RotateMaster(ctx)
+	if err != nil {
+		t.Fatalf("rotation under autolock: %v", err)
+	}
+	for _, m := range ms {
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, key)
+	}
+	ms[2].restart(t)
+	if st := ms[2].d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted manager: %s, want locked", st)
+	}
+	if err := ms[2].d.Unlock(ctx, key); err != nil {
+		t.Fatalf("unlock after the rotation: %v", err)
+	}
+	waitUntil(t, "the unlocked manager serves", func() bool { return ms[2].d.CheckServing() == nil })
+	checkRotatedManager(t, ms[2].d, secrets, old, r.KeyID, key)
+	// An autolock change is refused while a rotation stands.
+	failOnce(ms[0].d, stepClusterPrepared, 0)
+	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("rotation: %v", err)
+	}
+	ms[0].d.rot.setFail(nil)
+	ms[1].d.rot.wait = time.Second
+	c := getCluster(t, ms[1].d)
+	if err := ms[1].d.Update(ctx, c.Version, c.Spec, api.SwarmUpdateFlags{RotateManagerUnlockKey: true}); !errdefs.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("unlock-key rotation during a master-key rotation: %v", err)
+	}
+	if _, err := ms[1].d.RotateMaster(ctx); err != nil {
+		t.Fatalf("resumed rotation: %v", err)
+	}
+}
