@@ -221,7 +221,9 @@ func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) erro
 			return d.recoverKeysLocked(ctx, err)
 		}
 		c.UnlockKeyFetched = true
-		err = cluster.Put(ctx, d.store, &c)
+		// Bookkeeping no client sees: the version stays (Swarm's fetch
+		// writes nothing).
+		err = cluster.PutInternal(ctx, d.store, &c)
 		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
 			continue // another write to the record: read it again
 		}
@@ -270,13 +272,15 @@ func (d *Daemon) rotateAfterEnable() {
 // settings while it ran and wrote the new timing only at its next start,
 // after its etcd had started with the old one: two restarts to apply it.
 func (d *Daemon) followUnlockKey(ctx context.Context) {
-	var seen uint64
+	// The store revision, not Version: hush's own writes (the fetched
+	// flag) must be followed too.
+	var seen int64
 	t := time.NewTicker(keySyncPeriod)
 	defer t.Stop()
 	// At once first: a manager that just joined or was promoted holds
 	// its master key in the clear until this look.
 	for {
-		if c, err := cluster.Get(ctx, d.store); err == nil && c.Version != seen {
+		if c, err := cluster.Get(ctx, d.store); err == nil && c.Revision() != seen {
 			if v, ok := d.followOnce(ctx); ok {
 				seen = v
 			}
@@ -291,9 +295,9 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 
 // followOnce brings the settings and the key files in line with the
 // record, if mu is free (stopRuntime waits for followUnlockKey while
-// holding it: never block on it); true, with the record's version, once
+// holding it: never block on it); true, with the record's store revision, once
 // they are. Under mu, as every settle: it writes the tuning file.
-func (d *Daemon) followOnce(ctx context.Context) (uint64, bool) {
+func (d *Daemon) followOnce(ctx context.Context) (int64, bool) {
 	if !d.mu.TryLock() {
 		return 0, false
 	}
@@ -316,7 +320,7 @@ func (d *Daemon) followOnce(ctx context.Context) (uint64, bool) {
 		d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
 		return 0, false
 	}
-	return c.Version, true
+	return c.Revision(), true
 }
 
 // noteFetchedLocked writes UnlockKeyFetched into the record when this
@@ -343,7 +347,9 @@ func (d *Daemon) noteFetchedLocked(ctx context.Context) error {
 			return nil
 		}
 		c.UnlockKeyFetched = true
-		err = cluster.Put(ctx, d.store, &c)
+		// Bookkeeping no client sees: the version stays (Swarm's fetch
+		// writes nothing).
+		err = cluster.PutInternal(ctx, d.store, &c)
 		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
 			continue
 		}

@@ -44,6 +44,9 @@ const (
 	fpSyncRemoveNext   = "keysync-remove-next"
 	fpSyncWritePlain   = "keysync-write-plain"
 	fpSyncRemoveLocked = "keysync-remove-locked"
+	// A swarm update's write of the cluster record (no autolock change):
+	// tests put another write to the record here.
+	fpSpecPut = "spec-put"
 	// fpLeaveErase: erasing the cluster state on leave fails after the
 	// runtime has been stopped.
 	fpLeaveErase = "leave-erase"

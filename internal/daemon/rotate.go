@@ -17,6 +17,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -228,6 +229,11 @@ func (d *Daemon) beginRotationLocked() (*keyring.Keyring, keyring.MasterKey, key
 // old key (a writer that copied an old inner seal meanwhile is caught by
 // the next pass).
 func (d *Daemon) rewrapStore(ctx context.Context, oldID string) (int, error) {
+	// A cluster record an earlier hushd wrote has no stored version: the
+	// re-wrap, which keeps the stored one, would move it.
+	if err := cluster.PinVersion(ctx, d.store); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return 0, fmt.Errorf("master key rotation: %w", err)
+	}
 	total := 0
 	for pass := 0; pass < 3; pass++ {
 		n, err := d.store.Rewrap(ctx, func(b int) error { return d.rotateStep(stepBatch, b) })

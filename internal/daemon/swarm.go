@@ -549,6 +549,28 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		err := d.updateLocked(ctx, version, spec, key, f)
+		// A write to the record between this update's read and its write:
+		// read again. If it was hush's own (a re-wrap, bookkeeping), the
+		// version is still the client's and the change is applied to what
+		// is there now; if a client's, updateLocked refuses it.
+		if errors.Is(err, errUpdateRaced) && attempt < 10 {
+			continue
+		}
+		if errors.Is(err, errUpdateRaced) {
+			return errdefs.OutOfSequence()
+		}
+		return err
+	}
+}
+
+// errUpdateRaced is updateLocked's write finding the record written since
+// its read.
+var errUpdateRaced = errors.New("cluster record written during the update")
+
+// updateLocked is one attempt of Update, under d.mu.
+func (d *Daemon) updateLocked(ctx context.Context, version uint64, spec swarm.Spec, key []byte, f api.SwarmUpdateFlags) error {
 	if d.state != swarm.LocalNodeStateActive {
 		return d.CheckServingLocked()
 	}
@@ -597,7 +619,13 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 	case want && f.RotateManagerUnlockKey:
 		err = d.setAutolockLocked(ctx, &c, true, true)
 	default:
-		err = cluster.Put(ctx, d.store, &c)
+		if err = d.injected(fpSpecPut); err == nil {
+			err = cluster.Put(ctx, d.store, &c)
+		}
+	}
+	if errors.Is(err, errdefs.ErrOutOfSequence) {
+		// The version was checked above: the record moved since.
+		return errUpdateRaced
 	}
 	if err != nil {
 		return err
