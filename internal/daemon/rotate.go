@@ -400,25 +400,35 @@ func (d *Daemon) unsealStore(ctx context.Context, kr *keyring.Keyring, mk keyrin
 	}
 	d.loadRotatingKey(kr, mk)
 	if _, err := d.store.Migrate(ctx, nil); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return mk, fmt.Errorf("sealing the store: %w", err)
 	}
 	mk, err := d.finishRotation(ctx, kr, mk)
 	if err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return mk, fmt.Errorf("finishing the master key rotation: %w", err)
 	}
 	if d.member != nil {
 		if err := d.resumeRotationAtStart(ctx, kr); err != nil {
-			d.keys.Set(nil)
+			d.dropKeyring()
 			return mk, fmt.Errorf("resuming the master key rotation across managers: %w", err)
 		}
 	}
 	if err := d.startMirror(ctx); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return mk, err
 	}
 	return mk, nil
+}
+
+// dropKeyring forgets the keyring and destroys it, for a daemon that will
+// not use it again (it left, was demoted, locked, or failed to open the
+// store with it): a keyring merely dropped keeps the master key's bytes in
+// locked memory, which the garbage collector never wipes.
+func (d *Daemon) dropKeyring() {
+	if kr := d.keys.Swap(nil); kr != nil {
+		kr.Destroy()
+	}
 }
 
 // startMirror starts the store mirror once; it waits for the first load.
@@ -484,7 +494,7 @@ func (d *Daemon) preopenStore(ctx context.Context, mk keyring.MasterKey) error {
 	d.keys.Set(kr)
 	d.loadRotatingKey(kr, mk)
 	if _, err := d.store.Migrate(ctx, nil); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return fmt.Errorf("sealing the store: %w", err)
 	}
 	return nil
