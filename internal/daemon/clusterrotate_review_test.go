@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
@@ -18,12 +17,10 @@ import (
 // restarted, it lets go of the rotation at its first look, so that
 // another manager's `hush key rotate` takes it over and finishes it
 // (rather than being refused for as long as the stopped driver is up).
-func TestClusterRotateDriverStoppedBeforeNaming(t *testing.T) {
+func driverStoppedBeforeNamingCase(t *testing.T, ms []*clusterNode, secrets map[string]string) {
 	ctx := context.Background()
-	ms := startManagers(t, 3)
-	secrets := clusterSecrets(t, ms[0].d, 5)
+	atRest(t, ms)
 	old := copyKey(t, ms[0].d)
-	allPresent(t, ms)
 	// The record as startClusterRotation creates it, before
 	// nameRotationManagers.
 	d := ms[0].d
@@ -69,71 +66,14 @@ func TestClusterRotateDriverStoppedBeforeNaming(t *testing.T) {
 	}
 }
 
-// A manager that goes down for good in the middle of a rotation (it
-// crashed and will not come back, or left with --force) would hold the
-// rotation forever: the driver waits for every manager it counted, and a
-// promotion or demotion is refused while the rotation stands. Demoting
-// that manager, which is absent, is allowed: the rotation then no longer
-// waits for it and ends, and the others open everything.
-func TestClusterRotateDemoteManagerDownForGood(t *testing.T) {
-	ctx := context.Background()
-	ms := startManagers(t, 3)
-	secrets := clusterSecrets(t, ms[0].d, 5)
-	old := copyKey(t, ms[0].d)
-	allPresent(t, ms)
-	// Stopped once every manager holds the new key: the record stands.
-	failOnce(ms[0].d, stepClusterPrepared, 0)
-	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
-		t.Fatalf("rotation: %v", err)
-	}
-	ms[0].d.rot.setFail(nil)
-	gone := ms[2].d.nodeID
-	ms[2].d.Close()
-	waitUntil(t, "the stopped manager is absent", func() bool {
-		absent, err := ms[0].d.absentManagers(ctx, []string{gone})
-		return err == nil && len(absent) == 1
-	})
-	// A present manager's demotion stays refused (after a short wait).
-	ms[0].d.rot.wait = time.Second
-	if err := setRole(ctx, ms[0].d, ms[1].d.nodeID, swarm.NodeRoleWorker); !errdefs.Is(err, errdefs.ErrUnavailable) {
-		t.Fatalf("demotion of a present manager during a rotation: %v", err)
-	}
-	if err := setRole(ctx, ms[1].d, gone, swarm.NodeRoleWorker); err != nil {
-		t.Fatalf("demotion of a manager down for good during a rotation: %v", err)
-	}
-	ms[0].d.rot.ackTimeout = 20 * time.Second
-	r, err := ms[0].d.RotateMaster(ctx)
-	if err != nil {
-		t.Fatalf("rotation after the demotion: %v", err)
-	}
-	for _, m := range ms[:2] {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
-	}
-}
-
 // Under autolock, a manager restarted (so locked) in the middle of a
 // rotation, once the store is re-wrapped under the new key, unlocks with
 // the unlock key, opens everything through its rotating file, takes its
 // part, and the rotation ends; restarted again it unlocks under the new
 // key.
-func TestClusterRotateManagerRestartedLockedMidRotation(t *testing.T) {
+func restartedLockedMidRotationCase(t *testing.T, ms []*clusterNode, secrets map[string]string, key string) {
 	ctx := context.Background()
-	ms := startManagers(t, 3)
-	secrets := clusterSecrets(t, ms[0].d, 5)
-	allPresent(t, ms)
-	key := enableAutolock(t, ms[0].d)
-	for _, m := range ms {
-		waitUntil(t, "the manager locks under the key", func() bool { return lockedUnder(m.d, key) })
-	}
-	waitUntil(t, "the enable's rotation ended", func() bool {
-		ok, err := ms[0].d.store.Holds(ctx, store.Absent(ms[0].d.rotationKey()))
-		return err == nil && ok
-	})
+	atRestLocked(t, ms, key)
 	old := copyKey(t, ms[0].d)
 	failOnce(ms[0].d, stepClusterRewrapped, 0)
 	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
@@ -180,12 +120,11 @@ func TestClusterRotateManagerRestartedLockedMidRotation(t *testing.T) {
 // master.key opens nothing. A manager whose plaintext key file has not
 // gone yet when the rotation installs (its key files still settling:
 // here its removal fails) must not get the new key written into it in
-// the clear: its install waits until the file is gone.
-func TestClusterRotateNewKeyNeverInPlainFileUnderAutolock(t *testing.T) {
+// the clear: its install waits until the file is gone. It returns the
+// unlock key.
+func newKeyNeverInPlainFileCase(t *testing.T, ms []*clusterNode, secrets map[string]string) string {
 	ctx := context.Background()
-	ms := startManagers(t, 2)
-	secrets := clusterSecrets(t, ms[0].d, 3)
-	allPresent(t, ms)
+	atRest(t, ms)
 	old := copyKey(t, ms[0].d)
 	ms[0].d.rot.ackTimeout = 5 * time.Second
 	f := ms[1]
@@ -251,33 +190,5 @@ func TestClusterRotateNewKeyNeverInPlainFileUnderAutolock(t *testing.T) {
 	for _, m := range ms {
 		checkRotatedManager(t, m.d, secrets, old, ms[0].d.mk.ID, key)
 	}
-}
-
-// Once a rotation across the managers has ended, no keyring of any
-// manager holds the old master key's bytes any more: also not the ones a
-// manager built before its activation (at its join, or a start's
-// pre-opening of the store), which the activation's keyring replaced.
-func TestClusterRotateOldKeyWipedFromMemory(t *testing.T) {
-	ctx := context.Background()
-	ms := startManagers(t, 3)
-	clusterSecrets(t, ms[0].d, 3)
-	old := copyKey(t, ms[0].d) // on the heap, not in key memory
-	allPresent(t, ms)
-	if !keyring.LockedHolds(old.Key) {
-		t.Fatal("the master key is in no key memory before the rotation: the check proves nothing")
-	}
-	r, err := ms[1].d.RotateMaster(ctx)
-	if err != nil {
-		t.Fatalf("rotation: %v", err)
-	}
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-	}
-	if keyring.LockedHolds(old.Key) {
-		t.Fatal("the old master key's bytes are still in key memory after the rotation")
-	}
+	return key
 }

@@ -76,6 +76,9 @@ func checkRotatedManager(t *testing.T, d *Daemon, secrets map[string]string, old
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Its copy of the old key is in key memory: wiped, so that a later
+	// check that no key memory holds the old key is not fooled by it.
+	defer oldOnly.Destroy()
 	kvs, err := storetest.RawValues(ctx, d.store, "/hush/")
 	if err != nil {
 		t.Fatal(err)
@@ -124,15 +127,50 @@ func checkRotatedManager(t *testing.T, d *Daemon, secrets map[string]string, old
 	}
 }
 
+// The rotation's tests that need no autolock take turns on one cluster of
+// three managers (forming one under -race takes many seconds, and the
+// crash points alone are fourteen): each case starts from a cluster at
+// rest (every manager present, no rotation record) and leaves it so, but
+// for the role changes, which change its managers and so run last.
+// (A case that fails may leave the cluster unfit for the next ones: read
+// the first failure.)
+func TestClusterRotate(t *testing.T) {
+	ms := shareManagers(t, 3)
+	secrets := clusterSecrets(t, ms[0].d, 40)
+	t.Run("master", func(t *testing.T) { rotateMasterCase(t, ms, secrets) })
+	for _, tc := range crashPoints {
+		t.Run("crash-"+tc.name(), func(t *testing.T) { crashPointCase(t, ms, secrets, tc) })
+	}
+	t.Run("driver-stopped-before-naming", func(t *testing.T) { driverStoppedBeforeNamingCase(t, ms, secrets) })
+	t.Run("refuses-down-manager", func(t *testing.T) { refusesDownManagerCase(t, ms, secrets) })
+	t.Run("role-changes", func(t *testing.T) { roleChangesCase(t, ms, secrets) })
+}
+
+// atRest waits until the shared cluster is as a case expects to find it:
+// every manager serving and present, no rotation record.
+func atRest(t *testing.T, ms []*clusterNode) {
+	t.Helper()
+	for _, m := range ms {
+		waitUntil(t, "the manager serves", func() bool { return m.d.CheckServing() == nil })
+		waitUntil(t, "no rotation stands", func() bool { return noRotation(m.d) })
+	}
+	allPresent(t, ms)
+}
+
 // A master-key rotation through one manager of three reaches every
 // manager; each, restarted, opens every secret under the new key, and the
 // old key is in no key file, no stored value and no member's database.
-func TestClusterRotateMaster(t *testing.T) {
+// Once it has ended, no keyring of any manager holds the old master key's
+// bytes any more: also not the ones a manager built before its activation
+// (at its join, or a start's pre-opening of the store), which the
+// activation's keyring replaced (so this is the cluster's first rotation).
+func rotateMasterCase(t *testing.T, ms []*clusterNode, secrets map[string]string) {
 	ctx := context.Background()
-	ms := startManagers(t, 3)
-	secrets := clusterSecrets(t, ms[0].d, 30)
-	old := copyKey(t, ms[0].d)
-	allPresent(t, ms)
+	atRest(t, ms)
+	old := copyKey(t, ms[0].d) // on the heap, not in key memory
+	if !keyring.LockedHolds(old.Key) {
+		t.Fatal("the master key is in no key memory before the rotation: the check proves nothing")
+	}
 	// Through the second manager: any manager drives.
 	began := time.Now()
 	r, err := ms[1].d.RotateMaster(ctx)
@@ -151,6 +189,9 @@ func TestClusterRotateMaster(t *testing.T) {
 		})
 		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
 	}
+	if keyring.LockedHolds(old.Key) {
+		t.Fatal("the old master key's bytes are still in key memory after the rotation")
+	}
 	for _, m := range ms {
 		m.d.Close()
 		db, err := os.ReadFile(filepath.Join(m.cfg.DataDir, "etcd", "member", "snap", "db"))
@@ -160,7 +201,7 @@ func TestClusterRotateMaster(t *testing.T) {
 		if bytes.Contains(db, []byte(old.ID)) {
 			t.Errorf("manager %s: the database file still names the old key", m.d.nodeID)
 		}
-		m.d = startWith(t, m.cfg)
+		m.start(t)
 		waitUntil(t, "the restarted manager serves", func() bool { return m.d.CheckServing() == nil })
 		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
 	}
@@ -186,208 +227,192 @@ func failOnce(d *Daemon, step string, batch int) <-chan struct{} {
 	return hit
 }
 
-// A rotation across managers stopped at each of its steps, on the driver
-// or on a follower, that manager then restarted: the rotation finishes
+// crashPoint is a step of a rotation across managers where the driver
+// (or a follower) stops as a crash would.
+type crashPoint struct {
+	step     string
+	batch    int
+	follower bool
+}
+
+func (tc crashPoint) name() string {
+	if tc.follower {
+		return "follower-" + tc.step
+	}
+	return fmt.Sprintf("driver-%s-%d", tc.step, tc.batch)
+}
+
+// Every step of the rotation, on the driver and on a follower.
+var crashPoints = []crashPoint{
+	{step: stepClusterStarted},
+	{step: stepClusterPrepared},
+	{step: stepClusterSealing},
+	{step: stepBatch, batch: 1},
+	{step: stepClusterRewrapped},
+	{step: stepClusterInstall},
+	{step: stepInstalled},
+	{step: stepOldDestroyed},
+	{step: stepClusterFinal},
+	{step: stepFollowKey, follower: true},
+	{step: stepFollowSealing, follower: true},
+	{step: stepInstalled, follower: true},
+	{step: stepOldDestroyed, follower: true},
+	{step: stepFollowInstalled, follower: true},
+}
+
+// A rotation across managers stopped at a crash point, on the driver or
+// on a follower, that manager then restarted: the rotation finishes
 // (resumed by another manager when the driver stopped), every secret
 // opens on every manager and no old key is left.
-func TestClusterRotateMasterCrashPoints(t *testing.T) {
-	tests := []struct {
-		step     string
-		batch    int
-		follower bool
-	}{
-		{step: stepClusterStarted},
-		{step: stepClusterPrepared},
-		{step: stepClusterSealing},
-		{step: stepBatch, batch: 1},
-		{step: stepClusterRewrapped},
-		{step: stepClusterInstall},
-		{step: stepInstalled},
-		{step: stepOldDestroyed},
-		{step: stepClusterFinal},
-		{step: stepFollowKey, follower: true},
-		{step: stepFollowSealing, follower: true},
-		{step: stepInstalled, follower: true},
-		{step: stepOldDestroyed, follower: true},
-		{step: stepFollowInstalled, follower: true},
+func crashPointCase(t *testing.T, ms []*clusterNode, secrets map[string]string, tc crashPoint) {
+	ctx := context.Background()
+	atRest(t, ms)
+	old := copyKey(t, ms[0].d)
+	driver, crashed := ms[0], ms[0]
+	if tc.follower {
+		crashed = ms[1]
 	}
-	for _, tc := range tests {
-		name := fmt.Sprintf("driver-%s-%d", tc.step, tc.batch)
-		if tc.follower {
-			name = "follower-" + tc.step
+	driver.d.rot.ackTimeout = 45 * time.Second
+	hit := failOnce(crashed.d, tc.step, tc.batch)
+	type result struct {
+		r   Rotation
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := driver.d.RotateMaster(ctx)
+		done <- result{r, err}
+	}()
+	select {
+	case <-hit:
+	case res := <-done:
+		t.Fatalf("the rotation ended without reaching %s: %+v %v", tc.step, res.r, res.err)
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the rotation did not reach %s", tc.step)
+	}
+	var r Rotation
+	if !tc.follower {
+		res := <-done
+		if !errors.Is(res.err, errCrash) {
+			t.Fatalf("the driver stopped with %v, want the crash", res.err)
 		}
-		t.Run(name, func(t *testing.T) {
-			ctx := context.Background()
-			ms := startManagers(t, 3)
-			secrets := clusterSecrets(t, ms[0].d, 40)
-			old := copyKey(t, ms[0].d)
-			allPresent(t, ms)
-			driver, crashed := ms[0], ms[0]
-			if tc.follower {
-				crashed = ms[1]
-			}
-			driver.d.rot.ackTimeout = 45 * time.Second
-			hit := failOnce(crashed.d, tc.step, tc.batch)
-			type result struct {
-				r   Rotation
-				err error
-			}
-			done := make(chan result, 1)
-			go func() {
-				r, err := driver.d.RotateMaster(ctx)
-				done <- result{r, err}
-			}()
-			select {
-			case <-hit:
-			case res := <-done:
-				t.Fatalf("the rotation ended without reaching %s: %+v %v", tc.step, res.r, res.err)
-			case <-time.After(90 * time.Second):
-				t.Fatalf("the rotation did not reach %s", tc.step)
-			}
-			var r Rotation
-			if !tc.follower {
-				res := <-done
-				if !errors.Is(res.err, errCrash) {
-					t.Fatalf("the driver stopped with %v, want the crash", res.err)
-				}
-				crashed.restart(t)
-				waitUntil(t, "the restarted driver serves", func() bool { return crashed.d.CheckServing() == nil })
-				allPresent(t, ms)
-				// Another manager takes the rotation over once the
-				// restarted one has let go of it.
-				waitUntil(t, "the rotation has no driver", func() bool {
-					rec, ok, err := getRotation(ctx, ms[2].d.store)
-					return err == nil && (!ok || rec.Driver == "")
-				})
-				var err error
-				if r, err = ms[2].d.RotateMaster(ctx); err != nil {
-					t.Fatalf("resumed rotation: %v", err)
-				}
-			} else {
-				crashed.restart(t)
-				res := <-done
-				if tc.step == stepFollowKey {
-					// Before every manager holds the new key, a manager
-					// going down drops the rotation: nothing changed.
-					if !errdefs.Is(res.err, errdefs.ErrUnavailable) || !strings.Contains(res.err.Error(), crashed.d.nodeID) {
-						t.Fatalf("rotation with a follower down in prepare: %v, want unavailable naming it", res.err)
-					}
-					waitUntil(t, "the restarted follower serves", func() bool { return crashed.d.CheckServing() == nil })
-					for _, m := range ms {
-						waitUntil(t, "the dropped rotation's files are gone", func() bool {
-							return noRotation(m.d) && !exists(t, m.cfg.DataDir, "keys/master.key.rotating")
-						})
-						if m.d.mk.ID != old.ID {
-							t.Fatalf("a dropped rotation changed the key of %s", m.d.nodeID)
-						}
-						for id, want := range secrets {
-							if got, err := m.d.secrets.Data(ctx, id); err != nil || string(got) != want {
-								t.Fatalf("secret %s after a dropped rotation: %v", id, err)
-							}
-						}
-					}
-					allPresent(t, ms)
-					res.r, res.err = driver.d.RotateMaster(ctx)
-				}
-				if res.err != nil {
-					t.Fatalf("rotation with a follower restarted: %v", res.err)
-				}
-				r = res.r
-			}
-			if r.KeyID == old.ID {
-				t.Fatalf("still the old key: %+v", r)
-			}
-			for _, m := range ms {
-				waitUntil(t, "the manager runs under the new key", func() bool {
-					m.d.mu.Lock()
-					defer m.d.mu.Unlock()
-					return m.d.mk.ID == r.KeyID
-				})
-				checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
-			}
-			// Restarted once more, the crashed one still opens everything.
-			crashed.restart(t)
-			waitUntil(t, "the restarted manager serves", func() bool { return crashed.d.CheckServing() == nil })
-			checkRotatedManager(t, crashed.d, secrets, old, r.KeyID, "")
+		crashed.restart(t)
+		waitUntil(t, "the restarted driver serves", func() bool { return crashed.d.CheckServing() == nil })
+		allPresent(t, ms)
+		// Another manager takes the rotation over once the
+		// restarted one has let go of it.
+		waitUntil(t, "the rotation has no driver", func() bool {
+			rec, ok, err := getRotation(ctx, ms[2].d.store)
+			return err == nil && (!ok || rec.Driver == "")
 		})
+		var err error
+		if r, err = ms[2].d.RotateMaster(ctx); err != nil {
+			t.Fatalf("resumed rotation: %v", err)
+		}
+	} else {
+		crashed.restart(t)
+		res := <-done
+		if tc.step == stepFollowKey {
+			// Before every manager holds the new key, a manager
+			// going down drops the rotation: nothing changed.
+			if !errdefs.Is(res.err, errdefs.ErrUnavailable) || !strings.Contains(res.err.Error(), crashed.d.nodeID) {
+				t.Fatalf("rotation with a follower down in prepare: %v, want unavailable naming it", res.err)
+			}
+			waitUntil(t, "the restarted follower serves", func() bool { return crashed.d.CheckServing() == nil })
+			for _, m := range ms {
+				waitUntil(t, "the dropped rotation's files are gone", func() bool {
+					return noRotation(m.d) && !exists(t, m.cfg.DataDir, "keys/master.key.rotating")
+				})
+				if m.d.mk.ID != old.ID {
+					t.Fatalf("a dropped rotation changed the key of %s", m.d.nodeID)
+				}
+				for id, want := range secrets {
+					if got, err := m.d.secrets.Data(ctx, id); err != nil || string(got) != want {
+						t.Fatalf("secret %s after a dropped rotation: %v", id, err)
+					}
+				}
+			}
+			allPresent(t, ms)
+			res.r, res.err = driver.d.RotateMaster(ctx)
+		}
+		if res.err != nil {
+			t.Fatalf("rotation with a follower restarted: %v", res.err)
+		}
+		r = res.r
+	}
+	if r.KeyID == old.ID {
+		t.Fatalf("still the old key: %+v", r)
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == r.KeyID
+		})
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
+	}
+	// Restarted once more, the crashed one still opens everything.
+	crashed.restart(t)
+	waitUntil(t, "the restarted manager serves", func() bool { return crashed.d.CheckServing() == nil })
+	checkRotatedManager(t, crashed.d, secrets, old, r.KeyID, "")
+}
+
+// checkRefused checks that a rotation through ms[0] is refused at once
+// because absent (down, or locked) is, naming it, and leaves nothing
+// behind.
+func checkRefused(t *testing.T, ms []*clusterNode, secrets map[string]string, what string, absent *clusterNode) {
+	t.Helper()
+	ctx := context.Background()
+	before := ms[0].d.mk.ID
+	_, err := ms[0].d.RotateMaster(ctx)
+	if !errdefs.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), absent.d.nodeID) {
+		t.Fatalf("rotation with a %s manager: %v, want unavailable naming %s", what, err, absent.d.nodeID)
+	}
+	for _, other := range ms[:2] {
+		if ok, err := other.d.store.Holds(ctx, store.Absent(other.d.rotationKey())); err != nil || !ok {
+			t.Fatalf("a refused rotation left its record (%v)", err)
+		}
+		waitUntil(t, "no rotating file", func() bool { return !exists(t, other.cfg.DataDir, "keys/master.key.rotating") })
+		if other.d.mk.ID != before {
+			t.Fatal("a refused rotation changed the key")
+		}
+	}
+	for id, want := range secrets {
+		if got, err := ms[0].d.secrets.Data(ctx, id); err != nil || string(got) != want {
+			t.Fatalf("secret after a refused rotation: %v", err)
+		}
 	}
 }
 
-// A manager that is down, or locked, makes a rotation refuse at once,
-// naming it, and leave nothing behind.
-func TestClusterRotateRefusesAbsentManager(t *testing.T) {
-	ctx := context.Background()
-	ms := startManagers(t, 3)
-	secrets := clusterSecrets(t, ms[0].d, 3)
-	allPresent(t, ms)
-	check := func(what string, absent *clusterNode) {
-		t.Helper()
-		before := ms[0].d.mk.ID
-		_, err := ms[0].d.RotateMaster(ctx)
-		if !errdefs.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), absent.d.nodeID) {
-			t.Fatalf("rotation with a %s manager: %v, want unavailable naming %s", what, err, absent.d.nodeID)
-		}
-		for _, other := range ms[:2] {
-			if ok, err := other.d.store.Holds(ctx, store.Absent(other.d.rotationKey())); err != nil || !ok {
-				t.Fatalf("a refused rotation left its record (%v)", err)
-			}
-			waitUntil(t, "no rotating file", func() bool { return !exists(t, other.cfg.DataDir, "keys/master.key.rotating") })
-			if other.d.mk.ID != before {
-				t.Fatal("a refused rotation changed the key")
-			}
-		}
-		for id, want := range secrets {
-			if got, err := ms[0].d.secrets.Data(ctx, id); err != nil || string(got) != want {
-				t.Fatalf("secret after a refused rotation: %v", err)
-			}
-		}
-	}
-	// Down.
+// A manager that is down makes a rotation refuse at once, naming it, and
+// leave nothing behind (a locked one: refusesLockedManagerCase).
+func refusesDownManagerCase(t *testing.T, ms []*clusterNode, secrets map[string]string) {
+	atRest(t, ms)
 	ms[2].d.Close()
-	check("down", ms[2])
-	ms[2].d = startWith(t, ms[2].cfg)
-	waitUntil(t, "the third manager serves again", func() bool { return ms[2].d.CheckServing() == nil })
-	allPresent(t, ms)
-
-	// Locked: autolock on (which rotates the master key across the
-	// managers once its key is fetched), then the third restarted.
-	old := copyKey(t, ms[0].d)
-	key := enableAutolock(t, ms[0].d)
-	for _, m := range ms {
-		waitUntil(t, "the manager locks under the key and runs under a new master key", func() bool {
-			m.d.mu.Lock()
-			id := m.d.mk.ID
-			m.d.mu.Unlock()
-			return lockedUnder(m.d, key) && id != old.ID && !exists(t, m.cfg.DataDir, "keys/master.key.rotating")
-		})
-	}
-	waitUntil(t, "the enable's rotation ended", func() bool {
-		ok, err := ms[0].d.store.Holds(ctx, store.Absent(ms[0].d.rotationKey()))
-		return err == nil && ok
-	})
-	for _, m := range ms {
-		checkRotatedManager(t, m.d, secrets, old, ms[0].d.mk.ID, key)
-	}
-	ms[2].restart(t)
-	if st := ms[2].d.State(); st != swarm.LocalNodeStateLocked {
-		t.Fatalf("restarted manager: %s, want locked", st)
-	}
-	check("locked", ms[2])
+	checkRefused(t, ms, secrets, "down", ms[2])
+	ms[2].start(t)
+	atRest(t, ms)
 }
 
 // While a rotation stands, promotions and demotions are refused with a
-// clear text, but for the demotion of a manager that is down, which lets
-// the rotation finish without it; once it is finished a promotion goes
-// through and the new manager holds the new key.
-func TestClusterRotateRefusesRoleChanges(t *testing.T) {
+// clear text, but for the demotion of a manager that is down: a manager
+// that went down for good in the middle of a rotation (it crashed and
+// will not come back, or left with --force) would otherwise hold the
+// rotation forever, as the driver waits for every manager it counted.
+// Once demoted, the rotation no longer waits for it and ends, the others
+// open everything, and a promotion goes through: the new manager holds
+// the new key. (Last of the shared cluster's cases: it changes its
+// managers.)
+func roleChangesCase(t *testing.T, ms []*clusterNode, secrets map[string]string) {
 	ctx := context.Background()
-	ms := startManagers(t, 3)
-	allPresent(t, ms)
+	atRest(t, ms)
+	old := copyKey(t, ms[0].d)
 	c := getCluster(t, ms[0].d)
 	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
 	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{ms[0].cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
 		t.Fatalf("worker join: %v", err)
 	}
+	ms[0].d.rot.wait = time.Second
 	ms[1].d.rot.wait = time.Second
 	// Stopped after every manager holds the new key: the record stands.
 	failOnce(ms[0].d, stepClusterPrepared, 0)
@@ -397,26 +422,43 @@ func TestClusterRotateRefusesRoleChanges(t *testing.T) {
 	ms[0].d.rot.setFail(nil)
 	for _, tc := range []struct {
 		name string
+		by   *Daemon
 		id   string
 		role swarm.NodeRole
 	}{
-		{"promotion", w.nodeID, swarm.NodeRoleManager},
-		{"demotion", ms[2].d.nodeID, swarm.NodeRoleWorker},
+		{"promotion", ms[1].d, w.nodeID, swarm.NodeRoleManager},
+		{"demotion", ms[1].d, ms[2].d.nodeID, swarm.NodeRoleWorker},
+		{"demotion through the driver", ms[0].d, ms[1].d.nodeID, swarm.NodeRoleWorker},
 	} {
-		err := setRole(ctx, ms[1].d, tc.id, tc.role)
+		err := setRole(ctx, tc.by, tc.id, tc.role)
 		if !errdefs.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "master-key rotation is in progress") {
 			t.Fatalf("%s during a rotation: %v", tc.name, err)
 		}
 	}
 	// A manager that is down may be demoted: the rotation then stops
-	// waiting for it (else a manager lost for good would hold it).
+	// waiting for it.
+	gone := ms[2].d.nodeID
 	ms[2].d.Close()
-	if err := setRole(ctx, ms[1].d, ms[2].d.nodeID, swarm.NodeRoleWorker); err != nil {
+	waitUntil(t, "the stopped manager is absent", func() bool {
+		absent, err := ms[0].d.absentManagers(ctx, []string{gone})
+		return err == nil && len(absent) == 1
+	})
+	if err := setRole(ctx, ms[1].d, gone, swarm.NodeRoleWorker); err != nil {
 		t.Fatalf("demoting a manager that is down during a rotation: %v", err)
 	}
-	// The rotation ends; the promotion then goes through.
-	if _, err := ms[0].d.RotateMaster(ctx); err != nil {
+	// The rotation ends without it; the promotion then goes through.
+	ms[0].d.rot.ackTimeout = 20 * time.Second
+	r, err := ms[0].d.RotateMaster(ctx)
+	if err != nil {
 		t.Fatalf("resumed rotation: %v", err)
+	}
+	for _, m := range ms[:2] {
+		waitUntil(t, "the manager runs under the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == r.KeyID
+		})
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
 	}
 	if err := setRole(ctx, ms[1].d, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatalf("promotion after the rotation: %v", err)
@@ -427,22 +469,39 @@ func TestClusterRotateRefusesRoleChanges(t *testing.T) {
 	}
 }
 
-// Under autolock, `hush key rotate` rewrites every manager's locked key
-// file under the unlock key; a manager restarted afterwards unlocks with
-// that key and opens everything.
-func TestClusterRotateMasterUnderAutolock(t *testing.T) {
-	ctx := context.Background()
-	ms := startManagers(t, 3)
+// The tests under autolock take turns on one cluster of three managers
+// too: autolock is enabled once (which rotates the master key across the
+// managers when its key is fetched).
+func TestClusterRotateUnderAutolock(t *testing.T) {
+	ms := shareManagers(t, 3)
 	secrets := clusterSecrets(t, ms[0].d, 10)
-	allPresent(t, ms)
-	key := enableAutolock(t, ms[0].d)
+	var key string
+	t.Run("enable-new-key-never-in-plain-file", func(t *testing.T) { key = newKeyNeverInPlainFileCase(t, ms, secrets) })
+	if key == "" {
+		t.Fatal("autolock was not enabled")
+	}
+	t.Run("rotate", func(t *testing.T) { rotateUnderAutolockCase(t, ms, secrets, key) })
+	t.Run("manager-restarted-locked-mid-rotation", func(t *testing.T) { restartedLockedMidRotationCase(t, ms, secrets, key) })
+	t.Run("refuses-locked-manager", func(t *testing.T) { refusesLockedManagerCase(t, ms, secrets, key) })
+}
+
+// atRestLocked is atRest under autolock: every manager's key files locked
+// under key as well.
+func atRestLocked(t *testing.T, ms []*clusterNode, key string) {
+	t.Helper()
 	for _, m := range ms {
 		waitUntil(t, "the manager locks under the key", func() bool { return lockedUnder(m.d, key) })
 	}
-	waitUntil(t, "the enable's rotation ended", func() bool {
-		ok, err := ms[0].d.store.Holds(ctx, store.Absent(ms[0].d.rotationKey()))
-		return err == nil && ok
-	})
+	atRest(t, ms)
+}
+
+// Under autolock, `hush key rotate` rewrites every manager's locked key
+// file under the unlock key; a manager restarted afterwards unlocks with
+// that key and opens everything. An unlock-key rotation is refused while
+// a master-key rotation stands.
+func rotateUnderAutolockCase(t *testing.T, ms []*clusterNode, secrets map[string]string, key string) {
+	ctx := context.Background()
+	atRestLocked(t, ms, key)
 	old := copyKey(t, ms[1].d)
 	r, err := ms[1].d.RotateMaster(ctx)
 	if err != nil {
@@ -461,6 +520,7 @@ func TestClusterRotateMasterUnderAutolock(t *testing.T) {
 	waitUntil(t, "the unlocked manager serves", func() bool { return ms[2].d.CheckServing() == nil })
 	checkRotatedManager(t, ms[2].d, secrets, old, r.KeyID, key)
 	// An autolock change is refused while a rotation stands.
+	allPresent(t, ms)
 	failOnce(ms[0].d, stepClusterPrepared, 0)
 	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
 		t.Fatalf("rotation: %v", err)
@@ -474,4 +534,20 @@ func TestClusterRotateMasterUnderAutolock(t *testing.T) {
 	if _, err := ms[1].d.RotateMaster(ctx); err != nil {
 		t.Fatalf("resumed rotation: %v", err)
 	}
+}
+
+// A manager that is locked makes a rotation refuse at once, naming it,
+// and leave nothing behind.
+func refusesLockedManagerCase(t *testing.T, ms []*clusterNode, secrets map[string]string, key string) {
+	ctx := context.Background()
+	atRestLocked(t, ms, key)
+	ms[2].restart(t)
+	if st := ms[2].d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted manager: %s, want locked", st)
+	}
+	checkRefused(t, ms, secrets, "locked", ms[2])
+	if err := ms[2].d.Unlock(ctx, key); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	atRestLocked(t, ms, key)
 }
