@@ -221,6 +221,9 @@ func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) erro
 			return d.recoverKeysLocked(ctx, err)
 		}
 		c.UnlockKeyFetched = true
+		// With it, the rotation enabling owes, so that a crash before
+		// it starts does not lose it (resumeOwedRotation).
+		c.RotationOwed = c.RotationOwed || enabling
 		// Bookkeeping no client sees: the version stays (Swarm's fetch
 		// writes nothing).
 		err = cluster.PutInternal(ctx, d.store, &c)
@@ -238,9 +241,47 @@ func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) erro
 	}
 	d.notePendingLocked()
 	if enabling && noted {
+		if err := d.injected(fpClusterEnableRotate); err != nil {
+			return err // as a crash before the rotation starts
+		}
 		d.rotateAfterEnable()
 	}
 	return nil
+}
+
+// resumeOwedRotation starts the rotation that enabling autolock owes when
+// none stands (its manager stopped before starting it, or it was refused:
+// a manager was absent): run by each manager once when it activates.
+func (d *Daemon) resumeOwedRotation(ctx context.Context) {
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil || !c.RotationOwed || !c.Spec.EncryptionConfig.AutoLockManagers || !c.UnlockKeyFetched {
+		return
+	}
+	if _, ok, err := getRotation(ctx, d.store); err != nil || ok {
+		return // one stands: its driver, or the next `hush key rotate`, ends it
+	}
+	d.log.Info("autolock was enabled but the master key has not been rotated across the managers since: rotating it")
+	d.rotateAfterEnable()
+}
+
+// settleRotationOwed clears RotationOwed once a rotation across the
+// managers has ended (best effort: left set, the next activation runs one
+// more rotation).
+func (d *Daemon) settleRotationOwed(ctx context.Context) {
+	for attempt := 0; attempt < 5; attempt++ {
+		c, err := cluster.Get(ctx, d.store)
+		if err != nil || !c.RotationOwed {
+			return
+		}
+		c.RotationOwed = false
+		err = cluster.PutInternal(ctx, d.store, &c)
+		if !errors.Is(err, errdefs.ErrOutOfSequence) {
+			if err != nil {
+				d.log.Warn("master key rotation: clearing the rotation autolock owed", "err", err)
+			}
+			return
+		}
+	}
 }
 
 // rotateAfterEnable rotates the master key across the managers in the
@@ -282,6 +323,9 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 	for {
 		if c, err := cluster.Get(ctx, d.store); err == nil && c.Revision() != seen {
 			if v, ok := d.followOnce(ctx); ok {
+				if seen == 0 {
+					d.resumeOwedRotation(ctx)
+				}
 				seen = v
 			}
 		}

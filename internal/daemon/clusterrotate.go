@@ -424,6 +424,7 @@ func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
 		d.releaseRotation(ctx)
 		return Rotation{}, err
 	}
+	d.settleRotationOwed(ctx)
 	return r, nil
 }
 

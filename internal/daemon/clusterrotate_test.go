@@ -483,6 +483,72 @@ func TestClusterRotateUnderAutolock(t *testing.T) {
 	t.Run("rotate", func(t *testing.T) { rotateUnderAutolockCase(t, ms, secrets, key) })
 	t.Run("manager-restarted-locked-mid-rotation", func(t *testing.T) { restartedLockedMidRotationCase(t, ms, secrets, key) })
 	t.Run("refuses-locked-manager", func(t *testing.T) { refusesLockedManagerCase(t, ms, secrets, key) })
+	t.Run("owed-rotation-resumed", func(t *testing.T) { owedRotationResumedCase(t, ms, secrets, key) })
+}
+
+// Enabling autolock owes a rotation across the managers once its key is
+// fetched. If the manager that recorded the fetch stops before starting
+// it, the record still says it is owed, and the next manager to activate
+// starts it: every manager ends under a new key, locked under the unlock
+// key, and nothing is owed any more.
+func owedRotationResumedCase(t *testing.T, ms []*clusterNode, secrets map[string]string, key string) {
+	ctx := context.Background()
+	atRestLocked(t, ms, key)
+	c := getCluster(t, ms[0].d)
+	spec := c.Spec
+	spec.EncryptionConfig.AutoLockManagers = false
+	if err := ms[0].d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatalf("disabling autolock: %v", err)
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager's key file is plain", func() bool { return plainOnly(m.d) })
+	}
+	atRest(t, ms)
+	old := copyKey(t, ms[0].d)
+	ms[0].d.mu.Lock()
+	ms[0].d.fail = failpoints{fpClusterEnableRotate: func() error { return errCrash }}
+	ms[0].d.mu.Unlock()
+	c = getCluster(t, ms[0].d)
+	spec = c.Spec
+	spec.EncryptionConfig.AutoLockManagers = true
+	if err := ms[0].d.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+		t.Fatalf("enabling autolock: %v", err)
+	}
+	key2, err := ms[0].d.UnlockKey(ctx)
+	if err != nil || key2 == "" {
+		t.Fatalf("unlock key: %v", err)
+	}
+	if err := ms[0].d.UnlockKeyDelivered(ctx, key2); !errors.Is(err, errCrash) {
+		t.Fatalf("recording the key's delivery: %v, want the crash", err)
+	}
+	if c := getCluster(t, ms[0].d); !c.UnlockKeyFetched || !c.RotationOwed {
+		t.Fatalf("after the fetch: fetched %v, rotation owed %v", c.UnlockKeyFetched, c.RotationOwed)
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager locks under the new unlock key", func() bool { return lockedUnder(m.d, key2) })
+	}
+	if !noRotation(ms[1].d) {
+		t.Fatal("a rotation started although its start was stopped")
+	}
+	ms[0].restart(t)
+	if st := ms[0].d.State(); st != swarm.LocalNodeStateLocked {
+		t.Fatalf("restarted manager: %s, want locked", st)
+	}
+	if err := ms[0].d.Unlock(ctx, key2); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under a new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID != old.ID
+		})
+	}
+	atRestLocked(t, ms, key2)
+	for _, m := range ms {
+		checkRotatedManager(t, m.d, secrets, old, ms[0].d.mk.ID, key2)
+	}
+	waitUntil(t, "nothing is owed", func() bool { return !getCluster(t, ms[1].d).RotationOwed })
 }
 
 // atRestLocked is atRest under autolock: every manager's key files locked

@@ -51,6 +51,12 @@ type Cluster struct {
 	// operator (a manager answered GET /swarm/unlockkey with it): every
 	// manager of the cluster may then lock its key files under it.
 	UnlockKeyFetched bool `json:"unlockKeyFetched,omitempty"`
+	// RotationOwed says that autolock was enabled and its key fetched,
+	// and the master-key rotation across the managers that must follow
+	// (so that earlier copies of a plaintext master.key open nothing) has
+	// not ended since: any manager that activates starts it (a crash of
+	// the manager that recorded the fetch would otherwise lose it).
+	RotationOwed bool `json:"rotationOwed,omitempty"`
 	// LastForcedRotation is the Spec.CAConfig.ForceRotate of the last
 	// root CA rotation: a spec whose counter differs asks for another.
 	LastForcedRotation uint64 `json:"lastForcedRotation,omitempty"`
