@@ -138,3 +138,80 @@ func TestRunLiveness(t *testing.T) {
 		t.Fatal("liveness loop still running after the leadership ended")
 	}
 }
+
+// A wake runs a pass at once: with timed passes an hour apart, a node
+// claimed after the first pass is recorded Ready only because of it.
+func TestRunLivenessWake(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	for _, id := range []string{"m1", "w1"} {
+		if _, err := nodes.Record(ctx, st, nodes.Node{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pres, err := st.NewPresence("m1", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithCancel(ctx)
+	pdone := make(chan struct{})
+	go func() { pres.Run(pctx); close(pdone) }()
+	defer func() { pcancel(); <-pdone }()
+	if err := pres.Claim(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := st.Campaign(ctx, "orchestrator", "m1", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wake := make(chan struct{}, 1)
+	lctx, lcancel := context.WithCancel(ctx)
+	ldone := make(chan struct{})
+	go func() {
+		nodes.RunLiveness(lctx, nodes.LivenessConfig{Store: st, Leadership: l, Wake: wake,
+			Period: func() time.Duration { return time.Second },
+			Every:  func(time.Duration) time.Duration { return time.Hour }})
+		close(ldone)
+	}()
+	defer func() { lcancel(); <-ldone }()
+	state := func(id string) swarm.NodeState {
+		n, err := nodes.Get(ctx, st, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Status == nil {
+			return ""
+		}
+		return n.Status.State
+	}
+	// The first pass runs at start; its claim may not have been written
+	// yet, so wake until m1 is Ready.
+	deadline := time.Now().Add(10 * time.Second)
+	for state("m1") != swarm.NodeStateReady {
+		if time.Now().After(deadline) {
+			t.Fatal("m1 not Ready after 10 s of wakes")
+		}
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := state("w1"); s != "" {
+		t.Fatalf("w1 %q before it was claimed", s)
+	}
+	if err := pres.Claim(ctx, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case wake <- struct{}{}:
+	default: // a wake is pending already
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for state("w1") != swarm.NodeStateReady {
+		if time.Now().After(deadline) {
+			t.Fatal("w1 not Ready 10 s after a wake (the next timed pass is an hour away)")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
