@@ -58,7 +58,10 @@ func TestTrackerDecides(t *testing.T) {
 // The loop records what presence says, on the leader only: Ready for a
 // claimed node, Down ("heartbeat failure") once unclaimed past the grace,
 // Ready again when claimed; a deposed leader writes nothing.
-func TestRunLiveness(t *testing.T) {
+// recordsAndPresence records nodes m1 and w1 and runs m1's presence
+// until the test ends.
+func recordsAndPresence(t *testing.T) (*store.Store, *store.Presence) {
+	t.Helper()
 	ctx := context.Background()
 	st := storetest.New(t)
 	for _, id := range []string{"m1", "w1"} {
@@ -73,7 +76,13 @@ func TestRunLiveness(t *testing.T) {
 	pctx, pcancel := context.WithCancel(ctx)
 	pdone := make(chan struct{})
 	go func() { pres.Run(pctx); close(pdone) }()
-	defer func() { pcancel(); <-pdone }()
+	t.Cleanup(func() { pcancel(); <-pdone })
+	return st, pres
+}
+
+func TestRunLiveness(t *testing.T) {
+	ctx := context.Background()
+	st, pres := recordsAndPresence(t)
 	for _, id := range []string{"m1", "w1"} {
 		if err := pres.Claim(ctx, id); err != nil {
 			t.Fatal(err)
@@ -143,20 +152,7 @@ func TestRunLiveness(t *testing.T) {
 // claimed after the first pass is recorded Ready only because of it.
 func TestRunLivenessWake(t *testing.T) {
 	ctx := context.Background()
-	st := storetest.New(t)
-	for _, id := range []string{"m1", "w1"} {
-		if _, err := nodes.Record(ctx, st, nodes.Node{ID: id}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pres, err := st.NewPresence("m1", time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pctx, pcancel := context.WithCancel(ctx)
-	pdone := make(chan struct{})
-	go func() { pres.Run(pctx); close(pdone) }()
-	defer func() { pcancel(); <-pdone }()
+	st, pres := recordsAndPresence(t)
 	if err := pres.Claim(ctx, "m1"); err != nil {
 		t.Fatal(err)
 	}
