@@ -176,8 +176,11 @@ type Daemon struct {
 	runMu sync.Mutex
 	// runStop ends the orchestrator and agent of the active cluster.
 	runStop context.CancelFunc
-	runDone sync.WaitGroup
-	unlock  unlockLimiter
+	// workerOpened is closed when the worker agent started last has its
+	// first dispatcher session (a worker's join waits for it).
+	workerOpened chan struct{}
+	runDone      sync.WaitGroup
+	unlock       unlockLimiter
 	// spec is the cluster settings applied outside the cluster record.
 	spec specState
 	// seen is when each worker last sent its dispatcher a heartbeat

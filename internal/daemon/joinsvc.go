@@ -516,7 +516,31 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	// activateLocked made the keyring the node runs with.
 	kr.Destroy()
 	d.log.Info("joined the swarm as a manager", "cluster", resp.ClusterID, "member", resp.MemberID)
-	return d.startJoinServiceLocked()
+	if err := d.startJoinServiceLocked(); err != nil {
+		return err
+	}
+	d.awaitSelfReady(ctx)
+	return nil
+}
+
+// awaitSelfReady waits (bounded by joinReadyWait) until the orchestrator's
+// leader has recorded this manager Ready, which its own presence claim
+// brings about: as Swarm's, a join answers once the node is Ready.
+func (d *Daemon) awaitSelfReady(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, joinReadyWait)
+	defer cancel()
+	for {
+		n, err := nodes.Get(ctx, d.store, d.nodeID)
+		if err == nil && n.Status != nil && n.Status.State == swarm.NodeStateReady {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			d.log.Warn("joined, but not recorded Ready yet", "waited", joinReadyWait)
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // awaitQuorum waits (bounded) until the member has caught up with a

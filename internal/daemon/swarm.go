@@ -193,7 +193,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 			fn(ctx)
 		}()
 	}
-	var vouching func() error
+	var presence *presenceKeeper
 	if d.store.Members() != nil {
 		// One orchestrator for the cluster: the manager that leads.
 		run(d.leadOrchestrator)
@@ -202,12 +202,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		// etcd refuses demoted and removed managers' certificates.
 		run(d.keepEtcdCRL)
 		// Every manager vouches for itself and the nodes it hears.
-		if pr, v, err := d.presenceRunner(); err != nil {
-			d.log.Error("presence not kept", "err", err)
-		} else {
-			run(pr)
-			vouching = v
-		}
+		presence = &presenceKeeper{d: d}
+		run(presence.run)
 	} else {
 		run(d.newOrchestrator().Run)
 	}
@@ -217,7 +213,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	})
 	// Workers' sessions only: a manager whose port is taken still serves
 	// the cluster, and its workers show Down.
-	if serve, err := d.dispatcherServer(disp, c.ID, vouching); err != nil {
+	if serve, err := d.dispatcherServer(disp, c.ID, presence); err != nil {
 		d.log.Error("dispatcher for workers not served", "err", err)
 	} else if serve != nil {
 		run(serve)
@@ -446,6 +442,9 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 		if err := d.startJoinServiceLocked(); err != nil {
 			return "", err
 		}
+		// As Swarm's, the init answers once the node is Ready (a lone
+		// node without a listen address is Ready by definition).
+		d.awaitSelfReady(ctx)
 	}
 	d.settle(&c)
 	d.noteNoEffect(nil, &c)
