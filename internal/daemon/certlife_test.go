@@ -295,13 +295,7 @@ func TestExpiredCertificate(t *testing.T) {
 // every sync round.
 func TestRenewalPointPerCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t)
 	c = getCluster(t, m)
 	spec := c.Spec
 	spec.CAConfig.NodeCertExpiry = 30 * 365 * 24 * time.Hour // past the root's 20 years

@@ -46,13 +46,7 @@ func peerGet(t *testing.T, m *Daemon, cert tls.Certificate) error {
 // removed; the remaining manager's own certificate is still accepted.
 func TestEtcdRefusesDemotedCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t)
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}
@@ -234,13 +228,7 @@ func TestTendManagerCerts(t *testing.T) {
 // (by serial), not accepted again because its node is a manager again.
 func TestEtcdRefusesCertificateAfterRepromotion(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t)
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}
@@ -282,13 +270,7 @@ func TestEtcdRefusesCertificateAfterRepromotion(t *testing.T) {
 // certificate is still served.
 func TestJoinServiceRefusesCertificateAfterRepromotion(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t)
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +285,7 @@ func TestJoinServiceRefusesCertificateAfterRepromotion(t *testing.T) {
 	}
 	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
 
-	stale := syncView{cert: first, clusterID: c.ID, caPEM: c.CACert, addrs: []string{l1}}
+	stale := syncView{cert: first, clusterID: c.ID, caPEM: c.CACert, addrs: []string{m.cfg.ListenAddr}}
 	key, err := pki.NewNodeKey()
 	if err != nil {
 		t.Fatal(err)
@@ -366,13 +348,7 @@ func relayWith(t *testing.T, m *Daemon, cert tls.Certificate, node string) error
 // once the node is promoted again — and serves it under a current one.
 func TestRelayRefusesRevokedManagerCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t)
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}
@@ -433,13 +409,7 @@ func openSessionWith(t *testing.T, m *Daemon, cert tls.Certificate) error {
 // certificate still opens one.
 func TestDispatcherSessionRefusesRevokedManagerCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t)
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}

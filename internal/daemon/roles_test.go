@@ -397,13 +397,7 @@ func TestRoleChangeCrashes(t *testing.T) {
 // forever for another manager to certify its demotion.
 func TestDemotePendingCountsAsDone(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t)
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatalf("promote: %v", err)
 	}
@@ -515,13 +509,7 @@ func TestConvergeRoleFilesLeftovers(t *testing.T) {
 // a restart.
 func TestPromotionResumesAfterAFailedWait(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t)
 	hit := make(chan struct{})
 	w.mu.Lock()
 	w.fail = failpoints{fpPromoteActivate: func() error {
