@@ -63,30 +63,26 @@ func life(leafNotBefore, leafNotAfter time.Time) time.Duration {
 // issued afterwards carry: a join's and a renewal's.
 func TestNodeCertExpiryHonoured(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	spec := c.Spec
-	spec.CAConfig.NodeCertExpiry = 48 * time.Hour
-	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
-		t.Fatal(err)
-	}
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, beforeJoin(func(m *Daemon) {
+		c := getCluster(t, m)
+		spec := c.Spec
+		spec.CAConfig.NodeCertExpiry = 48 * time.Hour
+		if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+			t.Fatal(err)
+		}
+	}))
 	joined := w.cert.Load()
 	if got := life(joined.Leaf.NotBefore, joined.Leaf.NotAfter); got != 48*time.Hour {
 		t.Fatalf("joined worker's certificate lives %s, want 48h", got)
 	}
 	// The manager's own certificate, issued before the update, is renewed
 	// with the new lifetime.
-	renewed(t, m, l1)
+	renewed(t, m, m.cfg.ListenAddr)
 	if got := life(m.cert.Load().Leaf.NotBefore, m.cert.Load().Leaf.NotAfter); got != 48*time.Hour {
 		t.Fatalf("renewed manager certificate lives %s, want 48h", got)
 	}
-	c = getCluster(t, m)
-	spec = c.Spec
+	c := getCluster(t, m)
+	spec := c.Spec
 	spec.CAConfig.NodeCertExpiry = 36 * time.Hour
 	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
 		t.Fatal(err)
@@ -105,13 +101,7 @@ func TestNodeCertExpiryHonoured(t *testing.T) {
 // limited and when to retry, while its role queries are still answered.
 func TestRenewalRateLimited(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: time.Hour, IssueBurst: 2, IssueEvery: time.Hour})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	_, w, _ := managerAndWorker(t, hourlySyncBurst2())
 	w.mu.Lock()
 	v, ok := w.syncViewLocked()
 	key := w.nodeKey
@@ -151,13 +141,7 @@ func TestRenewalRateLimited(t *testing.T) {
 // the records it leaves stay bounded by the burst.
 func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: time.Hour, IssueBurst: 2, IssueEvery: time.Hour})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, hourlySyncBurst2())
 	// The worker's own sync loop would promote it too: the test calls.
 	w.syncStop()
 	w.syncDone.Wait()
@@ -250,18 +234,14 @@ func holdIssued(t *testing.T, m, d *Daemon, issuedAt time.Time, life time.Durati
 // its next start), and the managers list it Down.
 func TestExpiredCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	spec := c.Spec
-	spec.Dispatcher.HeartbeatPeriod = time.Second
-	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
-		t.Fatal(err)
-	}
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, beforeJoin(func(m *Daemon) {
+		c := getCluster(t, m)
+		spec := c.Spec
+		spec.Dispatcher.HeartbeatPeriod = time.Second
+		if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+			t.Fatal(err)
+		}
+	}))
 
 	dead := expire(t, m, m)
 	waitUntil(t, "the manager reissues its expired certificate", func() bool {
@@ -331,15 +311,9 @@ func TestRenewalPointPerCertificate(t *testing.T) {
 // none, without waiting for a sync round.
 func TestCertProblemClearedByRejoin(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
 	// No sync round but the test's: the loop waits an hour after its
 	// first, at start.
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t, withWorker(func(cfg *Config) { cfg.RoleSyncPeriod = time.Hour }))
 	expire(t, m, w)
 	if err := w.syncOnce(ctx); err != nil {
 		t.Fatal(err)
@@ -353,7 +327,7 @@ func TestCertProblemClearedByRejoin(t *testing.T) {
 	if p := w.CertProblem(); p != "" {
 		t.Fatalf("a node that left reports its old certificate's problem: %q", p)
 	}
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{m.cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
 		t.Fatalf("worker join again: %v", err)
 	}
 	if si, ok := w.WorkerInfo(); !ok || si.Error != "" {

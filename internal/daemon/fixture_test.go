@@ -3,29 +3,83 @@ package daemon
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/moby/moby/api/types/swarm"
 )
 
+// pairSetup is what managerAndWorker starts: the two daemons'
+// configurations and what is done on the manager before the join.
+type pairSetup struct {
+	manager, worker Config
+	beforeJoin      func(m *Daemon)
+	// workerNoListen: the worker joins without a listen address (it can
+	// never be promoted).
+	workerNoListen bool
+}
+
+// pairOption adjusts the fixture of managerAndWorker.
+type pairOption func(*pairSetup)
+
+// withWorker changes the worker's configuration (its data directory,
+// --no-init and listen address are the fixture's).
+func withWorker(f func(*Config)) pairOption { return func(s *pairSetup) { f(&s.worker) } }
+
+// workerWithoutListen makes the worker join without a listen address.
+func workerWithoutListen() pairOption { return func(s *pairSetup) { s.workerNoListen = true } }
+
+// beforeJoin runs f on the initialised manager before the worker joins,
+// for settings the worker's join must already see (a certificate
+// lifetime, the heartbeat period).
+func beforeJoin(f func(m *Daemon)) pairOption {
+	return func(s *pairSetup) { s.beforeJoin = f }
+}
+
 // managerAndWorker is the role, certificate and join tests' cluster: a
 // manager initialised with a loopback listen address and a second daemon
 // started with --no-init that joined it with the worker token (with a
-// listen address of its own, so that it can be promoted), both syncing
-// their roles every fastSync. It returns the manager, the worker and the
+// listen address of its own, so that it can be promoted, unless
+// workerWithoutListen), both syncing their roles every fastSync unless an
+// option says otherwise. It returns the manager, the worker and the
 // cluster record the worker joined with (the manager's listen address is
 // m.cfg.ListenAddr). t.Cleanup closes both, the worker first. Start and
 // Join are bounded by the daemon's own timeouts (the store's start
 // timeout, joinTimeout), so the fixture cannot hang a test.
-func managerAndWorker(t *testing.T) (m, w *Daemon, c cluster.Cluster) {
+func managerAndWorker(t *testing.T, opts ...pairOption) (m, w *Daemon, c cluster.Cluster) {
 	t.Helper()
-	m = startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	s := pairSetup{
+		manager: Config{ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync},
+		worker:  Config{RoleSyncPeriod: fastSync},
+	}
+	listen := s.manager.ListenAddr
+	for _, o := range opts {
+		o(&s)
+	}
+	s.manager.DataDir, s.manager.ListenAddr = t.TempDir(), listen
+	m = startWith(t, s.manager)
+	if s.beforeJoin != nil {
+		s.beforeJoin(m)
+	}
 	c = getCluster(t, m)
-	// The worker's ports are chosen once the manager holds its own, so
-	// never one of them.
-	w = startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
+	s.worker.DataDir, s.worker.NoInit, s.worker.ListenAddr = t.TempDir(), true, ""
+	if !s.workerNoListen {
+		// Chosen once the manager holds its own ports, so never one of
+		// them.
+		s.worker.ListenAddr = loopbackListen(t)
+	}
+	w = startWith(t, s.worker)
 	if err := w.Join(context.Background(), swarm.JoinRequest{RemoteAddrs: []string{m.cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
 		t.Fatalf("worker join: %v", err)
 	}
 	return m, w, c
+}
+
+// hourlySyncBurst2 is the issuance-limit tests' setting: no sync round
+// but the first, and a manager issuing a node two certificates at once.
+func hourlySyncBurst2() pairOption {
+	return func(s *pairSetup) {
+		s.manager.RoleSyncPeriod, s.manager.IssueBurst, s.manager.IssueEvery = time.Hour, 2, time.Hour
+		s.worker.RoleSyncPeriod = time.Hour
+	}
 }

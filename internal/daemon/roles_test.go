@@ -428,13 +428,7 @@ func TestDemotePendingCountsAsDone(t *testing.T) {
 // would let the removed node back in.
 func TestNoCertificateForNodeRemovedElsewhere(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, workerWithoutListen())
 	w.syncStop()
 	// m's cache was read just now and holds no removal; another manager
 	// records w's removal (the record is deleted after it, later).
