@@ -26,6 +26,12 @@ type pairOption func(*pairSetup)
 // --no-init and listen address are the fixture's).
 func withWorker(f func(*Config)) pairOption { return func(s *pairSetup) { f(&s.worker) } }
 
+// syncEvery sets both daemons' role sync period (0: the daemon's
+// default).
+func syncEvery(p time.Duration) pairOption {
+	return func(s *pairSetup) { s.manager.RoleSyncPeriod, s.worker.RoleSyncPeriod = p, p }
+}
+
 // workerWithoutListen makes the worker join without a listen address.
 func workerWithoutListen() pairOption { return func(s *pairSetup) { s.workerNoListen = true } }
 
