@@ -102,17 +102,7 @@ func TestNodeCertExpiryHonoured(t *testing.T) {
 func TestRenewalRateLimited(t *testing.T) {
 	ctx := context.Background()
 	_, w, _ := managerAndWorker(t, hourlySyncBurst2())
-	w.mu.Lock()
-	v, ok := w.syncViewLocked()
-	key := w.nodeKey
-	w.mu.Unlock()
-	if !ok {
-		t.Fatal("the worker has no sync view")
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, csr := syncViewAndCSR(t, w)
 	// Refused requests (a CSR that does not parse) give their issue back:
 	// retries of a failing request do not use up the node's renewals.
 	for range 3 {
@@ -125,7 +115,7 @@ func TestRenewalRateLimited(t *testing.T) {
 			t.Fatalf("renewal %d within the burst: %v", i, err)
 		}
 	}
-	_, err = w.callSync(ctx, v, &syncRequest{CSR: csr})
+	_, err := w.callSync(ctx, v, &syncRequest{CSR: csr})
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "rate limited") || !strings.Contains(err.Error(), w.nodeID) {
 		t.Fatalf("a renewal beyond the burst: %v, want a precondition naming the node and the rate limit", err)
 	}
@@ -152,17 +142,7 @@ func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}
-	w.mu.Lock()
-	v, ok := w.syncViewLocked()
-	key := w.nodeKey
-	w.mu.Unlock()
-	if !ok {
-		t.Fatal("the worker has no sync view")
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, csr := syncViewAndCSR(t, w)
 	req := &syncRequest{CSR: csr, PeerURL: "https://" + nextPort(w.listen.Advertise)}
 	for i := range 2 {
 		_, err := w.callSync(ctx, v, req)
@@ -170,7 +150,7 @@ func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
 			t.Fatalf("promotion %d behind another learner: %v, want the learner refusal", i, err)
 		}
 	}
-	_, err = w.callSync(ctx, v, req)
+	_, err := w.callSync(ctx, v, req)
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "rate limited") {
 		t.Fatalf("a third signed-then-refused promotion within a burst of 2: %v, want rate limited", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/pki"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -88,4 +89,43 @@ func hourlySyncBurst2() pairOption {
 		s.manager.RoleSyncPeriod, s.manager.IssueBurst, s.manager.IssueEvery = time.Hour, 2, time.Hour
 		s.worker.RoleSyncPeriod = time.Hour
 	}
+}
+
+// promoted is `docker node promote` of w through m; it returns once w
+// votes, failing the test with what when it never does.
+func promoted(t *testing.T, m, w *Daemon, what string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	waitUntil(t, what, func() bool { return w.isVoter(ctx) })
+}
+
+// demoted is `docker node demote` of w through m; it returns once w is a
+// worker, failing the test with what when it never is.
+func demoted(t *testing.T, m, w *Daemon, what string) {
+	t.Helper()
+	if err := setRole(context.Background(), m, w.nodeID, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demote: %v", err)
+	}
+	waitUntil(t, what, w.isWorker)
+}
+
+// syncViewAndCSR is what w's next sync round would call with, and a CSR
+// of w's own key, for a test that calls in its place.
+func syncViewAndCSR(t *testing.T, w *Daemon) (syncView, []byte) {
+	t.Helper()
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	key := w.nodeKey
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	csr, err := pki.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, csr
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"sync"
 	"testing"
-
-	"github.com/moby/moby/api/types/swarm"
 )
 
 // A manager demoting itself stops its join/CA service before it replaces
@@ -18,12 +16,8 @@ import (
 // TestEtcdRefusesCertificateAfterRepromotion: openStore's write of
 // d.store against removedAt's read in serveNodeSync).
 func TestDemotionWaitsForJoinServiceHandlers(t *testing.T) {
-	ctx := context.Background()
 	m, w, _ := managerAndWorker(t)
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatalf("promote: %v", err)
-	}
-	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	promoted(t, m, w, "the promoted node votes")
 	waitUntil(t, "the promoted node serves its join service", func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
@@ -48,10 +42,7 @@ func TestDemotionWaitsForJoinServiceHandlers(t *testing.T) {
 	w.mu.Unlock()
 	waitUntil(t, "a node sync is held in w's join service", func() bool { return closed(entered) })
 
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
-		t.Fatalf("demote: %v", err)
-	}
-	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	demoted(t, m, w, "the demoted node is a worker")
 	if !closed(returned) {
 		t.Fatal("the node became a worker (its store replaced) while a handler of its join/CA service was still running")
 	}

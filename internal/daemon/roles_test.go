@@ -169,10 +169,7 @@ func TestPromoteDemote(t *testing.T) {
 	noCert.CloseIdleConnections()
 
 	// Promote.
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatalf("promote: %v", err)
-	}
-	waitUntil(t, "the worker votes", func() bool { return w.isVoter(ctx) })
+	promoted(t, m, w, "the worker votes")
 	for f, want := range map[string]bool{"member.json": true, "keys/master.key": true, "worker.json": false, "keys/node.key": false} {
 		if exists(t, wdir, f) != want {
 			t.Errorf("promoted node: %s exists=%v, want %v", f, !want, want)
@@ -223,10 +220,7 @@ func TestPromoteDemote(t *testing.T) {
 	}
 
 	// Demote it back, through the other manager.
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
-		t.Fatalf("demote: %v", err)
-	}
-	waitUntil(t, "the demoted manager is a worker", w.isWorker)
+	demoted(t, m, w, "the demoted manager is a worker")
 	for f, want := range map[string]bool{"member.json": false, "keys/master.key": false, "worker.json": true, "keys/node.key": true} {
 		if exists(t, wdir, f) != want {
 			t.Errorf("demoted node: %s exists=%v, want %v", f, !want, want)
@@ -409,10 +403,7 @@ func TestRoleChangeCrashes(t *testing.T) {
 func TestDemotePendingCountsAsDone(t *testing.T) {
 	ctx := context.Background()
 	m, w, _ := managerAndWorker(t)
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatalf("promote: %v", err)
-	}
-	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	promoted(t, m, w, "the promoted node votes")
 	// m's own demotion stays pending: its sync (which would carry it
 	// out) is stopped.
 	m.syncStop()
@@ -456,17 +447,7 @@ func TestNoCertificateForNodeRemovedElsewhere(t *testing.T) {
 	if _, err := m.store.Table("removednodes").Create(ctx, w.nodeID, "", val); err != nil {
 		t.Fatal(err)
 	}
-	w.mu.Lock()
-	v, ok := w.syncViewLocked()
-	key := w.nodeKey
-	w.mu.Unlock()
-	if !ok {
-		t.Fatal("the worker has no sync view")
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, csr := syncViewAndCSR(t, w)
 	if ans, err := w.callSync(ctx, v, &syncRequest{CSR: csr}); !errors.Is(err, errdefs.ErrUnauthorized) || ans != nil {
 		t.Fatalf("a removed node's renewal: %v (answered: %v), want unauthorized", err, ans != nil)
 	}
