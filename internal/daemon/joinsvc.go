@@ -133,6 +133,8 @@ func (js *joinService) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = js.srv.Shutdown(ctx)
+	// A request Shutdown gave up on ends its store calls.
+	js.cancel()
 }
 
 // stop shuts the service down and returns once no handshake or handler
