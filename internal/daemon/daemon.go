@@ -197,6 +197,10 @@ type Daemon struct {
 	removed    removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
+	// nodeSyncHook, set only by tests (under mu), runs in every node sync
+	// the join/CA service serves, with the request's context: it holds a
+	// handler in flight while the node changes role.
+	nodeSyncHook func(context.Context)
 
 	// cert is this node's current certificate and key, read per handshake
 	// by the join/CA service, the dispatcher and the worker's dispatcher

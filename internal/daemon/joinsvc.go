@@ -38,6 +38,40 @@ import (
 type joinService struct {
 	srv *http.Server
 	ln  net.Listener
+	// cancel ends every request's context (the server's base context):
+	// a handler waiting on the store (one whose member its cluster just
+	// removed answers nothing) returns at stop.
+	cancel context.CancelFunc
+	// running counts the handshakes and handlers under way; once stopped
+	// is set none starts. Both read d.store without d.mu, so none may
+	// outlive stop: the store is replaced after it (demoteSelf).
+	mu      sync.Mutex
+	stopped bool
+	running sync.WaitGroup
+}
+
+// enter admits one handshake or handler, unless the service is stopping;
+// the caller calls running.Done when it returns.
+func (js *joinService) enter() bool {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	if js.stopped {
+		return false
+	}
+	js.running.Add(1)
+	return true
+}
+
+// tracked serves h for as long as the service is not stopping.
+func (js *joinService) tracked(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !js.enter() {
+			writeJoinError(w, errdefs.Unavailable("this manager's join/CA service is stopping"))
+			return
+		}
+		defer js.running.Done()
+		h(w, r)
+	}
 }
 
 // startJoinServiceLocked listens on d.listen with this manager's own
@@ -56,7 +90,12 @@ func (d *Daemon) startJoinServiceLocked() error {
 	// A joining node has no certificate yet; a certified node shows its
 	// own for the node call (roles.go), which takes its identity from it.
 	// The certificate and the roots are read per handshake (renewal).
+	js := &joinService{}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if !js.enter() {
+			return nil, errors.New("the join/CA service is stopping")
+		}
+		defer js.running.Done()
 		cert := d.cert.Load()
 		if cert == nil {
 			return nil, errors.New("no certificate")
@@ -65,22 +104,28 @@ func (d *Daemon) startJoinServiceLocked() error {
 			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: d.clusterRoots(), SessionTicketsDisabled: true}, nil
 	}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+joinCAPath, d.serveCA)
-	mux.HandleFunc("POST "+joinPath, d.serveJoin)
-	mux.HandleFunc("POST "+nodeSyncPath, d.serveNodeSync)
+	mux.HandleFunc("GET "+joinCAPath, js.tracked(d.serveCA))
+	mux.HandleFunc("POST "+joinPath, js.tracked(d.serveJoin))
+	mux.HandleFunc("POST "+nodeSyncPath, js.tracked(d.serveNodeSync))
+	base, cancel := context.WithCancel(context.Background())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: joinTimeout,
-		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug), BaseContext: func(net.Listener) context.Context { return base }}
 	tln := tls.NewListener(ln, cfg)
 	go func() {
 		if err := srv.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("join service stopped", "err", err)
 		}
 	}()
-	d.joinSvc = &joinService{srv: srv, ln: tln}
+	js.srv, js.ln, js.cancel = srv, tln, cancel
+	d.joinSvc = js
 	d.log.Info("join/CA service listening", "addr", d.listen.Listen, "advertised", d.listen.Advertise)
 	return nil
 }
 
+// close shuts the service down, waiting (bounded) for the requests under
+// way. Its callers hold d.mu, which the handlers take too, so a handler
+// may outlive it: one that must not (the store is about to be replaced)
+// is stopped with detachJoinServiceLocked and stop instead.
 func (js *joinService) close() {
 	if js == nil {
 		return
@@ -88,6 +133,34 @@ func (js *joinService) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = js.srv.Shutdown(ctx)
+	// A request Shutdown gave up on ends its store calls.
+	js.cancel()
+}
+
+// stop shuts the service down and returns once no handshake or handler
+// of it runs any more: their requests are cancelled, and those not yet
+// in a handler are refused. The caller must not hold d.mu (the handlers
+// take it).
+func (js *joinService) stop() {
+	if js == nil {
+		return
+	}
+	js.mu.Lock()
+	js.stopped = true
+	js.mu.Unlock()
+	js.cancel()
+	js.close()
+	// Whatever Shutdown left (a connection still in its handshake) is cut.
+	_ = js.srv.Close()
+	js.running.Wait()
+}
+
+// detachJoinServiceLocked takes the join/CA service from the node, for
+// the caller to stop once it has released d.mu; nil when none runs.
+func (d *Daemon) detachJoinServiceLocked() *joinService {
+	js := d.joinSvc
+	d.joinSvc = nil
+	return js
 }
 
 func (d *Daemon) serveCA(w http.ResponseWriter, r *http.Request) {

@@ -218,7 +218,11 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 	if d.member != nil {
 		clusterID = d.member.ClusterID
 	}
+	hook := d.nodeSyncHook
 	d.mu.Unlock()
+	if hook != nil {
+		hook(r.Context())
+	}
 	id, err := pki.PeerIdentity(*r.TLS, clusterID)
 	if err == nil {
 		// Before the refusal list: a dropped manager removed since
@@ -715,6 +719,12 @@ func (d *Daemon) demoteSelf(ctx context.Context, v syncView) error {
 	if err != nil {
 		return err
 	}
+	// The join/CA service stops before the store is replaced, and outside
+	// d.mu: its handlers read d.store unlocked, and take d.mu.
+	d.mu.Lock()
+	js := d.detachJoinServiceLocked()
+	d.mu.Unlock()
+	js.stop()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.member == nil {
@@ -723,9 +733,14 @@ func (d *Daemon) demoteSelf(ctx context.Context, v syncView) error {
 	ws := &workerState{ClusterID: v.clusterID, CertPEM: string(ans.CertPEM), CAPEM: v.caPEM,
 		Managers: ans.Managers, Listen: d.member.Listen, Epoch: d.member.Epoch + 1}
 	if err := d.writeWorkerFiles(ws, key); err != nil {
+		// Still a manager: it serves again until the next round demotes it.
+		if serr := d.startJoinServiceLocked(); serr != nil {
+			d.log.Warn("join service not restarted after a failed demotion", "err", serr)
+		}
 		return err
 	}
 	d.stopRuntime()
+	// One started while d.mu was released (an unlock meanwhile).
 	d.joinSvc.close()
 	d.joinSvc = nil
 	d.closeStoreLocked()
