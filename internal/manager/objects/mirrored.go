@@ -16,9 +16,13 @@ type mirrored struct {
 	id     string
 	modRev int64
 
-	mu     sync.Mutex
-	sealed []byte // nil once decoded
-	obj    Object
+	mu sync.Mutex
+	// decoded is its own flag, not sealed == nil: a stored value can be
+	// empty (nil from the watch), and that must fail to open like any
+	// other unreadable value rather than pass for a decoded zero object.
+	decoded bool
+	sealed  []byte // dropped once decoded
+	obj     Object
 }
 
 // newMirrored keeps a copy of the stored value: the watch's buffers are
@@ -33,7 +37,7 @@ func newMirrored(o store.Object) *mirrored {
 func (m *Manager) object(e *mirrored) (Object, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.sealed == nil {
+	if e.decoded {
 		return e.obj, nil
 	}
 	pt, err := m.st.OpenValue(m.tbl.Key(e.id), e.sealed)
@@ -47,7 +51,7 @@ func (m *Manager) object(e *mirrored) (Object, error) {
 	if err != nil {
 		return Object{}, err
 	}
-	e.obj, e.sealed = toObject(&r, e.modRev), nil
+	e.obj, e.sealed, e.decoded = toObject(&r, e.modRev), nil, true
 	return e.obj, nil
 }
 
