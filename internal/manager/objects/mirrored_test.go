@@ -8,6 +8,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/identity"
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 )
@@ -133,5 +134,117 @@ func TestRemoveByIDInUseByContainer(t *testing.T) {
 	}
 	if _, err := m.Get(ctx, id); err != nil {
 		t.Fatalf("the secret in use is gone: %v", err)
+	}
+}
+
+// A master-key rotation re-wraps every stored value and then forgets the
+// old key. Entries the mirror kept sealed from before it are replaced by
+// the re-wrapped values (reads wait for them) and open under the new key;
+// one a stopped mirror still holds (a manager whose watch is behind) no
+// longer opens, and a remove by its ID takes the resolving path and
+// removes it all the same.
+func TestMirrorSealedAcrossMasterKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	keys := storetest.NewKeys(t)
+	st := storetest.NewIn(t, t.TempDir(), keys)
+	secrets := New(Secret, st, keys, nil)
+	configs := New(Config, st, keys, nil)
+	st.RegisterInner(Secret.Table, secrets.RewrapData)
+	st.RegisterInner(Config.Table, configs.RewrapData)
+	st.RegisterInner(FingerprintTable, RewrapFingerprintKey)
+
+	live := store.NewMirror(st)
+	secrets.UseMirror(live)
+	configs.UseMirror(live)
+	storetest.RunMirror(t, live)
+	// A second pair of managers over a mirror that stops before the
+	// rotation and keeps what it saw.
+	behind := store.NewMirror(st)
+	secretsBehind := New(Secret, st, keys, nil)
+	secretsBehind.UseMirror(behind)
+	bctx, stop := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	go func() { behind.Run(bctx); close(stopped) }()
+	t.Cleanup(func() { stop(); <-stopped })
+	if err := behind.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	read, err := secrets.Create(ctx, Spec{Name: "read", Data: []byte("r")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unread, err := secrets.Create(ctx, Spec{Name: "unread", Data: []byte("u")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := configs.Create(ctx, Spec{Name: "conf", Data: []byte("c")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Decoded before the rotation: "read" and the config.
+	if _, err := secrets.Get(ctx, read); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := configs.Get(ctx, conf); err != nil {
+		t.Fatal(err)
+	} else if b, err := configs.Reveal(&o); err != nil || string(b) != "c" {
+		t.Fatalf("reveal before the rotation: %q %v", b, err)
+	}
+	// The stopped mirror holds both secrets, sealed under the old key (a
+	// bare read waits for them without decoding).
+	held := 0
+	if err := behind.Read(ctx, Secret.Table, func(items map[string]store.Entry) { held = len(items) }); err != nil || held != 2 {
+		t.Fatalf("the second mirror holds %d secrets, %v", held, err)
+	}
+	stop()
+	<-stopped
+	if _, ok := behind.Entry(Secret.Table, unread); !ok {
+		t.Fatal("the stopped mirror lacks a secret")
+	}
+
+	old, err := keys.CurrentID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := keyring.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys.Keyring().Rotate(next)
+	if _, err := st.Rewrap(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := st.Referencing(ctx, old); err != nil || left != 0 {
+		t.Fatalf("after the re-wrap %d values need the old key (%v)", left, err)
+	}
+	if err := keys.Keyring().Forget(old); err != nil {
+		t.Fatal(err)
+	}
+
+	objs, err := secrets.List(ctx, Filters{})
+	if err != nil || len(objs) != 2 || objs[0].Name == "" || objs[1].Name == "" {
+		t.Fatalf("list after the rotation: %+v, %v", objs, err)
+	}
+	o, err := configs.Get(ctx, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := configs.Reveal(&o); err != nil || string(b) != "c" {
+		t.Fatalf("reveal after the rotation: %q %v", b, err)
+	}
+	if e, ok := behind.Entry(Secret.Table, unread); !ok {
+		t.Fatal("the stopped mirror dropped a secret")
+	} else if _, err := secretsBehind.object(e.Value.(*mirrored)); err == nil {
+		t.Fatal("an entry sealed under the forgotten key opened")
+	}
+	if err := secretsBehind.Remove(ctx, unread); err != nil {
+		t.Fatalf("remove by ID through a mirror behind the rotation: %v", err)
+	}
+	if _, err := secrets.Get(ctx, unread); !errdefs.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get after remove: %v", err)
+	}
+	if err := secrets.Remove(ctx, read); err != nil {
+		t.Fatal(err)
 	}
 }
