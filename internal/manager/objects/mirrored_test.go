@@ -2,6 +2,7 @@ package objects
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -246,5 +247,58 @@ func TestMirrorSealedAcrossMasterKeyRotation(t *testing.T) {
 	}
 	if err := secrets.Remove(ctx, read); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A remove by full ID racing a service that starts to reference the
+// object: etcd orders the two transactions, so either the remove wins and
+// the reference (guarded on the object existing) is refused, or the
+// reference wins and the remove is refused naming the service. Never both,
+// never a marker left on a removed object.
+func TestRemoveByIDRacingAReference(t *testing.T) {
+	m, st := newManager(t, Secret)
+	ctx := context.Background()
+	useMirror(t, m, st)
+	svcs := st.Table("services")
+	for i := range 30 {
+		id, err := m.Create(ctx, Spec{Name: fmt.Sprintf("s%d", i), Data: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The mirror has the object: the remove takes the guarded path.
+		if _, err := m.Get(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		svc := fmt.Sprintf("svc%d", i)
+		var wg sync.WaitGroup
+		var rmErr, refErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); rmErr = m.Remove(ctx, id) }()
+		go func() {
+			defer wg.Done()
+			_, refErr = svcs.CreateGuarded(ctx, svc, svc, []byte("{}"),
+				[]store.Cond{store.Exists(m.tbl.Key(id))},
+				store.PutOp(store.RefKey(Secret.Table, id, svc), svc))
+		}()
+		wg.Wait()
+		markers, err := storetest.Count(ctx, st, store.RefPrefix(Secret.Table, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case rmErr == nil && refErr == nil:
+			t.Fatalf("round %d: both the remove and the reference succeeded", i)
+		case rmErr == nil:
+			if !errors.Is(refErr, store.ErrGuard) || markers != 0 {
+				t.Fatalf("round %d: removed; reference %v, %d markers", i, refErr, markers)
+			}
+		case refErr == nil:
+			want := fmt.Sprintf("secret 's%d' is in use by the following service: %s", i, svc)
+			if rmErr.Error() != want || markers != 1 {
+				t.Fatalf("round %d: referenced; remove %v, %d markers", i, rmErr, markers)
+			}
+		default:
+			t.Fatalf("round %d: remove %v, reference %v", i, rmErr, refErr)
+		}
 	}
 }
