@@ -302,3 +302,35 @@ func TestRemoveByIDRacingAReference(t *testing.T) {
 		}
 	}
 }
+
+// A remove by full ID acknowledged by one manager is seen by the next read
+// on another manager (its own mirror), as any acknowledged write is: the
+// remove is an etcd transaction, and mirror reads wait for etcd's revision.
+func TestRemoveByIDThenReadOnAnotherManager(t *testing.T) {
+	a, st := newManager(t, Secret)
+	ctx := context.Background()
+	useMirror(t, a, st)
+	b := New(Secret, st, a.seal, nil)
+	useMirror(t, b, st)
+	for i := range 20 {
+		id, err := a.Create(ctx, Spec{Name: fmt.Sprintf("s%d", i), Data: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Get(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Get(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Remove(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if o, err := b.Get(ctx, id); !errdefs.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("round %d: get on the other manager after the remove: %+v, %v", i, o, err)
+		}
+		if objs, err := b.List(ctx, Filters{}); err != nil || len(objs) != 0 {
+			t.Fatalf("round %d: list on the other manager after the remove: %d, %v", i, len(objs), err)
+		}
+	}
+}
