@@ -25,10 +25,31 @@ type mirrored struct {
 	obj     Object
 }
 
-// newMirrored keeps a copy of the stored value: the watch's buffers are
-// not ours to hold.
-func newMirrored(o store.Object) *mirrored {
-	return &mirrored{id: o.ID, modRev: o.ModRev, sealed: bytes.Clone(o.Value)}
+// sealedUpTo is the largest stored record the mirror keeps sealed until its
+// first read. A record holds every retained version's sealed data (up to
+// maxKeep of them, each up to the kind's MaxSize), the decoded object only
+// the current one's; kept sealed on every manager until a read that may
+// never come (a follower's), large records would make each manager's heap
+// hold the store's secrets and configs whole. Above it a record is opened
+// and decoded as it arrives, as before entries were kept sealed; below it
+// the sealed copy costs about what the decoded object would. Most secrets
+// (a password, a key) are far below it, and so keep the saving.
+const sealedUpTo = 8 << 10
+
+// newMirrored makes the mirror's entry of a stored object. A small record
+// is kept as stored, a copy (the watch's buffers are not ours to hold); a
+// large one is decoded now, unless it does not open, which its first read
+// then reports.
+func (m *Manager) newMirrored(o store.Object) *mirrored {
+	e := &mirrored{id: o.ID, modRev: o.ModRev}
+	if len(o.Value) > sealedUpTo {
+		if obj, err := m.openStored(e.id, e.modRev, o.Value); err == nil {
+			e.obj, e.decoded = obj, true
+			return e
+		}
+	}
+	e.sealed = bytes.Clone(o.Value)
+	return e
 }
 
 // object opens and decodes the entry once; a failure (no keys loaded, an
@@ -40,19 +61,28 @@ func (m *Manager) object(e *mirrored) (Object, error) {
 	if e.decoded {
 		return e.obj, nil
 	}
-	pt, err := m.st.OpenValue(m.tbl.Key(e.id), e.sealed)
+	obj, err := m.openStored(e.id, e.modRev, e.sealed)
+	if err != nil {
+		return Object{}, err
+	}
+	e.obj, e.sealed, e.decoded = obj, nil, true
+	return e.obj, nil
+}
+
+// openStored opens and decodes the stored value of object id at modRev.
+func (m *Manager) openStored(id string, modRev int64, sealed []byte) (Object, error) {
+	pt, err := m.st.OpenValue(m.tbl.Key(id), sealed)
 	if err != nil {
 		return Object{}, err
 	}
 	// The opened record holds names, labels and sealed data, never
 	// plaintext data; wiped all the same, as every opened value is.
 	defer clear(pt)
-	r, err := m.decode(store.Object{ID: e.id, Value: pt, ModRev: e.modRev})
+	r, err := m.decode(store.Object{ID: id, Value: pt, ModRev: modRev})
 	if err != nil {
 		return Object{}, err
 	}
-	e.obj, e.sealed, e.decoded = toObject(&r, e.modRev), nil, true
-	return e.obj, nil
+	return toObject(&r, modRev), nil
 }
 
 // mirroredObjects decodes the entries of a mirror read, outside the

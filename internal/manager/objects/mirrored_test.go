@@ -334,3 +334,59 @@ func TestRemoveByIDThenReadOnAnotherManager(t *testing.T) {
 		}
 	}
 }
+
+// What the mirror holds for an object stays about what the decoded object
+// holds (the current version's sealed data), not the whole stored record:
+// a record keeps every retained version (up to maxKeep, each up to MaxSize),
+// and kept sealed until a read that may never come on a follower, every
+// manager's heap would hold all of them for every object. Small records
+// (most secrets) still wait sealed for their first read.
+func TestMirrorKeepsNoLargeRecordSealed(t *testing.T) {
+	m, st := newManager(t, Secret)
+	ctx := context.Background()
+	mir := storetest.RunMirror(t, store.NewMirror(st))
+	m.UseMirror(mir)
+	small, err := m.Create(ctx, Spec{Name: "small", Data: []byte("v")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 50<<10)
+	big, err := m.Create(ctx, Spec{Name: "big", Data: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 6; i++ {
+		data[0] = byte(i)
+		o, err := New(Secret, st, m.seal, nil).Get(ctx, big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Update(ctx, big, o.Version, Spec{Name: "big", Data: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var entries map[string]*mirrored
+	if err := mir.Read(ctx, Secret.Table, func(items map[string]store.Entry) {
+		entries = map[string]*mirrored{}
+		for id, e := range items {
+			entries[id] = e.Value.(*mirrored)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	held := func(e *mirrored) (sealed int, decoded bool) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.sealed), e.decoded
+	}
+	if n, decoded := held(entries[big]); n > len(data) || !decoded {
+		t.Fatalf("the mirror keeps %d sealed bytes of a %d-byte secret with 6 versions (decoded: %v)", n, len(data), decoded)
+	}
+	if n, decoded := held(entries[small]); n == 0 || decoded {
+		t.Fatalf("a small record was decoded before any read (%d sealed bytes kept)", n)
+	}
+	o, err := m.Get(ctx, big)
+	if err != nil || o.Name != "big" || o.DataVersion != 6 {
+		t.Fatalf("get of the large secret: %+v, %v", o, err)
+	}
+}

@@ -139,7 +139,7 @@ type Manager struct {
 // before mir runs.
 func (m *Manager) UseMirror(mir *store.Mirror) {
 	mir.RegisterSealed(m.kind.Table, func(o store.Object) (any, error) {
-		return newMirrored(o), nil
+		return m.newMirrored(o), nil
 	})
 	m.mirror = mir
 }
