@@ -135,6 +135,9 @@ type Daemon struct {
 	member  *memberState
 	nodeKey *ecdsa.PrivateKey
 	joinSvc *joinService
+	// joinStopping holds the join/CA services being stopped with mu
+	// released (stopJoinServiceLocked): their handlers may still run.
+	joinStopping []*joinService
 	// worker is set on a node that joined as a worker (worker.go): it
 	// serves no swarm API and its store stays empty.
 	worker *workerState
@@ -467,7 +470,10 @@ func (d *Daemon) Close() {
 			_ = d.http.Shutdown(ctx)
 			cancel()
 		}
-		d.joinSvc.close()
+		// Before the store closes: its handlers read it.
+		d.mu.Lock()
+		d.stopJoinServiceLocked()
+		d.mu.Unlock()
 		if d.proxy != nil {
 			// Shutdown does not end hijacked or endless streams.
 			_ = d.proxy.Close()

@@ -44,7 +44,8 @@ type joinService struct {
 	cancel context.CancelFunc
 	// running counts the handshakes and handlers under way; once stopped
 	// is set none starts. Both read d.store without d.mu, so none may
-	// outlive stop: the store is replaced after it (demoteSelf).
+	// outlive stop: the store is closed or replaced after it
+	// (stopJoinServiceLocked).
 	mu      sync.Mutex
 	stopped bool
 	running sync.WaitGroup
@@ -123,9 +124,8 @@ func (d *Daemon) startJoinServiceLocked() error {
 }
 
 // close shuts the service down, waiting (bounded) for the requests under
-// way. Its callers hold d.mu, which the handlers take too, so a handler
-// may outlive it: one that must not (the store is about to be replaced)
-// is stopped with detachJoinServiceLocked and stop instead.
+// way: a handler may outlive it. Only stop calls it; the node's paths use
+// stopJoinServiceLocked.
 func (js *joinService) close() {
 	if js == nil {
 		return
@@ -155,12 +155,35 @@ func (js *joinService) stop() {
 	js.running.Wait()
 }
 
-// detachJoinServiceLocked takes the join/CA service from the node, for
-// the caller to stop once it has released d.mu; nil when none runs.
-func (d *Daemon) detachJoinServiceLocked() *joinService {
-	js := d.joinSvc
-	d.joinSvc = nil
-	return js
+// stopJoinServiceLocked stops the join/CA service, and any another caller
+// is still stopping, and returns once no handler of them runs: from then
+// on, for as long as the caller keeps d.mu, none runs and none starts
+// (a service starts only under d.mu), so the caller may close or replace
+// the store. Every path that does must come through here first.
+//
+// Why the wait and not handlers that take the store under d.mu: the
+// handlers read d.store (and d.bg, through promoteLater) in a score of
+// helpers shared with the API, and the store is swapped under d.mu by
+// leave, demotion and Close alike; one wait here covers every path and
+// every field, where snapshotting would have to be threaded through each.
+//
+// The caller holds d.mu; it is released while the handlers finish (they
+// take it) and held again on return, so the caller decides what to do
+// only after this returns, or checks again.
+func (d *Daemon) stopJoinServiceLocked() {
+	for d.joinSvc != nil || len(d.joinStopping) > 0 {
+		if d.joinSvc != nil {
+			d.joinStopping = append(d.joinStopping, d.joinSvc)
+			d.joinSvc = nil
+		}
+		pending := slices.Clone(d.joinStopping)
+		d.mu.Unlock()
+		for _, js := range pending {
+			js.stop()
+		}
+		d.mu.Lock()
+		d.joinStopping = slices.DeleteFunc(d.joinStopping, func(js *joinService) bool { return slices.Contains(pending, js) })
+	}
 }
 
 func (d *Daemon) serveCA(w http.ResponseWriter, r *http.Request) {

@@ -719,14 +719,12 @@ func (d *Daemon) demoteSelf(ctx context.Context, v syncView) error {
 	if err != nil {
 		return err
 	}
-	// The join/CA service stops before the store is replaced, and outside
-	// d.mu: its handlers read d.store unlocked, and take d.mu.
-	d.mu.Lock()
-	js := d.detachJoinServiceLocked()
-	d.mu.Unlock()
-	js.stop()
+	// The join/CA service stops before the store is replaced: its
+	// handlers read d.store unlocked. d.mu is released meanwhile, hence
+	// the checks after.
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stopJoinServiceLocked()
 	if d.member == nil {
 		return nil
 	}
@@ -740,9 +738,6 @@ func (d *Daemon) demoteSelf(ctx context.Context, v syncView) error {
 		return err
 	}
 	d.stopRuntime()
-	// One started while d.mu was released (an unlock meanwhile).
-	d.joinSvc.close()
-	d.joinSvc = nil
 	d.closeStoreLocked()
 	if err := d.injected(fpDemoteWipe); err != nil {
 		return err

@@ -745,6 +745,22 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	ctx = context.WithoutCancel(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if force {
+		// A manager's leave closes and replaces its store: its join/CA
+		// service stops first, with d.mu released while its handlers
+		// finish (stopJoinServiceLocked), before anything below is
+		// decided. A leave that fails leaves a manager, serving again.
+		if d.joinSvc != nil {
+			defer func() {
+				if d.member != nil && d.state == swarm.LocalNodeStateActive {
+					if err := d.startJoinServiceLocked(); err != nil {
+						d.log.Warn("join service not restarted after a failed leave", "err", err)
+					}
+				}
+			}()
+		}
+		d.stopJoinServiceLocked()
+	}
 	if d.state == swarm.LocalNodeStateInactive {
 		return errdefs.Unavailable("This node is not part of a swarm")
 	}
