@@ -168,7 +168,7 @@ func (d *Daemon) serveUnlockedMember(ctx context.Context) error {
 func (d *Daemon) activateUnlockedLocked(ctx context.Context) error {
 	mk, used := d.unlockWith, d.unlockUsed
 	if _, err := d.settleKeysLocked(ctx, mk, used); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return fmt.Errorf("key files: %w", err)
 	}
 	d.unlockWith, d.unlockUsed = keyring.MasterKey{}, ""

@@ -207,7 +207,7 @@ func (d *Daemon) finishLeaveLocked(ctx context.Context) error {
 	if err := d.wipeLeftManager(); err != nil {
 		return err
 	}
-	d.keys.Set(nil)
+	d.dropKeyring()
 	d.mk.Destroy()
 	d.mk = keyring.MasterKey{}
 	d.pendingKey.Store(pendingNone)

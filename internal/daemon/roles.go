@@ -745,7 +745,7 @@ func (d *Daemon) demoteSelf(ctx context.Context, v syncView) error {
 	if err := d.wipeManagerFiles(); err != nil {
 		return err
 	}
-	d.keys.Set(nil)
+	d.dropKeyring()
 	d.mk.Destroy()
 	d.mk = keyring.MasterKey{}
 	d.member, d.worker, d.nodeKey = nil, ws, key

@@ -348,22 +348,37 @@ func (d *Daemon) finishRotation(ctx context.Context, kr *keyring.Keyring, mk key
 // starts the mirror, which needs the keyring to decode anything. It returns
 // the master key to run with.
 func (d *Daemon) unsealStore(ctx context.Context, kr *keyring.Keyring, mk keyring.MasterKey) (keyring.MasterKey, error) {
-	d.keys.Set(kr)
+	// A keyring built before the activation (a join's or a promotion's,
+	// a start's or an unlock's pre-opening of the store) is replaced:
+	// its key bytes are wiped now, not left in locked memory.
+	if prev := d.keys.Swap(kr); prev != nil && prev != kr {
+		prev.Destroy()
+	}
 	d.loadRotatingKey(kr, mk)
 	if _, err := d.store.Migrate(ctx, nil); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return mk, fmt.Errorf("sealing the store: %w", err)
 	}
 	mk, err := d.finishRotation(ctx, kr, mk)
 	if err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return mk, fmt.Errorf("finishing the master key rotation: %w", err)
 	}
 	if err := d.startMirror(ctx); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return mk, err
 	}
 	return mk, nil
+}
+
+// dropKeyring forgets the keyring and destroys it, for a daemon that will
+// not use it again (it left, was demoted, locked, or failed to open the
+// store with it): a keyring merely dropped keeps the master key's bytes in
+// locked memory, which the garbage collector never wipes.
+func (d *Daemon) dropKeyring() {
+	if kr := d.keys.Swap(nil); kr != nil {
+		kr.Destroy()
+	}
 }
 
 // startMirror starts the store mirror once; it waits for the first load.
@@ -429,7 +444,7 @@ func (d *Daemon) preopenStore(ctx context.Context, mk keyring.MasterKey) error {
 	d.keys.Set(kr)
 	d.loadRotatingKey(kr, mk)
 	if _, err := d.store.Migrate(ctx, nil); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		return fmt.Errorf("sealing the store: %w", err)
 	}
 	return nil

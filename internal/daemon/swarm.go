@@ -115,7 +115,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 		// change half-way); this may end in the locked state.
 		acked, err := d.settleKeysLocked(ctx, mk, "")
 		if err != nil {
-			d.keys.Set(nil)
+			d.dropKeyring()
 			mk.Destroy()
 			return fmt.Errorf("key files: %w", err)
 		}
@@ -124,7 +124,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 			// manager of a cluster runs its etcd member already: it
 			// stays active, its files now locked, as a swarmkit manager
 			// that learns of autolock while it runs.)
-			d.keys.Set(nil)
+			d.dropKeyring()
 			mk.Destroy()
 			d.state = swarm.LocalNodeStateLocked
 			d.log.Warn("hushd is locked: run `docker swarm unlock` with the unlock key")
@@ -726,7 +726,7 @@ func (d *Daemon) unlockLocked(ctx context.Context, key string) (member bool, _ e
 		return false, err
 	}
 	if _, err := d.settleKeysLocked(ctx, mk, key); err != nil {
-		d.keys.Set(nil)
+		d.dropKeyring()
 		mk.Destroy()
 		return false, fmt.Errorf("key files: %w", err)
 	}

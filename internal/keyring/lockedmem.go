@@ -1,6 +1,7 @@
 package keyring
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -89,6 +90,23 @@ func LockedBytes() int {
 	memPool.mu.Lock()
 	defer memPool.mu.Unlock()
 	return memPool.locked
+}
+
+// LockedHolds reports whether key memory from NewLocked still in use
+// holds b anywhere: a check, for tests, that a master key no one should
+// hold any more was wiped from every keyring.
+func LockedHolds(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	memPool.mu.Lock()
+	defer memPool.mu.Unlock()
+	for _, pg := range memPool.pages {
+		if bytes.Contains(pg.mem, b) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *lockedPool) slotSize(n int) int {
