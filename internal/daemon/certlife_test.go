@@ -63,30 +63,26 @@ func life(leafNotBefore, leafNotAfter time.Time) time.Duration {
 // issued afterwards carry: a join's and a renewal's.
 func TestNodeCertExpiryHonoured(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	spec := c.Spec
-	spec.CAConfig.NodeCertExpiry = 48 * time.Hour
-	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
-		t.Fatal(err)
-	}
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, beforeJoin(func(m *Daemon) {
+		c := getCluster(t, m)
+		spec := c.Spec
+		spec.CAConfig.NodeCertExpiry = 48 * time.Hour
+		if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+			t.Fatal(err)
+		}
+	}))
 	joined := w.cert.Load()
 	if got := life(joined.Leaf.NotBefore, joined.Leaf.NotAfter); got != 48*time.Hour {
 		t.Fatalf("joined worker's certificate lives %s, want 48h", got)
 	}
 	// The manager's own certificate, issued before the update, is renewed
 	// with the new lifetime.
-	renewed(t, m, l1)
+	renewed(t, m, m.cfg.ListenAddr)
 	if got := life(m.cert.Load().Leaf.NotBefore, m.cert.Load().Leaf.NotAfter); got != 48*time.Hour {
 		t.Fatalf("renewed manager certificate lives %s, want 48h", got)
 	}
-	c = getCluster(t, m)
-	spec = c.Spec
+	c := getCluster(t, m)
+	spec := c.Spec
 	spec.CAConfig.NodeCertExpiry = 36 * time.Hour
 	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
 		t.Fatal(err)
@@ -105,24 +101,8 @@ func TestNodeCertExpiryHonoured(t *testing.T) {
 // limited and when to retry, while its role queries are still answered.
 func TestRenewalRateLimited(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: time.Hour, IssueBurst: 2, IssueEvery: time.Hour})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
-	w.mu.Lock()
-	v, ok := w.syncViewLocked()
-	key := w.nodeKey
-	w.mu.Unlock()
-	if !ok {
-		t.Fatal("the worker has no sync view")
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, w, _ := managerAndWorker(t, hourlySyncBurst2())
+	v, csr := syncViewAndCSR(t, w)
 	// Refused requests (a CSR that does not parse) give their issue back:
 	// retries of a failing request do not use up the node's renewals.
 	for range 3 {
@@ -135,7 +115,7 @@ func TestRenewalRateLimited(t *testing.T) {
 			t.Fatalf("renewal %d within the burst: %v", i, err)
 		}
 	}
-	_, err = w.callSync(ctx, v, &syncRequest{CSR: csr})
+	_, err := w.callSync(ctx, v, &syncRequest{CSR: csr})
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "rate limited") || !strings.Contains(err.Error(), w.nodeID) {
 		t.Fatalf("a renewal beyond the burst: %v, want a precondition naming the node and the rate limit", err)
 	}
@@ -151,13 +131,7 @@ func TestRenewalRateLimited(t *testing.T) {
 // the records it leaves stay bounded by the burst.
 func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: time.Hour, IssueBurst: 2, IssueEvery: time.Hour})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, hourlySyncBurst2())
 	// The worker's own sync loop would promote it too: the test calls.
 	w.syncStop()
 	w.syncDone.Wait()
@@ -168,17 +142,7 @@ func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}
-	w.mu.Lock()
-	v, ok := w.syncViewLocked()
-	key := w.nodeKey
-	w.mu.Unlock()
-	if !ok {
-		t.Fatal("the worker has no sync view")
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, csr := syncViewAndCSR(t, w)
 	req := &syncRequest{CSR: csr, PeerURL: "https://" + nextPort(w.listen.Advertise)}
 	for i := range 2 {
 		_, err := w.callSync(ctx, v, req)
@@ -186,7 +150,7 @@ func TestPromotionRefusedAfterIssueKeepsItsIssue(t *testing.T) {
 			t.Fatalf("promotion %d behind another learner: %v, want the learner refusal", i, err)
 		}
 	}
-	_, err = w.callSync(ctx, v, req)
+	_, err := w.callSync(ctx, v, req)
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "rate limited") {
 		t.Fatalf("a third signed-then-refused promotion within a burst of 2: %v, want rate limited", err)
 	}
@@ -250,18 +214,14 @@ func holdIssued(t *testing.T, m, d *Daemon, issuedAt time.Time, life time.Durati
 // its next start), and the managers list it Down.
 func TestExpiredCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	spec := c.Spec
-	spec.Dispatcher.HeartbeatPeriod = time.Second
-	if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
-		t.Fatal(err)
-	}
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, beforeJoin(func(m *Daemon) {
+		c := getCluster(t, m)
+		spec := c.Spec
+		spec.Dispatcher.HeartbeatPeriod = time.Second
+		if err := m.Update(ctx, c.Version, spec, api.SwarmUpdateFlags{}); err != nil {
+			t.Fatal(err)
+		}
+	}))
 
 	dead := expire(t, m, m)
 	waitUntil(t, "the manager reissues its expired certificate", func() bool {
@@ -295,13 +255,7 @@ func TestExpiredCertificate(t *testing.T) {
 // every sync round.
 func TestRenewalPointPerCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t)
 	c = getCluster(t, m)
 	spec := c.Spec
 	spec.CAConfig.NodeCertExpiry = 30 * 365 * 24 * time.Hour // past the root's 20 years
@@ -337,15 +291,9 @@ func TestRenewalPointPerCertificate(t *testing.T) {
 // none, without waiting for a sync round.
 func TestCertProblemClearedByRejoin(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
 	// No sync round but the test's: the loop waits an hour after its
 	// first, at start.
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: time.Hour})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t, withWorker(func(cfg *Config) { cfg.RoleSyncPeriod = time.Hour }))
 	expire(t, m, w)
 	if err := w.syncOnce(ctx); err != nil {
 		t.Fatal(err)
@@ -359,7 +307,7 @@ func TestCertProblemClearedByRejoin(t *testing.T) {
 	if p := w.CertProblem(); p != "" {
 		t.Fatalf("a node that left reports its old certificate's problem: %q", p)
 	}
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{m.cfg.ListenAddr}, JoinToken: c.JoinTokens.Worker}); err != nil {
 		t.Fatalf("worker join again: %v", err)
 	}
 	if si, ok := w.WorkerInfo(); !ok || si.Error != "" {

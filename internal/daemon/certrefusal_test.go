@@ -46,27 +46,15 @@ func peerGet(t *testing.T, m *Daemon, cert tls.Certificate) error {
 // removed; the remaining manager's own certificate is still accepted.
 func TestEtcdRefusesDemotedCertificate(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	m, w, _ := managerAndWorker(t)
+	promoted(t, m, w, "the promoted node votes")
 	old := *w.cert.Load()
 	own := *m.cert.Load()
 	if err := peerGet(t, m, old); err != nil {
 		t.Fatalf("a current manager certificate refused: %v", err)
 	}
 
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	demoted(t, m, w, "the demoted node is a worker")
 	waitUntil(t, "the demoted node's manager certificate refused by etcd", func() bool { return peerGet(t, m, old) != nil })
 	if err := peerGet(t, m, own); err != nil {
 		t.Fatalf("the remaining manager's certificate refused: %v", err)
@@ -234,26 +222,11 @@ func TestTendManagerCerts(t *testing.T) {
 // (by serial), not accepted again because its node is a manager again.
 func TestEtcdRefusesCertificateAfterRepromotion(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	m, w, _ := managerAndWorker(t)
+	promoted(t, m, w, "the promoted node votes")
 	first := *w.cert.Load()
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the demoted node is a worker", w.isWorker)
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+	demoted(t, m, w, "the demoted node is a worker")
+	promoted(t, m, w, "the node promoted again votes")
 	second := *w.cert.Load()
 	if second.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 {
 		t.Fatal("the promotion kept the first manager certificate")
@@ -282,28 +255,13 @@ func TestEtcdRefusesCertificateAfterRepromotion(t *testing.T) {
 // certificate is still served.
 func TestJoinServiceRefusesCertificateAfterRepromotion(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	m, w, c := managerAndWorker(t)
+	promoted(t, m, w, "the promoted node votes")
 	first := w.cert.Load()
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the demoted node is a worker", w.isWorker)
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+	demoted(t, m, w, "the demoted node is a worker")
+	promoted(t, m, w, "the node promoted again votes")
 
-	stale := syncView{cert: first, clusterID: c.ID, caPEM: c.CACert, addrs: []string{l1}}
+	stale := syncView{cert: first, clusterID: c.ID, caPEM: c.CACert, addrs: []string{m.cfg.ListenAddr}}
 	key, err := pki.NewNodeKey()
 	if err != nil {
 		t.Fatal(err)
@@ -365,33 +323,17 @@ func relayWith(t *testing.T, m *Daemon, cert tls.Certificate, node string) error
 // manager certificate etcd refuses by serial — a demoted node's, also
 // once the node is promoted again — and serves it under a current one.
 func TestRelayRefusesRevokedManagerCertificate(t *testing.T) {
-	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	m, w, _ := managerAndWorker(t)
+	promoted(t, m, w, "the promoted node votes")
 	first := *w.cert.Load()
 	if err := relayWith(t, m, first, w.nodeID); errors.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("a current manager certificate refused: %v", err)
 	}
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	demoted(t, m, w, "the demoted node is a worker")
 	if err := relayWith(t, m, first, w.nodeID); !errors.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("a demoted node's manager certificate relays logs: %v, want it refused", err)
 	}
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the node promoted again votes", func() bool { return w.isVoter(ctx) })
+	promoted(t, m, w, "the node promoted again votes")
 	if err := relayWith(t, m, first, w.nodeID); !errors.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("the manager certificate held before the demotion relays logs: %v, want it refused", err)
 	}
@@ -432,23 +374,10 @@ func openSessionWith(t *testing.T, m *Daemon, cert tls.Certificate) error {
 // old key, and the node's own session replaced. The node's worker
 // certificate still opens one.
 func TestDispatcherSessionRefusesRevokedManagerCertificate(t *testing.T) {
-	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the promoted node votes", func() bool { return w.isVoter(ctx) })
+	m, w, _ := managerAndWorker(t)
+	promoted(t, m, w, "the promoted node votes")
 	first := *w.cert.Load()
-	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleWorker); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the demoted node is a worker", w.isWorker)
+	demoted(t, m, w, "the demoted node is a worker")
 	if err := openSessionWith(t, m, first); !errors.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("a session under the demoted node's manager certificate: %v, want it refused", err)
 	}

@@ -135,6 +135,9 @@ type Daemon struct {
 	member  *memberState
 	nodeKey *ecdsa.PrivateKey
 	joinSvc *joinService
+	// joinStopping holds the join/CA services being stopped with mu
+	// released (stopJoinServiceLocked): their handlers may still run.
+	joinStopping []*joinService
 	// worker is set on a node that joined as a worker (worker.go): it
 	// serves no swarm API and its store stays empty.
 	worker *workerState
@@ -176,8 +179,11 @@ type Daemon struct {
 	runMu sync.Mutex
 	// runStop ends the orchestrator and agent of the active cluster.
 	runStop context.CancelFunc
-	runDone sync.WaitGroup
-	unlock  unlockLimiter
+	// workerOpened is closed when the worker agent started last has its
+	// first dispatcher session (a worker's join waits for it).
+	workerOpened chan struct{}
+	runDone      sync.WaitGroup
+	unlock       unlockLimiter
 	// spec is the cluster settings applied outside the cluster record.
 	spec specState
 	// seen is when each worker last sent its dispatcher a heartbeat
@@ -194,6 +200,10 @@ type Daemon struct {
 	removed    removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
+	// nodeSyncHook, set only by tests (under mu), runs in every node sync
+	// the join/CA service serves, with the request's context: it holds a
+	// handler in flight while the node changes role.
+	nodeSyncHook func(context.Context)
 
 	// cert is this node's current certificate and key, read per handshake
 	// by the join/CA service, the dispatcher and the worker's dispatcher
@@ -460,7 +470,10 @@ func (d *Daemon) Close() {
 			_ = d.http.Shutdown(ctx)
 			cancel()
 		}
-		d.joinSvc.close()
+		// Before the store closes: its handlers read it.
+		d.mu.Lock()
+		d.stopJoinServiceLocked()
+		d.mu.Unlock()
 		if d.proxy != nil {
 			// Shutdown does not end hijacked or endless streams.
 			_ = d.proxy.Close()

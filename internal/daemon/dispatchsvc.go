@@ -64,10 +64,12 @@ func (d *Daemon) clusterRoots() *x509.CertPool {
 
 // dispatcherServer returns the runtime part that serves the dispatcher to
 // remote nodes on listen port + 2 while the runtime runs. The caller
-// holds d.mu; nil when this manager has no listen address. vouching
-// (nil: always) refuses sessions and heartbeats while this manager cannot
-// vouch for the nodes it hears (see presenceKeeper.vouching).
-func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string, vouching func() error) (func(context.Context), error) {
+// holds d.mu; nil when this manager has no listen address. presence
+// (nil: none kept, the node always vouching) refuses sessions and
+// heartbeats while this manager cannot vouch for the nodes it hears (see
+// presenceKeeper.vouching), and vouches for a node at once as its session
+// opens (presenceKeeper.awaitReady).
+func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string, presence *presenceKeeper) (func(context.Context), error) {
 	if d.member == nil || !d.listen.enabled() {
 		return nil, nil
 	}
@@ -84,11 +86,16 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
+	var vouching func() error
+	var awaitReady func(context.Context, string)
+	if presence != nil {
+		vouching, awaitReady = presence.vouching, presence.awaitReady
+	}
 	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
 		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
-		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, Vouching: vouching,
+		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, Vouching: vouching, AwaitReady: awaitReady,
 		LocalNode: d.nodeID, LocalLogs: d.localTaskLogs,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)

@@ -365,8 +365,8 @@ func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (ha
 		return n.ID != d.nodeID && n.Spec.Role == swarm.NodeRoleManager
 	})
 	d.stopRuntime()
-	d.joinSvc.close()
-	d.joinSvc = nil
+	// A no-op after Leave's stop; a wait with d.mu released otherwise.
+	d.stopJoinServiceLocked()
 	if d.engine != nil && !last {
 		d.removeTaskContainers(ctx)
 	}

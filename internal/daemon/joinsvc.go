@@ -38,6 +38,41 @@ import (
 type joinService struct {
 	srv *http.Server
 	ln  net.Listener
+	// cancel ends every request's context (the server's base context):
+	// a handler waiting on the store (one whose member its cluster just
+	// removed answers nothing) returns at stop.
+	cancel context.CancelFunc
+	// running counts the handshakes and handlers under way; once stopped
+	// is set none starts. Both read d.store without d.mu, so none may
+	// outlive stop: the store is closed or replaced after it
+	// (stopJoinServiceLocked).
+	mu      sync.Mutex
+	stopped bool
+	running sync.WaitGroup
+}
+
+// enter admits one handshake or handler, unless the service is stopping;
+// the caller calls running.Done when it returns.
+func (js *joinService) enter() bool {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	if js.stopped {
+		return false
+	}
+	js.running.Add(1)
+	return true
+}
+
+// tracked serves h for as long as the service is not stopping.
+func (js *joinService) tracked(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !js.enter() {
+			writeJoinError(w, errdefs.Unavailable("this manager's join/CA service is stopping"))
+			return
+		}
+		defer js.running.Done()
+		h(w, r)
+	}
 }
 
 // startJoinServiceLocked listens on d.listen with this manager's own
@@ -56,7 +91,12 @@ func (d *Daemon) startJoinServiceLocked() error {
 	// A joining node has no certificate yet; a certified node shows its
 	// own for the node call (roles.go), which takes its identity from it.
 	// The certificate and the roots are read per handshake (renewal).
+	js := &joinService{}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if !js.enter() {
+			return nil, errors.New("the join/CA service is stopping")
+		}
+		defer js.running.Done()
 		cert := d.cert.Load()
 		if cert == nil {
 			return nil, errors.New("no certificate")
@@ -65,22 +105,27 @@ func (d *Daemon) startJoinServiceLocked() error {
 			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: d.clusterRoots(), SessionTicketsDisabled: true}, nil
 	}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+joinCAPath, d.serveCA)
-	mux.HandleFunc("POST "+joinPath, d.serveJoin)
-	mux.HandleFunc("POST "+nodeSyncPath, d.serveNodeSync)
+	mux.HandleFunc("GET "+joinCAPath, js.tracked(d.serveCA))
+	mux.HandleFunc("POST "+joinPath, js.tracked(d.serveJoin))
+	mux.HandleFunc("POST "+nodeSyncPath, js.tracked(d.serveNodeSync))
+	base, cancel := context.WithCancel(context.Background())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: joinTimeout,
-		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug), BaseContext: func(net.Listener) context.Context { return base }}
 	tln := tls.NewListener(ln, cfg)
 	go func() {
 		if err := srv.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("join service stopped", "err", err)
 		}
 	}()
-	d.joinSvc = &joinService{srv: srv, ln: tln}
+	js.srv, js.ln, js.cancel = srv, tln, cancel
+	d.joinSvc = js
 	d.log.Info("join/CA service listening", "addr", d.listen.Listen, "advertised", d.listen.Advertise)
 	return nil
 }
 
+// close shuts the service down, waiting (bounded) for the requests under
+// way: a handler may outlive it. Only stop calls it; the node's paths use
+// stopJoinServiceLocked.
 func (js *joinService) close() {
 	if js == nil {
 		return
@@ -88,6 +133,57 @@ func (js *joinService) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = js.srv.Shutdown(ctx)
+	// A request Shutdown gave up on ends its store calls.
+	js.cancel()
+}
+
+// stop shuts the service down and returns once no handshake or handler
+// of it runs any more: their requests are cancelled, and those not yet
+// in a handler are refused. The caller must not hold d.mu (the handlers
+// take it).
+func (js *joinService) stop() {
+	if js == nil {
+		return
+	}
+	js.mu.Lock()
+	js.stopped = true
+	js.mu.Unlock()
+	js.cancel()
+	js.close()
+	// Whatever Shutdown left (a connection still in its handshake) is cut.
+	_ = js.srv.Close()
+	js.running.Wait()
+}
+
+// stopJoinServiceLocked stops the join/CA service, and any another caller
+// is still stopping, and returns once no handler of them runs: from then
+// on, for as long as the caller keeps d.mu, none runs and none starts
+// (a service starts only under d.mu), so the caller may close or replace
+// the store. Every path that does must come through here first.
+//
+// Why the wait and not handlers that take the store under d.mu: the
+// handlers read d.store (and d.bg, through promoteLater) in a score of
+// helpers shared with the API, and the store is swapped under d.mu by
+// leave, demotion and Close alike; one wait here covers every path and
+// every field, where snapshotting would have to be threaded through each.
+//
+// The caller holds d.mu; it is released while the handlers finish (they
+// take it) and held again on return, so the caller decides what to do
+// only after this returns, or checks again.
+func (d *Daemon) stopJoinServiceLocked() {
+	for d.joinSvc != nil || len(d.joinStopping) > 0 {
+		if d.joinSvc != nil {
+			d.joinStopping = append(d.joinStopping, d.joinSvc)
+			d.joinSvc = nil
+		}
+		pending := slices.Clone(d.joinStopping)
+		d.mu.Unlock()
+		for _, js := range pending {
+			js.stop()
+		}
+		d.mu.Lock()
+		d.joinStopping = slices.DeleteFunc(d.joinStopping, func(js *joinService) bool { return slices.Contains(pending, js) })
+	}
 }
 
 func (d *Daemon) serveCA(w http.ResponseWriter, r *http.Request) {
@@ -521,7 +617,31 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	// activateLocked made the keyring the node runs with.
 	kr.Destroy()
 	d.log.Info("joined the swarm as a manager", "cluster", resp.ClusterID, "member", resp.MemberID)
-	return d.startJoinServiceLocked()
+	if err := d.startJoinServiceLocked(); err != nil {
+		return err
+	}
+	d.awaitSelfReady(ctx)
+	return nil
+}
+
+// awaitSelfReady waits (bounded by joinReadyWait) until the orchestrator's
+// leader has recorded this manager Ready, which its own presence claim
+// brings about: as Swarm's, a join answers once the node is Ready.
+func (d *Daemon) awaitSelfReady(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, joinReadyWait)
+	defer cancel()
+	for {
+		n, err := nodes.Get(ctx, d.store, d.nodeID)
+		if err == nil && n.Status != nil && n.Status.State == swarm.NodeStateReady {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			d.log.Warn("joined, but not recorded Ready yet", "waited", joinReadyWait)
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // awaitQuorum waits (bounded) until the member has caught up with a

@@ -194,10 +194,8 @@ func (d *Daemon) finishLeaveLocked(ctx context.Context) error {
 	if d.engine != nil {
 		d.removeTaskContainers(ctx)
 	}
-	if d.joinSvc != nil {
-		d.joinSvc.close()
-		d.joinSvc = nil
-	}
+	// A no-op after Leave's stop; a wait with d.mu released otherwise.
+	d.stopJoinServiceLocked()
 	d.closeStoreLocked()
 	if d.lockedMember != nil {
 		// Its store was a scratch one; the member's data is wiped next.

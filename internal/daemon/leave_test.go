@@ -8,6 +8,7 @@ import (
 
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
 	"github.com/moby/moby/api/types/swarm"
@@ -27,6 +28,10 @@ func threeJoinedManagers(t *testing.T) ([]*Daemon, []Config, string) {
 		m := startWith(t, cfg)
 		if err := m.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Manager}); err != nil {
 			t.Fatalf("manager join: %v", err)
+		}
+		// As in Swarm, the join answers once the node is Ready.
+		if n, err := nodes.Get(ctx, m1.store, m.nodeID); err != nil || n.Status == nil || n.Status.State != swarm.NodeStateReady {
+			t.Fatalf("the joined manager's status as its join returned: %+v %v, want ready", n.Status, err)
 		}
 		waitUntil(t, "the joined manager votes", func() bool { return m.isVoter(ctx) })
 		ds, cfgs = append(ds, m), append(cfgs, cfg)

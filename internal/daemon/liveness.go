@@ -39,15 +39,6 @@ func (d *Daemon) livePeriod() time.Duration {
 	return dispatchnet.DefaultHeartbeatPeriod
 }
 
-// presenceRunner returns the runtime part that keeps this manager's
-// presence: its lease, its own claim, and a claim for each node that
-// heartbeats its dispatcher (see presenceKeeper); and vouching, the
-// dispatcher's test that this manager can vouch for the nodes it hears.
-func (d *Daemon) presenceRunner() (run func(context.Context), vouching func() error, err error) {
-	k := &presenceKeeper{d: d}
-	return k.run, k.vouching, nil
-}
-
 // freshBeats: a manager whose lease the quorum has not renewed for this
 // many heartbeat periods (renewals come every period: TTL/3) takes itself
 // for cut off, and its dispatcher refuses heartbeats and sessions, so that
@@ -170,10 +161,73 @@ func (d *Daemon) vouch(ctx context.Context, p *store.Presence) {
 	}
 }
 
+// readyWait bounds how long a session's open waits for its node to be
+// recorded Ready (awaitReady), and so does the heartbeat period (the
+// session's first heartbeat deadline runs meanwhile): past it, the
+// session opens all the same.
+const readyWait = 5 * time.Second
+
+// awaitReady vouches for nodeID at once, as its dispatcher session opens,
+// and waits (bounded by readyWait and ctx) until the orchestrator's leader
+// has recorded it Ready: the node's join answers only then, as Swarm's
+// does, and a node coming back is placed on at once. Without it, the
+// claim waited for the vouch loop's next round and the status for the
+// liveness loop's next pass, up to two seconds in all.
+func (k *presenceKeeper) awaitReady(ctx context.Context, nodeID string) {
+	d := k.d
+	p := k.current()
+	if p == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(readyWait, d.livePeriod()))
+	defer cancel()
+	if err := p.Claim(ctx, nodeID); err != nil {
+		d.log.Debug("presence: claim at session open", "node", nodeID, "err", err)
+		return
+	}
+	for {
+		n, err := nodes.Get(ctx, d.store, nodeID)
+		if err == nil && n.Status != nil && n.Status.State == swarm.NodeStateReady {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			d.log.Debug("node not recorded Ready as its session opened", "node", nodeID, "err", context.Cause(ctx))
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // runLiveness runs the heartbeat-expiry loop while l (the orchestrator's
-// leadership) holds.
+// leadership) holds; a change of any claim runs a pass at once.
 func (d *Daemon) runLiveness(ctx context.Context, l *store.Leadership) {
-	nodes.RunLiveness(ctx, nodes.LivenessConfig{Store: d.store, Leadership: l, Period: d.livePeriod, Logger: d.log})
+	ctx, cancel := context.WithCancel(ctx)
+	wake := make(chan struct{}, 1)
+	var watching sync.WaitGroup
+	defer watching.Wait()
+	defer cancel()
+	watching.Go(func() {
+		for ctx.Err() == nil {
+			err := d.store.WatchPresence(ctx, func() {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			})
+			if ctx.Err() != nil {
+				return
+			}
+			// Broken (no leader, a compaction): timed passes go on; the
+			// watch comes back after a pause.
+			d.log.Debug("presence watch ended", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	})
+	nodes.RunLiveness(ctx, nodes.LivenessConfig{Store: d.store, Leadership: l, Period: d.livePeriod, Wake: wake, Logger: d.log})
 }
 
 // recordDescription records what a remote node said of itself as it

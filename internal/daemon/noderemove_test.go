@@ -26,13 +26,7 @@ import (
 // after the removal (a rejoin keeps the node's ID).
 func TestNodeRemove(t *testing.T) {
 	ctx := context.Background()
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: listen})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{listen}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _ := managerAndWorker(t, syncEvery(0), workerWithoutListen())
 	blk, _ := pem.Decode([]byte(w.worker.CertPEM))
 	leaf, err := x509.ParseCertificate(blk.Bytes)
 	if err != nil {
@@ -140,14 +134,7 @@ func TestLeaveMember(t *testing.T) {
 // -race), and the node ends inactive and closed, without waiting on each
 // other forever.
 func TestRemovedLeaveRacesClose(t *testing.T) {
-	ctx := context.Background()
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: listen})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{listen}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	_, w, _ := managerAndWorker(t, syncEvery(0), workerWithoutListen())
 	// Stands for the agent (this test's hushd has no engine to run one):
 	// it learns of the removal, then runs until stopped.
 	w.mu.Lock()

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"testing"
-
-	"github.com/moby/moby/api/types/swarm"
 )
 
 // node ls / node inspect of another node carry its TLS info (the root CA
@@ -14,13 +12,7 @@ import (
 // one asked.
 func TestOtherNodesTLSInfo(t *testing.T) {
 	ctx := context.Background()
-	l1 := loopbackListen(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: l1, RoleSyncPeriod: fastSync})
-	c := getCluster(t, m)
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: loopbackListen(t), RoleSyncPeriod: fastSync})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{l1}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t)
 	_, others, ok, err := clusterNodes{m}.Managers(ctx)
 	if err != nil || !ok || len(others) != 1 {
 		t.Fatalf("node list: %d others, ok %v, %v", len(others), ok, err)

@@ -229,7 +229,11 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 	if d.member != nil {
 		clusterID = d.member.ClusterID
 	}
+	hook := d.nodeSyncHook
 	d.mu.Unlock()
+	if hook != nil {
+		hook(r.Context())
+	}
 	id, err := pki.PeerIdentity(*r.TLS, clusterID)
 	if err == nil {
 		// Before the refusal list: a dropped manager removed since
@@ -726,19 +730,25 @@ func (d *Daemon) demoteSelf(ctx context.Context, v syncView) error {
 	if err != nil {
 		return err
 	}
+	// The join/CA service stops before the store is replaced: its
+	// handlers read d.store unlocked. d.mu is released meanwhile, hence
+	// the checks after.
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stopJoinServiceLocked()
 	if d.member == nil {
 		return nil
 	}
 	ws := &workerState{ClusterID: v.clusterID, CertPEM: string(ans.CertPEM), CAPEM: v.caPEM,
 		Managers: ans.Managers, Listen: d.member.Listen, Epoch: d.member.Epoch + 1}
 	if err := d.writeWorkerFiles(ws, key); err != nil {
+		// Still a manager: it serves again until the next round demotes it.
+		if serr := d.startJoinServiceLocked(); serr != nil {
+			d.log.Warn("join service not restarted after a failed demotion", "err", serr)
+		}
 		return err
 	}
 	d.stopRuntime()
-	d.joinSvc.close()
-	d.joinSvc = nil
 	d.closeStoreLocked()
 	if err := d.injected(fpDemoteWipe); err != nil {
 		return err

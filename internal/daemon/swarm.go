@@ -193,7 +193,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 			fn(ctx)
 		}()
 	}
-	var vouching func() error
+	var presence *presenceKeeper
 	if d.store.Members() != nil {
 		// One orchestrator for the cluster: the manager that leads.
 		run(d.leadOrchestrator)
@@ -204,12 +204,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		// etcd refuses demoted and removed managers' certificates.
 		run(d.keepEtcdCRL)
 		// Every manager vouches for itself and the nodes it hears.
-		if pr, v, err := d.presenceRunner(); err != nil {
-			d.log.Error("presence not kept", "err", err)
-		} else {
-			run(pr)
-			vouching = v
-		}
+		presence = &presenceKeeper{d: d}
+		run(presence.run)
 	} else {
 		run(d.newOrchestrator().Run)
 	}
@@ -219,7 +215,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	})
 	// Workers' sessions only: a manager whose port is taken still serves
 	// the cluster, and its workers show Down.
-	if serve, err := d.dispatcherServer(disp, c.ID, vouching); err != nil {
+	if serve, err := d.dispatcherServer(disp, c.ID, presence); err != nil {
 		d.log.Error("dispatcher for workers not served", "err", err)
 	} else if serve != nil {
 		run(serve)
@@ -448,6 +444,9 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 		if err := d.startJoinServiceLocked(); err != nil {
 			return "", err
 		}
+		// As Swarm's, the init answers once the node is Ready (a lone
+		// node without a listen address is Ready by definition).
+		d.awaitSelfReady(ctx)
 	}
 	d.settle(&c)
 	d.noteNoEffect(nil, &c)
@@ -806,6 +805,22 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 	ctx = context.WithoutCancel(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if force {
+		// A manager's leave closes and replaces its store: its join/CA
+		// service stops first, with d.mu released while its handlers
+		// finish (stopJoinServiceLocked), before anything below is
+		// decided. A leave that fails leaves a manager, serving again.
+		if d.joinSvc != nil {
+			defer func() {
+				if d.member != nil && d.state == swarm.LocalNodeStateActive {
+					if err := d.startJoinServiceLocked(); err != nil {
+						d.log.Warn("join service not restarted after a failed leave", "err", err)
+					}
+				}
+			}()
+		}
+		d.stopJoinServiceLocked()
+	}
 	if d.state == swarm.LocalNodeStateInactive {
 		return errdefs.Unavailable("This node is not part of a swarm")
 	}

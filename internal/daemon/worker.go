@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
@@ -124,9 +125,24 @@ func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, re
 	if err := d.startWorkerAgentLocked(); err != nil {
 		// Joined all the same: the next start retries the agent.
 		d.log.Error("worker agent not started", "err", err)
+		return nil
+	}
+	// As Swarm's, the join answers once the node is Ready: its first
+	// session opens when a manager has recorded it so (AwaitReady).
+	if d.workerOpened != nil {
+		select {
+		case <-d.workerOpened:
+		case <-time.After(joinReadyWait):
+			d.log.Warn("joined, but no dispatcher session opened yet; the node shows Unknown or Down until one does", "waited", joinReadyWait)
+		}
 	}
 	return nil
 }
+
+// joinReadyWait bounds how long a join waits, once the node has joined,
+// for it to be recorded Ready: past it the join answers all the same (the
+// node did join), as dockerd's does after its own timeout.
+const joinReadyWait = 15 * time.Second
 
 // saveWorkerKey writes the node key to keys/node.key, mode 0600. A worker
 // has no master key to seal it with (it never receives one): the key is

@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,17 +21,9 @@ import (
 // swarm call (Swarm's not-a-manager text), refuses a second join, resumes
 // worker mode after a restart, and leaves.
 func TestWorkerJoin(t *testing.T) {
-	mdir := t.TempDir()
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
-	m := startWith(t, Config{DataDir: mdir, ListenAddr: listen})
-	c := getCluster(t, m)
 	ctx := context.Background()
-
-	wdir := t.TempDir()
-	w := startWith(t, Config{DataDir: wdir, NoInit: true})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{listen}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t, syncEvery(0), workerWithoutListen())
+	listen, wdir := m.cfg.ListenAddr, w.cfg.DataDir
 	checkWorker := func(w *Daemon) {
 		t.Helper()
 		if w.State() != swarm.LocalNodeStateActive {
@@ -94,15 +84,9 @@ func TestWorkerJoin(t *testing.T) {
 // another node's ID gets a refusal and no certificate, while the node
 // itself joins again with its kept key (a lost answer, a leave).
 func TestJoinNodeIDBoundToKey(t *testing.T) {
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: listen})
-	c := getCluster(t, m)
 	ctx := context.Background()
-	wdir := t.TempDir()
-	w := startWith(t, Config{DataDir: wdir, NoInit: true})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{listen}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c := managerAndWorker(t, syncEvery(0), workerWithoutListen())
+	listen, wdir := m.cfg.ListenAddr, w.cfg.DataDir
 	// A manager recorded without a key (as before keys were recorded) and
 	// with no etcd member; and an etcd member named by an unrecorded ID.
 	legacy := "x4u9cdtqgk1jzlw4o0wq7mdlc"
@@ -157,7 +141,7 @@ func TestJoinNodeIDBoundToKey(t *testing.T) {
 				t.Fatalf("refusal text: %q", err)
 			}
 			after, _ := nodes.Get(ctx, m.store, tc.nodeID)
-			if after.Version != before.Version {
+			if recordChanged(before, after) {
 				t.Fatalf("a refused join changed the record: %+v -> %+v", before, after)
 			}
 			if list, _ := m.store.Members().List(ctx); len(list) != 1 {

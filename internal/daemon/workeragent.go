@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/hush-secrets/hush/internal/agent"
 	"github.com/hush-secrets/hush/internal/dispatchnet"
@@ -41,8 +42,10 @@ func (d *Daemon) startWorkerAgentLocked() error {
 	}
 	// ag serves the managers' logs requests for its own tasks only.
 	var ag *agent.Agent
+	opened := make(chan struct{})
+	once := sync.OnceFunc(func() { close(opened) })
 	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: addrs, TLS: params.ClientConfig, Logger: d.log,
-		Describe: d.selfDescription,
+		Describe: d.selfDescription, Opened: once,
 		Logs: func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error) {
 			return ag.TaskLogs(ctx, taskID, o)
 		}})
@@ -52,6 +55,7 @@ func (d *Daemon) startWorkerAgentLocked() error {
 	ag = agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
 		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
 		OnRemoved: func() { d.removedFromCluster(ws) }})
+	d.workerOpened = opened
 	var ctx context.Context
 	ctx, d.runStop = context.WithCancel(context.Background())
 	d.runDone.Add(1)

@@ -57,7 +57,11 @@ type ClientConfig struct {
 	// Describe says what this node is, sent as each session opens (nil:
 	// nothing).
 	Describe func() Description
-	Logger   *slog.Logger
+	// Opened is called after each session opens (its hello read): the
+	// node is then recorded Ready, or the manager gave up waiting for it
+	// (ServerConfig.AwaitReady). nil: not told.
+	Opened func()
+	Logger *slog.Logger
 	// Logs opens a task's logs for a manager's logs request
 	// (agent.Agent.TaskLogs, which serves only this node's tasks); nil
 	// refuses every request.
@@ -151,6 +155,9 @@ func (c *Connector) Open(ctx context.Context) (agent.Session, error) {
 			}
 			c.mu.Unlock()
 			c.log.Info("dispatcher session opened", "manager", mgrs[idx])
+			if c.c.Opened != nil {
+				c.c.Opened()
+			}
 			return s, nil
 		}
 		if ctx.Err() != nil {

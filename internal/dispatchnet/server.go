@@ -113,6 +113,12 @@ type ServerConfig struct {
 	// seeing its claims, marked them Down and replaced their tasks. nil:
 	// always vouching.
 	Vouching func() error
+	// AwaitReady is called as a session opens, its first heartbeat
+	// recorded, before the hello is sent: the daemon vouches for the node
+	// at once and waits (bounded) until it is recorded Ready, so that the
+	// node's first session, which its join waits for, means Ready as in
+	// Swarm. nil: the hello goes at once.
+	AwaitReady func(ctx context.Context, nodeID string)
 	// HeartbeatPeriod is the cluster spec's Dispatcher.HeartbeatPeriod,
 	// read per session and heartbeat (nil or <= 0: 5 s).
 	HeartbeatPeriod func() time.Duration
@@ -342,6 +348,9 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 	h.mu.Unlock()
 	defer h.end(node, sid, context.Canceled)
 	h.beat(s)
+	if h.c.AwaitReady != nil {
+		h.c.AwaitReady(ctx, node)
+	}
 	log := h.log.With("node", node)
 	log.Info("dispatcher session opened")
 

@@ -50,6 +50,8 @@ type Mirror struct {
 
 type mirrorTable struct {
 	decode Decoder
+	// sealed tables' decoders get values as stored, unopened.
+	sealed bool
 	items  map[string]Entry
 }
 
@@ -63,6 +65,21 @@ func (m *Mirror) Register(kind string, dec Decoder) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.tables[kind] = &mirrorTable{decode: dec, items: map[string]Entry{}}
+}
+
+// RegisterSealed mirrors the table kind without opening its values: dec
+// gets each value as stored (sealed; it may keep o.Value) and returns what
+// Entry.Value holds, typically a holder that opens and decodes the value
+// when it is first read (OpenValue). For tables written far more often than
+// they are read in full (secrets and configs: each create is one write, and
+// nothing reads a secret's record until a task or a list needs it), every
+// manager then no longer opens and decodes every write as it arrives. Values
+// of such a table reach no OnOpened observer: the events source opens them
+// itself.
+func (m *Mirror) RegisterSealed(kind string, dec Decoder) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.tables[kind] = &mirrorTable{decode: dec, sealed: true, items: map[string]Entry{}}
 }
 
 // Run lists and then watches until ctx ends, re-listing after errors such as
@@ -171,6 +188,11 @@ func (m *Mirror) decodeKV(key string, val []byte, createRev, modRev int64, delet
 	if t == nil || deleted {
 		return c, true
 	}
+	if t.sealed {
+		v, err := t.decode(Object{ID: id, Value: val, CreateRev: createRev, ModRev: modRev})
+		c.entry, c.err = Entry{ID: id, Value: v, ModRev: modRev}, err
+		return c, true
+	}
 	pt, err := m.st.open(key, val)
 	if err == nil {
 		var v any
@@ -258,6 +280,23 @@ func (m *Mirror) Read(ctx context.Context, kind string, fn func(items map[string
 	}
 }
 
+// Entry returns the item id of kind as the mirror last applied it, without
+// waiting for the store: it may be behind, or gone from the store already.
+// A caller acts on it only through a write guarded by its ModRev, which
+// etcd refuses when the item has changed since; that guard, not the
+// mirror, makes the write linearizable, and saves the read a Read would
+// cost (a read-index round).
+func (m *Mirror) Entry(kind, id string) (Entry, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	t := m.tables[kind]
+	if t == nil {
+		return Entry{}, false
+	}
+	e, ok := t.items[id]
+	return e, ok
+}
+
 // WaitReady blocks until the first snapshot is loaded.
 func (m *Mirror) WaitReady(ctx context.Context) error {
 	for {
@@ -341,8 +380,8 @@ type openedHooks struct {
 
 // OnOpened calls fn with every value of a mirrored table that a mirror of
 // s opens (after each write, and at each (re)load) until remove is called.
-// Values no mirror opens (tables not mirrored, values that do not open)
-// are not seen.
+// Values no mirror opens (tables not mirrored or mirrored sealed, values
+// that do not open) are not seen.
 func (s *Store) OnOpened(fn OpenedFunc) (remove func()) {
 	h := &s.opened
 	h.mu.Lock()

@@ -223,3 +223,49 @@ func TestMirrorOnOpened(t *testing.T) {
 		t.Fatalf("observed after removal: %+v", got[1:])
 	}
 }
+
+// A table mirrored sealed gets its values as stored, never opened: the
+// plaintext is not what the decoder sees, it opens with OpenValue, and no
+// OnOpened observer sees it (the events source opens it itself).
+func TestMirrorRegisterSealed(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	var mu sync.Mutex
+	opened := 0
+	defer st.OnOpened(func(kind, id string, rev int64, v []byte) {
+		mu.Lock()
+		opened++
+		mu.Unlock()
+	})()
+	m := store.NewMirror(st)
+	m.RegisterSealed("secrets", func(o store.Object) (any, error) { return string(o.Value), nil })
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := m.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tbl := st.Table("secrets")
+	rev, err := tbl.Create(ctx, "a", "name-a", []byte("value-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := snapshot(t, m, "secrets")
+	stored := got["a"]
+	if len(got) != 1 || stored == "" || stored == "value-a" {
+		t.Fatalf("mirrored %q, want the sealed value", got)
+	}
+	pt, err := st.OpenValue(tbl.Key("a"), []byte(stored))
+	if err != nil || string(pt) != "value-a" {
+		t.Fatalf("the mirrored value opens to %q, %v", pt, err)
+	}
+	if e, ok := m.Entry("secrets", "a"); !ok || e.ModRev != rev {
+		t.Fatalf("entry %+v, %v: want revision %d", e, ok, rev)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if opened != 0 {
+		t.Fatalf("%d values of a sealed table reached OnOpened", opened)
+	}
+}

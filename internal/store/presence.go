@@ -268,3 +268,15 @@ func checkPresenceID(id string) error {
 	}
 	return nil
 }
+
+// WatchPresence calls fn after each change of any manager's claims (a
+// claim put, released or expired with its lease), so that whoever decides
+// liveness can act on a new claim at once instead of at its next timed
+// pass. It returns as Watch does: when ctx ends or the watch breaks.
+func (s *Store) WatchPresence(ctx context.Context, fn func()) error {
+	return s.Watch(ctx, presenceRoot, 0, func(evs []Event, _ int64) {
+		if len(evs) > 0 {
+			fn()
+		}
+	})
+}

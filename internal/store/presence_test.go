@@ -175,3 +175,60 @@ func TestPresenceFresh(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// WatchPresence tells of a claim put and of one released, and of nothing
+// else written to the store.
+func TestWatchPresence(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := storetest.New(t)
+	p, err := s.NewPresence("m1", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runPresence(t, p)
+	changes := make(chan struct{}, 16)
+	watching := make(chan error, 1)
+	go func() { watching <- s.WatchPresence(ctx, func() { changes <- struct{}{} }) }()
+	// The watch starts at the store's current revision: a first claim put
+	// until one is seen proves it is in place.
+	deadline := time.After(10 * time.Second)
+	for seen := false; !seen; {
+		if err := p.Claim(ctx, "w1"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-changes:
+			seen = true
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no change seen for a claim in 10 s")
+		}
+	}
+	for len(changes) > 0 {
+		<-changes
+	}
+	// An unrelated write is not a presence change.
+	if _, err := s.Table("secrets").Create(ctx, "x", "x", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Release(ctx, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change seen for a release in 10 s")
+	}
+	select {
+	case <-changes:
+		t.Fatal("a write outside the presence claims was reported as a change")
+	case <-time.After(200 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case <-watching:
+	case <-time.After(10 * time.Second):
+		t.Fatal("WatchPresence did not return when its context ended")
+	}
+}

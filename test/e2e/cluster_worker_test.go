@@ -25,6 +25,10 @@ func TestClusterJoinWorker(t *testing.T) {
 	m := startHushd(t, eng, withSecretsDir(t), withArgs("--no-init"), withListen(mip, port))
 	remote := net.JoinHostPort(mip, fmt.Sprint(port))
 	m.MustDocker("swarm", "init")
+	// As in Swarm, the init answers once the node is Ready.
+	if ls := m.MustDocker("node", "ls", "--format", "{{.ID}} {{.ManagerStatus}} {{.Status}}|"); ls != m.nodeID()+" Leader Ready|\n" {
+		t.Fatalf("node ls right after swarm init: %q, want this node Leader and Ready", ls)
+	}
 	wtok := strings.TrimSpace(m.MustDocker("swarm", "join-token", "-q", "worker"))
 	// The command the CLI prints names the manager's listen address (from
 	// node inspect self), not Swarm's default port.
@@ -38,10 +42,13 @@ func TestClusterJoinWorker(t *testing.T) {
 		t.Fatalf("swarm join: %q", out)
 	}
 	wid := w.nodeID()
-	ls := m.MustDocker("node", "ls", "--format", "{{.ID}} {{.ManagerStatus}}|")
-	if !strings.Contains(ls, wid+" |") {
-		t.Fatalf("node ls on the manager does not list worker %s without manager status: %q", wid, ls)
+	// As in Swarm, the join answers once the node is Ready: a script may
+	// create a service for it at once.
+	ls := m.MustDocker("node", "ls", "--format", "{{.ID}} {{.ManagerStatus}} {{.Status}}|")
+	if !strings.Contains(ls, wid+"  Ready|") {
+		t.Fatalf("node ls on the manager, right after the join: want worker %s Ready without manager status: %q", wid, ls)
 	}
+
 	check := func() {
 		t.Helper()
 		// dockerd's text for a worker (daemon/cluster's errNoManager), not

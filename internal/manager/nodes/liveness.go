@@ -86,9 +86,27 @@ type LivenessConfig struct {
 	Leadership *store.Leadership
 	// Period is the cluster's heartbeat period, read each pass.
 	Period func() time.Duration
+	// Wake runs a pass at once when it receives (a presence claim changed:
+	// a node that just opened its session is Ready without waiting for the
+	// next timed pass). nil: timed passes only.
+	Wake <-chan struct{}
+	// Every is the time between timed passes for a period (nil:
+	// passEvery); tests stretch it to see the passes Wake runs.
+	Every  func(period time.Duration) time.Duration
 	Now    func() time.Time
 	Logger *slog.Logger
 }
+
+// passEvery: timed passes come four times a period, at least every
+// second, at most every 100 ms.
+func passEvery(p time.Duration) time.Duration {
+	return min(max(p/4, 100*time.Millisecond), time.Second)
+}
+
+// minWokenGap bounds how often Wake can run a pass: a burst of claims (a
+// restarted manager's workers coming back together) makes a few passes,
+// not one per claim.
+const minWokenGap = 50 * time.Millisecond
 
 // RunLiveness records every node's status (Ready / Down with Swarm's
 // "heartbeat failure") from the managers' presence claims until ctx ends
@@ -99,6 +117,9 @@ func RunLiveness(ctx context.Context, c LivenessConfig) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Every == nil {
+		c.Every = passEvery
 	}
 	tr := NewTracker(c.Now())
 	for {
@@ -115,7 +136,13 @@ func RunLiveness(ctx context.Context, c LivenessConfig) {
 			return
 		case <-c.Leadership.Done():
 			return
-		case <-time.After(min(max(p/4, 100*time.Millisecond), time.Second)):
+		case <-time.After(c.Every(p)):
+		case <-c.Wake:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(minWokenGap):
+			}
 		}
 	}
 }

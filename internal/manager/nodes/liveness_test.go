@@ -58,7 +58,10 @@ func TestTrackerDecides(t *testing.T) {
 // The loop records what presence says, on the leader only: Ready for a
 // claimed node, Down ("heartbeat failure") once unclaimed past the grace,
 // Ready again when claimed; a deposed leader writes nothing.
-func TestRunLiveness(t *testing.T) {
+// recordsAndPresence records nodes m1 and w1 and runs m1's presence
+// until the test ends.
+func recordsAndPresence(t *testing.T) (*store.Store, *store.Presence) {
+	t.Helper()
 	ctx := context.Background()
 	st := storetest.New(t)
 	for _, id := range []string{"m1", "w1"} {
@@ -73,7 +76,13 @@ func TestRunLiveness(t *testing.T) {
 	pctx, pcancel := context.WithCancel(ctx)
 	pdone := make(chan struct{})
 	go func() { pres.Run(pctx); close(pdone) }()
-	defer func() { pcancel(); <-pdone }()
+	t.Cleanup(func() { pcancel(); <-pdone })
+	return st, pres
+}
+
+func TestRunLiveness(t *testing.T) {
+	ctx := context.Background()
+	st, pres := recordsAndPresence(t)
 	for _, id := range []string{"m1", "w1"} {
 		if err := pres.Claim(ctx, id); err != nil {
 			t.Fatal(err)
@@ -136,5 +145,69 @@ func TestRunLiveness(t *testing.T) {
 	case <-ldone:
 	case <-time.After(10 * time.Second):
 		t.Fatal("liveness loop still running after the leadership ended")
+	}
+}
+
+// A wake runs a pass at once: with timed passes an hour apart, a node
+// claimed after the first pass is recorded Ready only because of it.
+func TestRunLivenessWake(t *testing.T) {
+	ctx := context.Background()
+	st, pres := recordsAndPresence(t)
+	if err := pres.Claim(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := st.Campaign(ctx, "orchestrator", "m1", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wake := make(chan struct{}, 1)
+	lctx, lcancel := context.WithCancel(ctx)
+	ldone := make(chan struct{})
+	go func() {
+		nodes.RunLiveness(lctx, nodes.LivenessConfig{Store: st, Leadership: l, Wake: wake,
+			Period: func() time.Duration { return time.Second },
+			Every:  func(time.Duration) time.Duration { return time.Hour }})
+		close(ldone)
+	}()
+	defer func() { lcancel(); <-ldone }()
+	state := func(id string) swarm.NodeState {
+		n, err := nodes.Get(ctx, st, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Status == nil {
+			return ""
+		}
+		return n.Status.State
+	}
+	// The first pass runs at start; its claim may not have been written
+	// yet, so wake until m1 is Ready.
+	deadline := time.Now().Add(10 * time.Second)
+	for state("m1") != swarm.NodeStateReady {
+		if time.Now().After(deadline) {
+			t.Fatal("m1 not Ready after 10 s of wakes")
+		}
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := state("w1"); s != "" {
+		t.Fatalf("w1 %q before it was claimed", s)
+	}
+	if err := pres.Claim(ctx, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case wake <- struct{}{}:
+	default: // a wake is pending already
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for state("w1") != swarm.NodeStateReady {
+		if time.Now().After(deadline) {
+			t.Fatal("w1 not Ready 10 s after a wake (the next timed pass is an hour away)")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -492,3 +492,129 @@ func TestRevealOnlyReadableKinds(t *testing.T) {
 		t.Fatalf("config reveal: %q %v", b, err)
 	}
 }
+
+// TestRemoveByIDBehindTheMirror: a remove by full ID decides by the store,
+// not by a mirror that is behind it: an object changed since the mirror
+// saw it is still removed, an object in use is refused with its users
+// named, and one already gone is not found.
+func TestRemoveByIDBehindTheMirror(t *testing.T) {
+	m, st := newManager(t, Secret)
+	ctx := context.Background()
+	mir := store.NewMirror(st)
+	m.UseMirror(mir)
+	mctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { mir.Run(mctx); close(done) }()
+	t.Cleanup(func() { stop(); <-done })
+	if err := mir.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, name := range []string{"changed", "inuse", "gone"} {
+		id, err := m.Create(ctx, Spec{Name: name, Data: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if objs, err := m.List(ctx, Filters{}); err != nil || len(objs) != len(ids) {
+		t.Fatalf("list: %d objects, %v", len(objs), err)
+	}
+	// From here the mirror keeps what it saw: every later write is one it
+	// has not applied.
+	stop()
+	<-done
+	changed, inUse, gone := ids[0], ids[1], ids[2]
+	o, err := m.Get(ctx, changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Update(ctx, changed, o.Version, Spec{Name: "changed", Labels: map[string]string{"k": "v"}}); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := mir.Entry(Secret.Table, changed); !ok || uint64(e.ModRev) != o.Version {
+		t.Fatalf("mirror entry %+v, %v: want the version before the update (%d)", e, ok, o.Version)
+	}
+	if err := m.Remove(ctx, changed); err != nil {
+		t.Fatalf("remove of an object changed since the mirror saw it: %v", err)
+	}
+	if _, err := m.Get(ctx, changed); !errdefs.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("after remove: %v", err)
+	}
+
+	if err := st.Put(ctx, store.RefKey("secrets", inUse, "svc1"), []byte("webapp")); err != nil {
+		t.Fatal(err)
+	}
+	err = m.Remove(ctx, inUse)
+	if err == nil || err.Error() != "secret 'inuse' is in use by the following service: webapp" {
+		t.Fatalf("remove of an object in use: %v", err)
+	}
+	if _, err := m.Get(ctx, inUse); err != nil {
+		t.Fatalf("the object in use is gone: %v", err)
+	}
+
+	// Removed by a manager without this mirror (another manager's write).
+	other := New(Secret, st, m.seal, nil)
+	if err := other.Remove(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := mir.Entry(Secret.Table, gone); !ok {
+		t.Fatal("the stopped mirror dropped the removed object")
+	}
+	if err := m.Remove(ctx, gone); !errdefs.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("remove of an object already gone: %v", err)
+	}
+}
+
+// The mirror keeps a written object sealed until it is read: nothing is
+// opened or decoded per write, and the first read decodes it once, to the
+// object the store holds.
+func TestMirrorDecodesOnFirstRead(t *testing.T) {
+	m, st := newManager(t, Config)
+	ctx := context.Background()
+	mir := storetest.RunMirror(t, store.NewMirror(st))
+	m.UseMirror(mir)
+	id, err := m.Create(ctx, Spec{Name: "c", Data: []byte("conf"), Labels: map[string]string{"k": "v"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A bare read of the mirror waits for it to apply the create; unlike
+	// the manager's reads it decodes nothing.
+	var e store.Entry
+	ok := false
+	if err := mir.Read(ctx, Config.Table, func(items map[string]store.Entry) { e, ok = items[id] }); err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Fatal("the mirror lacks the object")
+	}
+	me, ok := e.Value.(*mirrored)
+	if !ok {
+		t.Fatalf("mirror entry %T, want the sealed form", e.Value)
+	}
+	me.mu.Lock()
+	sealed := !me.decoded && me.sealed != nil
+	me.mu.Unlock()
+	if !sealed {
+		t.Fatal("the object was decoded before any read")
+	}
+	o, err := m.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := New(Config, st, m.seal, nil).Get(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.ID != id || o.Name != "c" || o.Labels["k"] != "v" || o.Version != stored.Version || o.DataVersion != 1 {
+		t.Fatalf("mirrored %+v, stored %+v", o, stored)
+	}
+	if b, err := m.Reveal(&o); err != nil || string(b) != "conf" {
+		t.Fatalf("reveal from the mirrored object: %q, %v", b, err)
+	}
+	me.mu.Lock()
+	defer me.mu.Unlock()
+	if !me.decoded || me.sealed != nil {
+		t.Fatal("the decoded object was not kept")
+	}
+}

@@ -441,17 +441,23 @@ func (m *Manager) VersionsOf(ctx context.Context, ids []string) (map[string]int,
 		return out, nil
 	}
 	if m.mirror != nil {
+		var es []*mirrored
 		err := m.mirror.Read(ctx, m.kind.Table, func(items map[string]store.Entry) {
 			for _, id := range ids {
 				if e, ok := items[id]; ok {
-					out[id] = e.Value.(Object).DataVersion
+					es = append(es, e.Value.(*mirrored))
 				}
 			}
 		})
 		if err == nil {
-			return out, nil
-		}
-		if !errors.Is(err, store.ErrMirrorStale) {
+			objs, derr := m.mirroredObjects(es)
+			if derr == nil {
+				for _, o := range objs {
+					out[o.ID] = o.DataVersion
+				}
+				return out, nil
+			}
+		} else if !errors.Is(err, store.ErrMirrorStale) {
 			return nil, err
 		}
 	}
