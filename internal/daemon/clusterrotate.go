@@ -87,6 +87,7 @@ const (
 	stepClusterInstall   = "cluster-install"   // record says install; managers install
 	stepClusterFinal     = "cluster-final"     // every manager installed; record not deleted yet
 	stepFollowKey        = "follow-key"        // this manager's rotating file written; no ack
+	stepDropRecord       = "drop-record"       // tests: an attempt to delete a dropped rotation's record fails
 	stepFollowSealing    = "follow-sealing"    // sealing under the new key; no ack
 	stepFollowInstalled  = "follow-installed"  // new key installed, old forgotten; no ack
 )
@@ -215,6 +216,39 @@ func deleteRotation(ctx context.Context, st *store.Store, r rotationRecord) erro
 		return nil
 	}
 	return err
+}
+
+// dropRotationWait bounds how long a driver retries deleting the record
+// of a rotation it dropped in prepare.
+const dropRotationWait = 30 * time.Second
+
+// dropRotation deletes the record of a rotation dropped in prepare,
+// retrying (bounded) a delete that fails: a record left in prepare would
+// keep every manager's rotating file and refuse role changes until a
+// manager's `hush key rotate` took it over. A loaded store times requests
+// out, and this runs right after a manager went down.
+func (d *Daemon) dropRotation(ctx context.Context, rec rotationRecord) {
+	deadline := time.Now().Add(dropRotationWait)
+	for attempt := 0; ; attempt++ {
+		err := d.rotateStep(stepDropRecord, attempt)
+		if err == nil {
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err = deleteRotation(dctx, d.store, rec)
+			cancel()
+		}
+		if err == nil || errdefs.Is(err, errdefs.ErrConflict) {
+			// Gone, or replaced by another rotation (not ours to drop).
+			return
+		}
+		if time.Now().After(deadline) {
+			d.log.Warn("master key rotation: the dropped rotation's record is left; `hush key rotate` takes it over", "err", err)
+			return
+		}
+		d.log.Warn("master key rotation: dropping the record; retrying", "err", err)
+		if sleepCtx(ctx, 250*time.Millisecond) != nil {
+			return
+		}
+	}
 }
 
 // writeRotationAck records this manager's progress (d.mu held); an ack
@@ -566,9 +600,7 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		if err := d.awaitRotationAcks(ctx, rec, ackPrepared, false); err != nil {
 			// Nothing is sealed under the new key yet: the rotation is
 			// dropped, and the managers drop their rotating files.
-			if derr := deleteRotation(context.WithoutCancel(ctx), d.store, *rec); derr != nil {
-				d.log.Warn("master key rotation: dropping the record", "err", derr)
-			}
+			d.dropRotation(context.WithoutCancel(ctx), *rec)
 			return Rotation{}, fmt.Errorf("%w; the rotation was dropped, nothing changed: retry it once they are up", err)
 		}
 		if err := d.rotateStep(stepClusterPrepared, 0); err != nil {

@@ -310,6 +310,18 @@ func crashPointCase(t *testing.T, ms []*clusterNode, secrets map[string]string, 
 			t.Fatalf("resumed rotation: %v", err)
 		}
 	} else {
+		if tc.step == stepFollowKey {
+			// The driver's first delete of the dropped rotation's
+			// record fails (a loaded store times requests out): it
+			// retries, or the record stays and the wait below fails.
+			driver.d.rot.setFail(func(s string, b int) error {
+				if s == stepDropRecord && b == 0 {
+					return errdefs.Unavailable("injected: the store timed the delete out")
+				}
+				return nil
+			})
+			defer driver.d.rot.setFail(nil)
+		}
 		crashed.restart(t)
 		res := <-done
 		if tc.step == stepFollowKey {
