@@ -692,13 +692,25 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 // still a manager acknowledged want (skipSelf: but this one).
 func (d *Daemon) awaitRotationAcks(ctx context.Context, rec *rotationRecord, want string, skipSelf bool) error {
 	deadline := time.Now().Add(d.rotationAckTimeout())
+	// transient: the store lost its leader (a manager's restart can make
+	// etcd elect another): the wait goes on until its deadline rather
+	// than ending the rotation, which a leader change does not harm.
+	transient := func(err error) bool {
+		return errdefs.Is(err, errdefs.ErrNoLeader) && time.Now().Before(deadline) && sleepCtx(ctx, 100*time.Millisecond) == nil
+	}
 	for {
 		acks, err := d.rotationAcks(ctx, rec.New)
 		if err != nil {
+			if transient(err) {
+				continue
+			}
 			return err
 		}
 		ids, desc, err := d.clusterManagers(ctx)
 		if err != nil {
+			if transient(err) {
+				continue
+			}
 			return err
 		}
 		var missing []string
@@ -720,6 +732,9 @@ func (d *Daemon) awaitRotationAcks(ctx context.Context, rec *rotationRecord, wan
 			// rather than at the deadline.
 			absent, err := d.absentManagers(ctx, missing)
 			if err != nil {
+				if transient(err) {
+					continue
+				}
 				return err
 			}
 			if len(absent) > 0 {
