@@ -16,17 +16,27 @@ import (
 // TestEtcdRefusesCertificateAfterRepromotion: openStore's write of
 // d.store against removedAt's read in serveNodeSync).
 func TestDemotionWaitsForJoinServiceHandlers(t *testing.T) {
-	m, w, _ := managerAndWorker(t)
+	m, w, returned := promotedWithHeldSync(t, func(*Daemon) {})
+	demoted(t, m, w, "the demoted node is a worker")
+	if !closed(returned) {
+		t.Fatal("the node became a worker (its store replaced) while a handler of its join/CA service was still running")
+	}
+}
+
+// promotedWithHeldSync joins a worker w to a manager m, promotes it, and
+// holds the first node sync w's join/CA service serves (m's sync loop asks
+// the other manager first) until its request is cancelled; then after
+// runs and the returned channel closes.
+func promotedWithHeldSync(t *testing.T, after func(w *Daemon)) (m, w *Daemon, returned <-chan struct{}) {
+	t.Helper()
+	m, w, _ = managerAndWorker(t)
 	promoted(t, m, w, "the promoted node votes")
 	waitUntil(t, "the promoted node serves its join service", func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		return w.joinSvc != nil
 	})
-
-	// The first node sync w serves (m's sync loop asks the other manager
-	// first) stays in flight until its request is cancelled.
-	entered, returned := make(chan struct{}), make(chan struct{})
+	entered, done := make(chan struct{}), make(chan struct{})
 	var first sync.Once
 	w.mu.Lock()
 	w.nodeSyncHook = func(rctx context.Context) {
@@ -37,15 +47,12 @@ func TestDemotionWaitsForJoinServiceHandlers(t *testing.T) {
 		}
 		close(entered)
 		<-rctx.Done()
-		close(returned)
+		after(w)
+		close(done)
 	}
 	w.mu.Unlock()
 	waitUntil(t, "a node sync is held in w's join service", func() bool { return closed(entered) })
-
-	demoted(t, m, w, "the demoted node is a worker")
-	if !closed(returned) {
-		t.Fatal("the node became a worker (its store replaced) while a handler of its join/CA service was still running")
-	}
+	return m, w, done
 }
 
 // closed reports whether ch is closed, without waiting.
@@ -69,34 +76,12 @@ func closed(ch <-chan struct{}) bool {
 // gone.
 func TestLeaveWaitsForJoinServiceHandlers(t *testing.T) {
 	ctx := context.Background()
-	m, w, _ := managerAndWorker(t)
-	promoted(t, m, w, "the promoted node votes")
-	waitUntil(t, "the promoted node serves its join service", func() bool {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		return w.joinSvc != nil
-	})
-
-	entered, returned := make(chan struct{}), make(chan struct{})
-	var first sync.Once
 	var sawLeft bool
-	w.mu.Lock()
-	w.nodeSyncHook = func(rctx context.Context) {
-		held := false
-		first.Do(func() { held = true })
-		if !held {
-			return
-		}
-		close(entered)
-		<-rctx.Done()
+	_, w, returned := promotedWithHeldSync(t, func(w *Daemon) {
 		w.mu.Lock()
 		sawLeft = w.member == nil
 		w.mu.Unlock()
-		close(returned)
-	}
-	w.mu.Unlock()
-	waitUntil(t, "a node sync is held in w's join service", func() bool { return closed(entered) })
-
+	})
 	if err := w.Leave(ctx, true); err != nil {
 		t.Fatalf("leave --force: %v", err)
 	}
