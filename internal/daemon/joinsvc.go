@@ -625,17 +625,8 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 func (d *Daemon) awaitSelfReady(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, joinReadyWait)
 	defer cancel()
-	for {
-		n, err := nodes.Get(ctx, d.store, d.nodeID)
-		if err == nil && n.Status != nil && n.Status.State == swarm.NodeStateReady {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			d.log.Warn("joined, but not recorded Ready yet", "waited", joinReadyWait)
-			return
-		case <-time.After(20 * time.Millisecond):
-		}
+	if !d.awaitRecordedReady(ctx, d.nodeID) {
+		d.log.Warn("joined, but not recorded Ready yet", "waited", joinReadyWait)
 	}
 }
 

@@ -185,15 +185,22 @@ func (k *presenceKeeper) awaitReady(ctx context.Context, nodeID string) {
 		d.log.Debug("presence: claim at session open", "node", nodeID, "err", err)
 		return
 	}
+	if !d.awaitRecordedReady(ctx, nodeID) {
+		d.log.Debug("node not recorded Ready as its session opened", "node", nodeID, "err", context.Cause(ctx))
+	}
+}
+
+// awaitRecordedReady polls nodeID's record until the orchestrator's
+// leader has recorded it Ready (true) or ctx ends (false).
+func (d *Daemon) awaitRecordedReady(ctx context.Context, nodeID string) bool {
 	for {
 		n, err := nodes.Get(ctx, d.store, nodeID)
 		if err == nil && n.Status != nil && n.Status.State == swarm.NodeStateReady {
-			return
+			return true
 		}
 		select {
 		case <-ctx.Done():
-			d.log.Debug("node not recorded Ready as its session opened", "node", nodeID, "err", context.Cause(ctx))
-			return
+			return false
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
