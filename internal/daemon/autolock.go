@@ -223,10 +223,9 @@ func (d *Daemon) finishEnableLocked(ctx context.Context) error {
 	// and says so; `hush key rotate` after the unlock does it.
 	switch {
 	case d.member != nil:
-		// Every manager holds the master key: one rotating it alone would
-		// leave the others unable to open what it re-wraps (RotateMaster
-		// refuses it on a cluster of managers).
-		d.log.Info("autolock enabled on a manager of a cluster: the master key is not rotated (hush cannot rotate it across managers yet)")
+		// Every manager holds the master key: it is rotated across them
+		// all, by the manager that recorded the key's delivery, once this
+		// lock is free (clusterKeyDeliveredLocked, rotateAfterEnable).
 	case d.state == swarm.LocalNodeStateActive:
 		if err := d.injected(fpEnableRotate); err != nil {
 			return err

@@ -197,6 +197,11 @@ func (d *Daemon) listenAfterUnlock(ctx context.Context) error {
 // cluster: the record notes that its key has reached an operator, then
 // this manager's files follow (the others' follow the record).
 func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) error {
+	// Enabling (the plaintext key is still here), not an unlock-key
+	// rotation: the master key is rotated across the managers once the
+	// key has reached an operator, as a lone node rotates it.
+	enabling := d.plainKey.Exists()
+	noted := false
 	for attempt := 0; ; attempt++ {
 		c, err := cluster.Get(ctx, d.store)
 		if err != nil {
@@ -216,20 +221,87 @@ func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) erro
 			return d.recoverKeysLocked(ctx, err)
 		}
 		c.UnlockKeyFetched = true
-		err = cluster.Put(ctx, d.store, &c)
+		// With it, the rotation enabling owes, so that a crash before
+		// it starts does not lose it (resumeOwedRotation).
+		c.RotationOwed = c.RotationOwed || enabling
+		// Bookkeeping no client sees: the version stays (Swarm's fetch
+		// writes nothing).
+		err = cluster.PutInternal(ctx, d.store, &c)
 		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
 			continue // another write to the record: read it again
 		}
 		if err != nil {
 			return d.recoverKeysLocked(ctx, err)
 		}
+		noted = true
 		break
 	}
 	if _, err := d.settleKeysLocked(ctx, d.mk, ""); err != nil {
 		return d.recoverKeysLocked(ctx, err)
 	}
 	d.notePendingLocked()
+	if enabling && noted {
+		if err := d.injected(fpClusterEnableRotate); err != nil {
+			return err // as a crash before the rotation starts
+		}
+		d.rotateAfterEnable()
+	}
 	return nil
+}
+
+// resumeOwedRotation starts the rotation that enabling autolock owes when
+// none stands (its manager stopped before starting it, or it was refused:
+// a manager was absent): run by each manager once when it activates.
+func (d *Daemon) resumeOwedRotation(ctx context.Context) {
+	c, err := cluster.Get(ctx, d.store)
+	if err != nil || !c.RotationOwed || !c.Spec.EncryptionConfig.AutoLockManagers || !c.UnlockKeyFetched {
+		return
+	}
+	if _, ok, err := getRotation(ctx, d.store); err != nil || ok {
+		return // one stands: its driver, or the next `hush key rotate`, ends it
+	}
+	d.log.Info("autolock was enabled but the master key has not been rotated across the managers since: rotating it")
+	d.rotateAfterEnable()
+}
+
+// settleRotationOwed clears RotationOwed once a rotation across the
+// managers has ended (best effort: left set, the next activation runs one
+// more rotation).
+func (d *Daemon) settleRotationOwed(ctx context.Context) {
+	for attempt := 0; attempt < 5; attempt++ {
+		c, err := cluster.Get(ctx, d.store)
+		if err != nil || !c.RotationOwed {
+			return
+		}
+		c.RotationOwed = false
+		err = cluster.PutInternal(ctx, d.store, &c)
+		if !errors.Is(err, errdefs.ErrOutOfSequence) {
+			if err != nil {
+				d.log.Warn("master key rotation: clearing the rotation autolock owed", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// rotateAfterEnable rotates the master key across the managers in the
+// background, once autolock's unlock key has reached an operator: so that
+// an earlier copy of any manager's plaintext master.key opens nothing.
+// It needs every manager present; if one is not (or this manager stops
+// first), it logs what to do: `hush key rotate`.
+func (d *Daemon) rotateAfterEnable() {
+	d.runBG(func(ctx context.Context) {
+		if !d.rot.mu.TryLock() {
+			return // a rotation is running: it retires the key as well
+		}
+		defer d.rot.mu.Unlock()
+		r, err := d.rotateCluster(ctx)
+		if err != nil {
+			d.log.Warn("autolock enabled, but the master key was not rotated across the managers: run `hush key rotate`", "err", err)
+			return
+		}
+		d.log.Info("master key rotated across the managers as autolock was enabled", "key", r.KeyID, "rewrapped", r.Rewrapped)
+	}, d.bg)
 }
 
 // followUnlockKey runs on every active manager of a cluster: when the
@@ -241,14 +313,19 @@ func (d *Daemon) clusterKeyDeliveredLocked(ctx context.Context, key string) erro
 // settings while it ran and wrote the new timing only at its next start,
 // after its etcd had started with the old one: two restarts to apply it.
 func (d *Daemon) followUnlockKey(ctx context.Context) {
-	var seen uint64
+	// The store revision, not Version: hush's own writes (the fetched
+	// flag) must be followed too.
+	var seen int64
 	t := time.NewTicker(keySyncPeriod)
 	defer t.Stop()
 	// At once first: a manager that just joined or was promoted holds
 	// its master key in the clear until this look.
 	for {
-		if c, err := cluster.Get(ctx, d.store); err == nil && c.Version != seen {
+		if c, err := cluster.Get(ctx, d.store); err == nil && c.Revision() != seen {
 			if v, ok := d.followOnce(ctx); ok {
+				if seen == 0 {
+					d.resumeOwedRotation(ctx)
+				}
 				seen = v
 			}
 		}
@@ -262,9 +339,9 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 
 // followOnce brings the settings and the key files in line with the
 // record, if mu is free (stopRuntime waits for followUnlockKey while
-// holding it: never block on it); true, with the record's version, once
+// holding it: never block on it); true, with the record's store revision, once
 // they are. Under mu, as every settle: it writes the tuning file.
-func (d *Daemon) followOnce(ctx context.Context) (uint64, bool) {
+func (d *Daemon) followOnce(ctx context.Context) (int64, bool) {
 	if !d.mu.TryLock() {
 		return 0, false
 	}
@@ -287,7 +364,7 @@ func (d *Daemon) followOnce(ctx context.Context) (uint64, bool) {
 		d.log.Warn("key files do not follow the cluster's unlock key yet; retrying", "err", err)
 		return 0, false
 	}
-	return c.Version, true
+	return c.Revision(), true
 }
 
 // noteFetchedLocked writes UnlockKeyFetched into the record when this
@@ -314,7 +391,9 @@ func (d *Daemon) noteFetchedLocked(ctx context.Context) error {
 			return nil
 		}
 		c.UnlockKeyFetched = true
-		err = cluster.Put(ctx, d.store, &c)
+		// Bookkeeping no client sees: the version stays (Swarm's fetch
+		// writes nothing).
+		err = cluster.PutInternal(ctx, d.store, &c)
 		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 5 {
 			continue
 		}

@@ -44,6 +44,13 @@ const (
 	fpSyncRemoveNext   = "keysync-remove-next"
 	fpSyncWritePlain   = "keysync-write-plain"
 	fpSyncRemoveLocked = "keysync-remove-locked"
+	// fpClusterEnableRotate: the manager that recorded the fetch of the
+	// key autolock was enabled with stops before it starts the master-key
+	// rotation across the managers that enabling owes.
+	fpClusterEnableRotate = "cluster-enable-rotate"
+	// A swarm update's write of the cluster record (no autolock change):
+	// tests put another write to the record here.
+	fpSpecPut = "spec-put"
 	// fpLeaveErase: erasing the cluster state on leave fails after the
 	// runtime has been stopped.
 	fpLeaveErase = "leave-erase"

@@ -325,6 +325,11 @@ func (d *Daemon) admitMember(ctx context.Context, members *store.Members, nodeID
 	if err := d.refuseWhileForceNew(); err != nil {
 		return memberAdmission{}, err
 	}
+	// The master key handed out here is the one a rotation in progress
+	// is retiring, to a manager it does not count (clusterrotate.go).
+	if err := d.awaitNoRotation(ctx, "a manager's join or promotion"); err != nil {
+		return memberAdmission{}, err
+	}
 	m, peers, err := members.AddLearner(ctx, nodeID, peerURL)
 	if err != nil {
 		return memberAdmission{}, err

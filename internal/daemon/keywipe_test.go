@@ -48,24 +48,3 @@ func TestLeaveAndDemotionWipeKeyring(t *testing.T) {
 		t.Fatal("the master key's bytes are still in key memory after the manager that left and the demoted one gave it up")
 	}
 }
-
-// allPresent waits until every manager vouches for itself.
-func allPresent(t *testing.T, ms []*clusterNode) {
-	t.Helper()
-	var ids []string
-	for _, m := range ms {
-		ids = append(ids, m.d.nodeID)
-	}
-	waitUntil(t, "every manager is present", func() bool {
-		present, err := ms[0].d.store.Present(context.Background())
-		if err != nil {
-			return false
-		}
-		for _, id := range ids {
-			if len(present[id]) == 0 {
-				return false
-			}
-		}
-		return true
-	})
-}

@@ -185,6 +185,10 @@ func (d *Daemon) openMember(ms *memberState, mk keyring.MasterKey) (*store.Membe
 		return nil, fmt.Errorf("keyring: %w", err)
 	}
 	defer kr.Destroy()
+	// A master-key rotation across the managers re-seals the node key
+	// under the new key before it installs that key in the key files: the
+	// new key is then in the rotating file, sealed under mk.
+	d.loadRotatingKey(kr, mk)
 	key, err := pki.LoadNodeKey(context.Background(), func(context.Context) ([]byte, error) {
 		return kr.Open(ms.Key, pki.NodeKeyAAD(d.nodeID))
 	})

@@ -125,6 +125,17 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 	}
 	var remove *store.Member
 	var managers []nodes.Node
+	var guards []store.Cond
+	if want != n.Spec.Role {
+		// A role change changes who holds the master key: not while a
+		// rotation across the managers counts them (clusterrotate.go),
+		// but for the demotion of an absent manager.
+		g, err := d.roleChangeGuard(ctx, n.ID, want)
+		if err != nil {
+			return err
+		}
+		guards = append(guards, g)
+	}
 	switch {
 	case want == n.Spec.Role:
 	case want == swarm.NodeRoleManager:
@@ -162,7 +173,7 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 			remove = &m
 		}
 	}
-	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec, managers); err != nil {
+	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec, managers, guards...); err != nil {
 		if errors.Is(err, store.ErrGuard) {
 			// The transaction cannot say which compare failed. The
 			// node's own record at another version than the caller's is

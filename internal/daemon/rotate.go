@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/api"
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -15,6 +17,7 @@ import (
 	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/hush-secrets/hush/internal/manager/services"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -50,8 +53,33 @@ type Rotation struct {
 // rotation serialises rotations; fail is set only by tests, to stop a
 // rotation at one of its steps as a crash would.
 type rotation struct {
-	mu   sync.Mutex
-	fail func(step string, batch int) error
+	mu sync.Mutex
+	// failMu guards fail: on a cluster, a manager's follower loop reaches
+	// the steps too (clusterrotate.go). Tests set fail with setFail there.
+	failMu sync.Mutex
+	fail   func(step string, batch int) error
+	// driving is set while this manager drives a cluster-wide rotation
+	// (clusterrotate.go): its own follower loop then leaves its key files
+	// to the driver, which installs them last.
+	driving atomic.Bool
+	// ackTimeout bounds each wait for the other managers (0: the default;
+	// tests shorten it).
+	ackTimeout time.Duration
+	// compactAfter is the key of the rotation across managers this
+	// manager installed as a follower, until it has compacted and
+	// defragmented its member once the rotation ended (under d.mu).
+	compactAfter string
+	// acked is the last ack this run wrote (new key ID/what), under d.mu.
+	acked string
+	// wait bounds how long a change refused during a rotation first
+	// waits for it (0: the default; tests shorten it).
+	wait time.Duration
+}
+
+func (r *rotation) setFail(fn func(step string, batch int) error) {
+	r.failMu.Lock()
+	r.fail = fn
+	r.failMu.Unlock()
 }
 
 // The steps a test can stop a rotation after.
@@ -63,8 +91,11 @@ const (
 )
 
 func (d *Daemon) rotateStep(step string, batch int) error {
-	if d.rot.fail != nil {
-		return d.rot.fail(step, batch)
+	d.rot.failMu.Lock()
+	fn := d.rot.fail
+	d.rot.failMu.Unlock()
+	if fn != nil {
+		return fn(step, batch)
 	}
 	return nil
 }
@@ -100,8 +131,9 @@ func (d *Daemon) RotateMaster(ctx context.Context) (Rotation, error) {
 	if d.member != nil {
 		d.mu.Unlock()
 		// Every manager holds the master key: one rotating it alone would
-		// leave the others unable to open what it re-wraps.
-		return Rotation{}, errdefs.BadRequest("rotating the master key of a cluster of managers is not supported by hush yet")
+		// leave the others unable to open what it re-wraps. The rotation
+		// runs across them all (clusterrotate.go).
+		return d.rotateCluster(ctx)
 	}
 	kr, old, next, err := d.beginRotationLocked()
 	d.mu.Unlock()
@@ -197,6 +229,11 @@ func (d *Daemon) beginRotationLocked() (*keyring.Keyring, keyring.MasterKey, key
 // old key (a writer that copied an old inner seal meanwhile is caught by
 // the next pass).
 func (d *Daemon) rewrapStore(ctx context.Context, oldID string) (int, error) {
+	// A cluster record an earlier hushd wrote has no stored version: the
+	// re-wrap, which keeps the stored one, would move it.
+	if err := cluster.PinVersion(ctx, d.store); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return 0, fmt.Errorf("master key rotation: %w", err)
+	}
 	total := 0
 	for pass := 0; pass < 3; pass++ {
 		n, err := d.store.Rewrap(ctx, func(b int) error { return d.rotateStep(stepBatch, b) })
@@ -327,6 +364,11 @@ func (d *Daemon) finishRotation(ctx context.Context, kr *keyring.Keyring, mk key
 		// Installed already; only the rotating file was left.
 		return mk, d.rotatingKey().Remove()
 	}
+	if d.member != nil {
+		// A rotation across managers: the record says what is left to do
+		// (resumeRotationAtStart, then the follower loop).
+		return mk, nil
+	}
 	next, err := d.rotatingKey().Load(kr)
 	if err != nil {
 		d.log.Warn("discarding a master-key rotation file that the current key does not open", "err", err)
@@ -350,7 +392,9 @@ func (d *Daemon) finishRotation(ctx context.Context, kr *keyring.Keyring, mk key
 func (d *Daemon) unsealStore(ctx context.Context, kr *keyring.Keyring, mk keyring.MasterKey) (keyring.MasterKey, error) {
 	// A keyring built before the activation (a join's or a promotion's,
 	// a start's or an unlock's pre-opening of the store) is replaced:
-	// its key bytes are wiped now, not left in locked memory.
+	// its key bytes are wiped now, or a master-key rotation, which
+	// forgets the old key in the keyring it runs with, would leave them
+	// in memory.
 	if prev := d.keys.Swap(kr); prev != nil && prev != kr {
 		prev.Destroy()
 	}
@@ -363,6 +407,12 @@ func (d *Daemon) unsealStore(ctx context.Context, kr *keyring.Keyring, mk keyrin
 	if err != nil {
 		d.dropKeyring()
 		return mk, fmt.Errorf("finishing the master key rotation: %w", err)
+	}
+	if d.member != nil {
+		if err := d.resumeRotationAtStart(ctx, kr); err != nil {
+			d.dropKeyring()
+			return mk, fmt.Errorf("resuming the master key rotation across managers: %w", err)
+		}
 	}
 	if err := d.startMirror(ctx); err != nil {
 		d.dropKeyring()
@@ -451,12 +501,18 @@ func (d *Daemon) preopenStore(ctx context.Context, mk keyring.MasterKey) error {
 }
 
 // loadRotatingKey adds to kr the key an interrupted rotation was
-// introducing, since some records may already be wrapped by it.
+// introducing, since some records may already be wrapped by it. It only
+// opens with it: a lone node's finishRotation then seals under it; a
+// manager of a cluster does once the rotation record says every manager
+// holds it (resumeRotationAtStart).
 func (d *Daemon) loadRotatingKey(kr *keyring.Keyring, mk keyring.MasterKey) {
 	if id, err := d.rotatingKey().ID(); err != nil || id == mk.ID {
 		return
 	}
 	if next, err := d.rotatingKey().Load(kr); err == nil {
-		kr.Rotate(next)
+		if err := kr.Add(next); err != nil {
+			d.log.Warn("master key rotation: the keyring refused the rotating key", "err", err)
+		}
+		next.Destroy()
 	}
 }

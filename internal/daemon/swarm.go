@@ -199,6 +199,8 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		run(d.leadOrchestrator)
 		// Every manager's key files follow the record's unlock key.
 		run(d.followUnlockKey)
+		// And the record of a master-key rotation across them.
+		run(d.followRotation)
 		// etcd refuses demoted and removed managers' certificates.
 		run(d.keepEtcdCRL)
 		// Every manager vouches for itself and the nodes it hears.
@@ -536,8 +538,38 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 		defer keyring.Wipe(key)
 	}
 	spec.CAConfig.SigningCAKey = ""
+	if d.autolockChangeAsked(ctx, spec, f.RotateManagerUnlockKey) {
+		// A master-key rotation across the managers (enabling autolock
+		// starts one) is waited for before the lifecycle lock, which
+		// this manager's own step of it needs; checked again below.
+		if err := d.awaitNoRotation(ctx, "an autolock change"); err != nil {
+			return err
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		err := d.updateLocked(ctx, version, spec, key, f)
+		// A write to the record between this update's read and its write:
+		// read again. If it was hush's own (a re-wrap, bookkeeping), the
+		// version is still the client's and the change is applied to what
+		// is there now; if a client's, updateLocked refuses it.
+		if errors.Is(err, errUpdateRaced) && attempt < 10 {
+			continue
+		}
+		if errors.Is(err, errUpdateRaced) {
+			return errdefs.OutOfSequence()
+		}
+		return err
+	}
+}
+
+// errUpdateRaced is updateLocked's write finding the record written since
+// its read.
+var errUpdateRaced = errors.New("cluster record written during the update")
+
+// updateLocked is one attempt of Update, under d.mu.
+func (d *Daemon) updateLocked(ctx context.Context, version uint64, spec swarm.Spec, key []byte, f api.SwarmUpdateFlags) error {
 	if d.state != swarm.LocalNodeStateActive {
 		return d.CheckServingLocked()
 	}
@@ -573,13 +605,26 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 			return err
 		}
 	}
+	if d.member != nil && (want != was || (want && f.RotateManagerUnlockKey)) {
+		// Every manager re-wraps its key files under the record's unlock
+		// key: not while a rotation across them changes the master key.
+		if err := d.rotationInProgress(ctx, "an autolock change"); err != nil {
+			return err
+		}
+	}
 	switch {
 	case want != was:
 		err = d.setAutolockLocked(ctx, &c, want, false)
 	case want && f.RotateManagerUnlockKey:
 		err = d.setAutolockLocked(ctx, &c, true, true)
 	default:
-		err = cluster.Put(ctx, d.store, &c)
+		if err = d.injected(fpSpecPut); err == nil {
+			err = cluster.Put(ctx, d.store, &c)
+		}
+	}
+	if errors.Is(err, errdefs.ErrOutOfSequence) {
+		// The version was checked above: the record moved since.
+		return errUpdateRaced
 	}
 	if err != nil {
 		return err
@@ -590,6 +635,21 @@ func (d *Daemon) Update(ctx context.Context, version uint64, spec swarm.Spec, f 
 	d.settle(&c)
 	d.noteNoEffect(&before, &c)
 	return nil
+}
+
+// autolockChangeAsked reports whether spec turns autolock on or off, or
+// rotateKey its unlock key, on an active manager of a cluster (read
+// without d.mu; Update checks again under it).
+func (d *Daemon) autolockChangeAsked(ctx context.Context, spec swarm.Spec, rotateKey bool) bool {
+	d.mu.Lock()
+	member := d.member != nil && d.state == swarm.LocalNodeStateActive
+	d.mu.Unlock()
+	if !member {
+		return false
+	}
+	c, err := cluster.Get(ctx, d.store)
+	return err == nil && (c.Spec.EncryptionConfig.AutoLockManagers != spec.EncryptionConfig.AutoLockManagers ||
+		(rotateKey && c.Spec.EncryptionConfig.AutoLockManagers))
 }
 
 // Texts of a root CA rotation refused on a node that holds a node

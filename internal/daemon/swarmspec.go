@@ -217,7 +217,8 @@ func (d *Daemon) scrubPlainSigningKey(ctx context.Context, c *cluster.Cluster) {
 	if c.Spec.CAConfig.SigningCAKey == "" && c.Spec.CAConfig.SigningCACert == "" {
 		return
 	}
-	if err := cluster.Put(ctx, d.store, c); err != nil {
+	// Not shown by the API (Info clears both): the version stays.
+	if err := cluster.PutInternal(ctx, d.store, c); err != nil {
 		d.log.Error("could not remove a plaintext CA signing key from the cluster spec", "err", err)
 		return
 	}

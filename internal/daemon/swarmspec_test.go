@@ -368,7 +368,7 @@ func TestSpecScrubsPlaintextKeyOfEarlierRecord(t *testing.T) {
 	c, _ := cluster.Get(ctx, d.store)
 	c.Spec.CAConfig.SigningCACert, c.Spec.CAConfig.SigningCAKey = "spec-old-cert", "-----BEGIN EC PRIVATE KEY-----\nspec-old-key\n-----END EC PRIVATE KEY-----\n"
 	val, _ := json.Marshal(&c)
-	if _, err := d.store.Table("cluster").Update(ctx, "default", int64(c.Version), val); err != nil {
+	if _, err := d.store.Table("cluster").Update(ctx, "default", c.Revision(), val); err != nil {
 		t.Fatal(err)
 	}
 	d.Close()

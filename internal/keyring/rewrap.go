@@ -2,6 +2,7 @@ package keyring
 
 import (
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,6 +22,36 @@ func (k *Keyring) Holds(id string) bool {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	return k.keys[id] != nil
+}
+
+// Add loads m so that values sealed under it open, without sealing under
+// it: a manager taking part in a cluster-wide rotation holds the new key
+// before every other manager does, and must not seal under it until they
+// all do. Adding a key already held (same ID and bytes) does nothing; the
+// same ID with other bytes is refused, as Rotate refuses it.
+func (k *Keyring) Add(m MasterKey) error {
+	if k == nil {
+		return errNotInit
+	}
+	kk, err := newKEK(m)
+	if err != nil {
+		return err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if existing, ok := k.keys[m.ID]; ok {
+		Free(kk.raw)
+		if subtle.ConstantTimeCompare(existing.raw, m.Key) != 1 {
+			return errors.New("keyring: add rejected: master key ID already in use with different key bytes")
+		}
+		return nil
+	}
+	if k.keys == nil {
+		k.keys = make(map[string]*kek)
+	}
+	k.keys[m.ID] = kk
+	delete(k.retired, m.ID)
+	return nil
 }
 
 // Forget drops the master key id and wipes its bytes, so that nothing

@@ -211,3 +211,36 @@ func hexOf(b []byte) string {
 	}
 	return string(out)
 }
+
+// Add makes a key open without making it the one seals use; the same ID
+// with other bytes is refused.
+func TestAdd(t *testing.T) {
+	kr, mk1 := newTestRing(t)
+	other, _ := newTestRing(t)
+	mk2, _ := GenerateMasterKey()
+	other.Rotate(mk2)
+	aad := []byte("hush/test/add")
+	under2, err := other.Seal([]byte("v"), aad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kr.Open(under2, aad); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("open before Add: %v", err)
+	}
+	if err := kr.Add(mk2); err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := kr.Open(under2, aad); err != nil || string(pt) != "v" {
+		t.Fatalf("open after Add: %q %v", pt, err)
+	}
+	if id, err := kr.CurrentID(); err != nil || id != mk1.ID {
+		t.Fatalf("Add changed the sealing key: %s %v", id, err)
+	}
+	if err := kr.Add(mk2); err != nil {
+		t.Fatalf("Add again: %v", err)
+	}
+	bad := MasterKey{ID: mk2.ID, Key: bytes.Repeat([]byte{1}, len(mk2.Key))}
+	if err := kr.Add(bad); err == nil {
+		t.Fatal("Add accepted other bytes under a held ID")
+	}
+}

@@ -177,6 +177,10 @@ func (p *Presence) Fresh(within time.Duration) bool {
 
 func (p *Presence) key(nodeID string) string { return presenceRoot + nodeID + "/" + p.owner }
 
+// SelfClaimKey is the key of the claim a manager makes for itself (its
+// presence while it is active), for a write guarded on its absence.
+func SelfClaimKey(nodeID string) string { return presenceRoot + nodeID + "/" + nodeID }
+
 // Claim vouches for nodeID. Without a lease (Run not started, or between
 // leases) the claim is remembered and put with the next lease; a put that
 // fails leaves it unclaimed (Claims no longer lists it).

@@ -51,14 +51,35 @@ type Cluster struct {
 	// operator (a manager answered GET /swarm/unlockkey with it): every
 	// manager of the cluster may then lock its key files under it.
 	UnlockKeyFetched bool `json:"unlockKeyFetched,omitempty"`
+	// RotationOwed says that autolock was enabled and its key fetched,
+	// and the master-key rotation across the managers that must follow
+	// (so that earlier copies of a plaintext master.key open nothing) has
+	// not ended since: any manager that activates starts it (a crash of
+	// the manager that recorded the fetch would otherwise lose it).
+	RotationOwed bool `json:"rotationOwed,omitempty"`
 	// LastForcedRotation is the Spec.CAConfig.ForceRotate of the last
 	// root CA rotation: a spec whose counter differs asks for another.
 	LastForcedRotation uint64 `json:"lastForcedRotation,omitempty"`
 	// Network is what init said of addresses and address pools.
 	Network Network `json:"network"`
-	// Version is the store revision of the last write (not stored).
+	// Version is the version the API shows (Version.Index), against which
+	// a client's `swarm update` is checked. Only writes a client asked for
+	// move it (Put); hush's own writes to the record (PutInternal, and a
+	// master-key rotation's re-wrap, which edits the record as raw JSON
+	// and so keeps Shown) leave it, or an inspect-then-update racing them
+	// would be refused for a change the client cannot see.
 	Version uint64 `json:"-"`
+	// Shown is Version as stored; 0 in a record an earlier hushd wrote,
+	// whose version is then its store revision.
+	Shown uint64 `json:"version,omitempty"`
+	// rev is the store revision read: the write's compare-and-swap.
+	rev int64
 }
+
+// Revision is the store revision of the record as read: it moves with
+// every write, internal ones too (a watcher of the record's fields, as
+// the key files' follower, compares it, not Version).
+func (c *Cluster) Revision() int64 { return c.rev }
 
 // DefaultSpec is the spec `docker swarm init` gives a new cluster.
 func DefaultSpec() swarm.Spec {
@@ -133,6 +154,13 @@ func Create(ctx context.Context, st *store.Store, s Sealer, p Params) (Cluster, 
 		}
 	}
 	c.Spec.CAConfig.SigningCACert, c.Spec.CAConfig.SigningCAKey = "", ""
+	// A stored version from the start (at most the create's revision, so
+	// below every later one): the record's re-wraps then never move it.
+	rev, err := st.Revision(ctx)
+	if err != nil {
+		return Cluster{}, err
+	}
+	c.Shown = uint64(rev) + 1
 	val, err := json.Marshal(&c)
 	if err != nil {
 		return Cluster{}, err
@@ -156,24 +184,66 @@ func Get(ctx context.Context, st *store.Store) (Cluster, error) {
 	if err := json.Unmarshal(o.Value, &c); err != nil {
 		return Cluster{}, fmt.Errorf("decode cluster: %w: %w", errdefs.ErrInternal, err)
 	}
-	c.Version = uint64(o.ModRev)
+	c.rev = o.ModRev
+	c.Version = c.Shown
+	if c.Version == 0 {
+		c.Version = uint64(o.ModRev)
+	}
 	return c, nil
 }
 
-// Put writes c if its Version is still current.
+// Put writes c, a change a client asked for, if the record has not been
+// written since c was read (else "update out of sequence": the caller
+// reads it again and, if its Version is still the one its client gave,
+// applies the change again). The new Version is above every earlier one:
+// each was at most the store revision of the write that set it.
 func Put(ctx context.Context, st *store.Store, c *Cluster) error {
 	c.UpdatedAt = time.Now().UTC()
+	c.Shown = max(uint64(c.rev), c.Version) + 1
+	return put(ctx, st, c)
+}
+
+// PutInternal writes c, changed by hush itself in fields no client sees
+// (bookkeeping such as UnlockKeyFetched, a scrub), keeping its Version,
+// if the record has not been written since c was read.
+func PutInternal(ctx context.Context, st *store.Store, c *Cluster) error {
+	c.Shown = c.Version
+	return put(ctx, st, c)
+}
+
+// PinVersion stores the version of a record an earlier hushd wrote (its
+// store revision), so that a later internal write, as a re-wrap, which
+// keeps the stored one, does not move it.
+func PinVersion(ctx context.Context, st *store.Store) error {
+	for attempt := 0; ; attempt++ {
+		c, err := Get(ctx, st)
+		if err != nil || c.Shown != 0 {
+			return err
+		}
+		err = PutInternal(ctx, st, &c)
+		if errors.Is(err, errdefs.ErrOutOfSequence) && attempt < 10 {
+			continue // written since: read again
+		}
+		return err
+	}
+}
+
+func put(ctx context.Context, st *store.Store, c *Cluster) error {
 	// The signing key lives only sealed in CAKey (see ApplyCAConfig).
 	c.Spec.CAConfig.SigningCACert, c.Spec.CAConfig.SigningCAKey = "", ""
 	val, err := json.Marshal(c)
 	if err != nil {
 		return err
 	}
-	_, err = st.Table(table).Update(ctx, key, int64(c.Version), val)
+	rev, err := st.Table(table).Update(ctx, key, c.rev, val)
 	if errors.Is(err, store.ErrStale) {
 		return errdefs.OutOfSequence()
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	c.rev, c.Version = rev, c.Shown
+	return nil
 }
 
 // Remove deletes the cluster object (swarm leave --force).

@@ -2,9 +2,11 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"regexp"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/store"
 	"github.com/hush-secrets/hush/internal/store/storetest"
@@ -80,3 +82,43 @@ func TestUnlockKeySealed(t *testing.T) {
 }
 
 func newStore(t *testing.T) *store.Store { return storetest.New(t) }
+
+// hush's own writes keep the version the API shows; a client's write
+// moves it above every earlier one; a write from a stale read is refused.
+func TestVersionMovesOnlyWithClientWrites(t *testing.T) {
+	ctx := context.Background()
+	mk, _ := keyring.GenerateMasterKey()
+	kr, _ := keyring.New(mk)
+	st := newStore(t)
+	c, err := Init(ctx, st, kr, DefaultSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v0 := c.Version
+	if v0 == 0 || c.Shown != v0 {
+		t.Fatalf("created with version %d (stored %d)", v0, c.Shown)
+	}
+	c.UnlockKeyFetched = true
+	if err := PutInternal(ctx, st, &c); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := Get(ctx, st)
+	if got.Version != v0 || !got.UnlockKeyFetched {
+		t.Fatalf("after an internal write: version %d, want %d", got.Version, v0)
+	}
+	stale := got
+	got.Spec.Labels = map[string]string{"a": "b"}
+	if err := Put(ctx, st, &got); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := Get(ctx, st)
+	if after.Version <= v0 {
+		t.Fatalf("a client's write: version %d, want above %d", after.Version, v0)
+	}
+	if err := Put(ctx, st, &stale); !errors.Is(err, errdefs.ErrOutOfSequence) {
+		t.Fatalf("write from a stale read: %v", err)
+	}
+	if err := PutInternal(ctx, st, &stale); !errors.Is(err, errdefs.ErrOutOfSequence) {
+		t.Fatalf("internal write from a stale read: %v", err)
+	}
+}

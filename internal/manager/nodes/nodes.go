@@ -164,9 +164,10 @@ func Update(ctx context.Context, st *store.Store, id string, version uint64, spe
 // to. managers are the other nodes recorded as managers when the caller
 // checked a demotion: the write is guarded on each being unchanged (a
 // failed guard is ErrGuard), so two demotions checked at once against the
-// same managers cannot both be recorded.
-func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, managers []Node) error {
-	var guards []store.Cond
+// same managers cannot both be recorded. extra are further guards of the
+// caller's (no master-key rotation in progress).
+func UpdateRole(ctx context.Context, st *store.Store, id string, version uint64, spec swarm.NodeSpec, managers []Node, extra ...store.Cond) error {
+	guards := append([]store.Cond(nil), extra...)
 	for _, m := range managers {
 		guards = append(guards, store.AtRevision(st.Table(table).Key(m.ID), int64(m.Version)))
 	}
