@@ -803,6 +803,9 @@ func (d *Daemon) followRotationOnce(ctx context.Context) bool {
 	if d.state != swarm.LocalNodeStateActive || d.mk.Key == nil || ctx.Err() != nil {
 		return false
 	}
+	if h := d.followRotationHook; h != nil {
+		h(ctx)
+	}
 	active, err := d.followRotationLocked(ctx)
 	if err != nil {
 		d.log.Warn("master key rotation: this manager's step failed; retrying", "err", err)

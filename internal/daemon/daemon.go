@@ -200,6 +200,16 @@ type Daemon struct {
 	removed    removedCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
+	// life ends as Close begins, before Close takes mu: the runtime's
+	// contexts derive from it, so a loop holding mu over a store call
+	// that cannot finish (a cluster without quorum) lets go at once
+	// instead of holding Close behind it.
+	life     context.Context
+	lifeStop context.CancelFunc
+	// followRotationHook, set only by tests (under mu), runs in each step
+	// of the rotation follower while it holds mu, with the step's
+	// context: it stands for a store call that does not finish.
+	followRotationHook func(context.Context)
 	// nodeSyncHook, set only by tests (under mu), runs in every node sync
 	// the join/CA service serves, with the request's context: it holds a
 	// handler in flight while the node changes role.
@@ -266,6 +276,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		cfg.AdvertiseAddr = "127.0.0.1"
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive, syncKick: make(chan struct{}, 1)}
+	d.life, d.lifeStop = context.WithCancel(context.Background())
 	d.issueLimit = pki.NewIssueLimiter()
 	if cfg.IssueBurst > 0 {
 		d.issueLimit.Burst = cfg.IssueBurst
@@ -449,6 +460,7 @@ func (d *Daemon) NodeID() string { return d.nodeID }
 // the store (which flushes etcd) and releases the data dir.
 func (d *Daemon) Close() {
 	d.closeOnce.Do(func() {
+		d.lifeStop()
 		d.mu.Lock()
 		d.closing = true
 		stop := d.quorumStop

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/moby/moby/api/types/swarm"
@@ -101,4 +103,44 @@ func TestStartWithoutQuorum(t *testing.T) {
 		t.Fatalf("state without quorum %q, want pending", st)
 	}
 	m1.Close()
+}
+
+// Close ends the runtime's context before it takes mu: a loop that holds
+// mu over a store call which cannot finish (a linearizable read of a
+// cluster without quorum; the hook stands for it and returns only when
+// its context ends) must not hold Close behind it. Before, the rotation
+// follower's read kept a manager without quorum from exiting on SIGTERM.
+func TestCloseEndsLoopsHoldingMu(t *testing.T) {
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t)})
+	if m.store.Members() == nil {
+		t.Fatal("a manager with a listen address runs no etcd member")
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	m.mu.Lock()
+	m.followRotationHook = func(ctx context.Context) {
+		once.Do(func() { close(held) })
+		select {
+		case <-ctx.Done():
+		case <-release: // the test failed: let the cleanup's Close end
+		}
+	}
+	m.mu.Unlock()
+	select {
+	case <-held:
+	case <-time.After(time.Minute):
+		t.Fatal("the rotation follower never ran a step")
+	}
+	closed := make(chan struct{})
+	go func() {
+		m.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		close(release)
+		<-closed
+		t.Fatal("Close waited on mu behind a loop's store call that ends only with its context")
+	}
 }

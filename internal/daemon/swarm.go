@@ -185,7 +185,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	d.noteKeyMemory()
 	d.state = swarm.LocalNodeStateActive
 	var ctx context.Context
-	ctx, d.runStop = context.WithCancel(context.Background())
+	ctx, d.runStop = context.WithCancel(d.life)
 	run := func(fn func(context.Context)) {
 		d.runDone.Add(1)
 		go func() {

@@ -57,7 +57,7 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		OnRemoved: func() { d.removedFromCluster(ws) }})
 	d.workerOpened = opened
 	var ctx context.Context
-	ctx, d.runStop = context.WithCancel(context.Background())
+	ctx, d.runStop = context.WithCancel(d.life)
 	d.runDone.Add(1)
 	go func() {
 		defer d.runDone.Done()

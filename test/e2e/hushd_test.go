@@ -292,9 +292,17 @@ func (h *Hushd) Stop() {
 	select {
 	case <-h.done:
 	case <-time.After(hushdStopTimeout):
+		// SIGQUIT first: the Go runtime writes every goroutine's stack to
+		// the log, which names what the shutdown waited on.
+		_ = h.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-h.done:
+		case <-time.After(5 * time.Second):
+		}
 		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
 		<-h.done
-		h.t.Errorf("hushd did not exit within %s of SIGTERM (killed)", hushdStopTimeout)
+		h.t.Errorf("hushd did not exit within %s of SIGTERM (killed); its goroutines then:\n%s",
+			hushdStopTimeout, hushStacks(h.LogPath))
 		return
 	}
 	if err := h.exitErr(); err != nil {
@@ -326,6 +334,27 @@ func (h *Hushd) Restart() {
 func (h *Hushd) Raw(method, path, contentType string, body []byte) httpResult {
 	h.t.Helper()
 	return doRaw(h.t, h.Socket, method, path, contentType, body)
+}
+
+// hushStacks is the part of a goroutine dump in a hushd log that names
+// hush's own code: the stacks of goroutines with a frame of hush.
+func hushStacks(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	s := string(b)
+	i := strings.LastIndex(s, "SIGQUIT: quit")
+	if i < 0 {
+		return "(no goroutine dump in the log)"
+	}
+	var out []string
+	for _, g := range strings.Split(s[i:], "\n\n") {
+		if strings.Contains(g, "hush-secrets/hush/") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
 
 func tailFile(path string, lines int) string {
