@@ -16,7 +16,7 @@ import (
 	"github.com/hush-secrets/hush/internal/store/storetest"
 )
 
-func newManager(t *testing.T, kind Kind) (*Manager, *store.Store) {
+func newManager(t testing.TB, kind Kind) (*Manager, *store.Store) {
 	t.Helper()
 	st := storetest.New(t)
 	mk, err := keyring.GenerateMasterKey()
