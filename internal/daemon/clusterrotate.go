@@ -429,7 +429,9 @@ func describe(ids []string, desc map[string]string) string {
 // d.mu not): it starts a rotation, or takes over the one in progress, and
 // drives it to its end.
 func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return Rotation{}, err
+	}
 	err := d.CheckServingLocked()
 	kr := d.keys.Keyring()
 	d.mu.Unlock()
@@ -475,7 +477,9 @@ func (d *Daemon) startClusterRotation(ctx context.Context, kr *keyring.Keyring) 
 		// have yet: the rotation would have to re-wrap it under that key.
 		return rotationRecord{}, &errdefs.Error{Category: errdefs.ErrConflict, Msg: "an unlock-key change is not finished: fetch the unlock key (docker swarm unlock-key) first, then retry"}
 	}
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return rotationRecord{}, err
+	}
 	old := d.mk.ID
 	d.mu.Unlock()
 	next, err := keyring.GenerateMasterKey()
@@ -647,7 +651,9 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 	// The others have forgotten the old key: a value holding it that a
 	// write slipped in before they did is re-wrapped here, with the old
 	// key this manager still holds, and checked for inside the install.
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return Rotation{}, err
+	}
 	holdsOld := d.mk.ID == rec.Old
 	d.mu.Unlock()
 	if holdsOld {
@@ -664,7 +670,9 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		// say so rather than end the rotation over values no one opens.
 		return Rotation{}, fmt.Errorf("master key rotation: %d values still need the old key %s, which no manager holds any more: %w", left, rec.Old, errdefs.ErrInternal)
 	}
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return Rotation{}, err
+	}
 	err := d.installRotatedLocked(ctx, *rec, true)
 	if err == nil {
 		err = d.writeRotationAck(ctx, rec.New, ackInstalled)
@@ -750,6 +758,20 @@ func (d *Daemon) awaitRotationAcks(ctx context.Context, rec *rotationRecord, wan
 	}
 }
 
+// lockMu takes d.mu for the driver of a rotation, unless ctx ends
+// first. A leave or a demotion ends d.bg, where the rotation autolock's
+// enable owes runs (rotateAfterEnable), and then waits for d.bg's
+// goroutines while it holds d.mu (closeStoreLocked): a driver blocked in
+// d.mu.Lock there would never end, and neither would the leave.
+func (d *Daemon) lockMu(ctx context.Context) error {
+	for !d.mu.TryLock() {
+		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -763,7 +785,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // followRotationSelf is the driver's own follower step, at once.
 func (d *Daemon) followRotationSelf(ctx context.Context) error {
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return err
+	}
 	defer d.mu.Unlock()
 	if err := d.CheckServingLocked(); err != nil {
 		return err

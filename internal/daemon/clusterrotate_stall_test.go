@@ -1,0 +1,75 @@
+package daemon
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// A rotation across managers that runs in the background (the one
+// enabling autolock owes: rotateAfterEnable, on d.bg) must end when a
+// leave (or a demotion) stops d.bg while holding d.mu: closeStoreLocked
+// waits for d.bg's goroutines with d.mu held, so a background driver that
+// waits for d.mu there would never end, and neither would the leave, nor
+// Close after it. Here the background rotation is held after it wrote its
+// record until `swarm leave --force` holds d.mu, then let go: its next
+// step takes d.mu.
+func TestLeaveEndsBackgroundRotation(t *testing.T) {
+	cfg := Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t)}
+	cfg.Socket = filepath.Join(cfg.DataDir, "s.sock")
+	cfg.SecretsDir = filepath.Join(cfg.DataDir, "run")
+	m, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed at the end only if the leave ended: a daemon deadlocked
+	// here would hold Close (and the test binary) for good.
+	if m.store.Members() == nil {
+		m.Close()
+		t.Fatal("a manager with a listen address runs no etcd member")
+	}
+	reached, proceed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	m.rot.setFail(func(step string, _ int) error {
+		if step == stepClusterStarted {
+			once.Do(func() { close(reached) })
+			<-proceed
+		}
+		return nil
+	})
+	m.rotateAfterEnable()
+	select {
+	case <-reached:
+	case <-time.After(time.Minute):
+		close(proceed)
+		m.Close()
+		t.Fatal("the background rotation never wrote its record")
+	}
+	m.mu.Lock()
+	m.fail = failpoints{fpLeaveMark: func() error {
+		// The leave holds d.mu from here to its end.
+		close(proceed)
+		return nil
+	}}
+	m.mu.Unlock()
+	left := make(chan error, 1)
+	go func() { left <- m.Leave(context.Background(), true) }()
+	select {
+	case err := <-left:
+		if err != nil {
+			m.Close()
+			t.Fatalf("leave during a background rotation: %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		// Not closed: Close would wait on d.mu for good.
+		t.Fatal("the leave never ended: it waits (holding d.mu) for the background rotation, which waits for d.mu")
+	}
+	if st := m.State(); st != swarm.LocalNodeStateInactive {
+		t.Errorf("after the leave: %s, want inactive", st)
+	}
+	m.Close()
+}
