@@ -429,6 +429,13 @@ func describe(ids []string, desc map[string]string) string {
 // d.mu not): it starts a rotation, or takes over the one in progress, and
 // drives it to its end.
 func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
+	// The driver's steps hold d.mu over store calls that a cluster
+	// without quorum does not finish: they end when Close begins, before
+	// it takes d.mu, as the follower loop's do (d.life). The request's
+	// context is uncancellable (RotateMaster), and d.bg ends only later.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(d.life, cancel)()
 	if err := d.lockMu(ctx); err != nil {
 		return Rotation{}, err
 	}
@@ -791,6 +798,9 @@ func (d *Daemon) followRotationSelf(ctx context.Context) error {
 	defer d.mu.Unlock()
 	if err := d.CheckServingLocked(); err != nil {
 		return err
+	}
+	if h := d.followRotationHook; h != nil {
+		h(ctx)
 	}
 	_, err := d.followRotationLocked(ctx)
 	return err

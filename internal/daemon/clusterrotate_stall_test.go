@@ -73,3 +73,63 @@ func TestLeaveEndsBackgroundRotation(t *testing.T) {
 	}
 	m.Close()
 }
+
+// driverCtxKey marks the context of the rotation a test drives, so that
+// followRotationHook holds the driver's step only, not the follower
+// loop's.
+type driverCtxKey struct{}
+
+// Close ends the driver of a rotation across managers as it ends the
+// follower loop (TestCloseEndsLoopsHoldingMu): the driver's own step holds
+// d.mu over store calls, which cannot finish on a cluster without quorum,
+// and its context (a request's, made uncancellable by RotateMaster, or
+// d.bg, which Close ends only after it took d.mu) would otherwise keep
+// Close waiting on d.mu behind it. The hook stands for such a call.
+func TestCloseEndsRotationDriverHoldingMu(t *testing.T) {
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t)})
+	if m.store.Members() == nil {
+		t.Fatal("a manager with a listen address runs no etcd member")
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	m.mu.Lock()
+	m.followRotationHook = func(ctx context.Context) {
+		if ctx.Value(driverCtxKey{}) == nil {
+			return
+		}
+		once.Do(func() { close(held) })
+		select {
+		case <-ctx.Done():
+		case <-release: // the test failed: let the cleanup's Close end
+		}
+	}
+	m.mu.Unlock()
+	rotated := make(chan error, 1)
+	go func() {
+		_, err := m.RotateMaster(context.WithValue(context.Background(), driverCtxKey{}, true))
+		rotated <- err
+	}()
+	select {
+	case <-held:
+	case err := <-rotated:
+		t.Fatalf("the rotation ended (%v) without its driver's step", err)
+	case <-time.After(time.Minute):
+		close(release)
+		t.Fatal("the rotation's driver never ran its own step")
+	}
+	closed := make(chan struct{})
+	go func() {
+		m.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		close(release)
+		<-closed
+		t.Fatal("Close waited on mu behind the rotation driver's store call that ends only with its context")
+	}
+	if err := <-rotated; err == nil {
+		t.Fatal("a rotation whose driver's step was ended by Close succeeded")
+	}
+}
