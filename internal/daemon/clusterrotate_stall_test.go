@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -131,5 +134,54 @@ func TestCloseEndsRotationDriverHoldingMu(t *testing.T) {
 	}
 	if err := <-rotated; err == nil {
 		t.Fatal("a rotation whose driver's step was ended by Close succeeded")
+	}
+}
+
+// A manager demoted while it was down in the middle of a rotation (the
+// one role change a rotation allows) wipes every key file when it comes
+// back as a worker: also its rotating file, which holds the rotation's
+// new master key (the one the cluster keeps), sealed under the old key
+// the rotation retires. Left on a worker's disk, it is a key file no one
+// uses, and with any earlier copy of the old key (what rotating the
+// master key after enabling autolock guards against) it opens the
+// cluster's current key.
+func TestDemotedMidRotationWipesRotatingFile(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 3)
+	allPresent(t, ms)
+	// Stopped once every manager holds the new key in its rotating file.
+	failOnce(ms[0].d, stepClusterPrepared, 0)
+	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("rotation: %v", err)
+	}
+	ms[0].d.rot.setFail(nil)
+	rec, ok, err := getRotation(ctx, ms[0].d.store)
+	if err != nil || !ok {
+		t.Fatalf("the rotation record: %v %v", ok, err)
+	}
+	down := ms[2]
+	if !exists(t, down.cfg.DataDir, "keys/master.key.rotating") {
+		t.Fatal("the manager to demote holds no rotating file: the check proves nothing")
+	}
+	gone := down.d.nodeID
+	down.d.Close()
+	waitUntil(t, "the stopped manager is absent", func() bool {
+		absent, err := ms[0].d.absentManagers(ctx, []string{gone})
+		return err == nil && len(absent) == 1
+	})
+	if err := setRole(ctx, ms[1].d, gone, swarm.NodeRoleWorker); err != nil {
+		t.Fatalf("demoting a manager that is down during a rotation: %v", err)
+	}
+	down.start(t)
+	waitUntil(t, "the demoted manager runs as a worker", down.d.isWorker)
+	files, _ := filepath.Glob(filepath.Join(down.cfg.DataDir, "keys", "*"))
+	hidden, _ := filepath.Glob(filepath.Join(down.cfg.DataDir, "keys", ".*"))
+	for _, p := range append(files, hidden...) {
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(rec.New)) {
+			t.Errorf("the demoted manager keeps %s, which holds the rotation's new key %s", p, rec.New)
+		}
+	}
+	if exists(t, down.cfg.DataDir, "keys/master.key.rotating") {
+		t.Error("the demoted manager keeps its rotating file")
 	}
 }
