@@ -226,13 +226,15 @@ const dropRotationWait = 30 * time.Second
 // retrying (bounded) a delete that fails: a record left in prepare would
 // keep every manager's rotating file and refuse role changes until a
 // manager's `hush key rotate` took it over. A loaded store times requests
-// out, and this runs right after a manager went down.
+// out, and this runs right after a manager went down. Once ctx ends (the
+// driver is stopping: Close, or a leave or demotion ending d.bg, which
+// waits for it) the first attempt is the only one.
 func (d *Daemon) dropRotation(ctx context.Context, rec rotationRecord) {
 	deadline := time.Now().Add(dropRotationWait)
 	for attempt := 0; ; attempt++ {
 		err := d.rotateStep(stepDropRecord, attempt)
 		if err == nil {
-			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			err = deleteRotation(dctx, d.store, rec)
 			cancel()
 		}
@@ -240,7 +242,7 @@ func (d *Daemon) dropRotation(ctx context.Context, rec rotationRecord) {
 			// Gone, or replaced by another rotation (not ours to drop).
 			return
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			d.log.Warn("master key rotation: the dropped rotation's record is left; `hush key rotate` takes it over", "err", err)
 			return
 		}
@@ -611,7 +613,7 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		if err := d.awaitRotationAcks(ctx, rec, ackPrepared, false); err != nil {
 			// Nothing is sealed under the new key yet: the rotation is
 			// dropped, and the managers drop their rotating files.
-			d.dropRotation(context.WithoutCancel(ctx), *rec)
+			d.dropRotation(ctx, *rec)
 			return Rotation{}, fmt.Errorf("%w; the rotation was dropped, nothing changed: retry it once they are up", err)
 		}
 		if err := d.rotateStep(stepClusterPrepared, 0); err != nil {

@@ -185,3 +185,45 @@ func TestDemotedMidRotationWipesRotatingFile(t *testing.T) {
 		t.Error("the demoted manager keeps its rotating file")
 	}
 }
+
+// A rotation dropped in prepare because its driver is stopping (Close,
+// or a leave or demotion ending d.bg) tries to delete its record once,
+// and does not go on retrying for dropRotationWait: the background
+// driver (the rotation autolock's enable owes) holds Close, or a leave
+// holding d.mu, until it returns, and on a cluster without quorum every
+// retry fails. Here every delete fails, as it would without quorum.
+func TestStoppingDriverDropsRotationOnce(t *testing.T) {
+	ms := startManagers(t, 2)
+	allPresent(t, ms)
+	driver, follower := ms[0].d, ms[1].d
+	// The follower is present but never takes the new key: the driver
+	// waits for its ack (up to the default 60 s).
+	follower.rot.setFail(func(step string, _ int) error {
+		if step == stepFollowKey {
+			return errors.New("injected: this manager does not take the new key")
+		}
+		return nil
+	})
+	var mu sync.Mutex
+	attempts := 0
+	driver.rot.setFail(func(step string, _ int) error {
+		if step != stepDropRecord {
+			return nil
+		}
+		mu.Lock()
+		attempts++
+		mu.Unlock()
+		return errors.New("injected: the store has no quorum")
+	})
+	driver.rotateAfterEnable()
+	waitUntil(t, "the rotation started", func() bool {
+		rec, ok, err := getRotation(context.Background(), driver.store)
+		return err == nil && ok && len(rec.Managers) == 2
+	})
+	driver.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if attempts != 1 {
+		t.Fatalf("the stopping driver tried %d times to delete the dropped rotation's record, want once", attempts)
+	}
+}
