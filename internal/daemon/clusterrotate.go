@@ -1015,10 +1015,11 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 			}
 		}
 		// Under autolock, once its key is fetched, a plaintext master.key
-		// left beside the locked file is due to go (this manager's key
-		// files are settling: settleKeysLocked, from followUnlockKey):
-		// the new key must not be written into it in the clear.
-		if d.plainKey.Exists() && d.lockedKey.Exists() {
+		// is due to go, whether beside the locked file or only the
+		// pending one still (this manager's key files are settling:
+		// settleKeysLocked, from followUnlockKey): the new key must not
+		// be written into it in the clear.
+		if d.plainKey.Exists() {
 			c, err := cluster.Get(ctx, d.store)
 			if err != nil {
 				return err

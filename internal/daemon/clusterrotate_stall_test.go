@@ -227,3 +227,59 @@ func TestStoppingDriverDropsRotationOnce(t *testing.T) {
 		t.Fatalf("the stopping driver tried %d times to delete the dropped rotation's record, want once", attempts)
 	}
 }
+
+// Enabling autolock on a cluster rotates the master key once its unlock
+// key is fetched. A manager whose key files have not settled yet when the
+// rotation installs may still hold its plaintext master.key beside only
+// the pending locked file (master.key.locked.next: here its move to the
+// locked file fails), not the locked file itself: the new key must not be
+// written into master.key in the clear then either
+// (newKeyNeverInPlainFileCase covers a plaintext file left beside the
+// locked one).
+func TestEnableRotationNeverWritesNewKeyBesidePendingFile(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 2)
+	allPresent(t, ms)
+	old := copyKey(t, ms[0].d)
+	ms[0].d.rot.ackTimeout = 5 * time.Second
+	f := ms[1]
+	f.d.mu.Lock()
+	f.d.fail = failpoints{fpSyncInstall: func() error { return errors.New("injected: the pending locked file is not moved into place") }}
+	f.d.mu.Unlock()
+	checkPlain := func() {
+		t.Helper()
+		if mk, err := f.d.plainKey.Load(); err == nil && mk.ID != old.ID {
+			t.Fatalf("the new master key %s is in the clear in master.key under autolock", mk.ID)
+		}
+	}
+	key := enableAutolock(t, ms[0].d)
+	waitUntil(t, "the second manager holds the pending locked file", func() bool {
+		checkPlain()
+		return f.d.nextKey().Exists() && f.d.nextKey().Opens(key)
+	})
+	// The enable's rotation runs in the background on the first manager:
+	// it ends, or stops at its install (5 s without the second manager's
+	// ack): either way the record is then gone or stays in the install
+	// phase with no one driving it.
+	waitUntil(t, "the enable's rotation started", func() bool {
+		checkPlain()
+		_, ok, err := getRotation(ctx, ms[0].d.store)
+		ms[0].d.mu.Lock()
+		rotated := ms[0].d.mk.ID != old.ID
+		ms[0].d.mu.Unlock()
+		return err == nil && (ok || rotated)
+	})
+	waitUntil(t, "the enable's rotation ended or stopped", func() bool {
+		checkPlain()
+		rec, ok, err := getRotation(ctx, ms[0].d.store)
+		return err == nil && (!ok || rec.Phase == phaseInstall && rec.Driver == "")
+	})
+	checkPlain()
+	f.d.mu.Lock()
+	f.d.fail = nil
+	f.d.mu.Unlock()
+	waitUntil(t, "the second manager's key files settle", func() bool {
+		checkPlain()
+		return lockedUnder(f.d, key)
+	})
+}
