@@ -226,13 +226,15 @@ const dropRotationWait = 30 * time.Second
 // retrying (bounded) a delete that fails: a record left in prepare would
 // keep every manager's rotating file and refuse role changes until a
 // manager's `hush key rotate` took it over. A loaded store times requests
-// out, and this runs right after a manager went down.
+// out, and this runs right after a manager went down. Once ctx ends (the
+// driver is stopping: Close, or a leave or demotion ending d.bg, which
+// waits for it) the first attempt is the only one.
 func (d *Daemon) dropRotation(ctx context.Context, rec rotationRecord) {
 	deadline := time.Now().Add(dropRotationWait)
 	for attempt := 0; ; attempt++ {
 		err := d.rotateStep(stepDropRecord, attempt)
 		if err == nil {
-			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			err = deleteRotation(dctx, d.store, rec)
 			cancel()
 		}
@@ -240,7 +242,7 @@ func (d *Daemon) dropRotation(ctx context.Context, rec rotationRecord) {
 			// Gone, or replaced by another rotation (not ours to drop).
 			return
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			d.log.Warn("master key rotation: the dropped rotation's record is left; `hush key rotate` takes it over", "err", err)
 			return
 		}
@@ -429,7 +431,16 @@ func describe(ids []string, desc map[string]string) string {
 // d.mu not): it starts a rotation, or takes over the one in progress, and
 // drives it to its end.
 func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
-	d.mu.Lock()
+	// The driver's steps hold d.mu over store calls that a cluster
+	// without quorum does not finish: they end when Close begins, before
+	// it takes d.mu, as the follower loop's do (d.life). The request's
+	// context is uncancellable (RotateMaster), and d.bg ends only later.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(d.life, cancel)()
+	if err := d.lockMu(ctx); err != nil {
+		return Rotation{}, err
+	}
 	err := d.CheckServingLocked()
 	kr := d.keys.Keyring()
 	d.mu.Unlock()
@@ -475,7 +486,9 @@ func (d *Daemon) startClusterRotation(ctx context.Context, kr *keyring.Keyring) 
 		// have yet: the rotation would have to re-wrap it under that key.
 		return rotationRecord{}, &errdefs.Error{Category: errdefs.ErrConflict, Msg: "an unlock-key change is not finished: fetch the unlock key (docker swarm unlock-key) first, then retry"}
 	}
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return rotationRecord{}, err
+	}
 	old := d.mk.ID
 	d.mu.Unlock()
 	next, err := keyring.GenerateMasterKey()
@@ -600,7 +613,7 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		if err := d.awaitRotationAcks(ctx, rec, ackPrepared, false); err != nil {
 			// Nothing is sealed under the new key yet: the rotation is
 			// dropped, and the managers drop their rotating files.
-			d.dropRotation(context.WithoutCancel(ctx), *rec)
+			d.dropRotation(ctx, *rec)
 			return Rotation{}, fmt.Errorf("%w; the rotation was dropped, nothing changed: retry it once they are up", err)
 		}
 		if err := d.rotateStep(stepClusterPrepared, 0); err != nil {
@@ -647,7 +660,9 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 	// The others have forgotten the old key: a value holding it that a
 	// write slipped in before they did is re-wrapped here, with the old
 	// key this manager still holds, and checked for inside the install.
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return Rotation{}, err
+	}
 	holdsOld := d.mk.ID == rec.Old
 	d.mu.Unlock()
 	if holdsOld {
@@ -664,7 +679,9 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		// say so rather than end the rotation over values no one opens.
 		return Rotation{}, fmt.Errorf("master key rotation: %d values still need the old key %s, which no manager holds any more: %w", left, rec.Old, errdefs.ErrInternal)
 	}
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return Rotation{}, err
+	}
 	err := d.installRotatedLocked(ctx, *rec, true)
 	if err == nil {
 		err = d.writeRotationAck(ctx, rec.New, ackInstalled)
@@ -750,6 +767,20 @@ func (d *Daemon) awaitRotationAcks(ctx context.Context, rec *rotationRecord, wan
 	}
 }
 
+// lockMu takes d.mu for the driver of a rotation, unless ctx ends
+// first. A leave or a demotion ends d.bg, where the rotation autolock's
+// enable owes runs (rotateAfterEnable), and then waits for d.bg's
+// goroutines while it holds d.mu (closeStoreLocked): a driver blocked in
+// d.mu.Lock there would never end, and neither would the leave.
+func (d *Daemon) lockMu(ctx context.Context) error {
+	for !d.mu.TryLock() {
+		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -763,10 +794,15 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // followRotationSelf is the driver's own follower step, at once.
 func (d *Daemon) followRotationSelf(ctx context.Context) error {
-	d.mu.Lock()
+	if err := d.lockMu(ctx); err != nil {
+		return err
+	}
 	defer d.mu.Unlock()
 	if err := d.CheckServingLocked(); err != nil {
 		return err
+	}
+	if h := d.followRotationHook; h != nil {
+		h(ctx)
 	}
 	_, err := d.followRotationLocked(ctx)
 	return err
@@ -979,10 +1015,11 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 			}
 		}
 		// Under autolock, once its key is fetched, a plaintext master.key
-		// left beside the locked file is due to go (this manager's key
-		// files are settling: settleKeysLocked, from followUnlockKey):
-		// the new key must not be written into it in the clear.
-		if d.plainKey.Exists() && d.lockedKey.Exists() {
+		// is due to go, whether beside the locked file or only the
+		// pending one still (this manager's key files are settling:
+		// settleKeysLocked, from followUnlockKey): the new key must not
+		// be written into it in the clear.
+		if d.plainKey.Exists() {
 			c, err := cluster.Get(ctx, d.store)
 			if err != nil {
 				return err

@@ -207,8 +207,9 @@ type Daemon struct {
 	life     context.Context
 	lifeStop context.CancelFunc
 	// followRotationHook, set only by tests (under mu), runs in each step
-	// of the rotation follower while it holds mu, with the step's
-	// context: it stands for a store call that does not finish.
+	// of the rotation follower (and in the driver's own step) while it
+	// holds mu, with the step's context: it stands for a store call that
+	// does not finish.
 	followRotationHook func(context.Context)
 	// nodeSyncHook, set only by tests (under mu), runs in every node sync
 	// the join/CA service serves, with the request's context: it holds a

@@ -1062,7 +1062,16 @@ func (d *Daemon) saveWorker(ws *workerState) error {
 
 func (d *Daemon) removePlainKey() error {
 	// Under autolock the master key is in the locked files: a worker
-	// keeps none of them (Swarm does not lock workers' keys).
+	// keeps none of them (Swarm does not lock workers' keys). Nor the
+	// files of a rotation: a manager demoted in the middle of one (while
+	// down) holds the new key in its rotating file, sealed under the old
+	// key the rotation retires.
+	if err := d.rotatingKey().Remove(); err != nil {
+		return err
+	}
+	if err := d.oldPlainKey().Remove(); err != nil {
+		return err
+	}
 	if err := d.nextKey().Remove(); err != nil {
 		return err
 	}
