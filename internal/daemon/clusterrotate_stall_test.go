@@ -216,9 +216,17 @@ func TestStoppingDriverDropsRotationOnce(t *testing.T) {
 		return errors.New("injected: the store has no quorum")
 	})
 	driver.rotateAfterEnable()
-	waitUntil(t, "the rotation started", func() bool {
-		rec, ok, err := getRotation(context.Background(), driver.store)
-		return err == nil && ok && len(rec.Managers) == 2
+	// Past the driver's own step (its ack written): it waits for the
+	// follower's. Stopped before that step, it leaves the record as a
+	// crash would, for a takeover, and drops nothing.
+	waitUntil(t, "the driver waits for the follower's ack", func() bool {
+		ctx := context.Background()
+		rec, ok, err := getRotation(ctx, driver.store)
+		if err != nil || !ok || len(rec.Managers) != 2 {
+			return false
+		}
+		acks, err := driver.rotationAcks(ctx, rec.New)
+		return err == nil && acks[driver.nodeID] == ackPrepared
 	})
 	driver.Close()
 	mu.Lock()
