@@ -38,12 +38,14 @@
 #               every hushd and hushbench starts on CPU 1 alone, so each Go
 #               runtime's GOMAXPROCS is 1 from its start and matches the one
 #               core it may use (Go 1.25+ also follows a changed affinity mask
-#               within about a second). Rows gain four columns: the
+#               within about a second). Rows gain five columns: the
 #               measured hushd's own share of CPU 0 (its CPU time over the
 #               row's wall time, clean-up deletes included), the busy share
 #               of CPU 0 and of CPU 1 (/proc/stat: every process on the
-#               machine, not only the benchmark's), and hushbench's own CPU
-#               per create. Failover rounds are skipped
+#               machine, not only the benchmark's), hushbench's own CPU
+#               per create, and how long each hushd's threads waited
+#               runnable for their core, per create (schedstat; the same
+#               order as the CPU split). Failover rounds are skipped
 #               (REPS is ignored): they measure elections, not one core's
 #               throughput. Limits: one disk for all WALs, loopback network,
 #               the followers share their core with the client, and other
@@ -169,6 +171,10 @@ pinrow() {
 # cpustat: CPU 0's and CPU 1's busy and total jiffies from /proc/stat.
 cpustat() { awk '$1 == "cpu0" || $1 == "cpu1" { t = 0; for (i = 2; i <= 9; i++) t += $i; printf "%d,%d,", t - $5 - $6, t }' /proc/stat; }
 
+# runqwait PID...: the ns each process's threads waited runnable for a CPU
+# (schedstat), comma-separated.
+runqwait() { for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null | awk '{ s += $2 } END { printf "%.0f\n", s }'; done | paste -sd,; }
+
 # cputicks PID...: the processes' utime+stime in clock ticks, comma-separated.
 cputicks() { for p in "$@"; do awk '{ print $14 + $15 }' "/proc/$p/stat"; done | paste -sd,; }
 
@@ -177,9 +183,9 @@ cputicks() { for p in "$@"; do awk '{ print $14 + $15 }' "/proc/$p/stat"; done |
 cpupids=()
 bench() {
 	local label=$1 socks=$2 conc=${3:-$c} perfname=${4:-} json=$root/$1.json before after perfpid="" time=()
-	local cpus0="" cpus1="" t0="" t1="" idx=""
+	local cpus0="" cpus1="" t0="" t1="" idx="" w0="" w1=""
 	before=$(cputicks "${cpupids[@]}")
-	if [ "$pin" ]; then time=(/usr/bin/time -f '%U %S' -o "$root/$label.time"); cpus0=$(cpustat); t0=$EPOCHREALTIME; fi
+	if [ "$pin" ]; then time=(/usr/bin/time -f '%U %S' -o "$root/$label.time"); cpus0=$(cpustat); w0=$(runqwait "${cpupids[@]}"); t0=$EPOCHREALTIME; fi
 	if [ "$perfname" ] && [ "${PERF:-}" ]; then
 		mkdir -p "$PERF"
 		"${on1[@]}" perf record -F "${PERF_HZ:-250}" -g -o "$PERF/$perfname.data" -p "$(IFS=,; echo "${cpupids[*]}")" >/dev/null 2>&1 &
@@ -190,11 +196,11 @@ bench() {
 	[ "$pin" ] && t1=$EPOCHREALTIME
 	after=$(cputicks "${cpupids[@]}")
 	if [ "$pin" ]; then
-		cpus1=$(cpustat)
+		cpus1=$(cpustat); w1=$(runqwait "${cpupids[@]}")
 		for i in "${!cpupids[@]}"; do [ "${cpupids[i]}" = "$measured" ] && idx=$i; done
 	fi
 	if [ "$perfpid" ]; then kill -INT "$perfpid"; wait "$perfpid" || true; fi
-	python3 - "$json" "$label" "$before" "$after" "$(getconf CLK_TCK)" "$cpus0" "$cpus1" "$root/$label.time" "$idx" "$t0" "$t1" <<'EOF'
+	python3 - "$json" "$label" "$before" "$after" "$(getconf CLK_TCK)" "$cpus0" "$cpus1" "$root/$label.time" "$idx" "$t0" "$t1" "$w0" "$w1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 op = r["levels"][0]["ops"][0]
@@ -209,13 +215,15 @@ if sys.argv[6]:  # PIN: the measured hushd's share of CPU 0, each core's busy sh
     client = sum(float(x) for x in open(sys.argv[8]).read().split()[-2:]) * 1000 / max(op["ok"], 1)
     i, wall = int(sys.argv[9]), float(sys.argv[11]) - float(sys.argv[10])
     own = ms[i] * max(op["ok"], 1) / 1000 / wall * 100
-    row += f'\t{own:.0f}\t{busy[0]:.0f}\t{busy[1]:.0f}\t{client:.2f}'
+    wb, wa = ([int(x) for x in v.split(",")] for v in sys.argv[12:14])
+    wait = "/".join(f"{(y - x) / 1e6 / max(op['ok'], 1):.2f}" for x, y in zip(wb, wa))
+    row += f'\t{own:.0f}\t{busy[0]:.0f}\t{busy[1]:.0f}\t{client:.2f}\t{wait}'
 print(row)
 EOF
 }
 
 if [ "$pin" ]; then
-	printf 'setup\top\tconc\tok\tops/s\tp50 ms\tp99 ms\tload1\tcpu ms/op\tper process\town cpu0 %%\tcpu0 %%\tcpu1 %%\tclient ms/op\n' >"$root/table.tsv"
+	printf 'setup\top\tconc\tok\tops/s\tp50 ms\tp99 ms\tload1\tcpu ms/op\tper process\town cpu0 %%\tcpu0 %%\tcpu1 %%\tclient ms/op\trunq wait ms/op\n' >"$root/table.tsv"
 else
 	printf 'setup\top\tconc\tok\tops/s\tp50 ms\tp99 ms\tload1\tcpu ms/op\tper process\n' >"$root/table.tsv"
 fi
