@@ -93,20 +93,7 @@ func TestCloseEndsRotationDriverHoldingMu(t *testing.T) {
 	if m.store.Members() == nil {
 		t.Fatal("a manager with a listen address runs no etcd member")
 	}
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	m.mu.Lock()
-	m.followRotationHook = func(ctx context.Context) {
-		if ctx.Value(driverCtxKey{}) == nil {
-			return
-		}
-		once.Do(func() { close(held) })
-		select {
-		case <-ctx.Done():
-		case <-release: // the test failed: let the cleanup's Close end
-		}
-	}
-	m.mu.Unlock()
+	held, release := holdRotationSteps(m, func(ctx context.Context) bool { return ctx.Value(driverCtxKey{}) != nil })
 	rotated := make(chan error, 1)
 	go func() {
 		_, err := m.RotateMaster(context.WithValue(context.Background(), driverCtxKey{}, true))
@@ -120,18 +107,7 @@ func TestCloseEndsRotationDriverHoldingMu(t *testing.T) {
 		close(release)
 		t.Fatal("the rotation's driver never ran its own step")
 	}
-	closed := make(chan struct{})
-	go func() {
-		m.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(time.Minute):
-		close(release)
-		<-closed
-		t.Fatal("Close waited on mu behind the rotation driver's store call that ends only with its context")
-	}
+	closeDespiteHeldStep(t, m, release, "the rotation driver's")
 	if err := <-rotated; err == nil {
 		t.Fatal("a rotation whose driver's step was ended by Close succeeded")
 	}

@@ -115,22 +115,42 @@ func TestCloseEndsLoopsHoldingMu(t *testing.T) {
 	if m.store.Members() == nil {
 		t.Fatal("a manager with a listen address runs no etcd member")
 	}
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	m.mu.Lock()
-	m.followRotationHook = func(ctx context.Context) {
-		once.Do(func() { close(held) })
-		select {
-		case <-ctx.Done():
-		case <-release: // the test failed: let the cleanup's Close end
-		}
-	}
-	m.mu.Unlock()
+	held, release := holdRotationSteps(m, func(context.Context) bool { return true })
 	select {
 	case <-held:
 	case <-time.After(time.Minute):
 		t.Fatal("the rotation follower never ran a step")
 	}
+	closeDespiteHeldStep(t, m, release, "a loop's")
+}
+
+// holdRotationSteps makes each step of m's rotation follower (and of its
+// driver) that match accepts hold mu until its context ends, as a store
+// call of a cluster without quorum does, or until release is closed (the
+// test failed: the cleanup's Close must end). held is closed once the
+// first such step holds mu.
+func holdRotationSteps(m *Daemon, match func(context.Context) bool) (held, release chan struct{}) {
+	held, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.followRotationHook = func(ctx context.Context) {
+		if !match(ctx) {
+			return
+		}
+		once.Do(func() { close(held) })
+		select {
+		case <-ctx.Done():
+		case <-release:
+		}
+	}
+	return held, release
+}
+
+// closeDespiteHeldStep fails the test unless m.Close returns while a
+// rotation step holds mu (holdRotationSteps); whose names the step.
+func closeDespiteHeldStep(t *testing.T, m *Daemon, release chan struct{}, whose string) {
+	t.Helper()
 	closed := make(chan struct{})
 	go func() {
 		m.Close()
@@ -141,6 +161,6 @@ func TestCloseEndsLoopsHoldingMu(t *testing.T) {
 	case <-time.After(time.Minute):
 		close(release)
 		<-closed
-		t.Fatal("Close waited on mu behind a loop's store call that ends only with its context")
+		t.Fatalf("Close waited on mu behind %s store call that ends only with its context", whose)
 	}
 }
