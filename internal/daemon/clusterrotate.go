@@ -767,10 +767,11 @@ func (d *Daemon) awaitRotationAcks(ctx context.Context, rec *rotationRecord, wan
 	}
 }
 
-// lockMu takes d.mu for the driver of a rotation, unless ctx ends
-// first. A leave or a demotion ends d.bg, where the rotation autolock's
-// enable owes runs (rotateAfterEnable), and then waits for d.bg's
-// goroutines while it holds d.mu (closeStoreLocked): a driver blocked in
+// lockMu takes d.mu unless ctx ends first, for goroutines that a holder
+// of d.mu may wait for. A leave or a demotion ends d.bg, where the
+// rotation autolock's enable owes runs (rotateAfterEnable) and a worker's
+// removal leaves (removedFromCluster), and then waits for d.bg's
+// goroutines while it holds d.mu (closeStoreLocked): one blocked in
 // d.mu.Lock there would never end, and neither would the leave.
 func (d *Daemon) lockMu(ctx context.Context) error {
 	for !d.mu.TryLock() {

@@ -169,10 +169,15 @@ func (d *Daemon) removedFromCluster(ws *workerState) {
 	if d.bg == nil || d.bg.Err() != nil {
 		return
 	}
+	bg := d.bg
 	d.bgDone.Add(1)
 	go func() {
 		defer d.bgDone.Done()
-		d.mu.Lock()
+		// Only while d.bg lasts: a lifecycle change that ends it holds
+		// mu while it waits for this goroutine (closeStoreLocked).
+		if d.lockMu(bg) != nil {
+			return
+		}
 		defer d.mu.Unlock()
 		if d.worker != ws || d.bg.Err() != nil {
 			return

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"net"
 	"strconv"
 	"testing"
@@ -195,5 +196,35 @@ func TestResolveNodeOrder(t *testing.T) {
 		if err != nil || n.ID != tc.want {
 			t.Errorf("%s: %s %v, want %s", tc.ref, n.ID, err, tc.want)
 		}
+	}
+}
+
+// A removal heard while a lifecycle change holds mu and ends d.bg (a
+// promotion, a leave: closeStoreLocked waits for d.bg's goroutines under
+// mu) gives way: the goroutine that would leave the cluster waits for mu
+// only while d.bg lasts. Before, it blocked in mu.Lock and the change in
+// bgDone.Wait, each waiting for the other.
+func TestRemovalGivesWayToLifecycleChange(t *testing.T) {
+	bg, stop := context.WithCancel(context.Background())
+	ws := &workerState{}
+	d := &Daemon{log: slog.New(slog.DiscardHandler), bg: bg, stopBG: stop, worker: ws}
+	d.mu.Lock()
+	d.removedFromCluster(ws)
+	d.stopBG()
+	waited := make(chan struct{})
+	go func() {
+		d.bgDone.Wait()
+		close(waited)
+	}()
+	select {
+	case <-waited:
+		d.mu.Unlock()
+	case <-time.After(time.Minute):
+		d.mu.Unlock()
+		<-waited
+		t.Fatal("the removal's goroutine held d.bg's wait while it waited for mu")
+	}
+	if d.worker != ws {
+		t.Fatal("the removal left the cluster although d.bg had ended")
 	}
 }
