@@ -245,7 +245,7 @@ func TestFirstManagerJoinService(t *testing.T) {
 	req := joinRequest{CSR: csr, NodeID: "kurbt9bshlwqqcqxvy2sfg9m2", Hostname: "h", Addr: "127.0.0.1:1",
 		PeerURL: "https://127.0.0.1:2", Availability: "active"}
 	for _, tc := range []struct{ token, peerURL, want string }{
-		{c.JoinTokens.Manager[:len(c.JoinTokens.Manager)-1] + "x", req.PeerURL, msgBadJoinToken},
+		{otherLastChar(c.JoinTokens.Manager), req.PeerURL, msgBadJoinToken},
 		{c.JoinTokens.Manager, "", msgManagerNeedsListen},
 	} {
 		r := req
@@ -394,4 +394,14 @@ func testRootAndKey(t *testing.T, now time.Time) (bundle, caKey []byte, roots []
 		t.Fatal(err)
 	}
 	return bundle, caKey, roots, key, csr
+}
+
+// otherLastChar is tok with its last character changed: a wrong token of
+// the right shape. (Always "x" was the same token once in 36.)
+func otherLastChar(tok string) string {
+	last := byte('x')
+	if tok[len(tok)-1] == last {
+		last = 'y'
+	}
+	return tok[:len(tok)-1] + string(last)
 }
