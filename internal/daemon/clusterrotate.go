@@ -898,7 +898,7 @@ func (d *Daemon) followRotationLocked(ctx context.Context) (active bool, err err
 	}
 	switch rec.Phase {
 	case phasePrepare:
-		if err := d.holdNewKeyLocked(kr, rec); err != nil {
+		if err := d.holdNewKeyLocked(ctx, kr, rec); err != nil {
 			return true, err
 		}
 		if err := d.rotateStep(stepFollowKey, 0); err != nil {
@@ -937,9 +937,19 @@ func (d *Daemon) followRotationLocked(ctx context.Context) (active bool, err err
 // holdNewKeyLocked makes sure this manager holds the record's new key on
 // disk (master.key.rotating, sealed under the current key) and in kr, to
 // open with only.
-func (d *Daemon) holdNewKeyLocked(kr *keyring.Keyring, rec rotationRecord) error {
-	if id, err := d.rotatingKey().ID(); err == nil && id == rec.New && kr.Holds(rec.New) {
+func (d *Daemon) holdNewKeyLocked(ctx context.Context, kr *keyring.Keyring, rec rotationRecord) error {
+	id, err := d.rotatingKey().ID()
+	if err == nil && id == rec.New && kr.Holds(rec.New) {
 		return nil
+	}
+	if err == nil && id != rec.New {
+		// A dropped rotation's key, replaced by this one before this
+		// manager looked while no record stood: dropped (file and
+		// keyring) as such a look would have, so that its bytes do not
+		// stay in key memory until the next activation.
+		if err := d.dropStaleRotationLocked(ctx, kr); err != nil {
+			return err
+		}
 	}
 	next, err := d.rotatingKey().Load(kr)
 	if err != nil || next.ID != rec.New {
@@ -1069,7 +1079,8 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 
 // dropStaleRotationLocked removes a rotating file no rotation needs: one
 // whose rotation was dropped in prepare (nothing was sealed under its key)
-// or finished.
+// or finished, when no record stands or the next rotation's does
+// (holdNewKeyLocked); a dropped rotation's key leaves kr with it.
 func (d *Daemon) dropStaleRotationLocked(ctx context.Context, kr *keyring.Keyring) error {
 	id, err := d.rotatingKey().ID()
 	if errors.Is(err, keyring.ErrNoNextKey) {
