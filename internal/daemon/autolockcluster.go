@@ -268,13 +268,14 @@ func (d *Daemon) resumeOwedRotation(ctx context.Context) {
 // managers has ended (best effort: left set, the next activation runs one
 // more rotation).
 func (d *Daemon) settleRotationOwed(ctx context.Context) {
+	st := d.curStore()
 	for attempt := 0; attempt < 5; attempt++ {
-		c, err := cluster.Get(ctx, d.store)
+		c, err := cluster.Get(ctx, st)
 		if err != nil || !c.RotationOwed {
 			return
 		}
 		c.RotationOwed = false
-		err = cluster.PutInternal(ctx, d.store, &c)
+		err = cluster.PutInternal(ctx, st, &c)
 		if !errors.Is(err, errdefs.ErrOutOfSequence) {
 			if err != nil {
 				d.log.Warn("master key rotation: clearing the rotation autolock owed", "err", err)

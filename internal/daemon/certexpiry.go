@@ -77,21 +77,22 @@ func (d *Daemon) renewExpired(ctx context.Context, v syncView) error {
 // when its record says it is a manager and it was not removed: what
 // another manager's sync would have answered.
 func (d *Daemon) reissueSelf(ctx context.Context, v syncView) error {
+	st := d.curStore()
 	d.mu.Lock()
 	key := d.nodeKey
 	d.mu.Unlock()
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, st)
 	if err != nil {
 		return err
 	}
-	n, err := nodes.Get(ctx, d.store, d.nodeID)
+	n, err := nodes.Get(ctx, st, d.nodeID)
 	if err != nil {
 		return err
 	}
 	if n.Spec.Role != swarm.NodeRoleManager {
 		return errdefs.FailedPrecondition("node %s is recorded as a %s: a manager renews only its own manager certificate", d.nodeID, n.Spec.Role)
 	}
-	removed, err := nodes.Removed(ctx, d.store)
+	removed, err := nodes.Removed(ctx, st)
 	if err != nil {
 		return err
 	}
@@ -106,7 +107,7 @@ func (d *Daemon) reissueSelf(ctx context.Context, v syncView) error {
 	if err != nil {
 		return err
 	}
-	if err := nodes.SetKeyFP(ctx, d.store, d.nodeID, keyFP(iss.Leaf)); err != nil {
+	if err := nodes.SetKeyFP(ctx, st, d.nodeID, keyFP(iss.Leaf)); err != nil {
 		return err
 	}
 	cert, err := pki.TLSCertificate(iss.PEM, key)

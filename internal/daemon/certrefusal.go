@@ -83,7 +83,7 @@ func (d *Daemon) noteIssued(iss *pki.Issued, nodeID string, role pki.Role) error
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := recordManagerCert(ctx, d.store, nodeID, iss.Leaf); err != nil {
+	if err := recordManagerCert(ctx, d.curStore(), nodeID, iss.Leaf); err != nil {
 		return fmt.Errorf("recording the manager certificate: %w", err)
 	}
 	return nil
@@ -124,11 +124,11 @@ func setDemoted(ctx context.Context, st *store.Store, o store.Object, r managerC
 	return err
 }
 
-// noteDemoted is markDemoted for the daemon's demotion paths: a failure
-// is logged, and keepEtcdCRL marks the records while the node is a
-// worker.
-func (d *Daemon) noteDemoted(ctx context.Context, nodeID string) {
-	if err := markDemoted(ctx, d.store, nodeID); err != nil {
+// noteDemoted is markDemoted for the daemon's demotion paths, in st (the
+// store the caller's request took: curStore): a failure is logged, and
+// keepEtcdCRL marks the records while the node is a worker.
+func (d *Daemon) noteDemoted(ctx context.Context, st *store.Store, nodeID string) {
+	if err := markDemoted(ctx, st, nodeID); err != nil {
 		d.log.Warn("demotion: revoking the node's manager certificates by serial failed; the next revocation pass retries", "node", nodeID, "err", err)
 	}
 }

@@ -126,7 +126,7 @@ type rotationAck struct {
 }
 
 func (d *Daemon) rotationKey() string {
-	return d.store.Table(rotationTable).Key(rotationRecordID)
+	return d.curStore().Table(rotationTable).Key(rotationRecordID)
 }
 
 // getRotation reads the rotation in progress (ok false: none).
@@ -171,7 +171,7 @@ func putRotation(ctx context.Context, st *store.Store, r *rotationRecord) error 
 // substance). It refuses if another manager took the rotation over.
 func (d *Daemon) advanceRotation(ctx context.Context, rec *rotationRecord, change func(*rotationRecord)) error {
 	for attempt := 0; ; attempt++ {
-		cur, ok, err := getRotation(ctx, d.store)
+		cur, ok, err := getRotation(ctx, d.curStore())
 		if err != nil {
 			return err
 		}
@@ -179,7 +179,7 @@ func (d *Daemon) advanceRotation(ctx context.Context, rec *rotationRecord, chang
 			return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "another manager took the master-key rotation over meanwhile; it finishes it"}
 		}
 		change(&cur)
-		err = putRotation(ctx, d.store, &cur)
+		err = putRotation(ctx, d.curStore(), &cur)
 		if errdefs.Is(err, errdefs.ErrConflict) && attempt < 5 {
 			continue
 		}
@@ -235,7 +235,7 @@ func (d *Daemon) dropRotation(ctx context.Context, rec rotationRecord) {
 		err := d.rotateStep(stepDropRecord, attempt)
 		if err == nil {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			err = deleteRotation(dctx, d.store, rec)
+			err = deleteRotation(dctx, d.curStore(), rec)
 			cancel()
 		}
 		if err == nil || errdefs.Is(err, errdefs.ErrConflict) {
@@ -260,7 +260,7 @@ func (d *Daemon) writeRotationAck(ctx context.Context, newID, done string) error
 		return nil
 	}
 	val, _ := json.Marshal(rotationAck{New: newID, Done: done})
-	if err := d.store.Apply(ctx, store.PutOp(d.store.Table(rotationAckTable).Key(d.nodeID), string(val))); err != nil {
+	if err := d.curStore().Apply(ctx, store.PutOp(d.curStore().Table(rotationAckTable).Key(d.nodeID), string(val))); err != nil {
 		return err
 	}
 	d.rot.acked = newID + "/" + done
@@ -270,7 +270,7 @@ func (d *Daemon) writeRotationAck(ctx context.Context, newID, done string) error
 // rotationAcks returns what each manager acknowledged of the rotation to
 // newID.
 func (d *Daemon) rotationAcks(ctx context.Context, newID string) (map[string]string, error) {
-	objs, err := d.store.Table(rotationAckTable).List(ctx)
+	objs, err := d.curStore().Table(rotationAckTable).List(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +290,7 @@ func (d *Daemon) rotationAcks(ctx context.Context, newID string) (map[string]str
 // the files they keep the key in) while a rotation stands: what names the
 // refused change.
 func (d *Daemon) rotationInProgress(ctx context.Context, what string) error {
-	ok, err := d.store.Holds(ctx, store.Absent(d.rotationKey()))
+	ok, err := d.curStore().Holds(ctx, store.Absent(d.rotationKey()))
 	if err != nil {
 		return err
 	}
@@ -378,7 +378,7 @@ func (d *Daemon) demotingAbsentManager(ctx context.Context, id string, want swar
 // clusterManagers lists the managers recorded, sorted, with a description
 // of each for messages.
 func (d *Daemon) clusterManagers(ctx context.Context) ([]string, map[string]string, error) {
-	all, err := nodes.List(ctx, d.store)
+	all, err := nodes.List(ctx, d.curStore())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -402,7 +402,7 @@ func (d *Daemon) clusterManagers(ctx context.Context) ([]string, map[string]stri
 // absentManagers are those of ids that hold no presence of their own: down,
 // locked, or cut off from the quorum.
 func (d *Daemon) absentManagers(ctx context.Context, ids []string) ([]string, error) {
-	present, err := d.store.Present(ctx)
+	present, err := d.curStore().Present(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -452,7 +452,7 @@ func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
 	}
 	d.rot.driving.Store(true)
 	defer d.rot.driving.Store(false)
-	rec, ok, err := getRotation(ctx, d.store)
+	rec, ok, err := getRotation(ctx, d.curStore())
 	if err != nil {
 		return Rotation{}, err
 	}
@@ -477,7 +477,7 @@ func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
 // that must take part; it drops the record and refuses, naming them, if
 // one of them is absent.
 func (d *Daemon) startClusterRotation(ctx context.Context, kr *keyring.Keyring) (rotationRecord, error) {
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, d.curStore())
 	if err != nil {
 		return rotationRecord{}, err
 	}
@@ -509,7 +509,7 @@ func (d *Daemon) startClusterRotation(ctx context.Context, kr *keyring.Keyring) 
 		return rotationRecord{}, err
 	}
 	// The create fails if a record exists: one rotation at a time.
-	rev, err := d.store.Table(rotationTable).Create(ctx, rotationRecordID, "", val)
+	rev, err := d.curStore().Table(rotationTable).Create(ctx, rotationRecordID, "", val)
 	if errors.Is(err, store.ErrNameTaken) {
 		return rotationRecord{}, &errdefs.Error{Category: errdefs.ErrConflict, Msg: "another manager started a master-key rotation meanwhile; retry `hush key rotate` to finish it"}
 	}
@@ -521,7 +521,7 @@ func (d *Daemon) startClusterRotation(ctx context.Context, kr *keyring.Keyring) 
 	// refused, or fails a guard, while the record exists): the managers
 	// read now are all the holders of the master key.
 	if err := d.nameRotationManagers(ctx, &rec); err != nil {
-		if derr := deleteRotation(context.WithoutCancel(ctx), d.store, rec); derr != nil {
+		if derr := deleteRotation(context.WithoutCancel(ctx), d.curStore(), rec); derr != nil {
 			d.log.Warn("master key rotation: dropping the record of a refused rotation", "err", derr)
 		}
 		return rotationRecord{}, err
@@ -549,7 +549,7 @@ func (d *Daemon) nameRotationManagers(ctx context.Context, rec *rotationRecord) 
 		}
 		if len(absent) == 0 {
 			rec.Managers = ids
-			return putRotation(ctx, d.store, rec)
+			return putRotation(ctx, d.curStore(), rec)
 		}
 		if time.Now().After(deadline) {
 			return errdefs.Unavailable("cannot rotate the master key: every manager must take part, and these are down, locked or cut off from the quorum: %s; start or unlock them (or demote/remove them), then retry", describe(absent, desc))
@@ -573,13 +573,13 @@ func (d *Daemon) takeOverRotation(ctx context.Context, rec rotationRecord) (rota
 		}
 	}
 	rec.Driver = d.nodeID
-	if err := putRotation(ctx, d.store, &rec); err != nil {
+	if err := putRotation(ctx, d.curStore(), &rec); err != nil {
 		return rec, err
 	}
 	if len(rec.Managers) == 0 {
 		// The driver stopped between the record and its managers.
 		if err := d.nameRotationManagers(ctx, &rec); err != nil {
-			if derr := deleteRotation(context.WithoutCancel(ctx), d.store, rec); derr != nil {
+			if derr := deleteRotation(context.WithoutCancel(ctx), d.curStore(), rec); derr != nil {
 				d.log.Warn("master key rotation: dropping the record of a refused rotation", "err", derr)
 			}
 			return rec, err
@@ -595,12 +595,12 @@ func (d *Daemon) takeOverRotation(ctx context.Context, rec rotationRecord) (rota
 func (d *Daemon) releaseRotation(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	rec, ok, err := getRotation(ctx, d.store)
+	rec, ok, err := getRotation(ctx, d.curStore())
 	if err != nil || !ok || rec.Driver != d.nodeID {
 		return
 	}
 	rec.Driver = ""
-	_ = putRotation(ctx, d.store, &rec)
+	_ = putRotation(ctx, d.curStore(), &rec)
 }
 
 // driveRotation takes rec from its phase to its end.
@@ -671,7 +671,7 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 		if err != nil {
 			return Rotation{}, err
 		}
-	} else if left, err := d.store.Referencing(ctx, rec.Old); err != nil {
+	} else if left, err := d.curStore().Referencing(ctx, rec.Old); err != nil {
 		return Rotation{}, err
 	} else if left > 0 {
 		// Taken over after every manager, this one included, had
@@ -693,12 +693,12 @@ func (d *Daemon) driveRotation(ctx context.Context, rec *rotationRecord) (Rotati
 	if err := d.rotateStep(stepClusterFinal, 0); err != nil {
 		return Rotation{}, err
 	}
-	if err := deleteRotation(ctx, d.store, *rec); err != nil {
+	if err := deleteRotation(ctx, d.curStore(), *rec); err != nil {
 		return Rotation{}, err
 	}
 	// Old revisions hold values wrapped by the old key, and the record
 	// with the new key sealed under it.
-	if err := d.store.CompactAll(ctx); err != nil {
+	if err := d.curStore().CompactAll(ctx); err != nil {
 		d.log.Warn("master key rotation: compacting the store", "err", err)
 	}
 	d.log.Info("master key rotated across managers", "keyID", rec.New, "managers", len(rec.Managers))

@@ -87,10 +87,16 @@ type Config struct {
 
 // Daemon is a running hushd.
 type Daemon struct {
-	cfg    Config
-	log    *slog.Logger
-	lock   *os.File
+	cfg  Config
+	log  *slog.Logger
+	lock *os.File
+	// store is written only under mu (openStore; at Start before anything
+	// else runs) and read under mu or by goroutines that its swap waits
+	// for (d.bg, the runtime, the join/CA service's handlers). Anything
+	// else (API requests, the sync loop, the quorum wait) reads cur, its
+	// copy published with it, through curStore.
 	store  *store.Store
+	cur    atomic.Pointer[store.Store]
 	http   *http.Server
 	ln     net.Listener
 	nodeID string
@@ -521,10 +527,18 @@ func (d *Daemon) Close() {
 	})
 }
 
+// curStore is the store for a caller that does not hold mu and that no
+// store swap waits for: taken once per request, it stays safe to use. A
+// leave, a role change, a force-new-cluster or an unlock may close it
+// meanwhile (and open another): its calls then fail with an unavailable
+// error (errdefs.ErrUnavailable, the client's 503), as any call in flight
+// when the store closes, rather than racing with the swap.
+func (d *Daemon) curStore() *store.Store { return d.cur.Load() }
+
 type clusterSource struct{ d *Daemon }
 
 func (c clusterSource) Cluster(ctx context.Context) (cluster.Cluster, error) {
-	return cluster.Get(ctx, c.d.store)
+	return cluster.Get(ctx, c.d.curStore())
 }
 
 // lockDataDir takes an exclusive lock so a second hushd on the same data dir

@@ -53,7 +53,7 @@ func (d *Daemon) clusterRoots() *x509.CertPool {
 	pool := x509.NewCertPool()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, d.curStore())
 	if err != nil {
 		d.log.Warn("dispatcher: reading the cluster's CA", "err", err)
 		return pool

@@ -242,7 +242,7 @@ func (d *Daemon) foreignCluster(ctx context.Context) (bool, error) {
 	if d.cfg.External == nil {
 		return false, nil
 	}
-	exists, err := cluster.Exists(ctx, d.store)
+	exists, err := cluster.Exists(ctx, d.curStore())
 	if err != nil || !exists {
 		return false, err
 	}
@@ -439,12 +439,13 @@ var errExternalDemoted = errors.New("external etcd")
 // errExternalDemoted). rev is the record's revision, for registerSelf's
 // guard (0: no record yet, as at a join's first activation).
 func (d *Daemon) checkExternalSelf(ctx context.Context) (rev int64, err error) {
+	st := d.curStore()
 	if d.member == nil || d.member.External == nil {
 		return 0, nil
 	}
-	n, err := nodes.Get(ctx, d.store, d.nodeID)
+	n, err := nodes.Get(ctx, st, d.nodeID)
 	if errors.Is(err, store.ErrNotFound) {
-		removed, rerr := nodes.Removed(ctx, d.store)
+		removed, rerr := nodes.Removed(ctx, st)
 		if rerr != nil {
 			return 0, rerr
 		}
@@ -468,13 +469,14 @@ func (d *Daemon) checkExternalSelf(ctx context.Context) (rev int64, err error) {
 // checkExternalSelf read it deletes the entry, which a blind write would
 // re-create.
 func (d *Daemon) registerExternalSelf(ctx context.Context) error {
+	st := d.curStore()
 	rev, err := d.checkExternalSelf(ctx)
 	if err != nil {
 		return err
 	}
-	key := d.store.Table("nodes").Key(d.nodeID)
+	key := st.Table("nodes").Key(d.nodeID)
 	guard := store.AtRevision(key, rev)
-	ok, err := d.store.Members().RegisterIf(ctx, guard)
+	ok, err := st.Members().RegisterIf(ctx, guard)
 	if err != nil {
 		return fmt.Errorf("recording this manager in the registry: %w", err)
 	}

@@ -265,9 +265,10 @@ func (d *Daemon) finishForceNewLocked(ctx context.Context) error {
 
 // droppedAt reports whether a force-new-cluster dropped the manager
 // nodeID while it held the certificate leaf (a manager that joined again
-// since holds a later one), and by whom and when.
-func (d *Daemon) droppedAt(ctx context.Context, nodeID string, leaf *x509.Certificate) (droppedRecord, bool, error) {
-	o, err := d.store.Table(droppedTable).Get(ctx, nodeID)
+// since holds a later one), and by whom and when, as st (the store the
+// caller's request took) records it.
+func (d *Daemon) droppedAt(ctx context.Context, st *store.Store, nodeID string, leaf *x509.Certificate) (droppedRecord, bool, error) {
+	o, err := st.Table(droppedTable).Get(ctx, nodeID)
 	if errors.Is(err, store.ErrNotFound) {
 		return droppedRecord{}, false, nil
 	}
@@ -355,14 +356,15 @@ func (d *Daemon) stopDropped(text string) error {
 // droppedAnswer is the node sync's answer to a manager a force-new-cluster
 // dropped (ok false for any other node, or when this manager cannot tell).
 func (d *Daemon) droppedAnswer(ctx context.Context, id pki.Identity, leaf *x509.Certificate) (*joinResponse, bool) {
-	if id.Role != pki.RoleManager || d.CheckServing() != nil || d.store.Members() == nil {
+	st := d.curStore()
+	if id.Role != pki.RoleManager || d.CheckServing() != nil || st.Members() == nil {
 		return nil, false
 	}
-	r, dropped, err := d.droppedAt(ctx, id.NodeID, leaf)
+	r, dropped, err := d.droppedAt(ctx, st, id.NodeID, leaf)
 	if err != nil || !dropped {
 		return nil, false
 	}
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, st)
 	if err != nil {
 		return nil, false
 	}
@@ -372,8 +374,8 @@ func (d *Daemon) droppedAnswer(ctx context.Context, id pki.Identity, leaf *x509.
 
 // droppedSet lists the dropped managers (empty if the list cannot be
 // read: node ls then shows them as recorded managers).
-func (d *Daemon) droppedSet(ctx context.Context) map[string]bool {
-	objs, err := d.store.Table(droppedTable).List(ctx)
+func (d *Daemon) droppedSet(ctx context.Context, st *store.Store) map[string]bool {
+	objs, err := st.Table(droppedTable).List(ctx)
 	if err != nil {
 		return nil
 	}
@@ -387,11 +389,11 @@ func (d *Daemon) droppedSet(ctx context.Context) map[string]bool {
 // droppedNotMember reports whether the manager nodeID was dropped and is
 // not an etcd member now: Swarm's `node rm` takes a manager that is not a
 // raft member without a demotion.
-func (d *Daemon) droppedNotMember(ctx context.Context, nodeID string) bool {
-	if _, dropped, err := d.droppedAt(ctx, nodeID, nil); err != nil || !dropped {
+func (d *Daemon) droppedNotMember(ctx context.Context, st *store.Store, nodeID string) bool {
+	if _, dropped, err := d.droppedAt(ctx, st, nodeID, nil); err != nil || !dropped {
 		return false
 	}
-	m := d.store.Members()
+	m := st.Members()
 	if m == nil {
 		return false
 	}

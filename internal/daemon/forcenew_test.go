@@ -214,7 +214,7 @@ func checkRecovered(t *testing.T, m *Daemon, b cluster.Cluster, secrets map[stri
 		if n.Spec.Role != swarm.NodeRoleManager {
 			t.Errorf("node %s role %q, want manager kept", n.ID, n.Spec.Role)
 		}
-		if _, dropped, err := m.droppedAt(ctx, n.ID, nil); err != nil || !dropped {
+		if _, dropped, err := m.droppedAt(ctx, m.store, n.ID, nil); err != nil || !dropped {
 			t.Errorf("node %s not noted dropped: %v", n.ID, err)
 		}
 	}

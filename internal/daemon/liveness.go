@@ -194,7 +194,7 @@ func (k *presenceKeeper) awaitReady(ctx context.Context, nodeID string) {
 // leader has recorded it Ready (true) or ctx ends (false).
 func (d *Daemon) awaitRecordedReady(ctx context.Context, nodeID string) bool {
 	for {
-		n, err := nodes.Get(ctx, d.store, nodeID)
+		n, err := nodes.Get(ctx, d.curStore(), nodeID)
 		if err == nil && n.Status != nil && n.Status.State == swarm.NodeStateReady {
 			return true
 		}
@@ -240,7 +240,7 @@ func (d *Daemon) runLiveness(ctx context.Context, l *store.Leadership) {
 // recordDescription records what a remote node said of itself as it
 // opened its dispatcher session.
 func (d *Daemon) recordDescription(ctx context.Context, nodeID string, desc dispatchnet.Description) error {
-	return nodes.SetDescription(ctx, d.store, nodeID, nodes.Description{OS: desc.OS, Arch: desc.Arch,
+	return nodes.SetDescription(ctx, d.curStore(), nodeID, nodes.Description{OS: desc.OS, Arch: desc.Arch,
 		EngineVersion: desc.EngineVersion, EngineLabels: desc.EngineLabels, NanoCPUs: desc.NanoCPUs, MemoryBytes: desc.MemoryBytes})
 }
 
@@ -253,7 +253,7 @@ func (d *Daemon) selfDescription() dispatchnet.Description {
 // managerDispatchAddrs lists the dispatcher addresses of the cluster's
 // managers (from their recorded join/CA addresses), this one first.
 func (d *Daemon) managerDispatchAddrs(ctx context.Context) []string {
-	recs, err := nodes.List(ctx, d.store)
+	recs, err := nodes.List(ctx, d.curStore())
 	if err != nil {
 		d.log.Debug("listing managers for a worker", "err", err)
 		return nil

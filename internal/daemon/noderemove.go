@@ -61,7 +61,7 @@ func (d *Daemon) removedAt(nodeID string) (time.Time, bool) {
 	defer c.mu.Unlock()
 	if time.Since(c.read) > removedRefresh {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		m, err := nodes.Removed(ctx, d.store)
+		m, err := nodes.Removed(ctx, d.curStore())
 		cancel()
 		if err != nil {
 			d.log.Warn("reading the removed nodes; using the last list", "err", err)
@@ -91,14 +91,15 @@ func (c *removedCache) noteRemoved(nodeID string, at time.Time) {
 // without --force.
 func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (bool, error) {
 	d := c.d
-	if d.store.Members() == nil {
+	st := d.curStore()
+	if st.Members() == nil {
 		return false, nil
 	}
-	n, err := resolveNode(ctx, d.store, ref)
+	n, err := resolveNode(ctx, st, ref)
 	if err != nil {
 		return true, err
 	}
-	if n.Spec.Role == swarm.NodeRoleManager && !d.droppedNotMember(ctx, n.ID) || n.ID == d.nodeID {
+	if n.Spec.Role == swarm.NodeRoleManager && !d.droppedNotMember(ctx, st, n.ID) || n.ID == d.nodeID {
 		return true, errdefs.FailedPrecondition("node %s is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", n.ID)
 	}
 	// Down as the orchestrator's leader recorded it (nodes.RunLiveness); a
@@ -109,7 +110,7 @@ func (c clusterNodes) RemoveNode(ctx context.Context, ref string, force bool) (b
 	// Whole seconds: certificates record their issue time to the second,
 	// and one issued in the removal's second must be refused.
 	at := time.Now().UTC().Truncate(time.Second)
-	if err := nodes.Remove(ctx, d.store, n.ID, at); err != nil {
+	if err := nodes.Remove(ctx, st, n.ID, at); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return true, errdefs.NotFound("node %s not found", ref)
 		}

@@ -18,7 +18,7 @@ import (
 type clusterNodes struct{ d *Daemon }
 
 func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swarm.Node, bool, error) {
-	st := c.d.store
+	st := c.d.curStore()
 	members := st.Members()
 	if members == nil {
 		return nil, nil, false, nil
@@ -50,7 +50,7 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 		// removed), or one whose join has not added its learner yet.
 		return &swarm.ManagerStatus{Reachability: swarm.ReachabilityUnreachable}, false
 	}
-	dropped := c.d.droppedSet(ctx)
+	dropped := c.d.droppedSet(ctx, st)
 	// Every node's certificate is issued by the cluster's root CA (a root
 	// rotation is refused on a cluster of several nodes), so each node's
 	// TLS info is the root's, as Swarm shows it for a node that renewed.

@@ -78,7 +78,7 @@ func (d *Daemon) startSteps(needQuorum bool) []func(context.Context) error {
 				return d.startJoinServiceLocked()
 			}
 			adv, _ := d.listen.peerURLs()
-			if err := d.store.Members().SetPeerURL(ctx, adv); err != nil {
+			if err := d.curStore().Members().SetPeerURL(ctx, adv); err != nil {
 				return fmt.Errorf("recording this manager's peer URL: %w", err)
 			}
 			d.mu.Lock()
@@ -125,7 +125,7 @@ func (d *Daemon) serveOnQuorum() {
 			case <-tick.C:
 				d.log.Warn("still waiting for the swarm's quorum", "waited", time.Since(since).Round(time.Second))
 				continue
-			case <-d.store.Ready():
+			case <-d.curStore().Ready():
 			}
 			var err error
 			for len(steps) > 0 {
@@ -177,7 +177,7 @@ func (d *Daemon) readyWithin(ctx context.Context, wait time.Duration) bool {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
-	case <-d.store.Ready():
+	case <-d.curStore().Ready():
 		return true
 	case <-ctx.Done():
 		return false

@@ -45,6 +45,7 @@ func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) erro
 		return err
 	}
 	d.store = st
+	d.cur.Store(st)
 	d.secrets = objects.New(objects.Secret, d.store, &d.keys, d.log)
 	d.configs = objects.New(objects.Config, d.store, &d.keys, d.log)
 	d.registerInnerSeals()

@@ -78,7 +78,8 @@ const msgPromoteNoListen = "node %s has no listen address: a worker that joined 
 // node's member is removed here, or by the manager its sync asks).
 func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64, spec swarm.NodeSpec) (bool, error) {
 	d := c.d
-	members := d.store.Members()
+	st := d.curStore()
+	members := st.Members()
 	if members == nil {
 		return false, nil
 	}
@@ -89,12 +90,12 @@ func (c clusterNodes) UpdateNode(ctx context.Context, ref string, version uint64
 	// updateNodeOnce): another change to one of them meanwhile means
 	// checking again against what it is now.
 	for range maxRoleTries - 1 {
-		err := c.updateNodeOnce(ctx, ref, version, spec)
+		err := c.updateNodeOnce(ctx, st, ref, version, spec)
 		if !errors.Is(err, store.ErrGuard) {
 			return true, err
 		}
 	}
-	if err := c.updateNodeOnce(ctx, ref, version, spec); err != nil {
+	if err := c.updateNodeOnce(ctx, st, ref, version, spec); err != nil {
 		if errors.Is(err, store.ErrGuard) {
 			return true, errdefs.Unavailable("the managers' records kept changing during the demotion; retry")
 		}
@@ -109,13 +110,13 @@ const maxRoleTries = 5
 // updateNodeOnce is one checked attempt of UpdateNode; ErrGuard means
 // another manager's record changed since the checks read it (a stale
 // version of the node itself is errdefs.OutOfSequence).
-func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version uint64, spec swarm.NodeSpec) error {
+func (c clusterNodes) updateNodeOnce(ctx context.Context, st *store.Store, ref string, version uint64, spec swarm.NodeSpec) error {
 	d := c.d
-	members := d.store.Members()
+	members := st.Members()
 	if members == nil {
 		return errdefs.Unavailable("this manager is not a member of a cluster")
 	}
-	n, err := resolveNode(ctx, d.store, ref)
+	n, err := resolveNode(ctx, st, ref)
 	if err != nil {
 		return err
 	}
@@ -145,7 +146,7 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 	case want == swarm.NodeRoleWorker:
 		// Demotions recorded but not carried out yet count as done: their
 		// members are about to go, and the records must keep a manager.
-		all, err := nodes.List(ctx, d.store)
+		all, err := nodes.List(ctx, st)
 		if err != nil {
 			return err
 		}
@@ -173,14 +174,14 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 			remove = &m
 		}
 	}
-	if err := nodes.UpdateRole(ctx, d.store, n.ID, version, spec, managers, guards...); err != nil {
+	if err := nodes.UpdateRole(ctx, st, n.ID, version, spec, managers, guards...); err != nil {
 		if errors.Is(err, store.ErrGuard) {
 			// The transaction cannot say which compare failed. The
 			// node's own record at another version than the caller's is
 			// "update out of sequence", as an unguarded update says: no
 			// re-check can pass with that version (the bounded retries
 			// all failed on it, answering "kept changing").
-			if cur, gerr := nodes.Get(ctx, d.store, n.ID); gerr == nil && cur.Version != version {
+			if cur, gerr := nodes.Get(ctx, st, n.ID); gerr == nil && cur.Version != version {
 				return errdefs.OutOfSequence()
 			}
 		}
@@ -192,7 +193,7 @@ func (c clusterNodes) updateNodeOnce(ctx context.Context, ref string, version ui
 	if want == swarm.NodeRoleWorker && n.Spec.Role == swarm.NodeRoleManager {
 		// etcd refuses the manager certificates it held by serial, also
 		// after a later promotion (certrefusal.go).
-		d.noteDemoted(ctx, n.ID)
+		d.noteDemoted(ctx, st, n.ID)
 	}
 	switch {
 	case remove != nil && n.ID != d.nodeID:
@@ -338,7 +339,7 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 			}
 			d.log.Info("demoted manager's member removed", "node", id.NodeID, "member", m.ID)
 		}
-		d.noteDemoted(ctx, id.NodeID)
+		d.noteDemoted(ctx, d.store, id.NodeID)
 	case want == pki.RoleManager && id.Role == pki.RoleWorker:
 		resp, err := d.promoteNode(ctx, &c, n, req, resp, signed)
 		if err != nil {
@@ -680,7 +681,7 @@ func (d *Daemon) installRenewed(key *ecdsa.PrivateKey, certPEM []byte, cert *tls
 			return err
 		}
 		*d.member = ms
-		if members := d.store.Members(); members != nil {
+		if members := d.curStore().Members(); members != nil {
 			mc, err := d.memberConfig(&ms, key)
 			if err != nil {
 				return err

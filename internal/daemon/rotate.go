@@ -229,19 +229,20 @@ func (d *Daemon) beginRotationLocked() (*keyring.Keyring, keyring.MasterKey, key
 // old key (a writer that copied an old inner seal meanwhile is caught by
 // the next pass).
 func (d *Daemon) rewrapStore(ctx context.Context, oldID string) (int, error) {
+	st := d.curStore()
 	// A cluster record an earlier hushd wrote has no stored version: the
 	// re-wrap, which keeps the stored one, would move it.
-	if err := cluster.PinVersion(ctx, d.store); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := cluster.PinVersion(ctx, st); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return 0, fmt.Errorf("master key rotation: %w", err)
 	}
 	total := 0
 	for pass := 0; pass < 3; pass++ {
-		n, err := d.store.Rewrap(ctx, func(b int) error { return d.rotateStep(stepBatch, b) })
+		n, err := st.Rewrap(ctx, func(b int) error { return d.rotateStep(stepBatch, b) })
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("master key rotation: %w", err)
 		}
-		left, err := d.store.Referencing(ctx, oldID)
+		left, err := st.Referencing(ctx, oldID)
 		if err != nil {
 			return total, fmt.Errorf("master key rotation: %w", err)
 		}
@@ -467,7 +468,7 @@ func (d *Daemon) KeyInfo(ctx context.Context) (api.KeyInfo, error) {
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, d.curStore())
 	if err != nil {
 		return api.KeyInfo{}, err
 	}

@@ -72,7 +72,7 @@ func (d *Daemon) resume(ctx context.Context) error {
 	if d.lockedMemberWaits() {
 		return nil
 	}
-	exists, err := cluster.Exists(ctx, d.store)
+	exists, err := cluster.Exists(ctx, d.curStore())
 	if err != nil {
 		return err
 	}
@@ -518,7 +518,7 @@ func (d *Daemon) Inspect(ctx context.Context) (swarm.Swarm, error) {
 	if err := d.CheckServing(); err != nil {
 		return swarm.Swarm{}, err
 	}
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, d.curStore())
 	if err != nil {
 		return swarm.Swarm{}, err
 	}
@@ -647,7 +647,7 @@ func (d *Daemon) autolockChangeAsked(ctx context.Context, spec swarm.Spec, rotat
 	if !member {
 		return false
 	}
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, d.curStore())
 	return err == nil && (c.Spec.EncryptionConfig.AutoLockManagers != spec.EncryptionConfig.AutoLockManagers ||
 		(rotateKey && c.Spec.EncryptionConfig.AutoLockManagers))
 }
@@ -721,7 +721,7 @@ func (d *Daemon) UnlockKey(ctx context.Context) (string, error) {
 	if err := d.CheckServing(); err != nil {
 		return "", err
 	}
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, d.curStore())
 	if err != nil {
 		return "", err
 	}

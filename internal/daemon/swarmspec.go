@@ -92,7 +92,7 @@ func (d *Daemon) orchestratorSettings() orchestrator.Settings {
 // addrPools gives the networks manager the cluster's default address
 // pools, for networks created without subnets.
 func (d *Daemon) addrPools(ctx context.Context) ([]netip.Prefix, int, error) {
-	c, err := cluster.Get(ctx, d.store)
+	c, err := cluster.Get(ctx, d.curStore())
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, 0, nil
 	}

@@ -81,7 +81,7 @@ func (d *Daemon) admitWorker(ctx context.Context, req *joinRequest, c *cluster.C
 // managerAddrs are the join/CA addresses of every recorded manager, this
 // one first.
 func (d *Daemon) managerAddrs(ctx context.Context) ([]string, error) {
-	recs, err := nodes.List(ctx, d.store)
+	recs, err := nodes.List(ctx, d.curStore())
 	if err != nil {
 		return nil, err
 	}
