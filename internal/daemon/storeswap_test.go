@@ -118,3 +118,19 @@ func TestStoreReadsDuringLeave(t *testing.T) {
 		t.Fatalf("after the leave: %s, want inactive", st)
 	}
 }
+
+// A manager demoted through another one closes its store (and its etcd
+// member) and opens a worker's, from its sync loop, while API calls read
+// the store.
+func TestStoreReadsDuringDemotion(t *testing.T) {
+	ctx := context.Background()
+	ms := startManagers(t, 2)
+	m := ms[1].d
+	readStoreDuring(t, m, func() error {
+		if err := setRole(ctx, ms[0].d, m.nodeID, swarm.NodeRoleWorker); err != nil {
+			return err
+		}
+		waitUntil(t, "the demoted manager runs as a worker", m.isWorker)
+		return nil
+	})
+}
