@@ -175,6 +175,10 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		s.members = &Members{s: s, srv: e.Server, files: files,
 			tls: MemberTLS{CertPEM: slices.Clone(t.CertPEM), KeyPEM: slices.Clone(t.KeyPEM), CAPEM: slices.Clone(t.CAPEM), Name: t.Name}}
 	}
+	// Outermost: a request refused or ended by the close waits for no
+	// leader.
+	ckv := newClosingKV(cli.KV, e.Server.StoppingNotify())
+	cli.KV = ckv
 	// The in-process client's Defragment needs an auth layer the
 	// in-process server lacks; the backend itself can.
 	s.defrag = func() error { return e.Server.Backend().Defrag() }
@@ -214,6 +218,8 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	s.closeFn = func() error {
 		qcancel()
 		<-qdone
+		// Before the server stops: no request reads its backend then.
+		ckv.gate.close()
 		// Close the client before the server, as etcd's embed examples do,
 		// so no request is in flight while the server shuts down.
 		err := cli.Close()
