@@ -138,6 +138,8 @@ func TestClusterRotate(t *testing.T) {
 	ms := shareManagers(t, 3)
 	secrets := clusterSecrets(t, ms[0].d, 40)
 	t.Run("master", func(t *testing.T) { rotateMasterCase(t, ms, secrets) })
+	t.Run("ack-wait-outlasts-lost-leader", func(t *testing.T) { ackWaitOutlastsLostLeaderCase(t, ms, secrets) })
+	t.Run("ack-wait-ends-without-leader", func(t *testing.T) { ackWaitEndsWithoutLeaderCase(t, ms, secrets) })
 	for _, tc := range crashPoints {
 		t.Run("crash-"+tc.name(), func(t *testing.T) { crashPointCase(t, ms, secrets, tc) })
 	}
