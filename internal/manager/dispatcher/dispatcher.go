@@ -457,6 +457,13 @@ func (s *Session) ReportStatus(ctx context.Context, r model.StatusReport) (*mode
 		if at.IsZero() || at.After(now) {
 			at = now
 		}
+		if at.Before(t.Status.Timestamp) {
+			// Never before the status it replaces (the orchestrator's
+			// assignment, or an earlier report): the restart delay runs
+			// from a failure's time and an update's monitor period from
+			// a start's, so a backdated report would skip both.
+			at = t.Status.Timestamp
+		}
 		next := *t
 		next.Status = swarm.TaskStatus{Timestamp: at, State: r.State, Message: r.Message, Err: r.Err, ContainerStatus: r.Container}
 		if r.Loaded != nil {
