@@ -129,7 +129,8 @@ type ServerConfig struct {
 	// ErrNoSession, as for any node without a session.
 	LocalNode string
 	LocalLogs func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
-	// WriteTimeout bounds one frame's write (0: DefaultWriteTimeout).
+	// WriteTimeout bounds one frame's write, and the read of a call's
+	// body (0: DefaultWriteTimeout).
 	WriteTimeout time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
@@ -312,7 +313,7 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxDescribeBody))
+	body, err := h.readBody(w, r, maxDescribeBody)
 	if err != nil {
 		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxDescribeBody))
 		return
@@ -427,6 +428,19 @@ func (h *Handler) write(rc *http.ResponseController, w io.Writer, b []byte) erro
 	return rc.SetWriteDeadline(time.Time{})
 }
 
+// readBody reads a request's body of at most max bytes within the call
+// deadline (WriteTimeout): a node that starts a body and stalls would
+// otherwise hold the handler, and the stream's buffers, for as long as it
+// keeps its connection.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	rc := http.NewResponseController(w)
+	// Served over HTTP/2 (NewServer), whose streams take deadlines.
+	_ = rc.SetReadDeadline(time.Now().Add(h.c.WriteTimeout))
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	_ = rc.SetReadDeadline(time.Time{})
+	return b, err
+}
+
 // vouching is ServerConfig.Vouching's verdict, as an Unavailable error.
 func (h *Handler) vouching() error {
 	if h.c.Vouching == nil {
@@ -457,7 +471,7 @@ func (h *Handler) call(max int64, f func(ctx context.Context, s *srvSession, bod
 			h.fail(w, err)
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+		body, err := h.readBody(w, r, max)
 		if err != nil {
 			h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", max))
 			return
@@ -558,7 +572,7 @@ func (h *Handler) registryAuth(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCallBody))
+	body, err := h.readBody(w, r, maxCallBody)
 	if err != nil {
 		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxCallBody))
 		return
