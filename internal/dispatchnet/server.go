@@ -54,6 +54,10 @@ const (
 	// DefaultWriteTimeout bounds one frame's write to a node: a node that
 	// reads slower is disconnected rather than buffered for.
 	DefaultWriteTimeout = 30 * time.Second
+	// DefaultOpenBurst and DefaultOpenEvery bound a node's session opens
+	// (ServerConfig.OpenBurst).
+	DefaultOpenBurst = 10
+	DefaultOpenEvery = time.Second
 )
 
 // Heartbeats records when a node was last heard from; the liveness logic
@@ -129,6 +133,13 @@ type ServerConfig struct {
 	// ErrNoSession, as for any node without a session.
 	LocalNode string
 	LocalLogs func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
+	// OpenBurst and OpenEvery bound how often one node may open a
+	// session: OpenBurst at once, then one per OpenEvery (0: 10 and 1 s).
+	// Each open costs a full set (every data version the node's tasks
+	// hold, read and decrypted again) and maybe a node record write; an
+	// agent reopens after a break, with backoff, far less often.
+	OpenBurst int
+	OpenEvery time.Duration
 	// WriteTimeout bounds one frame's write, and the read of a call's
 	// body (0: DefaultWriteTimeout).
 	WriteTimeout time.Duration
@@ -144,6 +155,8 @@ type Handler struct {
 	c   ServerConfig
 	log *slog.Logger
 	mux *http.ServeMux
+
+	opens *openLimiter
 
 	mu       sync.Mutex
 	sessions map[string]*srvSession // by node ID: one per node
@@ -183,7 +196,14 @@ func NewHandler(c ServerConfig) *Handler {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
-	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{}}
+	if c.OpenBurst <= 0 {
+		c.OpenBurst = DefaultOpenBurst
+	}
+	if c.OpenEvery <= 0 {
+		c.OpenEvery = DefaultOpenEvery
+	}
+	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{},
+		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets}}
 	h.mux.HandleFunc("POST "+pathSession, h.serveSession)
 	h.mux.HandleFunc("POST "+pathHeartbeat, h.call(maxCallBody, h.heartbeat))
 	h.mux.HandleFunc("POST "+pathTask, h.call(maxCallBody, h.task))
@@ -310,6 +330,11 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.vouching(); err != nil {
+		h.fail(w, err)
+		return
+	}
+	// Before anything an open costs (the description, the full set).
+	if err := h.opens.allow(node, time.Now()); err != nil {
 		h.fail(w, err)
 		return
 	}
