@@ -141,7 +141,7 @@ type ServerConfig struct {
 	OpenBurst int
 	OpenEvery time.Duration
 	// WriteTimeout bounds one frame's write, and the read of a call's
-	// body (0: DefaultWriteTimeout).
+	// body and the write of its answer (0: DefaultWriteTimeout).
 	WriteTimeout time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
@@ -466,6 +466,13 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, max int64) ([
 	return b, err
 }
 
+// answerDeadline bounds the write of a call's answer: a node that does
+// not read it, or announces a zero flow-control window, is cut off (its
+// stream reset) rather than holding the handler.
+func (h *Handler) answerDeadline(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.c.WriteTimeout))
+}
+
 // vouching is ServerConfig.Vouching's verdict, as an Unavailable error.
 func (h *Handler) vouching() error {
 	if h.c.Vouching == nil {
@@ -512,6 +519,7 @@ func (h *Handler) call(max int64, f func(ctx context.Context, s *srvSession, bod
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
+		h.answerDeadline(w)
 		_, _ = w.Write(b)
 	}
 }
@@ -615,6 +623,7 @@ func (h *Handler) registryAuth(w http.ResponseWriter, r *http.Request) {
 	defer clear(auth)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.Itoa(len(auth)))
+	h.answerDeadline(w)
 	_, _ = w.Write(auth)
 }
 
@@ -641,6 +650,7 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	}
 	b, _ := json.Marshal(we)
 	w.Header().Set("Content-Type", "application/json")
+	h.answerDeadline(w)
 	w.WriteHeader(code)
 	_, _ = w.Write(b)
 }
