@@ -210,7 +210,9 @@ func (d *Daemon) serveJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := d.admit(r.Context(), &req)
 	if err != nil {
-		d.log.Warn("join refused", "node", req.NodeID, "remote", r.RemoteAddr, "err", err)
+		// The ID is the request's, unchecked yet, from a client without a
+		// certificate: only a bounded prefix is logged.
+		d.log.Warn("join refused", "node", truncate(req.NodeID), "remote", r.RemoteAddr, "err", err)
 		writeJoinError(w, err)
 		return
 	}
