@@ -543,8 +543,11 @@ type heartbeatResponse struct {
 	HeartbeatMillis int64
 }
 
+// attachmentsResponse describes the networks, never a manager's engine
+// network IDs: those mean nothing on the node's engine.
 type attachmentsResponse struct {
-	IDs, Aliases []string
+	Networks []model.TaskNetwork
+	Aliases  []string
 }
 
 func decodeBody[T any](body []byte) (T, error) {
@@ -593,8 +596,8 @@ func (h *Handler) attachments(ctx context.Context, s *srvSession, body []byte) (
 	if err != nil {
 		return nil, err
 	}
-	ids, aliases, err := s.ds.Attachments(ctx, req.TaskID)
-	return attachmentsResponse{IDs: ids, Aliases: aliases}, err
+	nets, aliases, err := s.ds.Attachments(ctx, req.TaskID)
+	return attachmentsResponse{Networks: nets, Aliases: aliases}, err
 }
 
 // registryAuth answers with the credentials' bytes as the body (never

@@ -55,10 +55,11 @@ type TaskTable interface {
 	Delete(ctx context.Context, id, name string, rev int64, guards []store.Cond, extra ...store.Op) error
 }
 
-// NetworkAttacher gives the engine networks and DNS aliases of a task's
-// network attachments (networks.Manager implements it).
+// NetworkAttacher gives the networks and DNS aliases of a task's network
+// attachments, for the task's node to realise on its own engine
+// (networks.Manager implements it).
 type NetworkAttacher interface {
-	EngineAttachments(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (ids, aliases []string, err error)
+	TaskNetworks(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) ([]model.TaskNetwork, []string, error)
 }
 
 // PullAuth gives the registry credentials a service was given with
@@ -576,8 +577,8 @@ func (s *Session) RemoveTask(ctx context.Context, id string) error {
 }
 
 // Attachments resolves the network attachments of one of the node's tasks
-// into engine networks and DNS aliases.
-func (s *Session) Attachments(ctx context.Context, taskID string) (ids, aliases []string, err error) {
+// into the networks the node realises on its engine and DNS aliases.
+func (s *Session) Attachments(ctx context.Context, taskID string) (nets []model.TaskNetwork, aliases []string, err error) {
 	t, err := s.own(ctx, taskID)
 	if err != nil {
 		return nil, nil, err
@@ -588,7 +589,7 @@ func (s *Session) Attachments(ctx context.Context, taskID string) (ids, aliases 
 	if s.d.c.Networks == nil {
 		return nil, nil, errdefs.Unavailable("networks are not available on this node")
 	}
-	return s.d.c.Networks.EngineAttachments(ctx, t.Spec.Networks, t.ServiceName)
+	return s.d.c.Networks.TaskNetworks(ctx, t.Spec.Networks, t.ServiceName)
 }
 
 // RegistryAuth returns the registry credentials for pulling the image of
