@@ -38,6 +38,7 @@ func TestClusterRotateResume(t *testing.T) {
 	for _, step := range []string{stepClusterPrepared, stepClusterRewrapped, stepClusterInstall} {
 		t.Run("driver-stopped-"+step, func(t *testing.T) { resumedOnItsOwnCase(t, ms, secrets, step) })
 	}
+	t.Run("driver-down", func(t *testing.T) { driverDownCase(t, ms, secrets) })
 	t.Run("slow-driver-kept", func(t *testing.T) { slowDriverKeptCase(t, ms, secrets) })
 	t.Run("owed-rotation-retried", func(t *testing.T) { owedRotationRetriedCase(t, ms, secrets) })
 }
@@ -63,6 +64,56 @@ func resumedOnItsOwnCase(t *testing.T, ms []*clusterNode, secrets map[string]str
 	// From here the driver's manager runs on as a follower.
 	ms[0].d.rot.setFail(nil)
 	waitUntil(t, "the driverless rotation ends on its own", func() bool { return noRotation(ms[1].d) })
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under the rotation's new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == rec.New
+		})
+		checkRotatedManager(t, m.d, secrets, old, rec.New, "")
+	}
+}
+
+// A rotation whose driver went down still named in the record (as a
+// kill -9 leaves it: a stopping driver lets go of it) is taken over by a
+// present manager on its own; once the stopped manager is back (it must
+// install too), the rotation ends.
+func driverDownCase(t *testing.T, ms []*clusterNode, secrets map[string]string) {
+	ctx := context.Background()
+	atRest(t, ms)
+	old := copyKey(t, ms[0].d)
+	for _, m := range ms {
+		m.d.rot.noAutoResume.Store(true)
+	}
+	failOnce(ms[0].d, stepClusterRewrapped, 0)
+	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("rotation: %v, want the injected stop", err)
+	}
+	ms[0].d.rot.setFail(nil)
+	down := ms[0].d.nodeID
+	ms[0].d.Close()
+	waitUntil(t, "the stopped driver is absent", func() bool {
+		a, err := ms[1].d.absentManagers(ctx, []string{down})
+		return err == nil && len(a) == 1
+	})
+	rec, ok, err := getRotation(ctx, ms[1].d.store)
+	if err != nil || !ok {
+		t.Fatalf("the stopped rotation's record: %v %v", ok, err)
+	}
+	rec.Driver = down
+	if err := putRotation(ctx, ms[1].d.store, &rec); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[1:] {
+		m.d.rot.noAutoResume.Store(false)
+	}
+	waitUntil(t, "a present manager takes the rotation over", func() bool {
+		cur, ok, err := getRotation(ctx, ms[1].d.store)
+		return err == nil && ok && (cur.Driver == ms[1].d.nodeID || cur.Driver == ms[2].d.nodeID)
+	})
+	ms[0].start(t)
+	quickResume(ms[0])
+	waitUntil(t, "the rotation ends", func() bool { return noRotation(ms[1].d) })
 	for _, m := range ms {
 		waitUntil(t, "the manager runs under the rotation's new key", func() bool {
 			m.d.mu.Lock()
