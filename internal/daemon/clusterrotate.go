@@ -826,10 +826,14 @@ const (
 // followRotation runs on every active manager of a cluster: it follows
 // the record of a master-key rotation (followRotationLocked).
 func (d *Daemon) followRotation(ctx context.Context) {
+	var resume resumeBackoff
 	for {
 		wait := rotationPollIdle
 		if d.followRotationOnce(ctx) {
 			wait = rotationPollActive
+			// A record stands: resumed here if it has no driver
+			// (clusterresume.go).
+			d.resumeDriverless(ctx, &resume)
 		}
 		if sleepCtx(ctx, wait) != nil {
 			return

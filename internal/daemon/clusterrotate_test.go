@@ -434,6 +434,11 @@ func roleChangesCase(t *testing.T, ms []*clusterNode, secrets map[string]string)
 	}
 	ms[0].d.rot.wait = time.Second
 	ms[1].d.rot.wait = time.Second
+	// The record stands, driverless, until the test resumes it: no
+	// manager resumes it on its own meanwhile (the last case: left so).
+	for _, m := range ms {
+		m.d.rot.noAutoResume.Store(true)
+	}
 	// Stopped after every manager holds the new key: the record stands.
 	failOnce(ms[0].d, stepClusterPrepared, 0)
 	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
@@ -605,8 +610,13 @@ func rotateUnderAutolockCase(t *testing.T, ms []*clusterNode, secrets map[string
 	}
 	waitUntil(t, "the unlocked manager serves", func() bool { return ms[2].d.CheckServing() == nil })
 	checkRotatedManager(t, ms[2].d, secrets, old, r.KeyID, key)
-	// An autolock change is refused while a rotation stands.
+	// An autolock change is refused while a rotation stands (held
+	// standing: no manager resumes it on its own meanwhile).
 	allPresent(t, ms)
+	for _, m := range ms {
+		m.d.rot.noAutoResume.Store(true)
+		defer m.d.rot.noAutoResume.Store(false)
+	}
 	failOnce(ms[0].d, stepClusterPrepared, 0)
 	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
 		t.Fatalf("rotation: %v", err)
