@@ -130,7 +130,7 @@ func checkRotatedManager(t *testing.T, d *Daemon, secrets map[string]string, old
 
 // The rotation's tests that need no autolock take turns on one cluster of
 // three managers (forming one under -race takes many seconds, and the
-// crash points alone are fourteen): each case starts from a cluster at
+// crash points alone are eighteen): each case starts from a cluster at
 // rest (every manager present, no rotation record) and leaves it so, but
 // for the role changes, which change its managers and so run last.
 // (A case that fails may leave the cluster unfit for the next ones: read
