@@ -1007,6 +1007,9 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 	}
 	old := d.mk
 	err = d.store.Exclusive(func() error {
+		if err := d.rewrapBeforeForget(ctx, old.ID); err != nil {
+			return err
+		}
 		if final {
 			left, err := d.store.Referencing(ctx, old.ID)
 			if err != nil {

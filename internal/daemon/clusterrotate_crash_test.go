@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/manager/objects"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -160,4 +162,76 @@ func crashUnderAutolockCase(t *testing.T, ms []*clusterNode, secrets map[string]
 	}
 	restartLocked(t, crashed, key)
 	checkRotatedManager(t, crashed.d, secrets, old, r.KeyID, key)
+}
+
+// The driver stopped in the install phase, after every other manager
+// installed the new key and forgot the old one, and before its own final
+// re-wrap under the old key: a write it committed meanwhile copied a
+// record as it was before the rotation (a secret whose data key the old
+// key wraps, sealed afresh under the new key outside). Restarted, it
+// installs as a follower and forgets the old key too, and the third
+// manager takes the rotation over: the rotation must end with that
+// secret open on every manager, not with a value sealed under a key no
+// manager holds (DESIGN.md, "Driver stopped in the install phase").
+func driverStoppedInInstallCase(t *testing.T, ms []*clusterNode, secrets map[string]string) {
+	ctx := context.Background()
+	atRest(t, ms)
+	old := copyKey(t, ms[0].d)
+	var id string
+	for id = range secrets {
+		break
+	}
+	tbl := ms[0].d.store.Table(objects.Secret.Table)
+	before, err := tbl.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(before.Value, []byte(`"kid":"`+old.ID+`"`)) {
+		t.Fatalf("secret %s's record holds no value sealed under the old key: the case proves nothing", id)
+	}
+	ms[0].d.rot.ackTimeout = 45 * time.Second
+	failOnce(ms[0].d, stepClusterInstall, 0)
+	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
+		t.Fatalf("rotation: %v, want the crash", err)
+	}
+	// The stopped driver's follower loop takes no step any more (a
+	// crashed process would not): each one is held until it is closed.
+	holdRotationSteps(ms[0].d, func(context.Context) bool { return true })
+	rec, ok, err := getRotation(ctx, ms[1].d.store)
+	if err != nil || !ok || rec.Phase != phaseInstall {
+		t.Fatalf("rotation record: %+v %v %v, want the install phase", rec, ok, err)
+	}
+	for _, m := range ms[1:] {
+		waitUntil(t, "the follower installed the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == rec.New
+		})
+	}
+	cur, err := tbl.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tbl.Update(ctx, id, cur.ModRev, before.Value); err != nil {
+		t.Fatalf("the stopped driver's write of a record copying a value sealed under the old key: %v", err)
+	}
+	ms[0].restart(t)
+	waitUntil(t, "the restarted driver serves", func() bool { return ms[0].d.CheckServing() == nil })
+	allPresent(t, ms)
+	waitUntil(t, "the rotation has no driver", func() bool {
+		rec, ok, err := getRotation(ctx, ms[2].d.store)
+		return err == nil && (!ok || rec.Driver == "")
+	})
+	r, err := ms[2].d.RotateMaster(ctx)
+	if err != nil {
+		t.Fatalf("rotation taken over: %v", err)
+	}
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == r.KeyID
+		})
+		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
+	}
 }

@@ -144,6 +144,7 @@ func TestClusterRotate(t *testing.T) {
 	}
 	t.Run("driver-stopped-before-naming", func(t *testing.T) { driverStoppedBeforeNamingCase(t, ms, secrets) })
 	t.Run("refuses-down-manager", func(t *testing.T) { refusesDownManagerCase(t, ms, secrets) })
+	t.Run("driver-stopped-in-install", func(t *testing.T) { driverStoppedInInstallCase(t, ms, secrets) })
 	t.Run("role-changes", func(t *testing.T) { roleChangesCase(t, ms, secrets) })
 }
 
