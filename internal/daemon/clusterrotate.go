@@ -90,6 +90,7 @@ const (
 	stepDropRecord       = "drop-record"       // tests: an attempt to delete a dropped rotation's record fails
 	stepFollowSealing    = "follow-sealing"    // sealing under the new key; no ack
 	stepFollowInstalled  = "follow-installed"  // new key installed, old forgotten; no ack
+	stepMemberResealed   = "member-resealed"   // member.json sealed under the new key; key files not yet
 )
 
 // defaultRotationAckTimeout bounds each wait of a driver for the others.
@@ -1017,6 +1018,9 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 	}
 	old := d.mk
 	err = d.store.Exclusive(func() error {
+		if err := d.rewrapBeforeForget(ctx, old.ID); err != nil {
+			return err
+		}
 		if final {
 			left, err := d.store.Referencing(ctx, old.ID)
 			if err != nil {
@@ -1064,6 +1068,9 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 		// under the new one before the key files say it (a restart in
 		// between opens it through the rotating file).
 		if err := d.resealMemberLocked(kr, next.ID); err != nil {
+			return err
+		}
+		if err := d.rotateStep(stepMemberResealed, 0); err != nil {
 			return err
 		}
 		return d.installFilesLocked(ctx, kr, old, next, "")
