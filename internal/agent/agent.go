@@ -40,7 +40,16 @@ type Agent struct {
 	// started holds tasks this process began starting; a task found half
 	// started that is not in it was interrupted by a restart.
 	started map[string]bool
-	wg      sync.WaitGroup
+	// taskNets holds the swarm networks of the tasks this process
+	// started, until their removal.
+	taskNets map[string][]string
+	wg       sync.WaitGroup
+
+	// pruneNets: this node removes the engine networks its tasks no
+	// longer use (a worker); netMu keeps a prune from running between a
+	// task's realisation of its networks and its container's creation.
+	pruneNets bool
+	netMu     sync.RWMutex
 }
 
 // Config wires an agent.
@@ -55,6 +64,10 @@ type Config struct {
 	// managers say this node was removed from the cluster; the agent then
 	// stops following. It must not wait for Run to return.
 	OnRemoved func()
+	// PruneNetworks makes the agent remove the engine networks its tasks
+	// no longer use once a task using one is removed: a worker's, which
+	// has no networks manager to remove those of removed networks.
+	PruneNetworks bool
 }
 
 // ErrNodeRemoved is how a session (or its opening) fails once the managers
@@ -70,7 +83,7 @@ func New(c Config) *Agent {
 	return &Agent{
 		nodeID: c.NodeID, conn: c.Dispatcher, onRemoved: c.OnRemoved, x: c.Executor, view: newView(c.NodeID), log: c.Logger,
 		now: func() time.Time { return time.Now().UTC() }, retry: time.Second, dataWait: dataWait,
-		busy: map[string]bool{}, started: map[string]bool{},
+		busy: map[string]bool{}, started: map[string]bool{}, taskNets: map[string][]string{}, pruneNets: c.PruneNetworks,
 	}
 }
 
@@ -454,8 +467,21 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 			return
 		}
 	}
+	unlockNets := func() {}
 	if len(t.Spec.Networks) > 0 {
-		spec.Networks, spec.NetworkAliases, err = a.session().Attachments(ctx, t.ID)
+		// Held until the container runs (an endpoint of them): a worker's
+		// prune of its unused networks never takes one in between.
+		a.netMu.RLock()
+		held := true
+		unlock := func() {
+			if held {
+				held = false
+				a.netMu.RUnlock()
+			}
+		}
+		defer unlock()
+		unlockNets = unlock
+		spec.Networks, spec.NetworkAliases, err = a.networks(ctx, t.ID)
 		if err != nil {
 			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
 			return
@@ -470,6 +496,7 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	if err == nil {
 		err = a.x.Start(ctx, cid)
 	}
+	unlockNets()
 	if err != nil {
 		a.finish(ctx, t, swarm.TaskStateFailed, "starting", err.Error(), &swarm.ContainerStatus{ContainerID: cid})
 		return
@@ -819,11 +846,60 @@ func (a *Agent) remove(ctx context.Context, t *model.Task, containerID string) {
 	a.unmount(t.ID)
 	a.mu.Lock()
 	delete(a.started, t.ID)
+	_, hadNets := a.taskNets[t.ID]
+	delete(a.taskNets, t.ID)
 	a.mu.Unlock()
+	if hadNets && a.pruneNets {
+		a.pruneNetworks(ctx)
+	}
 	if s := a.session(); s != nil {
 		if err := s.RemoveTask(ctx, t.ID); err != nil {
 			a.log.Warn("deleting task", "task", t.ID, "err", err)
 		}
+	}
+}
+
+// networks realises a task's networks on this node's engine and returns
+// their engine IDs, in the spec's order, and the DNS aliases.
+func (a *Agent) networks(ctx context.Context, taskID string) (ids, aliases []string, err error) {
+	nets, aliases, err := a.session().Attachments(ctx, taskID)
+	if err != nil {
+		return nil, nil, err
+	}
+	hushIDs := make([]string, 0, len(nets))
+	for _, n := range nets {
+		hushIDs = append(hushIDs, n.ID)
+	}
+	a.mu.Lock()
+	a.taskNets[taskID] = hushIDs
+	a.mu.Unlock()
+	for _, n := range nets {
+		id, err := a.x.Network(ctx, n)
+		if err != nil {
+			return nil, nil, fmt.Errorf("network %s: %w", n.Name, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, aliases, nil
+}
+
+// pruneNetworks removes (on a worker) the engine networks no task of this
+// node uses any more: a worker has no store to learn of a network's
+// removal from, and a network stays on a node only while its tasks need
+// it, as in Swarm.
+func (a *Agent) pruneNetworks(ctx context.Context) {
+	a.netMu.Lock()
+	defer a.netMu.Unlock()
+	keep := map[string]bool{}
+	a.mu.Lock()
+	for _, ids := range a.taskNets {
+		for _, id := range ids {
+			keep[id] = true
+		}
+	}
+	a.mu.Unlock()
+	if err := a.x.PruneNetworks(ctx, keep); err != nil {
+		a.log.Warn("removing unused networks", "err", err)
 	}
 }
 

@@ -24,6 +24,8 @@ type fakeSession struct {
 	tasks   map[string]*model.Task
 	reports []model.StatusReport
 	removed []string
+	// nets are the networks Attachments gives per task.
+	nets    map[string][]model.TaskNetwork
 	authFor []string
 	// refuse makes reports on these tasks fail.
 	refuse map[string]bool
@@ -87,8 +89,13 @@ func (f *fakeSession) RemoveTask(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeSession) Attachments(context.Context, string) ([]string, []string, error) {
-	return nil, nil, nil
+func (f *fakeSession) Attachments(_ context.Context, taskID string) ([]model.TaskNetwork, []string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.nets == nil {
+		return nil, nil, nil
+	}
+	return slices.Clone(f.nets[taskID]), []string{"web", "tasks.web"}, nil
 }
 
 func (f *fakeSession) RegistryAuth(_ context.Context, taskID string) ([]byte, error) {
@@ -139,6 +146,35 @@ type fakeExec struct {
 	stopCode int
 	// health is the health status a started container reports.
 	health string
+	// realised holds the engine networks made for swarm networks (by
+	// swarm network ID); prunes records each prune's kept networks.
+	realised map[string]string
+	prunes   []map[string]bool
+}
+
+func (x *fakeExec) Network(_ context.Context, n model.TaskNetwork) (string, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.realised == nil {
+		x.realised = map[string]string{}
+	}
+	if id, ok := x.realised[n.ID]; ok {
+		return id, nil
+	}
+	x.realised[n.ID] = "eng-" + n.ID
+	return x.realised[n.ID], nil
+}
+
+func (x *fakeExec) PruneNetworks(_ context.Context, keep map[string]bool) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.prunes = append(x.prunes, maps.Clone(keep))
+	for id := range x.realised {
+		if !keep[id] {
+			delete(x.realised, id)
+		}
+	}
+	return nil
 }
 
 func newFakeExec() *fakeExec {
@@ -630,6 +666,56 @@ func TestStopAndRemove(t *testing.T) {
 	r.pass(t)
 	if !slices.Equal(r.x.removed, []string{"c1"}) || !slices.Equal(r.sess.removed, []string{"t1"}) {
 		t.Fatalf("removed %v, deleted %v", r.x.removed, r.sess.removed)
+	}
+}
+
+// TestTaskNetworksOnOwnEngine: a task's networks are realised on the
+// node's own engine (the session describes them; no manager's engine
+// network ID is used), its container joins those with the aliases; a
+// worker's agent, once the last task using a network is removed, prunes
+// it, keeping the networks of its other tasks.
+func TestTaskNetworksOnOwnEngine(t *testing.T) {
+	for _, prune := range []bool{false, true} {
+		r := newRig()
+		r.a.pruneNets = prune
+		r.sess.nets = map[string][]model.TaskNetwork{
+			"t1": {{ID: "front", Name: "app_front"}, {ID: "back", Name: "app_back"}},
+			"t2": {{ID: "back", Name: "app_back"}},
+		}
+		t1 := newTask("t1", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned)
+		t1.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "front"}, {Target: "back"}}
+		t2 := newTask("t2", "n1", swarm.TaskStateRunning, swarm.TaskStateAssigned)
+		t2.Spec.Networks = []swarm.NetworkAttachmentConfig{{Target: "back"}}
+		r.send(model.Assignments{Full: true, Tasks: assign(t1, t2)})
+		r.pass(t)
+		var spec1 *engine.Spec
+		for i, c := range r.x.created {
+			if c.Labels["com.docker.swarm.task.id"] == "t1" {
+				spec1 = &r.x.created[i]
+			}
+		}
+		if spec1 == nil || !slices.Equal(spec1.Networks, []string{"eng-front", "eng-back"}) || !slices.Equal(spec1.NetworkAliases, []string{"web", "tasks.web"}) {
+			t.Fatalf("t1's container: %+v", spec1)
+		}
+		// t1 is stopped and removed; t2 keeps running.
+		for _, st := range []swarm.TaskState{swarm.TaskStateShutdown, swarm.TaskStateRemove} {
+			cur, _ := r.sess.Task(context.Background(), "t1")
+			cur.DesiredState = st
+			r.send(model.Assignments{Tasks: assign(cur)})
+			r.pass(t)
+		}
+		if !slices.Contains(r.sess.removed, "t1") {
+			t.Fatalf("t1 was not removed: %v", r.sess.removed)
+		}
+		_, front := r.x.realised["front"]
+		_, back := r.x.realised["back"]
+		if prune {
+			if len(r.x.prunes) != 1 || !maps.Equal(r.x.prunes[0], map[string]bool{"back": true}) || front || !back {
+				t.Fatalf("prunes %v, left front %v back %v: want front pruned, back kept for t2", r.x.prunes, front, back)
+			}
+		} else if len(r.x.prunes) != 0 || !front || !back {
+			t.Fatalf("a manager's agent pruned %v (its networks manager removes networks)", r.x.prunes)
+		}
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 
 	"github.com/hush-secrets/hush/internal/agent/engine"
 	"github.com/hush-secrets/hush/internal/agent/secretfs"
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/model"
 )
 
 // Executor is what the agent runs tasks with: this node's containers on
@@ -37,6 +39,20 @@ type Executor interface {
 	UnmountSecrets(taskID string) error
 	// SecretMounts lists the tasks with a secret mount.
 	SecretMounts() ([]string, error)
+
+	// Network returns the engine network realising a task's swarm network
+	// on this node's engine, creating it if need be.
+	Network(ctx context.Context, n model.TaskNetwork) (string, error)
+	// PruneNetworks removes the engine networks this node realised for
+	// swarm networks not in keep (one still in use stays).
+	PruneNetworks(ctx context.Context, keep map[string]bool) error
+}
+
+// Networks realises swarm networks on an engine for a node
+// (networks.Realiser, shared with a manager's networks manager).
+type Networks interface {
+	Realise(ctx context.Context, nodeID string, n model.TaskNetwork) (string, error)
+	Prune(ctx context.Context, nodeID string, keep map[string]bool) error
 }
 
 // engineExecutor runs tasks on the local Docker Engine with per-task
@@ -44,12 +60,27 @@ type Executor interface {
 type engineExecutor struct {
 	eng    *engine.Engine
 	fs     *secretfs.Manager
+	nets   Networks
 	nodeID string
 }
 
-// NewExecutor returns the executor of node nodeID over eng and fs.
-func NewExecutor(nodeID string, eng *engine.Engine, fs *secretfs.Manager) Executor {
-	return &engineExecutor{eng: eng, fs: fs, nodeID: nodeID}
+// NewExecutor returns the executor of node nodeID over eng, fs and nets.
+func NewExecutor(nodeID string, eng *engine.Engine, fs *secretfs.Manager, nets Networks) Executor {
+	return &engineExecutor{eng: eng, fs: fs, nets: nets, nodeID: nodeID}
+}
+
+func (x *engineExecutor) Network(ctx context.Context, n model.TaskNetwork) (string, error) {
+	if x.nets == nil {
+		return "", errdefs.Unavailable("networks: no Docker Engine to realise networks on")
+	}
+	return x.nets.Realise(ctx, x.nodeID, n)
+}
+
+func (x *engineExecutor) PruneNetworks(ctx context.Context, keep map[string]bool) error {
+	if x.nets == nil {
+		return nil
+	}
+	return x.nets.Prune(ctx, x.nodeID, keep)
 }
 
 func (x *engineExecutor) Containers(ctx context.Context) ([]engine.State, error) {

@@ -23,9 +23,9 @@ type Session interface {
 	// RemoveTask deletes the record of a task desired removed once its
 	// container and mount are gone.
 	RemoveTask(ctx context.Context, id string) error
-	// Attachments gives the engine networks and DNS aliases of a task's
-	// network attachments.
-	Attachments(ctx context.Context, taskID string) (ids, aliases []string, err error)
+	// Attachments gives the networks of a task's network attachments,
+	// which the node realises on its own engine, and their DNS aliases.
+	Attachments(ctx context.Context, taskID string) (nets []model.TaskNetwork, aliases []string, err error)
 	// RegistryAuth gives the X-Registry-Auth value for pulling a task's
 	// image (nil: none); the agent holds it only for the pull.
 	RegistryAuth(ctx context.Context, taskID string) ([]byte, error)

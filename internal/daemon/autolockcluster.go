@@ -317,17 +317,25 @@ func (d *Daemon) followUnlockKey(ctx context.Context) {
 	// The store revision, not Version: hush's own writes (the fetched
 	// flag) must be followed too.
 	var seen int64
+	var owed resumeBackoff
 	t := time.NewTicker(keySyncPeriod)
 	defer t.Stop()
 	// At once first: a manager that just joined or was promoted holds
 	// its master key in the clear until this look.
 	for {
-		if c, err := cluster.Get(ctx, d.store); err == nil && c.Revision() != seen {
-			if v, ok := d.followOnce(ctx); ok {
-				if seen == 0 {
-					d.resumeOwedRotation(ctx)
+		if c, err := cluster.Get(ctx, d.store); err == nil {
+			if c.Revision() != seen {
+				if v, ok := d.followOnce(ctx); ok {
+					if seen == 0 {
+						d.resumeOwedRotation(ctx)
+					}
+					seen = v
 				}
-				seen = v
+			}
+			if seen != 0 {
+				// Refused then (a manager was absent): retried once
+				// every manager is back (clusterresume.go).
+				d.retryOwedRotation(ctx, &c, &owed)
 			}
 		}
 		select {

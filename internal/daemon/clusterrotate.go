@@ -90,6 +90,7 @@ const (
 	stepDropRecord       = "drop-record"       // tests: an attempt to delete a dropped rotation's record fails
 	stepFollowSealing    = "follow-sealing"    // sealing under the new key; no ack
 	stepFollowInstalled  = "follow-installed"  // new key installed, old forgotten; no ack
+	stepMemberResealed   = "member-resealed"   // member.json sealed under the new key; key files not yet
 )
 
 // defaultRotationAckTimeout bounds each wait of a driver for the others.
@@ -267,9 +268,16 @@ func (d *Daemon) writeRotationAck(ctx context.Context, newID, done string) error
 	return nil
 }
 
+// stepAckRead is each read of the acks in a driver's wait (rotateStep): a
+// test fails it as the store does when etcd has lost its leader.
+const stepAckRead = "ack-read"
+
 // rotationAcks returns what each manager acknowledged of the rotation to
 // newID.
 func (d *Daemon) rotationAcks(ctx context.Context, newID string) (map[string]string, error) {
+	if err := d.rotateStep(stepAckRead, 0); err != nil {
+		return nil, err
+	}
 	objs, err := d.curStore().Table(rotationAckTable).List(ctx)
 	if err != nil {
 		return nil, err
@@ -819,10 +827,14 @@ const (
 // followRotation runs on every active manager of a cluster: it follows
 // the record of a master-key rotation (followRotationLocked).
 func (d *Daemon) followRotation(ctx context.Context) {
+	var resume resumeBackoff
 	for {
 		wait := rotationPollIdle
 		if d.followRotationOnce(ctx) {
 			wait = rotationPollActive
+			// A record stands: resumed here if it has no driver
+			// (clusterresume.go).
+			d.resumeDriverless(ctx, &resume)
 		}
 		if sleepCtx(ctx, wait) != nil {
 			return
@@ -1016,6 +1028,9 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 	}
 	old := d.mk
 	err = d.store.Exclusive(func() error {
+		if err := d.rewrapBeforeForget(ctx, old.ID); err != nil {
+			return err
+		}
 		if final {
 			left, err := d.store.Referencing(ctx, old.ID)
 			if err != nil {
@@ -1063,6 +1078,9 @@ func (d *Daemon) installRotatedLocked(ctx context.Context, rec rotationRecord, f
 		// under the new one before the key files say it (a restart in
 		// between opens it through the rotating file).
 		if err := d.resealMemberLocked(kr, next.ID); err != nil {
+			return err
+		}
+		if err := d.rotateStep(stepMemberResealed, 0); err != nil {
 			return err
 		}
 		return d.installFilesLocked(ctx, kr, old, next, "")

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -129,7 +130,7 @@ func checkRotatedManager(t *testing.T, d *Daemon, secrets map[string]string, old
 
 // The rotation's tests that need no autolock take turns on one cluster of
 // three managers (forming one under -race takes many seconds, and the
-// crash points alone are fourteen): each case starts from a cluster at
+// crash points alone are eighteen): each case starts from a cluster at
 // rest (every manager present, no rotation record) and leaves it so, but
 // for the role changes, which change its managers and so run last.
 // (A case that fails may leave the cluster unfit for the next ones: read
@@ -138,11 +139,14 @@ func TestClusterRotate(t *testing.T) {
 	ms := shareManagers(t, 3)
 	secrets := clusterSecrets(t, ms[0].d, 40)
 	t.Run("master", func(t *testing.T) { rotateMasterCase(t, ms, secrets) })
+	t.Run("ack-wait-outlasts-lost-leader", func(t *testing.T) { ackWaitOutlastsLostLeaderCase(t, ms, secrets) })
+	t.Run("ack-wait-ends-without-leader", func(t *testing.T) { ackWaitEndsWithoutLeaderCase(t, ms, secrets) })
 	for _, tc := range crashPoints {
 		t.Run("crash-"+tc.name(), func(t *testing.T) { crashPointCase(t, ms, secrets, tc) })
 	}
 	t.Run("driver-stopped-before-naming", func(t *testing.T) { driverStoppedBeforeNamingCase(t, ms, secrets) })
 	t.Run("refuses-down-manager", func(t *testing.T) { refusesDownManagerCase(t, ms, secrets) })
+	t.Run("driver-stopped-in-install", func(t *testing.T) { driverStoppedInInstallCase(t, ms, secrets) })
 	t.Run("role-changes", func(t *testing.T) { roleChangesCase(t, ms, secrets) })
 }
 
@@ -242,19 +246,28 @@ func (tc crashPoint) name() string {
 	return fmt.Sprintf("driver-%s-%d", tc.step, tc.batch)
 }
 
-// Every step of the rotation, on the driver and on a follower.
+// Every step of the rotation, on the driver and on a follower. The driver
+// runs the follower's steps for itself too (followRotationSelf): its own
+// key file and ack in prepare (follow-key), its switch to sealing under
+// the new key (follow-sealing) and, last, its own install (member-resealed,
+// installed, old-destroyed); follow-installed is a follower's only (the
+// driver acks its install in driveRotation).
 var crashPoints = []crashPoint{
 	{step: stepClusterStarted},
+	{step: stepFollowKey},
 	{step: stepClusterPrepared},
 	{step: stepClusterSealing},
+	{step: stepFollowSealing},
 	{step: stepBatch, batch: 1},
 	{step: stepClusterRewrapped},
 	{step: stepClusterInstall},
+	{step: stepMemberResealed},
 	{step: stepInstalled},
 	{step: stepOldDestroyed},
 	{step: stepClusterFinal},
 	{step: stepFollowKey, follower: true},
 	{step: stepFollowSealing, follower: true},
+	{step: stepMemberResealed, follower: true},
 	{step: stepInstalled, follower: true},
 	{step: stepOldDestroyed, follower: true},
 	{step: stepFollowInstalled, follower: true},
@@ -289,6 +302,9 @@ func crashPointCase(t *testing.T, ms []*clusterNode, secrets map[string]string, 
 		t.Fatalf("the rotation ended without reaching %s: %+v %v", tc.step, res.r, res.err)
 	case <-time.After(90 * time.Second):
 		t.Fatalf("the rotation did not reach %s", tc.step)
+	}
+	if tc.step == stepMemberResealed {
+		checkMemberAheadOfKeyFiles(t, crashed.d, old, "")
 	}
 	var r Rotation
 	if !tc.follower {
@@ -375,6 +391,37 @@ func crashPointCase(t *testing.T, ms []*clusterNode, secrets map[string]string, 
 	checkRotatedManager(t, crashed.d, secrets, old, r.KeyID, "")
 }
 
+// checkMemberAheadOfKeyFiles checks that d stopped inside its install
+// between the re-seal of its node key and the install of its key files:
+// member.json is sealed under a key other than old, which its key files
+// still hold (unlock: the unlock key of its locked file, "" for a plain
+// key), and its rotating file holds the new key, sealed under old, which
+// is all a restart has to open member.json with.
+func checkMemberAheadOfKeyFiles(t *testing.T, d *Daemon, old keyring.MasterKey, unlock string) {
+	t.Helper()
+	var ms memberState
+	if b, err := os.ReadFile(d.memberPath()); err != nil {
+		t.Fatal(err)
+	} else if err := json.Unmarshal(b, &ms); err != nil {
+		t.Fatal(err)
+	}
+	var installed keyring.MasterKey
+	var err error
+	if unlock == "" {
+		installed, err = d.plainKey.Load()
+	} else {
+		installed, err = d.lockedKey.Load(unlock)
+	}
+	defer installed.Destroy()
+	if err != nil || installed.ID != old.ID {
+		t.Fatalf("stopped after the re-seal of member.json: the key files hold %s (%v), want the old key %s still", installed.ID, err, old.ID)
+	}
+	rotating, err := d.rotatingKey().ID()
+	if err != nil || ms.Key.KeyID == old.ID || ms.Key.KeyID != rotating {
+		t.Fatalf("stopped after the re-seal of member.json: it is sealed under %s, the rotating file holds %s (%v); want the new key in both", ms.Key.KeyID, rotating, err)
+	}
+}
+
 // checkRefused checks that a rotation through ms[0] is refused at once
 // because absent (down, or locked) is, naming it, and leaves nothing
 // behind.
@@ -432,6 +479,11 @@ func roleChangesCase(t *testing.T, ms []*clusterNode, secrets map[string]string)
 	}
 	ms[0].d.rot.wait = time.Second
 	ms[1].d.rot.wait = time.Second
+	// The record stands, driverless, until the test resumes it: no
+	// manager resumes it on its own meanwhile (the last case: left so).
+	for _, m := range ms {
+		m.d.rot.noAutoResume.Store(true)
+	}
 	// Stopped after every manager holds the new key: the record stands.
 	failOnce(ms[0].d, stepClusterPrepared, 0)
 	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
@@ -501,6 +553,9 @@ func TestClusterRotateUnderAutolock(t *testing.T) {
 	t.Run("rotate", func(t *testing.T) { rotateUnderAutolockCase(t, ms, secrets, key) })
 	t.Run("manager-restarted-locked-mid-rotation", func(t *testing.T) { restartedLockedMidRotationCase(t, ms, secrets, key) })
 	t.Run("refuses-locked-manager", func(t *testing.T) { refusesLockedManagerCase(t, ms, secrets, key) })
+	for _, tc := range autolockCrashPoints {
+		t.Run("crash-"+tc.name(), func(t *testing.T) { crashUnderAutolockCase(t, ms, secrets, key, tc) })
+	}
 	t.Run("owed-rotation-resumed", func(t *testing.T) { owedRotationResumedCase(t, ms, secrets, key) })
 }
 
@@ -603,8 +658,13 @@ func rotateUnderAutolockCase(t *testing.T, ms []*clusterNode, secrets map[string
 	}
 	waitUntil(t, "the unlocked manager serves", func() bool { return ms[2].d.CheckServing() == nil })
 	checkRotatedManager(t, ms[2].d, secrets, old, r.KeyID, key)
-	// An autolock change is refused while a rotation stands.
+	// An autolock change is refused while a rotation stands (held
+	// standing: no manager resumes it on its own meanwhile).
 	allPresent(t, ms)
+	for _, m := range ms {
+		m.d.rot.noAutoResume.Store(true)
+		defer m.d.rot.noAutoResume.Store(false)
+	}
 	failOnce(ms[0].d, stepClusterPrepared, 0)
 	if _, err := ms[0].d.RotateMaster(ctx); !errors.Is(err, errCrash) {
 		t.Fatalf("rotation: %v", err)

@@ -159,6 +159,9 @@ type Daemon struct {
 	nets    *networks.Manager
 	// netEngine realises swarm networks on the engine (nil without one).
 	netEngine *networks.EngineClient
+	// realiser creates those engine networks for the networks manager and
+	// the agent alike, so they never make one twice (nil without engine).
+	realiser *networks.Realiser
 	// engineCli is the one engine client the agent's engine, the networks
 	// manager and the engine reads share; the pass-through shares its
 	// dialer (nil without an engine).
@@ -420,6 +423,7 @@ func (d *Daemon) runBG(fn func(context.Context), ctx context.Context) {
 func (d *Daemon) connectEngine(ctx context.Context, acfg *api.Config) error {
 	host := *d.cfg.Engine
 	d.netEngine = networks.NewEngineClient(d.engineCli)
+	d.realiser = networks.NewRealiser(d.netEngine, d.log)
 	d.proxy = proxy.New(host, host.Path, d.log)
 	acfg.Fallback = d.proxy
 	acfg.EngineEvents = d.proxy

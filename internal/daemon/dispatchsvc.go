@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/agent"
@@ -46,19 +48,63 @@ func (d *Daemon) heartbeatPeriod() time.Duration {
 	return time.Duration(d.spec.heartbeat.Load())
 }
 
-// clusterRoots is the trust of the cluster's CA record, read per
-// handshake so that a rotated root is used without a restart. An
-// unreadable record trusts nothing: the handshake fails.
-func (d *Daemon) clusterRoots() *x509.CertPool {
-	pool := x509.NewCertPool()
+// readClusterRoots is the trust of the cluster's CA record.
+func (d *Daemon) readClusterRoots() (*x509.CertPool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := cluster.Get(ctx, d.curStore())
 	if err != nil {
-		d.log.Warn("dispatcher: reading the cluster's CA", "err", err)
-		return pool
+		return nil, err
 	}
+	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(c.CACert))
+	return pool, nil
+}
+
+// newRootsCache returns the roots a listener's handshakes verify client
+// certificates under (rootsCache.roots), read from the cluster's CA
+// record at most once per rootsTTL.
+func (d *Daemon) newRootsCache() *rootsCache {
+	return &rootsCache{ttl: rootsTTL, now: time.Now, read: d.readClusterRoots, log: d.log}
+}
+
+// rootsTTL is how long the roots read last serve handshakes: a rotated
+// root is trusted (and a dropped one refused) within it.
+const rootsTTL = time.Second
+
+// rootsCache serves the cluster's roots to TLS handshakes. They are asked
+// for as each ClientHello arrives, before the client shows anything, so a
+// read per handshake let anyone who reaches the port make the manager
+// read the store (a linearizable etcd read, a decryption) at will; they
+// are read at most once per ttl instead, one read at a time.
+type rootsCache struct {
+	ttl  time.Duration
+	now  func() time.Time
+	read func() (*x509.CertPool, error)
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	pool  *x509.CertPool
+	at    time.Time
+	valid bool
+}
+
+// roots returns the roots; an unreadable record trusts nothing (the
+// handshakes fail) until the next read.
+func (c *rootsCache) roots() *x509.CertPool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.valid && c.now().Sub(c.at) < c.ttl {
+		return c.pool
+	}
+	pool, err := c.read()
+	if err != nil {
+		if c.log != nil {
+			c.log.Warn("reading the cluster's CA for TLS", "err", err)
+		}
+		pool = x509.NewCertPool()
+	}
+	c.pool, c.at, c.valid = pool, c.now(), true
 	return pool
 }
 
@@ -73,7 +119,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 	if d.member == nil || !d.listen.enabled() {
 		return nil, nil
 	}
-	params := pki.TLSParams{ClusterID: clusterID, Cert: d.currentCert, Roots: d.clusterRoots}
+	params := pki.TLSParams{ClusterID: clusterID, Cert: d.currentCert, Roots: d.newRootsCache().roots}
 	tcfg, err := params.ServerConfig()
 	if err != nil {
 		return nil, err

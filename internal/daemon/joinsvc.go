@@ -92,6 +92,7 @@ func (d *Daemon) startJoinServiceLocked() error {
 	// own for the node call (roles.go), which takes its identity from it.
 	// The certificate and the roots are read per handshake (renewal).
 	js := &joinService{}
+	roots := d.newRootsCache()
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		if !js.enter() {
 			return nil, errors.New("the join/CA service is stopping")
@@ -102,7 +103,7 @@ func (d *Daemon) startJoinServiceLocked() error {
 			return nil, errors.New("no certificate")
 		}
 		return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert},
-			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: d.clusterRoots(), SessionTicketsDisabled: true}, nil
+			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: roots.roots(), SessionTicketsDisabled: true}, nil
 	}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+joinCAPath, js.tracked(d.serveCA))
@@ -209,7 +210,9 @@ func (d *Daemon) serveJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := d.admit(r.Context(), &req)
 	if err != nil {
-		d.log.Warn("join refused", "node", req.NodeID, "remote", r.RemoteAddr, "err", err)
+		// The ID is the request's, unchecked yet, from a client without a
+		// certificate: only a bounded prefix is logged.
+		d.log.Warn("join refused", "node", truncate(req.NodeID), "remote", r.RemoteAddr, "err", err)
 		writeJoinError(w, err)
 		return
 	}

@@ -65,7 +65,7 @@ func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) erro
 	d.svcs.UseSealer(&d.keys)
 	ncfg := networks.Config{Store: d.store, Mirror: d.mirror, NodeID: d.nodeID, Logger: d.log, AddrPools: d.addrPools}
 	if d.netEngine != nil {
-		ncfg.Engine = d.netEngine
+		ncfg.Engine, ncfg.Realiser = d.netEngine, d.realiser
 	}
 	d.nets = networks.New(ncfg)
 	d.svcs.UseNetworks(d.nets)

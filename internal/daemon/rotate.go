@@ -74,6 +74,13 @@ type rotation struct {
 	// wait bounds how long a change refused during a rotation first
 	// waits for it (0: the default; tests shorten it).
 	wait time.Duration
+	// resumeAfter is the first wait before this manager resumes a
+	// rotation left without a driver, or retries the one autolock owes
+	// (nanoseconds; 0: the default, the ack timeout's; tests shorten it
+	// while the loops run, hence atomic). noAutoResume turns both off
+	// (tests that hold a record standing on purpose).
+	resumeAfter  atomic.Int64
+	noAutoResume atomic.Bool
 }
 
 func (r *rotation) setFail(fn func(step string, batch int) error) {

@@ -223,7 +223,7 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 	if d.engine != nil {
 		a := agent.New(agent.Config{
 			NodeID: d.nodeID, Dispatcher: localDispatcher{disp: disp, nodeID: d.nodeID},
-			Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
+			Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs, d.realiser), Logger: d.log,
 		})
 		run(func(ctx context.Context) {
 			d.localAgent.Store(a)

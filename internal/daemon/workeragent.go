@@ -53,8 +53,11 @@ func (d *Daemon) startWorkerAgentLocked() error {
 		return err
 	}
 	ag = agent.New(agent.Config{NodeID: d.nodeID, Dispatcher: conn,
-		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs), Logger: d.log,
-		OnRemoved: func() { d.removedFromCluster(ws) }})
+		Executor: agent.NewExecutor(d.nodeID, d.engine, d.fs, d.realiser), Logger: d.log,
+		// A worker has no networks manager: its agent removes the
+		// networks its tasks no longer use.
+		PruneNetworks: true,
+		OnRemoved:     func() { d.removedFromCluster(ws) }})
 	d.workerOpened = opened
 	var ctx context.Context
 	ctx, d.runStop = context.WithCancel(d.life)

@@ -528,13 +528,14 @@ func (s *Session) RemoveTask(ctx context.Context, id string) error {
 	return s.call(ctx, pathRemove, taskRequest{TaskID: id}, &out)
 }
 
-// Attachments gives a task's engine networks and DNS aliases.
-func (s *Session) Attachments(ctx context.Context, taskID string) (ids, aliases []string, err error) {
+// Attachments gives a task's networks, to realise on this node's engine,
+// and DNS aliases.
+func (s *Session) Attachments(ctx context.Context, taskID string) (nets []model.TaskNetwork, aliases []string, err error) {
 	var a attachmentsResponse
 	if err := s.call(ctx, pathAttachments, taskRequest{TaskID: taskID}, &a); err != nil {
 		return nil, nil, err
 	}
-	return a.IDs, a.Aliases, nil
+	return a.Networks, a.Aliases, nil
 }
 
 // RegistryAuth gives the credentials for pulling a task's image (nil:

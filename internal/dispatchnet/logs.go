@@ -169,7 +169,7 @@ func (h *Handler) serveLogsAnswer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Header.Get(logsErrorHeader) != "" {
-		b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCallBody+maxErrorText))
+		b, err := h.readBody(w, r, maxCallBody+maxErrorText)
 		var we wireError
 		if err != nil || json.Unmarshal(b, &we) != nil {
 			we = wireError{Kind: "unavailable", Msg: "the node's logs answer was malformed"}

@@ -48,7 +48,7 @@ func (h *Handler) serveRelayLogs(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, errdefs.Unauthorized("only a manager may relay logs"))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCallBody))
+	body, err := h.readBody(w, r, maxCallBody)
 	if err != nil {
 		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxCallBody))
 		return

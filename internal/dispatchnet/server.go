@@ -54,6 +54,10 @@ const (
 	// DefaultWriteTimeout bounds one frame's write to a node: a node that
 	// reads slower is disconnected rather than buffered for.
 	DefaultWriteTimeout = 30 * time.Second
+	// DefaultOpenBurst and DefaultOpenEvery bound a node's session opens
+	// (ServerConfig.OpenBurst).
+	DefaultOpenBurst = 10
+	DefaultOpenEvery = time.Second
 )
 
 // Heartbeats records when a node was last heard from; the liveness logic
@@ -129,7 +133,15 @@ type ServerConfig struct {
 	// ErrNoSession, as for any node without a session.
 	LocalNode string
 	LocalLogs func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
-	// WriteTimeout bounds one frame's write (0: DefaultWriteTimeout).
+	// OpenBurst and OpenEvery bound how often one node may open a
+	// session: OpenBurst at once, then one per OpenEvery (0: 10 and 1 s).
+	// Each open costs a full set (every data version the node's tasks
+	// hold, read and decrypted again) and maybe a node record write; an
+	// agent reopens after a break, with backoff, far less often.
+	OpenBurst int
+	OpenEvery time.Duration
+	// WriteTimeout bounds one frame's write, and the read of a call's
+	// body and the write of its answer (0: DefaultWriteTimeout).
 	WriteTimeout time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
@@ -143,6 +155,8 @@ type Handler struct {
 	c   ServerConfig
 	log *slog.Logger
 	mux *http.ServeMux
+
+	opens *openLimiter
 
 	mu       sync.Mutex
 	sessions map[string]*srvSession // by node ID: one per node
@@ -182,7 +196,14 @@ func NewHandler(c ServerConfig) *Handler {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
-	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{}}
+	if c.OpenBurst <= 0 {
+		c.OpenBurst = DefaultOpenBurst
+	}
+	if c.OpenEvery <= 0 {
+		c.OpenEvery = DefaultOpenEvery
+	}
+	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{},
+		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets}}
 	h.mux.HandleFunc("POST "+pathSession, h.serveSession)
 	h.mux.HandleFunc("POST "+pathHeartbeat, h.call(maxCallBody, h.heartbeat))
 	h.mux.HandleFunc("POST "+pathTask, h.call(maxCallBody, h.task))
@@ -312,7 +333,12 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxDescribeBody))
+	// Before anything an open costs (the description, the full set).
+	if err := h.opens.allow(node, time.Now()); err != nil {
+		h.fail(w, err)
+		return
+	}
+	body, err := h.readBody(w, r, maxDescribeBody)
 	if err != nil {
 		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxDescribeBody))
 		return
@@ -427,6 +453,26 @@ func (h *Handler) write(rc *http.ResponseController, w io.Writer, b []byte) erro
 	return rc.SetWriteDeadline(time.Time{})
 }
 
+// readBody reads a request's body of at most max bytes within the call
+// deadline (WriteTimeout): a node that starts a body and stalls would
+// otherwise hold the handler, and the stream's buffers, for as long as it
+// keeps its connection.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	rc := http.NewResponseController(w)
+	// Served over HTTP/2 (NewServer), whose streams take deadlines.
+	_ = rc.SetReadDeadline(time.Now().Add(h.c.WriteTimeout))
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	_ = rc.SetReadDeadline(time.Time{})
+	return b, err
+}
+
+// answerDeadline bounds the write of a call's answer: a node that does
+// not read it, or announces a zero flow-control window, is cut off (its
+// stream reset) rather than holding the handler.
+func (h *Handler) answerDeadline(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.c.WriteTimeout))
+}
+
 // vouching is ServerConfig.Vouching's verdict, as an Unavailable error.
 func (h *Handler) vouching() error {
 	if h.c.Vouching == nil {
@@ -457,7 +503,7 @@ func (h *Handler) call(max int64, f func(ctx context.Context, s *srvSession, bod
 			h.fail(w, err)
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+		body, err := h.readBody(w, r, max)
 		if err != nil {
 			h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", max))
 			return
@@ -473,6 +519,7 @@ func (h *Handler) call(max int64, f func(ctx context.Context, s *srvSession, bod
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
+		h.answerDeadline(w)
 		_, _ = w.Write(b)
 	}
 }
@@ -496,8 +543,11 @@ type heartbeatResponse struct {
 	HeartbeatMillis int64
 }
 
+// attachmentsResponse describes the networks, never a manager's engine
+// network IDs: those mean nothing on the node's engine.
 type attachmentsResponse struct {
-	IDs, Aliases []string
+	Networks []model.TaskNetwork
+	Aliases  []string
 }
 
 func decodeBody[T any](body []byte) (T, error) {
@@ -546,8 +596,8 @@ func (h *Handler) attachments(ctx context.Context, s *srvSession, body []byte) (
 	if err != nil {
 		return nil, err
 	}
-	ids, aliases, err := s.ds.Attachments(ctx, req.TaskID)
-	return attachmentsResponse{IDs: ids, Aliases: aliases}, err
+	nets, aliases, err := s.ds.Attachments(ctx, req.TaskID)
+	return attachmentsResponse{Networks: nets, Aliases: aliases}, err
 }
 
 // registryAuth answers with the credentials' bytes as the body (never
@@ -558,7 +608,7 @@ func (h *Handler) registryAuth(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCallBody))
+	body, err := h.readBody(w, r, maxCallBody)
 	if err != nil {
 		h.fail(w, errdefs.BadRequest("request body over %d bytes or unreadable", maxCallBody))
 		return
@@ -576,6 +626,7 @@ func (h *Handler) registryAuth(w http.ResponseWriter, r *http.Request) {
 	defer clear(auth)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.Itoa(len(auth)))
+	h.answerDeadline(w)
 	_, _ = w.Write(auth)
 }
 
@@ -602,6 +653,7 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	}
 	b, _ := json.Marshal(we)
 	w.Header().Set("Content-Type", "application/json")
+	h.answerDeadline(w)
 	w.WriteHeader(code)
 	_, _ = w.Write(b)
 }

@@ -3,6 +3,7 @@ package model
 import (
 	"time"
 
+	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -83,4 +84,18 @@ type StatusReport struct {
 	// Loaded are the versions the task's container holds after a start
 	// or a reload; nil leaves the recorded ones.
 	Loaded map[string]int
+}
+
+// TaskNetwork is a swarm network one of a node's tasks joins, as the node
+// realises it: a local bridge on its own engine (a swarm network is a
+// bridge on each node's engine, never one host's network ID: engine IDs
+// mean nothing on another host).
+type TaskNetwork struct {
+	ID         string
+	Name       string
+	Labels     map[string]string `json:",omitempty"`
+	Internal   bool              `json:",omitempty"`
+	EnableIPv6 bool              `json:",omitempty"`
+	// IPAM is the network's subnets (nil: the engine picks).
+	IPAM []network.IPAMConfig `json:",omitempty"`
 }

@@ -55,10 +55,11 @@ type TaskTable interface {
 	Delete(ctx context.Context, id, name string, rev int64, guards []store.Cond, extra ...store.Op) error
 }
 
-// NetworkAttacher gives the engine networks and DNS aliases of a task's
-// network attachments (networks.Manager implements it).
+// NetworkAttacher gives the networks and DNS aliases of a task's network
+// attachments, for the task's node to realise on its own engine
+// (networks.Manager implements it).
 type NetworkAttacher interface {
-	EngineAttachments(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (ids, aliases []string, err error)
+	TaskNetworks(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) ([]model.TaskNetwork, []string, error)
 }
 
 // PullAuth gives the registry credentials a service was given with
@@ -86,6 +87,9 @@ type Config struct {
 type Dispatcher struct {
 	c   Config
 	log *slog.Logger
+
+	mu      sync.Mutex
+	repeats map[string]repeatBucket // by node (chargeRepeat)
 }
 
 // New returns a dispatcher.
@@ -96,7 +100,7 @@ func New(c Config) *Dispatcher {
 	if c.Now == nil {
 		c.Now = func() time.Time { return time.Now().UTC() }
 	}
-	return &Dispatcher{c: c, log: c.Logger}
+	return &Dispatcher{c: c, log: c.Logger, repeats: map[string]repeatBucket{}}
 }
 
 // Open starts a session for node nodeID. The caller vouches for the
@@ -123,6 +127,56 @@ type Session struct {
 	sentTasks  map[string]uint64
 	sentLabels map[string]map[string]string
 	sentData   map[model.DataRef]bool
+}
+
+// repeatBucket is a node's budget of same-state reports.
+type repeatBucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// maxRepeatBuckets bounds the nodes whose budgets are kept; past it, the
+// full ones (nodes that have not repeated lately) are forgotten.
+const maxRepeatBuckets = 1 << 16
+
+// chargeRepeat takes one same-state report from the node's budget (kept
+// per node, not per session: a new session must not refill it), or
+// refuses it: a state only moves forward, so the transitions a node can
+// report are bounded by its tasks, but a repeat (a new message, container
+// or loaded versions) was a store write each, and each write wakes every
+// session's diff. An agent repeats a state once per engine outage, start
+// or reload of a task, far below the budget; a refused one is retried.
+func (s *Session) chargeRepeat(taskID string) error {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.c.Now()
+	refill := func(b repeatBucket) repeatBucket {
+		if el := now.Sub(b.at); el > 0 {
+			b.tokens = min(b.tokens+float64(el)/float64(repeatEvery), repeatBurst)
+			b.at = now
+		}
+		return b
+	}
+	b, ok := d.repeats[s.node]
+	if !ok {
+		if len(d.repeats) >= maxRepeatBuckets {
+			for n, ob := range d.repeats {
+				if refill(ob).tokens >= repeatBurst {
+					delete(d.repeats, n)
+				}
+			}
+		}
+		b = repeatBucket{tokens: repeatBurst, at: now}
+	}
+	b = refill(b)
+	if b.tokens < 1 {
+		d.repeats[s.node] = b
+		return errdefs.Unavailable("task %s: this node repeated task states more than %d times at once and once every %s: retry later", taskID, repeatBurst, repeatEvery)
+	}
+	b.tokens--
+	d.repeats[s.node] = b
+	return nil
 }
 
 // NodeID is the session's node.
@@ -426,6 +480,13 @@ func clip(s string) string {
 	return s
 }
 
+// Bounds on the repeats of a task's state a session writes: repeatBurst
+// at once, then one per repeatEvery.
+const (
+	repeatBurst = 256
+	repeatEvery = 100 * time.Millisecond
+)
+
 // maxAttempts bounds the retries of a status write racing the
 // orchestrator's writes to the same task.
 const maxAttempts = 5
@@ -437,6 +498,7 @@ func (s *Session) ReportStatus(ctx context.Context, r model.StatusReport) (*mode
 		return nil, errdefs.InvalidArgument("task %s: container ID of %d bytes", r.TaskID, len(c.ContainerID))
 	}
 	r.Message, r.Err = clip(r.Message), clip(r.Err)
+	charged := false
 	for range maxAttempts {
 		t, err := s.own(ctx, r.TaskID)
 		if err != nil {
@@ -452,10 +514,24 @@ func (s *Session) ReportStatus(ctx context.Context, r model.StatusReport) (*mode
 		if err := checkLoaded(t, r.Loaded); err != nil {
 			return nil, err
 		}
+		if r.State == t.Status.State && !charged {
+			// Charged once per report, not per retry of a stale write.
+			if err := s.chargeRepeat(t.ID); err != nil {
+				return nil, err
+			}
+			charged = true
+		}
 		now := s.d.c.Now()
 		at := r.At
 		if at.IsZero() || at.After(now) {
 			at = now
+		}
+		if at.Before(t.Status.Timestamp) {
+			// Never before the status it replaces (the orchestrator's
+			// assignment, or an earlier report): the restart delay runs
+			// from a failure's time and an update's monitor period from
+			// a start's, so a backdated report would skip both.
+			at = t.Status.Timestamp
 		}
 		next := *t
 		next.Status = swarm.TaskStatus{Timestamp: at, State: r.State, Message: r.Message, Err: r.Err, ContainerStatus: r.Container}
@@ -501,8 +577,8 @@ func (s *Session) RemoveTask(ctx context.Context, id string) error {
 }
 
 // Attachments resolves the network attachments of one of the node's tasks
-// into engine networks and DNS aliases.
-func (s *Session) Attachments(ctx context.Context, taskID string) (ids, aliases []string, err error) {
+// into the networks the node realises on its engine and DNS aliases.
+func (s *Session) Attachments(ctx context.Context, taskID string) (nets []model.TaskNetwork, aliases []string, err error) {
 	t, err := s.own(ctx, taskID)
 	if err != nil {
 		return nil, nil, err
@@ -513,7 +589,7 @@ func (s *Session) Attachments(ctx context.Context, taskID string) (ids, aliases 
 	if s.d.c.Networks == nil {
 		return nil, nil, errdefs.Unavailable("networks are not available on this node")
 	}
-	return s.d.c.Networks.EngineAttachments(ctx, t.Spec.Networks, t.ServiceName)
+	return s.d.c.Networks.TaskNetworks(ctx, t.Spec.Networks, t.ServiceName)
 }
 
 // RegistryAuth returns the registry credentials for pulling the image of

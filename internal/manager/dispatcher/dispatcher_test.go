@@ -345,9 +345,9 @@ func (a *auth) RegistryAuth(_ context.Context, id string) ([]byte, error) {
 
 type nets struct{ asked int }
 
-func (n *nets) EngineAttachments(_ context.Context, cfg []swarm.NetworkAttachmentConfig, _ string) ([]string, []string, error) {
+func (n *nets) TaskNetworks(_ context.Context, cfg []swarm.NetworkAttachmentConfig, _ string) ([]model.TaskNetwork, []string, error) {
 	n.asked++
-	return []string{cfg[0].Target}, nil, nil
+	return []model.TaskNetwork{{ID: cfg[0].Target, Name: cfg[0].Target}}, nil, nil
 }
 
 // TestOwnTaskOnly: registry credentials, network attachments and fresh
@@ -377,8 +377,8 @@ func TestOwnTaskOnly(t *testing.T) {
 	if len(a.asked) != 1 {
 		t.Fatalf("credentials read %d times", len(a.asked))
 	}
-	if ids, _, err := s.Attachments(ctx, "mine"); err != nil || !same(ids, []string{"net1"}) {
-		t.Fatalf("own attachments: %v %v", ids, err)
+	if nets, _, err := s.Attachments(ctx, "mine"); err != nil || len(nets) != 1 || nets[0].ID != "net1" {
+		t.Fatalf("own attachments: %v %v", nets, err)
 	}
 	if _, _, err := s.Attachments(ctx, "theirs"); !errdefs.Is(err, errdefs.ErrUnauthorized) || n.asked != 1 {
 		t.Fatalf("their attachments: %v (asked %d)", err, n.asked)

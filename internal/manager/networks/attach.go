@@ -3,10 +3,14 @@ package networks
 import (
 	"context"
 	"errors"
-	"fmt"
+
+	"maps"
+	"slices"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/model"
 	"github.com/hush-secrets/hush/internal/store"
+	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -103,17 +107,15 @@ func RefDiffOps(serviceID string, old, new *swarm.ServiceSpec) []store.Op {
 	return ops
 }
 
-// EngineAttachments gives what a task's container joins: the engine
-// networks realising the task's networks (created now if need be), in the
-// spec's order, and the DNS aliases to set on them: the spec's aliases,
-// the service name and tasks.<service name>, as Swarm's DNS answers both.
-// No networks means the engine's default network and no aliases.
-func (m *Manager) EngineAttachments(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (ids, aliases []string, err error) {
+// TaskNetworks gives what a task's container joins: the networks of its
+// attachments, in the spec's order, for the task's node to realise on its
+// own engine (Realiser), and the DNS aliases to set on them: the spec's
+// aliases, the service name and tasks.<service name>, as Swarm's DNS
+// answers both. No networks means the engine's default network and no
+// aliases.
+func (m *Manager) TaskNetworks(ctx context.Context, nets []swarm.NetworkAttachmentConfig, serviceName string) (out []model.TaskNetwork, aliases []string, err error) {
 	if len(nets) == 0 {
 		return nil, nil, nil
-	}
-	if m.eng == nil {
-		return nil, nil, fmt.Errorf("networks: no Docker Engine to realise networks on")
 	}
 	seenNet := map[string]bool{}
 	seenAlias := map[string]bool{}
@@ -128,13 +130,9 @@ func (m *Manager) EngineAttachments(ctx context.Context, nets []swarm.NetworkAtt
 		if err != nil {
 			return nil, nil, err
 		}
-		eid, err := m.realise(ctx, n)
-		if err != nil {
-			return nil, nil, fmt.Errorf("network %s: %w", n.Name, err)
-		}
-		if !seenNet[eid] {
-			seenNet[eid] = true
-			ids = append(ids, eid)
+		if !seenNet[n.ID] {
+			seenNet[n.ID] = true
+			out = append(out, taskNetwork(n))
 		}
 		for _, al := range a.Aliases {
 			addAlias(al)
@@ -142,5 +140,10 @@ func (m *Manager) EngineAttachments(ctx context.Context, nets []swarm.NetworkAtt
 	}
 	addAlias(serviceName)
 	addAlias("tasks." + serviceName)
-	return ids, aliases, nil
+	return out, aliases, nil
+}
+
+// taskNetwork is what a node needs of n to realise it.
+func taskNetwork(n *network.Network) model.TaskNetwork {
+	return model.TaskNetwork{ID: n.ID, Name: n.Name, Labels: maps.Clone(n.Labels), Internal: n.Internal, EnableIPv6: n.EnableIPv6, IPAM: slices.Clone(n.IPAM.Config)}
 }

@@ -48,6 +48,9 @@ type Config struct {
 	// AddrPools gives subnets to networks created without any (nil: the
 	// engine picks them).
 	AddrPools AddrPools
+	// Realiser creates the engine networks; the node's agent shares it
+	// (nil: one of the manager's own over Engine).
+	Realiser *Realiser
 }
 
 // Manager implements the networks control API and their realisation on the
@@ -62,9 +65,7 @@ type Manager struct {
 	now    func() time.Time
 	newID  func() (string, error)
 
-	// realiseMu serialises engine network creation, so the reconciler and
-	// a starting task never create the same network twice.
-	realiseMu sync.Mutex
+	real *Realiser
 	// failed remembers the last realisation error logged per network, so
 	// an engine that keeps refusing does not flood the log.
 	failedMu sync.Mutex
@@ -81,6 +82,9 @@ func New(c Config) *Manager {
 		st: c.Store, tbl: c.Store.Table(Table), mirror: c.Mirror, eng: c.Engine, nodeID: c.NodeID,
 		log: c.Logger.With("component", "networks"), now: func() time.Time { return time.Now().UTC() },
 		newID: identity.NewID, failed: map[string]string{}, pools: poolAllocator{source: c.AddrPools},
+	}
+	if m.real = c.Realiser; m.real == nil && c.Engine != nil {
+		m.real = NewRealiser(c.Engine, c.Logger)
 	}
 	c.Mirror.Register(Table, func(o store.Object) (any, error) { return decode(o) })
 	return m

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -383,10 +384,13 @@ func TestRealiseBesideForeignSameName(t *testing.T) {
 			if mine.Name != "app_default-"+id[:12] || mine.Labels[LabelNetworkID] != id || mine.Labels[LabelNodeID] != "node1" {
 				t.Fatalf("hush's engine network: name %q labels %v", mine.Name, mine.Labels)
 			}
-			// Attachments give the ID, never a name.
-			ids, _, err := e.m.EngineAttachments(ctx, []swarm.NetworkAttachmentConfig{{Target: id}}, "web")
-			if err != nil || len(ids) != 1 || ids[0] != eid {
-				t.Fatalf("EngineAttachments = %v, %v; want [%s]", ids, err, eid)
+			// A task's node realises it as the same engine network, by ID.
+			nets, _, err := e.m.TaskNetworks(ctx, []swarm.NetworkAttachmentConfig{{Target: id}}, "web")
+			if err != nil || len(nets) != 1 {
+				t.Fatalf("TaskNetworks = %v, %v", nets, err)
+			}
+			if got, err := e.m.real.Realise(ctx, "node1", nets[0]); err != nil || got != eid {
+				t.Fatalf("Realise = %s, %v; want %s", got, err, eid)
 			}
 			// Removing the hush network removes only hush's engine network.
 			if err := e.m.Remove(ctx, id); err != nil {
@@ -663,36 +667,116 @@ func TestReconcile(t *testing.T) {
 	}
 }
 
-func TestEngineAttachments(t *testing.T) {
+// TaskNetworks describes a task's networks for its node to realise on its
+// own engine: it creates no engine network (the manager's engine is not
+// the node's); the node's realiser does, under the node's own labels.
+func TestTaskNetworks(t *testing.T) {
 	e := newEnv(t, true)
 	ctx := context.Background()
-	a := e.mustCreate(t, overlay("front"))
+	front := overlay("front")
+	front.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: netip.MustParsePrefix("10.78.0.0/24")}}}
+	a := e.mustCreate(t, front)
 	b := e.mustCreate(t, overlay("back"))
-	ids, aliases, err := e.m.EngineAttachments(ctx, []swarm.NetworkAttachmentConfig{
+	creates := e.eng.creates
+	nets, aliases, err := e.m.TaskNetworks(ctx, []swarm.NetworkAttachmentConfig{
 		{Target: a, Aliases: []string{"web"}},
-		{Target: b, Aliases: []string{"web", "api"}},
+		{Target: "back", Aliases: []string{"web", "api"}},
 		{Target: a},
 	}, "app_web")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{e.eng.idOf(a), e.eng.idOf(b)}; !slices.Equal(ids, want) {
-		t.Fatalf("ids %v, want %v", ids, want)
+	if len(nets) != 2 || nets[0].ID != a || nets[0].Name != "front" || nets[1].ID != b || nets[1].Name != "back" {
+		t.Fatalf("networks %+v, want front (%s) and back (%s)", nets, a, b)
+	}
+	if len(nets[0].IPAM) != 1 || nets[0].IPAM[0].Subnet.String() != "10.78.0.0/24" {
+		t.Fatalf("front's subnet: %+v", nets[0])
 	}
 	if want := []string{"web", "api", "app_web", "tasks.app_web"}; !slices.Equal(aliases, want) {
 		t.Fatalf("aliases %v, want %v", aliases, want)
 	}
-	// A network whose engine network vanished is realised again on demand.
-	_ = e.eng.RemoveNetwork(ctx, e.eng.idOf(a))
-	ids, _, err = e.m.EngineAttachments(ctx, []swarm.NetworkAttachmentConfig{{Target: a}}, "app_web")
-	if err != nil || len(ids) != 1 || ids[0] != e.eng.idOf(a) {
-		t.Fatalf("re-realise: %v %v", ids, err)
+	if e.eng.creates != creates {
+		t.Fatalf("TaskNetworks created %d engine networks", e.eng.creates-creates)
 	}
-	if ids, aliases, err := e.m.EngineAttachments(ctx, nil, "app_web"); ids != nil || aliases != nil || err != nil {
-		t.Fatalf("no networks: %v %v %v", ids, aliases, err)
+	// A worker's realiser, on its engine: its own labels, the subnet.
+	r := NewRealiser(e.eng, nil)
+	wid, err := r.Realise(ctx, "worker1", nets[0])
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, _, err := e.m.EngineAttachments(ctx, []swarm.NetworkAttachmentConfig{{Target: "gone"}}, "x"); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
+	e.eng.mu.Lock()
+	spec := e.eng.nets[wid]
+	e.eng.mu.Unlock()
+	if spec.Labels[LabelNodeID] != "worker1" || spec.Labels[LabelNetworkID] != a || spec.IPAM == nil || !reflect.DeepEqual(spec.IPAM.Config, nets[0].IPAM) {
+		t.Fatalf("the worker's engine network: %+v", spec)
+	}
+	if again, err := r.Realise(ctx, "worker1", nets[0]); err != nil || again != wid {
+		t.Fatalf("realised twice: %s, %v (first %s)", again, err, wid)
+	}
+	// Gone from the engine: realised again on demand.
+	_ = e.eng.RemoveNetwork(ctx, wid)
+	if again, err := r.Realise(ctx, "worker1", nets[0]); err != nil || again == "" || again == wid {
+		t.Fatalf("re-realise: %s %v", again, err)
+	}
+	if nets, aliases, err := e.m.TaskNetworks(ctx, nil, "app_web"); nets != nil || aliases != nil || err != nil {
+		t.Fatalf("no networks: %v %v %v", nets, aliases, err)
+	}
+	if _, _, err := e.m.TaskNetworks(ctx, []swarm.NetworkAttachmentConfig{{Target: "gone"}}, "x"); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("missing network: %v", err)
+	}
+	if _, err := (*Realiser)(nil).Realise(ctx, "worker1", nets[0]); !errdefs.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("no engine: %v", err)
+	}
+}
+
+// Prune removes what a node realised for networks none of its tasks uses
+// any more, and nothing else: not the kept ones, not another node's, not
+// one still in use (the engine refuses; a later prune takes it).
+func TestRealiserPrune(t *testing.T) {
+	e := newEnv(t, true)
+	ctx := context.Background()
+	a := e.mustCreate(t, overlay("keep"))
+	b := e.mustCreate(t, overlay("drop"))
+	c := e.mustCreate(t, overlay("busy"))
+	nets, _, err := e.m.TaskNetworks(ctx, []swarm.NetworkAttachmentConfig{{Target: a}, {Target: b}, {Target: c}}, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRealiser(e.eng, nil)
+	ids := map[string]string{}
+	for _, n := range nets {
+		if ids[n.ID], err = r.Realise(ctx, "worker1", n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, err := r.Realise(ctx, "worker2", nets[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.eng.mu.Lock()
+	e.eng.inUse = map[string]bool{ids[c]: true}
+	e.eng.mu.Unlock()
+	if err := r.Prune(ctx, "worker1", map[string]bool{a: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.eng.mu.Lock()
+	_, keep := e.eng.nets[ids[a]]
+	_, drop := e.eng.nets[ids[b]]
+	_, busy := e.eng.nets[ids[c]]
+	_, others := e.eng.nets[other]
+	e.eng.inUse = nil
+	e.eng.mu.Unlock()
+	if !keep || drop || !busy || !others {
+		t.Fatalf("after the prune: kept %v, dropped one left %v, in use left %v, another node's left %v", keep, drop, busy, others)
+	}
+	if err := r.Prune(ctx, "worker1", map[string]bool{a: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.eng.mu.Lock()
+	_, busy = e.eng.nets[ids[c]]
+	e.eng.mu.Unlock()
+	if busy {
+		t.Fatal("a network no longer in use was not pruned the next time")
 	}
 }
 
@@ -708,7 +792,9 @@ func TestConcurrentRealise(t *testing.T) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			_, _, _ = e.m.EngineAttachments(ctx, []swarm.NetworkAttachmentConfig{{Target: id}}, "s")
+			if nets, _, err := e.m.TaskNetworks(ctx, []swarm.NetworkAttachmentConfig{{Target: id}}, "s"); err == nil {
+				_, _ = e.m.real.Realise(ctx, "node1", nets[0])
+			}
 		}()
 		go func() { defer wg.Done(); _, _ = e.m.Reconcile(ctx) }()
 	}

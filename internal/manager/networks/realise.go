@@ -3,13 +3,16 @@ package networks
 import (
 	"context"
 	"errors"
-	"github.com/hush-secrets/hush/internal/errdefs"
+	"log/slog"
 	"maps"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/model"
 	"github.com/moby/moby/api/types/network"
 )
 
@@ -63,15 +66,54 @@ var (
 )
 
 func (m *Manager) realisedLabels(id string) map[string]string {
-	return map[string]string{LabelNetworkID: id, LabelNodeID: m.nodeID}
+	return realisedLabels(m.nodeID, id)
+}
+
+func realisedLabels(nodeID, id string) map[string]string {
+	return map[string]string{LabelNetworkID: id, LabelNodeID: nodeID}
+}
+
+// Realiser creates the engine networks that realise swarm networks on one
+// node's engine: a swarm network is a local bridge on each node that runs
+// its tasks. A manager's networks manager and the node's agent share one,
+// so a network is never created twice on the engine.
+type Realiser struct {
+	eng Engine
+	log *slog.Logger
+	// mu serialises creations: the reconciler and starting tasks look for
+	// the network and create it if missing.
+	mu sync.Mutex
+}
+
+// NewRealiser returns the realiser of networks on eng.
+func NewRealiser(eng Engine, log *slog.Logger) *Realiser {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Realiser{eng: eng, log: log.With("component", "networks")}
 }
 
 // realise returns the ID of the engine network realising n, creating it if
 // there is none.
 func (m *Manager) realise(ctx context.Context, n *network.Network) (string, error) {
-	m.realiseMu.Lock()
-	defer m.realiseMu.Unlock()
-	have, err := m.eng.ListNetworks(ctx, m.realisedLabels(n.ID))
+	id, err := m.real.Realise(ctx, m.nodeID, taskNetwork(n))
+	if err != nil {
+		m.noteFailure(n.ID, err)
+		return "", err
+	}
+	m.clearFailure(n.ID)
+	return id, nil
+}
+
+// Realise returns the ID of the engine network realising n for node nodeID
+// (its labels name both), creating it if there is none.
+func (r *Realiser) Realise(ctx context.Context, nodeID string, n model.TaskNetwork) (string, error) {
+	if r == nil || r.eng == nil {
+		return "", errdefs.Unavailable("networks: no Docker Engine to realise networks on")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	have, err := r.eng.ListNetworks(ctx, realisedLabels(nodeID, n.ID))
 	if err != nil {
 		return "", err
 	}
@@ -83,10 +125,10 @@ func (m *Manager) realise(ctx context.Context, n *network.Network) (string, erro
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	maps.Copy(labels, m.realisedLabels(n.ID))
+	maps.Copy(labels, realisedLabels(nodeID, n.ID))
 	s := EngineSpec{Name: n.Name, Labels: labels, Internal: n.Internal, EnableIPv6: n.EnableIPv6}
-	if len(n.IPAM.Config) > 0 {
-		s.IPAM = &network.IPAM{Driver: "default", Config: slices.Clone(n.IPAM.Config)}
+	if len(n.IPAM) > 0 {
+		s.IPAM = &network.IPAM{Driver: "default", Config: slices.Clone(n.IPAM)}
 	}
 	// A network of the same name that is not this one's (a user's, another
 	// hushd's, one an earlier hushd on this engine left) is never touched:
@@ -94,34 +136,66 @@ func (m *Manager) realise(ctx context.Context, n *network.Network) (string, erro
 	// accept the duplicate, and a duplicate name makes the user's network
 	// ambiguous to every command that names it. Containers attach by ID, so
 	// the engine name matters only to people reading `docker network ls`.
-	if named, ok := m.eng.(NamedNetworks); ok {
+	if named, ok := r.eng.(NamedNetworks); ok {
 		taken, err := named.NetworksNamed(ctx, n.Name)
 		if err != nil {
-			m.noteFailure(n.ID, err)
 			return "", err
 		}
 		if len(taken) > 0 {
-			s.Name = suffixedName(n)
+			s.Name = suffixedName(n.Name, n.ID)
 		}
 	}
-	id, err := m.eng.CreateNetwork(ctx, s)
+	id, err := r.eng.CreateNetwork(ctx, s)
 	if errors.Is(err, ErrEngineConflict) && s.Name == n.Name {
 		// Taken between the check and the create.
-		s.Name = suffixedName(n)
-		id, err = m.eng.CreateNetwork(ctx, s)
+		s.Name = suffixedName(n.Name, n.ID)
+		id, err = r.eng.CreateNetwork(ctx, s)
 	}
 	if err != nil {
-		m.noteFailure(n.ID, err)
 		return "", err
 	}
-	m.clearFailure(n.ID)
-	m.log.Info("network realised on the engine", "id", n.ID, "name", n.Name, "engine_network", id)
+	r.log.Info("network realised on the engine", "id", n.ID, "name", n.Name, "engine_network", id)
 	return id, nil
+}
+
+// Prune removes the engine networks node nodeID realised for swarm
+// networks not in keep, as a worker does once no task of its uses them
+// (it has no store to tell removed networks by). One that still has
+// endpoints stays: the engine refuses, and a later prune takes it.
+func (r *Realiser) Prune(ctx context.Context, nodeID string, keep map[string]bool) error {
+	if r == nil || r.eng == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	have, err := r.eng.ListNetworks(ctx, map[string]string{LabelNodeID: nodeID})
+	if err != nil {
+		return err
+	}
+	for _, en := range have {
+		hid := en.Labels[LabelNetworkID]
+		if hid == "" || en.Labels[LabelNodeID] != nodeID || keep[hid] {
+			continue
+		}
+		if err := r.eng.RemoveNetwork(ctx, en.ID); err != nil {
+			if !errors.Is(err, ErrEngineInUse) {
+				r.log.Warn("removing engine network", "id", hid, "engine_network", en.ID, "err", err)
+			}
+			continue
+		}
+		r.log.Info("engine network removed", "id", hid, "engine_network", en.ID)
+	}
+	return nil
 }
 
 // suffixedName is the engine name of a hush network whose own name is taken
 // on the engine: recognisable, and unique by the network's ID.
-func suffixedName(n *network.Network) string { return n.Name + "-" + n.ID[:12] }
+func suffixedName(name, id string) string {
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return name + "-" + id
+}
 
 // Realise returns the ID of the engine network that realises the network
 // ref names, creating it if need be.
