@@ -866,6 +866,12 @@ func (a *Agent) networks(ctx context.Context, taskID string) (ids, aliases []str
 	if err != nil {
 		return nil, nil, err
 	}
+	if len(nets) == 0 {
+		// Called only for a task with networks: none here is an answer
+		// this agent cannot read (a manager of the former shape, which
+		// gave engine network IDs), not the default network.
+		return nil, nil, errors.New("the manager described none of the task's networks (a manager of another hushd version?)")
+	}
 	hushIDs := make([]string, 0, len(nets))
 	for _, n := range nets {
 		hushIDs = append(hushIDs, n.ID)

@@ -168,7 +168,10 @@ func (d *Daemon) revokedByDemotion(ctx context.Context, id pki.Identity, leaf *x
 // node (whose assignments carry its tasks' secrets). A worker agent calls
 // with its worker certificate; a manager's agent is in-process.
 func (d *Daemon) refuseManagerCert(ctx context.Context, nodeID string, leaf *x509.Certificate) error {
-	n, err := nodes.Get(ctx, d.store, nodeID)
+	// curStore: the dispatcher's handlers outlive the runtime's stop, so
+	// a store swap does not wait for this read.
+	st := d.curStore()
+	n, err := nodes.Get(ctx, st, nodeID)
 	if errors.Is(err, store.ErrNotFound) {
 		return errdefs.Unauthorized("node %s is not part of this swarm", nodeID)
 	}
@@ -178,7 +181,7 @@ func (d *Daemon) refuseManagerCert(ctx context.Context, nodeID string, leaf *x50
 	if n.Spec.Role != swarm.NodeRoleManager {
 		return errdefs.Unauthorized("node %s is not a manager of this swarm: its manager certificate is refused", nodeID)
 	}
-	serials, err := refusedManagerSerials(ctx, d.store, time.Now())
+	serials, err := refusedManagerSerials(ctx, st, time.Now())
 	if err != nil {
 		return err
 	}

@@ -202,6 +202,12 @@ func deleteRotation(ctx context.Context, st *store.Store, r rotationRecord) erro
 	if cur.New != r.New {
 		return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "another master-key rotation replaced this one meanwhile"}
 	}
+	if cur.Driver != r.Driver || cur.Phase != r.Phase {
+		// Taken over (and maybe moved on) since r was read: a driver
+		// that lost its presence meanwhile must not drop or end what
+		// the manager that resumed it now drives.
+		return &errdefs.Error{Category: errdefs.ErrConflict, Msg: "another manager took the master-key rotation over meanwhile; it finishes it"}
+	}
 	r = cur
 	acks, err := st.Table(rotationAckTable).List(ctx)
 	if err != nil {

@@ -78,6 +78,12 @@ func (g *closeGate) run(ctx context.Context, do func(context.Context) error) (er
 	return err
 }
 
+// call runs fn, a direct call on the server's backend (a defragment, a
+// commit), as run runs a request.
+func (g *closeGate) call(fn func() error) error {
+	return g.run(context.Background(), func(context.Context) error { return fn() })
+}
+
 // close ends the requests in flight, waits for them and refuses any
 // after.
 func (g *closeGate) close() {

@@ -180,8 +180,10 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 	ckv := newClosingKV(cli.KV, e.Server.StoppingNotify())
 	cli.KV = ckv
 	// The in-process client's Defragment needs an auth layer the
-	// in-process server lacks; the backend itself can.
-	s.defrag = func() error { return e.Server.Backend().Defrag() }
+	// in-process server lacks; the backend itself can. Through the gate,
+	// as the quota's commits: on a stopped server's backend etcd ends the
+	// process.
+	s.defrag = func() error { return ckv.gate.call(func() error { return e.Server.Backend().Defrag() }) }
 	s.quota = newQuota(c.QuotaBytes, func() backend { return e.Server.Backend() }, func() bool {
 		for _, a := range e.Server.Alarms() {
 			if a.Alarm == etcdserverpb.AlarmType_NOSPACE {
@@ -190,6 +192,7 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		}
 		return false
 	}, uint64(e.Server.MemberID()), c.Logger)
+	s.quota.guard = ckv.gate.call
 	// A store left full (by a write burst or an older hushd) gets its room
 	// back now if deletes or old revisions freed some; otherwise writes
 	// are refused with the quota's text and deletes still work.

@@ -37,6 +37,10 @@ type quota struct {
 	margin int64 // and when the file would come closer than this to limit
 	// be is etcd's backend (fetched per use: etcd may replace it).
 	be func() backend
+	// guard runs a call on be's backend (nil: directly). An embedded
+	// store's is its closing gate: a commit or defragment on the backend
+	// of a stopped server ends the process (etcd's fatal log).
+	guard func(func() error) error
 	// alarmRaised reports etcd's NOSPACE alarm (a local read).
 	alarmRaised func() bool
 	memberID    uint64
@@ -181,11 +185,12 @@ func (q *quota) reclaim(ctx context.Context, cli *clientv3.Client) {
 	// Sizes are updated when the backend commits its batch, and pages a
 	// commit frees count as free only after the next one: commit twice so
 	// that what follows sees what the compaction or deletes freed.
-	q.be().ForceCommit()
-	q.be().ForceCommit()
+	if err := q.forceCommit(); err != nil {
+		return
+	}
 	alarmed := q.alarmRaised()
 	if file, inUse := q.sizes(); (alarmed || file+2*q.margin >= q.limit) && file-inUse >= q.margin {
-		if err := q.be().Defrag(); err != nil {
+		if err := q.backendCall(func() error { return q.be().Defrag() }); err != nil {
 			q.log.Warn("store quota: defragment failed", "err", err)
 			return
 		}
@@ -206,4 +211,22 @@ func (q *quota) reclaim(ctx context.Context, cli *clientv3.Client) {
 func isNoSpace(err error) bool {
 	return errors.Is(err, rpctypes.ErrGRPCNoSpace) || errors.Is(err, rpctypes.ErrNoSpace) ||
 		rpctypes.ErrorDesc(err) == rpctypes.ErrNoSpace.Error()
+}
+
+// forceCommit commits the backend's batch twice (through guard): sizes
+// are updated when the backend commits, and pages a commit frees count
+// as free only after the next one.
+func (q *quota) forceCommit() error {
+	return q.backendCall(func() error {
+		q.be().ForceCommit()
+		q.be().ForceCommit()
+		return nil
+	})
+}
+
+func (q *quota) backendCall(fn func() error) error {
+	if q.guard == nil {
+		return fn()
+	}
+	return q.guard(fn)
 }
