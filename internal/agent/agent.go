@@ -467,21 +467,14 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 			return
 		}
 	}
-	unlockNets := func() {}
+	var nets []model.TaskNetwork
 	if len(t.Spec.Networks) > 0 {
-		// Held until the container runs (an endpoint of them): a worker's
-		// prune of its unused networks never takes one in between.
-		a.netMu.RLock()
-		held := true
-		unlock := func() {
-			if held {
-				held = false
-				a.netMu.RUnlock()
-			}
+		nets, spec.NetworkAliases, err = a.networks(ctx, t.ID)
+		if err == nil {
+			// Realised now so that an engine refusing one rejects the
+			// task before it starts; again below, under netMu.
+			_, err = a.realise(ctx, nets)
 		}
-		defer unlock()
-		unlockNets = unlock
-		spec.Networks, spec.NetworkAliases, err = a.networks(ctx, t.ID)
 		if err != nil {
 			a.finish(ctx, t, swarm.TaskStateRejected, "preparing", err.Error(), nil)
 			return
@@ -491,6 +484,29 @@ func (a *Agent) start(ctx context.Context, t *model.Task) {
 	if err != nil {
 		log.Warn("task status", "err", err)
 		return
+	}
+	unlockNets := func() {}
+	if len(nets) > 0 {
+		// Held from here until the container runs (an endpoint of its
+		// networks), not across the report above (a call to a manager):
+		// a worker's prune of its unused networks never takes one in
+		// between, and the realisation here restores one a prune took
+		// since the first.
+		a.netMu.RLock()
+		held := true
+		unlockNets = func() {
+			if held {
+				held = false
+				a.netMu.RUnlock()
+			}
+		}
+		defer unlockNets()
+		spec.Networks, err = a.realise(ctx, nets)
+		if err != nil {
+			unlockNets()
+			a.finish(ctx, t, swarm.TaskStateFailed, "starting", err.Error(), nil)
+			return
+		}
 	}
 	cid, err := a.x.Create(ctx, spec)
 	if err == nil {
@@ -859,9 +875,10 @@ func (a *Agent) remove(ctx context.Context, t *model.Task, containerID string) {
 	}
 }
 
-// networks realises a task's networks on this node's engine and returns
-// their engine IDs, in the spec's order, and the DNS aliases.
-func (a *Agent) networks(ctx context.Context, taskID string) (ids, aliases []string, err error) {
+// networks gives a task's networks, as the dispatcher describes them for
+// this node to realise, in the spec's order, and the DNS aliases; the
+// task counts as using them (pruneNetworks) from here to its removal.
+func (a *Agent) networks(ctx context.Context, taskID string) ([]model.TaskNetwork, []string, error) {
 	nets, aliases, err := a.session().Attachments(ctx, taskID)
 	if err != nil {
 		return nil, nil, err
@@ -879,14 +896,21 @@ func (a *Agent) networks(ctx context.Context, taskID string) (ids, aliases []str
 	a.mu.Lock()
 	a.taskNets[taskID] = hushIDs
 	a.mu.Unlock()
+	return nets, aliases, nil
+}
+
+// realise gives the engine networks realising nets on this node's engine,
+// in their order, creating those that are missing.
+func (a *Agent) realise(ctx context.Context, nets []model.TaskNetwork) ([]string, error) {
+	ids := make([]string, 0, len(nets))
 	for _, n := range nets {
 		id, err := a.x.Network(ctx, n)
 		if err != nil {
-			return nil, nil, fmt.Errorf("network %s: %w", n.Name, err)
+			return nil, fmt.Errorf("network %s: %w", n.Name, err)
 		}
 		ids = append(ids, id)
 	}
-	return ids, aliases, nil
+	return ids, nil
 }
 
 // pruneNetworks removes (on a worker) the engine networks no task of this

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/manager/dispatcher"
@@ -51,5 +52,11 @@ func TestAttachmentsDescribeNetworks(t *testing.T) {
 	}
 	if !slices.Equal(aliases, []string{"svc", "tasks.svc"}) {
 		t.Fatalf("aliases: %v", aliases)
+	}
+	// A node of the former shape (v1: engine network IDs) is refused,
+	// never answered with networks it would not read.
+	code, we := rawPost(t, s, pathAttachmentsV1, map[string]string{SessionHeader: s.id}, taskRequest{TaskID: "t1"})
+	if code < 400 || !strings.Contains(we.Msg, "upgrade this node") {
+		t.Fatalf("v1 attachments: %d %+v", code, we)
 	}
 }

@@ -26,13 +26,18 @@ import (
 // Paths of the protocol. Every call is a POST naming its session in
 // SessionHeader; none names a node.
 const (
-	pathSession      = "/hush.dispatcher/v1/session"
-	pathHeartbeat    = "/hush.dispatcher/v1/heartbeat"
-	pathTask         = "/hush.dispatcher/v1/task"
-	pathStatus       = "/hush.dispatcher/v1/status"
-	pathRemove       = "/hush.dispatcher/v1/remove"
-	pathAttachments  = "/hush.dispatcher/v1/attachments"
-	pathRegistryAuth = "/hush.dispatcher/v1/registry-auth"
+	pathSession   = "/hush.dispatcher/v1/session"
+	pathHeartbeat = "/hush.dispatcher/v1/heartbeat"
+	pathTask      = "/hush.dispatcher/v1/task"
+	pathStatus    = "/hush.dispatcher/v1/status"
+	pathRemove    = "/hush.dispatcher/v1/remove"
+	// pathAttachments is v2 since attachments describe networks for the
+	// node to realise (v1 gave the manager's engine network IDs): a node
+	// and a manager of different shapes refuse each other's call rather
+	// than start a task on no network (pathAttachmentsV1).
+	pathAttachments   = "/hush.dispatcher/v2/attachments"
+	pathAttachmentsV1 = "/hush.dispatcher/v1/attachments"
+	pathRegistryAuth  = "/hush.dispatcher/v1/registry-auth"
 
 	// SessionHeader carries the session a call belongs to.
 	SessionHeader = "Hush-Session"
@@ -210,6 +215,7 @@ func NewHandler(c ServerConfig) *Handler {
 	h.mux.HandleFunc("POST "+pathStatus, h.call(maxStatusBody, h.status))
 	h.mux.HandleFunc("POST "+pathRemove, h.call(maxCallBody, h.remove))
 	h.mux.HandleFunc("POST "+pathAttachments, h.call(maxCallBody, h.attachments))
+	h.mux.HandleFunc("POST "+pathAttachmentsV1, h.call(maxCallBody, h.attachmentsV1))
 	h.mux.HandleFunc("POST "+pathRegistryAuth, h.registryAuth)
 	h.mux.HandleFunc("POST "+pathLogs, h.serveLogsAnswer)
 	h.mux.HandleFunc("POST "+pathRelayLogs, h.serveRelayLogs)
@@ -598,6 +604,12 @@ func (h *Handler) attachments(ctx context.Context, s *srvSession, body []byte) (
 	}
 	nets, aliases, err := s.ds.Attachments(ctx, req.TaskID)
 	return attachmentsResponse{Networks: nets, Aliases: aliases}, err
+}
+
+// attachmentsV1 refuses a node of the former shape, which would read no
+// network IDs in the answer and start a networked task on none.
+func (h *Handler) attachmentsV1(context.Context, *srvSession, []byte) (any, error) {
+	return nil, errdefs.FailedPrecondition("this manager describes a task's networks for its node to realise on its own engine: upgrade this node's hushd to run networked tasks")
 }
 
 // registryAuth answers with the credentials' bytes as the body (never
