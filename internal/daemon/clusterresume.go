@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 )
 
@@ -164,34 +165,9 @@ func (d *Daemon) resumeDriverless(ctx context.Context, b *resumeBackoff) {
 // compare-and-swap fails if any manager wrote it since), and drives it,
 // as rotateCluster does for a rotation it finds standing.
 func (d *Daemon) resumeRotation(ctx context.Context, rec rotationRecord) (Rotation, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(d.life, cancel)()
-	if err := d.lockMu(ctx); err != nil {
-		return Rotation{}, err
-	}
-	err := d.CheckServingLocked()
-	kr := d.keys.Keyring()
-	d.mu.Unlock()
-	if err != nil {
-		return Rotation{}, err
-	}
-	if kr == nil {
-		return Rotation{}, errdefs.Unavailable("%s", msgLocked)
-	}
-	d.rot.driving.Store(true)
-	defer d.rot.driving.Store(false)
-	rec, err = d.takeOverRotation(ctx, rec)
-	if err != nil {
-		return Rotation{}, err
-	}
-	r, err := d.driveRotation(ctx, &rec)
-	if err != nil {
-		d.releaseRotation(ctx)
-		return Rotation{}, err
-	}
-	d.settleRotationOwed(ctx)
-	return r, nil
+	return d.driveClusterRotation(ctx, func(ctx context.Context, _ *keyring.Keyring) (rotationRecord, error) {
+		return d.takeOverRotation(ctx, rec)
+	})
 }
 
 // retryOwedRotation is the key follower's look at the rotation autolock

@@ -445,6 +445,22 @@ func describe(ids []string, desc map[string]string) string {
 // d.mu not): it starts a rotation, or takes over the one in progress, and
 // drives it to its end.
 func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
+	return d.driveClusterRotation(ctx, func(ctx context.Context, kr *keyring.Keyring) (rotationRecord, error) {
+		rec, ok, err := getRotation(ctx, d.curStore())
+		if err != nil {
+			return rotationRecord{}, err
+		}
+		if ok {
+			return d.takeOverRotation(ctx, rec)
+		}
+		return d.startClusterRotation(ctx, kr)
+	})
+}
+
+// driveClusterRotation drives the record pick gives (started, or taken
+// over) to its end, as this manager's driver (d.rot.mu held, d.mu not);
+// pick runs with the manager serving and its keyring at hand.
+func (d *Daemon) driveClusterRotation(ctx context.Context, pick func(context.Context, *keyring.Keyring) (rotationRecord, error)) (Rotation, error) {
 	// The driver's steps hold d.mu over store calls that a cluster
 	// without quorum does not finish: they end when Close begins, before
 	// it takes d.mu, as the follower loop's do (d.life). The request's
@@ -466,15 +482,7 @@ func (d *Daemon) rotateCluster(ctx context.Context) (Rotation, error) {
 	}
 	d.rot.driving.Store(true)
 	defer d.rot.driving.Store(false)
-	rec, ok, err := getRotation(ctx, d.curStore())
-	if err != nil {
-		return Rotation{}, err
-	}
-	if ok {
-		rec, err = d.takeOverRotation(ctx, rec)
-	} else {
-		rec, err = d.startClusterRotation(ctx, kr)
-	}
+	rec, err := pick(ctx, kr)
 	if err != nil {
 		return Rotation{}, err
 	}

@@ -104,24 +104,7 @@ func crashUnderAutolockCase(t *testing.T, ms []*clusterNode, secrets map[string]
 	if tc.follower {
 		crashed = ms[1]
 	}
-	driver.d.rot.ackTimeout = 45 * time.Second
-	hit := failOnce(crashed.d, tc.step, tc.batch)
-	type result struct {
-		r   Rotation
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		r, err := driver.d.RotateMaster(ctx)
-		done <- result{r, err}
-	}()
-	select {
-	case <-hit:
-	case res := <-done:
-		t.Fatalf("the rotation ended without reaching %s: %+v %v", tc.step, res.r, res.err)
-	case <-time.After(90 * time.Second):
-		t.Fatalf("the rotation did not reach %s", tc.step)
-	}
+	done := rotateUntilCrash(t, driver.d, crashed.d, tc)
 	if tc.step == stepMemberResealed {
 		checkMemberAheadOfKeyFiles(t, crashed.d, old, key)
 	}

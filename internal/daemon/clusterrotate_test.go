@@ -273,6 +273,35 @@ var crashPoints = []crashPoint{
 	{step: stepFollowInstalled, follower: true},
 }
 
+// rotationResult is what a rotation run in the background answered.
+type rotationResult struct {
+	r   Rotation
+	err error
+}
+
+// rotateUntilCrash runs a rotation through driver in the background until
+// crashed stops at tc's step as a crash would, and returns what the
+// rotation answers (the driver's crash, or its end once a crashed
+// follower is restarted).
+func rotateUntilCrash(t *testing.T, driver, crashed *Daemon, tc crashPoint) <-chan rotationResult {
+	t.Helper()
+	driver.rot.ackTimeout = 45 * time.Second
+	hit := failOnce(crashed, tc.step, tc.batch)
+	done := make(chan rotationResult, 1)
+	go func() {
+		r, err := driver.RotateMaster(context.Background())
+		done <- rotationResult{r, err}
+	}()
+	select {
+	case <-hit:
+	case res := <-done:
+		t.Fatalf("the rotation ended without reaching %s: %+v %v", tc.step, res.r, res.err)
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the rotation did not reach %s", tc.step)
+	}
+	return done
+}
+
 // A rotation across managers stopped at a crash point, on the driver or
 // on a follower, that manager then restarted: the rotation finishes
 // (resumed by another manager when the driver stopped), every secret
@@ -285,24 +314,7 @@ func crashPointCase(t *testing.T, ms []*clusterNode, secrets map[string]string, 
 	if tc.follower {
 		crashed = ms[1]
 	}
-	driver.d.rot.ackTimeout = 45 * time.Second
-	hit := failOnce(crashed.d, tc.step, tc.batch)
-	type result struct {
-		r   Rotation
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		r, err := driver.d.RotateMaster(ctx)
-		done <- result{r, err}
-	}()
-	select {
-	case <-hit:
-	case res := <-done:
-		t.Fatalf("the rotation ended without reaching %s: %+v %v", tc.step, res.r, res.err)
-	case <-time.After(90 * time.Second):
-		t.Fatalf("the rotation did not reach %s", tc.step)
-	}
+	done := rotateUntilCrash(t, driver.d, crashed.d, tc)
 	if tc.step == stepMemberResealed {
 		checkMemberAheadOfKeyFiles(t, crashed.d, old, "")
 	}
