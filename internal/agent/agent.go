@@ -50,6 +50,9 @@ type Agent struct {
 	// task's realisation of its networks and its container's creation.
 	pruneNets bool
 	netMu     sync.RWMutex
+	// prunedAtStart: the first pass with a full set and an engine pruned
+	// (only the Reconcile loop reads and writes it).
+	prunedAtStart bool
 }
 
 // Config wires an agent.
@@ -244,6 +247,15 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 			}
 		}
 		return err
+	}
+	if a.pruneNets && !a.prunedAtStart {
+		// A worker restarted knows none of its tasks' networks yet:
+		// what its tasks left behind while it was down (or under an
+		// earlier run) goes now, not at the next removal; a network a
+		// running container uses stays (the engine refuses), and a
+		// starting task realises its own again.
+		a.prunedAtStart = true
+		a.pruneNetworks(ctx)
 	}
 	byTask := map[string]engine.State{}
 	for _, c := range ctrs {

@@ -710,11 +710,37 @@ func TestTaskNetworksOnOwnEngine(t *testing.T) {
 		_, front := r.x.realised["front"]
 		_, back := r.x.realised["back"]
 		if prune {
-			if len(r.x.prunes) != 1 || !maps.Equal(r.x.prunes[0], map[string]bool{"back": true}) || front || !back {
+			// The first is the start's (TestWorkerPrunesAtStart).
+			if len(r.x.prunes) != 2 || !maps.Equal(r.x.prunes[1], map[string]bool{"back": true}) || front || !back {
 				t.Fatalf("prunes %v, left front %v back %v: want front pruned, back kept for t2", r.x.prunes, front, back)
 			}
 		} else if len(r.x.prunes) != 0 || !front || !back {
 			t.Fatalf("a manager's agent pruned %v (its networks manager removes networks)", r.x.prunes)
+		}
+	}
+}
+
+// TestWorkerPrunesAtStart: a worker's agent, at its first pass with a full
+// set and an engine, removes the bridges no task of its holds yet (left by
+// tasks removed while it was down); a manager's agent never prunes.
+func TestWorkerPrunesAtStart(t *testing.T) {
+	for _, prune := range []bool{false, true} {
+		r := newRig()
+		r.a.pruneNets = prune
+		r.x.realised = map[string]string{"gone": "eng-gone"}
+		r.pass(t) // no full set yet: nothing
+		if len(r.x.prunes) != 0 {
+			t.Fatalf("pruned before the full set: %v", r.x.prunes)
+		}
+		r.send(model.Assignments{Full: true})
+		r.pass(t)
+		r.pass(t)
+		_, left := r.x.realised["gone"]
+		if prune && (len(r.x.prunes) != 1 || left) {
+			t.Fatalf("worker: prunes %v, stale bridge left %v; want one prune at the first pass", r.x.prunes, left)
+		}
+		if !prune && (len(r.x.prunes) != 0 || !left) {
+			t.Fatalf("manager's agent pruned: %v", r.x.prunes)
 		}
 	}
 }
