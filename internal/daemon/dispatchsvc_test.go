@@ -21,6 +21,7 @@ func TestVouchFromHeartbeats(t *testing.T) {
 	ctx := context.Background()
 	st := storetest.New(t)
 	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
+	d.cur.Store(st) // as openStore publishes it
 	d.spec.heartbeat.Store(int64(time.Second))
 	p, err := st.NewPresence("m1", 3*time.Second, nil)
 	if err != nil {
@@ -52,6 +53,7 @@ func TestVouchFromHeartbeats(t *testing.T) {
 func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 	st := storetest.New(t)
 	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
+	d.cur.Store(st) // as openStore publishes it
 	d.spec.heartbeat.Store(int64(time.Second))
 	k := &presenceKeeper{d: d}
 	if err := k.vouching(); !errors.Is(err, errdefs.ErrUnavailable) {
@@ -125,6 +127,7 @@ func TestPresenceFollowsHeartbeatPeriod(t *testing.T) {
 func TestRemoteLogsNodeNotConnected(t *testing.T) {
 	st := storetest.New(t)
 	d := &Daemon{store: st, nodeID: "m1", log: slog.New(slog.DiscardHandler)}
+	d.cur.Store(st) // as openStore publishes it
 	d.listen.Advertise = "127.0.0.1:2377"
 	d.dispatch.Store(&dispatchRuntime{h: dispatchnet.NewHandler(dispatchnet.ServerConfig{})})
 	_, err := remoteLogs{d}.TaskLogs(context.Background(), "w1", "task1", false, "", false, "")
