@@ -135,14 +135,7 @@ func crashUnderAutolockCase(t *testing.T, ms []*clusterNode, secrets map[string]
 	if r.KeyID == old.ID {
 		t.Fatalf("still the old key: %+v", r)
 	}
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, key)
-	}
+	checkRotatedManagers(t, ms, secrets, old, r.KeyID, key)
 	restartLocked(t, crashed, key)
 	checkRotatedManager(t, crashed.d, secrets, old, r.KeyID, key)
 }
@@ -209,12 +202,5 @@ func driverStoppedInInstallCase(t *testing.T, ms []*clusterNode, secrets map[str
 	if err != nil {
 		t.Fatalf("rotation taken over: %v", err)
 	}
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
-	}
+	checkRotatedManagers(t, ms, secrets, old, r.KeyID, "")
 }

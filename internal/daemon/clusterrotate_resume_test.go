@@ -64,14 +64,7 @@ func resumedOnItsOwnCase(t *testing.T, ms []*clusterNode, secrets map[string]str
 	// From here the driver's manager runs on as a follower.
 	ms[0].d.rot.setFail(nil)
 	waitUntil(t, "the driverless rotation ends on its own", func() bool { return noRotation(ms[1].d) })
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the rotation's new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == rec.New
-		})
-		checkRotatedManager(t, m.d, secrets, old, rec.New, "")
-	}
+	checkRotatedManagers(t, ms, secrets, old, rec.New, "")
 }
 
 // A rotation whose driver went down still named in the record (as a
@@ -114,14 +107,7 @@ func driverDownCase(t *testing.T, ms []*clusterNode, secrets map[string]string) 
 	ms[0].start(t)
 	quickResume(ms[0])
 	waitUntil(t, "the rotation ends", func() bool { return noRotation(ms[1].d) })
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the rotation's new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == rec.New
-		})
-		checkRotatedManager(t, m.d, secrets, old, rec.New, "")
-	}
+	checkRotatedManagers(t, ms, secrets, old, rec.New, "")
 }
 
 // A driver that is alive (present) but slow is not taken over, however
@@ -170,14 +156,7 @@ func slowDriverKeptCase(t *testing.T, ms []*clusterNode, secrets map[string]stri
 	if len(others) > 0 {
 		t.Fatalf("a live, slow driver's rotation was taken over by %v", others)
 	}
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
-	}
+	checkRotatedManagers(t, ms, secrets, old, r.KeyID, "")
 }
 
 // The rotation that enabling autolock owes, refused because a manager

@@ -56,14 +56,7 @@ func driverStoppedBeforeNamingCase(t *testing.T, ms []*clusterNode, secrets map[
 	if r.KeyID != newID {
 		t.Fatalf("the rotation taken over ended with key %s, want the record's %s", r.KeyID, newID)
 	}
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
-	}
+	checkRotatedManagers(t, ms, secrets, old, r.KeyID, "")
 }
 
 // Under autolock, a manager restarted (so locked) in the middle of a
@@ -99,14 +92,7 @@ func restartedLockedMidRotationCase(t *testing.T, ms []*clusterNode, secrets map
 	if err != nil {
 		t.Fatalf("resumed rotation: %v", err)
 	}
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, key)
-	}
+	checkRotatedManagers(t, ms, secrets, old, r.KeyID, key)
 	ms[2].restart(t)
 	if err := ms[2].d.Unlock(ctx, key); err != nil {
 		t.Fatalf("unlock after the rotation: %v", err)

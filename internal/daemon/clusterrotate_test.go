@@ -273,6 +273,21 @@ var crashPoints = []crashPoint{
 	{step: stepFollowInstalled, follower: true},
 }
 
+// checkRotatedManagers waits until each of ms runs under newID (a
+// follower installs at its next look), then checks it as
+// checkRotatedManager does.
+func checkRotatedManagers(t *testing.T, ms []*clusterNode, secrets map[string]string, old keyring.MasterKey, newID, unlock string) {
+	t.Helper()
+	for _, m := range ms {
+		waitUntil(t, "the manager runs under the new key", func() bool {
+			m.d.mu.Lock()
+			defer m.d.mu.Unlock()
+			return m.d.mk.ID == newID
+		})
+		checkRotatedManager(t, m.d, secrets, old, newID, unlock)
+	}
+}
+
 // rotationResult is what a rotation run in the background answered.
 type rotationResult struct {
 	r   Rotation
@@ -389,14 +404,7 @@ func crashPointCase(t *testing.T, ms []*clusterNode, secrets map[string]string, 
 	if r.KeyID == old.ID {
 		t.Fatalf("still the old key: %+v", r)
 	}
-	for _, m := range ms {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
-	}
+	checkRotatedManagers(t, ms, secrets, old, r.KeyID, "")
 	// Restarted once more, the crashed one still opens everything.
 	crashed.restart(t)
 	waitUntil(t, "the restarted manager serves", func() bool { return crashed.d.CheckServing() == nil })
@@ -534,14 +542,7 @@ func roleChangesCase(t *testing.T, ms []*clusterNode, secrets map[string]string)
 	if err != nil {
 		t.Fatalf("resumed rotation: %v", err)
 	}
-	for _, m := range ms[:2] {
-		waitUntil(t, "the manager runs under the new key", func() bool {
-			m.d.mu.Lock()
-			defer m.d.mu.Unlock()
-			return m.d.mk.ID == r.KeyID
-		})
-		checkRotatedManager(t, m.d, secrets, old, r.KeyID, "")
-	}
+	checkRotatedManagers(t, ms[:2], secrets, old, r.KeyID, "")
 	if err := setRole(ctx, ms[1].d, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatalf("promotion after the rotation: %v", err)
 	}
