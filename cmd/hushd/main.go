@@ -33,7 +33,7 @@ func run() int {
 	fs.StringVar(&dataDir, "data-dir", dataDir, "directory for the store, keys and node state")
 	fs.StringVar(&socket, "socket", socket, "unix socket to serve the Docker API on (mode 0660)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	advertise := fs.String("advertise-addr", "127.0.0.1", "address this manager is reachable at")
+	advertise := fs.String("advertise-addr", "", "IP address other nodes reach this one at (default: the --listen-addr IP; 127.0.0.1 when that is 0.0.0.0 or not given)")
 	listen := fs.String("listen-addr", "", "host:port of this manager's TLS join/CA service, for other managers to join; etcd's peer port is the next port (default: no TCP port)")
 	engineFlag := fs.String("engine", enginehost.DefaultPath, "the host's Docker Engine: a unix socket path or unix:// URL; \"\" runs secrets only")
 	secretsDir := fs.String("secrets-dir", "", "root of per-task secret tmpfs mounts (default /run/hush/<node ID>)")

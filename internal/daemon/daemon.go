@@ -48,6 +48,8 @@ type Config struct {
 	DataDir string
 	Socket  string
 	// AdvertiseAddr is the address other nodes would reach this one at.
+	// Empty: the listen address's IP when it names one (as Swarm), else
+	// 127.0.0.1 (a node listening on every address, or on none).
 	AdvertiseAddr string
 	// ListenAddr (host:port) is where a manager serves the join/CA service
 	// (TLS); etcd's peer port is the next one. Empty: no TCP port at all,
@@ -87,9 +89,11 @@ type Config struct {
 
 // Daemon is a running hushd.
 type Daemon struct {
-	cfg  Config
-	log  *slog.Logger
-	lock *os.File
+	cfg Config
+	// advGiven: cfg.AdvertiseAddr was given, not defaulted (advertiseFlag).
+	advGiven bool
+	log      *slog.Logger
+	lock     *os.File
 	// store is written only under mu (openStore; at Start before anything
 	// else runs) and read under mu or by goroutines that its swap waits
 	// for (d.bg, the runtime, the join/CA service's handlers). Anything
@@ -282,10 +286,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.AdvertiseAddr == "" {
+	advGiven := cfg.AdvertiseAddr != ""
+	if !advGiven {
 		cfg.AdvertiseAddr = "127.0.0.1"
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive, syncKick: make(chan struct{}, 1)}
+	d := &Daemon{cfg: cfg, advGiven: advGiven, log: cfg.Logger, errc: make(chan error, 2), state: swarm.LocalNodeStateInactive, syncKick: make(chan struct{}, 1)}
 	d.life, d.lifeStop = context.WithCancel(context.Background())
 	d.issueLimit = pki.NewIssueLimiter()
 	if cfg.IssueBurst > 0 {
@@ -314,7 +319,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.plainKey = keyring.FileKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key")}
 	d.lockedKey = keyring.LockedKeyStore{Path: filepath.Join(cfg.DataDir, "keys", "master.key.locked")}
 	d.spec.running = d.loadTuning()
-	if d.listen, err = listenPlanFor(cfg.ListenAddr, "", cfg.AdvertiseAddr); err != nil {
+	if d.listen, err = listenPlanFor(cfg.ListenAddr, "", d.advertiseFlag()); err != nil {
 		return nil, err
 	}
 	if err := d.convergeRoleFiles(); err != nil {

@@ -208,7 +208,7 @@ func (d *Daemon) serveJoin(w http.ResponseWriter, r *http.Request) {
 		writeJoinError(w, errdefs.BadRequest("invalid join request"))
 		return
 	}
-	resp, err := d.admit(r.Context(), &req)
+	resp, err := d.admit(r.Context(), &req, r.RemoteAddr)
 	if err != nil {
 		// The ID is the request's, unchecked yet, from a client without a
 		// certificate: only a bounded prefix is logged.
@@ -237,8 +237,9 @@ const (
 // admit checks a joining node's token (in constant time), certifies its
 // key as a manager, records the node, and adds it as an etcd learner that
 // this manager promotes once it has caught up. Every step is idempotent,
-// so a node whose answer was lost can ask again.
-func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, error) {
+// so a node whose answer was lost can ask again. from is the joiner's
+// connection address.
+func (d *Daemon) admit(ctx context.Context, req *joinRequest, from string) (*joinResponse, error) {
 	if err := d.CheckServing(); err != nil {
 		return nil, err
 	}
@@ -269,6 +270,9 @@ func (d *Daemon) admit(ctx context.Context, req *joinRequest) (*joinResponse, er
 	}
 	if req.PeerURL == "" {
 		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
+	}
+	if err := checkAdvertisedReach(from, d.listen.Advertise, req.PeerURL); err != nil {
+		return nil, err
 	}
 	if err := d.checkJoinerStore(req.External); err != nil {
 		return nil, err
@@ -520,10 +524,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
-	adv := req.AdvertiseAddr
-	if adv == "" {
-		adv = d.cfg.AdvertiseAddr
-	}
+	adv := cmp.Or(req.AdvertiseAddr, d.advertiseFlag())
 	plan, err := listenPlanFor(d.cfg.ListenAddr, req.ListenAddr, adv)
 	if err != nil {
 		return err
@@ -535,6 +536,14 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	remote := req.RemoteAddrs[0]
 	if _, _, err := net.SplitHostPort(remote); err != nil {
 		remote = net.JoinHostPort(remote, "2377")
+	}
+	if rh, _, _ := net.SplitHostPort(remote); plan.enabled() {
+		// Before anything is sent: admitted, such a member would never
+		// be reached by its peers (checkAdvertisedReach on the manager).
+		ah, _, _ := net.SplitHostPort(plan.Advertise)
+		if rip, aip := net.ParseIP(rh), net.ParseIP(ah); rip != nil && !rip.IsLoopback() && aip != nil && aip.IsLoopback() {
+			return errdefs.BadRequest("AdvertiseAddr %s is a loopback address, and the manager at %s is on another host: join with --advertise-addr (or a --listen-addr naming this host's IP)", plan.Advertise, remote)
+		}
 	}
 	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
@@ -554,7 +563,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	}
 	// Without a listen address the node can only be a worker: it sends no
 	// peer URL, and the manager refuses it a manager token by name.
-	peerURL, addr := "", workerAddr(adv)
+	peerURL, addr := "", workerAddr(cmp.Or(adv, d.cfg.AdvertiseAddr))
 	if plan.enabled() {
 		peerURL, _ = plan.peerURLs()
 		addr = plan.Advertise

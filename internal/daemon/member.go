@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -51,6 +52,9 @@ func nextPort(hostPort string) string {
 // listenPlanFor resolves the listen address (the request's, unless it is
 // the CLI's default, else hushd's --listen-addr) and the advertised one
 // (the request's, else hushd's --advertise-addr, with the listen port).
+// An empty advertise takes the listen IP, as Swarm does; only a node
+// listening on every address falls back to 127.0.0.1, and a manager
+// join across hosts then refuses it by name (checkAdvertisedReach).
 func listenPlanFor(flagListen, reqListen, advertise string) (listenPlan, error) {
 	listen := flagListen
 	if reqListen != "" && reqListen != cliDefaultListen {
@@ -78,11 +82,51 @@ func listenPlanFor(flagListen, reqListen, advertise string) (listenPlan, error) 
 	if net.ParseIP(advHost) == nil || net.ParseIP(advHost).IsUnspecified() {
 		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
 			advHost = host
+		} else if advertise == "" {
+			advHost = defaultAdvertise
 		} else {
 			return listenPlan{}, errdefs.BadRequest("advertise address %q must be an IP address", advertise)
 		}
 	}
 	return listenPlan{Listen: net.JoinHostPort(host, port), Advertise: net.JoinHostPort(advHost, port)}, nil
+}
+
+// defaultAdvertise is what a node advertises when neither hushd's
+// --advertise-addr nor the request names an address and its listen
+// address names none either (0.0.0.0): right for a one-host cluster only.
+const defaultAdvertise = "127.0.0.1"
+
+// advertiseFlag is hushd's --advertise-addr as given: "" when it was not,
+// so that listenPlanFor advertises the listen IP instead.
+func (d *Daemon) advertiseFlag() string {
+	if d.advGiven {
+		return d.cfg.AdvertiseAddr
+	}
+	return ""
+}
+
+// checkAdvertisedReach refuses, by name, a manager join between hosts that
+// a loopback address would break: the join would be admitted, and the
+// etcd peers would then dial 127.0.0.1 and wait out the join's time. from
+// is the joiner's connection address as the manager sees it; own is the
+// manager's advertised host:port; peerURL the joiner's advertised peer URL.
+// Within one host (from on loopback) every address is reachable.
+func checkAdvertisedReach(from, own, peerURL string) error {
+	fh, _, err := net.SplitHostPort(from)
+	if ip := net.ParseIP(fh); err != nil || ip == nil || ip.IsLoopback() {
+		return nil
+	}
+	if h, _, err := net.SplitHostPort(own); err == nil {
+		if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+			return errdefs.FailedPrecondition("this manager advertises %s, a loopback address a manager on another host (%s) cannot reach: restart it with --advertise-addr (or a --listen-addr naming its IP)", own, fh)
+		}
+	}
+	if u, err := url.Parse(peerURL); err == nil {
+		if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsLoopback() {
+			return errdefs.BadRequest("the joining node advertises %s, a loopback address, from %s on another host: join with --advertise-addr (or a --listen-addr naming its IP)", u.Host, fh)
+		}
+	}
+	return nil
 }
 
 // useListen makes plan this node's listen and advertised addresses (the

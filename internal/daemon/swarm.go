@@ -363,7 +363,7 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	}
 	// The addresses as ValidateInit resolved them (an interface name
 	// becomes its IP).
-	reqListen, adv := "", d.cfg.AdvertiseAddr
+	reqListen, adv := "", d.advertiseFlag()
 	if strings.TrimPrefix(req.ListenAddr, "tcp://") != cliDefaultListen {
 		reqListen = netw.ListenAddr
 	}
@@ -373,6 +373,11 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	plan, err := listenPlanFor(d.cfg.ListenAddr, reqListen, adv)
 	if err != nil {
 		return "", err
+	}
+	if plan.enabled() {
+		// The cluster records the address the plan advertises (the listen
+		// IP when none was given), not hushd's default.
+		netw.AdvertiseAddr = plan.Advertise
 	}
 	spec := cluster.MergeSpec(cluster.DefaultSpec(), req.Spec)
 	autolock := req.AutoLockManagers || req.Spec.EncryptionConfig.AutoLockManagers

@@ -1,0 +1,110 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// A manager given a listen IP and no advertise address advertises the
+// listen IP, as Swarm does: before, hushd's default 127.0.0.1 was
+// advertised, and a manager on another host was told to dial it.
+func TestAdvertiseDefaultsToListenIP(t *testing.T) {
+	port := strconv.Itoa(freeLoopbackPort(t))
+	listen := net.JoinHostPort("127.0.0.9", port)
+	tests := []struct {
+		name      string
+		cfg       Config
+		init      *swarm.InitRequest
+		wantHost  string
+		wantCAddr string
+	}{
+		{name: "first start from hushd's flags", cfg: Config{ListenAddr: listen}, wantHost: "127.0.0.9"},
+		{name: "docker swarm init --listen-addr", cfg: Config{NoInit: true},
+			init: &swarm.InitRequest{ListenAddr: listen}, wantHost: "127.0.0.9"},
+		{name: "hushd's --advertise-addr still wins", cfg: Config{ListenAddr: listen, AdvertiseAddr: "127.0.0.8"}, wantHost: "127.0.0.8"},
+		{name: "the request's advertise address wins", cfg: Config{NoInit: true, AdvertiseAddr: "127.0.0.8"},
+			init: &swarm.InitRequest{ListenAddr: listen, AdvertiseAddr: "127.0.0.7"}, wantHost: "127.0.0.7"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			cfg.DataDir = t.TempDir()
+			d := startWith(t, cfg)
+			if tc.init != nil {
+				if _, err := d.Init(context.Background(), *tc.init); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := net.JoinHostPort(tc.wantHost, port)
+			if d.listen.Advertise != want {
+				t.Errorf("advertised %q, want %q", d.listen.Advertise, want)
+			}
+			if got := getCluster(t, d).Network.AdvertiseAddr; got != want {
+				t.Errorf("the cluster records %q as the advertise address, want %q", got, want)
+			}
+			list, err := d.store.Members().List(context.Background())
+			if err != nil || len(list) != 1 || list[0].PeerURLs[0] != "https://"+nextPort(want) {
+				t.Errorf("members %+v (%v), want the peer URL https://%s", list, err, nextPort(want))
+			}
+			d.Close()
+		})
+	}
+}
+
+// A manager join between hosts that a loopback address would break is
+// refused by name, on both sides, before anything is admitted.
+func TestCheckAdvertisedReach(t *testing.T) {
+	tests := []struct {
+		name, from, own, peerURL string
+		want                     error
+		text                     string
+	}{
+		{name: "one host: loopback everywhere", from: "127.0.0.1:5000", own: "127.0.0.1:2377", peerURL: "https://127.0.0.1:2378"},
+		{name: "two hosts, real addresses", from: "10.0.0.2:5000", own: "10.0.0.1:2377", peerURL: "https://10.0.0.2:2378"},
+		{name: "this manager advertises loopback", from: "10.0.0.2:5000", own: "127.0.0.1:2377", peerURL: "https://10.0.0.2:2378",
+			want: errdefs.ErrFailedPrecondition, text: "this manager advertises 127.0.0.1:2377"},
+		{name: "the joiner advertises loopback", from: "10.0.0.2:5000", own: "10.0.0.1:2377", peerURL: "https://127.0.0.1:2378",
+			want: errdefs.ErrInvalidArgument, text: "the joining node advertises 127.0.0.1:2378"},
+		{name: "IPv6 loopback", from: "[fd00::2]:5000", own: "[fd00::1]:2377", peerURL: "https://[::1]:2378",
+			want: errdefs.ErrInvalidArgument, text: "[::1]:2378"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkAdvertisedReach(tc.from, tc.own, tc.peerURL)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.text) || !strings.Contains(err.Error(), "--advertise-addr") {
+				t.Fatalf("err = %v, want %v naming %q and --advertise-addr", err, tc.want, tc.text)
+			}
+		})
+	}
+}
+
+// The joining side refuses first, before it sends anything: a manager
+// join that would advertise loopback to a manager on another address.
+// 192.0.2.1 (TEST-NET-1) is never dialled when the refusal holds.
+func TestJoinRefusesLoopbackAcrossHosts(t *testing.T) {
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t)})
+	tok := getCluster(t, m).JoinTokens.Manager
+	j := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	err := j.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{"192.0.2.1:2377"}, JoinToken: tok, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "AdvertiseAddr 127.0.0.1:") || !strings.Contains(err.Error(), "--advertise-addr") {
+		t.Fatalf("join: %v, want a bad request naming the loopback AdvertiseAddr", err)
+	}
+	if j.member != nil || j.state != swarm.LocalNodeStateInactive {
+		t.Fatalf("the refused join changed the node: member %v, state %s", j.member != nil, j.state)
+	}
+}
