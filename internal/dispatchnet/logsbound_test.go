@@ -256,3 +256,64 @@ func TestNodeBoundsLogsAnswer(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling, bounded by ctx
 	}
 }
+
+// TestRelayedLogsBounds: through another manager's relay, a stream that
+// does not follow is cut by the manager holding the node's session and
+// ends cleanly at the asking manager too (exactly the cap); a followed
+// one is ended, and its slot at the holding manager freed, when the
+// asking manager's client goes away.
+func TestRelayedLogsBounds(t *testing.T) {
+	const capBytes = 64 << 10
+	c := newCluster(t)
+	holder := serve(t, c, newFixture(), nil, func(sc *ServerConfig) { sc.LogsMaxBytes = capBytes })
+	n := c.issue(t, pki.RoleWorker)
+	ended := make(chan error, 2)
+	conn, err := NewConnector(ClientConfig{Managers: []string{holder.addr}, TLS: c.params(n, nil).ClientConfig, Logs: endlessNode(false, ended)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, open(t, conn))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := NewRelayer(c.params(c.issue(t, pki.RoleManager), nil).ClientConfig, nil)
+	defer r.Close()
+
+	rc, err := r.Logs(ctx, holder.addr, n.id, "t1", agent.LogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &capWriter{max: 16 * capBytes}
+	_, err = io.Copy(w, rc)
+	rc.Close()
+	if err != nil || w.n != capBytes {
+		t.Fatalf("relayed stream that does not follow: %d bytes, %v; want the cap and a clean end", w.n, err)
+	}
+	select {
+	case <-ended:
+	case <-ctx.Done():
+		t.Fatal("the node's stream went on after the cut")
+	}
+
+	client, hangUp := context.WithCancel(ctx)
+	defer hangUp()
+	rc, err = r.Logs(client, holder.addr, n.id, "t1", agent.LogOptions{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.CopyN(io.Discard, rc, 4*capBytes); err != nil {
+		t.Fatalf("a relayed followed stream ended before four times the cap: %v", err)
+	}
+	hangUp()
+	select {
+	case <-ended:
+	case <-ctx.Done():
+		t.Fatal("the asking client's going away did not end the node's stream")
+	}
+	for pendingLogCount(holder, n.id) != 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the asking client's going away did not free the slot at the manager holding the session")
+		}
+		time.Sleep(10 * time.Millisecond) // polling, bounded by ctx
+	}
+}
