@@ -40,7 +40,7 @@ const (
 	// request: past either the manager ends the stream cleanly (the
 	// client keeps what it got) and frees the slot. A real task's logs
 	// fit with a wide margin: Docker's `local` log driver keeps at most
-	// 5 files of 20 MB (100 MB; json-file is often set to 3 x 10 MB), and
+	// 5 files of 20 MB (100 MB; distributions set json-file to 5 x 10 MB), and
 	// the stream adds 8 bytes of frame and at most ~40 of timestamp per
 	// line, so 1 GiB is 10 times the largest default; 10 minutes moves it
 	// at 1.8 MB/s, 100 MB at 170 KB/s. Docker sets neither bound on its
