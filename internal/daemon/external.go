@@ -371,6 +371,10 @@ func (d *Daemon) leaveExternalManagerLocked(ctx context.Context, force bool) (ha
 		d.removeTaskContainers(ctx)
 	}
 	d.closeStoreLocked()
+	if !last {
+		// The last one's leave goes on with a lone node's, which prunes.
+		d.pruneOwnBridges(ctx)
+	}
 	if err := os.Remove(d.memberPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return true, fmt.Errorf("member state: %w", err)
 	}

@@ -197,6 +197,9 @@ func (d *Daemon) finishLeaveLocked(ctx context.Context) error {
 	// A no-op after Leave's stop; a wait with d.mu released otherwise.
 	d.stopJoinServiceLocked()
 	d.closeStoreLocked()
+	// After the store's close, which stops its networks manager: it
+	// realises every network of the store and would bring them back.
+	d.pruneOwnBridges(ctx)
 	if d.lockedMember != nil {
 		// Its store was a scratch one; the member's data is wiped next.
 		d.lockedMember = nil

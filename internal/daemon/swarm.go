@@ -865,6 +865,9 @@ func (d *Daemon) Leave(ctx context.Context, force bool) error {
 		}
 		return fmt.Errorf("erase cluster state: %w", err)
 	}
+	// Once erased: the networks manager, still running, has no network
+	// left to realise again.
+	d.pruneOwnBridges(ctx)
 	if kr := d.keys.Swap(nil); kr != nil {
 		kr.Destroy()
 	}

@@ -272,6 +272,7 @@ func (d *Daemon) leaveWorkerLocked(ctx context.Context) error {
 	if d.engine != nil {
 		d.removeTaskContainers(ctx)
 	}
+	d.pruneOwnBridges(ctx)
 	if err := os.Remove(d.workerPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("worker state: %w", err)
 	}

@@ -66,6 +66,10 @@ type ClientConfig struct {
 	// (agent.Agent.TaskLogs, which serves only this node's tasks); nil
 	// refuses every request.
 	Logs func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
+	// LogsDeadline bounds how long this node answers a logs request that
+	// does not follow (0: DefaultLogsDeadline plus nodeLogsGrace, so the
+	// manager, which bounds it too, normally ends it first).
+	LogsDeadline time.Duration
 }
 
 // Connector opens dispatcher sessions with the managers; it implements
@@ -104,6 +108,9 @@ func NewConnector(c ClientConfig) (*Connector, error) {
 	}
 	if c.OpenTimeout <= 0 {
 		c.OpenTimeout = defaultOpenTimeout
+	}
+	if c.LogsDeadline <= 0 {
+		c.LogsDeadline = DefaultLogsDeadline + nodeLogsGrace
 	}
 	return &Connector{c: c, log: c.Logger, managers: slices.Clone(c.Managers)}, nil
 }
@@ -208,7 +215,7 @@ func (c *Connector) openAt(ctx context.Context, addr string) (*Session, error) {
 	s := &Session{
 		hc: &http.Client{Transport: tr}, tr: tr, base: "https://" + addr, log: c.log.With("manager", addr),
 		ctx: sctx, cancel: cancel, msgs: make(chan model.Assignments, 1), done: make(chan struct{}),
-		logs: c.c.Logs, logSem: make(chan struct{}, MaxLogStreams),
+		logs: c.c.Logs, logSem: make(chan struct{}, MaxLogStreams), logsDeadline: c.c.LogsDeadline,
 	}
 	// The whole opening is bounded, the dial and TLS handshake included:
 	// a stopped manager's kernel still accepts the connection, and only
@@ -290,6 +297,8 @@ type Session struct {
 	// logs serves logs requests, at most MaxLogStreams at once (logSem).
 	logs   func(ctx context.Context, taskID string, o agent.LogOptions) (io.ReadCloser, error)
 	logSem chan struct{}
+	// logsDeadline bounds the answer to a request that does not follow.
+	logsDeadline time.Duration
 
 	msgs chan model.Assignments
 	done chan struct{} // closed when the stream ended; err says why

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,32 @@ const (
 	MaxLogStreams = 8
 	// logsAnswerTimeout bounds the wait for a node to start answering.
 	logsAnswerTimeout = 30 * time.Second
+
+	// DefaultLogsDeadline and DefaultLogsMaxBytes bound a node's answer to
+	// a logs request that does not follow ("what is there now"), from the
+	// request: past either the manager ends the stream cleanly (the
+	// client keeps what it got) and frees the slot. A real task's logs
+	// fit with a wide margin: Docker's `local` log driver keeps at most
+	// 5 files of 20 MB (100 MB; distributions set json-file to 5 x 10 MB), and
+	// the stream adds 8 bytes of frame and at most ~40 of timestamp per
+	// line, so 1 GiB is 10 times the largest default; 10 minutes moves it
+	// at 1.8 MB/s, 100 MB at 170 KB/s. Docker sets neither bound on its
+	// own `docker logs` (a json-file log without max-size grows without
+	// end: past 1 GiB a remote task's log is cut where a local one is not).
+	DefaultLogsDeadline       = 10 * time.Minute
+	DefaultLogsMaxBytes int64 = 1 << 30
+	// nodeLogsGrace is how much longer than the manager's deadline a node
+	// answers a request that does not follow (the manager counts from its
+	// request, which may wait logsAnswerTimeout for the answer to start):
+	// a manager that never reads nor ends the answer does not hold the
+	// node's slot and engine stream for ever.
+	nodeLogsGrace = logsAnswerTimeout + time.Minute
+)
+
+// The bounds a cut answer names in the manager's log.
+const (
+	boundDeadline = "deadline"
+	boundBytes    = "bytes"
 )
 
 // logsRequest is the body of a logs frame.
@@ -70,6 +97,7 @@ func (h *Handler) Logs(ctx context.Context, node, taskID string, o agent.LogOpti
 	if s == nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoSession, errdefs.Unavailable("node %s holds no dispatcher session with this manager", node))
 	}
+	start := time.Now()
 	id, err := newSessionID()
 	if err != nil {
 		return nil, err
@@ -112,7 +140,18 @@ func (h *Handler) Logs(ctx context.Context, node, taskID string, o agent.LogOpti
 		}
 		// A caller that goes away without closing still ends the stream.
 		stop := context.AfterFunc(ctx, release)
-		return &remoteLogs{body: a.body, release: func() { stop(); release() }}, nil
+		rl := &remoteLogs{body: a.body, release: func() { stop(); release() }}
+		if !o.Follow {
+			rl.limit(h.c.LogsMaxBytes, time.Until(start.Add(h.c.LogsDeadline)), func(bound string) {
+				limit := slog.Duration("limit", h.c.LogsDeadline)
+				if bound == boundBytes {
+					limit = slog.Int64("limit", h.c.LogsMaxBytes)
+				}
+				h.log.Warn("a node's answer to a logs request that does not follow reached its bound: the stream ends there",
+					"node", node, "task", taskID, "bound", bound, limit)
+			})
+		}
+		return rl, nil
 	case <-s.ctx.Done():
 		return fail(noAnswer)
 	case <-ctx.Done():
@@ -128,17 +167,76 @@ type remoteLogs struct {
 	body    io.Reader
 	release func()
 	closed  atomic.Bool
+
+	// The bounds of an answer that does not follow (limited): the bytes
+	// the reader may still take (only Read uses left), and the deadline
+	// (expired once it passed). Past either the answer ends cleanly, and
+	// cut frees the slot at once, not only at the reader's Close.
+	limited bool
+	left    int64
+	expired atomic.Bool
+	timer   *time.Timer
+	cutOnce sync.Once
+	onCut   func(bound string)
+}
+
+// limit bounds the answer to maxBytes and to d from now; onCut is told
+// which bound ended it.
+func (r *remoteLogs) limit(maxBytes int64, d time.Duration, onCut func(bound string)) {
+	r.limited, r.left, r.onCut = true, maxBytes, onCut
+	r.timer = time.AfterFunc(d, func() {
+		if r.closed.Load() {
+			return
+		}
+		r.expired.Store(true)
+		// Ends the node's request: a Read waiting on a trickle returns.
+		r.cut(boundDeadline)
+	})
+}
+
+// cut ends a bounded answer, once: the node's request ends and the slot
+// is free. A Read that sees the bound waits here until both are done.
+func (r *remoteLogs) cut(bound string) {
+	r.cutOnce.Do(func() {
+		r.onCut(bound)
+		r.release()
+	})
 }
 
 func (r *remoteLogs) Read(p []byte) (int, error) {
 	if r.closed.Load() {
 		return 0, io.ErrClosedPipe
 	}
-	return r.body.Read(p)
+	if !r.limited {
+		return r.body.Read(p)
+	}
+	if r.expired.Load() {
+		r.cut(boundDeadline)
+		return 0, io.EOF
+	}
+	if r.left <= 0 {
+		r.cut(boundBytes)
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.body.Read(p)
+	r.left -= int64(n)
+	if err != nil && r.expired.Load() {
+		// The deadline broke the body under this Read: what was read
+		// stays, and the end is clean.
+		r.cut(boundDeadline)
+		return n, io.EOF
+	}
+	return n, err
 }
 
 func (r *remoteLogs) Close() error {
 	if r.closed.CompareAndSwap(false, true) {
+		if r.timer != nil {
+			r.timer.Stop()
+		}
 		r.release()
 	}
 	return nil
@@ -205,25 +303,35 @@ func (s *Session) serveLogs(b []byte) {
 	case s.logSem <- struct{}{}:
 		defer func() { <-s.logSem }()
 	default:
-		s.answerLogs(req.ID, nil, errdefs.Unavailable("this node is already sending %d log streams", MaxLogStreams))
+		s.answerLogs(s.ctx, req.ID, nil, errdefs.Unavailable("this node is already sending %d log streams", MaxLogStreams))
 		return
+	}
+	ctx := s.ctx
+	if !req.Follow {
+		// The manager bounds such an answer too (from its request, hence
+		// the grace here); one that neither reads nor ends it must not
+		// hold this slot and the engine's stream for the session's life.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(s.ctx, s.logsDeadline)
+		defer cancel()
 	}
 	var rc io.ReadCloser
 	err := errdefs.Unavailable("this node serves no logs")
 	if s.logs != nil {
-		rc, err = s.logs(s.ctx, req.TaskID, req.LogOptions)
+		rc, err = s.logs(ctx, req.TaskID, req.LogOptions)
 	}
-	s.answerLogs(req.ID, rc, err)
+	s.answerLogs(ctx, req.ID, rc, err)
 }
 
-// answerLogs posts rc (closed here) or err as the answer to request id.
-func (s *Session) answerLogs(id string, rc io.ReadCloser, err error) {
+// answerLogs posts rc (closed here) or err as the answer to request id,
+// until ctx ends.
+func (s *Session) answerLogs(ctx context.Context, id string, rc io.ReadCloser, err error) {
 	var body io.Reader = rc
 	if err != nil {
 		eb, _ := json.Marshal(toWire(err))
 		body = bytes.NewReader(eb)
 	}
-	req, rerr := http.NewRequestWithContext(s.ctx, http.MethodPost, s.base+pathLogs, body)
+	req, rerr := http.NewRequestWithContext(ctx, http.MethodPost, s.base+pathLogs, body)
 	if rerr != nil {
 		if rc != nil {
 			rc.Close()

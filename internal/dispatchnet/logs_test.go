@@ -166,7 +166,7 @@ func TestLogStreamEndsWithSession(t *testing.T) {
 		}
 	}()
 	lingering := &Session{hc: s.hc, base: s.base, id: s.id, ctx: context.Background(), log: s.log}
-	go lingering.answerLogs(id, pr, nil)
+	go lingering.answerLogs(context.Background(), id, pr, nil)
 	o := <-got
 	if o.err != nil {
 		t.Fatal(o.err)

@@ -148,6 +148,13 @@ type ServerConfig struct {
 	// WriteTimeout bounds one frame's write, and the read of a call's
 	// body and the write of its answer (0: DefaultWriteTimeout).
 	WriteTimeout time.Duration
+	// LogsDeadline and LogsMaxBytes bound a node's answer to a logs
+	// request that does not follow (0: DefaultLogsDeadline and
+	// DefaultLogsMaxBytes): such a request asks for what is there now,
+	// and a node that streams without end must not hold the client and a
+	// log-stream slot for ever.
+	LogsDeadline time.Duration
+	LogsMaxBytes int64
 	Logger       *slog.Logger
 	Now          func() time.Time
 }
@@ -206,6 +213,12 @@ func NewHandler(c ServerConfig) *Handler {
 	}
 	if c.OpenEvery <= 0 {
 		c.OpenEvery = DefaultOpenEvery
+	}
+	if c.LogsDeadline <= 0 {
+		c.LogsDeadline = DefaultLogsDeadline
+	}
+	if c.LogsMaxBytes <= 0 {
+		c.LogsMaxBytes = DefaultLogsMaxBytes
 	}
 	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{},
 		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets}}

@@ -188,6 +188,25 @@ func (r *Realiser) Prune(ctx context.Context, nodeID string, keep map[string]boo
 	return nil
 }
 
+// Realised lists the engine networks node nodeID realised (carrying both
+// labels), as a leaving node reports those a prune had to leave.
+func (r *Realiser) Realised(ctx context.Context, nodeID string) ([]EngineNetwork, error) {
+	if r == nil || r.eng == nil {
+		return nil, nil
+	}
+	have, err := r.eng.ListNetworks(ctx, map[string]string{LabelNodeID: nodeID})
+	if err != nil {
+		return nil, err
+	}
+	out := have[:0]
+	for _, en := range have {
+		if en.Labels[LabelNetworkID] != "" && en.Labels[LabelNodeID] == nodeID {
+			out = append(out, en)
+		}
+	}
+	return out, nil
+}
+
 // suffixedName is the engine name of a hush network whose own name is taken
 // on the engine: recognisable, and unique by the network's ID.
 func suffixedName(name, id string) string {
