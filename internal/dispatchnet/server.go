@@ -105,7 +105,13 @@ type ServerConfig struct {
 	// the certificate may be an old one of a node whose current one is
 	// fine. nil refuses nothing.
 	RefuseManager func(ctx context.Context, nodeID string, leaf *x509.Certificate) error
-	Dispatcher    Opener
+	// RefuseWorker rejects a worker certificate although it verifies, on
+	// every call: one its node's completed promotion superseded (the
+	// daemon keeps which). Like RefuseManager, it ends only a session
+	// opened under that very certificate, not the node's. nil refuses
+	// nothing.
+	RefuseWorker func(ctx context.Context, nodeID string, leaf *x509.Certificate) error
+	Dispatcher   Opener
 	// Heartbeats records heartbeats (nil: not recorded).
 	Heartbeats Heartbeats
 	// Managers lists the managers' dispatcher addresses, sent to a node
@@ -168,8 +174,11 @@ type Handler struct {
 }
 
 type srvSession struct {
-	id     string
-	node   string
+	id   string
+	node string
+	// serial is the certificate's the session was opened under (hex):
+	// refused later, that certificate ends this session (endUnder).
+	serial string
 	ds     agent.Session
 	period time.Duration
 	ctx    context.Context
@@ -267,21 +276,39 @@ func (h *Handler) peer(r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	leaf := r.TLS.VerifiedChains[0][0]
 	if h.c.Refuse != nil {
-		if err := h.c.Refuse(id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
+		if err := h.c.Refuse(id.NodeID, leaf); err != nil {
 			h.end(id.NodeID, "", err)
 			return "", err
 		}
 	}
-	if id.Role == pki.RoleManager && h.c.RefuseManager != nil {
-		// A worker agent calls with a worker certificate; a manager's
-		// is for the relay. Refused without ending the node's session:
-		// it may be an old certificate of a node whose own is fine.
-		if err := h.c.RefuseManager(r.Context(), id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
+	// A worker agent calls with a worker certificate; a manager's is for
+	// the relay. Refused without ending the node's session, unless that
+	// session was opened under this very certificate: it may be an old
+	// certificate of a node whose current one is fine.
+	check := h.c.RefuseWorker
+	if id.Role == pki.RoleManager {
+		check = h.c.RefuseManager
+	}
+	if check != nil {
+		if err := check(r.Context(), id.NodeID, leaf); err != nil {
+			h.endUnder(id.NodeID, leaf, err)
 			return "", err
 		}
 	}
 	return id.NodeID, nil
+}
+
+// endUnder ends node's session if it was opened under leaf.
+func (h *Handler) endUnder(node string, leaf *x509.Certificate, cause error) {
+	serial := leaf.SerialNumber.Text(16)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.sessions[node]; s != nil && s.serial == serial {
+		s.cancel(cause)
+		delete(h.sessions, node)
+	}
 }
 
 func (h *Handler) period() time.Duration {
@@ -368,8 +395,8 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	period := h.period()
-	s := &srvSession{id: sid, node: node, ds: ds, period: period, ctx: ctx, cancel: cancel,
-		ctl: make(chan []byte), logs: map[string]*pendingLogs{}}
+	s := &srvSession{id: sid, node: node, serial: r.TLS.VerifiedChains[0][0].SerialNumber.Text(16), ds: ds, period: period,
+		ctx: ctx, cancel: cancel, ctl: make(chan []byte), logs: map[string]*pendingLogs{}}
 	s.watch = time.AfterFunc(graceBeats*period, func() { h.end(node, sid, errMissed) })
 	defer s.watch.Stop()
 	h.mu.Lock()
