@@ -168,6 +168,7 @@ type Handler struct {
 	mux *http.ServeMux
 
 	opens *openLimiter
+	conns *connLimiter
 
 	mu       sync.Mutex
 	sessions map[string]*srvSession // by node ID: one per node
@@ -217,7 +218,8 @@ func NewHandler(c ServerConfig) *Handler {
 		c.OpenEvery = DefaultOpenEvery
 	}
 	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{},
-		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets}}
+		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets},
+		conns: newConnLimiter(c.ClusterID, c.Logger)}
 	h.mux.HandleFunc("POST "+pathSession, h.serveSession)
 	h.mux.HandleFunc("POST "+pathHeartbeat, h.call(maxCallBody, h.heartbeat))
 	h.mux.HandleFunc("POST "+pathTask, h.call(maxCallBody, h.task))
@@ -233,20 +235,32 @@ func NewHandler(c ServerConfig) *Handler {
 
 // NewServer returns an HTTP/2-only server for h under tlsCfg (from
 // pki.TLSParams.ServerConfig), with its own bounds on headers, idle
-// connections and concurrent streams. Serve it with ServeTLS(ln, "", "").
+// connections, concurrent streams, and connections per node
+// (MaxConnsPerWorker, MaxConnsPerManager). Serve it with ServeTLS(ln,
+// "", "").
 func NewServer(h *Handler, tlsCfg *tls.Config) *http.Server {
 	cfg := tlsCfg.Clone()
-	if get := cfg.GetConfigForClient; get != nil {
-		// pki builds a config per handshake; ALPN must be in that one.
-		cfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
-			c, err := get(hi)
-			if c != nil {
-				c.NextProtos = []string{"h2"}
-			}
-			return c, err
-		}
-	}
 	cfg.NextProtos = []string{"h2"}
+	static := cfg.Clone()
+	static.GetConfigForClient = nil
+	get := cfg.GetConfigForClient
+	// pki builds a config per handshake; ALPN and the count of the
+	// node's connections must be in that one.
+	cfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		c := static
+		if get != nil {
+			gc, err := get(hi)
+			if err != nil {
+				return nil, err
+			}
+			if gc != nil {
+				c = gc
+			}
+		}
+		c = h.conns.guard(c, hi.Conn)
+		c.NextProtos = []string{"h2"}
+		return c, nil
+	}
 	var p http.Protocols
 	p.SetHTTP2(true)
 	return &http.Server{
@@ -258,6 +272,7 @@ func NewServer(h *Handler, tlsCfg *tls.Config) *http.Server {
 		IdleTimeout:       2 * time.Minute,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 32, MaxReceiveBufferPerStream: 256 << 10},
 		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+		ConnState:         h.conns.connState,
 	}
 }
 
