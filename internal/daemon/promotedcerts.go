@@ -29,7 +29,7 @@ import (
 // held before the promotion stays refused.
 
 // heldRefresh is how stale the cached held manager certificates may be:
-// the dispatcher checks every call, so the table is read at most once a
+// the dispatcher checks every call, so they are read at most once a
 // second (as the roots and the removed nodes are), one read at a time.
 const heldRefresh = time.Second
 
@@ -38,31 +38,52 @@ const heldRefresh = time.Second
 type heldCache struct {
 	mu   sync.Mutex
 	read time.Time
-	m    map[string]time.Time
+	m    map[string]heldNode
 }
 
-// heldManagerCerts maps each node that has taken a manager certificate
-// into use to the NotBefore of the latest such certificate recorded.
-func heldManagerCerts(ctx context.Context, st *store.Store) (map[string]time.Time, error) {
+// heldNode is what refuses a promoted node's older worker certificates:
+// the NotBefore of the latest manager certificate it has taken into use,
+// and the key its record says its latest certificate was issued for.
+type heldNode struct {
+	at    time.Time
+	keyFP string
+}
+
+// heldManagerCerts reads, for each node that has taken a manager
+// certificate into use, its heldNode. The node records read are those of
+// nodes with a held record: the managers, and nodes demoted within a
+// certificate's life.
+func heldManagerCerts(ctx context.Context, st *store.Store) (map[string]heldNode, error) {
 	objs, err := st.Table(managerCertsTable).List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	m := map[string]time.Time{}
+	m := map[string]heldNode{}
 	for _, o := range objs {
 		var r managerCertRecord
 		if json.Unmarshal(o.Value, &r) != nil || !r.Held || r.Node == "" {
 			continue
 		}
-		if r.NotBefore.After(m[r.Node]) {
-			m[r.Node] = r.NotBefore
+		if h := m[r.Node]; r.NotBefore.After(h.at) {
+			m[r.Node] = heldNode{at: r.NotBefore}
 		}
+	}
+	for id, h := range m {
+		n, err := nodes.Get(ctx, st, id)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		h.keyFP = n.KeyFP
+		m[id] = h
 	}
 	return m, nil
 }
 
-// heldSince is heldManagerCerts' time for nodeID, from the cache.
-func (d *Daemon) heldSince(nodeID string) (time.Time, bool) {
+// heldSince is heldManagerCerts' entry for nodeID, from the cache.
+func (d *Daemon) heldSince(nodeID string) (heldNode, bool) {
 	c := &d.held
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -77,22 +98,23 @@ func (d *Daemon) heldSince(nodeID string) (time.Time, bool) {
 		}
 		c.read = time.Now()
 	}
-	at, ok := c.m[nodeID]
-	return at, ok
+	h, ok := c.m[nodeID]
+	return h, ok
 }
 
 // refuseWorkerCert is the dispatcher's check of a worker certificate
-// (dispatchnet.ServerConfig.RefuseWorker), on every call made under one.
-func (d *Daemon) refuseWorkerCert(ctx context.Context, nodeID string, leaf *x509.Certificate) error {
-	held, ok := d.heldSince(nodeID)
+// (dispatchnet.ServerConfig.RefuseWorker), on every call made under one:
+// a lookup in the cache.
+func (d *Daemon) refuseWorkerCert(_ context.Context, nodeID string, leaf *x509.Certificate) error {
+	h, ok := d.heldSince(nodeID)
 	if !ok {
 		return nil
 	}
-	return supersededWorkerCert(ctx, d.curStore(), nodeID, leaf, held)
+	return supersededWorkerCert(nodeID, leaf, h)
 }
 
 // supersededByPromotion is the join/CA service's check of a worker
-// certificate. A request with a CSR reads the table itself rather than
+// certificate. A request with a CSR reads the store itself rather than
 // the cache: a promotion completed within the cache's second would
 // otherwise buy the old certificate's holder a manager certificate (the
 // promotion's answer again).
@@ -100,46 +122,36 @@ func (d *Daemon) supersededByPromotion(ctx context.Context, id pki.Identity, lea
 	if id.Role != pki.RoleWorker {
 		return nil
 	}
-	var held time.Time
+	var h heldNode
 	var ok bool
 	if fresh {
 		m, err := heldManagerCerts(ctx, d.store)
 		if err != nil {
 			return err
 		}
-		held, ok = m[id.NodeID]
+		h, ok = m[id.NodeID]
 	} else {
-		held, ok = d.heldSince(id.NodeID)
+		h, ok = d.heldSince(id.NodeID)
 	}
 	if !ok {
 		return nil
 	}
-	return supersededWorkerCert(ctx, d.store, id.NodeID, leaf, held)
+	return supersededWorkerCert(id.NodeID, leaf, h)
 }
 
 // supersededWorkerCert refuses leaf, a worker certificate of nodeID, when
-// it was issued before held, the NotBefore of the latest manager
-// certificate nodeID has taken into use. Both times are whole seconds: in
-// the same second the node's current worker certificate (issued by its
-// demotion) is the one whose key its record holds (keyFP), so the record
-// is read for that case only.
-func supersededWorkerCert(ctx context.Context, st *store.Store, nodeID string, leaf *x509.Certificate, held time.Time) error {
-	issued := leaf.NotBefore.UTC().Truncate(time.Second)
-	held = held.UTC().Truncate(time.Second)
-	if issued.After(held) {
+// it was issued before (or in the same second as: whole seconds) the
+// latest manager certificate nodeID has taken into use, unless its key is
+// the one the node's record holds: that is the node's current worker
+// certificate (a demotion certifies a fresh key and records it), issued
+// before by the clock only because the managers' clocks differ, or in
+// the same second.
+func supersededWorkerCert(nodeID string, leaf *x509.Certificate, h heldNode) error {
+	if leaf.NotBefore.UTC().Truncate(time.Second).After(h.at.UTC().Truncate(time.Second)) {
 		return nil
 	}
-	if issued.Equal(held) {
-		n, err := nodes.Get(ctx, st, nodeID)
-		if errors.Is(err, store.ErrNotFound) {
-			return errdefs.Unauthorized("node %s is not part of this swarm", nodeID)
-		}
-		if err != nil {
-			return err
-		}
-		if n.KeyFP == keyFP(leaf) {
-			return nil
-		}
+	if h.keyFP != "" && h.keyFP == keyFP(leaf) {
+		return nil
 	}
 	return errdefs.Unauthorized("node %s's worker certificate (serial %s) was superseded by its promotion: the node holds a manager certificate since", nodeID, leaf.SerialNumber.Text(16))
 }

@@ -23,7 +23,8 @@ import (
 // complete. Until then (the manager certificate issued but its answer
 // lost, or the node still starting its member) it is served, so that the
 // node can ask again; a worker certificate issued after (the node demoted
-// again) is served; in the same second the record's key tells the
+// again) is served, also when it looks older by the clock (managers'
+// clocks differ) or is of the same second: the record's key tells the
 // node's current certificate. The dispatcher's check (cached) and the
 // join/CA service's (read afresh for a CSR) agree.
 func TestWorkerCertSupersededByPromotion(t *testing.T) {
@@ -53,6 +54,8 @@ func TestWorkerCertSupersededByPromotion(t *testing.T) {
 		{name: "another node's promotion", recs: []rec{{other, 10, true, false}}, issued: 0},
 		{name: "same second, the record's key", recs: []rec{{node, 10, true, false}}, issued: 10, keyFP: "own"},
 		{name: "same second, another key", recs: []rec{{node, 10, true, false}}, issued: 10, keyFP: "other", refused: true},
+		{name: "demoted again through a manager whose clock is behind", recs: []rec{{node, 10, true, true}}, issued: 5, keyFP: "own"},
+		{name: "node record gone", recs: []rec{{node, 10, true, false}}, issued: 0, keyFP: "none", refused: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			st := storetest.New(t)
@@ -63,8 +66,10 @@ func TestWorkerCertSupersededByPromotion(t *testing.T) {
 			if fp == "own" {
 				fp = keyFP(leaf)
 			}
-			if _, err := nodes.Record(ctx, st, nodes.Node{ID: node, Spec: swarm.NodeSpec{Role: swarm.NodeRoleManager}, KeyFP: fp}); err != nil {
-				t.Fatal(err)
+			if fp != "none" {
+				if _, err := nodes.Record(ctx, st, nodes.Node{ID: node, Spec: swarm.NodeSpec{Role: swarm.NodeRoleManager}, KeyFP: fp}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			for i, r := range tt.recs {
 				val, _ := json.Marshal(managerCertRecord{Node: r.node, NotBefore: at(r.notBefore), NotAfter: at(r.notBefore).Add(90 * 24 * time.Hour), Held: r.held, Demoted: r.demoted})
