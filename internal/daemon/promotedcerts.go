@@ -43,10 +43,13 @@ type heldCache struct {
 
 // heldNode is what refuses a promoted node's older worker certificates:
 // the NotBefore of the latest manager certificate it has taken into use,
-// and the key its record says its latest certificate was issued for.
+// whether one it holds is not revoked by a demotion (it is a manager
+// now), and the key its record says its latest certificate was issued
+// for.
 type heldNode struct {
-	at    time.Time
-	keyFP string
+	at     time.Time
+	active bool
+	keyFP  string
 }
 
 // heldManagerCerts reads, for each node that has taken a manager
@@ -64,9 +67,12 @@ func heldManagerCerts(ctx context.Context, st *store.Store) (map[string]heldNode
 		if json.Unmarshal(o.Value, &r) != nil || !r.Held || r.Node == "" {
 			continue
 		}
-		if h := m[r.Node]; r.NotBefore.After(h.at) {
-			m[r.Node] = heldNode{at: r.NotBefore}
+		h := m[r.Node]
+		if r.NotBefore.After(h.at) {
+			h.at = r.NotBefore
 		}
+		h.active = h.active || !r.Demoted
+		m[r.Node] = h
 	}
 	for id, h := range m {
 		n, err := nodes.Get(ctx, st, id)
@@ -139,18 +145,21 @@ func (d *Daemon) supersededByPromotion(ctx context.Context, id pki.Identity, lea
 	return supersededWorkerCert(id.NodeID, leaf, h)
 }
 
-// supersededWorkerCert refuses leaf, a worker certificate of nodeID, when
-// it was issued before (or in the same second as: whole seconds) the
-// latest manager certificate nodeID has taken into use, unless its key is
-// the one the node's record holds: that is the node's current worker
-// certificate (a demotion certifies a fresh key and records it), issued
-// before by the clock only because the managers' clocks differ, or in
-// the same second.
+// supersededWorkerCert refuses leaf, a worker certificate of nodeID,
+// unless its key is the one the node's record holds: that is the node's
+// current worker certificate (a demotion certifies a fresh key and
+// records it), whatever the managers' clocks say. Any other is refused
+// while the node is a manager under a held certificate, and after its
+// demotion when it was issued before (or in the same second as: whole
+// seconds) the latest manager certificate the node held. A worker
+// certificate issued after that, under another key, is a promotion
+// again asking (and asking again, its answer lost) under the worker
+// certificate the demotion gave.
 func supersededWorkerCert(nodeID string, leaf *x509.Certificate, h heldNode) error {
-	if leaf.NotBefore.UTC().Truncate(time.Second).After(h.at.UTC().Truncate(time.Second)) {
+	if h.keyFP != "" && h.keyFP == keyFP(leaf) {
 		return nil
 	}
-	if h.keyFP != "" && h.keyFP == keyFP(leaf) {
+	if !h.active && leaf.NotBefore.UTC().Truncate(time.Second).After(h.at.UTC().Truncate(time.Second)) {
 		return nil
 	}
 	return errdefs.Unauthorized("node %s's worker certificate (serial %s) was superseded by its promotion: the node holds a manager certificate since", nodeID, leaf.SerialNumber.Text(16))
