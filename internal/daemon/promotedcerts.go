@@ -25,7 +25,9 @@ import (
 // their secrets, status, logs) and by the join/CA service (a renewal, a
 // promotion again, a role query): it is the demotion's rule
 // (revokedByDemotion, refuseManagerCert) the other way round. A worker
-// certificate issued after (the node demoted again) is served; the one
+// certificate issued after (the node demoted again) is served, and so is
+// always the one whose key the node record holds (a demotion certifies a
+// fresh key and records it, whatever the managers' clocks say); the one
 // held before the promotion stays refused.
 
 // heldRefresh is how stale the cached held manager certificates may be:
