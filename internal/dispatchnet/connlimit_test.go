@@ -131,3 +131,23 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A connection whose node went away without closing it (no FIN: a host
+// cut off) gives its place back once it fails to answer the server's
+// ping, not when the idle timeout ends it minutes later: such
+// connections would otherwise fill a reconnecting node's bound.
+func TestSilentConnectionReleased(t *testing.T) {
+	c := newCluster(t)
+	m := serve(t, c, newFixture(), nil, func(sc *ServerConfig) { sc.PingEvery = 100 * time.Millisecond })
+	n := c.issue(t, pki.RoleWorker)
+	conn, ok := dialServed(t, c, n, m.addr)
+	if !ok {
+		t.Fatal("connection refused")
+	}
+	defer conn.Close()
+	if got := m.h.conns.count(n.id); got != 1 {
+		t.Fatalf("%d connections counted, want 1", got)
+	}
+	// The client reads nothing more and answers no ping.
+	waitFor(t, "the silent connection is released", func() bool { return m.h.conns.count(n.id) == 0 })
+}

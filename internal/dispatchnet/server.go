@@ -63,6 +63,9 @@ const (
 	// (ServerConfig.OpenBurst).
 	DefaultOpenBurst = 10
 	DefaultOpenEvery = time.Second
+	// DefaultPingEvery is ServerConfig.PingEvery's default: three of
+	// Swarm's heartbeat periods.
+	DefaultPingEvery = 15 * time.Second
 )
 
 // Heartbeats records when a node was last heard from; the liveness logic
@@ -154,8 +157,16 @@ type ServerConfig struct {
 	// WriteTimeout bounds one frame's write, and the read of a call's
 	// body and the write of its answer (0: DefaultWriteTimeout).
 	WriteTimeout time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// PingEvery is how long a connection may go without a frame from
+	// its node before the server pings it; a ping not answered within as
+	// long closes it (0: DefaultPingEvery). A node gone without closing
+	// its connection (a host cut off) otherwise held it, and its place
+	// under MaxConnsPerWorker, until the idle timeout after its last
+	// stream's write deadline: minutes. A live session sends a heartbeat
+	// every period, so it is not pinged.
+	PingEvery time.Duration
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // Handler serves dispatcher sessions to remote nodes. It must be served
@@ -217,6 +228,9 @@ func NewHandler(c ServerConfig) *Handler {
 	if c.OpenEvery <= 0 {
 		c.OpenEvery = DefaultOpenEvery
 	}
+	if c.PingEvery <= 0 {
+		c.PingEvery = DefaultPingEvery
+	}
 	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{},
 		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets},
 		conns: newConnLimiter(c.ClusterID, c.Logger)}
@@ -270,9 +284,10 @@ func NewServer(h *Handler, tlsCfg *tls.Config) *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       2 * time.Minute,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 32, MaxReceiveBufferPerStream: 256 << 10},
-		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
-		ConnState:         h.conns.connState,
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 32, MaxReceiveBufferPerStream: 256 << 10,
+			SendPingTimeout: h.c.PingEvery, PingTimeout: h.c.PingEvery},
+		ErrorLog:  slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+		ConnState: h.conns.connState,
 	}
 }
 
