@@ -43,6 +43,14 @@ type managerCertRecord struct {
 	// demotion: it stays refused by serial when the node is promoted
 	// again, whose new manager certificate is another serial.
 	Demoted bool `json:"demoted,omitempty"`
+	// Held marks a certificate its node has taken into use as a manager:
+	// recorded by that node itself once it is active under it
+	// (keepEtcdCRL). From then on the worker certificates the node was
+	// issued before it are refused (refuseWorkerCert): its promotion is
+	// complete. A promotion's certificate not held yet (its answer lost,
+	// the node still starting its member) refuses nothing, since the
+	// node asks again under its worker certificate.
+	Held bool `json:"held,omitempty"`
 }
 
 // Upkeep of the table, per pass of keepEtcdCRL. A record is pruned once
@@ -73,6 +81,38 @@ func recordManagerCert(ctx context.Context, st *store.Store, nodeID string, leaf
 	if errors.Is(err, store.ErrNameTaken) {
 		return nil
 	}
+	return err
+}
+
+// recordHeldCert records leaf as the manager certificate nodeID holds and
+// is active under: created held, or its record (made at its issue, or
+// before Held was kept) marked held. A record changed meanwhile is left
+// to the caller's next pass.
+func recordHeldCert(ctx context.Context, st *store.Store, nodeID string, leaf *x509.Certificate) error {
+	t := st.Table(managerCertsTable)
+	serial := leaf.SerialNumber.Text(16)
+	val, _ := json.Marshal(managerCertRecord{Node: nodeID, NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), Held: true})
+	_, err := t.Create(ctx, serial, "", val)
+	if !errors.Is(err, store.ErrNameTaken) {
+		return err
+	}
+	o, err := t.Get(ctx, serial)
+	if err != nil {
+		return err
+	}
+	var r managerCertRecord
+	if err := json.Unmarshal(o.Value, &r); err != nil {
+		return fmt.Errorf("manager certificate record %s: %w", serial, err)
+	}
+	if r.Node != nodeID {
+		return fmt.Errorf("manager certificate record %s names node %s, not this one", serial, r.Node)
+	}
+	if r.Held {
+		return nil
+	}
+	r.Held = true
+	val, _ = json.Marshal(r)
+	_, err = t.Update(ctx, o.ID, o.ModRev, val)
 	return err
 }
 
@@ -311,7 +351,7 @@ func refusedManagerSerials(ctx context.Context, st *store.Store, now time.Time) 
 }
 
 // keepEtcdCRL runs while this manager is active: it records the
-// certificate it holds, tends the records (tendManagerCerts), and sets
+// certificate it holds (held: recordHeldCert), tends the records (tendManagerCerts), and sets
 // its member's revocation list whenever the refused serials change. On
 // the user's etcd there is no list to set (its TLS is the user's, hush
 // runs no member: SetCRL would fail every period), but the records are
@@ -330,7 +370,9 @@ func (d *Daemon) keepEtcdCRL(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if c := d.cert.Load(); c != nil && c.Leaf != nil && c.Leaf != recorded && certRole(c.Leaf) == pki.RoleManager {
-			if err := recordManagerCert(ctx, d.store, d.nodeID, c.Leaf); err == nil {
+			// Held: this node is active under it, so the worker
+			// certificates it held before are refused from now on.
+			if err := recordHeldCert(ctx, d.store, d.nodeID, c.Leaf); err == nil {
 				recorded = c.Leaf
 			}
 		}

@@ -211,6 +211,9 @@ type Daemon struct {
 	// dispatcher serves its tasks' logs to other managers from it.
 	localAgent atomic.Pointer[agent.Agent]
 	removed    removedCache
+	// held caches which nodes have taken a manager certificate into use
+	// (promotedcerts.go): their older worker certificates are refused.
+	held heldCache
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
 	// life ends as Close begins, before Close takes mu: the runtime's

@@ -141,7 +141,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
 		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
-		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, Vouching: vouching, AwaitReady: awaitReady,
+		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, RefuseWorker: d.refuseWorkerCert, Vouching: vouching, AwaitReady: awaitReady,
 		LocalNode: d.nodeID, LocalLogs: d.localTaskLogs,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)

@@ -305,6 +305,12 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 	if err := d.revokedByDemotion(ctx, id, presented, n); err != nil {
 		return nil, err
 	}
+	// And the other way round: a worker certificate its node's completed
+	// promotion superseded renews nothing, nor promotes it again
+	// (promotedcerts.go).
+	if err := d.supersededByPromotion(ctx, id, presented, len(req.CSR) > 0); err != nil {
+		return nil, err
+	}
 	mgrs, err := d.managerAddrs(ctx)
 	if err != nil {
 		return nil, err

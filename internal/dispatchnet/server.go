@@ -63,6 +63,9 @@ const (
 	// (ServerConfig.OpenBurst).
 	DefaultOpenBurst = 10
 	DefaultOpenEvery = time.Second
+	// DefaultPingEvery is ServerConfig.PingEvery's default: three of
+	// Swarm's heartbeat periods.
+	DefaultPingEvery = 15 * time.Second
 )
 
 // Heartbeats records when a node was last heard from; the liveness logic
@@ -105,7 +108,13 @@ type ServerConfig struct {
 	// the certificate may be an old one of a node whose current one is
 	// fine. nil refuses nothing.
 	RefuseManager func(ctx context.Context, nodeID string, leaf *x509.Certificate) error
-	Dispatcher    Opener
+	// RefuseWorker rejects a worker certificate although it verifies, on
+	// every call: one its node's completed promotion superseded (the
+	// daemon keeps which). Like RefuseManager, it ends only a session
+	// opened under that very certificate, not the node's. nil refuses
+	// nothing.
+	RefuseWorker func(ctx context.Context, nodeID string, leaf *x509.Certificate) error
+	Dispatcher   Opener
 	// Heartbeats records heartbeats (nil: not recorded).
 	Heartbeats Heartbeats
 	// Managers lists the managers' dispatcher addresses, sent to a node
@@ -155,8 +164,16 @@ type ServerConfig struct {
 	// log-stream slot for ever.
 	LogsDeadline time.Duration
 	LogsMaxBytes int64
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// PingEvery is how long a connection may go without a frame from
+	// its node before the server pings it; a ping not answered within as
+	// long closes it (0: DefaultPingEvery). A node gone without closing
+	// its connection (a host cut off) otherwise held it, and its place
+	// under MaxConnsPerWorker, until the idle timeout after its last
+	// stream's write deadline: minutes. A live session sends a heartbeat
+	// every period, so it is not pinged.
+	PingEvery time.Duration
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // Handler serves dispatcher sessions to remote nodes. It must be served
@@ -169,14 +186,18 @@ type Handler struct {
 	mux *http.ServeMux
 
 	opens *openLimiter
+	conns *connLimiter
 
 	mu       sync.Mutex
 	sessions map[string]*srvSession // by node ID: one per node
 }
 
 type srvSession struct {
-	id     string
-	node   string
+	id   string
+	node string
+	// serial is the certificate's the session was opened under (hex):
+	// refused later, that certificate ends this session (endUnder).
+	serial string
 	ds     agent.Session
 	period time.Duration
 	ctx    context.Context
@@ -220,8 +241,12 @@ func NewHandler(c ServerConfig) *Handler {
 	if c.LogsMaxBytes <= 0 {
 		c.LogsMaxBytes = DefaultLogsMaxBytes
 	}
+	if c.PingEvery <= 0 {
+		c.PingEvery = DefaultPingEvery
+	}
 	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{},
-		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets}}
+		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets},
+		conns: newConnLimiter(c.ClusterID, c.Logger)}
 	h.mux.HandleFunc("POST "+pathSession, h.serveSession)
 	h.mux.HandleFunc("POST "+pathHeartbeat, h.call(maxCallBody, h.heartbeat))
 	h.mux.HandleFunc("POST "+pathTask, h.call(maxCallBody, h.task))
@@ -237,20 +262,32 @@ func NewHandler(c ServerConfig) *Handler {
 
 // NewServer returns an HTTP/2-only server for h under tlsCfg (from
 // pki.TLSParams.ServerConfig), with its own bounds on headers, idle
-// connections and concurrent streams. Serve it with ServeTLS(ln, "", "").
+// connections, concurrent streams, and connections per node
+// (MaxConnsPerWorker, MaxConnsPerManager). Serve it with ServeTLS(ln,
+// "", "").
 func NewServer(h *Handler, tlsCfg *tls.Config) *http.Server {
 	cfg := tlsCfg.Clone()
-	if get := cfg.GetConfigForClient; get != nil {
-		// pki builds a config per handshake; ALPN must be in that one.
-		cfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
-			c, err := get(hi)
-			if c != nil {
-				c.NextProtos = []string{"h2"}
-			}
-			return c, err
-		}
-	}
 	cfg.NextProtos = []string{"h2"}
+	static := cfg.Clone()
+	static.GetConfigForClient = nil
+	get := cfg.GetConfigForClient
+	// pki builds a config per handshake; ALPN and the count of the
+	// node's connections must be in that one.
+	cfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		c := static
+		if get != nil {
+			gc, err := get(hi)
+			if err != nil {
+				return nil, err
+			}
+			if gc != nil {
+				c = gc
+			}
+		}
+		c = h.conns.guard(c, hi.Conn)
+		c.NextProtos = []string{"h2"}
+		return c, nil
+	}
 	var p http.Protocols
 	p.SetHTTP2(true)
 	return &http.Server{
@@ -260,8 +297,10 @@ func NewServer(h *Handler, tlsCfg *tls.Config) *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       2 * time.Minute,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 32, MaxReceiveBufferPerStream: 256 << 10},
-		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 32, MaxReceiveBufferPerStream: 256 << 10,
+			SendPingTimeout: h.c.PingEvery, PingTimeout: h.c.PingEvery},
+		ErrorLog:  slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+		ConnState: h.conns.connState,
 	}
 }
 
@@ -280,21 +319,39 @@ func (h *Handler) peer(r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	leaf := r.TLS.VerifiedChains[0][0]
 	if h.c.Refuse != nil {
-		if err := h.c.Refuse(id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
+		if err := h.c.Refuse(id.NodeID, leaf); err != nil {
 			h.end(id.NodeID, "", err)
 			return "", err
 		}
 	}
-	if id.Role == pki.RoleManager && h.c.RefuseManager != nil {
-		// A worker agent calls with a worker certificate; a manager's
-		// is for the relay. Refused without ending the node's session:
-		// it may be an old certificate of a node whose own is fine.
-		if err := h.c.RefuseManager(r.Context(), id.NodeID, r.TLS.VerifiedChains[0][0]); err != nil {
+	// A worker agent calls with a worker certificate; a manager's is for
+	// the relay. Refused without ending the node's session, unless that
+	// session was opened under this very certificate: it may be an old
+	// certificate of a node whose current one is fine.
+	check := h.c.RefuseWorker
+	if id.Role == pki.RoleManager {
+		check = h.c.RefuseManager
+	}
+	if check != nil {
+		if err := check(r.Context(), id.NodeID, leaf); err != nil {
+			h.endUnder(id.NodeID, leaf, err)
 			return "", err
 		}
 	}
 	return id.NodeID, nil
+}
+
+// endUnder ends node's session if it was opened under leaf.
+func (h *Handler) endUnder(node string, leaf *x509.Certificate, cause error) {
+	serial := leaf.SerialNumber.Text(16)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.sessions[node]; s != nil && s.serial == serial {
+		s.cancel(cause)
+		delete(h.sessions, node)
+	}
 }
 
 func (h *Handler) period() time.Duration {
@@ -381,8 +438,8 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	period := h.period()
-	s := &srvSession{id: sid, node: node, ds: ds, period: period, ctx: ctx, cancel: cancel,
-		ctl: make(chan []byte), logs: map[string]*pendingLogs{}}
+	s := &srvSession{id: sid, node: node, serial: r.TLS.VerifiedChains[0][0].SerialNumber.Text(16), ds: ds, period: period,
+		ctx: ctx, cancel: cancel, ctl: make(chan []byte), logs: map[string]*pendingLogs{}}
 	s.watch = time.AfterFunc(graceBeats*period, func() { h.end(node, sid, errMissed) })
 	defer s.watch.Stop()
 	h.mu.Lock()
