@@ -144,6 +144,12 @@ func OpenEmbedded(ctx context.Context, c EmbeddedConfig) (*Store, error) {
 		}
 	}
 	c.Tuning.apply(cfg)
+	if c.Member != nil {
+		// etcd reads its timing at start only: the line says what this
+		// run of the member keeps until the next.
+		c.Logger.Info("etcd member raft timing", "heartbeat", time.Duration(cfg.TickMs)*time.Millisecond,
+			"electionTimeout", time.Duration(cfg.ElectionMs)*time.Millisecond)
+	}
 
 	e, err := startEtcd(ctx, cfg, c.StartTimeout)
 	if err != nil {

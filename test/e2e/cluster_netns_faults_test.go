@@ -133,6 +133,7 @@ func testLabRestartAll(t *testing.T, c *labCluster) {
 		c.byName[n].waitReady()
 	}
 	c.waitHealthy(t)
+	c.checkRaftTiming(t)
 	for i, m := range c.managers {
 		if got := labObjects(m); !slices.Equal(got, want) {
 			t.Errorf("objects on m%d after the restart:\n%s\nbefore:\n%s", i+1, strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -143,6 +144,30 @@ func testLabRestartAll(t *testing.T, c *labCluster) {
 			"--filter", "label=com.docker.swarm.node.id="+c.ids["w1"])
 		return strings.TrimSpace(out) != ""
 	})
+	// The values survived too: hush, as Swarm, never returns a secret's
+	// data over the API, so a task started after the restart reads them
+	// (one already running could still read its tmpfs from before).
+	svc2 := "all-svc2-" + sfx
+	t.Cleanup(func() {
+		_, _, _ = c.managers[0].Docker("service", "rm", svc2)
+		waitFor(t, 60*time.Second, "the second service's containers gone", func() bool {
+			return strings.TrimSpace(c.managers[0].MustDocker("ps", "-aq", "--filter", "label=com.docker.swarm.service.name="+svc2)) == ""
+		})
+	})
+	c.managers[1].MustDocker("service", "create", "-d", "--name", svc2, "--secret", sec, "--config", cfg,
+		"--constraint", "node.role==worker", "--stop-grace-period", "1s", img, "sleep", "3600")
+	var ctr string
+	waitFor(t, 90*time.Second, "the second service's task running on the worker", func() bool {
+		ctr = strings.TrimSpace(m1.MustDocker("ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc2,
+			"--filter", "label=com.docker.swarm.node.id="+c.ids["w1"]))
+		return ctr != "" && !strings.Contains(ctr, "\n")
+	})
+	if got := m1.MustDocker("exec", ctr, "cat", "/run/secrets/"+sec); got != "secret-"+sfx {
+		t.Errorf("a task started after the restart reads %d byte(s) from its secret, not the value it was created with", len(got))
+	}
+	if got := m1.MustDocker("exec", ctr, "cat", "/"+cfg); got != "config-"+sfx {
+		t.Errorf("a task started after the restart reads %q from its config, want %q", got, "config-"+sfx)
+	}
 }
 
 // A worker cut off from every manager is marked Down on every manager,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -48,6 +49,25 @@ func testLabWorkerSecrets(t *testing.T, c *labCluster) {
 	}
 	pcap := stop()
 
+	// At rest and in logs: the worker's whole data dir and its log, and
+	// every manager's log, hold neither secret in any form (the managers'
+	// data dirs hold them sealed, which the bytes cannot show).
+	scan := []string{c.worker.DataDir, c.worker.LogPath}
+	for _, m := range c.managers {
+		scan = append(scan, m.LogPath)
+	}
+	leaks, files, err := secretLeaks(scan, [][]byte{[]byte(val), []byte(oval)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < len(scan) {
+		t.Fatalf("the leak scan read %d file(s) from %d paths: it would find nothing", files, len(scan))
+	}
+	for _, l := range leaks {
+		t.Errorf("a secret's value at rest or in a log: %s", l)
+	}
+	t.Logf("leak scan: %d files (the worker's data dir, its log, the managers' logs)", files)
+
 	for name, dir := range c.secretsDir {
 		found := secretFiles(t, dir)
 		has := func(v string) bool {
@@ -82,13 +102,53 @@ func testLabWorkerSecrets(t *testing.T, c *labCluster) {
 		t.Fatalf("the capture (%d bytes) holds no etcd peer traffic (port %d)", len(pcap), labPort+1)
 	}
 	for _, v := range []string{val, oval} {
-		for _, form := range [][]byte{[]byte(v), []byte(base64.StdEncoding.EncodeToString([]byte(v))), []byte(base64.StdEncoding.EncodeToString([]byte(v))[:20])} {
+		for _, form := range secretForms([]byte(v)) {
 			if bytes.Contains(pcap, form) {
 				t.Errorf("the capture on the bridge holds a secret in clear (%d bytes of frames, form %q…)", len(pcap), form[:8])
 			}
 		}
 	}
 	t.Logf("capture: %d bytes; TCP payload: %d bytes on the worker's dispatcher connections, %d on etcd peer connections", len(pcap), seen, peers)
+}
+
+// secretForms is what a value looks like where hush or etcd might write
+// it: raw, base64 (as the API's JSON carries it), and a prefix of its
+// base64 (the value base64'd inside a larger encoded blob keeps that
+// prefix only when aligned; the raw form covers the rest).
+func secretForms(v []byte) [][]byte {
+	b64 := []byte(base64.StdEncoding.EncodeToString(v))
+	return [][]byte{v, b64, b64[:min(20, len(b64))]}
+}
+
+// secretLeaks reads every regular file under each path (a directory is
+// walked recursively; a file is read as is) and names, without the
+// value, each file holding a form of one of the secrets; files is how
+// many files it read, so that a caller can tell an empty scan.
+func secretLeaks(paths []string, secrets [][]byte) (leaks []string, files int, err error) {
+	for _, root := range paths {
+		err := filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
+			if err != nil || !de.Type().IsRegular() {
+				return err
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			files++
+			for i, v := range secrets {
+				for j, form := range secretForms(v) {
+					if bytes.Contains(b, form) {
+						leaks = append(leaks, fmt.Sprintf("%s holds secret #%d (form #%d: raw, base64, base64 prefix)", p, i, j))
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("scanning %s: %w", root, err)
+		}
+	}
+	return leaks, files, nil
 }
 
 // secretFiles reads every regular file under a secrets dir but the

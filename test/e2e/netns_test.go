@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hush-secrets/hush/internal/agent/engine/enginetest"
+	"github.com/moby/moby/api/types/swarm"
 )
 
 // The multi-host fixture: each hushd runs in a network namespace of its
@@ -262,8 +263,11 @@ type labCluster struct {
 
 // Cluster timing for a loaded 2-core machine: heartbeats every 3 s (a node
 // is down after about three missed ones), and etcd's heartbeat 300 ms and
-// election timeout 3 s once the members restart (etcd reads them at start;
-// a first start uses store.DefaultClusterTuning, 250 ms and 2.5 s).
+// election timeout 3 s (Swarm's default ticks give 100 ms and 1 s, on
+// which a loaded machine sees spurious elections). etcd reads its timing
+// at start only, and a manager's first start as a member already uses the
+// spec's (enterMemberLocked): so the spec m1 inits carries it (labInit),
+// and checkRaftTiming asserts every member runs on it.
 const (
 	labDispatcherHeartbeat = "3s"
 	labRaftHeartbeatTick   = 3
@@ -290,8 +294,7 @@ func newLabCluster(t *testing.T) *labCluster {
 		c.managers = append(c.managers, start(name, withListen(lab.host(name).ip, labPort)))
 	}
 	m1 := c.managers[0]
-	m1.MustDocker("swarm", "init", "--dispatcher-heartbeat", labDispatcherHeartbeat)
-	setRaftTicks(t, m1, labRaftHeartbeatTick, labRaftElectionTick)
+	labInit(t, m1)
 	remote := net.JoinHostPort(lab.host("m1").ip, fmt.Sprint(labPort))
 	mtok := strings.TrimSpace(m1.MustDocker("swarm", "join-token", "-q", "manager"))
 	wtok := strings.TrimSpace(m1.MustDocker("swarm", "join-token", "-q", "worker"))
@@ -313,36 +316,67 @@ func newLabCluster(t *testing.T) *labCluster {
 	// longer than the helper's 20 s (reported; not what these tests test).
 	t.Cleanup(c.killAll)
 	c.waitHealthy(t)
+	c.checkRaftTiming(t)
 	return c
 }
 
-// setRaftTicks sets the cluster's raft heartbeat and election ticks (the
-// CLI has no flag for them; Swarm's API does).
-func setRaftTicks(t testing.TB, h *Hushd, hb, el int) {
+// checkRaftTiming fails t unless every manager's etcd member runs on the
+// lab's raft timing now (its last start's log line, which hushd writes
+// as the member starts, says so): a member on Swarm's default 100 ms /
+// 1 s would call spurious elections on a loaded machine.
+func (c *labCluster) checkRaftTiming(t testing.TB) {
 	t.Helper()
-	res := h.Raw("GET", "/swarm", "", nil)
-	if res.Status != 200 {
-		t.Fatalf("GET /swarm: %d %s", res.Status, res.Body)
+	want := fmt.Sprintf("heartbeat=%s electionTimeout=%s", time.Duration(labRaftHeartbeatTick)*100*time.Millisecond,
+		time.Duration(labRaftElectionTick)*100*time.Millisecond)
+	for i, m := range c.managers {
+		if got := lastRaftTiming(t, m); got != want {
+			t.Errorf("m%d's etcd member runs on %q, want %q", i+1, got, want)
+		}
 	}
-	var sw struct {
-		Version struct{ Index uint64 }
-		Spec    map[string]any
-	}
-	if err := json.Unmarshal(res.Body, &sw); err != nil {
-		t.Fatal(err)
-	}
-	raft, _ := sw.Spec["Raft"].(map[string]any)
-	if raft == nil {
-		raft = map[string]any{}
-	}
-	raft["HeartbeatTick"], raft["ElectionTick"] = hb, el
-	sw.Spec["Raft"] = raft
-	body, err := json.Marshal(sw.Spec)
+}
+
+// lastRaftTiming is the timing in the last "etcd member raft timing" line
+// of h's log ("" if none).
+func lastRaftTiming(t testing.TB, h *Hushd) string {
+	t.Helper()
+	b, err := os.ReadFile(h.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res := h.Raw("POST", fmt.Sprintf("/swarm/update?version=%d", sw.Version.Index), "application/json", body); res.Status != 200 {
-		t.Fatalf("POST /swarm/update (raft ticks): %d %s", res.Status, res.Body)
+	got := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		if _, rest, ok := strings.Cut(l, `msg="etcd member raft timing" `); ok {
+			got = strings.TrimSpace(rest)
+		}
+	}
+	return got
+}
+
+// labInit makes m the first manager with the lab's timing in the spec it
+// inits: its etcd member starts on that raft timing, and each manager it
+// admits is sent it (enterMemberLocked), so no member runs on Swarm's
+// default 100 ms / 1 s until a restart. Through the API: the CLI has no
+// flag for the raft ticks.
+func labInit(t testing.TB, m *Hushd) {
+	t.Helper()
+	hb, err := time.ParseDuration(labDispatcherHeartbeat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := swarm.InitRequest{
+		ListenAddr:   "0.0.0.0:2377", // the CLI's default: hushd's --listen-addr decides
+		Availability: swarm.NodeAvailabilityActive,
+		Spec: swarm.Spec{
+			Dispatcher: swarm.DispatcherConfig{HeartbeatPeriod: hb},
+			Raft:       swarm.RaftConfig{HeartbeatTick: labRaftHeartbeatTick, ElectionTick: labRaftElectionTick},
+		},
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := m.Raw("POST", "/swarm/init", "application/json", body); res.Status != 200 {
+		t.Fatalf("POST /swarm/init: %d %s", res.Status, res.Body)
 	}
 }
 
