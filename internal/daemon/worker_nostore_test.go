@@ -1,0 +1,116 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
+	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/moby/moby/api/types/swarm"
+)
+
+// A worker runs only the agent (issue 9): no embedded etcd, no etcd data
+// in its data dir, after its join and after a restart that finds
+// worker.json. Every path that reads the store on a worker gets Swarm's
+// not-a-manager refusal rather than a nil store; its leave brings back
+// what an inactive node holds.
+func TestWorkerHoldsNoStore(t *testing.T) {
+	ctx := context.Background()
+	_, w, _ := managerAndWorker(t, syncEvery(0), workerWithoutListen())
+	wdir := w.cfg.DataDir
+	etcdDir := filepath.Join(wdir, "etcd")
+	checkNoStore := func(w *Daemon, when string) {
+		t.Helper()
+		if _, err := os.Stat(etcdDir); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: a worker's data dir holds etcd data (%v)", when, err)
+		}
+		st := w.curStore()
+		if st == nil {
+			t.Fatalf("%s: a worker's store is nil: a reader would crash the daemon", when)
+		}
+		if _, err := nodes.List(ctx, st); !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), msgNotManager) {
+			t.Fatalf("%s: reading a worker's store: %v, want %q", when, err, msgNotManager)
+		}
+		if _, err := cluster.Get(ctx, st); !errors.Is(err, errdefs.ErrUnavailable) {
+			t.Fatalf("%s: reading the cluster on a worker: %v", when, err)
+		}
+		// The API: swarm calls refused with Swarm's text, the node's own
+		// description served, nothing a 500 or a crash.
+		for _, c := range []struct {
+			method, path string
+			want         int
+		}{
+			{"GET", "/_ping", http.StatusOK},
+			{"GET", "/info", http.StatusOK},
+			{"GET", "/v1.44/secrets", http.StatusServiceUnavailable},
+			{"GET", "/v1.44/configs", http.StatusServiceUnavailable},
+			{"GET", "/v1.44/services", http.StatusServiceUnavailable},
+			{"GET", "/v1.44/nodes", http.StatusServiceUnavailable},
+			{"GET", "/v1.44/tasks", http.StatusServiceUnavailable},
+			{"GET", "/v1.44/swarm", http.StatusServiceUnavailable},
+			{"POST", "/v1.44/swarm/update?version=1", http.StatusServiceUnavailable},
+			{"GET", "/v1.44/swarm/unlockkey", http.StatusServiceUnavailable},
+			{"POST", "/v1.44/networks/create", http.StatusServiceUnavailable},
+			{"POST", "/hush/v1/backup", http.StatusServiceUnavailable},
+		} {
+			body := strings.NewReader("{}")
+			if c.path == "/v1.44/networks/create" {
+				body = strings.NewReader(`{"Name":"nostore-test","Driver":"overlay"}`)
+			}
+			req := httptest.NewRequest(c.method, c.path, body)
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			w.serveAPI(rec, req)
+			if rec.Code != c.want {
+				t.Errorf("%s: %s %s on a worker: %d %s, want %d", when, c.method, c.path, rec.Code, rec.Body, c.want)
+			}
+			if c.want == http.StatusServiceUnavailable && !strings.Contains(rec.Body.String(), "Worker nodes can't be used") {
+				t.Errorf("%s: %s %s on a worker: %s, want Swarm's not-a-manager text", when, c.method, c.path, rec.Body)
+			}
+		}
+		if err := w.CheckServing(); err == nil || err.Error() != msgNotManager {
+			t.Fatalf("%s: swarm calls on a worker: %v", when, err)
+		}
+	}
+	checkNoStore(w, "after the join")
+	w.Close()
+	w = startWith(t, Config{DataDir: wdir, NoInit: true})
+	checkNoStore(w, "after a restart")
+	if err := w.Leave(ctx, false); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	// Inactive again: the node holds an inactive node's empty store, so
+	// that a later init or manager join finds what it expects.
+	if w.State() != swarm.LocalNodeStateInactive || w.CheckServing() == nil || w.CheckServing().Error() != msgInactive {
+		t.Fatalf("after leave: %s %v", w.State(), w.CheckServing())
+	}
+	if _, err := nodes.List(ctx, w.curStore()); err != nil {
+		t.Fatalf("an inactive node's store after a worker's leave: %v", err)
+	}
+}
+
+// A node that joined as a worker and is later restarted with etcd data
+// left over (a crash between worker.json and the removal of the inactive
+// node's store) removes it at start.
+func TestWorkerStartRemovesLeftoverStore(t *testing.T) {
+	_, w, _ := managerAndWorker(t, syncEvery(0), workerWithoutListen())
+	wdir := w.cfg.DataDir
+	w.Close()
+	if err := os.MkdirAll(filepath.Join(wdir, "etcd", "member"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w = startWith(t, Config{DataDir: wdir, NoInit: true})
+	if _, err := os.Stat(filepath.Join(wdir, "etcd")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a restarted worker kept etcd data (%v)", err)
+	}
+	if w.State() != swarm.LocalNodeStateActive {
+		t.Fatalf("state %s", w.State())
+	}
+}
