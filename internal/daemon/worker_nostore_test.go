@@ -13,6 +13,7 @@ import (
 	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -59,6 +60,12 @@ func TestWorkerHoldsNoStore(t *testing.T) {
 			{"GET", "/v1.44/swarm/unlockkey", http.StatusServiceUnavailable},
 			{"POST", "/v1.44/networks/create", http.StatusServiceUnavailable},
 			{"POST", "/hush/v1/backup", http.StatusServiceUnavailable},
+			// Lifecycle calls a worker answers itself (0: any answer
+			// but a 500).
+			{"POST", "/v1.44/swarm/unlock", 0},
+			{"POST", "/v1.44/swarm/join", 0},
+			{"POST", "/v1.44/swarm/init", 0},
+			{"GET", "/v1.44/events?since=1&until=2", 0},
 		} {
 			body := strings.NewReader("{}")
 			if c.path == "/v1.44/networks/create" {
@@ -68,6 +75,13 @@ func TestWorkerHoldsNoStore(t *testing.T) {
 			req.Header.Set("Content-Type", "application/json")
 			rec := httptest.NewRecorder()
 			w.serveAPI(rec, req)
+			if c.want == 0 {
+				if rec.Code == http.StatusInternalServerError {
+					t.Errorf("%s: %s %s on a worker: %d %s", when, c.method, c.path, rec.Code, rec.Body)
+				}
+				t.Logf("%s: %s %s on a worker: %d %s", when, c.method, c.path, rec.Code, strings.TrimSpace(rec.Body.String()))
+				continue
+			}
 			if rec.Code != c.want {
 				t.Errorf("%s: %s %s on a worker: %d %s, want %d", when, c.method, c.path, rec.Code, rec.Body, c.want)
 			}
@@ -112,5 +126,48 @@ func TestWorkerStartRemovesLeftoverStore(t *testing.T) {
 	}
 	if w.State() != swarm.LocalNodeStateActive {
 		t.Fatalf("state %s", w.State())
+	}
+}
+
+// The store follows the role (issue 9): a promoted worker becomes an etcd
+// member through the join path, a demoted manager holds no store again
+// (its etcd data gone), and a worker the managers removed (`node rm`)
+// leaves back to an inactive node's empty store.
+func TestWorkerRoleChangesHoldNoStore(t *testing.T) {
+	ctx := context.Background()
+	m, w, _ := managerAndWorker(t)
+	etcdDir := filepath.Join(w.cfg.DataDir, "etcd")
+	detached := func(when string) {
+		t.Helper()
+		if _, err := os.Stat(etcdDir); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: a worker's data dir holds etcd data (%v)", when, err)
+		}
+		if !store.IsDetached(w.curStore()) {
+			t.Fatalf("%s: a worker holds a store", when)
+		}
+	}
+	detached("after the join")
+	promoted(t, m, w, "the promoted worker votes")
+	if _, err := os.Stat(etcdDir); err != nil {
+		t.Fatalf("a promoted worker's member keeps no data: %v", err)
+	}
+	if _, err := nodes.List(ctx, w.curStore()); store.IsDetached(w.curStore()) || err != nil {
+		t.Fatalf("a promoted worker reads the cluster: %v", err)
+	}
+	demoted(t, m, w, "the demoted manager is a worker")
+	detached("after a demotion")
+	w.mu.Lock()
+	ws := w.worker
+	w.mu.Unlock()
+	w.removedFromCluster(ws)
+	waitUntil(t, "the removed worker leaves", func() bool { return w.State() == swarm.LocalNodeStateInactive })
+	w.mu.Lock()
+	st := w.store
+	w.mu.Unlock()
+	if store.IsDetached(st) {
+		t.Fatal("an inactive node after a removal holds no store")
+	}
+	if _, err := nodes.List(ctx, st); err != nil {
+		t.Fatalf("an inactive node's store after a removal: %v", err)
 	}
 }
