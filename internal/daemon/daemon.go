@@ -386,7 +386,8 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	// the others (or the external etcd answers). Without one (a
 	// whole-cluster restart) it listens at once and activates when the
 	// quorum comes (quorum.go).
-	needQuorum := member != nil || cfg.External != nil
+	// A worker has no store to wait for (issue 9).
+	needQuorum := (member != nil || cfg.External != nil) && d.worker == nil
 	waiting := needQuorum && !d.readyWithin(ctx, quorumGrace)
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -584,7 +584,7 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 		return err
 	}
 	if resp.Role == roleWorker {
-		return d.enterWorkerLocked(key, resp, remote, plan)
+		return d.enterWorkerLocked(ctx, key, resp, remote, plan)
 	}
 	if err := d.checkSwarmStore(resp.External); err != nil {
 		return err

@@ -13,9 +13,11 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/keyring"
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/model"
+	"github.com/hush-secrets/hush/internal/store"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/swarm"
 )
@@ -103,8 +105,19 @@ func TestLeaveRemovesOwnBridges(t *testing.T) {
 			name: "worker",
 			start: func(t *testing.T, log *slog.Logger) *Daemon {
 				dir := t.TempDir()
-				return &Daemon{cfg: Config{DataDir: dir}, log: log, nodeID: "formernodeaaaaaaaaaaaaaaa",
+				// What a worker holds: a detached store (issue 9); its
+				// leave opens an inactive node's.
+				st := store.Detached(errdefs.Unavailable("%s", msgNotManager), log)
+				d := &Daemon{cfg: Config{DataDir: dir}, log: log, nodeID: "formernodeaaaaaaaaaaaaaaa", store: st,
 					plainKey: keyring.FileKeyStore{Path: filepath.Join(dir, "keys", "master.key")}, state: swarm.LocalNodeStateActive}
+				d.cur.Store(st)
+				d.bg, d.stopBG = context.WithCancel(context.Background())
+				t.Cleanup(func() {
+					d.stopBG()
+					d.bgDone.Wait()
+					_ = d.store.Close()
+				})
+				return d
 			},
 			leave: func(ctx context.Context, d *Daemon) error { return d.leaveWorkerLocked(ctx) },
 		},

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/hush-secrets/hush/internal/api"
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/events"
 	"github.com/hush-secrets/hush/internal/manager/networks"
 	"github.com/hush-secrets/hush/internal/manager/objects"
@@ -24,10 +25,19 @@ import (
 func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) error {
 	var st *store.Store
 	var err error
-	if d.cfg.External != nil && d.worker == nil {
-		// A worker never opens the user's etcd: its local store is empty.
+	switch {
+	case d.worker != nil:
+		// A worker runs only the agent (issue 9): no etcd, embedded or the
+		// user's, and no etcd data. Its store refuses every call with
+		// Swarm's not-a-manager text, so a reader the API's state check
+		// does not cover fails as a swarm call does instead of crashing.
+		if err := d.removeStoreData(); err != nil {
+			return err
+		}
+		st = store.Detached(errdefs.Unavailable("%s", msgNotManager), d.log)
+	case d.cfg.External != nil:
 		st, err = d.openExternal(ctx)
-	} else {
+	default:
 		st, err = store.OpenEmbedded(ctx, store.EmbeddedConfig{
 			Dir:          d.storeDir(),
 			Name:         d.nodeID,
@@ -79,6 +89,11 @@ func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) erro
 	d.evMu.Unlock()
 	acfg := d.acfg
 	acfg.Secrets, acfg.Configs, acfg.Services, acfg.Networks, acfg.Events = d.secrets, d.configs, d.svcs, d.nets, d.events
+	if d.worker != nil {
+		// The routes stay (their calls get the not-a-manager answer);
+		// `docker events` is the engine's alone, as on a Swarm worker.
+		acfg.Events = nil
+	}
 	if d.engineCli != nil {
 		if err := d.startStandalone(&acfg, d.tasksDir); err != nil {
 			return err
@@ -86,7 +101,10 @@ func (d *Daemon) openStore(ctx context.Context, member *store.MemberConfig) erro
 	}
 	// Realises networks, and removes the engine networks of removed ones
 	// (also after a leave erased them all).
-	d.runBG(d.nets.Run, d.bg)
+	if d.worker == nil {
+		// A worker's agent removes the networks its tasks no longer use.
+		d.runBG(d.nets.Run, d.bg)
+	}
 	d.apiSrv.Store(api.New(acfg))
 	return nil
 }
@@ -118,6 +136,18 @@ func (d *Daemon) closeStoreLocked() {
 	if err := d.store.Close(); err != nil {
 		d.log.Warn("closing store before reopening it", "err", err)
 	}
+}
+
+// removeStoreData removes the embedded store's data: a worker holds none.
+// What it removes is an inactive node's empty store (a join as a worker
+// left it, or a crash before it was removed), or a demoted manager's whose
+// removal a crash interrupted after worker.json, the demotion's commit
+// point, was written: neither holds anything the node needs.
+func (d *Daemon) removeStoreData() error {
+	if err := os.RemoveAll(filepath.Join(d.cfg.DataDir, "etcd")); err != nil {
+		return fmt.Errorf("removing a worker's store data: %w", err)
+	}
+	return nil
 }
 
 // openStoreLocked opens the store closed by closeStoreLocked.

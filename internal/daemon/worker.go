@@ -96,7 +96,7 @@ func (d *Daemon) managerAddrs(ctx context.Context) ([]string, error) {
 
 // enterWorkerLocked keeps what the join answer gave a worker and puts the
 // node in worker mode. The caller holds d.mu; the node was inactive.
-func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, remote string, plan listenPlan) error {
+func (d *Daemon) enterWorkerLocked(ctx context.Context, key *ecdsa.PrivateKey, resp *joinResponse, remote string, plan listenPlan) error {
 	cert, err := pki.TLSCertificate(resp.CertPEM, key)
 	if err != nil {
 		return errdefs.Unavailable("the manager at %s sent a certificate that does not match this node's key", remote)
@@ -115,7 +115,15 @@ func (d *Daemon) enterWorkerLocked(key *ecdsa.PrivateKey, resp *joinResponse, re
 		return err
 	}
 	d.dropJoinKey()
+	// The inactive node's store goes (it never held cluster data: an
+	// inactive node's holds nothing, as a manager's join that wipes it
+	// assumes too): a worker holds none (issue 9). openStore removes its
+	// data, and a crash before that has a restart remove it.
+	d.closeStoreLocked()
 	d.worker, d.nodeKey = ws, key
+	if err := d.openStoreLocked(ctx, nil); err != nil {
+		return err
+	}
 	d.cert.Store(cert)
 	if plan.enabled() {
 		d.useListen(plan)
@@ -288,6 +296,18 @@ func (d *Daemon) leaveWorkerLocked(ctx context.Context) error {
 	d.worker, d.nodeKey = nil, nil
 	d.cert.Store(nil)
 	d.state = swarm.LocalNodeStateInactive
+	// Back to what an inactive node holds: an empty embedded store, for a
+	// later init or join. The worker's background context holds no loop
+	// (openStore runs none on a detached store) but, at a removal, the
+	// goroutine running this leave (removedFromCluster): it is ended
+	// without being waited for, which would wait for the caller itself.
+	d.stopBG()
+	if err := d.store.Close(); err != nil {
+		d.log.Warn("closing a worker's store", "err", err)
+	}
+	if err := d.openStoreLocked(ctx, nil); err != nil {
+		return fmt.Errorf("opening an inactive node's store after the leave: %w", err)
+	}
 	d.log.Info("left the swarm (worker)")
 	return nil
 }

@@ -53,6 +53,10 @@ func valueAAD(key string) []byte {
 func isSealed(v []byte) bool { return bytes.HasPrefix(v, []byte(sealMagic)) }
 
 func (s *Store) keyring() (*keyring.Keyring, error) {
+	if s.detached != nil {
+		// A Detached store has no keys: a write refuses before sealing.
+		return nil, s.detached
+	}
 	kr := s.keys.Keyring()
 	if kr == nil {
 		return nil, ErrLocked

@@ -68,6 +68,8 @@ type Store struct {
 	// external is a cluster the user runs (external.go): its history and
 	// snapshots are not hush's alone.
 	external bool
+	// detached is the refusal of a Detached store (nil: a real one).
+	detached error
 }
 
 func newStore(cli *clientv3.Client, log *slog.Logger, keys Keys) *Store {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -63,6 +64,10 @@ func TestClusterJoinWorker(t *testing.T) {
 		}
 		// The engine pass-through still serves.
 		w.MustDocker("image", "ls", "-q")
+		// A worker runs only the agent (issue 9): no etcd data.
+		if _, err := os.Stat(filepath.Join(w.DataDir, "etcd")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("the worker's data dir holds etcd data (%v)", err)
+		}
 	}
 	check()
 	w.Restart()
