@@ -38,7 +38,8 @@ func TestJoinRequestFields(t *testing.T) {
 			wantAddr: net.JoinHostPort("127.0.0.6", strconv.Itoa(port)), wantPeer: "https://" + net.JoinHostPort("127.0.0.6", strconv.Itoa(port+1))},
 		{name: "manager, drain", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Manager, Availability: swarm.NodeAvailabilityDrain}},
 		{name: "worker, drain", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Worker, Availability: swarm.NodeAvailabilityDrain}},
-		{name: "worker, pause", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Worker, Availability: swarm.NodeAvailabilityPause}},
+		// Swarm's daemon takes the availability in any case.
+		{name: "worker, PAUSE", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Worker, Availability: "PAUSE"}},
 	}
 	outer := t
 	for _, tc := range tests {
@@ -58,7 +59,7 @@ func TestJoinRequestFields(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n.Spec.Availability != req.Availability {
+			if n.Spec.Availability != swarm.NodeAvailability(strings.ToLower(string(req.Availability))) {
 				t.Errorf("recorded availability %q, want %q", n.Spec.Availability, req.Availability)
 			}
 			if tc.wantAddr != "" && n.Addr != tc.wantAddr {
