@@ -211,6 +211,12 @@ type Daemon struct {
 	// dispatcher serves its tasks' logs to other managers from it.
 	localAgent atomic.Pointer[agent.Agent]
 	removed    removedCache
+	// dispatchRes is the dispatcher's listener bound by init, join or a
+	// first listen before anything else was done (dispatchport.go), until
+	// the dispatcher serves on it; under mu. dispatchProblem says, while
+	// a restarted manager cannot bind its dispatcher port, why.
+	dispatchRes     *dispatchReservation
+	dispatchProblem atomic.Pointer[string]
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
 	// life ends as Close begins, before Close takes mu: the runtime's
@@ -501,6 +507,7 @@ func (d *Daemon) Close() {
 		// Before the store closes: its handlers read it.
 		d.mu.Lock()
 		d.stopJoinServiceLocked()
+		d.releaseDispatchLocked()
 		d.mu.Unlock()
 		if d.proxy != nil {
 			// Shutdown does not end hijacked or endless streams.

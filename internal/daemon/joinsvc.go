@@ -564,6 +564,12 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 			return errdefs.BadRequest("AdvertiseAddr %s is a loopback address, and the manager at %s is on another host: join with --advertise-addr (or a --listen-addr naming this host's IP)", plan.Advertise, remote)
 		}
 	}
+	// Before anything is sent: a manager admitted whose dispatcher port is
+	// taken would have its workers Down.
+	if err := d.reserveDispatchLocked(plan); err != nil {
+		return err
+	}
+	defer d.releaseUnservedDispatchLocked()
 	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	// The CA first, unverified, and trusted only once it matches the

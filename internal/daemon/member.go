@@ -423,6 +423,10 @@ func (d *Daemon) listenOnExisting(ctx context.Context) error {
 	case swarm.LocalNodeStateLocked:
 		return nil // after the unlock (listenAfterUnlock)
 	}
+	if err := d.reserveDispatchLocked(d.listen); err != nil {
+		return err
+	}
+	defer d.releaseUnservedDispatchLocked()
 	if err := d.becomeManagerLocked(ctx, d.listen); err != nil {
 		return fmt.Errorf("becoming a manager on %s: %w", d.listen.Listen, err)
 	}
