@@ -37,7 +37,10 @@ func TestJoinRequestFields(t *testing.T) {
 				AdvertiseAddr: "127.0.0.6", Availability: swarm.NodeAvailabilityPause},
 			wantAddr: net.JoinHostPort("127.0.0.6", strconv.Itoa(port)), wantPeer: "https://" + net.JoinHostPort("127.0.0.6", strconv.Itoa(port+1))},
 		{name: "manager, drain", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Manager, Availability: swarm.NodeAvailabilityDrain}},
-		{name: "worker, drain", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Worker, Availability: swarm.NodeAvailabilityDrain}},
+		// A worker without a listen address records its advertised IP
+		// (no port: it listens on none).
+		{name: "worker, advertise address, drain", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Worker, AdvertiseAddr: "127.0.0.7",
+			Availability: swarm.NodeAvailabilityDrain}, wantAddr: "127.0.0.7:0"},
 		// Swarm's daemon takes the availability in any case.
 		{name: "worker, PAUSE", req: swarm.JoinRequest{JoinToken: c.JoinTokens.Worker, Availability: "PAUSE"}},
 	}
