@@ -60,15 +60,15 @@ func TestInitRefusesTakenDispatchPort(t *testing.T) {
 	if _, err := d.Init(ctx, swarm.InitRequest{ListenAddr: listen}); err != nil {
 		t.Fatalf("init once the port is free: %v", err)
 	}
-	if d.dispatch.Load() == nil {
-		t.Fatal("no dispatcher serving after the init")
-	}
+	// The dispatcher serves from the runtime's goroutine.
+	waitUntil(t, "the dispatcher serves after the init", func() bool { return d.dispatch.Load() != nil })
 }
 
-// hushd's first start with --listen-addr and a taken dispatcher port fails.
+// hushd's first start with --listen-addr and a taken dispatcher port
+// fails, leaving nothing a start with the port free trips over.
 func TestFirstStartRefusesTakenDispatchPort(t *testing.T) {
 	listen := loopbackListen(t)
-	addr, _ := occupyDispatchPort(t, listen)
+	addr, free := occupyDispatchPort(t, listen)
 	dir := t.TempDir()
 	d, err := Start(context.Background(), Config{DataDir: dir, ListenAddr: listen,
 		Socket: filepath.Join(dir, "s.sock"), SecretsDir: filepath.Join(dir, "run")})
@@ -76,6 +76,12 @@ func TestFirstStartRefusesTakenDispatchPort(t *testing.T) {
 		d.Close()
 	}
 	wantDispatchRefusal(t, err, addr)
+	free()
+	d = startWith(t, Config{DataDir: dir, ListenAddr: listen})
+	if s := d.State(); s != swarm.LocalNodeStateActive {
+		t.Fatalf("the start with the port free: %s", s)
+	}
+	waitUntil(t, "the dispatcher serves after the start", func() bool { return d.dispatch.Load() != nil })
 }
 
 // A manager join whose dispatcher port is taken is refused by the joining
