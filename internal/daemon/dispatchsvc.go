@@ -151,6 +151,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 	srv := dispatchnet.NewServer(h, tcfg)
 	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}
 	return func(ctx context.Context) {
+		defer rt.relay.Close()
 		if ln == nil {
 			if ln = d.retryDispatchPort(ctx, addr); ln == nil {
 				return
@@ -158,7 +159,6 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 		}
 		d.log.Info("dispatcher listening", "addr", addr)
 		d.dispatch.Store(rt)
-		defer rt.relay.Close()
 		defer d.dispatch.CompareAndSwap(rt, nil)
 		done := make(chan struct{})
 		go func() {
