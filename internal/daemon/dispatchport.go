@@ -22,7 +22,9 @@ type dispatchReservation struct {
 // reserveDispatchLocked binds the dispatcher's port (listen port + 2) of
 // plan, keeping the listener for the dispatcher. A taken port is the
 // caller's refusal: workers would otherwise show Down with nothing said.
-// Nothing to do without a listen address.
+// Unavailable, without the control API's rpc prefix: no swarm call
+// failed, a port of this host is busy. Nothing to do without a listen
+// address.
 func (d *Daemon) reserveDispatchLocked(plan listenPlan) error {
 	if !plan.enabled() {
 		return nil
@@ -37,7 +39,7 @@ func (d *Daemon) reserveDispatchLocked(plan listenPlan) error {
 	d.releaseDispatchLocked()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return errdefs.FailedPrecondition("%s", dispatchPortText(addr, err))
+		return errdefs.Unavailable("%s", dispatchPortText(addr, err))
 	}
 	d.dispatchRes = &dispatchReservation{addr: addr, ln: ln}
 	return nil

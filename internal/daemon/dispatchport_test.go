@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/hush-secrets/hush/internal/errdefs"
 	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/hush-secrets/hush/internal/manager/nodes"
 	"github.com/moby/moby/api/types/swarm"
@@ -32,7 +34,7 @@ func occupyDispatchPort(t *testing.T, listen string) (addr string, free func()) 
 // the port's role.
 func wantDispatchRefusal(t *testing.T, err error, addr string) {
 	t.Helper()
-	if err == nil || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "dispatcher port") {
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "dispatcher port") {
 		t.Fatalf("got %v, want a refusal naming the dispatcher port %s", err, addr)
 	}
 }
