@@ -33,6 +33,23 @@ func (d *Daemon) reserveDispatchLocked(plan listenPlan) error {
 	if err != nil {
 		return errdefs.BadRequest("invalid listen address %q: the dispatcher port (listen port + 2) is past 65535", plan.Listen)
 	}
+	// The join/CA port and etcd's peer port are bound later, by the join
+	// service and etcd, after the cluster is made or the node admitted:
+	// tried here first, so that a taken one refuses before anything is
+	// done too (a port taken between the try and the bind still fails
+	// then, as before).
+	probes := []struct{ addr, role string }{{plan.Listen, "join/CA port (the listen port)"}}
+	if d.cfg.External == nil {
+		// With an external etcd no member runs here: no peer port.
+		probes = append(probes, struct{ addr, role string }{nextPort(plan.Listen), "etcd peer port (listen port + 1)"})
+	}
+	for _, p := range probes {
+		ln, err := net.Listen("tcp", p.addr)
+		if err != nil {
+			return errdefs.Unavailable("%s", portText(p.addr, p.role, err))
+		}
+		_ = ln.Close()
+	}
 	if r := d.dispatchRes; r != nil && r.addr == addr {
 		return nil
 	}
@@ -47,11 +64,15 @@ func (d *Daemon) reserveDispatchLocked(plan listenPlan) error {
 
 // dispatchPortText names the port and its role: the user sees only it.
 func dispatchPortText(addr string, err error) string {
+	return portText(addr, "dispatcher port (listen port + 2, where workers keep their sessions)", err)
+}
+
+func portText(addr, role string, err error) string {
 	why := err.Error()
 	if errors.Is(err, syscall.EADDRINUSE) {
 		why = "address already in use"
 	}
-	return fmt.Sprintf("cannot listen on %s, this manager's dispatcher port (listen port + 2, where workers keep their sessions): %s; free it or choose another --listen-addr", addr, why)
+	return fmt.Sprintf("cannot listen on %s, this manager's %s: %s; free it or choose another --listen-addr", addr, role, why)
 }
 
 // releaseDispatchLocked closes a reservation the dispatcher did not take.

@@ -130,3 +130,38 @@ func TestRestartRetriesTakenDispatchPort(t *testing.T) {
 		return d.dispatch.Load() != nil && d.CertProblem() == ""
 	})
 }
+
+// The listen port and the etcd peer port taken refuse an init with the
+// same care: checked before anything is done, by name, and the init
+// succeeds once the port is free.
+func TestInitRefusesTakenListenPorts(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		offset int
+		role   string
+	}{{0, "join/CA port"}, {1, "etcd peer port"}} {
+		t.Run(tc.role, func(t *testing.T) {
+			listen := loopbackListen(t)
+			h, p, _ := net.SplitHostPort(listen)
+			n, _ := strconv.Atoi(p)
+			addr := net.JoinHostPort(h, strconv.Itoa(n+tc.offset))
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			d := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+			_, err = d.Init(ctx, swarm.InitRequest{ListenAddr: listen})
+			if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), tc.role) {
+				t.Fatalf("got %v, want a refusal naming the %s %s", err, tc.role, addr)
+			}
+			if ok, err := cluster.Exists(ctx, d.curStore()); err != nil || ok || d.State() != swarm.LocalNodeStateInactive || d.plainKey.Exists() {
+				t.Fatalf("the refused init left a cluster (%v, %v), state %s or a master key", ok, err, d.State())
+			}
+			ln.Close()
+			if _, err := d.Init(ctx, swarm.InitRequest{ListenAddr: listen}); err != nil {
+				t.Fatalf("init once the port is free: %v", err)
+			}
+		})
+	}
+}
