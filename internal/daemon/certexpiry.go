@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -129,6 +130,16 @@ type certProblem struct {
 // certificate's: a node that left since (no certificate) or joined again
 // (another one) has none, without waiting for a sync round to clear it.
 func (d *Daemon) CertProblem() string {
+	// docker info's swarm Error carries a taken dispatcher port too
+	// (dispatchport.go): the one field a user reads for the node.
+	msg := d.certProblemOnly()
+	if dp := d.dispatchProblem.Load(); dp != nil {
+		msg = strings.TrimSpace(msg + " " + *dp)
+	}
+	return msg
+}
+
+func (d *Daemon) certProblemOnly() string {
 	p := d.certProblem.Load()
 	if p == nil {
 		return ""

@@ -214,6 +214,12 @@ type Daemon struct {
 	// held caches which nodes have taken a manager certificate into use
 	// (promotedcerts.go): their older worker certificates are refused.
 	held heldCache
+	// dispatchRes is the dispatcher's listener bound by init, join or a
+	// first listen before anything else was done (dispatchport.go), until
+	// the dispatcher serves on it; under mu. dispatchProblem says, while
+	// a restarted manager cannot bind its dispatcher port, why.
+	dispatchRes     *dispatchReservation
+	dispatchProblem atomic.Pointer[string]
 	// fail is set only by tests (failpoints.go).
 	fail failpoints
 	// life ends as Close begins, before Close takes mu: the runtime's
@@ -505,6 +511,7 @@ func (d *Daemon) Close() {
 		// Before the store closes: its handlers read it.
 		d.mu.Lock()
 		d.stopJoinServiceLocked()
+		d.releaseDispatchLocked()
 		d.mu.Unlock()
 		if d.proxy != nil {
 			// Shutdown does not end hijacked or endless streams.

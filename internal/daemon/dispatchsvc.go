@@ -128,9 +128,13 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher: %w", err)
+	ln := d.takeDispatchLocked(addr)
+	if ln == nil {
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			// A restart (init, join and a first listen bound it first):
+			// the manager serves the cluster and retries the port.
+			d.noteDispatchProblem(addr, err)
+		}
 	}
 	var vouching func() error
 	var awaitReady func(context.Context, string)
@@ -146,10 +150,15 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 	})
 	srv := dispatchnet.NewServer(h, tcfg)
 	rt := &dispatchRuntime{h: h, relay: dispatchnet.NewRelayer(params.ClientConfig, d.log)}
-	d.log.Info("dispatcher listening", "addr", addr)
 	return func(ctx context.Context) {
-		d.dispatch.Store(rt)
 		defer rt.relay.Close()
+		if ln == nil {
+			if ln = d.retryDispatchPort(ctx, addr); ln == nil {
+				return
+			}
+		}
+		d.log.Info("dispatcher listening", "addr", addr)
+		d.dispatch.Store(rt)
 		defer d.dispatch.CompareAndSwap(rt, nil)
 		done := make(chan struct{})
 		go func() {

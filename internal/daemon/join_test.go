@@ -47,7 +47,8 @@ func TestListenPlanFor(t *testing.T) {
 		{name: "no advertise given, every address: loopback", req: "0.0.0.0:4000",
 			wantListen: "0.0.0.0:4000", wantAdv: "127.0.0.1:4000"},
 		{name: "no port", req: "127.0.0.2", wantErr: "want host:port"},
-		{name: "last port leaves no peer port", req: "127.0.0.2:65535", wantErr: "1-65534"},
+		{name: "last port leaves no peer port", req: "127.0.0.2:65535", wantErr: "1-65533"},
+		{name: "next to last leaves no dispatcher port", req: "127.0.0.2:65534", wantErr: "1-65533"},
 		{name: "a name, not an IP", req: "localhost:4000", wantErr: "needs an IP address"},
 		{name: "nothing to advertise", req: "0.0.0.0:4000", advertise: "0.0.0.0", wantErr: "must be an IP address"},
 	}

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -488,9 +489,22 @@ func checkJoinRequest(req *joinRequest) error {
 	switch swarm.NodeAvailability(req.Availability) {
 	case swarm.NodeAvailabilityActive, swarm.NodeAvailabilityPause, swarm.NodeAvailabilityDrain:
 	default:
-		return errdefs.BadRequest("invalid availability %q: must be active, pause or drain", truncate(req.Availability))
+		return errdefs.BadRequest("invalid Availability: %q", truncate(req.Availability))
 	}
 	return nil
+}
+
+// joinAvailability is the availability a join asks for, checked on the
+// joining node before anything is sent, as Swarm's daemon does (with its
+// text, and as it, in any case); empty is active.
+func joinAvailability(a swarm.NodeAvailability) (string, error) {
+	switch v := swarm.NodeAvailability(strings.ToLower(string(a))); v {
+	case "":
+		return string(swarm.NodeAvailabilityActive), nil
+	case swarm.NodeAvailabilityActive, swarm.NodeAvailabilityPause, swarm.NodeAvailabilityDrain:
+		return string(v), nil
+	}
+	return "", errdefs.BadRequest("invalid Availability: %q", truncate(string(a)))
 }
 
 func truncate(s string) string {
@@ -520,7 +534,16 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if req.DataPathAddr != "" {
 		return errdefs.BadRequest("DataPathAddr is not supported by hush: it runs no overlay data path")
 	}
+	if req.JoinToken == "" {
+		// Swarm sends the empty token and its manager refuses it with this
+		// text; hush refuses it here, before the CA is fetched unpinned.
+		return errdefs.InvalidArgument(msgBadJoinToken)
+	}
 	tok, err := pki.ParseToken(req.JoinToken)
+	if err != nil {
+		return err
+	}
+	avail, err := joinAvailability(req.Availability)
 	if err != nil {
 		return err
 	}
@@ -528,10 +551,6 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	plan, err := listenPlanFor(d.cfg.ListenAddr, req.ListenAddr, adv)
 	if err != nil {
 		return err
-	}
-	avail := string(req.Availability)
-	if avail == "" {
-		avail = string(swarm.NodeAvailabilityActive)
 	}
 	remote := req.RemoteAddrs[0]
 	if _, _, err := net.SplitHostPort(remote); err != nil {
@@ -545,6 +564,12 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 			return errdefs.BadRequest("AdvertiseAddr %s is a loopback address, and the manager at %s is on another host: join with --advertise-addr (or a --listen-addr naming this host's IP)", plan.Advertise, remote)
 		}
 	}
+	// Before anything is sent: a manager admitted whose dispatcher port is
+	// taken would have its workers Down.
+	if err := d.reserveDispatchLocked(plan); err != nil {
+		return err
+	}
+	defer d.releaseUnservedDispatchLocked()
 	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	// The CA first, unverified, and trusted only once it matches the

@@ -68,9 +68,10 @@ func listenPlanFor(flagListen, reqListen, advertise string) (listenPlan, error) 
 		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: want host:port", listen)
 	}
 	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65534 {
-		// The peer port is the next one: it must exist too.
-		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: the port must be 1-65534", listen)
+	if err != nil || n < 1 || n+dispatchPortOffset > 65535 {
+		// The peer port is the next one and the dispatcher's the one
+		// after: they must exist too.
+		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: the port must be 1-%d", listen, 65535-dispatchPortOffset)
 	}
 	if host == "" || net.ParseIP(host) == nil {
 		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: hush needs an IP address", listen)
@@ -423,6 +424,10 @@ func (d *Daemon) listenOnExisting(ctx context.Context) error {
 	case swarm.LocalNodeStateLocked:
 		return nil // after the unlock (listenAfterUnlock)
 	}
+	if err := d.reserveDispatchLocked(d.listen); err != nil {
+		return err
+	}
+	defer d.releaseUnservedDispatchLocked()
 	if err := d.becomeManagerLocked(ctx, d.listen); err != nil {
 		return fmt.Errorf("becoming a manager on %s: %w", d.listen.Listen, err)
 	}

@@ -28,11 +28,14 @@ const removedRefresh = time.Second
 // removedCache is this manager's copy of the store's list of removed
 // nodes, read again when older than removedRefresh. A failed read keeps
 // the last list (a store outage must not end every session), and a
-// removal made here is added at once.
+// removal made here is added at once. Until one read has succeeded
+// (loaded) there is no last list: an empty one would admit a removed
+// node's certificate, so the check fails closed.
 type removedCache struct {
-	mu   sync.Mutex
-	read time.Time
-	m    map[string]time.Time
+	mu     sync.Mutex
+	read   time.Time
+	loaded bool
+	m      map[string]time.Time
 }
 
 // refuseNode is the dispatcher's refusal hook: a certificate of a removed
@@ -42,7 +45,13 @@ type removedCache struct {
 // not of the ID: a rejoin with a join token gets a certificate issued
 // after the removal.
 func (d *Daemon) refuseNode(nodeID string, leaf *x509.Certificate) error {
-	at, ok := d.removedAt(nodeID)
+	at, ok, loaded := d.removedAt(nodeID)
+	if !ok && !loaded && nodeID != d.nodeID {
+		// Not "removed": the node is told to try again, not to stop. This
+		// manager's own certificate is its relay's and its own agent's,
+		// which a removal never names (a manager is demoted first).
+		return errdefs.Unavailable("this manager has not read the list of removed nodes yet: try again")
+	}
 	if !ok || leaf.NotBefore.Add(pki.Backdate).Truncate(time.Second).After(at) {
 		return nil
 	}
@@ -54,8 +63,9 @@ func removedError(nodeID string) error {
 	return fmt.Errorf("%w: %w", agent.ErrNodeRemoved, errdefs.Unauthorized("node %s was removed from the cluster", nodeID))
 }
 
-// removedAt says when nodeID was removed, from the cached list.
-func (d *Daemon) removedAt(nodeID string) (time.Time, bool) {
+// removedAt says when nodeID was removed, from the cached list, and
+// whether the list has been read from the store at least once.
+func (d *Daemon) removedAt(nodeID string) (at time.Time, removed, loaded bool) {
 	c := &d.removed
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -63,16 +73,21 @@ func (d *Daemon) removedAt(nodeID string) (time.Time, bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		m, err := nodes.Removed(ctx, d.curStore())
 		cancel()
-		if err != nil {
+		switch {
+		case err != nil && !c.loaded:
+			d.log.Warn("reading the removed nodes; refusing other nodes' certificates until it succeeds", "err", err)
+		case err != nil:
 			d.log.Warn("reading the removed nodes; using the last list", "err", err)
-		} else {
-			c.m = m
+		default:
+			// A removal noted here is in the store before it is noted
+			// (RemoveNode), so the list read has it.
+			c.m, c.loaded = m, true
 		}
 		// A failed read is retried after the same delay, not per request.
 		c.read = time.Now()
 	}
 	at, ok := c.m[nodeID]
-	return at, ok
+	return at, ok, c.loaded
 }
 
 // noteRemoved adds a removal made through this manager to the cache.

@@ -213,8 +213,9 @@ func (d *Daemon) activateLocked(mk keyring.MasterKey) error {
 		Tasks: d.svcs, Changes: d.mirror, Table: d.store.Table(model.TasksTable),
 		Secrets: d.secrets, Configs: d.configs, Networks: d.nets, PullAuth: d.svcs, Logger: d.log,
 	})
-	// Workers' sessions only: a manager whose port is taken still serves
-	// the cluster, and its workers show Down.
+	// A port taken at init, join or a first listen was refused there
+	// (reserveDispatchLocked); one taken at a restart is retried
+	// (dispatcherServer) and said in docker info.
 	if serve, err := d.dispatcherServer(disp, c.ID, presence); err != nil {
 		d.log.Error("dispatcher for workers not served", "err", err)
 	} else if serve != nil {
@@ -374,6 +375,12 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	if err != nil {
 		return "", err
 	}
+	// Before the master key and the cluster are made: a refusal leaves
+	// nothing behind.
+	if err := d.reserveDispatchLocked(plan); err != nil {
+		return "", err
+	}
+	defer d.releaseUnservedDispatchLocked()
 	if plan.enabled() {
 		// The cluster records the address the plan advertises (the listen
 		// IP when none was given), not hushd's default.
