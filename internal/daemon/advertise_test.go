@@ -31,6 +31,8 @@ func TestAdvertiseDefaultsToListenIP(t *testing.T) {
 		{name: "hushd's --advertise-addr still wins", cfg: Config{ListenAddr: listen, AdvertiseAddr: "127.0.0.8"}, wantHost: "127.0.0.8"},
 		{name: "the request's advertise address wins", cfg: Config{NoInit: true, AdvertiseAddr: "127.0.0.8"},
 			init: &swarm.InitRequest{ListenAddr: listen, AdvertiseAddr: "127.0.0.7"}, wantHost: "127.0.0.7"},
+		{name: "hushd's listen port with the request's advertise IP", cfg: Config{NoInit: true, ListenAddr: listen},
+			init: &swarm.InitRequest{ListenAddr: cliDefaultListen, AdvertiseAddr: "127.0.0.7"}, wantHost: "127.0.0.7"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -55,6 +57,24 @@ func TestAdvertiseDefaultsToListenIP(t *testing.T) {
 			}
 			d.Close()
 		})
+	}
+}
+
+// An advertised port other than the listen port is refused by name:
+// hush's peers dial the listen port (and the two after it), so a port
+// Swarm would advertise (behind a port mapping) cannot be honoured.
+func TestAdvertisePortRefused(t *testing.T) {
+	port := strconv.Itoa(freeLoopbackPort(t))
+	d := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+	_, err := d.Init(context.Background(), swarm.InitRequest{ListenAddr: net.JoinHostPort("127.0.0.9", port), AdvertiseAddr: "127.0.0.9:2400"})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "AdvertiseAddr 127.0.0.9:2400") {
+		t.Fatalf("init: %v, want a bad request naming AdvertiseAddr", err)
+	}
+	if d.state != swarm.LocalNodeStateInactive {
+		t.Fatalf("the refused init left the node %s", d.state)
+	}
+	if _, err := Start(context.Background(), Config{DataDir: t.TempDir(), ListenAddr: net.JoinHostPort("127.0.0.9", port), AdvertiseAddr: "127.0.0.9:2400"}); err == nil || !strings.Contains(err.Error(), "AdvertiseAddr 127.0.0.9:2400") {
+		t.Fatalf("start with --advertise-addr 127.0.0.9:2400: %v, want it refused by name", err)
 	}
 }
 
@@ -106,5 +126,20 @@ func TestJoinRefusesLoopbackAcrossHosts(t *testing.T) {
 	}
 	if j.member != nil || j.state != swarm.LocalNodeStateInactive {
 		t.Fatalf("the refused join changed the node: member %v, state %s", j.member != nil, j.state)
+	}
+}
+
+// --force-new-cluster --advertise-addr naming the node's own IP without a
+// port is not a move: the port ValidateInit supplies (the CLI's 2377) is
+// not compared with a listen port of another number.
+func TestForceNewClusterOwnAdvertiseIP(t *testing.T) {
+	d := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t)})
+	req := swarm.InitRequest{ListenAddr: cliDefaultListen, AdvertiseAddr: "127.0.0.1", ForceNewCluster: true}
+	if _, err := d.InitWithKey(context.Background(), req, nil); err != nil {
+		t.Fatalf("force-new-cluster with the node's own advertise IP: %v", err)
+	}
+	req.AdvertiseAddr = "127.0.0.3"
+	if _, err := d.InitWithKey(context.Background(), req, nil); err == nil || !strings.Contains(err.Error(), "AdvertiseAddr 127.0.0.3") {
+		t.Fatalf("force-new-cluster with another advertise IP: %v, want it refused by name", err)
 	}
 }

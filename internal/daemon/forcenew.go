@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -418,7 +419,14 @@ func (d *Daemon) forceNewAddrsLocked(req swarm.InitRequest, netw cluster.Network
 	if strings.TrimPrefix(req.ListenAddr, "tcp://") != cliDefaultListen && netw.ListenAddr != cur.Listen {
 		return errdefs.BadRequest("ListenAddr %s: hush does not move a manager to another listen address with --force-new-cluster (this node listens on %q); leave it out", req.ListenAddr, cur.Listen)
 	}
-	if req.AdvertiseAddr != "" && netw.AdvertiseAddr != cur.Advertise {
+	adv, own := netw.AdvertiseAddr, cur.Advertise
+	if _, _, err := net.SplitHostPort(req.AdvertiseAddr); err != nil {
+		// No port asked: the one ValidateInit supplied (the CLI's listen
+		// port, 2377) is not the node's to compare.
+		adv, _, _ = net.SplitHostPort(adv)
+		own, _, _ = net.SplitHostPort(own)
+	}
+	if req.AdvertiseAddr != "" && adv != own {
 		return errdefs.BadRequest("AdvertiseAddr %s: hush does not move a manager to another advertise address with --force-new-cluster (this node advertises %q); leave it out", req.AdvertiseAddr, cur.Advertise)
 	}
 	return nil

@@ -77,7 +77,12 @@ func listenPlanFor(flagListen, reqListen, advertise string) (listenPlan, error) 
 		return listenPlan{}, errdefs.BadRequest("invalid listen address %q: hush needs an IP address", listen)
 	}
 	advHost := advertise
-	if h, _, err := net.SplitHostPort(advertise); err == nil {
+	if h, p, err := net.SplitHostPort(advertise); err == nil {
+		if p != port {
+			// Peers dial the listen port and the two after it; an
+			// advertised port (Swarm's, behind a port mapping) is not.
+			return listenPlan{}, errdefs.BadRequest("AdvertiseAddr %s: hush advertises its listen port (%s); give the address without a port, or that port", advertise, port)
+		}
 		advHost = h
 	}
 	if net.ParseIP(advHost) == nil || net.ParseIP(advHost).IsUnspecified() {

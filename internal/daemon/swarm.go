@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -370,6 +371,11 @@ func (d *Daemon) initLocked(ctx context.Context, req swarm.InitRequest, caKey []
 	}
 	if req.AdvertiseAddr != "" {
 		adv = netw.AdvertiseAddr
+		if _, _, err := net.SplitHostPort(req.AdvertiseAddr); err != nil {
+			// No port asked: ValidateInit's default port (the request's
+			// listen port) is not one to hold the plan to.
+			adv, _, _ = net.SplitHostPort(adv)
+		}
 	}
 	plan, err := listenPlanFor(d.cfg.ListenAddr, reqListen, adv)
 	if err != nil {
