@@ -83,3 +83,45 @@ func TestRefusedCertificateTakesNoPlaces(t *testing.T) {
 		t.Fatalf("after a refused call its connection still counts among the node's: %d", got)
 	}
 }
+
+// A check that fails (the daemon's read of what it refuses, unavailable)
+// is answered as it is, and ends nothing: the session opened under that
+// certificate stays, and its node asks again.
+func TestFailedCheckEndsNoSession(t *testing.T) {
+	c := newCluster(t)
+	var mu sync.Mutex
+	failing := false
+	hook := func(_ context.Context, id string, _ *x509.Certificate) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if failing {
+			return errdefs.Unavailable("the refusals could not be read")
+		}
+		return nil
+	}
+	m := serve(t, c, newFixture(), nil, func(sc *ServerConfig) {
+		sc.RefuseWorker = hook
+		sc.HeartbeatPeriod = func() time.Duration { return time.Hour }
+	})
+	n := c.issue(t, pki.RoleWorker)
+	s := open(t, connector(t, c, n, []string{m.addr}, nil))
+	next(t, s)
+	mu.Lock()
+	failing = true
+	mu.Unlock()
+	if code, we := rawPost(t, s, pathHeartbeat, map[string]string{SessionHeader: s.id}, struct{}{}); code != http.StatusServiceUnavailable {
+		t.Fatalf("a heartbeat while the check fails: %d %+v, want 503", code, we)
+	}
+	if !m.h.current(n.id) {
+		t.Fatal("a failed check ended the session")
+	}
+	if got := m.h.conns.count(n.id); got != 1 {
+		t.Fatalf("after a failed check the node holds %d counted connections, want 1", got)
+	}
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	if code, we := rawPost(t, s, pathHeartbeat, map[string]string{SessionHeader: s.id}, struct{}{}); code != http.StatusOK {
+		t.Fatalf("a heartbeat once the check reads again: %d %+v", code, we)
+	}
+}

@@ -374,8 +374,10 @@ func (h *Handler) peer(r *http.Request) (string, error) {
 	}
 	if check != nil {
 		if err := check(r.Context(), id.NodeID, leaf); err != nil {
-			h.endUnder(id.NodeID, leaf, err)
+			// A refusal, not a failed check (a store read): that one
+			// is answered as it is, and the node asks again.
 			if errors.Is(err, errdefs.ErrUnauthorized) {
+				h.endUnder(id.NodeID, leaf, err)
 				h.refusedConn(r, id.NodeID)
 			}
 			return "", err
