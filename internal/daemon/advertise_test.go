@@ -142,3 +142,35 @@ func TestWorkerJoinWithLoopbackAdvertiseAcrossHosts(t *testing.T) {
 		t.Fatalf("the refused manager join added a member: %+v", list)
 	}
 }
+
+// A worker admitted with a loopback advertise on another host is refused
+// a promotion by name, as a manager join from it is, before anything is
+// signed or admitted: its etcd peers would dial 127.0.0.1.
+func TestPromotionRefusesLoopbackAcrossHosts(t *testing.T) {
+	ip := hostIPv4(t)
+	port := freeLoopbackPort(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: net.JoinHostPort(ip, strconv.Itoa(port)), AdvertiseAddr: ip})
+	c := getCluster(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{net.JoinHostPort(ip, strconv.Itoa(port))}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	err := w.promoteSelf(ctx, v)
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "127.0.0.1:") || !strings.Contains(err.Error(), "--advertise-addr") {
+		t.Fatalf("promotion: %v, want a bad request naming the loopback address", err)
+	}
+	if list, _ := m.store.Members().List(ctx); len(list) != 1 {
+		t.Fatalf("the refused promotion added a member: %+v", list)
+	}
+}
