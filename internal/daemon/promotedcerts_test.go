@@ -234,3 +234,46 @@ func TestHeldCacheFirstReadFailsClosed(t *testing.T) {
 		t.Fatalf("with a copy, a failed read: %v, want the copy's refusal", err)
 	}
 }
+
+// A node demoted once (its held manager certificates marked demoted) and
+// promoted again asks again under the worker certificate its demotion
+// gave when the promotion's answer is lost: that certificate stays served
+// until the promotion completes, also when a manager's clock behind made
+// it look issued before the manager certificate the node last held. The
+// promotion's issue does not make the node record's key the new manager
+// certificate's: only its completion (held) does.
+func TestPromotionRetryAfterDemotionServed(t *testing.T) {
+	ctx := context.Background()
+	m, w, _ := managerAndWorker(t, hourlySyncBurst2())
+	w.syncStop()
+	w.syncDone.Wait()
+	leaf := w.cert.Load().Leaf
+	// Held before the demotion, by a manager's clock an hour ahead of
+	// the one that issued the demotion's worker certificate.
+	val, _ := json.Marshal(managerCertRecord{Node: w.nodeID, NotBefore: leaf.NotBefore.Add(time.Hour), NotAfter: leaf.NotAfter.Add(time.Hour), Held: true, Demoted: true})
+	if _, err := m.store.Table(managerCertsTable).Create(ctx, "feedface", "", val); err != nil {
+		t.Fatal(err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		// The answer is lost: the node asks again under the same
+		// worker certificate, for a fresh key.
+		v, _ := syncViewAndCSR(t, w)
+		_, csr, err := newKeyAndCSR()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans, err := w.callSync(ctx, v, &syncRequest{CSR: csr, PeerURL: "https://" + nextPort(w.listen.Advertise)})
+		if err != nil || len(ans.CertPEM) == 0 {
+			t.Fatalf("promotion %d asked under the demotion's worker certificate: %v", i, err)
+		}
+	}
+	if err := m.supersededByPromotion(ctx, pki.Identity{NodeID: w.nodeID, Role: pki.RoleWorker}, leaf, true); err != nil {
+		t.Fatalf("the node's worker certificate after its promotion's issue: %v", err)
+	}
+	if err := m.refuseWorkerCert(ctx, w.nodeID, leaf); err != nil {
+		t.Fatalf("the dispatcher's check of it: %v", err)
+	}
+}

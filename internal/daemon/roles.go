@@ -428,9 +428,10 @@ func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.No
 		return nil, err
 	}
 	*signed = true
-	if err := nodes.SetKeyFP(ctx, d.store, n.ID, keyFP(iss.Leaf)); err != nil {
-		return nil, err
-	}
+	// The node record's key stays the worker certificate's until the
+	// promotion completes (recordHeldCert): a node whose answer is lost
+	// asks again under that certificate, which the record's key tells
+	// from the one held before an earlier promotion (promotedcerts.go).
 	a, err := d.admitMember(ctx, d.store.Members(), n.ID, req.PeerURL, pub)
 	if err != nil {
 		return nil, err
