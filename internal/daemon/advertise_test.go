@@ -79,7 +79,8 @@ func TestAdvertisePortRefused(t *testing.T) {
 }
 
 // A manager join between hosts that a loopback address would break is
-// refused by name, on both sides, before anything is admitted.
+// refused by name by the manager, whichever side advertises loopback,
+// before anything is admitted.
 func TestCheckAdvertisedReach(t *testing.T) {
 	tests := []struct {
 		name, from, own, peerURL string
@@ -111,21 +112,86 @@ func TestCheckAdvertisedReach(t *testing.T) {
 	}
 }
 
-// The joining side refuses first, before it sends anything: a manager
-// join that would advertise loopback to a manager on another address.
-// 192.0.2.1 (TEST-NET-1) is never dialled when the refusal holds.
-func TestJoinRefusesLoopbackAcrossHosts(t *testing.T) {
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: loopbackListen(t)})
-	tok := getCluster(t, m).JoinTokens.Manager
-	j := startWith(t, Config{DataDir: t.TempDir(), NoInit: true})
+// hostIPv4 is one of this host's non-loopback IPv4 addresses, for a
+// manager that a joiner reaches across "hosts" without a second host.
+func hostIPv4(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+			return n.IP.String()
+		}
+	}
+	t.Skip("this host has no non-loopback IPv4 address")
+	return ""
+}
+
+// A worker is dialled by no one, so a worker join across hosts from a
+// node whose listen plan would advertise loopback (hushd --listen-addr
+// 0.0.0.0:port, no --advertise-addr) is admitted: the joiner cannot tell
+// a worker token from a manager one, and only a manager join is refused
+// (by the manager, which knows the token's role).
+func TestWorkerJoinWithLoopbackAdvertiseAcrossHosts(t *testing.T) {
+	ip := hostIPv4(t)
+	port := freeLoopbackPort(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: net.JoinHostPort(ip, strconv.Itoa(port)), AdvertiseAddr: ip})
+	c := getCluster(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
 	defer cancel()
-	err := j.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{"192.0.2.1:2377"}, JoinToken: tok, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
-	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "AdvertiseAddr 127.0.0.1:") || !strings.Contains(err.Error(), "--advertise-addr") {
-		t.Fatalf("join: %v, want a bad request naming the loopback AdvertiseAddr", err)
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{net.JoinHostPort(ip, strconv.Itoa(port))}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if w.State() != swarm.LocalNodeStateActive {
+		t.Fatalf("worker state after join: %s", w.State())
+	}
+	// A manager join from it is refused by the manager, by name, before
+	// anything is admitted.
+	j := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
+	err := j.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{net.JoinHostPort(ip, strconv.Itoa(port))}, JoinToken: c.JoinTokens.Manager})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "127.0.0.1:") || !strings.Contains(err.Error(), "--advertise-addr") {
+		t.Fatalf("manager join: %v, want a bad request naming the loopback address", err)
 	}
 	if j.member != nil || j.state != swarm.LocalNodeStateInactive {
 		t.Fatalf("the refused join changed the node: member %v, state %s", j.member != nil, j.state)
+	}
+	if list, _ := m.store.Members().List(ctx); len(list) != 1 {
+		t.Fatalf("the refused manager join added a member: %+v", list)
+	}
+}
+
+// A worker admitted with a loopback advertise on another host is refused
+// a promotion by name, as a manager join from it is, before anything is
+// signed or admitted: its etcd peers would dial 127.0.0.1.
+func TestPromotionRefusesLoopbackAcrossHosts(t *testing.T) {
+	ip := hostIPv4(t)
+	port := freeLoopbackPort(t)
+	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: net.JoinHostPort(ip, strconv.Itoa(port)), AdvertiseAddr: ip})
+	c := getCluster(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{net.JoinHostPort(ip, strconv.Itoa(port))}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	v, ok := w.syncViewLocked()
+	w.mu.Unlock()
+	if !ok {
+		t.Fatal("the worker has no sync view")
+	}
+	err := w.promoteSelf(ctx, v)
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "127.0.0.1:") || !strings.Contains(err.Error(), "--advertise-addr") {
+		t.Fatalf("promotion: %v, want a bad request naming the loopback address", err)
+	}
+	if list, _ := m.store.Members().List(ctx); len(list) != 1 {
+		t.Fatalf("the refused promotion added a member: %+v", list)
 	}
 }
 

@@ -89,6 +89,12 @@ func recordManagerCert(ctx context.Context, st *store.Store, nodeID string, leaf
 // before Held was kept) marked held. A record changed meanwhile is left
 // to the caller's next pass.
 func recordHeldCert(ctx context.Context, st *store.Store, nodeID string, leaf *x509.Certificate) error {
+	// First the node record's key (a promotion's issue leaves it the
+	// worker certificate's, for the promotion asked again): once held,
+	// no worker certificate has it.
+	if err := nodes.SetKeyFP(ctx, st, nodeID, keyFP(leaf)); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
 	t := st.Table(managerCertsTable)
 	serial := leaf.SerialNumber.Text(16)
 	val, _ := json.Marshal(managerCertRecord{Node: nodeID, NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), Held: true})

@@ -556,14 +556,10 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if _, _, err := net.SplitHostPort(remote); err != nil {
 		remote = net.JoinHostPort(remote, "2377")
 	}
-	if rh, _, _ := net.SplitHostPort(remote); plan.enabled() {
-		// Before anything is sent: admitted, such a member would never
-		// be reached by its peers (checkAdvertisedReach on the manager).
-		ah, _, _ := net.SplitHostPort(plan.Advertise)
-		if rip, aip := net.ParseIP(rh), net.ParseIP(ah); rip != nil && !rip.IsLoopback() && aip != nil && aip.IsLoopback() {
-			return errdefs.BadRequest("AdvertiseAddr %s is a loopback address, and the manager at %s is on another host: join with --advertise-addr (or a --listen-addr naming this host's IP)", plan.Advertise, remote)
-		}
-	}
+	// A loopback advertise across hosts is not refused here: the token's
+	// role is the manager's to tell, and a worker, dialled by no one, is
+	// admitted with it. A manager join is refused by the manager, before
+	// anything is admitted (checkAdvertisedReach).
 	// Before anything is sent: a manager admitted whose dispatcher port is
 	// taken would have its workers Down.
 	if err := d.reserveDispatchLocked(plan); err != nil {

@@ -36,7 +36,9 @@ import (
 const heldRefresh = time.Second
 
 // heldCache is this manager's copy of heldManagerCerts. A failed read
-// keeps the last copy and is retried after heldRefresh, not per request.
+// keeps the last copy and is retried after heldRefresh, not per request;
+// while no read has succeeded (m nil) there is no copy to serve from, and
+// the check answers Unavailable rather than serve every certificate.
 type heldCache struct {
 	mu   sync.Mutex
 	read time.Time
@@ -91,7 +93,7 @@ func heldManagerCerts(ctx context.Context, st *store.Store) (map[string]heldNode
 }
 
 // heldSince is heldManagerCerts' entry for nodeID, from the cache.
-func (d *Daemon) heldSince(nodeID string) (heldNode, bool) {
+func (d *Daemon) heldSince(nodeID string) (heldNode, bool, error) {
 	c := &d.held
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -106,17 +108,20 @@ func (d *Daemon) heldSince(nodeID string) (heldNode, bool) {
 		}
 		c.read = time.Now()
 	}
+	if c.m == nil {
+		return heldNode{}, false, errdefs.Unavailable("this manager could not read its promoted nodes' certificates yet: try again")
+	}
 	h, ok := c.m[nodeID]
-	return h, ok
+	return h, ok, nil
 }
 
 // refuseWorkerCert is the dispatcher's check of a worker certificate
 // (dispatchnet.ServerConfig.RefuseWorker), on every call made under one:
 // a lookup in the cache.
 func (d *Daemon) refuseWorkerCert(_ context.Context, nodeID string, leaf *x509.Certificate) error {
-	h, ok := d.heldSince(nodeID)
-	if !ok {
-		return nil
+	h, ok, err := d.heldSince(nodeID)
+	if err != nil || !ok {
+		return err
 	}
 	return supersededWorkerCert(nodeID, leaf, h)
 }
@@ -139,7 +144,10 @@ func (d *Daemon) supersededByPromotion(ctx context.Context, id pki.Identity, lea
 		}
 		h, ok = m[id.NodeID]
 	} else {
-		h, ok = d.heldSince(id.NodeID)
+		var err error
+		if h, ok, err = d.heldSince(id.NodeID); err != nil {
+			return err
+		}
 	}
 	if !ok {
 		return nil

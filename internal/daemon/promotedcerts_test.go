@@ -195,3 +195,85 @@ func TestWorkerCertificateRefusedAfterPromotion(t *testing.T) {
 		t.Fatalf("a session under the worker certificate held before the promotion: %v, want it refused", err)
 	}
 }
+
+// The dispatcher's check does not serve on a failed read what it has
+// never read: a manager whose first read of the held certificates fails
+// (its store unavailable) answers Unavailable, not the worker certificate
+// a completed promotion superseded; once read, a failed read keeps the
+// last copy.
+func TestHeldCacheFirstReadFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	d := &Daemon{nodeID: "manager-1", log: slog.New(slog.DiscardHandler), store: st}
+	d.cur.Store(st)
+	const node = "node-w"
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(0x77), NotBefore: time.Now().Add(-time.Hour), RawSubjectPublicKeyInfo: []byte("worker key")}
+	if _, err := nodes.Record(ctx, st, nodes.Node{ID: node, Spec: swarm.NodeSpec{Role: swarm.NodeRoleManager}, KeyFP: "manager key"}); err != nil {
+		t.Fatal(err)
+	}
+	val, _ := json.Marshal(managerCertRecord{Node: node, NotBefore: time.Now(), NotAfter: time.Now().Add(24 * time.Hour), Held: true})
+	if _, err := st.Table(managerCertsTable).Create(ctx, "100", "", val); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err := d.refuseWorkerCert(ctx, node, leaf)
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("first read failed: %v, want Unavailable", err)
+	}
+	id := pki.Identity{NodeID: node, Role: pki.RoleWorker}
+	if err := d.supersededByPromotion(ctx, id, leaf, false); err == nil {
+		t.Fatal("join/CA role query: served on a failed first read")
+	}
+	// A read that succeeded is kept through a failure.
+	d.held.mu.Lock()
+	d.held.m, d.held.read = map[string]heldNode{node: {at: time.Now(), active: true, keyFP: "manager key"}}, time.Time{}
+	d.held.mu.Unlock()
+	if err := d.refuseWorkerCert(ctx, node, leaf); !errors.Is(err, errdefs.ErrUnauthorized) {
+		t.Fatalf("with a copy, a failed read: %v, want the copy's refusal", err)
+	}
+}
+
+// A node demoted once (its held manager certificates marked demoted) and
+// promoted again asks again under the worker certificate its demotion
+// gave when the promotion's answer is lost: that certificate stays served
+// until the promotion completes, also when a manager's clock behind made
+// it look issued before the manager certificate the node last held. The
+// promotion's issue does not make the node record's key the new manager
+// certificate's: only its completion (held) does.
+func TestPromotionRetryAfterDemotionServed(t *testing.T) {
+	ctx := context.Background()
+	m, w, _ := managerAndWorker(t, hourlySyncBurst2())
+	w.syncStop()
+	w.syncDone.Wait()
+	leaf := w.cert.Load().Leaf
+	// Held before the demotion, by a manager's clock an hour ahead of
+	// the one that issued the demotion's worker certificate.
+	val, _ := json.Marshal(managerCertRecord{Node: w.nodeID, NotBefore: leaf.NotBefore.Add(time.Hour), NotAfter: leaf.NotAfter.Add(time.Hour), Held: true, Demoted: true})
+	if _, err := m.store.Table(managerCertsTable).Create(ctx, "feedface", "", val); err != nil {
+		t.Fatal(err)
+	}
+	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		// The answer is lost: the node asks again under the same
+		// worker certificate, for a fresh key.
+		v, _ := syncViewAndCSR(t, w)
+		_, csr, err := newKeyAndCSR()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans, err := w.callSync(ctx, v, &syncRequest{CSR: csr, PeerURL: "https://" + nextPort(w.listen.Advertise)})
+		if err != nil || len(ans.CertPEM) == 0 {
+			t.Fatalf("promotion %d asked under the demotion's worker certificate: %v", i, err)
+		}
+	}
+	if err := m.supersededByPromotion(ctx, pki.Identity{NodeID: w.nodeID, Role: pki.RoleWorker}, leaf, true); err != nil {
+		t.Fatalf("the node's worker certificate after its promotion's issue: %v", err)
+	}
+	if err := m.refuseWorkerCert(ctx, w.nodeID, leaf); err != nil {
+		t.Fatalf("the dispatcher's check of it: %v", err)
+	}
+}

@@ -257,7 +257,7 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var signed bool
-	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req, &signed)
+	resp, err := d.syncNode(r.Context(), id, r.TLS.VerifiedChains[0][0], &req, &signed, r.RemoteAddr)
 	if err != nil && len(req.CSR) > 0 && !signed {
 		// Refused before anything was signed (a CSR that does not parse,
 		// a store unlike this one's): the retries of such a request do
@@ -282,8 +282,9 @@ func (d *Daemon) serveNodeSync(w http.ResponseWriter, r *http.Request) {
 // manager removes the node's etcd member first, with Swarm's refusals);
 // or a promotion (the join's path: a manager certificate, a learner, the
 // master key wrapped to the certified key). *signed is set once a
-// certificate has been signed for the request, whatever follows.
-func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.Certificate, req *syncRequest, signed *bool) (*joinResponse, error) {
+// certificate has been signed for the request, whatever follows. from is
+// the node's connection address.
+func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.Certificate, req *syncRequest, signed *bool, from string) (*joinResponse, error) {
 	if err := d.CheckServing(); err != nil {
 		return nil, err
 	}
@@ -347,7 +348,7 @@ func (d *Daemon) syncNode(ctx context.Context, id pki.Identity, presented *x509.
 		}
 		d.noteDemoted(ctx, d.store, id.NodeID)
 	case want == pki.RoleManager && id.Role == pki.RoleWorker:
-		resp, err := d.promoteNode(ctx, &c, n, req, resp, signed)
+		resp, err := d.promoteNode(ctx, &c, n, req, resp, signed, from)
 		if err != nil {
 			return nil, err
 		}
@@ -406,8 +407,10 @@ func (d *Daemon) refuseIssued(ctx context.Context, nodeID string, presented *x50
 
 // promoteNode admits a worker whose record says manager as a joining
 // manager would be admitted (admit): certificate, learner, wrapped key.
-// *signed is set once the certificate is signed.
-func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse, signed *bool) (*joinResponse, error) {
+// *signed is set once the certificate is signed. from is the node's
+// connection address: a promotion across hosts that a loopback address
+// would break is refused by name, as a manager join is.
+func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.Node, req *syncRequest, resp *joinResponse, signed *bool, from string) (*joinResponse, error) {
 	if req.PeerURL == "" {
 		return nil, errdefs.BadRequest("%s", msgManagerNeedsListen)
 	}
@@ -417,14 +420,18 @@ func (d *Daemon) promoteNode(ctx context.Context, c *cluster.Cluster, n nodes.No
 	if err := checkJoinRequest(&joinRequest{NodeID: n.ID, Addr: n.Addr, PeerURL: req.PeerURL, Availability: string(swarm.NodeAvailabilityActive)}); err != nil {
 		return nil, err
 	}
+	if err := checkAdvertisedReach(from, d.listen.Advertise, req.PeerURL); err != nil {
+		return nil, err
+	}
 	iss, pub, err := d.issueManager(c, req.CSR, n.ID)
 	if err != nil {
 		return nil, err
 	}
 	*signed = true
-	if err := nodes.SetKeyFP(ctx, d.store, n.ID, keyFP(iss.Leaf)); err != nil {
-		return nil, err
-	}
+	// The node record's key stays the worker certificate's until the
+	// promotion completes (recordHeldCert): a node whose answer is lost
+	// asks again under that certificate, which the record's key tells
+	// from the one held before an earlier promotion (promotedcerts.go).
 	a, err := d.admitMember(ctx, d.store.Members(), n.ID, req.PeerURL, pub)
 	if err != nil {
 		return nil, err

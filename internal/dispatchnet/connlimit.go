@@ -1,7 +1,9 @@
 package dispatchnet
 
 import (
+	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net"
 	"net/http"
@@ -29,10 +31,22 @@ import (
 // few hundred task calls at once. A manager's certificate shows here only
 // for relayed logs (Relayer, one stream per relayed task, 32 a
 // connection): MaxConnsPerManager is that relayer's bound.
+//
+// A certificate refused although it verifies (a removed node's, a
+// demoted node's manager certificate, a promoted node's old worker one:
+// ServerConfig.Refuse, RefuseWorker, RefuseManager) is served, so that
+// its holder is told why, but its connections count apart from its
+// node's, at most MaxConnsRefused: whoever kept or stole it must not take
+// the places of the node's current certificate.
 const (
 	MaxConnsPerWorker  = 16
 	MaxConnsPerManager = 64
+	MaxConnsRefused    = 2
 )
+
+// refusedBucket is where a node's connections under a refused certificate
+// are counted (a node ID holds no '/').
+func refusedBucket(node string) string { return node + "/refused" }
 
 // connLimiter counts the connections of each verified node identity. A
 // connection is counted once its handshake has verified the node's
@@ -44,6 +58,9 @@ type connLimiter struct {
 	clusterID string
 	log       *slog.Logger
 	max       func(pki.Role) int
+	// refused says whether a verified certificate is refused now (nil:
+	// none is).
+	refused func(ctx context.Context, id pki.Identity, leaf *x509.Certificate) bool
 
 	mu     sync.Mutex
 	byNode map[string]int
@@ -80,27 +97,59 @@ func (l *connLimiter) guard(cfg *tls.Config, conn net.Conn) *tls.Config {
 			// handler refuses every request on it by itself.
 			return nil
 		}
-		return l.acquire(conn, id)
+		bucket, max := id.NodeID, l.max(id.Role)
+		if l.refused != nil && l.refused(context.Background(), id, cs.VerifiedChains[0][0]) {
+			bucket, max = refusedBucket(id.NodeID), MaxConnsRefused
+		}
+		return l.acquire(conn, id, bucket, max)
 	}
 	return cfg
 }
 
-// acquire counts conn for id, or refuses it past id's bound.
-func (l *connLimiter) acquire(conn net.Conn, id pki.Identity) error {
+// acquire counts conn for id in bucket, or refuses it past max.
+func (l *connLimiter) acquire(conn net.Conn, id pki.Identity, bucket string, max int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, ok := l.byConn[conn]; ok {
 		return nil
 	}
-	n, max := l.byNode[id.NodeID], l.max(id.Role)
+	n := l.byNode[bucket]
 	if n >= max {
 		l.log.Warn("dispatcher connection refused: the node holds the most connections a node may",
-			"node", id.NodeID, "role", string(id.Role), "connections", n, "limit", max, "remote", conn.RemoteAddr().String())
+			"node", id.NodeID, "role", string(id.Role), "refusedCert", bucket != id.NodeID, "connections", n, "limit", max, "remote", conn.RemoteAddr().String())
 		return errdefs.Unavailable("node %s holds %d connections to this dispatcher, the most a %s may: close one first", id.NodeID, n, id.Role)
 	}
-	l.byNode[id.NodeID] = n + 1
-	l.byConn[conn] = id.NodeID
+	l.byNode[bucket] = n + 1
+	l.byConn[conn] = bucket
 	return nil
+}
+
+// moveRefused counts conn, counted among node's connections, among those
+// of its refused certificates instead: its certificate was refused since
+// its handshake.
+func (l *connLimiter) moveRefused(conn net.Conn, node string) {
+	if conn == nil {
+		return
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.byConn[conn] != node {
+		return
+	}
+	l.decLocked(node)
+	l.byNode[refusedBucket(node)]++
+	l.byConn[conn] = refusedBucket(node)
+}
+
+func (l *connLimiter) decLocked(bucket string) {
+	if l.byNode[bucket] <= 1 {
+		delete(l.byNode, bucket)
+	} else {
+		l.byNode[bucket]--
+	}
 }
 
 // release uncounts conn (the raw connection, or the TLS connection over
@@ -111,16 +160,12 @@ func (l *connLimiter) release(conn net.Conn) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	node, ok := l.byConn[conn]
+	bucket, ok := l.byConn[conn]
 	if !ok {
 		return
 	}
 	delete(l.byConn, conn)
-	if l.byNode[node] <= 1 {
-		delete(l.byNode, node)
-	} else {
-		l.byNode[node]--
-	}
+	l.decLocked(bucket)
 }
 
 // connState releases a connection once the server is done with it.
@@ -130,7 +175,8 @@ func (l *connLimiter) connState(c net.Conn, s http.ConnState) {
 	}
 }
 
-// count is how many connections node holds (for tests).
+// count is how many connections node holds, refused certificates' not
+// included (for tests).
 func (l *connLimiter) count(node string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -247,6 +248,7 @@ func NewHandler(c ServerConfig) *Handler {
 	h := &Handler{c: c, log: c.Logger, mux: http.NewServeMux(), sessions: map[string]*srvSession{},
 		opens: &openLimiter{burst: c.OpenBurst, every: c.OpenEvery, maxNodes: maxOpenBuckets},
 		conns: newConnLimiter(c.ClusterID, c.Logger)}
+	h.conns.refused = h.refusedNow
 	h.mux.HandleFunc("POST "+pathSession, h.serveSession)
 	h.mux.HandleFunc("POST "+pathHeartbeat, h.call(maxCallBody, h.heartbeat))
 	h.mux.HandleFunc("POST "+pathTask, h.call(maxCallBody, h.task))
@@ -301,7 +303,42 @@ func NewServer(h *Handler, tlsCfg *tls.Config) *http.Server {
 			SendPingTimeout: h.c.PingEvery, PingTimeout: h.c.PingEvery},
 		ErrorLog:  slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 		ConnState: h.conns.connState,
+		// peer moves a connection whose certificate is refused since its
+		// handshake out of its node's count (connLimiter.moveRefused).
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 	}
+}
+
+// connKey is the request context's key of its connection.
+type connKey struct{}
+
+// refusedNow says whether a verified certificate is refused (an
+// Unauthorized answer of the hooks peer asks: a failed read refuses
+// nothing here), for the count of its connections at the handshake.
+func (h *Handler) refusedNow(ctx context.Context, id pki.Identity, leaf *x509.Certificate) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var err error
+	if h.c.Refuse != nil {
+		err = h.c.Refuse(id.NodeID, leaf)
+	}
+	check := h.c.RefuseWorker
+	if id.Role == pki.RoleManager {
+		check = h.c.RefuseManager
+	}
+	if err == nil && check != nil {
+		err = check(ctx, id.NodeID, leaf)
+	}
+	return errors.Is(err, errdefs.ErrUnauthorized)
+}
+
+// refusedConn moves r's connection out of node's count: its certificate
+// is refused.
+func (h *Handler) refusedConn(r *http.Request, node string) {
+	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	h.conns.moveRefused(c, node)
 }
 
 // ServeHTTP checks the node's identity, then routes.
@@ -323,6 +360,7 @@ func (h *Handler) peer(r *http.Request) (string, error) {
 	if h.c.Refuse != nil {
 		if err := h.c.Refuse(id.NodeID, leaf); err != nil {
 			h.end(id.NodeID, "", err)
+			h.refusedConn(r, id.NodeID)
 			return "", err
 		}
 	}
@@ -336,7 +374,12 @@ func (h *Handler) peer(r *http.Request) (string, error) {
 	}
 	if check != nil {
 		if err := check(r.Context(), id.NodeID, leaf); err != nil {
-			h.endUnder(id.NodeID, leaf, err)
+			// A refusal, not a failed check (a store read): that one
+			// is answered as it is, and the node asks again.
+			if errors.Is(err, errdefs.ErrUnauthorized) {
+				h.endUnder(id.NodeID, leaf, err)
+				h.refusedConn(r, id.NodeID)
+			}
 			return "", err
 		}
 	}
