@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
+	"github.com/hush-secrets/hush/internal/manager/cluster"
 	"github.com/moby/moby/api/types/swarm"
 )
 
@@ -129,29 +130,39 @@ func hostIPv4(t *testing.T) string {
 	return ""
 }
 
+// loopbackWorkerAcrossHosts starts a manager on this host's own IPv4
+// address (another host, as a joiner on loopback sees it) and joins it a
+// worker whose listen plan advertises loopback (0.0.0.0, no advertise
+// address). remote is the manager's join address.
+func loopbackWorkerAcrossHosts(ctx context.Context, t *testing.T) (m, w *Daemon, c cluster.Cluster, remote string) {
+	t.Helper()
+	ip := hostIPv4(t)
+	remote = net.JoinHostPort(ip, strconv.Itoa(freeLoopbackPort(t)))
+	m = startWith(t, Config{DataDir: t.TempDir(), ListenAddr: remote, AdvertiseAddr: ip})
+	c = getCluster(t, m)
+	w = startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
+	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{remote}, JoinToken: c.JoinTokens.Worker}); err != nil {
+		t.Fatalf("worker join: %v", err)
+	}
+	return m, w, c, remote
+}
+
 // A worker is dialled by no one, so a worker join across hosts from a
 // node whose listen plan would advertise loopback (hushd --listen-addr
 // 0.0.0.0:port, no --advertise-addr) is admitted: the joiner cannot tell
 // a worker token from a manager one, and only a manager join is refused
 // (by the manager, which knows the token's role).
 func TestWorkerJoinWithLoopbackAdvertiseAcrossHosts(t *testing.T) {
-	ip := hostIPv4(t)
-	port := freeLoopbackPort(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: net.JoinHostPort(ip, strconv.Itoa(port)), AdvertiseAddr: ip})
-	c := getCluster(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
 	defer cancel()
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{net.JoinHostPort(ip, strconv.Itoa(port))}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, c, remote := loopbackWorkerAcrossHosts(ctx, t)
 	if w.State() != swarm.LocalNodeStateActive {
 		t.Fatalf("worker state after join: %s", w.State())
 	}
 	// A manager join from it is refused by the manager, by name, before
 	// anything is admitted.
 	j := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
-	err := j.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{net.JoinHostPort(ip, strconv.Itoa(port))}, JoinToken: c.JoinTokens.Manager})
+	err := j.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{remote}, JoinToken: c.JoinTokens.Manager})
 	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "127.0.0.1:") || !strings.Contains(err.Error(), "--advertise-addr") {
 		t.Fatalf("manager join: %v, want a bad request naming the loopback address", err)
 	}
@@ -167,16 +178,9 @@ func TestWorkerJoinWithLoopbackAdvertiseAcrossHosts(t *testing.T) {
 // a promotion by name, as a manager join from it is, before anything is
 // signed or admitted: its etcd peers would dial 127.0.0.1.
 func TestPromotionRefusesLoopbackAcrossHosts(t *testing.T) {
-	ip := hostIPv4(t)
-	port := freeLoopbackPort(t)
-	m := startWith(t, Config{DataDir: t.TempDir(), ListenAddr: net.JoinHostPort(ip, strconv.Itoa(port)), AdvertiseAddr: ip})
-	c := getCluster(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
 	defer cancel()
-	w := startWith(t, Config{DataDir: t.TempDir(), NoInit: true, ListenAddr: "0.0.0.0:" + strconv.Itoa(freeLoopbackPort(t))})
-	if err := w.Join(ctx, swarm.JoinRequest{RemoteAddrs: []string{net.JoinHostPort(ip, strconv.Itoa(port))}, JoinToken: c.JoinTokens.Worker}); err != nil {
-		t.Fatalf("worker join: %v", err)
-	}
+	m, w, _, _ := loopbackWorkerAcrossHosts(ctx, t)
 	if err := setRole(ctx, m, w.nodeID, swarm.NodeRoleManager); err != nil {
 		t.Fatal(err)
 	}

@@ -92,21 +92,6 @@ func TestRefusedCertificateEndsItsSession(t *testing.T) {
 // issueAs certifies a fresh key for node id in role, of clusterID.
 func issueAs(t *testing.T, c cluster, id string, role pki.Role, clusterID string) node {
 	t.Helper()
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := c.CA.CA.Issue(pki.IssueRequest{CSR: csr, NodeID: id, ClusterID: clusterID, Role: role, Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pki.TLSCertificate(iss.PEM, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return node{id: id, cert: cert}
+	n := c.CA.IssueAs(t, id, role, clusterID)
+	return node{id: n.ID, cert: n.Cert}
 }

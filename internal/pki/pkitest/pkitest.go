@@ -68,6 +68,13 @@ type Node struct {
 // clusterID when it is not empty.
 func (c *CA) Issue(t testing.TB, role pki.Role, clusterID string) Node {
 	t.Helper()
+	return c.IssueAs(t, NewID(t), role, clusterID)
+}
+
+// IssueAs is Issue for node id: another certificate of a known node (a
+// renewal, a role change).
+func (c *CA) IssueAs(t testing.TB, id string, role pki.Role, clusterID string) Node {
+	t.Helper()
 	key, err := pki.NewNodeKey()
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +86,6 @@ func (c *CA) Issue(t testing.TB, role pki.Role, clusterID string) Node {
 	if clusterID == "" {
 		clusterID = c.Cluster
 	}
-	id := NewID(t)
 	iss, err := c.CA.Issue(pki.IssueRequest{CSR: csr, NodeID: id, ClusterID: clusterID, Role: role, Now: time.Now()})
 	if err != nil {
 		t.Fatal(err)
