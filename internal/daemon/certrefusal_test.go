@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -346,6 +347,13 @@ func TestRelayRefusesRevokedManagerCertificate(t *testing.T) {
 // a worker agent does.
 func openSessionWith(t *testing.T, m *Daemon, cert tls.Certificate) error {
 	t.Helper()
+	return openSessionFrom(t, m, cert, nil)
+}
+
+// openSessionFrom is openSessionWith over connections dial opens (nil:
+// net.Dialer's).
+func openSessionFrom(t *testing.T, m *Daemon, cert tls.Certificate, dial func(ctx context.Context, network, addr string) (net.Conn, error)) error {
+	t.Helper()
 	c := getCluster(t, m)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(c.CACert))
@@ -355,7 +363,7 @@ func openSessionWith(t *testing.T, m *Daemon, cert tls.Certificate) error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: []string{addr}, TLS: params.ClientConfig, Logger: m.log})
+	conn, err := dispatchnet.NewConnector(dispatchnet.ClientConfig{Managers: []string{addr}, TLS: params.ClientConfig, Logger: m.log, Dial: dial})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -144,7 +144,7 @@ func (d *Daemon) dispatcherServer(disp *dispatcher.Dispatcher, clusterID string,
 	h := dispatchnet.NewHandler(dispatchnet.ServerConfig{
 		ClusterID: clusterID, Dispatcher: dispatchnet.FromDispatcher(disp),
 		Heartbeats: &d.seen, HeartbeatPeriod: d.heartbeatPeriod, Logger: d.log,
-		Describe: d.recordDescription, Managers: d.managerDispatchAddrs,
+		Describe: d.recordSession, Managers: d.managerDispatchAddrs,
 		Refuse: d.refuseNode, RefuseManager: d.refuseManagerCert, RefuseWorker: d.refuseWorkerCert, Vouching: vouching, AwaitReady: awaitReady,
 		LocalNode: d.nodeID, LocalLogs: d.localTaskLogs,
 	})

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
 	"runtime"
 	"slices"
 	"strings"
@@ -237,11 +238,17 @@ func (d *Daemon) runLiveness(ctx context.Context, l *store.Leadership) {
 	nodes.RunLiveness(ctx, nodes.LivenessConfig{Store: d.store, Leadership: l, Period: d.livePeriod, Wake: wake, Logger: d.log})
 }
 
-// recordDescription records what a remote node said of itself as it
-// opened its dispatcher session.
-func (d *Daemon) recordDescription(ctx context.Context, nodeID string, desc dispatchnet.Description) error {
-	return nodes.SetDescription(ctx, d.curStore(), nodeID, nodes.Description{OS: desc.OS, Arch: desc.Arch,
-		EngineVersion: desc.EngineVersion, EngineLabels: desc.EngineLabels, NanoCPUs: desc.NanoCPUs, MemoryBytes: desc.MemoryBytes})
+// recordSession records, in one node record write at most, what a remote
+// node's dispatcher session open told: the IP its connection came from
+// (shown as a worker's Status.Addr, as Swarm's dispatcher records it) and
+// what it said of itself (desc nil: nothing).
+func (d *Daemon) recordSession(ctx context.Context, nodeID string, peer netip.Addr, desc *dispatchnet.Description) error {
+	var nd *nodes.Description
+	if desc != nil {
+		nd = &nodes.Description{OS: desc.OS, Arch: desc.Arch, EngineVersion: desc.EngineVersion,
+			EngineLabels: desc.EngineLabels, NanoCPUs: desc.NanoCPUs, MemoryBytes: desc.MemoryBytes}
+	}
+	return nodes.RecordSession(ctx, d.curStore(), nodeID, peer, nd)
 }
 
 // selfDescription is this node as its engine describes it.
@@ -276,7 +283,9 @@ func (d *Daemon) managerDispatchAddrs(ctx context.Context) []string {
 // describeSelf records what this manager offers to placement on other
 // managers' orchestrators: its platform, engine labels and resources.
 func (d *Daemon) describeSelf(ctx context.Context) error {
-	return d.recordDescription(ctx, d.nodeID, d.selfDescription())
+	desc := d.selfDescription()
+	// No address: a manager's Status.Addr is its advertised one.
+	return d.recordSession(ctx, d.nodeID, netip.Addr{}, &desc)
 }
 
 // labelMap turns engine labels ("k=v") into a map.

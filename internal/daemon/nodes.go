@@ -91,6 +91,13 @@ func (c clusterNodes) Managers(ctx context.Context) (*swarm.ManagerStatus, []swa
 		if err != nil {
 			host = n.Addr
 		}
+		// A worker is shown where its session comes from, as Swarm's
+		// dispatcher records it (its advertise address, maybe a default
+		// loopback one, says nothing of its host); a manager at its
+		// advertised address.
+		if n.Spec.Role == swarm.NodeRoleWorker && n.SeenAddr != "" {
+			host = n.SeenAddr
+		}
 		st.Addr = host
 		sn := swarm.Node{ID: n.ID, Spec: n.Spec, ManagerStatus: ms, Status: st}
 		sn.Version.Index = n.Version

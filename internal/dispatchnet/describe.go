@@ -3,6 +3,7 @@ package dispatchnet
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
 )
@@ -60,14 +61,22 @@ func decodeDescription(body []byte) (*Description, error) {
 	return &d, nil
 }
 
-// describe hands a node's description to the manager's hook; failing to
-// record it does not refuse the session (placement then uses what was
-// recorded before).
-func (h *Handler) describe(ctx context.Context, node string, d *Description) {
-	if d == nil || h.c.Describe == nil {
+// describe hands the manager's hook what a session open tells of its
+// node: where its connection comes from (the TCP peer's IP, as Swarm's
+// dispatcher records a node's Status.Addr: no header or body the node
+// writes) and its description, if it gave one. Failing to record them
+// does not refuse the session (placement then uses what was recorded
+// before). The open limit (openlimit.go) bounds how often this runs per
+// node.
+func (h *Handler) describe(ctx context.Context, node, remoteAddr string, d *Description) {
+	if h.c.Describe == nil {
 		return
 	}
-	if err := h.c.Describe(ctx, node, *d); err != nil {
+	var peer netip.Addr
+	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
+		peer = ap.Addr().Unmap()
+	}
+	if err := h.c.Describe(ctx, node, peer, d); err != nil {
 		h.log.Warn("recording a node's description", "node", node, "err", err)
 	}
 }

@@ -2,6 +2,7 @@ package dispatchnet
 
 import (
 	"context"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ func TestSessionOpensBounded(t *testing.T) {
 	var described atomic.Int32
 	m := serve(t, c, f, nil, func(sc *ServerConfig) {
 		sc.OpenBurst, sc.OpenEvery = 3, time.Hour
-		sc.Describe = func(context.Context, string, Description) error {
+		sc.Describe = func(context.Context, string, netip.Addr, *Description) error {
 			described.Add(1)
 			return nil
 		}

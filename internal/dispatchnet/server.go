@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -121,9 +122,11 @@ type ServerConfig struct {
 	// Managers lists the managers' dispatcher addresses, sent to a node
 	// as its session opens (nil: none sent).
 	Managers func(ctx context.Context) []string
-	// Describe records what a node says of itself as it opens a session
-	// (nil: ignored).
-	Describe func(ctx context.Context, nodeID string, d Description) error
+	// Describe records what a session open tells of its node, on every
+	// open: the IP its connection comes from (invalid when the transport
+	// gives none) and what it says of itself (nil: it said nothing). nil:
+	// ignored.
+	Describe func(ctx context.Context, nodeID string, peer netip.Addr, d *Description) error
 	// Vouching reports whether this manager can vouch for the nodes it
 	// hears (its presence is renewed with the quorum). While it returns
 	// an error, session opens and heartbeats are refused with it, so a
@@ -467,7 +470,7 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	h.describe(r.Context(), node, desc)
+	h.describe(r.Context(), node, r.RemoteAddr, desc)
 	ds, err := h.c.Dispatcher.Open(r.Context(), node)
 	if err != nil {
 		h.fail(w, err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -472,10 +473,12 @@ func TestSessionDescribesNode(t *testing.T) {
 	var mu sync.Mutex
 	got := map[string]Description{}
 	m := serve(t, c, f, nil, func(sc *ServerConfig) {
-		sc.Describe = func(_ context.Context, node string, d Description) error {
+		sc.Describe = func(_ context.Context, node string, _ netip.Addr, d *Description) error {
 			mu.Lock()
 			defer mu.Unlock()
-			got[node] = d
+			if d != nil {
+				got[node] = *d
+			}
 			return nil
 		}
 	})

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"reflect"
 	"time"
 
@@ -31,6 +32,12 @@ type Node struct {
 	// joining node said of itself (a node's own are read live instead).
 	Hostname string `json:"hostname,omitempty"`
 	Addr     string `json:"addr,omitempty"`
+	// SeenAddr is the IP a worker's dispatcher session last came from,
+	// as the manager holding it saw it: what Swarm shows as a worker's
+	// Status.Addr. It is the manager's observation of the connection,
+	// never the node's word; Addr stays what the node advertised (a
+	// promotion is dialled there).
+	SeenAddr string `json:"seenAddr,omitempty"`
 	// KeyFP is the SHA-256 of the public key (SPKI) the node's latest
 	// certificate was issued for: a join under a recorded ID is admitted
 	// only with that key (a retry, or a node that left and kept its key),
@@ -233,17 +240,37 @@ func SetStatus(ctx context.Context, st *store.Store, l *store.Leadership, id str
 // SetDescription records what node id reported of itself; an unchanged
 // description writes nothing. Labels are bounded as a spec's are.
 func SetDescription(ctx context.Context, st *store.Store, id string, d Description) error {
-	if len(d.EngineLabels) > MaxLabels {
+	return RecordSession(ctx, st, id, netip.Addr{}, &d)
+}
+
+// RecordSession records, in one write, what a session open of node id
+// told: the address its connection came from (invalid: none known, the
+// recorded one kept) and its description (nil: none given, the recorded
+// one kept). Nothing unchanged is written, so a node reopening from the
+// same place with the same description costs no write.
+func RecordSession(ctx context.Context, st *store.Store, id string, seen netip.Addr, d *Description) error {
+	if d != nil && len(d.EngineLabels) > MaxLabels {
 		return errdefs.InvalidArgument("engine labels: %d entries exceed hush's limit of %d", len(d.EngineLabels), MaxLabels)
 	}
 	n, err := Get(ctx, st, id)
 	if err != nil {
 		return err
 	}
-	if n.Description != nil && reflect.DeepEqual(*n.Description, d) {
+	changed := false
+	if d != nil && (n.Description == nil || !reflect.DeepEqual(*n.Description, *d)) {
+		dc := *d
+		n.Description, changed = &dc, true
+	}
+	// Only the IP, without a zone (an interface of the manager's own):
+	// nothing the node chose but where it connects from.
+	if seen.IsValid() {
+		if a := seen.Unmap().WithZone("").String(); a != n.SeenAddr {
+			n.SeenAddr, changed = a, true
+		}
+	}
+	if !changed {
 		return nil
 	}
-	n.Description = &d
 	val, _ := json.Marshal(&n)
 	_, err = st.Table(table).Update(ctx, id, int64(n.Version), val)
 	return err
