@@ -14,9 +14,10 @@ import (
 // against hushd nodes started with no address flags of their own (issue
 // 9): the listen IP advertised when no --advertise-addr is given, a
 // manager joining with --listen-addr/--advertise-addr/--availability, a
-// worker joining paused, and the flags hush refuses by name
-// (--data-path-addr, an advertise port other than the listen port), each
-// refusal leaving the node in no swarm. No containers: hushd runs without
+// worker joining paused, another naming an interface (lo) as its listen
+// address, and the flags hush refuses by name (--data-path-addr, an
+// advertise port other than the listen port, an address that is neither
+// an IP nor an interface), each refusal leaving the node in no swarm. No containers: hushd runs without
 // an engine.
 func TestClusterSwarmCLIFlags(t *testing.T) {
 	noEngine := withArgs("--engine", "", "--no-init")
@@ -28,6 +29,7 @@ func TestClusterSwarmCLIFlags(t *testing.T) {
 	h1 := startHushd(t, noEngine, withSecretsDir(t))
 	h2 := startHushd(t, noEngine, withSecretsDir(t))
 	h3 := startHushd(t, noEngine, withSecretsDir(t))
+	h4 := startHushd(t, noEngine, withSecretsDir(t))
 	ref := newDockerCLI(t, enginetest.Socket)
 
 	inactive := func(h *Hushd, after string) {
@@ -93,6 +95,14 @@ func TestClusterSwarmCLIFlags(t *testing.T) {
 		fmt.Sprintf("AdvertiseAddr %s: hush advertises its listen port (%d)", badAdv, portB),
 		"swarm", "join", "--token", mtok, "--listen-addr", addrB, "--advertise-addr", badAdv, addrA)
 
+	// An address that is neither an IP nor an interface: Swarm's texts.
+	refused(h2, "join --listen-addr naming no interface",
+		"listen address must be an IP address or network interface (with optional port number)",
+		"swarm", "join", "--token", mtok, "--listen-addr", fmt.Sprintf("nosuchif0:%d", portB), addrA)
+	refused(h2, "join --advertise-addr naming no interface",
+		"advertise address must be a non-zero IP address or network interface (with optional port number)",
+		"swarm", "join", "--token", mtok, "--listen-addr", addrB, "--advertise-addr", "nosuchif0", addrA)
+
 	// A manager joins with its own flags, drained from the start.
 	out := h2.MustDocker("swarm", "join", "--token", mtok, "--listen-addr", addrB, "--advertise-addr", ipB, "--availability", "drain", addrA)
 	if strings.TrimSpace(out) != "This node joined a swarm as a manager." {
@@ -118,6 +128,17 @@ func TestClusterSwarmCLIFlags(t *testing.T) {
 		t.Fatalf("worker join: %q", out)
 	}
 	id3 := h3.nodeID()
+	// An interface's name is its address, as for init: the worker
+	// listens on lo's one IPv4 address and is recorded there.
+	portL := freePortPair(t, "127.0.0.1")
+	out = h4.MustDocker("swarm", "join", "--token", wtok, "--listen-addr", fmt.Sprintf("lo:%d", portL), addrA)
+	if strings.TrimSpace(out) != "This node joined a swarm as a worker." {
+		t.Fatalf("worker join --listen-addr lo:%d: %q", portL, out)
+	}
+	id4 := h4.nodeID()
+	if got := strings.TrimSpace(h1.MustDocker("node", "inspect", id4, "--format", "{{.Status.Addr}}")); got != "127.0.0.1" {
+		t.Errorf("node inspect of the worker joined with --listen-addr lo:%d: %q, want 127.0.0.1", portL, got)
+	}
 	if got := strings.TrimSpace(h1.MustDocker("node", "inspect", id3, "--format", "{{.Spec.Role}} {{.Spec.Availability}} {{.Status.Addr}}")); got != "worker pause "+ipC {
 		t.Errorf("node inspect of the joined worker: %q, want %q", got, "worker pause "+ipC)
 	}
@@ -127,7 +148,7 @@ func TestClusterSwarmCLIFlags(t *testing.T) {
 			avail[f[0]] = f[1]
 		}
 	}
-	if want := map[string]string{id1: "Active", id2: "Drain", id3: "Pause"}; fmt.Sprint(avail) != fmt.Sprint(want) {
+	if want := map[string]string{id1: "Active", id2: "Drain", id3: "Pause", id4: "Active"}; fmt.Sprint(avail) != fmt.Sprint(want) {
 		t.Errorf("node ls availabilities: %v, want %v", avail, want)
 	}
 }
