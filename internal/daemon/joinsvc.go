@@ -547,8 +547,15 @@ func (d *Daemon) Join(ctx context.Context, req swarm.JoinRequest) error {
 	if err != nil {
 		return err
 	}
-	adv := cmp.Or(req.AdvertiseAddr, d.advertiseFlag())
-	plan, err := listenPlanFor(d.cfg.ListenAddr, req.ListenAddr, adv)
+	// Before anything is sent, as dockerd resolves them: an interface's
+	// name is its address, and anything else neither IP nor interface is
+	// refused rather than replaced by the listen IP.
+	reqListen, reqAdv, err := cluster.ResolveJoinAddrs(req.ListenAddr, req.AdvertiseAddr)
+	if err != nil {
+		return err
+	}
+	adv := cmp.Or(reqAdv, d.advertiseFlag())
+	plan, err := listenPlanFor(d.cfg.ListenAddr, reqListen, adv)
 	if err != nil {
 		return err
 	}

@@ -283,6 +283,40 @@ func ValidateInit(req *swarm.InitRequest, hostAddr string) (Network, error) {
 	return n, nil
 }
 
+// ResolveJoinAddrs reads a join request's listen and advertise addresses
+// as ValidateInit reads init's (an interface's name becomes its IP, with
+// dockerd's texts), so that join takes what init takes. An empty address
+// stays empty (the caller's default); an advertise address keeps the port
+// it was given, or none.
+func ResolveJoinAddrs(listen, advertise string) (string, string, error) {
+	if listen = strings.TrimPrefix(listen, "tcp://"); listen != "" {
+		host, port, err := splitAddr(listen, "0.0.0.0", "2377")
+		if err != nil {
+			return "", "", errdefs.BadRequest("invalid ListenAddr %q: %v", listen, err)
+		}
+		ip, err := resolveIP(host, true)
+		if err != nil {
+			return "", "", errdefs.BadRequest("%s", orText(err, msgBadListenAddr))
+		}
+		listen = net.JoinHostPort(ip.String(), port)
+	}
+	if advertise != "" {
+		host, port, err := net.SplitHostPort(advertise)
+		if err != nil {
+			host, port = advertise, ""
+		}
+		ip, err := resolveIP(host, false)
+		if err != nil {
+			return "", "", errdefs.BadRequest("%s", orText(err, msgBadAdvertiseAddr))
+		}
+		advertise = ip.String()
+		if port != "" {
+			advertise = net.JoinHostPort(advertise, port)
+		}
+	}
+	return listen, advertise, nil
+}
+
 // splitAddr splits host:port, filling in what is missing as dockerd's
 // address parser does ("127.0.0.1" → port 2377, ":4000" → 0.0.0.0).
 func splitAddr(addr, defHost, defPort string) (string, string, error) {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -283,5 +284,36 @@ func TestInfoDefaultsAsSwarm(t *testing.T) {
 	info := c.Info()
 	if info.SubnetSize != 24 || info.DataPathPort != 4789 || info.DefaultAddrPool != nil {
 		t.Fatalf("defaults: pool %v size %d port %d; Swarm shows null, 24, 4789", info.DefaultAddrPool, info.SubnetSize, info.DataPathPort)
+	}
+}
+
+// Join reads its addresses as init does: an interface's name is its IP, a
+// name that is neither is refused with dockerd's text, an advertise port
+// is kept only when given.
+func TestResolveJoinAddrs(t *testing.T) {
+	for _, tc := range []struct {
+		listen, advertise         string
+		wantListen, wantAdvertise string
+		err                       string
+	}{
+		{listen: "", advertise: "", wantListen: "", wantAdvertise: ""},
+		{listen: "0.0.0.0:2377", wantListen: "0.0.0.0:2377"},
+		{listen: "tcp://127.0.0.5:4000", advertise: "127.0.0.6", wantListen: "127.0.0.5:4000", wantAdvertise: "127.0.0.6"},
+		{listen: "lo:4000", advertise: "lo:4000", wantListen: "127.0.0.1:4000", wantAdvertise: "127.0.0.1:4000"},
+		{listen: "127.0.0.5", wantListen: "127.0.0.5:2377"},
+		{listen: "nosuchif0:4000", err: msgBadListenAddr},
+		{listen: "127.0.0.5:4000", advertise: "nosuchif0", err: msgBadAdvertiseAddr},
+		{listen: "127.0.0.5:4000", advertise: "0.0.0.0", err: msgBadAdvertiseAddr},
+	} {
+		l, a, err := ResolveJoinAddrs(tc.listen, tc.advertise)
+		if tc.err != "" {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ResolveJoinAddrs(%q, %q): %v, want a bad request %q", tc.listen, tc.advertise, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || l != tc.wantListen || a != tc.wantAdvertise {
+			t.Errorf("ResolveJoinAddrs(%q, %q) = %q, %q, %v; want %q, %q", tc.listen, tc.advertise, l, a, err, tc.wantListen, tc.wantAdvertise)
+		}
 	}
 }
