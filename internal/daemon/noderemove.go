@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/agent"
@@ -26,16 +25,13 @@ import (
 const removedRefresh = time.Second
 
 // removedCache is this manager's copy of the store's list of removed
-// nodes, read again when older than removedRefresh. A failed read keeps
-// the last list (a store outage must not end every session), and a
-// removal made here is added at once. Until one read has succeeded
-// (loaded) there is no last list: an empty one would admit a removed
-// node's certificate, so the check fails closed.
+// nodes (storeCache: read again when older than removedRefresh, the last
+// list kept through a failed read, since a store outage must not end
+// every session; until one read has succeeded an empty list would admit
+// a removed node's certificate, so the check fails closed). A removal
+// made here is added at once.
 type removedCache struct {
-	mu     sync.Mutex
-	read   time.Time
-	loaded bool
-	m      map[string]time.Time
+	storeCache[map[string]time.Time]
 }
 
 // refuseNode is the dispatcher's refusal hook: a certificate of a removed
@@ -66,38 +62,26 @@ func removedError(nodeID string) error {
 // removedAt says when nodeID was removed, from the cached list, and
 // whether the list has been read from the store at least once.
 func (d *Daemon) removedAt(nodeID string) (at time.Time, removed, loaded bool) {
-	c := &d.removed
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.read) > removedRefresh {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		m, err := nodes.Removed(ctx, d.curStore())
-		cancel()
-		switch {
-		case err != nil && !c.loaded:
-			d.log.Warn("reading the removed nodes; refusing other nodes' certificates until it succeeds", "err", err)
-		case err != nil:
-			d.log.Warn("reading the removed nodes; using the last list", "err", err)
-		default:
-			// A removal noted here is in the store before it is noted
-			// (RemoveNode), so the list read has it.
-			c.m, c.loaded = m, true
-		}
-		// A failed read is retried after the same delay, not per request.
-		c.read = time.Now()
-	}
-	at, ok := c.m[nodeID]
-	return at, ok, c.loaded
+	// A removal noted here is in the store before it is noted
+	// (RemoveNode), so a list read after it has it.
+	m, loaded := d.removed.get(removedRefresh, d.log, "the removed nodes", func(ctx context.Context) (map[string]time.Time, error) {
+		return nodes.Removed(ctx, d.curStore())
+	})
+	at, ok := m[nodeID]
+	return at, ok, loaded
 }
 
 // noteRemoved adds a removal made through this manager to the cache.
 func (c *removedCache) noteRemoved(nodeID string, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[string]time.Time{}
+	// A copy: get hands the map out to callers that read it unlocked.
+	m := make(map[string]time.Time, len(c.v)+1)
+	for k, v := range c.v {
+		m[k] = v
 	}
-	c.m[nodeID] = at
+	m[nodeID] = at
+	c.v = m
 }
 
 // RemoveNode is `docker node rm [--force]` on a manager of a cluster

@@ -69,7 +69,7 @@ func TestNodeRemove(t *testing.T) {
 			// Emptied under its lock: the running daemon reads it too
 			// (assigning a new value raced its readers).
 			m.removed.mu.Lock()
-			m.removed.read, m.removed.m = time.Time{}, nil
+			m.removed.read, m.removed.v = time.Time{}, nil
 			m.removed.mu.Unlock()
 		}
 		if err := m.refuseNode(w.nodeID, leaf); !errors.Is(err, agent.ErrNodeRemoved) || !errors.Is(err, errdefs.ErrUnauthorized) {

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/hush-secrets/hush/internal/errdefs"
@@ -35,15 +34,11 @@ import (
 // second (as the roots and the removed nodes are), one read at a time.
 const heldRefresh = time.Second
 
-// heldCache is this manager's copy of heldManagerCerts. A failed read
-// keeps the last copy and is retried after heldRefresh, not per request;
-// while no read has succeeded (m nil) there is no copy to serve from, and
-// the check answers Unavailable rather than serve every certificate.
-type heldCache struct {
-	mu   sync.Mutex
-	read time.Time
-	m    map[string]heldNode
-}
+// heldCache is this manager's copy of heldManagerCerts (storeCache: read
+// at most once per heldRefresh, the last copy kept through a failed read;
+// while no read has succeeded the check answers Unavailable rather than
+// serve every certificate).
+type heldCache = storeCache[map[string]heldNode]
 
 // heldNode is what refuses a promoted node's older worker certificates:
 // the NotBefore of the latest manager certificate it has taken into use,
@@ -94,24 +89,13 @@ func heldManagerCerts(ctx context.Context, st *store.Store) (map[string]heldNode
 
 // heldSince is heldManagerCerts' entry for nodeID, from the cache.
 func (d *Daemon) heldSince(nodeID string) (heldNode, bool, error) {
-	c := &d.held
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.read) > heldRefresh {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		m, err := heldManagerCerts(ctx, d.curStore())
-		cancel()
-		if err != nil {
-			d.log.Warn("reading the held manager certificates; using the last list", "err", err)
-		} else {
-			c.m = m
-		}
-		c.read = time.Now()
-	}
-	if c.m == nil {
+	m, loaded := d.held.get(heldRefresh, d.log, "the held manager certificates", func(ctx context.Context) (map[string]heldNode, error) {
+		return heldManagerCerts(ctx, d.curStore())
+	})
+	if !loaded {
 		return heldNode{}, false, errdefs.Unavailable("this manager could not read its promoted nodes' certificates yet: try again")
 	}
-	h, ok := c.m[nodeID]
+	h, ok := m[nodeID]
 	return h, ok, nil
 }
 

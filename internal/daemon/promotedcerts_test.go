@@ -228,7 +228,7 @@ func TestHeldCacheFirstReadFailsClosed(t *testing.T) {
 	}
 	// A read that succeeded is kept through a failure.
 	d.held.mu.Lock()
-	d.held.m, d.held.read = map[string]heldNode{node: {at: time.Now(), active: true, keyFP: "manager key"}}, time.Time{}
+	d.held.v, d.held.loaded, d.held.read = map[string]heldNode{node: {at: time.Now(), active: true, keyFP: "manager key"}}, true, time.Time{}
 	d.held.mu.Unlock()
 	if err := d.refuseWorkerCert(ctx, node, leaf); !errors.Is(err, errdefs.ErrUnauthorized) {
 		t.Fatalf("with a copy, a failed read: %v, want the copy's refusal", err)

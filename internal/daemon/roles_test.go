@@ -441,7 +441,7 @@ func TestNoCertificateForNodeRemovedElsewhere(t *testing.T) {
 	// m's cache was read just now and holds no removal; another manager
 	// records w's removal (the record is deleted after it, later).
 	m.removed.mu.Lock()
-	m.removed.read, m.removed.m = time.Now().Add(time.Hour), nil
+	m.removed.read, m.removed.v = time.Now().Add(time.Hour), nil
 	m.removed.mu.Unlock()
 	val, _ := json.Marshal(map[string]time.Time{"removedAt": time.Now().Truncate(time.Second).UTC()})
 	if _, err := m.store.Table("removednodes").Create(ctx, w.nodeID, "", val); err != nil {
